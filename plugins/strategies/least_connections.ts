@@ -1,0 +1,28 @@
+import { Effect, Schema } from "effect"
+import { StrategyPlugin } from "mcp-gateway/plugin"
+
+/**
+ * The instance with the fewest requests in flight right now. Ties rotate, so that sequential
+ * traffic (always 0 in flight) still spreads instead of piling onto the first instance.
+ */
+export default StrategyPlugin.make({
+  name: "least_connections",
+  description: "Routes to the instance with the fewest requests in flight.",
+  options: Schema.Struct({}),
+  make: () =>
+    Effect.sync(() => {
+      let rotation = 0
+      return {
+        select: (candidates) =>
+          Effect.sync(() => {
+            const offset = rotation++ % candidates.length
+            let best = candidates[offset]!
+            for (let i = 1; i < candidates.length; i++) {
+              const c = candidates[(offset + i) % candidates.length]!
+              if (c.activeRequests < best.activeRequests) best = c
+            }
+            return best
+          })
+      }
+    })
+})

@@ -1,0 +1,21 @@
+import { Effect, Schema } from "effect"
+import { StrategyPlugin } from "mcp-gateway/plugin"
+
+/** Each healthy instance in turn: over 3 instances, 30 calls give 10/10/10. */
+export default StrategyPlugin.make({
+  name: "round_robin",
+  description: "Distributes requests evenly, one instance after the other.",
+  options: Schema.Struct({}),
+  make: () =>
+    Effect.sync(() => {
+      let next = 0
+      return {
+        select: (candidates) =>
+          Effect.sync(() => {
+            const picked = candidates[next % candidates.length]!
+            next = (next + 1) % Number.MAX_SAFE_INTEGER
+            return picked
+          })
+      }
+    })
+})

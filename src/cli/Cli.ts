@@ -1,0 +1,26 @@
+import { Command } from "@effect/cli"
+import { GATEWAY_VERSION } from "../domain/Protocol.js"
+import { startCommand } from "./start.js"
+
+export const rootCommand = Command.make("mcp-gateway").pipe(
+  Command.withDescription("One URL for every MCP server: load balancing, health checks and failover"),
+  Command.withSubcommands([startCommand])
+)
+
+const subcommands = new Set(["start"])
+
+/**
+ * `start` is the default command: `mcp-gateway --config gateway.json` means
+ * `mcp-gateway start --config gateway.json`. Help and version stay with the root.
+ */
+export const withDefaultCommand = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
+  const [node, script, ...args] = argv
+  const first = args[0]
+  const rootOnly = new Set(["--help", "-h", "--version", "--wizard", "--completions"])
+  if (first === undefined || (!subcommands.has(first) && first.startsWith("-") && !rootOnly.has(first))) {
+    return [node!, script!, "start", ...args]
+  }
+  return argv
+}
+
+export const cli = Command.run(rootCommand, { name: "mcp-gateway", version: GATEWAY_VERSION })

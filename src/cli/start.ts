@@ -1,0 +1,64 @@
+import { Command, Options } from "@effect/cli"
+import { Effect, Layer, Option } from "effect"
+import { GatewayConfig, loadGatewayConfig, type LogLevelName } from "../config/GatewayConfig.js"
+import { GatewayLive } from "../Gateway.js"
+import { type LogFormat, loggerLayer } from "../logging.js"
+import { StartupFailed } from "./StartupFailed.js"
+
+export const startOptions = {
+  config: Options.file("config", { exists: "yes" }).pipe(
+    Options.withDescription("The gateway config file (JSON); without it the gateway starts empty"),
+    Options.optional
+  ),
+  host: Options.text("host").pipe(Options.withDescription("Address to bind (default 127.0.0.1)"), Options.optional),
+  port: Options.integer("port").pipe(Options.withDescription("Port to listen on (default 8080; 0 picks a free one)"), Options.optional),
+  registryFile: Options.text("registry-file").pipe(
+    Options.withDescription("Where run-time registrations are persisted"),
+    Options.optional
+  ),
+  logLevel: Options.choice("log-level", ["trace", "debug", "info", "warn", "error", "fatal", "none"]).pipe(
+    Options.withDescription("Log level (default info, or gateway.log_level from the config)"),
+    Options.optional
+  ),
+  logFormat: Options.choice("log-format", ["text", "json", "pretty"]).pipe(
+    Options.withDescription("Log line format on stderr"),
+    Options.withDefault("text")
+  )
+}
+
+type StartFlags = {
+  readonly config: Option.Option<string>
+  readonly host: Option.Option<string>
+  readonly port: Option.Option<number>
+  readonly registryFile: Option.Option<string>
+  readonly logLevel: Option.Option<LogLevelName>
+  readonly logFormat: LogFormat
+}
+
+/** Loads the config, builds the gateway and runs it until SIGINT/SIGTERM. */
+export const runGateway = (flags: StartFlags) =>
+  Effect.gen(function*() {
+    if (Option.isSome(flags.port) && (flags.port.value < 0 || flags.port.value > 65535)) {
+      return yield* new StartupFailed({ message: `--port: expected an integer from 0 to 65535, got ${flags.port.value}`, exitCode: 2 })
+    }
+    const config = yield* loadGatewayConfig({
+      configFile: Option.getOrUndefined(flags.config),
+      host: Option.getOrUndefined(flags.host),
+      port: Option.getOrUndefined(flags.port),
+      registryFile: Option.getOrUndefined(flags.registryFile),
+      logLevel: Option.getOrUndefined(flags.logLevel)
+    }).pipe(Effect.mapError((e) => new StartupFailed({ message: e.message, exitCode: 2 })))
+    const logger = loggerLayer(config.gateway.logLevel, flags.logFormat)
+    return yield* Layer.launch(GatewayLive.pipe(Layer.provide(GatewayConfig.layer(config)))).pipe(
+      Effect.catchTags({
+        PluginError: (e) => new StartupFailed({ message: e.message, exitCode: 2 }),
+        RegistryStorageError: (e) => new StartupFailed({ message: e.message, exitCode: 2 }),
+        ListenError: (e) => new StartupFailed({ message: e.message, exitCode: 1 })
+      }),
+      Effect.provide(logger)
+    )
+  })
+
+export const startCommand = Command.make("start", startOptions, runGateway).pipe(
+  Command.withDescription("Start the gateway (the default command)")
+)

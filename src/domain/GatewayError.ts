@@ -1,0 +1,88 @@
+import { Data } from "effect"
+import type { JsonRpcErrorObject } from "./JsonRpc.js"
+
+/** Errors of the gateway's own policy, independent of how they reach a client (see http/ApiError.ts). */
+
+export class TemplateNotFound extends Data.TaggedError("TemplateNotFound")<{ readonly template: string }> {
+  get message() {
+    return `unknown template "${this.template}"`
+  }
+}
+
+export class InstanceNotFound extends Data.TaggedError("InstanceNotFound")<{
+  readonly template: string
+  readonly instanceId: string
+}> {
+  get message() {
+    return `template "${this.template}" has no instance "${this.instanceId}"`
+  }
+}
+
+export class NoHealthyInstance extends Data.TaggedError("NoHealthyInstance")<{
+  readonly template: string
+  readonly total: number
+}> {
+  get message() {
+    return this.total === 0
+      ? `template "${this.template}" has no instances`
+      : `template "${this.template}" has no healthy instance (0 of ${this.total})`
+  }
+}
+
+export interface FailedAttempt {
+  readonly instanceId: string
+  readonly message: string
+}
+
+export class AllAttemptsFailed extends Data.TaggedError("AllAttemptsFailed")<{
+  readonly template: string
+  readonly attempts: ReadonlyArray<FailedAttempt>
+  /** Set when a failover was possible but not safe (a tools/call that may have reached a backend). */
+  readonly notRetriedReason?: string | undefined
+}> {
+  get message() {
+    const tried = this.attempts.map((a) => `${a.instanceId}: ${a.message}`).join("; ")
+    return `every attempt on template "${this.template}" failed (${tried})` +
+      (this.notRetriedReason ? `; ${this.notRetriedReason}` : "")
+  }
+}
+
+export class UpstreamTimeout extends Data.TaggedError("UpstreamTimeout")<{
+  readonly template: string
+  readonly timeoutSeconds: number
+}> {
+  get message() {
+    return `template "${this.template}" did not answer within ${this.timeoutSeconds}s`
+  }
+}
+
+/** A JSON-RPC error answered by a backend: passed through to the client. */
+export class BackendError extends Data.TaggedError("BackendError")<{
+  readonly template: string
+  readonly instanceId: string
+  readonly error: JsonRpcErrorObject
+}> {
+  get message() {
+    return this.error.message
+  }
+}
+
+export type DispatchError =
+  | TemplateNotFound
+  | InstanceNotFound
+  | NoHealthyInstance
+  | AllAttemptsFailed
+  | UpstreamTimeout
+  | BackendError
+
+/** A registration the registry refuses: duplicate id, template clash. */
+export class RegistrationConflict extends Data.TaggedError("RegistrationConflict")<{ readonly message: string }> {}
+
+/** A registration that is not allowed by configuration (e.g. stdio over the API). */
+export class RegistrationForbidden extends Data.TaggedError("RegistrationForbidden")<{ readonly message: string }> {}
+
+/** The registry file could not be read or written. */
+export class RegistryStorageError extends Data.TaggedError("RegistryStorageError")<{
+  readonly path: string
+  readonly message: string
+}> {}

@@ -1,0 +1,95 @@
+import { ParseResult, Schema } from "effect"
+import { splitCommand } from "./splitCommand.js"
+
+const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
+
+/** Template names appear in URLs (`/mcp/{template}/...`), so they are kept URL-safe. */
+export const TemplateName = Schema.String.pipe(
+  Schema.filter((s) =>
+    NAME_PATTERN.test(s) ||
+    `expected a name of letters, digits, '.', '_' or '-' (at most 128, not starting with a symbol), got ${JSON.stringify(s)}`
+  )
+)
+
+export const InstanceId = TemplateName
+
+const HttpUrl = Schema.String.pipe(
+  Schema.filter((s) => {
+    try {
+      const url = new URL(s)
+      if (url.protocol === "http:" || url.protocol === "https:") return true
+    } catch {
+      // fall through to the message
+    }
+    return `expected an http(s) URL, got ${JSON.stringify(s)}`
+  })
+)
+
+const Weight = Schema.Number.pipe(
+  Schema.filter((n) => (Number.isInteger(n) && n >= 1 && n <= 1000) || `expected an integer from 1 to 1000, got ${n}`)
+)
+
+/** `command` is an argv array, or one string split like a shell would (no shell runs it). */
+const CommandLine = Schema.transformOrFail(Schema.String, Schema.Array(Schema.String), {
+  strict: true,
+  decode: (line, _, ast) => {
+    const argv = splitCommand(line)
+    if (typeof argv === "string") return ParseResult.fail(new ParseResult.Type(ast, line, argv))
+    if (argv.length === 0) return ParseResult.fail(new ParseResult.Type(ast, line, "expected a non-empty command"))
+    return ParseResult.succeed(argv)
+  },
+  encode: (argv) => ParseResult.succeed(argv.join(" "))
+})
+
+const Argv = Schema.Array(Schema.String).pipe(
+  Schema.filter((argv) => argv.length > 0 || "expected a non-empty command")
+)
+
+export const Command = Schema.Union(Argv, CommandLine)
+
+const StringMap = Schema.Record({ key: Schema.String, value: Schema.String })
+const Metadata = Schema.Record({ key: Schema.String, value: Schema.Unknown })
+
+export const StdioInstanceSpec = Schema.Struct({
+  id: Schema.optional(InstanceId),
+  transport: Schema.Literal("stdio"),
+  command: Command,
+  working_dir: Schema.optional(Schema.String),
+  env: Schema.optional(StringMap),
+  weight: Schema.optional(Weight),
+  metadata: Schema.optional(Metadata)
+})
+
+export const HttpInstanceSpec = Schema.Struct({
+  id: Schema.optional(InstanceId),
+  transport: Schema.Literal("http"),
+  endpoint: HttpUrl,
+  headers: Schema.optional(StringMap),
+  weight: Schema.optional(Weight),
+  metadata: Schema.optional(Metadata)
+})
+
+/** An instance as a user writes it in the config file or a registration request. */
+export const InstanceSpec = Schema.Union(StdioInstanceSpec, HttpInstanceSpec)
+export type InstanceSpec = typeof InstanceSpec.Type
+
+/** An instance once it has an id and belongs to a template: what transports and strategies see. */
+export type InstanceDefinition =
+  & InstanceSpec
+  & { readonly id: string; readonly template: string; readonly weight: number; readonly source: InstanceSource }
+
+/** Where an instance came from: the config file, or a registration at run time (persisted). */
+export type InstanceSource = "config" | "api"
+
+export const defineInstance = (
+  template: string,
+  id: string,
+  spec: InstanceSpec,
+  source: InstanceSource
+): InstanceDefinition => ({ ...spec, id, template, weight: spec.weight ?? 1, source })
+
+/** The spec to persist: what the user gave, with the id it got. */
+export const specOf = (instance: InstanceDefinition): InstanceSpec => {
+  const { template: _t, source: _s, ...spec } = instance
+  return spec
+}

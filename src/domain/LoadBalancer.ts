@@ -1,0 +1,57 @@
+import { Duration, Schema } from "effect"
+
+const PositiveSeconds = Schema.Number.pipe(
+  Schema.filter((n) => (Number.isFinite(n) && n > 0) || `expected a positive number of seconds, got ${n}`)
+)
+
+const Retries = Schema.Number.pipe(
+  Schema.filter((n) => (Number.isInteger(n) && n >= 0 && n <= 100) || `expected an integer from 0 to 100, got ${n}`)
+)
+
+/** `load_balancer` as written for a template (or as the gateway-wide defaults): every field optional. */
+export const LoadBalancerInput = Schema.Struct({
+  strategy: Schema.optional(
+    Schema.String.pipe(Schema.filter((s) => s.length > 0 || "expected a strategy name or a module path"))
+  ),
+  strategy_options: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+  health_check_interval: Schema.optional(PositiveSeconds),
+  health_check_timeout: Schema.optional(PositiveSeconds),
+  max_retries: Schema.optional(Retries),
+  timeout: Schema.optional(PositiveSeconds)
+})
+export type LoadBalancerInput = typeof LoadBalancerInput.Type
+
+/** Resolved settings of one template: every field has its value. Times are in seconds. */
+export interface LoadBalancerSettings {
+  readonly strategy: string
+  readonly strategy_options: Readonly<Record<string, unknown>>
+  readonly health_check_interval: number
+  readonly health_check_timeout: number
+  readonly max_retries: number
+  readonly timeout: number
+}
+
+/** The one place where each default is written. */
+export const DEFAULT_LOAD_BALANCER: LoadBalancerSettings = {
+  strategy: "round_robin",
+  strategy_options: {},
+  health_check_interval: 30,
+  health_check_timeout: 10,
+  max_retries: 3,
+  timeout: 60
+}
+
+/** Fills what a template leaves unset from the gateway-wide defaults. */
+export const resolveLoadBalancer = (
+  defaults: LoadBalancerSettings,
+  input: LoadBalancerInput | undefined
+): LoadBalancerSettings => ({
+  strategy: input?.strategy ?? defaults.strategy,
+  strategy_options: input?.strategy_options ?? defaults.strategy_options,
+  health_check_interval: input?.health_check_interval ?? defaults.health_check_interval,
+  health_check_timeout: input?.health_check_timeout ?? defaults.health_check_timeout,
+  max_retries: input?.max_retries ?? defaults.max_retries,
+  timeout: input?.timeout ?? defaults.timeout
+})
+
+export const seconds = (s: number): Duration.Duration => Duration.millis(Math.round(s * 1000))

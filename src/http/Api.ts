@@ -1,0 +1,132 @@
+import { HttpApi, HttpApiEndpoint, HttpApiGroup, OpenApi } from "@effect/platform"
+import { Schema } from "effect"
+import { InstanceSpec, TemplateName } from "../domain/Instance.js"
+import { LoadBalancerInput } from "../domain/LoadBalancer.js"
+import { GATEWAY_VERSION } from "../domain/Protocol.js"
+import {
+  BadGateway,
+  BadRequest,
+  Conflict,
+  Forbidden,
+  GatewayTimeout,
+  InternalError,
+  NotFound,
+  PayloadTooLarge,
+  ServiceUnavailable
+} from "./ApiError.js"
+import { PromptGetBody, ResourceReadBody, ToolCallBody } from "./RestOperations.js"
+
+/**
+ * The REST face as HttpApi definitions: `/openapi.json`, `/docs` and `/redoc` come from here.
+ * The MCP operations are served by the lean handler in HttpServer.ts (the hot path) with the
+ * same body schemas; their entries here document them and serve as a fallback.
+ */
+
+const TemplatePath = Schema.Struct({ template: Schema.String })
+const Json = Schema.Record({ key: Schema.String, value: Schema.Unknown })
+const listOf = (key: string) =>
+  Schema.Struct({ [key]: Schema.Array(Json), count: Schema.Number }).annotations({
+    description: `Every page of ${key}, from one instance, following nextCursor`
+  })
+
+export const ToolsList = listOf("tools")
+export const ResourcesList = listOf("resources")
+export const ResourceTemplatesList = listOf("resourceTemplates")
+export const PromptsList = listOf("prompts")
+const McpResult = Json.annotations({ description: "The MCP result, as the instance answered it" })
+
+export class McpGroup extends HttpApiGroup.make("mcp")
+  .add(HttpApiEndpoint.get("toolsList", "/mcp/:template/tools/list").setPath(TemplatePath).addSuccess(ToolsList))
+  .add(
+    HttpApiEndpoint.post("toolsCall", "/mcp/:template/tools/call").setPath(TemplatePath).setPayload(ToolCallBody)
+      .addSuccess(McpResult.annotations({ description: "The MCP CallToolResult (content, isError, structuredContent)" }))
+  )
+  .add(HttpApiEndpoint.get("resourcesList", "/mcp/:template/resources/list").setPath(TemplatePath).addSuccess(ResourcesList))
+  .add(
+    HttpApiEndpoint.get("resourceTemplatesList", "/mcp/:template/resources/templates/list").setPath(TemplatePath)
+      .addSuccess(ResourceTemplatesList)
+  )
+  .add(
+    HttpApiEndpoint.post("resourcesRead", "/mcp/:template/resources/read").setPath(TemplatePath).setPayload(ResourceReadBody)
+      .addSuccess(McpResult.annotations({ description: "The MCP ReadResourceResult (contents)" }))
+  )
+  .add(HttpApiEndpoint.get("promptsList", "/mcp/:template/prompts/list").setPath(TemplatePath).addSuccess(PromptsList))
+  .add(
+    HttpApiEndpoint.post("promptsGet", "/mcp/:template/prompts/get").setPath(TemplatePath).setPayload(PromptGetBody)
+      .addSuccess(McpResult.annotations({ description: "The MCP GetPromptResult" }))
+  )
+  .add(
+    HttpApiEndpoint.get("templateHealth", "/mcp/:template/health").setPath(TemplatePath).addSuccess(
+      Schema.Struct({
+        template_name: Schema.String,
+        strategy: Schema.String,
+        total_instances: Schema.Number,
+        healthy_instances: Schema.Number,
+        health_percentage: Schema.Number,
+        instances: Schema.Record({ key: Schema.String, value: Json })
+      })
+    )
+  )
+  .addError(BadRequest)
+  .addError(NotFound)
+  .addError(PayloadTooLarge)
+  .addError(InternalError)
+  .addError(BadGateway)
+  .addError(ServiceUnavailable)
+  .addError(GatewayTimeout)
+  .annotate(OpenApi.Title, "MCP operations")
+  .annotate(OpenApi.Description, "MCP operations on a template, balanced across its healthy instances")
+{}
+
+export const RegisterBody = Schema.Struct({
+  template_name: TemplateName,
+  instance: InstanceSpec,
+  load_balancer: Schema.optional(LoadBalancerInput)
+})
+
+export const RegisterResult = Schema.Struct({
+  template_name: Schema.String,
+  instance_id: Schema.String,
+  instance: Json
+})
+
+export class GatewayGroup extends HttpApiGroup.make("gateway")
+  .add(
+    HttpApiEndpoint.get("health", "/gateway/health").addSuccess(
+      Schema.Struct({
+        status: Schema.String,
+        version: Schema.String,
+        uptime_seconds: Schema.Number,
+        templates: Schema.Number,
+        instances: Schema.Number,
+        healthy_instances: Schema.Number
+      })
+    )
+  )
+  .add(HttpApiEndpoint.get("stats", "/gateway/stats").addSuccess(Json))
+  .add(HttpApiEndpoint.get("registry", "/gateway/registry").addSuccess(Json))
+  .add(
+    HttpApiEndpoint.post("register", "/gateway/register").setPayload(RegisterBody).addSuccess(RegisterResult, { status: 201 })
+  )
+  .add(
+    HttpApiEndpoint.del("deregister", "/gateway/deregister/:template/:instanceId")
+      .setPath(Schema.Struct({ template: Schema.String, instanceId: Schema.String }))
+      .addSuccess(Schema.Struct({ template_name: Schema.String, instance_id: Schema.String, deregistered: Schema.Boolean }))
+  )
+  .addError(BadRequest)
+  .addError(Forbidden)
+  .addError(NotFound)
+  .addError(Conflict)
+  .addError(PayloadTooLarge)
+  .addError(InternalError)
+  .annotate(OpenApi.Title, "Gateway")
+  .annotate(OpenApi.Description, "Gateway status, statistics and instance registration")
+{}
+
+export class GatewayApi extends HttpApi.make("mcp-gateway")
+  .add(McpGroup)
+  .add(GatewayGroup)
+  .annotate(OpenApi.Title, "MCP Gateway")
+  .annotate(OpenApi.Version, GATEWAY_VERSION)
+  .annotate(OpenApi.Description, "One URL for every MCP server: load balancing, health checks and failover.")
+{}

@@ -1,0 +1,113 @@
+import { HttpApiSchema } from "@effect/platform"
+import { Cause, Schema } from "effect"
+import type { DispatchError } from "../domain/GatewayError.js"
+import { ErrorCode } from "../domain/JsonRpc.js"
+
+/** The one error shape of every answer: `{"error":{"type","message","request_id",...}}`. */
+export const ErrorBody = Schema.Struct({
+  type: Schema.String,
+  message: Schema.String,
+  request_id: Schema.String,
+  /** JSON-RPC error code, for `mcp_error` (a backend's own error, passed through). */
+  code: Schema.optional(Schema.Number),
+  data: Schema.optional(Schema.Unknown),
+  /** One line per problem, each naming the field, for `invalid_request`. */
+  problems: Schema.optional(Schema.Array(Schema.String)),
+  /** The instance whose answer this is, when one answered. */
+  instance_id: Schema.optional(Schema.String)
+})
+export type ErrorBody = typeof ErrorBody.Type
+
+const fields = { error: ErrorBody }
+
+export class BadRequest extends Schema.Class<BadRequest>("BadRequest")(fields, HttpApiSchema.annotations({ status: 400 })) {}
+export class Forbidden extends Schema.Class<Forbidden>("Forbidden")(fields, HttpApiSchema.annotations({ status: 403 })) {}
+export class NotFound extends Schema.Class<NotFound>("NotFound")(fields, HttpApiSchema.annotations({ status: 404 })) {}
+export class Conflict extends Schema.Class<Conflict>("Conflict")(fields, HttpApiSchema.annotations({ status: 409 })) {}
+export class PayloadTooLarge extends Schema.Class<PayloadTooLarge>("PayloadTooLarge")(fields, HttpApiSchema.annotations({ status: 413 })) {}
+export class InternalError extends Schema.Class<InternalError>("InternalError")(fields, HttpApiSchema.annotations({ status: 500 })) {}
+export class BadGateway extends Schema.Class<BadGateway>("BadGateway")(fields, HttpApiSchema.annotations({ status: 502 })) {}
+export class ServiceUnavailable extends Schema.Class<ServiceUnavailable>("ServiceUnavailable")(fields, HttpApiSchema.annotations({ status: 503 })) {}
+export class GatewayTimeout extends Schema.Class<GatewayTimeout>("GatewayTimeout")(fields, HttpApiSchema.annotations({ status: 504 })) {}
+
+export type ApiError =
+  | BadRequest
+  | Forbidden
+  | NotFound
+  | Conflict
+  | PayloadTooLarge
+  | InternalError
+  | BadGateway
+  | ServiceUnavailable
+  | GatewayTimeout
+
+const classes = {
+  400: BadRequest,
+  403: Forbidden,
+  404: NotFound,
+  409: Conflict,
+  413: PayloadTooLarge,
+  500: InternalError,
+  502: BadGateway,
+  503: ServiceUnavailable,
+  504: GatewayTimeout
+} as const
+export type ErrorStatus = keyof typeof classes
+
+/** An error answer as status + body: what the lean request path writes directly. */
+export interface ErrorAnswer {
+  readonly status: number
+  readonly body: { readonly error: ErrorBody }
+}
+
+export const errorAnswer = (
+  status: number,
+  type: string,
+  message: string,
+  requestId: string,
+  extra?: Partial<Omit<ErrorBody, "type" | "message" | "request_id">>
+): ErrorAnswer => ({ status, body: { error: { type, message, request_id: requestId, ...extra } } })
+
+/** The same answer as the HttpApi error class of its status. */
+export const toApiError = (answer: ErrorAnswer): ApiError => {
+  const Class = classes[answer.status as ErrorStatus] ?? InternalError
+  return new Class(answer.body)
+}
+
+/** How a backend's JSON-RPC error reaches the client: invalid params 400, unknown method or resource 404, else 502. */
+const statusOfMcpError = (code: number) =>
+  code === ErrorCode.InvalidParams
+    ? 400
+    : code === ErrorCode.MethodNotFound || code === ErrorCode.ResourceNotFound
+    ? 404
+    : 502
+
+export const dispatchErrorAnswer = (error: DispatchError, requestId: string): ErrorAnswer => {
+  switch (error._tag) {
+    case "TemplateNotFound":
+      return errorAnswer(404, "template_not_found", error.message, requestId)
+    case "InstanceNotFound":
+      return errorAnswer(404, "instance_not_found", error.message, requestId)
+    case "NoHealthyInstance":
+      return errorAnswer(503, "no_healthy_instance", error.message, requestId)
+    case "AllAttemptsFailed":
+      return errorAnswer(502, "upstream_failed", error.message, requestId)
+    case "UpstreamTimeout":
+      return errorAnswer(504, "upstream_timeout", error.message, requestId)
+    case "BackendError":
+      return errorAnswer(statusOfMcpError(error.error.code), "mcp_error", error.error.message, requestId, {
+        code: error.error.code,
+        instance_id: error.instanceId,
+        ...(error.error.data === undefined ? {} : { data: error.error.data })
+      })
+  }
+}
+
+/** A defect (a bug of ours, or of a plugin): logged in full by the caller, answered without internals. */
+export const defectAnswer = (cause: Cause.Cause<unknown>, requestId: string): ErrorAnswer =>
+  errorAnswer(
+    500,
+    "internal_error",
+    Cause.isInterruptedOnly(cause) ? "the request was interrupted" : "the gateway failed to handle the request; see its log",
+    requestId
+  )

@@ -1,0 +1,173 @@
+import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { Effect, Either, Layer, Schema } from "effect"
+import { GatewayConfig, resolvePaths } from "../config/GatewayConfig.js"
+import { formatParseError } from "../domain/formatParseError.js"
+import type { DispatchError } from "../domain/GatewayError.js"
+import { GATEWAY_VERSION } from "../domain/Protocol.js"
+import { Dispatcher } from "../proxy/Dispatcher.js"
+import { Stats } from "../proxy/Stats.js"
+import { Registry, type TemplateState } from "../registry/Registry.js"
+import { Strategies } from "../strategy/Strategies.js"
+import { isModulePath } from "../strategy/StrategyLoader.js"
+import { GatewayApi, RegisterBody } from "./Api.js"
+import { dispatchErrorAnswer, errorAnswer, toApiError } from "./ApiError.js"
+import { RestOperation, restOperations, runRestOperation } from "./RestOperations.js"
+
+/** The request id the front listener assigned (it echoes the client's X-Request-ID or makes one). */
+const requestId = Effect.map(HttpServerRequest.HttpServerRequest, (r) => r.headers["x-request-id"] ?? "")
+
+const fail = (status: number, type: string, message: string, extra?: Parameters<typeof errorAnswer>[4]) =>
+  Effect.flatMap(requestId, (id) => Effect.fail(toApiError(errorAnswer(status, type, message, id, extra))))
+
+export const templateHealth = (template: TemplateState) => {
+  const instances = Array.from(template.instances.values())
+  const healthy = instances.filter((i) => i.status === "healthy").length
+  return {
+    template_name: template.name,
+    strategy: template.settings.strategy,
+    total_instances: instances.length,
+    healthy_instances: healthy,
+    health_percentage: instances.length === 0 ? 0 : Math.round((healthy / instances.length) * 1000) / 10,
+    instances: Object.fromEntries(instances.map((i) => [i.id, i.toJSON()]))
+  }
+}
+
+const McpHandlers = HttpApiBuilder.group(GatewayApi, "mcp", (handlers) =>
+  Effect.gen(function*() {
+    const dispatcher = yield* Dispatcher
+    const registry = yield* Registry
+    // The same code path as the lean handler, for requests that reach the HttpApi app.
+    const run = (operation: RestOperation, template: string, params?: Record<string, unknown>) =>
+      runRestOperation(dispatcher, template, operation, params).pipe(
+        Effect.map((r) => r.result as any),
+        Effect.catchAll((e: DispatchError) => Effect.flatMap(requestId, (id) => Effect.fail(toApiError(dispatchErrorAnswer(e, id)))))
+      )
+    return handlers
+      .handle("toolsList", ({ path }) => run(restOperations["tools/list"]!, path.template))
+      .handle("toolsCall", ({ path, payload }) => run(restOperations["tools/call"]!, path.template, payload))
+      .handle("resourcesList", ({ path }) => run(restOperations["resources/list"]!, path.template))
+      .handle("resourceTemplatesList", ({ path }) => run(restOperations["resources/templates/list"]!, path.template))
+      .handle("resourcesRead", ({ path, payload }) => run(restOperations["resources/read"]!, path.template, payload))
+      .handle("promptsList", ({ path }) => run(restOperations["prompts/list"]!, path.template))
+      .handle("promptsGet", ({ path, payload }) => run(restOperations["prompts/get"]!, path.template, payload))
+      .handle("templateHealth", ({ path }) => {
+        const template = registry.template(path.template)
+        return template === undefined
+          ? fail(404, "template_not_found", `unknown template "${path.template}"`)
+          : Effect.succeed(templateHealth(template))
+      })
+  }))
+
+const decodeRegisterBody = Schema.decodeUnknownEither(RegisterBody, { errors: "all", onExcessProperty: "error" })
+
+const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =>
+  Effect.gen(function*() {
+    const registry = yield* Registry
+    const stats = yield* Stats
+    const strategies = yield* Strategies
+    const config = yield* GatewayConfig
+    const startedAt = Date.now()
+
+    return handlers
+      .handle("health", () =>
+        Effect.sync(() => {
+          const instances = registry.instances()
+          return {
+            status: "healthy",
+            version: GATEWAY_VERSION,
+            uptime_seconds: Math.round((Date.now() - startedAt) / 1000),
+            templates: registry.templates().length,
+            instances: instances.length,
+            healthy_instances: instances.filter((i) => i.status === "healthy").length
+          }
+        }))
+      .handle("stats", () =>
+        Effect.sync(() => {
+          const snapshot = stats.snapshot()
+          const templates: Record<string, unknown> = { ...snapshot.templates }
+          for (const t of registry.templates()) {
+            const counted = snapshot.templates[t.name]
+            templates[t.name] = {
+              ...(counted ?? {}),
+              strategy: t.settings.strategy,
+              instances: Object.fromEntries(Array.from(t.instances.values(), (i) => [i.id, {
+                requests: counted?.distribution[i.id]?.requests ?? 0,
+                errors: counted?.distribution[i.id]?.errors ?? 0,
+                healthy: i.status === "healthy",
+                status: i.status,
+                active_requests: i.activeRequests,
+                latency_ms: i.latencyMs === undefined ? null : Math.round(i.latencyMs * 100) / 100
+              }]))
+            }
+          }
+          return { ...snapshot, templates }
+        }))
+      .handle("registry", () =>
+        Effect.sync(() => ({
+          registry_file: config.gateway.registryFile ?? null,
+          templates: Object.fromEntries(registry.templates().map((t) => [t.name, {
+            source: t.source,
+            load_balancer: t.settings,
+            instances: Array.from(t.instances.values(), (i) => i.toJSON())
+          }]))
+        })))
+      .handleRaw("register", ({ request }) =>
+        Effect.gen(function*() {
+          const json = yield* request.json.pipe(
+            Effect.catchAll(() => fail(400, "invalid_json", "the body is not valid JSON"))
+          )
+          const decoded = decodeRegisterBody(json)
+          if (Either.isLeft(decoded)) {
+            const problems = formatParseError(decoded.left, "body")
+            return yield* fail(400, "invalid_request", problems.join("; "), { problems })
+          }
+          const { instance, load_balancer, template_name } = decoded.right
+          if (instance.transport === "stdio" && !config.gateway.allowStdioRegistration) {
+            return yield* fail(
+              403,
+              "forbidden",
+              "registering a stdio instance starts a process on the gateway host, which this gateway does not allow; " +
+                "set \"allow_stdio_registration\": true in the gateway section of the config to permit it"
+            )
+          }
+          if (load_balancer?.strategy !== undefined && isModulePath(load_balancer.strategy)) {
+            return yield* fail(
+              403,
+              "forbidden",
+              "a strategy plugin given by path runs code on the gateway host; name it in the config file, " +
+                "or use a built-in strategy here"
+            )
+          }
+          if (registry.template(template_name) === undefined) {
+            const invalid = yield* Effect.flip(strategies.validate(registry.settingsFor(load_balancer))).pipe(Effect.option)
+            if (invalid._tag === "Some") return yield* fail(400, "invalid_request", invalid.value.message)
+          }
+          const state = yield* registry.register({
+            template: template_name,
+            spec: resolvePaths(instance, config.gateway.baseDir),
+            loadBalancer: load_balancer
+          }).pipe(
+            Effect.catchTags({
+              RegistrationConflict: (e) => fail(409, "conflict", e.message),
+              RegistryStorageError: (e) => fail(500, "storage_error", e.message)
+            })
+          )
+          return yield* HttpServerResponse.json(
+            { template_name, instance_id: state.id, instance: state.toJSON() },
+            { status: 201 }
+          ).pipe(Effect.orDie)
+        }))
+      .handle("deregister", ({ path }) =>
+        registry.deregister(path.template, path.instanceId).pipe(
+          Effect.map(() => ({ template_name: path.template, instance_id: path.instanceId, deregistered: true })),
+          Effect.catchTags({
+            InstanceNotFound: (e) => fail(404, "instance_not_found", e.message),
+            RegistryStorageError: (e) => fail(500, "storage_error", e.message)
+          })
+        ))
+  }))
+
+export const ApiHandlers = HttpApiBuilder.api(GatewayApi).pipe(
+  Layer.provide(McpHandlers),
+  Layer.provide(GatewayHandlers)
+)

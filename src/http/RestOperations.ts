@@ -1,0 +1,80 @@
+import { Effect, Either, Schema } from "effect"
+import { formatParseError } from "../domain/formatParseError.js"
+import type { DispatchError } from "../domain/GatewayError.js"
+import { isObject } from "../domain/JsonRpc.js"
+import type { DispatcherShape, DispatchResult } from "../proxy/Dispatcher.js"
+
+const Meta = Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown }))
+
+export const ToolCallBody = Schema.Struct({
+  name: Schema.String.pipe(Schema.minLength(1, { message: () => "expected a non-empty tool name" })),
+  arguments: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+  _meta: Meta
+})
+export const ResourceReadBody = Schema.Struct({
+  uri: Schema.String.pipe(Schema.minLength(1, { message: () => "expected a non-empty resource URI" })),
+  _meta: Meta
+})
+export const PromptGetBody = Schema.Struct({
+  name: Schema.String.pipe(Schema.minLength(1, { message: () => "expected a non-empty prompt name" })),
+  arguments: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
+  _meta: Meta
+})
+
+/** A REST operation of `/mcp/{template}/{operation}`: which MCP method it is and how it is called. */
+export interface RestOperation {
+  readonly httpMethod: "GET" | "POST"
+  readonly mcpMethod: string
+  /** For lists: the result's array key; every page is fetched and the items counted. */
+  readonly listKey?: string
+  /** For POSTs: validates the body, which becomes the MCP request's params. */
+  readonly decodeBody?: (body: unknown) => Either.Either<Record<string, unknown>, ReadonlyArray<string>>
+}
+
+const bodyDecoder = <A extends Record<string, unknown>, I>(schema: Schema.Schema<A, I>) => {
+  const decode = Schema.decodeUnknownEither(schema, { errors: "all", onExcessProperty: "error" })
+  return (body: unknown): Either.Either<Record<string, unknown>, ReadonlyArray<string>> =>
+    isObject(body)
+      ? Either.mapLeft(decode(body), (e) => formatParseError(e, "body"))
+      : Either.left([`body: expected a JSON object, got ${body === null ? "null" : Array.isArray(body) ? "an array" : typeof body}`])
+}
+
+export const restOperations: Readonly<Record<string, RestOperation>> = {
+  "tools/list": { httpMethod: "GET", mcpMethod: "tools/list", listKey: "tools" },
+  "tools/call": { httpMethod: "POST", mcpMethod: "tools/call", decodeBody: bodyDecoder(ToolCallBody) },
+  "resources/list": { httpMethod: "GET", mcpMethod: "resources/list", listKey: "resources" },
+  "resources/templates/list": { httpMethod: "GET", mcpMethod: "resources/templates/list", listKey: "resourceTemplates" },
+  "resources/read": { httpMethod: "POST", mcpMethod: "resources/read", decodeBody: bodyDecoder(ResourceReadBody) },
+  "prompts/list": { httpMethod: "GET", mcpMethod: "prompts/list", listKey: "prompts" },
+  "prompts/get": { httpMethod: "POST", mcpMethod: "prompts/get", decodeBody: bodyDecoder(PromptGetBody) }
+}
+
+/** A server that keeps answering with a cursor must not keep the gateway paging forever. */
+const MAX_PAGES = 1000
+
+/**
+ * Runs one REST operation through the Dispatcher. Lists follow `nextCursor` to the end, every
+ * page from the instance that served the first (cursors are opaque and per instance).
+ */
+export const runRestOperation = (
+  dispatcher: DispatcherShape,
+  template: string,
+  operation: RestOperation,
+  params: Record<string, unknown> | undefined
+): Effect.Effect<DispatchResult, DispatchError> => {
+  const key = operation.listKey
+  if (key === undefined) return dispatcher.call(template, operation.mcpMethod, params)
+  return Effect.gen(function*() {
+    const first = yield* dispatcher.call(template, operation.mcpMethod, undefined)
+    const items: Array<unknown> = []
+    let page = first.result
+    for (let pages = 1;; pages++) {
+      const list = isObject(page) ? page[key] : undefined
+      if (Array.isArray(list)) items.push(...list)
+      const cursor = isObject(page) ? page.nextCursor : undefined
+      if (typeof cursor !== "string" || cursor === "" || pages >= MAX_PAGES) break
+      page = (yield* dispatcher.call(template, operation.mcpMethod, { cursor }, { instanceId: first.instanceId })).result
+    }
+    return { result: { [key]: items, count: items.length }, instanceId: first.instanceId }
+  })
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env node
+import { ValidationError } from "@effect/cli"
+import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import { Cause, Effect, Exit, Option } from "effect"
+import { cli, withDefaultCommand } from "./cli/Cli.js"
+import { StartupFailed } from "./cli/StartupFailed.js"
+
+const program = Effect.suspend(() => cli(withDefaultCommand(process.argv))).pipe(
+  Effect.tapErrorCause((cause) =>
+    Effect.sync(() => {
+      const failure = Cause.failureOption(cause)
+      if (Option.isSome(failure) && failure.value instanceof StartupFailed) {
+        // A problem for the user to fix: the message alone, no stack trace.
+        process.stderr.write(`mcp-gateway: ${failure.value.message}\n`)
+      } else if (Option.isSome(failure) && ValidationError.isValidationError(failure.value)) {
+        // @effect/cli has already printed the usage error.
+      } else if (!Cause.isInterruptedOnly(cause)) {
+        process.stderr.write(`mcp-gateway: unexpected failure\n${Cause.pretty(cause)}\n`)
+      }
+    })
+  ),
+  Effect.provide(NodeContext.layer)
+)
+
+NodeRuntime.runMain(program, {
+  disableErrorReporting: true,
+  // Our own logger (stderr) is installed by the start command; the default pretty one would print to stdout.
+  disablePrettyLogger: true,
+  teardown: (exit, onExit) => {
+    if (Exit.isSuccess(exit) || Cause.isInterruptedOnly(exit.cause)) return onExit(0)
+    const failure = Cause.failureOption(exit.cause)
+    onExit(
+      Option.isSome(failure) && failure.value instanceof StartupFailed
+        ? failure.value.exitCode
+        : Option.isSome(failure) && ValidationError.isValidationError(failure.value)
+        ? 2
+        : 1
+    )
+  }
+})

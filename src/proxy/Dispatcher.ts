@@ -1,0 +1,192 @@
+import { Context, Effect, Exit, Layer } from "effect"
+import {
+  AllAttemptsFailed,
+  BackendError,
+  type DispatchError,
+  type FailedAttempt,
+  InstanceNotFound,
+  NoHealthyInstance,
+  TemplateNotFound,
+  UpstreamTimeout
+} from "../domain/GatewayError.js"
+import type { JsonRpcResponse } from "../domain/JsonRpc.js"
+import { seconds } from "../domain/LoadBalancer.js"
+import type { InstanceState } from "../registry/InstanceState.js"
+import { Registry, type TemplateState } from "../registry/Registry.js"
+import { Strategies } from "../strategy/Strategies.js"
+import type { Strategy } from "../strategy/StrategyPlugin.js"
+import { Transport } from "../transport/Transport.js"
+import { TransportError } from "../transport/TransportError.js"
+import { Stats } from "./Stats.js"
+
+export interface DispatchResult {
+  readonly result: unknown
+  readonly instanceId: string
+}
+
+export interface DispatchOptions {
+  /** Send to this instance only, without failover (e.g. the later pages of a paginated list). */
+  readonly instanceId?: string | undefined
+}
+
+export interface DispatcherShape {
+  /**
+   * One MCP request to a template: healthy candidates → strategy → transport, under the
+   * template's timeout, failing over to other instances up to `max_retries` times.
+   */
+  readonly call: (
+    template: string,
+    method: string,
+    params: Record<string, unknown> | undefined,
+    options?: DispatchOptions
+  ) => Effect.Effect<DispatchResult, DispatchError>
+}
+
+/**
+ * May this failure be sent to another instance? Reads and lists: any transport failure.
+ * `tools/call` may have side effects: only when it provably never reached the backend.
+ */
+export const isRetryable = (method: string, error: TransportError): boolean =>
+  method !== "tools/call" || !error.reachedBackend
+
+export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher, DispatcherShape>() {
+  static readonly layer: Layer.Layer<Dispatcher, never, Registry | Strategies | Transport | Stats> = Layer.effect(
+    Dispatcher,
+    Effect.gen(function*() {
+      const registry = yield* Registry
+      const strategies = yield* Strategies
+      const transport = yield* Transport
+      const stats = yield* Stats
+
+      const attemptOn = (
+        instance: InstanceState,
+        method: string,
+        params: Record<string, unknown> | undefined,
+        failures: Array<FailedAttempt>
+      ) => {
+        const started = performance.now()
+        instance.activeRequests++
+        return transport.request(instance.definition, method, params).pipe(
+          Effect.ensuring(Effect.sync(() => instance.activeRequests--)),
+          Effect.tapBoth({
+            onSuccess: () => Effect.sync(() => instance.recordSuccess(performance.now() - started)),
+            onFailure: (e) =>
+              Effect.sync(() => {
+                failures.push({ instanceId: instance.id, message: e.message })
+                instance.recordFailure()
+                // Out of rotation until a health probe brings it back.
+                instance.markUnhealthy(e.message)
+              }).pipe(Effect.zipRight(Effect.logWarning(`${instance.template}/${instance.id}: ${e.message}`)))
+          })
+        )
+      }
+
+      const dispatch = (
+        template: TemplateState,
+        method: string,
+        params: Record<string, unknown> | undefined,
+        options: DispatchOptions | undefined
+      ): Effect.Effect<DispatchResult, DispatchError> =>
+        Effect.suspend(() => {
+          const settings = template.settings
+          const started = performance.now()
+          const tried = new Set<string>()
+          const failures: Array<FailedAttempt> = []
+          let last: InstanceState | undefined
+
+          const attempt = (strategy: Strategy) =>
+            Effect.suspend((): Effect.Effect<
+              JsonRpcResponse,
+              TransportError | InstanceNotFound | NoHealthyInstance | AllAttemptsFailed
+            > => {
+              let candidates: Array<InstanceState>
+              if (options?.instanceId !== undefined) {
+                const pinned = template.instances.get(options.instanceId)
+                if (pinned === undefined) {
+                  return Effect.fail(new InstanceNotFound({ template: template.name, instanceId: options.instanceId }))
+                }
+                candidates = tried.has(pinned.id) ? [] : [pinned]
+              } else {
+                candidates = []
+                for (const i of template.instances.values()) if (i.routable && !tried.has(i.id)) candidates.push(i)
+              }
+              if (candidates.length === 0) {
+                return Effect.fail(
+                  tried.size === 0
+                    ? new NoHealthyInstance({ template: template.name, total: template.instances.size })
+                    : new AllAttemptsFailed({ template: template.name, attempts: failures })
+                )
+              }
+              const select = candidates.length === 1
+                ? Effect.succeed(candidates[0]!)
+                : strategy.select(candidates as [InstanceState, ...Array<InstanceState>], {
+                  template: template.name,
+                  method,
+                  attempt: tried.size + 1
+                }) as Effect.Effect<InstanceState>
+              return Effect.flatMap(select, (instance) => {
+                tried.add(instance.id)
+                last = instance
+                return attemptOn(instance, method, params, failures)
+              })
+            })
+
+          return strategies.forTemplate(template.name, settings).pipe(
+            // Strategies were built when the template was loaded or registered; failing now is a defect.
+            Effect.orDie,
+            Effect.flatMap(({ strategy }) =>
+              attempt(strategy).pipe(
+                Effect.retry({
+                  times: settings.max_retries,
+                  while: (e) => e instanceof TransportError && isRetryable(method, e)
+                })
+              )
+            ),
+            Effect.catchIf(
+              (e): e is TransportError => e instanceof TransportError,
+              (e) =>
+                Effect.fail(
+                  new AllAttemptsFailed({
+                    template: template.name,
+                    attempts: failures,
+                    notRetriedReason: isRetryable(method, e)
+                      ? undefined
+                      : "a tools/call is not retried on another instance once it may have reached a backend"
+                  })
+                )
+            ),
+            Effect.timeoutFail({
+              duration: seconds(settings.timeout),
+              onTimeout: () => new UpstreamTimeout({ template: template.name, timeoutSeconds: settings.timeout })
+            }),
+            Effect.flatMap((response): Effect.Effect<DispatchResult, BackendError> =>
+              "error" in response
+                ? Effect.fail(new BackendError({ template: template.name, instanceId: last!.id, error: response.error }))
+                : Effect.succeed({ result: response.result, instanceId: last!.id })
+            ),
+            Effect.onExit((exit) =>
+              Effect.sync(() =>
+                stats.recordRequest({
+                  template: template.name,
+                  strategy: settings.strategy,
+                  instanceId: last?.id,
+                  latencyMs: performance.now() - started,
+                  ok: Exit.isSuccess(exit)
+                })
+              )
+            )
+          )
+        })
+
+      const call: DispatcherShape["call"] = (templateName, method, params, options) =>
+        Effect.suspend(() => {
+          const template = registry.template(templateName)
+          return template === undefined
+            ? Effect.fail(new TemplateNotFound({ template: templateName }))
+            : dispatch(template, method, params, options)
+        })
+
+      return { call }
+    })
+  )
+}

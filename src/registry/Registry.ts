@@ -1,0 +1,218 @@
+import { Context, Effect, Layer, PubSub, type Scope, Stream } from "effect"
+import { GatewayConfig, type TemplateConfig } from "../config/GatewayConfig.js"
+import {
+  InstanceNotFound,
+  RegistrationConflict,
+  RegistryStorageError,
+  TemplateNotFound
+} from "../domain/GatewayError.js"
+import { defineInstance, type InstanceDefinition, type InstanceSpec, specOf } from "../domain/Instance.js"
+import {
+  type LoadBalancerInput,
+  type LoadBalancerSettings,
+  resolveLoadBalancer
+} from "../domain/LoadBalancer.js"
+import { InstanceState } from "./InstanceState.js"
+import { type PersistedRegistry, readRegistryFile, writeRegistryFile } from "./RegistryFile.js"
+
+export interface TemplateState {
+  readonly name: string
+  readonly settings: LoadBalancerSettings
+  /** The load_balancer as given, for templates created at run time (persisted with them). */
+  readonly loadBalancerInput: LoadBalancerInput | undefined
+  readonly source: "config" | "api"
+  readonly instances: Map<string, InstanceState>
+}
+
+export type RegistryChange =
+  | { readonly _tag: "InstanceAdded"; readonly instance: InstanceState }
+  | { readonly _tag: "InstanceRemoved"; readonly instance: InstanceState }
+
+export interface Registration {
+  readonly template: string
+  readonly spec: InstanceSpec
+  /** Only for a template that does not exist yet. */
+  readonly loadBalancer?: LoadBalancerInput | undefined
+}
+
+export interface RegistryShape {
+  /** Synchronous lookups: they sit on the request path. */
+  readonly template: (name: string) => TemplateState | undefined
+  readonly templates: () => ReadonlyArray<TemplateState>
+  readonly instances: () => ReadonlyArray<InstanceState>
+  readonly get: (name: string) => Effect.Effect<TemplateState, TemplateNotFound>
+  /** Settings a new template would get from this load_balancer input (for validating before registering). */
+  readonly settingsFor: (input: LoadBalancerInput | undefined) => LoadBalancerSettings
+  readonly register: (registration: Registration) => Effect.Effect<InstanceState, RegistrationConflict | RegistryStorageError>
+  readonly deregister: (template: string, instanceId: string) => Effect.Effect<InstanceState, InstanceNotFound | RegistryStorageError>
+  /** A stream of changes from the moment of the call (the subscription lives in the caller's scope). */
+  readonly changes: Effect.Effect<Stream.Stream<RegistryChange>, never, Scope.Scope>
+}
+
+export class Registry extends Context.Tag("mcp-gateway/Registry")<Registry, RegistryShape>() {
+  /** Templates from the config, plus the registry file's registrations when `registry_file` is set. */
+  static readonly layer: Layer.Layer<Registry, RegistryStorageError, GatewayConfig> = Layer.scoped(
+    Registry,
+    Effect.gen(function*() {
+      const config = yield* GatewayConfig
+      return yield* makeRegistry({
+        templates: config.templates,
+        defaults: config.gateway.defaults,
+        file: config.gateway.registryFile
+      })
+    })
+  )
+}
+
+export const makeRegistry = (options: {
+  readonly templates: ReadonlyArray<TemplateConfig>
+  readonly defaults: LoadBalancerSettings
+  readonly file?: string | undefined
+}): Effect.Effect<RegistryShape, RegistryStorageError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const templates = new Map<string, TemplateState>()
+    for (const t of options.templates) {
+      templates.set(t.name, {
+        name: t.name,
+        settings: t.loadBalancer,
+        loadBalancerInput: t.loadBalancerInput,
+        source: "config",
+        instances: new Map(t.instances.map((i) => [i.id, new InstanceState(i)]))
+      })
+    }
+    const settingsFor = (input: LoadBalancerInput | undefined) => resolveLoadBalancer(options.defaults, input)
+
+    if (options.file !== undefined) {
+      const persisted = yield* readRegistryFile(options.file)
+      for (const [name, entry] of Object.entries(persisted.templates)) {
+        let template = templates.get(name)
+        if (template === undefined) {
+          template = {
+            name,
+            settings: settingsFor(entry.load_balancer),
+            loadBalancerInput: entry.load_balancer,
+            source: "api",
+            instances: new Map()
+          }
+          templates.set(name, template)
+        }
+        for (const spec of entry.instances) {
+          const id = spec.id ?? nextId(template)
+          if (template.instances.has(id)) {
+            yield* Effect.logWarning(
+              `registry file: instance "${id}" of template "${name}" is also in the config; the config's definition wins`
+            )
+            continue
+          }
+          template.instances.set(id, new InstanceState(defineInstance(name, id, spec, "api")))
+        }
+      }
+      const count = Object.values(persisted.templates).reduce((n, t) => n + t.instances.length, 0)
+      yield* Effect.logInfo(`registry: ${count} run-time registrations from ${options.file}`)
+    }
+
+    const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<RegistryChange>(), PubSub.shutdown)
+    // One change at a time: mutate, persist, and roll back if the file cannot be written.
+    const lock = yield* Effect.makeSemaphore(1)
+
+    const persist: Effect.Effect<void, RegistryStorageError> = options.file === undefined
+      ? Effect.void
+      : Effect.suspend(() => writeRegistryFile(options.file!, snapshot(templates)))
+
+    const register = (registration: Registration) =>
+      lock.withPermits(1)(Effect.gen(function*() {
+        const existing = templates.get(registration.template)
+        if (existing !== undefined && registration.loadBalancer !== undefined) {
+          return yield* new RegistrationConflict({
+            message: `template "${registration.template}" already exists; load_balancer can only be given ` +
+              `when a registration creates a template`
+          })
+        }
+        const template: TemplateState = existing ?? {
+          name: registration.template,
+          settings: settingsFor(registration.loadBalancer),
+          loadBalancerInput: registration.loadBalancer,
+          source: "api",
+          instances: new Map()
+        }
+        const id = registration.spec.id ?? nextId(template)
+        if (template.instances.has(id)) {
+          return yield* new RegistrationConflict({
+            message: `template "${template.name}" already has an instance "${id}"; deregister it first`
+          })
+        }
+        const instance = new InstanceState(defineInstance(template.name, id, { ...registration.spec, id }, "api"))
+        template.instances.set(id, instance)
+        if (existing === undefined) templates.set(template.name, template)
+        yield* persist.pipe(Effect.tapError(() =>
+          Effect.sync(() => {
+            template.instances.delete(id)
+            if (existing === undefined) templates.delete(template.name)
+          })
+        ))
+        yield* PubSub.publish(pubsub, { _tag: "InstanceAdded", instance } as RegistryChange)
+        yield* Effect.logInfo(`registry: registered ${template.name}/${id} (${instance.definition.transport})`)
+        return instance
+      }))
+
+    const deregister = (templateName: string, instanceId: string) =>
+      lock.withPermits(1)(Effect.gen(function*() {
+        const template = templates.get(templateName)
+        const instance = template?.instances.get(instanceId)
+        if (template === undefined || instance === undefined) {
+          return yield* new InstanceNotFound({ template: templateName, instanceId })
+        }
+        template.instances.delete(instanceId)
+        // A template that only the API created goes away with its last instance.
+        const dropTemplate = template.source === "api" && template.instances.size === 0
+        if (dropTemplate) templates.delete(templateName)
+        yield* persist.pipe(Effect.tapError(() =>
+          Effect.sync(() => {
+            template.instances.set(instanceId, instance)
+            if (dropTemplate) templates.set(templateName, template)
+          })
+        ))
+        yield* PubSub.publish(pubsub, { _tag: "InstanceRemoved", instance } as RegistryChange)
+        yield* Effect.logInfo(`registry: deregistered ${templateName}/${instanceId}`)
+        return instance
+      }))
+
+    const registry: RegistryShape = {
+      template: (name) => templates.get(name),
+      templates: () => Array.from(templates.values()),
+      instances: () => Array.from(templates.values()).flatMap((t) => Array.from(t.instances.values())),
+      get: (name) => {
+        const t = templates.get(name)
+        return t === undefined ? Effect.fail(new TemplateNotFound({ template: name })) : Effect.succeed(t)
+      },
+      settingsFor,
+      register,
+      deregister,
+      changes: Stream.fromPubSub(pubsub, { scoped: true })
+    }
+    return registry
+  })
+
+/** `${template}-${n}` with the first n not taken. */
+const nextId = (template: TemplateState): string => {
+  let n = template.instances.size + 1
+  while (template.instances.has(`${template.name}-${n}`)) n++
+  return `${template.name}-${n}`
+}
+
+/** What goes to the registry file: instances registered at run time, and the templates they created. */
+const snapshot = (templates: Map<string, TemplateState>): PersistedRegistry => {
+  const out: Record<string, PersistedRegistry["templates"][string]> = {}
+  for (const t of templates.values()) {
+    const instances = Array.from(t.instances.values())
+      .map((i) => i.definition)
+      .filter((d: InstanceDefinition) => d.source === "api")
+      .map(specOf)
+    if (t.source === "api" || instances.length > 0) {
+      out[t.name] = t.source === "api" && t.loadBalancerInput !== undefined
+        ? { load_balancer: t.loadBalancerInput, instances }
+        : { instances }
+    }
+  }
+  return { version: 1, templates: out }
+}

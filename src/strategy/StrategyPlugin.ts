@@ -1,0 +1,50 @@
+import { type Effect, Schema, type Scope } from "effect"
+import type { NonEmptyReadonlyArray } from "effect/Array"
+import type { InstanceView } from "../domain/InstanceView.js"
+
+/** Marks a plugin's default export; a global symbol so that a plugin compiled against another copy of the package still matches. */
+export const StrategyPluginTypeId: unique symbol = Symbol.for("mcp-gateway/StrategyPlugin") as any
+export type StrategyPluginTypeId = typeof StrategyPluginTypeId
+
+export interface SelectionContext {
+  readonly template: string
+  /** The MCP method being dispatched, e.g. `tools/call`. */
+  readonly method: string
+  /** 1 for the first attempt; failover attempts count up and never see instances already tried. */
+  readonly attempt: number
+}
+
+/** One template's strategy: picks an instance among the healthy candidates. */
+export interface Strategy {
+  readonly select: (
+    candidates: NonEmptyReadonlyArray<InstanceView>,
+    context: SelectionContext
+  ) => Effect.Effect<InstanceView>
+}
+
+export interface StrategyPlugin<Options = any> {
+  readonly [StrategyPluginTypeId]: StrategyPluginTypeId
+  /** Shown in logs and in `/gateway/stats`. */
+  readonly name: string
+  readonly description?: string | undefined
+  /** Validates the template's `load_balancer.strategy_options`. */
+  readonly options: Schema.Schema<Options, any>
+  /**
+   * Builds the strategy for one template; called once per template, so keep per-template state
+   * (counters, weights) in closures or Refs created here. May acquire resources in the scope.
+   */
+  readonly make: (options: Options) => Effect.Effect<Strategy, never, Scope.Scope>
+}
+
+export const StrategyPlugin = {
+  make: <Options>(definition: {
+    readonly name: string
+    readonly description?: string | undefined
+    readonly options: Schema.Schema<Options, any>
+    readonly make: (options: Options) => Effect.Effect<Strategy, never, Scope.Scope>
+  }): StrategyPlugin<Options> => ({ [StrategyPluginTypeId]: StrategyPluginTypeId, ...definition }),
+
+  is: (u: unknown): u is StrategyPlugin =>
+    typeof u === "object" && u !== null && (u as any)[StrategyPluginTypeId] === StrategyPluginTypeId &&
+    typeof (u as any).name === "string" && typeof (u as any).make === "function" && Schema.isSchema((u as any).options)
+}

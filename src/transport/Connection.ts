@@ -1,0 +1,23 @@
+import type { Effect } from "effect"
+import type { JsonRpcResponse } from "../domain/JsonRpc.js"
+import type { TransportError } from "./TransportError.js"
+
+/** One instance's live link (a child process, or an HTTP session over a keep-alive pool). */
+export interface Connection {
+  /** Sends one request and waits for its response; interrupting it cancels the request at the backend. */
+  readonly request: (
+    method: string,
+    params: Record<string, unknown> | undefined
+  ) => Effect.Effect<JsonRpcResponse, TransportError>
+  /** Starts the process or opens the session now (it also happens on first use). */
+  readonly connect: Effect.Effect<void, TransportError>
+  /** Stops the process (its whole group) or ends the session; later requests fail. */
+  readonly close: Effect.Effect<void>
+}
+
+/** How a connection reports what it sees (stderr lines, notifications, restarts) to the gateway's log. */
+export interface ConnectionLog {
+  readonly debug: (message: string) => void
+  readonly info: (message: string) => void
+  readonly warn: (message: string) => void
+}

@@ -1,0 +1,81 @@
+import { Context, Effect, ExecutionStrategy, Exit, Layer, Runtime, Scope } from "effect"
+import type { InstanceDefinition } from "../domain/Instance.js"
+import type { JsonRpcResponse } from "../domain/JsonRpc.js"
+import type { Connection, ConnectionLog } from "./Connection.js"
+import { makeHttpConnection } from "./http.js"
+import { makeStdioConnection } from "./stdio.js"
+import type { TransportError } from "./TransportError.js"
+
+export interface TransportShape {
+  /** One JSON-RPC request to an instance; resolves with its response (a result or a JSON-RPC error). */
+  readonly request: (
+    instance: InstanceDefinition,
+    method: string,
+    params: Record<string, unknown> | undefined
+  ) => Effect.Effect<JsonRpcResponse, TransportError>
+  /** Starts (stdio) or connects to (HTTP) the instance ahead of its first request. */
+  readonly connect: (instance: InstanceDefinition) => Effect.Effect<void, TransportError>
+  /** Stops the instance's process or ends its session; for deregistration. */
+  readonly close: (instance: InstanceDefinition) => Effect.Effect<void>
+}
+
+/**
+ * Talks MCP to instances. The live layer keeps one connection per instance and picks the
+ * transport by `instance.transport`; tests replace the whole service with a fake.
+ */
+export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, TransportShape>() {
+  static readonly layer: Layer.Layer<Transport> = Layer.scoped(
+    Transport,
+    Effect.gen(function*() {
+      const layerScope = yield* Effect.scope
+      const runtime = yield* Effect.runtime<never>()
+      const connections = new Map<string, { readonly connection: Connection; readonly scope: Scope.CloseableScope }>()
+
+      const logFor = (instance: InstanceDefinition): ConnectionLog => {
+        const run = (effect: Effect.Effect<void>) =>
+          Runtime.runFork(runtime)(Effect.annotateLogs(effect, { instance: `${instance.template}/${instance.id}` }))
+        return {
+          debug: (m) => run(Effect.logDebug(m)),
+          info: (m) => run(Effect.logInfo(m)),
+          warn: (m) => run(Effect.logWarning(m))
+        }
+      }
+
+      const connectionFor = (instance: InstanceDefinition): Connection => {
+        const key = `${instance.template}\u0000${instance.id}`
+        const existing = connections.get(key)
+        if (existing !== undefined) return existing.connection
+        const scope = Effect.runSync(Scope.fork(layerScope, ExecutionStrategy.sequential))
+        const connection = instance.transport === "stdio"
+          ? makeStdioConnection(instance, logFor(instance), scope)
+          : makeHttpConnection(instance, logFor(instance), scope)
+        connections.set(key, { connection, scope })
+        return connection
+      }
+
+      const close = (instance: InstanceDefinition) =>
+        Effect.suspend(() => {
+          const key = `${instance.template}\u0000${instance.id}`
+          const entry = connections.get(key)
+          if (entry === undefined) return Effect.void
+          connections.delete(key)
+          return entry.connection.close.pipe(Effect.ensuring(Scope.close(entry.scope, Exit.void)))
+        })
+
+      // Shutdown: every process stopped, every session ended, all at once.
+      yield* Effect.addFinalizer(() =>
+        Effect.forEach(
+          Array.from(connections.values()),
+          (entry) => entry.connection.close.pipe(Effect.ensuring(Scope.close(entry.scope, Exit.void))),
+          { concurrency: "unbounded", discard: true }
+        ).pipe(Effect.ensuring(Effect.sync(() => connections.clear())))
+      )
+
+      return {
+        request: (instance, method, params) => connectionFor(instance).request(method, params),
+        connect: (instance) => connectionFor(instance).connect,
+        close
+      }
+    })
+  )
+}

@@ -1,0 +1,12 @@
+import { Data } from "effect"
+
+/**
+ * A request to an instance failed below the MCP level. `reachedBackend` is false only when the
+ * request provably never got to the server (connection refused, process not running): only then
+ * is it safe to send a non-idempotent request such as `tools/call` to another instance.
+ */
+export class TransportError extends Data.TaggedError("TransportError")<{
+  readonly instanceId: string
+  readonly message: string
+  readonly reachedBackend: boolean
+}> {}

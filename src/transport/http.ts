@@ -1,0 +1,234 @@
+import { Deferred, Effect, FiberId, type Scope } from "effect"
+import * as http from "node:http"
+import * as https from "node:https"
+import type { InstanceDefinition } from "../domain/Instance.js"
+import { isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
+import type { Connection, ConnectionLog } from "./Connection.js"
+import { answerServerRequest } from "./serverRequests.js"
+import { makeSseParser } from "./sse.js"
+import { TransportError } from "./TransportError.js"
+
+type HttpInstance = Extract<InstanceDefinition, { transport: "http" }>
+
+const INITIALIZE_TIMEOUT = "30 seconds"
+
+/** Errors that prove the request never left for the server. */
+const NOT_SENT = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ECONNABORTED"])
+
+interface Session {
+  /** Absent for a stateless server that issues none. */
+  readonly id: string | undefined
+  readonly protocolVersion: string
+}
+
+/** The server no longer knows our session: initialize again and resend. */
+class SessionGone {
+  readonly _tag = "SessionGone"
+}
+
+/**
+ * MCP Streamable HTTP client for one instance: POSTs over a keep-alive pool, reads JSON or SSE
+ * answers, initializes once and reuses the session id, and starts a new session when the
+ * server has forgotten it (404, or 400 "session not found" as some servers answer).
+ */
+export const makeHttpConnection = (
+  instance: HttpInstance,
+  log: ConnectionLog,
+  scope: Scope.Scope
+): Connection => {
+  const url = new URL(instance.endpoint)
+  const client = url.protocol === "https:" ? https : http
+  const agent = new client.Agent({ keepAlive: true, maxSockets: 256 })
+  let session: Deferred.Deferred<Session, TransportError> | undefined
+  let nextId = 1
+  let closed = false
+
+  const error = (message: string, reachedBackend: boolean) =>
+    new TransportError({ instanceId: instance.id, message, reachedBackend })
+
+  const headersFor = (s: Session | undefined): http.OutgoingHttpHeaders => ({
+    ...instance.headers,
+    "content-type": "application/json",
+    accept: "application/json, text/event-stream",
+    ...(s === undefined ? {} : { "mcp-protocol-version": s.protocolVersion }),
+    ...(s?.id === undefined ? {} : { "mcp-session-id": s.id })
+  })
+
+  /** Fire-and-forget POST of a message that has no answer (a notification, or our reply to a server request). */
+  const postOneWay = (message: unknown, s: Session | undefined) => {
+    const req = client.request(url, { method: "POST", agent, headers: headersFor(s) }, (res) => res.resume())
+    req.on("error", (e) => log.debug(`one-way POST failed: ${e.message}`))
+    req.end(JSON.stringify(message))
+  }
+
+  /**
+   * POSTs one request and waits for its response, whether it comes as a JSON body or as an
+   * SSE stream (notifications and server requests may come first).
+   */
+  const post = (
+    method: string,
+    params: Record<string, unknown> | undefined,
+    s: Session | undefined
+  ): Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone> =>
+    Effect.async((resume) => {
+      const id = nextId++
+      const body = JSON.stringify(params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
+      let settled = false
+      let gotResponse = false
+      const done = (
+        outcome: Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone>
+      ) => {
+        if (!settled) {
+          settled = true
+          resume(outcome)
+        }
+      }
+      const req = client.request(url, { method: "POST", agent, headers: headersFor(s) }, (res) => {
+        gotResponse = true
+        const status = res.statusCode ?? 0
+        const type = String(res.headers["content-type"] ?? "")
+        res.setEncoding("utf8")
+        const deliver = (message: unknown) => {
+          if (isResponse(message) && message.id === id) {
+            done(Effect.succeed({ response: message, headers: res.headers }))
+          } else if (isRequest(message)) {
+            postOneWay(answerServerRequest(message), s)
+          } else if (isObject(message) && typeof message.method === "string") {
+            log.debug(`notification ${message.method}`)
+          }
+        }
+        if (status >= 200 && status < 300 && type.startsWith("text/event-stream")) {
+          const feed = makeSseParser((event) => {
+            if (event.event !== "message" || event.data === "") return
+            try {
+              deliver(JSON.parse(event.data))
+            } catch {
+              log.debug(`ignoring an SSE event that is not JSON`)
+            }
+          })
+          res.on("data", feed)
+          res.on("end", () => done(Effect.fail(error("the SSE stream ended without a response", true))))
+          res.on("error", (e) => done(Effect.fail(error(`SSE stream failed: ${e.message}`, true))))
+          return
+        }
+        let text = ""
+        res.on("data", (chunk: string) => (text += chunk))
+        res.on("error", (e) => done(Effect.fail(error(`response failed: ${e.message}`, true))))
+        res.on("end", () => {
+          let message: unknown
+          try {
+            message = text === "" ? undefined : JSON.parse(text)
+          } catch {
+            message = undefined
+          }
+          if (s?.id !== undefined && (status === 404 || (status === 400 && /session/i.test(text)))) {
+            return done(Effect.fail(new SessionGone()))
+          }
+          if (isResponse(message) && (message.id === id || (status >= 400 && message.id === null))) {
+            // A JSON-RPC answer, even on an error status, is the server's word: pass it on.
+            if (message.id === id) return done(Effect.succeed({ response: message, headers: res.headers }))
+          }
+          if (status >= 200 && status < 300) {
+            return done(Effect.fail(error(`expected a JSON-RPC response, got HTTP ${status} ${type || "without a body"}`, true)))
+          }
+          done(Effect.fail(error(`HTTP ${status}${text ? `: ${text.slice(0, 200)}` : ""}`, true)))
+        })
+      })
+      req.on("error", (e: NodeJS.ErrnoException) => {
+        const sent = gotResponse || !NOT_SENT.has(e.code ?? "")
+        done(Effect.fail(error(`${e.code ?? "error"}: ${e.message}`, sent)))
+      })
+      req.end(body)
+      return Effect.sync(() => {
+        settled = true
+        req.destroy()
+      })
+    })
+
+  const initialize = Effect.gen(function*() {
+    const { headers, response } = yield* post("initialize", initializeParams(), undefined).pipe(
+      Effect.catchTag("SessionGone", () => Effect.fail(error("initialize was refused", true)))
+    )
+    if ("error" in response) return yield* error(`initialize failed: ${response.error.message}`, true)
+    const version = isObject(response.result) ? response.result.protocolVersion : undefined
+    if (typeof version !== "string" || !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
+      return yield* error(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`, true)
+    }
+    const sessionHeader = headers["mcp-session-id"]
+    const established: Session = { id: typeof sessionHeader === "string" ? sessionHeader : undefined, protocolVersion: version }
+    postOneWay({ jsonrpc: "2.0", method: "notifications/initialized" }, established)
+    log.info(`session ${established.id ?? "(stateless)"} with ${instance.endpoint}`)
+    return established
+  }).pipe(
+    Effect.timeoutFail({
+      duration: INITIALIZE_TIMEOUT,
+      onTimeout: () => error(`no answer to initialize within ${INITIALIZE_TIMEOUT}`, true)
+    })
+  )
+
+  /** The current session, or a new one; concurrent callers share one initialize. */
+  const ensureSession: Effect.Effect<Session, TransportError> = Effect.suspend(() => {
+    if (closed) return Effect.fail(error("instance was removed", false))
+    if (session !== undefined) return Deferred.await(session)
+    const deferred = Deferred.unsafeMake<Session, TransportError>(FiberId.none)
+    session = deferred
+    return initialize.pipe(
+      // A failed initialize is not remembered: the next use tries again.
+      Effect.tapError(() => Effect.sync(() => session === deferred && (session = undefined))),
+      Effect.intoDeferred(deferred),
+      Effect.forkIn(scope),
+      Effect.zipRight(Deferred.await(deferred))
+    )
+  })
+
+  const request = (method: string, params: Record<string, unknown> | undefined) =>
+    Effect.gen(function*() {
+      const s = yield* ensureSession
+      const used = session
+      const first = yield* Effect.either(post(method, params, s))
+      if (first._tag === "Right") return first.right.response
+      if (first.left instanceof TransportError) return yield* first.left
+      // The server forgot the session: start a new one (unless another request already did) and resend once.
+      log.info(`session ${s.id} expired; initializing again`)
+      if (session === used) session = undefined
+      const fresh = yield* ensureSession
+      const retried = yield* post(method, params, fresh).pipe(
+        Effect.catchTag("SessionGone", () => Effect.fail(error("the server rejected a fresh session", true)))
+      )
+      return retried.response
+    })
+
+  const close = Effect.suspend(() => {
+    closed = true
+    const current = session
+    session = undefined
+    const endSession = current === undefined
+      ? Effect.void
+      : Deferred.poll(current).pipe(
+        Effect.flatMap((polled) => polled._tag === "Some" ? Effect.option(polled.value) : Effect.succeedNone),
+        Effect.flatMap((s) =>
+          s._tag === "Some" && s.value.id !== undefined ? deleteSession(s.value) : Effect.void
+        )
+      )
+    return endSession.pipe(Effect.ensuring(Effect.sync(() => agent.destroy())))
+  })
+
+  /** DELETE the session so that the server can free it; best effort, bounded. */
+  const deleteSession = (s: Session) =>
+    Effect.async<void>((resume) => {
+      const req = client.request(url, { method: "DELETE", agent, headers: headersFor(s) }, (res) => {
+        res.resume()
+        res.on("end", () => resume(Effect.void))
+      })
+      req.on("error", () => resume(Effect.void))
+      req.end()
+      return Effect.sync(() => req.destroy())
+    }).pipe(Effect.timeout("1 second"), Effect.ignore)
+
+  return {
+    request: (method, params) => request(method, params),
+    connect: Effect.asVoid(ensureSession),
+    close
+  }
+}

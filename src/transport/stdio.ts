@@ -1,0 +1,226 @@
+import { Deferred, Effect, FiberId, type Scope } from "effect"
+import { type ChildProcess, spawn } from "node:child_process"
+import type { InstanceDefinition } from "../domain/Instance.js"
+import { isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
+import type { Connection, ConnectionLog } from "./Connection.js"
+import { makeLineSplitter } from "./lines.js"
+import { answerServerRequest } from "./serverRequests.js"
+import { TransportError } from "./TransportError.js"
+
+type StdioInstance = Extract<InstanceDefinition, { transport: "stdio" }>
+
+/** How long a fresh process may take to answer `initialize` before it is killed. */
+const INITIALIZE_TIMEOUT = "30 seconds"
+/** Shutdown as the MCP spec describes it: close stdin, wait, SIGTERM, wait, SIGKILL. */
+const STOP_GRACE_MS = 2000
+
+type Pending = (response: JsonRpcResponse | TransportError) => void
+
+/** One running child process and the requests waiting on it. */
+class Process {
+  readonly pending = new Map<number, Pending>()
+  nextId = 1
+  exited = false
+  readonly exit: Promise<void>
+  private resolveExit!: () => void
+
+  constructor(readonly child: ChildProcess, readonly instanceId: string) {
+    this.exit = new Promise((resolve) => (this.resolveExit = resolve))
+  }
+
+  markExited(reason: string) {
+    if (this.exited) return
+    this.exited = true
+    const error = new TransportError({ instanceId: this.instanceId, message: reason, reachedBackend: true })
+    for (const resume of this.pending.values()) resume(error)
+    this.pending.clear()
+    this.resolveExit()
+  }
+
+  write(message: unknown): boolean {
+    if (this.exited || !this.child.stdin?.writable) return false
+    this.child.stdin.write(JSON.stringify(message) + "\n")
+    return true
+  }
+
+  /** Sends a request under a fresh id; the backend never sees the caller's id, so callers cannot collide. */
+  call(method: string, params: Record<string, unknown> | undefined): Effect.Effect<JsonRpcResponse, TransportError> {
+    return Effect.async<JsonRpcResponse, TransportError>((resume) => {
+      const id = this.nextId++
+      this.pending.set(id, (r) => resume(r instanceof TransportError ? Effect.fail(r) : Effect.succeed(r)))
+      const message = params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params }
+      if (!this.write(message)) {
+        this.pending.delete(id)
+        resume(Effect.fail(new TransportError({ instanceId: this.instanceId, message: "process is not running", reachedBackend: false })))
+        return
+      }
+      return Effect.sync(() => {
+        // Interrupted (timeout, client gone): tell the server to stop working on it.
+        if (this.pending.delete(id)) {
+          this.write({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id, reason: "cancelled by the gateway" } })
+        }
+      })
+    })
+  }
+
+  onMessage(message: unknown, log: ConnectionLog) {
+    if (isResponse(message)) {
+      const id = message.id
+      const resume = typeof id === "number" ? this.pending.get(id) : undefined
+      if (resume !== undefined) {
+        this.pending.delete(id as number)
+        resume(message)
+      } else {
+        log.debug(`response to an unknown or cancelled request id ${JSON.stringify(id)}`)
+      }
+    } else if (isRequest(message)) {
+      this.write(answerServerRequest(message))
+    } else if (isObject(message) && typeof message.method === "string") {
+      log.debug(`notification ${message.method}`)
+    } else {
+      log.debug(`ignoring a stdout line that is not JSON-RPC`)
+    }
+  }
+}
+
+/**
+ * One long-lived child process per instance, started on first use (or `connect`) and
+ * initialized once; concurrent requests share it, each under an id of the gateway's choosing.
+ * If the process dies, in-flight requests fail and the next use starts a new one.
+ * The process runs in its own process group, which is stopped as a whole on `close`.
+ */
+export const makeStdioConnection = (
+  instance: StdioInstance,
+  log: ConnectionLog,
+  scope: Scope.Scope
+): Connection => {
+  let current: { readonly process: Process; readonly ready: Deferred.Deferred<Process, TransportError> } | undefined
+  let closed = false
+
+  const notRunning = (message: string) => new TransportError({ instanceId: instance.id, message, reachedBackend: false })
+
+  const spawnProcess = (): Process => {
+    const [command, ...args] = instance.command
+    const child = spawn(command!, args, {
+      cwd: instance.working_dir,
+      env: { ...process.env, ...instance.env },
+      stdio: ["pipe", "pipe", "pipe"],
+      // Its own process group, so that stopping it also stops what it started (npx, sh -c, ...).
+      detached: true
+    })
+    const proc = new Process(child, instance.id)
+    child.stdout!.setEncoding("utf8")
+    child.stdout!.on("data", makeLineSplitter((line) => {
+      let message: unknown
+      try {
+        message = JSON.parse(line)
+      } catch {
+        log.debug(`non-JSON line on stdout: ${line.slice(0, 200)}`)
+        return
+      }
+      proc.onMessage(message, log)
+    }))
+    child.stderr!.setEncoding("utf8")
+    child.stderr!.on("data", makeLineSplitter((line) => log.debug(`stderr: ${line}`)))
+    // A write to a process that just died raises EPIPE here; the exit handler does the rest.
+    child.stdin!.on("error", () => {})
+    child.on("error", (e) => {
+      log.warn(`cannot run ${JSON.stringify(instance.command.join(" "))}: ${e.message}`)
+      proc.markExited(`cannot start process: ${e.message}`)
+    })
+    child.on("exit", (code, signal) => {
+      if (!closed) log.warn(`process exited (${signal ?? `code ${code}`})`)
+      proc.markExited(`process exited (${signal ?? `code ${code}`})`)
+    })
+    return proc
+  }
+
+  const initialize = (proc: Process) =>
+    Effect.gen(function*() {
+      const response = yield* proc.call("initialize", initializeParams())
+      if ("error" in response) {
+        return yield* notRunning(`initialize failed: ${response.error.message}`)
+      }
+      const version = isObject(response.result) ? response.result.protocolVersion : undefined
+      if (typeof version !== "string" || !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
+        return yield* notRunning(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`)
+      }
+      proc.write({ jsonrpc: "2.0", method: "notifications/initialized" })
+      return proc
+    }).pipe(
+      Effect.timeoutFail({
+        duration: INITIALIZE_TIMEOUT,
+        onTimeout: () => notRunning(`no answer to initialize within ${INITIALIZE_TIMEOUT}`)
+      })
+    )
+
+  /** The running, initialized process: the current one, or a new one if there is none or it died. */
+  const ready: Effect.Effect<Process, TransportError> = Effect.suspend(() => {
+    if (closed) return Effect.fail(notRunning("instance was removed"))
+    if (current !== undefined && !current.process.exited) return Deferred.await(current.ready)
+    const proc = spawnProcess()
+    const deferred = Deferred.unsafeMake<Process, TransportError>(FiberId.none)
+    current = { process: proc, ready: deferred }
+    log.info(`started process ${proc.child.pid ?? "(failed)"}: ${instance.command.join(" ")}`)
+    // Initialization runs in the connection's scope, not the caller's: a caller that gives up
+    // must not leave a half-initialized process behind.
+    return initialize(proc).pipe(
+      Effect.tapError((e) => Effect.sync(() => {
+        log.warn(e.message)
+        stopProcess(proc)
+      })),
+      Effect.intoDeferred(deferred),
+      Effect.forkIn(scope),
+      Effect.zipRight(Deferred.await(deferred))
+    )
+  })
+
+  const request = (method: string, params: Record<string, unknown> | undefined) =>
+    Effect.flatMap(ready, (proc) => proc.call(method, params))
+
+  const close = Effect.suspend(() => {
+    closed = true
+    const proc = current?.process
+    current = undefined
+    return proc === undefined ? Effect.void : Effect.promise(() => stopProcess(proc))
+  })
+
+  return { request, connect: Effect.asVoid(ready), close }
+}
+
+const signalGroup = (child: ChildProcess, signal: NodeJS.Signals) => {
+  if (child.pid === undefined) return
+  try {
+    process.kill(-child.pid, signal)
+  } catch {
+    // ESRCH: the group is already gone.
+  }
+}
+
+const waitFor = (promise: Promise<void>, ms: number) =>
+  new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms)
+    promise.then(() => {
+      clearTimeout(timer)
+      resolve(true)
+    })
+  })
+
+/** close stdin → wait → SIGTERM the group → wait → SIGKILL the group. */
+const stopProcess = async (proc: Process): Promise<void> => {
+  const child = proc.child
+  if (!proc.exited) {
+    child.stdin?.end()
+    if (!(await waitFor(proc.exit, STOP_GRACE_MS))) {
+      signalGroup(child, "SIGTERM")
+      if (!(await waitFor(proc.exit, STOP_GRACE_MS))) {
+        signalGroup(child, "SIGKILL")
+        await waitFor(proc.exit, STOP_GRACE_MS)
+      }
+    }
+  }
+  // The leader is gone; anything it started in its group goes too.
+  signalGroup(child, "SIGTERM")
+  proc.markExited("process stopped")
+}
