@@ -1,4 +1,4 @@
-import { Effect, Schema } from "effect"
+import { Effect } from "effect"
 import { StrategyPlugin } from "mcp-gateway/plugin"
 
 /**
@@ -8,7 +8,7 @@ import { StrategyPlugin } from "mcp-gateway/plugin"
 export default StrategyPlugin.make({
   name: "least_connections",
   description: "Routes to the instance with the fewest requests in flight.",
-  options: Schema.Struct({}),
+  options: StrategyPlugin.noOptions,
   make: () =>
     Effect.sync(() => {
       let rotation = 0

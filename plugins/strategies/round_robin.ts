@@ -1,11 +1,11 @@
-import { Effect, Schema } from "effect"
+import { Effect } from "effect"
 import { StrategyPlugin } from "mcp-gateway/plugin"
 
 /** Each healthy instance in turn: over 3 instances, 30 calls give 10/10/10. */
 export default StrategyPlugin.make({
   name: "round_robin",
   description: "Distributes requests evenly, one instance after the other.",
-  options: Schema.Struct({}),
+  options: StrategyPlugin.noOptions,
   make: () =>
     Effect.sync(() => {
       let next = 0

@@ -1,4 +1,4 @@
-import { Effect, Schema } from "effect"
+import { Effect } from "effect"
 import { StrategyPlugin } from "mcp-gateway/plugin"
 
 /**
@@ -9,7 +9,7 @@ import { StrategyPlugin } from "mcp-gateway/plugin"
 export default StrategyPlugin.make({
   name: "weighted",
   description: "Routes in proportion to instance weights (smooth weighted round robin).",
-  options: Schema.Struct({}),
+  options: StrategyPlugin.noOptions,
   make: () =>
     Effect.sync(() => {
       const current = new Map<string, number>()

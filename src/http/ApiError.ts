@@ -3,32 +3,48 @@ import { Cause, Schema } from "effect"
 import type { DispatchError } from "../domain/GatewayError.js"
 import { ErrorCode } from "../domain/JsonRpc.js"
 
-/** The one error shape of every answer: `{"error":{"type","message","request_id",...}}`. */
-export const ErrorBody = Schema.Struct({
-  type: Schema.String,
-  message: Schema.String,
-  request_id: Schema.String,
-  /** JSON-RPC error code, for `mcp_error` (a backend's own error, passed through). */
-  code: Schema.optional(Schema.Number),
-  data: Schema.optional(Schema.Unknown),
-  /** One line per problem, each naming the field, for `invalid_request`. */
-  problems: Schema.optional(Schema.Array(Schema.String)),
-  /** The instance whose answer this is, when one answered. */
-  instance_id: Schema.optional(Schema.String)
-})
-export type ErrorBody = typeof ErrorBody.Type
+/**
+ * The one error shape of every answer: `{"error":{"status","type","message","request_id",...}}`.
+ * `status` repeats the HTTP status; it also tells the error classes below apart when HttpApi
+ * encodes them (classes of the same fields would otherwise all encode as the first).
+ */
+const errorBody = <S extends number>(status: S) =>
+  Schema.Struct({
+    status: Schema.Literal(status),
+    type: Schema.String,
+    message: Schema.String,
+    request_id: Schema.String,
+    /** JSON-RPC error code, for `mcp_error` (a backend's own error, passed through). */
+    code: Schema.optional(Schema.Number),
+    data: Schema.optional(Schema.Unknown),
+    /** One line per problem, each naming the field, for `invalid_request`. */
+    problems: Schema.optional(Schema.Array(Schema.String)),
+    /** The instance whose answer this is, when one answered. */
+    instance_id: Schema.optional(Schema.String)
+  })
 
-const fields = { error: ErrorBody }
+export interface ErrorBody {
+  readonly status: number
+  readonly type: string
+  readonly message: string
+  readonly request_id: string
+  readonly code?: number | undefined
+  readonly data?: unknown
+  readonly problems?: ReadonlyArray<string> | undefined
+  readonly instance_id?: string | undefined
+}
 
-export class BadRequest extends Schema.Class<BadRequest>("BadRequest")(fields, HttpApiSchema.annotations({ status: 400 })) {}
-export class Forbidden extends Schema.Class<Forbidden>("Forbidden")(fields, HttpApiSchema.annotations({ status: 403 })) {}
-export class NotFound extends Schema.Class<NotFound>("NotFound")(fields, HttpApiSchema.annotations({ status: 404 })) {}
-export class Conflict extends Schema.Class<Conflict>("Conflict")(fields, HttpApiSchema.annotations({ status: 409 })) {}
-export class PayloadTooLarge extends Schema.Class<PayloadTooLarge>("PayloadTooLarge")(fields, HttpApiSchema.annotations({ status: 413 })) {}
-export class InternalError extends Schema.Class<InternalError>("InternalError")(fields, HttpApiSchema.annotations({ status: 500 })) {}
-export class BadGateway extends Schema.Class<BadGateway>("BadGateway")(fields, HttpApiSchema.annotations({ status: 502 })) {}
-export class ServiceUnavailable extends Schema.Class<ServiceUnavailable>("ServiceUnavailable")(fields, HttpApiSchema.annotations({ status: 503 })) {}
-export class GatewayTimeout extends Schema.Class<GatewayTimeout>("GatewayTimeout")(fields, HttpApiSchema.annotations({ status: 504 })) {}
+const errorClass = <S extends number>(status: S) => ({ error: errorBody(status) })
+
+export class BadRequest extends Schema.Class<BadRequest>("BadRequest")(errorClass(400), HttpApiSchema.annotations({ status: 400 })) {}
+export class Forbidden extends Schema.Class<Forbidden>("Forbidden")(errorClass(403), HttpApiSchema.annotations({ status: 403 })) {}
+export class NotFound extends Schema.Class<NotFound>("NotFound")(errorClass(404), HttpApiSchema.annotations({ status: 404 })) {}
+export class Conflict extends Schema.Class<Conflict>("Conflict")(errorClass(409), HttpApiSchema.annotations({ status: 409 })) {}
+export class PayloadTooLarge extends Schema.Class<PayloadTooLarge>("PayloadTooLarge")(errorClass(413), HttpApiSchema.annotations({ status: 413 })) {}
+export class InternalError extends Schema.Class<InternalError>("InternalError")(errorClass(500), HttpApiSchema.annotations({ status: 500 })) {}
+export class BadGateway extends Schema.Class<BadGateway>("BadGateway")(errorClass(502), HttpApiSchema.annotations({ status: 502 })) {}
+export class ServiceUnavailable extends Schema.Class<ServiceUnavailable>("ServiceUnavailable")(errorClass(503), HttpApiSchema.annotations({ status: 503 })) {}
+export class GatewayTimeout extends Schema.Class<GatewayTimeout>("GatewayTimeout")(errorClass(504), HttpApiSchema.annotations({ status: 504 })) {}
 
 export type ApiError =
   | BadRequest
@@ -65,13 +81,13 @@ export const errorAnswer = (
   type: string,
   message: string,
   requestId: string,
-  extra?: Partial<Omit<ErrorBody, "type" | "message" | "request_id">>
-): ErrorAnswer => ({ status, body: { error: { type, message, request_id: requestId, ...extra } } })
+  extra?: Partial<Omit<ErrorBody, "status" | "type" | "message" | "request_id">>
+): ErrorAnswer => ({ status, body: { error: { status, type, message, request_id: requestId, ...extra } } })
 
 /** The same answer as the HttpApi error class of its status. */
 export const toApiError = (answer: ErrorAnswer): ApiError => {
-  const Class = classes[answer.status as ErrorStatus] ?? InternalError
-  return new Class(answer.body)
+  const Class: new(body: any) => ApiError = classes[answer.status as ErrorStatus] ?? InternalError
+  return new Class(Class === InternalError ? { error: { ...answer.body.error, status: 500 } } : answer.body)
 }
 
 /** How a backend's JSON-RPC error reaches the client: invalid params 400, unknown method or resource 404, else 502. */

@@ -36,7 +36,20 @@ export interface StrategyPlugin<Options = any> {
   readonly make: (options: Options) => Effect.Effect<Strategy, never, Scope.Scope>
 }
 
+/**
+ * For plugins without options. (`Schema.Struct({})` would accept any object, since `{}` is
+ * every object's type; this one rejects every key, so a typo in strategy_options is caught.)
+ */
+const noOptions = Schema.Struct({}).pipe(
+  Schema.filter((o) => {
+    const keys = Object.keys(o)
+    return keys.length === 0 || `this strategy takes no options, got ${keys.map((k) => JSON.stringify(k)).join(", ")}`
+  })
+)
+
 export const StrategyPlugin = {
+  noOptions,
+
   make: <Options>(definition: {
     readonly name: string
     readonly description?: string | undefined

@@ -1,0 +1,55 @@
+import { Effect, Layer } from "effect"
+import type { InstanceDefinition } from "../../src/domain/Instance.js"
+import type { JsonRpcResponse } from "../../src/domain/JsonRpc.js"
+import { Transport } from "../../src/transport/Transport.js"
+import { TransportError } from "../../src/transport/TransportError.js"
+
+export type Behaviour = (method: string, params: Record<string, unknown> | undefined) => Effect.Effect<unknown, TransportError>
+
+/**
+ * A Transport that answers from per-instance behaviours (default: `{ instance: id }` as the
+ * result) and records every request. Tests change behaviours between calls to make
+ * instances fail, hang or answer slowly.
+ */
+export const makeFakeTransport = () => {
+  const behaviours = new Map<string, Behaviour>()
+  const calls: Array<{ readonly instanceId: string; readonly method: string }> = []
+  const closed: Array<string> = []
+
+  const respond = (instance: InstanceDefinition, method: string, params: Record<string, unknown> | undefined) =>
+    Effect.suspend(() => {
+      calls.push({ instanceId: instance.id, method })
+      const behaviour = behaviours.get(instance.id)
+      const result = behaviour === undefined ? Effect.succeed({ instance: instance.id }) : behaviour(method, params)
+      return Effect.map(result, (value): JsonRpcResponse =>
+        value !== null && typeof value === "object" && "error" in value
+          ? { jsonrpc: "2.0", id: 1, error: (value as any).error }
+          : { jsonrpc: "2.0", id: 1, result: value })
+    })
+
+  const layer = Layer.succeed(Transport, {
+    request: respond,
+    connect: () => Effect.void,
+    close: (instance) => Effect.sync(() => void closed.push(instance.id))
+  })
+
+  return {
+    layer,
+    calls,
+    closed,
+    set: (instanceId: string, behaviour: Behaviour) => void behaviours.set(instanceId, behaviour),
+    clear: (instanceId: string) => void behaviours.delete(instanceId),
+    /** How many calls each instance got for a method (pings of health checks are not counted unless asked). */
+    distribution: (method = "tools/call") => {
+      const out: Record<string, number> = {}
+      for (const c of calls) if (c.method === method) out[c.instanceId] = (out[c.instanceId] ?? 0) + 1
+      return out
+    }
+  }
+}
+
+export const refused = (instanceId: string) =>
+  new TransportError({ instanceId, message: "ECONNREFUSED", reachedBackend: false })
+
+export const broken = (instanceId: string) =>
+  new TransportError({ instanceId, message: "process exited (code 1)", reachedBackend: true })
