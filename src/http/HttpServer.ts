@@ -34,6 +34,8 @@ const sendError = (res: http.ServerResponse, answer: ErrorAnswer, headers?: http
 
 /**
  * Reads a JSON body up to the limit. Calls back with the parsed value or an error answer.
+ * Past the limit the rest is read and dropped (not buffered), so that the client, still
+ * sending, gets to read the 413 instead of a reset connection.
  */
 const readJsonBody = (
   req: http.IncomingMessage,
@@ -172,7 +174,7 @@ export const HttpServerLive: Layer.Layer<
       }
       if (operation.decodeBody === undefined) return dispatch(undefined)
       readJsonBody(req, requestId, MAX_BODY_BYTES, (body) => {
-        if (!body.ok) return sendError(res, body.error, body.error.status === 413 ? { connection: "close" } : undefined)
+        if (!body.ok) return sendError(res, body.error)
         const params = operation.decodeBody!(body.value)
         if (params._tag === "Left") {
           return sendError(res, errorAnswer(400, "invalid_request", params.left.join("; "), requestId, { problems: params.left }))
@@ -212,7 +214,7 @@ export const HttpServerLive: Layer.Layer<
       const declared = Number(req.headers["content-length"])
       if (declared > MAX_BODY_BYTES) {
         req.resume()
-        return sendError(res, errorAnswer(413, "payload_too_large", `the body is larger than ${MAX_BODY_BYTES} bytes`, requestId), { connection: "close" })
+        return sendError(res, errorAnswer(413, "payload_too_large", `the body is larger than ${MAX_BODY_BYTES} bytes`, requestId))
       }
       apiHandler(req, res)
     }
