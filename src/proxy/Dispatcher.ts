@@ -1,4 +1,4 @@
-import { Context, Effect, Exit, Layer } from "effect"
+import { Cause, Context, Effect, Exit, Layer, Option } from "effect"
 import {
   AllAttemptsFailed,
   BackendError,
@@ -10,13 +10,12 @@ import {
   UpstreamTimeout
 } from "../domain/GatewayError.js"
 import type { JsonRpcResponse } from "../domain/JsonRpc.js"
-import { seconds } from "../domain/LoadBalancer.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry, type TemplateState } from "../registry/Registry.js"
 import { Strategies } from "../strategy/Strategies.js"
 import type { Strategy } from "../strategy/StrategyPlugin.js"
 import { Transport } from "../transport/Transport.js"
-import { TransportError } from "../transport/TransportError.js"
+import type { TransportError } from "../transport/TransportError.js"
 import { Stats } from "./Stats.js"
 
 export interface DispatchResult {
@@ -58,26 +57,28 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
       const transport = yield* Transport
       const stats = yield* Stats
 
+      /** One request to one instance, keeping its live numbers (in-flight count, latency, health) current. */
       const attemptOn = (
         instance: InstanceState,
         method: string,
         params: Record<string, unknown> | undefined,
-        failures: Array<FailedAttempt>
+        timeoutMs: number
       ) => {
         const started = performance.now()
         instance.activeRequests++
-        return transport.request(instance.definition, method, params).pipe(
-          Effect.ensuring(Effect.sync(() => instance.activeRequests--)),
-          Effect.tapBoth({
-            onSuccess: () => Effect.sync(() => instance.recordSuccess(performance.now() - started)),
-            onFailure: (e) =>
-              Effect.sync(() => {
-                failures.push({ instanceId: instance.id, message: e.message })
+        return Effect.onExit(
+          transport.request(instance.definition, method, params, { timeoutMs }),
+          (exit) =>
+            Effect.sync(() => {
+              instance.activeRequests--
+              if (Exit.isSuccess(exit)) return instance.recordSuccess(performance.now() - started)
+              const failure = Cause.failureOption(exit.cause)
+              if (Option.isSome(failure) && failure.value._tag === "TransportError") {
                 instance.recordFailure()
                 // Out of rotation until a health probe brings it back.
-                instance.markUnhealthy(e.message)
-              }).pipe(Effect.zipRight(Effect.logWarning(`${instance.template}/${instance.id}: ${e.message}`)))
-          })
+                instance.markUnhealthy(failure.value.message)
+              }
+            })
         )
       }
 
@@ -90,75 +91,82 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
         Effect.suspend(() => {
           const settings = template.settings
           const started = performance.now()
+          // One deadline for the request, failovers included.
+          const deadline = Date.now() + settings.timeout * 1000
           const tried = new Set<string>()
           const failures: Array<FailedAttempt> = []
           let last: InstanceState | undefined
 
-          const attempt = (strategy: Strategy) =>
-            Effect.suspend((): Effect.Effect<
-              JsonRpcResponse,
-              TransportError | InstanceNotFound | NoHealthyInstance | AllAttemptsFailed
-            > => {
-              let candidates: Array<InstanceState>
-              if (options?.instanceId !== undefined) {
-                const pinned = template.instances.get(options.instanceId)
-                if (pinned === undefined) {
-                  return Effect.fail(new InstanceNotFound({ template: template.name, instanceId: options.instanceId }))
-                }
-                candidates = tried.has(pinned.id) ? [] : [pinned]
-              } else {
-                candidates = []
-                for (const i of template.instances.values()) if (i.routable && !tried.has(i.id)) candidates.push(i)
-              }
-              if (candidates.length === 0) {
-                return Effect.fail(
-                  tried.size === 0
-                    ? new NoHealthyInstance({ template: template.name, total: template.instances.size })
-                    : new AllAttemptsFailed({ template: template.name, attempts: failures })
-                )
-              }
-              const select = candidates.length === 1
-                ? Effect.succeed(candidates[0]!)
-                : strategy.select(candidates as [InstanceState, ...Array<InstanceState>], {
-                  template: template.name,
-                  method,
-                  attempt: tried.size + 1
-                }) as Effect.Effect<InstanceState>
-              return Effect.flatMap(select, (instance) => {
-                tried.add(instance.id)
-                last = instance
-                return attemptOn(instance, method, params, failures)
-              })
+          const candidatesLeft = (): Array<InstanceState> | InstanceNotFound => {
+            if (options?.instanceId !== undefined) {
+              const pinned = template.instances.get(options.instanceId)
+              if (pinned === undefined) return new InstanceNotFound({ template: template.name, instanceId: options.instanceId })
+              return tried.has(pinned.id) ? [] : [pinned]
+            }
+            const candidates: Array<InstanceState> = []
+            for (const i of template.instances.values()) if (i.routable && !tried.has(i.id)) candidates.push(i)
+            return candidates
+          }
+
+          /**
+           * Picks an instance among those not tried yet and sends the request; on a failure that
+           * is safe to repeat, fails over to another instance at once, up to `max_retries` times.
+           * (An immediate failover to a different instance, not a timed retry: no Schedule.)
+           */
+          const attempt = (strategy: Strategy): Effect.Effect<JsonRpcResponse, DispatchError> => {
+            const candidates = candidatesLeft()
+            if (!Array.isArray(candidates)) return Effect.fail(candidates)
+            if (candidates.length === 0) {
+              return Effect.fail(
+                tried.size === 0
+                  ? new NoHealthyInstance({ template: template.name, total: template.instances.size })
+                  : new AllAttemptsFailed({ template: template.name, attempts: failures })
+              )
+            }
+            const timeoutMs = deadline - Date.now()
+            if (timeoutMs <= 0) return Effect.fail(new UpstreamTimeout({ template: template.name, timeoutSeconds: settings.timeout }))
+            const select = candidates.length === 1
+              ? Effect.succeed(candidates[0]!)
+              : strategy.select(candidates as [InstanceState, ...Array<InstanceState>], {
+                template: template.name,
+                method,
+                attempt: tried.size + 1
+              }) as Effect.Effect<InstanceState>
+            return Effect.flatMap(select, (instance) => {
+              tried.add(instance.id)
+              last = instance
+              return attemptOn(instance, method, params, timeoutMs).pipe(
+                Effect.catchAll((e): Effect.Effect<JsonRpcResponse, DispatchError> => {
+                  if (e._tag === "RequestTimeout") {
+                    return Effect.fail(new UpstreamTimeout({ template: template.name, timeoutSeconds: settings.timeout }))
+                  }
+                  failures.push({ instanceId: instance.id, message: e.message })
+                  const warn = Effect.logWarning(`${instance.template}/${instance.id}: ${e.message}`)
+                  if (!isRetryable(method, e)) {
+                    return Effect.zipRight(
+                      warn,
+                      Effect.fail(
+                        new AllAttemptsFailed({
+                          template: template.name,
+                          attempts: failures,
+                          notRetriedReason: "a tools/call is not retried on another instance once it may have reached a backend"
+                        })
+                      )
+                    )
+                  }
+                  if (tried.size > settings.max_retries) {
+                    return Effect.zipRight(warn, Effect.fail(new AllAttemptsFailed({ template: template.name, attempts: failures })))
+                  }
+                  return Effect.zipRight(warn, Effect.suspend(() => attempt(strategy)))
+                })
+              )
             })
+          }
 
           return strategies.forTemplate(template.name, settings).pipe(
             // Strategies were built when the template was loaded or registered; failing now is a defect.
             Effect.orDie,
-            Effect.flatMap(({ strategy }) =>
-              attempt(strategy).pipe(
-                Effect.retry({
-                  times: settings.max_retries,
-                  while: (e) => e instanceof TransportError && isRetryable(method, e)
-                })
-              )
-            ),
-            Effect.catchIf(
-              (e): e is TransportError => e instanceof TransportError,
-              (e) =>
-                Effect.fail(
-                  new AllAttemptsFailed({
-                    template: template.name,
-                    attempts: failures,
-                    notRetriedReason: isRetryable(method, e)
-                      ? undefined
-                      : "a tools/call is not retried on another instance once it may have reached a backend"
-                  })
-                )
-            ),
-            Effect.timeoutFail({
-              duration: seconds(settings.timeout),
-              onTimeout: () => new UpstreamTimeout({ template: template.name, timeoutSeconds: settings.timeout })
-            }),
+            Effect.flatMap(({ strategy }) => attempt(strategy)),
             Effect.flatMap((response): Effect.Effect<DispatchResult, BackendError> =>
               "error" in response
                 ? Effect.fail(new BackendError({ template: template.name, instanceId: last!.id, error: response.error }))

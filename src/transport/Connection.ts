@@ -1,14 +1,24 @@
 import type { Effect } from "effect"
 import type { JsonRpcResponse } from "../domain/JsonRpc.js"
-import type { TransportError } from "./TransportError.js"
+import type { RequestTimeout, TransportError } from "./TransportError.js"
+
+export interface RequestOptions {
+  /**
+   * Give up after this long (the request is cancelled at the backend). A plain timer inside the
+   * transport rather than Effect.timeout, which forks a fiber per call and halved the
+   * throughput of the request path when measured.
+   */
+  readonly timeoutMs?: number | undefined
+}
 
 /** One instance's live link (a child process, or an HTTP session over a keep-alive pool). */
 export interface Connection {
   /** Sends one request and waits for its response; interrupting it cancels the request at the backend. */
   readonly request: (
     method: string,
-    params: Record<string, unknown> | undefined
-  ) => Effect.Effect<JsonRpcResponse, TransportError>
+    params: Record<string, unknown> | undefined,
+    options?: RequestOptions
+  ) => Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout>
   /** Starts the process or opens the session now (it also happens on first use). */
   readonly connect: Effect.Effect<void, TransportError>
   /** Stops the process (its whole group) or ends the session; later requests fail. */

@@ -1,18 +1,19 @@
 import { Context, Effect, ExecutionStrategy, Exit, Layer, Runtime, Scope } from "effect"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import type { JsonRpcResponse } from "../domain/JsonRpc.js"
-import type { Connection, ConnectionLog } from "./Connection.js"
+import type { Connection, ConnectionLog, RequestOptions } from "./Connection.js"
 import { makeHttpConnection } from "./http.js"
 import { makeStdioConnection } from "./stdio.js"
-import type { TransportError } from "./TransportError.js"
+import type { RequestTimeout, TransportError } from "./TransportError.js"
 
 export interface TransportShape {
   /** One JSON-RPC request to an instance; resolves with its response (a result or a JSON-RPC error). */
   readonly request: (
     instance: InstanceDefinition,
     method: string,
-    params: Record<string, unknown> | undefined
-  ) => Effect.Effect<JsonRpcResponse, TransportError>
+    params: Record<string, unknown> | undefined,
+    options?: RequestOptions
+  ) => Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout>
   /** Starts (stdio) or connects to (HTTP) the instance ahead of its first request. */
   readonly connect: (instance: InstanceDefinition) => Effect.Effect<void, TransportError>
   /** Stops the instance's process or ends its session; for deregistration. */
@@ -72,7 +73,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       )
 
       return {
-        request: (instance, method, params) => connectionFor(instance).request(method, params),
+        request: (instance, method, params, options) => connectionFor(instance).request(method, params, options),
         connect: (instance) => connectionFor(instance).connect,
         close
       }

@@ -10,3 +10,16 @@ export class TransportError extends Data.TaggedError("TransportError")<{
   readonly message: string
   readonly reachedBackend: boolean
 }> {}
+
+/**
+ * The instance did not answer within the time the caller allowed. The request was cancelled at
+ * the backend (stdio: `notifications/cancelled`; HTTP: the connection was closed).
+ */
+export class RequestTimeout extends Data.TaggedError("RequestTimeout")<{
+  readonly instanceId: string
+  readonly timeoutMs: number
+}> {
+  get message() {
+    return `no answer within ${this.timeoutMs} ms`
+  }
+}

@@ -4,14 +4,14 @@ import * as https from "node:https"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
-import type { Connection, ConnectionLog } from "./Connection.js"
+import type { Connection, ConnectionLog, RequestOptions } from "./Connection.js"
 import { answerServerRequest } from "./serverRequests.js"
 import { makeSseParser } from "./sse.js"
-import { TransportError } from "./TransportError.js"
+import { RequestTimeout, TransportError } from "./TransportError.js"
 
 type HttpInstance = Extract<InstanceDefinition, { transport: "http" }>
 
-const INITIALIZE_TIMEOUT = "30 seconds"
+const INITIALIZE_TIMEOUT_MS = 30_000
 
 /** Errors that prove the request never left for the server. */
 const NOT_SENT = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ECONNABORTED"])
@@ -41,6 +41,8 @@ export const makeHttpConnection = (
   const client = url.protocol === "https:" ? https : http
   const agent = new client.Agent({ keepAlive: true, maxSockets: 256 })
   let session: Deferred.Deferred<Session, TransportError> | undefined
+  /** The session once established: requests use it directly, without awaiting anything. */
+  let established: Session | undefined
   let nextId = 1
   let closed = false
 
@@ -69,18 +71,21 @@ export const makeHttpConnection = (
   const post = (
     method: string,
     params: Record<string, unknown> | undefined,
-    s: Session | undefined
-  ): Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone> =>
+    s: Session | undefined,
+    timeoutMs: number | undefined
+  ): Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone | RequestTimeout> =>
     Effect.async((resume) => {
       const id = nextId++
       const body = JSON.stringify(params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
       let settled = false
       let gotResponse = false
+      let timer: ReturnType<typeof setTimeout> | undefined
       const done = (
-        outcome: Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone>
+        outcome: Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone | RequestTimeout>
       ) => {
         if (!settled) {
           settled = true
+          if (timer !== undefined) clearTimeout(timer)
           resume(outcome)
         }
       }
@@ -140,15 +145,26 @@ export const makeHttpConnection = (
         done(Effect.fail(error(`${e.code ?? "error"}: ${e.message}`, sent)))
       })
       req.end(body)
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          // Closing the connection is how Streamable HTTP cancels a request.
+          done(Effect.fail(new RequestTimeout({ instanceId: instance.id, timeoutMs })))
+          req.destroy()
+        }, timeoutMs)
+      }
       return Effect.sync(() => {
         settled = true
+        if (timer !== undefined) clearTimeout(timer)
         req.destroy()
       })
     })
 
   const initialize = Effect.gen(function*() {
-    const { headers, response } = yield* post("initialize", initializeParams(), undefined).pipe(
-      Effect.catchTag("SessionGone", () => Effect.fail(error("initialize was refused", true)))
+    const { headers, response } = yield* post("initialize", initializeParams(), undefined, INITIALIZE_TIMEOUT_MS).pipe(
+      Effect.catchTags({
+        SessionGone: () => Effect.fail(error("initialize was refused", true)),
+        RequestTimeout: () => Effect.fail(error(`no answer to initialize within ${INITIALIZE_TIMEOUT_MS} ms`, true))
+      })
     )
     if ("error" in response) return yield* error(`initialize failed: ${response.error.message}`, true)
     const version = isObject(response.result) ? response.result.protocolVersion : undefined
@@ -156,16 +172,11 @@ export const makeHttpConnection = (
       return yield* error(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`, true)
     }
     const sessionHeader = headers["mcp-session-id"]
-    const established: Session = { id: typeof sessionHeader === "string" ? sessionHeader : undefined, protocolVersion: version }
-    postOneWay({ jsonrpc: "2.0", method: "notifications/initialized" }, established)
-    log.info(`session ${established.id ?? "(stateless)"} with ${instance.endpoint}`)
-    return established
-  }).pipe(
-    Effect.timeoutFail({
-      duration: INITIALIZE_TIMEOUT,
-      onTimeout: () => error(`no answer to initialize within ${INITIALIZE_TIMEOUT}`, true)
-    })
-  )
+    const opened: Session = { id: typeof sessionHeader === "string" ? sessionHeader : undefined, protocolVersion: version }
+    postOneWay({ jsonrpc: "2.0", method: "notifications/initialized" }, opened)
+    log.info(`session ${opened.id ?? "(stateless)"} with ${instance.endpoint}`)
+    return opened
+  })
 
   /** The current session, or a new one; concurrent callers share one initialize. */
   const ensureSession: Effect.Effect<Session, TransportError> = Effect.suspend(() => {
@@ -174,6 +185,7 @@ export const makeHttpConnection = (
     const deferred = Deferred.unsafeMake<Session, TransportError>(FiberId.none)
     session = deferred
     return initialize.pipe(
+      Effect.tap((opened) => Effect.sync(() => session === deferred && (established = opened))),
       // A failed initialize is not remembered: the next use tries again.
       Effect.tapError(() => Effect.sync(() => session === deferred && (session = undefined))),
       Effect.intoDeferred(deferred),
@@ -182,27 +194,54 @@ export const makeHttpConnection = (
     )
   })
 
-  const request = (method: string, params: Record<string, unknown> | undefined) =>
-    Effect.gen(function*() {
-      const s = yield* ensureSession
-      const used = session
-      const first = yield* Effect.either(post(method, params, s))
-      if (first._tag === "Right") return first.right.response
-      if (first.left instanceof TransportError) return yield* first.left
-      // The server forgot the session: start a new one (unless another request already did) and resend once.
-      log.info(`session ${s.id} expired; initializing again`)
-      if (session === used) session = undefined
-      const fresh = yield* ensureSession
-      const retried = yield* post(method, params, fresh).pipe(
-        Effect.catchTag("SessionGone", () => Effect.fail(error("the server rejected a fresh session", true)))
-      )
-      return retried.response
+  /** The server forgot session `lost`: open a new one (unless another request already did) and resend once. */
+  const resend = (
+    lost: Session,
+    method: string,
+    params: Record<string, unknown> | undefined,
+    deadline: number | undefined
+  ) =>
+    Effect.suspend(() => {
+      if (established === lost) {
+        log.info(`session ${lost.id} expired; initializing again`)
+        established = undefined
+        session = undefined
+      }
+      return Effect.flatMap(ensureSession, (fresh) =>
+        post(method, params, fresh, remaining(deadline)).pipe(
+          Effect.catchTag("SessionGone", () => Effect.fail(error("the server rejected a fresh session", true)))
+        ))
     })
+
+  const remaining = (deadline: number | undefined) => deadline === undefined ? undefined : Math.max(1, deadline - Date.now())
+
+  const request = (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) => {
+    const timeoutMs = options?.timeoutMs
+    const current = established
+    if (current !== undefined) {
+      // The hot path: one POST on the open session.
+      return post(method, params, current, timeoutMs).pipe(
+        Effect.catchTag("SessionGone", () =>
+          resend(current, method, params, timeoutMs === undefined ? undefined : Date.now() + timeoutMs)),
+        Effect.map((r) => r.response)
+      )
+    }
+    const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs
+    const opening = timeoutMs === undefined ? ensureSession : ensureSession.pipe(
+      Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new RequestTimeout({ instanceId: instance.id, timeoutMs }) })
+    )
+    return Effect.flatMap(opening, (s) =>
+      post(method, params, s, remaining(deadline)).pipe(
+        Effect.catchTag("SessionGone", () => resend(s, method, params, deadline)),
+        Effect.map((r) => r.response)
+      ))
+  }
 
   const close = Effect.suspend(() => {
     closed = true
     const current = session
     session = undefined
+    established = undefined
     const endSession = current === undefined
       ? Effect.void
       : Deferred.poll(current).pipe(
@@ -227,7 +266,7 @@ export const makeHttpConnection = (
     }).pipe(Effect.timeout("1 second"), Effect.ignore)
 
   return {
-    request: (method, params) => request(method, params),
+    request,
     connect: Effect.asVoid(ensureSession),
     close
   }

@@ -3,15 +3,15 @@ import { type ChildProcess, spawn } from "node:child_process"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
-import type { Connection, ConnectionLog } from "./Connection.js"
+import type { Connection, ConnectionLog, RequestOptions } from "./Connection.js"
 import { makeLineSplitter } from "./lines.js"
 import { answerServerRequest } from "./serverRequests.js"
-import { TransportError } from "./TransportError.js"
+import { RequestTimeout, TransportError } from "./TransportError.js"
 
 type StdioInstance = Extract<InstanceDefinition, { transport: "stdio" }>
 
 /** How long a fresh process may take to answer `initialize` before it is killed. */
-const INITIALIZE_TIMEOUT = "30 seconds"
+const INITIALIZE_TIMEOUT_MS = 30_000
 /** Shutdown as the MCP spec describes it: close stdin, wait, SIGTERM, wait, SIGKILL. */
 const STOP_GRACE_MS = 2000
 
@@ -45,23 +45,42 @@ class Process {
   }
 
   /** Sends a request under a fresh id; the backend never sees the caller's id, so callers cannot collide. */
-  call(method: string, params: Record<string, unknown> | undefined): Effect.Effect<JsonRpcResponse, TransportError> {
-    return Effect.async<JsonRpcResponse, TransportError>((resume) => {
+  call(
+    method: string,
+    params: Record<string, unknown> | undefined,
+    timeoutMs?: number
+  ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> {
+    return Effect.async<JsonRpcResponse, TransportError | RequestTimeout>((resume) => {
       const id = this.nextId++
-      this.pending.set(id, (r) => resume(r instanceof TransportError ? Effect.fail(r) : Effect.succeed(r)))
+      let timer: ReturnType<typeof setTimeout> | undefined
+      this.pending.set(id, (r) => {
+        if (timer !== undefined) clearTimeout(timer)
+        resume(r instanceof TransportError ? Effect.fail(r) : Effect.succeed(r))
+      })
       const message = params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params }
       if (!this.write(message)) {
         this.pending.delete(id)
         resume(Effect.fail(new TransportError({ instanceId: this.instanceId, message: "process is not running", reachedBackend: false })))
         return
       }
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          this.cancel(id)
+          resume(Effect.fail(new RequestTimeout({ instanceId: this.instanceId, timeoutMs })))
+        }, timeoutMs)
+      }
       return Effect.sync(() => {
-        // Interrupted (timeout, client gone): tell the server to stop working on it.
-        if (this.pending.delete(id)) {
-          this.write({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id, reason: "cancelled by the gateway" } })
-        }
+        if (timer !== undefined) clearTimeout(timer)
+        this.cancel(id)
       })
     })
+  }
+
+  /** The caller gave up (timeout, client gone): tell the server to stop working on it. */
+  private cancel(id: number) {
+    if (this.pending.delete(id)) {
+      this.write({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id, reason: "cancelled by the gateway" } })
+    }
   }
 
   onMessage(message: unknown, log: ConnectionLog) {
@@ -96,6 +115,8 @@ export const makeStdioConnection = (
   scope: Scope.Scope
 ): Connection => {
   let current: { readonly process: Process; readonly ready: Deferred.Deferred<Process, TransportError> } | undefined
+  /** The process once initialized: requests go straight to it, without awaiting anything. */
+  let initialized: Process | undefined
   let closed = false
 
   const notRunning = (message: string) => new TransportError({ instanceId: instance.id, message, reachedBackend: false })
@@ -138,7 +159,9 @@ export const makeStdioConnection = (
 
   const initialize = (proc: Process) =>
     Effect.gen(function*() {
-      const response = yield* proc.call("initialize", initializeParams())
+      const response = yield* proc.call("initialize", initializeParams(), INITIALIZE_TIMEOUT_MS).pipe(
+        Effect.catchTag("RequestTimeout", () => notRunning(`no answer to initialize within ${INITIALIZE_TIMEOUT_MS} ms`))
+      )
       if ("error" in response) {
         return yield* notRunning(`initialize failed: ${response.error.message}`)
       }
@@ -147,13 +170,9 @@ export const makeStdioConnection = (
         return yield* notRunning(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`)
       }
       proc.write({ jsonrpc: "2.0", method: "notifications/initialized" })
+      initialized = proc
       return proc
-    }).pipe(
-      Effect.timeoutFail({
-        duration: INITIALIZE_TIMEOUT,
-        onTimeout: () => notRunning(`no answer to initialize within ${INITIALIZE_TIMEOUT}`)
-      })
-    )
+    })
 
   /** The running, initialized process: the current one, or a new one if there is none or it died. */
   const ready: Effect.Effect<Process, TransportError> = Effect.suspend(() => {
@@ -176,13 +195,23 @@ export const makeStdioConnection = (
     )
   })
 
-  const request = (method: string, params: Record<string, unknown> | undefined) =>
-    Effect.flatMap(ready, (proc) => proc.call(method, params))
+  const request = (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) => {
+    const timeoutMs = options?.timeoutMs
+    if (initialized !== undefined && !initialized.exited) return initialized.call(method, params, timeoutMs)
+    // Starting up: the wait for the process counts against the caller's time too.
+    const started = Date.now()
+    const waitReady = timeoutMs === undefined ? ready : ready.pipe(
+      Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new RequestTimeout({ instanceId: instance.id, timeoutMs }) })
+    )
+    return Effect.flatMap(waitReady, (proc) =>
+      proc.call(method, params, timeoutMs === undefined ? undefined : Math.max(1, timeoutMs - (Date.now() - started))))
+  }
 
   const close = Effect.suspend(() => {
     closed = true
     const proc = current?.process
     current = undefined
+    initialized = undefined
     return proc === undefined ? Effect.void : Effect.promise(() => stopProcess(proc))
   })
 

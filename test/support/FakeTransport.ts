@@ -2,7 +2,8 @@ import { Effect, Layer } from "effect"
 import type { InstanceDefinition } from "../../src/domain/Instance.js"
 import type { JsonRpcResponse } from "../../src/domain/JsonRpc.js"
 import { Transport } from "../../src/transport/Transport.js"
-import { TransportError } from "../../src/transport/TransportError.js"
+import type { RequestOptions } from "../../src/transport/Connection.js"
+import { RequestTimeout, TransportError } from "../../src/transport/TransportError.js"
 
 export type Behaviour = (method: string, params: Record<string, unknown> | undefined) => Effect.Effect<unknown, TransportError>
 
@@ -16,15 +17,25 @@ export const makeFakeTransport = () => {
   const calls: Array<{ readonly instanceId: string; readonly method: string }> = []
   const closed: Array<string> = []
 
-  const respond = (instance: InstanceDefinition, method: string, params: Record<string, unknown> | undefined) =>
+  const respond = (
+    instance: InstanceDefinition,
+    method: string,
+    params: Record<string, unknown> | undefined,
+    options?: RequestOptions
+  ) =>
     Effect.suspend(() => {
       calls.push({ instanceId: instance.id, method })
       const behaviour = behaviours.get(instance.id)
       const result = behaviour === undefined ? Effect.succeed({ instance: instance.id }) : behaviour(method, params)
-      return Effect.map(result, (value): JsonRpcResponse =>
+      const answered = Effect.map(result, (value): JsonRpcResponse =>
         value !== null && typeof value === "object" && "error" in value
           ? { jsonrpc: "2.0", id: 1, error: (value as any).error }
           : { jsonrpc: "2.0", id: 1, result: value })
+      // The real transports keep the time with a timer; here the TestClock does.
+      const timeoutMs = options?.timeoutMs
+      return timeoutMs === undefined ? answered : answered.pipe(
+        Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new RequestTimeout({ instanceId: instance.id, timeoutMs }) })
+      )
     })
 
   const layer = Layer.succeed(Transport, {
