@@ -14,6 +14,9 @@ import { defectAnswer, dispatchErrorAnswer, type ErrorAnswer, errorAnswer } from
 import { redocAsset, redocPage } from "./docs.js"
 import { restOperations, runRestOperation } from "./RestOperations.js"
 
+/** How long shutdown waits for requests in flight before closing their connections. */
+const SHUTDOWN_GRACE_MS = 10_000
+
 /** Request bodies larger than this are refused with 413. */
 export const MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -234,9 +237,13 @@ export const HttpServerLive: Layer.Layer<
       }),
       () =>
         Effect.async<void>((resume) => {
-          server.close(() => resume(Effect.void))
-          // Keep-alive clients would hold close() open: end idle and in-flight connections now.
-          server.closeAllConnections()
+          // Shutdown: stop accepting, let requests in flight finish (for a while), then cut.
+          const cut = setTimeout(() => server.closeAllConnections(), SHUTDOWN_GRACE_MS)
+          server.close(() => {
+            clearTimeout(cut)
+            resume(Effect.void)
+          })
+          server.closeIdleConnections()
         })
     )
     const address = server.address()

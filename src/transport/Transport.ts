@@ -4,7 +4,7 @@ import type { JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { Connection, ConnectionLog, RequestOptions } from "./Connection.js"
 import { makeHttpConnection } from "./http.js"
 import { makeStdioConnection } from "./stdio.js"
-import type { RequestTimeout, TransportError } from "./TransportError.js"
+import { type RequestTimeout, TransportError } from "./TransportError.js"
 
 export interface TransportShape {
   /** One JSON-RPC request to an instance; resolves with its response (a result or a JSON-RPC error). */
@@ -31,6 +31,12 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       const layerScope = yield* Effect.scope
       const runtime = yield* Effect.runtime<never>()
       const connections = new Map<string, { readonly connection: Connection; readonly scope: Scope.CloseableScope }>()
+      // Definitions whose connection was closed (deregistered instances): a request still in
+      // flight for one, or a late health probe, must not start a new process or session.
+      // A re-registration is a new definition object, so it connects as usual.
+      const removed = new WeakSet<InstanceDefinition>()
+      const removedError = (instance: InstanceDefinition) =>
+        Effect.fail(new TransportError({ instanceId: instance.id, message: "instance was removed", reachedBackend: false }))
 
       const logFor = (instance: InstanceDefinition): ConnectionLog => {
         const run = (effect: Effect.Effect<void>) =>
@@ -56,6 +62,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
 
       const close = (instance: InstanceDefinition) =>
         Effect.suspend(() => {
+          removed.add(instance)
           const key = `${instance.template}\u0000${instance.id}`
           const entry = connections.get(key)
           if (entry === undefined) return Effect.void
@@ -73,8 +80,9 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       )
 
       return {
-        request: (instance, method, params, options) => connectionFor(instance).request(method, params, options),
-        connect: (instance) => connectionFor(instance).connect,
+        request: (instance, method, params, options) =>
+          removed.has(instance) ? removedError(instance) : connectionFor(instance).request(method, params, options),
+        connect: (instance) => removed.has(instance) ? removedError(instance) : connectionFor(instance).connect,
         close
       }
     })

@@ -227,7 +227,9 @@ export const makeHttpConnection = (
       )
     }
     const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs
-    const opening = timeoutMs === undefined ? ensureSession : ensureSession.pipe(
+    // A session that cannot be opened means this request was never sent (a tools/call may fail over).
+    const session = Effect.mapError(ensureSession, (e) => new TransportError({ instanceId: e.instanceId, message: e.message, reachedBackend: false }))
+    const opening = timeoutMs === undefined ? session : session.pipe(
       Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new RequestTimeout({ instanceId: instance.id, timeoutMs }) })
     )
     return Effect.flatMap(opening, (s) =>

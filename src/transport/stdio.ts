@@ -198,9 +198,11 @@ export const makeStdioConnection = (
   const request = (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) => {
     const timeoutMs = options?.timeoutMs
     if (initialized !== undefined && !initialized.exited) return initialized.call(method, params, timeoutMs)
-    // Starting up: the wait for the process counts against the caller's time too.
+    // Starting up: the wait for the process counts against the caller's time too. If the
+    // process cannot be started, this request never reached it (so a tools/call may fail over).
     const started = Date.now()
-    const waitReady = timeoutMs === undefined ? ready : ready.pipe(
+    const starting = Effect.mapError(ready, (e) => new TransportError({ instanceId: e.instanceId, message: e.message, reachedBackend: false }))
+    const waitReady = timeoutMs === undefined ? starting : starting.pipe(
       Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new RequestTimeout({ instanceId: instance.id, timeoutMs }) })
     )
     return Effect.flatMap(waitReady, (proc) =>

@@ -59,8 +59,11 @@ const exited = (child: ChildProcess, timeoutMs: number) =>
 
 /** Every process below `pid` (children, grandchildren, ... whatever their process group). */
 export const descendants = (pid: number): Array<number> => {
-  const table = execFileSync("ps", ["-eo", "pid=,ppid="], { encoding: "utf8" })
-    .trim().split("\n").map((line) => line.trim().split(/\s+/).map(Number) as [number, number])
+  // (Leaving out the `ps` that lists them, a child of this process while it runs.)
+  const table = execFileSync("ps", ["-eo", "pid=,ppid=,comm="], { encoding: "utf8" })
+    .trim().split("\n").map((line) => line.trim().split(/\s+/))
+    .filter(([, , comm]) => comm !== "ps")
+    .map(([pid, ppid]) => [Number(pid), Number(ppid)] as [number, number])
   const found: Array<number> = []
   const walk = (parent: number) => {
     for (const [child, ppid] of table) {

@@ -1,0 +1,109 @@
+import { Effect, Exit, Scope } from "effect"
+import { describe, expect, it } from "vitest"
+import { defineInstance } from "../../src/domain/Instance.js"
+import type { ConnectionLog } from "../../src/transport/Connection.js"
+import { makeHttpConnection } from "../../src/transport/http.js"
+import { makeStdioConnection } from "../../src/transport/stdio.js"
+import { descendants, everythingServer, isAlive, startEverythingHttp } from "../support/processes.js"
+
+const quiet: ConnectionLog = { debug: () => {}, info: () => {}, warn: () => {} }
+
+const stdio = (command: ReadonlyArray<string>) =>
+  defineInstance("t", "s", { transport: "stdio", command, working_dir: process.cwd() }, "config") as any
+
+/** Runs `use` with a connection whose scope is closed (and process stopped) afterwards. */
+const withConnection = async <A>(
+  make: (scope: Scope.Scope) => ReturnType<typeof makeStdioConnection>,
+  use: (c: ReturnType<typeof makeStdioConnection>) => Promise<A>
+) => {
+  const scope = Effect.runSync(Scope.make())
+  const connection = make(scope)
+  try {
+    return await use(connection)
+  } finally {
+    await Effect.runPromise(connection.close)
+    await Effect.runPromise(Scope.close(scope, Exit.void))
+  }
+}
+
+describe("stdio transport", () => {
+  it("multiplexes concurrent requests over one process, each getting its own answer", async () => {
+    const before = descendants(process.pid)
+    await withConnection((scope) => makeStdioConnection(stdio(["node", everythingServer, "stdio"]), quiet, scope), async (c) => {
+      const answers = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          Effect.runPromise(c.request("tools/call", { name: "echo", arguments: { message: `m${i}` } })))
+      )
+      answers.forEach((a, i) => expect((a as any).result.content[0].text).toBe(`Echo: m${i}`))
+      // One process served all of them.
+      expect(descendants(process.pid).filter((p) => !before.includes(p))).toHaveLength(1)
+    })
+    expect(descendants(process.pid).filter((p) => !before.includes(p))).toEqual([])
+  })
+
+  it("a process that cannot start fails the request as never having reached it", async () => {
+    await withConnection((scope) => makeStdioConnection(stdio(["node", "-e", "process.exit(3)"]), quiet, scope), async (c) => {
+      const exit = await Effect.runPromiseExit(c.request("tools/call", { name: "echo" }))
+      expect(Exit.isFailure(exit)).toBe(true)
+      const error = Exit.isFailure(exit) ? (exit.cause as any).error : undefined
+      expect(error).toMatchObject({ _tag: "TransportError", reachedBackend: false })
+      expect(error.message).toContain("process exited (code 3)")
+    })
+    await withConnection((scope) => makeStdioConnection(stdio(["/nonexistent/server"]), quiet, scope), async (c) => {
+      const exit = await Effect.runPromiseExit(c.request("ping", undefined))
+      expect(Exit.isFailure(exit) && (exit.cause as any).error.message).toContain("ENOENT")
+    })
+  })
+
+  it("times out a slow call, cancels it at the server, and stays usable", async () => {
+    await withConnection((scope) => makeStdioConnection(stdio(["node", everythingServer, "stdio"]), quiet, scope), async (c) => {
+      const slow = await Effect.runPromiseExit(
+        c.request("tools/call", { name: "trigger-long-running-operation", arguments: { duration: 5, steps: 5 } }, { timeoutMs: 300 })
+      )
+      expect(Exit.isFailure(slow) && (slow.cause as any).error._tag).toBe("RequestTimeout")
+      const ok = await Effect.runPromise(c.request("ping", undefined, { timeoutMs: 5000 }))
+      expect(ok).toMatchObject({ result: {} })
+    })
+  })
+
+  it("stops the whole process group on close", async () => {
+    // A shell that starts the server as its child: both must go.
+    const command = ["sh", "-c", `node ${JSON.stringify(everythingServer)} stdio; sleep 1000`]
+    let pids: Array<number> = []
+    const before = descendants(process.pid)
+    await withConnection((scope) => makeStdioConnection(stdio(command), quiet, scope), async (c) => {
+      await Effect.runPromise(c.request("ping", undefined))
+      pids = descendants(process.pid).filter((p) => !before.includes(p))
+      expect(pids.length).toBeGreaterThanOrEqual(2)
+    })
+    for (const pid of pids) expect(isAlive(pid), `process ${pid}`).toBe(false)
+  })
+})
+
+describe("HTTP transport", () => {
+  it("answers from SSE streams and initializes once", async () => {
+    const server = await startEverythingHttp()
+    try {
+      const instance = defineInstance("t", "h", { transport: "http", endpoint: server.url }, "config") as any
+      await withConnection((scope) => makeHttpConnection(instance, quiet, scope), async (c) => {
+        const [a, b] = await Promise.all([
+          Effect.runPromise(c.request("tools/call", { name: "echo", arguments: { message: "one" } })),
+          Effect.runPromise(c.request("tools/call", { name: "get-sum", arguments: { a: 1, b: 2 } }))
+        ])
+        expect((a as any).result.content[0].text).toBe("Echo: one")
+        expect((b as any).result.content[0].text).toContain("3")
+      })
+    } finally {
+      await server.stop()
+    }
+  })
+
+  it("a refused connection is a failure that never reached the server", async () => {
+    const instance = defineInstance("t", "h", { transport: "http", endpoint: "http://127.0.0.1:1/mcp" }, "config") as any
+    await withConnection((scope) => makeHttpConnection(instance, quiet, scope), async (c) => {
+      const exit = await Effect.runPromiseExit(c.request("tools/call", { name: "echo" }))
+      expect(Exit.isFailure(exit) && (exit.cause as any).error).toMatchObject({ _tag: "TransportError", reachedBackend: false })
+      expect(Exit.isFailure(exit) && (exit.cause as any).error.message).toContain("ECONNREFUSED")
+    })
+  })
+})
