@@ -2,6 +2,7 @@ import { Effect, Layer } from "effect"
 import { HealthChecker } from "./health/HealthChecker.js"
 import { HealthProbe } from "./health/HealthProbe.js"
 import { HttpServerLive } from "./http/HttpServer.js"
+import { ClientSessions } from "./proxy/ClientSessions.js"
 import { Dispatcher } from "./proxy/Dispatcher.js"
 import { InstanceLifecycle } from "./proxy/InstanceLifecycle.js"
 import { Stats } from "./proxy/Stats.js"
@@ -14,7 +15,8 @@ import { Transport } from "./transport/Transport.js"
  * The gateway's services without the HTTP server, given a config and a Transport: what tests
  * compose with a fake Transport, and what the live gateway composes with the real one.
  */
-export const GatewayCore = Layer.mergeAll(Dispatcher.layer, HealthChecker.layer, InstanceLifecycle).pipe(
+export const GatewayCore = ClientSessions.layer.pipe(
+  Layer.provideMerge(Layer.mergeAll(Dispatcher.layer, HealthChecker.layer, InstanceLifecycle)),
   Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbe.mcpPing)),
   Layer.provideMerge(Layer.mergeAll(Registry.layer, StrategyLoader.layer, Stats.layer))
 )

@@ -30,6 +30,8 @@ export const ConfigFile = Schema.Struct({
     port: Schema.optional(Port),
     registry_file: Schema.optional(Schema.String),
     allow_stdio_registration: Schema.optional(Schema.Boolean),
+    /** Browser origins allowed on the MCP endpoint besides the loopback ones (against DNS rebinding). */
+    allowed_origins: Schema.optional(Schema.Array(Schema.String)),
     log_level: Schema.optional(LogLevelName),
     /** Gateway-wide defaults for every template's load_balancer. */
     load_balancer: Schema.optional(LoadBalancerInput)
@@ -51,6 +53,7 @@ export interface GatewaySettings {
   readonly port: number
   readonly registryFile: string | undefined
   readonly allowStdioRegistration: boolean
+  readonly allowedOrigins: ReadonlyArray<string>
   readonly logLevel: LogLevelName
   /** Defaults applied to templates that leave a load_balancer field unset (file, then environment). */
   readonly defaults: LoadBalancerSettings
@@ -184,6 +187,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         port: flags.port ?? envPort ?? file.gateway?.port ?? 8080,
         registryFile: registryFile === undefined || registryFile === "" ? undefined : path.resolve(baseDir, registryFile),
         allowStdioRegistration: file.gateway?.allow_stdio_registration ?? false,
+        allowedOrigins: file.gateway?.allowed_origins ?? [],
         logLevel: flags.logLevel ?? file.gateway?.log_level ?? "info",
         defaults,
         baseDir

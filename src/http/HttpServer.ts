@@ -6,82 +6,25 @@ import * as http from "node:http"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import type { DispatchError } from "../domain/GatewayError.js"
 import { Dispatcher, type DispatchResult } from "../proxy/Dispatcher.js"
+import type { ClientSessions } from "../proxy/ClientSessions.js"
 import type { Stats } from "../proxy/Stats.js"
 import type { Registry } from "../registry/Registry.js"
 import type { Strategies } from "../strategy/Strategies.js"
 import { ApiHandlers } from "./ApiHandlers.js"
-import { defectAnswer, dispatchErrorAnswer, type ErrorAnswer, errorAnswer } from "./ApiError.js"
+import { defectAnswer, dispatchErrorAnswer, errorAnswer } from "./ApiError.js"
 import { redocAsset, redocPage } from "./docs.js"
+import { makeMcpEndpoint } from "./McpEndpoint.js"
+import { MAX_BODY_BYTES, readJsonBody, sendError, sendJson } from "./raw.js"
 import { restOperations, runRestOperation } from "./RestOperations.js"
 
 /** How long shutdown waits for requests in flight before closing their connections. */
 const SHUTDOWN_GRACE_MS = 10_000
 
-/** Request bodies larger than this are refused with 413. */
-export const MAX_BODY_BYTES = 4 * 1024 * 1024
 
 export class ListenError extends Data.TaggedError("ListenError")<{ readonly message: string }> {}
 
 /** A client's X-Request-ID is echoed when it is a sane token; otherwise the gateway makes one. */
 const REQUEST_ID = /^[\x21-\x7e]{1,128}$/
-
-const sendJson = (res: http.ServerResponse, status: number, body: unknown, headers?: http.OutgoingHttpHeaders) => {
-  if (res.headersSent || res.destroyed) return
-  const payload = JSON.stringify(body)
-  res.writeHead(status, { ...headers, "content-type": "application/json", "content-length": Buffer.byteLength(payload) })
-  res.end(payload)
-}
-
-const sendError = (res: http.ServerResponse, answer: ErrorAnswer, headers?: http.OutgoingHttpHeaders) =>
-  sendJson(res, answer.status, answer.body, headers)
-
-/**
- * Reads a JSON body up to the limit. Calls back with the parsed value or an error answer.
- * Past the limit the rest is read and dropped (not buffered), so that the client, still
- * sending, gets to read the 413 instead of a reset connection.
- */
-const readJsonBody = (
-  req: http.IncomingMessage,
-  requestId: string,
-  limit: number,
-  callback: (result: { ok: true; value: unknown } | { ok: false; error: ErrorAnswer }) => void
-) => {
-  const tooLarge = () =>
-    errorAnswer(413, "payload_too_large", `the body is larger than ${limit} bytes`, requestId)
-  const declared = Number(req.headers["content-length"])
-  if (declared > limit) {
-    req.resume()
-    return callback({ ok: false, error: tooLarge() })
-  }
-  const chunks: Array<Buffer> = []
-  let size = 0
-  let failed = false
-  req.on("data", (chunk: Buffer) => {
-    if (failed) return
-    size += chunk.length
-    if (size > limit) {
-      failed = true
-      callback({ ok: false, error: tooLarge() })
-      return
-    }
-    chunks.push(chunk)
-  })
-  req.on("end", () => {
-    if (failed) return
-    const text = Buffer.concat(chunks).toString("utf8")
-    if (text.trim() === "") {
-      return callback({ ok: false, error: errorAnswer(400, "invalid_json", "the body is empty; expected a JSON object", requestId) })
-    }
-    try {
-      callback({ ok: true, value: JSON.parse(text) })
-    } catch (e) {
-      callback({ ok: false, error: errorAnswer(400, "invalid_json", `the body is not valid JSON: ${(e as Error).message}`, requestId) })
-    }
-  })
-  req.on("error", () => {
-    failed = true
-  })
-}
 
 /**
  * The gateway's one HTTP server. Its listener sends the REST MCP operations
@@ -92,12 +35,13 @@ const readJsonBody = (
 export const HttpServerLive: Layer.Layer<
   never,
   ListenError,
-  GatewayConfig | Dispatcher | Registry | Stats | Strategies
+  GatewayConfig | Dispatcher | Registry | Stats | Strategies | ClientSessions
 > = Layer.scopedDiscard(
   Effect.gen(function*() {
     const config = yield* GatewayConfig
     const dispatcher = yield* Dispatcher
     const run = yield* FiberSet.makeRuntime<never, DispatchResult, DispatchError>()
+    const mcpEndpoint = yield* makeMcpEndpoint
 
     const apiApp = yield* HttpApiBuilder.httpApp.pipe(
       Effect.provide(
@@ -197,6 +141,16 @@ export const HttpServerLive: Layer.Layer<
 
       if (path.startsWith("/mcp/")) {
         const slash = path.indexOf("/", 5)
+        if (slash === -1 || slash === path.length - 1) {
+          // /mcp/{template}: the MCP endpoint itself.
+          let template: string
+          try {
+            template = decodeURIComponent(path.slice(5, slash === -1 ? undefined : slash))
+          } catch {
+            return sendError(res, errorAnswer(400, "invalid_request", "the template name in the path is not valid URL encoding", requestId))
+          }
+          return mcpEndpoint(req, res, requestId, template)
+        }
         if (slash !== -1) {
           const operationName = path.slice(slash + 1)
           if (operationName !== "health") {

@@ -39,6 +39,15 @@ export interface DispatcherShape {
     params: Record<string, unknown> | undefined,
     options?: DispatchOptions
   ) => Effect.Effect<DispatchResult, DispatchError>
+  /**
+   * Picks an instance of the template the way `call` would, without sending anything: for
+   * sessions that are pinned to one instance. `exclude` leaves out instances already tried.
+   */
+  readonly selectInstance: (
+    template: string,
+    method: string,
+    exclude?: ReadonlySet<string>
+  ) => Effect.Effect<InstanceState, TemplateNotFound | NoHealthyInstance>
 }
 
 /**
@@ -56,6 +65,33 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
       const strategies = yield* Strategies
       const transport = yield* Transport
       const stats = yield* Stats
+
+      const routableCandidates = (template: TemplateState, exclude: ReadonlySet<string> | undefined) => {
+        const candidates: Array<InstanceState> = []
+        for (const i of template.instances.values()) if (i.routable && !exclude?.has(i.id)) candidates.push(i)
+        return candidates
+      }
+
+      const selectInstance: DispatcherShape["selectInstance"] = (templateName, method, exclude) =>
+        Effect.suspend((): Effect.Effect<InstanceState, TemplateNotFound | NoHealthyInstance> => {
+          const template = registry.template(templateName)
+          if (template === undefined) return Effect.fail(new TemplateNotFound({ template: templateName }))
+          const candidates = routableCandidates(template, exclude)
+          if (candidates.length === 0) {
+            return Effect.fail(new NoHealthyInstance({ template: template.name, total: template.instances.size }))
+          }
+          if (candidates.length === 1) return Effect.succeed(candidates[0]!)
+          return strategies.forTemplate(template.name, template.settings).pipe(
+            Effect.orDie,
+            Effect.flatMap(({ strategy }) =>
+              strategy.select(candidates as [InstanceState, ...Array<InstanceState>], {
+                template: template.name,
+                method,
+                attempt: (exclude?.size ?? 0) + 1
+              }) as Effect.Effect<InstanceState>
+            )
+          )
+        })
 
       /** One request to one instance, keeping its live numbers (in-flight count, latency, health) current. */
       const attemptOn = (
@@ -103,9 +139,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
               if (pinned === undefined) return new InstanceNotFound({ template: template.name, instanceId: options.instanceId })
               return tried.has(pinned.id) ? [] : [pinned]
             }
-            const candidates: Array<InstanceState> = []
-            for (const i of template.instances.values()) if (i.routable && !tried.has(i.id)) candidates.push(i)
-            return candidates
+            return routableCandidates(template, tried)
           }
 
           /**
@@ -194,7 +228,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
             : dispatch(template, method, params, options)
         })
 
-      return { call }
+      return { call, selectInstance }
     })
   )
 }

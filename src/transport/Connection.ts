@@ -19,8 +19,11 @@ export interface Connection {
     params: Record<string, unknown> | undefined,
     options?: RequestOptions
   ) => Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout>
-  /** Starts the process or opens the session now (it also happens on first use). */
-  readonly connect: Effect.Effect<void, TransportError>
+  /**
+   * Starts the process or opens the session now (it also happens on first use), and gives the
+   * server's answer to `initialize` (its capabilities, serverInfo, instructions).
+   */
+  readonly initialize: Effect.Effect<Record<string, unknown>, TransportError>
   /** Stops the process (its whole group) or ends the session; later requests fail. */
   readonly close: Effect.Effect<void>
 }

@@ -14,8 +14,16 @@ export interface TransportShape {
     params: Record<string, unknown> | undefined,
     options?: RequestOptions
   ) => Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout>
-  /** Starts (stdio) or connects to (HTTP) the instance ahead of its first request. */
-  readonly connect: (instance: InstanceDefinition) => Effect.Effect<void, TransportError>
+  /**
+   * A connection for one client session of the MCP endpoint, open as long as the given scope:
+   * over HTTP a backend session of its own, initialized with the client's `initialize` params;
+   * over stdio the instance's shared process (its ids are rewritten per request, so sessions
+   * do not see each other's answers). Closing the scope ends what was opened for the session.
+   */
+  readonly openSession: (
+    instance: InstanceDefinition,
+    initializeParams: Record<string, unknown>
+  ) => Effect.Effect<Connection, TransportError, Scope.Scope>
   /** Stops the instance's process or ends its session; for deregistration. */
   readonly close: (instance: InstanceDefinition) => Effect.Effect<void>
 }
@@ -82,7 +90,19 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       return {
         request: (instance, method, params, options) =>
           removed.has(instance) ? removedError(instance) : connectionFor(instance).request(method, params, options),
-        connect: (instance) => removed.has(instance) ? removedError(instance) : connectionFor(instance).connect,
+        openSession: (instance, initializeParams) =>
+          Effect.suspend(() => {
+            if (removed.has(instance)) return removedError(instance)
+            if (instance.transport === "stdio") {
+              const shared = connectionFor(instance)
+              return Effect.succeed<Connection>({ ...shared, close: Effect.void })
+            }
+            return Effect.flatMap(Effect.scope, (scope) =>
+              Effect.acquireRelease(
+                Effect.sync(() => makeHttpConnection(instance, logFor(instance), scope, { initializeParams })),
+                (connection) => connection.close
+              ))
+          }),
         close
       }
     })

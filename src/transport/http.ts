@@ -20,6 +20,8 @@ interface Session {
   /** Absent for a stateless server that issues none. */
   readonly id: string | undefined
   readonly protocolVersion: string
+  /** The server's answer to `initialize`. */
+  readonly initializeResult: Record<string, unknown>
 }
 
 /** The server no longer knows our session: initialize again and resend. */
@@ -35,7 +37,11 @@ class SessionGone {
 export const makeHttpConnection = (
   instance: HttpInstance,
   log: ConnectionLog,
-  scope: Scope.Scope
+  scope: Scope.Scope,
+  options: {
+    /** What to say in `initialize` (a client's own, for a session opened on its behalf); the gateway's by default. */
+    readonly initializeParams?: Record<string, unknown> | undefined
+  } = {}
 ): Connection => {
   const url = new URL(instance.endpoint)
   const client = url.protocol === "https:" ? https : http
@@ -160,7 +166,8 @@ export const makeHttpConnection = (
     })
 
   const initialize = Effect.gen(function*() {
-    const { headers, response } = yield* post("initialize", initializeParams(), undefined, INITIALIZE_TIMEOUT_MS).pipe(
+    const params = options.initializeParams ?? initializeParams()
+    const { headers, response } = yield* post("initialize", params, undefined, INITIALIZE_TIMEOUT_MS).pipe(
       Effect.catchTags({
         SessionGone: () => Effect.fail(error("initialize was refused", true)),
         RequestTimeout: () => Effect.fail(error(`no answer to initialize within ${INITIALIZE_TIMEOUT_MS} ms`, true))
@@ -172,7 +179,11 @@ export const makeHttpConnection = (
       return yield* error(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`, true)
     }
     const sessionHeader = headers["mcp-session-id"]
-    const opened: Session = { id: typeof sessionHeader === "string" ? sessionHeader : undefined, protocolVersion: version }
+    const opened: Session = {
+      id: typeof sessionHeader === "string" ? sessionHeader : undefined,
+      protocolVersion: version,
+      initializeResult: response.result as Record<string, unknown>
+    }
     postOneWay({ jsonrpc: "2.0", method: "notifications/initialized" }, opened)
     log.info(`session ${opened.id ?? "(stateless)"} with ${instance.endpoint}`)
     return opened
@@ -269,7 +280,7 @@ export const makeHttpConnection = (
 
   return {
     request,
-    connect: Effect.asVoid(ensureSession),
+    initialize: Effect.map(ensureSession, (s) => s.initializeResult),
     close
   }
 }

@@ -21,6 +21,8 @@ type Pending = (response: JsonRpcResponse | TransportError) => void
 class Process {
   readonly pending = new Map<number, Pending>()
   nextId = 1
+  /** The server's answer to the gateway's `initialize`. */
+  initializeResult: Record<string, unknown> = {}
   exited = false
   readonly exit: Promise<void>
   private resolveExit!: () => void
@@ -169,6 +171,7 @@ export const makeStdioConnection = (
       if (typeof version !== "string" || !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
         return yield* notRunning(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`)
       }
+      proc.initializeResult = response.result as Record<string, unknown>
       proc.write({ jsonrpc: "2.0", method: "notifications/initialized" })
       initialized = proc
       return proc
@@ -217,7 +220,7 @@ export const makeStdioConnection = (
     return proc === undefined ? Effect.void : Effect.promise(() => stopProcess(proc))
   })
 
-  return { request, connect: Effect.asVoid(ready), close }
+  return { request, initialize: Effect.map(ready, (proc) => proc.initializeResult), close }
 }
 
 const signalGroup = (child: ChildProcess, signal: NodeJS.Signals) => {

@@ -40,7 +40,13 @@ export const makeFakeTransport = () => {
 
   const layer = Layer.succeed(Transport, {
     request: respond,
-    connect: () => Effect.void,
+    openSession: (instance: InstanceDefinition) =>
+      Effect.succeed({
+        request: (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) =>
+          respond(instance, method, params, options),
+        initialize: Effect.succeed({ protocolVersion: "2025-11-25", capabilities: {}, serverInfo: { name: instance.id, version: "1" } }),
+        close: Effect.void
+      }),
     close: (instance) => Effect.sync(() => void closed.push(instance.id))
   })
 

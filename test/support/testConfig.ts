@@ -15,6 +15,7 @@ export const testConfig = (
     port: 0,
     registryFile: options.registryFile,
     allowStdioRegistration: false,
+    allowedOrigins: [],
     logLevel: "none",
     defaults: DEFAULT_LOAD_BALANCER,
     baseDir: process.cwd()

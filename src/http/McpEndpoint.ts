@@ -1,0 +1,212 @@
+import { Cause, Effect, Exit, FiberId, FiberSet, Option } from "effect"
+import type * as http from "node:http"
+import { GatewayConfig } from "../config/GatewayConfig.js"
+import {
+  ErrorCode,
+  isNotification,
+  isObject,
+  isRequest,
+  isResponse,
+  type JsonRpcId,
+  type JsonRpcResponse
+} from "../domain/JsonRpc.js"
+import { SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
+import { type ClientSession, ClientSessions } from "../proxy/ClientSessions.js"
+import { Stats } from "../proxy/Stats.js"
+import { Registry } from "../registry/Registry.js"
+import { MAX_BODY_BYTES, readJsonBody, sendJson } from "./raw.js"
+
+/** JSON-RPC error body, the form every answer of this endpoint takes (clients parse JSON-RPC here). */
+const rpcError = (id: JsonRpcId | null, code: number, message: string) => ({ jsonrpc: "2.0", id, error: { code, message } })
+
+const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]", "::1"])
+
+/** The `accept` header lists every one of these (or a wildcard that covers them). */
+const accepts = (header: string | undefined, ...types: ReadonlyArray<string>) => {
+  if (header === undefined) return false
+  const listed = header.split(",").map((part) => part.split(";")[0]!.trim().toLowerCase())
+  return types.every((type) => listed.includes(type) || listed.includes("*/*") || listed.includes(`${type.split("/")[0]}/*`))
+}
+
+/**
+ * The MCP Streamable HTTP endpoint `/mcp/{template}`: an MCP client connects to the gateway as
+ * if it were the server. `initialize` pins the client's session to one instance (the template's
+ * strategy picks it); the session id is the gateway's own; requests go to the pinned instance;
+ * `notifications/cancelled` stops the matching request down to the backend; DELETE ends the
+ * session. A session whose instance died or was removed answers 404, so the client starts a
+ * new one, which lands on a healthy instance.
+ */
+export const makeMcpEndpoint = Effect.gen(function*() {
+  const sessions = yield* ClientSessions
+  const registry = yield* Registry
+  const stats = yield* Stats
+  const config = yield* GatewayConfig
+  const run = yield* FiberSet.makeRuntime<never, unknown, unknown>()
+  const allowedOrigins = new Set(config.gateway.allowedOrigins)
+
+  const originAllowed = (origin: string) => {
+    if (allowedOrigins.has(origin) || allowedOrigins.has("*")) return true
+    try {
+      return LOOPBACK_HOSTS.has(new URL(origin).hostname)
+    } catch {
+      return false
+    }
+  }
+
+  /** The session named by the request, or the answer to give when there is none. */
+  const sessionOf = (req: http.IncomingMessage, template: string): ClientSession | { status: number; message: string } => {
+    const id = req.headers["mcp-session-id"]
+    if (typeof id !== "string" || id === "") return { status: 400, message: "Bad Request: Mcp-Session-Id header is required" }
+    const session = sessions.get(id)
+    if (session === undefined || session.template !== template) return { status: 404, message: "Session not found" }
+    // The pinned instance was removed or is down: end the session so that the client re-initializes.
+    const current = registry.template(template)?.instances.get(session.instance.id)
+    if (current !== session.instance || session.instance.status === "unhealthy") {
+      run(sessions.close(session.id))
+      return { status: 404, message: "Session not found: its server instance is no longer available" }
+    }
+    session.lastSeen = Date.now()
+    return session
+  }
+
+  const initialize = (res: http.ServerResponse, template: string, id: JsonRpcId, params: Record<string, unknown>) => {
+    const started = performance.now()
+    const fiber = run(sessions.open(template, params))
+    fiber.addObserver((exit) => {
+      if (Exit.isSuccess(exit)) {
+        const { result, session } = exit.value as Effect.Effect.Success<ReturnType<typeof sessions.open>>
+        stats.recordRequest({ template, strategy: registry.template(template)?.settings.strategy ?? "", instanceId: session.instance.id, latencyMs: performance.now() - started, ok: true })
+        return sendJson(res, 200, { jsonrpc: "2.0", id, result }, { "mcp-session-id": session.id })
+      }
+      const failure = Cause.failureOption(exit.cause)
+      if (Option.isNone(failure)) return sendJson(res, 500, rpcError(id, ErrorCode.InternalError, "the gateway failed to open a session"))
+      const error = failure.value as { _tag: string; message: string }
+      const status = error._tag === "TemplateNotFound" ? 404 : error._tag === "NoHealthyInstance" ? 503 : 502
+      sendJson(res, status, rpcError(id, ErrorCode.InternalError, error.message))
+    })
+  }
+
+  const forward = (
+    res: http.ServerResponse,
+    session: ClientSession,
+    id: JsonRpcId,
+    method: string,
+    params: Record<string, unknown> | undefined
+  ) => {
+    const key = JSON.stringify(id)
+    const timeoutMs = (registry.template(session.template)?.settings.timeout ?? 60) * 1000
+    const started = performance.now()
+    const fiber = run(session.backend.request(method, params, { timeoutMs }))
+    session.inflight.set(key, fiber)
+    const onClose = () => {
+      if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)
+    }
+    res.once("close", onClose)
+    fiber.addObserver((exit) => {
+      res.off("close", onClose)
+      if (session.inflight.get(key) === fiber) session.inflight.delete(key)
+      const ok = Exit.isSuccess(exit)
+      stats.recordRequest({
+        template: session.template,
+        strategy: "session",
+        instanceId: session.instance.id,
+        latencyMs: performance.now() - started,
+        ok
+      })
+      if (ok) {
+        const response = exit.value as JsonRpcResponse
+        return sendJson(res, 200, "error" in response ? { jsonrpc: "2.0", id, error: response.error } : { jsonrpc: "2.0", id, result: response.result })
+      }
+      if (Cause.isInterruptedOnly(exit.cause)) {
+        // Cancelled by the client (notifications/cancelled) or it hung up: nobody waits for an answer.
+        return sendJson(res, 200, rpcError(id, ErrorCode.InternalError, "request cancelled"))
+      }
+      const failure = Cause.failureOption(exit.cause)
+      const error = Option.getOrUndefined(failure) as { _tag?: string; message?: string } | undefined
+      if (error?._tag === "RequestTimeout") {
+        return sendJson(res, 200, rpcError(id, ErrorCode.InternalError, `the server did not answer within ${timeoutMs / 1000}s`))
+      }
+      // The pinned instance failed under this session: it is gone for the client, who starts anew.
+      session.instance.markUnhealthy(error?.message ?? "request failed")
+      run(sessions.close(session.id))
+      sendJson(res, 404, rpcError(id, ErrorCode.InternalError, `Session not found: ${error?.message ?? "its server instance failed"}`))
+    })
+  }
+
+  const post = (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string) => {
+    if (!accepts(req.headers.accept, "application/json", "text/event-stream")) {
+      req.resume()
+      return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list application/json and text/event-stream"))
+    }
+    const version = req.headers["mcp-protocol-version"]
+    if (typeof version === "string" && !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
+      req.resume()
+      return sendJson(res, 400, rpcError(null, ErrorCode.InvalidRequest, `Bad Request: unsupported MCP-Protocol-Version ${version} (supported: ${SUPPORTED_PROTOCOL_VERSIONS.join(", ")})`))
+    }
+    readJsonBody(req, requestId, MAX_BODY_BYTES, (body) => {
+      if (!body.ok) {
+        const code = body.error.status === 413 ? ErrorCode.InvalidRequest : ErrorCode.ParseError
+        return sendJson(res, body.error.status, rpcError(null, code, body.error.body.error.message))
+      }
+      const message = body.value
+      if (Array.isArray(message)) {
+        return sendJson(res, 400, rpcError(null, ErrorCode.InvalidRequest, "Bad Request: JSON-RPC batches are not supported"))
+      }
+      if (!isObject(message) || message.jsonrpc !== "2.0") {
+        return sendJson(res, 400, rpcError(null, ErrorCode.InvalidRequest, "Bad Request: expected one JSON-RPC 2.0 message"))
+      }
+      if (isRequest(message) && message.method === "initialize") {
+        if (registry.template(template) === undefined) {
+          return sendJson(res, 404, rpcError(message.id, ErrorCode.InvalidRequest, `unknown template "${template}"`))
+        }
+        return initialize(res, template, message.id, isObject(message.params) ? message.params : {})
+      }
+      const session = sessionOf(req, template)
+      if (!("id" in session && "backend" in session)) {
+        return sendJson(res, session.status, rpcError(isRequest(message) ? message.id : null, ErrorCode.InvalidRequest, session.message))
+      }
+      if (isRequest(message)) {
+        return forward(res, session, message.id, message.method, isObject(message.params) ? message.params : undefined)
+      }
+      if (isNotification(message)) {
+        if (message.method === "notifications/cancelled" && isObject(message.params)) {
+          const fiber = session.inflight.get(JSON.stringify(message.params.requestId))
+          if (fiber !== undefined) fiber.unsafeInterruptAsFork(FiberId.none)
+        }
+        // notifications/initialized: the gateway completed the backend's handshake itself.
+        res.writeHead(202).end()
+        return
+      }
+      if (isResponse(message)) {
+        // Answers to server→client requests: the gateway answers those itself for now.
+        res.writeHead(202).end()
+        return
+      }
+      sendJson(res, 400, rpcError(null, ErrorCode.InvalidRequest, "Bad Request: not a JSON-RPC request, notification or response"))
+    })
+  }
+
+  return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string) => {
+    const origin = req.headers.origin
+    if (typeof origin === "string" && !originAllowed(origin)) {
+      req.resume()
+      return sendJson(res, 403, rpcError(null, ErrorCode.InvalidRequest, `Forbidden: origin ${origin} is not allowed`))
+    }
+    switch (req.method) {
+      case "POST":
+        return post(req, res, requestId, template)
+      case "DELETE": {
+        const session = sessionOf(req, template)
+        if (!("backend" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
+        run(sessions.close(session.id)).addObserver(() => {
+          res.writeHead(200).end()
+        })
+        return
+      }
+      default:
+        // No standing GET stream yet: the spec's answer for a server that offers none.
+        req.resume()
+        res.writeHead(405, { allow: "POST, DELETE" }).end()
+    }
+  }
+})

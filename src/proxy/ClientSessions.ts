@@ -1,0 +1,149 @@
+import { Context, Effect, ExecutionStrategy, Exit, Fiber, Layer, Schedule, Scope, Stream } from "effect"
+import { randomBytes } from "node:crypto"
+import { AllAttemptsFailed, type FailedAttempt, type NoHealthyInstance, type TemplateNotFound } from "../domain/GatewayError.js"
+import { isObject } from "../domain/JsonRpc.js"
+import { LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
+import type { InstanceState } from "../registry/InstanceState.js"
+import { Registry } from "../registry/Registry.js"
+import type { Connection } from "../transport/Connection.js"
+import { Transport } from "../transport/Transport.js"
+import { Dispatcher } from "./Dispatcher.js"
+
+/** A session the gateway holds for an MCP client of `/mcp/{template}`, pinned to one instance. */
+export interface ClientSession {
+  /** The gateway's own session id (what the client sends as MCP-Session-Id); never the backend's. */
+  readonly id: string
+  readonly template: string
+  readonly instance: InstanceState
+  readonly protocolVersion: string
+  readonly backend: Connection
+  readonly scope: Scope.CloseableScope
+  /** Requests in flight by the client's JSON-RPC id (JSON-encoded), so that notifications/cancelled can stop them. */
+  readonly inflight: Map<string, Fiber.RuntimeFiber<unknown, unknown>>
+  lastSeen: number
+}
+
+export interface ClientSessionsShape {
+  /**
+   * Picks an instance with the template's strategy, opens a backend session for the client on
+   * it (failing over to another instance if it cannot), and answers the client's `initialize`.
+   */
+  readonly open: (
+    template: string,
+    initializeParams: Record<string, unknown>
+  ) => Effect.Effect<
+    { readonly session: ClientSession; readonly result: Record<string, unknown> },
+    TemplateNotFound | NoHealthyInstance | AllAttemptsFailed
+  >
+  readonly get: (id: string) => ClientSession | undefined
+  /** Ends a session: stops its requests in flight and closes what was opened for it. False when unknown. */
+  readonly close: (id: string) => Effect.Effect<boolean>
+  readonly size: () => number
+}
+
+/** Sessions nobody used for this long are ended (a client that vanished without DELETE). */
+const IDLE_TIMEOUT_MS = 30 * 60 * 1000
+const REAP_EVERY = "1 minute"
+
+/** 128 bits from the system's CSPRNG, as the MCP spec asks of session ids. */
+const newSessionId = () => randomBytes(16).toString("hex")
+
+export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<ClientSessions, ClientSessionsShape>() {
+  static readonly layer: Layer.Layer<ClientSessions, never, Registry | Dispatcher | Transport> = Layer.scoped(
+    ClientSessions,
+    Effect.gen(function*() {
+      const registry = yield* Registry
+      const dispatcher = yield* Dispatcher
+      const transport = yield* Transport
+      const layerScope = yield* Effect.scope
+      const sessions = new Map<string, ClientSession>()
+
+      const close = (id: string) =>
+        Effect.suspend(() => {
+          const session = sessions.get(id)
+          if (session === undefined) return Effect.succeed(false)
+          sessions.delete(id)
+          const fibers = Array.from(session.inflight.values())
+          session.inflight.clear()
+          return Fiber.interruptAll(fibers).pipe(
+            Effect.zipRight(Scope.close(session.scope, Exit.void)),
+            Effect.as(true)
+          )
+        })
+
+      const open: ClientSessionsShape["open"] = (template, initializeParams) =>
+        Effect.gen(function*() {
+          const tried = new Set<string>()
+          const failures: Array<FailedAttempt> = []
+          const settings = registry.template(template)?.settings
+          const maxAttempts = 1 + (settings?.max_retries ?? 0)
+          while (tried.size < maxAttempts) {
+            const instance = yield* dispatcher.selectInstance(template, "initialize", tried).pipe(
+              Effect.catchTag("NoHealthyInstance", (e): Effect.Effect<never, NoHealthyInstance | AllAttemptsFailed> =>
+                tried.size === 0 ? Effect.fail(e) : Effect.fail(new AllAttemptsFailed({ template, attempts: failures })))
+            )
+            tried.add(instance.id)
+            const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
+            const opened = yield* transport.openSession(instance.definition, initializeParams).pipe(
+              Effect.flatMap((backend) => Effect.map(backend.initialize, (result) => ({ backend, result }))),
+              Scope.extend(scope),
+              Effect.either
+            )
+            if (opened._tag === "Left") {
+              yield* Scope.close(scope, Exit.void)
+              failures.push({ instanceId: instance.id, message: opened.left.message })
+              instance.markUnhealthy(opened.left.message)
+              yield* Effect.logWarning(`${template}/${instance.id}: cannot open a session: ${opened.left.message}`)
+              continue
+            }
+            const requested = initializeParams.protocolVersion
+            // An HTTP backend negotiated with the client's own initialize; a shared stdio process
+            // was initialized by the gateway, so the client gets the version it asked for if we speak it.
+            const protocolVersion = instance.definition.transport === "http"
+              ? String(opened.right.result.protocolVersion ?? LATEST_PROTOCOL_VERSION)
+              : typeof requested === "string" && SUPPORTED_PROTOCOL_VERSIONS.includes(requested)
+              ? requested
+              : LATEST_PROTOCOL_VERSION
+            const session: ClientSession = {
+              id: newSessionId(),
+              template,
+              instance,
+              protocolVersion,
+              backend: opened.right.backend,
+              scope,
+              inflight: new Map(),
+              lastSeen: Date.now()
+            }
+            sessions.set(session.id, session)
+            yield* Effect.logDebug(`session ${session.id} of template ${template} pinned to ${instance.id}`)
+            return { session, result: { ...(isObject(opened.right.result) ? opened.right.result : {}), protocolVersion } }
+          }
+          return yield* new AllAttemptsFailed({ template, attempts: failures })
+        })
+
+      // Sessions pinned to a removed instance end with it (their next request answers 404).
+      const changes = yield* registry.changes
+      yield* changes.pipe(
+        Stream.filter((change) => change._tag === "InstanceRemoved"),
+        Stream.runForEach((change) =>
+          Effect.forEach(
+            Array.from(sessions.values()).filter((s) => s.instance === change.instance),
+            (s) => close(s.id),
+            { discard: true }
+          )
+        ),
+        Effect.forkScoped
+      )
+
+      yield* Effect.suspend(() => {
+        const idleSince = Date.now() - IDLE_TIMEOUT_MS
+        const idle = Array.from(sessions.values()).filter((s) => s.lastSeen < idleSince && s.inflight.size === 0)
+        return Effect.forEach(idle, (s) => close(s.id), { discard: true })
+      }).pipe(Effect.repeat(Schedule.spaced(REAP_EVERY)), Effect.forkScoped)
+
+      yield* Effect.addFinalizer(() => Effect.forEach(Array.from(sessions.keys()), close, { discard: true }))
+
+      return { open, get: (id) => sessions.get(id), close, size: () => sessions.size }
+    })
+  )
+}

@@ -1,0 +1,167 @@
+import { Client } from "@modelcontextprotocol/sdk/client/index.js"
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js"
+import * as path from "node:path"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import {
+  api,
+  everythingServer,
+  type RunningGateway,
+  type RunningServer,
+  startEverythingHttp,
+  startGateway,
+  tempDir,
+  writeJson
+} from "../support/processes.js"
+
+/**
+ * The official MCP SDK client, connected to the gateway's `/mcp/{template}` endpoint, does what
+ * it does when connected to the server directly.
+ */
+describe("MCP endpoint end to end", () => {
+  let backend: RunningServer
+  let gateway: RunningGateway
+  const clients: Array<Client> = []
+
+  const connect = async (url: string) => {
+    const client = new Client({ name: "e2e", version: "1.0.0" })
+    await client.connect(new StreamableHTTPClientTransport(new URL(url)))
+    clients.push(client)
+    return client
+  }
+
+  beforeAll(async () => {
+    backend = await startEverythingHttp()
+    const dir = tempDir()
+    const configFile = path.join(dir, "gateway.json")
+    writeJson(configFile, {
+      templates: {
+        stdio: {
+          instances: [
+            { id: "s1", transport: "stdio", command: ["node", everythingServer, "stdio"] },
+            { id: "s2", transport: "stdio", command: ["node", everythingServer, "stdio"] }
+          ]
+        },
+        http: { instances: [{ id: "h1", transport: "http", endpoint: backend.url }] },
+        single: { instances: [{ id: "only", transport: "stdio", command: ["node", everythingServer, "stdio"] }] }
+      }
+    })
+    gateway = await startGateway({ configFile })
+  })
+
+  afterAll(async () => {
+    await Promise.all(clients.map((c) => c.close().catch(() => {})))
+    await gateway?.stop()
+    await backend?.stop()
+  })
+
+  for (const template of ["stdio", "http"]) {
+    it(`${template} backend: tools, resources, prompts, completion, logging, ping, termination`, async () => {
+      const direct = await connect(backend.url)
+      const client = await connect(`${gateway.url}/mcp/${template}`)
+      expect(client.getServerVersion()?.name).toBe("mcp-servers/everything")
+      expect(client.getServerCapabilities()?.tools).toBeDefined()
+
+      const tools = await client.listTools()
+      expect(tools.tools.map((t) => t.name)).toEqual((await direct.listTools()).tools.map((t) => t.name))
+
+      const echo = await client.callTool({ name: "echo", arguments: { message: "through the gateway" } })
+      expect(echo.content).toEqual([{ type: "text", text: "Echo: through the gateway" }])
+      const sum = await client.callTool({ name: "get-sum", arguments: { a: 20, b: 22 } })
+      expect(JSON.stringify(sum.content)).toContain("42")
+
+      const resources = await client.listResources()
+      expect(resources.resources.map((r) => r.uri)).toContain("demo://resource/static/document/architecture.md")
+      const read = await client.readResource({ uri: "demo://resource/static/document/architecture.md" })
+      expect(read.contents[0]?.uri).toBe("demo://resource/static/document/architecture.md")
+
+      const prompts = await client.listPrompts()
+      expect(prompts.prompts.map((p) => p.name)).toEqual(expect.arrayContaining(["simple-prompt", "args-prompt"]))
+      const prompt = await client.getPrompt({ name: "args-prompt", arguments: { city: "Oslo" } })
+      expect(JSON.stringify(prompt.messages)).toContain("Oslo")
+
+      const completion = await client.complete({
+        ref: { type: "ref/prompt", name: "completable-prompt" },
+        argument: { name: "department", value: "Eng" }
+      })
+      expect(completion.completion.values).toEqual(["Engineering"])
+
+      await client.setLoggingLevel("debug")
+      expect(await client.ping()).toEqual({})
+
+      // A JSON-RPC error of the server reaches the client as such.
+      await expect(client.readResource({ uri: "demo://nope" })).rejects.toThrow(/not found/i)
+
+      const transport = client.transport as StreamableHTTPClientTransport
+      const sessionId = transport.sessionId!
+      expect(sessionId).toMatch(/^[0-9a-f]{32}$/)
+      await transport.terminateSession()
+      const after = await fetch(`${gateway.url}/mcp/${template}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", accept: "application/json, text/event-stream", "mcp-session-id": sessionId },
+        body: JSON.stringify({ jsonrpc: "2.0", id: 9, method: "ping" })
+      })
+      expect(after.status).toBe(404)
+    })
+  }
+
+  it("two clients sharing one stdio instance each get only their own answers", async () => {
+    const [a, b] = await Promise.all([connect(`${gateway.url}/mcp/single`), connect(`${gateway.url}/mcp/single`)])
+    const results = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => (i % 2 === 0 ? a : b).callTool({ name: "echo", arguments: { message: `${i % 2 === 0 ? "a" : "b"}${i}` } }))
+    )
+    results.forEach((r, i) => expect(r.content).toEqual([{ type: "text", text: `Echo: ${i % 2 === 0 ? "a" : "b"}${i}` }]))
+  })
+
+  it("when the pinned instance goes away, the session answers 404 and a new one lands on another instance", async () => {
+    const client = await connect(`${gateway.url}/mcp/stdio`)
+    const before = (await api(`${gateway.url}/gateway/stats`)).body.templates.stdio.instances
+    for (let i = 0; i < 3; i++) await client.callTool({ name: "echo", arguments: { message: "pin" } })
+    const after = (await api(`${gateway.url}/gateway/stats`)).body.templates.stdio.instances
+    const pinned = ["s1", "s2"].find((id) => after[id].requests - before[id].requests === 3)!
+    expect(pinned).toBeDefined()
+
+    expect((await api(`${gateway.url}/gateway/deregister/stdio/${pinned}`, { method: "DELETE" })).status).toBe(200)
+    await expect(client.callTool({ name: "echo", arguments: { message: "gone" } })).rejects.toThrow(/404|not found/i)
+
+    const again = await connect(`${gateway.url}/mcp/stdio`)
+    const echo = await again.callTool({ name: "echo", arguments: { message: "back" } })
+    expect(echo.content).toEqual([{ type: "text", text: "Echo: back" }])
+    const other = ["s1", "s2"].find((id) => id !== pinned)!
+    const final = (await api(`${gateway.url}/gateway/stats`)).body.templates.stdio.instances
+    expect(final[other].requests).toBeGreaterThan(after[other].requests)
+  })
+
+  it("answers protocol mistakes with the status the spec gives", async () => {
+    const url = `${gateway.url}/mcp/http`
+    const init = { jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "raw", version: "1" } } }
+    const post = (body: unknown, headers: Record<string, string> = {}) =>
+      fetch(url, {
+        method: "POST",
+        headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...headers },
+        body: typeof body === "string" ? body : JSON.stringify(body)
+      })
+    expect((await post(init, { accept: "application/json" })).status).toBe(406)
+    expect((await post(init, { "mcp-protocol-version": "1999-01-01" })).status).toBe(400)
+    expect((await post(init, { origin: "http://evil.example" })).status).toBe(403)
+    const parseError = await post("{oops")
+    expect(parseError.status).toBe(400)
+    expect(((await parseError.json()) as any).error.code).toBe(-32700)
+    expect((await post({ jsonrpc: "2.0", id: 2, method: "tools/list" })).status).toBe(400)
+    expect((await post({ jsonrpc: "2.0", id: 2, method: "tools/list" }, { "mcp-session-id": "nope" })).status).toBe(404)
+    expect((await fetch(url, { headers: { accept: "text/event-stream" } })).status).toBe(405)
+    expect((await fetch(`${gateway.url}/mcp/unknown`, {
+      method: "POST",
+      headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
+      body: JSON.stringify(init)
+    })).status).toBe(404)
+
+    const opened = await post(init, { origin: "http://localhost:6274" })
+    expect(opened.status).toBe(200)
+    const session = opened.headers.get("mcp-session-id")!
+    expect(((await opened.json()) as any).result.serverInfo.name).toBe("mcp-servers/everything")
+    const notified = await post({ jsonrpc: "2.0", method: "notifications/initialized" }, { "mcp-session-id": session })
+    expect(notified.status).toBe(202)
+    const deleted = await fetch(url, { method: "DELETE", headers: { "mcp-session-id": session } })
+    expect(deleted.status).toBe(200)
+  })
+})
