@@ -96,7 +96,24 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     const key = JSON.stringify(id)
     const timeoutMs = (registry.template(session.template)?.settings.timeout ?? 60) * 1000
     const started = performance.now()
-    const fiber = run(session.backend.request(method, params, { timeoutMs }))
+    // The answer is plain JSON unless the server says something before it (progress while a
+    // long tool runs): then it becomes an SSE stream, the notifications go out as they come,
+    // and the response closes it.
+    let streaming = false
+    const event = (message: unknown) => {
+      if (res.destroyed) return
+      if (!streaming) {
+        streaming = true
+        res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
+      }
+      res.write(`event: message\ndata: ${JSON.stringify(message)}\n\n`)
+    }
+    const answer = (status: number, message: unknown) => {
+      if (!streaming) return sendJson(res, status, message)
+      event(message)
+      res.end()
+    }
+    const fiber = run(session.backend.request(method, params, { timeoutMs, onNotification: event }))
     session.inflight.set(key, fiber)
     const onClose = () => {
       if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)
@@ -115,21 +132,21 @@ export const makeMcpEndpoint = Effect.gen(function*() {
       })
       if (ok) {
         const response = exit.value as JsonRpcResponse
-        return sendJson(res, 200, "error" in response ? { jsonrpc: "2.0", id, error: response.error } : { jsonrpc: "2.0", id, result: response.result })
+        return answer(200, "error" in response ? { jsonrpc: "2.0", id, error: response.error } : { jsonrpc: "2.0", id, result: response.result })
       }
       if (Cause.isInterruptedOnly(exit.cause)) {
         // Cancelled by the client (notifications/cancelled) or it hung up: nobody waits for an answer.
-        return sendJson(res, 200, rpcError(id, ErrorCode.InternalError, "request cancelled"))
+        return answer(200, rpcError(id, ErrorCode.InternalError, "request cancelled"))
       }
       const failure = Cause.failureOption(exit.cause)
       const error = Option.getOrUndefined(failure) as { _tag?: string; message?: string } | undefined
       if (error?._tag === "RequestTimeout") {
-        return sendJson(res, 200, rpcError(id, ErrorCode.InternalError, `the server did not answer within ${timeoutMs / 1000}s`))
+        return answer(200, rpcError(id, ErrorCode.InternalError, `the server did not answer within ${timeoutMs / 1000}s`))
       }
       // The pinned instance failed under this session: it is gone for the client, who starts anew.
       session.instance.markUnhealthy(error?.message ?? "request failed")
       run(sessions.close(session.id))
-      sendJson(res, 404, rpcError(id, ErrorCode.InternalError, `Session not found: ${error?.message ?? "its server instance failed"}`))
+      answer(404, rpcError(id, ErrorCode.InternalError, `Session not found: ${error?.message ?? "its server instance failed"}`))
     })
   }
 

@@ -1,5 +1,5 @@
 import type { Effect } from "effect"
-import type { JsonRpcResponse } from "../domain/JsonRpc.js"
+import type { JsonRpcNotification, JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { RequestTimeout, TransportError } from "./TransportError.js"
 
 export interface RequestOptions {
@@ -9,6 +9,11 @@ export interface RequestOptions {
    * throughput of the request path when measured.
    */
   readonly timeoutMs?: number | undefined
+  /**
+   * Notifications the server sends about this request while it runs (`notifications/progress`
+   * for the request's progress token), delivered as they arrive, before the response.
+   */
+  readonly onNotification?: ((notification: JsonRpcNotification) => void) | undefined
 }
 
 /** One instance's live link (a child process, or an HTTP session over a keep-alive pool). */

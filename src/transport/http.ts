@@ -2,7 +2,7 @@ import { Deferred, Effect, FiberId, type Scope } from "effect"
 import * as http from "node:http"
 import * as https from "node:https"
 import type { InstanceDefinition } from "../domain/Instance.js"
-import { isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { Connection, ConnectionLog, RequestOptions } from "./Connection.js"
 import { answerServerRequest } from "./serverRequests.js"
@@ -78,7 +78,8 @@ export const makeHttpConnection = (
     method: string,
     params: Record<string, unknown> | undefined,
     s: Session | undefined,
-    timeoutMs: number | undefined
+    timeoutMs: number | undefined,
+    onNotification?: RequestOptions["onNotification"]
   ): Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone | RequestTimeout> =>
     Effect.async((resume) => {
       const id = nextId++
@@ -105,8 +106,10 @@ export const makeHttpConnection = (
             done(Effect.succeed({ response: message, headers: res.headers }))
           } else if (isRequest(message)) {
             postOneWay(answerServerRequest(message), s)
-          } else if (isObject(message) && typeof message.method === "string") {
-            log.debug(`notification ${message.method}`)
+          } else if (isNotification(message)) {
+            // On this POST's stream, so about this request (progress, logging while it runs).
+            if (onNotification !== undefined) onNotification(message)
+            else log.debug(`notification ${message.method}`)
           }
         }
         if (status >= 200 && status < 300 && type.startsWith("text/event-stream")) {
@@ -210,7 +213,8 @@ export const makeHttpConnection = (
     lost: Session,
     method: string,
     params: Record<string, unknown> | undefined,
-    deadline: number | undefined
+    deadline: number | undefined,
+    onNotification: RequestOptions["onNotification"]
   ) =>
     Effect.suspend(() => {
       if (established === lost) {
@@ -219,7 +223,7 @@ export const makeHttpConnection = (
         session = undefined
       }
       return Effect.flatMap(ensureSession, (fresh) =>
-        post(method, params, fresh, remaining(deadline)).pipe(
+        post(method, params, fresh, remaining(deadline), onNotification).pipe(
           Effect.catchTag("SessionGone", () => Effect.fail(error("the server rejected a fresh session", true)))
         ))
     })
@@ -228,12 +232,13 @@ export const makeHttpConnection = (
 
   const request = (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) => {
     const timeoutMs = options?.timeoutMs
+    const onNotification = options?.onNotification
     const current = established
     if (current !== undefined) {
       // The hot path: one POST on the open session.
-      return post(method, params, current, timeoutMs).pipe(
+      return post(method, params, current, timeoutMs, onNotification).pipe(
         Effect.catchTag("SessionGone", () =>
-          resend(current, method, params, timeoutMs === undefined ? undefined : Date.now() + timeoutMs)),
+          resend(current, method, params, timeoutMs === undefined ? undefined : Date.now() + timeoutMs, onNotification)),
         Effect.map((r) => r.response)
       )
     }
@@ -244,8 +249,8 @@ export const makeHttpConnection = (
       Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new RequestTimeout({ instanceId: instance.id, timeoutMs }) })
     )
     return Effect.flatMap(opening, (s) =>
-      post(method, params, s, remaining(deadline)).pipe(
-        Effect.catchTag("SessionGone", () => resend(s, method, params, deadline)),
+      post(method, params, s, remaining(deadline), onNotification).pipe(
+        Effect.catchTag("SessionGone", () => resend(s, method, params, deadline, onNotification)),
         Effect.map((r) => r.response)
       ))
   }

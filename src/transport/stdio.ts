@@ -1,7 +1,14 @@
 import { Deferred, Effect, FiberId, type Scope } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import type { InstanceDefinition } from "../domain/Instance.js"
-import { isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import {
+  isNotification,
+  isObject,
+  isRequest,
+  isResponse,
+  type JsonRpcNotification,
+  type JsonRpcResponse
+} from "../domain/JsonRpc.js"
 import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { Connection, ConnectionLog, RequestOptions } from "./Connection.js"
 import { makeLineSplitter } from "./lines.js"
@@ -21,6 +28,11 @@ type Pending = (response: JsonRpcResponse | TransportError) => void
 class Process {
   readonly pending = new Map<number, Pending>()
   nextId = 1
+  /**
+   * Progress tokens in use, by the token the process knows: callers share the process, so each
+   * request's token is replaced by one of the gateway's and mapped back on the way out.
+   */
+  readonly progress = new Map<string, { readonly token: unknown; readonly onNotification: (n: JsonRpcNotification) => void }>()
   /** The server's answer to the gateway's `initialize`. */
   initializeResult: Record<string, unknown> = {}
   exited = false
@@ -50,13 +62,22 @@ class Process {
   call(
     method: string,
     params: Record<string, unknown> | undefined,
-    timeoutMs?: number
+    timeoutMs?: number,
+    onNotification?: (n: JsonRpcNotification) => void
   ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> {
     return Effect.async<JsonRpcResponse, TransportError | RequestTimeout>((resume) => {
       const id = this.nextId++
       let timer: ReturnType<typeof setTimeout> | undefined
+      const meta = params?._meta
+      let progressToken: string | undefined
+      if (onNotification !== undefined && isObject(meta) && meta.progressToken !== undefined) {
+        progressToken = `gateway-${id}`
+        this.progress.set(progressToken, { token: meta.progressToken, onNotification })
+        params = { ...params, _meta: { ...meta, progressToken } }
+      }
       this.pending.set(id, (r) => {
         if (timer !== undefined) clearTimeout(timer)
+        if (progressToken !== undefined) this.progress.delete(progressToken)
         resume(r instanceof TransportError ? Effect.fail(r) : Effect.succeed(r))
       })
       const message = params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params }
@@ -73,6 +94,7 @@ class Process {
       }
       return Effect.sync(() => {
         if (timer !== undefined) clearTimeout(timer)
+        if (progressToken !== undefined) this.progress.delete(progressToken)
         this.cancel(id)
       })
     })
@@ -97,8 +119,14 @@ class Process {
       }
     } else if (isRequest(message)) {
       this.write(answerServerRequest(message))
-    } else if (isObject(message) && typeof message.method === "string") {
-      log.debug(`notification ${message.method}`)
+    } else if (isNotification(message)) {
+      const token = message.method === "notifications/progress" && isObject(message.params) ? message.params.progressToken : undefined
+      const waiting = typeof token === "string" ? this.progress.get(token) : undefined
+      if (waiting !== undefined) {
+        waiting.onNotification({ ...message, params: { ...message.params, progressToken: waiting.token } })
+      } else {
+        log.debug(`notification ${message.method}`)
+      }
     } else {
       log.debug(`ignoring a stdout line that is not JSON-RPC`)
     }
@@ -200,7 +228,8 @@ export const makeStdioConnection = (
 
   const request = (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) => {
     const timeoutMs = options?.timeoutMs
-    if (initialized !== undefined && !initialized.exited) return initialized.call(method, params, timeoutMs)
+    const onNotification = options?.onNotification
+    if (initialized !== undefined && !initialized.exited) return initialized.call(method, params, timeoutMs, onNotification)
     // Starting up: the wait for the process counts against the caller's time too. If the
     // process cannot be started, this request never reached it (so a tools/call may fail over).
     const started = Date.now()
@@ -209,7 +238,7 @@ export const makeStdioConnection = (
       Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new RequestTimeout({ instanceId: instance.id, timeoutMs }) })
     )
     return Effect.flatMap(waitReady, (proc) =>
-      proc.call(method, params, timeoutMs === undefined ? undefined : Math.max(1, timeoutMs - (Date.now() - started))))
+      proc.call(method, params, timeoutMs === undefined ? undefined : Math.max(1, timeoutMs - (Date.now() - started)), onNotification))
   }
 
   const close = Effect.suspend(() => {

@@ -104,6 +104,39 @@ describe("MCP endpoint end to end", () => {
     })
   }
 
+  for (const template of ["stdio", "http"]) {
+    it(`${template} backend: progress notifications reach the client while a long tool runs`, async () => {
+      const client = await connect(`${gateway.url}/mcp/${template}`)
+      const progressAt: Array<number> = []
+      const result = await client.callTool(
+        { name: "trigger-long-running-operation", arguments: { duration: 2, steps: 4 } },
+        undefined,
+        { onprogress: () => void progressAt.push(Date.now()), timeout: 20_000 }
+      )
+      const doneAt = Date.now()
+      expect(JSON.stringify(result.content)).toContain("completed")
+      expect(progressAt.length).toBe(4)
+      // Streamed as they happened, not all at the end.
+      expect(doneAt - progressAt[0]!).toBeGreaterThan(900)
+    })
+  }
+
+  it("two clients sharing one stdio instance each get only their own progress", async () => {
+    const [a, b] = await Promise.all([connect(`${gateway.url}/mcp/single`), connect(`${gateway.url}/mcp/single`)])
+    const seen = { a: [] as Array<number>, b: [] as Array<number> }
+    // Both clients use the same progress token (the SDK numbers them from 0): the gateway keeps them apart.
+    await Promise.all([
+      a.callTool({ name: "trigger-long-running-operation", arguments: { duration: 1, steps: 2 } }, undefined, {
+        onprogress: (p) => void seen.a.push(p.progress)
+      }),
+      b.callTool({ name: "trigger-long-running-operation", arguments: { duration: 1, steps: 5 } }, undefined, {
+        onprogress: (p) => void seen.b.push(p.progress)
+      })
+    ])
+    expect(seen.a).toEqual([1, 2])
+    expect(seen.b).toEqual([1, 2, 3, 4, 5])
+  })
+
   it("two clients sharing one stdio instance each get only their own answers", async () => {
     const [a, b] = await Promise.all([connect(`${gateway.url}/mcp/single`), connect(`${gateway.url}/mcp/single`)])
     const results = await Promise.all(
