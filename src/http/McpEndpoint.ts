@@ -8,6 +8,7 @@ import {
   isRequest,
   isResponse,
   type JsonRpcId,
+  type JsonRpcRequest,
   type JsonRpcResponse
 } from "../domain/JsonRpc.js"
 import { SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
@@ -113,7 +114,16 @@ export const makeMcpEndpoint = Effect.gen(function*() {
       event(message)
       res.end()
     }
-    const fiber = run(session.backend.request(method, params, { timeoutMs, onNotification: event }))
+    // Requests the server makes of the client while this one runs go out on the same stream,
+    // under ids of the gateway's; the client's answers come back as POSTs (see `post`).
+    const relayed: Array<string> = []
+    const onServerRequest = (request: JsonRpcRequest, reply: (response: JsonRpcResponse) => void) => {
+      const relayId = `gateway-${session.nextServerRequest++}`
+      relayed.push(relayId)
+      session.serverRequests.set(relayId, reply)
+      event({ ...request, id: relayId })
+    }
+    const fiber = run(session.backend.request(method, params, { timeoutMs, onNotification: event, onServerRequest }))
     session.inflight.set(key, fiber)
     const onClose = () => {
       if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)
@@ -122,6 +132,13 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     fiber.addObserver((exit) => {
       res.off("close", onClose)
       if (session.inflight.get(key) === fiber) session.inflight.delete(key)
+      // Server requests the client never answered: the server gets an error rather than silence.
+      for (const relayId of relayed) {
+        const reply = session.serverRequests.get(relayId)
+        if (reply === undefined) continue
+        session.serverRequests.delete(relayId)
+        reply(rpcError(relayId, ErrorCode.InternalError, "the client's request ended before it answered") as JsonRpcResponse)
+      }
       const ok = Exit.isSuccess(exit)
       stats.recordRequest({
         template: session.template,
@@ -195,7 +212,12 @@ export const makeMcpEndpoint = Effect.gen(function*() {
         return
       }
       if (isResponse(message)) {
-        // Answers to server→client requests: the gateway answers those itself for now.
+        // The client's answer to a server→client request the gateway relayed.
+        const reply = session.serverRequests.get(String(message.id))
+        if (reply !== undefined) {
+          session.serverRequests.delete(String(message.id))
+          reply(message)
+        }
         res.writeHead(202).end()
         return
       }

@@ -1,7 +1,7 @@
 import { Context, Effect, ExecutionStrategy, Exit, Fiber, Layer, Schedule, Scope, Stream } from "effect"
 import { randomBytes } from "node:crypto"
 import { AllAttemptsFailed, type FailedAttempt, type NoHealthyInstance, type TemplateNotFound } from "../domain/GatewayError.js"
-import { isObject } from "../domain/JsonRpc.js"
+import { isObject, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
@@ -20,6 +20,12 @@ export interface ClientSession {
   readonly scope: Scope.CloseableScope
   /** Requests in flight by the client's JSON-RPC id (JSON-encoded), so that notifications/cancelled can stop them. */
   readonly inflight: Map<string, Fiber.RuntimeFiber<unknown, unknown>>
+  /**
+   * Server→client requests relayed to the client and not answered yet, by the id the gateway
+   * gave them; `reply` sends the client's answer back to the server under the server's own id.
+   */
+  readonly serverRequests: Map<string, (response: JsonRpcResponse) => void>
+  nextServerRequest: number
   lastSeen: number
 }
 
@@ -112,6 +118,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
               backend: opened.right.backend,
               scope,
               inflight: new Map(),
+              serverRequests: new Map(),
+              nextServerRequest: 1,
               lastSeen: Date.now()
             }
             sessions.set(session.id, session)

@@ -1,5 +1,5 @@
 import type { Effect } from "effect"
-import type { JsonRpcNotification, JsonRpcResponse } from "../domain/JsonRpc.js"
+import type { JsonRpcNotification, JsonRpcRequest, JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { RequestTimeout, TransportError } from "./TransportError.js"
 
 export interface RequestOptions {
@@ -14,6 +14,13 @@ export interface RequestOptions {
    * for the request's progress token), delivered as they arrive, before the response.
    */
   readonly onNotification?: ((notification: JsonRpcNotification) => void) | undefined
+  /**
+   * Requests the server makes of its client while this request runs (`sampling/createMessage`,
+   * `elicitation/create`, `roots/list`): whoever can answer calls `reply`, and the transport
+   * sends the answer back under the id the server used. Without it the transport answers them
+   * itself (`ping`) or with an error, so that the server never waits in vain.
+   */
+  readonly onServerRequest?: ((request: JsonRpcRequest, reply: (response: JsonRpcResponse) => void) => void) | undefined
 }
 
 /** One instance's live link (a child process, or an HTTP session over a keep-alive pool). */

@@ -79,7 +79,7 @@ export const makeHttpConnection = (
     params: Record<string, unknown> | undefined,
     s: Session | undefined,
     timeoutMs: number | undefined,
-    onNotification?: RequestOptions["onNotification"]
+    relay?: RequestOptions
   ): Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone | RequestTimeout> =>
     Effect.async((resume) => {
       const id = nextId++
@@ -105,10 +105,14 @@ export const makeHttpConnection = (
           if (isResponse(message) && message.id === id) {
             done(Effect.succeed({ response: message, headers: res.headers }))
           } else if (isRequest(message)) {
-            postOneWay(answerServerRequest(message), s)
+            if (relay?.onServerRequest !== undefined && message.method !== "ping") {
+              relay.onServerRequest(message, (answer) => postOneWay({ ...answer, id: message.id }, s))
+            } else {
+              postOneWay(answerServerRequest(message), s)
+            }
           } else if (isNotification(message)) {
             // On this POST's stream, so about this request (progress, logging while it runs).
-            if (onNotification !== undefined) onNotification(message)
+            if (relay?.onNotification !== undefined) relay.onNotification(message)
             else log.debug(`notification ${message.method}`)
           }
         }
@@ -214,7 +218,7 @@ export const makeHttpConnection = (
     method: string,
     params: Record<string, unknown> | undefined,
     deadline: number | undefined,
-    onNotification: RequestOptions["onNotification"]
+    relay: RequestOptions | undefined
   ) =>
     Effect.suspend(() => {
       if (established === lost) {
@@ -223,7 +227,7 @@ export const makeHttpConnection = (
         session = undefined
       }
       return Effect.flatMap(ensureSession, (fresh) =>
-        post(method, params, fresh, remaining(deadline), onNotification).pipe(
+        post(method, params, fresh, remaining(deadline), relay).pipe(
           Effect.catchTag("SessionGone", () => Effect.fail(error("the server rejected a fresh session", true)))
         ))
     })
@@ -232,13 +236,12 @@ export const makeHttpConnection = (
 
   const request = (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) => {
     const timeoutMs = options?.timeoutMs
-    const onNotification = options?.onNotification
     const current = established
     if (current !== undefined) {
       // The hot path: one POST on the open session.
-      return post(method, params, current, timeoutMs, onNotification).pipe(
+      return post(method, params, current, timeoutMs, options).pipe(
         Effect.catchTag("SessionGone", () =>
-          resend(current, method, params, timeoutMs === undefined ? undefined : Date.now() + timeoutMs, onNotification)),
+          resend(current, method, params, timeoutMs === undefined ? undefined : Date.now() + timeoutMs, options)),
         Effect.map((r) => r.response)
       )
     }
@@ -249,8 +252,8 @@ export const makeHttpConnection = (
       Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new RequestTimeout({ instanceId: instance.id, timeoutMs }) })
     )
     return Effect.flatMap(opening, (s) =>
-      post(method, params, s, remaining(deadline), onNotification).pipe(
-        Effect.catchTag("SessionGone", () => resend(s, method, params, deadline, onNotification)),
+      post(method, params, s, remaining(deadline), options).pipe(
+        Effect.catchTag("SessionGone", () => resend(s, method, params, deadline, options)),
         Effect.map((r) => r.response)
       ))
   }

@@ -1,5 +1,6 @@
 import { Client } from "@modelcontextprotocol/sdk/client/index.js"
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js"
+import { CreateMessageRequestSchema } from "@modelcontextprotocol/sdk/types.js"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
@@ -118,6 +119,39 @@ describe("MCP endpoint end to end", () => {
       expect(progressAt.length).toBe(4)
       // Streamed as they happened, not all at the end.
       expect(doneAt - progressAt[0]!).toBeGreaterThan(900)
+    })
+  }
+
+  it("http backend: the server's sampling request is answered by the client's own handler", async () => {
+    const client = new Client({ name: "sampler", version: "1.0.0" }, { capabilities: { sampling: {} } })
+    const asked: Array<string> = []
+    client.setRequestHandler(CreateMessageRequestSchema, async (request) => {
+      asked.push(JSON.stringify(request.params.messages))
+      return { model: "test-model", role: "assistant", content: { type: "text", text: "sampled by the client" } }
+    })
+    await client.connect(new StreamableHTTPClientTransport(new URL(`${gateway.url}/mcp/http`)))
+    clients.push(client)
+    const result = await client.callTool({ name: "trigger-sampling-request", arguments: { prompt: "hello there" } })
+    expect(asked).toHaveLength(1)
+    expect(asked[0]).toContain("hello there")
+    expect(JSON.stringify(result.content)).toContain("sampled by the client")
+  })
+
+  for (const template of ["stdio", "http"]) {
+    it(`${template} backend: an aborted call is cancelled and the session goes on`, async () => {
+      const client = await connect(`${gateway.url}/mcp/${template}`)
+      const controller = new AbortController()
+      const started = Date.now()
+      const call = client.callTool(
+        { name: "trigger-long-running-operation", arguments: { duration: 10, steps: 10 } },
+        undefined,
+        { signal: controller.signal }
+      )
+      setTimeout(() => controller.abort("changed my mind"), 300)
+      await expect(call).rejects.toThrow()
+      expect(Date.now() - started).toBeLessThan(5000)
+      const echo = await client.callTool({ name: "echo", arguments: { message: "still here" } })
+      expect(echo.content).toEqual([{ type: "text", text: "Echo: still here" }])
     })
   }
 
