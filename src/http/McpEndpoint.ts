@@ -12,7 +12,7 @@ import {
   type JsonRpcResponse
 } from "../domain/JsonRpc.js"
 import { SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
-import { type ClientSession, ClientSessions } from "../proxy/ClientSessions.js"
+import { type ClientSession, ClientSessions, relayServerRequest } from "../proxy/ClientSessions.js"
 import { Stats } from "../proxy/Stats.js"
 import { Registry } from "../registry/Registry.js"
 import { MAX_BODY_BYTES, readJsonBody, sendJson } from "./raw.js"
@@ -21,6 +21,21 @@ import { MAX_BODY_BYTES, readJsonBody, sendJson } from "./raw.js"
 const rpcError = (id: JsonRpcId | null, code: number, message: string) => ({ jsonrpc: "2.0", id, error: { code, message } })
 
 const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]", "::1"])
+
+/** Keeps the session's resource subscriptions (updates on a shared process go only to subscribers). */
+const trackSubscription = (
+  session: ClientSession,
+  method: string,
+  params: Record<string, unknown> | undefined,
+  response: JsonRpcResponse
+) => {
+  if ("error" in response || typeof params?.uri !== "string") return
+  if (method === "resources/subscribe") session.subscriptions.add(params.uri)
+  else if (method === "resources/unsubscribe") session.subscriptions.delete(params.uri)
+}
+
+/** How often an idle standing stream gets a comment, so that proxies in between keep it open. */
+const KEEP_ALIVE_MS = 25_000
 
 /** The `accept` header lists every one of these (or a wildcard that covers them). */
 const accepts = (header: string | undefined, ...types: ReadonlyArray<string>) => {
@@ -44,6 +59,7 @@ export const makeMcpEndpoint = Effect.gen(function*() {
   const config = yield* GatewayConfig
   const run = yield* FiberSet.makeRuntime<never, unknown, unknown>()
   const allowedOrigins = new Set(config.gateway.allowedOrigins)
+  const openStreams = new WeakMap<ClientSession, () => void>()
 
   const originAllowed = (origin: string) => {
     if (allowedOrigins.has(origin) || allowedOrigins.has("*")) return true
@@ -117,12 +133,8 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     // Requests the server makes of the client while this one runs go out on the same stream,
     // under ids of the gateway's; the client's answers come back as POSTs (see `post`).
     const relayed: Array<string> = []
-    const onServerRequest = (request: JsonRpcRequest, reply: (response: JsonRpcResponse) => void) => {
-      const relayId = `gateway-${session.nextServerRequest++}`
-      relayed.push(relayId)
-      session.serverRequests.set(relayId, reply)
-      event({ ...request, id: relayId })
-    }
+    const onServerRequest = (request: JsonRpcRequest, reply: (response: JsonRpcResponse) => void) =>
+      void relayed.push(relayServerRequest(session, request, reply, event))
     const fiber = run(session.backend.request(method, params, { timeoutMs, onNotification: event, onServerRequest }))
     session.inflight.set(key, fiber)
     const onClose = () => {
@@ -149,6 +161,7 @@ export const makeMcpEndpoint = Effect.gen(function*() {
       })
       if (ok) {
         const response = exit.value as JsonRpcResponse
+        trackSubscription(session, method, params, response)
         return answer(200, "error" in response ? { jsonrpc: "2.0", id, error: response.error } : { jsonrpc: "2.0", id, result: response.result })
       }
       if (Cause.isInterruptedOnly(exit.cause)) {
@@ -225,6 +238,38 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     })
   }
 
+  /**
+   * GET: the session's standing SSE stream, for what the server sends outside requests. Events
+   * carry ids; reconnecting with Last-Event-ID replays what the client missed (from a bounded
+   * buffer). A new stream replaces the session's previous one.
+   */
+  const standingStream = (req: http.IncomingMessage, res: http.ServerResponse, template: string) => {
+    if (!accepts(req.headers.accept, "text/event-stream")) {
+      return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list text/event-stream"))
+    }
+    const session = sessionOf(req, template)
+    if (!("backend" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
+    const lastEventId = Number(req.headers["last-event-id"])
+    // One standing stream per session: the new one replaces the old.
+    openStreams.get(session)?.()
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
+    res.write(": open\n\n")
+    const detach = session.outbox.attach(
+      (id, message) => res.write(`id: ${id}\nevent: message\ndata: ${JSON.stringify(message)}\n\n`),
+      Number.isInteger(lastEventId) ? lastEventId : undefined
+    )
+    const keepAlive = setInterval(() => res.write(": keep-alive\n\n"), KEEP_ALIVE_MS)
+    const end = () => res.end()
+    session.onClose.add(end)
+    openStreams.set(session, end)
+    res.on("close", () => {
+      detach()
+      clearInterval(keepAlive)
+      session.onClose.delete(end)
+      if (openStreams.get(session) === end) openStreams.delete(session)
+    })
+  }
+
   return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string) => {
     const origin = req.headers.origin
     if (typeof origin === "string" && !originAllowed(origin)) {
@@ -242,10 +287,11 @@ export const makeMcpEndpoint = Effect.gen(function*() {
         })
         return
       }
+      case "GET":
+        return standingStream(req, res, template)
       default:
-        // No standing GET stream yet: the spec's answer for a server that offers none.
         req.resume()
-        res.writeHead(405, { allow: "POST, DELETE" }).end()
+        res.writeHead(405, { allow: "GET, POST, DELETE" }).end()
     }
   }
 })

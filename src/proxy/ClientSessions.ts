@@ -1,13 +1,14 @@
 import { Context, Effect, ExecutionStrategy, Exit, Fiber, Layer, Schedule, Scope, Stream } from "effect"
 import { randomBytes } from "node:crypto"
 import { AllAttemptsFailed, type FailedAttempt, type NoHealthyInstance, type TemplateNotFound } from "../domain/GatewayError.js"
-import { isObject, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import { isObject, isRequest, type JsonRpcRequest, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
 import type { Connection } from "../transport/Connection.js"
 import { Transport } from "../transport/Transport.js"
 import { Dispatcher } from "./Dispatcher.js"
+import { SessionOutbox } from "./SessionOutbox.js"
 
 /** A session the gateway holds for an MCP client of `/mcp/{template}`, pinned to one instance. */
 export interface ClientSession {
@@ -26,7 +27,26 @@ export interface ClientSession {
    */
   readonly serverRequests: Map<string, (response: JsonRpcResponse) => void>
   nextServerRequest: number
+  /** What the server sends outside requests, for the client's standing GET stream. */
+  readonly outbox: SessionOutbox
+  /** Resources the client subscribed to: on a shared process, updates go only to their subscribers. */
+  readonly subscriptions: Set<string>
+  /** Called when the session ends (to close its open streams). */
+  readonly onClose: Set<() => void>
   lastSeen: number
+}
+
+/** Relays a server request to the client under a gateway id; the answer goes back through `reply`. */
+export const relayServerRequest = (
+  session: ClientSession,
+  request: JsonRpcRequest,
+  reply: (response: JsonRpcResponse) => void,
+  send: (message: unknown) => void
+): string => {
+  const relayId = `gateway-${session.nextServerRequest++}`
+  session.serverRequests.set(relayId, reply)
+  send({ ...request, id: relayId })
+  return relayId
 }
 
 export interface ClientSessionsShape {
@@ -69,6 +89,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           const session = sessions.get(id)
           if (session === undefined) return Effect.succeed(false)
           sessions.delete(id)
+          for (const closed of session.onClose) closed()
+          session.onClose.clear()
           const fibers = Array.from(session.inflight.values())
           session.inflight.clear()
           return Fiber.interruptAll(fibers).pipe(
@@ -120,9 +142,22 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
               inflight: new Map(),
               serverRequests: new Map(),
               nextServerRequest: 1,
+              outbox: new SessionOutbox(),
+              subscriptions: new Set(),
+              onClose: new Set(),
               lastSeen: Date.now()
             }
             sessions.set(session.id, session)
+            yield* session.backend.listen((message, reply) => {
+              if (isRequest(message)) {
+                if (reply !== undefined) relayServerRequest(session, message, reply, (m) => session.outbox.push(m))
+                return
+              }
+              if (message.method === "notifications/resources/updated" && isObject(message.params)) {
+                if (!session.subscriptions.has(String(message.params.uri))) return
+              }
+              session.outbox.push(message)
+            }).pipe(Scope.extend(scope))
             yield* Effect.logDebug(`session ${session.id} of template ${template} pinned to ${instance.id}`)
             return { session, result: { ...(isObject(opened.right.result) ? opened.right.result : {}), protocolVersion } }
           }

@@ -1,4 +1,4 @@
-import type { Effect } from "effect"
+import type { Effect, Scope } from "effect"
 import type { JsonRpcNotification, JsonRpcRequest, JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { RequestTimeout, TransportError } from "./TransportError.js"
 
@@ -36,6 +36,15 @@ export interface Connection {
    * server's answer to `initialize` (its capabilities, serverInfo, instructions).
    */
   readonly initialize: Effect.Effect<Record<string, unknown>, TransportError>
+  /**
+   * Messages the server sends outside any request (list changes, resource updates, log
+   * messages; over HTTP also its requests on the standing stream), for as long as the scope
+   * lasts. Server requests come with `reply`; without a listener that takes them, the
+   * transport answers them itself.
+   */
+  readonly listen: (
+    onMessage: (message: JsonRpcNotification | JsonRpcRequest, reply?: (response: JsonRpcResponse) => void) => void
+  ) => Effect.Effect<void, never, Scope.Scope>
   /** Stops the process (its whole group) or ends the session; later requests fail. */
   readonly close: Effect.Effect<void>
 }

@@ -286,7 +286,65 @@ export const makeHttpConnection = (
       return Effect.sync(() => req.destroy())
     }).pipe(Effect.timeout("1 second"), Effect.ignore)
 
+  /**
+   * The session's standing GET stream: what the server sends outside requests. Reconnects
+   * (with Last-Event-ID, after the server's `retry:` or a second) when it drops, until the
+   * scope closes; a server that offers no such stream (405) is left alone.
+   */
+  const listen: Connection["listen"] = (onMessage) =>
+    Effect.gen(function*() {
+      const s = yield* Effect.option(ensureSession)
+      if (s._tag === "None" || s.value.id === undefined) return
+      const session = s.value
+      let stopped = false
+      let current: http.ClientRequest | undefined
+      let lastEventId: string | undefined
+      let retryMs = 1000
+      let reconnect: ReturnType<typeof setTimeout> | undefined
+      const later = (ms: number) => {
+        if (!stopped) reconnect = setTimeout(open, ms)
+      }
+      const open = () => {
+        if (stopped || closed || established !== session) return
+        const headers = { ...headersFor(session), accept: "text/event-stream" }
+        if (lastEventId !== undefined) (headers as Record<string, string>)["last-event-id"] = lastEventId
+        const req = client.request(url, { method: "GET", agent, headers }, (res) => {
+          if (res.statusCode !== 200 || !String(res.headers["content-type"] ?? "").startsWith("text/event-stream")) {
+            res.resume()
+            if (res.statusCode !== 405) log.debug(`standing stream refused: HTTP ${res.statusCode}`)
+            return
+          }
+          res.setEncoding("utf8")
+          res.on("data", makeSseParser((event) => {
+            if (event.id !== undefined) lastEventId = event.id
+            if (event.retry !== undefined) retryMs = event.retry
+            if (event.event !== "message" || event.data === "") return
+            let message: unknown
+            try {
+              message = JSON.parse(event.data)
+            } catch {
+              return
+            }
+            if (isRequest(message)) onMessage(message, (answer) => postOneWay({ ...answer, id: message.id }, session))
+            else if (isNotification(message)) onMessage(message)
+          }))
+          res.on("end", () => later(retryMs))
+          res.on("error", () => {})
+        })
+        req.on("error", () => later(Math.max(retryMs, 1000)))
+        req.end()
+        current = req
+      }
+      yield* Effect.acquireRelease(Effect.sync(open), () =>
+        Effect.sync(() => {
+          stopped = true
+          if (reconnect !== undefined) clearTimeout(reconnect)
+          current?.destroy()
+        }))
+    })
+
   return {
+    listen,
     request,
     initialize: Effect.map(ensureSession, (s) => s.initializeResult),
     close

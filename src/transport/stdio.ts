@@ -107,7 +107,7 @@ class Process {
     }
   }
 
-  onMessage(message: unknown, log: ConnectionLog) {
+  onMessage(message: unknown, log: ConnectionLog, listeners: ReadonlySet<(n: JsonRpcNotification) => void>) {
     if (isResponse(message)) {
       const id = message.id
       const resume = typeof id === "number" ? this.pending.get(id) : undefined
@@ -124,6 +124,8 @@ class Process {
       const waiting = typeof token === "string" ? this.progress.get(token) : undefined
       if (waiting !== undefined) {
         waiting.onNotification({ ...message, params: { ...message.params, progressToken: waiting.token } })
+      } else if (listeners.size > 0) {
+        for (const listener of listeners) listener(message)
       } else {
         log.debug(`notification ${message.method}`)
       }
@@ -147,6 +149,8 @@ export const makeStdioConnection = (
   let current: { readonly process: Process; readonly ready: Deferred.Deferred<Process, TransportError> } | undefined
   /** The process once initialized: requests go straight to it, without awaiting anything. */
   let initialized: Process | undefined
+  /** Who hears the process's notifications that belong to no request (every client session on it). */
+  const listeners = new Set<(n: JsonRpcNotification) => void>()
   let closed = false
 
   const notRunning = (message: string) => new TransportError({ instanceId: instance.id, message, reachedBackend: false })
@@ -170,7 +174,7 @@ export const makeStdioConnection = (
         log.debug(`non-JSON line on stdout: ${line.slice(0, 200)}`)
         return
       }
-      proc.onMessage(message, log)
+      proc.onMessage(message, log, listeners)
     }))
     child.stderr!.setEncoding("utf8")
     child.stderr!.on("data", makeLineSplitter((line) => log.debug(`stderr: ${line}`)))
@@ -249,7 +253,17 @@ export const makeStdioConnection = (
     return proc === undefined ? Effect.void : Effect.promise(() => stopProcess(proc))
   })
 
-  return { request, initialize: Effect.map(ready, (proc) => proc.initializeResult), close }
+  const listen: Connection["listen"] = (onMessage) =>
+    Effect.acquireRelease(
+      Effect.sync(() => {
+        const listener = (n: JsonRpcNotification) => onMessage(n)
+        listeners.add(listener)
+        return listener
+      }),
+      (listener) => Effect.sync(() => listeners.delete(listener))
+    )
+
+  return { request, initialize: Effect.map(ready, (proc) => proc.initializeResult), listen, close }
 }
 
 const signalGroup = (child: ChildProcess, signal: NodeJS.Signals) => {

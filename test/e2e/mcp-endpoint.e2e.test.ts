@@ -1,6 +1,6 @@
 import { Client } from "@modelcontextprotocol/sdk/client/index.js"
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js"
-import { CreateMessageRequestSchema } from "@modelcontextprotocol/sdk/types.js"
+import { CreateMessageRequestSchema, ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
@@ -11,6 +11,7 @@ import {
   startEverythingHttp,
   startGateway,
   tempDir,
+  waitUntil,
   writeJson
 } from "../support/processes.js"
 
@@ -155,6 +156,59 @@ describe("MCP endpoint end to end", () => {
     })
   }
 
+  for (const template of ["stdio", "http"]) {
+    it(`${template} backend: resource updates of a subscription arrive on the standing stream`, async () => {
+      const client = await connect(`${gateway.url}/mcp/${template}`)
+      const updates: Array<string> = []
+      client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => void updates.push(n.params.uri))
+      const uri = "demo://resource/static/document/architecture.md"
+      await client.subscribeResource({ uri })
+      await client.callTool({ name: "toggle-subscriber-updates", arguments: {} })
+      await waitUntil(() => updates.length > 0, 10_000, "a resource update")
+      expect(updates[0]).toBe(uri)
+      await client.callTool({ name: "toggle-subscriber-updates", arguments: {} })
+      await client.unsubscribeResource({ uri })
+    })
+  }
+
+  it("the standing stream numbers its events and replays what a reconnecting client missed", async () => {
+    const url = `${gateway.url}/mcp/single`
+    const headers = { "content-type": "application/json", accept: "application/json, text/event-stream" }
+    const opened = await fetch(url, {
+      method: "POST",
+      headers,
+      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "raw", version: "1" } } })
+    })
+    const session = opened.headers.get("mcp-session-id")!
+    const call = (id: number, method: string, params: unknown) =>
+      fetch(url, { method: "POST", headers: { ...headers, "mcp-session-id": session }, body: JSON.stringify({ jsonrpc: "2.0", id, method, params }) })
+    const uri = "demo://resource/static/document/extension.md"
+    await call(2, "resources/subscribe", { uri })
+    // No stream is open: the updates wait in the session's buffer.
+    await call(3, "tools/call", { name: "toggle-subscriber-updates", arguments: {} })
+    await new Promise((r) => setTimeout(r, 300))
+    const read = async (lastEventId?: string) => {
+      const controller = new AbortController()
+      const response = await fetch(url, {
+        headers: { accept: "text/event-stream", "mcp-session-id": session, ...(lastEventId ? { "last-event-id": lastEventId } : {}) },
+        signal: controller.signal
+      })
+      expect(response.status).toBe(200)
+      const reader = response.body!.getReader()
+      let text = ""
+      while (!text.includes("resources/updated")) text += new TextDecoder().decode((await reader.read()).value)
+      controller.abort()
+      return text
+    }
+    const first = await read()
+    const id = Number(first.match(/id: (\d+)\nevent: message\ndata: [^\n]*resources\/updated/)?.[1])
+    expect(id).toBeGreaterThan(0)
+    // Reconnecting with the event before it as Last-Event-ID replays it.
+    expect(await read(String(id - 1))).toContain(`id: ${id}\nevent: message\ndata: {"method":"notifications/resources/updated"`)
+    await call(4, "tools/call", { name: "toggle-subscriber-updates", arguments: {} })
+    await fetch(url, { method: "DELETE", headers: { "mcp-session-id": session } })
+  })
+
   it("two clients sharing one stdio instance each get only their own progress", async () => {
     const [a, b] = await Promise.all([connect(`${gateway.url}/mcp/single`), connect(`${gateway.url}/mcp/single`)])
     const seen = { a: [] as Array<number>, b: [] as Array<number> }
@@ -215,7 +269,8 @@ describe("MCP endpoint end to end", () => {
     expect(((await parseError.json()) as any).error.code).toBe(-32700)
     expect((await post({ jsonrpc: "2.0", id: 2, method: "tools/list" })).status).toBe(400)
     expect((await post({ jsonrpc: "2.0", id: 2, method: "tools/list" }, { "mcp-session-id": "nope" })).status).toBe(404)
-    expect((await fetch(url, { headers: { accept: "text/event-stream" } })).status).toBe(405)
+    expect((await fetch(url, { headers: { accept: "text/event-stream" } })).status).toBe(400)
+    expect((await fetch(url, { method: "PUT" })).status).toBe(405)
     expect((await fetch(`${gateway.url}/mcp/unknown`, {
       method: "POST",
       headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },

@@ -45,6 +45,7 @@ export const makeFakeTransport = () => {
         request: (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) =>
           respond(instance, method, params, options),
         initialize: Effect.succeed({ protocolVersion: "2025-11-25", capabilities: {}, serverInfo: { name: instance.id, version: "1" } }),
+        listen: () => Effect.void,
         close: Effect.void
       }),
     close: (instance) => Effect.sync(() => void closed.push(instance.id))
