@@ -17,7 +17,12 @@ export const LoadBalancerInput = Schema.Struct({
   health_check_interval: Schema.optional(PositiveSeconds),
   health_check_timeout: Schema.optional(PositiveSeconds),
   max_retries: Schema.optional(Retries),
-  timeout: Schema.optional(PositiveSeconds)
+  timeout: Schema.optional(PositiveSeconds),
+  /**
+   * MCP endpoint sessions: `sticky` pins a client session to one instance; `none` balances
+   * each request on its own (for stateless servers).
+   */
+  session_affinity: Schema.optional(Schema.Literal("sticky", "none"))
 })
 export type LoadBalancerInput = typeof LoadBalancerInput.Type
 
@@ -29,6 +34,7 @@ export interface LoadBalancerSettings {
   readonly health_check_timeout: number
   readonly max_retries: number
   readonly timeout: number
+  readonly session_affinity: "sticky" | "none"
 }
 
 /** The one place where each default is written. */
@@ -38,7 +44,8 @@ export const DEFAULT_LOAD_BALANCER: LoadBalancerSettings = {
   health_check_interval: 30,
   health_check_timeout: 10,
   max_retries: 3,
-  timeout: 60
+  timeout: 60,
+  session_affinity: "sticky"
 }
 
 /** Fills what a template leaves unset from the gateway-wide defaults. */
@@ -51,7 +58,8 @@ export const resolveLoadBalancer = (
   health_check_interval: input?.health_check_interval ?? defaults.health_check_interval,
   health_check_timeout: input?.health_check_timeout ?? defaults.health_check_timeout,
   max_retries: input?.max_retries ?? defaults.max_retries,
-  timeout: input?.timeout ?? defaults.timeout
+  timeout: input?.timeout ?? defaults.timeout,
+  session_affinity: input?.session_affinity ?? defaults.session_affinity
 })
 
 export const seconds = (s: number): Duration.Duration => Duration.millis(Math.round(s * 1000))

@@ -77,8 +77,8 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     const session = sessions.get(id)
     if (session === undefined || session.template !== template) return { status: 404, message: "Session not found" }
     // The pinned instance was removed or is down: end the session so that the client re-initializes.
-    const current = registry.template(template)?.instances.get(session.instance.id)
-    if (current !== session.instance || session.instance.status === "unhealthy") {
+    const pinned = session.instance
+    if (pinned !== undefined && (registry.template(template)?.instances.get(pinned.id) !== pinned || pinned.status === "unhealthy")) {
       run(sessions.close(session.id))
       return { status: 404, message: "Session not found: its server instance is no longer available" }
     }
@@ -92,7 +92,7 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     fiber.addObserver((exit) => {
       if (Exit.isSuccess(exit)) {
         const { result, session } = exit.value as Effect.Effect.Success<ReturnType<typeof sessions.open>>
-        stats.recordRequest({ template, strategy: registry.template(template)?.settings.strategy ?? "", instanceId: session.instance.id, latencyMs: performance.now() - started, ok: true })
+        stats.recordRequest({ template, strategy: registry.template(template)?.settings.strategy ?? "", instanceId: session.instance?.id, latencyMs: performance.now() - started, ok: true })
         return sendJson(res, 200, { jsonrpc: "2.0", id, result }, { "mcp-session-id": session.id })
       }
       const failure = Cause.failureOption(exit.cause)
@@ -152,13 +152,16 @@ export const makeMcpEndpoint = Effect.gen(function*() {
         reply(rpcError(relayId, ErrorCode.InternalError, "the client's request ended before it answered") as JsonRpcResponse)
       }
       const ok = Exit.isSuccess(exit)
-      stats.recordRequest({
-        template: session.template,
-        strategy: "session",
-        instanceId: session.instance.id,
-        latencyMs: performance.now() - started,
-        ok
-      })
+      // (A balanced session's requests went through the Dispatcher, which counted them.)
+      if (session.instance !== undefined) {
+        stats.recordRequest({
+          template: session.template,
+          strategy: "session",
+          instanceId: session.instance.id,
+          latencyMs: performance.now() - started,
+          ok
+        })
+      }
       if (ok) {
         const response = exit.value as JsonRpcResponse
         trackSubscription(session, method, params, response)
@@ -174,7 +177,7 @@ export const makeMcpEndpoint = Effect.gen(function*() {
         return answer(200, rpcError(id, ErrorCode.InternalError, `the server did not answer within ${timeoutMs / 1000}s`))
       }
       // The pinned instance failed under this session: it is gone for the client, who starts anew.
-      session.instance.markUnhealthy(error?.message ?? "request failed")
+      session.instance?.markUnhealthy(error?.message ?? "request failed")
       run(sessions.close(session.id))
       answer(404, rpcError(id, ErrorCode.InternalError, `Session not found: ${error?.message ?? "its server instance failed"}`))
     })

@@ -1,7 +1,7 @@
 import { Context, Effect, ExecutionStrategy, Exit, Fiber, Layer, Schedule, Scope, Stream } from "effect"
 import { randomBytes } from "node:crypto"
 import { AllAttemptsFailed, type FailedAttempt, type NoHealthyInstance, type TemplateNotFound } from "../domain/GatewayError.js"
-import { isObject, isRequest, type JsonRpcRequest, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import { ErrorCode, isObject, isRequest, type JsonRpcRequest, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
@@ -15,7 +15,8 @@ export interface ClientSession {
   /** The gateway's own session id (what the client sends as MCP-Session-Id); never the backend's. */
   readonly id: string
   readonly template: string
-  readonly instance: InstanceState
+  /** The instance the session is pinned to; undefined with `session_affinity: "none"` (each request balanced). */
+  readonly instance: InstanceState | undefined
   readonly protocolVersion: string
   readonly backend: Connection
   readonly scope: Scope.CloseableScope
@@ -99,7 +100,74 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           )
         })
 
+      const newSession = (
+        template: string,
+        instance: InstanceState | undefined,
+        protocolVersion: string,
+        backend: Connection,
+        scope: Scope.CloseableScope
+      ): ClientSession => {
+        const session: ClientSession = {
+          id: newSessionId(),
+          template,
+          instance,
+          protocolVersion,
+          backend,
+          scope,
+          inflight: new Map(),
+          serverRequests: new Map(),
+          nextServerRequest: 1,
+          outbox: new SessionOutbox(),
+          subscriptions: new Set(),
+          onClose: new Set(),
+          lastSeen: Date.now()
+        }
+        sessions.set(session.id, session)
+        return session
+      }
+
+      /**
+       * `session_affinity: "none"`: the session is the gateway's alone; each request is balanced
+       * on its own through the Dispatcher (with its failover), over the instances' shared
+       * connections. For stateless servers.
+       */
+      const openBalanced = (template: string, initializeParams: Record<string, unknown>) =>
+        Effect.gen(function*() {
+          const first = yield* dispatcher.selectInstance(template, "initialize")
+          const result = yield* transport.initializeResult(first.definition).pipe(
+            Effect.mapError((e) => new AllAttemptsFailed({ template, attempts: [{ instanceId: first.id, message: e.message }] }))
+          )
+          const requested = initializeParams.protocolVersion
+          const protocolVersion = typeof requested === "string" && SUPPORTED_PROTOCOL_VERSIONS.includes(requested)
+            ? requested
+            : LATEST_PROTOCOL_VERSION
+          const balanced: Connection = {
+            request: (method, params, options) =>
+              dispatcher.call(template, method, params, { relay: options }).pipe(
+                Effect.map((r): JsonRpcResponse => ({ jsonrpc: "2.0", id: 0, result: r.result })),
+                Effect.catchAll((e) =>
+                  Effect.succeed<JsonRpcResponse>({
+                    jsonrpc: "2.0",
+                    id: 0,
+                    error: e._tag === "BackendError" ? e.error : { code: ErrorCode.InternalError, message: e.message }
+                  })
+                )
+              ),
+            initialize: Effect.succeed(result),
+            listen: () => Effect.void,
+            close: Effect.void
+          }
+          const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
+          const session = newSession(template, undefined, protocolVersion, balanced, scope)
+          return { session, result: { ...result, protocolVersion } }
+        })
+
       const open: ClientSessionsShape["open"] = (template, initializeParams) =>
+        registry.template(template)?.settings.session_affinity === "none"
+          ? openBalanced(template, initializeParams)
+          : openPinned(template, initializeParams)
+
+      const openPinned: ClientSessionsShape["open"] = (template, initializeParams) =>
         Effect.gen(function*() {
           const tried = new Set<string>()
           const failures: Array<FailedAttempt> = []
@@ -132,22 +200,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
               : typeof requested === "string" && SUPPORTED_PROTOCOL_VERSIONS.includes(requested)
               ? requested
               : LATEST_PROTOCOL_VERSION
-            const session: ClientSession = {
-              id: newSessionId(),
-              template,
-              instance,
-              protocolVersion,
-              backend: opened.right.backend,
-              scope,
-              inflight: new Map(),
-              serverRequests: new Map(),
-              nextServerRequest: 1,
-              outbox: new SessionOutbox(),
-              subscriptions: new Set(),
-              onClose: new Set(),
-              lastSeen: Date.now()
-            }
-            sessions.set(session.id, session)
+            const session = newSession(template, instance, protocolVersion, opened.right.backend, scope)
             yield* session.backend.listen((message, reply) => {
               if (isRequest(message)) {
                 if (reply !== undefined) relayServerRequest(session, message, reply, (m) => session.outbox.push(m))

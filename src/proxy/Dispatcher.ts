@@ -14,6 +14,7 @@ import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry, type TemplateState } from "../registry/Registry.js"
 import { Strategies } from "../strategy/Strategies.js"
 import type { Strategy } from "../strategy/StrategyPlugin.js"
+import type { RequestOptions } from "../transport/Connection.js"
 import { Transport } from "../transport/Transport.js"
 import type { TransportError } from "../transport/TransportError.js"
 import { Stats } from "./Stats.js"
@@ -26,6 +27,8 @@ export interface DispatchResult {
 export interface DispatchOptions {
   /** Send to this instance only, without failover (e.g. the later pages of a paginated list). */
   readonly instanceId?: string | undefined
+  /** Where the server's notifications and requests about this request go (see RequestOptions). */
+  readonly relay?: Pick<RequestOptions, "onNotification" | "onServerRequest"> | undefined
 }
 
 export interface DispatcherShape {
@@ -98,12 +101,13 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
         instance: InstanceState,
         method: string,
         params: Record<string, unknown> | undefined,
-        timeoutMs: number
+        timeoutMs: number,
+        relay: DispatchOptions["relay"]
       ) => {
         const started = performance.now()
         instance.activeRequests++
         return Effect.onExit(
-          transport.request(instance.definition, method, params, { timeoutMs }),
+          transport.request(instance.definition, method, params, relay === undefined ? { timeoutMs } : { ...relay, timeoutMs }),
           (exit) =>
             Effect.sync(() => {
               instance.activeRequests--
@@ -169,7 +173,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
             return Effect.flatMap(select, (instance) => {
               tried.add(instance.id)
               last = instance
-              return attemptOn(instance, method, params, timeoutMs).pipe(
+              return attemptOn(instance, method, params, timeoutMs, options?.relay).pipe(
                 Effect.catchAll((e): Effect.Effect<JsonRpcResponse, DispatchError> => {
                   if (e._tag === "RequestTimeout") {
                     return Effect.fail(new UpstreamTimeout({ template: template.name, timeoutSeconds: settings.timeout }))

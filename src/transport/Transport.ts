@@ -24,6 +24,8 @@ export interface TransportShape {
     instance: InstanceDefinition,
     initializeParams: Record<string, unknown>
   ) => Effect.Effect<Connection, TransportError, Scope.Scope>
+  /** The instance's answer to the gateway's own `initialize` (starting it or opening its session if need be). */
+  readonly initializeResult: (instance: InstanceDefinition) => Effect.Effect<Record<string, unknown>, TransportError>
   /** Stops the instance's process or ends its session; for deregistration. */
   readonly close: (instance: InstanceDefinition) => Effect.Effect<void>
 }
@@ -90,6 +92,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       return {
         request: (instance, method, params, options) =>
           removed.has(instance) ? removedError(instance) : connectionFor(instance).request(method, params, options),
+        initializeResult: (instance) => removed.has(instance) ? removedError(instance) : connectionFor(instance).initialize,
         openSession: (instance, initializeParams) =>
           Effect.suspend(() => {
             if (removed.has(instance)) return removedError(instance)

@@ -44,7 +44,14 @@ describe("MCP endpoint end to end", () => {
           ]
         },
         http: { instances: [{ id: "h1", transport: "http", endpoint: backend.url }] },
-        single: { instances: [{ id: "only", transport: "stdio", command: ["node", everythingServer, "stdio"] }] }
+        single: { instances: [{ id: "only", transport: "stdio", command: ["node", everythingServer, "stdio"] }] },
+        stateless: {
+          instances: [
+            { id: "a", transport: "stdio", command: ["node", everythingServer, "stdio"] },
+            { id: "b", transport: "http", endpoint: backend.url }
+          ],
+          load_balancer: { session_affinity: "none" }
+        }
       }
     })
     gateway = await startGateway({ configFile })
@@ -207,6 +214,18 @@ describe("MCP endpoint end to end", () => {
     expect(await read(String(id - 1))).toContain(`id: ${id}\nevent: message\ndata: {"method":"notifications/resources/updated"`)
     await call(4, "tools/call", { name: "toggle-subscriber-updates", arguments: {} })
     await fetch(url, { method: "DELETE", headers: { "mcp-session-id": session } })
+  })
+
+  it(`session_affinity "none": each request of a session is balanced on its own`, async () => {
+    const client = await connect(`${gateway.url}/mcp/stateless`)
+    const before = (await api(`${gateway.url}/gateway/stats`)).body.templates.stateless.instances
+    for (let i = 0; i < 6; i++) {
+      const echo = await client.callTool({ name: "echo", arguments: { message: `n${i}` } })
+      expect(echo.content).toEqual([{ type: "text", text: `Echo: n${i}` }])
+    }
+    const after = (await api(`${gateway.url}/gateway/stats`)).body.templates.stateless.instances
+    expect(after.a.requests - before.a.requests).toBe(3)
+    expect(after.b.requests - before.b.requests).toBe(3)
   })
 
   it("two clients sharing one stdio instance each get only their own progress", async () => {

@@ -40,6 +40,8 @@ export const makeFakeTransport = () => {
 
   const layer = Layer.succeed(Transport, {
     request: respond,
+    initializeResult: (instance: InstanceDefinition) =>
+      Effect.succeed({ protocolVersion: "2025-11-25", capabilities: {}, serverInfo: { name: instance.id, version: "1" } }),
     openSession: (instance: InstanceDefinition) =>
       Effect.succeed({
         request: (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) =>
