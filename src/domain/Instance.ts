@@ -69,8 +69,18 @@ export const HttpInstanceSpec = Schema.Struct({
   metadata: Schema.optional(Metadata)
 })
 
+/** A server that only speaks the legacy HTTP+SSE transport (2024-11-05); `endpoint` is its SSE URL. */
+export const SseInstanceSpec = Schema.Struct({
+  id: Schema.optional(InstanceId),
+  transport: Schema.Literal("sse"),
+  endpoint: HttpUrl,
+  headers: Schema.optional(StringMap),
+  weight: Schema.optional(Weight),
+  metadata: Schema.optional(Metadata)
+})
+
 /** An instance as a user writes it in the config file or a registration request. */
-export const InstanceSpec = Schema.Union(StdioInstanceSpec, HttpInstanceSpec)
+export const InstanceSpec = Schema.Union(StdioInstanceSpec, HttpInstanceSpec, SseInstanceSpec)
 export type InstanceSpec = typeof InstanceSpec.Type
 
 /** An instance once it has an id and belongs to a template: what transports and strategies see. */

@@ -65,7 +65,7 @@ export class InstanceState implements InstanceView {
     return {
       id: d.id,
       transport: d.transport,
-      ...(d.transport === "http" ? { endpoint: d.endpoint } : { command: d.command, working_dir: d.working_dir }),
+      ...(d.transport === "stdio" ? { command: d.command, working_dir: d.working_dir } : { endpoint: d.endpoint }),
       weight: d.weight,
       source: d.source,
       healthy: this.status === "healthy",

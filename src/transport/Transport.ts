@@ -3,6 +3,7 @@ import type { InstanceDefinition } from "../domain/Instance.js"
 import type { JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { Connection, ConnectionLog, RequestOptions } from "./Connection.js"
 import { makeHttpConnection } from "./http.js"
+import { makeLegacySseConnection } from "./legacySse.js"
 import { makeStdioConnection } from "./stdio.js"
 import { type RequestTimeout, TransportError } from "./TransportError.js"
 
@@ -65,6 +66,8 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         const scope = Effect.runSync(Scope.fork(layerScope, ExecutionStrategy.sequential))
         const connection = instance.transport === "stdio"
           ? makeStdioConnection(instance, logFor(instance), scope)
+          : instance.transport === "sse"
+          ? makeLegacySseConnection(instance, logFor(instance), scope)
           : makeHttpConnection(instance, logFor(instance), scope)
         connections.set(key, { connection, scope })
         return connection
@@ -96,7 +99,8 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         openSession: (instance, initializeParams) =>
           Effect.suspend(() => {
             if (removed.has(instance)) return removedError(instance)
-            if (instance.transport === "stdio") {
+            if (instance.transport !== "http") {
+              // stdio and legacy SSE: the instance's one shared channel.
               const shared = connectionFor(instance)
               return Effect.succeed<Connection>({ ...shared, close: Effect.void })
             }

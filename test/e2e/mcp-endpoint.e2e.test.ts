@@ -9,6 +9,7 @@ import {
   type RunningGateway,
   type RunningServer,
   startEverythingHttp,
+  startEverythingSse,
   startGateway,
   tempDir,
   waitUntil,
@@ -21,6 +22,7 @@ import {
  */
 describe("MCP endpoint end to end", () => {
   let backend: RunningServer
+  let legacy: RunningServer
   let gateway: RunningGateway
   const clients: Array<Client> = []
 
@@ -32,7 +34,7 @@ describe("MCP endpoint end to end", () => {
   }
 
   beforeAll(async () => {
-    backend = await startEverythingHttp()
+    ;[backend, legacy] = await Promise.all([startEverythingHttp(), startEverythingSse()])
     const dir = tempDir()
     const configFile = path.join(dir, "gateway.json")
     writeJson(configFile, {
@@ -44,6 +46,7 @@ describe("MCP endpoint end to end", () => {
           ]
         },
         http: { instances: [{ id: "h1", transport: "http", endpoint: backend.url }] },
+        legacy: { instances: [{ id: "l1", transport: "sse", endpoint: legacy.url }] },
         single: { instances: [{ id: "only", transport: "stdio", command: ["node", everythingServer, "stdio"] }] },
         stateless: {
           instances: [
@@ -60,10 +63,10 @@ describe("MCP endpoint end to end", () => {
   afterAll(async () => {
     await Promise.all(clients.map((c) => c.close().catch(() => {})))
     await gateway?.stop()
-    await backend?.stop()
+    await Promise.all([backend?.stop(), legacy?.stop()])
   })
 
-  for (const template of ["stdio", "http"]) {
+  for (const template of ["stdio", "http", "legacy"]) {
     it(`${template} backend: tools, resources, prompts, completion, logging, ping, termination`, async () => {
       const direct = await connect(backend.url)
       const client = await connect(`${gateway.url}/mcp/${template}`)
@@ -113,7 +116,7 @@ describe("MCP endpoint end to end", () => {
     })
   }
 
-  for (const template of ["stdio", "http"]) {
+  for (const template of ["stdio", "http", "legacy"]) {
     it(`${template} backend: progress notifications reach the client while a long tool runs`, async () => {
       const client = await connect(`${gateway.url}/mcp/${template}`)
       const progressAt: Array<number> = []

@@ -3,8 +3,9 @@ import { describe, expect, it } from "vitest"
 import { defineInstance } from "../../src/domain/Instance.js"
 import type { ConnectionLog } from "../../src/transport/Connection.js"
 import { makeHttpConnection } from "../../src/transport/http.js"
+import { makeLegacySseConnection } from "../../src/transport/legacySse.js"
 import { makeStdioConnection } from "../../src/transport/stdio.js"
-import { descendants, everythingServer, isAlive, startEverythingHttp } from "../support/processes.js"
+import { descendants, everythingServer, isAlive, startEverythingHttp, startEverythingSse } from "../support/processes.js"
 
 const quiet: ConnectionLog = { debug: () => {}, info: () => {}, warn: () => {} }
 
@@ -77,6 +78,31 @@ describe("stdio transport", () => {
       expect(pids.length).toBeGreaterThanOrEqual(2)
     })
     for (const pid of pids) expect(isAlive(pid), `process ${pid}`).toBe(false)
+  })
+})
+
+describe("legacy SSE transport", () => {
+  it("shares one SSE session among concurrent callers and streams their progress", async () => {
+    const server = await startEverythingSse()
+    try {
+      const instance = defineInstance("t", "l", { transport: "sse", endpoint: server.url }, "config") as any
+      await withConnection((scope) => makeLegacySseConnection(instance, quiet, scope), async (c) => {
+        const answers = await Promise.all(
+          Array.from({ length: 10 }, (_, i) =>
+            Effect.runPromise(c.request("tools/call", { name: "echo", arguments: { message: `m${i}` } })))
+        )
+        answers.forEach((a, i) => expect((a as any).result.content[0].text).toBe(`Echo: m${i}`))
+        const progress: Array<unknown> = []
+        await Effect.runPromise(c.request(
+          "tools/call",
+          { name: "trigger-long-running-operation", arguments: { duration: 1, steps: 2 }, _meta: { progressToken: "mine" } },
+          { onNotification: (n) => void progress.push(n.params?.progressToken) }
+        ))
+        expect(progress).toEqual(["mine", "mine"])
+      })
+    } finally {
+      await server.stop()
+    }
   })
 })
 

@@ -141,18 +141,23 @@ export interface RunningServer {
 }
 
 /** server-everything in streamableHttp mode on a free (or given) port; its MCP endpoint is /mcp. */
-export const startEverythingHttp = async (givenPort?: number): Promise<RunningServer> => {
+export const startEverythingHttp = (givenPort?: number) => startEverything("streamableHttp", givenPort)
+
+/** server-everything in legacy HTTP+SSE mode; its SSE endpoint is /sse. */
+export const startEverythingSse = (givenPort?: number) => startEverything("sse", givenPort)
+
+const startEverything = async (mode: "streamableHttp" | "sse", givenPort?: number): Promise<RunningServer> => {
   const port = givenPort ?? await freePort()
-  const child = spawn(process.execPath, [everythingServer, "streamableHttp"], {
+  const child = spawn(process.execPath, [everythingServer, mode], {
     env: { ...process.env, PORT: String(port) },
     stdio: ["ignore", "pipe", "pipe"]
   })
   let output = ""
   child.stdout!.setEncoding("utf8").on("data", (d: string) => (output += d))
   child.stderr!.setEncoding("utf8").on("data", (d: string) => (output += d))
-  await waitForOutput(child, "stderr", /listening on port/, 30_000, () => output)
+  await waitForOutput(child, "stderr", /listening on port|running on port/, 30_000, () => output)
   return {
-    url: `http://127.0.0.1:${port}/mcp`,
+    url: `http://127.0.0.1:${port}/${mode === "sse" ? "sse" : "mcp"}`,
     port,
     stop: () => {
       child.kill("SIGTERM")

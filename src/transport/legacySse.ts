@@ -1,0 +1,125 @@
+import { Effect, type Scope } from "effect"
+import * as http from "node:http"
+import * as https from "node:https"
+import type { InstanceDefinition } from "../domain/Instance.js"
+import type { JsonRpcNotification } from "../domain/JsonRpc.js"
+import type { Connection, ConnectionLog } from "./Connection.js"
+import { Multiplexer } from "./Multiplexer.js"
+import { makeSharedChannelConnection } from "./SharedChannel.js"
+import { makeSseParser } from "./sse.js"
+import { TransportError } from "./TransportError.js"
+
+type SseInstance = Extract<InstanceDefinition, { transport: "sse" }>
+
+/** Errors that prove a request never left for the server. */
+const NOT_SENT = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH"])
+
+/**
+ * One legacy HTTP+SSE session (protocol 2024-11-05): the server's messages arrive on a GET
+ * stream, whose first `endpoint` event names the URL every client message is POSTed to.
+ */
+class SseChannel extends Multiplexer {
+  initializeResult: Record<string, unknown> = {}
+  postUrl: URL | undefined
+  stream: http.ClientRequest | undefined
+
+  constructor(
+    instanceId: string,
+    log: ConnectionLog,
+    listeners: ReadonlySet<(n: JsonRpcNotification) => void>,
+    private readonly client: typeof http | typeof https,
+    private readonly agent: http.Agent,
+    private readonly headers: Record<string, string>
+  ) {
+    super(instanceId, log, listeners)
+  }
+
+  protected send(message: unknown, failed: (error: TransportError) => void): boolean {
+    if (this.postUrl === undefined) return false
+    const req = this.client.request(
+      this.postUrl,
+      { method: "POST", agent: this.agent, headers: { ...this.headers, "content-type": "application/json" } },
+      (res) => {
+        res.resume()
+        const status = res.statusCode ?? 0
+        if (status < 200 || status >= 300) {
+          failed(new TransportError({ instanceId: this.instanceId, message: `HTTP ${status} on POST ${this.postUrl}`, reachedBackend: true }))
+        }
+      }
+    )
+    req.on("error", (e: NodeJS.ErrnoException) =>
+      failed(new TransportError({ instanceId: this.instanceId, message: `${e.code ?? "error"}: ${e.message}`, reachedBackend: !NOT_SENT.has(e.code ?? "") })))
+    req.end(JSON.stringify(message))
+    return true
+  }
+}
+
+/**
+ * The backend transport `"sse"`, for servers that only speak the legacy HTTP+SSE transport.
+ * `endpoint` is the SSE URL (e.g. `http://host:3001/sse`). Like stdio, one channel per instance
+ * is shared by every caller, with ids and progress tokens rewritten per request.
+ */
+export const makeLegacySseConnection = (instance: SseInstance, log: ConnectionLog, scope: Scope.Scope): Connection => {
+  const url = new URL(instance.endpoint)
+  const client = url.protocol === "https:" ? https : http
+  const agent = new client.Agent({ keepAlive: true, maxSockets: 64 })
+  const headers = { ...instance.headers }
+
+  const open = (listeners: ReadonlySet<(n: JsonRpcNotification) => void>) =>
+    Effect.async<SseChannel, TransportError>((resume) => {
+      const channel = new SseChannel(instance.id, log, listeners, client, agent, headers)
+      let opened = false
+      const fail = (message: string, reachedBackend: boolean) => {
+        channel.failAll(message)
+        if (!opened) {
+          opened = true
+          resume(Effect.fail(new TransportError({ instanceId: instance.id, message, reachedBackend })))
+        }
+      }
+      // The stream lives as long as the channel: it gets a connection of its own, outside the pool.
+      const req = client.request(url, { method: "GET", headers: { ...headers, accept: "text/event-stream" } }, (res) => {
+        if (res.statusCode !== 200) {
+          res.resume()
+          return fail(`HTTP ${res.statusCode} on GET ${url}`, false)
+        }
+        res.setEncoding("utf8")
+        res.on("data", makeSseParser((event) => {
+          if (event.event === "endpoint") {
+            channel.postUrl = new URL(event.data, url)
+            if (!opened) {
+              opened = true
+              resume(Effect.succeed(channel))
+            }
+            return
+          }
+          if (event.event !== "message") return
+          try {
+            channel.receive(JSON.parse(event.data))
+          } catch {
+            log.debug("ignoring an SSE event that is not JSON")
+          }
+        }))
+        res.on("end", () => fail("the SSE stream ended", true))
+        res.on("error", (e) => fail(`the SSE stream failed: ${e.message}`, true))
+      })
+      req.on("error", (e: NodeJS.ErrnoException) => fail(`${e.code ?? "error"}: ${e.message}`, opened || !NOT_SENT.has(e.code ?? "")))
+      req.end()
+      channel.stream = req
+      return Effect.sync(() => req.destroy())
+    })
+
+  const connection = makeSharedChannelConnection({
+    instanceId: instance.id,
+    log,
+    scope,
+    start: open,
+    stop: async (channel) => {
+      channel.failAll("connection closed")
+      channel.stream?.destroy()
+    }
+  })
+  return {
+    ...connection,
+    close: connection.close.pipe(Effect.ensuring(Effect.sync(() => agent.destroy())))
+  }
+}
