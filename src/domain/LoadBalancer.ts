@@ -22,7 +22,17 @@ export const LoadBalancerInput = Schema.Struct({
    * MCP endpoint sessions: `sticky` pins a client session to one instance; `none` balances
    * each request on its own (for stateless servers).
    */
-  session_affinity: Schema.optional(Schema.Literal("sticky", "none"))
+  session_affinity: Schema.optional(Schema.Literal("sticky", "none")),
+  /**
+   * stdio instances and MCP endpoint sessions: `shared` (one process for every session) or
+   * `per_session` (a process of its own for each client session, initialized with the client's
+   * capabilities, for servers that ask their client for sampling, elicitation or roots).
+   */
+  session_process: Schema.optional(Schema.Literal("shared", "per_session")),
+  /** With `per_session`: how many client sessions (processes) one instance may have at once. */
+  max_sessions_per_instance: Schema.optional(Retries.pipe(Schema.filter((n) => n >= 1 || "expected at least 1"))),
+  /** Client sessions unused for this long are ended (their processes stopped). */
+  session_idle_timeout: Schema.optional(PositiveSeconds)
 })
 export type LoadBalancerInput = typeof LoadBalancerInput.Type
 
@@ -35,6 +45,9 @@ export interface LoadBalancerSettings {
   readonly max_retries: number
   readonly timeout: number
   readonly session_affinity: "sticky" | "none"
+  readonly session_process: "shared" | "per_session"
+  readonly max_sessions_per_instance: number
+  readonly session_idle_timeout: number
 }
 
 /** The one place where each default is written. */
@@ -45,7 +58,10 @@ export const DEFAULT_LOAD_BALANCER: LoadBalancerSettings = {
   health_check_timeout: 10,
   max_retries: 3,
   timeout: 60,
-  session_affinity: "sticky"
+  session_affinity: "sticky",
+  session_process: "shared",
+  max_sessions_per_instance: 16,
+  session_idle_timeout: 1800
 }
 
 /** Fills what a template leaves unset from the gateway-wide defaults. */
@@ -59,7 +75,10 @@ export const resolveLoadBalancer = (
   health_check_timeout: input?.health_check_timeout ?? defaults.health_check_timeout,
   max_retries: input?.max_retries ?? defaults.max_retries,
   timeout: input?.timeout ?? defaults.timeout,
-  session_affinity: input?.session_affinity ?? defaults.session_affinity
+  session_affinity: input?.session_affinity ?? defaults.session_affinity,
+  session_process: input?.session_process ?? defaults.session_process,
+  max_sessions_per_instance: input?.max_sessions_per_instance ?? defaults.max_sessions_per_instance,
+  session_idle_timeout: input?.session_idle_timeout ?? defaults.session_idle_timeout
 })
 
 export const seconds = (s: number): Duration.Duration => Duration.millis(Math.round(s * 1000))

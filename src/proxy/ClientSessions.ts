@@ -2,6 +2,7 @@ import { Context, Effect, ExecutionStrategy, Exit, Fiber, Layer, Schedule, Scope
 import { randomBytes } from "node:crypto"
 import { AllAttemptsFailed, type FailedAttempt, type NoHealthyInstance, type TemplateNotFound } from "../domain/GatewayError.js"
 import { ErrorCode, isObject, isRequest, type JsonRpcRequest, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import { DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
 import { LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
@@ -68,9 +69,8 @@ export interface ClientSessionsShape {
   readonly size: () => number
 }
 
-/** Sessions nobody used for this long are ended (a client that vanished without DELETE). */
-const IDLE_TIMEOUT_MS = 30 * 60 * 1000
-const REAP_EVERY = "1 minute"
+/** How often sessions idle past their template's session_idle_timeout are ended (clients that vanished without DELETE). */
+const REAP_EVERY = "10 seconds"
 
 /** 128 bits from the system's CSPRNG, as the MCP spec asks of session ids. */
 const newSessionId = () => randomBytes(16).toString("hex")
@@ -179,8 +179,17 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
                 tried.size === 0 ? Effect.fail(e) : Effect.fail(new AllAttemptsFailed({ template, attempts: failures })))
             )
             tried.add(instance.id)
+            const ownProcess = settings?.session_process === "per_session" && instance.definition.transport === "stdio"
+            if (ownProcess) {
+              let count = 0
+              for (const s of sessions.values()) if (s.instance === instance) count++
+              if (count >= (settings?.max_sessions_per_instance ?? Infinity)) {
+                failures.push({ instanceId: instance.id, message: `already has ${count} sessions (max_sessions_per_instance)` })
+                continue
+              }
+            }
             const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
-            const opened = yield* transport.openSession(instance.definition, initializeParams).pipe(
+            const opened = yield* transport.openSession(instance.definition, initializeParams, { ownProcess }).pipe(
               Effect.flatMap((backend) => Effect.map(backend.initialize, (result) => ({ backend, result }))),
               Scope.extend(scope),
               Effect.either
@@ -193,9 +202,10 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
               continue
             }
             const requested = initializeParams.protocolVersion
-            // An HTTP backend negotiated with the client's own initialize; a shared stdio process
-            // was initialized by the gateway, so the client gets the version it asked for if we speak it.
-            const protocolVersion = instance.definition.transport === "http"
+            // An HTTP backend or a process of the session's own negotiated with the client's own
+            // initialize; a shared process was initialized by the gateway, so the client gets the
+            // version it asked for if we speak it.
+            const protocolVersion = instance.definition.transport === "http" || ownProcess
               ? String(opened.right.result.protocolVersion ?? LATEST_PROTOCOL_VERSION)
               : typeof requested === "string" && SUPPORTED_PROTOCOL_VERSIONS.includes(requested)
               ? requested
@@ -232,8 +242,11 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       )
 
       yield* Effect.suspend(() => {
-        const idleSince = Date.now() - IDLE_TIMEOUT_MS
-        const idle = Array.from(sessions.values()).filter((s) => s.lastSeen < idleSince && s.inflight.size === 0)
+        const now = Date.now()
+        const idle = Array.from(sessions.values()).filter((s) =>
+          s.inflight.size === 0 &&
+          now - s.lastSeen > (registry.template(s.template)?.settings.session_idle_timeout ?? DEFAULT_LOAD_BALANCER.session_idle_timeout) * 1000
+        )
         return Effect.forEach(idle, (s) => close(s.id), { discard: true })
       }).pipe(Effect.repeat(Schedule.spaced(REAP_EVERY)), Effect.forkScoped)
 

@@ -5,6 +5,7 @@ import {
   isRequest,
   isResponse,
   type JsonRpcNotification,
+  type JsonRpcRequest,
   type JsonRpcResponse
 } from "../domain/JsonRpc.js"
 import type { ConnectionLog } from "./Connection.js"
@@ -12,6 +13,9 @@ import { answerServerRequest } from "./serverRequests.js"
 import { RequestTimeout, TransportError } from "./TransportError.js"
 
 type Pending = (response: JsonRpcResponse | TransportError) => void
+
+/** Hears what the server sends outside requests; server requests come with `reply`. */
+export type ChannelListener = (message: JsonRpcNotification | JsonRpcRequest, reply?: (response: JsonRpcResponse) => void) => void
 
 /**
  * Many callers' requests over one message channel the gateway shares (a stdio process, a legacy
@@ -30,7 +34,12 @@ export abstract class Multiplexer {
     readonly instanceId: string,
     protected readonly log: ConnectionLog,
     /** Who hears the notifications that belong to no request. */
-    private readonly listeners: ReadonlySet<(n: JsonRpcNotification) => void>
+    private readonly listeners: ReadonlySet<ChannelListener>,
+    /**
+     * The channel serves one client session (a process of its own): the server's requests go
+     * to its listener to answer. A shared channel answers them itself.
+     */
+    private readonly relayRequests = false
   ) {}
 
   /**
@@ -115,8 +124,13 @@ export abstract class Multiplexer {
         this.log.debug(`response to an unknown or cancelled request id ${JSON.stringify(id)}`)
       }
     } else if (isRequest(message)) {
-      // Nothing says which caller a request on a shared channel is for: answered here.
-      this.notify(answerServerRequest(message))
+      const [listener] = this.listeners
+      if (this.relayRequests && listener !== undefined && message.method !== "ping") {
+        listener(message, (answer) => this.notify({ ...answer, id: message.id }))
+      } else {
+        // Nothing says which caller a request on a shared channel is for: answered here.
+        this.notify(answerServerRequest(message))
+      }
     } else if (isNotification(message)) {
       const token = message.method === "notifications/progress" && isObject(message.params) ? message.params.progressToken : undefined
       const waiting = typeof token === "string" ? this.progress.get(token) : undefined

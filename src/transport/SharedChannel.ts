@@ -1,8 +1,8 @@
 import { Deferred, Effect, FiberId, type Scope } from "effect"
-import { isObject, type JsonRpcNotification } from "../domain/JsonRpc.js"
+import { isObject } from "../domain/JsonRpc.js"
 import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { Connection, ConnectionLog, RequestOptions } from "./Connection.js"
-import type { Multiplexer } from "./Multiplexer.js"
+import type { ChannelListener, Multiplexer } from "./Multiplexer.js"
 import { RequestTimeout, TransportError } from "./TransportError.js"
 
 /** How long a fresh channel may take to answer `initialize` before it is stopped. */
@@ -22,7 +22,9 @@ export const makeSharedChannelConnection = <C extends Channel>(options: {
   /** Where initialization runs (not in a caller's fiber: a caller that gives up must not leave a half-open channel). */
   readonly scope: Scope.Scope
   /** Starts a channel; it resolves once the channel can take messages. */
-  readonly start: (listeners: ReadonlySet<(n: JsonRpcNotification) => void>) => Effect.Effect<C, TransportError>
+  readonly start: (listeners: ReadonlySet<ChannelListener>) => Effect.Effect<C, TransportError>
+  /** What to say in `initialize`: the gateway's own by default, a client's for a channel of its own. */
+  readonly initializeParams?: Record<string, unknown> | undefined
   /** Stops a channel (and whatever it runs). */
   readonly stop: (channel: C) => Promise<void>
 }): Connection => {
@@ -32,7 +34,7 @@ export const makeSharedChannelConnection = <C extends Channel>(options: {
   /** The channel once initialized: requests go straight to it, without awaiting anything. */
   let initialized: C | undefined
   /** Who hears the notifications that belong to no request (every client session on the channel). */
-  const listeners = new Set<(n: JsonRpcNotification) => void>()
+  const listeners = new Set<ChannelListener>()
   let closed = false
 
   const notReady = (message: string) => new TransportError({ instanceId, message, reachedBackend: false })
@@ -40,7 +42,7 @@ export const makeSharedChannelConnection = <C extends Channel>(options: {
   const initialize = (channel: C) =>
     Effect.gen(function*() {
       currentChannel = channel
-      const response = yield* channel.call("initialize", initializeParams(), INITIALIZE_TIMEOUT_MS).pipe(
+      const response = yield* channel.call("initialize", options.initializeParams ?? initializeParams(), INITIALIZE_TIMEOUT_MS).pipe(
         Effect.catchTag("RequestTimeout", () => notReady(`no answer to initialize within ${INITIALIZE_TIMEOUT_MS} ms`))
       )
       if ("error" in response) return yield* notReady(`initialize failed: ${response.error.message}`)
@@ -97,7 +99,7 @@ export const makeSharedChannelConnection = <C extends Channel>(options: {
   const listen: Connection["listen"] = (onMessage) =>
     Effect.acquireRelease(
       Effect.sync(() => {
-        const listener = (n: JsonRpcNotification) => onMessage(n)
+        const listener: ChannelListener = (message, reply) => onMessage(message, reply)
         listeners.add(listener)
         return listener
       }),

@@ -23,7 +23,9 @@ export interface TransportShape {
    */
   readonly openSession: (
     instance: InstanceDefinition,
-    initializeParams: Record<string, unknown>
+    initializeParams: Record<string, unknown>,
+    /** stdio: a process of its own for the session instead of the shared one. */
+    options?: { readonly ownProcess?: boolean }
   ) => Effect.Effect<Connection, TransportError, Scope.Scope>
   /** The instance's answer to the gateway's own `initialize` (starting it or opening its session if need be). */
   readonly initializeResult: (instance: InstanceDefinition) => Effect.Effect<Record<string, unknown>, TransportError>
@@ -96,9 +98,16 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         request: (instance, method, params, options) =>
           removed.has(instance) ? removedError(instance) : connectionFor(instance).request(method, params, options),
         initializeResult: (instance) => removed.has(instance) ? removedError(instance) : connectionFor(instance).initialize,
-        openSession: (instance, initializeParams) =>
+        openSession: (instance, initializeParams, options) =>
           Effect.suspend(() => {
             if (removed.has(instance)) return removedError(instance)
+            if (instance.transport === "stdio" && options?.ownProcess === true) {
+              return Effect.flatMap(Effect.scope, (scope) =>
+                Effect.acquireRelease(
+                  Effect.sync(() => makeStdioConnection(instance, logFor(instance), scope, { forSession: { initializeParams } })),
+                  (connection) => connection.close
+                ))
+            }
             if (instance.transport !== "http") {
               // stdio and legacy SSE: the instance's one shared channel.
               const shared = connectionFor(instance)

@@ -2,9 +2,8 @@ import { Effect, type Scope } from "effect"
 import * as http from "node:http"
 import * as https from "node:https"
 import type { InstanceDefinition } from "../domain/Instance.js"
-import type { JsonRpcNotification } from "../domain/JsonRpc.js"
 import type { Connection, ConnectionLog } from "./Connection.js"
-import { Multiplexer } from "./Multiplexer.js"
+import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
 import { makeSharedChannelConnection } from "./SharedChannel.js"
 import { makeSseParser } from "./sse.js"
 import { TransportError } from "./TransportError.js"
@@ -26,7 +25,7 @@ class SseChannel extends Multiplexer {
   constructor(
     instanceId: string,
     log: ConnectionLog,
-    listeners: ReadonlySet<(n: JsonRpcNotification) => void>,
+    listeners: ReadonlySet<ChannelListener>,
     private readonly client: typeof http | typeof https,
     private readonly agent: http.Agent,
     private readonly headers: Record<string, string>
@@ -65,7 +64,7 @@ export const makeLegacySseConnection = (instance: SseInstance, log: ConnectionLo
   const agent = new client.Agent({ keepAlive: true, maxSockets: 64 })
   const headers = { ...instance.headers }
 
-  const open = (listeners: ReadonlySet<(n: JsonRpcNotification) => void>) =>
+  const open = (listeners: ReadonlySet<ChannelListener>) =>
     Effect.async<SseChannel, TransportError>((resume) => {
       const channel = new SseChannel(instance.id, log, listeners, client, agent, headers)
       let opened = false

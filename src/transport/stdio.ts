@@ -1,10 +1,9 @@
 import { Effect, type Scope } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import type { InstanceDefinition } from "../domain/Instance.js"
-import type { JsonRpcNotification } from "../domain/JsonRpc.js"
 import type { Connection, ConnectionLog } from "./Connection.js"
 import { makeLineSplitter } from "./lines.js"
-import { Multiplexer } from "./Multiplexer.js"
+import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
 import { makeSharedChannelConnection } from "./SharedChannel.js"
 
 type StdioInstance = Extract<InstanceDefinition, { transport: "stdio" }>
@@ -23,9 +22,10 @@ class Process extends Multiplexer {
     readonly child: ChildProcess,
     instanceId: string,
     log: ConnectionLog,
-    listeners: ReadonlySet<(n: JsonRpcNotification) => void>
+    listeners: ReadonlySet<ChannelListener>,
+    exclusive: boolean
   ) {
-    super(instanceId, log, listeners)
+    super(instanceId, log, listeners, exclusive)
     this.exit = new Promise((resolve) => (this.resolveExit = resolve))
   }
 
@@ -54,11 +54,18 @@ class Process extends Multiplexer {
 export const makeStdioConnection = (
   instance: StdioInstance,
   log: ConnectionLog,
-  scope: Scope.Scope
+  scope: Scope.Scope,
+  options: {
+    /**
+     * A process for one client session: initialized with the client's own `initialize` params
+     * (so the server sees its capabilities), and the server's requests go to that client.
+     */
+    readonly forSession?: { readonly initializeParams: Record<string, unknown> } | undefined
+  } = {}
 ): Connection => {
   let stopping = false
 
-  const spawnProcess = (listeners: ReadonlySet<(n: JsonRpcNotification) => void>): Process => {
+  const spawnProcess = (listeners: ReadonlySet<ChannelListener>): Process => {
     const [command, ...args] = instance.command
     const child = spawn(command!, args, {
       cwd: instance.working_dir,
@@ -67,7 +74,7 @@ export const makeStdioConnection = (
       // Its own process group, so that stopping it also stops what it started (npx, sh -c, ...).
       detached: true
     })
-    const proc = new Process(child, instance.id, log, listeners)
+    const proc = new Process(child, instance.id, log, listeners, options.forSession !== undefined)
     child.stdout!.setEncoding("utf8")
     child.stdout!.on("data", makeLineSplitter((line) => {
       let message: unknown
@@ -100,7 +107,8 @@ export const makeStdioConnection = (
     log,
     scope,
     start: (listeners) => Effect.sync(() => spawnProcess(listeners)),
-    stop: stopProcess
+    stop: stopProcess,
+    initializeParams: options.forSession?.initializeParams
   })
   return {
     ...connection,

@@ -5,6 +5,7 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
   api,
+  descendants,
   everythingServer,
   type RunningGateway,
   type RunningServer,
@@ -47,6 +48,10 @@ describe("MCP endpoint end to end", () => {
         },
         http: { instances: [{ id: "h1", transport: "http", endpoint: backend.url }] },
         legacy: { instances: [{ id: "l1", transport: "sse", endpoint: legacy.url }] },
+        own: {
+          instances: [{ id: "p1", transport: "stdio", command: ["node", everythingServer, "stdio"] }],
+          load_balancer: { session_process: "per_session", max_sessions_per_instance: 2 }
+        },
         single: { instances: [{ id: "only", transport: "stdio", command: ["node", everythingServer, "stdio"] }] },
         stateless: {
           instances: [
@@ -229,6 +234,38 @@ describe("MCP endpoint end to end", () => {
     const after = (await api(`${gateway.url}/gateway/stats`)).body.templates.stateless.instances
     expect(after.a.requests - before.a.requests).toBe(3)
     expect(after.b.requests - before.b.requests).toBe(3)
+  })
+
+  it(`session_process "per_session": each client session gets a process of its own, capped, that asks its client for sampling`, async () => {
+    const base = descendants(gateway.process.pid!).length
+    const sampler = async () => {
+      const client = new Client({ name: "sampler", version: "1.0.0" }, { capabilities: { sampling: {} } })
+      client.setRequestHandler(CreateMessageRequestSchema, async () => ({
+        model: "test-model",
+        role: "assistant",
+        content: { type: "text", text: "sampled by my own client" }
+      }))
+      await client.connect(new StreamableHTTPClientTransport(new URL(`${gateway.url}/mcp/own`)))
+      clients.push(client)
+      return client
+    }
+    const first = await sampler()
+    expect(descendants(gateway.process.pid!).length).toBe(base + 1)
+    const result = await first.callTool({ name: "trigger-sampling-request", arguments: { prompt: "mine" } })
+    expect(JSON.stringify(result.content)).toContain("sampled by my own client")
+
+    const second = await sampler()
+    expect(descendants(gateway.process.pid!).length).toBe(base + 2)
+    // The cap: a third session finds no room.
+    await expect(sampler()).rejects.toThrow(/max_sessions_per_instance|502/)
+
+    // Ending a session stops its process and frees its place.
+    await (second.transport as StreamableHTTPClientTransport).terminateSession()
+    await waitUntil(() => descendants(gateway.process.pid!).length === base + 1, 10_000, "the session's process to stop")
+    const third = await sampler()
+    expect((await third.callTool({ name: "echo", arguments: { message: "room again" } })).content).toEqual([
+      { type: "text", text: "Echo: room again" }
+    ])
   })
 
   it("two clients sharing one stdio instance each get only their own progress", async () => {
