@@ -223,7 +223,12 @@ export const makeMcpEndpoint = Effect.gen(function*() {
           const fiber = session.inflight.get(JSON.stringify(message.params.requestId))
           if (fiber !== undefined) fiber.unsafeInterruptAsFork(FiberId.none)
         }
-        // notifications/initialized: the gateway completed the backend's handshake itself.
+        // notifications/initialized: the gateway completed the backend's handshake itself. Other
+        // notifications (roots/list_changed, ...) go to a backend that serves this session alone;
+        // a process shared with other sessions is not told one client's news.
+        else if (message.method !== "notifications/initialized" && session.ownBackend) {
+          run(session.backend.notify(message.method, isObject(message.params) ? message.params : undefined))
+        }
         res.writeHead(202).end()
         return
       }

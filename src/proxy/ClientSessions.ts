@@ -20,6 +20,8 @@ export interface ClientSession {
   readonly instance: InstanceState | undefined
   readonly protocolVersion: string
   readonly backend: Connection
+  /** The backend serves this session alone (HTTP session, own process): the client's notifications go to it. */
+  readonly ownBackend: boolean
   readonly scope: Scope.CloseableScope
   /** Requests in flight by the client's JSON-RPC id (JSON-encoded), so that notifications/cancelled can stop them. */
   readonly inflight: Map<string, Fiber.RuntimeFiber<unknown, unknown>>
@@ -105,6 +107,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         instance: InstanceState | undefined,
         protocolVersion: string,
         backend: Connection,
+        ownBackend: boolean,
         scope: Scope.CloseableScope
       ): ClientSession => {
         const session: ClientSession = {
@@ -113,6 +116,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           instance,
           protocolVersion,
           backend,
+          ownBackend,
           scope,
           inflight: new Map(),
           serverRequests: new Map(),
@@ -155,10 +159,11 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
               ),
             initialize: Effect.succeed(result),
             listen: () => Effect.void,
+            notify: () => Effect.void,
             close: Effect.void
           }
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
-          const session = newSession(template, undefined, protocolVersion, balanced, scope)
+          const session = newSession(template, undefined, protocolVersion, balanced, false, scope)
           return { session, result: { ...result, protocolVersion } }
         })
 
@@ -210,7 +215,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
               : typeof requested === "string" && SUPPORTED_PROTOCOL_VERSIONS.includes(requested)
               ? requested
               : LATEST_PROTOCOL_VERSION
-            const session = newSession(template, instance, protocolVersion, opened.right.backend, scope)
+            const ownBackend = instance.definition.transport === "http" || ownProcess
+            const session = newSession(template, instance, protocolVersion, opened.right.backend, ownBackend, scope)
             yield* session.backend.listen((message, reply) => {
               if (isRequest(message)) {
                 if (reply !== undefined) relayServerRequest(session, message, reply, (m) => session.outbox.push(m))

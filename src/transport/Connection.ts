@@ -45,6 +45,8 @@ export interface Connection {
   readonly listen: (
     onMessage: (message: JsonRpcNotification | JsonRpcRequest, reply?: (response: JsonRpcResponse) => void) => void
   ) => Effect.Effect<void, never, Scope.Scope>
+  /** Sends a notification to the server (e.g. a client's `notifications/roots/list_changed`). */
+  readonly notify: (method: string, params: Record<string, unknown> | undefined) => Effect.Effect<void>
   /** Stops the process (its whole group) or ends the session; later requests fail. */
   readonly close: Effect.Effect<void>
 }

@@ -115,5 +115,8 @@ export const makeSharedChannelConnection = <C extends Channel>(options: {
     return channel === undefined ? Effect.void : Effect.promise(() => options.stop(channel))
   })
 
-  return { request, initialize: Effect.map(ready, (channel) => channel.initializeResult), listen, close }
+  const notify: Connection["notify"] = (method, params) =>
+    Effect.sync(() => initialized?.notify(params === undefined ? { jsonrpc: "2.0", method } : { jsonrpc: "2.0", method, params }))
+
+  return { request, initialize: Effect.map(ready, (channel) => channel.initializeResult), listen, notify, close }
 }

@@ -343,8 +343,16 @@ export const makeHttpConnection = (
         }))
     })
 
+  const notify: Connection["notify"] = (method, params) =>
+    Effect.sync(() => {
+      if (established !== undefined) {
+        postOneWay(params === undefined ? { jsonrpc: "2.0", method } : { jsonrpc: "2.0", method, params }, established)
+      }
+    })
+
   return {
     listen,
+    notify,
     request,
     initialize: Effect.map(ensureSession, (s) => s.initializeResult),
     close

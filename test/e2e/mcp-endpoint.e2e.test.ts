@@ -1,6 +1,10 @@
 import { Client } from "@modelcontextprotocol/sdk/client/index.js"
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js"
-import { CreateMessageRequestSchema, ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js"
+import {
+  CreateMessageRequestSchema,
+  ListRootsRequestSchema,
+  ResourceUpdatedNotificationSchema
+} from "@modelcontextprotocol/sdk/types.js"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
@@ -266,6 +270,24 @@ describe("MCP endpoint end to end", () => {
     expect((await third.callTool({ name: "echo", arguments: { message: "room again" } })).content).toEqual([
       { type: "text", text: "Echo: room again" }
     ])
+  })
+
+  it("http backend: roots travel both ways (the server asks on the standing stream, the client says they changed)", async () => {
+    const client = new Client({ name: "rooted", version: "1.0.0" }, { capabilities: { roots: { listChanged: true } } })
+    let roots = [{ uri: "file:///first", name: "first" }]
+    let asked = 0
+    client.setRequestHandler(ListRootsRequestSchema, async () => {
+      asked++
+      return { roots }
+    })
+    await client.connect(new StreamableHTTPClientTransport(new URL(`${gateway.url}/mcp/http`)))
+    clients.push(client)
+    await waitUntil(() => asked >= 1, 10_000, "the server to ask for roots")
+    roots = [{ uri: "file:///second", name: "second" }]
+    await client.sendRootsListChanged()
+    await waitUntil(() => asked >= 2, 10_000, "the server to ask again")
+    const listed = await client.callTool({ name: "get-roots-list", arguments: {} })
+    expect(JSON.stringify(listed.content)).toContain("file:///second")
   })
 
   it("two clients sharing one stdio instance each get only their own progress", async () => {

@@ -48,6 +48,7 @@ export const makeFakeTransport = () => {
           respond(instance, method, params, options),
         initialize: Effect.succeed({ protocolVersion: "2025-11-25", capabilities: {}, serverInfo: { name: instance.id, version: "1" } }),
         listen: () => Effect.void,
+        notify: () => Effect.void,
         close: Effect.void
       }),
     close: (instance) => Effect.sync(() => void closed.push(instance.id))
