@@ -78,7 +78,16 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     if (session === undefined || session.template !== template) return { status: 404, message: "Session not found" }
     // The pinned instance was removed or is down: end the session so that the client re-initializes.
     const pinned = session.instance
-    if (pinned !== undefined && (registry.template(template)?.instances.get(pinned.id) !== pinned || pinned.status === "unhealthy")) {
+    if (pinned !== undefined && !session.ownBackend && !session.backend.alive()) {
+      // Its process died: out of rotation until a health probe (which restarts it) says otherwise,
+      // so that the client's new session lands on another instance.
+      pinned.markUnhealthy("process exited")
+    }
+    if (
+      pinned !== undefined &&
+      (registry.template(template)?.instances.get(pinned.id) !== pinned || pinned.status === "unhealthy" ||
+        session.backend.generation() !== session.generation)
+    ) {
       run(sessions.close(session.id))
       return { status: 404, message: "Session not found: its server instance is no longer available" }
     }
@@ -176,8 +185,9 @@ export const makeMcpEndpoint = Effect.gen(function*() {
       if (error?._tag === "RequestTimeout") {
         return answer(200, rpcError(id, ErrorCode.InternalError, `the server did not answer within ${timeoutMs / 1000}s`))
       }
-      // The pinned instance failed under this session: it is gone for the client, who starts anew.
-      session.instance?.markUnhealthy(error?.message ?? "request failed")
+      // The pinned instance (or the client's session on it) failed under this session: it is gone
+      // for the client, who starts anew. (Whether the instance itself is down is for the health
+      // checks, and for the next initialize, which fails over if it cannot open a session.)
       run(sessions.close(session.id))
       answer(404, rpcError(id, ErrorCode.InternalError, `Session not found: ${error?.message ?? "its server instance failed"}`))
     })

@@ -22,6 +22,8 @@ export interface ClientSession {
   readonly backend: Connection
   /** The backend serves this session alone (HTTP session, own process): the client's notifications go to it. */
   readonly ownBackend: boolean
+  /** The backend's generation when the session began (see Connection.generation). */
+  readonly generation: number
   readonly scope: Scope.CloseableScope
   /** Requests in flight by the client's JSON-RPC id (JSON-encoded), so that notifications/cancelled can stop them. */
   readonly inflight: Map<string, Fiber.RuntimeFiber<unknown, unknown>>
@@ -117,6 +119,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           protocolVersion,
           backend,
           ownBackend,
+          generation: backend.generation(),
           scope,
           inflight: new Map(),
           serverRequests: new Map(),
@@ -160,6 +163,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             initialize: Effect.succeed(result),
             listen: () => Effect.void,
             notify: () => Effect.void,
+            generation: () => 0,
+            alive: () => true,
             close: Effect.void
           }
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)

@@ -45,6 +45,14 @@ export interface Connection {
   readonly listen: (
     onMessage: (message: JsonRpcNotification | JsonRpcRequest, reply?: (response: JsonRpcResponse) => void) => void
   ) => Effect.Effect<void, never, Scope.Scope>
+  /**
+   * Counts the processes started or sessions opened so far. A client session pinned to the
+   * connection compares it with the one it began with: a change means the server it talked to
+   * is gone (restarted), and so is the client's session.
+   */
+  readonly generation: () => number
+  /** False once the process this connection started has exited (and none replaced it yet). */
+  readonly alive: () => boolean
   /** Sends a notification to the server (e.g. a client's `notifications/roots/list_changed`). */
   readonly notify: (method: string, params: Record<string, unknown> | undefined) => Effect.Effect<void>
   /** Stops the process (its whole group) or ends the session; later requests fail. */

@@ -36,6 +36,7 @@ export const makeSharedChannelConnection = <C extends Channel>(options: {
   /** Who hears the notifications that belong to no request (every client session on the channel). */
   const listeners = new Set<ChannelListener>()
   let closed = false
+  let generation = 0
 
   const notReady = (message: string) => new TransportError({ instanceId, message, reachedBackend: false })
 
@@ -53,6 +54,7 @@ export const makeSharedChannelConnection = <C extends Channel>(options: {
       channel.initializeResult = response.result as Record<string, unknown>
       channel.notify({ jsonrpc: "2.0", method: "notifications/initialized" })
       initialized = channel
+      generation++
       return channel
     })
 
@@ -118,5 +120,5 @@ export const makeSharedChannelConnection = <C extends Channel>(options: {
   const notify: Connection["notify"] = (method, params) =>
     Effect.sync(() => initialized?.notify(params === undefined ? { jsonrpc: "2.0", method } : { jsonrpc: "2.0", method, params }))
 
-  return { request, initialize: Effect.map(ready, (channel) => channel.initializeResult), listen, notify, close }
+  return { request, initialize: Effect.map(ready, (channel) => channel.initializeResult), listen, notify, close, generation: () => generation, alive: () => initialized !== undefined && !initialized.closed }
 }

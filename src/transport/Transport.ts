@@ -115,7 +115,9 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
             }
             return Effect.flatMap(Effect.scope, (scope) =>
               Effect.acquireRelease(
-                Effect.sync(() => makeHttpConnection(instance, logFor(instance), scope, { initializeParams })),
+                Effect.sync(() =>
+                  makeHttpConnection(instance, logFor(instance), scope, { initializeParams, renewLostSession: false })
+                ),
                 (connection) => connection.close
               ))
           }),

@@ -41,6 +41,12 @@ export const makeHttpConnection = (
   options: {
     /** What to say in `initialize` (a client's own, for a session opened on its behalf); the gateway's by default. */
     readonly initializeParams?: Record<string, unknown> | undefined
+    /**
+     * When the server forgets the session: open a new one and resend (the gateway's own
+     * sessions), or fail (a client's session: its state on the server is gone, so the client
+     * must start anew).
+     */
+    readonly renewLostSession?: boolean | undefined
   } = {}
 ): Connection => {
   const url = new URL(instance.endpoint)
@@ -51,6 +57,7 @@ export const makeHttpConnection = (
   let established: Session | undefined
   let nextId = 1
   let closed = false
+  let generation = 0
 
   const error = (message: string, reachedBackend: boolean) =>
     new TransportError({ instanceId: instance.id, message, reachedBackend })
@@ -203,7 +210,14 @@ export const makeHttpConnection = (
     const deferred = Deferred.unsafeMake<Session, TransportError>(FiberId.none)
     session = deferred
     return initialize.pipe(
-      Effect.tap((opened) => Effect.sync(() => session === deferred && (established = opened))),
+      Effect.tap((opened) =>
+        Effect.sync(() => {
+          if (session === deferred) {
+            established = opened
+            generation++
+          }
+        })
+      ),
       // A failed initialize is not remembered: the next use tries again.
       Effect.tapError(() => Effect.sync(() => session === deferred && (session = undefined))),
       Effect.intoDeferred(deferred),
@@ -221,6 +235,9 @@ export const makeHttpConnection = (
     relay: RequestOptions | undefined
   ) =>
     Effect.suspend(() => {
+      if (options.renewLostSession === false) {
+        return Effect.fail(error("the server ended the session", true))
+      }
       if (established === lost) {
         log.info(`session ${lost.id} expired; initializing again`)
         established = undefined
@@ -351,6 +368,8 @@ export const makeHttpConnection = (
     })
 
   return {
+    generation: () => generation,
+    alive: () => !closed,
     listen,
     notify,
     request,

@@ -5,12 +5,14 @@ import {
   ListRootsRequestSchema,
   ResourceUpdatedNotificationSchema
 } from "@modelcontextprotocol/sdk/types.js"
+import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
   api,
   descendants,
   everythingServer,
+  isAlive,
   type RunningGateway,
   type RunningServer,
   startEverythingHttp,
@@ -52,6 +54,15 @@ describe("MCP endpoint end to end", () => {
         },
         http: { instances: [{ id: "h1", transport: "http", endpoint: backend.url }] },
         legacy: { instances: [{ id: "l1", transport: "sse", endpoint: legacy.url }] },
+        victims: {
+          instances: ["v1", "v2"].map((id) => ({
+            id,
+            transport: "stdio",
+            command: ["node", everythingServer, "stdio"],
+            env: { GATEWAY_TEST_INSTANCE: id }
+          })),
+          load_balancer: { health_check_interval: 600 }
+        },
         own: {
           instances: [{ id: "p1", transport: "stdio", command: ["node", everythingServer, "stdio"] }],
           load_balancer: { session_process: "per_session", max_sessions_per_instance: 2 }
@@ -331,6 +342,33 @@ describe("MCP endpoint end to end", () => {
     const other = ["s1", "s2"].find((id) => id !== pinned)!
     const final = (await api(`${gateway.url}/gateway/stats`)).body.templates.stdio.instances
     expect(final[other].requests).toBeGreaterThan(after[other].requests)
+  })
+
+  it("when the pinned instance's process is killed, the next request answers 404 and a new session lands on the other instance", async () => {
+    const client = await connect(`${gateway.url}/mcp/victims`)
+    const before = (await api(`${gateway.url}/gateway/stats`)).body.templates.victims.instances
+    for (let i = 0; i < 2; i++) await client.callTool({ name: "echo", arguments: { message: "pin" } })
+    const after = (await api(`${gateway.url}/gateway/stats`)).body.templates.victims.instances
+    const pinned = ["v1", "v2"].find((id) => after[id].requests - before[id].requests === 2)!
+    const pid = descendants(gateway.process.pid!).find((p) => {
+      try {
+        return fs.readFileSync(`/proc/${p}/environ`, "utf8").split("\0").includes(`GATEWAY_TEST_INSTANCE=${pinned}`)
+      } catch {
+        return false
+      }
+    })!
+    expect(pid).toBeDefined()
+    process.kill(pid, "SIGKILL")
+    await waitUntil(() => !isAlive(pid), 5000, "the process to die")
+    await new Promise((r) => setTimeout(r, 200))
+
+    await expect(client.callTool({ name: "echo", arguments: { message: "anyone?" } })).rejects.toThrow(/404|not found/i)
+    const again = await connect(`${gateway.url}/mcp/victims`)
+    await again.callTool({ name: "echo", arguments: { message: "elsewhere" } })
+    const final = (await api(`${gateway.url}/gateway/stats`)).body.templates.victims.instances
+    const other = pinned === "v1" ? "v2" : "v1"
+    expect(final[other].requests).toBeGreaterThan(after[other].requests)
+    expect(final[pinned].healthy).toBe(false)
   })
 
   it("answers protocol mistakes with the status the spec gives", async () => {

@@ -49,6 +49,8 @@ export const makeFakeTransport = () => {
         initialize: Effect.succeed({ protocolVersion: "2025-11-25", capabilities: {}, serverInfo: { name: instance.id, version: "1" } }),
         listen: () => Effect.void,
         notify: () => Effect.void,
+        generation: () => 1,
+        alive: () => true,
         close: Effect.void
       }),
     close: (instance) => Effect.sync(() => void closed.push(instance.id))
