@@ -13,6 +13,7 @@ import {
 } from "../domain/JsonRpc.js"
 import { SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import { type ClientSession, ClientSessions, relayServerRequest } from "../proxy/ClientSessions.js"
+import { SessionOutbox } from "../proxy/SessionOutbox.js"
 import { Stats } from "../proxy/Stats.js"
 import { Registry } from "../registry/Registry.js"
 import { MAX_BODY_BYTES, readJsonBody, sendJson } from "./raw.js"
@@ -33,6 +34,18 @@ const trackSubscription = (
   if (method === "resources/subscribe") session.subscriptions.add(params.uri)
   else if (method === "resources/unsubscribe") session.subscriptions.delete(params.uri)
 }
+
+const writeEvent = (res: http.ServerResponse, id: string, message: unknown) => {
+  if (!res.destroyed) res.write(`id: ${id}\nevent: message\ndata: ${JSON.stringify(message)}\n\n`)
+}
+
+/** How long a finished request stream stays resumable. */
+const FINISHED_STREAM_RETENTION_MS = 60_000
+
+const forgetLater = (session: ClientSession, stream: SessionOutbox) =>
+  setTimeout(() => {
+    for (const [key, s] of session.streams) if (s === stream) session.streams.delete(key)
+  }, FINISHED_STREAM_RETENTION_MS).unref()
 
 /** How often an idle standing stream gets a comment, so that proxies in between keep it open. */
 const KEEP_ALIVE_MS = 25_000
@@ -125,19 +138,27 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     // The answer is plain JSON unless the server says something before it (progress while a
     // long tool runs): then it becomes an SSE stream, the notifications go out as they come,
     // and the response closes it.
-    let streaming = false
+    // Its events carry ids, so that a client that loses the connection can resume the stream
+    // with GET and Last-Event-ID (see `standingStream`).
+    let stream: SessionOutbox | undefined
     const event = (message: unknown) => {
-      if (res.destroyed) return
-      if (!streaming) {
-        streaming = true
-        res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
+      if (stream === undefined) {
+        const streamKey = String(session.nextStream++)
+        stream = new SessionOutbox()
+        session.streams.set(streamKey, stream)
+        if (!res.destroyed) {
+          res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
+          const detach = stream.attach((seq, m) => writeEvent(res, `${streamKey}-${seq}`, m), undefined, () => res.end())
+          res.once("close", detach)
+        }
       }
-      res.write(`event: message\ndata: ${JSON.stringify(message)}\n\n`)
+      stream.push(message)
     }
     const answer = (status: number, message: unknown) => {
-      if (!streaming) return sendJson(res, status, message)
-      event(message)
-      res.end()
+      if (stream === undefined) return sendJson(res, status, message)
+      stream.push(message)
+      stream.finish()
+      forgetLater(session, stream)
     }
     // Requests the server makes of the client while this one runs go out on the same stream,
     // under ids of the gateway's; the client's answers come back as POSTs (see `post`).
@@ -146,12 +167,9 @@ export const makeMcpEndpoint = Effect.gen(function*() {
       void relayed.push(relayServerRequest(session, request, reply, event))
     const fiber = run(session.backend.request(method, params, { timeoutMs, onNotification: event, onServerRequest }))
     session.inflight.set(key, fiber)
-    const onClose = () => {
-      if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)
-    }
-    res.once("close", onClose)
+    // A client that hangs up has not cancelled (the spec's word: it sends notifications/cancelled
+    // for that); the answer waits in the stream for it to resume, or is dropped.
     fiber.addObserver((exit) => {
-      res.off("close", onClose)
       if (session.inflight.get(key) === fiber) session.inflight.delete(key)
       // Server requests the client never answered: the server gets an error rather than silence.
       for (const relayId of relayed) {
@@ -267,14 +285,24 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     }
     const session = sessionOf(req, template)
     if (!("backend" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
-    const lastEventId = Number(req.headers["last-event-id"])
+    // Last-Event-ID names the stream to resume ("{stream}-{seq}"): a request's stream (its
+    // missed events, then the rest of it until its response), or the standing stream "0".
+    const resume = /^(\d+)-(\d+)$/.exec(String(req.headers["last-event-id"] ?? ""))
+    const resumed = resume === null ? undefined : session.streams.get(resume[1]!)
+    if (resumed !== undefined && resume![1] !== "0") {
+      res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
+      const streamKey = resume![1]!
+      const detachRequest = resumed.attach((seq, m) => writeEvent(res, `${streamKey}-${seq}`, m), Number(resume![2]), () => res.end())
+      res.once("close", detachRequest)
+      return
+    }
     // One standing stream per session: the new one replaces the old.
     openStreams.get(session)?.()
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
     res.write(": open\n\n")
     const detach = session.outbox.attach(
-      (id, message) => res.write(`id: ${id}\nevent: message\ndata: ${JSON.stringify(message)}\n\n`),
-      Number.isInteger(lastEventId) ? lastEventId : undefined
+      (seq, message) => writeEvent(res, `0-${seq}`, message),
+      resume !== null && resume[1] === "0" ? Number(resume[2]) : undefined
     )
     const keepAlive = setInterval(() => res.write(": keep-alive\n\n"), KEEP_ALIVE_MS)
     const end = () => res.end()

@@ -33,8 +33,15 @@ export interface ClientSession {
    */
   readonly serverRequests: Map<string, (response: JsonRpcResponse) => void>
   nextServerRequest: number
-  /** What the server sends outside requests, for the client's standing GET stream. */
+  /** What the server sends outside requests, for the client's standing GET stream (stream "0"). */
   readonly outbox: SessionOutbox
+  /**
+   * The session's SSE streams by key, for resumption with Last-Event-ID (`{key}-{seq}`): "0" is
+   * the standing stream, requests that answer with a stream get "1", "2", ... (kept a while after
+   * they finish).
+   */
+  readonly streams: Map<string, SessionOutbox>
+  nextStream: number
   /** Resources the client subscribed to: on a shared process, updates go only to their subscribers. */
   readonly subscriptions: Set<string>
   /** Called when the session ends (to close its open streams). */
@@ -112,6 +119,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         ownBackend: boolean,
         scope: Scope.CloseableScope
       ): ClientSession => {
+        const standing = new SessionOutbox()
         const session: ClientSession = {
           id: newSessionId(),
           template,
@@ -124,7 +132,9 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           inflight: new Map(),
           serverRequests: new Map(),
           nextServerRequest: 1,
-          outbox: new SessionOutbox(),
+          outbox: standing,
+          streams: new Map([["0", standing]]),
+          nextStream: 1,
           subscriptions: new Set(),
           onClose: new Set(),
           lastSeen: Date.now()

@@ -231,10 +231,10 @@ describe("MCP endpoint end to end", () => {
       return text
     }
     const first = await read()
-    const id = Number(first.match(/id: (\d+)\nevent: message\ndata: [^\n]*resources\/updated/)?.[1])
-    expect(id).toBeGreaterThan(0)
+    const seq = Number(first.match(/id: 0-(\d+)\nevent: message\ndata: [^\n]*resources\/updated/)?.[1])
+    expect(seq).toBeGreaterThan(0)
     // Reconnecting with the event before it as Last-Event-ID replays it.
-    expect(await read(String(id - 1))).toContain(`id: ${id}\nevent: message\ndata: {"method":"notifications/resources/updated"`)
+    expect(await read(`0-${seq - 1}`)).toContain(`id: 0-${seq}\nevent: message\ndata: {"method":"notifications/resources/updated"`)
     await call(4, "tools/call", { name: "toggle-subscriber-updates", arguments: {} })
     await fetch(url, { method: "DELETE", headers: { "mcp-session-id": session } })
   })
@@ -299,6 +299,43 @@ describe("MCP endpoint end to end", () => {
     await waitUntil(() => asked >= 2, 10_000, "the server to ask again")
     const listed = await client.callTool({ name: "get-roots-list", arguments: {} })
     expect(JSON.stringify(listed.content)).toContain("file:///second")
+  })
+
+  it("a client that loses a request's stream resumes it with GET and Last-Event-ID, response included", async () => {
+    const url = `${gateway.url}/mcp/single`
+    const headers = { "content-type": "application/json", accept: "application/json, text/event-stream" }
+    const opened = await fetch(url, {
+      method: "POST",
+      headers,
+      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "raw", version: "1" } } })
+    })
+    const session = opened.headers.get("mcp-session-id")!
+    const controller = new AbortController()
+    const streamed = await fetch(url, {
+      method: "POST",
+      headers: { ...headers, "mcp-session-id": session },
+      body: JSON.stringify({
+        jsonrpc: "2.0",
+        id: 7,
+        method: "tools/call",
+        params: { name: "trigger-long-running-operation", arguments: { duration: 1, steps: 4 }, _meta: { progressToken: "p" } }
+      }),
+      signal: controller.signal
+    })
+    expect(streamed.headers.get("content-type")).toContain("text/event-stream")
+    const reader = streamed.body!.getReader()
+    let text = ""
+    while (!/id: \S+\n/.test(text)) text += new TextDecoder().decode((await reader.read()).value)
+    const lastId = text.match(/id: (\S+)\n/)![1]!
+    // The connection drops after the first event; the request goes on.
+    controller.abort()
+    const resumed = await fetch(url, { headers: { accept: "text/event-stream", "mcp-session-id": session, "last-event-id": lastId } })
+    expect(resumed.status).toBe(200)
+    const rest = await resumed.text()
+    expect(rest).not.toContain(`id: ${lastId}\n`)
+    expect(rest).toContain(`"progressToken":"p"`)
+    expect(rest).toMatch(/"id":7,"result":\{"content":\[\{"type":"text","text":"Long running operation completed/)
+    await fetch(url, { method: "DELETE", headers: { "mcp-session-id": session } })
   })
 
   it("two clients sharing one stdio instance each get only their own progress", async () => {
