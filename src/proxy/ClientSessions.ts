@@ -199,7 +199,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
                 tried.size === 0 ? Effect.fail(e) : Effect.fail(new AllAttemptsFailed({ template, attempts: failures })))
             )
             tried.add(instance.id)
-            const ownProcess = settings?.session_process === "per_session" && instance.definition.transport === "stdio"
+            const ownProcess = settings?.session_process === "per_session" && instance.definition.transport !== "http"
             if (ownProcess) {
               let count = 0
               for (const s of sessions.values()) if (s.instance === instance) count++

@@ -24,7 +24,7 @@ export interface TransportShape {
   readonly openSession: (
     instance: InstanceDefinition,
     initializeParams: Record<string, unknown>,
-    /** stdio: a process of its own for the session instead of the shared one. */
+    /** stdio and legacy SSE: a process (SSE session) of its own for the client session instead of the shared one. */
     options?: { readonly ownProcess?: boolean }
   ) => Effect.Effect<Connection, TransportError, Scope.Scope>
   /** The instance's answer to the gateway's own `initialize` (starting it or opening its session if need be). */
@@ -101,10 +101,14 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         openSession: (instance, initializeParams, options) =>
           Effect.suspend(() => {
             if (removed.has(instance)) return removedError(instance)
-            if (instance.transport === "stdio" && options?.ownProcess === true) {
+            if (instance.transport !== "http" && options?.ownProcess === true) {
               return Effect.flatMap(Effect.scope, (scope) =>
                 Effect.acquireRelease(
-                  Effect.sync(() => makeStdioConnection(instance, logFor(instance), scope, { forSession: { initializeParams } })),
+                  Effect.sync(() =>
+                    instance.transport === "stdio"
+                      ? makeStdioConnection(instance, logFor(instance), scope, { forSession: { initializeParams } })
+                      : makeLegacySseConnection(instance, logFor(instance), scope, { forSession: { initializeParams } })
+                  ),
                   (connection) => connection.close
                 ))
             }

@@ -28,9 +28,10 @@ class SseChannel extends Multiplexer {
     listeners: ReadonlySet<ChannelListener>,
     private readonly client: typeof http | typeof https,
     private readonly agent: http.Agent,
-    private readonly headers: Record<string, string>
+    private readonly headers: Record<string, string>,
+    exclusive: boolean
   ) {
-    super(instanceId, log, listeners)
+    super(instanceId, log, listeners, exclusive)
   }
 
   protected send(message: unknown, failed: (error: TransportError) => void): boolean {
@@ -58,7 +59,15 @@ class SseChannel extends Multiplexer {
  * `endpoint` is the SSE URL (e.g. `http://host:3001/sse`). Like stdio, one channel per instance
  * is shared by every caller, with ids and progress tokens rewritten per request.
  */
-export const makeLegacySseConnection = (instance: SseInstance, log: ConnectionLog, scope: Scope.Scope): Connection => {
+export const makeLegacySseConnection = (
+  instance: SseInstance,
+  log: ConnectionLog,
+  scope: Scope.Scope,
+  options: {
+    /** An SSE session for one client session: initialized with its params, the server's requests go to it. */
+    readonly forSession?: { readonly initializeParams: Record<string, unknown> } | undefined
+  } = {}
+): Connection => {
   const url = new URL(instance.endpoint)
   const client = url.protocol === "https:" ? https : http
   const agent = new client.Agent({ keepAlive: true, maxSockets: 64 })
@@ -66,7 +75,7 @@ export const makeLegacySseConnection = (instance: SseInstance, log: ConnectionLo
 
   const open = (listeners: ReadonlySet<ChannelListener>) =>
     Effect.async<SseChannel, TransportError>((resume) => {
-      const channel = new SseChannel(instance.id, log, listeners, client, agent, headers)
+      const channel = new SseChannel(instance.id, log, listeners, client, agent, headers, options.forSession !== undefined)
       let opened = false
       const fail = (message: string, reachedBackend: boolean) => {
         channel.failAll(message)
@@ -112,6 +121,7 @@ export const makeLegacySseConnection = (instance: SseInstance, log: ConnectionLo
     log,
     scope,
     start: open,
+    initializeParams: options.forSession?.initializeParams,
     stop: async (channel) => {
       channel.failAll("connection closed")
       channel.stream?.destroy()

@@ -54,6 +54,10 @@ describe("MCP endpoint end to end", () => {
         },
         http: { instances: [{ id: "h1", transport: "http", endpoint: backend.url }] },
         legacy: { instances: [{ id: "l1", transport: "sse", endpoint: legacy.url }] },
+        "legacy-own": {
+          instances: [{ id: "lo1", transport: "sse", endpoint: legacy.url }],
+          load_balancer: { session_process: "per_session" }
+        },
         victims: {
           instances: ["v1", "v2"].map((id) => ({
             id,
@@ -153,20 +157,22 @@ describe("MCP endpoint end to end", () => {
     })
   }
 
-  it("http backend: the server's sampling request is answered by the client's own handler", async () => {
-    const client = new Client({ name: "sampler", version: "1.0.0" }, { capabilities: { sampling: {} } })
-    const asked: Array<string> = []
-    client.setRequestHandler(CreateMessageRequestSchema, async (request) => {
-      asked.push(JSON.stringify(request.params.messages))
-      return { model: "test-model", role: "assistant", content: { type: "text", text: "sampled by the client" } }
+  for (const template of ["http", "legacy-own"]) {
+    it(`${template} backend: the server's sampling request is answered by the client's own handler`, async () => {
+      const client = new Client({ name: "sampler", version: "1.0.0" }, { capabilities: { sampling: {} } })
+      const asked: Array<string> = []
+      client.setRequestHandler(CreateMessageRequestSchema, async (request) => {
+        asked.push(JSON.stringify(request.params.messages))
+        return { model: "test-model", role: "assistant", content: { type: "text", text: "sampled by the client" } }
+      })
+      await client.connect(new StreamableHTTPClientTransport(new URL(`${gateway.url}/mcp/${template}`)))
+      clients.push(client)
+      const result = await client.callTool({ name: "trigger-sampling-request", arguments: { prompt: "hello there" } })
+      expect(asked).toHaveLength(1)
+      expect(asked[0]).toContain("hello there")
+      expect(JSON.stringify(result.content)).toContain("sampled by the client")
     })
-    await client.connect(new StreamableHTTPClientTransport(new URL(`${gateway.url}/mcp/http`)))
-    clients.push(client)
-    const result = await client.callTool({ name: "trigger-sampling-request", arguments: { prompt: "hello there" } })
-    expect(asked).toHaveLength(1)
-    expect(asked[0]).toContain("hello there")
-    expect(JSON.stringify(result.content)).toContain("sampled by the client")
-  })
+  }
 
   for (const template of ["stdio", "http"]) {
     it(`${template} backend: an aborted call is cancelled and the session goes on`, async () => {
