@@ -8,6 +8,16 @@ import { RequestTimeout, TransportError } from "./TransportError.js"
 /** How long a fresh channel may take to answer `initialize` before it is stopped. */
 const INITIALIZE_TIMEOUT_MS = 30_000
 
+/** How a shared-channel transport is opened for one client session of the MCP endpoint. */
+export interface SessionChannelOptions {
+  /**
+   * A channel (process, SSE session) for one client session: initialized with the client's own
+   * `initialize` params (so the server sees its capabilities), and the server's requests go to
+   * that client.
+   */
+  readonly forSession?: { readonly initializeParams: Record<string, unknown> } | undefined
+}
+
 /** A channel with its server's answer to `initialize` once the handshake is done. */
 export type Channel = Multiplexer & { initializeResult: Record<string, unknown> }
 

@@ -4,7 +4,7 @@ import * as https from "node:https"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import type { Connection, ConnectionLog } from "./Connection.js"
 import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
-import { makeSharedChannelConnection } from "./SharedChannel.js"
+import { makeSharedChannelConnection, type SessionChannelOptions } from "./SharedChannel.js"
 import { makeSseParser } from "./sse.js"
 import { TransportError } from "./TransportError.js"
 
@@ -63,10 +63,7 @@ export const makeLegacySseConnection = (
   instance: SseInstance,
   log: ConnectionLog,
   scope: Scope.Scope,
-  options: {
-    /** An SSE session for one client session: initialized with its params, the server's requests go to it. */
-    readonly forSession?: { readonly initializeParams: Record<string, unknown> } | undefined
-  } = {}
+  options: SessionChannelOptions = {}
 ): Connection => {
   const url = new URL(instance.endpoint)
   const client = url.protocol === "https:" ? https : http

@@ -4,7 +4,7 @@ import type { InstanceDefinition } from "../domain/Instance.js"
 import type { Connection, ConnectionLog } from "./Connection.js"
 import { makeLineSplitter } from "./lines.js"
 import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
-import { makeSharedChannelConnection } from "./SharedChannel.js"
+import { makeSharedChannelConnection, type SessionChannelOptions } from "./SharedChannel.js"
 
 type StdioInstance = Extract<InstanceDefinition, { transport: "stdio" }>
 
@@ -46,8 +46,8 @@ class Process extends Multiplexer {
 }
 
 /**
- * One long-lived child process per instance, started on first use (or `connect`) and
- * initialized once; concurrent requests share it, each under an id of the gateway's choosing.
+ * One long-lived child process per instance (or per client session, see SessionChannelOptions),
+ * started on first use and initialized once; concurrent requests share it, each under an id of the gateway's choosing.
  * If the process dies, in-flight requests fail and the next use starts a new one.
  * The process runs in its own process group, which is stopped as a whole on `close`.
  */
@@ -55,13 +55,7 @@ export const makeStdioConnection = (
   instance: StdioInstance,
   log: ConnectionLog,
   scope: Scope.Scope,
-  options: {
-    /**
-     * A process for one client session: initialized with the client's own `initialize` params
-     * (so the server sees its capabilities), and the server's requests go to that client.
-     */
-    readonly forSession?: { readonly initializeParams: Record<string, unknown> } | undefined
-  } = {}
+  options: SessionChannelOptions = {}
 ): Connection => {
   let stopping = false
 

@@ -23,6 +23,24 @@ import {
   writeJson
 } from "../support/processes.js"
 
+const rawHeaders = { "content-type": "application/json", accept: "application/json, text/event-stream" }
+
+/** An MCP session opened by hand (for what the SDK client does not let a test do). */
+const openRawSession = async (url: string) => {
+  const opened = await fetch(url, {
+    method: "POST",
+    headers: rawHeaders,
+    body: JSON.stringify({
+      jsonrpc: "2.0",
+      id: 1,
+      method: "initialize",
+      params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "raw", version: "1" } }
+    })
+  })
+  expect(opened.status).toBe(200)
+  return { headers: rawHeaders, session: opened.headers.get("mcp-session-id")! }
+}
+
 /**
  * The official MCP SDK client, connected to the gateway's `/mcp/{template}` endpoint, does what
  * it does when connected to the server directly.
@@ -209,13 +227,7 @@ describe("MCP endpoint end to end", () => {
 
   it("the standing stream numbers its events and replays what a reconnecting client missed", async () => {
     const url = `${gateway.url}/mcp/single`
-    const headers = { "content-type": "application/json", accept: "application/json, text/event-stream" }
-    const opened = await fetch(url, {
-      method: "POST",
-      headers,
-      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "raw", version: "1" } } })
-    })
-    const session = opened.headers.get("mcp-session-id")!
+    const { headers, session } = await openRawSession(url)
     const call = (id: number, method: string, params: unknown) =>
       fetch(url, { method: "POST", headers: { ...headers, "mcp-session-id": session }, body: JSON.stringify({ jsonrpc: "2.0", id, method, params }) })
     const uri = "demo://resource/static/document/extension.md"
@@ -309,13 +321,7 @@ describe("MCP endpoint end to end", () => {
 
   it("a client that loses a request's stream resumes it with GET and Last-Event-ID, response included", async () => {
     const url = `${gateway.url}/mcp/single`
-    const headers = { "content-type": "application/json", accept: "application/json, text/event-stream" }
-    const opened = await fetch(url, {
-      method: "POST",
-      headers,
-      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "raw", version: "1" } } })
-    })
-    const session = opened.headers.get("mcp-session-id")!
+    const { headers, session } = await openRawSession(url)
     const controller = new AbortController()
     const streamed = await fetch(url, {
       method: "POST",
