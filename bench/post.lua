@@ -3,3 +3,6 @@ wrk.method = "POST"
 wrk.body = os.getenv("BODY")
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
+if os.getenv("SESSION") then
+  wrk.headers["Mcp-Session-Id"] = os.getenv("SESSION")
+end

@@ -81,9 +81,9 @@ const waitForPort = async (port) => {
 const rpcBody = JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/call", params: { name: "echo", arguments: { message: "hi" } } })
 const restBody = JSON.stringify({ name: "echo", arguments: { message: "hi" } })
 
-const wrk = (url, body, seconds) => {
+const wrk = (url, body, seconds, session) => {
   const out = execFileSync("wrk", ["-t1", `-c${connections}`, `-d${seconds}s`, "--latency", "-s", path.join(here, "post.lua"), url], {
-    env: { ...process.env, BODY: body },
+    env: { ...process.env, BODY: body, ...(session ? { SESSION: session } : {}) },
     encoding: "utf8"
   })
   const rps = Number(out.match(/Requests\/sec:\s+([\d.]+)/)?.[1] ?? 0)
@@ -94,8 +94,12 @@ const wrk = (url, body, seconds) => {
   return { rps, p99: p99 ? toMs(p99[1], p99[2]) : NaN, errors }
 }
 
-const check = async (url, body) => {
-  const response = await fetch(url, { method: "POST", body, headers: { "content-type": "application/json", accept: "application/json, text/event-stream" } })
+const check = async (url, body, session) => {
+  const response = await fetch(url, {
+    method: "POST",
+    body,
+    headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...(session ? { "mcp-session-id": session } : {}) }
+  })
   const text = await response.text()
   if (response.status !== 200 || !text.includes("Echo: hi")) throw new Error(`${url} answered ${response.status}: ${text.slice(0, 200)}`)
 }
@@ -142,17 +146,27 @@ http {
   }))
   await start(process.execPath, [path.join(root, "dist/main.js"), "start", "--config", path.join(dir, "gateway.json"), "--port", String(gatewayPort)], (o) => (o.includes("listening on") ? true : undefined))
 
+  // One MCP session on the gateway's endpoint, pinned to a backend, that every wrk connection uses.
+  const endpoint = `http://127.0.0.1:${gatewayPort}/mcp/bench`
+  const initialized = await fetch(endpoint, {
+    method: "POST",
+    headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
+    body: JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "bench", version: "1" } } })
+  })
+  const session = initialized.headers.get("mcp-session-id")
+
   const systems = [
     { name: "one backend, no proxy", url: `http://127.0.0.1:${backends[0]}/mcp`, body: rpcBody },
     { name: "bare Node proxy", url: `http://127.0.0.1:${nodeProxy.value}/mcp`, body: rpcBody },
     { name: "nginx (1 worker)", url: `http://127.0.0.1:${nginxPort}/mcp`, body: rpcBody },
-    { name: "mcp-gateway REST tools/call", url: `http://127.0.0.1:${gatewayPort}/mcp/bench/tools/call`, body: restBody }
+    { name: "mcp-gateway REST tools/call", url: `http://127.0.0.1:${gatewayPort}/mcp/bench/tools/call`, body: restBody },
+    { name: "mcp-gateway MCP endpoint tools/call (one session)", url: endpoint, body: rpcBody, session }
   ]
   const results = []
   for (const system of systems) {
-    await check(system.url, system.body)
-    wrk(system.url, system.body, 2) // warm-up (JIT, keep-alive pools)
-    const r = wrk(system.url, system.body, duration)
+    await check(system.url, system.body, system.session)
+    wrk(system.url, system.body, 2, system.session) // warm-up (JIT, keep-alive pools)
+    const r = wrk(system.url, system.body, duration, system.session)
     results.push({ ...system, ...r })
     console.error(`${system.name}: ${r.rps.toFixed(0)} req/s, p99 ${r.p99.toFixed(2)} ms`)
   }
@@ -167,7 +181,8 @@ http {
     ...results.map((r) => `| ${r.name} | ${r.rps.toFixed(0)} | ${r.p99.toFixed(2)} | ${r.errors} |`),
     "",
     `gateway / bare Node proxy: ${(gateway.rps / byName["bare Node proxy"].rps).toFixed(2)}x throughput`,
-    `gateway / nginx: ${(gateway.rps / byName["nginx (1 worker)"].rps).toFixed(2)}x throughput`
+    `gateway / nginx: ${(gateway.rps / byName["nginx (1 worker)"].rps).toFixed(2)}x throughput`,
+    `gateway MCP endpoint / bare Node proxy: ${(byName["mcp-gateway MCP endpoint tools/call (one session)"].rps / byName["bare Node proxy"].rps).toFixed(2)}x throughput`
   ]
   const report = lines.join("\n")
   console.log(report)
