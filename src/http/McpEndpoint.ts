@@ -39,6 +39,16 @@ const writeEvent = (res: http.ServerResponse, id: string, message: unknown) => {
   if (!res.destroyed) res.write(`id: ${id}\nevent: message\ndata: ${JSON.stringify(message)}\n\n`)
 }
 
+/** What the gateway's SSE streams tell clients to wait before reconnecting (the `retry:` field). */
+const RECONNECT_AFTER_MS = 1000
+
+/**
+ * The priming event a request's stream starts with: an id (so the stream is resumable from the
+ * start) with no data, and the reconnection delay.
+ */
+const primeStream = (res: http.ServerResponse, streamKey: string) =>
+  res.write(`id: ${streamKey}-0\nretry: ${RECONNECT_AFTER_MS}\ndata:\n\n`)
+
 /** How long a finished request stream stays resumable. */
 const FINISHED_STREAM_RETENTION_MS = 60_000
 
@@ -148,6 +158,7 @@ export const makeMcpEndpoint = Effect.gen(function*() {
         session.streams.set(streamKey, stream)
         if (!res.destroyed) {
           res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
+          primeStream(res, streamKey)
           const detach = stream.attach((seq, m) => writeEvent(res, `${streamKey}-${seq}`, m), undefined, () => res.end())
           res.once("close", detach)
         }
@@ -291,6 +302,7 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     const resumed = resume === null ? undefined : session.streams.get(resume[1]!)
     if (resumed !== undefined && resume![1] !== "0") {
       res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
+      res.write(`retry: ${RECONNECT_AFTER_MS}\n\n`)
       const streamKey = resume![1]!
       const detachRequest = resumed.attach((seq, m) => writeEvent(res, `${streamKey}-${seq}`, m), Number(resume![2]), () => res.end())
       res.once("close", detachRequest)
@@ -299,7 +311,7 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     // One standing stream per session: the new one replaces the old.
     openStreams.get(session)?.()
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
-    res.write(": open\n\n")
+    res.write(`: open\nretry: ${RECONNECT_AFTER_MS}\n\n`)
     const detach = session.outbox.attach(
       (seq, message) => writeEvent(res, `0-${seq}`, message),
       resume !== null && resume[1] === "0" ? Number(resume[2]) : undefined

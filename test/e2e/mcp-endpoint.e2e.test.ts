@@ -338,6 +338,8 @@ describe("MCP endpoint end to end", () => {
     const reader = streamed.body!.getReader()
     let text = ""
     while (!/id: \S+\n/.test(text)) text += new TextDecoder().decode((await reader.read()).value)
+    // The stream opens with a priming event: an id, the reconnection delay, no data.
+    expect(text).toMatch(/^id: \d+-0\nretry: 1000\ndata:\n\n/)
     const lastId = text.match(/id: (\S+)\n/)![1]!
     // The connection drops after the first event; the request goes on.
     controller.abort()
