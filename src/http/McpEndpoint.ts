@@ -145,9 +145,9 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     const key = JSON.stringify(id)
     const timeoutMs = (registry.template(session.template)?.settings.timeout ?? 60) * 1000
     const started = performance.now()
-    // The answer is plain JSON unless the server says something before it (progress while a
-    // long tool runs): then it becomes an SSE stream, the notifications go out as they come,
-    // and the response closes it.
+    // The answer is an SSE stream. It opens at the first thing the server says before the
+    // response (progress while a long tool runs), the notifications go out as they come, and
+    // the response closes it; a plain answer is written at once (see `answer`).
     // Its events carry ids, so that a client that loses the connection can resume the stream
     // with GET and Last-Event-ID (see `standingStream`).
     let stream: SessionOutbox | undefined
@@ -166,7 +166,21 @@ export const makeMcpEndpoint = Effect.gen(function*() {
       stream.push(message)
     }
     const answer = (status: number, message: unknown) => {
-      if (stream === undefined) return sendJson(res, status, message)
+      if (stream === undefined) {
+        if (status !== 200 || res.destroyed) return sendJson(res, status, message)
+        // Nothing came before the answer: a stream of one event (after the priming one), in
+        // one write, as the servers themselves answer (the SDK's default).
+        const streamKey = session.nextStream++
+        const body = `id: ${streamKey}-0\nretry: ${RECONNECT_AFTER_MS}\ndata:\n\n` +
+          `id: ${streamKey}-1\nevent: message\ndata: ${JSON.stringify(message)}\n\n`
+        res.writeHead(200, {
+          "content-type": "text/event-stream",
+          "cache-control": "no-cache",
+          "content-length": Buffer.byteLength(body)
+        })
+        res.end(body)
+        return
+      }
       stream.push(message)
       stream.finish()
       forgetLater(session, stream)
