@@ -11,6 +11,9 @@ import {
 } from "../domain/LoadBalancer.js"
 import { ConfigInvalid } from "./ConfigInvalid.js"
 
+/** 4 MiB: far above any MCP request, small enough that a client cannot make the gateway buffer much. */
+export const DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
 export const LogLevelName = Schema.Literal("trace", "debug", "info", "warn", "error", "fatal", "none")
 export type LogLevelName = typeof LogLevelName.Type
 
@@ -32,6 +35,10 @@ export const ConfigFile = Schema.Struct({
     allow_stdio_registration: Schema.optional(Schema.Boolean),
     /** Browser origins allowed on the MCP endpoint besides the loopback ones (against DNS rebinding). */
     allowed_origins: Schema.optional(Schema.Array(Schema.String)),
+    /** Request bodies larger than this many bytes are refused with 413. */
+    max_body_bytes: Schema.optional(
+      Schema.Number.pipe(Schema.filter((n) => (Number.isInteger(n) && n >= 1024) || `expected an integer of at least 1024, got ${n}`))
+    ),
     log_level: Schema.optional(LogLevelName),
     /** Gateway-wide defaults for every template's load_balancer. */
     load_balancer: Schema.optional(LoadBalancerInput)
@@ -54,6 +61,7 @@ export interface GatewaySettings {
   readonly registryFile: string | undefined
   readonly allowStdioRegistration: boolean
   readonly allowedOrigins: ReadonlyArray<string>
+  readonly maxBodyBytes: number
   readonly logLevel: LogLevelName
   /** Defaults applied to templates that leave a load_balancer field unset (file, then environment). */
   readonly defaults: LoadBalancerSettings
@@ -188,6 +196,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         registryFile: registryFile === undefined || registryFile === "" ? undefined : path.resolve(baseDir, registryFile),
         allowStdioRegistration: file.gateway?.allow_stdio_registration ?? false,
         allowedOrigins: file.gateway?.allowed_origins ?? [],
+        maxBodyBytes: file.gateway?.max_body_bytes ?? DEFAULT_MAX_BODY_BYTES,
         logLevel: flags.logLevel ?? file.gateway?.log_level ?? "info",
         defaults,
         baseDir

@@ -14,7 +14,7 @@ import { ApiHandlers } from "./ApiHandlers.js"
 import { defectAnswer, dispatchErrorAnswer, errorAnswer } from "./ApiError.js"
 import { redocAsset, redocPage } from "./docs.js"
 import { makeMcpEndpoint } from "./McpEndpoint.js"
-import { MAX_BODY_BYTES, readJsonBody, sendError, sendJson } from "./raw.js"
+import { readJsonBody, sendError, sendJson } from "./raw.js"
 import { restOperations, runRestOperation } from "./RestOperations.js"
 
 /** How long shutdown waits for requests in flight before closing their connections. */
@@ -42,6 +42,7 @@ export const HttpServerLive: Layer.Layer<
     const dispatcher = yield* Dispatcher
     const run = yield* FiberSet.makeRuntime<never, DispatchResult, DispatchError>()
     const mcpEndpoint = yield* makeMcpEndpoint
+    const maxBodyBytes = config.gateway.maxBodyBytes
 
     const apiApp = yield* HttpApiBuilder.httpApp.pipe(
       Effect.provide(
@@ -120,7 +121,7 @@ export const HttpServerLive: Layer.Layer<
         })
       }
       if (operation.decodeBody === undefined) return dispatch(undefined)
-      readJsonBody(req, requestId, MAX_BODY_BYTES, (body) => {
+      readJsonBody(req, requestId, maxBodyBytes, (body) => {
         if (!body.ok) return sendError(res, body.error)
         const params = operation.decodeBody!(body.value)
         if (params._tag === "Left") {
@@ -169,9 +170,9 @@ export const HttpServerLive: Layer.Layer<
         return redocAsset(res)
       }
       const declared = Number(req.headers["content-length"])
-      if (declared > MAX_BODY_BYTES) {
+      if (declared > maxBodyBytes) {
         req.resume()
-        return sendError(res, errorAnswer(413, "payload_too_large", `the body is larger than ${MAX_BODY_BYTES} bytes`, requestId))
+        return sendError(res, errorAnswer(413, "payload_too_large", `the body is larger than ${maxBodyBytes} bytes`, requestId))
       }
       apiHandler(req, res)
     }

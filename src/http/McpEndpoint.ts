@@ -16,7 +16,7 @@ import { type ClientSession, ClientSessions, relayServerRequest } from "../proxy
 import { SessionOutbox } from "../proxy/SessionOutbox.js"
 import { Stats } from "../proxy/Stats.js"
 import { Registry } from "../registry/Registry.js"
-import { MAX_BODY_BYTES, readJsonBody, sendJson } from "./raw.js"
+import { readJsonBody, sendJson } from "./raw.js"
 
 /** JSON-RPC error body, the form every answer of this endpoint takes (clients parse JSON-RPC here). */
 const rpcError = (id: JsonRpcId | null, code: number, message: string) => ({ jsonrpc: "2.0", id, error: { code, message } })
@@ -246,7 +246,7 @@ export const makeMcpEndpoint = Effect.gen(function*() {
       req.resume()
       return sendJson(res, 400, rpcError(null, ErrorCode.InvalidRequest, `Bad Request: unsupported MCP-Protocol-Version ${version} (supported: ${SUPPORTED_PROTOCOL_VERSIONS.join(", ")})`))
     }
-    readJsonBody(req, requestId, MAX_BODY_BYTES, (body) => {
+    readJsonBody(req, requestId, config.gateway.maxBodyBytes, (body) => {
       if (!body.ok) {
         const code = body.error.status === 413 ? ErrorCode.InvalidRequest : ErrorCode.ParseError
         return sendJson(res, body.error.status, rpcError(null, code, body.error.body.error.message))

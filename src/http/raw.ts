@@ -3,9 +3,6 @@ import { type ErrorAnswer, errorAnswer } from "./ApiError.js"
 
 /** Plain node:http helpers for the lean request paths (REST operations, the MCP endpoint). */
 
-/** Request bodies larger than this are refused with 413. */
-export const MAX_BODY_BYTES = 4 * 1024 * 1024
-
 export const sendJson = (res: http.ServerResponse, status: number, body: unknown, headers?: http.OutgoingHttpHeaders) => {
   if (res.headersSent || res.destroyed) return
   const payload = JSON.stringify(body)

@@ -63,6 +63,7 @@ describe("MCP endpoint end to end", () => {
     const dir = tempDir()
     const configFile = path.join(dir, "gateway.json")
     writeJson(configFile, {
+      gateway: { max_body_bytes: 16384 },
       templates: {
         stdio: {
           instances: [
@@ -446,6 +447,11 @@ describe("MCP endpoint end to end", () => {
       headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
       body: JSON.stringify(init)
     })).status).toBe(404)
+
+    // gateway.max_body_bytes (16 KiB here) bounds the MCP endpoint and the REST face alike.
+    const big = { ...init, params: { ...init.params, padding: "x".repeat(20_000) } }
+    expect((await post(big)).status).toBe(413)
+    expect((await api(`${gateway.url}/mcp/http/tools/call`, { json: { name: "echo", arguments: { message: "x".repeat(20_000) } } })).status).toBe(413)
 
     const opened = await post(init, { origin: "http://localhost:6274" })
     expect(opened.status).toBe(200)

@@ -16,6 +16,7 @@ export const testConfig = (
     registryFile: options.registryFile,
     allowStdioRegistration: false,
     allowedOrigins: [],
+    maxBodyBytes: 4 * 1024 * 1024,
     logLevel: "none",
     defaults: DEFAULT_LOAD_BALANCER,
     baseDir: process.cwd()
