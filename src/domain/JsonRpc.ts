@@ -36,7 +36,6 @@ export interface JsonRpcFailure {
 }
 
 export type JsonRpcResponse = JsonRpcSuccess | JsonRpcFailure
-export type JsonRpcMessage = JsonRpcRequest | JsonRpcNotification | JsonRpcResponse
 
 export const ErrorCode = {
   ParseError: -32700,
@@ -59,5 +58,3 @@ export const isNotification = (m: unknown): m is JsonRpcNotification =>
 
 export const isResponse = (m: unknown): m is JsonRpcResponse =>
   isObject(m) && typeof m.method !== "string" && ("result" in m || "error" in m) && "id" in m
-
-export const isFailure = (m: JsonRpcResponse): m is JsonRpcFailure => "error" in m && m.error !== undefined

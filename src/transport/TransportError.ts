@@ -11,6 +11,16 @@ export class TransportError extends Data.TaggedError("TransportError")<{
   readonly reachedBackend: boolean
 }> {}
 
+/** Connection errors that prove a request never left for the server (safe to send elsewhere). */
+export const NEVER_SENT_ERRORS: ReadonlySet<string> = new Set([
+  "ECONNREFUSED",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ECONNABORTED"
+])
+
 /**
  * The instance did not answer within the time the caller allowed. The request was cancelled at
  * the backend (stdio: `notifications/cancelled`; HTTP: the connection was closed).

@@ -7,14 +7,12 @@ import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protoco
 import type { Connection, ConnectionLog, RequestOptions } from "./Connection.js"
 import { answerServerRequest } from "./serverRequests.js"
 import { makeSseParser } from "./sse.js"
-import { RequestTimeout, TransportError } from "./TransportError.js"
+import { NEVER_SENT_ERRORS, RequestTimeout, TransportError } from "./TransportError.js"
 
 type HttpInstance = Extract<InstanceDefinition, { transport: "http" }>
 
 const INITIALIZE_TIMEOUT_MS = 30_000
 
-/** Errors that prove the request never left for the server. */
-const NOT_SENT = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ECONNABORTED"])
 
 interface Session {
   /** Absent for a stateless server that issues none. */
@@ -161,7 +159,7 @@ export const makeHttpConnection = (
         })
       })
       req.on("error", (e: NodeJS.ErrnoException) => {
-        const sent = gotResponse || !NOT_SENT.has(e.code ?? "")
+        const sent = gotResponse || !NEVER_SENT_ERRORS.has(e.code ?? "")
         done(Effect.fail(error(`${e.code ?? "error"}: ${e.message}`, sent)))
       })
       req.end(body)

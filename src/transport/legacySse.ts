@@ -6,12 +6,10 @@ import type { Connection, ConnectionLog } from "./Connection.js"
 import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
 import { makeSharedChannelConnection, type SessionChannelOptions } from "./SharedChannel.js"
 import { makeSseParser } from "./sse.js"
-import { TransportError } from "./TransportError.js"
+import { NEVER_SENT_ERRORS, TransportError } from "./TransportError.js"
 
 type SseInstance = Extract<InstanceDefinition, { transport: "sse" }>
 
-/** Errors that prove a request never left for the server. */
-const NOT_SENT = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH"])
 
 /**
  * One legacy HTTP+SSE session (protocol 2024-11-05): the server's messages arrive on a GET
@@ -48,7 +46,7 @@ class SseChannel extends Multiplexer {
       }
     )
     req.on("error", (e: NodeJS.ErrnoException) =>
-      failed(new TransportError({ instanceId: this.instanceId, message: `${e.code ?? "error"}: ${e.message}`, reachedBackend: !NOT_SENT.has(e.code ?? "") })))
+      failed(new TransportError({ instanceId: this.instanceId, message: `${e.code ?? "error"}: ${e.message}`, reachedBackend: !NEVER_SENT_ERRORS.has(e.code ?? "") })))
     req.end(JSON.stringify(message))
     return true
   }
@@ -107,7 +105,7 @@ export const makeLegacySseConnection = (
         res.on("end", () => fail("the SSE stream ended", true))
         res.on("error", (e) => fail(`the SSE stream failed: ${e.message}`, true))
       })
-      req.on("error", (e: NodeJS.ErrnoException) => fail(`${e.code ?? "error"}: ${e.message}`, opened || !NOT_SENT.has(e.code ?? "")))
+      req.on("error", (e: NodeJS.ErrnoException) => fail(`${e.code ?? "error"}: ${e.message}`, opened || !NEVER_SENT_ERRORS.has(e.code ?? "")))
       req.end()
       channel.stream = req
       return Effect.sync(() => req.destroy())
