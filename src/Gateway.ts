@@ -1,42 +1,64 @@
 import { Effect, Layer } from "effect"
 import { HealthChecker } from "./health/HealthChecker.js"
-import { HealthProbe } from "./health/HealthProbe.js"
-import { HttpServerLive } from "./http/HttpServer.js"
+import { HealthProbes } from "./health/HealthProbes.js"
+import { HttpServerLive, ListeningAddress } from "./http/HttpServer.js"
+import { PluginLoader } from "./loader/PluginLoader.js"
 import { ClientSessions } from "./proxy/ClientSessions.js"
 import { Dispatcher } from "./proxy/Dispatcher.js"
 import { InstanceLifecycle } from "./proxy/InstanceLifecycle.js"
+import { InstanceSupervision } from "./proxy/InstanceSupervision.js"
 import { Stats } from "./proxy/Stats.js"
+import { Timer } from "./proxy/Timer.js"
 import { Registry } from "./registry/Registry.js"
 import { Strategies } from "./strategy/Strategies.js"
-import { StrategyLoader } from "./strategy/StrategyLoader.js"
 import { Transport } from "./transport/Transport.js"
 
-/**
- * The gateway's services without the HTTP server, given a config and a Transport: what tests
- * compose with a fake Transport, and what the live gateway composes with the real one.
- */
-export const GatewayCore = ClientSessions.layer.pipe(
-  Layer.provideMerge(Layer.mergeAll(Dispatcher.layer, HealthChecker.layer, InstanceLifecycle)),
-  Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbe.mcpPing)),
-  Layer.provideMerge(Layer.mergeAll(Registry.layer, StrategyLoader.layer, Stats.layer))
+/** What everything stands on, from the config alone: the registry, the plugin loader, the stats. */
+export const GatewayFoundation = Layer.mergeAll(Registry.layer, PluginLoader.layer, Stats.layer)
+
+/** The gateway's services on top of the foundation, given a Transport and a Timer. */
+export const GatewayServices = InstanceLifecycle.pipe(
+  Layer.provideMerge(ClientSessions.layer),
+  Layer.provideMerge(Layer.mergeAll(Dispatcher.layer, HealthChecker.layer)),
+  Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer))
 )
 
-/** Start-up probes every instance once (which also starts processes and opens sessions) before serving. */
+/**
+ * The gateway's services without the HTTP server, given a config, a Transport and a Timer:
+ * what tests compose with a fake Transport and `Timer.fromClock`.
+ */
+export const GatewayCore = GatewayServices.pipe(Layer.provideMerge(GatewayFoundation))
+
+/**
+ * Once the port is bound (so a port in use stops start-up before any server process starts),
+ * every instance is probed once (which also starts processes and opens sessions); then the
+ * gateway says where it listens.
+ */
 const FirstHealthCheck = Layer.effectDiscard(
   Effect.gen(function*() {
     const checker = yield* HealthChecker
     const registry = yield* Registry
+    const address = yield* ListeningAddress
     yield* checker.checkAll
     const instances = registry.instances()
     const healthy = instances.filter((i) => i.status === "healthy").length
     yield* Effect.logInfo(`${healthy} of ${instances.length} instances healthy in ${registry.templates().length} templates`)
+    yield* Effect.logInfo(`listening on ${address.url}`)
   })
 )
 
-/** The whole gateway: services, the first round of health checks, then the HTTP server. */
-export const GatewayLive = HttpServerLive.pipe(
-  Layer.provide(FirstHealthCheck),
-  Layer.provideMerge(GatewayCore),
-  Layer.provide(Transport.layer)
-)
+/** The real transports, whose channels report to the registry's instances (InstanceSupervision). */
+const LiveTransport = Transport.layer.pipe(Layer.provide(InstanceSupervision))
 
+/**
+ * The whole gateway. Built in this order, released in the reverse: the foundation, the
+ * transports, the services, the HTTP server, the first health check. So shutdown stops the
+ * HTTP server first (draining requests in flight), then ends sessions, then stops processes.
+ */
+export const GatewayLive = FirstHealthCheck.pipe(
+  Layer.provide(HttpServerLive),
+  Layer.provideMerge(GatewayServices),
+  Layer.provideMerge(LiveTransport),
+  Layer.provideMerge(GatewayFoundation),
+  Layer.provide(Timer.live)
+)

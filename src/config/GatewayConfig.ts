@@ -7,7 +7,8 @@ import {
   DEFAULT_LOAD_BALANCER,
   LoadBalancerInput,
   type LoadBalancerSettings,
-  resolveLoadBalancer
+  resolveLoadBalancer,
+  seconds
 } from "../domain/LoadBalancer.js"
 import { ConfigInvalid } from "./ConfigInvalid.js"
 
@@ -161,8 +162,8 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
     const defaults: LoadBalancerSettings = {
       ...fileDefaults,
       strategy: Option.getOrUndefined(env.strategy) || fileDefaults.strategy,
-      health_check_interval: envInterval ?? fileDefaults.health_check_interval,
-      health_check_timeout: envTimeout ?? fileDefaults.health_check_timeout,
+      health_check_interval: envInterval === undefined ? fileDefaults.health_check_interval : seconds(envInterval),
+      health_check_timeout: envTimeout === undefined ? fileDefaults.health_check_timeout : seconds(envTimeout),
       max_retries: envRetries ?? fileDefaults.max_retries
     }
 

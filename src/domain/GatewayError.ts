@@ -21,11 +21,28 @@ export class InstanceNotFound extends Data.TaggedError("InstanceNotFound")<{
 export class NoHealthyInstance extends Data.TaggedError("NoHealthyInstance")<{
   readonly template: string
   readonly total: number
+  /** When to try again, in seconds: until the soonest instance may be back (an ejection ends, a breaker trial, a restart, a probe). */
+  readonly retryAfterSeconds: number
 }> {
   get message() {
     return this.total === 0
       ? `template "${this.template}" has no instances`
       : `template "${this.template}" has no healthy instance (0 of ${this.total})`
+  }
+}
+
+/**
+ * The one instance a request must go to (a session's pinned instance, the later pages of a
+ * list) cannot take it now: removed, failed, or its breaker is open.
+ */
+export class InstanceUnavailable extends Data.TaggedError("InstanceUnavailable")<{
+  readonly template: string
+  readonly instanceId: string
+  readonly reason: string
+  readonly retryAfterSeconds: number
+}> {
+  get message() {
+    return `instance "${this.instanceId}" of template "${this.template}" cannot take requests now: ${this.reason}`
   }
 }
 
@@ -50,11 +67,25 @@ export class AllAttemptsFailed extends Data.TaggedError("AllAttemptsFailed")<{
 export class UpstreamTimeout extends Data.TaggedError("UpstreamTimeout")<{
   readonly template: string
   readonly timeoutSeconds: number
+  /** The timeout restarts with each progress report: then it was this long without one. */
+  readonly resetsOnProgress?: boolean | undefined
 }> {
   get message() {
-    return `template "${this.template}" did not answer within ${this.timeoutSeconds}s`
+    return this.resetsOnProgress
+      ? `template "${this.template}" did not answer (or report progress) within ${this.timeoutSeconds}s`
+      : `template "${this.template}" did not answer within ${this.timeoutSeconds}s`
   }
 }
+
+/**
+ * The client's message was refused as malformed (by the backend, or by the gateway before it
+ * was sent): a 400, never counted against the instance.
+ */
+export class RequestRejected extends Data.TaggedError("RequestRejected")<{
+  readonly template: string
+  readonly instanceId: string
+  readonly message: string
+}> {}
 
 /** A JSON-RPC error answered by a backend: passed through to the client. */
 export class BackendError extends Data.TaggedError("BackendError")<{
@@ -70,9 +101,11 @@ export class BackendError extends Data.TaggedError("BackendError")<{
 export type DispatchError =
   | TemplateNotFound
   | InstanceNotFound
+  | InstanceUnavailable
   | NoHealthyInstance
   | AllAttemptsFailed
   | UpstreamTimeout
+  | RequestRejected
   | BackendError
 
 /** A registration the registry refuses: duplicate id, template clash. */

@@ -1,6 +1,10 @@
 import type { InstanceDefinition } from "./Instance.js"
 
-export type HealthStatus = "unknown" | "healthy" | "unhealthy"
+/**
+ * `unknown` until the first probe; `unhealthy` by probes or while its process restarts;
+ * `failed` when its process restarted too often (see docs/operations.md).
+ */
+export type HealthStatus = "unknown" | "healthy" | "unhealthy" | "failed"
 
 /**
  * What a strategy sees of an instance: its definition and live numbers the gateway keeps.

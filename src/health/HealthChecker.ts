@@ -1,84 +1,113 @@
-import { Context, Effect, FiberMap, Layer, Schedule, Stream } from "effect"
-import { DEFAULT_LOAD_BALANCER, seconds } from "../domain/LoadBalancer.js"
+import { Clock, Context, Duration, Effect, FiberMap, Layer, Schedule, Stream } from "effect"
+import { DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
 import { Stats } from "../proxy/Stats.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
-import { HealthProbe } from "./HealthProbe.js"
+import { Transport } from "../transport/Transport.js"
+import { ProbeError, type ProbeTarget } from "./HealthProbePlugin.js"
+import { HealthProbes } from "./HealthProbes.js"
 
 export interface HealthCheckerShape {
   /** Probes every instance once, all at once: start-up runs this before it serves. */
   readonly checkAll: Effect.Effect<void>
-  /** Probes one instance now and records the outcome; true when healthy. */
+  /** Probes one instance now and records the outcome; true when the probe passed. */
   readonly check: (instance: InstanceState) => Effect.Effect<boolean>
 }
 
 const instanceKey = (instance: InstanceState) => `${instance.template}\u0000${instance.id}`
 
 /**
- * One fiber per instance (in a FiberMap) probing it every `health_check_interval` with
- * `health_check_timeout`. A failed probe takes the instance out of rotation; a successful
- * one brings it back. Instances registered later are watched from their registration on.
+ * One fiber per instance (in a FiberMap) probing it with its template's probe plugin every
+ * `health_check_interval` (jittered ±20%, so that hundreds of instances are not probed in the
+ * same millisecond), each probe bounded by `health_check_timeout`. The outcome goes through the
+ * instance's hysteresis (`unhealthy_threshold`, `healthy_threshold`). Instances registered later
+ * are watched from their registration on; removed ones are no longer probed.
  */
 export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<HealthChecker, HealthCheckerShape>() {
-  static readonly layer: Layer.Layer<HealthChecker, never, Registry | HealthProbe | Stats> = Layer.scoped(
+  static readonly layer: Layer.Layer<HealthChecker, never, Registry | HealthProbes | Transport | Stats> = Layer.scoped(
     HealthChecker,
     Effect.gen(function*() {
       const registry = yield* Registry
-      const { probe } = yield* HealthProbe
+      const probes = yield* HealthProbes
+      const transport = yield* Transport
       const stats = yield* Stats
       const fibers = yield* FiberMap.make<string>()
 
       const settingsOf = (instance: InstanceState) => registry.template(instance.template)?.settings ?? DEFAULT_LOAD_BALANCER
 
-      const check = (instance: InstanceState) =>
-        Effect.suspend(() => {
-          const settings = settingsOf(instance)
-          const wasHealthy = instance.status === "healthy"
-          return probe(instance.definition).pipe(
-            Effect.timeoutFail({
-              duration: seconds(settings.health_check_timeout),
-              onTimeout: () => ({ message: `no answer to the health probe within ${settings.health_check_timeout}s` })
-            }),
-            Effect.matchEffect({
-              onSuccess: () =>
-                Effect.sync(() => {
-                  instance.markHealthy()
-                  stats.recordProbe(true)
-                }).pipe(
-                  Effect.zipRight(wasHealthy ? Effect.void : Effect.logInfo("instance is healthy")),
-                  Effect.as(true)
-                ),
-              onFailure: (e) =>
-                Effect.sync(() => {
-                  const wasUnhealthy = instance.status === "unhealthy" && instance.consecutiveFailures > 0
-                  instance.markUnhealthy(e.message)
-                  instance.recordFailure()
-                  stats.recordProbe(false)
-                  return wasUnhealthy
-                }).pipe(
-                  Effect.flatMap((already) =>
-                    already ? Effect.logDebug(`still unhealthy: ${e.message}`) : Effect.logWarning(`instance is unhealthy: ${e.message}`)
-                  ),
-                  Effect.as(false)
-                )
-            }),
-            Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` })
+      const targetOf = (instance: InstanceState): ProbeTarget => ({
+        instance: instance.definition,
+        request: (method, params) =>
+          transport.request(instance.definition, method, params).pipe(
+            Effect.mapError((e) => new ProbeError({ message: e.message })),
+            Effect.flatMap((response) =>
+              "error" in response
+                ? Effect.fail(new ProbeError({ message: `${method} answered with an error: ${response.error.message}` }))
+                : Effect.succeed(response.result)
+            )
           )
-        })
+      })
 
-      /** The probe loop of one instance; `immediately` for instances registered at run time. */
-      const watch = (instance: InstanceState, immediately: boolean) => {
-        const interval = seconds(settingsOf(instance).health_check_interval)
-        const loop = Effect.repeat(check(instance), Schedule.spaced(interval))
-        return FiberMap.run(fibers, instanceKey(instance), immediately ? loop : Effect.delay(loop, interval))
-      }
+      const check = (instance: InstanceState) =>
+        Effect.gen(function*() {
+          const settings = settingsOf(instance)
+          const { value: probe } = yield* probes.forTemplate(instance.template, settings).pipe(
+            // Probes were built when the template was loaded or registered; failing now is a defect.
+            Effect.orDie
+          )
+          const started = performance.now()
+          const outcome = yield* probe.probe(targetOf(instance)).pipe(
+            Effect.timeoutFail({
+              duration: settings.health_check_timeout,
+              onTimeout: () =>
+                new ProbeError({ message: `no answer to the health probe within ${Duration.format(settings.health_check_timeout)}` })
+            }),
+            Effect.either
+          )
+          const now = yield* Clock.currentTimeMillis
+          stats.recordProbe(outcome._tag === "Right", performance.now() - started)
+          if (outcome._tag === "Right") {
+            const changed = instance.probeSucceeded(now, settings)
+            if (changed !== undefined) yield* Effect.logInfo("instance is healthy")
+            return true
+          }
+          const reason = outcome.left.message
+          const changed = instance.probeFailed(now, reason, settings)
+          if (changed !== undefined) yield* Effect.logWarning(`instance is unhealthy: ${reason}`)
+          else {
+            yield* Effect.logDebug(
+              instance.health.status === "healthy"
+                ? `probe failed (${instance.health.consecutiveFailures} of ${settings.unhealthy_threshold} before unhealthy): ${reason}`
+                : `still unhealthy: ${reason}`
+            )
+          }
+          return false
+        }).pipe(Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` }))
+
+      /** Every interval, jittered; the next probe's time is kept on the instance (Retry-After uses it). */
+      const probeSchedule = (instance: InstanceState) =>
+        Schedule.spaced(settingsOf(instance).health_check_interval).pipe(
+          Schedule.jittered,
+          Schedule.modifyDelayEffect((_, delay) =>
+            Effect.map(Clock.currentTimeMillis, (now) => {
+              instance.health.nextProbeAt = now + Duration.toMillis(delay)
+              return delay
+            })
+          )
+        )
+
+      /** The probe loop of one instance: at once for instances registered at run time, else after a first interval. */
+      const watch = (instance: InstanceState, immediately: boolean) =>
+        FiberMap.run(
+          fibers,
+          instanceKey(instance),
+          immediately ? Effect.repeat(check(instance), probeSchedule(instance)) : Effect.schedule(check(instance), probeSchedule(instance))
+        )
 
       const changes = yield* registry.changes
       yield* changes.pipe(
         Stream.runForEach((change) =>
-          change._tag === "InstanceAdded"
-            ? watch(change.instance, true)
-            : FiberMap.remove(fibers, instanceKey(change.instance))
+          change._tag === "InstanceAdded" ? watch(change.instance, true) : FiberMap.remove(fibers, instanceKey(change.instance))
         ),
         Effect.forkScoped
       )

@@ -70,10 +70,11 @@ const classes = {
 } as const
 export type ErrorStatus = keyof typeof classes
 
-/** An error answer as status + body: what the lean request path writes directly. */
+/** An error answer as status + body (+ headers such as Retry-After): what the lean request path writes directly. */
 export interface ErrorAnswer {
   readonly status: number
   readonly body: { readonly error: ErrorBody }
+  readonly headers?: Readonly<Record<string, string>> | undefined
 }
 
 export const errorAnswer = (
@@ -105,11 +106,18 @@ export const dispatchErrorAnswer = (error: DispatchError, requestId: string): Er
     case "InstanceNotFound":
       return errorAnswer(404, "instance_not_found", error.message, requestId)
     case "NoHealthyInstance":
-      return errorAnswer(503, "no_healthy_instance", error.message, requestId)
+      return retryLater(errorAnswer(503, "no_healthy_instance", error.message, requestId), error.retryAfterSeconds)
+    case "InstanceUnavailable":
+      return retryLater(
+        errorAnswer(503, "instance_unavailable", error.message, requestId, { instance_id: error.instanceId }),
+        error.retryAfterSeconds
+      )
     case "AllAttemptsFailed":
       return errorAnswer(502, "upstream_failed", error.message, requestId)
     case "UpstreamTimeout":
       return errorAnswer(504, "upstream_timeout", error.message, requestId)
+    case "RequestRejected":
+      return errorAnswer(400, "invalid_request", error.message, requestId, { instance_id: error.instanceId })
     case "BackendError":
       return errorAnswer(statusOfMcpError(error.error.code), "mcp_error", error.error.message, requestId, {
         code: error.error.code,
@@ -118,6 +126,12 @@ export const dispatchErrorAnswer = (error: DispatchError, requestId: string): Er
       })
   }
 }
+
+/** A 503 says when to come back: the soonest an instance may be available again. */
+const retryLater = (answer: ErrorAnswer, seconds: number): ErrorAnswer => ({
+  ...answer,
+  headers: { "retry-after": String(Math.max(1, Math.ceil(seconds))) }
+})
 
 /** A defect (a bug of ours, or of a plugin): logged in full by the caller, answered without internals. */
 export const defectAnswer = (cause: Cause.Cause<unknown>, requestId: string): ErrorAnswer =>

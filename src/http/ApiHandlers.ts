@@ -3,12 +3,14 @@ import { Effect, Either, Layer, Schema } from "effect"
 import { GatewayConfig, resolvePaths } from "../config/GatewayConfig.js"
 import { formatParseError } from "../domain/formatParseError.js"
 import type { DispatchError } from "../domain/GatewayError.js"
+import { loadBalancerJson } from "../domain/LoadBalancer.js"
 import { GATEWAY_VERSION } from "../domain/Protocol.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
 import { Stats } from "../proxy/Stats.js"
 import { Registry, type TemplateState } from "../registry/Registry.js"
 import { Strategies } from "../strategy/Strategies.js"
-import { isModulePath } from "../strategy/StrategyLoader.js"
+import { HealthProbes } from "../health/HealthProbes.js"
+import { isModulePath } from "../loader/PluginLoader.js"
 import { GatewayApi, RegisterBody } from "./Api.js"
 import { dispatchErrorAnswer, errorAnswer, toApiError } from "./ApiError.js"
 import { RestOperation, restOperations, runRestOperation } from "./RestOperations.js"
@@ -65,6 +67,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
     const registry = yield* Registry
     const stats = yield* Stats
     const strategies = yield* Strategies
+    const probes = yield* HealthProbes
     const config = yield* GatewayConfig
     const startedAt = Date.now()
 
@@ -83,6 +86,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
         }))
       .handle("stats", () =>
         Effect.sync(() => {
+          const now = Date.now()
           const snapshot = stats.snapshot()
           const templates: Record<string, unknown> = { ...snapshot.templates }
           for (const t of registry.templates()) {
@@ -96,7 +100,9 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
                 healthy: i.status === "healthy",
                 status: i.status,
                 active_requests: i.activeRequests,
-                latency_ms: i.latencyMs === undefined ? null : Math.round(i.latencyMs * 100) / 100
+                latency_ms: i.latencyMs === undefined ? null : Math.round(i.latencyMs * 100) / 100,
+                ejected: i.outlier.isEjected(now),
+                circuit_breaker: i.breaker.toJSON(now).state
               }]))
             }
           }
@@ -107,7 +113,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           registry_file: config.gateway.registryFile ?? null,
           templates: Object.fromEntries(registry.templates().map((t) => [t.name, {
             source: t.source,
-            load_balancer: t.settings,
+            load_balancer: loadBalancerJson(t.settings),
             instances: Array.from(t.instances.values(), (i) => i.toJSON())
           }]))
         })))
@@ -130,16 +136,18 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
                 "set \"allow_stdio_registration\": true in the gateway section of the config to permit it"
             )
           }
-          if (load_balancer?.strategy !== undefined && isModulePath(load_balancer.strategy)) {
-            return yield* fail(
-              403,
-              "forbidden",
-              "a strategy plugin given by path runs code on the gateway host; name it in the config file, " +
-                "or use a built-in strategy here"
-            )
+          for (const plugin of [load_balancer?.strategy, load_balancer?.health_probe]) {
+            if (plugin !== undefined && isModulePath(plugin)) {
+              return yield* fail(
+                403,
+                "forbidden",
+                "a plugin given by path runs code on the gateway host; name it in the config file, or use a built-in here"
+              )
+            }
           }
           if (registry.template(template_name) === undefined) {
-            const invalid = yield* Effect.flip(strategies.validate(registry.settingsFor(load_balancer))).pipe(Effect.option)
+            const settings = registry.settingsFor(load_balancer)
+            const invalid = yield* Effect.flip(Effect.zipRight(strategies.validate(settings), probes.validate(settings))).pipe(Effect.option)
             if (invalid._tag === "Some") return yield* fail(400, "invalid_request", invalid.value.message)
           }
           const state = yield* registry.register({

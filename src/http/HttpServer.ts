@@ -1,6 +1,6 @@
 import { HttpApiBuilder, HttpApiSwagger, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Cause, Data, Effect, Exit, FiberId, FiberSet, Layer, Option } from "effect"
+import { Cause, Context, Data, Duration, Effect, Exit, FiberId, FiberSet, Layer, Option } from "effect"
 import { randomUUID } from "node:crypto"
 import * as http from "node:http"
 import { GatewayConfig } from "../config/GatewayConfig.js"
@@ -9,34 +9,37 @@ import { Dispatcher, type DispatchResult } from "../proxy/Dispatcher.js"
 import type { ClientSessions } from "../proxy/ClientSessions.js"
 import type { Stats } from "../proxy/Stats.js"
 import type { Registry } from "../registry/Registry.js"
+import type { HealthProbes } from "../health/HealthProbes.js"
 import type { Strategies } from "../strategy/Strategies.js"
 import { ApiHandlers } from "./ApiHandlers.js"
 import { defectAnswer, dispatchErrorAnswer, errorAnswer } from "./ApiError.js"
 import { redocAsset, redocPage } from "./docs.js"
-import { makeMcpEndpoint } from "./McpEndpoint.js"
+import { makeMcpEndpoint } from "./mcp/McpEndpoint.js"
 import { readJsonBody, sendError, sendJson } from "./raw.js"
 import { restOperations, runRestOperation } from "./RestOperations.js"
-
-/** How long shutdown waits for requests in flight before closing their connections. */
-const SHUTDOWN_GRACE_MS = 10_000
-
 
 export class ListenError extends Data.TaggedError("ListenError")<{ readonly message: string }> {}
 
 /** A client's X-Request-ID is echoed when it is a sane token; otherwise the gateway makes one. */
 const REQUEST_ID = /^[\x21-\x7e]{1,128}$/
 
+/** Where the gateway listens, once it does (the port is the bound one, also with `--port 0`). */
+export class ListeningAddress extends Context.Tag("mcp-gateway/ListeningAddress")<ListeningAddress, { readonly url: string }>() {}
+
 /**
  * The gateway's one HTTP server. Its listener sends the REST MCP operations
  * (`/mcp/{template}/{operation}`, the hot path) to a lean handler that runs the Dispatcher with
- * a runtime built once; everything else (`/gateway/*`, `/mcp/{t}/health`, `/docs`,
- * `/openapi.json`) goes to the HttpApi app, and `/redoc` is a static page.
+ * a runtime built once, and `/mcp/{template}` to the MCP endpoint; everything else
+ * (`/gateway/*`, `/mcp/{t}/health`, `/docs`, `/openapi.json`) goes to the HttpApi app, and
+ * `/redoc` is a static page. Shutdown stops accepting, ends the standing SSE streams, lets the
+ * requests in flight finish for up to the default `drain_timeout`, then cuts what is left.
  */
 export const HttpServerLive: Layer.Layer<
-  never,
+  ListeningAddress,
   ListenError,
-  GatewayConfig | Dispatcher | Registry | Stats | Strategies | ClientSessions
-> = Layer.scopedDiscard(
+  GatewayConfig | Dispatcher | Registry | Stats | Strategies | HealthProbes | ClientSessions
+> = Layer.scoped(
+  ListeningAddress,
   Effect.gen(function*() {
     const config = yield* GatewayConfig
     const dispatcher = yield* Dispatcher
@@ -131,7 +134,10 @@ export const HttpServerLive: Layer.Layer<
       })
     }
 
+    let inflight = 0
     const listener = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      inflight++
+      res.once("close", () => inflight--)
       const given = req.headers["x-request-id"]
       const requestId = typeof given === "string" && REQUEST_ID.test(given) ? given : randomUUID()
       req.headers["x-request-id"] = requestId
@@ -150,7 +156,7 @@ export const HttpServerLive: Layer.Layer<
           } catch {
             return sendError(res, errorAnswer(400, "invalid_request", "the template name in the path is not valid URL encoding", requestId))
           }
-          return mcpEndpoint(req, res, requestId, template)
+          return mcpEndpoint.handle(req, res, requestId, template)
         }
         if (slash !== -1) {
           const operationName = path.slice(slash + 1)
@@ -191,19 +197,27 @@ export const HttpServerLive: Layer.Layer<
         })
       }),
       () =>
-        Effect.async<void>((resume) => {
-          // Shutdown: stop accepting, let requests in flight finish (for a while), then cut.
-          const cut = setTimeout(() => server.closeAllConnections(), SHUTDOWN_GRACE_MS)
-          server.close(() => {
-            clearTimeout(cut)
-            resume(Effect.void)
+        Effect.gen(function*() {
+          const drain = config.gateway.defaults.drain_timeout
+          // Standing streams never finish by themselves: they end now, not after the drain.
+          mcpEndpoint.endStandingStreams()
+          yield* Effect.logInfo(
+            `shutting down: no new connections; ${inflight} requests in flight get up to ${Duration.format(drain)} to finish`
+          )
+          yield* Effect.async<void>((resume) => {
+            const cut = setTimeout(() => server.closeAllConnections(), Duration.toMillis(drain))
+            server.close(() => {
+              clearTimeout(cut)
+              resume(Effect.void)
+            })
+            server.closeIdleConnections()
           })
-          server.closeIdleConnections()
+          yield* Effect.logInfo("HTTP server closed")
         })
     )
     const address = server.address()
     const port = typeof address === "object" && address !== null ? address.port : config.gateway.port
-    yield* Effect.logInfo(`listening on http://${formatHost(config.gateway.host)}:${port}`)
+    return { url: `http://${formatHost(config.gateway.host)}:${port}` }
   })
 )
 

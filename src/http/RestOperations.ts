@@ -73,8 +73,8 @@ export const runRestOperation = (
       if (Array.isArray(list)) items.push(...list)
       const cursor = isObject(page) ? page.nextCursor : undefined
       if (typeof cursor !== "string" || cursor === "" || pages >= MAX_PAGES) break
-      page = (yield* dispatcher.call(template, operation.mcpMethod, { cursor }, { instanceId: first.instanceId })).result
+      page = (yield* dispatcher.call(template, operation.mcpMethod, { cursor }, { instance: first.instance })).result
     }
-    return { result: { [key]: items, count: items.length }, instanceId: first.instanceId }
+    return { ...first, result: { [key]: items, count: items.length } }
   })
 }

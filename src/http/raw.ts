@@ -11,7 +11,7 @@ export const sendJson = (res: http.ServerResponse, status: number, body: unknown
 }
 
 export const sendError = (res: http.ServerResponse, answer: ErrorAnswer, headers?: http.OutgoingHttpHeaders) =>
-  sendJson(res, answer.status, answer.body, headers)
+  sendJson(res, answer.status, answer.body, answer.headers === undefined ? headers : { ...answer.headers, ...headers })
 
 /**
  * Reads a JSON body up to the limit. Calls back with the parsed value or an error answer.

@@ -1,40 +1,67 @@
-import { Cause, Context, Effect, Exit, Layer, Option } from "effect"
+import { Context, Data, Duration, Effect, Exit, Layer, Random } from "effect"
 import {
   AllAttemptsFailed,
   BackendError,
   type DispatchError,
   type FailedAttempt,
-  InstanceNotFound,
+  InstanceUnavailable,
   NoHealthyInstance,
+  RequestRejected,
   TemplateNotFound,
   UpstreamTimeout
 } from "../domain/GatewayError.js"
-import type { JsonRpcResponse } from "../domain/JsonRpc.js"
+import type { JsonRpcNotification, JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry, type TemplateState } from "../registry/Registry.js"
 import { Strategies } from "../strategy/Strategies.js"
-import type { Strategy } from "../strategy/StrategyPlugin.js"
-import type { RequestOptions } from "../transport/Connection.js"
+import type { Connection, RequestOptions } from "../transport/Connection.js"
 import { Transport } from "../transport/Transport.js"
-import type { TransportError } from "../transport/TransportError.js"
+import type { RequestTimeout, TransportError } from "../transport/TransportError.js"
+import { Deadline } from "./Deadline.js"
+import { retrySchedule, retryWhile } from "./RetryPolicy.js"
 import { Stats } from "./Stats.js"
+import { Timer } from "./Timer.js"
 
 export interface DispatchResult {
   readonly result: unknown
   readonly instanceId: string
+  readonly instance: InstanceState
 }
 
 export interface DispatchOptions {
-  /** Send to this instance only, without failover (e.g. the later pages of a paginated list). */
-  readonly instanceId?: string | undefined
+  /**
+   * The instance the request must go to, without selection or failover: a session's pinned
+   * instance, or the one serving a list's first page.
+   */
+  readonly instance?: InstanceState | undefined
+  /** How to reach `instance` when not through its shared connection (a client session's own backend session or process). */
+  readonly connection?: Connection | undefined
   /** Where the server's notifications and requests about this request go (see RequestOptions). */
   readonly relay?: Pick<RequestOptions, "onNotification" | "onServerRequest"> | undefined
 }
 
+/** One thing an instance does for the gateway, in the form `execute` runs it. */
+export interface Operation<A> {
+  readonly template: string
+  /** For strategies and stats: the MCP method, or `initialize` for opening a session. */
+  readonly method: string
+  /** The instance it must go to: no selection, no failover. */
+  readonly instance?: InstanceState | undefined
+  /** Leaves instances out of the choice (a capacity limit), saying why. */
+  readonly ineligible?: ((instance: InstanceState) => string | undefined) | undefined
+  /** May a failed attempt be repeated on another instance? (Never for the client's own mistakes.) */
+  readonly retryable: (error: TransportError) => boolean
+  /** One attempt on one instance, under the request's deadline. */
+  readonly attempt: (instance: InstanceState, deadline: Deadline) => Effect.Effect<A, TransportError | RequestTimeout>
+  /** An answer that is an error for the client (a JSON-RPC error) while the instance did its job. */
+  readonly isErrorAnswer?: ((value: A) => boolean) | undefined
+}
+
 export interface DispatcherShape {
   /**
-   * One MCP request to a template: healthy candidates → strategy → transport, under the
-   * template's timeout, failing over to other instances up to `max_retries` times.
+   * One MCP request to a template: the strategy picks among the instances that may take it,
+   * the breaker admits it, it runs under the template's deadline, and it fails over to other
+   * instances (after the retry schedule's delay) up to `max_retries` times when that is safe.
    */
   readonly call: (
     template: string,
@@ -42,15 +69,8 @@ export interface DispatcherShape {
     params: Record<string, unknown> | undefined,
     options?: DispatchOptions
   ) => Effect.Effect<DispatchResult, DispatchError>
-  /**
-   * Picks an instance of the template the way `call` would, without sending anything: for
-   * sessions that are pinned to one instance. `exclude` leaves out instances already tried.
-   */
-  readonly selectInstance: (
-    template: string,
-    method: string,
-    exclude?: ReadonlySet<string>
-  ) => Effect.Effect<InstanceState, TemplateNotFound | NoHealthyInstance>
+  /** The general form every instance-bound operation takes (calls, opening a client session). */
+  readonly execute: <A>(operation: Operation<A>) => Effect.Effect<{ readonly value: A; readonly instance: InstanceState }, DispatchError>
 }
 
 /**
@@ -60,156 +80,224 @@ export interface DispatcherShape {
 export const isRetryable = (method: string, error: TransportError): boolean =>
   method !== "tools/call" || !error.reachedBackend
 
+/** An attempt on `instance` failed; whether the next one may go elsewhere is the retry policy's call. */
+class AttemptFailed extends Data.TaggedError("AttemptFailed")<{
+  readonly instance: InstanceState
+  readonly error: TransportError
+}> {}
+
+/**
+ * The one path of every request an instance serves. Each attempt: choose an instance (the
+ * strategy, among those selectable; or the pinned one), admit it through its breaker, run it
+ * under the request's deadline, and record the outcome in one place: in-flight count, latency,
+ * success rate, outlier and breaker state (`InstanceState`), and `Stats`. Client mistakes and
+ * clients that leave count for nothing.
+ */
 export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher, DispatcherShape>() {
-  static readonly layer: Layer.Layer<Dispatcher, never, Registry | Strategies | Transport | Stats> = Layer.effect(
+  static readonly layer: Layer.Layer<Dispatcher, never, Registry | Strategies | Transport | Stats | Timer> = Layer.effect(
     Dispatcher,
     Effect.gen(function*() {
       const registry = yield* Registry
       const strategies = yield* Strategies
       const transport = yield* Transport
       const stats = yield* Stats
+      const timer = yield* Timer
 
-      const routableCandidates = (template: TemplateState, exclude: ReadonlySet<string> | undefined) => {
+      const candidatesOf = (template: TemplateState, now: number, tried: ReadonlySet<InstanceState>) => {
         const candidates: Array<InstanceState> = []
-        for (const i of template.instances.values()) if (i.routable && !exclude?.has(i.id)) candidates.push(i)
+        for (const i of template.instances.values()) if (!tried.has(i) && i.selectable(now)) candidates.push(i)
+        if (candidates.length === 0 && template.settings.fail_open) {
+          // Nothing healthy: the template asked for its unhealthy instances rather than a refusal.
+          for (const i of template.instances.values()) if (!tried.has(i) && i.lastResort) candidates.push(i)
+        }
         return candidates
       }
 
-      const selectInstance: DispatcherShape["selectInstance"] = (templateName, method, exclude) =>
-        Effect.suspend((): Effect.Effect<InstanceState, TemplateNotFound | NoHealthyInstance> => {
-          const template = registry.template(templateName)
-          if (template === undefined) return Effect.fail(new TemplateNotFound({ template: templateName }))
-          const candidates = routableCandidates(template, exclude)
-          if (candidates.length === 0) {
-            return Effect.fail(new NoHealthyInstance({ template: template.name, total: template.instances.size }))
-          }
-          if (candidates.length === 1) return Effect.succeed(candidates[0]!)
-          return strategies.forTemplate(template.name, template.settings).pipe(
-            Effect.orDie,
-            Effect.flatMap(({ strategy }) =>
-              strategy.select(candidates as [InstanceState, ...Array<InstanceState>], {
-                template: template.name,
-                method,
-                attempt: (exclude?.size ?? 0) + 1
-              }) as Effect.Effect<InstanceState>
-            )
-          )
+      const noHealthyInstance = (template: TemplateState, now: number) => {
+        let soonest: number | undefined
+        for (const i of template.instances.values()) {
+          const s = i.secondsUntilChange(now)
+          if (s !== undefined && (soonest === undefined || s < soonest)) soonest = s
+        }
+        return new NoHealthyInstance({
+          template: template.name,
+          total: template.instances.size,
+          retryAfterSeconds: Math.max(1, soonest ?? Math.ceil(Duration.toSeconds(template.settings.health_check_interval)))
         })
-
-      /** One request to one instance, keeping its live numbers (in-flight count, latency, health) current. */
-      const attemptOn = (
-        instance: InstanceState,
-        method: string,
-        params: Record<string, unknown> | undefined,
-        timeoutMs: number,
-        relay: DispatchOptions["relay"]
-      ) => {
-        const started = performance.now()
-        instance.activeRequests++
-        return Effect.onExit(
-          transport.request(instance.definition, method, params, relay === undefined ? { timeoutMs } : { ...relay, timeoutMs }),
-          (exit) =>
-            Effect.sync(() => {
-              instance.activeRequests--
-              if (Exit.isSuccess(exit)) return instance.recordSuccess(performance.now() - started)
-              const failure = Cause.failureOption(exit.cause)
-              if (Option.isSome(failure) && failure.value._tag === "TransportError") {
-                instance.recordFailure()
-                // Out of rotation until a health probe brings it back.
-                instance.markUnhealthy(failure.value.message)
-              }
-            })
-        )
       }
 
-      const dispatch = (
+      /** Whether the template has room for one more ejection (never all of it: see outlier_max_ejection_percent). */
+      const mayEject = (template: TemplateState, now: number) => {
+        let ejected = 0
+        for (const i of template.instances.values()) if (i.outlier.isEjected(now)) ejected++
+        return ejected < Math.floor((template.instances.size * template.settings.outlier_max_ejection_percent) / 100)
+      }
+
+      /** Runs one attempt on one instance, keeping its live numbers and health evidence current. */
+      const attemptOn = <A>(
         template: TemplateState,
-        method: string,
-        params: Record<string, unknown> | undefined,
-        options: DispatchOptions | undefined
-      ): Effect.Effect<DispatchResult, DispatchError> =>
-        Effect.suspend(() => {
+        operation: Operation<A>,
+        instance: InstanceState,
+        deadline: Deadline
+      ): Effect.Effect<A, TransportError | RequestTimeout> => {
+        const started = performance.now()
+        instance.activeRequests++
+        return Effect.onExit(operation.attempt(instance, deadline), (exit): Effect.Effect<void> => {
+          instance.activeRequests--
           const settings = template.settings
+          if (Exit.isSuccess(exit)) {
+            instance.succeeded(performance.now() - started, timer.now(), settings)
+            return Effect.void
+          }
+          const failure = exit.cause._tag === "Fail" ? exit.cause.error : undefined
+          // Interrupted (the client left or cancelled), or the client's message was refused.
+          if (failure === undefined || (failure._tag === "TransportError" && failure.clientFault)) {
+            instance.neutral()
+            return Effect.void
+          }
+          return Effect.flatMap(Random.next, (random) => {
+            const now = timer.now()
+            const events = instance.failed(now, settings, random, mayEject(template, now))
+            const logs: Array<Effect.Effect<void>> = []
+            if (events.ejectedForMs !== undefined) {
+              logs.push(Effect.logWarning(
+                `ejected from balancing for ${Math.round(events.ejectedForMs / 1000)}s after ` +
+                  `${settings.outlier_consecutive_failures} failures in a row (last: ${failure.message})`
+              ))
+            }
+            if (events.breakerOpened) {
+              logs.push(Effect.logWarning(
+                `circuit breaker opened after ${instance.breaker.consecutiveFailures} failures in a row; ` +
+                  `next trial at ${new Date(instance.breaker.nextTrialAt!).toISOString()}`
+              ))
+            }
+            return logs.length === 0
+              ? Effect.void
+              : Effect.all(logs, { discard: true }).pipe(Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` }))
+          })
+        })
+      }
+
+      const execute = <A>(operation: Operation<A>) =>
+        Effect.suspend((): Effect.Effect<{ readonly value: A; readonly instance: InstanceState }, DispatchError> => {
+          const template = registry.template(operation.template)
+          if (template === undefined) return Effect.fail(new TemplateNotFound({ template: operation.template }))
+          const settings = template.settings
+          const startedAt = timer.now()
           const started = performance.now()
-          // One deadline for the request, failovers included.
-          const deadline = Date.now() + settings.timeout * 1000
-          const tried = new Set<string>()
+          const deadline = new Deadline(
+            timer,
+            startedAt,
+            Duration.toMillis(settings.timeout),
+            Duration.toMillis(settings.max_timeout),
+            settings.timeout_resets_on_progress
+          )
+          const tried = new Set<InstanceState>()
           const failures: Array<FailedAttempt> = []
           let last: InstanceState | undefined
 
-          const candidatesLeft = (): Array<InstanceState> | InstanceNotFound => {
-            if (options?.instanceId !== undefined) {
-              const pinned = template.instances.get(options.instanceId)
-              if (pinned === undefined) return new InstanceNotFound({ template: template.name, instanceId: options.instanceId })
-              return tried.has(pinned.id) ? [] : [pinned]
-            }
-            return routableCandidates(template, tried)
-          }
+          const timedOut = () =>
+            new UpstreamTimeout({
+              template: template.name,
+              timeoutSeconds: Duration.toSeconds(settings.timeout),
+              resetsOnProgress: settings.timeout_resets_on_progress
+            })
 
-          /**
-           * Picks an instance among those not tried yet and sends the request; on a failure that
-           * is safe to repeat, fails over to another instance at once, up to `max_retries` times.
-           * (An immediate failover to a different instance, not a timed retry: no Schedule.)
-           */
-          const attempt = (strategy: Strategy): Effect.Effect<JsonRpcResponse, DispatchError> => {
-            const candidates = candidatesLeft()
-            if (!Array.isArray(candidates)) return Effect.fail(candidates)
+          /** The instance for the next attempt: the pinned one, or the strategy's pick among those left. */
+          const choose: Effect.Effect<InstanceState, DispatchError> = Effect.suspend((): Effect.Effect<InstanceState, DispatchError> => {
+            const now = timer.now()
+            const pinned = operation.instance
+            if (pinned !== undefined) {
+              if (pinned.status === "failed" || !pinned.admit(now)) {
+                return Effect.fail(new InstanceUnavailable({
+                  template: template.name,
+                  instanceId: pinned.id,
+                  reason: pinned.status === "failed"
+                    ? `its process failed (${pinned.lastError ?? "restarted too often"})`
+                    : "its circuit breaker is open",
+                  retryAfterSeconds: Math.max(1, pinned.secondsUntilChange(now) ?? 1)
+                }))
+              }
+              return Effect.succeed(pinned)
+            }
+            let candidates = candidatesOf(template, now, tried)
+            if (operation.ineligible !== undefined) {
+              candidates = candidates.filter((i) => {
+                const reason = operation.ineligible!(i)
+                if (reason === undefined) return true
+                // Left out for good: the attempts report says why, once.
+                tried.add(i)
+                failures.push({ instanceId: i.id, message: reason })
+                return false
+              })
+            }
             if (candidates.length === 0) {
               return Effect.fail(
                 tried.size === 0
-                  ? new NoHealthyInstance({ template: template.name, total: template.instances.size })
+                  ? noHealthyInstance(template, now)
                   : new AllAttemptsFailed({ template: template.name, attempts: failures })
               )
             }
-            const timeoutMs = deadline - Date.now()
-            if (timeoutMs <= 0) return Effect.fail(new UpstreamTimeout({ template: template.name, timeoutSeconds: settings.timeout }))
-            const select = candidates.length === 1
-              ? Effect.succeed(candidates[0]!)
-              : strategy.select(candidates as [InstanceState, ...Array<InstanceState>], {
-                template: template.name,
-                method,
-                attempt: tried.size + 1
-              }) as Effect.Effect<InstanceState>
-            return Effect.flatMap(select, (instance) => {
-              tried.add(instance.id)
-              last = instance
-              return attemptOn(instance, method, params, timeoutMs, options?.relay).pipe(
-                Effect.catchAll((e): Effect.Effect<JsonRpcResponse, DispatchError> => {
-                  if (e._tag === "RequestTimeout") {
-                    return Effect.fail(new UpstreamTimeout({ template: template.name, timeoutSeconds: settings.timeout }))
-                  }
-                  failures.push({ instanceId: instance.id, message: e.message })
-                  const warn = Effect.logWarning(`${instance.template}/${instance.id}: ${e.message}`)
-                  if (!isRetryable(method, e)) {
-                    return Effect.zipRight(
-                      warn,
-                      Effect.fail(
-                        new AllAttemptsFailed({
-                          template: template.name,
-                          attempts: failures,
-                          notRetriedReason: "a tools/call is not retried on another instance once it may have reached a backend"
-                        })
-                      )
-                    )
-                  }
-                  if (tried.size > settings.max_retries) {
-                    return Effect.zipRight(warn, Effect.fail(new AllAttemptsFailed({ template: template.name, attempts: failures })))
-                  }
-                  return Effect.zipRight(warn, Effect.suspend(() => attempt(strategy)))
-                })
+            const pick = candidates.length === 1 ? Effect.succeed(candidates[0]!) : strategies.forTemplate(template.name, settings).pipe(
+              // Strategies were built when the template was loaded or registered; failing now is a defect.
+              Effect.orDie,
+              Effect.flatMap(({ value: strategy }) =>
+                strategy.select(candidates as [InstanceState, ...Array<InstanceState>], {
+                  template: template.name,
+                  method: operation.method,
+                  attempt: tried.size + 1
+                }) as Effect.Effect<InstanceState>
               )
+            )
+            return Effect.map(pick, (instance) => {
+              // (Selectable candidates pass their breaker; a half-open one gives this request its trial.)
+              instance.admit(now)
+              return instance
             })
-          }
+          })
 
-          return strategies.forTemplate(template.name, settings).pipe(
-            // Strategies were built when the template was loaded or registered; failing now is a defect.
-            Effect.orDie,
-            Effect.flatMap(({ strategy }) => attempt(strategy)),
-            Effect.flatMap((response): Effect.Effect<DispatchResult, BackendError> =>
-              "error" in response
-                ? Effect.fail(new BackendError({ template: template.name, instanceId: last!.id, error: response.error }))
-                : Effect.succeed({ result: response.result, instanceId: last!.id })
-            ),
+          const once = Effect.flatMap(choose, (instance): Effect.Effect<A, DispatchError | AttemptFailed> => {
+            tried.add(instance)
+            last = instance
+            if (deadline.remainingMs() <= 0) return Effect.fail(timedOut())
+            return attemptOn(template, operation, instance, deadline).pipe(
+              Effect.catchAll((e): Effect.Effect<never, DispatchError | AttemptFailed> => {
+                if (e._tag === "RequestTimeout") return Effect.fail(timedOut())
+                failures.push({ instanceId: instance.id, message: e.message })
+                return Effect.zipRight(
+                  e.clientFault ? Effect.void : Effect.logWarning(`${instance.template}/${instance.id}: ${e.message}`),
+                  Effect.fail(new AttemptFailed({ instance, error: e }))
+                )
+              })
+            )
+          })
+
+          // Worth a retry: another instance may take it (no waiting for a retry that cannot happen).
+          const shouldRetry = (e: DispatchError | AttemptFailed) =>
+            e._tag === "AttemptFailed" && operation.instance === undefined && !e.error.clientFault && operation.retryable(e.error) &&
+            candidatesOf(template, timer.now(), tried).length > 0
+
+          const attempts = retryWhile(
+            once,
+            () => retrySchedule(settings.retry, settings.max_retries, () => deadline.remainingMs()),
+            shouldRetry
+          )
+
+          return attempts.pipe(
+            Effect.catchTag("AttemptFailed", ({ error, instance }): Effect.Effect<never, DispatchError> => {
+              if (error.clientFault) {
+                return Effect.fail(new RequestRejected({ template: template.name, instanceId: instance.id, message: error.message }))
+              }
+              const notRetried = operation.instance === undefined && !operation.retryable(error)
+              return Effect.fail(new AllAttemptsFailed({
+                template: template.name,
+                attempts: failures,
+                notRetriedReason: notRetried
+                  ? "a tools/call is not retried on another instance once it may have reached a backend"
+                  : undefined
+              }))
+            }),
+            Effect.map((value) => ({ value, instance: last! })),
             Effect.onExit((exit) =>
               Effect.sync(() =>
                 stats.recordRequest({
@@ -217,22 +305,41 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
                   strategy: settings.strategy,
                   instanceId: last?.id,
                   latencyMs: performance.now() - started,
-                  ok: Exit.isSuccess(exit)
+                  ok: Exit.isSuccess(exit) && !(operation.isErrorAnswer?.(exit.value.value) ?? false)
                 })
               )
             )
           )
         })
 
-      const call: DispatcherShape["call"] = (templateName, method, params, options) =>
-        Effect.suspend(() => {
-          const template = registry.template(templateName)
-          return template === undefined
-            ? Effect.fail(new TemplateNotFound({ template: templateName }))
-            : dispatch(template, method, params, options)
-        })
+      const call: DispatcherShape["call"] = (template, method, params, options) =>
+        execute<JsonRpcResponse>({
+          template,
+          method,
+          instance: options?.instance,
+          retryable: (error) => isRetryable(method, error),
+          isErrorAnswer: (response) => "error" in response,
+          attempt: (instance, deadline) => {
+            const relay = options?.relay
+            // Progress from the backend extends the deadline (timeout_resets_on_progress).
+            const onNotification = (notification: JsonRpcNotification) => {
+              if (notification.method === "notifications/progress") deadline.progress()
+              relay?.onNotification?.(notification)
+            }
+            const requestOptions: RequestOptions = { deadline, onNotification, onServerRequest: relay?.onServerRequest }
+            return options?.connection !== undefined
+              ? options.connection.request(method, params, requestOptions)
+              : transport.request(instance.definition, method, params, requestOptions)
+          }
+        }).pipe(
+          Effect.flatMap(({ instance, value: response }) =>
+            "error" in response
+              ? Effect.fail(new BackendError({ template, instanceId: instance.id, error: response.error }))
+              : Effect.succeed({ result: response.result, instanceId: instance.id, instance })
+          )
+        )
 
-      return { call, selectInstance }
+      return { call, execute }
     })
   )
 }

@@ -50,7 +50,7 @@ export interface RequestRecord {
 
 export interface StatsShape {
   readonly recordRequest: (record: RequestRecord) => void
-  readonly recordProbe: (ok: boolean) => void
+  readonly recordProbe: (ok: boolean, durationMs: number) => void
   readonly snapshot: () => StatsSnapshot
 }
 
@@ -61,7 +61,7 @@ export interface StatsSnapshot {
     readonly distribution: Record<string, { readonly requests: number; readonly errors: number }>
   }>
   readonly strategies: Record<string, { readonly requests: number; readonly errors: number }>
-  readonly health_checker: { readonly probes: number; readonly failures: number }
+  readonly health_checker: { readonly probes: number; readonly failures: number; readonly average_duration_ms: number | null }
 }
 
 /**
@@ -74,7 +74,7 @@ export class Stats extends Context.Tag("mcp-gateway/Stats")<Stats, StatsShape>()
     const overall = new LatencyWindow()
     const templates = new Map<string, { window: LatencyWindow; instances: Map<string, { requests: number; errors: number }> }>()
     const strategies = new Map<string, { requests: number; errors: number }>()
-    const probes = { probes: 0, failures: 0 }
+    const probes = { probes: 0, failures: 0, totalMs: 0 }
 
     const count = (map: Map<string, { requests: number; errors: number }>, key: string, ok: boolean) => {
       let c = map.get(key)
@@ -92,8 +92,9 @@ export class Stats extends Context.Tag("mcp-gateway/Stats")<Stats, StatsShape>()
         if (r.instanceId !== undefined) count(t.instances, r.instanceId, r.ok)
         count(strategies, r.strategy, r.ok)
       },
-      recordProbe: (ok) => {
+      recordProbe: (ok, durationMs) => {
         probes.probes++
+        probes.totalMs += durationMs
         if (!ok) probes.failures++
       },
       snapshot: () => ({
@@ -103,7 +104,11 @@ export class Stats extends Context.Tag("mcp-gateway/Stats")<Stats, StatsShape>()
           Array.from(templates, ([name, t]) => [name, { ...t.window.summary(), distribution: Object.fromEntries(t.instances) }])
         ),
         strategies: Object.fromEntries(strategies),
-        health_checker: { ...probes }
+        health_checker: {
+          probes: probes.probes,
+          failures: probes.failures,
+          average_duration_ms: probes.probes === 0 ? null : round(probes.totalMs / probes.probes)
+        }
       })
     }
   })

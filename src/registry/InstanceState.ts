@@ -1,22 +1,41 @@
 import type { InstanceDefinition } from "../domain/Instance.js"
 import type { HealthStatus, InstanceView } from "../domain/InstanceView.js"
+import type { LoadBalancerSettings } from "../domain/LoadBalancer.js"
+import { ActiveHealth, type ProbeStatus } from "../health/ActiveHealth.js"
+import { OutlierDetector } from "../health/OutlierDetector.js"
+import { CircuitBreaker } from "../proxy/CircuitBreaker.js"
+import type { ChannelStatus } from "../transport/Supervision.js"
 
 /** Weight of the newest sample in the latency and success-rate averages. */
 const EWMA_ALPHA = 0.2
 
+/** What one outcome on live traffic changed, for the log. */
+export interface OutcomeEvents {
+  /** The instance was ejected from balancing for this many ms. */
+  readonly ejectedForMs?: number | undefined
+  /** The breaker opened (its next trial is at `nextTrialAt`). */
+  readonly breakerOpened?: boolean | undefined
+}
+
 /**
- * The live state of one instance. Plain mutable fields on purpose: they change on every
- * request, the runtime is single-threaded, and only the Registry, the Dispatcher and the
- * HealthChecker write them (strategies get the read-only InstanceView).
+ * The live state of one instance: what strategies read (the InstanceView) and the state
+ * machines behind its health: probes with hysteresis (ActiveHealth), passive outlier detection
+ * on live traffic (OutlierDetector), the circuit breaker, and its shared channel's life (for
+ * stdio: running, restarting, failed). Plain mutable fields on purpose: they change on every
+ * request and the runtime is single-threaded; the Dispatcher, the HealthChecker and the
+ * transport's reports are the only writers. Times are epoch ms from the Clock.
  */
 export class InstanceState implements InstanceView {
-  status: HealthStatus = "unknown"
   activeRequests = 0
   latencyMs: number | undefined = undefined
   successRate = 1
-  consecutiveFailures = 0
-  lastCheckedAt: Date | undefined = undefined
-  lastError: string | undefined = undefined
+  /** Removed (deregistered, or gone from the config): no new requests, in-flight ones finish. */
+  draining = false
+  readonly health = new ActiveHealth()
+  readonly outlier = new OutlierDetector()
+  readonly breaker = new CircuitBreaker()
+  /** The instance's shared channel, as its transport reports it (stdio and legacy SSE instances). */
+  channel: ChannelStatus | undefined = undefined
   readonly registeredAt = new Date()
 
   constructor(readonly definition: InstanceDefinition) {}
@@ -31,37 +50,93 @@ export class InstanceState implements InstanceView {
     return this.definition.weight
   }
 
-  /** Eligible for traffic: healthy, or not yet probed (optimistic until the first probe says otherwise). */
-  get routable() {
-    return this.status !== "unhealthy"
+  /**
+   * What the instance's state adds up to: `failed` when its process restarted too often,
+   * `unhealthy` while its process is down (until a restart succeeds) or when probes say so.
+   */
+  get status(): HealthStatus {
+    if (this.channel?.state === "failed") return "failed"
+    if (this.channel?.state === "restarting") return "unhealthy"
+    return this.health.status
   }
 
-  recordSuccess(latencyMs: number) {
+  get lastError(): string | undefined {
+    const channel = this.channel
+    if (channel !== undefined && (channel.state === "failed" || channel.state === "restarting")) return channel.lastExit
+    return this.health.status === "healthy" ? undefined : this.health.lastError
+  }
+
+  /** Eligible for a balanced request or a new session now (strategies choose among these). */
+  selectable(now: number): boolean {
+    const status = this.status
+    return !this.draining && status !== "unhealthy" && status !== "failed" && !this.outlier.isEjected(now) &&
+      this.breaker.allows(now)
+  }
+
+  /** Eligible as a last resort (`fail_open`): anything not removed. */
+  get lastResort(): boolean {
+    return !this.draining
+  }
+
+  /** A request is about to go out: the breaker lets it through (taking the trial when half-open), or not. */
+  admit(now: number): boolean {
+    return this.breaker.acquire(now)
+  }
+
+  /** The instance answered (a result or a JSON-RPC error: either way it works). */
+  succeeded(latencyMs: number, now: number, settings: LoadBalancerSettings) {
     this.latencyMs = this.latencyMs === undefined ? latencyMs : this.latencyMs + EWMA_ALPHA * (latencyMs - this.latencyMs)
     this.successRate += EWMA_ALPHA * (1 - this.successRate)
+    this.outlier.onSuccess(now, settings)
+    this.breaker.onSuccess()
   }
 
-  recordFailure() {
+  /** The instance failed a request (transport error, 5xx, timeout): evidence against it. */
+  failed(now: number, settings: LoadBalancerSettings, random: number, mayEject: boolean): OutcomeEvents {
     this.successRate += EWMA_ALPHA * (0 - this.successRate)
+    const ejectedForMs = this.outlier.onFailure(now, settings, mayEject)
+    const breakerOpened = this.breaker.onFailure(now, settings.circuit_breaker, random)
+    return { ejectedForMs, breakerOpened }
   }
 
-  markHealthy() {
-    this.status = "healthy"
-    this.consecutiveFailures = 0
-    this.lastError = undefined
-    this.lastCheckedAt = new Date()
+  /** The request ended saying nothing of the instance (the client left, or its message was refused). */
+  neutral() {
+    this.breaker.onNeutral()
   }
 
-  markUnhealthy(reason: string) {
-    this.status = "unhealthy"
-    this.consecutiveFailures += 1
-    this.lastError = reason
-    this.lastCheckedAt = new Date()
+  probeSucceeded(now: number, settings: LoadBalancerSettings): ProbeStatus | undefined {
+    this.successRate += EWMA_ALPHA * (1 - this.successRate)
+    return this.health.succeeded(now, settings)
+  }
+
+  probeFailed(now: number, reason: string, settings: LoadBalancerSettings): ProbeStatus | undefined {
+    this.successRate += EWMA_ALPHA * (0 - this.successRate)
+    return this.health.failed(now, reason, settings)
+  }
+
+  /** The transport's report on the instance's shared channel. */
+  channelChanged(status: ChannelStatus, now: number) {
+    const was = this.channel?.state
+    this.channel = status
+    // A process that (re)started and answered `initialize` is as good as a passed probe.
+    if (status.state === "running" && was !== "running") this.health.markHealthy(now)
+  }
+
+  /** Seconds until something here may change its mind (an ejection ends, a breaker trial, a restart), if known. */
+  secondsUntilChange(now: number): number | undefined {
+    const times = [
+      this.outlier.isEjected(now) ? this.outlier.ejectedUntil : undefined,
+      this.breaker.state === "open" ? this.breaker.nextTrialAt : undefined,
+      this.channel?.state === "restarting" ? this.channel.nextRestartAt : undefined,
+      this.status === "unhealthy" ? this.health.nextProbeAt : undefined
+    ].filter((t): t is number => t !== undefined && t > now)
+    return times.length === 0 ? undefined : Math.ceil((Math.min(...times) - now) / 1000)
   }
 
   /** The instance as `/gateway/registry` and `/mcp/{t}/health` show it. */
-  toJSON() {
+  toJSON(now = Date.now()) {
     const d = this.definition
+    const channel = this.channel
     return {
       id: d.id,
       transport: d.transport,
@@ -70,12 +145,25 @@ export class InstanceState implements InstanceView {
       source: d.source,
       healthy: this.status === "healthy",
       status: this.status,
+      draining: this.draining,
       active_requests: this.activeRequests,
       latency_ms: this.latencyMs === undefined ? null : Math.round(this.latencyMs * 100) / 100,
       success_rate: Math.round(this.successRate * 1000) / 1000,
-      consecutive_failures: this.consecutiveFailures,
-      last_checked_at: this.lastCheckedAt?.toISOString() ?? null,
+      consecutive_failures: this.health.consecutiveFailures,
+      last_checked_at: this.health.lastCheckedAt === undefined ? null : new Date(this.health.lastCheckedAt).toISOString(),
       last_error: this.lastError ?? null,
+      outlier: this.outlier.toJSON(now),
+      circuit_breaker: this.breaker.toJSON(now),
+      ...(channel === undefined ? {} : {
+        process: {
+          state: channel.state,
+          pid: channel.pid ?? null,
+          restarts: channel.restarts,
+          last_exit: channel.lastExit ?? null,
+          next_restart_at: channel.nextRestartAt === undefined ? null : new Date(channel.nextRestartAt).toISOString(),
+          stderr_tail: channel.stderrTail
+        }
+      }),
       registered_at: this.registeredAt.toISOString(),
       ...(d.metadata ? { metadata: d.metadata } : {})
     }

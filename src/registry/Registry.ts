@@ -26,7 +26,7 @@ export interface TemplateState {
 
 export type RegistryChange =
   | { readonly _tag: "InstanceAdded"; readonly instance: InstanceState }
-  | { readonly _tag: "InstanceRemoved"; readonly instance: InstanceState }
+  | { readonly _tag: "InstanceRemoved"; readonly instance: InstanceState; readonly settings: LoadBalancerSettings }
 
 export interface Registration {
   readonly template: string
@@ -163,16 +163,18 @@ export const makeRegistry = (options: {
           return yield* new InstanceNotFound({ template: templateName, instanceId })
         }
         template.instances.delete(instanceId)
+        instance.draining = true
         // A template that only the API created goes away with its last instance.
         const dropTemplate = template.source === "api" && template.instances.size === 0
         if (dropTemplate) templates.delete(templateName)
         yield* persist.pipe(Effect.tapError(() =>
           Effect.sync(() => {
+            instance.draining = false
             template.instances.set(instanceId, instance)
             if (dropTemplate) templates.set(templateName, template)
           })
         ))
-        yield* PubSub.publish(pubsub, { _tag: "InstanceRemoved", instance } as RegistryChange)
+        yield* PubSub.publish(pubsub, { _tag: "InstanceRemoved", instance, settings: template.settings } as RegistryChange)
         yield* Effect.logInfo(`registry: deregistered ${templateName}/${instanceId}`)
         return instance
       }))

@@ -1,6 +1,7 @@
 import { type Effect, Schema, type Scope } from "effect"
 import type { NonEmptyReadonlyArray } from "effect/Array"
 import type { InstanceView } from "../domain/InstanceView.js"
+import type { PluginKind } from "../loader/PluginKind.js"
 
 /** Marks a plugin's default export; a global symbol so that a plugin compiled against another copy of the package still matches. */
 export const StrategyPluginTypeId: unique symbol = Symbol.for("mcp-gateway/StrategyPlugin") as any
@@ -38,14 +39,18 @@ export interface StrategyPlugin<Options = any> {
 
 /**
  * For plugins without options. (`Schema.Struct({})` would accept any object, since `{}` is
- * every object's type; this one rejects every key, so a typo in strategy_options is caught.)
+ * every object's type; this one rejects every key, so a typo in the options is caught.)
  */
-const noOptions = Schema.Struct({}).pipe(
+export const noOptions = Schema.Struct({}).pipe(
   Schema.filter((o) => {
     const keys = Object.keys(o)
-    return keys.length === 0 || `this strategy takes no options, got ${keys.map((k) => JSON.stringify(k)).join(", ")}`
+    return keys.length === 0 || `this plugin takes no options, got ${keys.map((k) => JSON.stringify(k)).join(", ")}`
   })
 )
+
+const isStrategyPlugin = (u: unknown): u is StrategyPlugin =>
+  typeof u === "object" && u !== null && (u as any)[StrategyPluginTypeId] === StrategyPluginTypeId &&
+  typeof (u as any).name === "string" && typeof (u as any).make === "function" && Schema.isSchema((u as any).options)
 
 export const StrategyPlugin = {
   noOptions,
@@ -57,7 +62,16 @@ export const StrategyPlugin = {
     readonly make: (options: Options) => Effect.Effect<Strategy, never, Scope.Scope>
   }): StrategyPlugin<Options> => ({ [StrategyPluginTypeId]: StrategyPluginTypeId, ...definition }),
 
-  is: (u: unknown): u is StrategyPlugin =>
-    typeof u === "object" && u !== null && (u as any)[StrategyPluginTypeId] === StrategyPluginTypeId &&
-    typeof (u as any).name === "string" && typeof (u as any).make === "function" && Schema.isSchema((u as any).options)
+  is: isStrategyPlugin,
+
+  /** How the loader finds and checks strategy plugins. */
+  kind: <PluginKind<Strategy, StrategyPlugin>> {
+    folder: "strategies",
+    noun: "strategy",
+    setting: "strategy",
+    optionsSetting: "strategy_options",
+    chosen: (settings) => ({ spec: settings.strategy, options: settings.strategy_options }),
+    is: isStrategyPlugin,
+    exportHint: "export default StrategyPlugin.make({...}) from \"mcp-gateway/plugin\""
+  }
 }

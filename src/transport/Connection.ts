@@ -1,14 +1,27 @@
-import type { Effect, Scope } from "effect"
+import type { Effect, Runtime, Scope } from "effect"
 import type { JsonRpcNotification, JsonRpcRequest, JsonRpcResponse } from "../domain/JsonRpc.js"
+import type { ChannelStatus, SupervisionPolicy } from "./Supervision.js"
 import type { RequestTimeout, TransportError } from "./TransportError.js"
 
+/**
+ * When a request must be answered by. The transport arms it while the request is out and, when
+ * it fires, cancels the request at the backend and fails it with RequestTimeout. The policy
+ * (how long, whether progress extends it) is the Dispatcher's; the timer under it is a plain
+ * one (see proxy/Timer.ts): Effect.timeout forks a fiber per call, which halved the
+ * throughput of the request path when measured.
+ */
+export interface RequestDeadline {
+  /** Calls `onExpire` once when the time is up, unless `disarm` comes first. One arming at a time. */
+  readonly arm: (onExpire: () => void) => void
+  readonly disarm: () => void
+  /** Milliseconds left (for transports that must open a session before they can send). */
+  readonly remainingMs: () => number
+  /** The allowance, for messages. */
+  readonly timeoutMs: number
+}
+
 export interface RequestOptions {
-  /**
-   * Give up after this long (the request is cancelled at the backend). A plain timer inside the
-   * transport rather than Effect.timeout, which forks a fiber per call and halved the
-   * throughput of the request path when measured.
-   */
-  readonly timeoutMs?: number | undefined
+  readonly deadline?: RequestDeadline | undefined
   /**
    * Notifications the server sends about this request while it runs (`notifications/progress`
    * for the request's progress token), delivered as they arrive, before the response.
@@ -64,4 +77,18 @@ export interface ConnectionLog {
   readonly debug: (message: string) => void
   readonly info: (message: string) => void
   readonly warn: (message: string) => void
+}
+
+/** What a connection is given by the Transport that owns it. */
+export interface ConnectionEnv {
+  readonly log: ConnectionLog
+  /** Where the connection's background work runs (opening, restarts); closed with the connection. */
+  readonly scope: Scope.Scope
+  /** Runs the connection's background effects from callbacks, with the gateway's services (its Clock, Random). */
+  readonly runtime: Runtime.Runtime<never>
+  /** For an instance's shared channel: how to restart it and where to report its state. Absent: never restarted. */
+  readonly supervision?: {
+    readonly policy: () => SupervisionPolicy
+    readonly report: (status: ChannelStatus) => void
+  } | undefined
 }

@@ -8,9 +8,9 @@ import {
   type JsonRpcRequest,
   type JsonRpcResponse
 } from "../domain/JsonRpc.js"
-import type { ConnectionLog } from "./Connection.js"
+import type { ConnectionLog, RequestDeadline } from "./Connection.js"
 import { answerServerRequest } from "./serverRequests.js"
-import { RequestTimeout, TransportError } from "./TransportError.js"
+import { RequestTimeout, serialize, TransportError } from "./TransportError.js"
 
 type Pending = (response: JsonRpcResponse | TransportError) => void
 
@@ -29,6 +29,7 @@ export abstract class Multiplexer {
   /** Progress tokens in use, by the token the server knows: the caller's token and where its notifications go. */
   private readonly progress = new Map<string, { readonly token: unknown; readonly onNotification: (n: JsonRpcNotification) => void }>()
   closed = false
+  private readonly closeListeners: Array<(reason: string) => void> = []
 
   constructor(
     readonly instanceId: string,
@@ -43,21 +44,20 @@ export abstract class Multiplexer {
   ) {}
 
   /**
-   * Sends one message. False when the channel cannot take it now (nothing was sent). A send
-   * that fails later calls `failed`, which the request it carried is failed with.
+   * Sends one serialised message. False when the channel cannot take it now (nothing was sent).
+   * A send that fails later calls `failed`, which the request it carried is failed with.
    */
-  protected abstract send(message: unknown, failed: (error: TransportError) => void): boolean
+  protected abstract send(text: string, failed: (error: TransportError) => void): boolean
 
   /** Sends a request and waits for its answer; interrupting it cancels the request at the server. */
   call(
     method: string,
     params: Record<string, unknown> | undefined,
-    timeoutMs?: number,
+    deadline?: RequestDeadline,
     onNotification?: (n: JsonRpcNotification) => void
   ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> {
     return Effect.async<JsonRpcResponse, TransportError | RequestTimeout>((resume) => {
       const id = this.nextId++
-      let timer: ReturnType<typeof setTimeout> | undefined
       const meta = params?._meta
       let progressToken: string | undefined
       if (onNotification !== undefined && isObject(meta) && meta.progressToken !== undefined) {
@@ -66,15 +66,19 @@ export abstract class Multiplexer {
         params = { ...params, _meta: { ...meta, progressToken } }
       }
       const settle = () => {
-        if (timer !== undefined) clearTimeout(timer)
+        deadline?.disarm()
         if (progressToken !== undefined) this.progress.delete(progressToken)
+      }
+      const text = serialize(this.instanceId, params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
+      if (typeof text !== "string") {
+        settle()
+        return resume(Effect.fail(text))
       }
       this.pending.set(id, (r) => {
         settle()
         resume(r instanceof TransportError ? Effect.fail(r) : Effect.succeed(r))
       })
-      const message = params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params }
-      const sent = !this.closed && this.send(message, (error) => {
+      const sent = !this.closed && this.send(text, (error) => {
         const waiting = this.pending.get(id)
         if (waiting !== undefined) {
           this.pending.delete(id)
@@ -87,12 +91,11 @@ export abstract class Multiplexer {
         resume(Effect.fail(new TransportError({ instanceId: this.instanceId, message: "not connected", reachedBackend: false })))
         return
       }
-      if (timeoutMs !== undefined) {
-        timer = setTimeout(() => {
-          this.cancel(id)
-          resume(Effect.fail(new RequestTimeout({ instanceId: this.instanceId, timeoutMs })))
-        }, timeoutMs)
-      }
+      deadline?.arm(() => {
+        if (progressToken !== undefined) this.progress.delete(progressToken)
+        this.cancel(id)
+        resume(Effect.fail(new RequestTimeout({ instanceId: this.instanceId, timeoutMs: deadline.timeoutMs })))
+      })
       return Effect.sync(() => {
         settle()
         this.cancel(id)
@@ -100,9 +103,16 @@ export abstract class Multiplexer {
     })
   }
 
-  /** Sends a message that has no answer. */
+  /** Sends a message that has no answer (one that cannot be serialised is dropped). */
   notify(message: unknown) {
-    if (!this.closed) this.send(message, () => {})
+    if (this.closed) return
+    const text = serialize(this.instanceId, message)
+    if (typeof text === "string") this.send(text, () => {})
+  }
+
+  /** Called once when the channel ends (its process exited, its stream dropped, or it was stopped). */
+  onClose(callback: (reason: string) => void) {
+    this.closeListeners.push(callback)
   }
 
   /** The caller gave up (timeout, client gone): tell the server to stop working on it. */
@@ -154,5 +164,6 @@ export abstract class Multiplexer {
     for (const resume of this.pending.values()) resume(error)
     this.pending.clear()
     this.progress.clear()
+    for (const listener of this.closeListeners) listener(reason)
   }
 }

@@ -1,12 +1,14 @@
-import { Deferred, Effect, FiberId, type Scope } from "effect"
+import { Clock, Deferred, Duration, Effect, FiberId, Random, Runtime } from "effect"
 import { isObject } from "../domain/JsonRpc.js"
+import { backoffDelayMs } from "../domain/LoadBalancer.js"
 import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
-import type { Connection, ConnectionLog, RequestOptions } from "./Connection.js"
+import type { Connection, ConnectionEnv, RequestOptions } from "./Connection.js"
 import type { ChannelListener, Multiplexer } from "./Multiplexer.js"
+import type { ChannelStatus } from "./Supervision.js"
 import { RequestTimeout, TransportError } from "./TransportError.js"
 
 /** How long a fresh channel may take to answer `initialize` before it is stopped. */
-const INITIALIZE_TIMEOUT_MS = 30_000
+const INITIALIZE_TIMEOUT = Duration.seconds(30)
 
 /** How a shared-channel transport is opened for one client session of the MCP endpoint. */
 export interface SessionChannelOptions {
@@ -19,27 +21,39 @@ export interface SessionChannelOptions {
 }
 
 /** A channel with its server's answer to `initialize` once the handshake is done. */
-export type Channel = Multiplexer & { initializeResult: Record<string, unknown> }
+export type Channel = Multiplexer & {
+  initializeResult: Record<string, unknown>
+  readonly pid?: number | undefined
+  readonly stderrTail?: ReadonlyArray<string>
+}
+
+/** A shared channel's Connection, which also tells how its channel is doing. */
+export type SharedChannelConnection = Connection & { readonly status: () => ChannelStatus }
 
 /**
  * A Connection over one channel that every caller shares (a stdio process, a legacy SSE
  * stream): started on first use, initialized once by the gateway, then used directly by every
- * request; when it dies, requests in flight fail and the next use starts a new one.
+ * request. When the channel ends, requests in flight fail at once; a supervised channel (an
+ * instance's shared one) is restarted after a backoff, and marked `failed` once it restarted
+ * more than `maxRestarts` times within the window (tried again when a window has passed). While
+ * it is down, requests fail at once as never sent, so the Dispatcher sends them elsewhere.
  */
-export const makeSharedChannelConnection = <C extends Channel>(options: {
-  readonly instanceId: string
-  readonly log: ConnectionLog
-  /** Where initialization runs (not in a caller's fiber: a caller that gives up must not leave a half-open channel). */
-  readonly scope: Scope.Scope
-  /** Starts a channel; it resolves once the channel can take messages. */
-  readonly start: (listeners: ReadonlySet<ChannelListener>) => Effect.Effect<C, TransportError>
-  /** What to say in `initialize`: the gateway's own by default, a client's for a channel of its own. */
-  readonly initializeParams?: Record<string, unknown> | undefined
-  /** Stops a channel (and whatever it runs). */
-  readonly stop: (channel: C) => Promise<void>
-}): Connection => {
-  const { instanceId, log, scope } = options
-  let current: Deferred.Deferred<C, TransportError> | undefined
+export const makeSharedChannelConnection = <C extends Channel>(
+  env: ConnectionEnv,
+  options: {
+    readonly instanceId: string
+    /** Starts a channel; it resolves once the channel can take messages. */
+    readonly start: (listeners: ReadonlySet<ChannelListener>) => Effect.Effect<C, TransportError>
+    /** What to say in `initialize`: the gateway's own by default, a client's for a channel of its own. */
+    readonly initializeParams?: Record<string, unknown> | undefined
+    /** Stops a channel (and whatever it runs). */
+    readonly stop: (channel: C) => Promise<void>
+  }
+): SharedChannelConnection => {
+  const { log, scope, supervision } = env
+  const { instanceId } = options
+  const runFork = Runtime.runFork(env.runtime)
+  let starting: Deferred.Deferred<C, TransportError> | undefined
   let currentChannel: C | undefined
   /** The channel once initialized: requests go straight to it, without awaiting anything. */
   let initialized: C | undefined
@@ -47,14 +61,26 @@ export const makeSharedChannelConnection = <C extends Channel>(options: {
   const listeners = new Set<ChannelListener>()
   let closed = false
   let generation = 0
+  /** When the channel ended lately (within the restart window), oldest first. */
+  const exits: Array<number> = []
+  let failedAt = 0
+  let status: ChannelStatus = { state: "idle", pid: undefined, restarts: 0, lastExit: undefined, nextRestartAt: undefined, stderrTail: [] }
+
+  const setStatus = (patch: Partial<ChannelStatus>) => {
+    status = { ...status, ...patch }
+    supervision?.report(status)
+  }
 
   const notReady = (message: string) => new TransportError({ instanceId, message, reachedBackend: false })
 
   const initialize = (channel: C) =>
     Effect.gen(function*() {
-      currentChannel = channel
-      const response = yield* channel.call("initialize", options.initializeParams ?? initializeParams(), INITIALIZE_TIMEOUT_MS).pipe(
-        Effect.catchTag("RequestTimeout", () => notReady(`no answer to initialize within ${INITIALIZE_TIMEOUT_MS} ms`))
+      const response = yield* channel.call("initialize", options.initializeParams ?? initializeParams()).pipe(
+        Effect.mapError((e) => notReady(`initialize failed: ${e.message}`)),
+        Effect.timeoutFail({
+          duration: INITIALIZE_TIMEOUT,
+          onTimeout: () => notReady(`no answer to initialize within ${Duration.format(INITIALIZE_TIMEOUT)}`)
+        })
       )
       if ("error" in response) return yield* notReady(`initialize failed: ${response.error.message}`)
       const version = isObject(response.result) ? response.result.protocolVersion : undefined
@@ -63,49 +89,115 @@ export const makeSharedChannelConnection = <C extends Channel>(options: {
       }
       channel.initializeResult = response.result as Record<string, unknown>
       channel.notify({ jsonrpc: "2.0", method: "notifications/initialized" })
-      initialized = channel
-      generation++
       return channel
     })
 
-  /** The open, initialized channel: the current one, or a new one if there is none or it died. */
-  const ready: Effect.Effect<C, TransportError> = Effect.suspend(() => {
-    if (closed) return Effect.fail(notReady("instance was removed"))
-    if (current !== undefined && (currentChannel === undefined || !currentChannel.closed)) return Deferred.await(current)
+  /** Starts a channel and initializes it; concurrent callers share the one start. */
+  const startChannel = (): Effect.Effect<C, TransportError> => {
     const deferred = Deferred.unsafeMake<C, TransportError>(FiberId.none)
-    current = deferred
-    currentChannel = undefined
+    starting = deferred
+    setStatus({ state: "starting", nextRestartAt: undefined })
     return options.start(listeners).pipe(
-      Effect.flatMap((channel) =>
-        initialize(channel).pipe(
+      Effect.tapError((e) => Effect.sync(() => ended(undefined, e.message))),
+      Effect.flatMap((channel) => {
+        currentChannel = channel
+        setStatus({ pid: channel.pid })
+        channel.onClose((reason) => ended(channel, reason))
+        return initialize(channel).pipe(
           Effect.tapError((e) =>
             Effect.sync(() => {
               log.warn(e.message)
+              // Ended for this reason (the channel's own close, which follows, is then ignored).
+              ended(channel, e.message)
               void options.stop(channel)
             })
           )
         )
+      }),
+      Effect.tap((channel) =>
+        Effect.sync(() => {
+          if (starting === deferred) starting = undefined
+          initialized = channel
+          generation++
+          setStatus({ state: "running", lastExit: undefined })
+        })
       ),
-      Effect.tapError(() => Effect.sync(() => current === deferred && (current = undefined))),
       Effect.intoDeferred(deferred),
+      // Not in a caller's fiber: a caller that gives up must not leave a half-open channel.
       Effect.forkIn(scope),
       Effect.zipRight(Deferred.await(deferred))
     )
+  }
+
+  /** The channel ended, or could not be started (`channel` undefined). */
+  const ended = (channel: C | undefined, reason: string) => {
+    if (closed || (channel !== undefined && channel !== currentChannel)) return
+    starting = undefined
+    currentChannel = undefined
+    initialized = undefined
+    const stderrTail = channel?.stderrTail === undefined ? status.stderrTail : [...channel.stderrTail]
+    if (supervision === undefined) return setStatus({ state: "stopped", pid: undefined, lastExit: reason, stderrTail })
+    runFork(scheduleRestart(reason, stderrTail))
+  }
+
+  const scheduleRestart = (reason: string, stderrTail: ReadonlyArray<string>) =>
+    Effect.gen(function*() {
+      const policy = supervision!.policy()
+      const now = yield* Clock.currentTimeMillis
+      while (exits.length > 0 && now - exits[0]! >= Duration.toMillis(policy.window)) exits.shift()
+      exits.push(now)
+      if (exits.length > policy.maxRestarts) {
+        failedAt = now
+        setStatus({ state: "failed", pid: undefined, lastExit: reason, restarts: exits.length - 1, nextRestartAt: undefined, stderrTail })
+        log.warn(
+          `${reason}; it ended ${exits.length} times within ${Duration.format(policy.window)}, more than max_restarts ` +
+            `(${policy.maxRestarts}): not restarting it` + (stderrTail.length > 0 ? `; its last stderr line: ${stderrTail.at(-1)}` : "")
+        )
+        return
+      }
+      const delay = backoffDelayMs(policy.backoff, exits.length, yield* Random.next)
+      setStatus({ state: "restarting", pid: undefined, lastExit: reason, restarts: exits.length, nextRestartAt: now + delay, stderrTail })
+      log.info(`${reason}; restart ${exits.length} of at most ${policy.maxRestarts} in ${Math.round(delay)} ms`)
+      yield* Effect.sleep(Duration.millis(delay)).pipe(
+        Effect.zipRight(Effect.suspend(() => closed || status.state !== "restarting" ? Effect.void : Effect.ignore(startChannel()))),
+        Effect.forkIn(scope)
+      )
+    })
+
+  /** The open, initialized channel: the current one, or a new one if there is none (and none is due to be restarted). */
+  const ready: Effect.Effect<C, TransportError> = Effect.suspend(() => {
+    if (closed) return Effect.fail(notReady("instance was removed"))
+    if (initialized !== undefined && !initialized.closed) return Effect.succeed(initialized)
+    if (starting !== undefined) return Deferred.await(starting)
+    if (status.state === "restarting") {
+      return Effect.fail(notReady(`${status.lastExit ?? "the channel ended"}; restarting`))
+    }
+    if (status.state === "failed") {
+      return Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        if (now - failedAt < Duration.toMillis(supervision!.policy().window)) {
+          return Effect.fail(notReady(`failed: ${status.lastExit ?? "it kept ending"}, restarted too often (max_restarts)`))
+        }
+        // A window has passed: one more chance.
+        exits.length = 0
+        return startChannel()
+      })
+    }
+    return startChannel()
   })
 
   const request = (method: string, params: Record<string, unknown> | undefined, requestOptions?: RequestOptions) => {
-    const timeoutMs = requestOptions?.timeoutMs
+    const deadline = requestOptions?.deadline
     const onNotification = requestOptions?.onNotification
-    if (initialized !== undefined && !initialized.closed) return initialized.call(method, params, timeoutMs, onNotification)
+    if (initialized !== undefined && !initialized.closed) return initialized.call(method, params, deadline, onNotification)
     // Starting up: the wait counts against the caller's time too. If the channel cannot be
     // opened, this request never reached the server (so a tools/call may fail over).
-    const started = Date.now()
-    const starting = Effect.mapError(ready, (e) => new TransportError({ instanceId, message: e.message, reachedBackend: false }))
-    const waitReady = timeoutMs === undefined ? starting : starting.pipe(
-      Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new RequestTimeout({ instanceId, timeoutMs }) })
+    const waitReady = deadline === undefined ? ready : ready.pipe(
+      Effect.timeoutFail({
+        duration: Duration.millis(Math.max(1, deadline.remainingMs())),
+        onTimeout: () => new RequestTimeout({ instanceId, timeoutMs: deadline.timeoutMs })
+      })
     )
-    return Effect.flatMap(waitReady, (channel) =>
-      channel.call(method, params, timeoutMs === undefined ? undefined : Math.max(1, timeoutMs - (Date.now() - started)), onNotification))
+    return Effect.flatMap(waitReady, (channel) => channel.call(method, params, deadline, onNotification))
   }
 
   const listen: Connection["listen"] = (onMessage) =>
@@ -121,14 +213,24 @@ export const makeSharedChannelConnection = <C extends Channel>(options: {
   const close = Effect.suspend(() => {
     closed = true
     const channel = currentChannel
-    current = undefined
+    starting = undefined
     currentChannel = undefined
     initialized = undefined
+    setStatus({ state: "stopped", pid: undefined, nextRestartAt: undefined })
     return channel === undefined ? Effect.void : Effect.promise(() => options.stop(channel))
   })
 
   const notify: Connection["notify"] = (method, params) =>
     Effect.sync(() => initialized?.notify(params === undefined ? { jsonrpc: "2.0", method } : { jsonrpc: "2.0", method, params }))
 
-  return { request, initialize: Effect.map(ready, (channel) => channel.initializeResult), listen, notify, close, generation: () => generation, alive: () => initialized !== undefined && !initialized.closed }
+  return {
+    request,
+    initialize: Effect.map(ready, (channel) => channel.initializeResult),
+    listen,
+    notify,
+    close,
+    generation: () => generation,
+    alive: () => initialized !== undefined && !initialized.closed,
+    status: () => status
+  }
 }

@@ -1,10 +1,11 @@
 import { Context, Effect, ExecutionStrategy, Exit, Layer, Runtime, Scope } from "effect"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import type { JsonRpcResponse } from "../domain/JsonRpc.js"
-import type { Connection, ConnectionLog, RequestOptions } from "./Connection.js"
+import type { Connection, ConnectionEnv, ConnectionLog, RequestOptions } from "./Connection.js"
 import { makeHttpConnection } from "./http.js"
 import { makeLegacySseConnection } from "./legacySse.js"
 import { makeStdioConnection } from "./stdio.js"
+import { ConnectionPolicy } from "./Supervision.js"
 import { type RequestTimeout, TransportError } from "./TransportError.js"
 
 export interface TransportShape {
@@ -38,9 +39,10 @@ export interface TransportShape {
  * transport by `instance.transport`; tests replace the whole service with a fake.
  */
 export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, TransportShape>() {
-  static readonly layer: Layer.Layer<Transport> = Layer.scoped(
+  static readonly layer: Layer.Layer<Transport, never, ConnectionPolicy> = Layer.scoped(
     Transport,
     Effect.gen(function*() {
+      const policy = yield* ConnectionPolicy
       const layerScope = yield* Effect.scope
       const runtime = yield* Effect.runtime<never>()
       const connections = new Map<string, { readonly connection: Connection; readonly scope: Scope.CloseableScope }>()
@@ -61,16 +63,27 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         }
       }
 
+      const envFor = (instance: InstanceDefinition, scope: Scope.Scope, supervised: boolean): ConnectionEnv => ({
+        log: logFor(instance),
+        scope,
+        runtime,
+        supervision: supervised
+          ? { policy: () => policy.supervision(instance), report: (status) => policy.report(instance, status) }
+          : undefined
+      })
+
       const connectionFor = (instance: InstanceDefinition): Connection => {
         const key = `${instance.template}\u0000${instance.id}`
         const existing = connections.get(key)
         if (existing !== undefined) return existing.connection
         const scope = Effect.runSync(Scope.fork(layerScope, ExecutionStrategy.sequential))
+        // The instance's own channel is supervised (restarted when it ends); see SharedChannel.ts.
+        const env = envFor(instance, scope, true)
         const connection = instance.transport === "stdio"
-          ? makeStdioConnection(instance, logFor(instance), scope)
+          ? makeStdioConnection(instance, env)
           : instance.transport === "sse"
-          ? makeLegacySseConnection(instance, logFor(instance), scope)
-          : makeHttpConnection(instance, logFor(instance), scope)
+          ? makeLegacySseConnection(instance, env)
+          : makeHttpConnection(instance, env)
         connections.set(key, { connection, scope })
         return connection
       }
@@ -106,8 +119,8 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
                 Effect.acquireRelease(
                   Effect.sync(() =>
                     instance.transport === "stdio"
-                      ? makeStdioConnection(instance, logFor(instance), scope, { forSession: { initializeParams } })
-                      : makeLegacySseConnection(instance, logFor(instance), scope, { forSession: { initializeParams } })
+                      ? makeStdioConnection(instance, envFor(instance, scope, false), { forSession: { initializeParams } })
+                      : makeLegacySseConnection(instance, envFor(instance, scope, false), { forSession: { initializeParams } })
                   ),
                   (connection) => connection.close
                 ))
@@ -120,7 +133,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
             return Effect.flatMap(Effect.scope, (scope) =>
               Effect.acquireRelease(
                 Effect.sync(() =>
-                  makeHttpConnection(instance, logFor(instance), scope, { initializeParams, renewLostSession: false })
+                  makeHttpConnection(instance, envFor(instance, scope, false), { initializeParams, renewLostSession: false })
                 ),
                 (connection) => connection.close
               ))

@@ -9,6 +9,12 @@ export class TransportError extends Data.TaggedError("TransportError")<{
   readonly instanceId: string
   readonly message: string
   readonly reachedBackend: boolean
+  /**
+   * The message itself was refused as malformed (by the backend with a 4xx, or by the gateway
+   * before sending: it cannot be serialised). The client's mistake, not the instance's: it
+   * counts toward no health, outlier or breaker state, and is never retried elsewhere.
+   */
+  readonly clientFault?: boolean | undefined
 }> {}
 
 /** Connection errors that prove a request never left for the server (safe to send elsewhere). */
@@ -31,5 +37,22 @@ export class RequestTimeout extends Data.TaggedError("RequestTimeout")<{
 }> {
   get message() {
     return `no answer within ${this.timeoutMs} ms`
+  }
+}
+
+/**
+ * Serialises an outgoing message; a message that cannot be (a cycle is impossible from parsed
+ * JSON, but nesting deep enough to overflow the stack is not) is the sender's mistake.
+ */
+export const serialize = (instanceId: string, message: unknown): string | TransportError => {
+  try {
+    return JSON.stringify(message)
+  } catch (e) {
+    return new TransportError({
+      instanceId,
+      message: `the message cannot be sent: ${(e as Error).message}`,
+      reachedBackend: false,
+      clientFault: true
+    })
   }
 }

@@ -1,18 +1,26 @@
-import { Deferred, Effect, FiberId, type Scope } from "effect"
+import { Deferred, Duration, Effect, FiberId } from "effect"
 import * as http from "node:http"
 import * as https from "node:https"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
-import type { Connection, ConnectionLog, RequestOptions } from "./Connection.js"
+import type { Connection, ConnectionEnv, RequestDeadline, RequestOptions } from "./Connection.js"
 import { answerServerRequest } from "./serverRequests.js"
-import { makeSseParser } from "./sse.js"
-import { NEVER_SENT_ERRORS, RequestTimeout, TransportError } from "./TransportError.js"
+import { MAX_EVENT_LENGTH, makeSseParser } from "./sse.js"
+import { NEVER_SENT_ERRORS, RequestTimeout, serialize, TransportError } from "./TransportError.js"
 
 type HttpInstance = Extract<InstanceDefinition, { transport: "http" }>
 
-const INITIALIZE_TIMEOUT_MS = 30_000
+const INITIALIZE_TIMEOUT = Duration.seconds(30)
 
+/** The largest JSON answer the gateway reads (16 Mi characters); a larger one fails the request. */
+const MAX_RESPONSE_LENGTH = MAX_EVENT_LENGTH
+
+/**
+ * Statuses by which a server refuses the message itself (malformed, too large, wrong type):
+ * the client's mistake, not a sign of the instance's health.
+ */
+const CLIENT_FAULT_STATUSES: ReadonlySet<number> = new Set([400, 413, 415, 422])
 
 interface Session {
   /** Absent for a stateless server that issues none. */
@@ -34,8 +42,7 @@ class SessionGone {
  */
 export const makeHttpConnection = (
   instance: HttpInstance,
-  log: ConnectionLog,
-  scope: Scope.Scope,
+  env: ConnectionEnv,
   options: {
     /** What to say in `initialize` (a client's own, for a session opened on its behalf); the gateway's by default. */
     readonly initializeParams?: Record<string, unknown> | undefined
@@ -47,6 +54,7 @@ export const makeHttpConnection = (
     readonly renewLostSession?: boolean | undefined
   } = {}
 ): Connection => {
+  const { log, scope } = env
   const url = new URL(instance.endpoint)
   const client = url.protocol === "https:" ? https : http
   const agent = new client.Agent({ keepAlive: true, maxSockets: 256 })
@@ -70,9 +78,11 @@ export const makeHttpConnection = (
 
   /** Fire-and-forget POST of a message that has no answer (a notification, or our reply to a server request). */
   const postOneWay = (message: unknown, s: Session | undefined) => {
+    const text = serialize(instance.id, message)
+    if (typeof text !== "string") return log.debug(text.message)
     const req = client.request(url, { method: "POST", agent, headers: headersFor(s) }, (res) => res.resume())
     req.on("error", (e) => log.debug(`one-way POST failed: ${e.message}`))
-    req.end(JSON.stringify(message))
+    req.end(text)
   }
 
   /**
@@ -83,21 +93,21 @@ export const makeHttpConnection = (
     method: string,
     params: Record<string, unknown> | undefined,
     s: Session | undefined,
-    timeoutMs: number | undefined,
+    deadline: RequestDeadline | undefined,
     relay?: RequestOptions
   ): Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone | RequestTimeout> =>
     Effect.async((resume) => {
       const id = nextId++
-      const body = JSON.stringify(params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
+      const body = serialize(instance.id, params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
+      if (typeof body !== "string") return resume(Effect.fail(body))
       let settled = false
       let gotResponse = false
-      let timer: ReturnType<typeof setTimeout> | undefined
       const done = (
         outcome: Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone | RequestTimeout>
       ) => {
         if (!settled) {
           settled = true
-          if (timer !== undefined) clearTimeout(timer)
+          deadline?.disarm()
           resume(outcome)
         }
       }
@@ -129,14 +139,20 @@ export const makeHttpConnection = (
             } catch {
               log.debug(`ignoring an SSE event that is not JSON`)
             }
-          })
+          }, { onOversized: () => log.warn(`dropped an SSE event larger than ${MAX_EVENT_LENGTH} characters`) })
           res.on("data", feed)
           res.on("end", () => done(Effect.fail(error("the SSE stream ended without a response", true))))
           res.on("error", (e) => done(Effect.fail(error(`SSE stream failed: ${e.message}`, true))))
           return
         }
         let text = ""
-        res.on("data", (chunk: string) => (text += chunk))
+        res.on("data", (chunk: string) => {
+          text += chunk
+          if (text.length > MAX_RESPONSE_LENGTH) {
+            done(Effect.fail(error(`the answer is larger than ${MAX_RESPONSE_LENGTH} characters`, true)))
+            req.destroy()
+          }
+        })
         res.on("error", (e) => done(Effect.fail(error(`response failed: ${e.message}`, true))))
         res.on("end", () => {
           let message: unknown
@@ -155,7 +171,12 @@ export const makeHttpConnection = (
           if (status >= 200 && status < 300) {
             return done(Effect.fail(error(`expected a JSON-RPC response, got HTTP ${status} ${type || "without a body"}`, true)))
           }
-          done(Effect.fail(error(`HTTP ${status}${text ? `: ${text.slice(0, 200)}` : ""}`, true)))
+          done(Effect.fail(new TransportError({
+            instanceId: instance.id,
+            message: `HTTP ${status}${text ? `: ${text.slice(0, 200)}` : ""}`,
+            reachedBackend: true,
+            clientFault: CLIENT_FAULT_STATUSES.has(status)
+          })))
         })
       })
       req.on("error", (e: NodeJS.ErrnoException) => {
@@ -163,26 +184,28 @@ export const makeHttpConnection = (
         done(Effect.fail(error(`${e.code ?? "error"}: ${e.message}`, sent)))
       })
       req.end(body)
-      if (timeoutMs !== undefined) {
-        timer = setTimeout(() => {
-          // Closing the connection is how Streamable HTTP cancels a request.
-          done(Effect.fail(new RequestTimeout({ instanceId: instance.id, timeoutMs })))
-          req.destroy()
-        }, timeoutMs)
-      }
+      deadline?.arm(() => {
+        // Closing the connection is how Streamable HTTP cancels a request.
+        done(Effect.fail(new RequestTimeout({ instanceId: instance.id, timeoutMs: deadline.timeoutMs })))
+        req.destroy()
+      })
       return Effect.sync(() => {
         settled = true
-        if (timer !== undefined) clearTimeout(timer)
+        deadline?.disarm()
         req.destroy()
       })
     })
 
   const initialize = Effect.gen(function*() {
     const params = options.initializeParams ?? initializeParams()
-    const { headers, response } = yield* post("initialize", params, undefined, INITIALIZE_TIMEOUT_MS).pipe(
+    const { headers, response } = yield* post("initialize", params, undefined, undefined).pipe(
+      Effect.timeoutFail({
+        duration: INITIALIZE_TIMEOUT,
+        onTimeout: () => error(`no answer to initialize within ${Duration.format(INITIALIZE_TIMEOUT)}`, true)
+      }),
       Effect.catchTags({
         SessionGone: () => Effect.fail(error("initialize was refused", true)),
-        RequestTimeout: () => Effect.fail(error(`no answer to initialize within ${INITIALIZE_TIMEOUT_MS} ms`, true))
+        RequestTimeout: (e) => Effect.fail(error(e.message, true))
       })
     )
     if ("error" in response) return yield* error(`initialize failed: ${response.error.message}`, true)
@@ -229,7 +252,6 @@ export const makeHttpConnection = (
     lost: Session,
     method: string,
     params: Record<string, unknown> | undefined,
-    deadline: number | undefined,
     relay: RequestOptions | undefined
   ) =>
     Effect.suspend(() => {
@@ -241,34 +263,36 @@ export const makeHttpConnection = (
         established = undefined
         session = undefined
       }
-      return Effect.flatMap(ensureSession, (fresh) =>
-        post(method, params, fresh, remaining(deadline), relay).pipe(
+      return Effect.flatMap(withinDeadline(ensureSession, relay?.deadline), (fresh) =>
+        post(method, params, fresh, relay?.deadline, relay).pipe(
           Effect.catchTag("SessionGone", () => Effect.fail(error("the server rejected a fresh session", true)))
         ))
     })
 
-  const remaining = (deadline: number | undefined) => deadline === undefined ? undefined : Math.max(1, deadline - Date.now())
+  /** Opening a session counts against the request's time too. */
+  const withinDeadline = <A, E>(effect: Effect.Effect<A, E>, deadline: RequestDeadline | undefined) =>
+    deadline === undefined ? effect : effect.pipe(
+      Effect.timeoutFail({
+        duration: Duration.millis(Math.max(1, deadline.remainingMs())),
+        onTimeout: () => new RequestTimeout({ instanceId: instance.id, timeoutMs: deadline.timeoutMs })
+      })
+    )
 
   const request = (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) => {
-    const timeoutMs = options?.timeoutMs
+    const deadline = options?.deadline
     const current = established
     if (current !== undefined) {
       // The hot path: one POST on the open session.
-      return post(method, params, current, timeoutMs, options).pipe(
-        Effect.catchTag("SessionGone", () =>
-          resend(current, method, params, timeoutMs === undefined ? undefined : Date.now() + timeoutMs, options)),
+      return post(method, params, current, deadline, options).pipe(
+        Effect.catchTag("SessionGone", () => resend(current, method, params, options)),
         Effect.map((r) => r.response)
       )
     }
-    const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs
     // A session that cannot be opened means this request was never sent (a tools/call may fail over).
     const session = Effect.mapError(ensureSession, (e) => new TransportError({ instanceId: e.instanceId, message: e.message, reachedBackend: false }))
-    const opening = timeoutMs === undefined ? session : session.pipe(
-      Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new RequestTimeout({ instanceId: instance.id, timeoutMs }) })
-    )
-    return Effect.flatMap(opening, (s) =>
-      post(method, params, s, remaining(deadline), options).pipe(
-        Effect.catchTag("SessionGone", () => resend(s, method, params, deadline, options)),
+    return Effect.flatMap(withinDeadline(session, deadline), (s) =>
+      post(method, params, s, deadline, options).pipe(
+        Effect.catchTag("SessionGone", () => resend(s, method, params, options)),
         Effect.map((r) => r.response)
       ))
   }

@@ -1,10 +1,10 @@
-import { Effect, type Scope } from "effect"
+import { Effect } from "effect"
 import * as http from "node:http"
 import * as https from "node:https"
 import type { InstanceDefinition } from "../domain/Instance.js"
-import type { Connection, ConnectionLog } from "./Connection.js"
+import type { ConnectionEnv, ConnectionLog } from "./Connection.js"
 import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
-import { makeSharedChannelConnection, type SessionChannelOptions } from "./SharedChannel.js"
+import { makeSharedChannelConnection, type SessionChannelOptions, type SharedChannelConnection } from "./SharedChannel.js"
 import { makeSseParser } from "./sse.js"
 import { NEVER_SENT_ERRORS, TransportError } from "./TransportError.js"
 
@@ -32,7 +32,7 @@ class SseChannel extends Multiplexer {
     super(instanceId, log, listeners, exclusive)
   }
 
-  protected send(message: unknown, failed: (error: TransportError) => void): boolean {
+  protected send(text: string, failed: (error: TransportError) => void): boolean {
     if (this.postUrl === undefined) return false
     const req = this.client.request(
       this.postUrl,
@@ -47,7 +47,7 @@ class SseChannel extends Multiplexer {
     )
     req.on("error", (e: NodeJS.ErrnoException) =>
       failed(new TransportError({ instanceId: this.instanceId, message: `${e.code ?? "error"}: ${e.message}`, reachedBackend: !NEVER_SENT_ERRORS.has(e.code ?? "") })))
-    req.end(JSON.stringify(message))
+    req.end(text)
     return true
   }
 }
@@ -59,10 +59,10 @@ class SseChannel extends Multiplexer {
  */
 export const makeLegacySseConnection = (
   instance: SseInstance,
-  log: ConnectionLog,
-  scope: Scope.Scope,
+  env: ConnectionEnv,
   options: SessionChannelOptions = {}
-): Connection => {
+): SharedChannelConnection => {
+  const log = env.log
   const url = new URL(instance.endpoint)
   const client = url.protocol === "https:" ? https : http
   const agent = new client.Agent({ keepAlive: true, maxSockets: 64 })
@@ -111,10 +111,8 @@ export const makeLegacySseConnection = (
       return Effect.sync(() => req.destroy())
     })
 
-  const connection = makeSharedChannelConnection({
+  const connection = makeSharedChannelConnection(env, {
     instanceId: instance.id,
-    log,
-    scope,
     start: open,
     initializeParams: options.forSession?.initializeParams,
     stop: async (channel) => {

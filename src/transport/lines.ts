@@ -1,19 +1,91 @@
 /**
- * Splits a byte stream into lines (stdio MCP framing is one JSON message per line).
- * Keeps the unfinished tail between chunks; accepts \n and \r\n.
+ * Splits a text stream into lines (stdio MCP framing is one JSON message per line); accepts \n
+ * and \r\n. A line longer than `maxLineLength` characters is not kept: its pieces are dropped
+ * as they arrive and `onOversized` hears how long it was once it ends, so a child that writes a
+ * 50 MB line costs the gateway no more than `maxLineLength` of memory. Each chunk is scanned
+ * once (never the buffered part again), so a long line costs linear time.
  */
-export const makeLineSplitter = (onLine: (line: string) => void) => {
-  let buffer = ""
+export const makeLineSplitter = (
+  onLine: (line: string) => void,
+  options: { readonly maxLineLength: number; readonly onOversized: (length: number) => void } = {
+    maxLineLength: Infinity,
+    onOversized: () => {}
+  }
+) => {
+  let pieces: Array<string> = []
+  let buffered = 0
+  /** Inside an oversized line: its length so far (-1 when not). */
+  let skipped = -1
+
+  const emit = (line: string) => {
+    if (line.charCodeAt(line.length - 1) === 13) line = line.slice(0, -1)
+    if (line.length > 0) onLine(line)
+  }
+
   return (chunk: string) => {
-    buffer += chunk
     let start = 0
     let nl: number
-    while ((nl = buffer.indexOf("\n", start)) !== -1) {
-      const end = nl > start && buffer.charCodeAt(nl - 1) === 13 ? nl - 1 : nl
-      const line = buffer.slice(start, end)
+    while ((nl = chunk.indexOf("\n", start)) !== -1) {
+      const piece = chunk.slice(start, nl)
       start = nl + 1
-      if (line.length > 0) onLine(line)
+      if (skipped >= 0) {
+        options.onOversized(skipped + piece.length)
+        skipped = -1
+      } else if (buffered + piece.length > options.maxLineLength) {
+        options.onOversized(buffered + piece.length)
+        pieces = []
+        buffered = 0
+      } else if (pieces.length === 0) {
+        emit(piece)
+      } else {
+        pieces.push(piece)
+        const line = pieces.join("")
+        pieces = []
+        buffered = 0
+        emit(line)
+      }
     }
-    buffer = start === 0 ? buffer : buffer.slice(start)
+    if (start === chunk.length) return
+    const rest = start === 0 ? chunk : chunk.slice(start)
+    if (skipped >= 0) {
+      skipped += rest.length
+    } else if (buffered + rest.length > options.maxLineLength) {
+      skipped = buffered + rest.length
+      pieces = []
+      buffered = 0
+    } else {
+      pieces.push(rest)
+      buffered += rest.length
+    }
+  }
+}
+
+/**
+ * A log line that may repeat without end (a child flooding stdout with non-JSON, or stderr):
+ * at most `burst` lines per `everyMs`, the first after a quiet spell saying how many were left
+ * out, so a flood costs neither memory nor a log line (and a fiber) per message.
+ */
+export const throttled = <A>(
+  describe: (value: A) => string,
+  log: (message: string) => void,
+  options: { readonly everyMs: number; readonly burst: number } = { everyMs: 5000, burst: 5 }
+) => {
+  let windowStart = -Infinity
+  let inWindow = 0
+  let suppressed = 0
+  return (value: A) => {
+    const now = Date.now()
+    if (now - windowStart >= options.everyMs) {
+      windowStart = now
+      inWindow = 0
+    }
+    if (inWindow >= options.burst) {
+      suppressed++
+      return
+    }
+    inWindow++
+    const message = describe(value)
+    log(suppressed === 0 ? message : `${message} (${suppressed} more like it were not logged)`)
+    suppressed = 0
   }
 }

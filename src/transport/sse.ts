@@ -6,26 +6,40 @@ export interface SseEvent {
   readonly retry: number | undefined
 }
 
+/** The largest event the gateway assembles (16 Mi characters); a larger one is dropped. */
+export const MAX_EVENT_LENGTH = 16 * 1024 * 1024
+
 /**
  * An incremental SSE parser: feed it decoded text as it arrives, it calls `onEvent` for every
- * complete event (blank-line terminated). Comments and events without data are skipped.
+ * complete event (blank-line terminated). Comments and events without data are skipped. Lines
+ * end at \n, \r\n or \r. Each chunk is scanned once; an event larger than `maxEventLength` is
+ * dropped (`onOversized`) instead of buffered, so a server gone wrong cannot exhaust memory.
  */
-export const makeSseParser = (onEvent: (event: SseEvent) => void) => {
-  let buffer = ""
+export const makeSseParser = (
+  onEvent: (event: SseEvent) => void,
+  options: { readonly maxEventLength?: number; readonly onOversized?: () => void } = {}
+) => {
+  const max = options.maxEventLength ?? MAX_EVENT_LENGTH
+  let pending = ""
+  let size = 0
+  let oversized = false
+  let afterCR = false
   let data: Array<string> = []
   let event = ""
   let id: string | undefined
   let retry: number | undefined
 
   const dispatch = () => {
-    if (data.length > 0) onEvent({ event: event || "message", data: data.join("\n"), id, retry })
+    if (oversized) options.onOversized?.()
+    else if (data.length > 0) onEvent({ event: event || "message", data: data.join("\n"), id, retry })
     data = []
     event = ""
     retry = undefined
+    size = 0
+    oversized = false
   }
 
   const line = (text: string) => {
-    if (text === "") return dispatch()
     if (text.startsWith(":")) return
     const colon = text.indexOf(":")
     const field = colon === -1 ? text : text.slice(0, colon)
@@ -48,18 +62,37 @@ export const makeSseParser = (onEvent: (event: SseEvent) => void) => {
   }
 
   return (chunk: string) => {
-    buffer += chunk
     let start = 0
-    for (let i = 0; i < buffer.length; i++) {
-      const c = buffer.charCodeAt(i)
-      if (c === 10 || c === 13) {
-        // A lone \r at the end of a chunk may be the first half of \r\n: wait for more.
-        if (c === 13 && i === buffer.length - 1) break
-        line(buffer.slice(start, i))
-        if (c === 13 && buffer.charCodeAt(i + 1) === 10) i++
-        start = i + 1
+    // The \n of a \r\n split between two chunks.
+    if (afterCR && chunk.charCodeAt(0) === 10) start = 1
+    afterCR = false
+    for (let i = start; i < chunk.length; i++) {
+      const c = chunk.charCodeAt(i)
+      if (c !== 10 && c !== 13) continue
+      const piece = chunk.slice(start, i)
+      size += piece.length
+      if (size > max) oversized = true
+      if (pending === "" && piece === "") dispatch()
+      else if (!oversized) line(pending + piece)
+      pending = ""
+      if (c === 13) {
+        if (i + 1 < chunk.length) {
+          if (chunk.charCodeAt(i + 1) === 10) i++
+        } else {
+          afterCR = true
+        }
+      }
+      start = i + 1
+    }
+    if (start < chunk.length) {
+      const rest = chunk.slice(start)
+      size += rest.length
+      if (size > max) {
+        oversized = true
+        pending = ""
+      } else {
+        pending += rest
       }
     }
-    buffer = buffer.slice(start)
   }
 }

@@ -1,21 +1,32 @@
-import { Effect, type Scope } from "effect"
+import { Effect } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import type { InstanceDefinition } from "../domain/Instance.js"
-import type { Connection, ConnectionLog } from "./Connection.js"
-import { makeLineSplitter } from "./lines.js"
+import type { ConnectionEnv, ConnectionLog } from "./Connection.js"
+import { makeLineSplitter, throttled } from "./lines.js"
 import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
-import { makeSharedChannelConnection, type SessionChannelOptions } from "./SharedChannel.js"
+import { makeSharedChannelConnection, type SessionChannelOptions, type SharedChannelConnection } from "./SharedChannel.js"
 
 type StdioInstance = Extract<InstanceDefinition, { transport: "stdio" }>
 
 /** Shutdown as the MCP spec describes it: close stdin, wait, SIGTERM, wait, SIGKILL. */
 const STOP_GRACE_MS = 2000
 
+/**
+ * The longest line a server may write to stdout (16 Mi characters): a longer one is dropped
+ * and logged, so that a server gone wrong cannot make the gateway buffer without end.
+ */
+export const MAX_LINE_LENGTH = 16 * 1024 * 1024
+
+/** How many of the last stderr lines are kept (shown in `/gateway/registry` when the process crashes). */
+const STDERR_TAIL_LINES = 20
+const STDERR_LINE_CHARS = 500
+
 /** One running child process, multiplexing the requests of every caller. */
 class Process extends Multiplexer {
   /** The server's answer to the gateway's `initialize`. */
   initializeResult: Record<string, unknown> = {}
   readonly exit: Promise<void>
+  readonly stderrTail: Array<string> = []
   private resolveExit!: () => void
 
   constructor(
@@ -29,6 +40,10 @@ class Process extends Multiplexer {
     this.exit = new Promise((resolve) => (this.resolveExit = resolve))
   }
 
+  get pid() {
+    return this.child.pid
+  }
+
   get exited() {
     return this.closed
   }
@@ -38,26 +53,33 @@ class Process extends Multiplexer {
     this.resolveExit()
   }
 
-  protected send(message: unknown): boolean {
+  protected send(text: string): boolean {
     if (!this.child.stdin?.writable) return false
-    this.child.stdin.write(JSON.stringify(message) + "\n")
+    this.child.stdin.write(text + "\n")
     return true
   }
 }
 
 /**
  * One long-lived child process per instance (or per client session, see SessionChannelOptions),
- * started on first use and initialized once; concurrent requests share it, each under an id of the gateway's choosing.
- * If the process dies, in-flight requests fail and the next use starts a new one.
- * The process runs in its own process group, which is stopped as a whole on `close`.
+ * started on first use and initialized once; concurrent requests share it, each under an id of
+ * the gateway's choosing. If the shared process dies, in-flight requests fail at once and it is
+ * restarted with backoff (see SharedChannel.ts). The process runs in its own process group,
+ * which is stopped as a whole on `close`.
  */
 export const makeStdioConnection = (
   instance: StdioInstance,
-  log: ConnectionLog,
-  scope: Scope.Scope,
+  env: ConnectionEnv,
   options: SessionChannelOptions = {}
-): Connection => {
+): SharedChannelConnection => {
+  const log = env.log
   let stopping = false
+  const nonJson = throttled((line: string) => `dropped a line on stdout that is not JSON-RPC: ${line.slice(0, 200)}`, log.warn)
+  const oversized = throttled(
+    (length: number) => `dropped a line of ${length} characters on stdout (the limit is ${MAX_LINE_LENGTH})`,
+    log.warn
+  )
+  const stderrLog = throttled((line: string) => `stderr: ${line.slice(0, STDERR_LINE_CHARS)}`, log.debug, { everyMs: 1000, burst: 100 })
 
   const spawnProcess = (listeners: ReadonlySet<ChannelListener>): Process => {
     const [command, ...args] = instance.command
@@ -70,18 +92,29 @@ export const makeStdioConnection = (
     })
     const proc = new Process(child, instance.id, log, listeners, options.forSession !== undefined)
     child.stdout!.setEncoding("utf8")
-    child.stdout!.on("data", makeLineSplitter((line) => {
-      let message: unknown
-      try {
-        message = JSON.parse(line)
-      } catch {
-        log.debug(`non-JSON line on stdout: ${line.slice(0, 200)}`)
-        return
-      }
-      proc.receive(message)
-    }))
+    child.stdout!.on(
+      "data",
+      makeLineSplitter((line) => {
+        // Anything but a JSON object is not a message: skip it without parsing.
+        if (line.charCodeAt(0) !== 123 /* { */) return nonJson(line)
+        let message: unknown
+        try {
+          message = JSON.parse(line)
+        } catch {
+          return nonJson(line)
+        }
+        proc.receive(message)
+      }, { maxLineLength: MAX_LINE_LENGTH, onOversized: oversized })
+    )
     child.stderr!.setEncoding("utf8")
-    child.stderr!.on("data", makeLineSplitter((line) => log.debug(`stderr: ${line}`)))
+    child.stderr!.on(
+      "data",
+      makeLineSplitter((line) => {
+        proc.stderrTail.push(line.length > STDERR_LINE_CHARS ? line.slice(0, STDERR_LINE_CHARS) + "…" : line)
+        if (proc.stderrTail.length > STDERR_TAIL_LINES) proc.stderrTail.shift()
+        stderrLog(line)
+      }, { maxLineLength: 64 * 1024, onOversized: () => {} })
+    )
     // A write to a process that just died raises EPIPE here; the exit handler does the rest.
     child.stdin!.on("error", () => {})
     child.on("error", (e) => {
@@ -89,17 +122,16 @@ export const makeStdioConnection = (
       proc.markExited(`cannot start process: ${e.message}`)
     })
     child.on("exit", (code, signal) => {
-      if (!stopping) log.warn(`process exited (${signal ?? `code ${code}`})`)
-      proc.markExited(`process exited (${signal ?? `code ${code}`})`)
+      const reason = `process exited (${signal ?? `code ${code}`})`
+      if (!stopping) log.warn(reason)
+      proc.markExited(reason)
     })
     log.info(`started process ${child.pid ?? "(failed)"}: ${instance.command.join(" ")}`)
     return proc
   }
 
-  const connection = makeSharedChannelConnection({
+  const connection = makeSharedChannelConnection(env, {
     instanceId: instance.id,
-    log,
-    scope,
     start: (listeners) => Effect.sync(() => spawnProcess(listeners)),
     stop: stopProcess,
     initializeParams: options.forSession?.initializeParams
@@ -144,7 +176,23 @@ const stopProcess = async (proc: Process): Promise<void> => {
       }
     }
   }
-  // The leader is gone; anything it started in its group goes too.
-  signalGroup(child, "SIGTERM")
+  // The leader is gone; anything it started in its group goes too: SIGTERM, and SIGKILL for
+  // what is still there after the grace period (a grandchild must not outlive the gateway).
+  if (groupAlive(child)) {
+    signalGroup(child, "SIGTERM")
+    const until = Date.now() + STOP_GRACE_MS
+    while (groupAlive(child) && Date.now() < until) await new Promise((r) => setTimeout(r, 50))
+    signalGroup(child, "SIGKILL")
+  }
   proc.markExited("process stopped")
+}
+
+const groupAlive = (child: ChildProcess) => {
+  if (child.pid === undefined) return false
+  try {
+    process.kill(-child.pid, 0)
+    return true
+  } catch {
+    return false
+  }
 }

@@ -1,7 +1,9 @@
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Exit, Runtime, Scope } from "effect"
 import { describe, expect, it } from "vitest"
 import { defineInstance } from "../../src/domain/Instance.js"
-import type { ConnectionLog } from "../../src/transport/Connection.js"
+import { Deadline } from "../../src/proxy/Deadline.js"
+import { Timer } from "../../src/proxy/Timer.js"
+import type { Connection, ConnectionEnv, ConnectionLog } from "../../src/transport/Connection.js"
 import { makeHttpConnection } from "../../src/transport/http.js"
 import { makeLegacySseConnection } from "../../src/transport/legacySse.js"
 import { makeStdioConnection } from "../../src/transport/stdio.js"
@@ -12,13 +14,18 @@ const quiet: ConnectionLog = { debug: () => {}, info: () => {}, warn: () => {} }
 const stdio = (command: ReadonlyArray<string>) =>
   defineInstance("t", "s", { transport: "stdio", command, working_dir: process.cwd() }, "config") as any
 
+const liveTimer = Effect.runSync(Effect.provide(Timer, Timer.live))
+
+/** A request deadline of `ms`, on the real clock. */
+const deadline = (ms: number) => new Deadline(liveTimer, Date.now(), ms, ms, false)
+
 /** Runs `use` with a connection whose scope is closed (and process stopped) afterwards. */
-const withConnection = async <A>(
-  make: (scope: Scope.Scope) => ReturnType<typeof makeStdioConnection>,
-  use: (c: ReturnType<typeof makeStdioConnection>) => Promise<A>
+const withConnection = async <A, C extends Connection>(
+  make: (env: ConnectionEnv) => C,
+  use: (c: C) => Promise<A>
 ) => {
   const scope = Effect.runSync(Scope.make())
-  const connection = make(scope)
+  const connection = make({ log: quiet, scope, runtime: Runtime.defaultRuntime })
   try {
     return await use(connection)
   } finally {
@@ -30,7 +37,7 @@ const withConnection = async <A>(
 describe("stdio transport", () => {
   it("multiplexes concurrent requests over one process, each getting its own answer", async () => {
     const before = descendants(process.pid)
-    await withConnection((scope) => makeStdioConnection(stdio(["node", everythingServer, "stdio"]), quiet, scope), async (c) => {
+    await withConnection((env) => makeStdioConnection(stdio(["node", everythingServer, "stdio"]), env), async (c) => {
       const answers = await Promise.all(
         Array.from({ length: 20 }, (_, i) =>
           Effect.runPromise(c.request("tools/call", { name: "echo", arguments: { message: `m${i}` } })))
@@ -43,26 +50,26 @@ describe("stdio transport", () => {
   })
 
   it("a process that cannot start fails the request as never having reached it", async () => {
-    await withConnection((scope) => makeStdioConnection(stdio(["node", "-e", "process.exit(3)"]), quiet, scope), async (c) => {
+    await withConnection((env) => makeStdioConnection(stdio(["node", "-e", "process.exit(3)"]), env), async (c) => {
       const exit = await Effect.runPromiseExit(c.request("tools/call", { name: "echo" }))
       expect(Exit.isFailure(exit)).toBe(true)
       const error = Exit.isFailure(exit) ? (exit.cause as any).error : undefined
       expect(error).toMatchObject({ _tag: "TransportError", reachedBackend: false })
       expect(error.message).toContain("process exited (code 3)")
     })
-    await withConnection((scope) => makeStdioConnection(stdio(["/nonexistent/server"]), quiet, scope), async (c) => {
+    await withConnection((env) => makeStdioConnection(stdio(["/nonexistent/server"]), env), async (c) => {
       const exit = await Effect.runPromiseExit(c.request("ping", undefined))
       expect(Exit.isFailure(exit) && (exit.cause as any).error.message).toContain("ENOENT")
     })
   })
 
   it("times out a slow call, cancels it at the server, and stays usable", async () => {
-    await withConnection((scope) => makeStdioConnection(stdio(["node", everythingServer, "stdio"]), quiet, scope), async (c) => {
+    await withConnection((env) => makeStdioConnection(stdio(["node", everythingServer, "stdio"]), env), async (c) => {
       const slow = await Effect.runPromiseExit(
-        c.request("tools/call", { name: "trigger-long-running-operation", arguments: { duration: 5, steps: 5 } }, { timeoutMs: 300 })
+        c.request("tools/call", { name: "trigger-long-running-operation", arguments: { duration: 5, steps: 5 } }, { deadline: deadline(300) })
       )
       expect(Exit.isFailure(slow) && (slow.cause as any).error._tag).toBe("RequestTimeout")
-      const ok = await Effect.runPromise(c.request("ping", undefined, { timeoutMs: 5000 }))
+      const ok = await Effect.runPromise(c.request("ping", undefined, { deadline: deadline(5000) }))
       expect(ok).toMatchObject({ result: {} })
     })
   })
@@ -72,7 +79,7 @@ describe("stdio transport", () => {
     const command = ["sh", "-c", `node ${JSON.stringify(everythingServer)} stdio; sleep 1000`]
     let pids: Array<number> = []
     const before = descendants(process.pid)
-    await withConnection((scope) => makeStdioConnection(stdio(command), quiet, scope), async (c) => {
+    await withConnection((env) => makeStdioConnection(stdio(command), env), async (c) => {
       await Effect.runPromise(c.request("ping", undefined))
       pids = descendants(process.pid).filter((p) => !before.includes(p))
       expect(pids.length).toBeGreaterThanOrEqual(2)
@@ -86,7 +93,7 @@ describe("legacy SSE transport", () => {
     const server = await startEverythingSse()
     try {
       const instance = defineInstance("t", "l", { transport: "sse", endpoint: server.url }, "config") as any
-      await withConnection((scope) => makeLegacySseConnection(instance, quiet, scope), async (c) => {
+      await withConnection((env) => makeLegacySseConnection(instance, env), async (c) => {
         const answers = await Promise.all(
           Array.from({ length: 10 }, (_, i) =>
             Effect.runPromise(c.request("tools/call", { name: "echo", arguments: { message: `m${i}` } })))
@@ -111,7 +118,7 @@ describe("HTTP transport", () => {
     const server = await startEverythingHttp()
     try {
       const instance = defineInstance("t", "h", { transport: "http", endpoint: server.url }, "config") as any
-      await withConnection((scope) => makeHttpConnection(instance, quiet, scope), async (c) => {
+      await withConnection((env) => makeHttpConnection(instance, env), async (c) => {
         const [a, b] = await Promise.all([
           Effect.runPromise(c.request("tools/call", { name: "echo", arguments: { message: "one" } })),
           Effect.runPromise(c.request("tools/call", { name: "get-sum", arguments: { a: 1, b: 2 } }))
@@ -126,7 +133,7 @@ describe("HTTP transport", () => {
 
   it("a refused connection is a failure that never reached the server", async () => {
     const instance = defineInstance("t", "h", { transport: "http", endpoint: "http://127.0.0.1:1/mcp" }, "config") as any
-    await withConnection((scope) => makeHttpConnection(instance, quiet, scope), async (c) => {
+    await withConnection((env) => makeHttpConnection(instance, env), async (c) => {
       const exit = await Effect.runPromiseExit(c.request("tools/call", { name: "echo" }))
       expect(Exit.isFailure(exit) && (exit.cause as any).error).toMatchObject({ _tag: "TransportError", reachedBackend: false })
       expect(Exit.isFailure(exit) && (exit.cause as any).error.message).toContain("ECONNREFUSED")

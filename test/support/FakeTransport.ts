@@ -1,16 +1,26 @@
 import { Effect, Layer } from "effect"
 import type { InstanceDefinition } from "../../src/domain/Instance.js"
 import type { JsonRpcResponse } from "../../src/domain/JsonRpc.js"
+import type { Connection, RequestOptions } from "../../src/transport/Connection.js"
 import { Transport } from "../../src/transport/Transport.js"
-import type { RequestOptions } from "../../src/transport/Connection.js"
 import { RequestTimeout, TransportError } from "../../src/transport/TransportError.js"
 
-export type Behaviour = (method: string, params: Record<string, unknown> | undefined) => Effect.Effect<unknown, TransportError>
+/**
+ * How a fake instance answers one request. `options` carries what the Dispatcher gave the
+ * request (its relay: call `options.onNotification` to report progress).
+ */
+export type Behaviour = (
+  method: string,
+  params: Record<string, unknown> | undefined,
+  options: RequestOptions | undefined
+) => Effect.Effect<unknown, TransportError>
 
 /**
  * A Transport that answers from per-instance behaviours (default: `{ instance: id }` as the
  * result) and records every request. Tests change behaviours between calls to make
- * instances fail, hang or answer slowly.
+ * instances fail, hang or answer slowly. Like the real transports it arms the request's
+ * deadline while the request is out and fails it with RequestTimeout when it fires, so
+ * deadlines are the Dispatcher's own (driven by the TestClock through Timer.fromClock).
  */
 export const makeFakeTransport = () => {
   const behaviours = new Map<string, Behaviour>()
@@ -22,31 +32,37 @@ export const makeFakeTransport = () => {
     method: string,
     params: Record<string, unknown> | undefined,
     options?: RequestOptions
-  ) =>
+  ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> =>
     Effect.suspend(() => {
       calls.push({ instanceId: instance.id, method })
       const behaviour = behaviours.get(instance.id)
-      const result = behaviour === undefined ? Effect.succeed({ instance: instance.id }) : behaviour(method, params)
+      const result = behaviour === undefined ? Effect.succeed({ instance: instance.id }) : behaviour(method, params, options)
       const answered = Effect.map(result, (value): JsonRpcResponse =>
         value !== null && typeof value === "object" && "error" in value
           ? { jsonrpc: "2.0", id: 1, error: (value as any).error }
           : { jsonrpc: "2.0", id: 1, result: value })
-      // The real transports keep the time with a timer; here the TestClock does.
-      const timeoutMs = options?.timeoutMs
-      return timeoutMs === undefined ? answered : answered.pipe(
-        Effect.timeoutFail({ duration: timeoutMs, onTimeout: () => new RequestTimeout({ instanceId: instance.id, timeoutMs }) })
-      )
+      const deadline = options?.deadline
+      if (deadline === undefined) return answered
+      const expiry = Effect.async<never, RequestTimeout>((resume) => {
+        deadline.arm(() => resume(Effect.fail(new RequestTimeout({ instanceId: instance.id, timeoutMs: deadline.timeoutMs }))))
+        return Effect.sync(() => deadline.disarm())
+      })
+      return Effect.raceFirst(answered, expiry)
     })
+
+  const initializeResult = (instance: InstanceDefinition) => ({
+    protocolVersion: "2025-11-25",
+    capabilities: {},
+    serverInfo: { name: instance.id, version: "1" }
+  })
 
   const layer = Layer.succeed(Transport, {
     request: respond,
-    initializeResult: (instance: InstanceDefinition) =>
-      Effect.succeed({ protocolVersion: "2025-11-25", capabilities: {}, serverInfo: { name: instance.id, version: "1" } }),
+    initializeResult: (instance: InstanceDefinition) => Effect.succeed(initializeResult(instance)),
     openSession: (instance: InstanceDefinition) =>
-      Effect.succeed({
-        request: (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) =>
-          respond(instance, method, params, options),
-        initialize: Effect.succeed({ protocolVersion: "2025-11-25", capabilities: {}, serverInfo: { name: instance.id, version: "1" } }),
+      Effect.succeed<Connection>({
+        request: (method, params, options) => respond(instance, method, params, options),
+        initialize: Effect.succeed(initializeResult(instance)),
         listen: () => Effect.void,
         notify: () => Effect.void,
         generation: () => 1,
@@ -76,3 +92,7 @@ export const refused = (instanceId: string) =>
 
 export const broken = (instanceId: string) =>
   new TransportError({ instanceId, message: "process exited (code 1)", reachedBackend: true })
+
+/** The backend refused the message as malformed (HTTP 400): the client's fault. */
+export const rejected = (instanceId: string) =>
+  new TransportError({ instanceId, message: "HTTP 400: bad request", reachedBackend: true, clientFault: true })

@@ -1,9 +1,10 @@
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Effect, Exit } from "effect"
+import { ConfigProvider, Duration, Effect, Exit } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { type ConfigFlags, loadGatewayConfig } from "../../src/config/GatewayConfig.js"
+import { loadBalancerJson } from "../../src/domain/LoadBalancer.js"
 import { splitCommand } from "../../src/domain/splitCommand.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gw-config-"))
@@ -90,7 +91,12 @@ describe("config", () => {
       }
       const fromEnv = yield* load({ configFile: f }, env)
       expect(fromEnv.gateway).toMatchObject({ host: "0.0.0.0", port: 9090, registryFile: "/tmp/reg.json" })
-      expect(fromEnv.gateway.defaults).toMatchObject({ strategy: "weighted", health_check_interval: 5, health_check_timeout: 2, max_retries: 1 })
+      expect(loadBalancerJson(fromEnv.gateway.defaults)).toMatchObject({
+        strategy: "weighted",
+        health_check_interval: 5,
+        health_check_timeout: 2,
+        max_retries: 1
+      })
       const flagged = yield* load({ configFile: f, host: "127.0.0.2", port: 0 }, env)
       expect(flagged.gateway).toMatchObject({ host: "127.0.0.2", port: 0 })
       expect((yield* problems({ configFile: f }, { MCP_GATEWAY_PORT: "eighty" }))).toEqual([
@@ -105,7 +111,7 @@ describe("config", () => {
         templates: { a: { instances: [] }, b: { instances: [], load_balancer: { timeout: 9 } } }
       })
       const config = yield* load({ configFile: f })
-      expect(config.templates.map((t) => [t.name, t.loadBalancer.strategy, t.loadBalancer.timeout, t.loadBalancer.max_retries])).toEqual([
+      expect(config.templates.map((t) => [t.name, t.loadBalancer.strategy, Duration.toSeconds(t.loadBalancer.timeout), t.loadBalancer.max_retries])).toEqual([
         ["a", "least_connections", 5, 3],
         ["b", "least_connections", 9, 3]
       ])

@@ -7,8 +7,9 @@ import { defineInstance } from "../../src/domain/Instance.js"
 import type { InstanceView } from "../../src/domain/InstanceView.js"
 import { DEFAULT_LOAD_BALANCER } from "../../src/domain/LoadBalancer.js"
 import { InstanceState } from "../../src/registry/InstanceState.js"
-import { makeStrategies } from "../../src/strategy/Strategies.js"
-import { builtinStrategyNames, makeStrategyLoader, StrategyLoader } from "../../src/strategy/StrategyLoader.js"
+import { builtinNames, makePluginLoader, PluginLoader } from "../../src/loader/PluginLoader.js"
+import { makeTemplatePlugins } from "../../src/loader/TemplatePlugins.js"
+import { StrategyPlugin } from "../../src/strategy/StrategyPlugin.js"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 
@@ -20,10 +21,11 @@ const instances = (...specs: Array<[string, number?]>): NonEmptyReadonlyArray<In
 /** Builds a template's strategy through the same loader the gateway uses, from the repo root. */
 const strategyOf = (strategy: string, strategy_options: Record<string, unknown> = {}) =>
   Effect.gen(function*() {
-    const strategies = yield* makeStrategies.pipe(
-      Effect.provideService(StrategyLoader, makeStrategyLoader(root))
+    const strategies = yield* makeTemplatePlugins(StrategyPlugin.kind).pipe(
+      Effect.provideService(PluginLoader, makePluginLoader(root))
     )
-    return yield* strategies.forTemplate("t", { ...DEFAULT_LOAD_BALANCER, strategy, strategy_options })
+    const { name, value } = yield* strategies.forTemplate("t", { ...DEFAULT_LOAD_BALANCER, strategy, strategy_options })
+    return { name, strategy: value }
   })
 
 const pick = (select: (c: NonEmptyReadonlyArray<InstanceView>) => Effect.Effect<InstanceView>, candidates: NonEmptyReadonlyArray<InstanceView>, n: number) =>
@@ -40,7 +42,7 @@ const ctx = { template: "t", method: "tools/call", attempt: 1 }
 
 describe("built-in strategies (loaded as plugins)", () => {
   it("ships the five built-ins", () => {
-    expect(builtinStrategyNames()).toEqual(["health_based", "least_connections", "random", "round_robin", "weighted"])
+    expect(builtinNames("strategies")).toEqual(["health_based", "least_connections", "random", "round_robin", "weighted"])
   })
 
   it.scoped("round_robin: 10/10/10 over 3 instances", () =>
@@ -118,11 +120,11 @@ describe("plugin loader", () => {
         /^templates\.t\.load_balancer\.strategy: strategy plugin "round_robbin": no built-in strategy of that name \(built-ins: health_based, least_connections, random, round_robin, weighted\)/
       )
       expect(yield* failure("./missing.js")).toContain("cannot find module")
-      expect(yield* failure("./test/fixtures/plugins/not-a-plugin.mjs")).toContain("default export is not a StrategyPlugin")
+      expect(yield* failure("./test/fixtures/plugins/not-a-plugin.mjs")).toContain("default export is not a strategy plugin")
       expect(yield* failure("./test/fixtures/plugins/throws-on-import.mjs")).toContain("boom at import")
       expect(yield* failure("./plugins/examples/least_latency.ts", { explore: 2 })).toContain(
         "invalid strategy_options: strategy_options.explore"
       )
-      expect(yield* failure("round_robin", { speed: 1 })).toContain("this strategy takes no options, got \"speed\"")
+      expect(yield* failure("round_robin", { speed: 1 })).toContain("this plugin takes no options, got \"speed\"")
     }))
 })

@@ -1,0 +1,185 @@
+import { Cause, Duration, type Effect, Exit, Option } from "effect"
+import type * as http from "node:http"
+import type { DispatchError } from "../../domain/GatewayError.js"
+import {
+  ErrorCode,
+  isNotification,
+  isObject,
+  isRequest,
+  isResponse,
+  type JsonRpcId,
+  type JsonRpcRequest,
+  type JsonRpcResponse
+} from "../../domain/JsonRpc.js"
+import { SUPPORTED_PROTOCOL_VERSIONS } from "../../domain/Protocol.js"
+import type { ClientSession, SessionAnswer } from "../../proxy/ClientSession.js"
+import type { ClientSessionsShape } from "../../proxy/ClientSessions.js"
+import { readJsonBody, sendJson } from "../raw.js"
+import { accepts, rpcError } from "./rpc.js"
+import { carry, openRequestStream, writeOneEventStream } from "./sse.js"
+
+/** How long a finished request stream stays resumable. */
+const FINISHED_STREAM_RETENTION = Duration.seconds(60)
+
+type Run = <A, E>(effect: Effect.Effect<A, E>) => import("effect").Fiber.RuntimeFiber<A, E>
+
+/**
+ * POST /mcp/{template}: one JSON-RPC message. `initialize` opens a session; a request goes
+ * through the session (one Dispatcher call) and is answered as an SSE stream: what the server
+ * says before the response (progress, its requests of the client) streams as it happens, then
+ * the response; notifications and the client's answers to relayed server requests get 202.
+ */
+export const makePostHandler = (deps: {
+  readonly sessions: ClientSessionsShape
+  readonly templateExists: (template: string) => boolean
+  readonly maxBodyBytes: number
+  readonly run: Run
+  readonly logDefect: (cause: Cause.Cause<unknown>) => void
+}) => {
+  const { run, sessions } = deps
+
+  const initialize = (res: http.ServerResponse, template: string, id: JsonRpcId, params: Record<string, unknown>) =>
+    run(sessions.open(template, params)).addObserver((exit) => {
+      if (Exit.isSuccess(exit)) {
+        const { result, session } = exit.value
+        return sendJson(res, 200, { jsonrpc: "2.0", id, result }, { "mcp-session-id": session.id })
+      }
+      const failure = Cause.failureOption(exit.cause)
+      if (Option.isNone(failure)) {
+        if (!Cause.isInterruptedOnly(exit.cause)) deps.logDefect(exit.cause)
+        return sendJson(res, 500, rpcError(id, ErrorCode.InternalError, "the gateway failed to open a session"))
+      }
+      const error: DispatchError = failure.value
+      const status = error._tag === "TemplateNotFound" ? 404 : error._tag === "NoHealthyInstance" ? 503 : 502
+      sendJson(
+        res,
+        status,
+        rpcError(id, ErrorCode.InternalError, error.message),
+        error._tag === "NoHealthyInstance" ? { "retry-after": String(error.retryAfterSeconds) } : undefined
+      )
+    })
+
+  /** A client request on its session; the answer is an SSE stream (see sse.ts). */
+  const forward = (
+    res: http.ServerResponse,
+    session: ClientSession,
+    id: JsonRpcId,
+    method: string,
+    params: Record<string, unknown> | undefined
+  ) => {
+    // The stream opens at the first thing the server says before the response, the
+    // notifications go out as they come, and the response closes it; a plain answer is written
+    // at once (see `answer`).
+    let opened: ReturnType<ClientSession["openStream"]> | undefined
+    const event = (message: unknown) => {
+      if (opened === undefined) {
+        opened = session.openStream()
+        if (!res.destroyed) {
+          openRequestStream(res, opened.key)
+          carry(res, opened.key, opened.stream)
+        }
+      }
+      opened.stream.push(message)
+    }
+    const answer = (status: number, message: unknown, headers?: http.OutgoingHttpHeaders) => {
+      if (opened === undefined) {
+        if (status !== 200 || res.destroyed) return sendJson(res, status, message, headers)
+        return writeOneEventStream(res, session.reserveStreamKey(), message)
+      }
+      opened.stream.push(message)
+      opened.stream.finish()
+      session.retireStream(opened.key, FINISHED_STREAM_RETENTION)
+    }
+    // Requests the server makes of the client while this one runs go out on the same stream,
+    // under ids of the gateway's; the client's answers come back as POSTs (see below).
+    const relayed: Array<string> = []
+    const onServerRequest = (request: JsonRpcRequest, reply: (response: JsonRpcResponse) => void) =>
+      void relayed.push(session.relayServerRequest(request, reply, event))
+    const fiber = run(session.request(method, params, { onNotification: event, onServerRequest }))
+    // A client that hangs up has not cancelled (the spec's word: it sends notifications/cancelled
+    // for that); the answer waits in the stream for it to resume, or is dropped.
+    session.track(id, fiber)
+    fiber.addObserver((exit) => {
+      session.abandonServerRequests(relayed)
+      if (Exit.isSuccess(exit)) return answerWith(exit.value)
+      if (Cause.isInterruptedOnly(exit.cause)) {
+        // Cancelled by the client (notifications/cancelled), or the session ended: nobody waits for an answer.
+        return answer(200, rpcError(id, ErrorCode.InternalError, "request cancelled"))
+      }
+      deps.logDefect(exit.cause)
+      answer(500, rpcError(id, ErrorCode.InternalError, "the gateway failed to handle the request; see its log"))
+    })
+    const answerWith = (outcome: SessionAnswer) => {
+      switch (outcome._tag) {
+        case "Answer":
+          return answer(200, { jsonrpc: "2.0", id, ...outcome.message })
+        case "Gone":
+          run(sessions.close(session.id))
+          return answer(404, rpcError(id, ErrorCode.InternalError, outcome.message))
+        case "Unavailable":
+          return answer(503, rpcError(id, ErrorCode.InternalError, outcome.message), {
+            "retry-after": String(outcome.retryAfterSeconds)
+          })
+      }
+    }
+  }
+
+  return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string) => {
+    if (!accepts(req.headers.accept, "application/json", "text/event-stream")) {
+      req.resume()
+      return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list application/json and text/event-stream"))
+    }
+    const version = req.headers["mcp-protocol-version"]
+    if (typeof version === "string" && !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
+      req.resume()
+      return sendJson(
+        res,
+        400,
+        rpcError(null, ErrorCode.InvalidRequest, `Bad Request: unsupported MCP-Protocol-Version ${version} (supported: ${SUPPORTED_PROTOCOL_VERSIONS.join(", ")})`)
+      )
+    }
+    readJsonBody(req, requestId, deps.maxBodyBytes, (body) => {
+      if (!body.ok) {
+        const code = body.error.status === 413 ? ErrorCode.InvalidRequest : ErrorCode.ParseError
+        return sendJson(res, body.error.status, rpcError(null, code, body.error.body.error.message))
+      }
+      const message = body.value
+      if (Array.isArray(message)) {
+        return sendJson(res, 400, rpcError(null, ErrorCode.InvalidRequest, "Bad Request: JSON-RPC batches are not supported"))
+      }
+      if (!isObject(message) || message.jsonrpc !== "2.0") {
+        return sendJson(res, 400, rpcError(null, ErrorCode.InvalidRequest, "Bad Request: expected one JSON-RPC 2.0 message"))
+      }
+      if (isRequest(message) && message.method === "initialize") {
+        if (!deps.templateExists(template)) {
+          return sendJson(res, 404, rpcError(message.id, ErrorCode.InvalidRequest, `unknown template "${template}"`))
+        }
+        return initialize(res, template, message.id, isObject(message.params) ? message.params : {})
+      }
+      const sessionId = req.headers["mcp-session-id"]
+      const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template)
+      if (!("id" in session)) {
+        return sendJson(res, session.status, rpcError(isRequest(message) ? message.id : null, ErrorCode.InvalidRequest, session.message))
+      }
+      if (isRequest(message)) {
+        return forward(res, session, message.id, message.method, isObject(message.params) ? message.params : undefined)
+      }
+      if (isNotification(message)) {
+        if (message.method === "notifications/cancelled" && isObject(message.params)) session.cancel(message.params.requestId)
+        // notifications/initialized: the gateway completed the backend's handshake itself.
+        else if (message.method !== "notifications/initialized") {
+          run(session.notify(message.method, isObject(message.params) ? message.params : undefined))
+        }
+        res.writeHead(202).end()
+        return
+      }
+      if (isResponse(message)) {
+        // The client's answer to a server→client request the gateway relayed.
+        session.answerServerRequest(message)
+        res.writeHead(202).end()
+        return
+      }
+      sendJson(res, 400, rpcError(null, ErrorCode.InvalidRequest, "Bad Request: not a JSON-RPC request, notification or response"))
+    })
+  }
+}

@@ -1,0 +1,58 @@
+import type * as http from "node:http"
+import { ErrorCode } from "../../domain/JsonRpc.js"
+import type { ClientSession } from "../../proxy/ClientSession.js"
+import type { ClientSessionsShape } from "../../proxy/ClientSessions.js"
+import { sendJson } from "../raw.js"
+import { accepts, rpcError } from "./rpc.js"
+import { carry, openStream, writeEvent } from "./sse.js"
+
+/** How often an idle standing stream gets a comment, so that proxies in between keep it open. */
+const KEEP_ALIVE_MS = 25_000
+
+/**
+ * GET /mcp/{template}: the session's standing SSE stream, for what the server sends outside
+ * requests, or the resumption of a stream the client lost (Last-Event-ID `{stream}-{seq}`: a
+ * request's stream gets its missed events and the rest of it, up to its response). One standing
+ * stream per session: a new one replaces the old. `endAll` ends every standing stream at once
+ * (shutdown: they would otherwise hold the server open for the whole drain).
+ */
+export const makeStandingStreams = (sessions: ClientSessionsShape) => {
+  const open = new Map<ClientSession, () => void>()
+
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse, template: string) => {
+    if (!accepts(req.headers.accept, "text/event-stream")) {
+      return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list text/event-stream"))
+    }
+    const sessionId = req.headers["mcp-session-id"]
+    const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template)
+    if (!("id" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
+    const resume = /^(\d+)-(\d+)$/.exec(String(req.headers["last-event-id"] ?? ""))
+    const resumed = resume === null || resume[1] === "0" ? undefined : session.stream(resume[1]!)
+    if (resumed !== undefined) {
+      openStream(res)
+      return carry(res, resume![1]!, resumed, Number(resume![2]))
+    }
+    open.get(session)?.()
+    openStream(res, "open")
+    const detach = session.outbox.attach(
+      (seq, message) => writeEvent(res, `0-${seq}`, message),
+      resume !== null && resume[1] === "0" ? Number(resume[2]) : undefined
+    )
+    const keepAlive = setInterval(() => res.write(": keep-alive\n\n"), KEEP_ALIVE_MS)
+    const end = () => res.end()
+    session.onClose.add(end)
+    open.set(session, end)
+    res.on("close", () => {
+      detach()
+      clearInterval(keepAlive)
+      session.onClose.delete(end)
+      if (open.get(session) === end) open.delete(session)
+    })
+  }
+
+  const endAll = () => {
+    for (const end of Array.from(open.values())) end()
+  }
+
+  return { handle, endAll, size: () => open.size }
+}

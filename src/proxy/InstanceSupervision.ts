@@ -1,0 +1,47 @@
+import { Effect, Layer, Runtime } from "effect"
+import type { InstanceDefinition } from "../domain/Instance.js"
+import { DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
+import { Registry } from "../registry/Registry.js"
+import { ConnectionPolicy } from "../transport/Supervision.js"
+import { Timer } from "./Timer.js"
+
+/**
+ * The gateway's ConnectionPolicy: an instance's channel restarts under its template's
+ * `max_restarts`, `restart_window` and `restart_backoff`, and what the transport reports of the
+ * channel becomes the instance's state, so `/gateway/registry`, `/mcp/{t}/health` and the
+ * Dispatcher all see a process that is down or failed until it runs again.
+ */
+export const InstanceSupervision: Layer.Layer<ConnectionPolicy, never, Registry | Timer> = Layer.effect(
+  ConnectionPolicy,
+  Effect.gen(function*() {
+    const registry = yield* Registry
+    const timer = yield* Timer
+    const runtime = yield* Effect.runtime<never>()
+
+    const stateOf = (instance: InstanceDefinition) => {
+      const state = registry.template(instance.template)?.instances.get(instance.id)
+      // A re-registration under the same id is another definition: reports of the old one are stale.
+      return state?.definition === instance ? state : undefined
+    }
+
+    return {
+      supervision: (instance) => {
+        const settings = registry.template(instance.template)?.settings ?? DEFAULT_LOAD_BALANCER
+        return { maxRestarts: settings.max_restarts, window: settings.restart_window, backoff: settings.restart_backoff }
+      },
+      report: (instance, status) => {
+        const state = stateOf(instance)
+        if (state === undefined) return
+        const before = state.status
+        state.channelChanged(status, timer.now())
+        const after = state.status
+        if (before !== after) {
+          const log = after === "healthy" ? Effect.logInfo(`instance is healthy (its process is running)`) : after === "failed"
+            ? Effect.logError(`instance failed: ${status.lastExit ?? "its process kept ending"}`)
+            : Effect.logWarning(`instance is ${after}: ${status.lastExit ?? status.state}`)
+          Runtime.runFork(runtime)(log.pipe(Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` })))
+        }
+      }
+    }
+  })
+)

@@ -1,0 +1,20 @@
+import { Layer } from "effect"
+import { GatewayConfig } from "../../src/config/GatewayConfig.js"
+import { GatewayCore } from "../../src/Gateway.js"
+import { Timer } from "../../src/proxy/Timer.js"
+import { makeFakeTransport } from "./FakeTransport.js"
+import type { testConfig } from "./testConfig.js"
+
+/**
+ * The gateway's real services (Dispatcher, Registry, HealthChecker, sessions, ...) over a fake
+ * Transport, with every deadline on the Clock of the test (the TestClock inside `it.effect`/`it.scoped`).
+ */
+export const testGateway = (config: ReturnType<typeof testConfig>) => {
+  const fake = makeFakeTransport()
+  const layer = GatewayCore.pipe(
+    Layer.provide(fake.layer),
+    Layer.provide(Timer.fromClock),
+    Layer.provide(GatewayConfig.layer(config))
+  )
+  return { fake, layer }
+}
