@@ -35,3 +35,28 @@ describe("line splitter", () => {
     expect(lines).toEqual(["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"])
   })
 })
+
+describe("bounded framing (a server gone wrong cannot make the gateway buffer without end)", () => {
+  it("drops a line longer than the limit, however it is chunked, and goes on with the next", () => {
+    const lines: Array<string> = []
+    const oversized: Array<number> = []
+    const feed = makeLineSplitter((l) => lines.push(l), { maxLineLength: 100, onOversized: (n) => oversized.push(n) })
+    feed("{\"a\":1}\n" + "x".repeat(60))
+    for (let i = 0; i < 1000; i++) feed("y".repeat(64))
+    feed("z\n{\"b\":2}\n")
+    feed("w".repeat(150) + "\n{\"c\":3}\n")
+    expect(lines).toEqual(["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"])
+    expect(oversized).toEqual([60 + 64 * 1000 + 1, 150])
+  })
+
+  it("drops an SSE event larger than the limit and parses the next", () => {
+    const events: Array<SseEvent> = []
+    let dropped = 0
+    const feed = makeSseParser((e) => events.push(e), { maxEventLength: 100, onOversized: () => dropped++ })
+    feed("data: " + "x".repeat(80) + "\n")
+    feed("data: " + "y".repeat(80) + "\n\n")
+    feed("data: small\n\n")
+    expect(events.map((e) => e.data)).toEqual(["small"])
+    expect(dropped).toBe(1)
+  })
+})

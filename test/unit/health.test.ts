@@ -1,0 +1,171 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Cause, Clock, Duration, Effect, Exit, Layer, Option, TestClock } from "effect"
+import * as fs from "node:fs"
+import * as http from "node:http"
+import * as os from "node:os"
+import * as path from "node:path"
+import { GatewayConfig } from "../../src/config/GatewayConfig.js"
+import { GatewayCore } from "../../src/Gateway.js"
+import { HealthChecker } from "../../src/health/HealthChecker.js"
+import { Timer } from "../../src/proxy/Timer.js"
+import { Registry } from "../../src/registry/Registry.js"
+import { makeFakeTransport, refused } from "../support/FakeTransport.js"
+import { testConfig } from "../support/testConfig.js"
+import { testGateway } from "../support/testGateway.js"
+
+const instance = (id: string) => Effect.map(Registry, (r) => r.template("t")!.instances.get(id)!)
+
+/** Runs one probe of `id` now. */
+const probe = (id: string) => Effect.flatMap(Effect.zip(HealthChecker, instance(id)), ([checker, i]) => checker.check(i))
+
+describe("health checks: hysteresis", () => {
+  it.scoped("the first probe decides; then unhealthy_threshold failures in a row make it unhealthy, healthy_threshold successes healthy again", () => {
+    const { fake, layer } = testGateway(testConfig({
+      t: { instances: ["a"], load_balancer: { unhealthy_threshold: 3, healthy_threshold: 2, health_check_interval: 600 } }
+    }))
+    let up = true
+    fake.set("a", () => up ? Effect.succeed({}) : Effect.fail(refused("a")))
+    return Effect.gen(function*() {
+      const a = yield* instance("a")
+      expect(a.status).toBe("unknown")
+      yield* probe("a")
+      expect(a.status).toBe("healthy")
+      up = false
+      yield* probe("a")
+      yield* probe("a")
+      expect(a.status).toBe("healthy")
+      expect(a.health.consecutiveFailures).toBe(2)
+      yield* probe("a")
+      expect(a.status).toBe("unhealthy")
+      expect(a.lastError).toContain("ECONNREFUSED")
+      up = true
+      yield* probe("a")
+      expect(a.status).toBe("unhealthy")
+      yield* probe("a")
+      expect(a.status).toBe("healthy")
+      expect(a.lastError).toBeUndefined()
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("an instance failing every other probe stays in rotation under the default thresholds", () => {
+    const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"], load_balancer: { health_check_interval: 1 } } }))
+    let n = 0
+    fake.set("a", (method) => method === "ping" && n++ % 2 === 1 ? Effect.fail(refused("a")) : Effect.succeed({}))
+    return Effect.gen(function*() {
+      const checker = yield* HealthChecker
+      const a = yield* instance("a")
+      yield* checker.checkAll
+      const seen = new Set<string>()
+      for (let i = 0; i < 40; i++) {
+        yield* TestClock.adjust(Duration.millis(500))
+        seen.add(a.status)
+      }
+      expect(n).toBeGreaterThan(15)
+      expect(Array.from(seen)).toEqual(["healthy"])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("probes are jittered: a hundred instances are not probed in the same millisecond", () => {
+    const ids = Array.from({ length: 100 }, (_, i) => `i${i}`)
+    const { fake, layer } = testGateway(testConfig({ t: { instances: ids, load_balancer: { health_check_interval: 10 } } }))
+    const times: Array<number> = []
+    for (const id of ids) fake.set(id, () => Effect.map(Clock.currentTimeMillis, (t) => void times.push(t)))
+    return Effect.gen(function*() {
+      yield* HealthChecker
+      yield* TestClock.adjust(Duration.seconds(13))
+      // Every instance was probed once in [8 s, 12 s], at many different times.
+      expect(times).toHaveLength(100)
+      expect(Math.min(...times)).toBeGreaterThanOrEqual(8000)
+      expect(Math.max(...times)).toBeLessThanOrEqual(12_000)
+      expect(new Set(times).size).toBeGreaterThan(80)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("a probe that does not answer within health_check_timeout fails", () => {
+    const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"], load_balancer: { health_check_timeout: 2 } } }))
+    fake.set("a", () => Effect.never)
+    return Effect.gen(function*() {
+      const fiber = yield* Effect.fork(probe("a"))
+      yield* TestClock.adjust(Duration.seconds(2))
+      expect(yield* fiber.await.pipe(Effect.map((exit) => Exit.isSuccess(exit) && exit.value))).toBe(false)
+      expect((yield* instance("a")).lastError).toContain("within 2s")
+    }).pipe(Effect.provide(layer))
+  })
+})
+
+describe("health probe plugins", () => {
+  /** The real gateway services with the given config, on the real clock (the probes use real sockets and files). */
+  const liveGateway = (config: ReturnType<typeof testConfig>) =>
+    GatewayCore.pipe(Layer.provide(makeFakeTransport().layer), Layer.provide(Timer.live), Layer.provide(GatewayConfig.layer(config)))
+
+  it.live("http_get: a path on the instance's host and the status it must answer", () =>
+    Effect.gen(function*() {
+      let status = 200
+      const server = http.createServer((req, res) => res.writeHead(req.url === "/healthz" ? status : 404).end())
+      yield* Effect.acquireRelease(
+        Effect.async<void>((resume) => void server.listen(0, "127.0.0.1", () => resume(Effect.void))),
+        () => Effect.sync(() => server.close())
+      )
+      const port = (server.address() as any).port
+      const config = testConfig({
+        t: {
+          instances: [{ id: "a", transport: "http", endpoint: `http://127.0.0.1:${port}/mcp` }],
+          load_balancer: { health_probe: "http_get", health_probe_options: { path: "/healthz", expected_status: 200 } }
+        }
+      })
+      yield* Effect.gen(function*() {
+        const a = yield* instance("a")
+        yield* probe("a")
+        expect(a.status).toBe("healthy")
+        status = 503
+        yield* probe("a")
+        yield* probe("a")
+        expect(a.status).toBe("unhealthy")
+        expect(a.lastError).toContain("/healthz answered 503, expected 200")
+      }).pipe(Effect.provide(liveGateway(config)))
+    }).pipe(Effect.scoped))
+
+  it.live("a user's probe plugin by path, with its options", () =>
+    Effect.gen(function*() {
+      const flag = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "gw-probe-")), "up")
+      fs.writeFileSync(flag, "")
+      const config = testConfig({
+        t: {
+          instances: ["a"],
+          load_balancer: {
+            health_probe: "./test/fixtures/plugins/file-flag-probe.mjs",
+            health_probe_options: { file: flag },
+            unhealthy_threshold: 1
+          }
+        }
+      })
+      yield* Effect.gen(function*() {
+        const a = yield* instance("a")
+        yield* probe("a")
+        expect(a.status).toBe("healthy")
+        fs.rmSync(flag)
+        yield* probe("a")
+        expect(a.status).toBe("unhealthy")
+        expect(a.lastError).toBe(`${flag} is missing`)
+      }).pipe(Effect.provide(liveGateway(config)))
+    }).pipe(Effect.scoped))
+
+  it.live("a bad probe plugin stops start-up naming the template, the plugin and the problem", () =>
+    Effect.gen(function*() {
+      const failure = (load_balancer: Record<string, unknown>) =>
+        Effect.gen(function*() {
+          const exit = yield* Effect.exit(Effect.scoped(Layer.build(liveGateway(testConfig({ t: { instances: ["a"], load_balancer } })))))
+          expect(Exit.isFailure(exit)).toBe(true)
+          return Exit.isFailure(exit) ? String(Option.getOrUndefined(Cause.failureOption(exit.cause))?.message) : ""
+        })
+      expect(yield* failure({ health_probe: "pingg" })).toMatch(
+        /^templates\.t\.load_balancer\.health_probe: health probe plugin "pingg": no built-in health probe of that name \(built-ins: http_get, mcp_ping\)/
+      )
+      expect(yield* failure({ health_probe: "http_get", health_probe_options: { path: 7 } })).toContain(
+        "invalid health_probe_options: health_probe_options.path"
+      )
+      expect(yield* failure({ health_probe: "./test/fixtures/plugins/always-last.mjs" })).toContain(
+        "default export is not a health probe plugin"
+      )
+    }))
+})
