@@ -206,8 +206,12 @@ export const HttpServerLive: Layer.Layer<
           )
           yield* Effect.async<void>((resume) => {
             const cut = setTimeout(() => server.closeAllConnections(), Duration.toMillis(drain))
+            // A keep-alive connection whose request finishes during the drain turns idle; close it
+            // then, rather than wait for the whole drain.
+            const idle = setInterval(() => server.closeIdleConnections(), 100)
             server.close(() => {
               clearTimeout(cut)
+              clearInterval(idle)
               resume(Effect.void)
             })
             server.closeIdleConnections()

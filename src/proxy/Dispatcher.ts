@@ -10,7 +10,7 @@ import {
   TemplateNotFound,
   UpstreamTimeout
 } from "../domain/GatewayError.js"
-import type { JsonRpcNotification, JsonRpcResponse } from "../domain/JsonRpc.js"
+import { isObject, type JsonRpcNotification, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry, type TemplateState } from "../registry/Registry.js"
 import { Strategies } from "../strategy/Strategies.js"
@@ -312,18 +312,35 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           )
         })
 
-      const call: DispatcherShape["call"] = (template, method, params, options) =>
-        execute<JsonRpcResponse>({
+      let ownProgressTokens = 0
+
+      const call: DispatcherShape["call"] = (template, method, params, options) => {
+        const relay = options?.relay
+        // A backend reports progress only when asked (a progressToken). For a tools/call whose
+        // caller did not ask, the gateway asks, so that a long tool that reports progress
+        // extends its deadline (timeout_resets_on_progress); those reports stay here.
+        let ownToken: string | undefined
+        const meta = params?._meta
+        if (
+          method === "tools/call" && (meta === undefined || (isObject(meta) && meta.progressToken === undefined)) &&
+          registry.template(template)?.settings.timeout_resets_on_progress === true
+        ) {
+          ownToken = `gateway-progress-${++ownProgressTokens}`
+          params = { ...params, _meta: { ...meta, progressToken: ownToken } }
+        }
+        return execute<JsonRpcResponse>({
           template,
           method,
           instance: options?.instance,
           retryable: (error) => isRetryable(method, error),
           isErrorAnswer: (response) => "error" in response,
           attempt: (instance, deadline) => {
-            const relay = options?.relay
             // Progress from the backend extends the deadline (timeout_resets_on_progress).
             const onNotification = (notification: JsonRpcNotification) => {
-              if (notification.method === "notifications/progress") deadline.progress()
+              if (notification.method === "notifications/progress") {
+                deadline.progress()
+                if (ownToken !== undefined && isObject(notification.params) && notification.params.progressToken === ownToken) return
+              }
               relay?.onNotification?.(notification)
             }
             const requestOptions: RequestOptions = { deadline, onNotification, onServerRequest: relay?.onServerRequest }
@@ -338,6 +355,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
               : Effect.succeed({ result: response.result, instanceId: instance.id, instance })
           )
         )
+      }
 
       return { call, execute }
     })

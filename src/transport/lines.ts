@@ -62,8 +62,8 @@ export const makeLineSplitter = (
 
 /**
  * A log line that may repeat without end (a child flooding stdout with non-JSON, or stderr):
- * at most `burst` lines per `everyMs`, the first after a quiet spell saying how many were left
- * out, so a flood costs neither memory nor a log line (and a fiber) per message.
+ * at most `burst` lines per `everyMs`; how many were left out is said at the end of the window,
+ * so a flood costs neither memory nor a log line (and a fiber) per message.
  */
 export const throttled = <A>(
   describe: (value: A) => string,
@@ -73,19 +73,20 @@ export const throttled = <A>(
   let windowStart = -Infinity
   let inWindow = 0
   let suppressed = 0
+  const report = () => {
+    if (suppressed > 0) log(`${suppressed} more like it were not logged`)
+    suppressed = 0
+  }
   return (value: A) => {
     const now = Date.now()
     if (now - windowStart >= options.everyMs) {
       windowStart = now
       inWindow = 0
     }
-    if (inWindow >= options.burst) {
-      suppressed++
-      return
+    if (inWindow < options.burst) {
+      inWindow++
+      return log(describe(value))
     }
-    inWindow++
-    const message = describe(value)
-    log(suppressed === 0 ? message : `${message} (${suppressed} more like it were not logged)`)
-    suppressed = 0
+    if (suppressed++ === 0) setTimeout(report, options.everyMs - (now - windowStart)).unref()
   }
 }

@@ -77,12 +77,19 @@ export const descendants = (pid: number): Array<number> => {
   return found
 }
 
+/** Whether a process still runs (a zombie, dead but not yet reaped by its parent, does not). */
 export const isAlive = (pid: number) => {
   try {
     process.kill(pid, 0)
-    return true
   } catch {
     return false
+  }
+  try {
+    // /proc/{pid}/stat: "pid (comm) state ...": Z is a zombie.
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z"
+  } catch {
+    return true
   }
 }
 
