@@ -19,6 +19,8 @@ const arg = (name, fallback) => {
 }
 const duration = Number(arg("duration", 10))
 const connections = Number(arg("connections", 16))
+// Another build of the gateway to measure (e.g. a checkout of an earlier commit), for A/B runs.
+const gatewayMain = path.resolve(arg("gateway", path.join(root, "dist/main.js")))
 
 for (const tool of ["wrk", "nginx"]) {
   try {
@@ -144,7 +146,7 @@ http {
       }
     }
   }))
-  await start(process.execPath, [path.join(root, "dist/main.js"), "start", "--config", path.join(dir, "gateway.json"), "--port", String(gatewayPort)], (o) => (o.includes("listening on") ? true : undefined))
+  await start(process.execPath, [gatewayMain, "start", "--config", path.join(dir, "gateway.json"), "--port", String(gatewayPort)], (o) => (o.includes("listening on") ? true : undefined))
 
   // One MCP session on the gateway's endpoint, pinned to a backend, that every wrk connection uses.
   const endpoint = `http://127.0.0.1:${gatewayPort}/mcp/bench`

@@ -21,6 +21,9 @@ export type SessionAnswer =
   /** Nothing can serve the request now (a balanced session with no healthy instance). */
   | { readonly _tag: "Unavailable"; readonly message: string; readonly retryAfterSeconds: number }
 
+/** A JSON-RPC id as a map key that keeps "1" and 1 apart. */
+const requestKey = (id: unknown) => (typeof id === "string" ? `s:${id}` : `n:${String(id)}`)
+
 const errorAnswer = (code: number, message: string): SessionAnswer => ({ _tag: "Answer", message: { error: { code, message } } })
 
 /**
@@ -31,7 +34,7 @@ const errorAnswer = (code: number, message: string): SessionAnswer => ({ _tag: "
  * in-flight count, latency, breaker and the stats see it. ClientSessions creates and ends sessions.
  */
 export class ClientSession {
-  /** Requests in flight by the client's JSON-RPC id (JSON-encoded), so that notifications/cancelled can stop them. */
+  /** Requests in flight by the client's JSON-RPC id (see requestKey), so that notifications/cancelled can stop them. */
   private readonly inflight = new Map<string, Fiber.RuntimeFiber<unknown, unknown>>()
   /**
    * Server→client requests relayed to the client and not answered yet, by the id the gateway
@@ -89,12 +92,14 @@ export class ClientSession {
     relay: Pick<RequestOptions, "onNotification" | "onServerRequest">
   ): Effect.Effect<SessionAnswer> {
     return this.dispatcher.call(this.template, method, params, { instance: this.instance, connection: this.backend, relay }).pipe(
-      Effect.map((r): SessionAnswer => {
-        if (method === "resources/subscribe" && typeof params?.uri === "string") this.subscriptions.add(params.uri)
-        else if (method === "resources/unsubscribe" && typeof params?.uri === "string") this.subscriptions.delete(params.uri)
-        return { _tag: "Answer", message: { result: r.result } }
-      }),
-      Effect.catchAll((e) => Effect.succeed(this.answerFor(e)))
+      Effect.match({
+        onSuccess: (r): SessionAnswer => {
+          if (method === "resources/subscribe" && typeof params?.uri === "string") this.subscriptions.add(params.uri)
+          else if (method === "resources/unsubscribe" && typeof params?.uri === "string") this.subscriptions.delete(params.uri)
+          return { _tag: "Answer", message: { result: r.result } }
+        },
+        onFailure: (e) => this.answerFor(e)
+      })
     )
   }
 
@@ -127,9 +132,9 @@ export class ClientSession {
   }
 
   track(requestId: JsonRpcId, fiber: Fiber.RuntimeFiber<unknown, unknown>) {
-    this.inflight.set(JSON.stringify(requestId), fiber)
+    const key = requestKey(requestId)
+    this.inflight.set(key, fiber)
     fiber.addObserver(() => {
-      const key = JSON.stringify(requestId)
       if (this.inflight.get(key) === fiber) this.inflight.delete(key)
     })
   }
@@ -140,7 +145,7 @@ export class ClientSession {
 
   /** `notifications/cancelled` from the client: stops the request, down to the backend. */
   cancel(requestId: unknown) {
-    this.inflight.get(JSON.stringify(requestId))?.unsafeInterruptAsFork(FiberId.none)
+    this.inflight.get(requestKey(requestId))?.unsafeInterruptAsFork(FiberId.none)
   }
 
   /** The session ends: what is in flight is interrupted (ClientSessions closes the scope after). */

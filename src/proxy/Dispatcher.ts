@@ -133,12 +133,16 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
         return ejected < Math.floor((template.instances.size * template.settings.outlier_max_ejection_percent) / 100)
       }
 
-      /** Runs one attempt on one instance, keeping its live numbers and health evidence current. */
+      /**
+       * Runs one attempt on one instance, keeping its live numbers and health evidence current
+       * (and, for an operation's only attempt, its stats: `done`), all in one exit handler.
+       */
       const attemptOn = <A>(
         template: TemplateState,
         operation: Operation<A>,
         instance: InstanceState,
-        deadline: Deadline
+        deadline: Deadline,
+        done?: (ok: boolean) => void
       ): Effect.Effect<A, TransportError | RequestTimeout> => {
         const started = performance.now()
         instance.activeRequests++
@@ -147,8 +151,10 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           const settings = template.settings
           if (Exit.isSuccess(exit)) {
             instance.succeeded(performance.now() - started, timer.now(), settings)
+            done?.(!(operation.isErrorAnswer?.(exit.value) ?? false))
             return Effect.void
           }
+          done?.(false)
           const failure = exit.cause._tag === "Fail" ? exit.cause.error : undefined
           // Interrupted (the client left or cancelled), or the client's message was refused.
           if (failure === undefined || (failure._tag === "TransportError" && failure.clientFault)) {
@@ -158,7 +164,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           return Effect.flatMap(Random.next, (random) => {
             const now = timer.now()
             const events = instance.failed(now, settings, random, mayEject(template, now))
-            const logs: Array<Effect.Effect<void>> = []
+            const logs: Array<Effect.Effect<void>> = [Effect.logWarning(failure.message)]
             if (events.ejectedForMs !== undefined) {
               logs.push(Effect.logWarning(
                 `ejected from balancing for ${Math.round(events.ejectedForMs / 1000)}s after ` +
@@ -171,9 +177,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
                   `next trial at ${new Date(instance.breaker.nextTrialAt!).toISOString()}`
               ))
             }
-            return logs.length === 0
-              ? Effect.void
-              : Effect.all(logs, { discard: true }).pipe(Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` }))
+            return Effect.all(logs, { discard: true }).pipe(Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` }))
           })
         })
       }
@@ -183,19 +187,22 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           const template = registry.template(operation.template)
           if (template === undefined) return Effect.fail(new TemplateNotFound({ template: operation.template }))
           const settings = template.settings
-          const startedAt = timer.now()
           const started = performance.now()
           const deadline = new Deadline(
             timer,
-            startedAt,
+            timer.now(),
             Duration.toMillis(settings.timeout),
             Duration.toMillis(settings.max_timeout),
             settings.timeout_resets_on_progress
           )
-          const tried = new Set<InstanceState>()
-          const failures: Array<FailedAttempt> = []
-          let last: InstanceState | undefined
-
+          const record = (instance: InstanceState | undefined, ok: boolean) =>
+            stats.recordRequest({
+              template: template.name,
+              strategy: settings.strategy,
+              instanceId: instance?.id,
+              latencyMs: performance.now() - started,
+              ok
+            })
           const timedOut = () =>
             new UpstreamTimeout({
               template: template.name,
@@ -203,23 +210,41 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
               resetsOnProgress: settings.timeout_resets_on_progress
             })
 
-          /** The instance for the next attempt: the pinned one, or the strategy's pick among those left. */
-          const choose: Effect.Effect<InstanceState, DispatchError> = Effect.suspend((): Effect.Effect<InstanceState, DispatchError> => {
+          const pinned = operation.instance
+          if (pinned !== undefined) {
+            // The one instance it must go to: one attempt, no choice, no retry (the hot path of sessions).
             const now = timer.now()
-            const pinned = operation.instance
-            if (pinned !== undefined) {
-              if (pinned.status === "failed" || !pinned.admit(now)) {
-                return Effect.fail(new InstanceUnavailable({
-                  template: template.name,
-                  instanceId: pinned.id,
-                  reason: pinned.status === "failed"
-                    ? `its process failed (${pinned.lastError ?? "restarted too often"})`
-                    : "its circuit breaker is open",
-                  retryAfterSeconds: Math.max(1, pinned.secondsUntilChange(now) ?? 1)
-                }))
-              }
-              return Effect.succeed(pinned)
+            if (pinned.status === "failed" || !pinned.admit(now)) {
+              record(pinned, false)
+              return Effect.fail(new InstanceUnavailable({
+                template: template.name,
+                instanceId: pinned.id,
+                reason: pinned.status === "failed"
+                  ? `its process failed (${pinned.lastError ?? "restarted too often"})`
+                  : "its circuit breaker is open",
+                retryAfterSeconds: Math.max(1, pinned.secondsUntilChange(now) ?? 1)
+              }))
             }
+            return attemptOn(template, operation, pinned, deadline, (ok) => record(pinned, ok)).pipe(
+              Effect.mapBoth({
+                onFailure: (e): DispatchError =>
+                  e._tag === "RequestTimeout"
+                    ? timedOut()
+                    : e.clientFault
+                    ? new RequestRejected({ template: template.name, instanceId: pinned.id, message: e.message })
+                    : new AllAttemptsFailed({ template: template.name, attempts: [{ instanceId: pinned.id, message: e.message }] }),
+                onSuccess: (value) => ({ value, instance: pinned })
+              })
+            )
+          }
+
+          const tried = new Set<InstanceState>()
+          const failures: Array<FailedAttempt> = []
+          let last: InstanceState | undefined
+
+          /** The strategy's pick among the instances that may take the request and were not tried yet. */
+          const choose = Effect.suspend((): Effect.Effect<InstanceState, DispatchError> => {
+            const now = timer.now()
             let candidates = candidatesOf(template, now, tried)
             if (operation.ineligible !== undefined) {
               candidates = candidates.filter((i) => {
@@ -260,54 +285,41 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
             tried.add(instance)
             last = instance
             if (deadline.remainingMs() <= 0) return Effect.fail(timedOut())
-            return attemptOn(template, operation, instance, deadline).pipe(
-              Effect.catchAll((e): Effect.Effect<never, DispatchError | AttemptFailed> => {
-                if (e._tag === "RequestTimeout") return Effect.fail(timedOut())
-                failures.push({ instanceId: instance.id, message: e.message })
-                return Effect.zipRight(
-                  e.clientFault ? Effect.void : Effect.logWarning(`${instance.template}/${instance.id}: ${e.message}`),
-                  Effect.fail(new AttemptFailed({ instance, error: e }))
-                )
-              })
-            )
+            return Effect.mapError(attemptOn(template, operation, instance, deadline), (e) => {
+              if (e._tag === "RequestTimeout") return timedOut()
+              failures.push({ instanceId: instance.id, message: e.message })
+              return new AttemptFailed({ instance, error: e })
+            })
           })
 
           // Worth a retry: another instance may take it (no waiting for a retry that cannot happen).
           const shouldRetry = (e: DispatchError | AttemptFailed) =>
-            e._tag === "AttemptFailed" && operation.instance === undefined && !e.error.clientFault && operation.retryable(e.error) &&
+            e._tag === "AttemptFailed" && !e.error.clientFault && operation.retryable(e.error) &&
             candidatesOf(template, timer.now(), tried).length > 0
 
-          const attempts = retryWhile(
+          return retryWhile(
             once,
             () => retrySchedule(settings.retry, settings.max_retries, () => deadline.remainingMs()),
             shouldRetry
-          )
-
-          return attempts.pipe(
-            Effect.catchTag("AttemptFailed", ({ error, instance }): Effect.Effect<never, DispatchError> => {
-              if (error.clientFault) {
-                return Effect.fail(new RequestRejected({ template: template.name, instanceId: instance.id, message: error.message }))
-              }
-              const notRetried = operation.instance === undefined && !operation.retryable(error)
-              return Effect.fail(new AllAttemptsFailed({
-                template: template.name,
-                attempts: failures,
-                notRetriedReason: notRetried
-                  ? "a tools/call is not retried on another instance once it may have reached a backend"
-                  : undefined
-              }))
-            }),
-            Effect.map((value) => ({ value, instance: last! })),
-            Effect.onExit((exit) =>
-              Effect.sync(() =>
-                stats.recordRequest({
+          ).pipe(
+            Effect.mapBoth({
+              onFailure: (e): DispatchError => {
+                if (e._tag !== "AttemptFailed") return e
+                if (e.error.clientFault) {
+                  return new RequestRejected({ template: template.name, instanceId: e.instance.id, message: e.error.message })
+                }
+                return new AllAttemptsFailed({
                   template: template.name,
-                  strategy: settings.strategy,
-                  instanceId: last?.id,
-                  latencyMs: performance.now() - started,
-                  ok: Exit.isSuccess(exit) && !(operation.isErrorAnswer?.(exit.value.value) ?? false)
+                  attempts: failures,
+                  notRetriedReason: operation.retryable(e.error)
+                    ? undefined
+                    : "a tools/call is not retried on another instance once it may have reached a backend"
                 })
-              )
+              },
+              onSuccess: (value) => ({ value, instance: last! })
+            }),
+            Effect.onExit((exit) =>
+              Effect.sync(() => record(last, Exit.isSuccess(exit) && !(operation.isErrorAnswer?.(exit.value.value) ?? false)))
             )
           )
         })
