@@ -1,4 +1,4 @@
-import { Context, Duration, Effect, Layer, Runtime } from "effect"
+import { Context, Duration, Effect, FiberId, Layer, Runtime } from "effect"
 
 export interface TimerShape {
   /** The current time in epoch ms (the Clock's). */
@@ -35,7 +35,7 @@ export class Timer extends Context.Tag("mcp-gateway/Timer")<Timer, TimerShape>()
         now: () => clock.unsafeCurrentTimeMillis(),
         schedule: (ms, callback) => {
           const fiber = Runtime.runFork(runtime)(Effect.sleep(Duration.millis(ms)).pipe(Effect.zipRight(Effect.sync(callback))))
-          return () => Runtime.runFork(runtime)(fiber.interruptAsFork(fiber.id()))
+          return () => fiber.unsafeInterruptAsFork(FiberId.none)
         }
       }
     })

@@ -63,6 +63,8 @@ export const makeHttpConnection = (
   let established: Session | undefined
   let nextId = 1
   let closed = false
+  /** The server forgot the session this connection was opened for (see renewLostSession). */
+  let sessionLost = false
   let generation = 0
 
   const error = (message: string, reachedBackend: boolean) =>
@@ -256,6 +258,8 @@ export const makeHttpConnection = (
   ) =>
     Effect.suspend(() => {
       if (options.renewLostSession === false) {
+        // A client's own session: its state on the server is gone, and so is this connection.
+        sessionLost = true
         return Effect.fail(error("the server ended the session", true))
       }
       if (established === lost) {
@@ -391,7 +395,7 @@ export const makeHttpConnection = (
 
   return {
     generation: () => generation,
-    alive: () => !closed,
+    alive: () => !closed && !sessionLost,
     listen,
     notify,
     request,

@@ -13,6 +13,7 @@ import {
   type RunningGateway,
   repoRoot,
   runGateway,
+  startEverythingHttp,
   startGateway,
   tempDir,
   waitUntil,
@@ -263,6 +264,37 @@ describe("operations end to end", () => {
     expect(Date.now() - started).toBeLessThan(10_000)
     for (const pid of family) expect(isAlive(pid), `process ${pid}`).toBe(false)
     expect(gateway.stderr()).toContain("shutting down")
+  })
+
+  it("an MCP session whose HTTP backend forgot it ends (404); a timeout does not end it", async () => {
+    const first = await startEverythingHttp()
+    cleanups.push(() => first.stop())
+    const gateway = await gatewayWith({
+      templates: { h: { instances: [{ id: "h1", transport: "http", endpoint: first.url }], load_balancer: { timeout: 1 } } }
+    })
+    const headers = { "content-type": "application/json", accept: "application/json, text/event-stream" }
+    const rpc = (session: string | undefined, id: number, method: string, params: unknown) =>
+      fetch(`${gateway.url}/mcp/h`, {
+        method: "POST",
+        headers: session === undefined ? headers : { ...headers, "mcp-session-id": session },
+        body: JSON.stringify({ jsonrpc: "2.0", id, method, params })
+      })
+    const init = { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "e2e", version: "1" } }
+    const session = (await rpc(undefined, 1, "initialize", init)).headers.get("mcp-session-id")!
+    // A request that outlives the timeout is an error for that request only.
+    const slow = await rpc(session, 2, "tools/call", { name: "trigger-long-running-operation", arguments: { duration: 3, steps: 1 } })
+    expect(slow.status).toBe(200)
+    expect(await slow.text()).toContain("did not answer")
+    const echo = await rpc(session, 3, "tools/call", { name: "echo", arguments: { message: "still" } })
+    expect(await echo.text()).toContain("Echo: still")
+    // The backend restarts and forgets every session: the client's session is over.
+    await first.stop()
+    const second = await startEverythingHttp(first.port)
+    cleanups.push(() => second.stop())
+    expect((await rpc(session, 4, "tools/call", { name: "echo", arguments: { message: "x" } })).status).toBe(404)
+    expect((await rpc(session, 5, "tools/call", { name: "echo", arguments: { message: "x" } })).status).toBe(404)
+    const fresh = (await rpc(undefined, 6, "initialize", init)).headers.get("mcp-session-id")!
+    expect(await (await rpc(fresh, 7, "tools/call", { name: "echo", arguments: { message: "anew" } })).text()).toContain("Echo: anew")
   })
 
   it("a port already in use stops start-up before any server process is started", async () => {
