@@ -66,19 +66,21 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
           )
           const now = yield* Clock.currentTimeMillis
           stats.recordProbe(outcome._tag === "Right", performance.now() - started)
+          // What is logged is the instance's status as a whole (a failed process stays failed, whatever a probe says).
+          const before = instance.status
           if (outcome._tag === "Right") {
-            const changed = instance.probeSucceeded(now, settings)
-            if (changed !== undefined) yield* Effect.logInfo("instance is healthy")
+            instance.probeSucceeded(now, settings)
+            if (instance.status !== before && instance.status === "healthy") yield* Effect.logInfo("instance is healthy")
             return true
           }
           const reason = outcome.left.message
-          const changed = instance.probeFailed(now, reason, settings)
-          if (changed !== undefined) yield* Effect.logWarning(`instance is unhealthy: ${reason}`)
+          instance.probeFailed(now, reason, settings)
+          if (instance.status !== before && instance.status === "unhealthy") yield* Effect.logWarning(`instance is unhealthy: ${reason}`)
           else {
             yield* Effect.logDebug(
-              instance.health.status === "healthy"
+              instance.status === "healthy"
                 ? `probe failed (${instance.health.consecutiveFailures} of ${settings.unhealthy_threshold} before unhealthy): ${reason}`
-                : `still unhealthy: ${reason}`
+                : `probe failed, still ${instance.status}: ${reason}`
             )
           }
           return false

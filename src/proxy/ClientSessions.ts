@@ -210,7 +210,11 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         return Effect.forEach(idle, (s) => close(s.id), { discard: true })
       }).pipe(Effect.repeat(Schedule.spaced(REAP_EVERY)), Effect.forkScoped)
 
-      yield* Effect.addFinalizer(() => Effect.forEach(Array.from(sessions.keys()), close, { discard: true }))
+      yield* Effect.addFinalizer(() =>
+        Effect.suspend(() =>
+          sessions.size === 0 ? Effect.void : Effect.logInfo(`shutting down: ending ${sessions.size} MCP sessions`)
+        ).pipe(Effect.zipRight(Effect.forEach(Array.from(sessions.keys()), close, { discard: true })))
+      )
 
       return { open, resolve, close, closePinnedTo, size: () => sessions.size }
     })

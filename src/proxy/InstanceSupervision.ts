@@ -35,7 +35,8 @@ export const InstanceSupervision: Layer.Layer<ConnectionPolicy, never, Registry 
         const before = state.status
         state.channelChanged(status, timer.now())
         const after = state.status
-        if (before !== after) {
+        // (A channel stopped on purpose, at removal or shutdown, says nothing of the instance.)
+        if (before !== after && status.state !== "stopped") {
           const log = after === "healthy" ? Effect.logInfo(`instance is healthy (its process is running)`) : after === "failed"
             ? Effect.logError(`instance failed: ${status.lastExit ?? "its process kept ending"}`)
             : Effect.logWarning(`instance is ${after}: ${status.lastExit ?? status.state}`)

@@ -36,6 +36,8 @@ export class InstanceState implements InstanceView {
   readonly breaker = new CircuitBreaker()
   /** The instance's shared channel, as its transport reports it (stdio and legacy SSE instances). */
   channel: ChannelStatus | undefined = undefined
+  /** Its channel ended and no new one runs yet (restarting, starting again, or failed). */
+  private channelDown = false
   readonly registeredAt = new Date()
 
   constructor(readonly definition: InstanceDefinition) {}
@@ -56,13 +58,12 @@ export class InstanceState implements InstanceView {
    */
   get status(): HealthStatus {
     if (this.channel?.state === "failed") return "failed"
-    if (this.channel?.state === "restarting") return "unhealthy"
+    if (this.channelDown) return "unhealthy"
     return this.health.status
   }
 
   get lastError(): string | undefined {
-    const channel = this.channel
-    if (channel !== undefined && (channel.state === "failed" || channel.state === "restarting")) return channel.lastExit
+    if (this.channelDown) return this.channel?.lastExit
     return this.health.status === "healthy" ? undefined : this.health.lastError
   }
 
@@ -118,8 +119,12 @@ export class InstanceState implements InstanceView {
   channelChanged(status: ChannelStatus, now: number) {
     const was = this.channel?.state
     this.channel = status
-    // A process that (re)started and answered `initialize` is as good as a passed probe.
-    if (status.state === "running" && was !== "running") this.health.markHealthy(now)
+    if (status.state === "restarting" || status.state === "failed") this.channelDown = true
+    if (status.state === "running") {
+      this.channelDown = false
+      // A process that (re)started and answered `initialize` is as good as a passed probe.
+      if (was !== "running") this.health.markHealthy(now)
+    }
   }
 
   /** Seconds until something here may change its mind (an ejection ends, a breaker trial, a restart), if known. */

@@ -64,6 +64,8 @@ export const makeSharedChannelConnection = <C extends Channel>(
   /** When the channel ended lately (within the restart window), oldest first. */
   const exits: Array<number> = []
   let failedAt = 0
+  /** After a failed channel's second chance starts, until a window has passed: one more end and it is failed again. */
+  let probationUntil = 0
   let status: ChannelStatus = { state: "idle", pid: undefined, restarts: 0, lastExit: undefined, nextRestartAt: undefined, stderrTail: [] }
 
   const setStatus = (patch: Partial<ChannelStatus>) => {
@@ -119,7 +121,8 @@ export const makeSharedChannelConnection = <C extends Channel>(
           if (starting === deferred) starting = undefined
           initialized = channel
           generation++
-          setStatus({ state: "running", lastExit: undefined })
+          // (lastExit stays: why it last ended is worth knowing after the restart too.)
+          setStatus({ state: "running" })
         })
       ),
       Effect.intoDeferred(deferred),
@@ -146,7 +149,7 @@ export const makeSharedChannelConnection = <C extends Channel>(
       const now = yield* Clock.currentTimeMillis
       while (exits.length > 0 && now - exits[0]! >= Duration.toMillis(policy.window)) exits.shift()
       exits.push(now)
-      if (exits.length > policy.maxRestarts) {
+      if (exits.length > policy.maxRestarts || now < probationUntil) {
         failedAt = now
         setStatus({ state: "failed", pid: undefined, lastExit: reason, restarts: exits.length - 1, nextRestartAt: undefined, stderrTail })
         log.warn(
@@ -177,8 +180,9 @@ export const makeSharedChannelConnection = <C extends Channel>(
         if (now - failedAt < Duration.toMillis(supervision!.policy().window)) {
           return Effect.fail(notReady(`failed: ${status.lastExit ?? "it kept ending"}, restarted too often (max_restarts)`))
         }
-        // A window has passed: one more chance.
+        // A window has passed: one more chance (ending again within a window makes it failed at once).
         exits.length = 0
+        probationUntil = now + Duration.toMillis(supervision!.policy().window)
         return startChannel()
       })
     }

@@ -100,11 +100,19 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
 
       // Shutdown: every process stopped, every session ended, all at once.
       yield* Effect.addFinalizer(() =>
-        Effect.forEach(
-          Array.from(connections.values()),
-          (entry) => entry.connection.close.pipe(Effect.ensuring(Scope.close(entry.scope, Exit.void))),
-          { concurrency: "unbounded", discard: true }
-        ).pipe(Effect.ensuring(Effect.sync(() => connections.clear())))
+        Effect.suspend(() =>
+          connections.size === 0
+            ? Effect.void
+            : Effect.logInfo(`shutting down: closing ${connections.size} instance connections (processes, sessions)`)
+        ).pipe(
+          Effect.zipRight(Effect.forEach(
+            Array.from(connections.values()),
+            (entry) => entry.connection.close.pipe(Effect.ensuring(Scope.close(entry.scope, Exit.void))),
+            { concurrency: "unbounded", discard: true }
+          )),
+          Effect.zipRight(Effect.suspend(() => connections.size === 0 ? Effect.void : Effect.logInfo("shutting down: every process stopped"))),
+          Effect.ensuring(Effect.sync(() => connections.clear()))
+        )
       )
 
       return {

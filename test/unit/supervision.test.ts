@@ -1,5 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Exit, TestClock } from "effect"
+import { defineInstance } from "../../src/domain/Instance.js"
+import { InstanceState } from "../../src/registry/InstanceState.js"
 import type { ConnectionLog } from "../../src/transport/Connection.js"
 import { type ChannelListener, Multiplexer } from "../../src/transport/Multiplexer.js"
 import { makeSharedChannelConnection } from "../../src/transport/SharedChannel.js"
@@ -79,7 +81,8 @@ describe("shared channel supervision", () => {
 
       yield* TestClock.adjust(Duration.millis(1000))
       expect(channels).toHaveLength(2)
-      expect(connection.status()).toMatchObject({ state: "running", pid: 101, lastExit: undefined })
+      // Running again; why it last ended stays visible.
+      expect(connection.status()).toMatchObject({ state: "running", pid: 101, lastExit: "process exited (code 1)" })
       expect(connection.generation()).toBe(2)
       expect(Exit.isSuccess(yield* ping(connection))).toBe(true)
       expect(reports.map((r) => r.state)).toEqual(["starting", "starting", "running", "restarting", "starting", "starting", "running"])
@@ -106,10 +109,42 @@ describe("shared channel supervision", () => {
       expect(channels).toHaveLength(4) // no restart while failed
       const refused = yield* ping(connection)
       expect(Exit.isFailure(refused) && (refused.cause as any).error.message).toContain("restarted too often")
-      // A window later, the next use gets one more chance.
+      // A window later, the next use gets one more chance...
       yield* TestClock.adjust(Duration.seconds(30))
       expect(Exit.isSuccess(yield* ping(connection))).toBe(true)
       expect(connection.status().state).toBe("running")
+      // ...one: ending again within the window makes it failed at once, without another round of restarts.
+      crash(3)
+      yield* TestClock.adjust(Duration.millis(1))
+      expect(connection.status()).toMatchObject({ state: "failed", lastExit: "process exited (code 3)" })
+      expect(channels).toHaveLength(5)
+    }))
+
+  it.scoped("an instance whose process ended stays unhealthy until a new process answers initialize", () =>
+    Effect.gen(function*() {
+      const { connection, crash, reports } = yield* supervised(5)
+      const instance = new InstanceState(defineInstance("t", "x", { transport: "stdio", command: ["x"] }, "config"))
+      const seen: Array<string> = []
+      const follow = () => {
+        while (reports.length > 0) instance.channelChanged(reports.shift()!, 0)
+        seen.push(`${instance.channel?.state}:${instance.status}`)
+      }
+      yield* ping(connection)
+      follow()
+      crash()
+      yield* TestClock.adjust(Duration.millis(1))
+      follow()
+      // The restart: starting (not yet initialized), then running.
+      yield* TestClock.adjust(Duration.millis(999))
+      follow()
+      expect(seen).toEqual(["running:healthy", "restarting:unhealthy", "running:healthy"])
+      // In between, while the new process was starting, the instance was never healthy.
+      crash()
+      yield* TestClock.adjust(Duration.millis(1))
+      follow()
+      instance.channelChanged({ ...connection.status(), state: "starting" }, 0)
+      expect(instance.status).toBe("unhealthy")
+      expect(instance.selectable(0)).toBe(false)
     }))
 
   it.scoped("a channel closed on purpose is not restarted", () =>
