@@ -12,7 +12,9 @@ import {
   api,
   descendants,
   everythingServer,
+  initializeRaw,
   isAlive,
+  mcpPostHeaders,
   type RunningGateway,
   type RunningServer,
   startEverythingHttp,
@@ -23,20 +25,11 @@ import {
   writeJson
 } from "../support/processes.js"
 
-const rawHeaders = { "content-type": "application/json", accept: "application/json, text/event-stream" }
+const rawHeaders = mcpPostHeaders
 
 /** An MCP session opened by hand (for what the SDK client does not let a test do). */
 const openRawSession = async (url: string) => {
-  const opened = await fetch(url, {
-    method: "POST",
-    headers: rawHeaders,
-    body: JSON.stringify({
-      jsonrpc: "2.0",
-      id: 1,
-      method: "initialize",
-      params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "raw", version: "1" } }
-    })
-  })
+  const opened = await initializeRaw(url)
   expect(opened.status).toBe(200)
   return { headers: rawHeaders, session: opened.headers.get("mcp-session-id")! }
 }

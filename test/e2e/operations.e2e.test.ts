@@ -9,7 +9,9 @@ import {
   descendants,
   everythingServer,
   freePort,
+  initializeRaw,
   isAlive,
+  mcpPostHeaders,
   type RunningGateway,
   repoRoot,
   runGateway,
@@ -129,16 +131,7 @@ describe("operations end to end", () => {
     const retryAfter = Number(rest.headers.get("retry-after"))
     expect(retryAfter).toBeGreaterThanOrEqual(1)
     expect(retryAfter).toBeLessThanOrEqual(6)
-    const mcp = await fetch(`${gateway.url}/mcp/t`, {
-      method: "POST",
-      headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
-      body: JSON.stringify({
-        jsonrpc: "2.0",
-        id: 1,
-        method: "initialize",
-        params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "e2e", version: "1" } }
-      })
-    })
+    const mcp = await initializeRaw(`${gateway.url}/mcp/t`)
     expect(mcp.status).toBe(503)
     expect(Number(mcp.headers.get("retry-after"))).toBeGreaterThanOrEqual(1)
     expect(((await mcp.json()) as any).error.message).toContain("no healthy instance")
@@ -243,16 +236,7 @@ describe("operations end to end", () => {
         return f
       })()
     })
-    const opened = await fetch(`${gateway.url}/mcp/t`, {
-      method: "POST",
-      headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
-      body: JSON.stringify({
-        jsonrpc: "2.0",
-        id: 1,
-        method: "initialize",
-        params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "e2e", version: "1" } }
-      })
-    })
+    const opened = await initializeRaw(`${gateway.url}/mcp/t`)
     const session = opened.headers.get("mcp-session-id")!
     const standing = await fetch(`${gateway.url}/mcp/t`, { headers: { accept: "text/event-stream", "mcp-session-id": session } })
     expect(standing.status).toBe(200)
@@ -272,15 +256,13 @@ describe("operations end to end", () => {
     const gateway = await gatewayWith({
       templates: { h: { instances: [{ id: "h1", transport: "http", endpoint: first.url }], load_balancer: { timeout: 1 } } }
     })
-    const headers = { "content-type": "application/json", accept: "application/json, text/event-stream" }
-    const rpc = (session: string | undefined, id: number, method: string, params: unknown) =>
+    const rpc = (session: string, id: number, method: string, params: unknown) =>
       fetch(`${gateway.url}/mcp/h`, {
         method: "POST",
-        headers: session === undefined ? headers : { ...headers, "mcp-session-id": session },
+        headers: { ...mcpPostHeaders, "mcp-session-id": session },
         body: JSON.stringify({ jsonrpc: "2.0", id, method, params })
       })
-    const init = { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "e2e", version: "1" } }
-    const session = (await rpc(undefined, 1, "initialize", init)).headers.get("mcp-session-id")!
+    const session = (await initializeRaw(`${gateway.url}/mcp/h`)).headers.get("mcp-session-id")!
     // A request that outlives the timeout is an error for that request only.
     const slow = await rpc(session, 2, "tools/call", { name: "trigger-long-running-operation", arguments: { duration: 3, steps: 1 } })
     expect(slow.status).toBe(200)
@@ -293,7 +275,7 @@ describe("operations end to end", () => {
     cleanups.push(() => second.stop())
     expect((await rpc(session, 4, "tools/call", { name: "echo", arguments: { message: "x" } })).status).toBe(404)
     expect((await rpc(session, 5, "tools/call", { name: "echo", arguments: { message: "x" } })).status).toBe(404)
-    const fresh = (await rpc(undefined, 6, "initialize", init)).headers.get("mcp-session-id")!
+    const fresh = (await initializeRaw(`${gateway.url}/mcp/h`)).headers.get("mcp-session-id")!
     expect(await (await rpc(fresh, 7, "tools/call", { name: "echo", arguments: { message: "anew" } })).text()).toContain("Echo: anew")
   })
 

@@ -199,3 +199,19 @@ export const waitUntil = async (condition: () => Promise<boolean> | boolean, tim
   }
   throw new Error(`timed out waiting for ${what}`)
 }
+
+/** The headers an MCP client sends with every POST to a Streamable HTTP endpoint. */
+export const mcpPostHeaders = { "content-type": "application/json", accept: "application/json, text/event-stream" }
+
+/** A raw MCP `initialize` POST (for what the SDK client does not let a test do); the session id is in the answer's headers. */
+export const initializeRaw = (endpoint: string, id: number | string = 1) =>
+  fetch(endpoint, {
+    method: "POST",
+    headers: mcpPostHeaders,
+    body: JSON.stringify({
+      jsonrpc: "2.0",
+      id,
+      method: "initialize",
+      params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "e2e", version: "1" } }
+    })
+  })
