@@ -1,12 +1,14 @@
 import { Effect, Layer } from "effect"
 import { HealthChecker } from "./health/HealthChecker.js"
 import { HealthProbes } from "./health/HealthProbes.js"
+import { Authenticator } from "./http/auth/Authenticator.js"
 import { HttpServerLive, ListeningAddress } from "./http/HttpServer.js"
 import { PluginLoader } from "./loader/PluginLoader.js"
 import { ClientSessions } from "./proxy/ClientSessions.js"
 import { Dispatcher } from "./proxy/Dispatcher.js"
 import { InstanceLifecycle } from "./proxy/InstanceLifecycle.js"
 import { InstanceSupervision } from "./proxy/InstanceSupervision.js"
+import { RateLimiter } from "./proxy/RateLimiter.js"
 import { Stats } from "./proxy/Stats.js"
 import { Timer } from "./proxy/Timer.js"
 import { Registry } from "./registry/Registry.js"
@@ -19,7 +21,7 @@ export const GatewayFoundation = Layer.mergeAll(Registry.layer, PluginLoader.lay
 /** The gateway's services on top of the foundation, given a Transport and a Timer. */
 export const GatewayServices = InstanceLifecycle.pipe(
   Layer.provideMerge(ClientSessions.layer),
-  Layer.provideMerge(Layer.mergeAll(Dispatcher.layer, HealthChecker.layer)),
+  Layer.provideMerge(Layer.mergeAll(Dispatcher.layer, HealthChecker.layer, RateLimiter.layer)),
   Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer))
 )
 
@@ -56,7 +58,7 @@ const LiveTransport = Transport.layer.pipe(Layer.provide(InstanceSupervision))
  * HTTP server first (draining requests in flight), then ends sessions, then stops processes.
  */
 export const GatewayLive = FirstHealthCheck.pipe(
-  Layer.provide(HttpServerLive),
+  Layer.provide(HttpServerLive.pipe(Layer.provide(Authenticator.layer))),
   Layer.provideMerge(GatewayServices),
   Layer.provideMerge(LiveTransport),
   Layer.provideMerge(GatewayFoundation),

@@ -16,13 +16,13 @@ export default HealthProbePlugin.make({
   }),
   make: (options) =>
     Effect.succeed({
-      probe: ({ instance }) => {
+      probe: ({ headers, instance }) => {
         if (instance.transport === "stdio") {
           return Effect.fail(new ProbeError({ message: "the http_get probe needs an http or sse instance (this one is stdio)" }))
         }
         const url = new URL(options.path, instance.endpoint)
         return Effect.tryPromise({
-          try: (signal) => fetch(url, { signal, headers: instance.headers }),
+          try: (signal) => fetch(url, { signal, headers }),
           catch: (e) => new ProbeError({ message: `GET ${url}: ${(e as Error).cause ?? (e as Error).message}` })
         }).pipe(
           Effect.flatMap((response) => {

@@ -1,13 +1,14 @@
 import { Command } from "@effect/cli"
 import { GATEWAY_VERSION } from "../domain/Protocol.js"
+import { hashKeyCommand } from "./hashKey.js"
 import { startCommand } from "./start.js"
 
 export const rootCommand = Command.make("mcp-gateway").pipe(
   Command.withDescription("One URL for every MCP server: load balancing, health checks and failover"),
-  Command.withSubcommands([startCommand])
+  Command.withSubcommands([startCommand, hashKeyCommand])
 )
 
-const subcommands = new Set(["start"])
+const subcommands = new Set(["start", "hash-key"])
 
 /**
  * `start` is the default command: `mcp-gateway --config gateway.json` means

@@ -23,6 +23,9 @@ export const startOptions = {
   logFormat: Options.choice("log-format", ["text", "json", "pretty"]).pipe(
     Options.withDescription("Log line format on stderr"),
     Options.withDefault("text")
+  ),
+  insecure: Options.boolean("insecure").pipe(
+    Options.withDescription("Listen on a non-loopback address without any auth configured (anyone who can reach it may use every tool)")
   )
 }
 
@@ -33,7 +36,10 @@ type StartFlags = {
   readonly registryFile: Option.Option<string>
   readonly logLevel: Option.Option<LogLevelName>
   readonly logFormat: LogFormat
+  readonly insecure: boolean
 }
+
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
 
 /** Loads the config, builds the gateway and runs it until SIGINT/SIGTERM. */
 export const runGateway = (flags: StartFlags) =>
@@ -48,6 +54,14 @@ export const runGateway = (flags: StartFlags) =>
       registryFile: Option.getOrUndefined(flags.registryFile),
       logLevel: Option.getOrUndefined(flags.logLevel)
     }).pipe(Effect.mapError((e) => new StartupFailed({ message: e.message, exitCode: 2 })))
+    if (!LOOPBACK.test(config.gateway.host) && config.gateway.auth === undefined && !flags.insecure) {
+      return yield* new StartupFailed({
+        message: `refusing to listen on ${config.gateway.host} without authentication: anyone who can reach this address could call ` +
+          `every tool of every template. Configure "auth" (API keys or JWTs, see docs/security.md), listen on 127.0.0.1, ` +
+          `or pass --insecure if the network itself is trusted`,
+        exitCode: 2
+      })
+    }
     const logger = loggerLayer(config.gateway.logLevel, flags.logFormat)
     return yield* Layer.launch(GatewayLive.pipe(Layer.provide(GatewayConfig.layer(config)))).pipe(
       Effect.catchTags({

@@ -10,10 +10,31 @@ import {
   resolveLoadBalancer,
   seconds
 } from "../domain/LoadBalancer.js"
+import { missingSecrets } from "../domain/Secret.js"
+import { AuthInput, type AuthSettings, resolveAuth } from "./AuthConfig.js"
 import { ConfigInvalid } from "./ConfigInvalid.js"
 
 /** 4 MiB: far above any MCP request, small enough that a client cannot make the gateway buffer much. */
 export const DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+/** The request limits, each written once. */
+export const DEFAULT_LIMITS = {
+  /** All request headers together (Node answers 431 beyond). */
+  maxHeaderBytes: 16 * 1024,
+  /** How deeply a client's JSON may nest (deeper is a 400 that touches no backend). */
+  maxJsonDepth: 64,
+  /** MCP endpoint sessions open at once, in all and per client (credential, or address without auth). */
+  maxSessions: 10_000,
+  maxSessionsPerClient: 100,
+  /** Backend requests one REST list may make following `nextCursor` (more: 502, never a truncated list). */
+  maxListPages: 100
+} as const
+
+/** Headers a template may never forward to its backends: the client's credentials, and what the gateway sets itself. */
+const UNFORWARDABLE_HEADERS = new Set([
+  "authorization", "x-api-key", "cookie", "host", "content-length", "content-type", "transfer-encoding", "connection",
+  "accept", "mcp-session-id", "mcp-protocol-version", "last-event-id", "proxy-authorization", "upgrade", "te", "keep-alive"
+])
 
 export const LogLevelName = Schema.Literal("trace", "debug", "info", "warn", "error", "fatal", "none")
 export type LogLevelName = typeof LogLevelName.Type
@@ -22,9 +43,31 @@ const Port = Schema.Number.pipe(
   Schema.filter((n) => (Number.isInteger(n) && n >= 0 && n <= 65535) || `expected an integer from 0 to 65535, got ${n}`)
 )
 
+const PositiveInt = (min: number) =>
+  Schema.Number.pipe(Schema.filter((n) => (Number.isInteger(n) && n >= min) || `expected an integer of at least ${min}, got ${n}`))
+
+/** A token bucket: `requests_per_second` sustained, `burst` at once (default: one second's worth). */
+const RateLimitInput = Schema.Struct({
+  requests_per_second: Schema.Number.pipe(Schema.filter((n) => (Number.isFinite(n) && n > 0) || `expected a positive number, got ${n}`)),
+  burst: Schema.optional(PositiveInt(1))
+})
+type RateLimitInput = typeof RateLimitInput.Type
+
+export interface RateLimit {
+  readonly perSecond: number
+  readonly burst: number
+}
+
+const rateLimitOf = (input: RateLimitInput | undefined): RateLimit | undefined =>
+  input === undefined ? undefined : { perSecond: input.requests_per_second, burst: input.burst ?? Math.max(1, Math.ceil(input.requests_per_second)) }
+
 const TemplateInput = Schema.Struct({
   instances: Schema.optionalWith(Schema.Array(InstanceSpec), { default: () => [] }),
-  load_balancer: Schema.optional(LoadBalancerInput)
+  load_balancer: Schema.optional(LoadBalancerInput),
+  /** Requests to this template, from all clients together (overrides gateway.rate_limits.per_template). */
+  rate_limit: Schema.optional(RateLimitInput),
+  /** Client request headers passed on to this template's HTTP backends (none by default). */
+  forward_headers: Schema.optional(Schema.Array(Schema.String))
 })
 
 /** The config file as users write it (the seed's format). Unknown keys are errors: a typo must not pass silently. */
@@ -34,8 +77,21 @@ export const ConfigFile = Schema.Struct({
     port: Schema.optional(Port),
     registry_file: Schema.optional(Schema.String),
     allow_stdio_registration: Schema.optional(Schema.Boolean),
-    /** Browser origins allowed on the MCP endpoint besides the loopback ones (against DNS rebinding). */
+    /** Browser origins allowed besides the loopback ones (CORS on the MCP endpoint; every other origin gets 403). */
     allowed_origins: Schema.optional(Schema.Array(Schema.String)),
+    /** Host names the gateway answers to besides IP addresses and localhost (against DNS rebinding). */
+    allowed_hosts: Schema.optional(Schema.Array(Schema.String)),
+    max_header_bytes: Schema.optional(PositiveInt(1024)),
+    max_json_depth: Schema.optional(PositiveInt(2)),
+    max_sessions: Schema.optional(PositiveInt(1)),
+    max_sessions_per_client: Schema.optional(PositiveInt(1)),
+    max_list_pages: Schema.optional(PositiveInt(1)),
+    rate_limits: Schema.optional(Schema.Struct({
+      /** Per credential (per client address without auth), over every route but /gateway/health. */
+      per_client: Schema.optional(RateLimitInput),
+      /** Per template, over the MCP operations of all its clients (a template's own `rate_limit` overrides it). */
+      per_template: Schema.optional(RateLimitInput)
+    })),
     /** Request bodies larger than this many bytes are refused with 413. */
     max_body_bytes: Schema.optional(
       Schema.Number.pipe(Schema.filter((n) => (Number.isInteger(n) && n >= 1024) || `expected an integer of at least 1024, got ${n}`))
@@ -44,7 +100,8 @@ export const ConfigFile = Schema.Struct({
     /** Gateway-wide defaults for every template's load_balancer. */
     load_balancer: Schema.optional(LoadBalancerInput)
   })),
-  templates: Schema.optional(Schema.Record({ key: TemplateName, value: TemplateInput }))
+  templates: Schema.optional(Schema.Record({ key: TemplateName, value: TemplateInput })),
+  auth: Schema.optional(AuthInput)
 })
 export type ConfigFile = typeof ConfigFile.Type
 
@@ -54,6 +111,9 @@ export interface TemplateConfig {
   readonly loadBalancerInput: LoadBalancerInput | undefined
   readonly loadBalancer: LoadBalancerSettings
   readonly instances: ReadonlyArray<InstanceDefinition>
+  /** Client headers (lower-case) passed on to the template's HTTP backends. */
+  readonly forwardHeaders: ReadonlyArray<string>
+  readonly rateLimit: RateLimit | undefined
 }
 
 export interface GatewaySettings {
@@ -62,7 +122,16 @@ export interface GatewaySettings {
   readonly registryFile: string | undefined
   readonly allowStdioRegistration: boolean
   readonly allowedOrigins: ReadonlyArray<string>
+  readonly allowedHosts: ReadonlyArray<string>
   readonly maxBodyBytes: number
+  readonly maxHeaderBytes: number
+  readonly maxJsonDepth: number
+  readonly maxSessions: number
+  readonly maxSessionsPerClient: number
+  readonly maxListPages: number
+  readonly rateLimits: { readonly perClient: RateLimit | undefined; readonly perTemplate: RateLimit | undefined }
+  /** Authentication, when configured (API keys and/or JWTs); undefined: every caller is anonymous. */
+  readonly auth: AuthSettings | undefined
   readonly logLevel: LogLevelName
   /** Defaults applied to templates that leave a load_balancer field unset (file, then environment). */
   readonly defaults: LoadBalancerSettings
@@ -178,15 +247,32 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
           return
         }
         seen.add(id)
+        if (spec.transport !== "stdio") {
+          for (const [header, problem] of missingSecrets(spec.headers)) {
+            problems.push(`templates.${name}.instances[${index}].headers[${JSON.stringify(header)}]: ${problem}`)
+          }
+        }
         instances.push(defineInstance(name, id, resolvePaths(spec, baseDir), "config"))
+      })
+      const forwardHeaders = (template.forward_headers ?? []).map((h) => h.toLowerCase())
+      forwardHeaders.forEach((h, i) => {
+        if (UNFORWARDABLE_HEADERS.has(h)) {
+          problems.push(
+            `templates.${name}.forward_headers[${i}]: ${JSON.stringify(h)} is never forwarded (the client's credentials ` +
+              `and the headers the gateway sets itself); give backend credentials in the instance's headers`
+          )
+        }
       })
       templates.push({
         name,
         loadBalancerInput: template.load_balancer,
         loadBalancer: resolveLoadBalancer(defaults, template.load_balancer),
-        instances
+        instances,
+        forwardHeaders,
+        rateLimit: rateLimitOf(template.rate_limit)
       })
     }
+    const auth = file.auth === undefined ? undefined : yield* resolveAuth(file.auth, baseDir, problems)
     if (problems.length > 0) return yield* new ConfigInvalid({ problems })
 
     const registryFile = flags.registryFile ?? Option.getOrUndefined(env.registryFile) ?? file.gateway?.registry_file
@@ -197,7 +283,18 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         registryFile: registryFile === undefined || registryFile === "" ? undefined : path.resolve(baseDir, registryFile),
         allowStdioRegistration: file.gateway?.allow_stdio_registration ?? false,
         allowedOrigins: file.gateway?.allowed_origins ?? [],
+        allowedHosts: file.gateway?.allowed_hosts ?? [],
         maxBodyBytes: file.gateway?.max_body_bytes ?? DEFAULT_MAX_BODY_BYTES,
+        maxHeaderBytes: file.gateway?.max_header_bytes ?? DEFAULT_LIMITS.maxHeaderBytes,
+        maxJsonDepth: file.gateway?.max_json_depth ?? DEFAULT_LIMITS.maxJsonDepth,
+        maxSessions: file.gateway?.max_sessions ?? DEFAULT_LIMITS.maxSessions,
+        maxSessionsPerClient: file.gateway?.max_sessions_per_client ?? DEFAULT_LIMITS.maxSessionsPerClient,
+        maxListPages: file.gateway?.max_list_pages ?? DEFAULT_LIMITS.maxListPages,
+        rateLimits: {
+          perClient: rateLimitOf(file.gateway?.rate_limits?.per_client),
+          perTemplate: rateLimitOf(file.gateway?.rate_limits?.per_template)
+        },
+        auth,
         logLevel: flags.logLevel ?? file.gateway?.log_level ?? "info",
         defaults,
         baseDir

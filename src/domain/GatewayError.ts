@@ -98,6 +98,21 @@ export class BackendError extends Data.TaggedError("BackendError")<{
   }
 }
 
+/**
+ * A list whose backend kept answering with another `nextCursor` past `max_list_pages`: refused
+ * rather than returned truncated as if complete.
+ */
+export class ListTooLong extends Data.TaggedError("ListTooLong")<{
+  readonly template: string
+  readonly instanceId: string
+  readonly pages: number
+}> {
+  get message() {
+    return `instance "${this.instanceId}" of template "${this.template}" kept paging past ${this.pages} pages ` +
+      `(gateway.max_list_pages); the list was not returned, as it would be incomplete`
+  }
+}
+
 export type DispatchError =
   | TemplateNotFound
   | InstanceNotFound
@@ -106,7 +121,21 @@ export type DispatchError =
   | AllAttemptsFailed
   | UpstreamTimeout
   | RequestRejected
+  | ListTooLong
   | BackendError
+
+/** An MCP session cannot be opened: the gateway's cap, or the client's, is reached. */
+export class SessionLimitReached extends Data.TaggedError("SessionLimitReached")<{
+  /** `gateway`: max_sessions (a 503); `client`: max_sessions_per_client (a 429). */
+  readonly scope: "gateway" | "client"
+  readonly limit: number
+}> {
+  get message() {
+    return this.scope === "gateway"
+      ? `the gateway has ${this.limit} MCP sessions open (gateway.max_sessions); try again later`
+      : `this client has ${this.limit} MCP sessions open (gateway.max_sessions_per_client); end some (DELETE) first`
+  }
+}
 
 /** A registration the registry refuses: duplicate id, template clash. */
 export class RegistrationConflict extends Data.TaggedError("RegistrationConflict")<{ readonly message: string }> {}

@@ -1,4 +1,5 @@
 import { ParseResult, Schema } from "effect"
+import { SecretInput } from "./Secret.js"
 import { splitCommand } from "./splitCommand.js"
 
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
@@ -48,6 +49,8 @@ const Argv = Schema.Array(Schema.String).pipe(
 export const Command = Schema.Union(Argv, CommandLine)
 
 const StringMap = Schema.Record({ key: Schema.String, value: Schema.String })
+/** Headers sent to the instance; a value may come from the environment (`{"env": "FS_TOKEN"}`). */
+const Headers = Schema.Record({ key: Schema.String, value: SecretInput })
 const Metadata = Schema.Record({ key: Schema.String, value: Schema.Unknown })
 
 export const StdioInstanceSpec = Schema.Struct({
@@ -64,7 +67,7 @@ export const HttpInstanceSpec = Schema.Struct({
   id: Schema.optional(InstanceId),
   transport: Schema.Literal("http"),
   endpoint: HttpUrl,
-  headers: Schema.optional(StringMap),
+  headers: Schema.optional(Headers),
   weight: Schema.optional(Weight),
   metadata: Schema.optional(Metadata)
 })
@@ -74,7 +77,7 @@ export const SseInstanceSpec = Schema.Struct({
   id: Schema.optional(InstanceId),
   transport: Schema.Literal("sse"),
   endpoint: HttpUrl,
-  headers: Schema.optional(StringMap),
+  headers: Schema.optional(Headers),
   weight: Schema.optional(Weight),
   metadata: Schema.optional(Metadata)
 })

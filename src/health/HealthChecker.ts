@@ -1,5 +1,6 @@
 import { Clock, Context, Duration, Effect, FiberMap, Layer, Schedule, Stream } from "effect"
 import { DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
+import { resolveHeaders } from "../domain/Secret.js"
 import { Stats } from "../proxy/Stats.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
@@ -37,6 +38,7 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
 
       const targetOf = (instance: InstanceState): ProbeTarget => ({
         instance: instance.definition,
+        headers: instance.definition.transport === "stdio" ? {} : resolveHeaders(instance.definition.headers),
         request: (method, params) =>
           transport.request(instance.definition, method, params).pipe(
             Effect.mapError((e) => new ProbeError({ message: e.message })),

@@ -8,6 +8,8 @@ export class ProbeError extends Data.TaggedError("ProbeError")<{ readonly messag
 /** The instance a probe checks, and the one way into it a probe needs besides plain HTTP. */
 export interface ProbeTarget {
   readonly instance: InstanceDefinition
+  /** The instance's own headers (http, sse), with secrets from the environment read: for probes of its own. */
+  readonly headers: Readonly<Record<string, string>>
   /**
    * An MCP request over the instance's own transport (which starts its process or opens its
    * session first when it has none, so a probe also brings an instance up). Resolves with the

@@ -118,6 +118,8 @@ export const dispatchErrorAnswer = (error: DispatchError, requestId: string): Er
       return errorAnswer(504, "upstream_timeout", error.message, requestId)
     case "RequestRejected":
       return errorAnswer(400, "invalid_request", error.message, requestId, { instance_id: error.instanceId })
+    case "ListTooLong":
+      return errorAnswer(502, "list_too_long", error.message, requestId, { instance_id: error.instanceId })
     case "BackendError":
       return errorAnswer(statusOfMcpError(error.error.code), "mcp_error", error.error.message, requestId, {
         code: error.error.code,

@@ -1,10 +1,13 @@
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Effect, Either, Layer, Schema } from "effect"
 import { GatewayConfig, resolvePaths } from "../config/GatewayConfig.js"
 import { formatParseError } from "../domain/formatParseError.js"
 import type { DispatchError } from "../domain/GatewayError.js"
 import { loadBalancerJson } from "../domain/LoadBalancer.js"
+import { allows, scopeNeeded } from "../domain/Identity.js"
 import { GATEWAY_VERSION } from "../domain/Protocol.js"
+import { missingSecrets } from "../domain/Secret.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
 import { Stats } from "../proxy/Stats.js"
 import { Registry, type TemplateState } from "../registry/Registry.js"
@@ -13,6 +16,8 @@ import { HealthProbes } from "../health/HealthProbes.js"
 import { isModulePath } from "../loader/PluginLoader.js"
 import { GatewayApi, RegisterBody } from "./Api.js"
 import { dispatchErrorAnswer, errorAnswer, toApiError } from "./ApiError.js"
+import { parseJsonBody } from "./raw.js"
+import { type RequestContext, requestContextOf } from "./requestContext.js"
 import { RestOperation, restOperations, runRestOperation } from "./RestOperations.js"
 
 /** The request id the front listener assigned (it echoes the client's X-Request-ID or makes one). */
@@ -38,9 +43,10 @@ const McpHandlers = HttpApiBuilder.group(GatewayApi, "mcp", (handlers) =>
   Effect.gen(function*() {
     const dispatcher = yield* Dispatcher
     const registry = yield* Registry
+    const config = yield* GatewayConfig
     // The same code path as the lean handler, for requests that reach the HttpApi app.
     const run = (operation: RestOperation, template: string, params?: Record<string, unknown>) =>
-      runRestOperation(dispatcher, template, operation, params).pipe(
+      runRestOperation(dispatcher, template, operation, params, { maxPages: config.gateway.maxListPages }).pipe(
         Effect.map((r) => r.result as any),
         Effect.catchAll((e: DispatchError) => Effect.flatMap(requestId, (id) => Effect.fail(toApiError(dispatchErrorAnswer(e, id)))))
       )
@@ -61,6 +67,12 @@ const McpHandlers = HttpApiBuilder.group(GatewayApi, "mcp", (handlers) =>
   }))
 
 const decodeRegisterBody = Schema.decodeUnknownEither(RegisterBody, { errors: "all", onExcessProperty: "error" })
+
+/** An audit line for a change of the registry: who (credential or address), what, from where. */
+const audit = (event: string, context: RequestContext | undefined, what: string) =>
+  Effect.logInfo(`audit: ${event} ${what}`).pipe(
+    Effect.annotateLogs({ audit: event, who: context?.identity.id ?? "(unknown)", what, from: context?.address ?? "(unknown)" })
+  )
 
 const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =>
   Effect.gen(function*() {
@@ -119,15 +131,27 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
         })))
       .handleRaw("register", ({ request }) =>
         Effect.gen(function*() {
-          const json = yield* request.json.pipe(
-            Effect.catchAll(() => fail(400, "invalid_json", "the body is not valid JSON"))
-          )
-          const decoded = decodeRegisterBody(json)
+          // The front listener read the body within the limits (auth/Guard.ts and HttpServer.ts).
+          const context = requestContextOf(NodeHttpServerRequest.toIncomingMessage(request))
+          const id = yield* requestId
+          const body = parseJsonBody(context?.body ?? Buffer.alloc(0), id, config.gateway.maxJsonDepth)
+          if (!body.ok) return yield* Effect.fail(toApiError(body.error))
+          const decoded = decodeRegisterBody(body.value)
           if (Either.isLeft(decoded)) {
             const problems = formatParseError(decoded.left, "body")
             return yield* fail(400, "invalid_request", problems.join("; "), { problems })
           }
           const { instance, load_balancer, template_name } = decoded.right
+          if (context !== undefined && !allows(context.identity, "gateway:admin", template_name)) {
+            return yield* fail(403, "forbidden", `Forbidden: this credential lacks the scope ${scopeNeeded("gateway:admin", template_name)}`)
+          }
+          if (instance.transport !== "stdio") {
+            const missing = missingSecrets(instance.headers)
+            if (missing.length > 0) {
+              const problems = missing.map(([header, problem]) => `body.instance.headers[${JSON.stringify(header)}]: ${problem}`)
+              return yield* fail(400, "invalid_request", problems.join("; "), { problems })
+            }
+          }
           if (instance.transport === "stdio" && !config.gateway.allowStdioRegistration) {
             return yield* fail(
               403,
@@ -160,19 +184,25 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
               RegistryStorageError: (e) => fail(500, "storage_error", e.message)
             })
           )
+          yield* audit("registered", context, `${template_name}/${state.id}`)
           return yield* HttpServerResponse.json(
             { template_name, instance_id: state.id, instance: state.toJSON() },
             { status: 201 }
           ).pipe(Effect.orDie)
         }))
-      .handle("deregister", ({ path }) =>
-        registry.deregister(path.template, path.instanceId).pipe(
-          Effect.map(() => ({ template_name: path.template, instance_id: path.instanceId, deregistered: true })),
-          Effect.catchTags({
-            InstanceNotFound: (e) => fail(404, "instance_not_found", e.message),
-            RegistryStorageError: (e) => fail(500, "storage_error", e.message)
-          })
-        ))
+      .handleRaw("deregister", ({ path, request }) =>
+        Effect.gen(function*() {
+          const context = requestContextOf(NodeHttpServerRequest.toIncomingMessage(request))
+          const { instanceId, template } = path
+          yield* registry.deregister(template, instanceId).pipe(
+            Effect.catchTags({
+              InstanceNotFound: (e) => fail(404, "instance_not_found", e.message),
+              RegistryStorageError: (e) => fail(500, "storage_error", e.message)
+            })
+          )
+          yield* audit("deregistered", context, `${template}/${instanceId}`)
+          return yield* HttpServerResponse.json({ template_name: template, instance_id: instanceId, deregistered: true }).pipe(Effect.orDie)
+        }))
   }))
 
 export const ApiHandlers = HttpApiBuilder.api(GatewayApi).pipe(

@@ -1,22 +1,27 @@
 import { HttpApiBuilder, HttpApiSwagger, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Cause, Context, Data, Duration, Effect, Exit, FiberId, FiberSet, Layer, Option } from "effect"
+import { Cause, Context, Data, Duration, Effect, FiberSet, Layer, Option } from "effect"
 import { randomUUID } from "node:crypto"
 import * as http from "node:http"
 import { GatewayConfig } from "../config/GatewayConfig.js"
-import type { DispatchError } from "../domain/GatewayError.js"
-import { Dispatcher, type DispatchResult } from "../proxy/Dispatcher.js"
+import { Dispatcher } from "../proxy/Dispatcher.js"
 import type { ClientSessions } from "../proxy/ClientSessions.js"
+import type { RateLimiter } from "../proxy/RateLimiter.js"
 import type { Stats } from "../proxy/Stats.js"
-import type { Registry } from "../registry/Registry.js"
+import { Registry } from "../registry/Registry.js"
 import type { HealthProbes } from "../health/HealthProbes.js"
 import type { Strategies } from "../strategy/Strategies.js"
 import { ApiHandlers } from "./ApiHandlers.js"
-import { defectAnswer, dispatchErrorAnswer, errorAnswer } from "./ApiError.js"
+import { errorAnswer } from "./ApiError.js"
+import { Authenticator } from "./auth/Authenticator.js"
+import { makeGuard } from "./auth/Guard.js"
+import { resourceMetadata } from "./auth/ProtectedResource.js"
 import { redocAsset, redocPage } from "./docs.js"
 import { makeMcpEndpoint } from "./mcp/McpEndpoint.js"
-import { readJsonBody, sendError, sendJson } from "./raw.js"
-import { restOperations, runRestOperation } from "./RestOperations.js"
+import { readBody, type RunEffect, sendError, sendJson } from "./raw.js"
+import { setRequestContext } from "./requestContext.js"
+import { makeRestHandler } from "./RestHandler.js"
+import { classifyRoute, requirementOf, type Route } from "./routes.js"
 
 export class ListenError extends Data.TaggedError("ListenError")<{ readonly message: string }> {}
 
@@ -27,25 +32,27 @@ const REQUEST_ID = /^[\x21-\x7e]{1,128}$/
 export class ListeningAddress extends Context.Tag("mcp-gateway/ListeningAddress")<ListeningAddress, { readonly url: string }>() {}
 
 /**
- * The gateway's one HTTP server. Its listener sends the REST MCP operations
- * (`/mcp/{template}/{operation}`, the hot path) to a lean handler that runs the Dispatcher with
- * a runtime built once, and `/mcp/{template}` to the MCP endpoint; everything else
- * (`/gateway/*`, `/mcp/{t}/health`, `/docs`, `/openapi.json`) goes to the HttpApi app, and
- * `/redoc` is a static page. Shutdown stops accepting, ends the standing SSE streams, lets the
+ * The gateway's one HTTP server. Every request first passes the guard (auth/Guard.ts: Host,
+ * Origin, content type, credential and scope, rate limits), then its listener sends the REST MCP
+ * operations (`/mcp/{template}/{operation}`, a hot path) to a lean handler that runs the
+ * Dispatcher with a runtime built once, and `/mcp/{template}` to the MCP endpoint; everything
+ * else (`/gateway/*`, `/mcp/{t}/health`, `/docs`, `/openapi.json`) goes to the HttpApi app, with
+ * its body (if any) read here within the limit, and `/redoc` and the OAuth resource metadata
+ * are static answers. Shutdown stops accepting, ends the standing SSE streams, lets the
  * requests in flight finish for up to the default `drain_timeout`, then cuts what is left.
  */
 export const HttpServerLive: Layer.Layer<
   ListeningAddress,
   ListenError,
-  GatewayConfig | Dispatcher | Registry | Stats | Strategies | HealthProbes | ClientSessions
+  GatewayConfig | Dispatcher | Registry | Stats | Strategies | HealthProbes | ClientSessions | Authenticator | RateLimiter
 > = Layer.scoped(
   ListeningAddress,
   Effect.gen(function*() {
     const config = yield* GatewayConfig
     const dispatcher = yield* Dispatcher
-    const run = yield* FiberSet.makeRuntime<never, DispatchResult, DispatchError>()
+    const registry = yield* Registry
+    const run: RunEffect = yield* FiberSet.makeRuntime<never, unknown, unknown>()
     const mcpEndpoint = yield* makeMcpEndpoint
-    const maxBodyBytes = config.gateway.maxBodyBytes
 
     const apiApp = yield* HttpApiBuilder.httpApp.pipe(
       Effect.provide(
@@ -74,64 +81,25 @@ export const HttpServerLive: Layer.Layer<
       })
     ).pipe(Effect.provide(NodeHttpServer.layerContext))
 
-    const handleOperation = (
-      req: http.IncomingMessage,
-      res: http.ServerResponse,
-      requestId: string,
-      template: string,
-      operationName: string
-    ) => {
-      const operation = Object.hasOwn(restOperations, operationName) ? restOperations[operationName] : undefined
-      if (operation === undefined) {
-        return sendError(
-          res,
-          errorAnswer(404, "unknown_operation", `unknown MCP operation "${operationName}"; operations: ${Object.keys(restOperations).join(", ")}, health`, requestId)
-        )
-      }
-      if (req.method !== operation.httpMethod) {
-        req.resume()
-        return sendError(
-          res,
-          errorAnswer(405, "method_not_allowed", `${operationName} takes ${operation.httpMethod}, not ${req.method}`, requestId),
-          { allow: operation.httpMethod }
-        )
-      }
-      const dispatch = (params: Record<string, unknown> | undefined) => {
-        const fiber = run(runRestOperation(dispatcher, template, operation, params))
-        // A client that hangs up cancels its request, down to the backend.
-        const onClose = () => {
-          if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)
+    const restOperation = makeRestHandler({ dispatcher, registry, settings: config.gateway, run })
+    const guard = yield* makeGuard
+    const authenticator = yield* Authenticator
+
+    /** Routes of the HttpApi app and the small static ones. */
+    const serveOther = (req: http.IncomingMessage, res: http.ServerResponse, route: Route, requestId: string) => {
+      const path = (req.url ?? "/").split("?")[0]!
+      if (route.kind === "resource_metadata") {
+        if (authenticator.settings === undefined) {
+          return sendError(res, errorAnswer(404, "not_found", "this gateway does not require authentication (no auth configured)", requestId))
         }
-        res.once("close", onClose)
-        fiber.addObserver((exit) => {
-          res.off("close", onClose)
-          if (Exit.isSuccess(exit)) {
-            return sendJson(res, 200, exit.value.result, { "x-instance-id": exit.value.instanceId })
-          }
-          const failure = Cause.failureOption(exit.cause)
-          if (Option.isSome(failure)) {
-            const error = failure.value
-            return sendError(
-              res,
-              dispatchErrorAnswer(error, requestId),
-              error._tag === "BackendError" ? { "x-instance-id": error.instanceId } : undefined
-            )
-          }
-          if (!Cause.isInterruptedOnly(exit.cause)) {
-            run(Effect.logError("request failed", exit.cause) as any)
-          }
-          sendError(res, defectAnswer(exit.cause, requestId))
-        })
-      }
-      if (operation.decodeBody === undefined) return dispatch(undefined)
-      readJsonBody(req, requestId, maxBodyBytes, (body) => {
-        if (!body.ok) return sendError(res, body.error)
-        const params = operation.decodeBody!(body.value)
-        if (params._tag === "Left") {
-          return sendError(res, errorAnswer(400, "invalid_request", params.left.join("; "), requestId, { problems: params.left }))
+        if (route.template !== undefined && registry.template(route.template) === undefined) {
+          return sendError(res, errorAnswer(404, "template_not_found", `unknown template "${route.template}"`, requestId))
         }
-        dispatch(params.right)
-      })
+        return sendJson(res, 200, resourceMetadata(authenticator.settings, req.headers.host, route.template))
+      }
+      if (path === "/redoc" || path === "/redoc/") return redocPage(res)
+      if (path === "/redoc/redoc.standalone.js") return redocAsset(res)
+      apiHandler(req, res)
     }
 
     let inflight = 0
@@ -144,46 +112,38 @@ export const HttpServerLive: Layer.Layer<
       res.setHeader("x-request-id", requestId)
       const url = req.url ?? "/"
       const queryAt = url.indexOf("?")
-      const path = queryAt === -1 ? url : url.slice(0, queryAt)
+      const route = classifyRoute(req.method, queryAt === -1 ? url : url.slice(0, queryAt))
+      const requirement = requirementOf(route)
 
-      if (path.startsWith("/mcp/")) {
-        const slash = path.indexOf("/", 5)
-        if (slash === -1 || slash === path.length - 1) {
-          // /mcp/{template}: the MCP endpoint itself.
-          let template: string
-          try {
-            template = decodeURIComponent(path.slice(5, slash === -1 ? undefined : slash))
-          } catch {
-            return sendError(res, errorAnswer(400, "invalid_request", "the template name in the path is not valid URL encoding", requestId))
-          }
-          return mcpEndpoint.handle(req, res, requestId, template)
+      guard.check(req, res, requestId, requirement, run, (admitted) => {
+        for (const [name, value] of Object.entries(admitted.headers)) res.setHeader(name, value)
+        const context = { requestId, identity: admitted.identity, address: req.socket.remoteAddress ?? "unknown" }
+        switch (route.kind) {
+          case "mcp_endpoint":
+            return mcpEndpoint.handle(req, res, requestId, route.template, admitted.identity)
+          case "rest_operation":
+            return restOperation(req, res, requestId, route.template, route.operation)
+          case "malformed":
+            req.resume()
+            return sendError(res, errorAnswer(400, "invalid_request", route.message, requestId))
         }
-        if (slash !== -1) {
-          const operationName = path.slice(slash + 1)
-          if (operationName !== "health") {
-            let template: string
-            try {
-              template = decodeURIComponent(path.slice(5, slash))
-            } catch {
-              return sendError(res, errorAnswer(400, "invalid_request", "the template name in the path is not valid URL encoding", requestId))
-            }
-            return handleOperation(req, res, requestId, template, operationName)
-          }
+        // Every other route: a body, if any, is read here within the limit (chunked or not) and
+        // handed to the handler that takes one (register); a route that takes none only counts it.
+        const hasBody = req.headers["transfer-encoding"] !== undefined || Number(req.headers["content-length"] ?? 0) > 0
+        if (!hasBody) {
+          setRequestContext(req, context)
+          return serveOther(req, res, route, requestId)
         }
-      } else if (path === "/redoc" || path === "/redoc/") {
-        return redocPage(res)
-      } else if (path === "/redoc/redoc.standalone.js") {
-        return redocAsset(res)
-      }
-      const declared = Number(req.headers["content-length"])
-      if (declared > maxBodyBytes) {
-        req.resume()
-        return sendError(res, errorAnswer(413, "payload_too_large", `the body is larger than ${maxBodyBytes} bytes`, requestId))
-      }
-      apiHandler(req, res)
+        readBody(req, requestId, config.gateway.maxBodyBytes, (body) => {
+          if (!body.ok) return sendError(res, body.error)
+          setRequestContext(req, { ...context, body: body.value })
+          serveOther(req, res, route, requestId)
+        })
+      })
     }
 
-    const server = http.createServer({ keepAliveTimeout: 65_000 }, listener)
+    // Node refuses larger header blocks itself (431).
+    const server = http.createServer({ keepAliveTimeout: 65_000, maxHeaderSize: config.gateway.maxHeaderBytes }, listener)
     yield* Effect.acquireRelease(
       Effect.async<void, ListenError>((resume) => {
         const onError = (e: NodeJS.ErrnoException) =>

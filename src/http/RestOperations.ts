@@ -1,6 +1,6 @@
 import { Effect, Either, Schema } from "effect"
 import { formatParseError } from "../domain/formatParseError.js"
-import type { DispatchError } from "../domain/GatewayError.js"
+import { type DispatchError, ListTooLong } from "../domain/GatewayError.js"
 import { isObject } from "../domain/JsonRpc.js"
 import type { DispatcherShape, DispatchResult } from "../proxy/Dispatcher.js"
 
@@ -49,31 +49,32 @@ export const restOperations: Readonly<Record<string, RestOperation>> = {
   "prompts/get": { httpMethod: "POST", mcpMethod: "prompts/get", decodeBody: bodyDecoder(PromptGetBody) }
 }
 
-/** A server that keeps answering with a cursor must not keep the gateway paging forever. */
-const MAX_PAGES = 1000
-
 /**
  * Runs one REST operation through the Dispatcher. Lists follow `nextCursor` to the end, every
- * page from the instance that served the first (cursors are opaque and per instance).
+ * page from the instance that served the first (cursors are opaque and per instance), for at
+ * most `maxPages` requests: a server that keeps answering with a cursor gets a clear 502, never
+ * a truncated list passed off as complete.
  */
 export const runRestOperation = (
   dispatcher: DispatcherShape,
   template: string,
   operation: RestOperation,
-  params: Record<string, unknown> | undefined
+  params: Record<string, unknown> | undefined,
+  options: { readonly maxPages: number; readonly headers?: Readonly<Record<string, string>> | undefined }
 ): Effect.Effect<DispatchResult, DispatchError> => {
   const key = operation.listKey
-  if (key === undefined) return dispatcher.call(template, operation.mcpMethod, params)
+  if (key === undefined) return dispatcher.call(template, operation.mcpMethod, params, { headers: options.headers })
   return Effect.gen(function*() {
-    const first = yield* dispatcher.call(template, operation.mcpMethod, undefined)
+    const first = yield* dispatcher.call(template, operation.mcpMethod, undefined, { headers: options.headers })
     const items: Array<unknown> = []
     let page = first.result
     for (let pages = 1;; pages++) {
       const list = isObject(page) ? page[key] : undefined
       if (Array.isArray(list)) items.push(...list)
       const cursor = isObject(page) ? page.nextCursor : undefined
-      if (typeof cursor !== "string" || cursor === "" || pages >= MAX_PAGES) break
-      page = (yield* dispatcher.call(template, operation.mcpMethod, { cursor }, { instance: first.instance })).result
+      if (typeof cursor !== "string" || cursor === "") break
+      if (pages >= options.maxPages) return yield* new ListTooLong({ template, instanceId: first.instanceId, pages })
+      page = (yield* dispatcher.call(template, operation.mcpMethod, { cursor }, { instance: first.instance, headers: options.headers })).result
     }
     return { ...first, result: { [key]: items, count: items.length } }
   })

@@ -1,7 +1,11 @@
+import type { Effect, Fiber } from "effect"
 import type * as http from "node:http"
 import { type ErrorAnswer, errorAnswer } from "./ApiError.js"
 
-/** Plain node:http helpers for the lean request paths (REST operations, the MCP endpoint). */
+/** Plain node:http helpers for the lean request paths (REST operations, the MCP endpoint, the front gate). */
+
+/** Runs an effect from a node:http callback, in the server's runtime (a FiberSet's, built once). */
+export type RunEffect = <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
 
 export const sendJson = (res: http.ServerResponse, status: number, body: unknown, headers?: http.OutgoingHttpHeaders) => {
   if (res.headersSent || res.destroyed) return
@@ -13,21 +17,47 @@ export const sendJson = (res: http.ServerResponse, status: number, body: unknown
 export const sendError = (res: http.ServerResponse, answer: ErrorAnswer, headers?: http.OutgoingHttpHeaders) =>
   sendJson(res, answer.status, answer.body, answer.headers === undefined ? headers : { ...answer.headers, ...headers })
 
+/** The limits a client's body is read under. */
+export interface BodyLimits {
+  readonly maxBytes: number
+  /** How deeply its JSON may nest (arrays and objects). */
+  readonly maxDepth: number
+}
+
 /**
- * Reads a JSON body up to the limit. Calls back with the parsed value or an error answer.
- * Past the limit the rest is read and dropped (not buffered), so that the client, still
- * sending, gets to read the 413 instead of a reset connection.
+ * Whether JSON text nests deeper than `max` (a linear scan of brackets outside strings, before
+ * parsing: a 5,000-level body must be refused, not parsed and then re-serialised into a stack overflow).
  */
-export const readJsonBody = (
+export const nestsDeeperThan = (text: string, max: number): boolean => {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (inString) {
+      if (c === 92 /* \ */) i++
+      else if (c === 34 /* " */) inString = false
+    } else if (c === 34) inString = true
+    else if (c === 123 || c === 91 /* { [ */) {
+      if (++depth > max) return true
+    } else if (c === 125 || c === 93 /* } ] */) depth--
+  }
+  return false
+}
+
+/**
+ * Reads a body up to the limit, whether its length is declared or it comes chunked. Past the
+ * limit the rest is read and dropped (not buffered), so that the client, still sending, gets to
+ * read the 413 instead of a reset connection.
+ */
+export const readBody = (
   req: http.IncomingMessage,
   requestId: string,
-  limit: number,
-  callback: (result: { ok: true; value: unknown } | { ok: false; error: ErrorAnswer }) => void
+  maxBytes: number,
+  callback: (result: { ok: true; value: Buffer } | { ok: false; error: ErrorAnswer }) => void
 ) => {
-  const tooLarge = () =>
-    errorAnswer(413, "payload_too_large", `the body is larger than ${limit} bytes`, requestId)
+  const tooLarge = () => errorAnswer(413, "payload_too_large", `the body is larger than ${maxBytes} bytes`, requestId)
   const declared = Number(req.headers["content-length"])
-  if (declared > limit) {
+  if (declared > maxBytes) {
     req.resume()
     return callback({ ok: false, error: tooLarge() })
   }
@@ -37,27 +67,43 @@ export const readJsonBody = (
   req.on("data", (chunk: Buffer) => {
     if (failed) return
     size += chunk.length
-    if (size > limit) {
+    if (size > maxBytes) {
       failed = true
+      chunks.length = 0
       callback({ ok: false, error: tooLarge() })
       return
     }
     chunks.push(chunk)
   })
   req.on("end", () => {
-    if (failed) return
-    const text = Buffer.concat(chunks).toString("utf8")
-    if (text.trim() === "") {
-      return callback({ ok: false, error: errorAnswer(400, "invalid_json", "the body is empty; expected a JSON object", requestId) })
-    }
-    try {
-      callback({ ok: true, value: JSON.parse(text) })
-    } catch (e) {
-      callback({ ok: false, error: errorAnswer(400, "invalid_json", `the body is not valid JSON: ${(e as Error).message}`, requestId) })
-    }
+    if (!failed) callback({ ok: true, value: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks) })
   })
   req.on("error", () => {
     failed = true
   })
 }
 
+/** Parses a body as JSON within the depth limit; an error answer says what is wrong with it. */
+export const parseJsonBody = (body: Buffer, requestId: string, maxDepth: number): { ok: true; value: unknown } | { ok: false; error: ErrorAnswer } => {
+  const text = body.toString("utf8")
+  if (text.trim() === "") {
+    return { ok: false, error: errorAnswer(400, "invalid_json", "the body is empty; expected a JSON object", requestId) }
+  }
+  if (nestsDeeperThan(text, maxDepth)) {
+    return { ok: false, error: errorAnswer(400, "invalid_json", `the body nests deeper than ${maxDepth} levels (gateway.max_json_depth)`, requestId) }
+  }
+  try {
+    return { ok: true, value: JSON.parse(text) }
+  } catch (e) {
+    return { ok: false, error: errorAnswer(400, "invalid_json", `the body is not valid JSON: ${(e as Error).message}`, requestId) }
+  }
+}
+
+/** Reads and parses a JSON body within the limits. */
+export const readJsonBody = (
+  req: http.IncomingMessage,
+  requestId: string,
+  limits: BodyLimits,
+  callback: (result: { ok: true; value: unknown } | { ok: false; error: ErrorAnswer }) => void
+) =>
+  readBody(req, requestId, limits.maxBytes, (body) => callback(body.ok ? parseJsonBody(body.value, requestId, limits.maxDepth) : body))

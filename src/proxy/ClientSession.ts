@@ -70,6 +70,8 @@ export class ClientSession {
     readonly ownBackend: boolean,
     /** The session's resources (backend session, own process); closed when it ends. */
     readonly scope: Scope.CloseableScope,
+    /** Who opened it (a credential's id, or `ip:{address}` without auth): only they may use it. */
+    readonly owner: string,
     private readonly dispatcher: DispatcherShape,
     now: number
   ) {
@@ -89,9 +91,10 @@ export class ClientSession {
   request(
     method: string,
     params: Record<string, unknown> | undefined,
-    relay: Pick<RequestOptions, "onNotification" | "onServerRequest">
+    relay: Pick<RequestOptions, "onNotification" | "onServerRequest">,
+    headers?: Readonly<Record<string, string>>
   ): Effect.Effect<SessionAnswer> {
-    return this.dispatcher.call(this.template, method, params, { instance: this.instance, connection: this.backend, relay }).pipe(
+    return this.dispatcher.call(this.template, method, params, { instance: this.instance, connection: this.backend, relay, headers }).pipe(
       Effect.match({
         onSuccess: (r): SessionAnswer => {
           if (method === "resources/subscribe" && typeof params?.uri === "string") this.subscriptions.add(params.uri)
@@ -110,6 +113,7 @@ export class ClientSession {
         return { _tag: "Answer", message: { error: error.error } }
       case "RequestRejected":
         return errorAnswer(ErrorCode.InvalidRequest, error.message)
+      case "ListTooLong":
       case "UpstreamTimeout":
         return errorAnswer(ErrorCode.InternalError, error.message)
       case "NoHealthyInstance":

@@ -1,6 +1,7 @@
 import { Context, Duration, Effect, ExecutionStrategy, Exit, Fiber, Layer, Schedule, Scope } from "effect"
 import { randomBytes } from "node:crypto"
-import type { DispatchError } from "../domain/GatewayError.js"
+import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
+import { GatewayConfig } from "../config/GatewayConfig.js"
 import { isObject, isRequest } from "../domain/JsonRpc.js"
 import { LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { InstanceState } from "../registry/InstanceState.js"
@@ -26,10 +27,14 @@ export interface ClientSessionsShape {
    */
   readonly open: (
     template: string,
-    initializeParams: Record<string, unknown>
-  ) => Effect.Effect<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError>
-  /** The session a request names, if it may be used; else why not (a session whose server is gone ends here). */
-  readonly resolve: (id: string | undefined, template: string) => ClientSession | SessionRefusal
+    initializeParams: Record<string, unknown>,
+    owner: string
+  ) => Effect.Effect<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError | SessionLimitReached>
+  /**
+   * The session a request names, if this caller may use it; else why not (a session whose
+   * server is gone ends here; another caller's session is as good as unknown: 404).
+   */
+  readonly resolve: (id: string | undefined, template: string, owner: string) => ClientSession | SessionRefusal
   /** Ends a session: stops its requests in flight and closes what was opened for it. False when unknown. */
   readonly close: (id: string) => Effect.Effect<boolean>
   /** Ends every session pinned to an instance (after it drained). */
@@ -50,9 +55,10 @@ const versionFor = (initializeParams: Record<string, unknown>) => {
 }
 
 export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<ClientSessions, ClientSessionsShape>() {
-  static readonly layer: Layer.Layer<ClientSessions, never, Registry | Dispatcher | Transport | Timer> = Layer.scoped(
+  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer> = Layer.scoped(
     ClientSessions,
     Effect.gen(function*() {
+      const config = yield* GatewayConfig
       const registry = yield* Registry
       const dispatcher = yield* Dispatcher
       const transport = yield* Transport
@@ -61,12 +67,17 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const sessions = new Map<string, ClientSession>()
       /** Sessions with a process (SSE session) of their own, by instance: what max_sessions_per_instance caps. */
       const ownProcesses = new Map<InstanceState, number>()
+      /** Open sessions by owner: what max_sessions_per_client caps. */
+      const byOwner = new Map<string, number>()
 
       const close = (id: string) =>
         Effect.suspend(() => {
           const session = sessions.get(id)
           if (session === undefined) return Effect.succeed(false)
           sessions.delete(id)
+          const owned = (byOwner.get(session.owner) ?? 1) - 1
+          if (owned === 0) byOwner.delete(session.owner)
+          else byOwner.set(session.owner, owned)
           return Fiber.interruptAll(session.interruptAll()).pipe(
             Effect.zipRight(Scope.close(session.scope, Exit.void)),
             Effect.as(true)
@@ -75,7 +86,19 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
 
       const add = (session: ClientSession) => {
         sessions.set(session.id, session)
+        byOwner.set(session.owner, (byOwner.get(session.owner) ?? 0) + 1)
         return session
+      }
+
+      /** The caps, checked before anything is opened for a new session. */
+      const admit = (owner: string): Effect.Effect<void, SessionLimitReached> => {
+        if (sessions.size >= config.gateway.maxSessions) {
+          return Effect.fail(new SessionLimitReached({ scope: "gateway", limit: config.gateway.maxSessions }))
+        }
+        if ((byOwner.get(owner) ?? 0) >= config.gateway.maxSessionsPerClient) {
+          return Effect.fail(new SessionLimitReached({ scope: "client", limit: config.gateway.maxSessionsPerClient }))
+        }
+        return Effect.void
       }
 
       /**
@@ -83,7 +106,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
        * balanced on its own (with failover), over the instances' shared connections. For
        * stateless servers. The answer to `initialize` is the one of whichever instance answers.
        */
-      const openBalanced = (template: string, initializeParams: Record<string, unknown>) =>
+      const openBalanced = (template: string, initializeParams: Record<string, unknown>, owner: string) =>
         Effect.gen(function*() {
           const { value: result } = yield* dispatcher.execute({
             template,
@@ -94,7 +117,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           const protocolVersion = versionFor(initializeParams)
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
           const session = add(
-            new ClientSession(newSessionId(), template, undefined, protocolVersion, undefined, false, scope, dispatcher, timer.now())
+            new ClientSession(newSessionId(), template, undefined, protocolVersion, undefined, false, scope, owner, dispatcher, timer.now())
           )
           return { session, result: { ...result, protocolVersion } }
         })
@@ -115,7 +138,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           return { ...opened, scope }
         })
 
-      const openPinned = (template: string, initializeParams: Record<string, unknown>) =>
+      const openPinned = (template: string, initializeParams: Record<string, unknown>, owner: string) =>
         Effect.gen(function*() {
           const settings = registry.template(template)?.settings
           const perSession = settings?.session_process === "per_session"
@@ -140,7 +163,18 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           // initialize; a shared process was initialized by the gateway.
           const protocolVersion = ownBackend ? String(opened.result.protocolVersion ?? LATEST_PROTOCOL_VERSION) : versionFor(initializeParams)
           const session = add(
-            new ClientSession(newSessionId(), template, instance, protocolVersion, opened.backend, ownBackend, opened.scope, dispatcher, timer.now())
+            new ClientSession(
+              newSessionId(),
+              template,
+              instance,
+              protocolVersion,
+              opened.backend,
+              ownBackend,
+              opened.scope,
+              owner,
+              dispatcher,
+              timer.now()
+            )
           )
           if (ownProcess) {
             ownProcesses.set(instance, (ownProcesses.get(instance) ?? 0) + 1)
@@ -164,15 +198,20 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           session.outbox.push(message)
         }).pipe(Scope.extend(session.scope))
 
-      const open: ClientSessionsShape["open"] = (template, initializeParams) =>
-        registry.template(template)?.settings.session_affinity === "none"
-          ? openBalanced(template, initializeParams)
-          : openPinned(template, initializeParams)
+      const open: ClientSessionsShape["open"] = (template, initializeParams, owner) =>
+        Effect.zipRight(
+          admit(owner),
+          registry.template(template)?.settings.session_affinity === "none"
+            ? openBalanced(template, initializeParams, owner)
+            : openPinned(template, initializeParams, owner)
+        )
 
-      const resolve: ClientSessionsShape["resolve"] = (id, template) => {
+      const resolve: ClientSessionsShape["resolve"] = (id, template, owner) => {
         if (id === undefined || id === "") return { status: 400, message: "Bad Request: Mcp-Session-Id header is required" }
         const session = sessions.get(id)
-        if (session === undefined || session.template !== template) return { status: 404, message: "Session not found" }
+        if (session === undefined || session.template !== template || session.owner !== owner) {
+          return { status: 404, message: "Session not found" }
+        }
         const pinned = session.instance
         if (pinned !== undefined) {
           const status = pinned.status

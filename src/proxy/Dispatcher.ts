@@ -11,6 +11,7 @@ import {
   UpstreamTimeout
 } from "../domain/GatewayError.js"
 import { isObject, type JsonRpcNotification, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import { redactUrlsIn } from "../domain/redact.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry, type TemplateState } from "../registry/Registry.js"
 import { Strategies } from "../strategy/Strategies.js"
@@ -38,6 +39,8 @@ export interface DispatchOptions {
   readonly connection?: Connection | undefined
   /** Where the server's notifications and requests about this request go (see RequestOptions). */
   readonly relay?: Pick<RequestOptions, "onNotification" | "onServerRequest"> | undefined
+  /** Client headers the template forwards to its HTTP backends (`forward_headers`). */
+  readonly headers?: Readonly<Record<string, string>> | undefined
 }
 
 /** One thing an instance does for the gateway, in the form `execute` runs it. */
@@ -164,11 +167,11 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           return Effect.flatMap(Random.next, (random) => {
             const now = timer.now()
             const events = instance.failed(now, settings, random, mayEject(template, now))
-            const logs: Array<Effect.Effect<void>> = [Effect.logWarning(failure.message)]
+            const logs: Array<Effect.Effect<void>> = [Effect.logWarning(redactUrlsIn(failure.message))]
             if (events.ejectedForMs !== undefined) {
               logs.push(Effect.logWarning(
                 `ejected from balancing for ${Math.round(events.ejectedForMs / 1000)}s after ` +
-                  `${settings.outlier_consecutive_failures} failures in a row (last: ${failure.message})`
+                  `${settings.outlier_consecutive_failures} failures in a row (last: ${redactUrlsIn(failure.message)})`
               ))
             }
             if (events.breakerOpened) {
@@ -220,7 +223,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
                 template: template.name,
                 instanceId: pinned.id,
                 reason: pinned.status === "failed"
-                  ? `its process failed (${pinned.lastError ?? "restarted too often"})`
+                  ? `its process failed (${redactUrlsIn(pinned.lastError ?? "restarted too often")})`
                   : "its circuit breaker is open",
                 retryAfterSeconds: Math.max(1, pinned.secondsUntilChange(now) ?? 1)
               }))
@@ -231,8 +234,8 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
                   e._tag === "RequestTimeout"
                     ? timedOut()
                     : e.clientFault
-                    ? new RequestRejected({ template: template.name, instanceId: pinned.id, message: e.message })
-                    : new AllAttemptsFailed({ template: template.name, attempts: [{ instanceId: pinned.id, message: e.message }] }),
+                    ? new RequestRejected({ template: template.name, instanceId: pinned.id, message: redactUrlsIn(e.message) })
+                    : new AllAttemptsFailed({ template: template.name, attempts: [{ instanceId: pinned.id, message: redactUrlsIn(e.message) }] }),
                 onSuccess: (value) => ({ value, instance: pinned })
               })
             )
@@ -287,7 +290,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
             if (deadline.remainingMs() <= 0) return Effect.fail(timedOut())
             return Effect.mapError(attemptOn(template, operation, instance, deadline), (e) => {
               if (e._tag === "RequestTimeout") return timedOut()
-              failures.push({ instanceId: instance.id, message: e.message })
+              failures.push({ instanceId: instance.id, message: redactUrlsIn(e.message) })
               return new AttemptFailed({ instance, error: e })
             })
           })
@@ -306,7 +309,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
               onFailure: (e): DispatchError => {
                 if (e._tag !== "AttemptFailed") return e
                 if (e.error.clientFault) {
-                  return new RequestRejected({ template: template.name, instanceId: e.instance.id, message: e.error.message })
+                  return new RequestRejected({ template: template.name, instanceId: e.instance.id, message: redactUrlsIn(e.error.message) })
                 }
                 return new AllAttemptsFailed({
                   template: template.name,
@@ -355,7 +358,12 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
               }
               relay?.onNotification?.(notification)
             }
-            const requestOptions: RequestOptions = { deadline, onNotification, onServerRequest: relay?.onServerRequest }
+            const requestOptions: RequestOptions = {
+              deadline,
+              onNotification,
+              onServerRequest: relay?.onServerRequest,
+              headers: options?.headers
+            }
             return options?.connection !== undefined
               ? options.connection.request(method, params, requestOptions)
               : transport.request(instance.definition, method, params, requestOptions)

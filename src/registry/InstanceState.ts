@@ -1,6 +1,7 @@
 import type { InstanceDefinition } from "../domain/Instance.js"
 import type { HealthStatus, InstanceView } from "../domain/InstanceView.js"
 import type { LoadBalancerSettings } from "../domain/LoadBalancer.js"
+import { redactCommand, redactUrl, redactUrlsIn } from "../domain/redact.js"
 import { ActiveHealth, type ProbeStatus } from "../health/ActiveHealth.js"
 import { OutlierDetector } from "../health/OutlierDetector.js"
 import { CircuitBreaker } from "../proxy/CircuitBreaker.js"
@@ -145,7 +146,8 @@ export class InstanceState implements InstanceView {
     return {
       id: d.id,
       transport: d.transport,
-      ...(d.transport === "stdio" ? { command: d.command, working_dir: d.working_dir } : { endpoint: d.endpoint }),
+      // Never a secret: URLs lose user:password and query values, secret-looking arguments their values.
+      ...(d.transport === "stdio" ? { command: redactCommand(d.command), working_dir: d.working_dir } : { endpoint: redactUrl(d.endpoint) }),
       weight: d.weight,
       source: d.source,
       healthy: this.status === "healthy",
@@ -156,7 +158,7 @@ export class InstanceState implements InstanceView {
       success_rate: Math.round(this.successRate * 1000) / 1000,
       consecutive_failures: this.health.consecutiveFailures,
       last_checked_at: this.health.lastCheckedAt === undefined ? null : new Date(this.health.lastCheckedAt).toISOString(),
-      last_error: this.lastError ?? null,
+      last_error: this.lastError === undefined ? null : redactUrlsIn(this.lastError),
       outlier: this.outlier.toJSON(now),
       circuit_breaker: this.breaker.toJSON(now),
       ...(channel === undefined ? {} : {
@@ -164,9 +166,9 @@ export class InstanceState implements InstanceView {
           state: channel.state,
           pid: channel.pid ?? null,
           restarts: channel.restarts,
-          last_exit: channel.lastExit ?? null,
+          last_exit: channel.lastExit === undefined ? null : redactUrlsIn(channel.lastExit),
           next_restart_at: channel.nextRestartAt === undefined ? null : new Date(channel.nextRestartAt).toISOString(),
-          stderr_tail: channel.stderrTail
+          stderr_tail: channel.stderrTail.map(redactUrlsIn)
         }
       }),
       registered_at: this.registeredAt.toISOString(),

@@ -1,5 +1,5 @@
 import { Context, Effect, Layer, PubSub, type Scope, Stream } from "effect"
-import { GatewayConfig, type TemplateConfig } from "../config/GatewayConfig.js"
+import { GatewayConfig, type RateLimit, type TemplateConfig } from "../config/GatewayConfig.js"
 import {
   InstanceNotFound,
   RegistrationConflict,
@@ -21,6 +21,10 @@ export interface TemplateState {
   /** The load_balancer as given, for templates created at run time (persisted with them). */
   readonly loadBalancerInput: LoadBalancerInput | undefined
   readonly source: "config" | "api"
+  /** Client headers passed on to the template's HTTP backends (config templates only). */
+  readonly forwardHeaders: ReadonlyArray<string>
+  /** The template's own rate limit, if the config gives one. */
+  readonly rateLimit: RateLimit | undefined
   readonly instances: Map<string, InstanceState>
 }
 
@@ -58,7 +62,8 @@ export class Registry extends Context.Tag("mcp-gateway/Registry")<Registry, Regi
       return yield* makeRegistry({
         templates: config.templates,
         defaults: config.gateway.defaults,
-        file: config.gateway.registryFile
+        file: config.gateway.registryFile,
+        allowStdio: config.gateway.allowStdioRegistration
       })
     })
   )
@@ -68,6 +73,8 @@ export const makeRegistry = (options: {
   readonly templates: ReadonlyArray<TemplateConfig>
   readonly defaults: LoadBalancerSettings
   readonly file?: string | undefined
+  /** Whether stdio instances may come from the registry file (they run a command on this host). */
+  readonly allowStdio?: boolean | undefined
 }): Effect.Effect<RegistryShape, RegistryStorageError, Scope.Scope> =>
   Effect.gen(function*() {
     const templates = new Map<string, TemplateState>()
@@ -77,14 +84,35 @@ export const makeRegistry = (options: {
         settings: t.loadBalancer,
         loadBalancerInput: t.loadBalancerInput,
         source: "config",
+        forwardHeaders: t.forwardHeaders,
+        rateLimit: t.rateLimit,
         instances: new Map(t.instances.map((i) => [i.id, new InstanceState(i)]))
       })
     }
     const settingsFor = (input: LoadBalancerInput | undefined) => resolveLoadBalancer(options.defaults, input)
 
+    /**
+     * stdio entries of the registry file that this gateway refuses to run (stdio registration is
+     * off): not started, but kept, and written back with every later change, so that nothing in
+     * the file is lost by an operator turning the setting off.
+     */
+    const refused = new Map<string, PersistedRegistry["templates"][string]>()
+
     if (options.file !== undefined) {
       const persisted = yield* readRegistryFile(options.file)
-      for (const [name, entry] of Object.entries(persisted.templates)) {
+      for (const [name, persistedEntry] of Object.entries(persisted.templates)) {
+        let entry = persistedEntry
+        if (options.allowStdio !== true && entry.instances.some((spec) => spec.transport === "stdio")) {
+          const stdio = entry.instances.filter((spec) => spec.transport === "stdio")
+          refused.set(name, { ...entry, instances: stdio })
+          yield* Effect.logError(
+            `registry file ${options.file}: not starting ${stdio.length} stdio instance(s) of template "${name}" ` +
+              `(${stdio.map((spec) => spec.id ?? "(no id)").join(", ")}): stdio registration is off ` +
+              `(gateway.allow_stdio_registration); they stay in the file`
+          )
+          entry = { ...entry, instances: entry.instances.filter((spec) => spec.transport !== "stdio") }
+          if (entry.instances.length === 0 && !templates.has(name)) continue
+        }
         let template = templates.get(name)
         if (template === undefined) {
           template = {
@@ -92,6 +120,8 @@ export const makeRegistry = (options: {
             settings: settingsFor(entry.load_balancer),
             loadBalancerInput: entry.load_balancer,
             source: "api",
+            forwardHeaders: [],
+            rateLimit: undefined,
             instances: new Map()
           }
           templates.set(name, template)
@@ -117,7 +147,7 @@ export const makeRegistry = (options: {
 
     const persist: Effect.Effect<void, RegistryStorageError> = options.file === undefined
       ? Effect.void
-      : Effect.suspend(() => writeRegistryFile(options.file!, snapshot(templates)))
+      : Effect.suspend(() => writeRegistryFile(options.file!, snapshot(templates, refused)))
 
     const register = (registration: Registration) =>
       lock.withPermits(1)(Effect.gen(function*() {
@@ -133,6 +163,8 @@ export const makeRegistry = (options: {
           settings: settingsFor(registration.loadBalancer),
           loadBalancerInput: registration.loadBalancer,
           source: "api",
+          forwardHeaders: [],
+          rateLimit: undefined,
           instances: new Map()
         }
         const id = registration.spec.id ?? nextId(template)
@@ -202,8 +234,11 @@ const nextId = (template: TemplateState): string => {
   return `${template.name}-${n}`
 }
 
-/** What goes to the registry file: instances registered at run time, and the templates they created. */
-const snapshot = (templates: Map<string, TemplateState>): PersistedRegistry => {
+/** What goes to the registry file: instances registered at run time, the templates they created, and refused entries as they were. */
+const snapshot = (
+  templates: Map<string, TemplateState>,
+  refused: ReadonlyMap<string, PersistedRegistry["templates"][string]>
+): PersistedRegistry => {
   const out: Record<string, PersistedRegistry["templates"][string]> = {}
   for (const t of templates.values()) {
     const instances = Array.from(t.instances.values())
@@ -215,6 +250,10 @@ const snapshot = (templates: Map<string, TemplateState>): PersistedRegistry => {
         ? { load_balancer: t.loadBalancerInput, instances }
         : { instances }
     }
+  }
+  for (const [name, entry] of refused) {
+    const kept = out[name]
+    out[name] = kept === undefined ? entry : { ...kept, instances: [...kept.instances, ...entry.instances] }
   }
   return { version: 1, templates: out }
 }

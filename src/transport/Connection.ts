@@ -23,6 +23,11 @@ export interface RequestDeadline {
 export interface RequestOptions {
   readonly deadline?: RequestDeadline | undefined
   /**
+   * Client headers the template forwards (its `forward_headers`), sent with the request by the
+   * transports that have headers (HTTP); the instance's own headers win over them.
+   */
+  readonly headers?: Readonly<Record<string, string>> | undefined
+  /**
    * Notifications the server sends about this request while it runs (`notifications/progress`
    * for the request's progress token), delivered as they arrive, before the response.
    */

@@ -3,6 +3,7 @@ import * as http from "node:http"
 import * as https from "node:https"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import { resolveHeaders } from "../domain/Secret.js"
 import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { Connection, ConnectionEnv, RequestDeadline, RequestOptions } from "./Connection.js"
 import { answerServerRequest } from "./serverRequests.js"
@@ -70,8 +71,11 @@ export const makeHttpConnection = (
   const error = (message: string, reachedBackend: boolean) =>
     new TransportError({ instanceId: instance.id, message, reachedBackend })
 
-  const headersFor = (s: Session | undefined): http.OutgoingHttpHeaders => ({
-    ...instance.headers,
+  // The instance's own headers, secrets read from the environment once.
+  const backendHeaders = resolveHeaders(instance.headers)
+  const headersFor = (s: Session | undefined, forwarded?: Readonly<Record<string, string>>): http.OutgoingHttpHeaders => ({
+    ...forwarded,
+    ...backendHeaders,
     "content-type": "application/json",
     accept: "application/json, text/event-stream",
     ...(s === undefined ? {} : { "mcp-protocol-version": s.protocolVersion }),
@@ -113,7 +117,7 @@ export const makeHttpConnection = (
           resume(outcome)
         }
       }
-      const req = client.request(url, { method: "POST", agent, headers: headersFor(s) }, (res) => {
+      const req = client.request(url, { method: "POST", agent, headers: headersFor(s, relay?.headers) }, (res) => {
         gotResponse = true
         const status = res.statusCode ?? 0
         const type = String(res.headers["content-type"] ?? "")

@@ -2,6 +2,7 @@ import { Effect } from "effect"
 import * as http from "node:http"
 import * as https from "node:https"
 import type { InstanceDefinition } from "../domain/Instance.js"
+import { resolveHeaders } from "../domain/Secret.js"
 import type { ConnectionEnv, ConnectionLog } from "./Connection.js"
 import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
 import { makeSharedChannelConnection, type SessionChannelOptions, type SharedChannelConnection } from "./SharedChannel.js"
@@ -66,7 +67,8 @@ export const makeLegacySseConnection = (
   const url = new URL(instance.endpoint)
   const client = url.protocol === "https:" ? https : http
   const agent = new client.Agent({ keepAlive: true, maxSockets: 64 })
-  const headers = { ...instance.headers }
+  // The instance's own headers, secrets read from the environment once.
+  const headers = resolveHeaders(instance.headers)
 
   const open = (listeners: ReadonlySet<ChannelListener>) =>
     Effect.async<SseChannel, TransportError>((resume) => {

@@ -1,6 +1,7 @@
 import { Effect } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import type { InstanceDefinition } from "../domain/Instance.js"
+import { redactCommand } from "../domain/redact.js"
 import type { ConnectionEnv, ConnectionLog } from "./Connection.js"
 import { makeLineSplitter, throttled } from "./lines.js"
 import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
@@ -118,7 +119,7 @@ export const makeStdioConnection = (
     // A write to a process that just died raises EPIPE here; the exit handler does the rest.
     child.stdin!.on("error", () => {})
     child.on("error", (e) => {
-      log.warn(`cannot run ${JSON.stringify(instance.command.join(" "))}: ${e.message}`)
+      log.warn(`cannot run ${JSON.stringify(redactCommand(instance.command).join(" "))}: ${e.message}`)
       proc.markExited(`cannot start process: ${e.message}`)
     })
     child.on("exit", (code, signal) => {
@@ -126,7 +127,7 @@ export const makeStdioConnection = (
       if (!stopping) log.warn(reason)
       proc.markExited(reason)
     })
-    log.info(`started process ${child.pid ?? "(failed)"}: ${instance.command.join(" ")}`)
+    log.info(`started process ${child.pid ?? "(failed)"}: ${redactCommand(instance.command).join(" ")}`)
     return proc
   }
 

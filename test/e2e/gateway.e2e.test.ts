@@ -140,9 +140,18 @@ describe("gateway end to end", () => {
   })
 
   it("answers a client's mistakes with 4xx and the one error shape", async () => {
-    const badJson = await api(`${base}/mcp/everything/tools/call`, { method: "POST", body: "{not json", headers: { "x-request-id": "bad-1" } })
+    const badJson = await api(`${base}/mcp/everything/tools/call`, {
+      method: "POST",
+      body: "{not json",
+      headers: { "x-request-id": "bad-1", "content-type": "application/json" }
+    })
     expect(badJson.status).toBe(400)
     expect(badJson.body).toEqual({ error: { status: 400, type: "invalid_json", message: expect.any(String), request_id: "bad-1" } })
+
+    // What a page can send without a preflight is refused: only JSON bodies.
+    const notJson = await api(`${base}/mcp/everything/tools/call`, { method: "POST", body: "{\"name\":\"echo\"}", headers: { "content-type": "text/plain" } })
+    expect(notJson.status).toBe(415)
+    expect(notJson.body.error.type).toBe("unsupported_media_type")
 
     const missing = await api(`${base}/mcp/everything/tools/call`, { json: { arguments: {} } })
     expect(missing.status).toBe(400)

@@ -1,4 +1,4 @@
-import type { GatewayConfigShape } from "../../src/config/GatewayConfig.js"
+import { DEFAULT_LIMITS, type GatewayConfigShape } from "../../src/config/GatewayConfig.js"
 import { defineInstance, type InstanceSpec } from "../../src/domain/Instance.js"
 import { DEFAULT_LOAD_BALANCER, type LoadBalancerInput, resolveLoadBalancer } from "../../src/domain/LoadBalancer.js"
 
@@ -16,7 +16,15 @@ export const testConfig = (
     registryFile: options.registryFile,
     allowStdioRegistration: false,
     allowedOrigins: [],
+    allowedHosts: [],
     maxBodyBytes: 4 * 1024 * 1024,
+    maxHeaderBytes: DEFAULT_LIMITS.maxHeaderBytes,
+    maxJsonDepth: DEFAULT_LIMITS.maxJsonDepth,
+    maxSessions: DEFAULT_LIMITS.maxSessions,
+    maxSessionsPerClient: DEFAULT_LIMITS.maxSessionsPerClient,
+    maxListPages: DEFAULT_LIMITS.maxListPages,
+    rateLimits: { perClient: undefined, perTemplate: undefined },
+    auth: undefined,
     logLevel: "none",
     defaults: DEFAULT_LOAD_BALANCER,
     baseDir: process.cwd()
@@ -25,6 +33,8 @@ export const testConfig = (
     name,
     loadBalancerInput: t.load_balancer,
     loadBalancer: resolveLoadBalancer(DEFAULT_LOAD_BALANCER, t.load_balancer),
+    forwardHeaders: [],
+    rateLimit: undefined,
     instances: t.instances.map((i) => {
       const spec = typeof i === "string" ? { id: i } : i
       return defineInstance(

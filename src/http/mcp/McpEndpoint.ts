@@ -1,6 +1,7 @@
 import { Effect, FiberSet } from "effect"
 import type * as http from "node:http"
 import { GatewayConfig } from "../../config/GatewayConfig.js"
+import type { Identity } from "../../domain/Identity.js"
 import { ErrorCode } from "../../domain/JsonRpc.js"
 import { ClientSessions } from "../../proxy/ClientSessions.js"
 import { Registry } from "../../registry/Registry.js"
@@ -9,53 +10,39 @@ import { makePostHandler } from "./post.js"
 import { rpcError } from "./rpc.js"
 import { makeStandingStreams } from "./standingStream.js"
 
-const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]", "::1"])
-
 /**
  * The MCP Streamable HTTP endpoint `/mcp/{template}`: an MCP client connects to the gateway as
- * if it were the server. This file checks the Origin and routes by HTTP method: POST
- * (post.ts), GET (standingStream.ts), DELETE (ends the session). Sessions and everything they
- * do belong to proxy/ClientSessions.ts; this folder only speaks HTTP and SSE.
+ * if it were the server. The front gate (auth/Guard.ts) has checked Host, Origin, credential,
+ * scope and rate limits; this file routes by HTTP method: POST (post.ts), GET
+ * (standingStream.ts), DELETE (ends the session). Sessions and everything they do belong to
+ * proxy/ClientSessions.ts; this folder only speaks HTTP and SSE.
  */
 export const makeMcpEndpoint = Effect.gen(function*() {
   const sessions = yield* ClientSessions
   const registry = yield* Registry
   const config = yield* GatewayConfig
   const run = yield* FiberSet.makeRuntime<never, unknown, unknown>()
-  const allowedOrigins = new Set(config.gateway.allowedOrigins)
-
-  const originAllowed = (origin: string) => {
-    if (allowedOrigins.has(origin) || allowedOrigins.has("*")) return true
-    try {
-      return LOOPBACK_HOSTS.has(new URL(origin).hostname)
-    } catch {
-      return false
-    }
-  }
 
   const post = makePostHandler({
     sessions,
     templateExists: (template) => registry.template(template) !== undefined,
-    maxBodyBytes: config.gateway.maxBodyBytes,
+    forwardHeaders: (template) => registry.template(template)?.forwardHeaders ?? [],
+    limits: { maxBytes: config.gateway.maxBodyBytes, maxDepth: config.gateway.maxJsonDepth },
     run,
     logDefect: (cause) => void run(Effect.logError("MCP endpoint request failed", cause))
   })
   const standing = makeStandingStreams(sessions)
 
-  const handle = (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string) => {
-    const origin = req.headers.origin
-    if (typeof origin === "string" && !originAllowed(origin)) {
-      req.resume()
-      return sendJson(res, 403, rpcError(null, ErrorCode.InvalidRequest, `Forbidden: origin ${origin} is not allowed`))
-    }
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, identity: Identity) => {
     switch (req.method) {
       case "POST":
-        return post(req, res, requestId, template)
+        return post(req, res, requestId, template, identity.id)
       case "GET":
-        return standing.handle(req, res, template)
+        return standing.handle(req, res, template, identity.id)
       case "DELETE": {
+        req.resume()
         const sessionId = req.headers["mcp-session-id"]
-        const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template)
+        const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, identity.id)
         if (!("id" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
         run(sessions.close(session.id)).addObserver(() => res.writeHead(200).end())
         return

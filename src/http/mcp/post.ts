@@ -1,6 +1,6 @@
-import { Cause, Duration, type Effect, Exit, Option } from "effect"
+import { Cause, Duration, Exit, Option } from "effect"
 import type * as http from "node:http"
-import type { DispatchError } from "../../domain/GatewayError.js"
+import type { DispatchError, SessionLimitReached } from "../../domain/GatewayError.js"
 import {
   ErrorCode,
   isNotification,
@@ -14,14 +14,14 @@ import {
 import { SUPPORTED_PROTOCOL_VERSIONS } from "../../domain/Protocol.js"
 import type { ClientSession, SessionAnswer } from "../../proxy/ClientSession.js"
 import type { ClientSessionsShape } from "../../proxy/ClientSessions.js"
-import { readJsonBody, sendJson } from "../raw.js"
+import { forwardedHeaders } from "../forwardedHeaders.js"
+import { type BodyLimits, readJsonBody, type RunEffect, sendJson } from "../raw.js"
 import { accepts, rpcError } from "./rpc.js"
 import { carry, openRequestStream, writeOneEventStream } from "./sse.js"
 
 /** How long a finished request stream stays resumable. */
 const FINISHED_STREAM_RETENTION = Duration.seconds(60)
 
-type Run = <A, E>(effect: Effect.Effect<A, E>) => import("effect").Fiber.RuntimeFiber<A, E>
 
 /**
  * POST /mcp/{template}: one JSON-RPC message. `initialize` opens a session; a request goes
@@ -32,14 +32,16 @@ type Run = <A, E>(effect: Effect.Effect<A, E>) => import("effect").Fiber.Runtime
 export const makePostHandler = (deps: {
   readonly sessions: ClientSessionsShape
   readonly templateExists: (template: string) => boolean
-  readonly maxBodyBytes: number
-  readonly run: Run
+  /** The client headers a template forwards to its backends. */
+  readonly forwardHeaders: (template: string) => ReadonlyArray<string>
+  readonly limits: BodyLimits
+  readonly run: RunEffect
   readonly logDefect: (cause: Cause.Cause<unknown>) => void
 }) => {
   const { run, sessions } = deps
 
-  const initialize = (res: http.ServerResponse, template: string, id: JsonRpcId, params: Record<string, unknown>) =>
-    run(sessions.open(template, params)).addObserver((exit) => {
+  const initialize = (res: http.ServerResponse, template: string, id: JsonRpcId, params: Record<string, unknown>, owner: string) =>
+    run(sessions.open(template, params, owner)).addObserver((exit) => {
       if (Exit.isSuccess(exit)) {
         const { result, session } = exit.value
         return sendJson(res, 200, { jsonrpc: "2.0", id, result }, { "mcp-session-id": session.id })
@@ -49,13 +51,20 @@ export const makePostHandler = (deps: {
         if (!Cause.isInterruptedOnly(exit.cause)) deps.logDefect(exit.cause)
         return sendJson(res, 500, rpcError(id, ErrorCode.InternalError, "the gateway failed to open a session"))
       }
-      const error: DispatchError = failure.value
-      const status = error._tag === "TemplateNotFound" ? 404 : error._tag === "NoHealthyInstance" ? 503 : 502
+      const error: DispatchError | SessionLimitReached = failure.value
+      const status = error._tag === "TemplateNotFound"
+        ? 404
+        : error._tag === "NoHealthyInstance" || (error._tag === "SessionLimitReached" && error.scope === "gateway")
+        ? 503
+        : error._tag === "SessionLimitReached"
+        ? 429
+        : 502
+      const retryAfter = error._tag === "NoHealthyInstance" ? error.retryAfterSeconds : error._tag === "SessionLimitReached" ? 60 : undefined
       sendJson(
         res,
         status,
         rpcError(id, ErrorCode.InternalError, error.message),
-        error._tag === "NoHealthyInstance" ? { "retry-after": String(error.retryAfterSeconds) } : undefined
+        retryAfter === undefined ? undefined : { "retry-after": String(retryAfter) }
       )
     })
 
@@ -65,7 +74,8 @@ export const makePostHandler = (deps: {
     session: ClientSession,
     id: JsonRpcId,
     method: string,
-    params: Record<string, unknown> | undefined
+    params: Record<string, unknown> | undefined,
+    headers: Record<string, string> | undefined
   ) => {
     // The stream opens at the first thing the server says before the response, the
     // notifications go out as they come, and the response closes it; a plain answer is written
@@ -95,7 +105,7 @@ export const makePostHandler = (deps: {
     const relayed: Array<string> = []
     const onServerRequest = (request: JsonRpcRequest, reply: (response: JsonRpcResponse) => void) =>
       void relayed.push(session.relayServerRequest(request, reply, event))
-    const fiber = run(session.request(method, params, { onNotification: event, onServerRequest }))
+    const fiber = run(session.request(method, params, { onNotification: event, onServerRequest }, headers))
     // A client that hangs up has not cancelled (the spec's word: it sends notifications/cancelled
     // for that); the answer waits in the stream for it to resume, or is dropped.
     session.track(id, fiber)
@@ -124,7 +134,7 @@ export const makePostHandler = (deps: {
     }
   }
 
-  return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string) => {
+  return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, owner: string) => {
     if (!accepts(req.headers.accept, "application/json", "text/event-stream")) {
       req.resume()
       return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list application/json and text/event-stream"))
@@ -138,7 +148,7 @@ export const makePostHandler = (deps: {
         rpcError(null, ErrorCode.InvalidRequest, `Bad Request: unsupported MCP-Protocol-Version ${version} (supported: ${SUPPORTED_PROTOCOL_VERSIONS.join(", ")})`)
       )
     }
-    readJsonBody(req, requestId, deps.maxBodyBytes, (body) => {
+    readJsonBody(req, requestId, deps.limits, (body) => {
       if (!body.ok) {
         const code = body.error.status === 413 ? ErrorCode.InvalidRequest : ErrorCode.ParseError
         return sendJson(res, body.error.status, rpcError(null, code, body.error.body.error.message))
@@ -154,15 +164,22 @@ export const makePostHandler = (deps: {
         if (!deps.templateExists(template)) {
           return sendJson(res, 404, rpcError(message.id, ErrorCode.InvalidRequest, `unknown template "${template}"`))
         }
-        return initialize(res, template, message.id, isObject(message.params) ? message.params : {})
+        return initialize(res, template, message.id, isObject(message.params) ? message.params : {}, owner)
       }
       const sessionId = req.headers["mcp-session-id"]
-      const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template)
+      const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, owner)
       if (!("id" in session)) {
         return sendJson(res, session.status, rpcError(isRequest(message) ? message.id : null, ErrorCode.InvalidRequest, session.message))
       }
       if (isRequest(message)) {
-        return forward(res, session, message.id, message.method, isObject(message.params) ? message.params : undefined)
+        return forward(
+          res,
+          session,
+          message.id,
+          message.method,
+          isObject(message.params) ? message.params : undefined,
+          forwardedHeaders(req, deps.forwardHeaders(template))
+        )
       }
       if (isNotification(message)) {
         if (message.method === "notifications/cancelled" && isObject(message.params)) session.cancel(message.params.requestId)

@@ -19,12 +19,12 @@ const KEEP_ALIVE_MS = 25_000
 export const makeStandingStreams = (sessions: ClientSessionsShape) => {
   const open = new Map<ClientSession, () => void>()
 
-  const handle = (req: http.IncomingMessage, res: http.ServerResponse, template: string) => {
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse, template: string, owner: string) => {
     if (!accepts(req.headers.accept, "text/event-stream")) {
       return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list text/event-stream"))
     }
     const sessionId = req.headers["mcp-session-id"]
-    const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template)
+    const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, owner)
     if (!("id" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
     const resume = /^(\d+)-(\d+)$/.exec(String(req.headers["last-event-id"] ?? ""))
     const resumed = resume === null || resume[1] === "0" ? undefined : session.stream(resume[1]!)

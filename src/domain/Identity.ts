@@ -1,0 +1,27 @@
+/**
+ * Who is calling, once authenticated (or, with no auth configured, the anonymous caller known
+ * by address). Scopes: `gateway:read`, `gateway:admin`, `mcp:call`, each optionally narrowed to
+ * one template (`mcp:call:filesystem`); `templates` narrows every scope further (an API key's
+ * allow-list).
+ */
+export interface Identity {
+  readonly kind: "api_key" | "jwt" | "anonymous"
+  /** The key id, the token's subject, or `ip:{address}`: what audit lines and per-client limits use. */
+  readonly id: string
+  readonly scopes: ReadonlySet<string>
+  readonly templates?: ReadonlySet<string> | undefined
+}
+
+export type Scope = "gateway:read" | "gateway:admin" | "mcp:call"
+
+/** Whether the identity holds `scope`, for `template` when given. Anonymous callers hold every scope (auth is off). */
+export const allows = (identity: Identity, scope: Scope, template?: string): boolean => {
+  if (identity.kind === "anonymous") return true
+  // Gateway-wide routes (stats, registry) show every template: only an unrestricted identity may see them.
+  if (template === undefined) return identity.templates === undefined && identity.scopes.has(scope)
+  if (identity.templates !== undefined && !identity.templates.has(template)) return false
+  return identity.scopes.has(scope) || identity.scopes.has(`${scope}:${template}`)
+}
+
+/** The scope string a caller needs (for `insufficient_scope` answers). */
+export const scopeNeeded = (scope: Scope, template?: string) => (template === undefined ? scope : `${scope}:${template}`)

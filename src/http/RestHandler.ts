@@ -1,0 +1,75 @@
+import { Cause, Effect, Exit, FiberId, Option } from "effect"
+import type * as http from "node:http"
+import type { GatewaySettings } from "../config/GatewayConfig.js"
+import type { DispatcherShape } from "../proxy/Dispatcher.js"
+import type { RegistryShape } from "../registry/Registry.js"
+import { defectAnswer, dispatchErrorAnswer, errorAnswer } from "./ApiError.js"
+import { forwardedHeaders } from "./forwardedHeaders.js"
+import { readJsonBody, type RunEffect, sendError, sendJson } from "./raw.js"
+import { restOperations, runRestOperation } from "./RestOperations.js"
+
+/**
+ * The lean handler of the REST MCP operations (`/mcp/{template}/{operation}`, a hot path): the
+ * body is read within the limits and checked by the operation's schema, then the Dispatcher runs
+ * in a runtime built once. A client that hangs up cancels its request, down to the backend.
+ */
+export const makeRestHandler = (deps: {
+  readonly dispatcher: DispatcherShape
+  readonly registry: RegistryShape
+  readonly settings: GatewaySettings
+  readonly run: RunEffect
+}) => {
+  const { dispatcher, registry, run, settings } = deps
+  const limits = { maxBytes: settings.maxBodyBytes, maxDepth: settings.maxJsonDepth }
+
+  return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, operationName: string) => {
+    const operation = Object.hasOwn(restOperations, operationName) ? restOperations[operationName] : undefined
+    if (operation === undefined) {
+      req.resume()
+      return sendError(
+        res,
+        errorAnswer(404, "unknown_operation", `unknown MCP operation "${operationName}"; operations: ${Object.keys(restOperations).join(", ")}, health`, requestId)
+      )
+    }
+    if (req.method !== operation.httpMethod) {
+      req.resume()
+      return sendError(
+        res,
+        errorAnswer(405, "method_not_allowed", `${operationName} takes ${operation.httpMethod}, not ${req.method}`, requestId),
+        { allow: operation.httpMethod }
+      )
+    }
+    const headers = forwardedHeaders(req, registry.template(template)?.forwardHeaders ?? [])
+    const dispatch = (params: Record<string, unknown> | undefined) => {
+      const fiber = run(runRestOperation(dispatcher, template, operation, params, { maxPages: settings.maxListPages, headers }))
+      const onClose = () => {
+        if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)
+      }
+      res.once("close", onClose)
+      fiber.addObserver((exit) => {
+        res.off("close", onClose)
+        if (Exit.isSuccess(exit)) return sendJson(res, 200, exit.value.result, { "x-instance-id": exit.value.instanceId })
+        const failure = Cause.failureOption(exit.cause)
+        if (Option.isSome(failure)) {
+          const error = failure.value
+          return sendError(
+            res,
+            dispatchErrorAnswer(error, requestId),
+            error._tag === "BackendError" ? { "x-instance-id": error.instanceId } : undefined
+          )
+        }
+        if (!Cause.isInterruptedOnly(exit.cause)) run(Effect.logError("request failed", exit.cause))
+        sendError(res, defectAnswer(exit.cause, requestId))
+      })
+    }
+    if (operation.decodeBody === undefined) return dispatch(undefined)
+    readJsonBody(req, requestId, limits, (body) => {
+      if (!body.ok) return sendError(res, body.error)
+      const params = operation.decodeBody!(body.value)
+      if (params._tag === "Left") {
+        return sendError(res, errorAnswer(400, "invalid_request", params.left.join("; "), requestId, { problems: params.left }))
+      }
+      dispatch(params.right)
+    })
+  }
+}

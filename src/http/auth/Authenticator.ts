@@ -1,0 +1,124 @@
+import { Context, Data, Effect, Layer } from "effect"
+import * as jose from "jose"
+import type { AuthSettings, JwtSettings } from "../../config/AuthConfig.js"
+import { GatewayConfig } from "../../config/GatewayConfig.js"
+import { findKey } from "../../domain/apiKey.js"
+import type { Identity } from "../../domain/Identity.js"
+import { Timer } from "../../proxy/Timer.js"
+
+/** Why a request was not authenticated (a 401); `claimed` is who the credential said it was, for the audit log. */
+export class AuthenticationFailed extends Data.TaggedError("AuthenticationFailed")<{
+  readonly reason: string
+  /** A credential was given but is not valid (WWW-Authenticate then says `error="invalid_token"`). */
+  readonly invalidToken: boolean
+  readonly claimed?: string | undefined
+}> {}
+
+/** The credentials a request carries, as the HTTP layer found them. */
+export interface Credentials {
+  /** `Authorization: Bearer <token>` */
+  readonly bearer: string | undefined
+  /** `X-API-Key: <key>` */
+  readonly apiKey: string | undefined
+  /** The client's address: the identity of anonymous callers. */
+  readonly address: string
+}
+
+export interface AuthenticatorShape {
+  /** False when no auth is configured: every caller is anonymous, known by its address. */
+  readonly enabled: boolean
+  readonly settings: AuthSettings | undefined
+  readonly authenticate: (credentials: Credentials) => Effect.Effect<Identity, AuthenticationFailed>
+}
+
+const looksLikeJwt = (token: string) => /^[\w-]+\.[\w-]+\.[\w-]*$/.test(token)
+
+const scopesOf = (claim: unknown): ReadonlySet<string> =>
+  new Set(typeof claim === "string" ? claim.split(/\s+/).filter((s) => s !== "") : Array.isArray(claim) ? claim.map(String) : [])
+
+/**
+ * Authentication: API keys (`Authorization: Bearer <key>` or `X-API-Key`), compared by hash in
+ * constant time; JWT bearer tokens checked with `jose` for signature, expiry, not-before, issuer
+ * and audience, time from the Clock (through the Timer), a JWKS URL cached and refreshed by
+ * `jose`. Scopes come from the key's entry or the token's scopes claim.
+ */
+export class Authenticator extends Context.Tag("mcp-gateway/Authenticator")<Authenticator, AuthenticatorShape>() {
+  static readonly layer: Layer.Layer<Authenticator, never, GatewayConfig | Timer> = Layer.effect(
+    Authenticator,
+    Effect.gen(function*() {
+      const config = yield* GatewayConfig
+      const timer = yield* Timer
+      const settings = config.gateway.auth
+      if (settings === undefined) {
+        return {
+          enabled: false,
+          settings,
+          authenticate: (c) => Effect.succeed({ kind: "anonymous", id: `ip:${c.address}`, scopes: new Set() })
+        }
+      }
+      const verifyJwt = settings.jwt === undefined ? undefined : makeJwtVerifier(settings.jwt, timer.now)
+
+      const authenticate = (c: Credentials): Effect.Effect<Identity, AuthenticationFailed> => {
+        const token = c.bearer ?? c.apiKey
+        if (token === undefined || token === "") {
+          return Effect.fail(new AuthenticationFailed({ reason: "no credential (Authorization: Bearer, or X-API-Key)", invalidToken: false }))
+        }
+        if (c.bearer !== undefined && looksLikeJwt(c.bearer) && verifyJwt !== undefined) return verifyJwt(c.bearer)
+        const key = findKey(settings.apiKeys, token)
+        if (key === undefined) return Effect.fail(new AuthenticationFailed({ reason: "unknown API key or token", invalidToken: true }))
+        return Effect.succeed({ kind: "api_key", id: key.id, scopes: key.scopes, templates: key.templates })
+      }
+      return { enabled: true, settings, authenticate }
+    })
+  )
+}
+
+const makeJwtVerifier = (jwt: JwtSettings, now: () => number) => {
+  const key: jose.JWTVerifyGetKey | Uint8Array = jwt.key.kind === "secret"
+    ? jwt.key.secret
+    : jwt.key.kind === "jwks"
+    ? jose.createLocalJWKSet(jwt.key.jwks as jose.JSONWebKeySet)
+    // Fetched when a token names a key it has not seen, cached, refreshed at most every 30 s.
+    : jose.createRemoteJWKSet(jwt.key.url, { cacheMaxAge: 10 * 60_000, cooldownDuration: 30_000, timeoutDuration: 5_000 })
+  const algorithms = jwt.algorithms ?? (jwt.key.kind === "secret" ? ["HS256", "HS384", "HS512"] : undefined)
+  return (token: string): Effect.Effect<Identity, AuthenticationFailed> =>
+    Effect.tryPromise({
+      try: () =>
+        jose.jwtVerify(token, key as any, {
+          issuer: jwt.issuer,
+          audience: jwt.audience as string | Array<string> | undefined,
+          algorithms: algorithms as Array<string> | undefined,
+          clockTolerance: jwt.clockToleranceSeconds,
+          currentDate: new Date(now())
+        }),
+      catch: (e) => {
+        let claimed: string | undefined
+        try {
+          const sub = jose.decodeJwt(token).sub
+          claimed = sub === undefined ? undefined : `jwt:${sub}`
+        } catch {
+          claimed = undefined
+        }
+        return new AuthenticationFailed({ reason: `invalid token: ${describeJoseError(e)}`, invalidToken: true, claimed })
+      }
+    }).pipe(
+      Effect.map(({ payload }): Identity => ({
+        kind: "jwt",
+        id: `jwt:${payload.sub ?? "(no subject)"}`,
+        scopes: scopesOf(payload[jwt.scopesClaim])
+      }))
+    )
+}
+
+const describeJoseError = (e: unknown): string => {
+  if (e instanceof jose.errors.JWTExpired) return "expired"
+  if (e instanceof jose.errors.JWTClaimValidationFailed) {
+    return e.claim === "nbf" ? "not valid yet" : e.claim === "iss" ? "wrong issuer" : e.claim === "aud" ? "wrong audience" : `claim ${e.claim}: ${e.reason}`
+  }
+  if (e instanceof jose.errors.JWSSignatureVerificationFailed) return "bad signature"
+  if (e instanceof jose.errors.JWKSNoMatchingKey) return "signed with an unknown key"
+  if (e instanceof jose.errors.JOSEAlgNotAllowed) return "algorithm not allowed"
+  if (e instanceof jose.errors.JWKSTimeout) return "the issuer's keys could not be fetched in time"
+  if (e instanceof jose.errors.JOSEError) return e.message
+  return "malformed"
+}

@@ -1,0 +1,188 @@
+import { Effect, Exit } from "effect"
+import * as net from "node:net"
+import type * as http from "node:http"
+import { GatewayConfig } from "../../config/GatewayConfig.js"
+import { allows, type Identity, scopeNeeded } from "../../domain/Identity.js"
+import { ErrorCode } from "../../domain/JsonRpc.js"
+import { type RateDecision, RateLimiter } from "../../proxy/RateLimiter.js"
+import { errorAnswer } from "../ApiError.js"
+import { type RunEffect, sendJson } from "../raw.js"
+import type { RouteRequirement } from "../routes.js"
+import { type AuthenticationFailed, Authenticator } from "./Authenticator.js"
+import { resourceMetadataUrl } from "./ProtectedResource.js"
+
+const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]", "::1"])
+
+/** The request headers a browser MCP client may send to the endpoint (CORS), and those it may read back. */
+const CORS_ALLOW_HEADERS = "content-type, accept, authorization, x-api-key, mcp-session-id, mcp-protocol-version, last-event-id, x-request-id"
+const CORS_EXPOSE_HEADERS =
+  "mcp-session-id, www-authenticate, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset, x-request-id, x-instance-id"
+
+
+/** What a guarded request may go on with. */
+export interface Admitted {
+  readonly identity: Identity
+  /** Headers every answer to the request carries (RateLimit-*, CORS). */
+  readonly headers: Readonly<Record<string, string>>
+}
+
+/**
+ * The front gate every request passes before any handler (one place, every route):
+ *
+ * 1. `Host` must be an IP address, `localhost`, or a name in `allowed_hosts` (a DNS-rebinding
+ *    page reaches the gateway with its own name as Host): else 403.
+ * 2. An `Origin` (browsers send one) must be a loopback origin or in `allowed_origins`: else 403.
+ *    On the MCP endpoint, allowed origins get CORS (preflight included).
+ * 3. A POST must be `application/json`: the types a page can send without a preflight
+ *    (text/plain, forms, none) are refused with 415.
+ * 4. With auth configured: a credential (401, with the OAuth resource metadata on the MCP
+ *    endpoint), then the route's scope, narrowed to its template (403 `insufficient_scope`).
+ * 5. Rate limits: the client's bucket, and the template's for MCP operations (429).
+ *
+ * Failures of 4 are audit-logged (who, what, from where).
+ */
+export const makeGuard = Effect.gen(function*() {
+  const config = yield* GatewayConfig
+  const authenticator = yield* Authenticator
+  const limiter = yield* RateLimiter
+  const allowedOrigins = new Set(config.gateway.allowedOrigins)
+  const allowedHosts = new Set(config.gateway.allowedHosts.map((h) => h.toLowerCase()))
+  const listenHost = config.gateway.host.toLowerCase()
+
+  const hostAllowed = (host: string | undefined) => {
+    if (host === undefined || host === "") return false
+    // "name:port", "[v6]:port", "v4:port"
+    const name = host.startsWith("[") ? host.slice(0, host.indexOf("]") + 1) : host.replace(/:\d+$/, "")
+    const bare = name.startsWith("[") ? name.slice(1, -1) : name
+    return net.isIP(bare) !== 0 || LOOPBACK_HOSTS.has(name.toLowerCase()) || allowedHosts.has(name.toLowerCase()) ||
+      name.toLowerCase() === listenHost
+  }
+
+  const originAllowed = (origin: string) => {
+    if (allowedOrigins.has(origin) || allowedOrigins.has("*")) return true
+    try {
+      return LOOPBACK_HOSTS.has(new URL(origin).hostname)
+    } catch {
+      return false
+    }
+  }
+
+  const audit = (run: RunEffect, event: string, fields: Record<string, string>) =>
+    void run(Effect.logWarning(`audit: ${event}`).pipe(Effect.annotateLogs({ audit: event, ...fields })))
+
+  return {
+    hostAllowed,
+    originAllowed,
+    /**
+     * Checks the request against its route's requirement; calls `proceed` when it may go on,
+     * answers it otherwise. `run` runs what must be asynchronous (token verification, logs).
+     */
+    check: (
+      req: http.IncomingMessage,
+      res: http.ServerResponse,
+      requestId: string,
+      requirement: RouteRequirement,
+      run: RunEffect,
+      proceed: (admitted: Admitted) => void
+    ) => {
+      const refuse = (status: number, type: string, message: string, headers?: Record<string, string>, rpcCode: number = ErrorCode.InvalidRequest) => {
+        req.resume()
+        if (requirement.jsonRpc) {
+          return sendJson(res, status, { jsonrpc: "2.0", id: null, error: { code: rpcCode, message } }, headers)
+        }
+        const answer = errorAnswer(status, type, message, requestId)
+        sendJson(res, status, answer.body, headers)
+      }
+
+      if (!hostAllowed(req.headers.host)) {
+        return refuse(403, "forbidden_host", `Forbidden: host ${JSON.stringify(req.headers.host ?? "")} is not allowed (gateway.allowed_hosts)`)
+      }
+      const origin = req.headers.origin
+      const cors: Record<string, string> = {}
+      if (typeof origin === "string") {
+        if (!originAllowed(origin)) return refuse(403, "forbidden_origin", `Forbidden: origin ${origin} is not allowed`)
+        if (requirement.jsonRpc) {
+          cors["access-control-allow-origin"] = origin
+          cors["access-control-expose-headers"] = CORS_EXPOSE_HEADERS
+          cors["vary"] = "Origin"
+        }
+      }
+      if (req.method === "OPTIONS") {
+        req.resume()
+        if (!requirement.jsonRpc) {
+          res.writeHead(405, { allow: "GET, POST, DELETE" }).end()
+          return
+        }
+        // A CORS preflight of a browser MCP client (its origin is allowed: checked above).
+        res.writeHead(204, {
+          ...cors,
+          "access-control-allow-methods": "GET, POST, DELETE",
+          "access-control-allow-headers": CORS_ALLOW_HEADERS,
+          "access-control-max-age": "600"
+        }).end()
+        return
+      }
+      if (req.method === "POST" && requirement.jsonBody) {
+        const type = String(req.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase()
+        if (type !== "application/json") {
+          return refuse(415, "unsupported_media_type", `Unsupported Media Type: send the body as Content-Type: application/json`, cors)
+        }
+      }
+
+      const address = req.socket.remoteAddress ?? "unknown"
+      const limited = (identity: Identity) => {
+        const decision: RateDecision = limiter.admit(identity.id, requirement.templateLimited ? requirement.template : undefined)
+        const headers: Record<string, string> = { ...cors }
+        if (decision.limit !== undefined) {
+          headers["ratelimit-limit"] = String(decision.limit)
+          headers["ratelimit-remaining"] = String(decision.remaining)
+          headers["ratelimit-reset"] = String(decision.resetSeconds)
+        }
+        if (!decision.allowed) {
+          headers["retry-after"] = String(decision.retryAfterSeconds)
+          const whose = decision.refusedBy === "template" ? `template "${requirement.template}"` : "this client"
+          return refuse(429, "rate_limited", `Too Many Requests: the rate limit of ${whose} is reached; retry after ${decision.retryAfterSeconds}s`, headers, -32000)
+        }
+        proceed({ identity, headers })
+      }
+
+      if (requirement.scope === undefined || !authenticator.enabled) {
+        return limited({ kind: "anonymous", id: `ip:${address}`, scopes: new Set() })
+      }
+
+      const challenge = (error?: string, scope?: string) => {
+        const params = ['realm="mcp-gateway"']
+        if (error !== undefined) params.push(`error="${error}"`)
+        if (scope !== undefined) params.push(`scope="${scope}"`)
+        const metadata = resourceMetadataUrl(authenticator.settings!, req.headers.host, requirement.template)
+        params.push(`resource_metadata="${metadata}"`)
+        return { ...cors, "www-authenticate": `Bearer ${params.join(", ")}` }
+      }
+      const what = `${req.method} ${(req.url ?? "/").split("?")[0]}`
+
+      const authorized = (identity: Identity) => {
+        if (requirement.scope !== "authenticated" && !allows(identity, requirement.scope!, requirement.template)) {
+          const needed = scopeNeeded(requirement.scope!, requirement.template)
+          audit(run, "forbidden", { who: identity.id, what, from: address, needed })
+          return refuse(403, "forbidden", `Forbidden: this credential lacks the scope ${needed}`, challenge("insufficient_scope", needed))
+        }
+        limited(identity)
+      }
+
+      const authorization = req.headers.authorization
+      const bearer = typeof authorization === "string" && /^bearer\s+/i.test(authorization)
+        ? authorization.replace(/^bearer\s+/i, "").trim()
+        : undefined
+      const apiKey = typeof req.headers["x-api-key"] === "string" ? req.headers["x-api-key"] : undefined
+      const failed = (e: AuthenticationFailed) => {
+        audit(run, "authentication_failed", { who: e.claimed ?? "(unknown)", what, from: address, reason: e.reason })
+        refuse(401, "unauthorized", `Unauthorized: ${e.reason}`, challenge(e.invalidToken ? "invalid_token" : undefined))
+      }
+      run(authenticator.authenticate({ bearer, apiKey, address })).addObserver((exit) => {
+        if (Exit.isSuccess(exit)) return authorized(exit.value)
+        if (exit.cause._tag === "Fail") return failed(exit.cause.error)
+        refuse(500, "internal_error", "the gateway failed to check the credential; see its log")
+      })
+    }
+  }
+})

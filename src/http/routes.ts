@@ -1,0 +1,103 @@
+import type { Scope } from "../domain/Identity.js"
+
+/**
+ * What the front listener needs to know of a request before serving it: which handler, what
+ * it requires (a scope, possibly narrowed to a template; or nothing), and how its errors are
+ * written (JSON-RPC on the MCP endpoint, the error envelope elsewhere).
+ */
+export type Route =
+  /** GET /gateway/health: open, for load balancers. */
+  | { readonly kind: "health" }
+  /** /.well-known/oauth-protected-resource[/mcp/{t}]: open (clients read it before they authenticate). */
+  | { readonly kind: "resource_metadata"; readonly template: string | undefined }
+  /** /mcp/{t}: the MCP endpoint. */
+  | { readonly kind: "mcp_endpoint"; readonly template: string }
+  /** /mcp/{t}/{operation}: a REST MCP operation. */
+  | { readonly kind: "rest_operation"; readonly template: string; readonly operation: string }
+  /** /mcp/{t}/health */
+  | { readonly kind: "template_health"; readonly template: string }
+  /** /gateway/stats, /gateway/registry */
+  | { readonly kind: "gateway_read" }
+  /** POST /gateway/register (the template is in the body: the handler checks it) */
+  | { readonly kind: "register" }
+  /** DELETE /gateway/deregister/{t}/{id} */
+  | { readonly kind: "deregister"; readonly template: string }
+  /** /docs, /openapi.json, /redoc: any authenticated caller */
+  | { readonly kind: "docs" }
+  /** Anything else (the HttpApi app answers 404 for unknown routes): any authenticated caller */
+  | { readonly kind: "other" }
+  /** A path the gateway cannot even read (bad URL encoding) */
+  | { readonly kind: "malformed"; readonly message: string }
+
+export interface RouteRequirement {
+  /** undefined: open; "authenticated": any valid credential; else the scope (narrowed to `template` when set). */
+  readonly scope: Scope | "authenticated" | undefined
+  readonly template?: string | undefined
+  /** Answer errors as JSON-RPC (MCP clients parse JSON-RPC there). */
+  readonly jsonRpc: boolean
+  /** POSTs must be `application/json` (anything a browser can send without asking first is refused). */
+  readonly jsonBody: boolean
+  /** Counts against the template's rate limit (an MCP operation). */
+  readonly templateLimited: boolean
+}
+
+export const requirementOf = (route: Route): RouteRequirement => {
+  const base = { jsonRpc: false, jsonBody: true, templateLimited: false }
+  switch (route.kind) {
+    case "health":
+    case "resource_metadata":
+      return { ...base, scope: undefined }
+    case "mcp_endpoint":
+      return { scope: "mcp:call", template: route.template, jsonRpc: true, jsonBody: true, templateLimited: true }
+    case "rest_operation":
+      return { ...base, scope: "mcp:call", template: route.template, templateLimited: true }
+    case "template_health":
+      return { ...base, scope: "gateway:read", template: route.template }
+    case "gateway_read":
+      return { ...base, scope: "gateway:read" }
+    case "register":
+      return { ...base, scope: "gateway:admin" }
+    case "deregister":
+      return { ...base, scope: "gateway:admin", template: route.template }
+    case "docs":
+    case "other":
+    case "malformed":
+      return { ...base, scope: "authenticated" }
+  }
+}
+
+const decode = (segment: string): string | undefined => {
+  try {
+    return decodeURIComponent(segment)
+  } catch {
+    return undefined
+  }
+}
+
+/** Classifies a request by method and path (the query already cut off). */
+export const classifyRoute = (method: string | undefined, path: string): Route => {
+  if (path === "/gateway/health") return { kind: "health" }
+  if (path === "/gateway/stats" || path === "/gateway/registry") return { kind: "gateway_read" }
+  if (path === "/gateway/register") return { kind: "register" }
+  if (path.startsWith("/gateway/deregister/")) {
+    const template = decode(path.slice("/gateway/deregister/".length).split("/")[0] ?? "")
+    return template === undefined ? { kind: "malformed", message: "the template name in the path is not valid URL encoding" } : { kind: "deregister", template }
+  }
+  if (path === "/.well-known/oauth-protected-resource") return { kind: "resource_metadata", template: undefined }
+  if (path.startsWith("/.well-known/oauth-protected-resource/mcp/")) {
+    const template = decode(path.slice("/.well-known/oauth-protected-resource/mcp/".length))
+    return template === undefined ? { kind: "other" } : { kind: "resource_metadata", template }
+  }
+  if (path.startsWith("/mcp/")) {
+    const slash = path.indexOf("/", 5)
+    const template = decode(path.slice(5, slash === -1 ? undefined : slash))
+    if (template === undefined) return { kind: "malformed", message: "the template name in the path is not valid URL encoding" }
+    if (slash === -1 || slash === path.length - 1) return { kind: "mcp_endpoint", template }
+    const operation = path.slice(slash + 1)
+    return operation === "health" && method !== "POST" ? { kind: "template_health", template } : { kind: "rest_operation", template, operation }
+  }
+  if (path === "/docs" || path.startsWith("/docs/") || path === "/openapi.json" || path === "/redoc" || path.startsWith("/redoc/")) {
+    return { kind: "docs" }
+  }
+  return { kind: "other" }
+}

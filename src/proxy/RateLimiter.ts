@@ -1,0 +1,105 @@
+import { Context, Effect, Layer } from "effect"
+import { GatewayConfig, type RateLimit } from "../config/GatewayConfig.js"
+import { Registry } from "../registry/Registry.js"
+import { Timer } from "./Timer.js"
+
+/** The verdict on one request, with what the RateLimit-* headers say (of the tightest bucket that applied). */
+export interface RateDecision {
+  readonly allowed: boolean
+  /** The bucket's size (burst), for RateLimit-Limit; undefined when no limit applies. */
+  readonly limit: number | undefined
+  readonly remaining: number
+  /** Seconds until the bucket is full again (RateLimit-Reset). */
+  readonly resetSeconds: number
+  /** Seconds until one more request may pass (Retry-After), when refused. */
+  readonly retryAfterSeconds: number
+  /** Which limit refused it, for the message. */
+  readonly refusedBy?: "client" | "template" | undefined
+}
+
+export interface RateLimiterShape {
+  /**
+   * Takes one token from the client's bucket and, for an MCP operation, from the template's;
+   * from both or from neither, so a refused request costs nothing.
+   */
+  readonly admit: (client: string, template?: string) => RateDecision
+}
+
+/** Buckets kept for clients that are idle (full); past this many, full buckets are dropped (they hold nothing). */
+const MAX_IDLE_BUCKETS = 10_000
+
+class Bucket {
+  tokens: number
+  constructor(readonly limit: RateLimit, public updatedAt: number) {
+    this.tokens = limit.burst
+  }
+  refill(now: number) {
+    if (now > this.updatedAt) {
+      this.tokens = Math.min(this.limit.burst, this.tokens + ((now - this.updatedAt) / 1000) * this.limit.perSecond)
+      this.updatedAt = now
+    }
+  }
+  secondsUntil(tokens: number) {
+    return Math.max(0, Math.ceil((tokens - this.tokens) / this.limit.perSecond))
+  }
+}
+
+/**
+ * Token buckets: per client (credential, or address without auth) and per template, sizes from
+ * `gateway.rate_limits` and the template's own `rate_limit`. Synchronous arithmetic on the
+ * Clock's time (through the Timer), so a burst is counted exactly, with no race, and the
+ * TestClock drives refills in tests.
+ */
+export class RateLimiter extends Context.Tag("mcp-gateway/RateLimiter")<RateLimiter, RateLimiterShape>() {
+  static readonly layer: Layer.Layer<RateLimiter, never, GatewayConfig | Registry | Timer> = Layer.effect(
+    RateLimiter,
+    Effect.gen(function*() {
+      const config = yield* GatewayConfig
+      const registry = yield* Registry
+      const timer = yield* Timer
+      const { perClient, perTemplate } = config.gateway.rateLimits
+      const clients = new Map<string, Bucket>()
+      const templates = new Map<string, Bucket>()
+
+      const bucket = (map: Map<string, Bucket>, key: string, limit: RateLimit, now: number) => {
+        let b = map.get(key)
+        if (b === undefined || b.limit !== limit) {
+          if (map.size >= MAX_IDLE_BUCKETS) {
+            for (const [k, idle] of map) {
+              idle.refill(now)
+              if (idle.tokens >= idle.limit.burst) map.delete(k)
+            }
+          }
+          map.set(key, b = new Bucket(limit, now))
+        }
+        b.refill(now)
+        return b
+      }
+
+      const unlimited: RateDecision = { allowed: true, limit: undefined, remaining: 0, resetSeconds: 0, retryAfterSeconds: 0 }
+
+      return {
+        admit: (client, template) => {
+          const templateLimit = template === undefined ? undefined : registry.template(template)?.rateLimit ?? perTemplate
+          if (perClient === undefined && templateLimit === undefined) return unlimited
+          const now = timer.now()
+          const buckets: Array<readonly [Bucket, "client" | "template"]> = []
+          if (perClient !== undefined) buckets.push([bucket(clients, client, perClient, now), "client"])
+          if (templateLimit !== undefined && template !== undefined) buckets.push([bucket(templates, template, templateLimit, now), "template"])
+          const empty = buckets.find(([b]) => b.tokens < 1)
+          if (empty === undefined) for (const [b] of buckets) b.tokens -= 1
+          // The headers describe the tightest bucket.
+          const [tightest] = buckets.reduce((a, b) => (b[0].tokens < a[0].tokens ? b : a))
+          return {
+            allowed: empty === undefined,
+            limit: tightest.limit.burst,
+            remaining: Math.max(0, Math.floor(tightest.tokens)),
+            resetSeconds: tightest.secondsUntil(tightest.limit.burst),
+            retryAfterSeconds: Math.max(1, empty === undefined ? 0 : empty[0].secondsUntil(1)),
+            refusedBy: empty?.[1]
+          }
+        }
+      }
+    })
+  )
+}

@@ -1,0 +1,215 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Exit, Layer, TestClock } from "effect"
+import * as jose from "jose"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { GatewayConfig, type GatewayConfigShape, loadGatewayConfig } from "../../src/config/GatewayConfig.js"
+import { digestOf, findKey, hashApiKey, newApiKey } from "../../src/domain/apiKey.js"
+import { allows, type Identity } from "../../src/domain/Identity.js"
+import { redactCommand, redactUrl, redactUrlsIn } from "../../src/domain/redact.js"
+import { Authenticator } from "../../src/http/auth/Authenticator.js"
+import { nestsDeeperThan } from "../../src/http/raw.js"
+import { RateLimiter } from "../../src/proxy/RateLimiter.js"
+import { Timer } from "../../src/proxy/Timer.js"
+import { Registry } from "../../src/registry/Registry.js"
+import { testConfig } from "../support/testConfig.js"
+
+describe("redaction", () => {
+  it("URLs lose user:password, query values and fragments", () => {
+    expect(redactUrl("https://alice:s3cret@mcp.example.com:8443/mcp?token=abc&page=2#frag")).toBe(
+      "https://***@mcp.example.com:8443/mcp?token=***&page=***#***"
+    )
+    expect(redactUrl("http://127.0.0.1:3001/mcp")).toBe("http://127.0.0.1:3001/mcp")
+    expect(redactUrlsIn("HTTP 500 on POST http://u:p@h/x?session=1 (retrying)")).toBe("HTTP 500 on POST http://***@h/x?session=*** (retrying)")
+  })
+
+  it("command lines lose the values of secret-looking arguments", () => {
+    expect(redactCommand(["server", "--token=abc", "--api-key", "xyz", "-v", "--port", "80", "API_KEY=k", "https://u:p@h/"])).toEqual(
+      ["server", "--token=***", "--api-key", "***", "-v", "--port", "80", "API_KEY=***", "https://***@h/"]
+    )
+  })
+})
+
+describe("request limits", () => {
+  it("finds JSON nested deeper than the limit without parsing it, ignoring brackets in strings", () => {
+    const deep = "{\"a\":".repeat(5000) + "{}" + "}".repeat(5000)
+    expect(nestsDeeperThan(deep, 64)).toBe(true)
+    expect(nestsDeeperThan("{\"a\":[[[1]]]}", 4)).toBe(false)
+    expect(nestsDeeperThan("{\"a\":[[[1]]]}", 3)).toBe(true)
+    expect(nestsDeeperThan(JSON.stringify({ s: "[[[[[[[[{{{{{\\\"" }), 2)).toBe(false)
+  })
+})
+
+describe("API keys", () => {
+  it("are random, hashed with SHA-256, and found by hash", () => {
+    const key = newApiKey()
+    expect(key).toMatch(/^mgw_[\w-]{43}$/)
+    expect(newApiKey()).not.toBe(key)
+    expect(hashApiKey("abc")).toBe("sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    const keys = [{ id: "a", digest: digestOf("one") }, { id: "b", digest: digestOf(key) }]
+    expect(findKey(keys, key)?.id).toBe("b")
+    expect(findKey(keys, key + "x")).toBeUndefined()
+  })
+})
+
+describe("scopes", () => {
+  const id = (scopes: Array<string>, templates?: Array<string>): Identity => ({
+    kind: "api_key",
+    id: "k",
+    scopes: new Set(scopes),
+    templates: templates === undefined ? undefined : new Set(templates)
+  })
+  it("a scope covers every template; a narrowed scope or a template allow-list only its templates", () => {
+    expect(allows(id(["mcp:call"]), "mcp:call", "fs")).toBe(true)
+    expect(allows(id(["mcp:call:fs"]), "mcp:call", "fs")).toBe(true)
+    expect(allows(id(["mcp:call:fs"]), "mcp:call", "other")).toBe(false)
+    expect(allows(id(["mcp:call"], ["fs"]), "mcp:call", "other")).toBe(false)
+    expect(allows(id(["gateway:read"]), "gateway:admin", "fs")).toBe(false)
+    // Gateway-wide routes show every template: only an unrestricted credential sees them.
+    expect(allows(id(["gateway:read"]), "gateway:read")).toBe(true)
+    expect(allows(id(["gateway:read"], ["fs"]), "gateway:read")).toBe(false)
+    expect(allows(id(["gateway:read:fs"]), "gateway:read")).toBe(false)
+  })
+})
+
+describe("rate limits", () => {
+  const limiter = (config: GatewayConfigShape) =>
+    Layer.mergeAll(RateLimiter.layer).pipe(
+      Layer.provide(Registry.layer),
+      Layer.provide(Timer.fromClock),
+      Layer.provide(GatewayConfig.layer(config))
+    )
+  const withLimits = (perClient?: { perSecond: number; burst: number }, perTemplate?: { perSecond: number; burst: number }) => {
+    const base = testConfig({ t: { instances: ["a"] }, u: { instances: ["b"] } })
+    return { ...base, gateway: { ...base.gateway, rateLimits: { perClient, perTemplate } } }
+  }
+
+  it.scoped("a burst gets exactly `burst` requests through, then refills at the rate", () =>
+    Effect.gen(function*() {
+      const rl = yield* RateLimiter
+      const verdicts = Array.from({ length: 20 }, () => rl.admit("c1", "t"))
+      expect(verdicts.filter((v) => v.allowed)).toHaveLength(5)
+      const refused = verdicts.at(-1)!
+      expect(refused).toMatchObject({ allowed: false, limit: 5, remaining: 0, retryAfterSeconds: 1, refusedBy: "client" })
+      expect(refused.resetSeconds).toBe(3)
+      // Another client has its own bucket.
+      expect(rl.admit("c2", "t").allowed).toBe(true)
+      // Half a second gives one token back (2 per second).
+      yield* TestClock.adjust(Duration.millis(499))
+      expect(rl.admit("c1", "t").allowed).toBe(false)
+      yield* TestClock.adjust(Duration.millis(1))
+      expect(rl.admit("c1", "t").allowed).toBe(true)
+      expect(rl.admit("c1", "t").allowed).toBe(false)
+      yield* TestClock.adjust(Duration.seconds(10))
+      expect(Array.from({ length: 10 }, () => rl.admit("c1", "t")).filter((v) => v.allowed)).toHaveLength(5)
+    }).pipe(Effect.provide(limiter(withLimits({ perSecond: 2, burst: 5 })))))
+
+  it.scoped("a template's limit holds across clients, and a refused request costs the client nothing", () =>
+    Effect.gen(function*() {
+      const rl = yield* RateLimiter
+      const results = Array.from({ length: 6 }, (_, i) => rl.admit(`client-${i}`, "t"))
+      expect(results.map((r) => r.allowed)).toEqual([true, true, true, false, false, false])
+      expect(results[3]).toMatchObject({ refusedBy: "template" })
+      // Another template is not affected; no client lost a token to the refusals.
+      expect(rl.admit("client-3", "u").allowed).toBe(true)
+      expect(rl.admit("client-3", "u").allowed).toBe(true)
+    }).pipe(Effect.provide(limiter(withLimits({ perSecond: 100, burst: 2 }, { perSecond: 1, burst: 3 })))))
+})
+
+describe("JWT authentication", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gw-jwt-"))
+  const issuer = "https://auth.example.com/"
+  const audience = "https://gateway.example.com"
+  const secret = "an HS256 secret of at least thirty-two bytes!"
+
+  const authenticator = (auth: unknown) =>
+    Effect.gen(function*() {
+      const file = path.join(dir, `c${Math.random()}.json`)
+      fs.writeFileSync(file, JSON.stringify({ auth }))
+      const config = yield* loadGatewayConfig({ configFile: file })
+      return yield* Effect.provide(Authenticator, Authenticator.layer.pipe(Layer.provide(Timer.fromClock), Layer.provide(GatewayConfig.layer(config))))
+    })
+
+  const sign = (claims: jose.JWTPayload, key: jose.CryptoKey | Uint8Array, alg: string, kid?: string) =>
+    Effect.promise(() => new jose.SignJWT(claims).setProtectedHeader({ alg, ...(kid ? { kid } : {}) }).sign(key))
+
+  const verdict = (auth: { authenticate: Authenticator["Type"]["authenticate"] }, bearer: string) =>
+    Effect.map(Effect.exit(auth.authenticate({ bearer, apiKey: undefined, address: "127.0.0.1" })), (exit) =>
+      Exit.isSuccess(exit) ? exit.value : (exit.cause as any).error.reason as string)
+
+  it.effect("HS256: valid, expired, not yet valid, badly signed, wrong issuer, wrong audience, scopes from the claim", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(Date.parse("2026-11-24T12:00:00Z"))
+      const now = Math.floor(Date.parse("2026-11-24T12:00:00Z") / 1000)
+      const key = new TextEncoder().encode(secret)
+      const auth = yield* authenticator({ jwt: { issuer, audience, secret, clock_tolerance: 0 } })
+      const good = { iss: issuer, aud: audience, sub: "alice", scope: "mcp:call:fs gateway:read", iat: now, exp: now + 60 }
+      const identity = yield* verdict(auth, yield* sign(good, key, "HS256"))
+      expect(identity).toMatchObject({ kind: "jwt", id: "jwt:alice" })
+      expect(Array.from((identity as Identity).scopes)).toEqual(["mcp:call:fs", "gateway:read"])
+      expect(yield* verdict(auth, yield* sign({ ...good, exp: now - 1 }, key, "HS256"))).toBe("invalid token: expired")
+      expect(yield* verdict(auth, yield* sign({ ...good, nbf: now + 30 }, key, "HS256"))).toBe("invalid token: not valid yet")
+      expect(yield* verdict(auth, yield* sign(good, new TextEncoder().encode(secret + "x"), "HS256"))).toBe("invalid token: bad signature")
+      expect(yield* verdict(auth, yield* sign({ ...good, iss: "https://evil/" }, key, "HS256"))).toBe("invalid token: wrong issuer")
+      expect(yield* verdict(auth, yield* sign({ ...good, aud: "someone-else" }, key, "HS256"))).toBe("invalid token: wrong audience")
+      // Time runs on the Clock: the good token expires a minute later.
+      const token = yield* sign(good, key, "HS256")
+      yield* TestClock.adjust(Duration.seconds(61))
+      expect(yield* verdict(auth, token)).toBe("invalid token: expired")
+    }))
+
+  it.effect("RS256 and ES256 from a JWKS file; an unsigned or unknown-key token is refused", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(Date.parse("2026-11-24T12:00:00Z"))
+      const now = Math.floor(Date.parse("2026-11-24T12:00:00Z") / 1000)
+      const rsa = yield* Effect.promise(() => jose.generateKeyPair("RS256"))
+      const ec = yield* Effect.promise(() => jose.generateKeyPair("ES256"))
+      const other = yield* Effect.promise(() => jose.generateKeyPair("RS256"))
+      const jwks = {
+        keys: [
+          { ...(yield* Effect.promise(() => jose.exportJWK(rsa.publicKey))), kid: "rsa-1", alg: "RS256" },
+          { ...(yield* Effect.promise(() => jose.exportJWK(ec.publicKey))), kid: "ec-1", alg: "ES256" }
+        ]
+      }
+      const jwksFile = path.join(dir, "jwks.json")
+      fs.writeFileSync(jwksFile, JSON.stringify(jwks))
+      const auth = yield* authenticator({ jwt: { issuer, audience, jwks_file: jwksFile, scopes_claim: "permissions" } })
+      const claims = { iss: issuer, aud: audience, sub: "svc", permissions: ["mcp:call"], exp: now + 60 }
+      expect(yield* verdict(auth, yield* sign(claims, rsa.privateKey, "RS256", "rsa-1"))).toMatchObject({ id: "jwt:svc" })
+      expect(yield* verdict(auth, yield* sign(claims, ec.privateKey, "ES256", "ec-1"))).toMatchObject({ id: "jwt:svc" })
+      expect(yield* verdict(auth, yield* sign(claims, other.privateKey, "RS256", "rsa-1"))).toBe("invalid token: bad signature")
+      expect(yield* verdict(auth, yield* sign(claims, other.privateKey, "RS256", "nobody"))).toBe("invalid token: signed with an unknown key")
+      const unsigned = new jose.UnsecuredJWT(claims).encode()
+      expect(yield* verdict(auth, unsigned)).toMatch(/^invalid token/)
+    }))
+
+  it.effect("config problems name the field", () =>
+    Effect.gen(function*() {
+      const file = path.join(dir, "bad.json")
+      fs.writeFileSync(file, JSON.stringify({
+        auth: {
+          api_keys: [{ id: "a", hash: "md5:abc", scopes: ["mcp:everything"] }],
+          jwt: { secret: { env: "GATEWAY_TEST_UNSET_SECRET" }, jwks_url: "https://x/jwks" }
+        }
+      }))
+      const exit = yield* Effect.exit(loadGatewayConfig({ configFile: file }))
+      const problems = Exit.isFailure(exit) ? (exit.cause as any).error.problems.join("\n") : ""
+      expect(problems).toContain("auth.api_keys[0].hash: expected sha256:<64 hex digits>")
+      expect(problems).toContain("auth.api_keys[0].scopes[0]: expected gateway:read, gateway:admin or mcp:call")
+      const file2 = path.join(dir, "bad2.json")
+      fs.writeFileSync(file2, JSON.stringify({ auth: { jwt: { secret: { env: "GATEWAY_TEST_UNSET_SECRET" } } } }))
+      const exit2 = yield* Effect.exit(loadGatewayConfig({ configFile: file2 }))
+      const problems2 = Exit.isFailure(exit2) ? (exit2.cause as any).error.problems.join("\n") : ""
+      expect(problems2).toContain("auth.jwt.secret: environment variable GATEWAY_TEST_UNSET_SECRET is not set")
+      expect(problems2).toContain("auth.jwt.issuer: expected the issuer")
+      expect(problems2).toContain("auth.jwt.audience: expected the audience")
+    }))
+})
+
+describe("redaction leaves what has nothing to hide as it was", () => {
+  it("a URL without userinfo, query or fragment is unchanged", () => {
+    expect(redactUrl("http://127.0.0.1:8080")).toBe("http://127.0.0.1:8080")
+    expect(redactUrlsIn("listening on http://127.0.0.1:8080")).toBe("listening on http://127.0.0.1:8080")
+  })
+})
