@@ -118,26 +118,31 @@ export const HttpServerLive: Layer.Layer<
       guard.check(req, res, requestId, requirement, run, (admitted) => {
         for (const [name, value] of Object.entries(admitted.headers)) res.setHeader(name, value)
         const context = { requestId, identity: admitted.identity, address: req.socket.remoteAddress ?? "unknown" }
-        switch (route.kind) {
-          case "mcp_endpoint":
-            return mcpEndpoint.handle(req, res, requestId, route.template, admitted.identity)
-          case "rest_operation":
-            return restOperation(req, res, requestId, route.template, route.operation)
-          case "malformed":
-            req.resume()
-            return sendError(res, errorAnswer(400, "invalid_request", route.message, requestId))
+        const serve = () => {
+          switch (route.kind) {
+            case "mcp_endpoint":
+              return mcpEndpoint.handle(req, res, requestId, route.template, admitted.identity)
+            case "rest_operation":
+              return restOperation(req, res, requestId, route.template, route.operation)
+            case "malformed":
+              return sendError(res, errorAnswer(400, "invalid_request", route.message, requestId))
+            default:
+              return serveOther(req, res, route, requestId)
+          }
         }
-        // Every other route: a body, if any, is read here within the limit (chunked or not) and
-        // handed to the handler that takes one (register); a route that takes none only counts it.
+        // The MCP endpoint's and the REST operations' POSTs read their JSON bodies themselves.
+        // Any other body is read here, within the limit (chunked or not): kept for the handler
+        // that takes one (register), only counted for the routes that take none.
+        if (req.method === "POST" && (route.kind === "mcp_endpoint" || route.kind === "rest_operation")) return serve()
         const hasBody = req.headers["transfer-encoding"] !== undefined || Number(req.headers["content-length"] ?? 0) > 0
         if (!hasBody) {
           setRequestContext(req, context)
-          return serveOther(req, res, route, requestId)
+          return serve()
         }
         readBody(req, requestId, config.gateway.maxBodyBytes, (body) => {
           if (!body.ok) return sendError(res, body.error)
           setRequestContext(req, { ...context, body: body.value })
-          serveOther(req, res, route, requestId)
+          serve()
         })
       })
     }

@@ -137,7 +137,8 @@ export const makeRegistry = (options: {
           template.instances.set(id, new InstanceState(defineInstance(name, id, spec, "api")))
         }
       }
-      const count = Object.values(persisted.templates).reduce((n, t) => n + t.instances.length, 0)
+      let count = 0
+      for (const t of templates.values()) for (const i of t.instances.values()) if (i.definition.source === "api") count++
       yield* Effect.logInfo(`registry: ${count} run-time registrations from ${options.file}`)
     }
 

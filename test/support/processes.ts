@@ -215,3 +215,22 @@ export const initializeRaw = (endpoint: string, id: number | string = 1) =>
       params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "e2e", version: "1" } }
     })
   })
+
+/** A node script from test/fixtures that prints its port on stdout once it listens (header-echo-server.mjs). */
+export const startFixtureServer = async (script: string, env: Record<string, string> = {}): Promise<RunningServer> => {
+  const child = spawn(process.execPath, [path.join(repoRoot, "test/fixtures", script)], {
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"]
+  })
+  let output = ""
+  child.stdout!.setEncoding("utf8").on("data", (d: string) => (output += d))
+  const [, port] = await waitForOutput(child, "stdout", /^(\d+)\n/, 10_000, () => output)
+  return {
+    url: `http://127.0.0.1:${port}/mcp`,
+    port: Number(port),
+    stop: () => {
+      child.kill("SIGTERM")
+      return exited(child, 10_000)
+    }
+  }
+}
