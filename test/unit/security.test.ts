@@ -213,3 +213,21 @@ describe("redaction leaves what has nothing to hide as it was", () => {
     expect(redactUrlsIn("listening on http://127.0.0.1:8080")).toBe("listening on http://127.0.0.1:8080")
   })
 })
+
+describe("the hardened example config", () => {
+  it.effect("examples/secure.json loads as documented (its backend token from the environment)", () =>
+    Effect.gen(function*() {
+      process.env.GITHUB_MCP_TOKEN = "example-token"
+      const config = yield* loadGatewayConfig({ configFile: path.resolve(__dirname, "../../examples/secure.json") })
+      expect(config.gateway.host).toBe("0.0.0.0")
+      expect(config.gateway.auth?.apiKeys.map((k) => k.id)).toEqual(["ops-dashboard", "ci-deployer"])
+      expect(config.gateway.auth?.jwt?.key.kind).toBe("jwks_url")
+      expect(config.templates[0]?.forwardHeaders).toEqual(["x-tenant-id"])
+      expect(config.gateway.rateLimits.perClient).toEqual({ perSecond: 20, burst: 40 })
+      delete process.env.GITHUB_MCP_TOKEN
+      const exit = yield* Effect.exit(loadGatewayConfig({ configFile: path.resolve(__dirname, "../../examples/secure.json") }))
+      expect(Exit.isFailure(exit) && (exit.cause as any).error.problems).toContain(
+          `templates.github.instances[0].headers["Authorization"]: environment variable GITHUB_MCP_TOKEN is not set`
+      )
+    }))
+})
