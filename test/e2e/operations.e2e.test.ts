@@ -236,6 +236,8 @@ describe("operations end to end", () => {
         return f
       })()
     })
+    // (Stopped by the test itself; this only matters if an assertion fails first.)
+    cleanups.push(() => gateway.stop())
     const opened = await initializeRaw(`${gateway.url}/mcp/t`)
     const session = opened.headers.get("mcp-session-id")!
     const standing = await fetch(`${gateway.url}/mcp/t`, { headers: { accept: "text/event-stream", "mcp-session-id": session } })
