@@ -81,6 +81,8 @@ export const ConfigFile = Schema.Struct({
     allowed_origins: Schema.optional(Schema.Array(Schema.String)),
     /** Host names the gateway answers to besides IP addresses and localhost (against DNS rebinding). */
     allowed_hosts: Schema.optional(Schema.Array(Schema.String)),
+    /** Environment variables that registrations through the API may name in headers (`{"env": ...}`); none by default. */
+    registration_env: Schema.optional(Schema.Array(Schema.String)),
     max_header_bytes: Schema.optional(PositiveInt(1024)),
     max_json_depth: Schema.optional(PositiveInt(2)),
     max_sessions: Schema.optional(PositiveInt(1)),
@@ -123,6 +125,7 @@ export interface GatewaySettings {
   readonly allowStdioRegistration: boolean
   readonly allowedOrigins: ReadonlyArray<string>
   readonly allowedHosts: ReadonlyArray<string>
+  readonly registrationEnv: ReadonlyArray<string>
   readonly maxBodyBytes: number
   readonly maxHeaderBytes: number
   readonly maxJsonDepth: number
@@ -284,6 +287,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         allowStdioRegistration: file.gateway?.allow_stdio_registration ?? false,
         allowedOrigins: file.gateway?.allowed_origins ?? [],
         allowedHosts: file.gateway?.allowed_hosts ?? [],
+        registrationEnv: file.gateway?.registration_env ?? [],
         maxBodyBytes: file.gateway?.max_body_bytes ?? DEFAULT_MAX_BODY_BYTES,
         maxHeaderBytes: file.gateway?.max_header_bytes ?? DEFAULT_LIMITS.maxHeaderBytes,
         maxJsonDepth: file.gateway?.max_json_depth ?? DEFAULT_LIMITS.maxJsonDepth,

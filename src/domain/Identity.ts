@@ -25,3 +25,8 @@ export const allows = (identity: Identity, scope: Scope, template?: string): boo
 
 /** The scope string a caller needs (for `insufficient_scope` answers). */
 export const scopeNeeded = (scope: Scope, template?: string) => (template === undefined ? scope : `${scope}:${template}`)
+
+/** Whether the identity holds `scope` for at least one template (or all): where the template is not known yet. */
+export const allowsSome = (identity: Identity, scope: Scope): boolean =>
+  identity.kind === "anonymous" || identity.scopes.has(scope) ||
+  Array.from(identity.scopes).some((s) => s.startsWith(`${scope}:`))

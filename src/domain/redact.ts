@@ -7,8 +7,8 @@
 
 const MASK = "***"
 
-/** Names of arguments and query parameters whose values are secrets. */
-const SECRET_NAME = /(token|secret|passw(or)?d|pwd|api[-_]?key|apikey|auth|credential|private[-_]?key|access[-_]?key|session)/i
+/** Names of arguments and query parameters whose values are secrets (a word of the name: `--github-pat`, `--bearer`). */
+const SECRET_NAME = /(token|secret|passw(or)?d|pwd|api[-_]?key|apikey|auth|credential|private[-_]?key|access[-_]?key|session|bearer|(^|[-_])(pat|pass|key)($|[-_]))/i
 
 /** `https://user:pw@host/p?token=x&page=2` → `https://***@host/p?token=***&page=***` */
 export const redactUrl = (raw: string): string => {
@@ -41,7 +41,8 @@ export const redactCommand = (argv: ReadonlyArray<string>): Array<string> => {
       continue
     }
     maskNext = false
-    const eq = arg.indexOf("=")
+    // `--name=value`, and `--name:value` as some tools write it
+    const eq = arg.startsWith("-") ? arg.search(/[=:]/) : arg.indexOf("=")
     if (arg.startsWith("-") && eq !== -1) {
       out.push(SECRET_NAME.test(arg.slice(0, eq)) ? `${arg.slice(0, eq + 1)}${MASK}` : arg)
     } else if (arg.startsWith("-") && SECRET_NAME.test(arg)) {

@@ -146,6 +146,19 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
             return yield* fail(403, "forbidden", `Forbidden: this credential lacks the scope ${scopeNeeded("gateway:admin", template_name)}`)
           }
           if (instance.transport !== "stdio") {
+            // A registration must not be a way to read the gateway's environment (another
+            // template's token, the JWT secret) by sending it to an endpoint of one's choosing.
+            const refused = Object.values(instance.headers ?? {}).flatMap((v) =>
+              typeof v === "string" || config.gateway.registrationEnv.includes(v.env) ? [] : [v.env]
+            )
+            if (refused.length > 0) {
+              return yield* fail(
+                403,
+                "forbidden",
+                `a registration may name only the environment variables listed in gateway.registration_env; ` +
+                  `not ${refused.map((n) => JSON.stringify(n)).join(", ")}`
+              )
+            }
             const missing = missingSecrets(instance.headers)
             if (missing.length > 0) {
               const problems = missing.map(([header, problem]) => `body.instance.headers[${JSON.stringify(header)}]: ${problem}`)

@@ -88,13 +88,15 @@ export const HttpServerLive: Layer.Layer<
     /** Routes of the HttpApi app and the small static ones. */
     const serveOther = (req: http.IncomingMessage, res: http.ServerResponse, route: Route, requestId: string) => {
       const path = (req.url ?? "/").split("?")[0]!
+      if (route.kind === "other") {
+        // Never handed to the router: a path the guard did not classify is not served at all.
+        return sendError(res, errorAnswer(404, "not_found", `no route for ${req.method} ${path}`, requestId))
+      }
       if (route.kind === "resource_metadata") {
         if (authenticator.settings === undefined) {
           return sendError(res, errorAnswer(404, "not_found", "this gateway does not require authentication (no auth configured)", requestId))
         }
-        if (route.template !== undefined && registry.template(route.template) === undefined) {
-          return sendError(res, errorAnswer(404, "template_not_found", `unknown template "${route.template}"`, requestId))
-        }
+        // (For any template name: the open document must not tell which templates exist.)
         return sendJson(res, 200, resourceMetadata(authenticator.settings, req.headers.host, route.template))
       }
       if (path === "/redoc" || path === "/redoc/") return redocPage(res)
@@ -147,8 +149,15 @@ export const HttpServerLive: Layer.Layer<
       })
     }
 
-    // Node refuses larger header blocks itself (431).
-    const server = http.createServer({ keepAliveTimeout: 65_000, maxHeaderSize: config.gateway.maxHeaderBytes }, listener)
+    // Node refuses larger header blocks itself (431), and closes connections whose headers or
+    // request do not arrive in time (a slow client must not hold sockets for minutes).
+    const server = http.createServer({
+      keepAliveTimeout: 65_000,
+      maxHeaderSize: config.gateway.maxHeaderBytes,
+      headersTimeout: 15_000,
+      requestTimeout: 60_000,
+      connectionsCheckingInterval: 5_000
+    }, listener)
     yield* Effect.acquireRelease(
       Effect.async<void, ListenError>((resume) => {
         const onError = (e: NodeJS.ErrnoException) =>

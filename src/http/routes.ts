@@ -24,7 +24,7 @@ export type Route =
   | { readonly kind: "deregister"; readonly template: string }
   /** /docs, /openapi.json, /redoc: any authenticated caller */
   | { readonly kind: "docs" }
-  /** Anything else (the HttpApi app answers 404 for unknown routes): any authenticated caller */
+  /** Anything else: 404 (for an authenticated caller; 401 otherwise, so routes cannot be probed without a key) */
   | { readonly kind: "other" }
   /** A path the gateway cannot even read (bad URL encoding) */
   | { readonly kind: "malformed"; readonly message: string }
@@ -33,6 +33,8 @@ export interface RouteRequirement {
   /** undefined: open; "authenticated": any valid credential; else the scope (narrowed to `template` when set). */
   readonly scope: Scope | "authenticated" | undefined
   readonly template?: string | undefined
+  /** The template is not known yet (it is in the body): the scope for any template will do here, the handler checks the one named. */
+  readonly anyTemplate?: boolean | undefined
   /** Answer errors as JSON-RPC (MCP clients parse JSON-RPC there). */
   readonly jsonRpc: boolean
   /** POSTs must be `application/json` (anything a browser can send without asking first is refused). */
@@ -56,7 +58,7 @@ export const requirementOf = (route: Route): RouteRequirement => {
     case "gateway_read":
       return { ...base, scope: "gateway:read" }
     case "register":
-      return { ...base, scope: "gateway:admin" }
+      return { ...base, scope: "gateway:admin", anyTemplate: true }
     case "deregister":
       return { ...base, scope: "gateway:admin", template: route.template }
     case "docs":
@@ -74,13 +76,24 @@ const decode = (segment: string): string | undefined => {
   }
 }
 
+/**
+ * A path in the one spelling the gateway serves: absolute, no empty segment (`//`), no trailing
+ * slash, no `;` parameters or fragment. Any other spelling is refused before routing, so no
+ * router behind the guard can read a path differently from the guard (find-my-way folds case,
+ * merges slashes and drops trailing ones).
+ */
+const CANONICAL = /^(\/[^/;#]+)+$/
+
 /** Classifies a request by method and path (the query already cut off). */
 export const classifyRoute = (method: string | undefined, path: string): Route => {
+  if (!CANONICAL.test(path)) return { kind: "other" }
   if (path === "/gateway/health") return { kind: "health" }
   if (path === "/gateway/stats" || path === "/gateway/registry") return { kind: "gateway_read" }
   if (path === "/gateway/register") return { kind: "register" }
   if (path.startsWith("/gateway/deregister/")) {
-    const template = decode(path.slice("/gateway/deregister/".length).split("/")[0] ?? "")
+    const segments = path.slice("/gateway/deregister/".length).split("/")
+    if (segments.length !== 2) return { kind: "other" }
+    const template = decode(segments[0]!)
     return template === undefined ? { kind: "malformed", message: "the template name in the path is not valid URL encoding" } : { kind: "deregister", template }
   }
   if (path === "/.well-known/oauth-protected-resource") return { kind: "resource_metadata", template: undefined }
@@ -96,8 +109,6 @@ export const classifyRoute = (method: string | undefined, path: string): Route =
     const operation = path.slice(slash + 1)
     return operation === "health" && method !== "POST" ? { kind: "template_health", template } : { kind: "rest_operation", template, operation }
   }
-  if (path === "/docs" || path.startsWith("/docs/") || path === "/openapi.json" || path === "/redoc" || path.startsWith("/redoc/")) {
-    return { kind: "docs" }
-  }
+  if (path === "/docs" || path === "/openapi.json" || path === "/redoc" || path === "/redoc/redoc.standalone.js") return { kind: "docs" }
   return { kind: "other" }
 }

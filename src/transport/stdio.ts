@@ -75,7 +75,14 @@ export const makeStdioConnection = (
 ): SharedChannelConnection => {
   const log = env.log
   let stopping = false
-  const nonJson = throttled((line: string) => `dropped a line on stdout that is not JSON-RPC: ${line.slice(0, 200)}`, log.warn)
+  // What a server prints is its own business (it may print secrets): the lines go to the log at
+  // debug level, like its stderr; a warning only says that it happens.
+  const nonJsonWarning = throttled((_: string) => "dropped lines on stdout that are not JSON-RPC (their text is logged at debug level)", log.warn)
+  const nonJsonText = throttled((line: string) => `not JSON-RPC on stdout: ${line.slice(0, 200)}`, log.debug, { everyMs: 1000, burst: 20 })
+  const nonJson = (line: string) => {
+    nonJsonText(line)
+    nonJsonWarning(line)
+  }
   const oversized = throttled(
     (length: number) => `dropped a line of ${length} characters on stdout (the limit is ${MAX_LINE_LENGTH})`,
     log.warn

@@ -25,7 +25,7 @@ const misbehaving = path.join(repoRoot, "test/fixtures/misbehaving-server.mjs")
 /** Secrets that must never appear in a response or a log line. */
 const SECRETS = ["hunter2", "tok-in-url", "argv-secret-123", "backend-secret-xyz"]
 
-const keys = { admin: newApiKey(), echoOnly: newApiKey(), reader: newApiKey() }
+const keys = { admin: newApiKey(), echoOnly: newApiKey(), reader: newApiKey(), echoAdmin: newApiKey() }
 const bearer = (key: string) => ({ authorization: `Bearer ${key}` })
 
 /** The audit log line of `event` that has every one of `fields` (logfmt annotations come in any order). */
@@ -99,13 +99,15 @@ describe("security end to end", () => {
         allowed_origins: ["https://app.example.com"],
         allowed_hosts: ["gateway.test"],
         max_sessions_per_client: 3,
-        max_list_pages: 5
+        max_list_pages: 5,
+        registration_env: ["GW_TEST_BACKEND_TOKEN"]
       },
       auth: {
         api_keys: [
           { id: "admin", hash: hashApiKey(keys.admin), scopes: ["gateway:read", "gateway:admin", "mcp:call"] },
           { id: "echo-only", hash: hashApiKey(keys.echoOnly), scopes: ["mcp:call"], templates: ["echo"] },
-          { id: "reader", hash: hashApiKey(keys.reader), scopes: ["gateway:read"] }
+          { id: "reader", hash: hashApiKey(keys.reader), scopes: ["gateway:read"] },
+          { id: "echo-admin", hash: hashApiKey(keys.echoAdmin), scopes: ["gateway:admin"], templates: ["echo"] }
         ],
         jwt: { issuer, audience, jwks_url: jwksUrl },
         authorization_servers: ["https://auth.example.com"]
@@ -137,7 +139,7 @@ describe("security end to end", () => {
     jwksServer?.close()
     // Not one secret in anything the gateway said, to clients or in its log.
     const everything = seen.join("\n") + "\n" + (gateway?.stderr() ?? "") + (gateway?.stdout() ?? "")
-    for (const secret of [...SECRETS, keys.admin, keys.echoOnly, keys.reader]) expect(everything).not.toContain(secret)
+    for (const secret of [...SECRETS, ...Object.values(keys)]) expect(everything).not.toContain(secret)
   })
 
   // (The `headers` tool answers with what the backend received, its own secret included: that
@@ -387,6 +389,64 @@ describe("security end to end", () => {
     expect(gone.status).toBe(200)
     await waitUntil(() => auditLine(gateway.stderr(), "deregistered", { who: "admin", what: "late/l1" }) !== undefined, 5000, "the audit line")
     expect(auditLine(gateway.stderr(), "registered", { who: "admin", what: "late/l1", from: "127.0.0.1" })).toBeDefined()
+  })
+
+  it("no other spelling of a path gets past its scope: every variant is refused, and none hangs", async () => {
+    // (Found by an adversarial review: the router behind the guard folded case, merged slashes,
+    // dropped trailing ones and decoded %xx, so odd spellings reached admin routes unchecked.)
+    const variants = [
+      "//gateway/deregister/other/o1", "/gateway//deregister/other/o1", "/GATEWAY/deregister/other/o1", "/gateway/Deregister/other/o1",
+      "/gateway/%64eregister/other/o1", "/gateway/deregister/other/o1/", "/gateway/deregister/other/o1;x", "/gateway/deregister/other/o1/extra"
+    ]
+    for (const key of [keys.echoOnly, keys.reader]) {
+      for (const variant of variants) {
+        const r = await raw(`${gateway.url}${variant}`, { method: "DELETE", headers: bearer(key) })
+        expect([403, 404], `DELETE ${variant}`).toContain(r.status)
+      }
+    }
+    const registry = await api(`${gateway.url}/gateway/registry`, { headers: bearer(keys.admin) })
+    expect(registry.body.templates.other.instances.map((i: any) => i.id)).toEqual(["o1"])
+    const reads = ["/gateway/stats/", "//gateway/stats", "/GATEWAY/stats", "/gateway/Stats", "/gateway/stats;x", "/gateway/%73tats", "/gateway/registry/"]
+    for (const variant of reads) expect([403, 404], variant).toContain((await raw(`${gateway.url}${variant}`, { headers: bearer(keys.echoOnly) })).status)
+    const absolute = await raw(`${gateway.url}/`, { headers: bearer(keys.echoOnly) })
+    expect(absolute.status).toBe(404)
+    for (const variant of ["//mcp/other/tools/list", "/MCP/other/tools/list", "/%6dcp/other/tools/list", "/mcp/other/tools/list/"]) {
+      expect([403, 404], variant).toContain((await raw(`${gateway.url}${variant}`, { headers: bearer(keys.echoOnly) })).status)
+    }
+    // A POST on an odd path is answered (it used to wait for ever for a body already read).
+    const odd = await raw(`${gateway.url}//mcp/echo/tools/call`, {
+      method: "POST",
+      headers: { ...bearer(keys.admin), "content-type": "application/json" },
+      body: JSON.stringify({ name: "count" })
+    })
+    expect(odd.status).toBe(404)
+    // Without a key, a path that does not exist says nothing either.
+    expect((await raw(`${gateway.url}//gateway/stats`, {})).status).toBe(401)
+  })
+
+  it("an admin key restricted to a template registers there only, and never names an environment variable it may not", async () => {
+    const register = (key: string, template: string, instance: Record<string, unknown>) =>
+      api(`${gateway.url}/gateway/register`, { json: { template_name: template, instance }, headers: bearer(key) }).then(record)
+    expect((await register(keys.echoAdmin, "echo", { id: "e9", transport: "http", endpoint: echo.url })).status).toBe(201)
+    expect((await register(keys.echoAdmin, "other", { id: "o9", transport: "http", endpoint: echo.url })).status).toBe(403)
+    expect((await api(`${gateway.url}/gateway/deregister/echo/e9`, { method: "DELETE", headers: bearer(keys.echoAdmin) })).status).toBe(200)
+    // A registration must not be a way to read the gateway's environment.
+    const leak = await register(keys.admin, "echo", { id: "e8", transport: "http", endpoint: echo.url, headers: { "X-Leak": { env: "PATH" } } })
+    expect(leak.status).toBe(403)
+    expect(leak.body.error.message).toContain("gateway.registration_env")
+    const allowed = await register(keys.admin, "echo", { id: "e7", transport: "http", endpoint: echo.url, headers: { "X-Token": { env: "GW_TEST_BACKEND_TOKEN" } } })
+    expect(allowed.status).toBe(201)
+    expect((await api(`${gateway.url}/gateway/deregister/echo/e7`, { method: "DELETE", headers: bearer(keys.admin) })).status).toBe(200)
+  })
+
+  it("Host and Origin are read strictly: no trailing tricks, http(s) origins only; the metadata tells no template names", async () => {
+    for (const host of ["[::1]evil.com", "[::1].evil.com", "localhost:99999999999", "127.0.0.1 evil.com"]) {
+      expect((await raw(`${gateway.url}/gateway/health`, { headers: { host } })).status, host).toBe(403)
+    }
+    for (const origin of ["chrome-extension://localhost", "javascript://localhost", "http://evil.com@localhost", "ftp://localhost"]) {
+      expect((await call("echo", { ...bearer(keys.admin), origin })).status, origin).toBe(403)
+    }
+    expect((await api(`${gateway.url}/.well-known/oauth-protected-resource/mcp/no-such-template`)).status).toBe(200)
   })
 
   it("stdio entries of the registry file are not run when stdio registration is off, and stay in the file", async () => {

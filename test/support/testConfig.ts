@@ -17,6 +17,7 @@ export const testConfig = (
     allowStdioRegistration: false,
     allowedOrigins: [],
     allowedHosts: [],
+    registrationEnv: [],
     maxBodyBytes: 4 * 1024 * 1024,
     maxHeaderBytes: DEFAULT_LIMITS.maxHeaderBytes,
     maxJsonDepth: DEFAULT_LIMITS.maxJsonDepth,

@@ -28,6 +28,9 @@ describe("redaction", () => {
     expect(redactCommand(["server", "--token=abc", "--api-key", "xyz", "-v", "--port", "80", "API_KEY=k", "https://u:p@h/"])).toEqual(
       ["server", "--token=***", "--api-key", "***", "-v", "--port", "80", "API_KEY=***", "https://***@h/"]
     )
+    expect(redactCommand(["s", "--bearer", "b", "--pat", "p", "--token:t", "--github-pat=g", "--path", "/srv", "--key-file", "k"])).toEqual(
+      ["s", "--bearer", "***", "--pat", "***", "--token:***", "--github-pat=***", "--path", "/srv", "--key-file", "***"]
+    )
   })
 })
 

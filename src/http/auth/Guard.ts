@@ -2,7 +2,7 @@ import { Effect, Exit } from "effect"
 import * as net from "node:net"
 import type * as http from "node:http"
 import { GatewayConfig } from "../../config/GatewayConfig.js"
-import { allows, type Identity, scopeNeeded } from "../../domain/Identity.js"
+import { allows, allowsSome, type Identity, scopeNeeded } from "../../domain/Identity.js"
 import { ErrorCode } from "../../domain/JsonRpc.js"
 import { type RateDecision, RateLimiter } from "../../proxy/RateLimiter.js"
 import { errorAnswer } from "../ApiError.js"
@@ -50,9 +50,10 @@ export const makeGuard = Effect.gen(function*() {
   const listenHost = config.gateway.host.toLowerCase()
 
   const hostAllowed = (host: string | undefined) => {
-    if (host === undefined || host === "") return false
-    // "name:port", "[v6]:port", "v4:port"
-    const name = host.startsWith("[") ? host.slice(0, host.indexOf("]") + 1) : host.replace(/:\d+$/, "")
+    // "name", "name:port", "[v6]", "[v6]:port": nothing else is a Host a browser sends.
+    const parsed = host === undefined ? null : /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?$/.exec(host)
+    if (parsed === null) return false
+    const name = parsed[1]!
     const bare = name.startsWith("[") ? name.slice(1, -1) : name
     return net.isIP(bare) !== 0 || LOOPBACK_HOSTS.has(name.toLowerCase()) || allowedHosts.has(name.toLowerCase()) ||
       name.toLowerCase() === listenHost
@@ -61,7 +62,10 @@ export const makeGuard = Effect.gen(function*() {
   const originAllowed = (origin: string) => {
     if (allowedOrigins.has(origin) || allowedOrigins.has("*")) return true
     try {
-      return LOOPBACK_HOSTS.has(new URL(origin).hostname)
+      // A loopback origin as browsers send them: http(s), a host, maybe a port, nothing else.
+      const url = new URL(origin)
+      return (url.protocol === "http:" || url.protocol === "https:") && url.username === "" && url.password === "" &&
+        origin === url.origin && LOOPBACK_HOSTS.has(url.hostname)
     } catch {
       return false
     }
@@ -161,7 +165,9 @@ export const makeGuard = Effect.gen(function*() {
       const what = `${req.method} ${(req.url ?? "/").split("?")[0]}`
 
       const authorized = (identity: Identity) => {
-        if (requirement.scope !== "authenticated" && !allows(identity, requirement.scope!, requirement.template)) {
+        const permitted = requirement.scope === "authenticated" ||
+          (requirement.anyTemplate === true ? allowsSome(identity, requirement.scope!) : allows(identity, requirement.scope!, requirement.template))
+        if (!permitted) {
           const needed = scopeNeeded(requirement.scope!, requirement.template)
           audit(run, "forbidden", { who: identity.id, what, from: address, needed })
           return refuse(403, "forbidden", `Forbidden: this credential lacks the scope ${needed}`, challenge("insufficient_scope", needed))
