@@ -137,16 +137,26 @@ http {
   children.push(spawn("nginx", ["-p", dir, "-c", path.join(dir, "nginx.conf"), "-g", "daemon off;"], { stdio: "ignore" }))
   await waitForPort(nginxPort)
 
-  const gatewayPort = await freePort()
-  fs.writeFileSync(path.join(dir, "gateway.json"), JSON.stringify({
-    templates: {
-      bench: {
-        instances: backends.map((p, i) => ({ id: `b${i + 1}`, transport: "http", endpoint: `http://127.0.0.1:${p}/mcp` })),
-        load_balancer: { strategy: "round_robin" }
-      }
+  const templates = {
+    bench: {
+      instances: backends.map((p, i) => ({ id: `b${i + 1}`, transport: "http", endpoint: `http://127.0.0.1:${p}/mcp` })),
+      load_balancer: { strategy: "round_robin" }
     }
-  }))
-  await start(process.execPath, [gatewayMain, "start", "--config", path.join(dir, "gateway.json"), "--port", String(gatewayPort)], (o) => (o.includes("listening on") ? true : undefined))
+  }
+  const startGateway = async (name, config) => {
+    const port = await freePort()
+    fs.writeFileSync(path.join(dir, name), JSON.stringify(config))
+    await start(process.execPath, [gatewayMain, "start", "--config", path.join(dir, name), "--port", String(port)], (o) => (o.includes("listening on") ? true : undefined))
+    return port
+  }
+  const gatewayPort = await startGateway("gateway.json", { templates })
+  // The same gateway with tracing on, exporting every span to a sink that drops them.
+  const sink = await start(process.execPath, [path.join(here, "otlp-sink.mjs"), "0"], (o) => o.match(/^(\d+)\n/)?.[1])
+  // (A build from before tracing existed refuses the key: the row is then left out.)
+  const tracedPort = await startGateway("gateway-traced.json", {
+    templates,
+    tracing: { otlp_endpoint: `http://127.0.0.1:${sink.value}/v1/traces`, export_interval_ms: 1000 }
+  }).catch(() => undefined)
 
   // One MCP session on the gateway's endpoint, pinned to a backend, that every wrk connection uses.
   const endpoint = `http://127.0.0.1:${gatewayPort}/mcp/bench`
@@ -162,7 +172,8 @@ http {
     { name: "bare Node proxy", url: `http://127.0.0.1:${nodeProxy.value}/mcp`, body: rpcBody },
     { name: "nginx (1 worker)", url: `http://127.0.0.1:${nginxPort}/mcp`, body: rpcBody },
     { name: "mcp-gateway REST tools/call", url: `http://127.0.0.1:${gatewayPort}/mcp/bench/tools/call`, body: restBody },
-    { name: "mcp-gateway MCP endpoint tools/call (one session)", url: endpoint, body: rpcBody, session }
+    { name: "mcp-gateway MCP endpoint tools/call (one session)", url: endpoint, body: rpcBody, session },
+    ...(tracedPort === undefined ? [] : [{ name: "mcp-gateway REST tools/call, tracing on (OTLP)", url: `http://127.0.0.1:${tracedPort}/mcp/bench/tools/call`, body: restBody }])
   ]
   const results = []
   for (const system of systems) {
@@ -184,7 +195,8 @@ http {
     "",
     `gateway / bare Node proxy: ${(gateway.rps / byName["bare Node proxy"].rps).toFixed(2)}x throughput`,
     `gateway / nginx: ${(gateway.rps / byName["nginx (1 worker)"].rps).toFixed(2)}x throughput`,
-    `gateway MCP endpoint / bare Node proxy: ${(byName["mcp-gateway MCP endpoint tools/call (one session)"].rps / byName["bare Node proxy"].rps).toFixed(2)}x throughput`
+    `gateway MCP endpoint / bare Node proxy: ${(byName["mcp-gateway MCP endpoint tools/call (one session)"].rps / byName["bare Node proxy"].rps).toFixed(2)}x throughput`,
+    ...(tracedPort === undefined ? [] : [`gateway REST with tracing on / off: ${(byName["mcp-gateway REST tools/call, tracing on (OTLP)"].rps / gateway.rps).toFixed(2)}x throughput`])
   ]
   const report = lines.join("\n")
   console.log(report)

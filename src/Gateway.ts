@@ -3,6 +3,7 @@ import { HealthChecker } from "./health/HealthChecker.js"
 import { HealthProbes } from "./health/HealthProbes.js"
 import { Authenticator } from "./http/auth/Authenticator.js"
 import { HttpServerLive, ListeningAddress } from "./http/HttpServer.js"
+import { GatewayMetrics } from "./observability/GatewayMetrics.js"
 import { PluginLoader } from "./loader/PluginLoader.js"
 import { ClientSessions } from "./proxy/ClientSessions.js"
 import { Dispatcher } from "./proxy/Dispatcher.js"
@@ -13,10 +14,11 @@ import { Stats } from "./proxy/Stats.js"
 import { Timer } from "./proxy/Timer.js"
 import { Registry } from "./registry/Registry.js"
 import { Strategies } from "./strategy/Strategies.js"
+import { TracingLive } from "./observability/Tracing.js"
 import { Transport } from "./transport/Transport.js"
 
-/** What everything stands on, from the config alone: the registry, the plugin loader, the stats. */
-export const GatewayFoundation = Layer.mergeAll(Registry.layer, PluginLoader.layer, Stats.layer)
+/** What everything stands on, from the config alone: the registry, the plugin loader, the stats and the metrics under them. */
+export const GatewayFoundation = Layer.mergeAll(Registry.layer, PluginLoader.layer, Stats.layer).pipe(Layer.provideMerge(GatewayMetrics.layer))
 
 /** The gateway's services on top of the foundation, given a Transport and a Timer. */
 export const GatewayServices = InstanceLifecycle.pipe(
@@ -62,5 +64,7 @@ export const GatewayLive = FirstHealthCheck.pipe(
   Layer.provideMerge(GatewayServices),
   Layer.provideMerge(LiveTransport),
   Layer.provideMerge(GatewayFoundation),
-  Layer.provide(Timer.live)
+  Layer.provide(Timer.live),
+  // First of all, so that every fiber of the gateway uses its tracer (when tracing is configured).
+  Layer.provide(TracingLive)
 )

@@ -24,6 +24,42 @@ const redacting = <O>(logger: Logger.Logger<unknown, O>) =>
       : message)
 
 /**
+ * Lines for stderr, written together once per turn of the event loop. With a request line per
+ * request, one write per line (console.error: a synchronous syscall each, on pipes and files)
+ * was a tenth of the gateway's CPU under load; a batch costs one. Whatever is pending when the
+ * process exits is written then, so no line is lost to an orderly exit.
+ */
+let pending = ""
+let scheduled = false
+
+/** Writes the log lines not written yet (before writing to stderr directly, to keep the order). */
+export const flushLogs = () => {
+  scheduled = false
+  if (pending === "") return
+  const text = pending
+  pending = ""
+  process.stderr.write(text)
+}
+process.on("exit", flushLogs)
+
+/**
+ * One line for stderr, batched with the others of this turn of the event loop; `urgent` lines
+ * (warnings and worse: rare, and wanted at once) go out now, with what is pending before them.
+ */
+export const writeLogLine = (line: string, urgent = false) => {
+  pending += line + "\n"
+  // Bounded: a burst larger than this goes out at once rather than growing the buffer.
+  if (urgent || pending.length > 1 << 16) return flushLogs()
+  if (!scheduled) {
+    scheduled = true
+    setImmediate(flushLogs)
+  }
+}
+
+const toStderr = (logger: Logger.Logger<unknown, string>) =>
+  Logger.make<unknown, void>((options) => writeLogLine(logger.log(options), options.logLevel.ordinal >= LogLevel.Warning.ordinal))
+
+/**
  * Every log line goes to stderr, never stdout: stdout belongs to the CLI's own output
  * (and to MCP framing wherever the gateway speaks stdio).
  */
@@ -33,10 +69,10 @@ export const loggerLayer = (level: LogLevelName, format: LogFormat): Layer.Layer
       Logger.defaultLogger,
       redacting(
         format === "json"
-          ? Logger.withConsoleError(Logger.jsonLogger)
+          ? toStderr(Logger.jsonLogger)
           : format === "pretty"
           ? Logger.prettyLogger({ stderr: true })
-          : Logger.withConsoleError(Logger.logfmtLogger)
+          : toStderr(Logger.logfmtLogger)
       )
     ),
     Logger.minimumLogLevel(levels[level])

@@ -4,10 +4,12 @@ import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Cause, Effect, Exit, Option } from "effect"
 import { cli, withDefaultCommand } from "./cli/Cli.js"
 import { StartupFailed } from "./cli/StartupFailed.js"
+import { flushLogs } from "./logging.js"
 
 const program = Effect.suspend(() => cli(withDefaultCommand(process.argv))).pipe(
   Effect.tapErrorCause((cause) =>
     Effect.sync(() => {
+      flushLogs()
       const failure = Cause.failureOption(cause)
       if (Option.isSome(failure) && failure.value instanceof StartupFailed) {
         // A problem for the user to fix: the message alone, no stack trace.

@@ -3,6 +3,7 @@ import { Effect, Layer, Option } from "effect"
 import { GatewayConfig, loadGatewayConfig, type LogLevelName } from "../config/GatewayConfig.js"
 import { GatewayLive } from "../Gateway.js"
 import { type LogFormat, loggerLayer } from "../logging.js"
+import { RequestLog } from "../observability/RequestLog.js"
 import { StartupFailed } from "./StartupFailed.js"
 
 export const startOptions = {
@@ -63,7 +64,8 @@ export const runGateway = (flags: StartFlags) =>
       })
     }
     const logger = loggerLayer(config.gateway.logLevel, flags.logFormat)
-    return yield* Layer.launch(GatewayLive.pipe(Layer.provide(GatewayConfig.layer(config)))).pipe(
+    const requestLog = RequestLog.forLogger(config.gateway.logLevel, flags.logFormat)
+    return yield* Layer.launch(GatewayLive.pipe(Layer.provide(GatewayConfig.layer(config)), Layer.provide(requestLog))).pipe(
       Effect.catchTags({
         PluginError: (e) => new StartupFailed({ message: e.message, exitCode: 2 }),
         RegistryStorageError: (e) => new StartupFailed({ message: e.message, exitCode: 2 }),

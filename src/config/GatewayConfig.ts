@@ -1,4 +1,4 @@
-import { Config, Context, Effect, Either, Layer, Option, Schema } from "effect"
+import { Config, Context, Duration, Effect, Either, Layer, Option, Schema } from "effect"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { formatParseError } from "../domain/formatParseError.js"
@@ -103,7 +103,15 @@ export const ConfigFile = Schema.Struct({
     load_balancer: Schema.optional(LoadBalancerInput)
   })),
   templates: Schema.optional(Schema.Record({ key: TemplateName, value: TemplateInput })),
-  auth: Schema.optional(AuthInput)
+  auth: Schema.optional(AuthInput),
+  /** OpenTelemetry traces over OTLP/HTTP (JSON); off when absent. */
+  tracing: Schema.optional(Schema.Struct({
+    /** The collector's traces URL, e.g. http://localhost:4318/v1/traces */
+    otlp_endpoint: Schema.String.pipe(Schema.pattern(/^https?:\/\//, { message: () => "expected an http(s) URL" })),
+    service_name: Schema.optional(Schema.String),
+    /** How often spans are sent, in milliseconds (default 5000). */
+    export_interval_ms: Schema.optional(PositiveInt(10))
+  }))
 })
 export type ConfigFile = typeof ConfigFile.Type
 
@@ -142,9 +150,17 @@ export interface GatewaySettings {
   readonly baseDir: string
 }
 
+export interface TracingSettings {
+  readonly endpoint: string
+  readonly serviceName: string
+  readonly exportInterval: Duration.Duration
+}
+
 export interface GatewayConfigShape {
   readonly gateway: GatewaySettings
   readonly templates: ReadonlyArray<TemplateConfig>
+  /** OpenTelemetry export, when configured. */
+  readonly tracing?: TracingSettings | undefined
 }
 
 /** Command-line flags: they override the environment and the file. */
@@ -303,7 +319,12 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         defaults,
         baseDir
       },
-      templates
+      templates,
+      tracing: file.tracing === undefined ? undefined : {
+        endpoint: file.tracing.otlp_endpoint,
+        serviceName: file.tracing.service_name ?? "mcp-gateway",
+        exportInterval: Duration.millis(file.tracing.export_interval_ms ?? 5000)
+      }
     }
   })
 

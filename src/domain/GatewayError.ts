@@ -1,5 +1,5 @@
 import { Data } from "effect"
-import type { JsonRpcErrorObject } from "./JsonRpc.js"
+import { ErrorCode, type JsonRpcErrorObject } from "./JsonRpc.js"
 
 /** Errors of the gateway's own policy, independent of how they reach a client (see http/ApiError.ts). */
 
@@ -148,3 +148,56 @@ export class RegistryStorageError extends Data.TaggedError("RegistryStorageError
   readonly path: string
   readonly message: string
 }> {}
+
+/** How a backend's JSON-RPC error reaches a REST client: invalid params 400, unknown method or resource 404, else 502. */
+export const httpStatusOfMcpError = (code: number): number =>
+  code === ErrorCode.InvalidParams
+    ? 400
+    : code === ErrorCode.MethodNotFound || code === ErrorCode.ResourceNotFound
+    ? 404
+    : 502
+
+/** The HTTP status a dispatch error is answered with on the REST face (the request log says it too). */
+export const httpStatusOf = (error: DispatchError): number => {
+  switch (error._tag) {
+    case "TemplateNotFound":
+    case "InstanceNotFound":
+      return 404
+    case "NoHealthyInstance":
+    case "InstanceUnavailable":
+      return 503
+    case "AllAttemptsFailed":
+    case "ListTooLong":
+      return 502
+    case "UpstreamTimeout":
+      return 504
+    case "RequestRejected":
+      return 400
+    case "BackendError":
+      return httpStatusOfMcpError(error.error.code)
+  }
+}
+
+/** The kind of a dispatch error, as the error envelope's `type`, the request log's and the metrics' `outcome` say it. */
+export const errorKind = (error: DispatchError): string => {
+  switch (error._tag) {
+    case "TemplateNotFound":
+      return "template_not_found"
+    case "InstanceNotFound":
+      return "instance_not_found"
+    case "NoHealthyInstance":
+      return "no_healthy_instance"
+    case "InstanceUnavailable":
+      return "instance_unavailable"
+    case "AllAttemptsFailed":
+      return "upstream_failed"
+    case "UpstreamTimeout":
+      return "upstream_timeout"
+    case "RequestRejected":
+      return "invalid_request"
+    case "ListTooLong":
+      return "list_too_long"
+    case "BackendError":
+      return "mcp_error"
+  }
+}

@@ -67,7 +67,7 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
             Effect.either
           )
           const now = yield* Clock.currentTimeMillis
-          stats.recordProbe(outcome._tag === "Right", performance.now() - started)
+          stats.recordProbe(instance.template, instance.id, outcome._tag === "Right", performance.now() - started)
           // What is logged is the instance's status as a whole (a failed process stays failed, whatever a probe says).
           const before = instance.status
           if (outcome._tag === "Right") {

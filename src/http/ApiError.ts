@@ -1,7 +1,6 @@
 import { HttpApiSchema } from "@effect/platform"
 import { Cause, Schema } from "effect"
-import type { DispatchError } from "../domain/GatewayError.js"
-import { ErrorCode } from "../domain/JsonRpc.js"
+import { type DispatchError, httpStatusOf } from "../domain/GatewayError.js"
 
 /**
  * The one error shape of every answer: `{"error":{"status","type","message","request_id",...}}`.
@@ -91,14 +90,6 @@ export const toApiError = (answer: ErrorAnswer): ApiError => {
   return new Class(Class === InternalError ? { error: { ...answer.body.error, status: 500 } } : answer.body)
 }
 
-/** How a backend's JSON-RPC error reaches the client: invalid params 400, unknown method or resource 404, else 502. */
-const statusOfMcpError = (code: number) =>
-  code === ErrorCode.InvalidParams
-    ? 400
-    : code === ErrorCode.MethodNotFound || code === ErrorCode.ResourceNotFound
-    ? 404
-    : 502
-
 export const dispatchErrorAnswer = (error: DispatchError, requestId: string): ErrorAnswer => {
   switch (error._tag) {
     case "TemplateNotFound":
@@ -121,7 +112,7 @@ export const dispatchErrorAnswer = (error: DispatchError, requestId: string): Er
     case "ListTooLong":
       return errorAnswer(502, "list_too_long", error.message, requestId, { instance_id: error.instanceId })
     case "BackendError":
-      return errorAnswer(statusOfMcpError(error.error.code), "mcp_error", error.error.message, requestId, {
+      return errorAnswer(httpStatusOf(error), "mcp_error", error.error.message, requestId, {
         code: error.error.code,
         instance_id: error.instanceId,
         ...(error.error.data === undefined ? {} : { data: error.error.data })

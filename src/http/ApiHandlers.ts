@@ -8,6 +8,7 @@ import { loadBalancerJson } from "../domain/LoadBalancer.js"
 import { allows, scopeNeeded } from "../domain/Identity.js"
 import { GATEWAY_VERSION } from "../domain/Protocol.js"
 import { missingSecrets } from "../domain/Secret.js"
+import { ClientSessions } from "../proxy/ClientSessions.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
 import { Stats } from "../proxy/Stats.js"
 import { Registry, type TemplateState } from "../registry/Registry.js"
@@ -78,6 +79,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
   Effect.gen(function*() {
     const registry = yield* Registry
     const stats = yield* Stats
+    const sessions = yield* ClientSessions
     const strategies = yield* Strategies
     const probes = yield* HealthProbes
     const config = yield* GatewayConfig
@@ -100,25 +102,44 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
         Effect.sync(() => {
           const now = Date.now()
           const snapshot = stats.snapshot()
+          const sessionCounts = sessions.counts()
           const templates: Record<string, unknown> = { ...snapshot.templates }
           for (const t of registry.templates()) {
             const counted = snapshot.templates[t.name]
+            const instances = Array.from(t.instances.values())
+            const totalWeight = instances.reduce((n, i) => n + i.weight, 0)
+            const served = counted?.requests ?? 0
             templates[t.name] = {
-              ...(counted ?? {}),
+              ...(counted ?? { requests: 0, errors: 0, error_rate: 0 }),
               strategy: t.settings.strategy,
-              instances: Object.fromEntries(Array.from(t.instances.values(), (i) => [i.id, {
-                requests: counted?.distribution[i.id]?.requests ?? 0,
-                errors: counted?.distribution[i.id]?.errors ?? 0,
-                healthy: i.status === "healthy",
-                status: i.status,
-                active_requests: i.activeRequests,
-                latency_ms: i.latencyMs === undefined ? null : Math.round(i.latencyMs * 100) / 100,
-                ejected: i.outlier.isEjected(now),
-                circuit_breaker: i.breaker.toJSON(now).state
-              }]))
+              sessions: sessionCounts.filter((c) => c.template === t.name).reduce((n, c) => n + c.count, 0),
+              instances: Object.fromEntries(instances.map((i) => {
+                const d = counted?.distribution[i.id]
+                const requests = d?.requests ?? 0
+                const errors = d?.errors ?? 0
+                return [i.id, {
+                  requests,
+                  errors,
+                  error_rate: requests === 0 ? 0 : Math.round((errors / requests) * 10_000) / 10_000,
+                  // Load distribution: the share of the template's requests it served, against its share of the weight.
+                  share: served === 0 ? 0 : Math.round((requests / served) * 1000) / 1000,
+                  weight: i.weight,
+                  weight_share: totalWeight === 0 ? 0 : Math.round((i.weight / totalWeight) * 1000) / 1000,
+                  latency_ms: {
+                    moving_average: i.latencyMs === undefined ? null : Math.round(i.latencyMs * 100) / 100,
+                    ...(d?.latency_ms ?? { p50: null, p95: null, p99: null })
+                  },
+                  healthy: i.status === "healthy",
+                  status: i.status,
+                  active_requests: i.activeRequests,
+                  ejected: i.outlier.isEjected(now),
+                  circuit_breaker: i.breaker.toJSON(now).state,
+                  ...(i.channel === undefined ? {} : { process: i.channel.state, restarts: stats.restarts(t.name, i.id) })
+                }]
+              }))
             }
           }
-          return { ...snapshot, templates }
+          return { ...snapshot, templates, sessions: sessionCounts.reduce((n, c) => n + c.count, 0) }
         }))
       .handle("registry", () =>
         Effect.sync(() => ({

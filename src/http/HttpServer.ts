@@ -5,7 +5,7 @@ import { randomUUID } from "node:crypto"
 import * as http from "node:http"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
-import type { ClientSessions } from "../proxy/ClientSessions.js"
+import { ClientSessions } from "../proxy/ClientSessions.js"
 import type { RateLimiter } from "../proxy/RateLimiter.js"
 import type { Stats } from "../proxy/Stats.js"
 import { Registry } from "../registry/Registry.js"
@@ -16,7 +16,12 @@ import { errorAnswer } from "./ApiError.js"
 import { Authenticator } from "./auth/Authenticator.js"
 import { makeGuard } from "./auth/Guard.js"
 import { resourceMetadata } from "./auth/ProtectedResource.js"
+import { CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE } from "../observability/PrometheusText.js"
+import { GatewayMetrics } from "../observability/GatewayMetrics.js"
+import { scrapeMetrics } from "../observability/scrape.js"
 import { redocAsset, redocPage } from "./docs.js"
+import { makeRequestTelemetry } from "./requestTelemetry.js"
+import { statusPage } from "./statusPage.js"
 import { makeMcpEndpoint } from "./mcp/McpEndpoint.js"
 import { readBody, type RunEffect, sendError, sendJson } from "./raw.js"
 import { setRequestContext } from "./requestContext.js"
@@ -44,7 +49,7 @@ export class ListeningAddress extends Context.Tag("mcp-gateway/ListeningAddress"
 export const HttpServerLive: Layer.Layer<
   ListeningAddress,
   ListenError,
-  GatewayConfig | Dispatcher | Registry | Stats | Strategies | HealthProbes | ClientSessions | Authenticator | RateLimiter
+  GatewayConfig | Dispatcher | Registry | Stats | GatewayMetrics | Strategies | HealthProbes | ClientSessions | Authenticator | RateLimiter
 > = Layer.scoped(
   ListeningAddress,
   Effect.gen(function*() {
@@ -53,6 +58,8 @@ export const HttpServerLive: Layer.Layer<
     const registry = yield* Registry
     const run: RunEffect = yield* FiberSet.makeRuntime<never, unknown, unknown>()
     const mcpEndpoint = yield* makeMcpEndpoint
+    const sessions = yield* ClientSessions
+    const metrics = yield* GatewayMetrics
 
     const apiApp = yield* HttpApiBuilder.httpApp.pipe(
       Effect.provide(
@@ -81,7 +88,8 @@ export const HttpServerLive: Layer.Layer<
       })
     ).pipe(Effect.provide(NodeHttpServer.layerContext))
 
-    const restOperation = makeRestHandler({ dispatcher, registry, settings: config.gateway, run })
+    const telemetry = makeRequestTelemetry(config.tracing !== undefined)
+    const restOperation = makeRestHandler({ dispatcher, registry, settings: config.gateway, run, telemetry })
     const guard = yield* makeGuard
     const authenticator = yield* Authenticator
 
@@ -98,6 +106,12 @@ export const HttpServerLive: Layer.Layer<
         }
         // (For any template name: the open document must not tell which templates exist.)
         return sendJson(res, 200, resourceMetadata(authenticator.settings, req.headers.host, route.template))
+      }
+      if (route.kind === "ui") return statusPage(res)
+      if (path === "/metrics") {
+        const text = scrapeMetrics(metrics, registry, sessions)
+        res.writeHead(200, { "content-type": PROMETHEUS_CONTENT_TYPE, "content-length": Buffer.byteLength(text) })
+        return void res.end(text)
       }
       if (path === "/redoc" || path === "/redoc/") return redocPage(res)
       if (path === "/redoc/redoc.standalone.js") return redocAsset(res)

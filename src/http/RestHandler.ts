@@ -6,6 +6,7 @@ import type { RegistryShape } from "../registry/Registry.js"
 import { defectAnswer, dispatchErrorAnswer, errorAnswer } from "./ApiError.js"
 import { forwardedHeaders } from "./forwardedHeaders.js"
 import { readJsonBody, type RunEffect, sendError, sendJson } from "./raw.js"
+import type { makeRequestTelemetry } from "./requestTelemetry.js"
 import { restOperations, runRestOperation } from "./RestOperations.js"
 
 /**
@@ -18,8 +19,9 @@ export const makeRestHandler = (deps: {
   readonly registry: RegistryShape
   readonly settings: GatewaySettings
   readonly run: RunEffect
+  readonly telemetry: ReturnType<typeof makeRequestTelemetry>
 }) => {
-  const { dispatcher, registry, run, settings } = deps
+  const { dispatcher, registry, run, settings, telemetry } = deps
   const limits = { maxBytes: settings.maxBodyBytes, maxDepth: settings.maxJsonDepth }
 
   return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, operationName: string) => {
@@ -39,9 +41,11 @@ export const makeRestHandler = (deps: {
         { allow: operation.httpMethod }
       )
     }
-    const headers = forwardedHeaders(req, registry.template(template)?.forwardHeaders ?? [])
+    // The request id goes on to HTTP backends, with the headers the template forwards.
+    const headers = forwardedHeaders(req, registry.template(template)?.forwardHeaders ?? [], requestId)
+    const fork = telemetry(run, req, requestId, () => ({ "url.path": `/mcp/${template}/${operationName}`, "mcp.template": template, "mcp.method": operation.mcpMethod }))
     const dispatch = (params: Record<string, unknown> | undefined) => {
-      const fiber = run(runRestOperation(dispatcher, template, operation, params, { maxPages: settings.maxListPages, headers }))
+      const fiber = fork(runRestOperation(dispatcher, template, operation, params, { maxPages: settings.maxListPages, headers }))
       const onClose = () => {
         if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)
       }

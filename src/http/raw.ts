@@ -1,16 +1,21 @@
-import type { Effect, Fiber } from "effect"
+import type { Effect, Fiber, Runtime } from "effect"
 import type * as http from "node:http"
 import { type ErrorAnswer, errorAnswer } from "./ApiError.js"
 
 /** Plain node:http helpers for the lean request paths (REST operations, the MCP endpoint, the front gate). */
 
 /** Runs an effect from a node:http callback, in the server's runtime (a FiberSet's, built once). */
-export type RunEffect = <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
+export type RunEffect = <A, E>(effect: Effect.Effect<A, E>, options?: Runtime.RunForkOptions) => Fiber.RuntimeFiber<A, E>
 
 export const sendJson = (res: http.ServerResponse, status: number, body: unknown, headers?: http.OutgoingHttpHeaders) => {
   if (res.headersSent || res.destroyed) return
   const payload = JSON.stringify(body)
-  res.writeHead(status, { ...headers, "content-type": "application/json", "content-length": Buffer.byteLength(payload) })
+  // Key by key, not by spread (V8's slow path for header records, on every answer).
+  const all: http.OutgoingHttpHeaders = {}
+  if (headers !== undefined) for (const name in headers) all[name] = headers[name]
+  all["content-type"] = "application/json"
+  all["content-length"] = Buffer.byteLength(payload)
+  res.writeHead(status, all)
   res.end(payload)
 }
 

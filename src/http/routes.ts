@@ -16,8 +16,10 @@ export type Route =
   | { readonly kind: "rest_operation"; readonly template: string; readonly operation: string }
   /** /mcp/{t}/health */
   | { readonly kind: "template_health"; readonly template: string }
-  /** /gateway/stats, /gateway/registry */
+  /** /gateway/stats, /gateway/registry, /metrics */
   | { readonly kind: "gateway_read" }
+  /** GET /gateway/ui: the status page, a static document (the data it polls needs gateway:read) */
+  | { readonly kind: "ui" }
   /** POST /gateway/register (the template is in the body: the handler checks it) */
   | { readonly kind: "register" }
   /** DELETE /gateway/deregister/{t}/{id} */
@@ -48,6 +50,7 @@ export const requirementOf = (route: Route): RouteRequirement => {
   switch (route.kind) {
     case "health":
     case "resource_metadata":
+    case "ui":
       return { ...base, scope: undefined }
     case "mcp_endpoint":
       return { scope: "mcp:call", template: route.template, jsonRpc: true, jsonBody: true, templateLimited: true }
@@ -88,7 +91,8 @@ const CANONICAL = /^(\/[^/;#]+)+$/
 export const classifyRoute = (method: string | undefined, path: string): Route => {
   if (!CANONICAL.test(path)) return { kind: "other" }
   if (path === "/gateway/health") return { kind: "health" }
-  if (path === "/gateway/stats" || path === "/gateway/registry") return { kind: "gateway_read" }
+  if (path === "/gateway/stats" || path === "/gateway/registry" || path === "/metrics") return { kind: "gateway_read" }
+  if (path === "/gateway/ui") return { kind: "ui" }
   if (path === "/gateway/register") return { kind: "register" }
   if (path.startsWith("/gateway/deregister/")) {
     const segments = path.slice("/gateway/deregister/".length).split("/")

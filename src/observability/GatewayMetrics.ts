@@ -1,75 +1,81 @@
-import { Duration, Metric, MetricBoundaries, MetricKey, MetricLabel } from "effect"
+import { Context, Layer, MetricBoundaries, MetricKey, MetricLabel, MetricRegistry } from "effect"
+import type * as MetricHook from "effect/MetricHook"
 
 /**
- * The gateway's Effect Metrics, as `/metrics` exports them (Prometheus names and units) and
+ * The gateway's Effect metrics, as `/metrics` exports them (Prometheus names and units) and
  * `/gateway/stats` reads them. Labels are bounded: templates, instances, operations (MCP method
  * names), outcomes, states; never session ids, request ids or arguments.
  *
- * Each label set gets a metric of its own, built from a tagged MetricKey once and kept: an
- * update is then one hook call (a `Metric.tagged` wrapper would merge label arrays and look the
- * key up in the global registry on every update, on the hot path).
+ * Each gateway keeps its metrics in a MetricRegistry of its own, not Effect's global one: two
+ * gateways in one process (tests composing the layers) must not count into each other. Each
+ * label set gets its hook once, from a tagged MetricKey, and keeps it: an update on the hot path
+ * is then one call, with no key lookup.
  */
 
 /** Seconds, 0.5 ms to about 65 s, doubling. */
 const latencyBuckets = MetricBoundaries.exponential({ start: 0.0005, factor: 2, count: 18 })
 
-/** Percentiles over a sliding window, for `/gateway/stats`. */
-const WINDOW = { maxAge: Duration.minutes(5), maxSize: 4096, error: 0.01, quantiles: [0.5, 0.95, 0.99] } as const
-
 type Labels = Readonly<Record<string, string>>
 
 const labelsOf = (labels: Labels) => Object.entries(labels).map(([k, v]) => MetricLabel.make(k, v))
 
-/** One metric per label set, made on first use. */
-const family = <M>(make: (labels: Labels) => M) => {
-  const cache = new Map<string, M>()
-  return (labels: Labels): M => {
+/** One hook per label set, made on first use. */
+const family = <H>(make: (labels: Labels) => H) => {
+  const cache = new Map<string, H>()
+  return (labels: Labels): H => {
     let key = ""
     for (const k in labels) key += `${labels[k]}\u0000`
-    let metric = cache.get(key)
-    if (metric === undefined) cache.set(key, metric = make(labels))
-    return metric
+    let hook = cache.get(key)
+    if (hook === undefined) cache.set(key, hook = make(labels))
+    return hook
   }
 }
 
-const counter = (name: string, description: string) =>
-  family((labels) => Metric.fromMetricKey(MetricKey.counter(name, { description, incremental: true }).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))))
+export const makeGatewayMetrics = () => {
+  const registry = MetricRegistry.make()
+  const counter = (name: string, description: string) =>
+    family((labels): MetricHook.MetricHook.Counter<number> =>
+      registry.getCounter(MetricKey.counter(name, { description, incremental: true }).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))))
+  const gauge = (name: string, description: string) =>
+    family((labels): MetricHook.MetricHook.Gauge<number> =>
+      registry.getGauge(MetricKey.gauge(name, { description }).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))))
+  const histogram = (name: string, description: string) =>
+    family((labels): MetricHook.MetricHook.Histogram =>
+      registry.getHistogram(MetricKey.histogram(name, latencyBuckets, description).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))))
 
-const gauge = (name: string, description: string) =>
-  family((labels) => Metric.fromMetricKey(MetricKey.gauge(name, { description }).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))))
+  return {
+    /** Every metric's current state, for `/metrics`. */
+    snapshot: () => registry.snapshot(),
 
-const histogram = (name: string, description: string) =>
-  family((labels) => Metric.fromMetricKey(MetricKey.histogram(name, latencyBuckets, description).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))))
+    /** Every request an instance served (or was asked to), once, when it ends: `outcome` is `ok` or the error's kind. */
+    requests: counter("mcp_gateway_requests_total", "Requests by template, MCP operation, instance (the one that answered or failed last) and outcome"),
+    /** From the gateway's dispatch to its answer, retries included. */
+    requestDuration: histogram("mcp_gateway_request_duration_seconds", "Request latency as the gateway served it, retries included"),
+    /** One attempt's backend call. */
+    backendDuration: histogram("mcp_gateway_backend_request_duration_seconds", "Latency of one backend call (one attempt)"),
+    retries: counter("mcp_gateway_retries_total", "Attempts after the first (each on another instance), by template"),
+    failovers: counter("mcp_gateway_failovers_total", "Requests moved away from an instance that failed them, by the instance failed"),
+    ejections: counter("mcp_gateway_outlier_ejections_total", "Instances ejected from balancing by passive outlier detection"),
+    breakerOpens: counter("mcp_gateway_circuit_breaker_opened_total", "Times an instance's circuit breaker opened"),
+    probes: counter("mcp_gateway_health_probes_total", "Health probes by result"),
+    probeDuration: histogram("mcp_gateway_health_probe_duration_seconds", "Health probe latency"),
+    restarts: counter("mcp_gateway_process_restarts_total", "Restarts of an instance's process (stdio) or stream (legacy SSE)"),
+    rateLimited: counter("mcp_gateway_rate_limited_total", "Requests refused by a rate limit, by the limit (client or template)"),
+    authFailures: counter("mcp_gateway_auth_failures_total", "Requests refused for want of a valid credential (401) or scope (403)"),
 
-const window = (name: string, description: string) =>
-  family((labels) => Metric.fromMetricKey(MetricKey.summary({ name, description, ...WINDOW }).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))))
+    /** Set when scraped, from the registry's live state (nothing to do on the hot path). */
+    inflight: gauge("mcp_gateway_instance_inflight_requests", "Requests sent to the instance and not answered yet"),
+    healthy: gauge("mcp_gateway_instance_healthy", "1 when the instance is healthy, else 0"),
+    status: gauge("mcp_gateway_instance_status", "The instance's status: 1 on the current one (unknown, healthy, unhealthy, failed)"),
+    ejected: gauge("mcp_gateway_instance_ejected", "1 while the instance is ejected by outlier detection"),
+    breakerState: gauge("mcp_gateway_circuit_breaker_state", "The instance's breaker: 1 on the current state (closed, open, half_open)"),
+    sessions: gauge("mcp_gateway_mcp_sessions_open", "MCP endpoint sessions open, by template and the protocol version (generation) they speak"),
+    up: gauge("mcp_gateway_up", "1 while the gateway serves")
+  }
+}
 
-export const GatewayMetrics = {
-  /** Every request an instance served (or was asked to), once, when it ends: `outcome` is `ok` or the error's kind. */
-  requests: counter("mcp_gateway_requests_total", "Requests by template, MCP operation, instance (the one that answered or failed last) and outcome"),
-  /** From the gateway's dispatch to its answer, retries included. */
-  requestDuration: histogram("mcp_gateway_request_duration_seconds", "Request latency as the gateway served it, retries included"),
-  /** One attempt's backend call. */
-  backendDuration: histogram("mcp_gateway_backend_request_duration_seconds", "Latency of one backend call (one attempt)"),
-  retries: counter("mcp_gateway_retries_total", "Attempts after the first (each on another instance), by template"),
-  failovers: counter("mcp_gateway_failovers_total", "Requests moved away from an instance that failed them, by the instance failed"),
-  ejections: counter("mcp_gateway_outlier_ejections_total", "Instances ejected from balancing by passive outlier detection"),
-  breakerOpens: counter("mcp_gateway_circuit_breaker_opened_total", "Times an instance's circuit breaker opened"),
-  probes: counter("mcp_gateway_health_probes_total", "Health probes by result"),
-  probeDuration: histogram("mcp_gateway_health_probe_duration_seconds", "Health probe latency"),
-  restarts: counter("mcp_gateway_process_restarts_total", "Restarts of an instance's process (stdio) or stream (legacy SSE)"),
-  rateLimited: counter("mcp_gateway_rate_limited_total", "Requests refused by a rate limit, by the limit (client or template)"),
-  authFailures: counter("mcp_gateway_auth_failures_total", "Requests refused for want of a valid credential (401) or scope (403)"),
+export type GatewayMetricsShape = ReturnType<typeof makeGatewayMetrics>
 
-  /** Set when scraped, from the registry's live state (nothing to do on the hot path). */
-  inflight: gauge("mcp_gateway_instance_inflight_requests", "Requests sent to the instance and not answered yet"),
-  healthy: gauge("mcp_gateway_instance_healthy", "1 when the instance is healthy, else 0"),
-  status: gauge("mcp_gateway_instance_status", "The instance's status: 1 on the current one (unknown, healthy, unhealthy, failed)"),
-  ejected: gauge("mcp_gateway_instance_ejected", "1 while the instance is ejected by outlier detection"),
-  breakerState: gauge("mcp_gateway_circuit_breaker_state", "The instance's breaker: 1 on the current state (closed, open, half_open)"),
-  sessions: gauge("mcp_gateway_mcp_sessions_open", "MCP endpoint sessions open, by template and the protocol version (generation) they speak"),
-  up: gauge("mcp_gateway_up", "1 while the gateway serves"),
-
-  /** Sliding-window latency (ms) for `/gateway/stats`: overall, per template, per instance. */
-  latencyWindow: window("mcp_gateway_latency_window_milliseconds", "Request latency over the last 5 minutes (at most 4096 samples), for /gateway/stats")
+export class GatewayMetrics extends Context.Tag("mcp-gateway/GatewayMetrics")<GatewayMetrics, GatewayMetricsShape>() {
+  static readonly layer: Layer.Layer<GatewayMetrics> = Layer.sync(GatewayMetrics, makeGatewayMetrics)
 }

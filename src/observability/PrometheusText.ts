@@ -24,14 +24,18 @@ const number = (n: number | bigint) => {
 const labels = (pairs: ReadonlyArray<readonly [string, string]>) =>
   pairs.length === 0 ? "" : `{${pairs.map(([k, v]) => `${k}="${escapeLabel(v)}"`).join(",")}}`
 
-export const toPrometheusText = (pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>): string => {
+export const toPrometheusText = (
+  pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>,
+  /** Leaves series out (gauges of instances that are gone). */
+  keep: (pair: MetricPair.MetricPair.Untyped) => boolean = () => true
+): string => {
   const families = new Map<string, { type: string; help: string; lines: Array<string> }>()
   const tagsOf = (pair: MetricPair.MetricPair.Untyped) => pair.metricKey.tags.map((t) => `${t.key}=${t.value}`).join(",")
   const sorted = [...pairs].sort((a, b) => a.metricKey.name.localeCompare(b.metricKey.name) || tagsOf(a).localeCompare(tagsOf(b)))
   for (const pair of sorted) {
     const key = pair.metricKey
     const name = key.name
-    if (!name.startsWith("mcp_gateway_")) continue
+    if (!name.startsWith("mcp_gateway_") || !keep(pair)) continue
     const tags = key.tags.map((t): readonly [string, string] => [t.key, t.value])
     const state = pair.metricState
     let family = families.get(name)

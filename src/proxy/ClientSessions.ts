@@ -40,6 +40,8 @@ export interface ClientSessionsShape {
   /** Ends every session pinned to an instance (after it drained). */
   readonly closePinnedTo: (instance: InstanceState) => Effect.Effect<void>
   readonly size: () => number
+  /** Sessions open, by template and protocol version (what `/metrics` and `/gateway/stats` show). */
+  readonly counts: () => ReadonlyArray<{ readonly template: string; readonly protocolVersion: string; readonly count: number }>
 }
 
 /** How often sessions idle past their template's session_idle_timeout are ended (clients that vanished without DELETE). */
@@ -255,7 +257,18 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         ).pipe(Effect.zipRight(Effect.forEach(Array.from(sessions.keys()), close, { discard: true })))
       )
 
-      return { open, resolve, close, closePinnedTo, size: () => sessions.size }
+      const counts = () => {
+        const byKey = new Map<string, { template: string; protocolVersion: string; count: number }>()
+        for (const s of sessions.values()) {
+          const key = `${s.template}\u0000${s.protocolVersion}`
+          const entry = byKey.get(key)
+          if (entry === undefined) byKey.set(key, { template: s.template, protocolVersion: s.protocolVersion, count: 1 })
+          else entry.count++
+        }
+        return Array.from(byKey.values())
+      }
+
+      return { open, resolve, close, closePinnedTo, size: () => sessions.size, counts }
     })
   )
 }

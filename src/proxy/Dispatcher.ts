@@ -3,7 +3,10 @@ import {
   AllAttemptsFailed,
   BackendError,
   type DispatchError,
+  errorKind,
   type FailedAttempt,
+  httpStatusOf,
+  httpStatusOfMcpError,
   InstanceUnavailable,
   NoHealthyInstance,
   RequestRejected,
@@ -14,6 +17,7 @@ import { isObject, type JsonRpcNotification, type JsonRpcResponse } from "../dom
 import { redactUrlsIn } from "../domain/redact.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry, type TemplateState } from "../registry/Registry.js"
+import { RequestLog } from "../observability/RequestLog.js"
 import { Strategies } from "../strategy/Strategies.js"
 import type { Connection, RequestOptions } from "../transport/Connection.js"
 import { Transport } from "../transport/Transport.js"
@@ -21,6 +25,7 @@ import type { RequestTimeout, TransportError } from "../transport/TransportError
 import { Deadline } from "./Deadline.js"
 import { retrySchedule, retryWhile } from "./RetryPolicy.js"
 import { Stats } from "./Stats.js"
+import { GatewayConfig } from "../config/GatewayConfig.js"
 import { Timer } from "./Timer.js"
 
 export interface DispatchResult {
@@ -56,8 +61,13 @@ export interface Operation<A> {
   readonly retryable: (error: TransportError) => boolean
   /** One attempt on one instance, under the request's deadline. */
   readonly attempt: (instance: InstanceState, deadline: Deadline) => Effect.Effect<A, TransportError | RequestTimeout>
-  /** An answer that is an error for the client (a JSON-RPC error) while the instance did its job. */
-  readonly isErrorAnswer?: ((value: A) => boolean) | undefined
+  /**
+   * What an answer means for the client, for stats and the request log: `ok` and 200 unless the
+   * instance answered with an error (a JSON-RPC error: `mcp_error`, with the REST status).
+   */
+  readonly classify?: ((value: A) => { readonly outcome: string; readonly status: number } | undefined) | undefined
+  /** What the request is about, for the request log: a tool's or prompt's name, a resource's URI. */
+  readonly subject?: string | undefined
 }
 
 export interface DispatcherShape {
@@ -83,6 +93,15 @@ export interface DispatcherShape {
 export const isRetryable = (method: string, error: TransportError): boolean =>
   method !== "tools/call" || !error.reachedBackend
 
+const OK = { outcome: "ok", status: 200 } as const
+const CANCELLED = { outcome: "cancelled", status: 499 } as const
+/** The tool ran and reported failure (`isError: true`): the backend worked, so not an error of the gateway's or the instance's. */
+const TOOL_ERROR = { outcome: "tool_error", status: 200 } as const
+
+/** The current span as W3C trace context (`traceparent`), when there is one. */
+const traceContext = Effect.map(Effect.option(Effect.currentSpan), (span) =>
+  span._tag === "None" ? undefined : `00-${span.value.traceId}-${span.value.spanId}-${span.value.sampled ? "01" : "00"}`)
+
 /** An attempt on `instance` failed; whether the next one may go elsewhere is the retry policy's call. */
 class AttemptFailed extends Data.TaggedError("AttemptFailed")<{
   readonly instance: InstanceState
@@ -97,7 +116,7 @@ class AttemptFailed extends Data.TaggedError("AttemptFailed")<{
  * clients that leave count for nothing.
  */
 export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher, DispatcherShape>() {
-  static readonly layer: Layer.Layer<Dispatcher, never, Registry | Strategies | Transport | Stats | Timer> = Layer.effect(
+  static readonly layer: Layer.Layer<Dispatcher, never, GatewayConfig | Registry | Strategies | Transport | Stats | Timer> = Layer.effect(
     Dispatcher,
     Effect.gen(function*() {
       const registry = yield* Registry
@@ -105,6 +124,12 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
       const transport = yield* Transport
       const stats = yield* Stats
       const timer = yield* Timer
+      const requestLog = yield* RequestLog
+      const config = yield* GatewayConfig
+      const tracing = config.tracing !== undefined
+      // Routing decisions are logged only at debug or trace: building the line is work the hot
+      // path should not do when nobody will read it.
+      const logRouting = config.gateway.logLevel === "debug" || config.gateway.logLevel === "trace"
 
       const candidatesOf = (template: TemplateState, now: number, tried: ReadonlySet<InstanceState>) => {
         const candidates: Array<InstanceState> = []
@@ -136,53 +161,73 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
         return ejected < Math.floor((template.instances.size * template.settings.outlier_max_ejection_percent) / 100)
       }
 
+      /** Spans only when tracing is configured: with it off, the request path creates none (and costs nothing). */
+      const span = tracing
+        ? (name: string, attributes: Record<string, unknown>, kind: "internal" | "client" = "internal") =>
+          <X, E, R>(effect: Effect.Effect<X, E, R>) => Effect.withSpan(effect, name, { attributes, kind })
+        : () => <X, E, R>(effect: Effect.Effect<X, E, R>) => effect
+
       /**
-       * Runs one attempt on one instance, keeping its live numbers and health evidence current
-       * (and, for an operation's only attempt, its stats: `done`), all in one exit handler.
+       * Runs one attempt on one instance, keeping its live numbers and health evidence current,
+       * in one exit handler (with, for an operation's only attempt, the request's end: `done`).
        */
       const attemptOn = <A>(
         template: TemplateState,
         operation: Operation<A>,
         instance: InstanceState,
         deadline: Deadline,
-        done?: (ok: boolean) => void
+        attempt: number,
+        done?: (exit: Exit.Exit<A, TransportError | RequestTimeout>) => Effect.Effect<void>
       ): Effect.Effect<A, TransportError | RequestTimeout> => {
-        const started = performance.now()
+        const started = timer.elapsedMs()
         instance.activeRequests++
-        return Effect.onExit(operation.attempt(instance, deadline), (exit): Effect.Effect<void> => {
-          instance.activeRequests--
-          const settings = template.settings
-          if (Exit.isSuccess(exit)) {
-            instance.succeeded(performance.now() - started, timer.now(), settings)
-            done?.(!(operation.isErrorAnswer?.(exit.value) ?? false))
-            return Effect.void
-          }
-          done?.(false)
-          const failure = exit.cause._tag === "Fail" ? exit.cause.error : undefined
-          // Interrupted (the client left or cancelled), or the client's message was refused.
-          if (failure === undefined || (failure._tag === "TransportError" && failure.clientFault)) {
-            instance.neutral()
-            return Effect.void
-          }
-          return Effect.flatMap(Random.next, (random) => {
-            const now = timer.now()
-            const events = instance.failed(now, settings, random, mayEject(template, now))
-            const logs: Array<Effect.Effect<void>> = [Effect.logWarning(redactUrlsIn(failure.message))]
-            if (events.ejectedForMs !== undefined) {
-              logs.push(Effect.logWarning(
-                `ejected from balancing for ${Math.round(events.ejectedForMs / 1000)}s after ` +
-                  `${settings.outlier_consecutive_failures} failures in a row (last: ${redactUrlsIn(failure.message)})`
-              ))
+        const call = operation.attempt(instance, deadline).pipe(
+          span("gateway.backend", { "mcp.instance": instance.id, "mcp.transport": instance.definition.transport, "mcp.method": operation.method }, "client")
+        )
+        return Effect.onExit(
+          span("gateway.attempt", { "mcp.instance": instance.id, "gateway.attempt": attempt })(call),
+          (exit): Effect.Effect<void> => {
+            instance.activeRequests--
+            const settings = template.settings
+            const latencyMs = timer.elapsedMs() - started
+            const finished = done === undefined ? Effect.void : done(exit)
+            if (Exit.isSuccess(exit)) {
+              instance.succeeded(latencyMs, timer.now(), settings)
+              stats.recordAttempt(template.name, instance.id, latencyMs)
+              return finished
             }
-            if (events.breakerOpened) {
-              logs.push(Effect.logWarning(
-                `circuit breaker opened after ${instance.breaker.consecutiveFailures} failures in a row; ` +
-                  `next trial at ${new Date(instance.breaker.nextTrialAt!).toISOString()}`
-              ))
+            const failure = exit.cause._tag === "Fail" ? exit.cause.error : undefined
+            // Interrupted (the client left or cancelled), or the client's message was refused.
+            if (failure === undefined || (failure._tag === "TransportError" && failure.clientFault)) {
+              instance.neutral()
+              return finished
             }
-            return Effect.all(logs, { discard: true }).pipe(Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` }))
-          })
-        })
+            stats.recordAttempt(template.name, instance.id, latencyMs)
+            return Effect.flatMap(Random.next, (random) => {
+              const now = timer.now()
+              const events = instance.failed(now, settings, random, mayEject(template, now))
+              const logs: Array<Effect.Effect<void>> = [Effect.logWarning(redactUrlsIn(failure.message))]
+              if (events.ejectedForMs !== undefined) {
+                stats.recordEjection(template.name, instance.id)
+                logs.push(Effect.logWarning(
+                  `ejected from balancing for ${Math.round(events.ejectedForMs / 1000)}s after ` +
+                    `${settings.outlier_consecutive_failures} failures in a row (last: ${redactUrlsIn(failure.message)})`
+                ))
+              }
+              if (events.breakerOpened) {
+                stats.recordBreakerOpened(template.name, instance.id)
+                logs.push(Effect.logWarning(
+                  `circuit breaker opened after ${instance.breaker.consecutiveFailures} failures in a row; ` +
+                    `next trial at ${new Date(instance.breaker.nextTrialAt!).toISOString()}`
+                ))
+              }
+              return Effect.all(logs, { discard: true }).pipe(
+                Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` }),
+                Effect.zipRight(finished)
+              )
+            })
+          }
+        )
       }
 
       const execute = <A>(operation: Operation<A>) =>
@@ -190,7 +235,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           const template = registry.template(operation.template)
           if (template === undefined) return Effect.fail(new TemplateNotFound({ template: operation.template }))
           const settings = template.settings
-          const started = performance.now()
+          const started = timer.elapsedMs()
           const deadline = new Deadline(
             timer,
             timer.now(),
@@ -198,14 +243,6 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
             Duration.toMillis(settings.max_timeout),
             settings.timeout_resets_on_progress
           )
-          const record = (instance: InstanceState | undefined, ok: boolean) =>
-            stats.recordRequest({
-              template: template.name,
-              strategy: settings.strategy,
-              instanceId: instance?.id,
-              latencyMs: performance.now() - started,
-              ok
-            })
           const timedOut = () =>
             new UpstreamTimeout({
               template: template.name,
@@ -213,22 +250,60 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
               resetsOnProgress: settings.timeout_resets_on_progress
             })
 
+          /** The request's end, in one place: stats (the metrics) and the request log line. */
+          const finish = (
+            instance: InstanceState | undefined,
+            attempts: number,
+            outcome: { readonly outcome: string; readonly status: number }
+          ): Effect.Effect<void> => {
+            const latencyMs = timer.elapsedMs() - started
+            stats.recordRequest({
+              template: template.name,
+              operation: operation.method,
+              strategy: settings.strategy,
+              instanceId: instance?.id,
+              latencyMs,
+              outcome: outcome.outcome
+            })
+            return requestLog.write({
+              template: template.name,
+              operation: operation.method,
+              subject: operation.subject,
+              instance: instance?.id ?? "",
+              strategy: settings.strategy,
+              attempts,
+              outcome: outcome.outcome,
+              status: outcome.status,
+              duration_ms: Math.round(latencyMs * 100) / 100
+            })
+          }
+          const outcomeOf = (exit: Exit.Exit<A, DispatchError | TransportError | RequestTimeout>) => {
+            if (Exit.isSuccess(exit)) return operation.classify?.(exit.value) ?? OK
+            if (exit.cause._tag !== "Fail") return CANCELLED
+            const e = exit.cause.error
+            return e._tag === "RequestTimeout"
+              ? { outcome: "upstream_timeout", status: 504 }
+              : e._tag === "TransportError"
+              ? e.clientFault ? { outcome: "invalid_request", status: 400 } : { outcome: "upstream_failed", status: 502 }
+              : { outcome: errorKind(e), status: httpStatusOf(e) }
+          }
+
           const pinned = operation.instance
           if (pinned !== undefined) {
             // The one instance it must go to: one attempt, no choice, no retry (the hot path of sessions).
             const now = timer.now()
             if (pinned.status === "failed" || !pinned.admit(now)) {
-              record(pinned, false)
-              return Effect.fail(new InstanceUnavailable({
+              const error = new InstanceUnavailable({
                 template: template.name,
                 instanceId: pinned.id,
                 reason: pinned.status === "failed"
                   ? `its process failed (${redactUrlsIn(pinned.lastError ?? "restarted too often")})`
                   : "its circuit breaker is open",
                 retryAfterSeconds: Math.max(1, pinned.secondsUntilChange(now) ?? 1)
-              }))
+              })
+              return Effect.zipRight(finish(pinned, 0, { outcome: errorKind(error), status: httpStatusOf(error) }), Effect.fail(error))
             }
-            return attemptOn(template, operation, pinned, deadline, (ok) => record(pinned, ok)).pipe(
+            return attemptOn(template, operation, pinned, deadline, 1, (exit) => finish(pinned, 1, outcomeOf(exit))).pipe(
               Effect.mapBoth({
                 onFailure: (e): DispatchError =>
                   e._tag === "RequestTimeout"
@@ -244,6 +319,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           const tried = new Set<InstanceState>()
           const failures: Array<FailedAttempt> = []
           let last: InstanceState | undefined
+          let attempts = 0
 
           /** The strategy's pick among the instances that may take the request and were not tried yet. */
           const choose = Effect.suspend((): Effect.Effect<InstanceState, DispatchError> => {
@@ -277,18 +353,33 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
                 }) as Effect.Effect<InstanceState>
               )
             )
-            return Effect.map(pick, (instance) => {
+            const chosen = Effect.map(pick, (instance) => {
               // (Selectable candidates pass their breaker; a half-open one gives this request its trial.)
               instance.admit(now)
               return instance
             })
+            return (logRouting ? Effect.tap(chosen, (instance) => logDecision(instance, candidates)) : chosen).pipe(
+              span("gateway.select", { "mcp.template": template.name, "gateway.candidates": candidates.length })
+            )
           })
 
+          const logDecision = (instance: InstanceState, candidates: ReadonlyArray<InstanceState>) =>
+            Effect.logDebug("route").pipe(Effect.annotateLogs({
+              template: template.name,
+              operation: operation.method,
+              strategy: candidates.length === 1 ? "only-candidate" : settings.strategy,
+              attempt: tried.size + 1,
+              candidates: candidates.map((i) => i.id).join(","),
+              instance: instance.id
+            }))
+
           const once = Effect.flatMap(choose, (instance): Effect.Effect<A, DispatchError | AttemptFailed> => {
+            if (last !== undefined) stats.recordRetry(template.name, last.id)
             tried.add(instance)
             last = instance
+            attempts++
             if (deadline.remainingMs() <= 0) return Effect.fail(timedOut())
-            return Effect.mapError(attemptOn(template, operation, instance, deadline), (e) => {
+            return Effect.mapError(attemptOn(template, operation, instance, deadline, attempts), (e) => {
               if (e._tag === "RequestTimeout") return timedOut()
               failures.push({ instanceId: instance.id, message: redactUrlsIn(e.message) })
               return new AttemptFailed({ instance, error: e })
@@ -321,9 +412,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
               },
               onSuccess: (value) => ({ value, instance: last! })
             }),
-            Effect.onExit((exit) =>
-              Effect.sync(() => record(last, Exit.isSuccess(exit) && !(operation.isErrorAnswer?.(exit.value.value) ?? false)))
-            )
+            Effect.onExit((exit) => finish(last, attempts, outcomeOf(Exit.map(exit, (r) => r.value))))
           )
         })
 
@@ -343,30 +432,42 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           ownToken = `gateway-progress-${++ownProgressTokens}`
           params = { ...params, _meta: { ...meta, progressToken: ownToken } }
         }
+        const subject = params === undefined ? undefined : typeof params.name === "string" ? params.name : typeof params.uri === "string" ? params.uri : undefined
         return execute<JsonRpcResponse>({
           template,
           method,
+          subject,
           instance: options?.instance,
           retryable: (error) => isRetryable(method, error),
-          isErrorAnswer: (response) => "error" in response,
+          classify: (response) =>
+            "error" in response
+              ? { outcome: "mcp_error", status: httpStatusOfMcpError(response.error.code) }
+              : method === "tools/call" && isObject(response.result) && response.result.isError === true
+              ? TOOL_ERROR
+              : undefined,
           attempt: (instance, deadline) => {
-            // Progress from the backend extends the deadline (timeout_resets_on_progress).
-            const onNotification = (notification: JsonRpcNotification) => {
-              if (notification.method === "notifications/progress") {
-                deadline.progress()
-                if (ownToken !== undefined && isObject(notification.params) && notification.params.progressToken === ownToken) return
+            const send = (traceparent: string | undefined) => {
+              // Progress from the backend extends the deadline (timeout_resets_on_progress).
+              const onNotification = (notification: JsonRpcNotification) => {
+                if (notification.method === "notifications/progress") {
+                  deadline.progress()
+                  if (ownToken !== undefined && isObject(notification.params) && notification.params.progressToken === ownToken) return
+                }
+                relay?.onNotification?.(notification)
               }
-              relay?.onNotification?.(notification)
+              // With tracing, the backend call's span goes on as W3C trace context: in a header
+              // (HTTP backends) and in the request's _meta (any MCP server that reads it).
+              const headers = traceparent === undefined ? options?.headers : { ...options?.headers, traceparent }
+              const sent = traceparent === undefined
+                ? params
+                : { ...params, _meta: { ...(isObject(params?._meta) ? params._meta : {}), traceparent } }
+              const requestOptions: RequestOptions = { deadline, onNotification, onServerRequest: relay?.onServerRequest, headers }
+              return options?.connection !== undefined
+                ? options.connection.request(method, sent, requestOptions)
+                : transport.request(instance.definition, method, sent, requestOptions)
             }
-            const requestOptions: RequestOptions = {
-              deadline,
-              onNotification,
-              onServerRequest: relay?.onServerRequest,
-              headers: options?.headers
-            }
-            return options?.connection !== undefined
-              ? options.connection.request(method, params, requestOptions)
-              : transport.request(instance.definition, method, params, requestOptions)
+            // Without tracing, straight to the send: not even an Effect step for trace context.
+            return tracing ? Effect.flatMap(traceContext, send) : send(undefined)
           }
         }).pipe(
           Effect.flatMap(({ instance, value: response }) =>

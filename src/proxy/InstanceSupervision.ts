@@ -3,6 +3,7 @@ import type { InstanceDefinition } from "../domain/Instance.js"
 import { DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
 import { Registry } from "../registry/Registry.js"
 import { ConnectionPolicy } from "../transport/Supervision.js"
+import { Stats } from "./Stats.js"
 import { Timer } from "./Timer.js"
 
 /**
@@ -11,11 +12,12 @@ import { Timer } from "./Timer.js"
  * channel becomes the instance's state, so `/gateway/registry`, `/mcp/{t}/health` and the
  * Dispatcher all see a process that is down or failed until it runs again.
  */
-export const InstanceSupervision: Layer.Layer<ConnectionPolicy, never, Registry | Timer> = Layer.effect(
+export const InstanceSupervision: Layer.Layer<ConnectionPolicy, never, Registry | Timer | Stats> = Layer.effect(
   ConnectionPolicy,
   Effect.gen(function*() {
     const registry = yield* Registry
     const timer = yield* Timer
+    const stats = yield* Stats
     const runtime = yield* Effect.runtime<never>()
 
     const stateOf = (instance: InstanceDefinition) => {
@@ -33,6 +35,7 @@ export const InstanceSupervision: Layer.Layer<ConnectionPolicy, never, Registry 
         const state = stateOf(instance)
         if (state === undefined) return
         const before = state.status
+        if (status.state === "restarting") stats.recordRestart(instance.template, instance.id)
         state.channelChanged(status, timer.now())
         const after = state.status
         // (A channel stopped on purpose, at removal or shutdown, says nothing of the instance.)

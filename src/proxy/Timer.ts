@@ -3,6 +3,11 @@ import { Context, Duration, Effect, FiberId, Layer, Runtime } from "effect"
 export interface TimerShape {
   /** The current time in epoch ms (the Clock's). */
   readonly now: () => number
+  /**
+   * A monotonic time in ms with sub-millisecond precision, for measuring durations (latency):
+   * `performance.now()` live, the Clock's time under `fromClock` (so tests see exact latencies).
+   */
+  readonly elapsedMs: () => number
   /** Calls `callback` after `ms`; returns the function that cancels it. */
   readonly schedule: (ms: number, callback: () => void) => () => void
 }
@@ -19,6 +24,7 @@ export class Timer extends Context.Tag("mcp-gateway/Timer")<Timer, TimerShape>()
     Timer,
     Effect.map(Effect.clock, (clock) => ({
       now: () => clock.unsafeCurrentTimeMillis(),
+      elapsedMs: () => performance.now(),
       schedule: (ms, callback) => {
         const handle = setTimeout(callback, ms)
         return () => clearTimeout(handle)
@@ -33,6 +39,7 @@ export class Timer extends Context.Tag("mcp-gateway/Timer")<Timer, TimerShape>()
       const runtime = yield* Effect.runtime<never>()
       return {
         now: () => clock.unsafeCurrentTimeMillis(),
+        elapsedMs: () => clock.unsafeCurrentTimeMillis(),
         schedule: (ms, callback) => {
           const fiber = Runtime.runFork(runtime)(Effect.sleep(Duration.millis(ms)).pipe(Effect.zipRight(Effect.sync(callback))))
           return () => fiber.unsafeInterruptAsFork(FiberId.none)

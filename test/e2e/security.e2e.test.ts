@@ -192,8 +192,8 @@ describe("security end to end", () => {
     expect((await call("echo", bearer(keys.admin))).status).toBe(200)
     expect((await call("echo", { "x-api-key": keys.admin })).status).toBe(200)
     expect((await call("echo", bearer(await token({ scope: "mcp:call" })))).status).toBe(200)
-    expect(auditLine(gateway.stderr(), "authentication_failed", { from: "127.0.0.1", who: "(unknown)" })).toBeDefined()
-    expect(auditLine(gateway.stderr(), "authentication_failed", { who: "jwt:alice", reason: "invalid token: expired" })).toBeDefined()
+    await waitUntil(() => auditLine(gateway.stderr(), "authentication_failed", { from: "127.0.0.1", who: "(unknown)" }) !== undefined, 5000, "the audit line")
+    await waitUntil(() => auditLine(gateway.stderr(), "authentication_failed", { who: "jwt:alice", reason: "invalid token: expired" }) !== undefined, 5000, "the audit line")
   })
 
   it("the right credential with the wrong scope or template gets 403 insufficient_scope, by REST and MCP alike", async () => {
@@ -223,7 +223,7 @@ describe("security end to end", () => {
       headers: bearer(keys.reader)
     })
     expect(register.status).toBe(403)
-    expect(auditLine(gateway.stderr(), "forbidden", { who: "reader", needed: "gateway:admin" })).toBeDefined()
+    await waitUntil(() => auditLine(gateway.stderr(), "forbidden", { who: "reader", needed: "gateway:admin" }) !== undefined, 5000, "the audit line")
   })
 
   it("the backend never sees the client's credentials; its own come from the environment; forward_headers pass", async () => {

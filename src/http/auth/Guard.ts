@@ -5,6 +5,8 @@ import { GatewayConfig } from "../../config/GatewayConfig.js"
 import { allows, allowsSome, type Identity, scopeNeeded } from "../../domain/Identity.js"
 import { ErrorCode } from "../../domain/JsonRpc.js"
 import { type RateDecision, RateLimiter } from "../../proxy/RateLimiter.js"
+import { Stats } from "../../proxy/Stats.js"
+import { Registry } from "../../registry/Registry.js"
 import { errorAnswer } from "../ApiError.js"
 import { type RunEffect, sendJson } from "../raw.js"
 import type { RouteRequirement } from "../routes.js"
@@ -45,6 +47,8 @@ export const makeGuard = Effect.gen(function*() {
   const config = yield* GatewayConfig
   const authenticator = yield* Authenticator
   const limiter = yield* RateLimiter
+  const stats = yield* Stats
+  const registry = yield* Registry
   const allowedOrigins = new Set(config.gateway.allowedOrigins)
   const allowedHosts = new Set(config.gateway.allowedHosts.map((h) => h.toLowerCase()))
   const listenHost = config.gateway.host.toLowerCase()
@@ -143,6 +147,10 @@ export const makeGuard = Effect.gen(function*() {
           headers["ratelimit-reset"] = String(decision.resetSeconds)
         }
         if (!decision.allowed) {
+          // The template as a metric label only when it exists: a path is the client's to invent,
+          // and every invented name would be a new series for ever.
+          const template = requirement.template !== undefined && registry.template(requirement.template) !== undefined ? requirement.template : undefined
+          stats.recordRateLimited(decision.refusedBy ?? "client", template)
           headers["retry-after"] = String(decision.retryAfterSeconds)
           const whose = decision.refusedBy === "template" ? `template "${requirement.template}"` : "this client"
           return refuse(429, "rate_limited", `Too Many Requests: the rate limit of ${whose} is reached; retry after ${decision.retryAfterSeconds}s`, headers, -32000)
@@ -170,6 +178,7 @@ export const makeGuard = Effect.gen(function*() {
         if (!permitted) {
           const needed = scopeNeeded(requirement.scope!, requirement.template)
           audit(run, "forbidden", { who: identity.id, what, from: address, needed })
+          stats.recordAuthFailure(403)
           return refuse(403, "forbidden", `Forbidden: this credential lacks the scope ${needed}`, challenge("insufficient_scope", needed))
         }
         limited(identity)
@@ -182,6 +191,7 @@ export const makeGuard = Effect.gen(function*() {
       const apiKey = typeof req.headers["x-api-key"] === "string" ? req.headers["x-api-key"] : undefined
       const failed = (e: AuthenticationFailed) => {
         audit(run, "authentication_failed", { who: e.claimed ?? "(unknown)", what, from: address, reason: e.reason })
+        stats.recordAuthFailure(401)
         refuse(401, "unauthorized", `Unauthorized: ${e.reason}`, challenge(e.invalidToken ? "invalid_token" : undefined))
       }
       run(authenticator.authenticate({ bearer, apiKey, address })).addObserver((exit) => {

@@ -6,6 +6,7 @@ import { ErrorCode } from "../../domain/JsonRpc.js"
 import { ClientSessions } from "../../proxy/ClientSessions.js"
 import { Registry } from "../../registry/Registry.js"
 import { sendJson } from "../raw.js"
+import { makeRequestTelemetry } from "../requestTelemetry.js"
 import { makePostHandler } from "./post.js"
 import { rpcError } from "./rpc.js"
 import { makeStandingStreams } from "./standingStream.js"
@@ -29,7 +30,8 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     forwardHeaders: (template) => registry.template(template)?.forwardHeaders ?? [],
     limits: { maxBytes: config.gateway.maxBodyBytes, maxDepth: config.gateway.maxJsonDepth },
     run,
-    logDefect: (cause) => void run(Effect.logError("MCP endpoint request failed", cause))
+    logDefect: (cause) => void run(Effect.logError("MCP endpoint request failed", cause)),
+    telemetry: makeRequestTelemetry(config.tracing !== undefined)
   })
   const standing = makeStandingStreams(sessions)
 

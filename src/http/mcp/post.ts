@@ -16,6 +16,7 @@ import type { ClientSession, SessionAnswer } from "../../proxy/ClientSession.js"
 import type { ClientSessionsShape } from "../../proxy/ClientSessions.js"
 import { forwardedHeaders } from "../forwardedHeaders.js"
 import { type BodyLimits, readJsonBody, type RunEffect, sendJson } from "../raw.js"
+import type { makeRequestTelemetry } from "../requestTelemetry.js"
 import { accepts, rpcError } from "./rpc.js"
 import { carry, openRequestStream, writeOneEventStream } from "./sse.js"
 
@@ -37,11 +38,20 @@ export const makePostHandler = (deps: {
   readonly limits: BodyLimits
   readonly run: RunEffect
   readonly logDefect: (cause: Cause.Cause<unknown>) => void
+  readonly telemetry: ReturnType<typeof makeRequestTelemetry>
 }) => {
   const { run, sessions } = deps
 
-  const initialize = (res: http.ServerResponse, template: string, id: JsonRpcId, params: Record<string, unknown>, owner: string) =>
-    run(sessions.open(template, params, owner)).addObserver((exit) => {
+  const initialize = (
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    requestId: string,
+    template: string,
+    id: JsonRpcId,
+    params: Record<string, unknown>,
+    owner: string
+  ) =>
+    deps.telemetry(run, req, requestId, () => ({ "mcp.template": template, "mcp.method": "initialize" }))(sessions.open(template, params, owner)).addObserver((exit) => {
       if (Exit.isSuccess(exit)) {
         const { result, session } = exit.value
         return sendJson(res, 200, { jsonrpc: "2.0", id, result }, { "mcp-session-id": session.id })
@@ -70,6 +80,8 @@ export const makePostHandler = (deps: {
 
   /** A client request on its session; the answer is an SSE stream (see sse.ts). */
   const forward = (
+    req: http.IncomingMessage,
+    requestId: string,
     res: http.ServerResponse,
     session: ClientSession,
     id: JsonRpcId,
@@ -105,7 +117,8 @@ export const makePostHandler = (deps: {
     const relayed: Array<string> = []
     const onServerRequest = (request: JsonRpcRequest, reply: (response: JsonRpcResponse) => void) =>
       void relayed.push(session.relayServerRequest(request, reply, event))
-    const fiber = run(session.request(method, params, { onNotification: event, onServerRequest }, headers))
+    const fork = deps.telemetry(run, req, requestId, () => ({ "mcp.template": session.template, "mcp.method": method }))
+    const fiber = fork(session.request(method, params, { onNotification: event, onServerRequest }, headers))
     // A client that hangs up has not cancelled (the spec's word: it sends notifications/cancelled
     // for that); the answer waits in the stream for it to resume, or is dropped.
     session.track(id, fiber)
@@ -164,7 +177,7 @@ export const makePostHandler = (deps: {
         if (!deps.templateExists(template)) {
           return sendJson(res, 404, rpcError(message.id, ErrorCode.InvalidRequest, `unknown template "${template}"`))
         }
-        return initialize(res, template, message.id, isObject(message.params) ? message.params : {}, owner)
+        return initialize(req, res, requestId, template, message.id, isObject(message.params) ? message.params : {}, owner)
       }
       const sessionId = req.headers["mcp-session-id"]
       const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, owner)
@@ -173,12 +186,14 @@ export const makePostHandler = (deps: {
       }
       if (isRequest(message)) {
         return forward(
+          req,
+          requestId,
           res,
           session,
           message.id,
           message.method,
           isObject(message.params) ? message.params : undefined,
-          forwardedHeaders(req, deps.forwardHeaders(template))
+          forwardedHeaders(req, deps.forwardHeaders(template), requestId)
         )
       }
       if (isNotification(message)) {
