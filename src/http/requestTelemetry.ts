@@ -1,4 +1,4 @@
-import { Effect, type Fiber, FiberRef, FiberRefs, HashMap, Tracer } from "effect"
+import { Effect, type Fiber, FiberRef, FiberRefs, HashMap, Option, Tracer } from "effect"
 import type * as http from "node:http"
 import type { RunEffect } from "./raw.js"
 
@@ -18,10 +18,13 @@ export const makeRequestTelemetry = (tracing: boolean) =>
   <A, E>(effect: Effect.Effect<A, E>): Fiber.RuntimeFiber<A, E> => {
     const options = {
       updateRefs: (refs: FiberRefs.FiberRefs, fiberId: Parameters<typeof FiberRefs.updateAs>[1]["fiberId"]) =>
-        FiberRefs.updateAs(refs, {
-          fiberId,
-          fiberRef: FiberRef.currentLogAnnotations,
-          value: HashMap.set(FiberRefs.getOrDefault(refs, FiberRef.currentLogAnnotations), "request_id", requestId as unknown)
+        FiberRefs.updateManyAs(refs, {
+          entries: [
+            [FiberRef.currentLogAnnotations, [[fiberId, HashMap.set(FiberRefs.getOrDefault(refs, FiberRef.currentLogAnnotations), "request_id", requestId as unknown)]]],
+            // A request that fails is answered (4xx, 5xx, a JSON-RPC error) and counted: not an
+            // "unhandled error" for the runtime to log, with a stack trace, at debug.
+            [FiberRef.unhandledErrorLogLevel, [[fiberId, Option.none()]]]
+          ]
         })
     }
     if (!tracing) return run(effect, options)
@@ -30,6 +33,8 @@ export const makeRequestTelemetry = (tracing: boolean) =>
     return run(
       Effect.withSpan(effect, "gateway.request", {
         kind: "server",
+        // No call-site stack trace on every span: a cost per request that tells an operator nothing.
+        captureStackTrace: false,
         attributes: { "http.request.method": req.method, "http.request.id": requestId, ...attributes() },
         ...(parent === undefined ? {} : { parent })
       }),

@@ -12,8 +12,8 @@ import type * as MetricHook from "effect/MetricHook"
  * is then one call, with no key lookup.
  */
 
-/** Seconds, 0.5 ms to about 65 s, doubling. */
-const latencyBuckets = MetricBoundaries.exponential({ start: 0.0005, factor: 2, count: 18 })
+/** Seconds, 0.5 ms to about 65 s, doubling (the count includes +Inf). */
+const latencyBuckets = MetricBoundaries.exponential({ start: 0.0005, factor: 2, count: 19 })
 
 type Labels = Readonly<Record<string, string>>
 

@@ -53,6 +53,8 @@ describe("metrics", () => {
       expect(m.value("mcp_gateway_request_duration_seconds_bucket", { template: "t", le: "0.016" })).toBe(0)
       expect(m.value("mcp_gateway_request_duration_seconds_bucket", { template: "t", le: "0.032" })).toBe(2)
       expect(m.value("mcp_gateway_request_duration_seconds_bucket", { template: "t", le: "0.064" })).toBe(4)
+      // The last finite bucket is about 65 s, past the default 60 s timeout.
+      expect(m.value("mcp_gateway_request_duration_seconds_bucket", { template: "t", le: "65.536" })).toBe(4)
       // Backend calls: four answers from a (30 ms each), two refusals from b (0 ms).
       expect(m.value("mcp_gateway_backend_request_duration_seconds_count", { instance: "a" })).toBe(4)
       expect(m.value("mcp_gateway_instance_inflight_requests", { instance: "a" })).toBe(0)
