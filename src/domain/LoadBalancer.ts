@@ -72,12 +72,13 @@ export const LoadBalancerInput = Schema.Struct({
    */
   session_affinity: Schema.optional(Schema.Literal("sticky", "none")),
   /**
-   * stdio instances and MCP endpoint sessions: `shared` (one process for every session) or
-   * `per_session` (a process of its own for each client session, initialized with the client's
-   * capabilities, for servers that ask their client for sampling, elicitation or roots).
+   * stdio and legacy SSE instances, MCP endpoint sessions: `auto` (the default: a client session
+   * shares the instance's process only when sharing cannot change what it sees; otherwise it
+   * gets a process of its own), `shared` (one process for every session, whatever the client
+   * declared) or `per_session` (a process of its own for each client session).
    */
-  session_process: Schema.optional(Schema.Literal("shared", "per_session")),
-  /** With `per_session`: how many client sessions (processes) one instance may have at once. */
+  session_process: Schema.optional(Schema.Literal("auto", "shared", "per_session")),
+  /** How many client sessions with a process of their own one instance may have at once. */
   max_sessions_per_instance: Schema.optional(integer(1, 100_000)),
   /** Client sessions unused for this long are ended (their processes stopped). */
   session_idle_timeout: Schema.optional(Seconds)
@@ -117,7 +118,7 @@ export interface LoadBalancerSettings {
   readonly restart_window: Duration.Duration
   readonly restart_backoff: Backoff
   readonly session_affinity: "sticky" | "none"
-  readonly session_process: "shared" | "per_session"
+  readonly session_process: "auto" | "shared" | "per_session"
   readonly max_sessions_per_instance: number
   readonly session_idle_timeout: Duration.Duration
 }
@@ -154,7 +155,7 @@ export const DEFAULT_LOAD_BALANCER: LoadBalancerSettings = {
   restart_window: Duration.seconds(60),
   restart_backoff: backoff(1000, 30_000, 0.2),
   session_affinity: "sticky",
-  session_process: "shared",
+  session_process: "auto",
   max_sessions_per_instance: 16,
   session_idle_timeout: Duration.minutes(30)
 }

@@ -8,9 +8,10 @@ import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
 import type { Connection } from "../transport/Connection.js"
 import { Transport } from "../transport/Transport.js"
-import { RequestTimeout } from "../transport/TransportError.js"
+import { RequestTimeout, TransportError } from "../transport/TransportError.js"
 import { ClientSession } from "./ClientSession.js"
 import { Dispatcher } from "./Dispatcher.js"
+import { capabilitiesAllowSharing } from "./processSharing.js"
 import { Timer } from "./Timer.js"
 
 /** Why a request's session cannot be used, as the endpoint tells the client (400: none named; 404: unknown or over). */
@@ -140,27 +141,61 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           return { ...opened, scope }
         })
 
+      /**
+       * A slot for a process of the session's own on an instance (max_sessions_per_instance),
+       * taken before the process starts, so concurrent opens cannot overshoot the cap; given
+       * back if the open fails, or when the session's scope closes.
+       */
+      const reserveOwnProcess = (instance: InstanceState, max: number): boolean => {
+        const count = ownProcesses.get(instance) ?? 0
+        if (count >= max) return false
+        ownProcesses.set(instance, count + 1)
+        return true
+      }
+      const releaseOwnProcess = (instance: InstanceState) => ownProcesses.set(instance, (ownProcesses.get(instance) ?? 1) - 1)
+      const capReached = (instance: InstanceState, max: number) =>
+        `already has ${ownProcesses.get(instance) ?? max} sessions with a process of their own (max_sessions_per_instance)`
+
       const openPinned = (template: string, initializeParams: Record<string, unknown>, owner: string) =>
         Effect.gen(function*() {
-          const settings = registry.template(template)?.settings
-          const perSession = settings?.session_process === "per_session"
-          const ownProcessOn = (instance: InstanceState) => perSession && instance.definition.transport !== "http"
+          const settings = registry.template(template)!.settings
+          const mode = settings.session_process
+          const max = settings.max_sessions_per_instance
+          const requestedVersion = initializeParams.protocolVersion
+          // Known before any instance is tried: the session declares what a shared process was not initialized with.
+          const mustOwn = mode === "per_session" || (mode === "auto" && !capabilitiesAllowSharing(initializeParams))
           const { instance, value: opened } = yield* dispatcher.execute({
             template,
             method: "initialize",
             // A session can be opened anywhere: failing over never repeats anything a server did.
             retryable: () => true,
-            ineligible: (instance) => {
-              if (!ownProcessOn(instance)) return undefined
-              const count = ownProcesses.get(instance) ?? 0
-              return count >= settings!.max_sessions_per_instance
-                ? `already has ${count} sessions (max_sessions_per_instance)`
-                : undefined
-            },
-            attempt: (instance, deadline) => openOn(instance, initializeParams, ownProcessOn(instance), deadline.remainingMs())
+            ineligible: (instance) =>
+              instance.definition.transport !== "http" && mustOwn && (ownProcesses.get(instance) ?? 0) >= max
+                ? capReached(instance, max)
+                : undefined,
+            attempt: (instance, deadline) =>
+              Effect.gen(function*() {
+                let own = false
+                if (instance.definition.transport !== "http" && mode !== "shared") {
+                  own = mustOwn
+                  if (!own && mode === "auto") {
+                    // The shared process speaks the version it negotiated with the gateway: a
+                    // client asking for another one would get answers shaped for the wrong version.
+                    const shared = yield* transport.initializeResult(instance.definition)
+                    own = shared.protocolVersion !== requestedVersion
+                  }
+                  if (own && !reserveOwnProcess(instance, max)) {
+                    return yield* new TransportError({ instanceId: instance.id, message: capReached(instance, max), reachedBackend: false })
+                  }
+                }
+                const result = yield* openOn(instance, initializeParams, own, deadline.remainingMs()).pipe(
+                  Effect.onError(() => own ? Effect.sync(() => releaseOwnProcess(instance)) : Effect.void)
+                )
+                if (own) yield* Scope.addFinalizer(result.scope, Effect.sync(() => releaseOwnProcess(instance)))
+                return { ...result, own }
+              })
           })
-          const ownProcess = ownProcessOn(instance)
-          const ownBackend = instance.definition.transport === "http" || ownProcess
+          const ownBackend = instance.definition.transport === "http" || opened.own
           // An HTTP backend or a process of the session's own negotiated with the client's own
           // initialize; a shared process was initialized by the gateway.
           const protocolVersion = ownBackend ? String(opened.result.protocolVersion ?? LATEST_PROTOCOL_VERSION) : versionFor(initializeParams)
@@ -178,12 +213,11 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
               timer.now()
             )
           )
-          if (ownProcess) {
-            ownProcesses.set(instance, (ownProcesses.get(instance) ?? 0) + 1)
-            yield* Scope.addFinalizer(opened.scope, Effect.sync(() => ownProcesses.set(instance, (ownProcesses.get(instance) ?? 1) - 1)))
-          }
           yield* listenForSession(session, opened.backend)
-          yield* Effect.logDebug(`session ${session.id} of template ${template} pinned to ${instance.id}`)
+          yield* Effect.logDebug(
+            `session ${session.id} of template ${template} pinned to ${instance.id}` +
+              (instance.definition.transport === "http" ? "" : opened.own ? " (a process of its own)" : " (the shared process)")
+          )
           return { session, result: { ...(isObject(opened.result) ? opened.result : {}), protocolVersion } }
         })
 

@@ -164,7 +164,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
       /** Spans only when tracing is configured: with it off, the request path creates none (and costs nothing). */
       const span = tracing
         ? (name: string, attributes: Record<string, unknown>, kind: "internal" | "client" = "internal") =>
-          <X, E, R>(effect: Effect.Effect<X, E, R>) => Effect.withSpan(effect, name, { attributes, kind })
+          <X, E, R>(effect: Effect.Effect<X, E, R>) => Effect.withSpan(effect, name, { attributes, kind, captureStackTrace: false })
         : () => <X, E, R>(effect: Effect.Effect<X, E, R>) => effect
 
       /**

@@ -6,8 +6,9 @@ import { freePort, repoRoot, type RunningGateway, startGateway, tempDir, waitUnt
 
 /**
  * The public MCP conformance suite (server scenarios) run against a fixture server directly,
- * then through the gateway's MCP endpoint with the same server behind it over HTTP and over
- * stdio: scenario by scenario, the gateway passes at least every check the server passes.
+ * then through the gateway's MCP endpoint with the same server behind it over HTTP, stdio and
+ * legacy SSE, under the default config: scenario by scenario, the gateway passes at least every
+ * check the server passes.
  * The suite needs Node 22, installed from npm into .tmp/ (not a devDependency: the `node`
  * package would shadow Node 20 in npm scripts).
  */
@@ -39,8 +40,22 @@ const runSuite = (url: string) =>
     })
   })
 
+/** The fixture in HTTP or legacy SSE mode, on a free port, once it listens. */
+const startFixture = async (mode: "http" | "sse") => {
+  const port = await freePort()
+  const child = spawn(process.execPath, mode === "sse" ? [fixture, "sse"] : [fixture], {
+    env: { ...process.env, PORT: String(port) },
+    stdio: ["ignore", "ignore", "pipe"]
+  })
+  let log = ""
+  child.stderr!.setEncoding("utf8").on("data", (d: string) => (log += d))
+  await waitUntil(() => log.includes("listening on"), 30_000, `the fixture server (${mode})`)
+  return { child, url: `http://127.0.0.1:${port}/${mode === "sse" ? "sse" : "mcp"}` }
+}
+
 describe("MCP conformance suite through the gateway", () => {
   let server: ReturnType<typeof spawn> | undefined
+  let sseServer: ReturnType<typeof spawn> | undefined
   let gateway: RunningGateway | undefined
   let serverUrl: string
 
@@ -51,25 +66,25 @@ describe("MCP conformance suite through the gateway", () => {
         "node@22", `@modelcontextprotocol/conformance@${CONFORMANCE_VERSION}`
       ], { stdio: "ignore", timeout: 300_000 })
     }
-    const port = await freePort()
-    serverUrl = `http://127.0.0.1:${port}/mcp`
-    server = spawn(process.execPath, [fixture], { env: { ...process.env, PORT: String(port) }, stdio: ["ignore", "ignore", "pipe"] })
-    let log = ""
-    server.stderr!.setEncoding("utf8").on("data", (d: string) => (log += d))
-    await waitUntil(() => log.includes("listening on"), 30_000, "the fixture server")
+    const http = await startFixture("http")
+    const sse = await startFixture("sse")
+    server = http.child
+    sseServer = sse.child
+    serverUrl = http.url
 
     const dir = tempDir()
     const configFile = path.join(dir, "gateway.json")
+    // The default config, as a new user has it: no load_balancer settings. (The suite's sampling
+    // and elicitation scenarios need the server to see the client's capabilities: the default
+    // gives such sessions a process, or legacy SSE session, of their own.)
     writeJson(configFile, {
       templates: {
         "over-http": { instances: [{ id: "h", transport: "http", endpoint: serverUrl }] },
-        // A process per client session: the suite's sampling and elicitation scenarios need the
-        // server to see the client's capabilities. It opens a session per scenario and never ends them.
-        "over-stdio": {
-          instances: [{ id: "s", transport: "stdio", command: ["node", fixture, "stdio"] }],
-          load_balancer: { session_process: "per_session", max_sessions_per_instance: 64 }
-        }
-      }
+        "over-stdio": { instances: [{ id: "s", transport: "stdio", command: ["node", fixture, "stdio"] }] },
+        "over-sse": { instances: [{ id: "l", transport: "sse", endpoint: sse.url }] }
+      },
+      // The suite opens a session per scenario and never ends them.
+      gateway: { load_balancer: { max_sessions_per_instance: 64 } }
     })
     gateway = await startGateway({ configFile })
   }, 600_000)
@@ -77,13 +92,15 @@ describe("MCP conformance suite through the gateway", () => {
   afterAll(async () => {
     await gateway?.stop()
     server?.kill("SIGTERM")
+    sseServer?.kill("SIGTERM")
   })
 
   it("passes, scenario by scenario, at least every check the server passes directly", async () => {
     const direct = await runSuite(serverUrl)
     const throughGateway = {
       "over-http": await runSuite(`${gateway!.url}/mcp/over-http`),
-      "over-stdio": await runSuite(`${gateway!.url}/mcp/over-stdio`)
+      "over-stdio": await runSuite(`${gateway!.url}/mcp/over-stdio`),
+      "over-sse": await runSuite(`${gateway!.url}/mcp/over-sse`)
     }
     expect(Object.keys(direct).length).toBeGreaterThanOrEqual(30)
     for (const [template, results] of Object.entries(throughGateway)) {

@@ -204,7 +204,7 @@ export const waitUntil = async (condition: () => Promise<boolean> | boolean, tim
 export const mcpPostHeaders = { "content-type": "application/json", accept: "application/json, text/event-stream" }
 
 /** A raw MCP `initialize` POST (for what the SDK client does not let a test do); the session id is in the answer's headers. */
-export const initializeRaw = (endpoint: string, id: number | string = 1) =>
+export const initializeRaw = (endpoint: string, id: number | string = 1, params: Record<string, unknown> = {}) =>
   fetch(endpoint, {
     method: "POST",
     headers: mcpPostHeaders,
@@ -212,7 +212,7 @@ export const initializeRaw = (endpoint: string, id: number | string = 1) =>
       jsonrpc: "2.0",
       id,
       method: "initialize",
-      params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "e2e", version: "1" } }
+      params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "e2e", version: "1" }, ...params }
     })
   })
 
