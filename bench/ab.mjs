@@ -7,12 +7,12 @@
 //
 // --x-config merges a JSON object into that side's config (e.g. {"tracing": {...}}).
 // Needs wrk (Debian: apt-get install -y wrk). Linux only (/proc).
-import { execFileSync, spawn } from "node:child_process"
+import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
-import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
+import { freePort, start } from "./processes.mjs"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.resolve(here, "..")
@@ -27,39 +27,6 @@ const sides = {
 const rounds = Number(arg("rounds", 4))
 const seconds = Number(arg("seconds", 5))
 const connections = Number(arg("connections", 16))
-
-const children = []
-process.on("exit", () => {
-  for (const child of children) if (child.exitCode === null) child.kill("SIGTERM")
-})
-
-const freePort = () =>
-  new Promise((resolve) => {
-    const server = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-  })
-
-const start = (command, args, ready) =>
-  new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] })
-    children.push(child)
-    let output = ""
-    const timer = setTimeout(() => reject(new Error(`${command} did not start:\n${output}`)), 30_000)
-    const check = (chunk) => {
-      output += chunk
-      const value = ready(output)
-      if (value !== undefined) {
-        clearTimeout(timer)
-        resolve({ child, value })
-      }
-    }
-    child.stdout.setEncoding("utf8").on("data", check)
-    child.stderr.setEncoding("utf8").on("data", check)
-    child.on("exit", (code) => reject(new Error(`${command} exited (${code}):\n${output}`)))
-    check("")
-  })
 
 /** User + system CPU of a process, in microseconds. */
 const cpuMicros = (pid) => {

@@ -10,6 +10,7 @@ import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
+import { freePort, own, start, stopAll } from "./processes.mjs"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.resolve(here, "..")
@@ -30,41 +31,6 @@ for (const tool of ["wrk", "nginx"]) {
     process.exit(2)
   }
 }
-
-const children = []
-const cleanup = () => {
-  for (const child of children) if (child.exitCode === null) child.kill("SIGTERM")
-}
-process.on("exit", cleanup)
-process.on("SIGINT", () => process.exit(130))
-
-const freePort = () =>
-  new Promise((resolve) => {
-    const server = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-  })
-
-/** Starts a process and waits until `ready(output)` says it is up. */
-const start = (command, args, ready, options = {}) =>
-  new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], ...options })
-    children.push(child)
-    let output = ""
-    const timer = setTimeout(() => reject(new Error(`${command} did not start:\n${output}`)), 30_000)
-    const check = (chunk) => {
-      output += chunk
-      const value = ready(output)
-      if (value !== undefined) {
-        clearTimeout(timer)
-        resolve({ child, value })
-      }
-    }
-    child.stdout.setEncoding("utf8").on("data", check)
-    child.stderr.setEncoding("utf8").on("data", check)
-    child.on("exit", (code) => reject(new Error(`${command} exited (${code}):\n${output}`)))
-  })
 
 const waitForPort = async (port) => {
   for (let i = 0; i < 100; i++) {
@@ -134,7 +100,7 @@ http {
   }
 }`)
   // nginx says nothing when it is up: wait for its port instead.
-  children.push(spawn("nginx", ["-p", dir, "-c", path.join(dir, "nginx.conf"), "-g", "daemon off;"], { stdio: "ignore" }))
+  own(spawn("nginx", ["-p", dir, "-c", path.join(dir, "nginx.conf"), "-g", "daemon off;"], { stdio: "ignore" }))
   await waitForPort(nginxPort)
 
   const templates = {
@@ -205,12 +171,12 @@ http {
 
 main().then(
   () => {
-    cleanup()
+    stopAll()
     process.exit(0)
   },
   (e) => {
     console.error(`bench: ${e.message}`)
-    cleanup()
+    stopAll()
     process.exit(1)
   }
 )
