@@ -17,3 +17,9 @@ export const initializeParams = () => ({
   capabilities: {},
   clientInfo: { name: GATEWAY_NAME, version: GATEWAY_VERSION }
 })
+
+/**
+ * The modern generation (MCP 2026-07-28: no sessions, `server/discover`, the per-request
+ * `_meta` envelope) the gateway serves to clients on the same endpoint.
+ */
+export const MODERN_PROTOCOL_VERSIONS: ReadonlyArray<string> = ["2026-07-28"]

@@ -3,6 +3,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { Cause, Context, Data, Duration, Effect, FiberSet, Layer, Option } from "effect"
 import { randomUUID } from "node:crypto"
 import * as http from "node:http"
+import type * as net from "node:net"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
 import { ClientSessions } from "../proxy/ClientSessions.js"
@@ -119,9 +120,16 @@ export const HttpServerLive: Layer.Layer<
     }
 
     let inflight = 0
+    /** Requests in progress per connection: at shutdown, a connection with none is closed at once. */
+    const busy = new WeakMap<object, number>()
     const listener = (req: http.IncomingMessage, res: http.ServerResponse) => {
       inflight++
-      res.once("close", () => inflight--)
+      const socket = req.socket
+      busy.set(socket, (busy.get(socket) ?? 0) + 1)
+      res.once("close", () => {
+        inflight--
+        busy.set(socket, (busy.get(socket) ?? 1) - 1)
+      })
       const given = req.headers["x-request-id"]
       const requestId = typeof given === "string" && REQUEST_ID.test(given) ? given : randomUUID()
       req.headers["x-request-id"] = requestId
@@ -172,6 +180,18 @@ export const HttpServerLive: Layer.Layer<
       requestTimeout: 60_000,
       connectionsCheckingInterval: 5_000
     }, listener)
+    // Every connection, to close at shutdown those that carry no request: Node's
+    // closeIdleConnections skips connections that never sent one (clients open spare
+    // connections ahead of need), which would hold shutdown for the whole drain.
+    const sockets = new Set<net.Socket>()
+    server.on("connection", (socket: net.Socket) => {
+      sockets.add(socket)
+      socket.once("close", () => sockets.delete(socket))
+    })
+    const closeUnused = () => {
+      server.closeIdleConnections()
+      for (const socket of sockets) if ((busy.get(socket) ?? 0) === 0) socket.destroy()
+    }
     yield* Effect.acquireRelease(
       Effect.async<void, ListenError>((resume) => {
         const onError = (e: NodeJS.ErrnoException) =>
@@ -196,13 +216,13 @@ export const HttpServerLive: Layer.Layer<
             const cut = setTimeout(() => server.closeAllConnections(), Duration.toMillis(drain))
             // A keep-alive connection whose request finishes during the drain turns idle; close it
             // then, rather than wait for the whole drain.
-            const idle = setInterval(() => server.closeIdleConnections(), 100)
+            const idle = setInterval(closeUnused, 100)
             server.close(() => {
               clearTimeout(cut)
               clearInterval(idle)
               resume(Effect.void)
             })
-            server.closeIdleConnections()
+            closeUnused()
           })
           yield* Effect.logInfo("HTTP server closed")
         })

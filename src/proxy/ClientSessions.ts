@@ -1,4 +1,4 @@
-import { Context, Duration, Effect, ExecutionStrategy, Exit, Fiber, Layer, Schedule, Scope } from "effect"
+import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Schedule, Scope } from "effect"
 import { randomBytes } from "node:crypto"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
@@ -40,6 +40,16 @@ export interface ClientSessionsShape {
   readonly close: (id: string) => Effect.Effect<boolean>
   /** Ends every session pinned to an instance (after it drained). */
   readonly closePinnedTo: (instance: InstanceState) => Effect.Effect<void>
+  /**
+   * The backend session that serves a modern (2026-07-28) client, which has no session of its
+   * own: one per template, caller and declared client (capabilities, client name), opened on
+   * first use like an `initialize` would, and kept until it idles out or its server goes.
+   */
+  readonly forModernClient: (
+    template: string,
+    owner: string,
+    initializeParams: Record<string, unknown>
+  ) => Effect.Effect<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError | SessionLimitReached>
   readonly size: () => number
   /** Sessions open, by template and protocol version (what `/metrics` and `/gateway/stats` show). */
   readonly counts: () => ReadonlyArray<{ readonly template: string; readonly protocolVersion: string; readonly count: number }>
@@ -47,6 +57,10 @@ export interface ClientSessionsShape {
 
 /** How often sessions idle past their template's session_idle_timeout are ended (clients that vanished without DELETE). */
 const REAP_EVERY = Duration.seconds(10)
+
+/** JSON with object keys sorted: equal values, equal text (capabilities compared as declared). */
+const canonicalJson = (value: unknown): string =>
+  JSON.stringify(value, (_, v) => isObject(v) && !Array.isArray(v) ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]])) : v)
 
 /** 128 bits from the system's CSPRNG, as the MCP spec asks of session ids. */
 const newSessionId = () => randomBytes(16).toString("hex")
@@ -73,11 +87,20 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       /** Open sessions by owner: what max_sessions_per_client caps. */
       const byOwner = new Map<string, number>()
 
+      /** Backend sessions of modern clients, by who they serve (see forModernClient). */
+      const modern = new Map<string, Deferred.Deferred<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError | SessionLimitReached>>()
+      const modernKeyOf = new Map<string, string>()
+
       const close = (id: string) =>
         Effect.suspend(() => {
           const session = sessions.get(id)
           if (session === undefined) return Effect.succeed(false)
           sessions.delete(id)
+          const key = modernKeyOf.get(id)
+          if (key !== undefined) {
+            modernKeyOf.delete(id)
+            modern.delete(key)
+          }
           const owned = (byOwner.get(session.owner) ?? 1) - 1
           if (owned === 0) byOwner.delete(session.owner)
           else byOwner.set(session.owner, owned)
@@ -242,6 +265,33 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             : openPinned(template, initializeParams, owner)
         )
 
+      const forModernClient: ClientSessionsShape["forModernClient"] = (template, owner, initializeParams) =>
+        Effect.suspend(() => {
+          const clientInfo = isObject(initializeParams.clientInfo) ? initializeParams.clientInfo : {}
+          const key = JSON.stringify([template, owner, canonicalJson(initializeParams.capabilities ?? {}), String(clientInfo.name ?? "")])
+          const existing = modern.get(key)
+          if (existing !== undefined) {
+            return Effect.flatMap(Deferred.await(existing), (opened) => {
+              // A session that ended (idle, or its server went) is opened anew.
+              if (sessions.has(opened.session.id)) return Effect.succeed(opened)
+              if (modern.get(key) === existing) modern.delete(key)
+              return forModernClient(template, owner, initializeParams)
+            })
+          }
+          const deferred = Deferred.unsafeMake<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError | SessionLimitReached>(FiberId.none)
+          modern.set(key, deferred)
+          return open(template, initializeParams, owner).pipe(
+            Effect.tap((opened) => Effect.sync(() => modernKeyOf.set(opened.session.id, key))),
+            Effect.onExit((exit) =>
+              Effect.suspend(() => {
+                // A failed opening is not remembered: the next request tries again.
+                if (exit._tag === "Failure" && modern.get(key) === deferred) modern.delete(key)
+                return Deferred.done(deferred, exit)
+              })
+            )
+          )
+        })
+
       const resolve: ClientSessionsShape["resolve"] = (id, template, owner) => {
         if (id === undefined || id === "") return { status: 400, message: "Bad Request: Mcp-Session-Id header is required" }
         const session = sessions.get(id)
@@ -302,7 +352,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         return Array.from(byKey.values())
       }
 
-      return { open, resolve, close, closePinnedTo, size: () => sessions.size, counts }
+      return { open, resolve, close, closePinnedTo, forModernClient, size: () => sessions.size, counts }
     })
   )
 }

@@ -17,6 +17,8 @@ import type { ClientSessionsShape } from "../../proxy/ClientSessions.js"
 import { forwardedHeaders } from "../forwardedHeaders.js"
 import { type BodyLimits, readJsonBody, type RunEffect, sendJson } from "../raw.js"
 import type { makeRequestTelemetry } from "../requestTelemetry.js"
+import { makeModernHandler } from "./modern.js"
+import { envelopeVersion, isModernVersion } from "./modernEnvelope.js"
 import { accepts, rpcError } from "./rpc.js"
 import { carry, openRequestStream, writeOneEventStream } from "./sse.js"
 
@@ -41,6 +43,13 @@ export const makePostHandler = (deps: {
   readonly telemetry: ReturnType<typeof makeRequestTelemetry>
 }) => {
   const { run, sessions } = deps
+  const modern = makeModernHandler({
+    sessions,
+    run,
+    telemetry: deps.telemetry,
+    logDefect: deps.logDefect,
+    forwardedHeaders: (req, template, requestId) => forwardedHeaders(req, deps.forwardHeaders(template), requestId)
+  })
 
   const initialize = (
     req: http.IncomingMessage,
@@ -153,7 +162,8 @@ export const makePostHandler = (deps: {
       return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list application/json and text/event-stream"))
     }
     const version = req.headers["mcp-protocol-version"]
-    if (typeof version === "string" && !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
+    // (A modern version is checked against the request's envelope, below.)
+    if (typeof version === "string" && !SUPPORTED_PROTOCOL_VERSIONS.includes(version) && !isModernVersion(version)) {
       req.resume()
       return sendJson(
         res,
@@ -172,6 +182,19 @@ export const makePostHandler = (deps: {
       }
       if (!isObject(message) || message.jsonrpc !== "2.0") {
         return sendJson(res, 400, rpcError(null, ErrorCode.InvalidRequest, "Bad Request: expected one JSON-RPC 2.0 message"))
+      }
+      // The two generations on one URL, told apart as the 2026-07-28 revision says: a request
+      // whose envelope (or version header) claims a modern version, with no session, is modern.
+      if (req.headers["mcp-session-id"] === undefined && (isModernVersion(envelopeVersion(message)) || isModernVersion(version))) {
+        if (isRequest(message)) {
+          if (!deps.templateExists(template)) {
+            return sendJson(res, 404, rpcError(message.id, ErrorCode.MethodNotFound, `unknown template "${template}"`))
+          }
+          return modern(req, res, requestId, template, owner, message)
+        }
+        // The revision defines no client notifications over HTTP (an SDK cancelling a listen sends one): accepted, dropped.
+        res.writeHead(202).end()
+        return
       }
       if (isRequest(message) && message.method === "initialize") {
         if (!deps.templateExists(template)) {
