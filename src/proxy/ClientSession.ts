@@ -56,6 +56,13 @@ export class ClientSession {
   readonly onClose = new Set<() => void>()
   /** When the client last used the session (epoch ms, the Clock's). */
   lastSeen: number
+  /**
+   * The session serves a client of the 2026-07-28 revision: it has no standing stream, so what
+   * its server asks outside a request's own relay goes to a request in flight (see askRelay).
+   */
+  servesModernClient = false
+  /** Relays of the requests in flight that take the server's questions, oldest first. */
+  private readonly askRelays: Array<NonNullable<RequestOptions["onServerRequest"]>> = []
 
   constructor(
     /** The gateway's own session id (what the client sends as MCP-Session-Id); never the backend's. */
@@ -82,6 +89,15 @@ export class ClientSession {
   /** The backend's generation when the session began: a change means the server it talked to restarted. */
   readonly generation: number
 
+  /**
+   * Where a question the server asked outside any request's relay goes (a process of the
+   * session's own says nothing of which request it concerns): the latest request in flight
+   * that takes questions, if any.
+   */
+  askRelay(): NonNullable<RequestOptions["onServerRequest"]> | undefined {
+    return this.askRelays.at(-1)
+  }
+
   /** Whether the server state the client talked to is gone (its process restarted or died, its HTTP session ended). */
   get backendLost(): boolean {
     return this.backend !== undefined && (!this.backend.alive() || this.backend.generation() !== this.generation)
@@ -94,7 +110,12 @@ export class ClientSession {
     relay: Pick<RequestOptions, "onNotification" | "onServerRequest">,
     headers?: Readonly<Record<string, string>>
   ): Effect.Effect<SessionAnswer> {
+    const ask = relay.onServerRequest
+    if (ask !== undefined) this.askRelays.push(ask)
     return this.dispatcher.call(this.template, method, params, { instance: this.instance, connection: this.backend, relay, headers }).pipe(
+      Effect.ensuring(Effect.sync(() => {
+        if (ask !== undefined) this.askRelays.splice(this.askRelays.indexOf(ask), 1)
+      })),
       Effect.match({
         onSuccess: (r): SessionAnswer => {
           if (method === "resources/subscribe" && typeof params?.uri === "string") this.subscriptions.add(params.uri)

@@ -248,8 +248,17 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const listenForSession = (session: ClientSession, backend: Connection) =>
         backend.listen((message, reply) => {
           if (isRequest(message)) {
-            if (reply !== undefined) session.relayServerRequest(message, reply, (m) => session.outbox.push(m))
-            return
+            if (reply === undefined) return
+            if (!session.servesModernClient) return void session.relayServerRequest(message, reply, (m) => session.outbox.push(m))
+            // A modern client has no stream outside its requests: the question goes to a request
+            // in flight, or is refused at once rather than left waiting for ever.
+            const relay = session.askRelay()
+            if (relay !== undefined) return relay(message, reply)
+            return reply({
+              jsonrpc: "2.0",
+              id: message.id,
+              error: { code: -32601, message: `${message.method}: the client speaks MCP 2026-07-28 and has no request in flight to answer it` }
+            })
           }
           if (message.method === "notifications/resources/updated" && isObject(message.params)) {
             if (!session.subscriptions.has(String(message.params.uri))) return
@@ -281,7 +290,12 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           const deferred = Deferred.unsafeMake<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError | SessionLimitReached>(FiberId.none)
           modern.set(key, deferred)
           return open(template, initializeParams, owner).pipe(
-            Effect.tap((opened) => Effect.sync(() => modernKeyOf.set(opened.session.id, key))),
+            Effect.tap((opened) =>
+              Effect.sync(() => {
+                modernKeyOf.set(opened.session.id, key)
+                opened.session.servesModernClient = true
+              })
+            ),
             Effect.onExit((exit) =>
               Effect.suspend(() => {
                 // A failed opening is not remembered: the next request tries again.

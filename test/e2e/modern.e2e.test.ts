@@ -116,6 +116,47 @@ describe("modern (2026-07-28) clients on the MCP endpoint", () => {
     })
   }
 
+  for (const template of ["stdio", "http"]) {
+    it(`${template}: what the server asks mid-call (sampling, elicitation) reaches the modern client as input_required, and its answers go back`, async () => {
+      const client = new ModernClient(
+        { name: "modern-asked", version: "1.0.0" },
+        { versionNegotiation: { mode: "auto" }, capabilities: { sampling: {}, elicitation: { form: {} } } }
+      )
+      const asked: Array<string> = []
+      client.setRequestHandler("sampling/createMessage", async (request: { params: { messages: Array<{ content: unknown }> } }) => {
+        asked.push("sampling")
+        return { role: "assistant", content: { type: "text", text: `sampled ${JSON.stringify(request.params.messages[0]?.content)}` }, model: "m", stopReason: "endTurn" }
+      })
+      client.setRequestHandler("elicitation/create", async () => {
+        asked.push("elicitation")
+        return { action: "decline" }
+      })
+      await client.connect(new ModernTransport(new URL(`${gateway.url}/mcp/${template}`)))
+      closers.push(() => client.close())
+      expect(client.getProtocolEra()).toBe("modern")
+      const tools = (await client.listTools()).tools.map((t: { name: string }) => t.name)
+      expect(tools).toContain("trigger-sampling-request")
+
+      const sampled = await client.callTool({ name: "trigger-sampling-request", arguments: { prompt: "hello" } })
+      expect(JSON.stringify(sampled.content)).toContain("sampled")
+      expect(JSON.stringify(sampled.content)).toContain("hello")
+      const elicited = await client.callTool({ name: "trigger-elicitation-request", arguments: {} })
+      expect(JSON.stringify(elicited.content)).toMatch(/decline/i)
+      expect(asked).toEqual(["sampling", "elicitation"])
+    })
+  }
+
+  it("a requestState the gateway did not give is refused, in-band", async () => {
+    const response = await modernPost(`${gateway.url}/mcp/stdio`, "tools/call", {
+      name: "echo",
+      arguments: { message: "x" },
+      requestState: "forged",
+      inputResponses: { "input-1": { action: "accept" } }
+    }, { "mcp-name": "echo" })
+    expect(response.status).toBe(200)
+    expect(((await response.json()) as { error: { code: number; message: string } }).error).toMatchObject({ code: -32602, message: "Invalid or expired requestState" })
+  })
+
   it("an old client and a modern one on the same URL, at the same time", async () => {
     const [old, fresh] = await Promise.all([legacy(`${gateway.url}/mcp/stdio`), modern("stdio")])
     const [a, b] = await Promise.all([

@@ -1,4 +1,4 @@
-import { Effect, FiberSet } from "effect"
+import { Duration, Effect, FiberSet } from "effect"
 import type * as http from "node:http"
 import { GatewayConfig } from "../../config/GatewayConfig.js"
 import type { Identity } from "../../domain/Identity.js"
@@ -31,7 +31,9 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     limits: { maxBytes: config.gateway.maxBodyBytes, maxDepth: config.gateway.maxJsonDepth },
     run,
     logDefect: (cause) => void run(Effect.logError("MCP endpoint request failed", cause)),
-    telemetry: makeRequestTelemetry(config.tracing !== undefined)
+    telemetry: makeRequestTelemetry(config.tracing !== undefined),
+    // As long as a request may take: the client's answer (a person filling a form) may take that long.
+    inputWaitMs: Duration.toMillis(config.gateway.defaults.max_timeout)
   })
   const standing = makeStandingStreams(sessions)
 

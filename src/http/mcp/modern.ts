@@ -3,12 +3,13 @@ import type * as http from "node:http"
 import type { DispatchError, SessionLimitReached } from "../../domain/GatewayError.js"
 import { ErrorCode, isObject, type JsonRpcId, type JsonRpcRequest, type JsonRpcResponse } from "../../domain/JsonRpc.js"
 import { LATEST_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSIONS } from "../../domain/Protocol.js"
-import type { SessionAnswer } from "../../proxy/ClientSession.js"
+import type { ClientSession, SessionAnswer } from "../../proxy/ClientSession.js"
 import type { ClientSessionsShape } from "../../proxy/ClientSessions.js"
 import { sendJson } from "../raw.js"
 import type { RunEffect } from "../raw.js"
 import type { makeRequestTelemetry } from "../requestTelemetry.js"
 import { META, type ModernRequest, readModernRequest } from "./modernEnvelope.js"
+import { CallEvents, makeParkedCalls, type ParkedCall } from "./parkedCalls.js"
 import { rpcError } from "./rpc.js"
 
 /** Results the revision requires caching hints on; without hints from the server, "do not cache". */
@@ -59,71 +60,126 @@ export const makeModernHandler = (deps: {
   readonly telemetry: ReturnType<typeof makeRequestTelemetry>
   readonly logDefect: (cause: Cause.Cause<unknown>) => void
   readonly forwardedHeaders: (req: http.IncomingMessage, template: string, requestId: string) => Record<string, string>
-}) =>
-(req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, owner: string, message: JsonRpcRequest) => {
-  const request = readModernRequest(req, message)
-  if ("status" in request) return sendJson(res, request.status, request.body)
-  const { id, method } = request
+  /** How long a call waits for the client to come back with the input its server asked for. */
+  readonly inputWaitMs: number
+}) => {
+  const parked = makeParkedCalls<Exit.Exit<Outcome, DispatchError | SessionLimitReached>>(deps.inputWaitMs)
 
-  // Notifications before the answer (progress, log lines) turn the answer into an SSE stream.
-  let streaming = false
-  const event = (payload: unknown) => {
-    if (res.destroyed) return
-    if (!streaming) {
-      streaming = true
-      res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache, no-transform", "x-accel-buffering": "no" })
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, owner: string, message: JsonRpcRequest) => {
+    const request = readModernRequest(req, message)
+    if ("status" in request) return sendJson(res, request.status, request.body)
+    const { id, method } = request
+    const responder = new Responder(res)
+    const mayAsk = INPUT_METHODS.has(method)
+
+    // A retry with the answers to what the server asked: the call it continues goes on.
+    if (mayAsk && request.params.requestState !== undefined) {
+      const call = parked.take(request.params.requestState, owner, template, method)
+      if (call === undefined) {
+        return responder.answer(200, rpcError(id, ErrorCode.InvalidParams, "Invalid or expired requestState"))
+      }
+      const responses = isObject(request.params.inputResponses) ? request.params.inputResponses : {}
+      for (const [key, ask] of call.asked) {
+        const response = responses[key]
+        ask.reply(
+          response === undefined
+            ? { jsonrpc: "2.0", id: ask.request.id, error: { code: ErrorCode.InvalidParams, message: `the client gave no answer to ${ask.request.method}` } }
+            : { jsonrpc: "2.0", id: ask.request.id, result: isObject(response) ? response : {} }
+        )
+      }
+      call.retarget(responder)
+      return follow(responder, id, call, owner, template, method)
     }
-    res.write(`event: message\ndata: ${JSON.stringify(payload)}\n\n`)
-  }
-  const answer = (status: number, payload: unknown, headers?: http.OutgoingHttpHeaders) => {
-    if (!streaming) return sendJson(res, status, payload, headers)
-    if (!res.destroyed) res.end(`event: message\ndata: ${JSON.stringify(payload)}\n\n`)
+
+    // Notifications before the answer (progress) go to whichever response of the call is open.
+    const target = { current: responder }
+    const events = new CallEvents<Exit.Exit<Outcome, DispatchError | SessionLimitReached>>()
+    const onServerRequest = (serverRequest: JsonRpcRequest, reply: (response: JsonRpcResponse) => void) => {
+      if (mayAsk) return events.push({ _tag: "Ask", ask: { request: serverRequest, reply } })
+      // Only tools/call, prompts/get and resources/read may ask the client for input.
+      reply({
+        jsonrpc: "2.0",
+        id: serverRequest.id,
+        error: { code: ErrorCode.MethodNotFound, message: `${serverRequest.method}: the client speaks MCP ${request.version}, where ${method} cannot ask it for input` }
+      })
+    }
+    const once = Effect.flatMap(deps.sessions.forModernClient(template, owner, initializeParamsOf(request)), ({ session, result: initialized }) =>
+      method === "server/discover"
+        ? Effect.succeed<Outcome>({ answer: undefined, initialized, session })
+        : Effect.map(
+          session.request(method, request.params, { onNotification: (n) => target.current.event(n), onServerRequest }, deps.forwardedHeaders(req, template, requestId)),
+          (answer): Outcome => ({ answer, initialized, session })
+        ))
+    // A backend session that ended (its process restarted, the server forgot it) is the gateway's
+    // to renew: the client has no session to lose. Once.
+    const work = Effect.flatMap(once, (outcome) =>
+      outcome.answer?._tag === "Gone" ? Effect.zipRight(deps.sessions.close(outcome.session.id), once) : Effect.succeed(outcome))
+
+    const fork = deps.telemetry(deps.run, req, requestId, () => ({ "mcp.template": template, "mcp.method": method, "mcp.protocol_version": request.version }))
+    const fiber = fork(work)
+    fiber.addObserver((exit) => events.push({ _tag: "Done", outcome: exit }))
+    const call: ParkedCall<Exit.Exit<Outcome, DispatchError | SessionLimitReached>> = {
+      owner,
+      template,
+      method,
+      events,
+      asked: new Map(),
+      cancel: () => fiber.unsafeInterruptAsFork(FiberId.none),
+      retarget: (next) => void (target.current = next as Responder)
+    }
+    follow(responder, id, call, owner, template, method)
   }
 
-  // An old backend may ask "its client" for sampling, elicitation or roots mid-request; the
-  // revision has no server-initiated requests, and the gateway does not yet turn them into an
-  // input_required result, so the server is told no.
-  const onServerRequest = (serverRequest: JsonRpcRequest, reply: (response: JsonRpcResponse) => void) =>
-    reply({
-      jsonrpc: "2.0",
-      id: serverRequest.id,
-      error: { code: ErrorCode.MethodNotFound, message: `${serverRequest.method}: the client speaks MCP ${request.version}, which has no server-initiated requests` }
+  /**
+   * Answers a client request with the call's next event: its outcome, or the server's question
+   * as an `input_required` result (the call waits, parked, for the client's retry).
+   */
+  const follow = (
+    responder: Responder,
+    id: JsonRpcId,
+    call: ParkedCall<Exit.Exit<Outcome, DispatchError | SessionLimitReached>>,
+    owner: string,
+    template: string,
+    method: string
+  ) => {
+    // Closing the response stream is cancellation in this revision.
+    const onClose = () => {
+      if (!responder.res.writableFinished) call.cancel()
+    }
+    responder.res.once("close", onClose)
+    call.events.next((event) => {
+      responder.res.off("close", onClose)
+      if (event._tag === "Done") return finish(responder, id, method, event.outcome)
+      const key = `input-${++asks}`
+      const asked = new Map([[key, event.ask]])
+      const state = parked.park({ ...call, owner, template, method, asked })
+      responder.answer(200, {
+        jsonrpc: "2.0",
+        id,
+        result: {
+          resultType: "input_required",
+          inputRequests: { [key]: { method: event.ask.request.method, params: event.ask.request.params ?? {} } },
+          requestState: state
+        }
+      })
     })
-
-  const once = Effect.flatMap(deps.sessions.forModernClient(template, owner, initializeParamsOf(request)), ({ session, result: initialized }) =>
-    method === "server/discover"
-      ? Effect.succeed({ answer: undefined as SessionAnswer | undefined, initialized, session })
-      : Effect.map(
-        session.request(method, request.params, { onNotification: event, onServerRequest }, deps.forwardedHeaders(req, template, requestId)),
-        (answer) => ({ answer: answer as SessionAnswer | undefined, initialized, session })
-      ))
-  // A backend session that ended (its process restarted, the server forgot it) is the gateway's
-  // to renew: the client has no session to lose. Once.
-  const work = Effect.flatMap(once, (outcome) =>
-    outcome.answer?._tag === "Gone" ? Effect.zipRight(deps.sessions.close(outcome.session.id), once) : Effect.succeed(outcome))
-
-  const fork = deps.telemetry(deps.run, req, requestId, () => ({ "mcp.template": template, "mcp.method": method, "mcp.protocol_version": request.version }))
-  const fiber = fork(work)
-  // Closing the response stream is cancellation in this revision.
-  const onClose = () => {
-    if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)
   }
-  res.once("close", onClose)
-  fiber.addObserver((exit) => {
-    res.off("close", onClose)
-    if (Exit.isSuccess(exit)) return respond(id, exit.value.answer, exit.value.initialized)
+  let asks = 0
+
+  const finish = (responder: Responder, id: JsonRpcId, method: string, exit: Exit.Exit<Outcome, DispatchError | SessionLimitReached>) => {
+    if (Exit.isSuccess(exit)) return respond(responder, id, method, exit.value.answer, exit.value.initialized)
     const failure = Cause.failureOption(exit.cause)
-    if (Option.isSome(failure)) return refuse(id, failure.value)
+    if (Option.isSome(failure)) return refuse(responder, id, failure.value)
     if (!Cause.isInterruptedOnly(exit.cause)) {
       deps.logDefect(exit.cause)
-      answer(500, rpcError(id, ErrorCode.InternalError, "the gateway failed to handle the request; see its log"))
+      responder.answer(500, rpcError(id, ErrorCode.InternalError, "the gateway failed to handle the request; see its log"))
     }
-  })
+  }
 
-  const respond = (id: JsonRpcId, outcome: SessionAnswer | undefined, initialized: Record<string, unknown>) => {
+  const respond = (responder: Responder, id: JsonRpcId, method: string, outcome: SessionAnswer | undefined, initialized: Record<string, unknown>) => {
     if (outcome === undefined) {
       // server/discover, from what the backend said when it was initialized for this client.
-      return answer(200, {
+      return responder.answer(200, {
         jsonrpc: "2.0",
         id,
         result: {
@@ -139,9 +195,9 @@ export const makeModernHandler = (deps: {
     }
     switch (outcome._tag) {
       case "Answer": {
-        if ("error" in outcome.message) return answer(200, { jsonrpc: "2.0", id, error: outcome.message.error })
+        if ("error" in outcome.message) return responder.answer(200, { jsonrpc: "2.0", id, error: outcome.message.error })
         const result = isObject(outcome.message.result) ? outcome.message.result : {}
-        return answer(200, {
+        return responder.answer(200, {
           jsonrpc: "2.0",
           id,
           result: {
@@ -153,13 +209,13 @@ export const makeModernHandler = (deps: {
         })
       }
       case "Gone":
-        return answer(503, rpcError(id, ErrorCode.InternalError, outcome.message), { "retry-after": "1" })
+        return responder.answer(503, rpcError(id, ErrorCode.InternalError, outcome.message), { "retry-after": "1" })
       case "Unavailable":
-        return answer(503, rpcError(id, ErrorCode.InternalError, outcome.message), { "retry-after": String(outcome.retryAfterSeconds) })
+        return responder.answer(503, rpcError(id, ErrorCode.InternalError, outcome.message), { "retry-after": String(outcome.retryAfterSeconds) })
     }
   }
 
-  const refuse = (id: JsonRpcId, error: DispatchError | SessionLimitReached) => {
+  const refuse = (responder: Responder, id: JsonRpcId, error: DispatchError | SessionLimitReached) => {
     const status = error._tag === "TemplateNotFound"
       ? 404
       : error._tag === "NoHealthyInstance" || (error._tag === "SessionLimitReached" && error.scope === "gateway")
@@ -168,6 +224,40 @@ export const makeModernHandler = (deps: {
       ? 429
       : 502
     const retryAfter = error._tag === "NoHealthyInstance" ? error.retryAfterSeconds : error._tag === "SessionLimitReached" ? 60 : undefined
-    answer(status, rpcError(id, ErrorCode.InternalError, error.message), retryAfter === undefined ? undefined : { "retry-after": String(retryAfter) })
+    responder.answer(status, rpcError(id, ErrorCode.InternalError, error.message), retryAfter === undefined ? undefined : { "retry-after": String(retryAfter) })
+  }
+
+  return handle
+}
+
+interface Outcome {
+  readonly answer: SessionAnswer | undefined
+  readonly initialized: Record<string, unknown>
+  readonly session: ClientSession
+}
+
+/** Methods whose server may ask the client for input (the revision's input_required results). */
+const INPUT_METHODS: ReadonlySet<string> = new Set(["tools/call", "prompts/get", "resources/read"])
+
+/**
+ * One HTTP response of a modern request: a single JSON answer, or, when notifications come
+ * first (progress), an SSE stream that the answer ends.
+ */
+class Responder {
+  private streaming = false
+  constructor(readonly res: http.ServerResponse) {}
+
+  event(payload: unknown) {
+    if (this.res.writableEnded || this.res.destroyed) return
+    if (!this.streaming) {
+      this.streaming = true
+      this.res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache, no-transform", "x-accel-buffering": "no" })
+    }
+    this.res.write(`event: message\ndata: ${JSON.stringify(payload)}\n\n`)
+  }
+
+  answer(status: number, payload: unknown, headers?: http.OutgoingHttpHeaders) {
+    if (!this.streaming) return sendJson(this.res, status, payload, headers)
+    if (!this.res.writableEnded && !this.res.destroyed) this.res.end(`event: message\ndata: ${JSON.stringify(payload)}\n\n`)
   }
 }

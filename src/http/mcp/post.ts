@@ -41,6 +41,8 @@ export const makePostHandler = (deps: {
   readonly run: RunEffect
   readonly logDefect: (cause: Cause.Cause<unknown>) => void
   readonly telemetry: ReturnType<typeof makeRequestTelemetry>
+  /** How long a modern client's call waits for the input its server asked for (modern.ts). */
+  readonly inputWaitMs: number
 }) => {
   const { run, sessions } = deps
   const modern = makeModernHandler({
@@ -48,7 +50,8 @@ export const makePostHandler = (deps: {
     run,
     telemetry: deps.telemetry,
     logDefect: deps.logDefect,
-    forwardedHeaders: (req, template, requestId) => forwardedHeaders(req, deps.forwardHeaders(template), requestId)
+    forwardedHeaders: (req, template, requestId) => forwardedHeaders(req, deps.forwardHeaders(template), requestId),
+    inputWaitMs: deps.inputWaitMs
   })
 
   const initialize = (
