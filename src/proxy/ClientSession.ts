@@ -61,6 +61,11 @@ export class ClientSession {
    * its server asks outside a request's own relay goes to a request in flight (see askRelay).
    */
   servesModernClient = false
+  /**
+   * For a modern client: what the server sends outside requests (list changes, resource
+   * updates) goes to these (its `subscriptions/listen` streams) instead of a standing stream.
+   */
+  readonly listeners = new Set<(message: { readonly method: string; readonly params?: unknown }) => void>()
   /** Relays of the requests in flight that take the server's questions, oldest first. */
   private readonly askRelays: Array<NonNullable<RequestOptions["onServerRequest"]>> = []
 

@@ -263,6 +263,10 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           if (message.method === "notifications/resources/updated" && isObject(message.params)) {
             if (!session.subscriptions.has(String(message.params.uri))) return
           }
+          if (session.servesModernClient) {
+            for (const listener of session.listeners) listener(message)
+            return
+          }
           session.outbox.push(message)
         }).pipe(Scope.extend(session.scope))
 
@@ -282,7 +286,10 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           if (existing !== undefined) {
             return Effect.flatMap(Deferred.await(existing), (opened) => {
               // A session that ended (idle, or its server went) is opened anew.
-              if (sessions.has(opened.session.id)) return Effect.succeed(opened)
+              if (sessions.has(opened.session.id)) {
+                opened.session.lastSeen = timer.now()
+                return Effect.succeed(opened)
+              }
               if (modern.get(key) === existing) modern.delete(key)
               return forModernClient(template, owner, initializeParams)
             })

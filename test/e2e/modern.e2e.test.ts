@@ -146,6 +146,23 @@ describe("modern (2026-07-28) clients on the MCP endpoint", () => {
     })
   }
 
+  for (const template of ["stdio", "http"]) {
+    it(`${template}: subscriptions/listen carries resource updates of the resources listened to, and ends when the client closes it`, async () => {
+      const client = await modern(template)
+      const uri = "demo://resource/static/document/architecture.md"
+      const updates: Array<string> = []
+      client.setNotificationHandler("notifications/resources/updated", (n: { params: { uri: string } }) => void updates.push(n.params.uri))
+      const subscription = await client.listen({ resourceSubscriptions: [uri], promptsListChanged: true })
+      expect(subscription.honoredFilter).toMatchObject({ resourceSubscriptions: [uri] })
+      await client.callTool({ name: "toggle-subscriber-updates", arguments: {} })
+      await waitUntil(() => updates.length > 0, 10_000, "a resource update on the listen stream")
+      expect(updates[0]).toBe(uri)
+      await client.callTool({ name: "toggle-subscriber-updates", arguments: {} })
+      await subscription.close()
+      expect(await subscription.closed).toBe("local")
+    })
+  }
+
   it("a requestState the gateway did not give is refused, in-band", async () => {
     const response = await modernPost(`${gateway.url}/mcp/stdio`, "tools/call", {
       name: "echo",

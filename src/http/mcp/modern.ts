@@ -15,24 +15,11 @@ import { rpcError } from "./rpc.js"
 /** Results the revision requires caching hints on; without hints from the server, "do not cache". */
 const CACHEABLE = new Set(["tools/list", "resources/list", "resources/templates/list", "resources/read", "prompts/list"])
 
-/**
- * What a modern client is told the server can do. Until the gateway carries
- * `subscriptions/listen`, it does not promise list-change or resource-update notifications;
- * `logging` is gone from the revision (its `notifications/message` needs a per-request level).
- */
+/** What a modern client is told the server can do: `logging` is gone from the revision (its `notifications/message` needs a per-request level). */
 const modernCapabilities = (capabilities: unknown): Record<string, unknown> => {
   if (!isObject(capabilities)) return {}
-  const out: Record<string, unknown> = {}
-  for (const [name, value] of Object.entries(capabilities)) {
-    if (name === "logging") continue
-    if (isObject(value)) {
-      const { listChanged: _listChanged, subscribe: _subscribe, ...rest } = value
-      out[name] = rest
-    } else {
-      out[name] = value
-    }
-  }
-  return out
+  const { logging: _logging, ...rest } = capabilities
+  return rest
 }
 
 /** The `initialize` an old backend gets on behalf of a modern client (its own info and capabilities). */
@@ -70,6 +57,7 @@ export const makeModernHandler = (deps: {
     if ("status" in request) return sendJson(res, request.status, request.body)
     const { id, method } = request
     const responder = new Responder(res)
+    if (method === "subscriptions/listen") return listen(req, responder, requestId, template, owner, request)
     const mayAsk = INPUT_METHODS.has(method)
 
     // A retry with the answers to what the server asked: the call it continues goes on.
@@ -227,8 +215,111 @@ export const makeModernHandler = (deps: {
     responder.answer(status, rpcError(id, ErrorCode.InternalError, error.message), retryAfter === undefined ? undefined : { "retry-after": String(retryAfter) })
   }
 
+  /**
+   * `subscriptions/listen`: a stream of what the server says outside requests, filtered as the
+   * client asked. The backend session the gateway keeps for this client forwards its list
+   * changes and resource updates here (resources subscribed on the old server with
+   * `resources/subscribe`, unsubscribed when the last stream that wanted them closes). The
+   * stream opens with the acknowledgement (what is honoured: only what the server offers),
+   * carries `: keepalive` comments, and ends with a response to the listen request when the
+   * backend session ends.
+   */
+  const listen = (req: http.IncomingMessage, responder: Responder, requestId: string, template: string, owner: string, request: ModernRequest) => {
+    const { id } = request
+    const filter = request.params.notifications
+    if (!isObject(filter)) {
+      return responder.answer(200, rpcError(id, ErrorCode.InvalidParams, "Invalid params: 'notifications' is required and must be a valid SubscriptionFilter"))
+    }
+    const wanted = Array.isArray(filter.resourceSubscriptions) ? filter.resourceSubscriptions.filter((u): u is string => typeof u === "string") : []
+    const open = Effect.flatMap(deps.sessions.forModernClient(template, owner, initializeParamsOf(request)), ({ session, result: initialized }) => {
+      const capabilities = isObject(initialized.capabilities) ? initialized.capabilities : {}
+      const resources = isObject(capabilities.resources) ? capabilities.resources : {}
+      const uris = resources.subscribe === true ? wanted : []
+      return Effect.map(
+        Effect.forEach(uris, (uri) => Effect.map(subscribe(session, uri), (ok) => (ok ? [uri] : [])), { concurrency: "unbounded" }),
+        (subscribed) => ({ session, initialized, capabilities, uris: subscribed.flat() })
+      )
+    })
+    deps.telemetry(deps.run, req, requestId, () => ({ "mcp.template": template, "mcp.method": "subscriptions/listen" }))(open).addObserver((exit) => {
+      if (Exit.isFailure(exit)) return finish(responder, id, "subscriptions/listen", exit as Exit.Exit<never, DispatchError | SessionLimitReached>)
+      const { session, initialized, capabilities, uris } = exit.value
+      const offers = (name: string) => isObject(capabilities[name]) && (capabilities[name] as Record<string, unknown>).listChanged === true
+      const honoured = {
+        ...(filter.toolsListChanged === true && offers("tools") ? { toolsListChanged: true } : {}),
+        ...(filter.promptsListChanged === true && offers("prompts") ? { promptsListChanged: true } : {}),
+        ...(filter.resourcesListChanged === true && offers("resources") ? { resourcesListChanged: true } : {}),
+        ...(uris.length > 0 ? { resourceSubscriptions: uris } : {})
+      }
+      const tag = (params: unknown) => ({ ...(isObject(params) ? params : {}), _meta: { ...(isObject(params) && isObject(params._meta) ? params._meta : {}), [META.subscriptionId]: id } })
+      const end = () => {
+        responder.answer(200, { jsonrpc: "2.0", id, result: { resultType: "complete", _meta: { [META.subscriptionId]: id, ...serverInfoMeta(initialized) } } })
+      }
+      responder.event({ jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: tag({ notifications: honoured }) })
+      if (Object.keys(honoured).length === 0) return end()
+      const listener = (message: { readonly method: string; readonly params?: unknown }) => {
+        const wantedHere = message.method === "notifications/tools/list_changed"
+          ? honoured.toolsListChanged
+          : message.method === "notifications/prompts/list_changed"
+          ? honoured.promptsListChanged
+          : message.method === "notifications/resources/list_changed"
+          ? honoured.resourcesListChanged
+          : message.method === "notifications/resources/updated"
+          ? isObject(message.params) && uris.includes(String(message.params.uri))
+          : false
+        if (wantedHere) responder.event({ jsonrpc: "2.0", method: message.method, params: tag(message.params) })
+      }
+      session.listeners.add(listener)
+      // The stream keeps the session in use (it must not idle out under a listening client).
+      const keepAlive = setInterval(() => {
+        session.lastSeen = Date.now()
+        responder.comment("keepalive")
+      }, KEEPALIVE_MS)
+      keepAlive.unref()
+      const sessionEnded = () => {
+        cleanUp()
+        end()
+      }
+      session.onClose.add(sessionEnded)
+      let cleaned = false
+      const cleanUp = () => {
+        if (cleaned) return
+        cleaned = true
+        clearInterval(keepAlive)
+        session.listeners.delete(listener)
+        session.onClose.delete(sessionEnded)
+        for (const uri of uris) deps.run(unsubscribe(session, uri))
+      }
+      responder.res.once("close", cleanUp)
+    })
+  }
+
+  /** Resource subscriptions on a backend session, counted: several listen streams may want the same resource. */
+  const subscribed = new WeakMap<ClientSession, Map<string, number>>()
+  const subscribe = (session: ClientSession, uri: string): Effect.Effect<boolean> => {
+    const counts = subscribed.get(session) ?? new Map<string, number>()
+    subscribed.set(session, counts)
+    const count = counts.get(uri) ?? 0
+    counts.set(uri, count + 1)
+    if (count > 0) return Effect.succeed(true)
+    return Effect.map(session.request("resources/subscribe", { uri }, {}), (answer) => {
+      const ok = answer._tag === "Answer" && !("error" in answer.message)
+      if (!ok) counts.set(uri, (counts.get(uri) ?? 1) - 1)
+      return ok
+    })
+  }
+  const unsubscribe = (session: ClientSession, uri: string): Effect.Effect<void> => {
+    const counts = subscribed.get(session)
+    const count = counts?.get(uri) ?? 0
+    if (count > 1) return Effect.sync(() => counts!.set(uri, count - 1))
+    counts?.delete(uri)
+    return Effect.asVoid(session.request("resources/unsubscribe", { uri }, {}))
+  }
+
   return handle
 }
+
+/** How often an idle listen stream says it is alive (proxies drop silent connections). */
+const KEEPALIVE_MS = 15_000
 
 interface Outcome {
   readonly answer: SessionAnswer | undefined
@@ -254,6 +345,11 @@ class Responder {
       this.res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache, no-transform", "x-accel-buffering": "no" })
     }
     this.res.write(`event: message\ndata: ${JSON.stringify(payload)}\n\n`)
+  }
+
+  /** An SSE comment (`: text`), once the stream is open. */
+  comment(text: string) {
+    if (this.streaming && !this.res.writableEnded && !this.res.destroyed) this.res.write(`: ${text}\n\n`)
   }
 
   answer(status: number, payload: unknown, headers?: http.OutgoingHttpHeaders) {

@@ -13,7 +13,8 @@ export const META = {
   clientInfo: "io.modelcontextprotocol/clientInfo",
   clientCapabilities: "io.modelcontextprotocol/clientCapabilities",
   logLevel: "io.modelcontextprotocol/logLevel",
-  serverInfo: "io.modelcontextprotocol/serverInfo"
+  serverInfo: "io.modelcontextprotocol/serverInfo",
+  subscriptionId: "io.modelcontextprotocol/subscriptionId"
 } as const
 
 /** The revision's own error codes. */
@@ -33,7 +34,8 @@ export const MODERN_METHODS: ReadonlySet<string> = new Set([
   "resources/read",
   "prompts/list",
   "prompts/get",
-  "completion/complete"
+  "completion/complete",
+  "subscriptions/listen"
 ])
 
 /** Whether a version string names the modern generation (the SDKs compare them as strings). */
