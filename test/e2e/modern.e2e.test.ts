@@ -18,9 +18,10 @@ import {
 const MODERN = "2026-07-28"
 
 /** A modern request sent by hand, with the envelope and headers the revision requires (overridable). */
-const modernPost = (url: string, method: string, params: Record<string, unknown> = {}, headers: Record<string, string> = {}) =>
+const modernPost = (url: string, method: string, params: Record<string, unknown> = {}, headers: Record<string, string> = {}, signal?: AbortSignal) =>
   fetch(url, {
     method: "POST",
+    signal,
     headers: {
       "content-type": "application/json",
       accept: "application/json, text/event-stream",
@@ -212,51 +213,17 @@ describe("modern (2026-07-28) clients on the MCP endpoint", () => {
   it("closing the response stream cancels the backend call", async () => {
     const controller = new AbortController()
     const url = `${gateway.url}/mcp/http`
+    const longCall = (progressToken: string, signal: AbortSignal) =>
+      modernPost(url, "tools/call", {
+        name: "trigger-long-running-operation",
+        arguments: { duration: 20, steps: 20 },
+        _meta: { progressToken }
+      }, { "mcp-name": "trigger-long-running-operation" }, signal).catch(() => undefined)
     // Another call that stays: only the aborted one may end.
     const staying = new AbortController()
-    const pending = fetch(url, {
-      method: "POST",
-      signal: staying.signal,
-      headers: {
-        "content-type": "application/json",
-        accept: "application/json, text/event-stream",
-        "mcp-protocol-version": MODERN,
-        "mcp-method": "tools/call",
-        "mcp-name": "trigger-long-running-operation"
-      },
-      body: JSON.stringify({
-        jsonrpc: "2.0",
-        id: 3,
-        method: "tools/call",
-        params: {
-          name: "trigger-long-running-operation",
-          arguments: { duration: 20, steps: 20 },
-          _meta: { "io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}, progressToken: "q" }
-        }
-      })
-    }).catch(() => undefined)
+    const pending = longCall("q", staying.signal)
     const inflight = async () => (await api(`${gateway.url}/gateway/stats`)).body.templates.http.instances.h1.active_requests as number
-    const aborting = fetch(url, {
-      method: "POST",
-      signal: controller.signal,
-      headers: {
-        "content-type": "application/json",
-        accept: "application/json, text/event-stream",
-        "mcp-protocol-version": MODERN,
-        "mcp-method": "tools/call",
-        "mcp-name": "trigger-long-running-operation"
-      },
-      body: JSON.stringify({
-        jsonrpc: "2.0",
-        id: 2,
-        method: "tools/call",
-        params: {
-          name: "trigger-long-running-operation",
-          arguments: { duration: 20, steps: 20 },
-          _meta: { "io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}, progressToken: "p" }
-        }
-      })
-    }).catch(() => undefined)
+    const aborting = longCall("p", controller.signal)
     await waitUntil(async () => (await inflight()) === 2, 10_000, "both calls in flight")
     controller.abort()
     await aborting

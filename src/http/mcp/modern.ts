@@ -10,7 +10,7 @@ import type { RunEffect } from "../raw.js"
 import type { makeRequestTelemetry } from "../requestTelemetry.js"
 import { META, type ModernRequest, readModernRequest } from "./modernEnvelope.js"
 import { CallEvents, makeParkedCalls, type ParkedCall } from "./parkedCalls.js"
-import { rpcError } from "./rpc.js"
+import { rpcError, sessionFailureAnswer } from "./rpc.js"
 
 /** Results the revision requires caching hints on; without hints from the server, "do not cache". */
 const CACHEABLE = new Set(["tools/list", "resources/list", "resources/templates/list", "resources/read", "prompts/list"])
@@ -204,15 +204,8 @@ export const makeModernHandler = (deps: {
   }
 
   const refuse = (responder: Responder, id: JsonRpcId, error: DispatchError | SessionLimitReached) => {
-    const status = error._tag === "TemplateNotFound"
-      ? 404
-      : error._tag === "NoHealthyInstance" || (error._tag === "SessionLimitReached" && error.scope === "gateway")
-      ? 503
-      : error._tag === "SessionLimitReached"
-      ? 429
-      : 502
-    const retryAfter = error._tag === "NoHealthyInstance" ? error.retryAfterSeconds : error._tag === "SessionLimitReached" ? 60 : undefined
-    responder.answer(status, rpcError(id, ErrorCode.InternalError, error.message), retryAfter === undefined ? undefined : { "retry-after": String(retryAfter) })
+    const answer = sessionFailureAnswer(id, error)
+    responder.answer(answer.status, answer.body, answer.headers)
   }
 
   /**

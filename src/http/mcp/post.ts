@@ -1,6 +1,5 @@
 import { Cause, Duration, Exit, Option } from "effect"
 import type * as http from "node:http"
-import type { DispatchError, SessionLimitReached } from "../../domain/GatewayError.js"
 import {
   ErrorCode,
   isNotification,
@@ -19,7 +18,7 @@ import { type BodyLimits, readJsonBody, type RunEffect, sendJson } from "../raw.
 import type { makeRequestTelemetry } from "../requestTelemetry.js"
 import { makeModernHandler } from "./modern.js"
 import { envelopeVersion, isModernVersion } from "./modernEnvelope.js"
-import { accepts, rpcError } from "./rpc.js"
+import { accepts, rpcError, sessionFailureAnswer } from "./rpc.js"
 import { carry, openRequestStream, writeOneEventStream } from "./sse.js"
 
 /** How long a finished request stream stays resumable. */
@@ -73,21 +72,8 @@ export const makePostHandler = (deps: {
         if (!Cause.isInterruptedOnly(exit.cause)) deps.logDefect(exit.cause)
         return sendJson(res, 500, rpcError(id, ErrorCode.InternalError, "the gateway failed to open a session"))
       }
-      const error: DispatchError | SessionLimitReached = failure.value
-      const status = error._tag === "TemplateNotFound"
-        ? 404
-        : error._tag === "NoHealthyInstance" || (error._tag === "SessionLimitReached" && error.scope === "gateway")
-        ? 503
-        : error._tag === "SessionLimitReached"
-        ? 429
-        : 502
-      const retryAfter = error._tag === "NoHealthyInstance" ? error.retryAfterSeconds : error._tag === "SessionLimitReached" ? 60 : undefined
-      sendJson(
-        res,
-        status,
-        rpcError(id, ErrorCode.InternalError, error.message),
-        retryAfter === undefined ? undefined : { "retry-after": String(retryAfter) }
-      )
+      const answer = sessionFailureAnswer(id, failure.value)
+      sendJson(res, answer.status, answer.body, answer.headers)
     })
 
   /** A client request on its session; the answer is an SSE stream (see sse.ts). */

@@ -1,4 +1,6 @@
-import type { JsonRpcId } from "../../domain/JsonRpc.js"
+import type * as http from "node:http"
+import type { DispatchError, SessionLimitReached } from "../../domain/GatewayError.js"
+import { ErrorCode, type JsonRpcId } from "../../domain/JsonRpc.js"
 
 /** A JSON-RPC error body, the form every error of the MCP endpoint takes (clients parse JSON-RPC there). */
 export const rpcError = (id: JsonRpcId | null, code: number, message: string) => ({ jsonrpc: "2.0", id, error: { code, message } })
@@ -8,4 +10,21 @@ export const accepts = (header: string | undefined, ...types: ReadonlyArray<stri
   if (header === undefined) return false
   const listed = header.split(",").map((part) => part.split(";")[0]!.trim().toLowerCase())
   return types.every((type) => listed.includes(type) || listed.includes("*/*") || listed.includes(`${type.split("/")[0]}/*`))
+}
+
+/**
+ * How a failure to reach a backend session is answered: 404 for an unknown template, 503 with
+ * Retry-After when nothing is available, 429 over a client's session cap, 502 otherwise.
+ */
+export const sessionFailureAnswer = (id: JsonRpcId | null, error: DispatchError | SessionLimitReached) => {
+  const status = error._tag === "TemplateNotFound"
+    ? 404
+    : error._tag === "NoHealthyInstance" || (error._tag === "SessionLimitReached" && error.scope === "gateway")
+    ? 503
+    : error._tag === "SessionLimitReached"
+    ? 429
+    : 502
+  const retryAfter = error._tag === "NoHealthyInstance" ? error.retryAfterSeconds : error._tag === "SessionLimitReached" ? 60 : undefined
+  const headers: http.OutgoingHttpHeaders | undefined = retryAfter === undefined ? undefined : { "retry-after": String(retryAfter) }
+  return { status, body: rpcError(id, ErrorCode.InternalError, error.message), headers }
 }
