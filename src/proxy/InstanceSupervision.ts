@@ -40,8 +40,10 @@ export const InstanceSupervision: Layer.Layer<ConnectionPolicy, never, Registry 
         const after = state.status
         // (A channel stopped on purpose, at removal or shutdown, says nothing of the instance.)
         if (before !== after && status.state !== "stopped") {
-          const log = after === "healthy" ? Effect.logInfo(`instance is healthy (its process is running)`) : after === "failed"
-            ? Effect.logError(`instance failed: ${status.lastExit ?? "its process kept ending"}`)
+          // A stdio instance's channel is a process; a legacy SSE instance's, a stream.
+          const channel = instance.transport === "stdio" ? "process" : "stream"
+          const log = after === "healthy" ? Effect.logInfo(`instance is healthy (its ${channel} is ${channel === "process" ? "running" : "open"})`) : after === "failed"
+            ? Effect.logError(`instance failed: ${status.lastExit ?? `its ${channel} kept ending`}`)
             : Effect.logWarning(`instance is ${after}: ${status.lastExit ?? status.state}`)
           Runtime.runFork(runtime)(log.pipe(Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` })))
         }

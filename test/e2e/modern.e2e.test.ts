@@ -164,6 +164,16 @@ describe("modern (2026-07-28) clients on the MCP endpoint", () => {
     })
   }
 
+  it("discover offers neither logging nor the old revision's tasks; a task parameter runs the call as an ordinary one", async () => {
+    const url = `${gateway.url}/mcp/stdio`
+    const discovered = (await (await modernPost(url, "server/discover")).json()) as { result: { capabilities: Record<string, unknown> } }
+    expect(discovered.result.capabilities.tools).toBeDefined()
+    expect(discovered.result.capabilities.logging).toBeUndefined()
+    expect(discovered.result.capabilities.tasks).toBeUndefined()
+    const called = await modernPost(url, "tools/call", { name: "echo", arguments: { message: "no task" }, task: { ttl: 60000 } }, { "mcp-name": "echo" })
+    expect(((await called.json()) as { result: unknown }).result).toMatchObject({ content: [{ type: "text", text: "Echo: no task" }], resultType: "complete" })
+  })
+
   it("a requestState the gateway did not give is refused, in-band", async () => {
     const response = await modernPost(`${gateway.url}/mcp/stdio`, "tools/call", {
       name: "echo",

@@ -15,10 +15,14 @@ import { rpcError, sessionFailureAnswer } from "./rpc.js"
 /** Results the revision requires caching hints on; without hints from the server, "do not cache". */
 const CACHEABLE = new Set(["tools/list", "resources/list", "resources/templates/list", "resources/read", "prompts/list"])
 
-/** What a modern client is told the server can do: `logging` is gone from the revision (its `notifications/message` needs a per-request level). */
+/**
+ * What a modern client is told the server can do: not `logging` (gone from the revision: its
+ * `notifications/message` needs a per-request level), not the old revision's `tasks` (tasks
+ * are an extension in the new one, which the gateway does not carry yet).
+ */
 const modernCapabilities = (capabilities: unknown): Record<string, unknown> => {
   if (!isObject(capabilities)) return {}
-  const { logging: _logging, ...rest } = capabilities
+  const { logging: _logging, tasks: _tasks, ...rest } = capabilities
   return rest
 }
 

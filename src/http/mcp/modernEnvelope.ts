@@ -114,7 +114,13 @@ export const readModernRequest = (
 
   const versionHeader = header(req, "mcp-protocol-version")
   if (versionHeader !== version) {
-    return mismatch(id, versionHeader, `the body envelope names protocol version ${String(version)} but the MCP-Protocol-Version header names ${versionHeader ?? "nothing"}`)
+    return mismatch(
+      id,
+      versionHeader,
+      version === undefined
+        ? `the MCP-Protocol-Version header names ${versionHeader} but the body has no _meta envelope naming a protocol version`
+        : `the body envelope names protocol version ${String(version)} but the MCP-Protocol-Version header names ${versionHeader ?? "nothing"}`
+    )
   }
   const methodHeader = header(req, "mcp-method")
   if (methodHeader !== method) {
@@ -144,7 +150,9 @@ export const readModernRequest = (
   const rest: Record<string, unknown> = {}
   for (const key in meta) if (!key.startsWith("io.modelcontextprotocol/")) rest[key] = meta[key]
   const forwarded: Record<string, unknown> = {}
-  for (const key in params) if (key !== "_meta") forwarded[key] = params[key]
+  // `task` is the old revision's way to ask for a task; a modern client negotiates tasks as an
+  // extension the gateway does not carry yet, so the call runs as an ordinary one.
+  for (const key in params) if (key !== "_meta" && key !== "task") forwarded[key] = params[key]
   if (Object.keys(rest).length > 0) forwarded._meta = rest
   const clientInfo = meta[META.clientInfo]
   return { id, method, version, clientInfo: isObject(clientInfo) ? clientInfo : undefined, capabilities, params: forwarded }
