@@ -4,6 +4,7 @@ import { GatewayConfig, loadGatewayConfig, type LogLevelName } from "../config/G
 import { GatewayLive } from "../Gateway.js"
 import { type LogFormat, loggerLayer } from "../logging.js"
 import { RequestLog } from "../observability/RequestLog.js"
+import { choiceFlag, integerFlag } from "./flags.js"
 import { StartupFailed } from "./StartupFailed.js"
 
 export const startOptions = {
@@ -12,16 +13,16 @@ export const startOptions = {
     Options.optional
   ),
   host: Options.text("host").pipe(Options.withDescription("Address to bind (default 127.0.0.1)"), Options.optional),
-  port: Options.integer("port").pipe(Options.withDescription("Port to listen on (default 8080; 0 picks a free one)"), Options.optional),
+  port: integerFlag("port", 0, 65535).pipe(Options.withDescription("Port to listen on (default 8080; 0 picks a free one)"), Options.optional),
   registryFile: Options.text("registry-file").pipe(
     Options.withDescription("Where run-time registrations are persisted"),
     Options.optional
   ),
-  logLevel: Options.choice("log-level", ["trace", "debug", "info", "warn", "error", "fatal", "none"]).pipe(
+  logLevel: choiceFlag("log-level", ["trace", "debug", "info", "warn", "error", "fatal", "none"]).pipe(
     Options.withDescription("Log level (default info, or gateway.log_level from the config)"),
     Options.optional
   ),
-  logFormat: Options.choice("log-format", ["text", "json", "pretty"]).pipe(
+  logFormat: choiceFlag("log-format", ["text", "json", "pretty"]).pipe(
     Options.withDescription("Log line format on stderr"),
     Options.withDefault("text")
   ),
@@ -45,9 +46,6 @@ const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
 /** Loads the config, builds the gateway and runs it until SIGINT/SIGTERM. */
 export const runGateway = (flags: StartFlags) =>
   Effect.gen(function*() {
-    if (Option.isSome(flags.port) && (flags.port.value < 0 || flags.port.value > 65535)) {
-      return yield* new StartupFailed({ message: `--port: expected an integer from 0 to 65535, got ${flags.port.value}`, exitCode: 2 })
-    }
     const config = yield* loadGatewayConfig({
       configFile: Option.getOrUndefined(flags.config),
       host: Option.getOrUndefined(flags.host),

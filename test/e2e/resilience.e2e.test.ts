@@ -133,6 +133,20 @@ describe("failures end to end", () => {
     expect((await echo(gateway, "t")).status).toBe(200)
   })
 
+  it("a bad flag value is one line naming the flag, exit code 2, nothing on stdout", async () => {
+    for (const [args, line] of [
+      [["start", "--log-level", "loud"], `--log-level: expected one of trace, debug, info, warn, error, fatal, none, got "loud"`],
+      [["start", "--port", "abc"], `--port: expected an integer from 0 to 65535, got "abc"`],
+      [["--port", "70000"], `--port: expected an integer from 0 to 65535, got "70000"`],
+      [["start", "--log-format", "xml"], `--log-format: expected one of text, json, pretty, got "xml"`]
+    ] as const) {
+      const result = await runGateway([...args])
+      expect(result.code, args.join(" ")).toBe(2)
+      expect(result.stderr.trim()).toBe(line)
+      expect(result.stdout).toBe("")
+    }
+  })
+
   it("refuses an invalid config with one line per problem, exit code 2 and no stack trace", async () => {
     const dir = tempDir()
     const configFile = path.join(dir, "gateway.json")
