@@ -1,14 +1,15 @@
 import { Command } from "@effect/cli"
 import { GATEWAY_VERSION } from "../domain/Protocol.js"
+import { configCommand } from "./configValidate.js"
 import { hashKeyCommand } from "./hashKey.js"
 import { startCommand } from "./start.js"
 
 export const rootCommand = Command.make("mcp-gateway").pipe(
   Command.withDescription("One URL for every MCP server: load balancing, health checks and failover"),
-  Command.withSubcommands([startCommand, hashKeyCommand])
+  Command.withSubcommands([startCommand, hashKeyCommand, configCommand])
 )
 
-const subcommands = new Set(["start", "hash-key"])
+const subcommands = new Set(["start", "hash-key", "config"])
 
 /**
  * `start` is the default command: `mcp-gateway --config gateway.json` means

@@ -147,6 +147,27 @@ describe("failures end to end", () => {
     }
   })
 
+  it("config validate: the bundled example is valid (exit 0, a summary on stdout); a bad one gives its problems and exit 2; nothing starts", async () => {
+    const valid = await runGateway(["config", "validate", path.join(repoRoot, "examples/gateway.json")])
+    expect(valid.code).toBe(0)
+    expect(valid.stdout).toMatch(/gateway\.json: valid \(2 templates, 3 instances\)/)
+    const dir = tempDir()
+    const configFile = path.join(dir, "gateway.json")
+    writeJson(configFile, { gateway: { port: "x" }, templates: { t: { instances: [{ id: "a", transport: "http" }], load_balancer: { stratgy: "x" } } } })
+    const invalid = await runGateway(["config", "validate", configFile])
+    expect(invalid.code).toBe(2)
+    expect(invalid.stdout).toBe("")
+    expect(invalid.stderr.trim().split("\n")).toEqual([
+      `mcp-gateway: gateway.port: expected number, got "x"`,
+      "templates.t.instances[0].endpoint: is missing",
+      `templates.t.load_balancer.stratgy: is not a known field; did you mean "strategy"?`
+    ])
+    writeJson(configFile, { templates: { t: { instances: [], load_balancer: { strategy: "./nowhere.js" } } } })
+    const plugin = await runGateway(["config", "validate", configFile])
+    expect(plugin.code).toBe(2)
+    expect(plugin.stderr).toContain(`templates.t.load_balancer.strategy: strategy plugin "./nowhere.js": cannot find module`)
+  })
+
   it("refuses an invalid config with one line per problem, exit code 2 and no stack trace", async () => {
     const dir = tempDir()
     const configFile = path.join(dir, "gateway.json")
