@@ -169,8 +169,39 @@ export class ClientSession {
     })
   }
 
+  /** In use: a request in flight, or a modern client listening (it must not idle out under them). */
   get busy(): boolean {
-    return this.inflight.size > 0
+    return this.inflight.size > 0 || this.listeners.size > 0
+  }
+
+  /** Listen streams holding each resource subscription on the backend (a modern client's). */
+  private readonly held = new Map<string, number>()
+
+  /**
+   * A listen stream wants updates of a resource: the first one subscribes it on the server
+   * (`resources/subscribe`); true when the server took it.
+   */
+  holdSubscription(uri: string): Effect.Effect<boolean> {
+    const count = this.held.get(uri) ?? 0
+    this.held.set(uri, count + 1)
+    if (count > 0) return Effect.succeed(true)
+    return Effect.map(this.request("resources/subscribe", { uri }, {}), (answer) => {
+      const ok = answer._tag === "Answer" && !("error" in answer.message)
+      if (!ok) this.releaseCount(uri)
+      return ok
+    })
+  }
+
+  /** A listen stream that held a subscription closed: the last one unsubscribes it on the server. */
+  dropSubscription(uri: string): Effect.Effect<void> {
+    return this.releaseCount(uri) > 0 ? Effect.void : Effect.asVoid(this.request("resources/unsubscribe", { uri }, {}))
+  }
+
+  private releaseCount(uri: string): number {
+    const left = (this.held.get(uri) ?? 1) - 1
+    if (left > 0) this.held.set(uri, left)
+    else this.held.delete(uri)
+    return left
   }
 
   /** `notifications/cancelled` from the client: stops the request, down to the backend. */

@@ -161,11 +161,32 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
         return ejected < Math.floor((template.instances.size * template.settings.outlier_max_ejection_percent) / 100)
       }
 
-      /** Spans only when tracing is configured: with it off, the request path creates none (and costs nothing). */
+      /**
+       * Spans only when tracing is configured: with it off, the request path creates none, and
+       * not even their attributes (given as a function for that reason).
+       */
+      const identity = <X, E, R>(effect: Effect.Effect<X, E, R>) => effect
       const span = tracing
-        ? (name: string, attributes: Record<string, unknown>, kind: "internal" | "client" = "internal") =>
-          <X, E, R>(effect: Effect.Effect<X, E, R>) => Effect.withSpan(effect, name, { attributes, kind, captureStackTrace: false })
-        : () => <X, E, R>(effect: Effect.Effect<X, E, R>) => effect
+        ? (name: string, attributes: () => Record<string, unknown>, kind: "internal" | "client" = "internal") =>
+          <X, E, R>(effect: Effect.Effect<X, E, R>) => Effect.withSpan(effect, name, { attributes: attributes(), kind, captureStackTrace: false })
+        : (_name: string, _attributes: () => Record<string, unknown>, _kind?: "internal" | "client") => identity
+
+      /** The routing decision, at debug (built only when the log level is debug or trace: see logRouting). */
+      const logDecision = (
+        template: TemplateState,
+        method: string,
+        attempt: number,
+        candidates: ReadonlyArray<InstanceState>,
+        instance: InstanceState
+      ) =>
+        Effect.logDebug("route").pipe(Effect.annotateLogs({
+          template: template.name,
+          operation: method,
+          strategy: candidates.length === 1 ? "only-candidate" : template.settings.strategy,
+          attempt,
+          candidates: candidates.map((i) => i.id).join(","),
+          instance: instance.id
+        }))
 
       /**
        * Runs one attempt on one instance, keeping its live numbers and health evidence current,
@@ -182,10 +203,10 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
         const started = timer.elapsedMs()
         instance.activeRequests++
         const call = operation.attempt(instance, deadline).pipe(
-          span("gateway.backend", { "mcp.instance": instance.id, "mcp.transport": instance.definition.transport, "mcp.method": operation.method }, "client")
+          span("gateway.backend", () => ({ "mcp.instance": instance.id, "mcp.transport": instance.definition.transport, "mcp.method": operation.method }), "client")
         )
         return Effect.onExit(
-          span("gateway.attempt", { "mcp.instance": instance.id, "gateway.attempt": attempt })(call),
+          span("gateway.attempt", () => ({ "mcp.instance": instance.id, "gateway.attempt": attempt }))(call),
           (exit): Effect.Effect<void> => {
             instance.activeRequests--
             const settings = template.settings
@@ -358,20 +379,10 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
               instance.admit(now)
               return instance
             })
-            return (logRouting ? Effect.tap(chosen, (instance) => logDecision(instance, candidates)) : chosen).pipe(
-              span("gateway.select", { "mcp.template": template.name, "gateway.candidates": candidates.length })
+            return (logRouting ? Effect.tap(chosen, (instance) => logDecision(template, operation.method, tried.size + 1, candidates, instance)) : chosen).pipe(
+              span("gateway.select", () => ({ "mcp.template": template.name, "gateway.candidates": candidates.length }))
             )
           })
-
-          const logDecision = (instance: InstanceState, candidates: ReadonlyArray<InstanceState>) =>
-            Effect.logDebug("route").pipe(Effect.annotateLogs({
-              template: template.name,
-              operation: operation.method,
-              strategy: candidates.length === 1 ? "only-candidate" : settings.strategy,
-              attempt: tried.size + 1,
-              candidates: candidates.map((i) => i.id).join(","),
-              instance: instance.id
-            }))
 
           const once = Effect.flatMap(choose, (instance): Effect.Effect<A, DispatchError | AttemptFailed> => {
             if (last !== undefined) stats.recordRetry(template.name, last.id)

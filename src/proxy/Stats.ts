@@ -77,6 +77,10 @@ interface Series {
   readonly strategy: string
   readonly ok: boolean
   readonly counter: ReturnType<GatewayMetricsShape["requests"]>
+  /** What else each of its requests updates, found once when the series is first seen (not per request). */
+  readonly duration: ReturnType<GatewayMetricsShape["requestDuration"]>
+  readonly templateWindow: LatencyWindow
+  readonly instanceWindow: LatencyWindow | undefined
 }
 
 const WINDOW = { capacity: 4096, maxAgeMs: 5 * 60_000 }
@@ -101,6 +105,7 @@ export const makeStats = (timer: TimerShape, M: GatewayMetricsShape): StatsShape
     if (metric === undefined) windows.set(key, metric = makeLatencyWindow(WINDOW))
     return metric
   }
+  const gatewayWindow = windowOf("gateway", "", "")
 
   return {
     recordRequest: (r) => {
@@ -108,18 +113,26 @@ export const makeStats = (timer: TimerShape, M: GatewayMetricsShape): StatsShape
       const key = `${r.template}\u0000${r.operation}\u0000${instance}\u0000${r.outcome}`
       let s = series.get(key)
       if (s === undefined) {
-        const counter = M.requests({ template: r.template, operation: r.operation, instance, outcome: r.outcome })
-        series.set(key, s = { template: r.template, instance, strategy: r.strategy, ok: r.outcome === "ok" || r.outcome === "tool_error", counter })
+        const durationKey = `${r.template}\u0000${r.operation}`
+        let duration = durations.get(durationKey)
+        if (duration === undefined) durations.set(durationKey, duration = M.requestDuration({ template: r.template, operation: r.operation }))
+        series.set(key, s = {
+          template: r.template,
+          instance,
+          strategy: r.strategy,
+          ok: r.outcome === "ok" || r.outcome === "tool_error",
+          counter: M.requests({ template: r.template, operation: r.operation, instance, outcome: r.outcome }),
+          duration,
+          templateWindow: windowOf("template", r.template, ""),
+          instanceWindow: instance === "" ? undefined : windowOf("instance", r.template, instance)
+        })
       }
       s.counter.update(1)
-      const durationKey = `${r.template}\u0000${r.operation}`
-      let duration = durations.get(durationKey)
-      if (duration === undefined) durations.set(durationKey, duration = M.requestDuration({ template: r.template, operation: r.operation }))
-      duration.update(r.latencyMs / 1000)
+      s.duration.update(r.latencyMs / 1000)
       const now = timer.now()
-      windowOf("gateway", "", "").record(r.latencyMs, now)
-      windowOf("template", r.template, "").record(r.latencyMs, now)
-      if (instance !== "") windowOf("instance", r.template, instance).record(r.latencyMs, now)
+      gatewayWindow.record(r.latencyMs, now)
+      s.templateWindow.record(r.latencyMs, now)
+      s.instanceWindow?.record(r.latencyMs, now)
     },
     recordAttempt: (template, instance, latencyMs) => M.backendDuration({ template, instance }).update(latencyMs / 1000),
     recordRetry: (template, from) => {
@@ -199,7 +212,7 @@ export const makeStats = (timer: TimerShape, M: GatewayMetricsShape): StatsShape
         requests: {
           ...overall,
           error_rate: errorRate(overall),
-          latency_ms: { average: average(), ...percentilesOf(windowOf("gateway", "", ""), now) }
+          latency_ms: { average: average(), ...percentilesOf(gatewayWindow, now) }
         },
         templates: Object.fromEntries(Array.from(templates, ([name, t]) => [name, {
           requests: t.requests,

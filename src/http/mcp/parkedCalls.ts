@@ -39,7 +39,7 @@ export class CallEvents<A> {
   }
 }
 
-export interface ParkedCall<A> {
+export interface ParkedCall<A, R> {
   readonly owner: string
   readonly template: string
   readonly method: string
@@ -49,7 +49,7 @@ export interface ParkedCall<A> {
   /** Ends the call at the backend (the client did not come back). */
   readonly cancel: () => void
   /** Where the call's notifications go from now on: the response of the client's latest retry. */
-  readonly retarget: (responder: unknown) => void
+  readonly retarget: (responder: R) => void
 }
 
 /**
@@ -57,10 +57,10 @@ export interface ParkedCall<A> {
  * client echoes (it cannot be guessed, and it is honoured only for the caller and template
  * that got it). A call nobody comes back for is cancelled after `expiresMs`.
  */
-export const makeParkedCalls = <A>(expiresMs: number) => {
-  const parked = new Map<string, { readonly call: ParkedCall<A>; readonly timer: ReturnType<typeof setTimeout> }>()
+export const makeParkedCalls = <A, R>(expiresMs: number) => {
+  const parked = new Map<string, { readonly call: ParkedCall<A, R>; readonly timer: ReturnType<typeof setTimeout> }>()
   return {
-    park: (call: ParkedCall<A>): string => {
+    park: (call: ParkedCall<A, R>): string => {
       const state = randomBytes(16).toString("base64url")
       const timer = setTimeout(() => {
         parked.delete(state)
@@ -71,7 +71,7 @@ export const makeParkedCalls = <A>(expiresMs: number) => {
       return state
     },
     /** The call a retry names, taken out of the waiting room; undefined if unknown, expired or someone else's. */
-    take: (state: unknown, owner: string, template: string, method: string): ParkedCall<A> | undefined => {
+    take: (state: unknown, owner: string, template: string, method: string): ParkedCall<A, R> | undefined => {
       if (typeof state !== "string") return undefined
       const entry = parked.get(state)
       if (entry === undefined || entry.call.owner !== owner || entry.call.template !== template || entry.call.method !== method) return undefined
