@@ -149,9 +149,13 @@ export class RegistryStorageError extends Data.TaggedError("RegistryStorageError
   readonly message: string
 }> {}
 
-/** How a backend's JSON-RPC error reaches a REST client: invalid params 400, unknown method or resource 404, else 502. */
+/**
+ * How a backend's JSON-RPC error reaches a REST client: invalid params 400, and a capability the
+ * caller lacks (-32021: a modern server that needs input the REST face cannot give) 400;
+ * unknown method or resource 404; else 502.
+ */
 export const httpStatusOfMcpError = (code: number): number =>
-  code === ErrorCode.InvalidParams
+  code === ErrorCode.InvalidParams || code === -32021
     ? 400
     : code === ErrorCode.MethodNotFound || code === ErrorCode.ResourceNotFound
     ? 404

@@ -103,6 +103,11 @@ export class ClientSession {
     return this.askRelays.at(-1)
   }
 
+  /** The server's `server/discover` answer when it speaks the modern revision (a pinned HTTP session only). */
+  get backendDiscover(): Record<string, unknown> | undefined {
+    return this.backend?.discovered?.()
+  }
+
   /** Whether the server state the client talked to is gone (its process restarted or died, its HTTP session ended). */
   get backendLost(): boolean {
     return this.backend !== undefined && (!this.backend.alive() || this.backend.generation() !== this.generation)
@@ -112,7 +117,7 @@ export class ClientSession {
   request(
     method: string,
     params: Record<string, unknown> | undefined,
-    relay: Pick<RequestOptions, "onNotification" | "onServerRequest">,
+    relay: Pick<RequestOptions, "onNotification" | "onServerRequest" | "passInputRequired">,
     headers?: Readonly<Record<string, string>>
   ): Effect.Effect<SessionAnswer> {
     const ask = relay.onServerRequest

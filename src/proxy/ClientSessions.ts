@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { isObject, isRequest } from "../domain/JsonRpc.js"
+import { isModernVersion } from "../domain/ModernProtocol.js"
 import { LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
@@ -221,7 +222,10 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           const ownBackend = instance.definition.transport === "http" || opened.own
           // An HTTP backend or a process of the session's own negotiated with the client's own
           // initialize; a shared process was initialized by the gateway.
-          const protocolVersion = ownBackend ? String(opened.result.protocolVersion ?? LATEST_PROTOCOL_VERSION) : versionFor(initializeParams)
+          // A modern server (no session, no initialize) speaks what the gateway speaks with the client.
+          const protocolVersion = ownBackend && !isModernVersion(opened.result.protocolVersion)
+            ? String(opened.result.protocolVersion ?? LATEST_PROTOCOL_VERSION)
+            : versionFor(initializeParams)
           const session = add(
             new ClientSession(
               newSessionId(),

@@ -39,6 +39,12 @@ export interface RequestOptions {
    * itself (`ping`) or with an error, so that the server never waits in vain.
    */
   readonly onServerRequest?: ((request: JsonRpcRequest, reply: (response: JsonRpcResponse) => void) => void) | undefined
+  /**
+   * A modern client's own request: a modern server's `input_required` result goes back to it
+   * as it is (the client retries with the answers and the server's requestState), instead of
+   * being turned into server requests through `onServerRequest`.
+   */
+  readonly passInputRequired?: boolean | undefined
 }
 
 /** One instance's live link (a child process, or an HTTP session over a keep-alive pool). */
@@ -71,6 +77,11 @@ export interface Connection {
   readonly generation: () => number
   /** False once the process this connection started has exited (and none replaced it yet). */
   readonly alive: () => boolean
+  /**
+   * The server's answer to `server/discover` when it speaks the modern revision (HTTP only;
+   * undefined for an old server, or before the connection is open).
+   */
+  readonly discovered?: () => Record<string, unknown> | undefined
   /** Sends a notification to the server (e.g. a client's `notifications/roots/list_changed`). */
   readonly notify: (method: string, params: Record<string, unknown> | undefined) => Effect.Effect<void>
   /** Stops the process (its whole group) or ends the session; later requests fail. */

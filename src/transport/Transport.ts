@@ -2,7 +2,7 @@ import { Context, Effect, ExecutionStrategy, Exit, Layer, Runtime, Scope } from 
 import type { InstanceDefinition } from "../domain/Instance.js"
 import type { JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { Connection, ConnectionEnv, ConnectionLog, RequestOptions } from "./Connection.js"
-import { makeHttpConnection } from "./http.js"
+import { type EraMemory, makeHttpConnection } from "./http.js"
 import { makeLegacySseConnection } from "./legacySse.js"
 import { makeStdioConnection } from "./stdio.js"
 import { ConnectionPolicy } from "./Supervision.js"
@@ -50,6 +50,12 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       // flight for one, or a late health probe, must not start a new process or session.
       // A re-registration is a new definition object, so it connects as usual.
       const removed = new WeakSet<InstanceDefinition>()
+      // Which revision each HTTP instance spoke last (see EraMemory): its next connection tries that first.
+      const eras = new WeakMap<InstanceDefinition, "legacy" | "modern">()
+      const eraOf = (instance: InstanceDefinition): EraMemory => ({
+        get: () => eras.get(instance),
+        set: (era) => void eras.set(instance, era)
+      })
       const removedError = (instance: InstanceDefinition) =>
         Effect.fail(new TransportError({ instanceId: instance.id, message: "instance was removed", reachedBackend: false }))
 
@@ -83,7 +89,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
           ? makeStdioConnection(instance, env)
           : instance.transport === "sse"
           ? makeLegacySseConnection(instance, env)
-          : makeHttpConnection(instance, env)
+          : makeHttpConnection(instance, env, { era: eraOf(instance) })
         connections.set(key, { connection, scope })
         return connection
       }
@@ -141,7 +147,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
             return Effect.flatMap(Effect.scope, (scope) =>
               Effect.acquireRelease(
                 Effect.sync(() =>
-                  makeHttpConnection(instance, envFor(instance, scope, false), { initializeParams, renewLostSession: false })
+                  makeHttpConnection(instance, envFor(instance, scope, false), { initializeParams, renewLostSession: false, era: eraOf(instance) })
                 ),
                 (connection) => connection.close
               ))

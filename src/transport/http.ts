@@ -1,11 +1,23 @@
-import { Deferred, Duration, Effect, FiberId } from "effect"
+import { Deferred, Duration, Effect, FiberId, type Scope } from "effect"
 import * as http from "node:http"
 import * as https from "node:https"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { resolveHeaders } from "../domain/Secret.js"
-import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
+import { isInputRequired } from "../domain/ModernProtocol.js"
+import { initializeParams, MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { Connection, ConnectionEnv, RequestDeadline, RequestOptions } from "./Connection.js"
+import {
+  classifyProbe,
+  collectToolHeaders,
+  envelopeOf,
+  initializeResultOf,
+  listenFilterOf,
+  refusedAsModernOnly,
+  routingHeaders,
+  untagged,
+  withEnvelope
+} from "./modernBackend.js"
 import { answerServerRequest } from "./serverRequests.js"
 import { MAX_EVENT_LENGTH, makeSseParser } from "./sse.js"
 import { NEVER_SENT_ERRORS, RequestTimeout, serialize, TransportError } from "./TransportError.js"
@@ -23,12 +35,46 @@ const MAX_RESPONSE_LENGTH = MAX_EVENT_LENGTH
  */
 const CLIENT_FAULT_STATUSES: ReadonlySet<number> = new Set([400, 413, 415, 422])
 
-interface Session {
+/** Which revision an instance speaks, remembered across its connections (see Transport.ts). */
+export interface EraMemory {
+  readonly get: () => "legacy" | "modern" | undefined
+  readonly set: (era: "legacy" | "modern") => void
+}
+
+type Session = LegacySession | ModernSession
+
+interface LegacySession {
+  readonly era: "legacy"
   /** Absent for a stateless server that issues none. */
   readonly id: string | undefined
   readonly protocolVersion: string
   /** The server's answer to `initialize`. */
   readonly initializeResult: Record<string, unknown>
+}
+
+/**
+ * A server of the 2026-07-28 revision has no session: what stands for one here is the version
+ * both speak, the envelope every request carries (the client the gateway speaks for), and the
+ * server's discover answer (also shown as an `initialize` result, which the gateway reads).
+ */
+interface ModernSession {
+  readonly era: "modern"
+  readonly id: undefined
+  readonly protocolVersion: string
+  readonly initializeResult: Record<string, unknown>
+  readonly discover: Record<string, unknown>
+  readonly envelope: Record<string, unknown>
+}
+
+/** How long a backend may take to answer the `server/discover` probe before it is taken for an old one. */
+const PROBE_TIMEOUT = Duration.seconds(10)
+
+/** Rounds of input a modern server may ask for within one request of an old client (as the SDK's clients allow). */
+const MAX_INPUT_ROUNDS = 10
+
+/** An old-style `initialize` was refused with 400 / -32022 naming a modern version: the server is modern-only. */
+class ModernOnly {
+  readonly _tag = "ModernOnly"
 }
 
 /** The server no longer knows our session: initialize again and resend. */
@@ -53,6 +99,8 @@ export const makeHttpConnection = (
      * must start anew).
      */
     readonly renewLostSession?: boolean | undefined
+    /** Which revision the instance spoke last time: tried first, so an old server is not probed on every session. */
+    readonly era?: EraMemory | undefined
   } = {}
 ): Connection => {
   const { log, scope } = env
@@ -67,6 +115,16 @@ export const makeHttpConnection = (
   /** The server forgot the session this connection was opened for (see renewLostSession). */
   let sessionLost = false
   let generation = 0
+  // Modern servers only (see ModernSession): what the revision moved out of the session.
+  /** The level an old client set with logging/setLevel, sent in every envelope (the revision's way). */
+  let logLevel: string | undefined
+  /** Resources an old client subscribed to: the standing listen stream asks for their updates. */
+  const subscribedResources = new Set<string>()
+  /** Reopens the standing listen stream with the current filter (set while one runs); `ready` once the server acknowledged it. */
+  let refilter: ((ready: () => void) => void) | undefined
+  /** Tool arguments the server mirrors in headers; loaded before the first tools/call, reloaded when stale. */
+  const toolHeaders = new Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>>()
+  let toolHeadersFresh = false
 
   const error = (message: string, reachedBackend: boolean) =>
     new TransportError({ instanceId: instance.id, message, reachedBackend })
@@ -75,7 +133,11 @@ export const makeHttpConnection = (
   const backendHeaders = resolveHeaders(instance.headers)
   // Copied key by key: object spreads of header records (keys like "x-request-id") take V8's
   // slow path, microseconds per request where this takes a tenth of one.
-  const headersFor = (s: Session | undefined, forwarded?: Readonly<Record<string, string>>): http.OutgoingHttpHeaders => {
+  const headersFor = (
+    s: Session | undefined,
+    forwarded?: Readonly<Record<string, string>>,
+    routing?: Readonly<Record<string, string>>
+  ): http.OutgoingHttpHeaders => {
     const headers: http.OutgoingHttpHeaders = {}
     if (forwarded !== undefined) for (const name in forwarded) headers[name] = forwarded[name]
     for (const name in backendHeaders) headers[name] = backendHeaders[name]
@@ -85,6 +147,7 @@ export const makeHttpConnection = (
       headers["mcp-protocol-version"] = s.protocolVersion
       if (s.id !== undefined) headers["mcp-session-id"] = s.id
     }
+    if (routing !== undefined) for (const name in routing) headers[name] = routing[name]
     return headers
   }
 
@@ -110,6 +173,12 @@ export const makeHttpConnection = (
   ): Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone | RequestTimeout> =>
     Effect.async((resume) => {
       const id = nextId++
+      let routing: Record<string, string> | undefined
+      if (s?.era === "modern") {
+        // The revision's request: the envelope in _meta, the body mirrored in headers.
+        params = withEnvelope(params, s.envelope, logLevel)
+        routing = routingHeaders(method, params, toolHeaders)
+      }
       const body = serialize(instance.id, params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
       if (typeof body !== "string") return resume(Effect.fail(body))
       let settled = false
@@ -123,7 +192,7 @@ export const makeHttpConnection = (
           resume(outcome)
         }
       }
-      const req = client.request(url, { method: "POST", agent, headers: headersFor(s, relay?.headers) }, (res) => {
+      const req = client.request(url, { method: "POST", agent, headers: headersFor(s, relay?.headers, routing) }, (res) => {
         gotResponse = true
         const status = res.statusCode ?? 0
         const type = String(res.headers["content-type"] ?? "")
@@ -208,31 +277,99 @@ export const makeHttpConnection = (
       })
     })
 
-  const initialize = Effect.gen(function*() {
-    const params = options.initializeParams ?? initializeParams()
-    const { headers, response } = yield* post("initialize", params, undefined, undefined).pipe(
-      Effect.timeoutFail({
-        duration: INITIALIZE_TIMEOUT,
-        onTimeout: () => error(`no answer to initialize within ${Duration.format(INITIALIZE_TIMEOUT)}`, true)
-      }),
-      Effect.catchTags({
-        SessionGone: () => Effect.fail(error("initialize was refused", true)),
-        RequestTimeout: (e) => Effect.fail(error(e.message, true))
+  /** The old handshake: `initialize`, then `notifications/initialized`; the session id the server issues, if any. */
+  const initializeLegacy = (params: Record<string, unknown>) =>
+    Effect.gen(function*() {
+      const { headers, response } = yield* post("initialize", params, undefined, undefined).pipe(
+        Effect.timeoutFail({
+          duration: INITIALIZE_TIMEOUT,
+          onTimeout: () => error(`no answer to initialize within ${Duration.format(INITIALIZE_TIMEOUT)}`, true)
+        }),
+        Effect.catchTags({
+          SessionGone: () => Effect.fail(error("initialize was refused", true)),
+          RequestTimeout: (e) => Effect.fail(error(e.message, true))
+        })
+      )
+      if (refusedAsModernOnly(response)) return yield* Effect.fail(new ModernOnly())
+      if ("error" in response) return yield* error(`initialize failed: ${response.error.message}`, true)
+      const version = isObject(response.result) ? response.result.protocolVersion : undefined
+      if (typeof version !== "string" || !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
+        return yield* error(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`, true)
+      }
+      const sessionHeader = headers["mcp-session-id"]
+      const opened: Session = {
+        era: "legacy",
+        id: typeof sessionHeader === "string" ? sessionHeader : undefined,
+        protocolVersion: version,
+        initializeResult: response.result as Record<string, unknown>
+      }
+      postOneWay({ jsonrpc: "2.0", method: "notifications/initialized" }, opened)
+      log.info(`session ${opened.id ?? "(stateless)"} with ${instance.endpoint}`)
+      return opened
+    })
+
+  /**
+   * The revision's own opening: `server/discover`. A modern server answers with what it
+   * supports; an old one with an error of some kind (unknown method, no session), which makes
+   * it old. Only a server that cannot be reached fails here.
+   */
+  const probeModern = (params: Record<string, unknown>): Effect.Effect<ModernSession | undefined, TransportError> => {
+    const version = MODERN_PROTOCOL_VERSIONS[0]!
+    const provisional: ModernSession = {
+      era: "modern",
+      id: undefined,
+      protocolVersion: version,
+      initializeResult: {},
+      discover: {},
+      envelope: envelopeOf(version, params)
+    }
+    return post("server/discover", undefined, provisional, undefined).pipe(
+      Effect.timeoutFail({ duration: PROBE_TIMEOUT, onTimeout: () => error(`no answer to server/discover within ${Duration.format(PROBE_TIMEOUT)}`, true) }),
+      Effect.map(({ response }) => classifyProbe(response)),
+      Effect.catchAll((e) =>
+        e._tag === "TransportError" && !e.reachedBackend
+          ? Effect.fail(e)
+          : Effect.succeed({ _tag: "Legacy" as const, why: e._tag === "TransportError" ? e.message : "no answer" })
+      ),
+      Effect.map((outcome) => {
+        if (outcome._tag === "Legacy") {
+          log.debug(`not a ${version} server (${outcome.why}); initializing`)
+          return undefined
+        }
+        const opened: ModernSession = {
+          ...provisional,
+          protocolVersion: outcome.version,
+          envelope: envelopeOf(outcome.version, params),
+          discover: outcome.discover,
+          initializeResult: initializeResultOf(outcome.version, outcome.discover, instance.id)
+        }
+        return opened
       })
     )
-    if ("error" in response) return yield* error(`initialize failed: ${response.error.message}`, true)
-    const version = isObject(response.result) ? response.result.protocolVersion : undefined
-    if (typeof version !== "string" || !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
-      return yield* error(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`, true)
+  }
+
+  /**
+   * Opens the "session": the revision the instance spoke last time is tried first (a new
+   * instance is probed with `server/discover`, and initialized the old way if it is not modern;
+   * an old one that now refuses `initialize` as modern-only is probed again).
+   */
+  const initialize: Effect.Effect<Session, TransportError> = Effect.gen(function*() {
+    const params = options.initializeParams ?? initializeParams()
+    const remembered = options.era?.get()
+    let opened: Session | undefined = remembered === "legacy" ? undefined : yield* probeModern(params)
+    if (opened === undefined) {
+      opened = yield* initializeLegacy(params).pipe(
+        Effect.catchTag("ModernOnly", () =>
+          Effect.flatMap(probeModern(params), (modern) =>
+            modern === undefined
+              ? Effect.fail(error("the server refused initialize as modern-only, but does not answer server/discover", true))
+              : Effect.succeed(modern)))
+      )
     }
-    const sessionHeader = headers["mcp-session-id"]
-    const opened: Session = {
-      id: typeof sessionHeader === "string" ? sessionHeader : undefined,
-      protocolVersion: version,
-      initializeResult: response.result as Record<string, unknown>
+    if (remembered !== opened.era) {
+      options.era?.set(opened.era)
+      if (opened.era === "modern") log.info(`${instance.endpoint} speaks MCP ${opened.protocolVersion} (no session; server/discover)`)
     }
-    postOneWay({ jsonrpc: "2.0", method: "notifications/initialized" }, opened)
-    log.info(`session ${opened.id ?? "(stateless)"} with ${instance.endpoint}`)
     return opened
   })
 
@@ -292,23 +429,148 @@ export const makeHttpConnection = (
       })
     )
 
+  /** One POST on a session, answered (a lost session renewed and the request sent again, where that is allowed). */
+  const send = (s: Session, method: string, params: Record<string, unknown> | undefined, options: RequestOptions | undefined) =>
+    post(method, params, s, options?.deadline, options).pipe(
+      Effect.catchTag("SessionGone", () => resend(s, method, params, options)),
+      Effect.map((r) => r.response)
+    )
+
   const request = (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) => {
-    const deadline = options?.deadline
     const current = established
     if (current !== undefined) {
       // The hot path: one POST on the open session.
-      return post(method, params, current, deadline, options).pipe(
-        Effect.catchTag("SessionGone", () => resend(current, method, params, options)),
-        Effect.map((r) => r.response)
-      )
+      return current.era === "legacy" ? send(current, method, params, options) : modernRequest(current, method, params, options)
     }
     // A session that cannot be opened means this request was never sent (a tools/call may fail over).
     const session = Effect.mapError(ensureSession, (e) => new TransportError({ instanceId: e.instanceId, message: e.message, reachedBackend: false }))
-    return Effect.flatMap(withinDeadline(session, deadline), (s) =>
-      post(method, params, s, deadline, options).pipe(
-        Effect.catchTag("SessionGone", () => resend(s, method, params, options)),
-        Effect.map((r) => r.response)
-      ))
+    return Effect.flatMap(withinDeadline(session, options?.deadline), (s) =>
+      s.era === "legacy" ? send(s, method, params, options) : modernRequest(s, method, params, options))
+  }
+
+  const answered = (result: Record<string, unknown>): JsonRpcResponse => ({ jsonrpc: "2.0", id: 0, result })
+  const refused = (code: number, message: string): JsonRpcResponse => ({ jsonrpc: "2.0", id: 0, error: { code, message } })
+
+  /**
+   * A request of an old-generation caller (an old client's session, the REST face, a health
+   * probe) to a modern server, and a modern client's request passed on. What the revision
+   * removed is done the revision's way: `ping` is a `server/discover`, `logging/setLevel` a
+   * level in every later envelope, resource subscriptions a filter of the standing listen stream.
+   * A server that asks for input gets it from whoever can answer (see fulfil).
+   */
+  const modernRequest = (
+    s: ModernSession,
+    method: string,
+    params: Record<string, unknown> | undefined,
+    options: RequestOptions | undefined
+  ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> => {
+    switch (method) {
+      case "ping":
+        return Effect.map(send(s, "server/discover", undefined, options), (r) => ("error" in r ? r : answered({})))
+      case "logging/setLevel":
+        return Effect.sync(() => {
+          logLevel = typeof params?.level === "string" ? params.level : undefined
+          return answered({})
+        })
+      case "resources/subscribe":
+      case "resources/unsubscribe":
+        return Effect.sync((): JsonRpcResponse | undefined => {
+          const resources = isObject(s.initializeResult.capabilities) ? s.initializeResult.capabilities.resources : undefined
+          if (!isObject(resources) || resources.subscribe !== true) return refused(-32601, "Method not found")
+          if (typeof params?.uri !== "string") return refused(-32602, "Invalid params: uri is required")
+          if (method === "resources/subscribe") subscribedResources.add(params.uri)
+          else subscribedResources.delete(params.uri)
+          return undefined
+        }).pipe(Effect.flatMap((refusal) =>
+          refusal !== undefined
+            ? Effect.succeed(refusal)
+            // Answered once the stream that carries the resource's updates is acknowledged
+            // (or could not be opened): an update published right after is not lost.
+            : Effect.async<JsonRpcResponse>((resume) => {
+              const done = () => resume(Effect.succeed(answered({})))
+              if (refilter === undefined) done()
+              else refilter(done)
+            }).pipe(Effect.timeout("5 seconds"), Effect.orElseSucceed(() => answered({})))
+        ))
+      case "tools/call": {
+        // Its arguments may be mirrored in headers, which the server checks: know which first.
+        const call = send(s, method, params, options).pipe(
+          Effect.flatMap((r) =>
+            "error" in r && r.error.code === -32020
+              // The tool changed since the list was read (SEP-2243): read it again, once.
+              ? Effect.zipRight(loadToolHeaders(s, options), send(s, method, params, options))
+              : Effect.succeed(r)
+          )
+        )
+        const ready = toolHeadersFresh ? call : Effect.zipRight(loadToolHeaders(s, options), call)
+        return Effect.flatMap(ready, (r) => fulfil(s, method, params, r, options, 1))
+      }
+      default:
+        return Effect.flatMap(send(s, method, params, options), (r) => {
+          if (method === "tools/list" && "result" in r && isObject(r.result)) collectToolHeaders(r.result.tools, toolHeaders)
+          return fulfil(s, method, params, r, options, 1)
+        })
+    }
+  }
+
+  /** Reads the server's whole tool list for the arguments it mirrors in headers (a failure leaves what is known). */
+  const loadToolHeaders = (s: ModernSession, options: RequestOptions | undefined) =>
+    Effect.gen(function*() {
+      let cursor: unknown = undefined
+      for (let page = 0; page < 100; page++) {
+        const r = yield* send(s, "tools/list", cursor === undefined ? undefined : { cursor }, { deadline: options?.deadline, headers: options?.headers })
+        if (!("result" in r) || !isObject(r.result)) return
+        collectToolHeaders(r.result.tools, toolHeaders)
+        cursor = r.result.nextCursor
+        if (typeof cursor !== "string") break
+      }
+      toolHeadersFresh = true
+    }).pipe(Effect.catchAll(() => Effect.void))
+
+  /**
+   * A modern server's `input_required` result, for a caller that takes server requests (an
+   * old client's session): each input request is asked as the old server→client request it
+   * stands for, and the request is sent again with the answers (`inputResponses`) and the
+   * server's `requestState`, untouched, until the server completes it. A modern client's own
+   * request (`passInputRequired`), and a caller that cannot answer, get the result as it is.
+   */
+  const fulfil = (
+    s: ModernSession,
+    method: string,
+    params: Record<string, unknown> | undefined,
+    response: JsonRpcResponse,
+    options: RequestOptions | undefined,
+    round: number
+  ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> => {
+    const ask = options?.onServerRequest
+    if (!("result" in response) || !isInputRequired(response.result) || ask === undefined || options?.passInputRequired === true) {
+      return Effect.succeed(response)
+    }
+    if (round > MAX_INPUT_ROUNDS) return Effect.succeed(refused(-32603, `the server asked for input more than ${MAX_INPUT_ROUNDS} times`))
+    const result = response.result
+    const requests = isObject(result.inputRequests) ? Object.entries(result.inputRequests) : []
+    const answers = Effect.forEach(
+      requests,
+      ([key, request]) =>
+        Effect.async<readonly [string, JsonRpcResponse]>((resume) => {
+          const r = isObject(request) ? request : {}
+          ask(
+            { jsonrpc: "2.0", id: key, method: String(r.method), ...(isObject(r.params) ? { params: r.params } : {}) },
+            (answer) => resume(Effect.succeed([key, answer] as const))
+          )
+        }),
+      { concurrency: "unbounded" }
+    )
+    return Effect.flatMap(withinDeadline(answers, options?.deadline), (pairs) => {
+      const failed = pairs.find(([, answer]) => "error" in answer)
+      if (failed !== undefined) return Effect.succeed(failed[1])
+      const inputResponses: Record<string, unknown> = {}
+      for (const [key, answer] of pairs) inputResponses[key] = "result" in answer ? answer.result : {}
+      const retry: Record<string, unknown> = { ...params, inputResponses }
+      if (typeof result.requestState === "string") retry.requestState = result.requestState
+      else delete retry.requestState
+      return Effect.flatMap(send(s, method, retry, options), (next) => fulfil(s, method, params, next, options, round + 1))
+    })
   }
 
   const close = Effect.suspend(() => {
@@ -347,7 +609,9 @@ export const makeHttpConnection = (
   const listen: Connection["listen"] = (onMessage) =>
     Effect.gen(function*() {
       const s = yield* Effect.option(ensureSession)
-      if (s._tag === "None" || s.value.id === undefined) return
+      if (s._tag === "None") return
+      if (s.value.era === "modern") return yield* listenModern(s.value, onMessage)
+      if (s.value.id === undefined) return
       const session = s.value
       let stopped = false
       let current: http.ClientRequest | undefined
@@ -396,14 +660,106 @@ export const makeHttpConnection = (
         }))
     })
 
+  /**
+   * A modern server's standing stream: `subscriptions/listen` for every list it says changes and
+   * the resources subscribed through this connection, its events passed on without the
+   * subscription tag. Reopened when it ends (the server closed it, or the connection broke) and
+   * when the subscribed resources change: the new stream replaces the old once acknowledged, so
+   * nothing falls between them.
+   */
+  const listenModern = (
+    s: ModernSession,
+    onMessage: Parameters<Connection["listen"]>[0]
+  ): Effect.Effect<void, never, Scope.Scope> => {
+    let stopped = false
+    let current: http.ClientRequest | undefined
+    let reconnect: ReturnType<typeof setTimeout> | undefined
+    const later = (req: http.ClientRequest) => {
+      if (stopped || current !== req) return
+      if (reconnect !== undefined) clearTimeout(reconnect)
+      reconnect = setTimeout(() => open(), 1000)
+    }
+    const open = (ready?: () => void) => {
+      let readied = false
+      const isReady = () => {
+        if (!readied) {
+          readied = true
+          ready?.()
+        }
+      }
+      if (stopped || closed) return isReady()
+      const previous = current
+      const filter = listenFilterOf(s.initializeResult.capabilities, subscribedResources)
+      if (Object.keys(filter).length === 0) {
+        current = undefined
+        previous?.destroy()
+        return isReady()
+      }
+      const params = withEnvelope({ notifications: filter }, s.envelope, logLevel)
+      const body = JSON.stringify({ jsonrpc: "2.0", id: `gateway-listen-${nextId++}`, method: "subscriptions/listen", params })
+      const req = client.request(url, { method: "POST", agent, headers: headersFor(s, undefined, routingHeaders("subscriptions/listen", params, toolHeaders)) }, (res) => {
+        if (res.statusCode !== 200 || !String(res.headers["content-type"] ?? "").startsWith("text/event-stream")) {
+          res.resume()
+          log.debug(`subscriptions/listen refused: HTTP ${res.statusCode}`)
+          return isReady()
+        }
+        res.setEncoding("utf8")
+        res.on("data", makeSseParser((event) => {
+          if (event.event !== "message" || event.data === "" || current !== req) return
+          let message: unknown
+          try {
+            message = JSON.parse(event.data)
+          } catch {
+            return
+          }
+          if (!isNotification(message)) return
+          if (message.method === "notifications/subscriptions/acknowledged") {
+            // The new stream carries everything now: the one it replaces can go.
+            if (previous !== undefined && previous !== req) previous.destroy()
+            return isReady()
+          }
+          if (message.method === "notifications/tools/list_changed") toolHeadersFresh = false
+          const params = untagged(message.params)
+          onMessage(params === undefined ? { jsonrpc: "2.0", method: message.method } : { jsonrpc: "2.0", method: message.method, params })
+        }))
+        res.on("end", () => {
+          isReady()
+          later(req)
+        })
+        res.on("error", () => {})
+      })
+      req.on("error", () => {
+        isReady()
+        later(req)
+      })
+      req.end(body)
+      current = req
+    }
+    return Effect.acquireRelease(
+      Effect.sync(() => {
+        refilter = open
+        open()
+      }),
+      () =>
+        Effect.sync(() => {
+          stopped = true
+          if (refilter === open) refilter = undefined
+          if (reconnect !== undefined) clearTimeout(reconnect)
+          current?.destroy()
+        })
+    ).pipe(Effect.asVoid)
+  }
+
   const notify: Connection["notify"] = (method, params) =>
     Effect.sync(() => {
-      if (established !== undefined) {
+      // A modern server takes no notifications (cancelling is closing the request's stream).
+      if (established !== undefined && established.era === "legacy") {
         postOneWay(params === undefined ? { jsonrpc: "2.0", method } : { jsonrpc: "2.0", method, params }, established)
       }
     })
 
   return {
+    discovered: () => (established?.era === "modern" ? established.discover : undefined),
     generation: () => generation,
     alive: () => !closed && !sessionLost,
     listen,

@@ -10,7 +10,7 @@ import type { makeRequestTelemetry } from "../requestTelemetry.js"
 import { makeListenHandler } from "./listen.js"
 import { readModernRequest } from "./modernEnvelope.js"
 import { initializeParamsOf, Responder, serverInfoMeta } from "./modernResponse.js"
-import { CallEvents, makeParkedCalls, type ParkedCall } from "./parkedCalls.js"
+import { CallEvents, isParkedState, makeParkedCalls, type ParkedCall } from "./parkedCalls.js"
 import { rpcError } from "./rpc.js"
 
 /** Results the revision requires caching hints on; without hints from the server, "do not cache". */
@@ -22,8 +22,14 @@ const CACHEABLE = new Set(["tools/list", "resources/list", "resources/templates/
  * are an extension in the new one, which the gateway does not carry yet).
  */
 const modernCapabilities = (capabilities: unknown): Record<string, unknown> => {
+  const { tasks: _tasks, ...rest } = withoutLogging(capabilities)
+  return rest
+}
+
+/** A modern server's capabilities as a modern client sees them: logging is the old revision's. */
+const withoutLogging = (capabilities: unknown): Record<string, unknown> => {
   if (!isObject(capabilities)) return {}
-  const { logging: _logging, tasks: _tasks, ...rest } = capabilities
+  const { logging: _logging, ...rest } = capabilities
   return rest
 }
 
@@ -57,7 +63,7 @@ export const makeModernHandler = (deps: {
     const mayAsk = INPUT_METHODS.has(method)
 
     // A retry with the answers to what the server asked: the call it continues goes on.
-    if (mayAsk && request.params.requestState !== undefined) {
+    if (mayAsk && isParkedState(request.params.requestState)) {
       const call = parked.take(request.params.requestState, owner, template, method)
       if (call === undefined) {
         return responder.answer(200, rpcError(id, ErrorCode.InvalidParams, "Invalid or expired requestState"))
@@ -87,13 +93,23 @@ export const makeModernHandler = (deps: {
         error: { code: ErrorCode.MethodNotFound, message: `${serverRequest.method}: the client speaks MCP ${request.version}, where ${method} cannot ask it for input` }
       })
     }
-    const once = Effect.flatMap(deps.sessions.forModernClient(template, owner, initializeParamsOf(request)), ({ session, result: initialized }) =>
-      method === "server/discover"
-        ? Effect.succeed<Outcome>({ answer: undefined, initialized, session })
-        : Effect.map(
-          session.request(method, request.params, { onNotification: (n) => target.current.event(n), onServerRequest }, deps.forwardedHeaders(req, template, requestId)),
-          (answer): Outcome => ({ answer, initialized, session })
-        ))
+    const once = Effect.flatMap(deps.sessions.forModernClient(template, owner, initializeParamsOf(request)), ({ session, result: initialized }) => {
+      if (method === "server/discover") return Effect.succeed<Outcome>({ answer: undefined, initialized, session })
+      // A state that is not the gateway's is a modern server's own; an old server has none.
+      if (request.params.requestState !== undefined && session.backendDiscover === undefined) {
+        return Effect.succeed<Outcome>({ answer: { _tag: "Answer", message: { error: { code: ErrorCode.InvalidParams, message: "Invalid or expired requestState" } } }, initialized, session })
+      }
+      return Effect.map(
+        session.request(
+          method,
+          request.params,
+          // A modern server's input_required goes to the client as it is; an old server's questions become one (onServerRequest).
+          { onNotification: (n) => target.current.event(n), onServerRequest, passInputRequired: true },
+          deps.forwardedHeaders(req, template, requestId)
+        ),
+        (answer): Outcome => ({ answer, initialized, session })
+      )
+    })
     // A backend session that ended (its process restarted, the server forgot it) is the gateway's
     // to renew: the client has no session to lose. Once.
     const work = Effect.flatMap(once, (outcome) =>
@@ -128,7 +144,9 @@ export const makeModernHandler = (deps: {
       responder.res.off("close", onClose)
       if (event._tag === "Done") {
         const exit = event.outcome
-        return Exit.isSuccess(exit) ? respond(responder, id, call.method, exit.value.answer, exit.value.initialized) : responder.failed(id, exit, deps.logDefect)
+        return Exit.isSuccess(exit)
+          ? respond(responder, id, call.method, exit.value.answer, exit.value.initialized, exit.value.session.backendDiscover)
+          : responder.failed(id, exit, deps.logDefect)
       }
       const key = `input-${++asks}`
       const state = parked.park({ ...call, asked: new Map([[key, event.ask]]) })
@@ -145,7 +163,29 @@ export const makeModernHandler = (deps: {
   }
   let asks = 0
 
-  const respond = (responder: Responder, id: JsonRpcId, method: string, outcome: SessionAnswer | undefined, initialized: Record<string, unknown>) => {
+  const respond = (
+    responder: Responder,
+    id: JsonRpcId,
+    method: string,
+    outcome: SessionAnswer | undefined,
+    initialized: Record<string, unknown>,
+    discovered: Record<string, unknown> | undefined
+  ) => {
+    if (outcome === undefined && discovered !== undefined) {
+      // server/discover of a modern server: its own answer, the versions narrowed to what the gateway speaks too.
+      const supported = Array.isArray(discovered.supportedVersions) ? discovered.supportedVersions : []
+      return responder.answer(200, {
+        jsonrpc: "2.0",
+        id,
+        result: {
+          ...discovered,
+          supportedVersions: MODERN_PROTOCOL_VERSIONS.filter((v) => supported.includes(v)),
+          capabilities: withoutLogging(discovered.capabilities),
+          resultType: "complete",
+          _meta: { ...(isObject(discovered._meta) ? discovered._meta : {}), ...serverInfoMeta(initialized) }
+        }
+      })
+    }
     if (outcome === undefined) {
       // server/discover, from what the backend said when it was initialized for this client.
       return responder.answer(200, {
@@ -172,7 +212,7 @@ export const makeModernHandler = (deps: {
           result: {
             ...result,
             resultType: typeof result.resultType === "string" ? result.resultType : "complete",
-            ...(CACHEABLE.has(method) && result.ttlMs === undefined ? { ttlMs: 0, cacheScope: "private" } : {}),
+            ...(CACHEABLE.has(method) && result.ttlMs === undefined && result.resultType !== "input_required" ? { ttlMs: 0, cacheScope: "private" } : {}),
             _meta: { ...(isObject(result._meta) ? result._meta : {}), ...serverInfoMeta(initialized) }
           }
         })

@@ -1,5 +1,6 @@
 import type * as http from "node:http"
 import { isObject, type JsonRpcId } from "../../domain/JsonRpc.js"
+import { decodeHeaderValue, META, mirroredName, ModernErrorCode } from "../../domain/ModernProtocol.js"
 import { MODERN_PROTOCOL_VERSIONS } from "../../domain/Protocol.js"
 
 /**
@@ -8,22 +9,6 @@ import { MODERN_PROTOCOL_VERSIONS } from "../../domain/Protocol.js"
  * method (and name) in headers that must agree with the body. This file reads and checks that
  * envelope; nothing here touches a backend.
  */
-export const META = {
-  protocolVersion: "io.modelcontextprotocol/protocolVersion",
-  clientInfo: "io.modelcontextprotocol/clientInfo",
-  clientCapabilities: "io.modelcontextprotocol/clientCapabilities",
-  logLevel: "io.modelcontextprotocol/logLevel",
-  serverInfo: "io.modelcontextprotocol/serverInfo",
-  subscriptionId: "io.modelcontextprotocol/subscriptionId"
-} as const
-
-/** The revision's own error codes. */
-export const ModernErrorCode = {
-  HeaderMismatch: -32020,
-  MissingRequiredClientCapability: -32021,
-  UnsupportedProtocolVersion: -32022
-} as const
-
 /** Methods a modern client may call through the gateway; anything else is 404 / -32601. */
 export const MODERN_METHODS: ReadonlySet<string> = new Set([
   "server/discover",
@@ -37,9 +22,6 @@ export const MODERN_METHODS: ReadonlySet<string> = new Set([
   "completion/complete",
   "subscriptions/listen"
 ])
-
-/** Whether a version string names the modern generation (the SDKs compare them as strings). */
-export const isModernVersion = (version: unknown): version is string => typeof version === "string" && version >= "2026-07-28"
 
 /** The version a message's envelope claims, if any: what tells a modern request from an old one. */
 export const envelopeVersion = (message: Record<string, unknown>): unknown => {
@@ -67,25 +49,6 @@ const refuse = (status: 400 | 404, id: JsonRpcId | null, code: number, message: 
   status,
   body: { jsonrpc: "2.0", id, error: data === undefined ? { code, message } : { code, message, data } }
 })
-
-const BASE64_WRAPPED = /^=\?base64\?([A-Za-z0-9+/=]*)\?=$/
-
-/** A mirrored header's value as the client meant it (`=?base64?...?=` wraps what plain ASCII cannot carry). */
-export const decodeHeaderValue = (value: string): string => {
-  const trimmed = value.trim()
-  const wrapped = BASE64_WRAPPED.exec(trimmed)
-  return wrapped === null ? trimmed : Buffer.from(wrapped[1]!, "base64").toString("utf8")
-}
-
-/** What `Mcp-Name` must mirror for a method, if it mirrors anything. */
-const nameOf = (method: string, params: Record<string, unknown>): unknown =>
-  method === "tools/call" || method === "prompts/get"
-    ? params.name
-    : method === "resources/read"
-    ? params.uri
-    : method === "tasks/get" || method === "tasks/update" || method === "tasks/cancel"
-    ? params.taskId
-    : undefined
 
 const header = (req: http.IncomingMessage, name: string) => {
   const value = req.headers[name]
@@ -126,7 +89,7 @@ export const readModernRequest = (
   if (methodHeader !== method) {
     return mismatch(id, methodHeader, `the body names method ${method} but the Mcp-Method header names ${methodHeader ?? "nothing"}`)
   }
-  const name = nameOf(method, params)
+  const name = mirroredName(method, params)
   if (name !== undefined) {
     const nameHeader = header(req, "mcp-name")
     if (nameHeader === undefined || decodeHeaderValue(nameHeader) !== String(name)) {

@@ -4,7 +4,8 @@ import type { DispatchError, SessionLimitReached } from "../../domain/GatewayErr
 import { ErrorCode, type JsonRpcId } from "../../domain/JsonRpc.js"
 import { LATEST_PROTOCOL_VERSION } from "../../domain/Protocol.js"
 import { sendJson } from "../raw.js"
-import { META, type ModernRequest } from "./modernEnvelope.js"
+import { META } from "../../domain/ModernProtocol.js"
+import type { ModernRequest } from "./modernEnvelope.js"
 import { rpcError, sessionFailureAnswer } from "./rpc.js"
 
 /** The `initialize` an old backend gets on behalf of a modern client (its own info and capabilities). */

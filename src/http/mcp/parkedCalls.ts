@@ -53,6 +53,14 @@ export interface ParkedCall<A, R> {
 }
 
 /**
+ * What starts every requestState the gateway hands out: a retry whose state does not start so
+ * carries a modern server's own state, which goes back to that server untouched.
+ */
+const PARKED_STATE_PREFIX = "mcpgw."
+
+export const isParkedState = (state: unknown): boolean => typeof state === "string" && state.startsWith(PARKED_STATE_PREFIX)
+
+/**
  * Calls waiting for a modern client's answers, by their `requestState`: 128 random bits the
  * client echoes (it cannot be guessed, and it is honoured only for the caller and template
  * that got it). A call nobody comes back for is cancelled after `expiresMs`.
@@ -61,7 +69,7 @@ export const makeParkedCalls = <A, R>(expiresMs: number) => {
   const parked = new Map<string, { readonly call: ParkedCall<A, R>; readonly timer: ReturnType<typeof setTimeout> }>()
   return {
     park: (call: ParkedCall<A, R>): string => {
-      const state = randomBytes(16).toString("base64url")
+      const state = PARKED_STATE_PREFIX + randomBytes(16).toString("base64url")
       const timer = setTimeout(() => {
         parked.delete(state)
         call.cancel()

@@ -1,0 +1,139 @@
+import { isObject, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import { encodeHeaderValue, META, mirroredName } from "../domain/ModernProtocol.js"
+import { MODERN_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
+
+/**
+ * What the HTTP transport needs to speak the 2026-07-28 revision to a backend ("modern"):
+ * classify the answer to a `server/discover` probe, build the per-request envelope and the
+ * routing headers, and show the server's discover answer in the shape of an `initialize`
+ * result, which is what the rest of the gateway reads (capabilities, serverInfo, instructions).
+ * Pure functions; the connection that uses them is http.ts.
+ */
+
+/** How a backend answered the gateway's `server/discover` probe. */
+export type ProbeOutcome =
+  | { readonly _tag: "Modern"; readonly version: string; readonly discover: Record<string, unknown> }
+  | { readonly _tag: "Legacy"; readonly why: string }
+
+/**
+ * A DiscoverResult naming a version the gateway speaks makes the backend modern; anything
+ * else (-32601, a session error, an "unsupported version" from an old server) makes it old,
+ * as the SDK's own clients decide.
+ */
+export const classifyProbe = (response: JsonRpcResponse): ProbeOutcome => {
+  if ("error" in response) return { _tag: "Legacy", why: `server/discover answered ${response.error.code} ${response.error.message}` }
+  const result = response.result
+  if (!isObject(result) || !Array.isArray(result.supportedVersions)) return { _tag: "Legacy", why: "server/discover answered no supportedVersions" }
+  const version = MODERN_PROTOCOL_VERSIONS.find((v) => (result.supportedVersions as Array<unknown>).includes(v))
+  if (version === undefined) return { _tag: "Legacy", why: `server/discover offers only ${JSON.stringify(result.supportedVersions)}` }
+  return { _tag: "Modern", version, discover: result }
+}
+
+/** An `initialize` refused by a modern-only server (400 / -32022 naming a modern version): probe it instead. */
+export const refusedAsModernOnly = (response: JsonRpcResponse): boolean =>
+  "error" in response && response.error.code === -32022 && isObject(response.error.data) &&
+  Array.isArray(response.error.data.supported) && MODERN_PROTOCOL_VERSIONS.some((v) => (response.error.data as { supported: Array<unknown> }).supported.includes(v))
+
+/** The discover answer as the gateway's other parts read a server's `initialize` result. */
+export const initializeResultOf = (version: string, discover: Record<string, unknown>, fallbackName: string): Record<string, unknown> => {
+  const meta = isObject(discover._meta) ? discover._meta : {}
+  const serverInfo = isObject(meta[META.serverInfo]) ? meta[META.serverInfo] : { name: fallbackName, version: "unknown" }
+  return {
+    protocolVersion: version,
+    capabilities: isObject(discover.capabilities) ? discover.capabilities : {},
+    serverInfo,
+    ...(typeof discover.instructions === "string" ? { instructions: discover.instructions } : {})
+  }
+}
+
+/** The `_meta` envelope every modern request carries: the version and the client the gateway speaks for. */
+export const envelopeOf = (version: string, initializeParams: Record<string, unknown>): Record<string, unknown> => ({
+  [META.protocolVersion]: version,
+  [META.clientInfo]: isObject(initializeParams.clientInfo) ? initializeParams.clientInfo : { name: "mcp-gateway", version: "0" },
+  [META.clientCapabilities]: isObject(initializeParams.capabilities) ? initializeParams.capabilities : {}
+})
+
+/** A request's params with the envelope in `_meta` (its other `_meta` keys, a progress token or a trace, kept). */
+export const withEnvelope = (
+  params: Record<string, unknown> | undefined,
+  envelope: Record<string, unknown>,
+  logLevel: string | undefined
+): Record<string, unknown> => {
+  const meta: Record<string, unknown> = {}
+  const own = params?._meta
+  if (isObject(own)) for (const key in own) meta[key] = own[key]
+  for (const key in envelope) meta[key] = envelope[key]
+  if (logLevel !== undefined) meta[META.logLevel] = logLevel
+  const out: Record<string, unknown> = {}
+  if (params !== undefined) for (const key in params) if (key !== "_meta") out[key] = params[key]
+  out._meta = meta
+  return out
+}
+
+/** Tool arguments the server mirrors in `Mcp-Param-{Name}` headers, by tool name (from `x-mcp-header` in the input schemas). */
+export type ToolHeaders = ReadonlyMap<string, ReadonlyArray<{ readonly path: ReadonlyArray<string>; readonly header: string }>>
+
+/** Collects the `x-mcp-header` declarations of a `tools/list` page's tools (through plain `properties` chains, as the revision allows). */
+export const collectToolHeaders = (tools: unknown, into: Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>>) => {
+  if (!Array.isArray(tools)) return
+  for (const tool of tools) {
+    if (!isObject(tool) || typeof tool.name !== "string") continue
+    const found: Array<{ path: ReadonlyArray<string>; header: string }> = []
+    const walk = (schema: unknown, path: ReadonlyArray<string>) => {
+      if (!isObject(schema) || !isObject(schema.properties)) return
+      for (const [key, property] of Object.entries(schema.properties)) {
+        if (!isObject(property)) continue
+        if (typeof property["x-mcp-header"] === "string") found.push({ path: [...path, key], header: property["x-mcp-header"] })
+        walk(property, [...path, key])
+      }
+    }
+    walk(tool.inputSchema, [])
+    if (found.length > 0) into.set(tool.name, found)
+    else into.delete(tool.name)
+  }
+}
+
+/**
+ * The headers a modern request mirrors from its body: `Mcp-Method`, `Mcp-Name`, and for a tool
+ * call the `Mcp-Param-*` of its declared arguments (strings as they are or base64-wrapped,
+ * numbers in decimal, booleans as true/false; an absent argument sends no header).
+ */
+export const routingHeaders = (
+  method: string,
+  params: Record<string, unknown> | undefined,
+  toolHeaders: ToolHeaders
+): Record<string, string> => {
+  const headers: Record<string, string> = { "mcp-method": method }
+  if (params === undefined) return headers
+  const name = mirroredName(method, params)
+  if (name !== undefined) headers["mcp-name"] = encodeHeaderValue(String(name))
+  if (method === "tools/call" && typeof params.name === "string") {
+    for (const { header, path } of toolHeaders.get(params.name) ?? []) {
+      let value: unknown = params.arguments
+      for (const key of path) value = isObject(value) ? value[key] : undefined
+      if (typeof value === "string") headers[`mcp-param-${header.toLowerCase()}`] = encodeHeaderValue(value)
+      else if (typeof value === "number" || typeof value === "boolean") headers[`mcp-param-${header.toLowerCase()}`] = String(value)
+    }
+  }
+  return headers
+}
+
+/** What a modern backend is asked to listen for: every list it says changes, and the resources subscribed through it. */
+export const listenFilterOf = (capabilities: unknown, resources: ReadonlySet<string>): Record<string, unknown> => {
+  const offers = (name: string) => isObject(capabilities) && isObject(capabilities[name]) && (capabilities[name] as Record<string, unknown>).listChanged === true
+  return {
+    ...(offers("tools") ? { toolsListChanged: true } : {}),
+    ...(offers("prompts") ? { promptsListChanged: true } : {}),
+    ...(offers("resources") ? { resourcesListChanged: true } : {}),
+    ...(resources.size > 0 ? { resourceSubscriptions: Array.from(resources) } : {})
+  }
+}
+
+/** A listen stream's message without the subscription tag the backend put on it (the gateway's client never asked for that stream). */
+export const untagged = (params: unknown): Record<string, unknown> | undefined => {
+  if (!isObject(params)) return undefined
+  if (!isObject(params._meta) || !(META.subscriptionId in params._meta)) return params
+  const { [META.subscriptionId]: _id, ...meta } = params._meta
+  const { _meta: _old, ...rest } = params
+  return Object.keys(meta).length > 0 ? { ...rest, _meta: meta } : rest
+}
