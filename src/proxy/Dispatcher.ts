@@ -26,6 +26,7 @@ import { Deadline } from "./Deadline.js"
 import { retrySchedule, retryWhile } from "./RetryPolicy.js"
 import { Stats } from "./Stats.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
+import { TaskRoutes } from "./TaskRoutes.js"
 import { Timer } from "./Timer.js"
 
 export interface DispatchResult {
@@ -428,6 +429,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
         })
 
       let ownProgressTokens = 0
+      const tasks = new TaskRoutes()
 
       const call: DispatcherShape["call"] = (template, method, params, options) => {
         const relay = options?.relay
@@ -444,11 +446,15 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           params = { ...params, _meta: { ...meta, progressToken: ownToken } }
         }
         const subject = params === undefined ? undefined : typeof params.name === "string" ? params.name : typeof params.uri === "string" ? params.uri : undefined
+        // A task lives where it was created: its requests go there (a session's are pinned anyway).
+        const taskInstance = options?.instance === undefined && method.startsWith("tasks/")
+          ? tasks.instanceFor(template, method, params, timer.now())
+          : undefined
         return execute<JsonRpcResponse>({
           template,
           method,
           subject,
-          instance: options?.instance,
+          instance: options?.instance ?? taskInstance,
           retryable: (error) => isRetryable(method, error),
           classify: (response) =>
             "error" in response
@@ -484,7 +490,10 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           Effect.flatMap(({ instance, value: response }) =>
             "error" in response
               ? Effect.fail(new BackendError({ template, instanceId: instance.id, error: response.error }))
-              : Effect.succeed({ result: response.result, instanceId: instance.id, instance })
+              : Effect.sync(() => {
+                if (method === "tools/call") tasks.learn(template, instance, response.result, timer.now())
+                return { result: response.result, instanceId: instance.id, instance }
+              })
           )
         )
       }

@@ -5,6 +5,7 @@ import {
   CreateMessageRequestSchema,
   ElicitRequestSchema,
   ListRootsRequestSchema,
+  LoggingMessageNotificationSchema,
   ResourceUpdatedNotificationSchema,
   ToolListChangedNotificationSchema
 } from "@modelcontextprotocol/sdk/types.js"
@@ -13,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { api, type RunningGateway, type RunningServer, startFixtureServer, startGateway, tempDir, waitUntil, writeJson } from "../support/processes.js"
 
 const MODERN = "2026-07-28"
-const text = (result: { content?: unknown }) => ((result.content as Array<{ text?: string }>)[0]?.text ?? "")
+const text = (result: unknown) => (((result as { content: Array<{ text?: string }> }).content)[0]?.text ?? "")
 
 /**
  * Backends of the MCP 2026-07-28 revision behind the gateway, written with the SDK v2 server
@@ -59,8 +60,8 @@ describe("modern (2026-07-28) backends", () => {
     return client
   }
   /** What the fixture saw (calls, cancelled calls, the last envelope and headers). */
-  const serverStats = async (client: { callTool: (p: { name: string; arguments: object }) => Promise<unknown> }) =>
-    JSON.parse(text((await client.callTool({ name: "stats", arguments: {} })) as { content?: unknown }))
+  const serverStats = async (client: { callTool: (...args: Array<any>) => Promise<unknown> }) =>
+    JSON.parse(text(await client.callTool({ name: "stats", arguments: {} })))
 
   beforeAll(async () => {
     strict = await startFixtureServer("modern-server.mjs", { LEGACY: "reject", NAME: "strict" })
@@ -150,6 +151,19 @@ describe("modern (2026-07-28) backends", () => {
     expect(updates).toEqual(["fixture://greeting"])
     await client.callTool({ name: "poke", arguments: {} })
     await waitUntil(() => listChanged > 0, 5_000, "tools/list_changed")
+  })
+
+  it("an old client: logging/setLevel becomes the envelope's log level; log messages come only once it is set", async () => {
+    const client = await old("strict")
+    const messages: Array<unknown> = []
+    client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => void messages.push(n.params.data))
+    await client.callTool({ name: "log", arguments: {} })
+    expect(messages).toEqual([])
+    await client.setLoggingLevel("info")
+    await client.callTool({ name: "log", arguments: {} })
+    await waitUntil(() => messages.length > 0, 5_000, "the log message")
+    expect(messages).toEqual(["a message from the tool"])
+    expect((await serverStats(client)).envelope["io.modelcontextprotocol/logLevel"]).toBe("info")
   })
 
   it("an old client: cancelling a call closes it at the server", async () => {

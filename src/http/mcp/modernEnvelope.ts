@@ -20,7 +20,11 @@ export const MODERN_METHODS: ReadonlySet<string> = new Set([
   "prompts/list",
   "prompts/get",
   "completion/complete",
-  "subscriptions/listen"
+  "subscriptions/listen",
+  // The tasks extension's methods: for a modern server that offers it (routed to the task's instance).
+  "tasks/get",
+  "tasks/update",
+  "tasks/cancel"
 ])
 
 /** The version a message's envelope claims, if any: what tells a modern request from an old one. */

@@ -116,6 +116,19 @@ export const makePostHandler = (deps: {
     const relayed: Array<string> = []
     const onServerRequest = (request: JsonRpcRequest, reply: (response: JsonRpcResponse) => void) =>
       void relayed.push(session.relayServerRequest(request, reply, event))
+    const answerWith = (outcome: SessionAnswer) => {
+      switch (outcome._tag) {
+        case "Answer":
+          return answer(200, { jsonrpc: "2.0", id, ...outcome.message })
+        case "Gone":
+          run(sessions.close(session.id))
+          return answer(404, rpcError(id, ErrorCode.InternalError, outcome.message))
+        case "Unavailable":
+          return answer(503, rpcError(id, ErrorCode.InternalError, outcome.message), {
+            "retry-after": String(outcome.retryAfterSeconds)
+          })
+      }
+    }
     const fork = deps.telemetry(run, req, requestId, () => ({ "mcp.template": session.template, "mcp.method": method }))
     const fiber = fork(session.request(method, params, { onNotification: event, onServerRequest }, headers))
     // A client that hangs up has not cancelled (the spec's word: it sends notifications/cancelled
@@ -131,19 +144,6 @@ export const makePostHandler = (deps: {
       deps.logDefect(exit.cause)
       answer(500, rpcError(id, ErrorCode.InternalError, "the gateway failed to handle the request; see its log"))
     })
-    const answerWith = (outcome: SessionAnswer) => {
-      switch (outcome._tag) {
-        case "Answer":
-          return answer(200, { jsonrpc: "2.0", id, ...outcome.message })
-        case "Gone":
-          run(sessions.close(session.id))
-          return answer(404, rpcError(id, ErrorCode.InternalError, outcome.message))
-        case "Unavailable":
-          return answer(503, rpcError(id, ErrorCode.InternalError, outcome.message), {
-            "retry-after": String(outcome.retryAfterSeconds)
-          })
-      }
-    }
   }
 
   return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, owner: string) => {
