@@ -33,8 +33,11 @@ export const DEFAULT_LIMITS = {
 /** Headers a template may never forward to its backends: the client's credentials, and what the gateway sets itself. */
 const UNFORWARDABLE_HEADERS = new Set([
   "authorization", "x-api-key", "cookie", "host", "content-length", "content-type", "transfer-encoding", "connection",
-  "accept", "mcp-session-id", "mcp-protocol-version", "last-event-id", "proxy-authorization", "upgrade", "te", "keep-alive"
+  "accept", "mcp-session-id", "mcp-protocol-version", "last-event-id", "proxy-authorization", "upgrade", "te", "keep-alive",
+  // The 2026-07-28 routing headers: the gateway derives them from the body it sends.
+  "mcp-method", "mcp-name"
 ])
+const unforwardable = (header: string) => UNFORWARDABLE_HEADERS.has(header) || header.startsWith("mcp-param-")
 
 export const LogLevelName = Schema.Literal("trace", "debug", "info", "warn", "error", "fatal", "none")
 export type LogLevelName = typeof LogLevelName.Type
@@ -275,7 +278,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
       })
       const forwardHeaders = (template.forward_headers ?? []).map((h) => h.toLowerCase())
       forwardHeaders.forEach((h, i) => {
-        if (UNFORWARDABLE_HEADERS.has(h)) {
+        if (unforwardable(h)) {
           problems.push(
             `templates.${name}.forward_headers[${i}]: ${JSON.stringify(h)} is never forwarded (the client's credentials ` +
               `and the headers the gateway sets itself); give backend credentials in the instance's headers`

@@ -9,6 +9,7 @@ import {
   type RunningGateway,
   type RunningServer,
   startEverythingHttp,
+  startEverythingSse,
   startGateway,
   tempDir,
   waitUntil,
@@ -52,6 +53,7 @@ const modernPost = (url: string, method: string, params: Record<string, unknown>
  */
 describe("modern (2026-07-28) clients on the MCP endpoint", () => {
   let backend: RunningServer
+  let sseBackend: RunningServer
   let gateway: RunningGateway
   const closers: Array<() => Promise<unknown>> = []
 
@@ -70,12 +72,14 @@ describe("modern (2026-07-28) clients on the MCP endpoint", () => {
 
   beforeAll(async () => {
     backend = await startEverythingHttp()
+    sseBackend = await startEverythingSse()
     const dir = tempDir()
     const configFile = path.join(dir, "gateway.json")
     writeJson(configFile, {
       templates: {
         stdio: { instances: [{ id: "s1", transport: "stdio", command: ["node", everythingServer, "stdio"] }] },
-        http: { instances: [{ id: "h1", transport: "http", endpoint: backend.url }] }
+        http: { instances: [{ id: "h1", transport: "http", endpoint: backend.url }] },
+        sse: { instances: [{ id: "l1", transport: "sse", endpoint: sseBackend.url }] }
       }
     })
     gateway = await startGateway({ configFile })
@@ -85,9 +89,10 @@ describe("modern (2026-07-28) clients on the MCP endpoint", () => {
     await Promise.all(closers.map((close) => close().catch(() => {})))
     await gateway?.stop()
     await backend?.stop()
+    await sseBackend?.stop()
   })
 
-  for (const template of ["stdio", "http"]) {
+  for (const template of ["stdio", "http", "sse"]) {
     it(`${template}: the SDK v2 client negotiates the modern revision, discovers the server, lists and calls tools with progress`, async () => {
       const client = await modern(template)
       expect(client.getProtocolEra()).toBe("modern")
@@ -114,10 +119,12 @@ describe("modern (2026-07-28) clients on the MCP endpoint", () => {
       expect(resource.contents[0]?.uri).toBe("demo://resource/static/document/architecture.md")
       const prompt = await client.getPrompt({ name: "simple-prompt" })
       expect(prompt.messages.length).toBeGreaterThan(0)
+      const completion = await client.complete({ ref: { type: "ref/prompt", name: "completable-prompt" }, argument: { name: "department", value: "S" } })
+      expect(completion.completion.values).toEqual(["Sales", "Support"])
     })
   }
 
-  for (const template of ["stdio", "http"]) {
+  for (const template of ["stdio", "http", "sse"]) {
     it(`${template}: what the server asks mid-call (sampling, elicitation) reaches the modern client as input_required, and its answers go back`, async () => {
       const client = new ModernClient(
         { name: "modern-asked", version: "1.0.0" },
@@ -147,7 +154,7 @@ describe("modern (2026-07-28) clients on the MCP endpoint", () => {
     })
   }
 
-  for (const template of ["stdio", "http"]) {
+  for (const template of ["stdio", "http", "sse"]) {
     it(`${template}: subscriptions/listen carries resource updates of the resources listened to, and ends when the client closes it`, async () => {
       const client = await modern(template)
       const uri = "demo://resource/static/document/architecture.md"
