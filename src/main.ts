@@ -3,7 +3,7 @@ import { ValidationError } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Cause, Effect, Exit, Option } from "effect"
 import { cli, withDefaultCommand } from "./cli/Cli.js"
-import { StartupFailed } from "./cli/StartupFailed.js"
+import { CommandFailed } from "./cli/CommandFailed.js"
 import { flushLogs } from "./logging.js"
 
 const program = Effect.suspend(() => cli(withDefaultCommand(process.argv))).pipe(
@@ -11,7 +11,7 @@ const program = Effect.suspend(() => cli(withDefaultCommand(process.argv))).pipe
     Effect.sync(() => {
       flushLogs()
       const failure = Cause.failureOption(cause)
-      if (Option.isSome(failure) && failure.value instanceof StartupFailed) {
+      if (Option.isSome(failure) && failure.value instanceof CommandFailed) {
         // A problem for the user to fix: the message alone, no stack trace.
         process.stderr.write(`mcp-gateway: ${failure.value.message}\n`)
       } else if (Option.isSome(failure) && ValidationError.isValidationError(failure.value)) {
@@ -32,7 +32,7 @@ NodeRuntime.runMain(program, {
     if (Exit.isSuccess(exit) || Cause.isInterruptedOnly(exit.cause)) return onExit(0)
     const failure = Cause.failureOption(exit.cause)
     onExit(
-      Option.isSome(failure) && failure.value instanceof StartupFailed
+      Option.isSome(failure) && failure.value instanceof CommandFailed
         ? failure.value.exitCode
         : Option.isSome(failure) && ValidationError.isValidationError(failure.value)
         ? 2

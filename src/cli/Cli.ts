@@ -1,15 +1,31 @@
 import { Command } from "@effect/cli"
 import { GATEWAY_VERSION } from "../domain/Protocol.js"
+import { stopCommand } from "./background.js"
 import { configCommand } from "./configValidate.js"
 import { hashKeyCommand } from "./hashKey.js"
+import { openapiCommand } from "./openapi.js"
+import { deregisterCommand, registerCommand } from "./register.js"
 import { startCommand } from "./start.js"
+import { registryCommand, statusCommand } from "./status.js"
+import { versionCommand } from "./version.js"
 
 export const rootCommand = Command.make("mcp-gateway").pipe(
   Command.withDescription("One URL for every MCP server: load balancing, health checks and failover"),
-  Command.withSubcommands([startCommand, hashKeyCommand, configCommand])
+  Command.withSubcommands([
+    startCommand,
+    stopCommand,
+    statusCommand,
+    registerCommand,
+    deregisterCommand,
+    registryCommand,
+    configCommand,
+    openapiCommand,
+    hashKeyCommand,
+    versionCommand
+  ])
 )
 
-const subcommands = new Set(["start", "hash-key", "config"])
+const subcommands = new Set(["start", "stop", "status", "register", "deregister", "registry", "config", "openapi", "hash-key", "version"])
 
 /**
  * `start` is the default command: `mcp-gateway --config gateway.json` means

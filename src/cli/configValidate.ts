@@ -6,7 +6,7 @@ import { PluginLoader } from "../loader/PluginLoader.js"
 import { Registry } from "../registry/Registry.js"
 import { loggerLayer } from "../logging.js"
 import { Strategies } from "../strategy/Strategies.js"
-import { StartupFailed } from "./StartupFailed.js"
+import { CommandFailed } from "./CommandFailed.js"
 
 /**
  * `mcp-gateway config validate FILE`: what `start` would say of the config, without starting
@@ -19,7 +19,7 @@ const validate = Command.make(
   ({ file }) =>
     Effect.gen(function*() {
       const config = yield* loadGatewayConfig({ configFile: file }).pipe(
-        Effect.mapError((e) => new StartupFailed({ message: e.message, exitCode: 2 }))
+        Effect.mapError((e) => new CommandFailed({ message: e.message, exitCode: 2 }))
       )
       // The plugins, as start builds them (no process is started, no port bound).
       const plugins = Layer.mergeAll(Strategies.layer, HealthProbes.layer).pipe(
@@ -29,8 +29,8 @@ const validate = Command.make(
       yield* Effect.scoped(Layer.build(plugins)).pipe(
         // Warnings (a registry file's refused entries) to stderr; stdout is the verdict's.
         Effect.provide(loggerLayer("warn", "text")),
-        Effect.catchTag("PluginError", (e) => new StartupFailed({ message: e.message, exitCode: 2 })),
-        Effect.catchTag("RegistryStorageError", (e) => new StartupFailed({ message: e.message, exitCode: 2 }))
+        Effect.catchTag("PluginError", (e) => new CommandFailed({ message: e.message, exitCode: 2 })),
+        Effect.catchTag("RegistryStorageError", (e) => new CommandFailed({ message: e.message, exitCode: 2 }))
       )
       const instances = config.templates.reduce((n, t) => n + t.instances.length, 0)
       yield* Console.log(`${file}: valid (${config.templates.length} templates, ${instances} instances)`)

@@ -4,8 +4,10 @@ import { GatewayConfig, loadGatewayConfig, type LogLevelName } from "../config/G
 import { GatewayLive } from "../Gateway.js"
 import { type LogFormat, loggerLayer } from "../logging.js"
 import { RequestLog } from "../observability/RequestLog.js"
+import { startInBackground } from "./background.js"
 import { choiceFlag, integerFlag } from "./flags.js"
-import { StartupFailed } from "./StartupFailed.js"
+import { defaultPidFile } from "./pidFile.js"
+import { CommandFailed } from "./CommandFailed.js"
 
 export const startOptions = {
   config: Options.file("config", { exists: "yes" }).pipe(
@@ -28,6 +30,17 @@ export const startOptions = {
   ),
   insecure: Options.boolean("insecure").pipe(
     Options.withDescription("Listen on a non-loopback address without any auth configured (anyone who can reach it may use every tool)")
+  ),
+  background: Options.boolean("background").pipe(
+    Options.withDescription("Run detached: returns once /gateway/health answers, printing the pid, URL, log file and pid file; `stop` ends it")
+  ),
+  pidFile: Options.text("pid-file").pipe(
+    Options.withDescription(`With --background: where to record the pid and URL (default ${defaultPidFile()})`),
+    Options.optional
+  ),
+  logFile: Options.text("log-file").pipe(
+    Options.withDescription("With --background: where its log goes (default beside the pid file, gateway.log)"),
+    Options.optional
   )
 }
 
@@ -39,6 +52,9 @@ type StartFlags = {
   readonly logLevel: Option.Option<LogLevelName>
   readonly logFormat: LogFormat
   readonly insecure: boolean
+  readonly background: boolean
+  readonly pidFile: Option.Option<string>
+  readonly logFile: Option.Option<string>
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
@@ -46,15 +62,16 @@ const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
 /** Loads the config, builds the gateway and runs it until SIGINT/SIGTERM. */
 export const runGateway = (flags: StartFlags) =>
   Effect.gen(function*() {
+    if (flags.background) return yield* startInBackground(flags)
     const config = yield* loadGatewayConfig({
       configFile: Option.getOrUndefined(flags.config),
       host: Option.getOrUndefined(flags.host),
       port: Option.getOrUndefined(flags.port),
       registryFile: Option.getOrUndefined(flags.registryFile),
       logLevel: Option.getOrUndefined(flags.logLevel)
-    }).pipe(Effect.mapError((e) => new StartupFailed({ message: e.message, exitCode: 2 })))
+    }).pipe(Effect.mapError((e) => new CommandFailed({ message: e.message, exitCode: 2 })))
     if (!LOOPBACK.test(config.gateway.host) && config.gateway.auth === undefined && !flags.insecure) {
-      return yield* new StartupFailed({
+      return yield* new CommandFailed({
         message: `refusing to listen on ${config.gateway.host} without authentication: anyone who can reach this address could call ` +
           `every tool of every template. Configure "auth" (API keys or JWTs, see docs/security.md), listen on 127.0.0.1, ` +
           `or pass --insecure if the network itself is trusted`,
@@ -65,9 +82,9 @@ export const runGateway = (flags: StartFlags) =>
     const requestLog = RequestLog.forLogger(config.gateway.logLevel, flags.logFormat)
     return yield* Layer.launch(GatewayLive.pipe(Layer.provide(GatewayConfig.layer(config)), Layer.provide(requestLog))).pipe(
       Effect.catchTags({
-        PluginError: (e) => new StartupFailed({ message: e.message, exitCode: 2 }),
-        RegistryStorageError: (e) => new StartupFailed({ message: e.message, exitCode: 2 }),
-        ListenError: (e) => new StartupFailed({ message: e.message, exitCode: 1 })
+        PluginError: (e) => new CommandFailed({ message: e.message, exitCode: 2 }),
+        RegistryStorageError: (e) => new CommandFailed({ message: e.message, exitCode: 2 }),
+        ListenError: (e) => new CommandFailed({ message: e.message, exitCode: 1 })
       }),
       Effect.provide(logger)
     )

@@ -1,0 +1,132 @@
+import { Command, Options } from "@effect/cli"
+import { Console, Effect, Option } from "effect"
+import { spawn } from "node:child_process"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { integerFlag } from "./flags.js"
+import { CommandFailed } from "./CommandFailed.js"
+import { defaultPidFile, isAlive, logFileFor, readPidFile, removePidFile, writePidFile } from "./pidFile.js"
+
+/** How long `start --background` waits for the gateway to answer `/gateway/health`. */
+const READY_TIMEOUT_MS = 60_000
+
+/** The last lines of what a gateway wrote to its log since `from`, for a failure message. */
+const tail = (file: string, from: number, lines = 20) => {
+  try {
+    const text = fs.readFileSync(file, "utf8").slice(from)
+    return text.trimEnd().split("\n").slice(-lines).join("\n")
+  } catch {
+    return ""
+  }
+}
+
+const sleep = (ms: number) => Effect.promise(() => new Promise((r) => setTimeout(r, ms)))
+
+const healthy = (url: string) =>
+  Effect.promise(() =>
+    fetch(`${url}/gateway/health`, { signal: AbortSignal.timeout(2_000) }).then((r) => r.ok, () => false)
+  )
+
+/**
+ * `start --background`: the same command line without `--background`, run detached with its
+ * output appended to the log file; returns once the gateway answers `/gateway/health` (its URL
+ * and pid recorded in the pid file), or fails with the log's last lines if it exits or never
+ * answers.
+ */
+export const startInBackground = (options: { readonly pidFile: Option.Option<string>; readonly logFile: Option.Option<string>; readonly config: Option.Option<string> }) =>
+  Effect.gen(function*() {
+    const pidFile = path.resolve(Option.getOrElse(options.pidFile, defaultPidFile))
+    const logFile = path.resolve(Option.getOrElse(options.logFile, () => logFileFor(pidFile)))
+    const running = readPidFile(pidFile)
+    if (running?.alive === true) {
+      return yield* new CommandFailed({
+        message: `a gateway is already running from ${pidFile} (pid ${running.pid}, ${running.url}); ` +
+          "stop it with `mcp-gateway stop`, or give this one another --pid-file",
+        exitCode: 1
+      })
+    }
+    fs.mkdirSync(path.dirname(logFile), { recursive: true })
+    fs.mkdirSync(path.dirname(pidFile), { recursive: true })
+    const from = fs.existsSync(logFile) ? fs.statSync(logFile).size : 0
+    const log = fs.openSync(logFile, "a")
+    const args = process.argv.slice(2).filter((a) => a !== "--background")
+    if (args[0] !== "start") args.unshift("start")
+    const child = spawn(process.execPath, [process.argv[1]!, ...args], { detached: true, stdio: ["ignore", log, log] })
+    fs.closeSync(log)
+    let exitCode: number | null | undefined
+    child.once("exit", (code) => (exitCode = code ?? 1))
+    child.unref()
+
+    const started = Date.now()
+    let url: string | undefined
+    while (Date.now() - started < READY_TIMEOUT_MS) {
+      if (exitCode !== undefined) {
+        return yield* new CommandFailed({
+          message: `the gateway exited (code ${exitCode}) before it served; the end of ${logFile}:\n${tail(logFile, from)}`,
+          exitCode: exitCode === 2 ? 2 : 1
+        })
+      }
+      url ??= /listening on (https?:\/\/[^\s"]+)/.exec(tail(logFile, from, 200))?.[1]
+      if (url !== undefined && (yield* healthy(url))) {
+        writePidFile(pidFile, {
+          pid: child.pid!,
+          url,
+          log_file: logFile,
+          config: Option.match(options.config, { onNone: () => null, onSome: (c) => path.resolve(c) }),
+          started_at: new Date().toISOString()
+        })
+        yield* Console.log(`mcp-gateway started in the background: pid ${child.pid}, ${url}\n  log:      ${logFile}\n  pid file: ${pidFile}\n  stop it:  mcp-gateway stop${options.pidFile._tag === "Some" ? ` --pid-file ${pidFile}` : ""}`)
+        return
+      }
+      yield* sleep(100)
+    }
+    child.kill("SIGTERM")
+    return yield* new CommandFailed({
+      message: `the gateway did not answer /gateway/health within ${READY_TIMEOUT_MS / 1000}s (stopped it); the end of ${logFile}:\n${tail(logFile, from)}`,
+      exitCode: 1
+    })
+  })
+
+/** `stop`: SIGTERM to the gateway in the pid file, then wait until it has drained and exited. */
+export const stopCommand = Command.make(
+  "stop",
+  {
+    pidFile: Options.text("pid-file").pipe(
+      Options.withDescription(`The pid file \`start --background\` wrote (default ${defaultPidFile()})`),
+      Options.optional
+    ),
+    timeout: integerFlag("timeout", 1, 3600).pipe(
+      Options.withDescription("Seconds to wait for it to finish its requests and exit (default 60)"),
+      Options.withDefault(60)
+    )
+  },
+  ({ pidFile: given, timeout }) =>
+    Effect.gen(function*() {
+      const pidFile = path.resolve(Option.getOrElse(given, defaultPidFile))
+      const record = readPidFile(pidFile)
+      if (record === undefined) {
+        return yield* new CommandFailed({
+          message: `no gateway recorded in ${pidFile}: nothing to stop (only a gateway started with --background has one; give --pid-file if it used another)`,
+          exitCode: 1
+        })
+      }
+      if (!record.alive) {
+        removePidFile(pidFile)
+        yield* Console.log(`mcp-gateway (pid ${record.pid}) was not running; removed its stale pid file`)
+        return
+      }
+      process.kill(record.pid, "SIGTERM")
+      const deadline = Date.now() + timeout * 1000
+      while (isAlive(record.pid)) {
+        if (Date.now() > deadline) {
+          return yield* new CommandFailed({
+            message: `mcp-gateway (pid ${record.pid}) is still running after ${timeout}s (draining?); see ${record.log_file}, or force it with kill -9 ${record.pid}`,
+            exitCode: 1
+          })
+        }
+        yield* sleep(100)
+      }
+      removePidFile(pidFile)
+      yield* Console.log(`mcp-gateway stopped (pid ${record.pid})`)
+    })
+).pipe(Command.withDescription("Stop a gateway started with `start --background`: it finishes its requests in flight, stops its processes and exits"))
