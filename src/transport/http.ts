@@ -619,7 +619,9 @@ export const makeHttpConnection = (
       let retryMs = 1000
       let reconnect: ReturnType<typeof setTimeout> | undefined
       const later = (ms: number) => {
-        if (!stopped) reconnect = setTimeout(open, ms)
+        if (stopped) return
+        if (reconnect !== undefined) clearTimeout(reconnect)
+        reconnect = setTimeout(open, ms)
       }
       const open = () => {
         if (stopped || closed || established !== session) return
@@ -645,7 +647,8 @@ export const makeHttpConnection = (
             if (isRequest(message)) onMessage(message, (answer) => postOneWay({ ...answer, id: message.id }, session))
             else if (isNotification(message)) onMessage(message)
           }))
-          res.on("end", () => later(retryMs))
+          // Ended by the server, or broken (which emits no 'end'): reconnect either way, once.
+          res.on("close", () => later(retryMs))
           res.on("error", () => {})
         })
         req.on("error", () => later(Math.max(retryMs, 1000)))
@@ -722,7 +725,8 @@ export const makeHttpConnection = (
           const params = untagged(message.params)
           onMessage(params === undefined ? { jsonrpc: "2.0", method: message.method } : { jsonrpc: "2.0", method: message.method, params })
         }))
-        res.on("end", () => {
+        // A stream the server ends, or one whose connection breaks (which emits no 'end'): listen again.
+        res.on("close", () => {
           isReady()
           later(req)
         })

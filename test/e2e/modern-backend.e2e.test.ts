@@ -198,6 +198,27 @@ describe("modern (2026-07-28) backends", () => {
     expect(seen.envelope["io.modelcontextprotocol/clientCapabilities"].elicitation).toEqual({ form: {} })
   })
 
+  it("a modern client that did not declare a capability the server needs gets the server's -32021 as a 400", async () => {
+    const envelope = {
+      "io.modelcontextprotocol/protocolVersion": MODERN,
+      "io.modelcontextprotocol/clientInfo": { name: "bare", version: "1" },
+      "io.modelcontextprotocol/clientCapabilities": {}
+    }
+    const response = await fetch(`${gateway.url}/mcp/strict`, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        accept: "application/json, text/event-stream",
+        "mcp-protocol-version": MODERN,
+        "mcp-method": "tools/call",
+        "mcp-name": "ask"
+      },
+      body: JSON.stringify({ jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "ask", arguments: { q: "?" }, _meta: envelope } })
+    })
+    expect(response.status).toBe(400)
+    expect(await response.json()).toMatchObject({ id: 7, error: { code: -32021, data: { requiredCapabilities: { elicitation: {} } } } })
+  })
+
   it("a modern client: subscriptions/listen carries the server's resource updates and list changes", async () => {
     const client = await modern(`${gateway.url}/mcp/strict`)
     const updates: Array<string> = []
@@ -222,6 +243,20 @@ describe("modern (2026-07-28) backends", () => {
     controller.abort()
     await expect(call).rejects.toThrow()
     await waitUntil(async () => (await serverStats(client)).aborted > before, 5_000, "the server saw the cancellation")
+  })
+
+  it("a server that restarts: health follows it, and the listen stream the gateway keeps comes back (list changes still arrive)", async () => {
+    const client = await modern(`${gateway.url}/mcp/dual`)
+    let listChanged = 0
+    client.setNotificationHandler("notifications/tools/list_changed", () => void listChanged++)
+    const sub = await client.listen({ toolsListChanged: true })
+    const port = dual.port
+    await dual.stop()
+    dual = await startFixtureServer("modern-server.mjs", { NAME: "dual", PORT: String(port) })
+    await new Promise((r) => setTimeout(r, 1_500))
+    await client.callTool({ name: "poke", arguments: {} })
+    await waitUntil(() => listChanged > 0, 10_000, "tools/list_changed after the server restarted")
+    await sub.close()
   })
 
   it("the REST face works against a modern backend (it declares no client capabilities: a tool that needs input is refused by the server)", async () => {

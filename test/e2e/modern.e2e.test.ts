@@ -212,6 +212,14 @@ describe("modern (2026-07-28) clients on the MCP endpoint", () => {
     await expectError(await modernPost(url, "tools/call", { name: "echo", arguments: { message: "x" } }), 400, -32020)
     await expectError(await modernPost(url, "tools/list", {}, { "mcp-method": "prompts/list" }), 400, -32020)
     await expectError(await modernPost(url, "tools/list", {}, { "mcp-protocol-version": "2025-11-25" }), 400, -32020)
+    // A version header over a body without the envelope: a malformed envelope.
+    const bare = await fetch(url, {
+      method: "POST",
+      headers: { "content-type": "application/json", accept: "application/json, text/event-stream", "mcp-protocol-version": MODERN, "mcp-method": "tools/list" },
+      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/list", params: {} })
+    })
+    expect(bare.status).toBe(400)
+    expect(await bare.json()).toMatchObject({ error: { code: -32602, data: { envelope: { missing: ["_meta"] } } } })
     await expectError(await modernPost(url, "nothing/here"), 404, -32601)
     await expectError(await modernPost(url, "ping"), 404, -32601)
     await expectError(await modernPost(url, "initialize"), 404, -32601)

@@ -2,6 +2,7 @@ import { type Cause, Effect, Exit, FiberId } from "effect"
 import type * as http from "node:http"
 import type { DispatchError, SessionLimitReached } from "../../domain/GatewayError.js"
 import { ErrorCode, isObject, type JsonRpcId, type JsonRpcRequest, type JsonRpcResponse } from "../../domain/JsonRpc.js"
+import { ModernErrorCode } from "../../domain/ModernProtocol.js"
 import { MODERN_PROTOCOL_VERSIONS } from "../../domain/Protocol.js"
 import type { ClientSession, SessionAnswer } from "../../proxy/ClientSession.js"
 import type { ClientSessionsShape } from "../../proxy/ClientSessions.js"
@@ -204,7 +205,11 @@ export const makeModernHandler = (deps: {
     }
     switch (outcome._tag) {
       case "Answer": {
-        if ("error" in outcome.message) return responder.answer(200, { jsonrpc: "2.0", id, error: outcome.message.error })
+        if ("error" in outcome.message) {
+          // In-band, but for a capability the client did not declare: that is a 400 wherever it comes from.
+          const status = outcome.message.error.code === ModernErrorCode.MissingRequiredClientCapability ? 400 : 200
+          return responder.answer(status, { jsonrpc: "2.0", id, error: outcome.message.error })
+        }
         const result = isObject(outcome.message.result) ? outcome.message.result : {}
         return responder.answer(200, {
           jsonrpc: "2.0",

@@ -80,13 +80,23 @@ export const readModernRequest = (
   const version = meta[META.protocolVersion]
 
   const versionHeader = header(req, "mcp-protocol-version")
+  if (version === undefined) {
+    // A modern header over a body without the envelope's version: a malformed envelope (as the
+    // revision's servers say), not a disagreement between two versions.
+    const missing = isObject(params._meta) ? [META.protocolVersion] : ["_meta"]
+    return refuse(
+      400,
+      id,
+      -32602,
+      `Invalid params: the MCP-Protocol-Version header names protocol revision ${versionHeader}, but the request is missing the required per-request envelope key(s): ${missing.join(", ")}`,
+      { envelope: { missing } }
+    )
+  }
   if (versionHeader !== version) {
     return mismatch(
       id,
       versionHeader,
-      version === undefined
-        ? `the MCP-Protocol-Version header names ${versionHeader} but the body has no _meta envelope naming a protocol version`
-        : `the body envelope names protocol version ${String(version)} but the MCP-Protocol-Version header names ${versionHeader ?? "nothing"}`
+      `the body envelope names protocol version ${String(version)} but the MCP-Protocol-Version header names ${versionHeader ?? "nothing"}`
     )
   }
   const methodHeader = header(req, "mcp-method")
