@@ -52,3 +52,70 @@ export const encodeHeaderValue = (value: string): string =>
 /** Whether a result asks the client for input (the revision's multi-round-trip requests). */
 export const isInputRequired = (result: unknown): result is Record<string, unknown> & { readonly resultType: "input_required" } =>
   isObject(result) && result.resultType === "input_required"
+
+/** An HTTP header name (RFC 9110 token). */
+const HEADER_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+
+/** Tool arguments the server mirrors in `Mcp-Param-{Name}` headers, by tool name (from `x-mcp-header` in the input schemas). */
+export type ToolHeaders = ReadonlyMap<string, ReadonlyArray<{ readonly path: ReadonlyArray<string>; readonly header: string }>>
+
+/** Collects the `x-mcp-header` declarations of a `tools/list` page's tools (through plain `properties` chains, as the revision allows). */
+export const collectToolHeaders = (tools: unknown, into: Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>>) => {
+  if (!Array.isArray(tools)) return
+  for (const tool of tools) {
+    if (!isObject(tool) || typeof tool.name !== "string") continue
+    const found: Array<{ path: ReadonlyArray<string>; header: string }> = []
+    const walk = (schema: unknown, path: ReadonlyArray<string>) => {
+      if (!isObject(schema) || !isObject(schema.properties)) return
+      for (const [key, property] of Object.entries(schema.properties)) {
+        if (!isObject(property)) continue
+        const header = property["x-mcp-header"]
+        // A name that cannot be an HTTP header is not mirrored (the SDK's clients drop such a tool).
+        if (typeof header === "string" && HEADER_TOKEN.test(header)) found.push({ path: [...path, key], header })
+        walk(property, [...path, key])
+      }
+    }
+    walk(tool.inputSchema, [])
+    if (found.length > 0) into.set(tool.name, found)
+    else into.delete(tool.name)
+  }
+}
+
+/** The value a declared tool argument mirrors in its header, if the arguments carry one (strings as they are, numbers and booleans as text). */
+export const mirroredArgument = (args: unknown, path: ReadonlyArray<string>): string | undefined => {
+  let value: unknown = args
+  for (const key of path) value = isObject(value) ? value[key] : undefined
+  return typeof value === "string" ? value : typeof value === "number" || typeof value === "boolean" ? String(value) : undefined
+}
+
+/**
+ * Checks a modern client's `Mcp-Param-*` headers against its tool call, as the revision's
+ * servers do: each declared argument present in the body needs its header, decoding to the
+ * same value; a header for an absent argument, or one that is not valid, disagrees too.
+ * Returns what disagrees, or undefined.
+ */
+export const paramHeaderMismatch = (
+  toolHeaders: ToolHeaders,
+  params: Record<string, unknown>,
+  header: (name: string) => string | undefined
+): { readonly header: string; readonly problem: string } | undefined => {
+  if (typeof params.name !== "string") return undefined
+  for (const { header: name, path } of toolHeaders.get(params.name) ?? []) {
+    const headerName = `Mcp-Param-${name}`
+    const sent = header(`mcp-param-${name.toLowerCase()}`)
+    const value = mirroredArgument(params.arguments, path)
+    if (sent === undefined) {
+      if (value !== undefined) return { header: headerName, problem: `the body carries ${path.join(".")}=${JSON.stringify(value)} but the ${headerName} header is absent` }
+      continue
+    }
+    const trimmed = sent.trim()
+    if (/[^\x20-\x7e]/.test(trimmed) || (trimmed.startsWith("=?base64?") && !/^=\?base64\?[A-Za-z0-9+/]*={0,2}\?=$/.test(trimmed))) {
+      return { header: headerName, problem: `the ${headerName} header is not a valid value (plain printable ASCII, or =?base64?...?=)` }
+    }
+    if (value === undefined) return { header: headerName, problem: `the ${headerName} header is present but the body carries no ${path.join(".")}` }
+    if (decodeHeaderValue(trimmed) !== value) {
+      return { header: headerName, problem: `the ${headerName} header decodes to ${JSON.stringify(decodeHeaderValue(trimmed))} but the body carries ${path.join(".")}=${JSON.stringify(value)}` }
+    }
+  }
+  return undefined
+}

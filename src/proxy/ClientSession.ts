@@ -103,6 +103,13 @@ export class ClientSession {
     return this.askRelays.at(-1)
   }
 
+  /**
+   * A modern client's view of its tools' `x-mcp-header` declarations (from the `tools/list`
+   * answers it got through this session): what its `Mcp-Param-*` headers are checked against
+   * when its server is an old one.
+   */
+  readonly toolHeaders = new Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>>()
+
   /** The server's `server/discover` answer when it speaks the modern revision (a pinned HTTP session only). */
   get backendDiscover(): Record<string, unknown> | undefined {
     return this.backend?.discovered?.()
@@ -117,7 +124,7 @@ export class ClientSession {
   request(
     method: string,
     params: Record<string, unknown> | undefined,
-    relay: Pick<RequestOptions, "onNotification" | "onServerRequest" | "passInputRequired">,
+    relay: Pick<RequestOptions, "onNotification" | "onServerRequest" | "passInputRequired" | "clientParamHeaders" | "client">,
     headers?: Readonly<Record<string, string>>
   ): Effect.Effect<SessionAnswer> {
     const ask = relay.onServerRequest

@@ -4,7 +4,7 @@ import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { isObject, isRequest } from "../domain/JsonRpc.js"
 import { isModernVersion } from "../domain/ModernProtocol.js"
-import { LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
+import { LATEST_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
 import type { Connection } from "../transport/Connection.js"
@@ -369,9 +369,11 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const counts = () => {
         const byKey = new Map<string, { template: string; protocolVersion: string; count: number }>()
         for (const s of sessions.values()) {
-          const key = `${s.template}\u0000${s.protocolVersion}`
+          // A modern client's backend session counts under the revision the client speaks.
+          const protocolVersion = s.servesModernClient ? MODERN_PROTOCOL_VERSIONS[0]! : s.protocolVersion
+          const key = `${s.template}\u0000${protocolVersion}`
           const entry = byKey.get(key)
-          if (entry === undefined) byKey.set(key, { template: s.template, protocolVersion: s.protocolVersion, count: 1 })
+          if (entry === undefined) byKey.set(key, { template: s.template, protocolVersion, count: 1 })
           else entry.count++
         }
         return Array.from(byKey.values())

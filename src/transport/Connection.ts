@@ -45,6 +45,18 @@ export interface RequestOptions {
    * being turned into server requests through `onServerRequest`.
    */
   readonly passInputRequired?: boolean | undefined
+  /**
+   * A modern client's own `Mcp-Param-*` headers (lower-cased names): a modern server gets these,
+   * as they are, instead of headers the gateway derives from the body, so that it checks the
+   * client's as it would if the client talked to it directly.
+   */
+  readonly clientParamHeaders?: Readonly<Record<string, string>> | undefined
+  /**
+   * A modern client's own `clientInfo` and `capabilities` (initialize-params shaped): what a
+   * modern server's envelope says for this request, whichever connection carries it (an
+   * instance's shared one speaks for the gateway otherwise).
+   */
+  readonly client?: Readonly<Record<string, unknown>> | undefined
 }
 
 /** One instance's live link (a child process, or an HTTP session over a keep-alive pool). */

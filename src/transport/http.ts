@@ -4,12 +4,12 @@ import * as https from "node:https"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { resolveHeaders } from "../domain/Secret.js"
-import { isInputRequired } from "../domain/ModernProtocol.js"
+import { collectToolHeaders, isInputRequired, type ToolHeaders } from "../domain/ModernProtocol.js"
 import { initializeParams, MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { Connection, ConnectionEnv, RequestDeadline, RequestOptions } from "./Connection.js"
 import {
+  asLegacyResponse,
   classifyProbe,
-  collectToolHeaders,
   envelopeOf,
   initializeResultOf,
   listenFilterOf,
@@ -30,10 +30,11 @@ const INITIALIZE_TIMEOUT = Duration.seconds(30)
 const MAX_RESPONSE_LENGTH = MAX_EVENT_LENGTH
 
 /**
- * Statuses by which a server refuses the message itself (malformed, too large, wrong type):
+ * Statuses by which a server refuses the message itself (malformed, too large, wrong type,
+ * headers too large: a mirrored argument of the 2026-07-28 revision can make them so):
  * the client's mistake, not a sign of the instance's health.
  */
-const CLIENT_FAULT_STATUSES: ReadonlySet<number> = new Set([400, 413, 415, 422])
+const CLIENT_FAULT_STATUSES: ReadonlySet<number> = new Set([400, 413, 415, 422, 431])
 
 /** Which revision an instance speaks, remembered across its connections (see Transport.ts). */
 export interface EraMemory {
@@ -68,6 +69,8 @@ interface ModernSession {
 
 /** How long a backend may take to answer the `server/discover` probe before it is taken for an old one. */
 const PROBE_TIMEOUT = Duration.seconds(10)
+
+const NO_TOOL_HEADERS: ToolHeaders = new Map()
 
 /** Rounds of input a modern server may ask for within one request of an old client (as the SDK's clients allow). */
 const MAX_INPUT_ROUNDS = 10
@@ -176,8 +179,10 @@ export const makeHttpConnection = (
       let routing: Record<string, string> | undefined
       if (s?.era === "modern") {
         // The revision's request: the envelope in _meta, the body mirrored in headers.
-        params = withEnvelope(params, s.envelope, logLevel)
-        routing = routingHeaders(method, params, toolHeaders)
+        params = withEnvelope(params, relay?.client === undefined ? s.envelope : envelopeOf(s.protocolVersion, relay.client), logLevel)
+        const own = relay?.clientParamHeaders
+        routing = routingHeaders(method, params, own === undefined ? toolHeaders : NO_TOOL_HEADERS)
+        if (own !== undefined) for (const name in own) routing[name] = own[name]!
       }
       const body = serialize(instance.id, params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
       if (typeof body !== "string") return resume(Effect.fail(body))
@@ -192,7 +197,14 @@ export const makeHttpConnection = (
           resume(outcome)
         }
       }
-      const req = client.request(url, { method: "POST", agent, headers: headersFor(s, relay?.headers, routing) }, (res) => {
+      let req: http.ClientRequest
+      try {
+        req = client.request(url, { method: "POST", agent, headers: headersFor(s, relay?.headers, routing) }, (res) => onResponse(res))
+      } catch (e) {
+        // A header Node refuses to send (a value or name no HTTP header may carry): the request's own fault.
+        return resume(Effect.fail(new TransportError({ instanceId: instance.id, message: `cannot send the request: ${(e as Error).message}`, reachedBackend: false, clientFault: true })))
+      }
+      function onResponse(res: http.IncomingMessage) {
         gotResponse = true
         const status = res.statusCode ?? 0
         const type = String(res.headers["content-type"] ?? "")
@@ -259,7 +271,7 @@ export const makeHttpConnection = (
             clientFault: CLIENT_FAULT_STATUSES.has(status)
           })))
         })
-      })
+      }
       req.on("error", (e: NodeJS.ErrnoException) => {
         const sent = gotResponse || !NEVER_SENT_ERRORS.has(e.code ?? "")
         done(Effect.fail(error(`${e.code ?? "error"}: ${e.message}`, sent)))
@@ -313,7 +325,7 @@ export const makeHttpConnection = (
    * supports; an old one with an error of some kind (unknown method, no session), which makes
    * it old. Only a server that cannot be reached fails here.
    */
-  const probeModern = (params: Record<string, unknown>): Effect.Effect<ModernSession | undefined, TransportError> => {
+  const probeModern = (params: Record<string, unknown>): Effect.Effect<ModernSession | { readonly why: string }, TransportError> => {
     const version = MODERN_PROTOCOL_VERSIONS[0]!
     const provisional: ModernSession = {
       era: "modern",
@@ -333,8 +345,10 @@ export const makeHttpConnection = (
       ),
       Effect.map((outcome) => {
         if (outcome._tag === "Legacy") {
-          log.debug(`not a ${version} server (${outcome.why}); initializing`)
-          return undefined
+          // A silent server is worth saying at info: a modern one that hung is now spoken to the old way.
+          if (/within/.test(outcome.why)) log.info(`${outcome.why}; trying the old protocol (initialize)`)
+          else log.debug(`not a ${version} server (${outcome.why}); initializing`)
+          return { why: outcome.why }
         }
         const opened: ModernSession = {
           ...provisional,
@@ -356,14 +370,21 @@ export const makeHttpConnection = (
   const initialize: Effect.Effect<Session, TransportError> = Effect.gen(function*() {
     const params = options.initializeParams ?? initializeParams()
     const remembered = options.era?.get()
-    let opened: Session | undefined = remembered === "legacy" ? undefined : yield* probeModern(params)
+    let opened: Session | undefined
+    let why: string | undefined
+    if (remembered !== "legacy") {
+      const probed = yield* probeModern(params)
+      if ("era" in probed) opened = probed
+      else why = probed.why
+    }
     if (opened === undefined) {
+      const unusable = (reason: string) =>
+        error(`the server refuses initialize as modern-only, but its answer to server/discover is not usable: ${reason}`, true)
       opened = yield* initializeLegacy(params).pipe(
         Effect.catchTag("ModernOnly", () =>
-          Effect.flatMap(probeModern(params), (modern) =>
-            modern === undefined
-              ? Effect.fail(error("the server refused initialize as modern-only, but does not answer server/discover", true))
-              : Effect.succeed(modern)))
+          why !== undefined
+            ? Effect.fail(unusable(why))
+            : Effect.flatMap(probeModern(params), (probed) => ("era" in probed ? Effect.succeed(probed) : Effect.fail(unusable(probed.why)))))
       )
     }
     if (remembered !== opened.era) {
@@ -440,13 +461,19 @@ export const makeHttpConnection = (
     const current = established
     if (current !== undefined) {
       // The hot path: one POST on the open session.
-      return current.era === "legacy" ? send(current, method, params, options) : modernRequest(current, method, params, options)
+      return current.era === "legacy" ? send(current, method, params, options) : modernFor(current, method, params, options)
     }
     // A session that cannot be opened means this request was never sent (a tools/call may fail over).
     const session = Effect.mapError(ensureSession, (e) => new TransportError({ instanceId: e.instanceId, message: e.message, reachedBackend: false }))
     return Effect.flatMap(withinDeadline(session, options?.deadline), (s) =>
-      s.era === "legacy" ? send(s, method, params, options) : modernRequest(s, method, params, options))
+      s.era === "legacy" ? send(s, method, params, options) : modernFor(s, method, params, options))
   }
+
+  /** A request to a modern server, its answer shaped for the caller's generation. */
+  const modernFor = (s: ModernSession, method: string, params: Record<string, unknown> | undefined, options: RequestOptions | undefined) =>
+    options?.passInputRequired === true
+      ? modernRequest(s, method, params, options)
+      : Effect.map(modernRequest(s, method, params, options), asLegacyResponse)
 
   const answered = (result: Record<string, unknown>): JsonRpcResponse => ({ jsonrpc: "2.0", id: 0, result })
   const refused = (code: number, message: string): JsonRpcResponse => ({ jsonrpc: "2.0", id: 0, error: { code, message } })
@@ -493,6 +520,10 @@ export const makeHttpConnection = (
             }).pipe(Effect.timeout("5 seconds"), Effect.orElseSucceed(() => answered({})))
         ))
       case "tools/call": {
+        // A modern client's own headers go as they are: the server checks them, not the gateway.
+        if (options?.clientParamHeaders !== undefined) {
+          return Effect.flatMap(send(s, method, params, options), (r) => fulfil(s, method, params, r, options, 1))
+        }
         // Its arguments may be mirrored in headers, which the server checks: know which first.
         const call = send(s, method, params, options).pipe(
           Effect.flatMap((r) =>

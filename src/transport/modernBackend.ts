@@ -1,5 +1,5 @@
 import { isObject, type JsonRpcResponse } from "../domain/JsonRpc.js"
-import { encodeHeaderValue, META, mirroredName } from "../domain/ModernProtocol.js"
+import { encodeHeaderValue, META, mirroredArgument, mirroredName, type ToolHeaders } from "../domain/ModernProtocol.js"
 import { MODERN_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 
 /**
@@ -24,6 +24,9 @@ export const classifyProbe = (response: JsonRpcResponse): ProbeOutcome => {
   if ("error" in response) return { _tag: "Legacy", why: `server/discover answered ${response.error.code} ${response.error.message}` }
   const result = response.result
   if (!isObject(result) || !Array.isArray(result.supportedVersions)) return { _tag: "Legacy", why: "server/discover answered no supportedVersions" }
+  if (result.capabilities !== undefined && !isObject(result.capabilities)) {
+    return { _tag: "Legacy", why: "server/discover answered capabilities that are not an object" }
+  }
   const version = MODERN_PROTOCOL_VERSIONS.find((v) => (result.supportedVersions as Array<unknown>).includes(v))
   if (version === undefined) return { _tag: "Legacy", why: `server/discover offers only ${JSON.stringify(result.supportedVersions)}` }
   return { _tag: "Modern", version, discover: result }
@@ -70,29 +73,6 @@ export const withEnvelope = (
   return out
 }
 
-/** Tool arguments the server mirrors in `Mcp-Param-{Name}` headers, by tool name (from `x-mcp-header` in the input schemas). */
-export type ToolHeaders = ReadonlyMap<string, ReadonlyArray<{ readonly path: ReadonlyArray<string>; readonly header: string }>>
-
-/** Collects the `x-mcp-header` declarations of a `tools/list` page's tools (through plain `properties` chains, as the revision allows). */
-export const collectToolHeaders = (tools: unknown, into: Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>>) => {
-  if (!Array.isArray(tools)) return
-  for (const tool of tools) {
-    if (!isObject(tool) || typeof tool.name !== "string") continue
-    const found: Array<{ path: ReadonlyArray<string>; header: string }> = []
-    const walk = (schema: unknown, path: ReadonlyArray<string>) => {
-      if (!isObject(schema) || !isObject(schema.properties)) return
-      for (const [key, property] of Object.entries(schema.properties)) {
-        if (!isObject(property)) continue
-        if (typeof property["x-mcp-header"] === "string") found.push({ path: [...path, key], header: property["x-mcp-header"] })
-        walk(property, [...path, key])
-      }
-    }
-    walk(tool.inputSchema, [])
-    if (found.length > 0) into.set(tool.name, found)
-    else into.delete(tool.name)
-  }
-}
-
 /**
  * The headers a modern request mirrors from its body: `Mcp-Method`, `Mcp-Name`, and for a tool
  * call the `Mcp-Param-*` of its declared arguments (strings as they are or base64-wrapped,
@@ -109,10 +89,8 @@ export const routingHeaders = (
   if (name !== undefined) headers["mcp-name"] = encodeHeaderValue(String(name))
   if (method === "tools/call" && typeof params.name === "string") {
     for (const { header, path } of toolHeaders.get(params.name) ?? []) {
-      let value: unknown = params.arguments
-      for (const key of path) value = isObject(value) ? value[key] : undefined
-      if (typeof value === "string") headers[`mcp-param-${header.toLowerCase()}`] = encodeHeaderValue(value)
-      else if (typeof value === "number" || typeof value === "boolean") headers[`mcp-param-${header.toLowerCase()}`] = String(value)
+      const value = mirroredArgument(params.arguments, path)
+      if (value !== undefined) headers[`mcp-param-${header.toLowerCase()}`] = encodeHeaderValue(value)
     }
   }
   return headers
@@ -136,4 +114,28 @@ export const untagged = (params: unknown): Record<string, unknown> | undefined =
   const { [META.subscriptionId]: _id, ...meta } = params._meta
   const { _meta: _old, ...rest } = params
   return Object.keys(meta).length > 0 ? { ...rest, _meta: meta } : rest
+}
+
+/**
+ * A modern server's answer as an old-generation caller expects it (an old client, the REST
+ * face): without the revision's own fields (`resultType: "complete"`, the caching hints, the
+ * server's info in `_meta`), which an old server never sends. An `input_required` result keeps
+ * its shape: a caller that cannot answer it sees what it is.
+ */
+export const asLegacyResponse = (response: JsonRpcResponse): JsonRpcResponse => {
+  if (!("result" in response) || !isObject(response.result)) return response
+  const result = response.result
+  if (result.resultType !== undefined && result.resultType !== "complete") return response
+  const out: Record<string, unknown> = {}
+  for (const key in result) {
+    if (key === "resultType" || key === "ttlMs" || key === "cacheScope") continue
+    if (key === "_meta" && isObject(result._meta)) {
+      const meta: Record<string, unknown> = {}
+      for (const k in result._meta) if (k !== META.serverInfo) meta[k] = result._meta[k]
+      if (Object.keys(meta).length > 0) out._meta = meta
+      continue
+    }
+    out[key] = result[key]
+  }
+  return { ...response, result: out }
 }

@@ -108,6 +108,9 @@ describe("modern (2026-07-28) backends", () => {
       })
       expect(text(slow)).toBe("done 3")
       expect(progress).toEqual([1, 2, 3])
+      // An old client sees results shaped as an old server's: without the revision's own fields.
+      expect(slow).not.toHaveProperty("resultType")
+      expect(slow._meta?.["io.modelcontextprotocol/serverInfo"]).toBeUndefined()
 
       const read = await client.readResource({ uri: "fixture://greeting" })
       expect(read.contents[0]).toMatchObject({ text: `hello from ${template}` })
@@ -196,6 +199,34 @@ describe("modern (2026-07-28) backends", () => {
     const seen = await serverStats(client)
     expect(seen.envelope["io.modelcontextprotocol/clientInfo"].name).toBe("modern-e2e")
     expect(seen.envelope["io.modelcontextprotocol/clientCapabilities"].elicitation).toEqual({ form: {} })
+  })
+
+  it("a modern client's own Mcp-Param-* headers reach the server, which refuses one that disagrees with the body (400/-32020)", async () => {
+    const envelope = {
+      "io.modelcontextprotocol/protocolVersion": MODERN,
+      "io.modelcontextprotocol/clientInfo": { name: "raw", version: "1" },
+      "io.modelcontextprotocol/clientCapabilities": {}
+    }
+    const call = (regionHeader: string | undefined) =>
+      fetch(`${gateway.url}/mcp/strict`, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          accept: "application/json, text/event-stream",
+          "mcp-protocol-version": MODERN,
+          "mcp-method": "tools/call",
+          "mcp-name": "region",
+          ...(regionHeader === undefined ? {} : { "mcp-param-region": regionHeader })
+        },
+        body: JSON.stringify({ jsonrpc: "2.0", id: 3, method: "tools/call", params: { name: "region", arguments: { region: "eu" }, _meta: envelope } })
+      })
+    const good = await call("eu")
+    expect(good.status).toBe(200)
+    const lying = await call("us")
+    expect(lying.status).toBe(400)
+    expect(await lying.json()).toMatchObject({ id: 3, error: { code: -32020 } })
+    const missing = await call(undefined)
+    expect(missing.status).toBe(400)
   })
 
   it("a modern client that did not declare a capability the server needs gets the server's -32021 as a 400", async () => {

@@ -34,7 +34,9 @@ export const makeListenHandler = (deps: {
   }
   const wanted = Array.isArray(filter.resourceSubscriptions) ? filter.resourceSubscriptions.filter((u): u is string => typeof u === "string") : []
   const open = Effect.flatMap(deps.sessions.forModernClient(template, owner, initializeParamsOf(request)), ({ session, result: initialized }) => {
-    const capabilities = isObject(initialized.capabilities) ? initialized.capabilities : {}
+    // A balanced session (session_affinity "none") has no backend of its own that could listen:
+    // nothing is honoured, and the stream says so at once.
+    const capabilities = session.backend !== undefined && isObject(initialized.capabilities) ? initialized.capabilities : {}
     const resources = isObject(capabilities.resources) ? capabilities.resources : {}
     const uris = resources.subscribe === true ? wanted : []
     return Effect.map(

@@ -2,7 +2,7 @@ import { type Cause, Effect, Exit, FiberId } from "effect"
 import type * as http from "node:http"
 import type { DispatchError, SessionLimitReached } from "../../domain/GatewayError.js"
 import { ErrorCode, isObject, type JsonRpcId, type JsonRpcRequest, type JsonRpcResponse } from "../../domain/JsonRpc.js"
-import { ModernErrorCode } from "../../domain/ModernProtocol.js"
+import { collectToolHeaders, ModernErrorCode, paramHeaderMismatch } from "../../domain/ModernProtocol.js"
 import { MODERN_PROTOCOL_VERSIONS } from "../../domain/Protocol.js"
 import type { ClientSession, SessionAnswer } from "../../proxy/ClientSession.js"
 import type { ClientSessionsShape } from "../../proxy/ClientSessions.js"
@@ -94,21 +94,48 @@ export const makeModernHandler = (deps: {
         error: { code: ErrorCode.MethodNotFound, message: `${serverRequest.method}: the client speaks MCP ${request.version}, where ${method} cannot ask it for input` }
       })
     }
-    const once = Effect.flatMap(deps.sessions.forModernClient(template, owner, initializeParamsOf(request)), ({ session, result: initialized }) => {
+    const clientOf = initializeParamsOf(request)
+    const once = Effect.flatMap(deps.sessions.forModernClient(template, owner, clientOf), ({ session, result: initialized }) => {
       if (method === "server/discover") return Effect.succeed<Outcome>({ answer: undefined, initialized, session })
       // A state that is not the gateway's is a modern server's own; an old server has none.
-      if (request.params.requestState !== undefined && session.backendDiscover === undefined) {
+      // (A balanced session's next instance is not known yet: the state goes on, for its server to judge.)
+      if (request.params.requestState !== undefined && session.backend !== undefined && session.backendDiscover === undefined) {
         return Effect.succeed<Outcome>({ answer: { _tag: "Answer", message: { error: { code: ErrorCode.InvalidParams, message: "Invalid or expired requestState" } } }, initialized, session })
+      }
+      const modernBackend = session.backendDiscover !== undefined
+      const clientParamHeaders = paramHeadersOf(req)
+      if (method === "tools/call" && !modernBackend) {
+        // A modern server checks these itself (it gets the client's own); for an old one the gateway checks them.
+        const mismatch = paramHeaderMismatch(session.toolHeaders, request.params, (name) => clientParamHeaders[name])
+        if (mismatch !== undefined) {
+          return Effect.succeed<Outcome>({
+            answer: { _tag: "Answer", message: { error: { code: ModernErrorCode.HeaderMismatch, message: `Bad Request: the request headers and body disagree: ${mismatch.problem}`, data: { mismatch } } } },
+            initialized,
+            session
+          })
+        }
       }
       return Effect.map(
         session.request(
           method,
           request.params,
           // A modern server's input_required goes to the client as it is; an old server's questions become one (onServerRequest).
-          { onNotification: (n) => target.current.event(n), onServerRequest, passInputRequired: true },
+          {
+            onNotification: (n) => target.current.event(n),
+            onServerRequest,
+            passInputRequired: true,
+            client: clientOf,
+            clientParamHeaders: modernBackend && method === "tools/call" ? clientParamHeaders : undefined
+          },
           deps.forwardedHeaders(req, template, requestId)
         ),
-        (answer): Outcome => ({ answer, initialized, session })
+        (answer): Outcome => {
+          // The tools' mirrored arguments, for checking this client's later calls (above).
+          if (method === "tools/list" && answer._tag === "Answer" && "result" in answer.message && isObject(answer.message.result)) {
+            collectToolHeaders(answer.message.result.tools, session.toolHeaders)
+          }
+          return { answer, initialized, session }
+        }
       )
     })
     // A backend session that ended (its process restarted, the server forgot it) is the gateway's
@@ -179,10 +206,12 @@ export const makeModernHandler = (deps: {
         jsonrpc: "2.0",
         id,
         result: {
-          ...discovered,
           supportedVersions: MODERN_PROTOCOL_VERSIONS.filter((v) => supported.includes(v)),
           capabilities: withoutLogging(discovered.capabilities),
+          ...(typeof discovered.instructions === "string" ? { instructions: discovered.instructions } : {}),
           resultType: "complete",
+          ttlMs: typeof discovered.ttlMs === "number" && discovered.ttlMs >= 0 ? discovered.ttlMs : 0,
+          cacheScope: discovered.cacheScope === "public" ? "public" : "private",
           _meta: { ...(isObject(discovered._meta) ? discovered._meta : {}), ...serverInfoMeta(initialized) }
         }
       })
@@ -206,8 +235,9 @@ export const makeModernHandler = (deps: {
     switch (outcome._tag) {
       case "Answer": {
         if ("error" in outcome.message) {
-          // In-band, but for a capability the client did not declare: that is a 400 wherever it comes from.
-          const status = outcome.message.error.code === ModernErrorCode.MissingRequiredClientCapability ? 400 : 200
+          // In-band, but for a capability the client did not declare, or headers that disagree with the body: a 400 wherever it comes from.
+          const code = outcome.message.error.code
+          const status = code === ModernErrorCode.MissingRequiredClientCapability || code === ModernErrorCode.HeaderMismatch ? 400 : 200
           return responder.answer(status, { jsonrpc: "2.0", id, error: outcome.message.error })
         }
         const result = isObject(outcome.message.result) ? outcome.message.result : {}
@@ -218,7 +248,8 @@ export const makeModernHandler = (deps: {
             ...result,
             resultType: typeof result.resultType === "string" ? result.resultType : "complete",
             ...(CACHEABLE.has(method) && result.ttlMs === undefined && result.resultType !== "input_required" ? { ttlMs: 0, cacheScope: "private" } : {}),
-            _meta: { ...(isObject(result._meta) ? result._meta : {}), ...serverInfoMeta(initialized) }
+            // The server's own info when it gives it (a modern one does, for the instance that answered).
+            _meta: { ...serverInfoMeta(initialized), ...(isObject(result._meta) ? result._meta : {}) }
           }
         })
       }
@@ -240,6 +271,16 @@ interface Outcome {
 
 /** How a modern call ends, as its events deliver it. */
 type CallExit = Exit.Exit<Outcome, DispatchError | SessionLimitReached>
+
+/** The client's `Mcp-Param-*` headers, by lower-cased name. */
+const paramHeadersOf = (req: http.IncomingMessage): Record<string, string> => {
+  const out: Record<string, string> = {}
+  for (const name in req.headers) {
+    const value = req.headers[name]
+    if (name.startsWith("mcp-param-") && typeof value === "string") out[name] = value
+  }
+  return out
+}
 
 /** Methods whose server may ask the client for input (the revision's input_required results). */
 const INPUT_METHODS: ReadonlySet<string> = new Set(["tools/call", "prompts/get", "resources/read"])
