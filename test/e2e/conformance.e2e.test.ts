@@ -2,7 +2,17 @@ import { execFileSync, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { freePort, repoRoot, type RunningGateway, startGateway, tempDir, waitUntil, writeJson } from "../support/processes.js"
+import {
+  freePort,
+  repoRoot,
+  type RunningGateway,
+  type RunningServer,
+  startFixtureServer,
+  startGateway,
+  tempDir,
+  waitUntil,
+  writeJson
+} from "../support/processes.js"
 
 /**
  * The public MCP conformance suite (server scenarios) run against a fixture server directly,
@@ -16,14 +26,22 @@ const CONFORMANCE_VERSION = "0.1.16"
 const tools = path.join(repoRoot, ".tmp/conformance-tools")
 const node22 = path.join(tools, "node_modules/.bin/node")
 const suite = path.join(tools, "node_modules/@modelcontextprotocol/conformance/dist/index.js")
+/**
+ * The prerelease that covers the 2026-07-28 revision (the latest release does not), run with
+ * `--requirements 2026-07-28`: the revision's frozen scenario set, plus the pending and
+ * extension ones, which it reports without scoring.
+ */
+const CONFORMANCE_2026_VERSION = "0.2.0-alpha.12"
+const tools2026 = path.join(repoRoot, ".tmp/conformance-2026")
+const suite2026 = path.join(tools2026, "node_modules/@modelcontextprotocol/conformance/dist/index.js")
 const fixture = path.join(repoRoot, "test/fixtures/conformance-server.mjs")
 
 type Results = Record<string, { readonly passed: number; readonly failed: number }>
 
 /** Runs every server scenario against `url`; per scenario, the checks passed and failed. */
-const runSuite = (url: string) =>
+const runSuite = (url: string, args: ReadonlyArray<string> = [], script = suite) =>
   new Promise<Results>((resolve, reject) => {
-    const child = spawn(node22, [suite, "server", "--url", url], { stdio: ["ignore", "pipe", "pipe"] })
+    const child = spawn(node22, [script, "server", "--url", url, ...args], { stdio: ["ignore", "pipe", "pipe"] })
     let output = ""
     child.stdout.setEncoding("utf8").on("data", (d: string) => (output += d))
     child.stderr.setEncoding("utf8").on("data", (d: string) => (output += d))
@@ -58,6 +76,7 @@ describe("MCP conformance suite through the gateway", () => {
   let sseServer: ReturnType<typeof spawn> | undefined
   let gateway: RunningGateway | undefined
   let serverUrl: string
+  let modern: RunningServer | undefined
 
   beforeAll(async () => {
     if (!fs.existsSync(suite) || !fs.existsSync(node22)) {
@@ -66,11 +85,18 @@ describe("MCP conformance suite through the gateway", () => {
         "node@22", `@modelcontextprotocol/conformance@${CONFORMANCE_VERSION}`
       ], { stdio: "ignore", timeout: 300_000 })
     }
+    if (!fs.existsSync(suite2026)) {
+      execFileSync("npm", ["install", "--no-audit", "--no-fund", "--prefix", tools2026, `@modelcontextprotocol/conformance@${CONFORMANCE_2026_VERSION}`], {
+        stdio: "ignore",
+        timeout: 300_000
+      })
+    }
     const http = await startFixture("http")
     const sse = await startFixture("sse")
     server = http.child
     sseServer = sse.child
     serverUrl = http.url
+    modern = await startFixtureServer("modern-server.mjs")
 
     const dir = tempDir()
     const configFile = path.join(dir, "gateway.json")
@@ -81,7 +107,8 @@ describe("MCP conformance suite through the gateway", () => {
       templates: {
         "over-http": { instances: [{ id: "h", transport: "http", endpoint: serverUrl }] },
         "over-stdio": { instances: [{ id: "s", transport: "stdio", command: ["node", fixture, "stdio"] }] },
-        "over-sse": { instances: [{ id: "l", transport: "sse", endpoint: sse.url }] }
+        "over-sse": { instances: [{ id: "l", transport: "sse", endpoint: sse.url }] },
+        modern: { instances: [{ id: "m", transport: "http", endpoint: modern.url }] }
       },
       // The suite opens a session per scenario and never ends them.
       gateway: { load_balancer: { max_sessions_per_instance: 64 } }
@@ -93,6 +120,7 @@ describe("MCP conformance suite through the gateway", () => {
     await gateway?.stop()
     server?.kill("SIGTERM")
     sseServer?.kill("SIGTERM")
+    await modern?.stop()
   })
 
   it("passes, scenario by scenario, at least every check the server passes directly", async () => {
@@ -108,6 +136,33 @@ describe("MCP conformance suite through the gateway", () => {
         expect(results[scenario]?.passed ?? 0, `${template}: ${scenario}`).toBeGreaterThanOrEqual(expected.passed)
         expect(results[scenario]?.failed ?? 0, `${template}: ${scenario}`).toBeLessThanOrEqual(expected.failed)
       }
+    }
+  }, 900_000)
+
+  it("2026-07-28 scenarios (the prerelease suite): through the gateway at least what each server passes directly, old and modern servers alike", async () => {
+    const run = (url: string) => runSuite(url, ["--requirements", "2026-07-28"], suite2026)
+    // An old server speaks none of the revision: the gateway speaks it for it.
+    const oldDirect = await run(serverUrl)
+    const modernDirect = await run(modern!.url)
+    const through = {
+      "over-http": [oldDirect, await run(`${gateway!.url}/mcp/over-http`)],
+      "over-sse": [oldDirect, await run(`${gateway!.url}/mcp/over-sse`)],
+      modern: [modernDirect, await run(`${gateway!.url}/mcp/modern`)]
+    } as const
+    // Passed checks only: an old server fails a scenario at its first check, while the gateway,
+    // speaking the revision, gets further and meets checks the old server never reached.
+    for (const [template, [direct, results]] of Object.entries(through)) {
+      for (const [scenario, expected] of Object.entries(direct)) {
+        expect(results[scenario]?.passed ?? 0, `${template}: ${scenario}`).toBeGreaterThanOrEqual(expected.passed)
+      }
+    }
+    // A modern server, through the gateway: no more failures than directly.
+    for (const [scenario, expected] of Object.entries(modernDirect)) {
+      expect(through.modern[1][scenario]?.failed ?? 0, `modern: ${scenario}`).toBeLessThanOrEqual(expected.failed)
+    }
+    // The revision's own checks the gateway answers for an old server.
+    for (const scenario of ["tools-list", "tools-call-with-progress", "resources-read-text", "prompts-get-with-args", "caching", "http-header-validation"]) {
+      expect(through["over-http"][1][scenario], scenario).toMatchObject({ failed: 0 })
     }
   }, 900_000)
 })

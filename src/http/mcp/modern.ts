@@ -63,6 +63,13 @@ export const makeModernHandler = (deps: {
     if (method === "subscriptions/listen") return listen(req, responder, requestId, template, owner, request)
     const mayAsk = INPUT_METHODS.has(method)
 
+    // Answers that are not an object of answers are the client's mistake, whoever would have read them.
+    if (mayAsk && "inputResponses" in request.params) {
+      const responses = request.params.inputResponses
+      if (!isObject(responses) || Array.isArray(responses) || Object.values(responses).some((r) => !isObject(r))) {
+        return responder.answer(200, rpcError(id, ErrorCode.InvalidParams, "Invalid params: inputResponses must be an object of input responses, one object per key"))
+      }
+    }
     // A retry with the answers to what the server asked: the call it continues goes on.
     if (mayAsk && isParkedState(request.params.requestState)) {
       const call = parked.take(request.params.requestState, owner, template, method)
