@@ -149,7 +149,7 @@ export const deregisterCommand = Command.make(
   (flags) =>
     Effect.gen(function*() {
       if (flags.offline) {
-        const { file } = yield* offlineRegistry(flags)
+        const { config, file } = yield* offlineRegistry(flags)
         const registry = yield* readRegistryFile(file).pipe(Effect.mapError((e) => new CommandFailed({ message: e.message, exitCode: 2 })))
         const existing = registry.templates[flags.template]
         if (existing === undefined || !existing.instances.some((i) => i.id === flags.id)) {
@@ -160,7 +160,8 @@ export const deregisterCommand = Command.make(
         }
         const instances = existing.instances.filter((i) => i.id !== flags.id)
         const templates = { ...registry.templates }
-        if (instances.length === 0 && existing.load_balancer !== undefined) delete templates[flags.template]
+        // A template the registry created goes with its last instance, as the API does it.
+        if (instances.length === 0 && !config.templates.some((t) => t.name === flags.template)) delete templates[flags.template]
         else templates[flags.template] = { ...existing, instances }
         yield* writeRegistryFile(file, { ...registry, templates }).pipe(Effect.mapError((e) => new CommandFailed({ message: e.message, exitCode: 1 })))
         return yield* Console.log(`deregistered ${flags.template}/${flags.id} from ${file}`)
