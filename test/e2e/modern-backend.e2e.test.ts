@@ -63,6 +63,17 @@ describe("modern (2026-07-28) backends", () => {
   const serverStats = async (client: { callTool: (...args: Array<any>) => Promise<unknown> }) =>
     JSON.parse(text(await client.callTool({ name: "stats", arguments: {} })))
 
+  /** Starts a slow call, aborts it once it runs, and waits until the server saw it cancelled. */
+  const cancelsAtServer = async (client: { callTool: (...args: Array<any>) => Promise<unknown> }, start: (signal: AbortSignal) => Promise<unknown>) => {
+    const before = (await serverStats(client)).aborted
+    const controller = new AbortController()
+    const call = start(controller.signal)
+    await new Promise((r) => setTimeout(r, 350))
+    controller.abort()
+    await expect(call).rejects.toThrow()
+    await waitUntil(async () => (await serverStats(client)).aborted > before, 5_000, "the server saw the cancellation")
+  }
+
   beforeAll(async () => {
     strict = await startFixtureServer("modern-server.mjs", { LEGACY: "reject", NAME: "strict" })
     dual = await startFixtureServer("modern-server.mjs", { NAME: "dual" })
@@ -171,13 +182,7 @@ describe("modern (2026-07-28) backends", () => {
 
   it("an old client: cancelling a call closes it at the server", async () => {
     const client = await old("strict")
-    const before = (await serverStats(client)).aborted
-    const controller = new AbortController()
-    const call = client.callTool({ name: "slow", arguments: { steps: 20, ms: 100 } }, undefined, { signal: controller.signal })
-    await new Promise((r) => setTimeout(r, 350))
-    controller.abort()
-    await expect(call).rejects.toThrow()
-    await waitUntil(async () => (await serverStats(client)).aborted > before, 5_000, "the server saw the cancellation")
+    await cancelsAtServer(client, (signal) => client.callTool({ name: "slow", arguments: { steps: 20, ms: 100 } }, undefined, { signal }))
   })
 
   it("a modern client: discover is the server's own; calls, progress, input_required with the server's requestState untouched", async () => {
@@ -207,53 +212,46 @@ describe("modern (2026-07-28) backends", () => {
     expect(seen.envelope["io.modelcontextprotocol/clientCapabilities"].elicitation).toEqual({ form: {} })
   })
 
-  it("a modern client's own Mcp-Param-* headers reach the server, which refuses one that disagrees with the body (400/-32020)", async () => {
-    const envelope = {
-      "io.modelcontextprotocol/protocolVersion": MODERN,
-      "io.modelcontextprotocol/clientInfo": { name: "raw", version: "1" },
-      "io.modelcontextprotocol/clientCapabilities": {}
-    }
-    const call = (regionHeader: string | undefined) =>
-      fetch(`${gateway.url}/mcp/strict`, {
-        method: "POST",
-        headers: {
-          "content-type": "application/json",
-          accept: "application/json, text/event-stream",
-          "mcp-protocol-version": MODERN,
-          "mcp-method": "tools/call",
-          "mcp-name": "region",
-          ...(regionHeader === undefined ? {} : { "mcp-param-region": regionHeader })
-        },
-        body: JSON.stringify({ jsonrpc: "2.0", id: 3, method: "tools/call", params: { name: "region", arguments: { region: "eu" }, _meta: envelope } })
-      })
-    const good = await call("eu")
-    expect(good.status).toBe(200)
-    const lying = await call("us")
-    expect(lying.status).toBe(400)
-    expect(await lying.json()).toMatchObject({ id: 3, error: { code: -32020 } })
-    const missing = await call(undefined)
-    expect(missing.status).toBe(400)
-  })
-
-  it("a modern client that did not declare a capability the server needs gets the server's -32021 as a 400", async () => {
-    const envelope = {
-      "io.modelcontextprotocol/protocolVersion": MODERN,
-      "io.modelcontextprotocol/clientInfo": { name: "bare", version: "1" },
-      "io.modelcontextprotocol/clientCapabilities": {}
-    }
-    const response = await fetch(`${gateway.url}/mcp/strict`, {
+  /** A modern tools/call sent by hand (a client that declares no capabilities), with headers of the test's choosing. */
+  const rawToolCall = (name: string, args: Record<string, unknown>, headers: Record<string, string> = {}) =>
+    fetch(`${gateway.url}/mcp/strict`, {
       method: "POST",
       headers: {
         "content-type": "application/json",
         accept: "application/json, text/event-stream",
         "mcp-protocol-version": MODERN,
         "mcp-method": "tools/call",
-        "mcp-name": "ask"
+        "mcp-name": name,
+        ...headers
       },
-      body: JSON.stringify({ jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "ask", arguments: { q: "?" }, _meta: envelope } })
+      body: JSON.stringify({
+        jsonrpc: "2.0",
+        id: 3,
+        method: "tools/call",
+        params: {
+          name,
+          arguments: args,
+          _meta: {
+            "io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientInfo": { name: "raw", version: "1" },
+            "io.modelcontextprotocol/clientCapabilities": {}
+          }
+        }
+      })
     })
+
+  it("a modern client's own Mcp-Param-* headers reach the server, which refuses one that disagrees with the body (400/-32020)", async () => {
+    expect((await rawToolCall("region", { region: "eu" }, { "mcp-param-region": "eu" })).status).toBe(200)
+    const lying = await rawToolCall("region", { region: "eu" }, { "mcp-param-region": "us" })
+    expect(lying.status).toBe(400)
+    expect(await lying.json()).toMatchObject({ id: 3, error: { code: -32020 } })
+    expect((await rawToolCall("region", { region: "eu" })).status).toBe(400)
+  })
+
+  it("a modern client that did not declare a capability the server needs gets the server's -32021 as a 400", async () => {
+    const response = await rawToolCall("ask", { q: "?" })
     expect(response.status).toBe(400)
-    expect(await response.json()).toMatchObject({ id: 7, error: { code: -32021, data: { requiredCapabilities: { elicitation: {} } } } })
+    expect(await response.json()).toMatchObject({ id: 3, error: { code: -32021, data: { requiredCapabilities: { elicitation: {} } } } })
   })
 
   it("a modern client: subscriptions/listen carries the server's resource updates and list changes", async () => {
@@ -271,15 +269,9 @@ describe("modern (2026-07-28) backends", () => {
     await sub.close()
   })
 
-  it("a modern client: a requestState the server never gave is the server's to refuse; aborting a call cancels it at the server", async () => {
+  it("a modern client: aborting a call (closing its stream) cancels it at the server", async () => {
     const client = await modern(`${gateway.url}/mcp/strict`)
-    const before = (await serverStats(client)).aborted
-    const controller = new AbortController()
-    const call = client.callTool({ name: "slow", arguments: { steps: 20, ms: 100 } }, { signal: controller.signal })
-    await new Promise((r) => setTimeout(r, 350))
-    controller.abort()
-    await expect(call).rejects.toThrow()
-    await waitUntil(async () => (await serverStats(client)).aborted > before, 5_000, "the server saw the cancellation")
+    await cancelsAtServer(client, (signal) => client.callTool({ name: "slow", arguments: { steps: 20, ms: 100 } }, { signal }))
   })
 
   it("a server that restarts: health follows it, and the listen stream the gateway keeps comes back (list changes still arrive)", async () => {
