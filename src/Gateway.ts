@@ -60,7 +60,8 @@ const LiveTransport = Transport.layer.pipe(Layer.provide(InstanceSupervision))
  * HTTP server first (draining requests in flight), then ends sessions, then stops processes.
  */
 export const GatewayLive = FirstHealthCheck.pipe(
-  Layer.provide(HttpServerLive.pipe(Layer.provide(Authenticator.layer))),
+  // (Merged: whoever runs the gateway may want its address, e.g. `start --background`.)
+  Layer.provideMerge(HttpServerLive.pipe(Layer.provide(Authenticator.layer))),
   Layer.provideMerge(GatewayServices),
   Layer.provideMerge(LiveTransport),
   Layer.provideMerge(GatewayFoundation),

@@ -7,6 +7,9 @@ import { integerFlag } from "./flags.js"
 import { CommandFailed } from "./CommandFailed.js"
 import { defaultPidFile, isAlive, logFileFor, readPidFile, removePidFile, writePidFile } from "./pidFile.js"
 
+/** Where the detached gateway writes its URL once it serves (see start.ts). */
+export const READY_FILE_ENV = "MCP_GATEWAY_READY_FILE"
+
 /** How long `start --background` waits for the gateway to answer `/gateway/health`. */
 const READY_TIMEOUT_MS = 60_000
 
@@ -51,7 +54,13 @@ export const startInBackground = (options: { readonly pidFile: Option.Option<str
     const log = fs.openSync(logFile, "a")
     const args = process.argv.slice(2).filter((a) => a !== "--background")
     if (args[0] !== "start") args.unshift("start")
-    const child = spawn(process.execPath, [process.argv[1]!, ...args], { detached: true, stdio: ["ignore", log, log] })
+    const readyFile = `${pidFile}.ready`
+    fs.rmSync(readyFile, { force: true })
+    const child = spawn(process.execPath, [process.argv[1]!, ...args], {
+      detached: true,
+      stdio: ["ignore", log, log],
+      env: { ...process.env, [READY_FILE_ENV]: readyFile }
+    })
     fs.closeSync(log)
     let exitCode: number | null | undefined
     child.once("exit", (code) => (exitCode = code ?? 1))
@@ -61,13 +70,15 @@ export const startInBackground = (options: { readonly pidFile: Option.Option<str
     let url: string | undefined
     while (Date.now() - started < READY_TIMEOUT_MS) {
       if (exitCode !== undefined) {
+        fs.rmSync(readyFile, { force: true })
         return yield* new CommandFailed({
           message: `the gateway exited (code ${exitCode}) before it served; the end of ${logFile}:\n${tail(logFile, from)}`,
           exitCode: exitCode === 2 ? 2 : 1
         })
       }
-      url ??= /listening on (https?:\/\/[^\s"]+)/.exec(tail(logFile, from, 200))?.[1]
+      url ??= fs.existsSync(readyFile) ? fs.readFileSync(readyFile, "utf8").trim() || undefined : undefined
       if (url !== undefined && (yield* healthy(url))) {
+        fs.rmSync(readyFile, { force: true })
         writePidFile(pidFile, {
           pid: child.pid!,
           url,
@@ -81,6 +92,7 @@ export const startInBackground = (options: { readonly pidFile: Option.Option<str
       yield* sleep(100)
     }
     child.kill("SIGTERM")
+    fs.rmSync(readyFile, { force: true })
     return yield* new CommandFailed({
       message: `the gateway did not answer /gateway/health within ${READY_TIMEOUT_MS / 1000}s (stopped it); the end of ${logFile}:\n${tail(logFile, from)}`,
       exitCode: 1

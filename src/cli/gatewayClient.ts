@@ -32,11 +32,20 @@ export interface Target {
 /** Where the running gateway is, by the rule in `--gateway`'s description. */
 export const resolveGatewayUrl = (target: Target): Effect.Effect<string, CommandFailed> =>
   Effect.gen(function*() {
-    if (Option.isSome(target.gateway)) return target.gateway.value.replace(/\/+$/, "")
+    if (Option.isSome(target.gateway)) return yield* validUrl(target.gateway.value, "--gateway")
     const env = process.env.MCP_GATEWAY_URL
-    if (env !== undefined && env !== "") return env.replace(/\/+$/, "")
+    if (env !== undefined && env !== "") return yield* validUrl(env, "MCP_GATEWAY_URL")
     const recorded = readPidFile(Option.getOrElse(target.pidFile, defaultPidFile))
     if (recorded !== undefined && recorded.alive && Option.isNone(target.config)) return recorded.url
+    if (Option.isSome(target.pidFile)) {
+      // Named on purpose: falling back to another address could reach someone else's gateway.
+      return yield* new CommandFailed({
+        message: recorded === undefined
+          ? `no gateway recorded in ${target.pidFile.value}`
+          : `the gateway recorded in ${target.pidFile.value} (pid ${recorded.pid}) is not running`,
+        exitCode: 1
+      })
+    }
     if (Option.isSome(target.config)) {
       const config = yield* loadGatewayConfig({ configFile: target.config.value }).pipe(
         Effect.mapError((e) => new CommandFailed({ message: e.message, exitCode: 2 }))
@@ -46,6 +55,16 @@ export const resolveGatewayUrl = (target: Target): Effect.Effect<string, Command
     }
     return "http://127.0.0.1:8080"
   })
+
+const validUrl = (value: string, where: string): Effect.Effect<string, CommandFailed> => {
+  try {
+    const url = new URL(value)
+    if (url.protocol === "http:" || url.protocol === "https:") return Effect.succeed(value.replace(/\/+$/, ""))
+  } catch {
+    // not a URL
+  }
+  return Effect.fail(new CommandFailed({ message: `${where}: expected the gateway's http(s) URL, e.g. http://127.0.0.1:8080, got "${value}"`, exitCode: 2 }))
+}
 
 export interface GatewayAnswer {
   readonly status: number

@@ -9,6 +9,7 @@ import { CommandFailed } from "./CommandFailed.js"
 import { choiceFlag, integerFlag } from "./flags.js"
 import { callGateway, describeFailure, resolveGatewayUrl, type Target, targetOptions } from "./gatewayClient.js"
 import { defaultPidFile, readPidFile } from "./pidFile.js"
+import { registryHolder } from "./registryLock.js"
 
 const offlineFlag = Options.boolean("offline").pipe(
   Options.withDescription("Edit the registry file of a stopped gateway (needs --config naming its registry_file) instead of the running gateway's API")
@@ -36,7 +37,7 @@ const parseEnv = (pairs: ReadonlyArray<string>): Effect.Effect<Record<string, st
  * The registry file of a gateway that is not running, from its config. Refused while the
  * gateway runs: it would overwrite the file with its own state and lose the edit.
  */
-const offlineRegistry = (target: Target) =>
+const offlineRegistry = (target: Target, verb: "register" | "deregister") =>
   Effect.gen(function*() {
     if (Option.isNone(target.config)) {
       return yield* new CommandFailed({ message: "--offline needs --config FILE (the gateway's config, which names its registry_file)", exitCode: 2 })
@@ -48,15 +49,22 @@ const offlineRegistry = (target: Target) =>
     if (file === undefined) {
       return yield* new CommandFailed({ message: `${target.config.value} sets no gateway.registry_file: there is nothing to edit offline`, exitCode: 2 })
     }
+    const holder = registryHolder(file)
+    if (holder !== undefined) {
+      return yield* new CommandFailed({
+        message: `a gateway is running with ${file} (pid ${holder}): ${verb} without --offline so that it takes effect at once, or stop it first`,
+        exitCode: 1
+      })
+    }
     const recorded = readPidFile(Option.getOrElse(target.pidFile, defaultPidFile))
-    const url = yield* resolveGatewayUrl({ ...target, gateway: Option.none() })
+    const url = yield* resolveGatewayUrl({ ...target, gateway: Option.none(), pidFile: Option.none() })
     const answering = yield* Effect.promise(() =>
       fetch(`${url}/gateway/health`, { signal: AbortSignal.timeout(1_000) }).then((r) => r.ok, () => false)
     )
     if (answering || recorded?.alive === true) {
       return yield* new CommandFailed({
         message: `a gateway is running (${recorded?.alive === true ? `pid ${recorded.pid}, ` : ""}${answering ? url : recorded!.url}): ` +
-          "register without --offline so that it takes effect at once, or stop it first",
+          `${verb} without --offline so that it takes effect at once, or stop it first`,
         exitCode: 1
       })
     }
@@ -88,6 +96,12 @@ export const registerCommand = Command.make(
       if (Option.isSome(flags.endpoint) === Option.isSome(flags.command)) {
         return yield* new CommandFailed({ message: "register: give exactly one of --endpoint URL or --command \"...\"", exitCode: 2 })
       }
+      if (Option.isSome(flags.endpoint) && (Option.isSome(flags.workingDir) || flags.env.length > 0)) {
+        return yield* new CommandFailed({ message: "register: --working-dir and --env are for --command (a stdio server); an --endpoint server runs elsewhere", exitCode: 2 })
+      }
+      if (Option.isSome(flags.command) && flags.transport !== "http") {
+        return yield* new CommandFailed({ message: "register: --transport is for --endpoint; a --command server is always stdio", exitCode: 2 })
+      }
       const env = yield* parseEnv(flags.env)
       const instance: Record<string, unknown> = Option.isSome(flags.endpoint)
         ? { transport: flags.transport, endpoint: flags.endpoint.value }
@@ -114,7 +128,7 @@ export const registerCommand = Command.make(
 
 const registerOffline = (target: Target, template: string, instance: Record<string, unknown>) =>
   Effect.gen(function*() {
-    const { config, file } = yield* offlineRegistry(target)
+    const { config, file } = yield* offlineRegistry(target, "register")
     const spec = yield* Schema.decodeUnknown(InstanceSpec, { errors: "all" })(instance).pipe(
       Effect.mapError((e) => new CommandFailed({ message: `register: ${formatParseError(e)}`, exitCode: 2 }))
     )
@@ -149,7 +163,7 @@ export const deregisterCommand = Command.make(
   (flags) =>
     Effect.gen(function*() {
       if (flags.offline) {
-        const { config, file } = yield* offlineRegistry(flags)
+        const { config, file } = yield* offlineRegistry(flags, "deregister")
         const registry = yield* readRegistryFile(file).pipe(Effect.mapError((e) => new CommandFailed({ message: e.message, exitCode: 2 })))
         const existing = registry.templates[flags.template]
         if (existing === undefined || !existing.instances.some((i) => i.id === flags.id)) {

@@ -4,7 +4,10 @@ import { GatewayConfig, loadGatewayConfig, type LogLevelName } from "../config/G
 import { GatewayLive } from "../Gateway.js"
 import { type LogFormat, loggerLayer } from "../logging.js"
 import { RequestLog } from "../observability/RequestLog.js"
-import { startInBackground } from "./background.js"
+import * as fs from "node:fs"
+import { ListeningAddress } from "../http/HttpServer.js"
+import { READY_FILE_ENV, startInBackground } from "./background.js"
+import { holdRegistryFile } from "./registryLock.js"
 import { choiceFlag, integerFlag } from "./flags.js"
 import { defaultPidFile } from "./pidFile.js"
 import { CommandFailed } from "./CommandFailed.js"
@@ -57,6 +60,18 @@ type StartFlags = {
   readonly logFile: Option.Option<string>
 }
 
+/**
+ * For `start --background`: once the gateway serves (port bound, first health check done), its
+ * URL goes to the file the parent named in MCP_GATEWAY_READY_FILE, whatever the log level.
+ */
+const announceReady = Layer.effectDiscard(
+  Effect.flatMap(ListeningAddress, (address) =>
+    Effect.sync(() => {
+      const file = process.env[READY_FILE_ENV]
+      if (file !== undefined && file !== "") fs.writeFileSync(file, address.url)
+    }))
+)
+
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
 
 /** Loads the config, builds the gateway and runs it until SIGINT/SIGTERM. */
@@ -80,7 +95,11 @@ export const runGateway = (flags: StartFlags) =>
     }
     const logger = loggerLayer(config.gateway.logLevel, flags.logFormat)
     const requestLog = RequestLog.forLogger(config.gateway.logLevel, flags.logFormat)
-    return yield* Layer.launch(GatewayLive.pipe(Layer.provide(GatewayConfig.layer(config)), Layer.provide(requestLog))).pipe(
+    const launch = Layer.launch(
+      announceReady.pipe(Layer.provideMerge(GatewayLive), Layer.provide(GatewayConfig.layer(config)), Layer.provide(requestLog))
+    )
+    const registryFile = config.gateway.registryFile
+    return yield* (registryFile === undefined ? launch : Effect.scoped(Effect.zipRight(holdRegistryFile(registryFile), launch))).pipe(
       Effect.catchTags({
         PluginError: (e) => new CommandFailed({ message: e.message, exitCode: 2 }),
         RegistryStorageError: (e) => new CommandFailed({ message: e.message, exitCode: 2 }),

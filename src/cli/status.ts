@@ -3,9 +3,9 @@ import { Console, Effect } from "effect"
 import { CommandFailed } from "./CommandFailed.js"
 import { callGateway, describeFailure, resolveGatewayUrl, type Target, targetOptions } from "./gatewayClient.js"
 
-const fetchOrFail = (url: string, path: string) =>
+const fetchOrFail = (command: string, url: string, path: string) =>
   Effect.flatMap(callGateway(url, "GET", path), (answer) =>
-    answer.status === 200 ? Effect.succeed(answer.body) : Effect.fail(new CommandFailed({ message: `${path}: ${describeFailure(answer)}`, exitCode: 1 })))
+    answer.status === 200 ? Effect.succeed(answer.body) : Effect.fail(new CommandFailed({ message: `${command}: ${describeFailure(answer)}`, exitCode: 1 })))
 
 /** One row per instance: its state from the registry, its traffic from the stats. */
 const rowsOf = (registry: any, stats: any) =>
@@ -42,7 +42,7 @@ export const statusCommand = Command.make(
   (flags) =>
     Effect.gen(function*() {
       const url = yield* resolveGatewayUrl(flags as Target)
-      const [registry, stats] = yield* Effect.all([fetchOrFail(url, "/gateway/registry"), fetchOrFail(url, "/gateway/stats")], { concurrency: 2 })
+      const [registry, stats] = yield* Effect.all([fetchOrFail("status", url, "/gateway/registry"), fetchOrFail("status", url, "/gateway/stats")], { concurrency: 2 })
       const rows = rowsOf(registry, stats)
       if (flags.json) {
         return yield* Console.log(JSON.stringify({ gateway: url, templates: Object.keys(registry.templates ?? {}).length, instances: rows }, null, 2))
@@ -63,5 +63,5 @@ export const statusCommand = Command.make(
 export const registryCommand = Command.make("registry", targetOptions, (flags) =>
   Effect.gen(function*() {
     const url = yield* resolveGatewayUrl(flags)
-    yield* Console.log(JSON.stringify(yield* fetchOrFail(url, "/gateway/registry"), null, 2))
+    yield* Console.log(JSON.stringify(yield* fetchOrFail("registry", url, "/gateway/registry"), null, 2))
   })).pipe(Command.withDescription("Print the running gateway's registry as JSON (every template's settings and instances, with live state)"))

@@ -70,6 +70,12 @@ describe("the CLI against a running gateway", () => {
     const offline = await cli("register", "later", "--endpoint", backend.url, "--offline", "--config", configFile)
     expect(offline.code).toBe(1)
     expect(offline.stderr).toContain("a gateway is running")
+    // Whatever pid file or address it was started with: the registry file says it is held.
+    expect(fs.readFileSync(`${registryFile}.lock`, "utf8").trim()).toBe(String(record.pid))
+    const mixed = await cli("register", "x", "--endpoint", backend.url, "--env", "A=1")
+    expect(mixed.code).toBe(2)
+    const notUrl = await cli("status", "--gateway", "foo")
+    expect(notUrl.code).toBe(2)
 
     const removed = await cli("deregister", "remote", "r1")
     expect(removed.code, removed.stderr).toBe(0)
@@ -107,6 +113,17 @@ describe("the CLI against a running gateway", () => {
     expect(dropped.code, dropped.stderr).toBe(0)
     expect(registry().templates.later?.instances ?? []).toEqual([])
   }, 120_000)
+
+  it("start --background works whatever the log level (the URL does not come from the log)", async () => {
+    const pid = path.join(dir, "quiet.pid")
+    const started = await cli("start", "--config", configFile, "--background", "--log-level", "none", "--pid-file", pid)
+    expect(started.code, started.stderr).toBe(0)
+    expect((await cli("status", "--pid-file", pid)).code).toBe(0)
+    expect((await cli("stop", "--pid-file", pid)).code).toBe(0)
+    const stale = await cli("status", "--pid-file", pid)
+    expect(stale.code).toBe(1)
+    expect(stale.stderr).toContain("no gateway recorded")
+  }, 60_000)
 
   it("a config that does not validate: start --background exits 2 with the log's last lines", async () => {
     const bad = path.join(dir, "bad.json")
