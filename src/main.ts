@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-import { ValidationError } from "@effect/cli"
+import { CliConfig, ValidationError } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Cause, Effect, Exit, Option } from "effect"
+import { Cause, Effect, Exit, Layer, Option } from "effect"
 import { cli, withDefaultCommand } from "./cli/Cli.js"
 import { CommandFailed } from "./cli/CommandFailed.js"
 import { flushLogs } from "./logging.js"
@@ -21,7 +21,9 @@ const program = Effect.suspend(() => cli(withDefaultCommand(process.argv))).pipe
       }
     })
   ),
-  Effect.provide(NodeContext.layer)
+  // @effect/cli's own options (--wizard, its --log-level) stay out of every command's help: they
+  // read as ours and are not (start has its own --log-level); --help, --version, --completions are in docs/cli.md.
+  Effect.provide(Layer.mergeAll(NodeContext.layer, CliConfig.layer({ showBuiltIns: false })))
 )
 
 NodeRuntime.runMain(program, {
