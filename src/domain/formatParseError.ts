@@ -41,6 +41,18 @@ const shortValue = (actual: string): string => {
   return text.length > 60 ? `${text.slice(0, 57)}...` : text
 }
 
+/**
+ * What was expected, as a line can say it: a struct or record schema by kind (its whole type,
+ * kilobytes of it, says nothing a user can act on), anything else as the schema describes it.
+ */
+const shortExpected = (expected: string): string => {
+  const text = expected.trim()
+  if (text.startsWith("{ readonly [")) return "an object of named entries"
+  if (text.startsWith("{")) return "an object"
+  if (text.startsWith("ReadonlyArray<")) return "an array"
+  return text.length > 120 ? `${text.slice(0, 117)}...` : text
+}
+
 const EXPECTED_ACTUAL = /^Expected ([\s\S]+), actual ([\s\S]+)$/
 const UNEXPECTED = /^is unexpected, expected: ([\s\S]+)$/
 
@@ -56,7 +68,7 @@ const rephrase = (message: string, path: ReadonlyArray<PropertyKey>): string => 
       : `is not a known field (known: ${known.join(", ")})`
   }
   const typed = EXPECTED_ACTUAL.exec(message)
-  if (typed !== null) return `expected ${typed[1]}, got ${shortValue(typed[2]!)}`
+  if (typed !== null) return `expected ${shortExpected(typed[1]!)}, got ${shortValue(typed[2]!)}`
   return message
 }
 

@@ -65,6 +65,13 @@ describe("config", () => {
       expect(found.length).toBe(4)
     }))
 
+  it.effect("says what a wrong-kind section should be in a few words, not as its whole schema", () =>
+    Effect.gen(function*() {
+      expect(yield* problems({ configFile: file([]) })).toEqual(["(root): expected an object, got an array"])
+      expect(yield* problems({ configFile: file({ templates: 5 }) })).toEqual(["templates: expected an object of named entries, got 5"])
+      expect(yield* problems({ configFile: file({ gateway: [] }) })).toEqual(["gateway: expected an object, got an array"])
+    }))
+
   it.effect("reports malformed JSON, a missing file, an unknown transport and duplicate ids", () =>
     Effect.gen(function*() {
       expect((yield* problems({ configFile: file("{ \"templates\": ") }))[0]).toMatch(/invalid JSON/)
