@@ -15,10 +15,22 @@ const offlineFlag = Options.boolean("offline").pipe(
   Options.withDescription("Edit the registry file of a stopped gateway (needs --config naming its registry_file) instead of the running gateway's API")
 )
 
+/** The API's names for what the flags set, as the flags (a 400 names `body.instance.endpoint`; the user typed `--endpoint`). */
+const FLAG_NAMES: ReadonlyArray<readonly [RegExp, string]> = [
+  [/body\.instance\.endpoint/g, "--endpoint"],
+  [/body\.instance\.command/g, "--command"],
+  [/body\.instance\.working_dir/g, "--working-dir"],
+  [/body\.instance\.env/g, "--env"],
+  [/body\.instance\.weight/g, "--weight"],
+  [/body\.instance\.id/g, "--id"],
+  [/body\.instance\.transport/g, "--transport"],
+  [/body\.template_name/g, "TEMPLATE"]
+]
+
 /** A failed answer of the API as the exit code the CLI promises: 2 for a refused request (bad usage), 1 for the rest. */
 const failed = (what: string, answer: { readonly status: number; readonly body: unknown }) =>
   new CommandFailed({
-    message: `${what}: ${describeFailure(answer)}`,
+    message: `${what}: ${FLAG_NAMES.reduce((text, [api, flag]) => text.replace(api, flag), describeFailure(answer))}`,
     exitCode: answer.status === 400 || answer.status === 409 || answer.status === 422 ? 2 : 1
   })
 
@@ -95,6 +107,9 @@ export const registerCommand = Command.make(
     Effect.gen(function*() {
       if (Option.isSome(flags.endpoint) === Option.isSome(flags.command)) {
         return yield* new CommandFailed({ message: "register: give exactly one of --endpoint URL or --command \"...\"", exitCode: 2 })
+      }
+      if (Option.isSome(flags.command) && flags.command.value.trim() === "") {
+        return yield* new CommandFailed({ message: "register: --command is empty; give the server's command line, e.g. --command \"python server.py\"", exitCode: 2 })
       }
       if (Option.isSome(flags.endpoint) && (Option.isSome(flags.workingDir) || flags.env.length > 0)) {
         return yield* new CommandFailed({ message: "register: --working-dir and --env are for --command (a stdio server); an --endpoint server runs elsewhere", exitCode: 2 })
