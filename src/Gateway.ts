@@ -1,4 +1,6 @@
 import { Effect, Layer } from "effect"
+import { ConfigReload } from "./discovery/ConfigReload.js"
+import { Discovery } from "./discovery/Discovery.js"
 import { HealthChecker } from "./health/HealthChecker.js"
 import { HealthProbes } from "./health/HealthProbes.js"
 import { Authenticator } from "./http/auth/Authenticator.js"
@@ -20,8 +22,13 @@ import { Transport } from "./transport/Transport.js"
 /** What everything stands on, from the config alone: the registry, the plugin loader, the stats and the metrics under them. */
 export const GatewayFoundation = Layer.mergeAll(Registry.layer, PluginLoader.layer, Stats.layer).pipe(Layer.provideMerge(GatewayMetrics.layer))
 
-/** The gateway's services on top of the foundation, given a Transport and a Timer. */
-export const GatewayServices = InstanceLifecycle.pipe(
+/**
+ * The gateway's services on top of the foundation, given a Transport and a Timer. Live
+ * configuration and discovery come last: the health checker and the drain already follow the
+ * registry's changes when the first sync adds instances.
+ */
+export const GatewayServices = Layer.mergeAll(Discovery.layer, ConfigReload.layer).pipe(
+  Layer.provideMerge(InstanceLifecycle),
   Layer.provideMerge(ClientSessions.layer),
   Layer.provideMerge(Layer.mergeAll(Dispatcher.layer, HealthChecker.layer, RateLimiter.layer)),
   Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer))

@@ -6,3 +6,12 @@ export { type SelectionContext, type Strategy, StrategyPlugin, noOptions } from 
 export { type HealthProbe, HealthProbePlugin, ProbeError, type ProbeTarget } from "./health/HealthProbePlugin.js"
 export type { HealthStatus, InstanceView } from "./domain/InstanceView.js"
 export type { InstanceDefinition } from "./domain/Instance.js"
+export {
+  type DiscoveryContext,
+  DiscoveredDocument,
+  DiscoveryError,
+  DiscoveryPlugin,
+  type DiscoveryProvider
+} from "./discovery/DiscoveryPlugin.js"
+/** An argv array, or one command line split like a shell would (no shell runs it): what `command` takes in the config. */
+export { Command as CommandLine } from "./domain/Instance.js"

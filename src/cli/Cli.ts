@@ -7,6 +7,7 @@ import { openapiCommand } from "./openapi.js"
 import { deregisterCommand, registerCommand } from "./register.js"
 import { startCommand } from "./start.js"
 import { registryCommand, statusCommand } from "./status.js"
+import { syncCommand } from "./sync.js"
 import { versionCommand } from "./version.js"
 
 export const rootCommand = Command.make("mcp-gateway").pipe(
@@ -18,6 +19,7 @@ export const rootCommand = Command.make("mcp-gateway").pipe(
     registerCommand,
     deregisterCommand,
     registryCommand,
+    syncCommand,
     configCommand,
     openapiCommand,
     hashKeyCommand,
@@ -25,7 +27,7 @@ export const rootCommand = Command.make("mcp-gateway").pipe(
   ])
 )
 
-const subcommands = new Set(["start", "stop", "status", "register", "deregister", "registry", "config", "openapi", "hash-key", "version"])
+const subcommands = new Set(["start", "stop", "status", "register", "deregister", "registry", "sync", "config", "openapi", "hash-key", "version"])
 
 /**
  * `start` is the default command: `mcp-gateway --config gateway.json` means

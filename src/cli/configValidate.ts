@@ -1,6 +1,7 @@
 import { Args, Command } from "@effect/cli"
 import { Console, Effect, Layer } from "effect"
 import { GatewayConfig, loadGatewayConfig } from "../config/GatewayConfig.js"
+import { Discovery } from "../discovery/Discovery.js"
 import { HealthProbes } from "../health/HealthProbes.js"
 import { PluginLoader } from "../loader/PluginLoader.js"
 import { Registry } from "../registry/Registry.js"
@@ -11,7 +12,7 @@ import { CommandFailed } from "./CommandFailed.js"
 /**
  * `mcp-gateway config validate FILE`: what `start` would say of the config, without starting
  * anything: the file's shape (one line per problem) and every template's strategy and health
- * probe plugin, loaded and given their options. Exit 0 and a summary on stdout, or exit 2.
+ * probe plugin and every discovery provider, loaded and given their options. Exit 0 and a summary on stdout, or exit 2.
  */
 const validate = Command.make(
   "validate",
@@ -21,10 +22,13 @@ const validate = Command.make(
       const config = yield* loadGatewayConfig({ configFile: file }).pipe(
         Effect.mapError((e) => new CommandFailed({ message: e.message, exitCode: 2 }))
       )
-      // The plugins, as start builds them (no process is started, no port bound).
-      const plugins = Layer.mergeAll(Strategies.layer, HealthProbes.layer).pipe(
-        Layer.provide(Layer.mergeAll(Registry.layer, PluginLoader.layer)),
-        Layer.provide(GatewayConfig.layer(config))
+      // The plugins, as start builds them (no process is started, no port bound); discovery
+      // providers are made but not run.
+      const checked = { ...config, discovery: config.discovery === undefined ? undefined : { ...config.discovery, sync: false } }
+      const plugins = Discovery.layer.pipe(
+        Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer)),
+        Layer.provideMerge(Layer.mergeAll(Registry.layer, PluginLoader.layer)),
+        Layer.provide(GatewayConfig.layer(checked))
       )
       yield* Effect.scoped(Layer.build(plugins)).pipe(
         // Warnings (a registry file's refused entries) to stderr; stdout is the verdict's.
@@ -33,7 +37,11 @@ const validate = Command.make(
         Effect.catchTag("RegistryStorageError", (e) => new CommandFailed({ message: e.message, exitCode: 2 }))
       )
       const instances = config.templates.reduce((n, t) => n + t.instances.length, 0)
-      yield* Console.log(`${file}: valid (${config.templates.length} templates, ${instances} instances)`)
+      const providers = config.discovery?.providers.length ?? 0
+      yield* Console.log(
+        `${file}: valid (${config.templates.length} templates, ${instances} instances` +
+          `${providers === 0 ? "" : `, ${providers} discovery provider${providers === 1 ? "" : "s"}`})`
+      )
     })
 ).pipe(Command.withDescription("Check a config file as start would (shape, plugins and their options) without starting anything; exit 2 with one line per problem"))
 

@@ -1,13 +1,8 @@
 import { Command, Options } from "@effect/cli"
-import { Effect, Layer, Option } from "effect"
-import { GatewayConfig, loadGatewayConfig, type LogLevelName } from "../config/GatewayConfig.js"
-import { GatewayLive } from "../Gateway.js"
-import { type LogFormat, loggerLayer } from "../logging.js"
-import { RequestLog } from "../observability/RequestLog.js"
-import * as fs from "node:fs"
-import { ListeningAddress } from "../http/HttpServer.js"
-import { READY_FILE_ENV, startInBackground } from "./background.js"
-import { holdRegistryFile } from "./registryLock.js"
+import { Effect, Option } from "effect"
+import { loadGatewayConfig, type LogLevelName } from "../config/GatewayConfig.js"
+import type { LogFormat } from "../logging.js"
+import { startInBackground } from "./background.js"
 import { choiceFlag, integerFlag } from "./flags.js"
 import { defaultPidFile } from "./pidFile.js"
 import { CommandFailed } from "./CommandFailed.js"
@@ -34,6 +29,12 @@ export const startOptions = {
   insecure: Options.boolean("insecure").pipe(
     Options.withDescription("Listen on a non-loopback address without any auth configured (anyone who can reach it may use every tool)")
   ),
+  sync: Options.boolean("sync").pipe(
+    Options.withDescription("Run the config's discovery providers at start and on their intervals (the default, unless discovery.sync is false)")
+  ),
+  noSync: Options.boolean("no-sync").pipe(
+    Options.withDescription("Do not run discovery providers by themselves: only `mcp-gateway sync` runs them")
+  ),
   background: Options.boolean("background").pipe(
     Options.withDescription("Run detached: returns once /gateway/health answers, printing the pid, URL, log file and pid file; `stop` ends it")
   ),
@@ -55,30 +56,24 @@ type StartFlags = {
   readonly logLevel: Option.Option<LogLevelName>
   readonly logFormat: LogFormat
   readonly insecure: boolean
+  readonly sync: boolean
+  readonly noSync: boolean
   readonly background: boolean
   readonly pidFile: Option.Option<string>
   readonly logFile: Option.Option<string>
 }
-
-/**
- * For `start --background`: once the gateway serves (port bound, first health check done), its
- * URL goes to the file the parent named in MCP_GATEWAY_READY_FILE, whatever the log level.
- */
-const announceReady = Layer.effectDiscard(
-  Effect.flatMap(ListeningAddress, (address) =>
-    Effect.sync(() => {
-      const file = process.env[READY_FILE_ENV]
-      if (file !== undefined && file !== "") fs.writeFileSync(file, address.url)
-    }))
-)
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
 
 /** Loads the config, builds the gateway and runs it until SIGINT/SIGTERM. */
 export const runGateway = (flags: StartFlags) =>
   Effect.gen(function*() {
+    if (flags.sync && flags.noSync) {
+      return yield* new CommandFailed({ message: "--sync and --no-sync: give one of them", exitCode: 2 })
+    }
     if (flags.background) return yield* startInBackground(flags)
     const config = yield* loadGatewayConfig({
+      sync: flags.sync ? true : flags.noSync ? false : undefined,
       configFile: Option.getOrUndefined(flags.config),
       host: Option.getOrUndefined(flags.host),
       port: Option.getOrUndefined(flags.port),
@@ -93,20 +88,9 @@ export const runGateway = (flags: StartFlags) =>
         exitCode: 2
       })
     }
-    const logger = loggerLayer(config.gateway.logLevel, flags.logFormat)
-    const requestLog = RequestLog.forLogger(config.gateway.logLevel, flags.logFormat)
-    const launch = Layer.launch(
-      announceReady.pipe(Layer.provideMerge(GatewayLive), Layer.provide(GatewayConfig.layer(config)), Layer.provide(requestLog))
-    )
-    const registryFile = config.gateway.registryFile
-    return yield* (registryFile === undefined ? launch : Effect.scoped(Effect.zipRight(holdRegistryFile(registryFile), launch))).pipe(
-      Effect.catchTags({
-        PluginError: (e) => new CommandFailed({ message: e.message, exitCode: 2 }),
-        RegistryStorageError: (e) => new CommandFailed({ message: e.message, exitCode: 2 }),
-        ListenError: (e) => new CommandFailed({ message: e.message, exitCode: 1 })
-      }),
-      Effect.provide(logger)
-    )
+    // The gateway's modules are loaded only now: every other command starts without them.
+    const { launchGateway } = yield* Effect.promise(() => import("./launch.js"))
+    return yield* launchGateway(config, flags.logFormat)
   })
 
 export const startCommand = Command.make("start", startOptions, runGateway).pipe(

@@ -64,6 +64,26 @@ export interface RateLimit {
 const rateLimitOf = (input: RateLimitInput | undefined): RateLimit | undefined =>
   input === undefined ? undefined : { perSecond: input.requests_per_second, burst: input.burst ?? Math.max(1, Math.ceil(input.requests_per_second)) }
 
+const PositiveSeconds = Schema.Number.pipe(
+  Schema.filter((n) => (Number.isFinite(n) && n > 0) || `expected a positive number of seconds, got ${n}`)
+)
+
+/** One discovery provider: a built-in (`file`, `dns`, `command`) or a plugin by path, with its options. */
+const DiscoveryProviderInput = Schema.Struct({
+  provider: Schema.String,
+  /** How often it runs, in seconds (default: the plugin's own, else 30). */
+  interval: Schema.optional(PositiveSeconds),
+  /** How long one run may take, in seconds (default 10); a run that takes longer fails and changes nothing. */
+  timeout: Schema.optional(PositiveSeconds),
+  options: Schema.optional(Schema.Unknown)
+})
+
+const DiscoveryInput = Schema.Struct({
+  /** Run the providers at start and on their intervals (default); false: only on `mcp-gateway sync`. */
+  sync: Schema.optional(Schema.Boolean),
+  providers: Schema.optional(Schema.Record({ key: TemplateName, value: DiscoveryProviderInput }))
+})
+
 const TemplateInput = Schema.Struct({
   instances: Schema.optionalWith(Schema.Array(InstanceSpec), { default: () => [] }),
   load_balancer: Schema.optional(LoadBalancerInput),
@@ -102,10 +122,14 @@ export const ConfigFile = Schema.Struct({
       Schema.Number.pipe(Schema.filter((n) => (Number.isInteger(n) && n >= 1024) || `expected an integer of at least 1024, got ${n}`))
     ),
     log_level: Schema.optional(LogLevelName),
+    /** Apply edits of the config file's templates while running (default true). */
+    watch_config: Schema.optional(Schema.Boolean),
     /** Gateway-wide defaults for every template's load_balancer. */
     load_balancer: Schema.optional(LoadBalancerInput)
   })),
   templates: Schema.optional(Schema.Record({ key: TemplateName, value: TemplateInput })),
+  /** Where instances come from besides the config and the API: DNS, files, a command, a plugin. */
+  discovery: Schema.optional(DiscoveryInput),
   auth: Schema.optional(AuthInput),
   /** OpenTelemetry traces over OTLP/HTTP (JSON); off when absent. */
   tracing: Schema.optional(Schema.Struct({
@@ -151,7 +175,27 @@ export interface GatewaySettings {
   readonly defaults: LoadBalancerSettings
   /** Relative paths in the config (working_dir, registry_file) are relative to this directory. */
   readonly baseDir: string
+  /** Whether edits of the config file apply while the gateway runs (only with a config file). */
+  readonly watchConfig?: boolean | undefined
 }
+
+export interface DiscoveryProviderSettings {
+  /** Its name in the config: instances it finds have the source `discovery:{name}`. */
+  readonly name: string
+  /** A built-in name or a module path. */
+  readonly provider: string
+  readonly interval: Duration.Duration | undefined
+  readonly timeout: Duration.Duration
+  readonly options: unknown
+}
+
+export interface DiscoverySettings {
+  /** Providers run at start and on their intervals; false: only when asked (`mcp-gateway sync`). */
+  readonly sync: boolean
+  readonly providers: ReadonlyArray<DiscoveryProviderSettings>
+}
+
+export const NO_DISCOVERY: DiscoverySettings = { sync: true, providers: [] }
 
 export interface TracingSettings {
   readonly endpoint: string
@@ -164,6 +208,9 @@ export interface GatewayConfigShape {
   readonly templates: ReadonlyArray<TemplateConfig>
   /** OpenTelemetry export, when configured. */
   readonly tracing?: TracingSettings | undefined
+  readonly discovery?: DiscoverySettings | undefined
+  /** How it was loaded (file and flags), so a reload reads it the same way. */
+  readonly loadedFrom?: ConfigFlags | undefined
 }
 
 /** Command-line flags: they override the environment and the file. */
@@ -173,6 +220,8 @@ export interface ConfigFlags {
   readonly port?: number | undefined
   readonly registryFile?: string | undefined
   readonly logLevel?: LogLevelName | undefined
+  /** `--sync` / `--no-sync`: overrides `discovery.sync`. */
+  readonly sync?: boolean | undefined
 }
 
 const decodeFile = Schema.decodeUnknownEither(ConfigFile, { onExcessProperty: "error", errors: "all" })
@@ -320,14 +369,26 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         auth,
         logLevel: flags.logLevel ?? file.gateway?.log_level ?? "info",
         defaults,
-        baseDir
+        baseDir,
+        watchConfig: flags.configFile !== undefined && (file.gateway?.watch_config ?? true)
       },
       templates,
       tracing: file.tracing === undefined ? undefined : {
         endpoint: file.tracing.otlp_endpoint,
         serviceName: file.tracing.service_name ?? "mcp-gateway",
         exportInterval: Duration.millis(file.tracing.export_interval_ms ?? 5000)
-      }
+      },
+      discovery: {
+        sync: flags.sync ?? file.discovery?.sync ?? true,
+        providers: Object.entries(file.discovery?.providers ?? {}).map(([name, p]) => ({
+          name,
+          provider: p.provider,
+          interval: p.interval === undefined ? undefined : seconds(p.interval),
+          timeout: seconds(p.timeout ?? 10),
+          options: p.options ?? {}
+        }))
+      },
+      loadedFrom: flags
     }
   })
 

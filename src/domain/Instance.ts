@@ -91,8 +91,14 @@ export type InstanceDefinition =
   & InstanceSpec
   & { readonly id: string; readonly template: string; readonly weight: number; readonly source: InstanceSource }
 
-/** Where an instance came from: the config file, or a registration at run time (persisted). */
-export type InstanceSource = "config" | "api"
+/**
+ * Where an instance came from: the config file, a registration at run time (persisted), or a
+ * discovery provider (`discovery:{provider}`: found again at every sync, never persisted).
+ */
+export type InstanceSource = "config" | "api" | `discovery:${string}`
+
+/** The source of instances a discovery provider finds. */
+export const discoverySource = (provider: string): InstanceSource => `discovery:${provider}`
 
 export const defineInstance = (
   template: string,
@@ -100,6 +106,19 @@ export const defineInstance = (
   spec: InstanceSpec,
   source: InstanceSource
 ): InstanceDefinition => ({ ...spec, id, template, weight: spec.weight ?? 1, source })
+
+/**
+ * Whether two definitions describe the same instance (so a reload or a sync that finds it again
+ * leaves it running): the same spec, compared by value, keys in any order.
+ */
+export const sameDefinition = (a: InstanceDefinition, b: InstanceDefinition): boolean =>
+  a.source === b.source && canonicalJson(specOf(a)) === canonicalJson(specOf(b))
+
+const canonicalJson = (value: unknown): string =>
+  JSON.stringify(value, (_, v) =>
+    v !== null && typeof v === "object" && !Array.isArray(v)
+      ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, (v as Record<string, unknown>)[k]]))
+      : v)
 
 /** The spec to persist: what the user gave, with the id it got. */
 export const specOf = (instance: InstanceDefinition): InstanceSpec => {

@@ -110,9 +110,17 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
 
       const changes = yield* registry.changes
       yield* changes.pipe(
-        Stream.runForEach((change) =>
-          change._tag === "InstanceAdded" ? watch(change.instance, true) : FiberMap.remove(fibers, instanceKey(change.instance))
-        ),
+        Stream.runForEach((change) => {
+          switch (change._tag) {
+            case "InstanceAdded":
+              return watch(change.instance, true)
+            case "InstanceRemoved":
+              return FiberMap.remove(fibers, instanceKey(change.instance))
+            case "TemplateChanged":
+              // New settings (a reload): the loops start again on the new interval.
+              return Effect.forEach(change.template.instances.values(), (instance) => watch(instance, false), { discard: true })
+          }
+        }),
         Effect.forkScoped
       )
 

@@ -102,6 +102,14 @@ export class GatewayGroup extends HttpApiGroup.make("gateway")
     HttpApiEndpoint.post("register", "/gateway/register").setPayload(RegisterBody).addSuccess(RegisterResult, { status: 201 })
   )
   .add(
+    HttpApiEndpoint.post("sync", "/gateway/sync").addSuccess(
+      Json.annotations({
+        description: "What a reload of the config file and a run of every discovery provider changed: " +
+          "{config: {file, ok, problems?, diff, needs_restart} | null, providers: [{provider, plugin, ok, error?, diff?, at}]}"
+      })
+    )
+  )
+  .add(
     HttpApiEndpoint.del("deregister", "/gateway/deregister/:template/:instanceId")
       .setPath(Schema.Struct({ template: Schema.String, instanceId: Schema.String }))
       .addSuccess(Schema.Struct({ template_name: Schema.String, instance_id: Schema.String, deregistered: Schema.Boolean }))

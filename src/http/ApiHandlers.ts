@@ -15,6 +15,8 @@ import { Registry, type TemplateState } from "../registry/Registry.js"
 import { Strategies } from "../strategy/Strategies.js"
 import { HealthProbes } from "../health/HealthProbes.js"
 import { isModulePath } from "../loader/PluginLoader.js"
+import { ConfigReload } from "../discovery/ConfigReload.js"
+import { Discovery } from "../discovery/Discovery.js"
 import { GatewayApi, RegisterBody } from "./Api.js"
 import { dispatchErrorAnswer, errorAnswer, toApiError } from "./ApiError.js"
 import { parseJsonBody } from "./raw.js"
@@ -83,6 +85,8 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
     const strategies = yield* Strategies
     const probes = yield* HealthProbes
     const config = yield* GatewayConfig
+    const discovery = yield* Discovery
+    const reload = yield* ConfigReload
     const startedAt = Date.now()
 
     return handlers
@@ -144,6 +148,8 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
       .handle("registry", () =>
         Effect.sync(() => ({
           registry_file: config.gateway.registryFile ?? null,
+          config_file: reload.file ?? null,
+          discovery: discovery.status(),
           templates: Object.fromEntries(registry.templates().map((t) => [t.name, {
             source: t.source,
             load_balancer: loadBalancerJson(t.settings),
@@ -223,6 +229,22 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
             { template_name, instance_id: state.id, instance: state.toJSON() },
             { status: 201 }
           ).pipe(Effect.orDie)
+        }))
+      .handleRaw("sync", ({ request }) =>
+        Effect.gen(function*() {
+          const context = requestContextOf(NodeHttpServerRequest.toIncomingMessage(request))
+          const [configResult, providers] = yield* Effect.all([reload.reload, discovery.sync], { concurrency: 2 })
+          yield* audit("synced", context, `config${providers.map((p) => `, ${p.provider}`).join("")}`)
+          return yield* HttpServerResponse.json({
+            config: reload.file === undefined ? null : {
+              file: reload.file,
+              ok: configResult.ok,
+              ...(configResult.problems === undefined ? {} : { problems: configResult.problems }),
+              diff: configResult.diff,
+              needs_restart: configResult.needsRestart
+            },
+            providers
+          }).pipe(Effect.orDie)
         }))
       .handleRaw("deregister", ({ path, request }) =>
         Effect.gen(function*() {

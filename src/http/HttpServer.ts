@@ -4,6 +4,8 @@ import { Cause, Context, Data, Duration, Effect, FiberSet, Layer, Option } from 
 import { randomUUID } from "node:crypto"
 import * as http from "node:http"
 import type * as net from "node:net"
+import { ConfigReload } from "../discovery/ConfigReload.js"
+import { Discovery } from "../discovery/Discovery.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
 import { ClientSessions } from "../proxy/ClientSessions.js"
@@ -50,7 +52,18 @@ export class ListeningAddress extends Context.Tag("mcp-gateway/ListeningAddress"
 export const HttpServerLive: Layer.Layer<
   ListeningAddress,
   ListenError,
-  GatewayConfig | Dispatcher | Registry | Stats | GatewayMetrics | Strategies | HealthProbes | ClientSessions | Authenticator | RateLimiter
+  | GatewayConfig
+  | Dispatcher
+  | Registry
+  | Stats
+  | GatewayMetrics
+  | Strategies
+  | HealthProbes
+  | ClientSessions
+  | Authenticator
+  | RateLimiter
+  | Discovery
+  | ConfigReload
 > = Layer.scoped(
   ListeningAddress,
   Effect.gen(function*() {

@@ -22,6 +22,8 @@ export type Route =
   | { readonly kind: "ui" }
   /** POST /gateway/register (the template is in the body: the handler checks it) */
   | { readonly kind: "register" }
+  /** POST /gateway/sync: reads the config file again and runs every discovery provider */
+  | { readonly kind: "sync" }
   /** DELETE /gateway/deregister/{t}/{id} */
   | { readonly kind: "deregister"; readonly template: string }
   /** /docs, /openapi.json, /redoc: any authenticated caller */
@@ -62,6 +64,8 @@ export const requirementOf = (route: Route): RouteRequirement => {
       return { ...base, scope: "gateway:read" }
     case "register":
       return { ...base, scope: "gateway:admin", anyTemplate: true }
+    case "sync":
+      return { ...base, scope: "gateway:admin" }
     case "deregister":
       return { ...base, scope: "gateway:admin", template: route.template }
     case "docs":
@@ -94,6 +98,7 @@ export const classifyRoute = (method: string | undefined, path: string): Route =
   if (path === "/gateway/stats" || path === "/gateway/registry" || path === "/metrics") return { kind: "gateway_read" }
   if (path === "/gateway/ui") return { kind: "ui" }
   if (path === "/gateway/register") return { kind: "register" }
+  if (path === "/gateway/sync") return { kind: "sync" }
   if (path.startsWith("/gateway/deregister/")) {
     const segments = path.slice("/gateway/deregister/".length).split("/")
     if (segments.length !== 2) return { kind: "other" }

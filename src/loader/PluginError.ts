@@ -8,10 +8,16 @@ export class PluginError extends Data.TaggedError("PluginError")<{
   readonly setting: string
   readonly plugin: string
   readonly template?: string | undefined
+  /** Where in the config it is named, when not a template's load_balancer (`discovery.providers.k8s.provider`). */
+  readonly at?: string | undefined
   readonly reason: string
 }> {
   get message() {
-    const where = this.template === undefined ? "" : `templates.${this.template}.load_balancer.${this.setting}: `
+    const where = this.at !== undefined
+      ? `${this.at}: `
+      : this.template === undefined
+      ? ""
+      : `templates.${this.template}.load_balancer.${this.setting}: `
     return `${where}${this.noun} plugin "${this.plugin}": ${this.reason}`
   }
 }

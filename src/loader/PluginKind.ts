@@ -7,13 +7,13 @@ export interface Plugin<Value, Options = any> {
   readonly description?: string | undefined
   /** Validates the options the template gives the plugin. */
   readonly options: Schema.Schema<Options, any>
-  /** Builds the plugin's value for one template; may keep state, and acquire resources in the scope. */
-  readonly make: (options: Options) => Effect.Effect<Value, never, Scope.Scope>
+  /** Builds the plugin's value (for one template, or one discovery provider); may keep state, and acquire resources in the scope. */
+  readonly make: (options: Options, ...context: ReadonlyArray<any>) => Effect.Effect<Value, any, Scope.Scope>
 }
 
 /** A kind of plugin: where its built-ins live, what it is called, and how its export is recognised. */
 export interface PluginKind<Value, P extends Plugin<Value> = Plugin<Value>> {
-  /** The folder under `plugins/` with the built-ins (`strategies`, `health`). */
+  /** The folder under `plugins/` with the built-ins (`strategies`, `health`, `discovery`). */
   readonly folder: string
   /** What users call it in messages: `strategy`, `health probe`. */
   readonly noun: string

@@ -6,21 +6,37 @@ import {
   RegistryStorageError,
   TemplateNotFound
 } from "../domain/GatewayError.js"
-import { defineInstance, type InstanceDefinition, type InstanceSpec, specOf } from "../domain/Instance.js"
+import {
+  defineInstance,
+  discoverySource,
+  type InstanceDefinition,
+  type InstanceSource,
+  type InstanceSpec,
+  sameDefinition,
+  specOf
+} from "../domain/Instance.js"
 import {
   type LoadBalancerInput,
+  loadBalancerJson,
   type LoadBalancerSettings,
   resolveLoadBalancer
 } from "../domain/LoadBalancer.js"
 import { InstanceState } from "./InstanceState.js"
+import { DiffBuilder, diffChangedSomething, type RegistryDiff } from "./RegistryDiff.js"
 import { type PersistedRegistry, readRegistryFile, writeRegistryFile } from "./RegistryFile.js"
 
+/**
+ * A template as the request path reads it. Its settings may change while the gateway runs (a
+ * config reload, a discovery provider's template): readers take them from here per request,
+ * and only the Registry writes them.
+ */
 export interface TemplateState {
   readonly name: string
   readonly settings: LoadBalancerSettings
   /** The load_balancer as given, for templates created at run time (persisted with them). */
   readonly loadBalancerInput: LoadBalancerInput | undefined
-  readonly source: "config" | "api"
+  /** Who owns the template's settings: the config file, the API, or a discovery provider. */
+  readonly source: InstanceSource
   /** Client headers passed on to the template's HTTP backends (config templates only). */
   readonly forwardHeaders: ReadonlyArray<string>
   /** The template's own rate limit, if the config gives one. */
@@ -28,9 +44,22 @@ export interface TemplateState {
   readonly instances: Map<string, InstanceState>
 }
 
+type MutableTemplate = { -readonly [K in keyof TemplateState]: TemplateState[K] }
+
 export type RegistryChange =
   | { readonly _tag: "InstanceAdded"; readonly instance: InstanceState }
   | { readonly _tag: "InstanceRemoved"; readonly instance: InstanceState; readonly settings: LoadBalancerSettings }
+  /** The template's load-balancer settings changed (a reload): health checks take the new interval. */
+  | { readonly _tag: "TemplateChanged"; readonly template: TemplateState }
+
+/** What a discovery provider found for one template. */
+export interface DiscoveredTemplate {
+  readonly name: string
+  /** Settings for a template the provider creates (ignored for a template another source owns). */
+  readonly loadBalancer?: LoadBalancerInput | undefined
+  /** Definitions with the provider's source (`discovery:{provider}`). */
+  readonly instances: ReadonlyArray<InstanceDefinition>
+}
 
 export interface Registration {
   readonly template: string
@@ -49,6 +78,18 @@ export interface RegistryShape {
   readonly settingsFor: (input: LoadBalancerInput | undefined) => LoadBalancerSettings
   readonly register: (registration: Registration) => Effect.Effect<InstanceState, RegistrationConflict | RegistryStorageError>
   readonly deregister: (template: string, instanceId: string) => Effect.Effect<InstanceState, InstanceNotFound | RegistryStorageError>
+  /**
+   * Makes the config's templates and instances what `templates` says (a reload): new ones start,
+   * removed ones drain, changed settings apply to the next request. Instances registered through
+   * the API or found by discovery are left alone; a template removed from the config stays while
+   * such instances remain in it.
+   */
+  readonly applyConfig: (templates: ReadonlyArray<TemplateConfig>) => Effect.Effect<RegistryDiff>
+  /**
+   * Makes a discovery provider's instances what it found: only instances of that provider are
+   * added, replaced or removed; an id another source holds is skipped, never displaced.
+   */
+  readonly applyDiscovered: (provider: string, templates: ReadonlyArray<DiscoveredTemplate>) => Effect.Effect<RegistryDiff>
   /** A stream of changes from the moment of the call (the subscription lives in the caller's scope). */
   readonly changes: Effect.Effect<Stream.Stream<RegistryChange>, never, Scope.Scope>
 }
@@ -77,7 +118,7 @@ export const makeRegistry = (options: {
   readonly allowStdio?: boolean | undefined
 }): Effect.Effect<RegistryShape, RegistryStorageError, Scope.Scope> =>
   Effect.gen(function*() {
-    const templates = new Map<string, TemplateState>()
+    const templates = new Map<string, MutableTemplate>()
     for (const t of options.templates) {
       templates.set(t.name, {
         name: t.name,
@@ -115,7 +156,7 @@ export const makeRegistry = (options: {
         }
         let template = templates.get(name)
         if (template === undefined) {
-          template = {
+          template = <MutableTemplate> {
             name,
             settings: settingsFor(entry.load_balancer),
             loadBalancerInput: entry.load_balancer,
@@ -159,7 +200,7 @@ export const makeRegistry = (options: {
               `when a registration creates a template`
           })
         }
-        const template: TemplateState = existing ?? {
+        const template: MutableTemplate = existing ?? {
           name: registration.template,
           settings: settingsFor(registration.loadBalancer),
           loadBalancerInput: registration.loadBalancer,
@@ -212,6 +253,191 @@ export const makeRegistry = (options: {
         return instance
       }))
 
+    /** A reconciliation does not change what the API registered, so a failed write is logged, not undone. */
+    const persistQuietly = persist.pipe(
+      Effect.catchAll((e) => Effect.logError(`registry: ${e.message} (the change applies; the file keeps its old content)`))
+    )
+
+    const addInstance = (template: MutableTemplate, definition: InstanceDefinition, events: Array<RegistryChange>) => {
+      const instance = new InstanceState(definition)
+      template.instances.set(definition.id, instance)
+      events.push({ _tag: "InstanceAdded", instance })
+    }
+
+    const removeInstance = (template: MutableTemplate, instance: InstanceState, events: Array<RegistryChange>) => {
+      template.instances.delete(instance.id)
+      instance.draining = true
+      events.push({ _tag: "InstanceRemoved", instance, settings: template.settings })
+    }
+
+    /** Another definition under the same id: the old one drains (removed first, so its health fiber goes before the new one's starts). */
+    const replaceInstance = (template: MutableTemplate, old: InstanceState, definition: InstanceDefinition, events: Array<RegistryChange>) => {
+      removeInstance(template, old, events)
+      addInstance(template, definition, events)
+    }
+
+    /** New settings for a template; the old object is kept when nothing changed, so its strategy keeps its state. */
+    const updateTemplate = (
+      template: MutableTemplate,
+      next: Pick<TemplateState, "settings" | "loadBalancerInput" | "forwardHeaders" | "rateLimit">
+    ): boolean => {
+      const settingsChanged = JSON.stringify(loadBalancerJson(template.settings)) !== JSON.stringify(loadBalancerJson(next.settings))
+      const changed = settingsChanged ||
+        JSON.stringify(template.rateLimit ?? null) !== JSON.stringify(next.rateLimit ?? null) ||
+        template.forwardHeaders.join(",") !== next.forwardHeaders.join(",")
+      if (settingsChanged) template.settings = next.settings
+      template.loadBalancerInput = next.loadBalancerInput
+      if (JSON.stringify(template.rateLimit ?? null) !== JSON.stringify(next.rateLimit ?? null)) template.rateLimit = next.rateLimit
+      template.forwardHeaders = next.forwardHeaders
+      return changed
+    }
+
+    /**
+     * A template its owner no longer declares: gone once empty; while instances of other
+     * sources remain, it stays for them, owned by the API if any came through it (so it is
+     * persisted), else by the source of what remains.
+     */
+    const releaseTemplate = (template: MutableTemplate, diff: DiffBuilder) => {
+      if (template.instances.size === 0) {
+        templates.delete(template.name)
+        diff.templatesRemoved.push(template.name)
+        return
+      }
+      const remaining = Array.from(template.instances.values(), (i) => i.definition.source)
+      template.source = remaining.includes("api") ? "api" : remaining[0]!
+    }
+
+    const publishAll = (events: ReadonlyArray<RegistryChange>) =>
+      Effect.forEach(events, (event) => PubSub.publish(pubsub, event), { discard: true })
+
+    const applyConfig = (desired: ReadonlyArray<TemplateConfig>) =>
+      lock.withPermits(1)(Effect.gen(function*() {
+        const diff = new DiffBuilder()
+        const events: Array<RegistryChange> = []
+        for (const t of desired) {
+          const next = { settings: t.loadBalancer, loadBalancerInput: t.loadBalancerInput, forwardHeaders: t.forwardHeaders, rateLimit: t.rateLimit }
+          let template = templates.get(t.name)
+          if (template === undefined) {
+            template = { name: t.name, ...next, source: "config", instances: new Map() }
+            templates.set(t.name, template)
+            diff.templatesAdded.push(t.name)
+          } else {
+            const adopted = template.source !== "config"
+            template.source = "config"
+            if (updateTemplate(template, next) || adopted) {
+              diff.templatesChanged.push(t.name)
+              events.push({ _tag: "TemplateChanged", template })
+            }
+          }
+          const wanted = new Set(t.instances.map((i) => i.id))
+          for (const current of Array.from(template.instances.values())) {
+            if (current.definition.source === "config" && !wanted.has(current.id)) {
+              removeInstance(template, current, events)
+              diff.removed.push(`${t.name}/${current.id}`)
+            }
+          }
+          for (const definition of t.instances) {
+            const current = template.instances.get(definition.id)
+            if (current === undefined) {
+              addInstance(template, definition, events)
+              diff.added.push(`${t.name}/${definition.id}`)
+            } else if (!sameDefinition(current.definition, definition)) {
+              // As at start, the config's definition wins over one of another source with its id.
+              if (current.definition.source !== "config") {
+                yield* Effect.logWarning(
+                  `config: instance "${definition.id}" of template "${t.name}" replaces the one from ${current.definition.source} with that id`
+                )
+              }
+              replaceInstance(template, current, definition, events)
+              diff.replaced.push(`${t.name}/${definition.id}`)
+            }
+          }
+        }
+        const declared = new Set(desired.map((t) => t.name))
+        for (const template of Array.from(templates.values())) {
+          if (template.source !== "config" || declared.has(template.name)) continue
+          for (const current of Array.from(template.instances.values())) {
+            if (current.definition.source !== "config") continue
+            removeInstance(template, current, events)
+            diff.removed.push(`${template.name}/${current.id}`)
+          }
+          releaseTemplate(template, diff)
+        }
+        const result = diff.build()
+        if (diffChangedSomething(result)) yield* persistQuietly
+        yield* publishAll(events)
+        return result
+      }))
+
+    const applyDiscovered = (provider: string, desired: ReadonlyArray<DiscoveredTemplate>) =>
+      lock.withPermits(1)(Effect.gen(function*() {
+        const source = discoverySource(provider)
+        const diff = new DiffBuilder()
+        const events: Array<RegistryChange> = []
+        for (const t of desired) {
+          const settings = settingsFor(t.loadBalancer)
+          let template = templates.get(t.name)
+          if (template === undefined) {
+            template = {
+              name: t.name,
+              settings,
+              loadBalancerInput: t.loadBalancer,
+              source,
+              forwardHeaders: [],
+              rateLimit: undefined,
+              instances: new Map()
+            }
+            templates.set(t.name, template)
+            diff.templatesAdded.push(t.name)
+          } else if (template.source === source) {
+            const next = { settings, loadBalancerInput: t.loadBalancer, forwardHeaders: template.forwardHeaders, rateLimit: template.rateLimit }
+            if (updateTemplate(template, next)) {
+              diff.templatesChanged.push(t.name)
+              events.push({ _tag: "TemplateChanged", template })
+            }
+          } else if (
+            t.loadBalancer !== undefined &&
+            JSON.stringify(loadBalancerJson(settings)) !== JSON.stringify(loadBalancerJson(template.settings))
+          ) {
+            diff.skipped.push(`${t.name}: load_balancer not applied (the template's settings belong to ${template.source})`)
+          }
+          const found = new Set(t.instances.map((i) => i.id))
+          for (const current of Array.from(template.instances.values())) {
+            if (current.definition.source === source && !found.has(current.id)) {
+              removeInstance(template, current, events)
+              diff.removed.push(`${t.name}/${current.id}`)
+            }
+          }
+          for (const definition of t.instances) {
+            const current = template.instances.get(definition.id)
+            if (current === undefined) {
+              addInstance(template, definition, events)
+              diff.added.push(`${t.name}/${definition.id}`)
+            } else if (current.definition.source !== source) {
+              // Never displace what was configured or registered by hand.
+              diff.skipped.push(`${t.name}/${definition.id}: the id is taken by an instance from ${current.definition.source}`)
+            } else if (!sameDefinition(current.definition, definition)) {
+              replaceInstance(template, current, definition, events)
+              diff.replaced.push(`${t.name}/${definition.id}`)
+            }
+          }
+        }
+        const found = new Set(desired.map((t) => t.name))
+        for (const template of Array.from(templates.values())) {
+          if (found.has(template.name)) continue
+          for (const current of Array.from(template.instances.values())) {
+            if (current.definition.source !== source) continue
+            removeInstance(template, current, events)
+            diff.removed.push(`${template.name}/${current.id}`)
+          }
+          if (template.source === source) releaseTemplate(template, diff)
+        }
+        const result = diff.build()
+        if (diffChangedSomething(result)) yield* persistQuietly
+        yield* publishAll(events)
+        return result
+      }))
+
     const registry: RegistryShape = {
       template: (name) => templates.get(name),
       templates: () => Array.from(templates.values()),
@@ -223,6 +449,8 @@ export const makeRegistry = (options: {
       settingsFor,
       register,
       deregister,
+      applyConfig,
+      applyDiscovered,
       changes: Stream.fromPubSub(pubsub, { scoped: true })
     }
     return registry
@@ -237,7 +465,7 @@ const nextId = (template: TemplateState): string => {
 
 /** What goes to the registry file: instances registered at run time, the templates they created, and refused entries as they were. */
 const snapshot = (
-  templates: Map<string, TemplateState>,
+  templates: ReadonlyMap<string, TemplateState>,
   refused: ReadonlyMap<string, PersistedRegistry["templates"][string]>
 ): PersistedRegistry => {
   const out: Record<string, PersistedRegistry["templates"][string]> = {}

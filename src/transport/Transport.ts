@@ -45,7 +45,10 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       const policy = yield* ConnectionPolicy
       const layerScope = yield* Effect.scope
       const runtime = yield* Effect.runtime<never>()
-      const connections = new Map<string, { readonly connection: Connection; readonly scope: Scope.CloseableScope }>()
+      // Keyed by the definition itself, not its template and id: an instance replaced under the
+      // same id (a re-registration, a reload) drains on its old connection while the new one
+      // connects, and closing the old must not close the new.
+      const connections = new Map<InstanceDefinition, { readonly connection: Connection; readonly scope: Scope.CloseableScope }>()
       // Definitions whose connection was closed (deregistered instances): a request still in
       // flight for one, or a late health probe, must not start a new process or session.
       // A re-registration is a new definition object, so it connects as usual.
@@ -79,8 +82,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       })
 
       const connectionFor = (instance: InstanceDefinition): Connection => {
-        const key = `${instance.template}\u0000${instance.id}`
-        const existing = connections.get(key)
+        const existing = connections.get(instance)
         if (existing !== undefined) return existing.connection
         const scope = Effect.runSync(Scope.fork(layerScope, ExecutionStrategy.sequential))
         // The instance's own channel is supervised (restarted when it ends); see SharedChannel.ts.
@@ -90,17 +92,16 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
           : instance.transport === "sse"
           ? makeLegacySseConnection(instance, env)
           : makeHttpConnection(instance, env, { era: eraOf(instance) })
-        connections.set(key, { connection, scope })
+        connections.set(instance, { connection, scope })
         return connection
       }
 
       const close = (instance: InstanceDefinition) =>
         Effect.suspend(() => {
           removed.add(instance)
-          const key = `${instance.template}\u0000${instance.id}`
-          const entry = connections.get(key)
+          const entry = connections.get(instance)
           if (entry === undefined) return Effect.void
-          connections.delete(key)
+          connections.delete(instance)
           return entry.connection.close.pipe(Effect.ensuring(Scope.close(entry.scope, Exit.void)))
         })
 

@@ -224,6 +224,14 @@ describe("security end to end", () => {
     })
     expect(register.status).toBe(403)
     await waitUntil(() => auditLine(gateway.stderr(), "forbidden", { who: "reader", needed: "gateway:admin" }) !== undefined, 5000, "the audit line")
+    // A sync (config reload, discovery) is gateway-wide administration: neither a reader nor a template's admin.
+    for (const key of [keys.reader, keys.echoAdmin]) {
+      expect((await api(`${gateway.url}/gateway/sync`, { json: {}, headers: bearer(key) })).status).toBe(403)
+    }
+    expect((await api(`${gateway.url}/gateway/sync`, { json: {} })).status).toBe(401)
+    const synced = await api(`${gateway.url}/gateway/sync`, { json: {}, headers: bearer(keys.admin) })
+    expect(synced.status).toBe(200)
+    await waitUntil(() => auditLine(gateway.stderr(), "synced", { who: "admin" }) !== undefined, 5000, "the sync's audit line")
   })
 
   it("the backend never sees the client's credentials; its own come from the environment; forward_headers pass", async () => {
@@ -269,6 +277,7 @@ describe("security end to end", () => {
       ["POST", "/mcp/echo/tools/call"],
       ["GET", "/mcp/echo/tools/list"],
       ["POST", "/gateway/register"],
+      ["POST", "/gateway/sync"],
       ["GET", "/gateway/stats"],
       ["GET", "/gateway/health"],
       ["DELETE", "/gateway/deregister/echo/e1"],
@@ -294,6 +303,8 @@ describe("security end to end", () => {
     expect((await call("echo", evil)).status).toBe(403)
     expect((await api(`${gateway.url}/gateway/stats`, { headers: evil })).status).toBe(403)
     expect((await api(`${gateway.url}/gateway/register`, { json: { template_name: "x" }, headers: evil })).status).toBe(403)
+    expect((await api(`${gateway.url}/gateway/sync`, { json: {}, headers: evil })).status).toBe(403)
+    expect((await raw(`${gateway.url}/gateway/sync`, { method: "POST", headers: { ...bearer(keys.admin), "content-type": "text/plain" }, body: Buffer.from("{}") })).status).toBe(415)
     expect((await fetch(`${gateway.url}/mcp/echo`, { method: "POST", headers: { ...mcpPostHeaders, ...evil }, body: "{}" })).status).toBe(403)
     // A text/plain POST (what a page can send without a preflight) runs nothing.
     const plain = await raw(`${gateway.url}/mcp/echo/tools/call`, {

@@ -1,0 +1,167 @@
+import { Context, Duration, Effect, Layer, Schedule, Stream } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { GatewayConfig, loadGatewayConfig } from "../config/GatewayConfig.js"
+import { loadBalancerJson } from "../domain/LoadBalancer.js"
+import { HealthProbes } from "../health/HealthProbes.js"
+import { Registry } from "../registry/Registry.js"
+import { describeDiff, diffChangedSomething, emptyDiff, type RegistryDiff } from "../registry/RegistryDiff.js"
+import { Strategies } from "../strategy/Strategies.js"
+
+/** How often the file is read again in case no watch event came (a ConfigMap's symlink swap, a network file system). */
+const POLL = Duration.seconds(5)
+/** Editors write in bursts (truncate, write, rename): one reload for the burst. */
+const SETTLE = Duration.millis(200)
+
+/** The sections a reload does not apply (they shape the server, its security or its providers). */
+const RESTART_SECTIONS = ["auth", "tracing", "discovery"] as const
+
+export interface ReloadResult {
+  readonly ok: boolean
+  /** One line per problem when the new config was refused (the running one stays). */
+  readonly problems?: ReadonlyArray<string> | undefined
+  readonly diff: RegistryDiff
+  /** Changed settings that take effect only at the next start. */
+  readonly needsRestart: ReadonlyArray<string>
+}
+
+export interface ConfigReloadShape {
+  /** Reads the config file again and applies its templates; refused as a whole if anything in it is invalid. */
+  readonly reload: Effect.Effect<ReloadResult>
+  /** The config file, if the gateway was started with one. */
+  readonly file: string | undefined
+}
+
+const parse = (text: string): Record<string, any> | undefined => {
+  try {
+    const value = JSON.parse(text)
+    return typeof value === "object" && value !== null ? value : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** What changed outside the templates, by setting name: those need a restart. */
+const restartOnly = (before: Record<string, any> | undefined, after: Record<string, any>): Array<string> => {
+  const changed: Array<string> = []
+  const same = (a: unknown, b: unknown) => JSON.stringify(a ?? null) === JSON.stringify(b ?? null)
+  const { load_balancer: _a, watch_config: _b, ...gatewayBefore } = before?.gateway ?? {}
+  const { load_balancer: _c, watch_config: _d, ...gatewayAfter } = after.gateway ?? {}
+  for (const key of new Set([...Object.keys(gatewayBefore), ...Object.keys(gatewayAfter)])) {
+    if (!same(gatewayBefore[key], gatewayAfter[key])) changed.push(`gateway.${key}`)
+  }
+  for (const section of RESTART_SECTIONS) if (!same(before?.[section], after[section])) changed.push(section)
+  return changed
+}
+
+/**
+ * Live configuration: the config file's templates (their instances, load_balancer, rate_limit,
+ * forward_headers) apply while the gateway runs, on every change of the file (watched, and read
+ * again every few seconds), on SIGHUP, and on `mcp-gateway sync`. A file that does not validate
+ * as a whole, plugins included, is refused with its problems in the log and changes nothing.
+ */
+export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<ConfigReload, ConfigReloadShape>() {
+  static readonly layer: Layer.Layer<ConfigReload, never, GatewayConfig | Registry | Strategies | HealthProbes> = Layer.scoped(
+    ConfigReload,
+    Effect.gen(function*() {
+      const config = yield* GatewayConfig
+      const registry = yield* Registry
+      const strategies = yield* Strategies
+      const probes = yield* HealthProbes
+      const flags = config.loadedFrom ?? {}
+      const file = flags.configFile === undefined ? undefined : path.resolve(flags.configFile)
+      const lock = yield* Effect.makeSemaphore(1)
+
+      const readText = Effect.sync(() => {
+        try {
+          return file === undefined ? undefined : fs.readFileSync(file, "utf8")
+        } catch {
+          return undefined
+        }
+      })
+      /** The text last applied (or refused): a change is a file that reads differently. */
+      let seen = yield* readText
+      let applied = seen === undefined ? undefined : parse(seen)
+
+      const refused = (problems: ReadonlyArray<string>): ReloadResult => ({ ok: false, problems, diff: emptyDiff, needsRestart: [] })
+
+      const reloadText = (text: string | undefined) =>
+        Effect.gen(function*() {
+          seen = text
+          if (file === undefined) return { ok: true, diff: emptyDiff, needsRestart: [] } satisfies ReloadResult
+          if (text === undefined) return refused([`cannot read config file ${file}`])
+          const loaded = yield* Effect.either(loadGatewayConfig(flags))
+          if (loaded._tag === "Left") return refused(loaded.left.problems)
+          const next = loaded.right
+          // Plugins of templates that are new or whose settings change must load, with valid options.
+          const problems: Array<string> = []
+          for (const t of next.templates) {
+            const current = registry.template(t.name)
+            if (current !== undefined && JSON.stringify(loadBalancerJson(current.settings)) === JSON.stringify(loadBalancerJson(t.loadBalancer))) continue
+            const invalid = yield* Effect.flip(Effect.zipRight(strategies.validate(t.loadBalancer), probes.validate(t.loadBalancer))).pipe(Effect.option)
+            if (invalid._tag === "Some") problems.push(`templates.${t.name}.load_balancer: ${invalid.value.message}`)
+          }
+          if (problems.length > 0) return refused(problems)
+          const after = parse(text) ?? {}
+          const needsRestart = restartOnly(applied, after)
+          applied = after
+          const diff = yield* registry.applyConfig(next.templates)
+          return { ok: true, diff, needsRestart } satisfies ReloadResult
+        })
+
+      const logResult = (result: ReloadResult, why: string) =>
+        !result.ok
+          ? Effect.logError(`config ${file}: not applied (${why}), the running config stays:\n${(result.problems ?? []).join("\n")}`)
+          : Effect.zipRight(
+            diffChangedSomething(result.diff) || result.diff.skipped.length > 0
+              ? Effect.logInfo(`config ${file} applied (${why}): ${describeDiff(result.diff)}`)
+              : Effect.logDebug(`config ${file} read again (${why}): no change to templates`),
+            result.needsRestart.length === 0
+              ? Effect.void
+              : Effect.logWarning(`config ${file}: ${result.needsRestart.join(", ")} changed; that takes effect at the next start`)
+          )
+
+      const reload = lock.withPermits(1)(Effect.flatMap(readText, reloadText))
+
+      /** A watch event or a poll: reload only if the file now reads differently from what was seen last. */
+      const checkForChange = (why: string) =>
+        lock.withPermits(1)(Effect.gen(function*() {
+          const text = yield* readText
+          if (text === undefined || text === seen) return
+          yield* Effect.flatMap(reloadText(text), (result) => logResult(result, why))
+        }))
+
+      if (file !== undefined && config.gateway.watchConfig === true) {
+        // The directory is watched, not the file: editors and ConfigMaps replace the file (a new inode).
+        const events = Stream.async<void>((emit) => {
+          let watcher: fs.FSWatcher | undefined
+          try {
+            watcher = fs.watch(path.dirname(file), () => void emit.single(undefined))
+            watcher.on("error", () => undefined)
+          } catch {
+            // No watch on this file system: the poll below still sees changes.
+          }
+          return Effect.sync(() => watcher?.close())
+        }).pipe(Stream.debounce(SETTLE), Stream.as("changed"))
+        const polls = Stream.fromSchedule(Schedule.spaced(POLL)).pipe(Stream.as("changed"))
+        const hangups = Stream.async<string>((emit) => {
+          const onHup = () => void emit.single("SIGHUP")
+          process.on("SIGHUP", onHup)
+          return Effect.sync(() => void process.off("SIGHUP", onHup))
+        })
+        yield* Stream.mergeAll([events, polls], { concurrency: 2 }).pipe(
+          Stream.runForEach((why) => checkForChange(why)),
+          Effect.forkScoped
+        )
+        // SIGHUP reloads even an unchanged file (after fixing what a file it reads, such as a secret, pointed at).
+        yield* hangups.pipe(
+          Stream.runForEach(() => Effect.flatMap(reload, (result) => logResult(result, "SIGHUP"))),
+          Effect.forkScoped
+        )
+        yield* Effect.logDebug(`watching ${file} for changes`)
+      }
+
+      return { reload, file }
+    })
+  )
+}
