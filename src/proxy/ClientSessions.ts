@@ -11,15 +11,12 @@ import type { Connection } from "../transport/Connection.js"
 import { Transport } from "../transport/Transport.js"
 import { RequestTimeout, TransportError } from "../transport/TransportError.js"
 import { ClientSession } from "./ClientSession.js"
+import type { EndpointSessionsShape, SessionRefusal } from "./EndpointSessions.js"
 import { Dispatcher } from "./Dispatcher.js"
 import { capabilitiesAllowSharing } from "./processSharing.js"
 import { Timer } from "./Timer.js"
 
-/** Why a request's session cannot be used, as the endpoint tells the client (400: none named; 404: unknown or over). */
-export interface SessionRefusal {
-  readonly status: 400 | 404
-  readonly message: string
-}
+export type { SessionRefusal } from "./EndpointSessions.js"
 
 export interface ClientSessionsShape {
   /**
@@ -51,6 +48,8 @@ export interface ClientSessionsShape {
     owner: string,
     initializeParams: Record<string, unknown>
   ) => Effect.Effect<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError | SessionLimitReached>
+  /** The same sessions as `/mcp/{template}` speaks to them. */
+  readonly endpoint: EndpointSessionsShape
   readonly size: () => number
   /** Sessions open, by template and protocol version (what `/metrics` and `/gateway/stats` show). */
   readonly counts: () => ReadonlyArray<{ readonly template: string; readonly protocolVersion: string; readonly count: number }>
@@ -379,7 +378,16 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         return Array.from(byKey.values())
       }
 
-      return { open, resolve, close, closePinnedTo, forModernClient, size: () => sessions.size, counts }
+      const endpoint: EndpointSessionsShape = {
+        exists: (template) => registry.template(template) !== undefined,
+        forwardHeaders: (template) => registry.template(template)?.forwardHeaders ?? [],
+        open: (template, initializeParams, caller) => open(template, initializeParams, caller.id),
+        resolve,
+        close,
+        forModernClient: (template, caller, initializeParams) => forModernClient(template, caller.id, initializeParams)
+      }
+
+      return { open, resolve, close, closePinnedTo, forModernClient, endpoint, size: () => sessions.size, counts }
     })
   )
 }

@@ -4,7 +4,6 @@ import { GatewayConfig } from "../../config/GatewayConfig.js"
 import type { Identity } from "../../domain/Identity.js"
 import { ErrorCode } from "../../domain/JsonRpc.js"
 import { ClientSessions } from "../../proxy/ClientSessions.js"
-import { Registry } from "../../registry/Registry.js"
 import { sendJson } from "../raw.js"
 import { makeRequestTelemetry } from "../requestTelemetry.js"
 import { makePostHandler } from "./post.js"
@@ -19,15 +18,14 @@ import { makeStandingStreams } from "./standingStream.js"
  * proxy/ClientSessions.ts; this folder only speaks HTTP and SSE.
  */
 export const makeMcpEndpoint = Effect.gen(function*() {
-  const sessions = yield* ClientSessions
-  const registry = yield* Registry
+  const sessions = (yield* ClientSessions).endpoint
   const config = yield* GatewayConfig
   const run = yield* FiberSet.makeRuntime<never, unknown, unknown>()
 
   const post = makePostHandler({
     sessions,
-    templateExists: (template) => registry.template(template) !== undefined,
-    forwardHeaders: (template) => registry.template(template)?.forwardHeaders ?? [],
+    templateExists: sessions.exists,
+    forwardHeaders: sessions.forwardHeaders,
     limits: { maxBytes: config.gateway.maxBodyBytes, maxDepth: config.gateway.maxJsonDepth },
     run,
     logDefect: (cause) => void run(Effect.logError("MCP endpoint request failed", cause)),
@@ -40,7 +38,7 @@ export const makeMcpEndpoint = Effect.gen(function*() {
   const handle = (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, identity: Identity) => {
     switch (req.method) {
       case "POST":
-        return post(req, res, requestId, template, identity.id)
+        return post(req, res, requestId, template, identity)
       case "GET":
         return standing.handle(req, res, template, identity.id)
       case "DELETE": {

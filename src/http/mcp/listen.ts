@@ -1,7 +1,8 @@
 import { type Cause, Effect, Exit } from "effect"
 import type * as http from "node:http"
+import type { Identity } from "../../domain/Identity.js"
 import { ErrorCode, isObject } from "../../domain/JsonRpc.js"
-import type { ClientSessionsShape } from "../../proxy/ClientSessions.js"
+import type { EndpointSessionsShape } from "../../proxy/EndpointSessions.js"
 import type { RunEffect } from "../raw.js"
 import type { makeRequestTelemetry } from "../requestTelemetry.js"
 import { META } from "../../domain/ModernProtocol.js"
@@ -16,24 +17,24 @@ const KEEPALIVE_MS = 15_000
  * `subscriptions/listen` of a modern client: a stream of what the server says outside requests,
  * filtered as the client asked. The backend session the gateway keeps for this client forwards
  * its list changes and resource updates here (resources held on the old server through
- * `ClientSession.holdSubscription`, so several streams may share one). The stream opens with
+ * `EndpointSession.holdSubscription`, so several streams may share one). The stream opens with
  * the acknowledgement (what is honoured: only what the server offers), carries `: keepalive`
  * comments, and ends with a response to the listen request when the backend session ends.
  */
 export const makeListenHandler = (deps: {
-  readonly sessions: ClientSessionsShape
+  readonly sessions: EndpointSessionsShape
   readonly run: RunEffect
   readonly telemetry: ReturnType<typeof makeRequestTelemetry>
   readonly logDefect: (cause: Cause.Cause<unknown>) => void
 }) =>
-(req: http.IncomingMessage, responder: Responder, requestId: string, template: string, owner: string, request: ModernRequest) => {
+(req: http.IncomingMessage, responder: Responder, requestId: string, template: string, caller: Identity, request: ModernRequest) => {
   const { id } = request
   const filter = request.params.notifications
   if (!isObject(filter)) {
     return responder.answer(200, rpcError(id, ErrorCode.InvalidParams, "Invalid params: 'notifications' is required and must be a valid SubscriptionFilter"))
   }
   const wanted = Array.isArray(filter.resourceSubscriptions) ? filter.resourceSubscriptions.filter((u): u is string => typeof u === "string") : []
-  const open = Effect.flatMap(deps.sessions.forModernClient(template, owner, initializeParamsOf(request)), ({ session, result: initialized }) => {
+  const open = Effect.flatMap(deps.sessions.forModernClient(template, caller, initializeParamsOf(request)), ({ session, result: initialized }) => {
     // A balanced session (session_affinity "none") has no backend of its own that could listen:
     // nothing is honoured, and the stream says so at once.
     const capabilities = session.backend !== undefined && isObject(initialized.capabilities) ? initialized.capabilities : {}

@@ -1,11 +1,12 @@
 import { type Cause, Effect, Exit, FiberId } from "effect"
 import type * as http from "node:http"
 import type { DispatchError, SessionLimitReached } from "../../domain/GatewayError.js"
+import type { Identity } from "../../domain/Identity.js"
 import { ErrorCode, isObject, type JsonRpcId, type JsonRpcRequest, type JsonRpcResponse } from "../../domain/JsonRpc.js"
 import { collectToolHeaders, ModernErrorCode, paramHeaderMismatch } from "../../domain/ModernProtocol.js"
 import { MODERN_PROTOCOL_VERSIONS } from "../../domain/Protocol.js"
-import type { ClientSession, SessionAnswer } from "../../proxy/ClientSession.js"
-import type { ClientSessionsShape } from "../../proxy/ClientSessions.js"
+import type { EndpointSession, SessionAnswer } from "../../proxy/EndpointSession.js"
+import type { EndpointSessionsShape } from "../../proxy/EndpointSessions.js"
 import { type RunEffect, sendJson } from "../raw.js"
 import type { makeRequestTelemetry } from "../requestTelemetry.js"
 import { makeListenHandler } from "./listen.js"
@@ -44,7 +45,7 @@ const withoutLogging = (capabilities: unknown): Record<string, unknown> => {
  * `initialize` result. Closing the response stream cancels the request, as the revision says.
  */
 export const makeModernHandler = (deps: {
-  readonly sessions: ClientSessionsShape
+  readonly sessions: EndpointSessionsShape
   readonly run: RunEffect
   readonly telemetry: ReturnType<typeof makeRequestTelemetry>
   readonly logDefect: (cause: Cause.Cause<unknown>) => void
@@ -55,12 +56,13 @@ export const makeModernHandler = (deps: {
   const parked = makeParkedCalls<CallExit, Responder>(deps.inputWaitMs)
   const listen = makeListenHandler(deps)
 
-  const handle = (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, owner: string, message: JsonRpcRequest) => {
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, caller: Identity, message: JsonRpcRequest) => {
+    const owner = caller.id
     const request = readModernRequest(req, message)
     if ("status" in request) return sendJson(res, request.status, request.body)
     const { id, method } = request
     const responder = new Responder(res)
-    if (method === "subscriptions/listen") return listen(req, responder, requestId, template, owner, request)
+    if (method === "subscriptions/listen") return listen(req, responder, requestId, template, caller, request)
     const mayAsk = INPUT_METHODS.has(method)
 
     // Answers that are not an object of answers are the client's mistake, whoever would have read them.
@@ -102,7 +104,7 @@ export const makeModernHandler = (deps: {
       })
     }
     const clientOf = initializeParamsOf(request)
-    const once = Effect.flatMap(deps.sessions.forModernClient(template, owner, clientOf), ({ session, result: initialized }) => {
+    const once = Effect.flatMap(deps.sessions.forModernClient(template, caller, clientOf), ({ session, result: initialized }) => {
       if (method === "server/discover") return Effect.succeed<Outcome>({ answer: undefined, initialized, session })
       // A state that is not the gateway's is a modern server's own; an old server has none.
       // (A balanced session's next instance is not known yet: the state goes on, for its server to judge.)
@@ -273,7 +275,7 @@ export const makeModernHandler = (deps: {
 interface Outcome {
   readonly answer: SessionAnswer | undefined
   readonly initialized: Record<string, unknown>
-  readonly session: ClientSession
+  readonly session: EndpointSession
 }
 
 /** How a modern call ends, as its events deliver it. */

@@ -10,9 +10,10 @@ import {
   type JsonRpcRequest,
   type JsonRpcResponse
 } from "../../domain/JsonRpc.js"
+import type { Identity } from "../../domain/Identity.js"
 import { SUPPORTED_PROTOCOL_VERSIONS } from "../../domain/Protocol.js"
-import type { ClientSession, SessionAnswer } from "../../proxy/ClientSession.js"
-import type { ClientSessionsShape } from "../../proxy/ClientSessions.js"
+import type { EndpointSession, SessionAnswer } from "../../proxy/EndpointSession.js"
+import type { EndpointSessionsShape } from "../../proxy/EndpointSessions.js"
 import { forwardedHeaders } from "../forwardedHeaders.js"
 import { type BodyLimits, readJsonBody, type RunEffect, sendJson } from "../raw.js"
 import type { makeRequestTelemetry } from "../requestTelemetry.js"
@@ -33,7 +34,7 @@ const FINISHED_STREAM_RETENTION = Duration.seconds(60)
  * the response; notifications and the client's answers to relayed server requests get 202.
  */
 export const makePostHandler = (deps: {
-  readonly sessions: ClientSessionsShape
+  readonly sessions: EndpointSessionsShape
   readonly templateExists: (template: string) => boolean
   /** The client headers a template forwards to its backends. */
   readonly forwardHeaders: (template: string) => ReadonlyArray<string>
@@ -61,9 +62,9 @@ export const makePostHandler = (deps: {
     template: string,
     id: JsonRpcId,
     params: Record<string, unknown>,
-    owner: string
+    caller: Identity
   ) =>
-    deps.telemetry(run, req, requestId, () => ({ "mcp.template": template, "mcp.method": "initialize" }))(sessions.open(template, params, owner)).addObserver((exit) => {
+    deps.telemetry(run, req, requestId, () => ({ "mcp.template": template, "mcp.method": "initialize" }))(sessions.open(template, params, caller)).addObserver((exit) => {
       if (Exit.isSuccess(exit)) {
         const { result, session } = exit.value
         return sendJson(res, 200, { jsonrpc: "2.0", id, result }, { "mcp-session-id": session.id })
@@ -82,7 +83,7 @@ export const makePostHandler = (deps: {
     req: http.IncomingMessage,
     requestId: string,
     res: http.ServerResponse,
-    session: ClientSession,
+    session: EndpointSession,
     id: JsonRpcId,
     method: string,
     params: Record<string, unknown> | undefined,
@@ -91,7 +92,7 @@ export const makePostHandler = (deps: {
     // The stream opens at the first thing the server says before the response, the
     // notifications go out as they come, and the response closes it; a plain answer is written
     // at once (see `answer`).
-    let opened: ReturnType<ClientSession["openStream"]> | undefined
+    let opened: ReturnType<EndpointSession["openStream"]> | undefined
     const event = (message: unknown) => {
       if (opened === undefined) {
         opened = session.openStream()
@@ -146,7 +147,8 @@ export const makePostHandler = (deps: {
     })
   }
 
-  return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, owner: string) => {
+  return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, caller: Identity) => {
+    const owner = caller.id
     if (!accepts(req.headers.accept, "application/json", "text/event-stream")) {
       req.resume()
       return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list application/json and text/event-stream"))
@@ -180,7 +182,7 @@ export const makePostHandler = (deps: {
           if (!deps.templateExists(template)) {
             return sendJson(res, 404, rpcError(message.id, ErrorCode.MethodNotFound, `unknown template "${template}"`))
           }
-          return modern(req, res, requestId, template, owner, message)
+          return modern(req, res, requestId, template, caller, message)
         }
         // The revision defines no client notifications over HTTP (an SDK cancelling a listen sends one): accepted, dropped.
         res.writeHead(202).end()
@@ -190,7 +192,7 @@ export const makePostHandler = (deps: {
         if (!deps.templateExists(template)) {
           return sendJson(res, 404, rpcError(message.id, ErrorCode.InvalidRequest, `unknown template "${template}"`))
         }
-        return initialize(req, res, requestId, template, message.id, isObject(message.params) ? message.params : {}, owner)
+        return initialize(req, res, requestId, template, message.id, isObject(message.params) ? message.params : {}, caller)
       }
       const sessionId = req.headers["mcp-session-id"]
       const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, owner)

@@ -1,7 +1,7 @@
 import type * as http from "node:http"
 import { ErrorCode } from "../../domain/JsonRpc.js"
-import type { ClientSession } from "../../proxy/ClientSession.js"
-import type { ClientSessionsShape } from "../../proxy/ClientSessions.js"
+import type { EndpointSession } from "../../proxy/EndpointSession.js"
+import type { EndpointSessionsShape } from "../../proxy/EndpointSessions.js"
 import { sendJson } from "../raw.js"
 import { accepts, rpcError } from "./rpc.js"
 import { carry, openStream, writeEvent } from "./sse.js"
@@ -16,8 +16,8 @@ const KEEP_ALIVE_MS = 25_000
  * stream per session: a new one replaces the old. `endAll` ends every standing stream at once
  * (shutdown: they would otherwise hold the server open for the whole drain).
  */
-export const makeStandingStreams = (sessions: ClientSessionsShape) => {
-  const open = new Map<ClientSession, () => void>()
+export const makeStandingStreams = (sessions: EndpointSessionsShape) => {
+  const open = new Map<EndpointSession, () => void>()
 
   const handle = (req: http.IncomingMessage, res: http.ServerResponse, template: string, owner: string) => {
     if (!accepts(req.headers.accept, "text/event-stream")) {

@@ -1,0 +1,237 @@
+import { Duration, Effect, FiberId, type Fiber, type Scope } from "effect"
+import { ErrorCode, type JsonRpcErrorObject, type JsonRpcId, type JsonRpcRequest, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import type { InstanceState } from "../registry/InstanceState.js"
+import type { Connection, RequestOptions } from "../transport/Connection.js"
+import { SessionOutbox } from "./SessionOutbox.js"
+
+/** What became of one request of a session, for the endpoint to tell the client. */
+export type SessionAnswer =
+  /** The server's answer (a result or a JSON-RPC error), or a gateway error the client reads as one. */
+  | { readonly _tag: "Answer"; readonly message: { readonly result: unknown } | { readonly error: JsonRpcErrorObject } }
+  /** The session is over (its instance or its backend state is gone): the client must initialize again. */
+  | { readonly _tag: "Gone"; readonly message: string }
+  /** Nothing can serve the request now (a balanced session with no healthy instance). */
+  | { readonly _tag: "Unavailable"; readonly message: string; readonly retryAfterSeconds: number }
+  /** The gateway itself failed the request (a transform plugin threw): an HTTP 502 with this JSON-RPC error. */
+  | { readonly _tag: "Failed"; readonly status: 502; readonly error: JsonRpcErrorObject }
+
+/** How a request's relays reach the client while it runs: progress, the server's questions. */
+export type RequestRelay = Pick<RequestOptions, "onNotification" | "onServerRequest" | "passInputRequired" | "clientParamHeaders" | "client">
+
+/** A message a server sends outside any request (a list change, a resource update, a log message). */
+export interface ServerNotice {
+  readonly method: string
+  readonly params?: unknown
+}
+
+/** A JSON-RPC id as a map key that keeps "1" and 1 apart. */
+const requestKey = (id: unknown) => (typeof id === "string" ? `s:${id}` : `n:${String(id)}`)
+
+/**
+ * What the MCP endpoint speaks to for one client: the client's side of a session, whatever is
+ * behind it. It holds the client's requests in flight (for `notifications/cancelled`), the
+ * server→client requests relayed to the client and not yet answered, the SSE streams (for
+ * resumption with Last-Event-ID), a modern client's listen streams, and the resource
+ * subscriptions listen streams hold. What serves the requests is the subclass's:
+ * `ClientSession` (one template's instance or balanced requests) or `AggregateSession` (many
+ * templates behind one endpoint).
+ */
+export abstract class EndpointSession {
+  /** Requests in flight by the client's JSON-RPC id (see requestKey), so that notifications/cancelled can stop them. */
+  private readonly inflight = new Map<string, Fiber.RuntimeFiber<unknown, unknown>>()
+  /**
+   * Server→client requests relayed to the client and not answered yet, by the id the gateway
+   * gave them; each `reply` sends the client's answer back to the server under the server's id.
+   */
+  private readonly serverRequests = new Map<string, (response: JsonRpcResponse) => void>()
+  private nextServerRequest = 1
+  /** What the server sends outside requests, for the client's standing GET stream (stream "0"). */
+  readonly outbox = new SessionOutbox()
+  /**
+   * The session's SSE streams by key, for resumption with Last-Event-ID (`{key}-{seq}`): "0" is
+   * the standing stream, requests answered with a stream get "1", "2", ... (kept a while after they finish).
+   */
+  private readonly streams = new Map<string, SessionOutbox>([["0", this.outbox]])
+  private nextStream = 1
+  /** Resources the client subscribed to: on a shared process, updates go only to their subscribers. */
+  readonly subscriptions = new Set<string>()
+  /** Called when the session ends (to close its open streams). */
+  readonly onClose = new Set<() => void>()
+  /** When the client last used the session (epoch ms, the Clock's). */
+  lastSeen: number
+  /**
+   * The session serves a client of the 2026-07-28 revision: it has no standing stream, so what
+   * its server asks outside a request's own relay goes to a request in flight (see askRelay).
+   */
+  servesModernClient = false
+  /**
+   * For a modern client: what the server sends outside requests (list changes, resource
+   * updates) goes to these (its `subscriptions/listen` streams) instead of a standing stream.
+   */
+  readonly listeners = new Set<(message: ServerNotice) => void>()
+  /** Relays of the requests in flight that take the server's questions, oldest first. */
+  private readonly askRelays: Array<NonNullable<RequestOptions["onServerRequest"]>> = []
+  /**
+   * A modern client's view of its tools' `x-mcp-header` declarations (from the `tools/list`
+   * answers it got through this session): what its `Mcp-Param-*` headers are checked against
+   * when its server is an old one.
+   */
+  readonly toolHeaders = new Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>>()
+  /** Listen streams holding each resource subscription on the backend (a modern client's). */
+  private readonly held = new Map<string, number>()
+
+  constructor(
+    /** The gateway's own session id (what the client sends as MCP-Session-Id); never the backend's. */
+    readonly id: string,
+    /** The endpoint it belongs to: a template's name, or an aggregate's key. */
+    readonly template: string,
+    readonly protocolVersion: string,
+    /** The session's resources (backend sessions, own processes); closed when it ends. */
+    readonly scope: Scope.CloseableScope,
+    /** Who opened it (a credential's id, or `ip:{address}` without auth): only they may use it. */
+    readonly owner: string,
+    now: number
+  ) {
+    this.lastSeen = now
+  }
+
+  /** One client request. */
+  abstract request(
+    method: string,
+    params: Record<string, unknown> | undefined,
+    relay: RequestRelay,
+    headers?: Readonly<Record<string, string>>
+  ): Effect.Effect<SessionAnswer>
+
+  /** A client notification, for the server(s) behind the session that should hear it. */
+  abstract notify(method: string, params: Record<string, unknown> | undefined): Effect.Effect<void>
+
+  /** The instance the session is pinned to; undefined when requests are balanced or spread over templates. */
+  abstract get instance(): InstanceState | undefined
+  /** The way to the pinned instance, if any (a listen needs one to hear anything). */
+  abstract get backend(): Connection | undefined
+  /** The server's `server/discover` answer when it speaks the modern revision (a pinned HTTP session only). */
+  abstract get backendDiscover(): Record<string, unknown> | undefined
+  /** Whether the server state the client talked to is gone. */
+  abstract get backendLost(): boolean
+
+  /**
+   * Where a question the server asked outside any request's relay goes (a process of the
+   * session's own says nothing of which request it concerns): the latest request in flight
+   * that takes questions, if any.
+   */
+  askRelay(): NonNullable<RequestOptions["onServerRequest"]> | undefined {
+    return this.askRelays.at(-1)
+  }
+
+  /** Runs a request with its relay registered as one that takes the server's questions (askRelay). */
+  protected asking<A, E>(relay: RequestRelay, effect: Effect.Effect<A, E>): Effect.Effect<A, E> {
+    const ask = relay.onServerRequest
+    if (ask === undefined) return effect
+    this.askRelays.push(ask)
+    return Effect.ensuring(effect, Effect.sync(() => void this.askRelays.splice(this.askRelays.indexOf(ask), 1)))
+  }
+
+  track(requestId: JsonRpcId, fiber: Fiber.RuntimeFiber<unknown, unknown>) {
+    const key = requestKey(requestId)
+    this.inflight.set(key, fiber)
+    fiber.addObserver(() => {
+      if (this.inflight.get(key) === fiber) this.inflight.delete(key)
+    })
+  }
+
+  /** In use: a request in flight, or a modern client listening (it must not idle out under them). */
+  get busy(): boolean {
+    return this.inflight.size > 0 || this.listeners.size > 0
+  }
+
+  /**
+   * A listen stream wants updates of a resource: the first one subscribes it on the server
+   * (`resources/subscribe`); true when the server took it.
+   */
+  holdSubscription(uri: string): Effect.Effect<boolean> {
+    const count = this.held.get(uri) ?? 0
+    this.held.set(uri, count + 1)
+    if (count > 0) return Effect.succeed(true)
+    return Effect.map(this.request("resources/subscribe", { uri }, {}), (answer) => {
+      const ok = answer._tag === "Answer" && !("error" in answer.message)
+      if (!ok) this.releaseCount(uri)
+      return ok
+    })
+  }
+
+  /** A listen stream that held a subscription closed: the last one unsubscribes it on the server. */
+  dropSubscription(uri: string): Effect.Effect<void> {
+    return this.releaseCount(uri) > 0 ? Effect.void : Effect.asVoid(this.request("resources/unsubscribe", { uri }, {}))
+  }
+
+  private releaseCount(uri: string): number {
+    const left = (this.held.get(uri) ?? 1) - 1
+    if (left > 0) this.held.set(uri, left)
+    else this.held.delete(uri)
+    return left
+  }
+
+  /** `notifications/cancelled` from the client: stops the request, down to the backend. */
+  cancel(requestId: unknown) {
+    this.inflight.get(requestKey(requestId))?.unsafeInterruptAsFork(FiberId.none)
+  }
+
+  /** The session ends: what is in flight is interrupted (the owner closes the scope after). */
+  interruptAll(): ReadonlyArray<Fiber.RuntimeFiber<unknown, unknown>> {
+    for (const closed of this.onClose) closed()
+    this.onClose.clear()
+    const fibers = Array.from(this.inflight.values())
+    this.inflight.clear()
+    return fibers
+  }
+
+  /** Relays a server→client request to the client under a gateway id; the answer goes back through `reply`. */
+  relayServerRequest(request: JsonRpcRequest, reply: (response: JsonRpcResponse) => void, send: (message: unknown) => void): string {
+    const relayId = `gateway-${this.nextServerRequest++}`
+    this.serverRequests.set(relayId, reply)
+    send({ ...request, id: relayId })
+    return relayId
+  }
+
+  /** The client's answer to a relayed server request. False when nothing waits for it. */
+  answerServerRequest(response: JsonRpcResponse): boolean {
+    const reply = this.serverRequests.get(String(response.id))
+    if (reply === undefined) return false
+    this.serverRequests.delete(String(response.id))
+    reply(response)
+    return true
+  }
+
+  /** Relayed requests the client never answered, when the request that caused them ends: the server gets an error rather than silence. */
+  abandonServerRequests(relayIds: ReadonlyArray<string>) {
+    for (const relayId of relayIds) {
+      const reply = this.serverRequests.get(relayId)
+      if (reply === undefined) continue
+      this.serverRequests.delete(relayId)
+      reply({ jsonrpc: "2.0", id: relayId, error: { code: ErrorCode.InternalError, message: "the client's request ended before it answered" } })
+    }
+  }
+
+  /** A new resumable stream for one request's answer. */
+  openStream(): { readonly key: string; readonly stream: SessionOutbox } {
+    const key = String(this.nextStream++)
+    const stream = new SessionOutbox()
+    this.streams.set(key, stream)
+    return { key, stream }
+  }
+
+  /** A number for a stream that is answered in one write (nothing to resume but the answer, which is in it). */
+  reserveStreamKey(): string {
+    return String(this.nextStream++)
+  }
+
+  stream(key: string): SessionOutbox | undefined {
+    return this.streams.get(key)
+  }
+
+  /** A finished request's stream stays resumable for `retention`, then is forgotten. */
+  retireStream(key: string, retention: Duration.Duration) {
+    setTimeout(() => this.streams.delete(key), Duration.toMillis(retention)).unref()
+  }
+}

@@ -1,0 +1,40 @@
+import type { Effect } from "effect"
+import type { DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
+import type { Identity } from "../domain/Identity.js"
+import type { EndpointSession } from "./EndpointSession.js"
+
+/** Why a request's session cannot be used, as the endpoint tells the client (400: none named; 404: unknown or over). */
+export interface SessionRefusal {
+  readonly status: 400 | 404
+  readonly message: string
+}
+
+export interface OpenedSession {
+  readonly session: EndpointSession
+  /** The answer to the client's `initialize`. */
+  readonly result: Record<string, unknown>
+}
+
+/**
+ * The sessions behind one kind of MCP endpoint, as the endpoint (http/mcp/) speaks to them:
+ * `/mcp/{template}` (ClientSessions) or an aggregate, `/mcp` and `/mcp/v/{name}`
+ * (AggregateSessions). `endpoint` is the template's name or the aggregate's key.
+ */
+export interface EndpointSessionsShape {
+  /** Whether the endpoint serves anything (an unknown template is a 404). */
+  readonly exists: (endpoint: string) => boolean
+  /** The client headers passed on to the endpoint's HTTP backends. */
+  readonly forwardHeaders: (endpoint: string) => ReadonlyArray<string>
+  /** Opens a session for a client's `initialize`. */
+  readonly open: (endpoint: string, initializeParams: Record<string, unknown>, caller: Identity) => Effect.Effect<OpenedSession, DispatchError | SessionLimitReached>
+  /** The session a request names, if this caller may use it; else why not. */
+  readonly resolve: (id: string | undefined, endpoint: string, owner: string) => EndpointSession | SessionRefusal
+  /** Ends a session. False when unknown. */
+  readonly close: (id: string) => Effect.Effect<boolean>
+  /** The session that serves a modern (2026-07-28) client, which has no session of its own (one per caller and declared client). */
+  readonly forModernClient: (
+    endpoint: string,
+    caller: Identity,
+    initializeParams: Record<string, unknown>
+  ) => Effect.Effect<OpenedSession, DispatchError | SessionLimitReached>
+}
