@@ -9,6 +9,7 @@ import { GatewayMetrics } from "./observability/GatewayMetrics.js"
 import { PluginLoader } from "./loader/PluginLoader.js"
 import { ClientSessions } from "./proxy/ClientSessions.js"
 import { Dispatcher } from "./proxy/Dispatcher.js"
+import { Exposure } from "./proxy/Exposure.js"
 import { InstanceLifecycle } from "./proxy/InstanceLifecycle.js"
 import { InstanceSupervision } from "./proxy/InstanceSupervision.js"
 import { RateLimiter } from "./proxy/RateLimiter.js"
@@ -31,7 +32,7 @@ export const GatewayServices = Layer.mergeAll(Discovery.layer, ConfigReload.laye
   Layer.provideMerge(InstanceLifecycle),
   Layer.provideMerge(ClientSessions.layer),
   Layer.provideMerge(Layer.mergeAll(Dispatcher.layer, HealthChecker.layer, RateLimiter.layer)),
-  Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer))
+  Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer, Exposure.layer))
 )
 
 /**

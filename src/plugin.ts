@@ -15,3 +15,12 @@ export {
 } from "./discovery/DiscoveryPlugin.js"
 /** An argv array, or one command line split like a shell would (no shell runs it): what `command` takes in the config. */
 export { Command as CommandLine } from "./domain/Instance.js"
+export {
+  type Transform,
+  type TransformContext,
+  TransformError,
+  TransformPlugin,
+  type TransformRequest
+} from "./transform/TransformPlugin.js"
+/** Which names a transform applies to: `globMatcher(["read_*"])("read_file")`; no globs match every name. */
+export { globMatcher } from "./domain/Exposure.js"

@@ -3,6 +3,8 @@ import { Console, Effect, Layer } from "effect"
 import { GatewayConfig, loadGatewayConfig } from "../config/GatewayConfig.js"
 import { Discovery } from "../discovery/Discovery.js"
 import { HealthProbes } from "../health/HealthProbes.js"
+import { GatewayMetrics } from "../observability/GatewayMetrics.js"
+import { Exposure } from "../proxy/Exposure.js"
 import { PluginLoader } from "../loader/PluginLoader.js"
 import { Registry } from "../registry/Registry.js"
 import { loggerLayer } from "../logging.js"
@@ -26,8 +28,8 @@ const validate = Command.make(
       // providers are made but not run.
       const checked = { ...config, discovery: config.discovery === undefined ? undefined : { ...config.discovery, sync: false } }
       const plugins = Discovery.layer.pipe(
-        Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer)),
-        Layer.provideMerge(Layer.mergeAll(Registry.layer, PluginLoader.layer)),
+        Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer, Exposure.layer)),
+        Layer.provideMerge(Layer.mergeAll(Registry.layer, PluginLoader.layer, GatewayMetrics.layer)),
         Layer.provide(GatewayConfig.layer(checked))
       )
       yield* Effect.scoped(Layer.build(plugins)).pipe(

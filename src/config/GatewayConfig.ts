@@ -11,6 +11,7 @@ import {
   seconds
 } from "../domain/LoadBalancer.js"
 import { missingSecrets } from "../domain/Secret.js"
+import { CacheInput, type ExposureInput, ExposureFields } from "../domain/Exposure.js"
 import { AuthInput, type AuthSettings, resolveAuth } from "./AuthConfig.js"
 import { ConfigInvalid } from "./ConfigInvalid.js"
 
@@ -90,7 +91,12 @@ const TemplateInput = Schema.Struct({
   /** Requests to this template, from all clients together (overrides gateway.rate_limits.per_template). */
   rate_limit: Schema.optional(RateLimitInput),
   /** Client request headers passed on to this template's HTTP backends (none by default). */
-  forward_headers: Schema.optional(Schema.Array(Schema.String))
+  forward_headers: Schema.optional(Schema.Array(Schema.String)),
+  /** What the template shows: allow/deny lists, transforms (see domain/Exposure.ts). */
+  ...ExposureFields,
+  cache: Schema.optional(CacheInput),
+  /** Where templates are served together (`/mcp`), its names are `{prefix}{separator}{name}` (default: the template's name; "" for none). */
+  prefix: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9._-]*$/, { message: () => "expected letters, digits, '.', '_' or '-' (or \"\" for none)" })))
 })
 
 /** The config file as users write it (the seed's format). Unknown keys are errors: a typo must not pass silently. */
@@ -151,6 +157,8 @@ export interface TemplateConfig {
   /** Client headers (lower-case) passed on to the template's HTTP backends. */
   readonly forwardHeaders: ReadonlyArray<string>
   readonly rateLimit: RateLimit | undefined
+  /** Filters, transforms, cache and prefix, as given (undefined: none of them). */
+  readonly exposure: ExposureInput | undefined
 }
 
 export interface GatewaySettings {
@@ -340,7 +348,8 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         loadBalancer: resolveLoadBalancer(defaults, template.load_balancer),
         instances,
         forwardHeaders,
-        rateLimit: rateLimitOf(template.rate_limit)
+        rateLimit: rateLimitOf(template.rate_limit),
+        exposure: exposureOf(template)
       })
     }
     const auth = file.auth === undefined ? undefined : yield* resolveAuth(file.auth, baseDir, problems)
@@ -391,6 +400,19 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
       loadedFrom: flags
     }
   })
+
+/** The exposure fields of a template, or undefined when it sets none. */
+const exposureOf = (t: typeof TemplateInput.Type): ExposureInput | undefined => {
+  const exposure: ExposureInput = {
+    ...(t.tools === undefined ? {} : { tools: t.tools }),
+    ...(t.prompts === undefined ? {} : { prompts: t.prompts }),
+    ...(t.resources === undefined ? {} : { resources: t.resources }),
+    ...(t.transforms === undefined ? {} : { transforms: t.transforms }),
+    ...(t.cache === undefined ? {} : { cache: t.cache }),
+    ...(t.prefix === undefined ? {} : { prefix: t.prefix })
+  }
+  return Object.keys(exposure).length === 0 ? undefined : exposure
+}
 
 /** A stdio instance runs in its working_dir, relative to the config's directory, or in that directory. */
 export const resolvePaths = <S extends InstanceSpec>(spec: S, baseDir: string): S =>

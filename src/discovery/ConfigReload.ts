@@ -4,6 +4,7 @@ import * as path from "node:path"
 import { GatewayConfig, loadGatewayConfig } from "../config/GatewayConfig.js"
 import { loadBalancerJson } from "../domain/LoadBalancer.js"
 import { HealthProbes } from "../health/HealthProbes.js"
+import { Exposure } from "../proxy/Exposure.js"
 import { Registry } from "../registry/Registry.js"
 import { describeDiff, diffChangedSomething, emptyDiff, type RegistryDiff } from "../registry/RegistryDiff.js"
 import { Strategies } from "../strategy/Strategies.js"
@@ -61,13 +62,14 @@ const restartOnly = (before: Record<string, any> | undefined, after: Record<stri
  * as a whole, plugins included, is refused with its problems in the log and changes nothing.
  */
 export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<ConfigReload, ConfigReloadShape>() {
-  static readonly layer: Layer.Layer<ConfigReload, never, GatewayConfig | Registry | Strategies | HealthProbes> = Layer.scoped(
+  static readonly layer: Layer.Layer<ConfigReload, never, GatewayConfig | Registry | Strategies | HealthProbes | Exposure> = Layer.scoped(
     ConfigReload,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
       const registry = yield* Registry
       const strategies = yield* Strategies
       const probes = yield* HealthProbes
+      const exposure = yield* Exposure
       const flags = config.loadedFrom ?? {}
       const file = flags.configFile === undefined ? undefined : path.resolve(flags.configFile)
       const lock = yield* Effect.makeSemaphore(1)
@@ -97,9 +99,14 @@ export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<Config
           const problems: Array<string> = []
           for (const t of next.templates) {
             const current = registry.template(t.name)
-            if (current !== undefined && JSON.stringify(loadBalancerJson(current.settings)) === JSON.stringify(loadBalancerJson(t.loadBalancer))) continue
-            const invalid = yield* Effect.flip(Effect.zipRight(strategies.validate(t.loadBalancer), probes.validate(t.loadBalancer))).pipe(Effect.option)
-            if (invalid._tag === "Some") problems.push(`templates.${t.name}.load_balancer: ${invalid.value.message}`)
+            if (current === undefined || JSON.stringify(loadBalancerJson(current.settings)) !== JSON.stringify(loadBalancerJson(t.loadBalancer))) {
+              const invalid = yield* Effect.flip(Effect.zipRight(strategies.validate(t.loadBalancer), probes.validate(t.loadBalancer))).pipe(Effect.option)
+              if (invalid._tag === "Some") problems.push(`templates.${t.name}.load_balancer: ${invalid.value.message}`)
+            }
+            if (current === undefined || JSON.stringify(current.exposure ?? null) !== JSON.stringify(t.exposure ?? null)) {
+              const invalid = yield* Effect.flip(exposure.validate(`templates.${t.name}`, t.exposure)).pipe(Effect.option)
+              if (invalid._tag === "Some") problems.push(invalid.value.message)
+            }
           }
           if (problems.length > 0) return refused(problems)
           const after = parse(text) ?? {}

@@ -113,6 +113,21 @@ export class ListTooLong extends Data.TaggedError("ListTooLong")<{
   }
 }
 
+/**
+ * A transform plugin failed a request (it threw, or gave up): the gateway's fault, not the
+ * client's nor the server's, answered with a 502 naming the transform. Nothing else fails with it.
+ */
+export class TransformFailed extends Data.TaggedError("TransformFailed")<{
+  /** The template, or the virtual server, whose transform it is. */
+  readonly template: string
+  readonly transform: string
+  readonly reason: string
+}> {
+  get message() {
+    return `transform "${this.transform}" of ${this.template} failed: ${this.reason}`
+  }
+}
+
 export type DispatchError =
   | TemplateNotFound
   | InstanceNotFound
@@ -123,6 +138,7 @@ export type DispatchError =
   | RequestRejected
   | ListTooLong
   | BackendError
+  | TransformFailed
 
 /** An MCP session cannot be opened: the gateway's cap, or the client's, is reached. */
 export class SessionLimitReached extends Data.TaggedError("SessionLimitReached")<{
@@ -172,6 +188,7 @@ export const httpStatusOf = (error: DispatchError): number => {
       return 503
     case "AllAttemptsFailed":
     case "ListTooLong":
+    case "TransformFailed":
       return 502
     case "UpstreamTimeout":
       return 504
@@ -203,5 +220,7 @@ export const errorKind = (error: DispatchError): string => {
       return "list_too_long"
     case "BackendError":
       return "mcp_error"
+    case "TransformFailed":
+      return "transform_failed"
   }
 }

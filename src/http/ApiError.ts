@@ -111,6 +111,8 @@ export const dispatchErrorAnswer = (error: DispatchError, requestId: string): Er
       return errorAnswer(400, "invalid_request", error.message, requestId, { instance_id: error.instanceId })
     case "ListTooLong":
       return errorAnswer(502, "list_too_long", error.message, requestId, { instance_id: error.instanceId })
+    case "TransformFailed":
+      return errorAnswer(502, "transform_failed", error.message, requestId)
     case "BackendError":
       return errorAnswer(httpStatusOf(error), "mcp_error", error.error.message, requestId, {
         code: error.error.code,

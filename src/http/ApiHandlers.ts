@@ -10,6 +10,7 @@ import { GATEWAY_VERSION } from "../domain/Protocol.js"
 import { missingSecrets } from "../domain/Secret.js"
 import { ClientSessions } from "../proxy/ClientSessions.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
+import { Exposure } from "../proxy/Exposure.js"
 import { Stats } from "../proxy/Stats.js"
 import { Registry, type TemplateState } from "../registry/Registry.js"
 import { Strategies } from "../strategy/Strategies.js"
@@ -47,9 +48,10 @@ const McpHandlers = HttpApiBuilder.group(GatewayApi, "mcp", (handlers) =>
     const dispatcher = yield* Dispatcher
     const registry = yield* Registry
     const config = yield* GatewayConfig
+    const exposure = yield* Exposure
     // The same code path as the lean handler, for requests that reach the HttpApi app.
     const run = (operation: RestOperation, template: string, params?: Record<string, unknown>) =>
-      runRestOperation(dispatcher, template, operation, params, { maxPages: config.gateway.maxListPages }).pipe(
+      runRestOperation(dispatcher, template, operation, params, { maxPages: config.gateway.maxListPages, exposure }).pipe(
         Effect.map((r) => r.result as any),
         Effect.catchAll((e: DispatchError) => Effect.flatMap(requestId, (id) => Effect.fail(toApiError(dispatchErrorAnswer(e, id)))))
       )

@@ -5,6 +5,7 @@ import { randomUUID } from "node:crypto"
 import * as http from "node:http"
 import type * as net from "node:net"
 import { ConfigReload } from "../discovery/ConfigReload.js"
+import { Exposure } from "../proxy/Exposure.js"
 import { Discovery } from "../discovery/Discovery.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
@@ -64,6 +65,7 @@ export const HttpServerLive: Layer.Layer<
   | RateLimiter
   | Discovery
   | ConfigReload
+  | Exposure
 > = Layer.scoped(
   ListeningAddress,
   Effect.gen(function*() {
@@ -103,7 +105,7 @@ export const HttpServerLive: Layer.Layer<
     ).pipe(Effect.provide(NodeHttpServer.layerContext))
 
     const telemetry = makeRequestTelemetry(config.tracing !== undefined)
-    const restOperation = makeRestHandler({ dispatcher, registry, settings: config.gateway, run, telemetry })
+    const restOperation = makeRestHandler({ dispatcher, registry, settings: config.gateway, run, telemetry, exposure: yield* Exposure })
     const guard = yield* makeGuard
     const authenticator = yield* Authenticator
 
@@ -160,7 +162,7 @@ export const HttpServerLive: Layer.Layer<
             case "mcp_endpoint":
               return mcpEndpoint.handle(req, res, requestId, route.template, admitted.identity)
             case "rest_operation":
-              return restOperation(req, res, requestId, route.template, route.operation)
+              return restOperation(req, res, requestId, route.template, route.operation, admitted.identity.id)
             case "malformed":
               return sendError(res, errorAnswer(400, "invalid_request", route.message, requestId))
             default:

@@ -2,6 +2,7 @@ import { Cause, Effect, Exit, FiberId, Option } from "effect"
 import type * as http from "node:http"
 import type { GatewaySettings } from "../config/GatewayConfig.js"
 import type { DispatcherShape } from "../proxy/Dispatcher.js"
+import type { ExposureShape } from "../proxy/Exposure.js"
 import type { RegistryShape } from "../registry/Registry.js"
 import { defectAnswer, dispatchErrorAnswer, errorAnswer } from "./ApiError.js"
 import { forwardedHeaders } from "./forwardedHeaders.js"
@@ -20,11 +21,12 @@ export const makeRestHandler = (deps: {
   readonly settings: GatewaySettings
   readonly run: RunEffect
   readonly telemetry: ReturnType<typeof makeRequestTelemetry>
+  readonly exposure: ExposureShape
 }) => {
-  const { dispatcher, registry, run, settings, telemetry } = deps
+  const { dispatcher, exposure, registry, run, settings, telemetry } = deps
   const limits = { maxBytes: settings.maxBodyBytes, maxDepth: settings.maxJsonDepth }
 
-  return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, operationName: string) => {
+  return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, operationName: string, caller: string) => {
     const operation = Object.hasOwn(restOperations, operationName) ? restOperations[operationName] : undefined
     if (operation === undefined) {
       req.resume()
@@ -45,21 +47,24 @@ export const makeRestHandler = (deps: {
     const headers = forwardedHeaders(req, registry.template(template)?.forwardHeaders ?? [], requestId)
     const fork = telemetry(run, req, requestId, () => ({ "url.path": `/mcp/${template}/${operationName}`, "mcp.template": template, "mcp.method": operation.mcpMethod }))
     const dispatch = (params: Record<string, unknown> | undefined) => {
-      const fiber = fork(runRestOperation(dispatcher, template, operation, params, { maxPages: settings.maxListPages, headers }))
+      const fiber = fork(runRestOperation(dispatcher, template, operation, params, { maxPages: settings.maxListPages, headers, exposure, caller }))
       const onClose = () => {
         if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)
       }
       res.once("close", onClose)
       fiber.addObserver((exit) => {
         res.off("close", onClose)
-        if (Exit.isSuccess(exit)) return sendJson(res, 200, exit.value.result, { "x-instance-id": exit.value.instanceId })
+        if (Exit.isSuccess(exit)) {
+          const served = exit.value.instanceId
+          return sendJson(res, 200, exit.value.result, served === undefined ? { "x-cache": "hit" } : { "x-instance-id": served })
+        }
         const failure = Cause.failureOption(exit.cause)
         if (Option.isSome(failure)) {
           const error = failure.value
           return sendError(
             res,
             dispatchErrorAnswer(error, requestId),
-            error._tag === "BackendError" ? { "x-instance-id": error.instanceId } : undefined
+            error._tag === "BackendError" && error.instanceId !== "" ? { "x-instance-id": error.instanceId } : undefined
           )
         }
         if (!Cause.isInterruptedOnly(exit.cause)) run(Effect.logError("request failed", exit.cause))

@@ -2,7 +2,9 @@ import { Effect, Either, Schema } from "effect"
 import { formatParseError } from "../domain/formatParseError.js"
 import { type DispatchError, ListTooLong } from "../domain/GatewayError.js"
 import { isObject } from "../domain/JsonRpc.js"
-import type { DispatcherShape, DispatchResult } from "../proxy/Dispatcher.js"
+import type { DispatcherShape } from "../proxy/Dispatcher.js"
+import type { CacheHints, ExposureShape } from "../proxy/Exposure.js"
+import type { InstanceState } from "../registry/InstanceState.js"
 
 const Meta = Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown }))
 
@@ -49,23 +51,52 @@ export const restOperations: Readonly<Record<string, RestOperation>> = {
   "prompts/get": { httpMethod: "POST", mcpMethod: "prompts/get", decodeBody: bodyDecoder(PromptGetBody) }
 }
 
+/** A REST operation's answer: the result, and the instance that served it (none when it came from the cache). */
+export interface RestResult {
+  readonly result: unknown
+  readonly instanceId: string | undefined
+}
+
 /**
  * Runs one REST operation through the Dispatcher. Lists follow `nextCursor` to the end, every
  * page from the instance that served the first (cursors are opaque and per instance), for at
  * most `maxPages` requests: a server that keeps answering with a cursor gets a clear 502, never
- * a truncated list passed off as complete.
+ * a truncated list passed off as complete. Each request goes through what the template shows
+ * (its filters, transforms and cache: proxy/Exposure.ts), as on the MCP endpoint.
  */
 export const runRestOperation = (
   dispatcher: DispatcherShape,
   template: string,
   operation: RestOperation,
   params: Record<string, unknown> | undefined,
-  options: { readonly maxPages: number; readonly headers?: Readonly<Record<string, string>> | undefined }
-): Effect.Effect<DispatchResult, DispatchError> => {
+  options: {
+    readonly maxPages: number
+    readonly headers?: Readonly<Record<string, string>> | undefined
+    readonly exposure?: ExposureShape | undefined
+    /** Who calls (for private cache entries and transforms). */
+    readonly caller?: string | undefined
+  }
+): Effect.Effect<RestResult, DispatchError> => {
+  const { exposure } = options
+  const caller = { id: options.caller ?? "", declaration: REST_DECLARATION }
+  /** One MCP request: through the template's exposure when it has anything to do. */
+  const request = (p: Record<string, unknown> | undefined, instance: InstanceState | undefined) => {
+    const direct = (sent: Record<string, unknown> | undefined, onCacheHints?: (hints: CacheHints) => void) =>
+      dispatcher.call(template, operation.mcpMethod, sent, { instance, headers: options.headers, relay: onCacheHints === undefined ? undefined : { onCacheHints } })
+    if (exposure === undefined || !exposure.involved(template, operation.mcpMethod)) {
+      return Effect.map(direct(p), (r) => ({ result: r.result, instance: r.instance as InstanceState | undefined }))
+    }
+    let served: InstanceState | undefined
+    return exposure.run(template, operation.mcpMethod, p, caller, (sent, onCacheHints) =>
+      Effect.map(direct(sent, onCacheHints), (r) => {
+        served = r.instance
+        return r.result
+      })).pipe(Effect.map((result) => ({ result, instance: served })))
+  }
   const key = operation.listKey
-  if (key === undefined) return dispatcher.call(template, operation.mcpMethod, params, { headers: options.headers })
+  if (key === undefined) return Effect.map(request(params, undefined), (r) => ({ result: r.result, instanceId: r.instance?.id }))
   return Effect.gen(function*() {
-    const first = yield* dispatcher.call(template, operation.mcpMethod, undefined, { headers: options.headers })
+    const first = yield* request(undefined, undefined)
     const items: Array<unknown> = []
     let page = first.result
     for (let pages = 1;; pages++) {
@@ -73,9 +104,12 @@ export const runRestOperation = (
       if (Array.isArray(list)) items.push(...list)
       const cursor = isObject(page) ? page.nextCursor : undefined
       if (typeof cursor !== "string" || cursor === "") break
-      if (pages >= options.maxPages) return yield* new ListTooLong({ template, instanceId: first.instanceId, pages })
-      page = (yield* dispatcher.call(template, operation.mcpMethod, { cursor }, { instance: first.instance, headers: options.headers })).result
+      if (pages >= options.maxPages) return yield* new ListTooLong({ template, instanceId: first.instance?.id ?? "", pages })
+      page = (yield* request({ cursor }, first.instance)).result
     }
-    return { ...first, result: { [key]: items, count: items.length } }
+    return { result: { [key]: items, count: items.length }, instanceId: first.instance?.id }
   })
 }
+
+/** What the REST face declares to servers: nothing (it cannot answer a server's questions). */
+const REST_DECLARATION = "rest"

@@ -4,6 +4,7 @@ import { ErrorCode } from "../domain/JsonRpc.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import type { Connection } from "../transport/Connection.js"
 import type { DispatcherShape } from "./Dispatcher.js"
+import type { ExposureShape } from "./Exposure.js"
 import { EndpointSession, type RequestRelay, type SessionAnswer } from "./EndpointSession.js"
 
 export type { SessionAnswer } from "./EndpointSession.js"
@@ -34,7 +35,11 @@ export class ClientSession extends EndpointSession {
     scope: Scope.CloseableScope,
     owner: string,
     private readonly dispatcher: DispatcherShape,
-    now: number
+    now: number,
+    /** What the template shows (filters, transforms, cache) around every request. */
+    private readonly exposure: ExposureShape,
+    /** What the client declared (capabilities, name), canonical: part of its cache keys. */
+    private readonly declaration: string
   ) {
     super(id, template, protocolVersion, scope, owner, now)
     this.generation = connection?.generation() ?? 0
@@ -71,15 +76,25 @@ export class ClientSession extends EndpointSession {
     relay: RequestRelay,
     headers?: Readonly<Record<string, string>>
   ): Effect.Effect<SessionAnswer> {
-    return this.asking(
-      relay,
-      this.dispatcher.call(this.template, method, params, { instance: this.pinned, connection: this.connection, relay, headers })
-    ).pipe(
+    const call = (sent: Record<string, unknown> | undefined, onCacheHints?: RequestRelay["onCacheHints"]) =>
+      Effect.map(
+        this.dispatcher.call(this.template, method, sent, {
+          instance: this.pinned,
+          connection: this.connection,
+          relay: onCacheHints === undefined ? relay : { ...relay, onCacheHints },
+          headers
+        }),
+        (r) => r.result
+      )
+    const answered = this.exposure.involved(this.template, method)
+      ? this.exposure.run(this.template, method, params, { id: this.owner, declaration: this.declaration }, call)
+      : call(params)
+    return this.asking(relay, answered).pipe(
       Effect.match({
-        onSuccess: (r): SessionAnswer => {
+        onSuccess: (result): SessionAnswer => {
           if (method === "resources/subscribe" && typeof params?.uri === "string") this.subscriptions.add(params.uri)
           else if (method === "resources/unsubscribe" && typeof params?.uri === "string") this.subscriptions.delete(params.uri)
-          return { _tag: "Answer", message: { result: r.result } }
+          return { _tag: "Answer", message: { result } }
         },
         onFailure: (e) => this.answerFor(e)
       })
@@ -96,6 +111,8 @@ export class ClientSession extends EndpointSession {
       case "ListTooLong":
       case "UpstreamTimeout":
         return errorAnswer(ErrorCode.InternalError, error.message)
+      case "TransformFailed":
+        return { _tag: "Failed", status: 502, error: { code: ErrorCode.InternalError, message: error.message } }
       case "NoHealthyInstance":
         return { _tag: "Unavailable", message: error.message, retryAfterSeconds: error.retryAfterSeconds }
       case "TemplateNotFound":

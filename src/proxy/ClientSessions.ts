@@ -13,6 +13,7 @@ import { RequestTimeout, TransportError } from "../transport/TransportError.js"
 import { ClientSession } from "./ClientSession.js"
 import type { EndpointSessionsShape, SessionRefusal } from "./EndpointSessions.js"
 import { Dispatcher } from "./Dispatcher.js"
+import { Exposure } from "./Exposure.js"
 import { capabilitiesAllowSharing } from "./processSharing.js"
 import { Timer } from "./Timer.js"
 
@@ -62,6 +63,10 @@ const REAP_EVERY = Duration.seconds(10)
 const canonicalJson = (value: unknown): string =>
   JSON.stringify(value, (_, v) => isObject(v) && !Array.isArray(v) ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]])) : v)
 
+/** What a client declared to the server, as a cache key part: its capabilities and its name. */
+const declarationOf = (initializeParams: Record<string, unknown>) =>
+  canonicalJson([initializeParams.capabilities ?? {}, isObject(initializeParams.clientInfo) ? initializeParams.clientInfo.name ?? "" : ""])
+
 /** 128 bits from the system's CSPRNG, as the MCP spec asks of session ids. */
 const newSessionId = () => randomBytes(16).toString("hex")
 
@@ -72,7 +77,7 @@ const versionFor = (initializeParams: Record<string, unknown>) => {
 }
 
 export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<ClientSessions, ClientSessionsShape>() {
-  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer> = Layer.scoped(
+  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer | Exposure> = Layer.scoped(
     ClientSessions,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
@@ -80,6 +85,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const dispatcher = yield* Dispatcher
       const transport = yield* Transport
       const timer = yield* Timer
+      const exposure = yield* Exposure
       const layerScope = yield* Effect.scope
       const sessions = new Map<string, ClientSession>()
       /** Sessions with a process (SSE session) of their own, by instance: what max_sessions_per_instance caps. */
@@ -143,7 +149,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           const protocolVersion = versionFor(initializeParams)
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
           const session = add(
-            new ClientSession(newSessionId(), template, undefined, protocolVersion, undefined, false, scope, owner, dispatcher, timer.now())
+            new ClientSession(newSessionId(), template, undefined, protocolVersion, undefined, false, scope, owner, dispatcher, timer.now(), exposure, declarationOf(initializeParams))
           )
           return { session, result: { ...result, protocolVersion } }
         })
@@ -236,7 +242,9 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
               opened.scope,
               owner,
               dispatcher,
-              timer.now()
+              timer.now(),
+              exposure,
+              declarationOf(initializeParams)
             )
           )
           yield* listenForSession(session, opened.backend)
@@ -263,6 +271,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
               error: { code: -32601, message: `${message.method}: the client speaks MCP 2026-07-28 and has no request in flight to answer it` }
             })
           }
+          // What the template caches goes stale the moment the server says so, whoever listens.
+          exposure.noticed(session.template, message)
           if (message.method === "notifications/resources/updated" && isObject(message.params)) {
             if (!session.subscriptions.has(String(message.params.uri))) return
           }

@@ -44,7 +44,7 @@ export interface DispatchOptions {
   /** How to reach `instance` when not through its shared connection (a client session's own backend session or process). */
   readonly connection?: Connection | undefined
   /** Where the server's notifications and requests about this request go (see RequestOptions). */
-  readonly relay?: Pick<RequestOptions, "onNotification" | "onServerRequest" | "passInputRequired" | "clientParamHeaders" | "client"> | undefined
+  readonly relay?: Pick<RequestOptions, "onNotification" | "onServerRequest" | "passInputRequired" | "clientParamHeaders" | "client" | "onCacheHints"> | undefined
   /** Client headers the template forwards to its HTTP backends (`forward_headers`). */
   readonly headers?: Readonly<Record<string, string>> | undefined
 }
@@ -478,7 +478,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
               const sent = traceparent === undefined
                 ? params
                 : { ...params, _meta: { ...(isObject(params?._meta) ? params._meta : {}), traceparent } }
-              const requestOptions: RequestOptions = { deadline, onNotification, onServerRequest: relay?.onServerRequest, passInputRequired: relay?.passInputRequired, clientParamHeaders: relay?.clientParamHeaders, client: relay?.client, headers }
+              const requestOptions: RequestOptions = { deadline, onNotification, onServerRequest: relay?.onServerRequest, passInputRequired: relay?.passInputRequired, clientParamHeaders: relay?.clientParamHeaders, client: relay?.client, onCacheHints: relay?.onCacheHints, headers }
               return options?.connection !== undefined
                 ? options.connection.request(method, sent, requestOptions)
                 : transport.request(instance.definition, method, sent, requestOptions)

@@ -16,7 +16,7 @@ export type SessionAnswer =
   | { readonly _tag: "Failed"; readonly status: 502; readonly error: JsonRpcErrorObject }
 
 /** How a request's relays reach the client while it runs: progress, the server's questions. */
-export type RequestRelay = Pick<RequestOptions, "onNotification" | "onServerRequest" | "passInputRequired" | "clientParamHeaders" | "client">
+export type RequestRelay = Pick<RequestOptions, "onNotification" | "onServerRequest" | "passInputRequired" | "clientParamHeaders" | "client" | "onCacheHints">
 
 /** A message a server sends outside any request (a list change, a resource update, a log message). */
 export interface ServerNotice {

@@ -24,6 +24,7 @@ import {
 import { InstanceState } from "./InstanceState.js"
 import { DiffBuilder, diffChangedSomething, type RegistryDiff } from "./RegistryDiff.js"
 import { type PersistedRegistry, readRegistryFile, writeRegistryFile } from "./RegistryFile.js"
+import type { ExposureInput } from "../domain/Exposure.js"
 
 /**
  * A template as the request path reads it. Its settings may change while the gateway runs (a
@@ -41,6 +42,8 @@ export interface TemplateState {
   readonly forwardHeaders: ReadonlyArray<string>
   /** The template's own rate limit, if the config gives one. */
   readonly rateLimit: RateLimit | undefined
+  /** What it shows its clients (filters, transforms, cache, prefix; config templates only). */
+  readonly exposure: ExposureInput | undefined
   readonly instances: Map<string, InstanceState>
 }
 
@@ -127,6 +130,7 @@ export const makeRegistry = (options: {
         source: "config",
         forwardHeaders: t.forwardHeaders,
         rateLimit: t.rateLimit,
+        exposure: t.exposure,
         instances: new Map(t.instances.map((i) => [i.id, new InstanceState(i)]))
       })
     }
@@ -163,6 +167,7 @@ export const makeRegistry = (options: {
             source: "api",
             forwardHeaders: [],
             rateLimit: undefined,
+            exposure: undefined,
             instances: new Map()
           }
           templates.set(name, template)
@@ -207,6 +212,7 @@ export const makeRegistry = (options: {
           source: "api",
           forwardHeaders: [],
           rateLimit: undefined,
+          exposure: undefined,
           instances: new Map()
         }
         const id = registration.spec.id ?? nextId(template)
@@ -279,10 +285,13 @@ export const makeRegistry = (options: {
     /** New settings for a template; the old object is kept when nothing changed, so its strategy keeps its state. */
     const updateTemplate = (
       template: MutableTemplate,
-      next: Pick<TemplateState, "settings" | "loadBalancerInput" | "forwardHeaders" | "rateLimit">
+      next: Pick<TemplateState, "settings" | "loadBalancerInput" | "forwardHeaders" | "rateLimit" | "exposure">
     ): boolean => {
       const settingsChanged = JSON.stringify(loadBalancerJson(template.settings)) !== JSON.stringify(loadBalancerJson(next.settings))
-      const changed = settingsChanged ||
+      // (Kept as the same object when equal: its compiled filters and transforms are reused.)
+      const exposureChanged = JSON.stringify(template.exposure ?? null) !== JSON.stringify(next.exposure ?? null)
+      if (exposureChanged) template.exposure = next.exposure
+      const changed = settingsChanged || exposureChanged ||
         JSON.stringify(template.rateLimit ?? null) !== JSON.stringify(next.rateLimit ?? null) ||
         template.forwardHeaders.join(",") !== next.forwardHeaders.join(",")
       if (settingsChanged) template.settings = next.settings
@@ -315,7 +324,7 @@ export const makeRegistry = (options: {
         const diff = new DiffBuilder()
         const events: Array<RegistryChange> = []
         for (const t of desired) {
-          const next = { settings: t.loadBalancer, loadBalancerInput: t.loadBalancerInput, forwardHeaders: t.forwardHeaders, rateLimit: t.rateLimit }
+          const next = { settings: t.loadBalancer, loadBalancerInput: t.loadBalancerInput, forwardHeaders: t.forwardHeaders, rateLimit: t.rateLimit, exposure: t.exposure }
           let template = templates.get(t.name)
           if (template === undefined) {
             template = { name: t.name, ...next, source: "config", instances: new Map() }
@@ -385,12 +394,13 @@ export const makeRegistry = (options: {
               source,
               forwardHeaders: [],
               rateLimit: undefined,
+              exposure: undefined,
               instances: new Map()
             }
             templates.set(t.name, template)
             diff.templatesAdded.push(t.name)
           } else if (template.source === source) {
-            const next = { settings, loadBalancerInput: t.loadBalancer, forwardHeaders: template.forwardHeaders, rateLimit: template.rateLimit }
+            const next = { settings, loadBalancerInput: t.loadBalancer, forwardHeaders: template.forwardHeaders, rateLimit: template.rateLimit, exposure: template.exposure }
             if (updateTemplate(template, next)) {
               diff.templatesChanged.push(t.name)
               events.push({ _tag: "TemplateChanged", template })

@@ -57,6 +57,11 @@ export interface RequestOptions {
    * instance's shared one speaks for the gateway otherwise).
    */
   readonly client?: Readonly<Record<string, unknown>> | undefined
+  /**
+   * Told a 2026-07-28 server's caching hints (`ttlMs`, `cacheScope`) of its answer, before the
+   * answer is shaped for an old caller (which drops them): the gateway's cache honours them.
+   */
+  readonly onCacheHints?: ((hints: { readonly ttlMs: number; readonly cacheScope: "public" | "private" }) => void) | undefined
 }
 
 /** One instance's live link (a child process, or an HTTP session over a keep-alive pool). */

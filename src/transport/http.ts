@@ -470,12 +470,22 @@ export const makeHttpConnection = (
   }
 
   /** A request to a modern server, its answer shaped for the caller's generation. */
-  const modernFor = (s: ModernSession, method: string, params: Record<string, unknown> | undefined, options: RequestOptions | undefined) =>
-    options?.passInputRequired === true
-      ? modernRequest(s, method, params, options)
-      : Effect.map(modernRequest(s, method, params, options), asLegacyResponse)
+  const modernFor = (s: ModernSession, method: string, params: Record<string, unknown> | undefined, options: RequestOptions | undefined) => {
+    const sent = options?.onCacheHints === undefined ? modernRequest(s, method, params, options) : Effect.tap(modernRequest(s, method, params, options), (r) => reportCacheHints(r, options.onCacheHints!))
+    return options?.passInputRequired === true ? sent : Effect.map(sent, asLegacyResponse)
+  }
 
   const answered = (result: Record<string, unknown>): JsonRpcResponse => ({ jsonrpc: "2.0", id: 0, result })
+
+  /** A complete answer's caching hints, as the server gave them. */
+  const reportCacheHints = (response: JsonRpcResponse, report: NonNullable<RequestOptions["onCacheHints"]>) => {
+    const result = "result" in response ? response.result : undefined
+    if (typeof result !== "object" || result === null) return
+    const { cacheScope, resultType, ttlMs } = result as Record<string, unknown>
+    if ((resultType === undefined || resultType === "complete") && typeof ttlMs === "number" && ttlMs > 0) {
+      report({ ttlMs, cacheScope: cacheScope === "public" ? "public" : "private" })
+    }
+  }
   const refused = (code: number, message: string): JsonRpcResponse => ({ jsonrpc: "2.0", id: 0, error: { code, message } })
 
   /**

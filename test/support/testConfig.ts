@@ -1,4 +1,5 @@
 import { DEFAULT_LIMITS, type GatewayConfigShape } from "../../src/config/GatewayConfig.js"
+import type { ExposureInput } from "../../src/domain/Exposure.js"
 import { defineInstance, type InstanceSpec } from "../../src/domain/Instance.js"
 import { DEFAULT_LOAD_BALANCER, type LoadBalancerInput, resolveLoadBalancer } from "../../src/domain/LoadBalancer.js"
 
@@ -7,6 +8,7 @@ export const testConfig = (
   templates: Record<string, {
     readonly instances: ReadonlyArray<string | (Partial<InstanceSpec> & { id: string })>
     readonly load_balancer?: LoadBalancerInput
+    readonly exposure?: ExposureInput
   }>,
   options: { readonly registryFile?: string } = {}
 ): GatewayConfigShape => ({
@@ -36,6 +38,7 @@ export const testConfig = (
     loadBalancer: resolveLoadBalancer(DEFAULT_LOAD_BALANCER, t.load_balancer),
     forwardHeaders: [],
     rateLimit: undefined,
+    exposure: t.exposure,
     instances: t.instances.map((i) => {
       const spec = typeof i === "string" ? { id: i } : i
       return defineInstance(

@@ -266,6 +266,8 @@ export const makeModernHandler = (deps: {
         return responder.answer(503, rpcError(id, ErrorCode.InternalError, outcome.message), { "retry-after": "1" })
       case "Unavailable":
         return responder.answer(503, rpcError(id, ErrorCode.InternalError, outcome.message), { "retry-after": String(outcome.retryAfterSeconds) })
+      case "Failed":
+        return responder.answer(outcome.status, { jsonrpc: "2.0", id, error: outcome.error })
     }
   }
 

@@ -128,6 +128,8 @@ export const makePostHandler = (deps: {
           return answer(503, rpcError(id, ErrorCode.InternalError, outcome.message), {
             "retry-after": String(outcome.retryAfterSeconds)
           })
+        case "Failed":
+          return answer(outcome.status, { jsonrpc: "2.0", id, error: outcome.error })
       }
     }
     const fork = deps.telemetry(run, req, requestId, () => ({ "mcp.template": session.template, "mcp.method": method }))
