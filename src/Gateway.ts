@@ -7,6 +7,7 @@ import { Authenticator } from "./http/auth/Authenticator.js"
 import { HttpServerLive, ListeningAddress } from "./http/HttpServer.js"
 import { GatewayMetrics } from "./observability/GatewayMetrics.js"
 import { PluginLoader } from "./loader/PluginLoader.js"
+import { AggregateSessions } from "./proxy/AggregateSessions.js"
 import { ClientSessions } from "./proxy/ClientSessions.js"
 import { Dispatcher } from "./proxy/Dispatcher.js"
 import { Exposure } from "./proxy/Exposure.js"
@@ -30,6 +31,7 @@ export const GatewayFoundation = Layer.mergeAll(Registry.layer, PluginLoader.lay
  */
 export const GatewayServices = Layer.mergeAll(Discovery.layer, ConfigReload.layer).pipe(
   Layer.provideMerge(InstanceLifecycle),
+  Layer.provideMerge(AggregateSessions.layer),
   Layer.provideMerge(ClientSessions.layer),
   Layer.provideMerge(Layer.mergeAll(Dispatcher.layer, HealthChecker.layer, RateLimiter.layer)),
   Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer, Exposure.layer))

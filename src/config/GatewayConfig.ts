@@ -99,6 +99,28 @@ const TemplateInput = Schema.Struct({
   prefix: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9._-]*$/, { message: () => "expected letters, digits, '.', '_' or '-' (or \"\" for none)" })))
 })
 
+/** Names of REST operations' first segments: a virtual server of such a name would be ambiguous under /mcp/v/. */
+const RESERVED_VIRTUAL_NAMES = new Set(["tools", "resources", "prompts", "health"])
+
+const AggregationInput = Schema.Struct({
+  /** Serve every template together at /mcp (default true). */
+  enabled: Schema.optional(Schema.Boolean),
+  /** Between a template's prefix and a tool's or prompt's own name (default "__"). */
+  separator: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.pattern(/^[A-Za-z0-9._-]+$/, { message: () => "expected letters, digits, '.', '_' or '-'" }))),
+  /** Items per page of a merged list (default 100). */
+  page_size: Schema.optional(PositiveInt(1)),
+  /** How long one template may take to give its list, in seconds, before the merged list goes on without it (default 10). */
+  list_timeout: Schema.optional(PositiveSeconds),
+  ...ExposureFields
+})
+
+const VirtualServerInput = Schema.Struct({
+  /** The templates it serves (default: every template). */
+  templates: Schema.optional(Schema.Array(TemplateName)),
+  description: Schema.optional(Schema.String),
+  ...ExposureFields
+})
+
 /** The config file as users write it (the seed's format). Unknown keys are errors: a typo must not pass silently. */
 export const ConfigFile = Schema.Struct({
   gateway: Schema.optional(Schema.Struct({
@@ -136,6 +158,10 @@ export const ConfigFile = Schema.Struct({
   templates: Schema.optional(Schema.Record({ key: TemplateName, value: TemplateInput })),
   /** Where instances come from besides the config and the API: DNS, files, a command, a plugin. */
   discovery: Schema.optional(DiscoveryInput),
+  /** /mcp: every template behind one endpoint, names prefixed by template. */
+  aggregation: Schema.optional(AggregationInput),
+  /** /mcp/v/{name}: chosen templates, filtered, behind one endpoint each. */
+  virtual_servers: Schema.optional(Schema.Record({ key: TemplateName, value: VirtualServerInput })),
   auth: Schema.optional(AuthInput),
   /** OpenTelemetry traces over OTLP/HTTP (JSON); off when absent. */
   tracing: Schema.optional(Schema.Struct({
@@ -205,6 +231,36 @@ export interface DiscoverySettings {
 
 export const NO_DISCOVERY: DiscoverySettings = { sync: true, providers: [] }
 
+export interface VirtualServerSettings {
+  /** `*` for /mcp, else the virtual server's name (/mcp/v/{name}). */
+  readonly name: string
+  /** The templates it serves; undefined: every template (present and future). */
+  readonly templates: ReadonlyArray<string> | undefined
+  readonly description: string | undefined
+  /** Filters and transforms over its merged, prefixed names. */
+  readonly exposure: ExposureInput | undefined
+}
+
+export interface AggregationSettings {
+  /** Whether /mcp serves every template. */
+  readonly enabled: boolean
+  readonly separator: string
+  readonly pageSize: number
+  readonly listTimeout: Duration.Duration
+  /** /mcp itself, as a virtual server of every template. */
+  readonly all: VirtualServerSettings
+  readonly virtualServers: ReadonlyArray<VirtualServerSettings>
+}
+
+export const DEFAULT_AGGREGATION: AggregationSettings = {
+  enabled: true,
+  separator: "__",
+  pageSize: 100,
+  listTimeout: Duration.seconds(10),
+  all: { name: "*", templates: undefined, description: undefined, exposure: undefined },
+  virtualServers: []
+}
+
 export interface TracingSettings {
   readonly endpoint: string
   readonly serviceName: string
@@ -217,6 +273,8 @@ export interface GatewayConfigShape {
   /** OpenTelemetry export, when configured. */
   readonly tracing?: TracingSettings | undefined
   readonly discovery?: DiscoverySettings | undefined
+  /** /mcp and the virtual servers (default: DEFAULT_AGGREGATION). */
+  readonly aggregation?: AggregationSettings | undefined
   /** How it was loaded (file and flags), so a reload reads it the same way. */
   readonly loadedFrom?: ConfigFlags | undefined
 }
@@ -352,6 +410,11 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         exposure: exposureOf(template)
       })
     }
+    for (const name of Object.keys(file.virtual_servers ?? {})) {
+      if (RESERVED_VIRTUAL_NAMES.has(name)) {
+        problems.push(`virtual_servers.${name}: "${name}" cannot name a virtual server (/mcp/v/${name} would read as a template's operation); choose another name`)
+      }
+    }
     const auth = file.auth === undefined ? undefined : yield* resolveAuth(file.auth, baseDir, problems)
     if (problems.length > 0) return yield* new ConfigInvalid({ problems })
 
@@ -397,12 +460,25 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
           options: p.options ?? {}
         }))
       },
+      aggregation: {
+        enabled: file.aggregation?.enabled ?? DEFAULT_AGGREGATION.enabled,
+        separator: file.aggregation?.separator ?? DEFAULT_AGGREGATION.separator,
+        pageSize: file.aggregation?.page_size ?? DEFAULT_AGGREGATION.pageSize,
+        listTimeout: file.aggregation?.list_timeout === undefined ? DEFAULT_AGGREGATION.listTimeout : seconds(file.aggregation.list_timeout),
+        all: { name: "*", templates: undefined, description: undefined, exposure: exposureOf(file.aggregation ?? {}) },
+        virtualServers: Object.entries(file.virtual_servers ?? {}).map(([name, v]) => ({
+          name,
+          templates: v.templates,
+          description: v.description,
+          exposure: exposureOf(v)
+        }))
+      },
       loadedFrom: flags
     }
   })
 
-/** The exposure fields of a template, or undefined when it sets none. */
-const exposureOf = (t: typeof TemplateInput.Type): ExposureInput | undefined => {
+/** The exposure fields of a template (or an aggregate), or undefined when it sets none. */
+const exposureOf = (t: Partial<typeof TemplateInput.Type>): ExposureInput | undefined => {
   const exposure: ExposureInput = {
     ...(t.tools === undefined ? {} : { tools: t.tools }),
     ...(t.prompts === undefined ? {} : { prompts: t.prompts }),

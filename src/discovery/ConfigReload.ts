@@ -15,7 +15,7 @@ const POLL = Duration.seconds(5)
 const SETTLE = Duration.millis(200)
 
 /** The sections a reload does not apply (they shape the server, its security or its providers). */
-const RESTART_SECTIONS = ["auth", "tracing", "discovery"] as const
+const RESTART_SECTIONS = ["auth", "tracing", "discovery", "aggregation", "virtual_servers"] as const
 
 export interface ReloadResult {
   readonly ok: boolean

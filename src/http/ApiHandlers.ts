@@ -89,6 +89,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
     const config = yield* GatewayConfig
     const discovery = yield* Discovery
     const reload = yield* ConfigReload
+    const exposure = yield* Exposure
     const startedAt = Date.now()
 
     return handlers
@@ -145,7 +146,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
               }))
             }
           }
-          return { ...snapshot, templates, sessions: sessionCounts.reduce((n, c) => n + c.count, 0) }
+          return { ...snapshot, templates, sessions: sessionCounts.reduce((n, c) => n + c.count, 0), cache: exposure.stats() }
         }))
       .handle("registry", () =>
         Effect.sync(() => ({

@@ -6,6 +6,7 @@ import * as http from "node:http"
 import type * as net from "node:net"
 import { ConfigReload } from "../discovery/ConfigReload.js"
 import { Exposure } from "../proxy/Exposure.js"
+import { AggregateSessions } from "../proxy/AggregateSessions.js"
 import { Discovery } from "../discovery/Discovery.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
@@ -66,6 +67,7 @@ export const HttpServerLive: Layer.Layer<
   | Discovery
   | ConfigReload
   | Exposure
+  | AggregateSessions
 > = Layer.scoped(
   ListeningAddress,
   Effect.gen(function*() {
@@ -161,6 +163,8 @@ export const HttpServerLive: Layer.Layer<
           switch (route.kind) {
             case "mcp_endpoint":
               return mcpEndpoint.handle(req, res, requestId, route.template, admitted.identity)
+            case "aggregate":
+              return mcpEndpoint.handleAggregate(req, res, requestId, route.key, admitted.identity)
             case "rest_operation":
               return restOperation(req, res, requestId, route.template, route.operation, admitted.identity.id)
             case "malformed":
@@ -172,7 +176,7 @@ export const HttpServerLive: Layer.Layer<
         // The MCP endpoint's and the REST operations' POSTs read their JSON bodies themselves.
         // Any other body is read here, within the limit (chunked or not): kept for the handler
         // that takes one (register), only counted for the routes that take none.
-        if (req.method === "POST" && (route.kind === "mcp_endpoint" || route.kind === "rest_operation")) return serve()
+        if (req.method === "POST" && (route.kind === "mcp_endpoint" || route.kind === "aggregate" || route.kind === "rest_operation")) return serve()
         const hasBody = req.headers["transfer-encoding"] !== undefined || Number(req.headers["content-length"] ?? 0) > 0
         if (!hasBody) {
           setRequestContext(req, context)

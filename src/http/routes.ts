@@ -12,6 +12,8 @@ export type Route =
   | { readonly kind: "resource_metadata"; readonly template: string | undefined }
   /** /mcp/{t}: the MCP endpoint. */
   | { readonly kind: "mcp_endpoint"; readonly template: string }
+  /** /mcp (key `*`) and /mcp/v/{name} (key `v/{name}`): the MCP endpoint of several templates at once. */
+  | { readonly kind: "aggregate"; readonly key: string }
   /** /mcp/{t}/{operation}: a REST MCP operation. */
   | { readonly kind: "rest_operation"; readonly template: string; readonly operation: string }
   /** /mcp/{t}/health */
@@ -56,6 +58,9 @@ export const requirementOf = (route: Route): RouteRequirement => {
       return { ...base, scope: undefined }
     case "mcp_endpoint":
       return { scope: "mcp:call", template: route.template, jsonRpc: true, jsonBody: true, templateLimited: true }
+    case "aggregate":
+      // Any template will do at the door; the session serves only the templates the caller may call.
+      return { scope: "mcp:call", anyTemplate: true, jsonRpc: true, jsonBody: true, templateLimited: false }
     case "rest_operation":
       return { ...base, scope: "mcp:call", template: route.template, templateLimited: true }
     case "template_health":
@@ -91,6 +96,9 @@ const decode = (segment: string): string | undefined => {
  */
 const CANONICAL = /^(\/[^/;#]+)+$/
 
+/** First segments of template operations: never virtual server names (the config refuses them too). */
+const VIRTUAL_RESERVED = new Set(["tools", "resources", "prompts", "health"])
+
 /** Classifies a request by method and path (the query already cut off). */
 export const classifyRoute = (method: string | undefined, path: string): Route => {
   if (!CANONICAL.test(path)) return { kind: "other" }
@@ -109,6 +117,12 @@ export const classifyRoute = (method: string | undefined, path: string): Route =
   if (path.startsWith("/.well-known/oauth-protected-resource/mcp/")) {
     const template = decode(path.slice("/.well-known/oauth-protected-resource/mcp/".length))
     return template === undefined ? { kind: "other" } : { kind: "resource_metadata", template }
+  }
+  if (path === "/mcp") return { kind: "aggregate", key: "*" }
+  if (path.startsWith("/mcp/v/")) {
+    const name = decode(path.slice("/mcp/v/".length))
+    // (/mcp/v/tools/list and the like are template "v"'s operations.)
+    if (name !== undefined && !name.includes("/") && !VIRTUAL_RESERVED.has(name)) return { kind: "aggregate", key: `v/${name}` }
   }
   if (path.startsWith("/mcp/")) {
     const slash = path.indexOf("/", 5)

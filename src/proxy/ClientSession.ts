@@ -65,6 +65,11 @@ export class ClientSession extends EndpointSession {
     return this.connection !== undefined && (!this.connection.alive() || this.connection.generation() !== this.generation)
   }
 
+  /** A balanced session has no backend of its own that could listen. */
+  get canListen(): boolean {
+    return this.connection !== undefined
+  }
+
   override get busy(): boolean {
     return this.heldByAggregate || super.busy
   }

@@ -12,8 +12,16 @@ export type SessionAnswer =
   | { readonly _tag: "Gone"; readonly message: string }
   /** Nothing can serve the request now (a balanced session with no healthy instance). */
   | { readonly _tag: "Unavailable"; readonly message: string; readonly retryAfterSeconds: number }
-  /** The gateway itself failed the request (a transform plugin threw): an HTTP 502 with this JSON-RPC error. */
-  | { readonly _tag: "Failed"; readonly status: 502; readonly error: JsonRpcErrorObject }
+  /**
+   * The gateway answers for itself with an HTTP status: 502 when it failed the request (a
+   * transform plugin threw), 429 when a template's rate limit refused it (an aggregate's member).
+   */
+  | {
+    readonly _tag: "Failed"
+    readonly status: 429 | 502
+    readonly error: JsonRpcErrorObject
+    readonly headers?: Readonly<Record<string, string>> | undefined
+  }
 
 /** How a request's relays reach the client while it runs: progress, the server's questions. */
 export type RequestRelay = Pick<RequestOptions, "onNotification" | "onServerRequest" | "passInputRequired" | "clientParamHeaders" | "client" | "onCacheHints">
@@ -114,6 +122,8 @@ export abstract class EndpointSession {
   abstract get backendDiscover(): Record<string, unknown> | undefined
   /** Whether the server state the client talked to is gone. */
   abstract get backendLost(): boolean
+  /** Whether something behind the session can carry what servers say outside requests (a listen honours nothing otherwise). */
+  abstract get canListen(): boolean
 
   /**
    * Where a question the server asked outside any request's relay goes (a process of the

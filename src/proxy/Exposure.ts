@@ -76,7 +76,13 @@ export interface ExposureShape {
   /** Loads and checks the transforms an exposure names, keeping nothing (a reload, before it applies). */
   readonly validate: (location: string, input: ExposureInput | undefined) => Effect.Effect<void, PluginError>
   /** Filters and transforms of a view applied around `dispatch` (no cache): what aggregates use for virtual servers. */
-  readonly through: (view: View, method: string, params: Record<string, unknown> | undefined, caller: Caller, dispatch: Dispatch) => Effect.Effect<unknown, DispatchError>
+  readonly through: <E>(
+    view: View,
+    method: string,
+    params: Record<string, unknown> | undefined,
+    caller: Caller,
+    dispatch: (params: Record<string, unknown> | undefined, onCacheHints: (hints: CacheHints) => void) => Effect.Effect<unknown, E>
+  ) => Effect.Effect<unknown, E | DispatchError>
   /** Cache hits and misses by template, for `/gateway/stats`. */
   readonly stats: () => Record<string, { readonly hits: number; readonly misses: number; readonly entries: number }>
 }
@@ -271,7 +277,13 @@ export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, Expo
       )
 
       /** Filters and transforms around a dispatch (which may itself be a cache). */
-      const through: ExposureShape["through"] = (view, method, params, caller, dispatch) =>
+      const through: ExposureShape["through"] = <E>(
+        view: View,
+        method: string,
+        params: Record<string, unknown> | undefined,
+        caller: Caller,
+        dispatch: (params: Record<string, unknown> | undefined, onCacheHints: (hints: CacheHints) => void) => Effect.Effect<unknown, E>
+      ) =>
         Effect.gen(function*() {
           const context: TransformContext = { template: view.name, caller: caller.id }
           // What each transform's request hook saw, for its result hook.

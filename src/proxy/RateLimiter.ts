@@ -23,6 +23,8 @@ export interface RateLimiterShape {
    * from both or from neither, so a refused request costs nothing.
    */
   readonly admit: (client: string, template?: string) => RateDecision
+  /** Takes one token from the template's bucket alone: a request an aggregate routes to it (the client's bucket paid at the door). */
+  readonly admitTemplate: (template: string) => RateDecision
 }
 
 /** Buckets kept for clients that are idle (full); past this many, full buckets are dropped (they hold nothing). */
@@ -78,7 +80,25 @@ export class RateLimiter extends Context.Tag("mcp-gateway/RateLimiter")<RateLimi
 
       const unlimited: RateDecision = { allowed: true, limit: undefined, remaining: 0, resetSeconds: 0, retryAfterSeconds: 0 }
 
+      const admitTemplate = (template: string): RateDecision => {
+        const limit = registry.template(template)?.rateLimit ?? perTemplate
+        if (limit === undefined) return unlimited
+        const now = timer.now()
+        const b = bucket(templates, template, limit, now)
+        const allowed = b.tokens >= 1
+        if (allowed) b.tokens -= 1
+        return {
+          allowed,
+          limit: limit.burst,
+          remaining: Math.max(0, Math.floor(b.tokens)),
+          resetSeconds: b.secondsUntil(limit.burst),
+          retryAfterSeconds: Math.max(1, allowed ? 0 : b.secondsUntil(1)),
+          refusedBy: allowed ? undefined : "template"
+        }
+      }
+
       return {
+        admitTemplate,
         admit: (client, template) => {
           const templateLimit = template === undefined ? undefined : registry.template(template)?.rateLimit ?? perTemplate
           if (perClient === undefined && templateLimit === undefined) return unlimited

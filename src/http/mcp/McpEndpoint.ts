@@ -3,25 +3,43 @@ import type * as http from "node:http"
 import { GatewayConfig } from "../../config/GatewayConfig.js"
 import type { Identity } from "../../domain/Identity.js"
 import { ErrorCode } from "../../domain/JsonRpc.js"
+import { AggregateSessions } from "../../proxy/AggregateSessions.js"
 import { ClientSessions } from "../../proxy/ClientSessions.js"
-import { sendJson } from "../raw.js"
+import type { EndpointSessionsShape } from "../../proxy/EndpointSessions.js"
+import { type RunEffect, sendJson } from "../raw.js"
 import { makeRequestTelemetry } from "../requestTelemetry.js"
 import { makePostHandler } from "./post.js"
 import { rpcError } from "./rpc.js"
 import { makeStandingStreams } from "./standingStream.js"
 
 /**
- * The MCP Streamable HTTP endpoint `/mcp/{template}`: an MCP client connects to the gateway as
- * if it were the server. The front gate (auth/Guard.ts) has checked Host, Origin, credential,
- * scope and rate limits; this file routes by HTTP method: POST (post.ts), GET
- * (standingStream.ts), DELETE (ends the session). Sessions and everything they do belong to
- * proxy/ClientSessions.ts; this folder only speaks HTTP and SSE.
+ * The MCP Streamable HTTP endpoints: `/mcp/{template}` (an MCP client connects to the gateway as
+ * if it were the server) and the aggregates `/mcp` and `/mcp/v/{name}` (several templates as one
+ * server). The front gate (auth/Guard.ts) has checked Host, Origin, credential, scope and rate
+ * limits; this file routes by HTTP method: POST (post.ts), GET (standingStream.ts), DELETE (ends
+ * the session). Sessions and everything they do belong to proxy/ (ClientSessions,
+ * AggregateSessions); this folder only speaks HTTP and SSE, the same way for both.
  */
 export const makeMcpEndpoint = Effect.gen(function*() {
-  const sessions = (yield* ClientSessions).endpoint
   const config = yield* GatewayConfig
   const run = yield* FiberSet.makeRuntime<never, unknown, unknown>()
+  const templates = endpointFor((yield* ClientSessions).endpoint, config, run)
+  const aggregates = endpointFor((yield* AggregateSessions).endpoint, config, run)
 
+  return {
+    /** `/mcp/{template}` */
+    handle: templates.handle,
+    /** `/mcp` (key `*`) and `/mcp/v/{name}` (key `v/{name}`) */
+    handleAggregate: aggregates.handle,
+    /** Shutdown: standing streams end at once (they never finish on their own). */
+    endStandingStreams: () => {
+      templates.endStandingStreams()
+      aggregates.endStandingStreams()
+    }
+  }
+})
+
+const endpointFor = (sessions: EndpointSessionsShape, config: typeof GatewayConfig.Service, run: RunEffect) => {
   const post = makePostHandler({
     sessions,
     templateExists: sessions.exists,
@@ -35,16 +53,16 @@ export const makeMcpEndpoint = Effect.gen(function*() {
   })
   const standing = makeStandingStreams(sessions)
 
-  const handle = (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, identity: Identity) => {
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, endpoint: string, identity: Identity) => {
     switch (req.method) {
       case "POST":
-        return post(req, res, requestId, template, identity)
+        return post(req, res, requestId, endpoint, identity)
       case "GET":
-        return standing.handle(req, res, template, identity.id)
+        return standing.handle(req, res, endpoint, identity.id)
       case "DELETE": {
         req.resume()
         const sessionId = req.headers["mcp-session-id"]
-        const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, identity.id)
+        const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, endpoint, identity.id)
         if (!("id" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
         run(sessions.close(session.id)).addObserver(() => res.writeHead(200).end())
         return
@@ -55,9 +73,5 @@ export const makeMcpEndpoint = Effect.gen(function*() {
     }
   }
 
-  return {
-    handle,
-    /** Shutdown: standing streams end at once (they never finish on their own). */
-    endStandingStreams: standing.endAll
-  }
-})
+  return { handle, endStandingStreams: standing.endAll }
+}

@@ -37,7 +37,7 @@ export const makeListenHandler = (deps: {
   const open = Effect.flatMap(deps.sessions.forModernClient(template, caller, initializeParamsOf(request)), ({ session, result: initialized }) => {
     // A balanced session (session_affinity "none") has no backend of its own that could listen:
     // nothing is honoured, and the stream says so at once.
-    const capabilities = session.backend !== undefined && isObject(initialized.capabilities) ? initialized.capabilities : {}
+    const capabilities = session.canListen && isObject(initialized.capabilities) ? initialized.capabilities : {}
     const resources = isObject(capabilities.resources) ? capabilities.resources : {}
     const uris = resources.subscribe === true ? wanted : []
     return Effect.map(

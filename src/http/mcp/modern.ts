@@ -267,7 +267,7 @@ export const makeModernHandler = (deps: {
       case "Unavailable":
         return responder.answer(503, rpcError(id, ErrorCode.InternalError, outcome.message), { "retry-after": String(outcome.retryAfterSeconds) })
       case "Failed":
-        return responder.answer(outcome.status, { jsonrpc: "2.0", id, error: outcome.error })
+        return responder.answer(outcome.status, { jsonrpc: "2.0", id, error: outcome.error }, outcome.headers)
     }
   }
 

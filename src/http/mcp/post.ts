@@ -129,7 +129,7 @@ export const makePostHandler = (deps: {
             "retry-after": String(outcome.retryAfterSeconds)
           })
         case "Failed":
-          return answer(outcome.status, { jsonrpc: "2.0", id, error: outcome.error })
+          return answer(outcome.status, { jsonrpc: "2.0", id, error: outcome.error }, outcome.headers)
       }
     }
     const fork = deps.telemetry(run, req, requestId, () => ({ "mcp.template": session.template, "mcp.method": method }))

@@ -1,0 +1,292 @@
+import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Schedule, Scope, Stream } from "effect"
+import { randomBytes } from "node:crypto"
+import { DEFAULT_AGGREGATION, GatewayConfig, type VirtualServerSettings } from "../config/GatewayConfig.js"
+import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
+import { allows, type Identity } from "../domain/Identity.js"
+import { isObject } from "../domain/JsonRpc.js"
+import { GATEWAY_NAME, GATEWAY_VERSION, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
+import type { PluginError } from "../loader/PluginError.js"
+import { Registry } from "../registry/Registry.js"
+import { type AggregateMember, AggregateSession } from "./AggregateSession.js"
+import type { ClientSession } from "./ClientSession.js"
+import { ClientSessions } from "./ClientSessions.js"
+import type { EndpointSessionsShape, OpenedSession } from "./EndpointSessions.js"
+import { Exposure, type View } from "./Exposure.js"
+import { RateLimiter } from "./RateLimiter.js"
+import { Stats } from "./Stats.js"
+import { Timer } from "./Timer.js"
+
+/** How often aggregate sessions idle past the default session_idle_timeout are ended. */
+const REAP_EVERY = Duration.seconds(10)
+
+/** The endpoint key of `/mcp`; a virtual server's is `v/{name}`. */
+export const ALL_TEMPLATES = "*"
+export const virtualServerKey = (name: string) => `v/${name}`
+
+export interface AggregateSessionsShape {
+  /** The sessions of `/mcp` and `/mcp/v/{name}`, as the MCP endpoint speaks to them. */
+  readonly endpoint: EndpointSessionsShape
+  readonly size: () => number
+}
+
+interface Served {
+  readonly settings: VirtualServerSettings
+  readonly view: View | undefined
+}
+
+const canonicalJson = (value: unknown): string =>
+  JSON.stringify(value, (_, v) => isObject(v) ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]])) : v)
+
+const declarationOf = (initializeParams: Record<string, unknown>) =>
+  canonicalJson([initializeParams.capabilities ?? {}, isObject(initializeParams.clientInfo) ? initializeParams.clientInfo.name ?? "" : ""])
+
+/**
+ * The aggregate endpoints: `/mcp` (every template, unless `aggregation.enabled` is false) and
+ * each virtual server at `/mcp/v/{name}` (chosen templates, filtered). Their sessions
+ * (AggregateSession) hold one ClientSession per template the caller may call; this service
+ * opens, finds, reaps and ends them, gives them the registry's current templates with their
+ * prefixes, and tells them when the templates behind them change.
+ */
+export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSessions")<AggregateSessions, AggregateSessionsShape>() {
+  static readonly layer: Layer.Layer<
+    AggregateSessions,
+    PluginError,
+    GatewayConfig | Registry | ClientSessions | Exposure | RateLimiter | Stats | Timer
+  > = Layer.scoped(
+    AggregateSessions,
+    Effect.gen(function*() {
+      const config = yield* GatewayConfig
+      const registry = yield* Registry
+      const clientSessions = yield* ClientSessions
+      const exposure = yield* Exposure
+      const limiter = yield* RateLimiter
+      const stats = yield* Stats
+      const timer = yield* Timer
+      const layerScope = yield* Effect.scope
+      const settings = config.aggregation ?? DEFAULT_AGGREGATION
+
+      const served = new Map<string, Served>()
+      const compile = (s: VirtualServerSettings, location: string) => exposure.compile(s.name, s.exposure, layerScope, location)
+      if (settings.enabled) served.set(ALL_TEMPLATES, { settings: settings.all, view: yield* compile(settings.all, "aggregation") })
+      for (const v of settings.virtualServers) {
+        served.set(virtualServerKey(v.name), { settings: v, view: yield* compile(v, `virtual_servers.${v.name}`) })
+      }
+
+      /** The templates an aggregate serves now, in order, with their prefixes (before the caller's scopes narrow them). */
+      const templatesOf = (s: VirtualServerSettings): ReadonlyArray<AggregateMember> => {
+        const names = s.templates ?? registry.templates().map((t) => t.name)
+        const present = names.filter((n) => registry.template(n) !== undefined)
+        // Names get no prefix where they cannot collide: an aggregate of one template.
+        return present.map((template) => ({
+          template,
+          prefix: registry.template(template)?.exposure?.prefix ?? (present.length === 1 ? "" : template)
+        }))
+      }
+
+      const logged = new Set<string>()
+      const logOnce = (key: string, log: Effect.Effect<void>) => {
+        if (logged.has(key)) return
+        if (logged.size > 10_000) logged.clear()
+        logged.add(key)
+        Effect.runFork(log)
+      }
+
+      /** Prefixes that can make two templates' names meet (`a` + `__` + `b__c` and `a__b` + `__` + `c`), said at start and on every change. */
+      const checkPrefixes = () => {
+        for (const [key, s] of served) {
+          const members = templatesOf(s.settings)
+          const where = key === ALL_TEMPLATES ? "/mcp" : `/mcp/${key}`
+          for (const a of members) {
+            for (const b of members) {
+              if (a === b) continue
+              const clash = a.prefix === "" || a.prefix === b.prefix
+                ? a.prefix === b.prefix && a.template < b.template
+                : `${b.prefix}${settings.separator}`.startsWith(`${a.prefix}${settings.separator}`)
+              if (!clash) continue
+              logOnce(
+                `prefix\u0000${key}\u0000${a.template}\u0000${b.template}\u0000${a.prefix}\u0000${b.prefix}`,
+                Effect.logError(
+                  `aggregate ${where}: the names of templates "${a.template}" (prefix "${a.prefix}") and "${b.template}" (prefix "${b.prefix}") can collide; ` +
+                    `give one of them another "prefix" (a collision serves the first template's and leaves out the other's)`
+                )
+              )
+            }
+          }
+        }
+      }
+      checkPrefixes()
+
+      const sessions = new Map<string, AggregateSession>()
+      const modern = new Map<string, Deferred.Deferred<OpenedSession, DispatchError | SessionLimitReached>>()
+      const modernKeyOf = new Map<string, string>()
+
+      const close = (id: string) =>
+        Effect.suspend(() => {
+          const session = sessions.get(id)
+          if (session === undefined) return Effect.succeed(false)
+          sessions.delete(id)
+          const key = modernKeyOf.get(id)
+          if (key !== undefined) {
+            modernKeyOf.delete(id)
+            modern.delete(key)
+          }
+          return Fiber.interruptAll(session.interruptAll()).pipe(
+            Effect.zipRight(Effect.forEach(session.memberSessions, (member) => clientSessions.close(member.id), { discard: true })),
+            Effect.zipRight(Scope.close(session.scope, Exit.void)),
+            Effect.as(true)
+          )
+        })
+
+      const open = (key: string, initializeParams: Record<string, unknown>, caller: Identity, modernClient: boolean) =>
+        Effect.gen(function*() {
+          const server = served.get(key)!
+          if (sessions.size >= config.gateway.maxSessions) return yield* new SessionLimitReached({ scope: "gateway", limit: config.gateway.maxSessions })
+          const requested = initializeParams.protocolVersion
+          const protocolVersion = typeof requested === "string" && SUPPORTED_PROTOCOL_VERSIONS.includes(requested) ? requested : LATEST_PROTOCOL_VERSION
+          const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
+          const session: AggregateSession = new AggregateSession(
+            randomBytes(16).toString("hex"),
+            key,
+            protocolVersion,
+            scope,
+            caller.id,
+            timer.now(),
+            declarationOf(initializeParams),
+            {
+              // The caller's scopes narrow the templates (a key for one template sees that one's tools only).
+              members: () => templatesOf(server.settings).filter((m) => allows(caller, "mcp:call", m.template)),
+              openMember: (template) =>
+                Effect.map(
+                  session.servesModernClient
+                    ? clientSessions.forModernClient(template, caller.id, initializeParams)
+                    : clientSessions.open(template, initializeParams, caller.id),
+                  (opened) => opened.session
+                ),
+              memberAlive: (member: ClientSession) => "id" in clientSessions.resolve(member.id, member.template, member.owner),
+              closeMember: (member) => Effect.asVoid(clientSessions.close(member.id)),
+              view: server.view,
+              exposure,
+              separator: settings.separator,
+              pageSize: settings.pageSize,
+              listTimeout: settings.listTimeout,
+              maxListPages: config.gateway.maxListPages,
+              admit: (template) => {
+                const decision = limiter.admitTemplate(template)
+                if (!decision.allowed) stats.recordRateLimited("template", template)
+                return decision
+              },
+              headersFor: (template, headers) => {
+                if (headers === undefined) return undefined
+                const forwarded = registry.template(template)?.forwardHeaders ?? []
+                const out: Record<string, string> = {}
+                for (const name in headers) if (name === "x-request-id" || forwarded.includes(name)) out[name] = headers[name]!
+                return out
+              },
+              collision: (kind, name, kept, dropped) =>
+                logOnce(
+                  `name\u0000${key}\u0000${kind}\u0000${name}\u0000${kept}\u0000${dropped}`,
+                  Effect.logError(
+                    `aggregate ${key === ALL_TEMPLATES ? "/mcp" : `/mcp/${key}`}: ${kind} "${name}" comes from templates "${kept}" and "${dropped}"; ` +
+                      `"${kept}"'s is served, "${dropped}"'s is left out (give a template a "prefix", or filter one of them out)`
+                  )
+                ),
+              leftOut: (template, method, reason) =>
+                logOnce(
+                  `left\u0000${key}\u0000${template}\u0000${method}\u0000${reason}`,
+                  Effect.logWarning(`aggregate ${key === ALL_TEMPLATES ? "/mcp" : `/mcp/${key}`}: ${method} goes on without template "${template}": ${reason}`)
+                )
+            }
+          )
+          session.servesModernClient = modernClient
+          sessions.set(session.id, session)
+          const name = key === ALL_TEMPLATES ? GATEWAY_NAME : `${GATEWAY_NAME}/${server.settings.name}`
+          const result = {
+            protocolVersion,
+            capabilities: {
+              tools: { listChanged: true },
+              prompts: { listChanged: true },
+              resources: { subscribe: true, listChanged: true },
+              completions: {},
+              logging: {}
+            },
+            serverInfo: { name, version: GATEWAY_VERSION },
+            instructions: server.settings.description ??
+              `The tools, prompts and resources of ${key === ALL_TEMPLATES ? "every template" : `templates ${templatesOf(server.settings).map((m) => m.template).join(", ")}`} of this gateway; ` +
+                `names are "{template}${settings.separator}{name}".`
+          }
+          return { session, result } satisfies OpenedSession
+        })
+
+      const forModernClient: EndpointSessionsShape["forModernClient"] = (key, caller, initializeParams) =>
+        Effect.suspend(() => {
+          const clientInfo = isObject(initializeParams.clientInfo) ? initializeParams.clientInfo : {}
+          const cacheKey = JSON.stringify([key, caller.id, canonicalJson(initializeParams.capabilities ?? {}), String(clientInfo.name ?? "")])
+          const existing = modern.get(cacheKey)
+          if (existing !== undefined) {
+            return Effect.flatMap(Deferred.await(existing), (opened) => {
+              if (sessions.has(opened.session.id)) {
+                opened.session.lastSeen = timer.now()
+                return Effect.succeed(opened)
+              }
+              if (modern.get(cacheKey) === existing) modern.delete(cacheKey)
+              return forModernClient(key, caller, initializeParams)
+            })
+          }
+          const deferred = Deferred.unsafeMake<OpenedSession, DispatchError | SessionLimitReached>(FiberId.none)
+          modern.set(cacheKey, deferred)
+          return open(key, initializeParams, caller, true).pipe(
+            Effect.tap((opened) => Effect.sync(() => void modernKeyOf.set(opened.session.id, cacheKey))),
+            Effect.onExit((exit) =>
+              Effect.suspend(() => {
+                if (exit._tag === "Failure" && modern.get(cacheKey) === deferred) modern.delete(cacheKey)
+                return Deferred.done(deferred, exit)
+              })
+            )
+          )
+        })
+
+      const endpoint: EndpointSessionsShape = {
+        exists: (key) => served.has(key),
+        // Each member forwards its own template's headers (AggregateSession.headersFor): the endpoint reads them all.
+        forwardHeaders: () => Array.from(new Set(registry.templates().flatMap((t) => t.forwardHeaders))),
+        open: (key, initializeParams, caller) => open(key, initializeParams, caller, false),
+        resolve: (id, key, owner) => {
+          if (id === undefined || id === "") return { status: 400, message: "Bad Request: Mcp-Session-Id header is required" }
+          const session = sessions.get(id)
+          if (session === undefined || session.template !== key || session.owner !== owner) return { status: 404, message: "Session not found" }
+          session.lastSeen = timer.now()
+          return session
+        },
+        close,
+        forModernClient
+      }
+
+      // The templates behind the aggregates changed: every session's lists are stale, and prefixes may clash anew.
+      let names = registry.templates().map((t) => t.name).join("\u0000")
+      const changes = yield* registry.changes
+      yield* changes.pipe(
+        Stream.runForEach(() =>
+          Effect.sync(() => {
+            const now = registry.templates().map((t) => t.name).join("\u0000")
+            if (now === names) return
+            names = now
+            checkPrefixes()
+            for (const session of sessions.values()) session.membershipChanged()
+          })
+        ),
+        Effect.forkScoped
+      )
+
+      yield* Effect.suspend(() => {
+        const now = timer.now()
+        const timeout = Duration.toMillis(config.gateway.defaults.session_idle_timeout)
+        const idle = Array.from(sessions.values()).filter((s) => !s.busy && now - s.lastSeen > timeout)
+        return Effect.forEach(idle, (s) => close(s.id), { discard: true })
+      }).pipe(Effect.repeat(Schedule.spaced(REAP_EVERY)), Effect.forkScoped)
+
+      yield* Effect.addFinalizer(() => Effect.forEach(Array.from(sessions.keys()), close, { discard: true }))
+
+      return { endpoint, size: () => sessions.size }
+    })
+  )
+}
