@@ -1,5 +1,6 @@
 import { Effect, Schema } from "effect"
 import { promises as dns } from "node:dns"
+import { isIP } from "node:net"
 import { DiscoveryError, DiscoveryPlugin } from "mcp-gateway/plugin"
 
 /** Answers that mean "no instances now" (a headless service scaled to zero), not a failure. */
@@ -8,6 +9,14 @@ const EMPTY_ANSWERS = new Set(["ENODATA", "ENOTFOUND"])
 const Port = Schema.Number.pipe(Schema.int(), Schema.between(1, 65535))
 
 const HeaderValue = Schema.Union(Schema.String, Schema.Struct({ env: Schema.String }))
+
+/** `ip`, `ip:port` or `[ipv6]:port`, as node:dns takes them. */
+const ServerAddress = Schema.String.pipe(Schema.filter((s) => {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|(\d{1,3}(?:\.\d{1,3}){3}))(?::(\d{1,5}))?$|^([0-9a-fA-F:]+)$/.exec(s)
+  const port = m?.[3] === undefined ? 53 : Number(m[3])
+  return (m !== null && port >= 1 && port <= 65535 && isIP(m[1] ?? m[2] ?? m[4] ?? "") !== 0) ||
+    `expected a DNS server's address (ip, ip:port or [ipv6]:port), got ${JSON.stringify(s)}`
+}))
 
 /**
  * A template whose instances are the addresses a DNS name resolves to, re-resolved every
@@ -31,7 +40,7 @@ export default DiscoveryPlugin.make({
     scheme: Schema.optionalWith(Schema.Literal("http", "https"), { default: () => "http" as const }),
     transport: Schema.optionalWith(Schema.Literal("http", "sse"), { default: () => "http" as const }),
     /** DNS servers to ask (`ip` or `ip:port`); default the system's. */
-    servers: Schema.optional(Schema.Array(Schema.String)),
+    servers: Schema.optional(Schema.Array(ServerAddress)),
     /** Sent to every instance (a value may be {"env": "NAME"}). */
     headers: Schema.optional(Schema.Record({ key: Schema.String, value: HeaderValue })),
     load_balancer: Schema.optional(Schema.Unknown)
@@ -46,7 +55,13 @@ export default DiscoveryPlugin.make({
         "options"
       )
       const resolver = new dns.Resolver({ timeout: 2_000, tries: 2 })
-      if (options.servers !== undefined && options.servers.length > 0) resolver.setServers([...options.servers])
+      if (options.servers !== undefined && options.servers.length > 0) {
+        const servers = options.servers
+        yield* Effect.try({
+          try: () => resolver.setServers([...servers]),
+          catch: (e) => new DiscoveryError({ message: `options.servers: ${(e as Error).message}` })
+        })
+      }
       const path = options.path.startsWith("/") ? options.path : `/${options.path}`
 
       const lookup = <A>(what: string, query: () => Promise<Array<A>>) =>
@@ -79,12 +94,18 @@ export default DiscoveryPlugin.make({
         let instances: Array<ReturnType<typeof instance>>
         if (options.record === "SRV") {
           const records = yield* lookup("SRV", () => resolver.resolveSrv(options.name))
-          // Each target's addresses, through the same resolver (the gateway's own lookups may not know it).
-          const resolved = yield* Effect.forEach(records, (r) =>
-            Effect.map(addresses(r.name).pipe(Effect.orElseSucceed(() => [r.name])), (list) =>
-              (list.length === 0 ? [r.name] : list).map((a) => instance(a, r.port, Math.min(1000, Math.max(1, r.weight))))
-            ))
-          instances = resolved.flat()
+          const weightOf = (r: { readonly weight: number }) => Math.min(1000, Math.max(1, r.weight))
+          if (options.scheme === "https") {
+            // Over TLS the target's name is the endpoint's host: certificates name hosts, not pod addresses.
+            instances = records.map((r) => instance(r.name, r.port, weightOf(r)))
+          } else {
+            // Each target's addresses, through the same resolver (the gateway's own lookups may not know it).
+            const resolved = yield* Effect.forEach(records, (r) =>
+              Effect.map(addresses(r.name).pipe(Effect.orElseSucceed(() => [r.name])), (list) =>
+                (list.length === 0 ? [r.name] : list).map((a) => instance(a, r.port, weightOf(r)))
+              ))
+            instances = resolved.flat()
+          }
         } else {
           const list = yield* addresses(options.name)
           instances = list.map((a) => instance(a, options.port!))

@@ -52,7 +52,7 @@ export default DiscoveryPlugin.make({
         const files = names.filter((n) => n.endsWith(".json") && !n.startsWith(".")).sort()
         const documents = yield* Effect.forEach(files, readOne, { concurrency: 8 })
         // One template may be spread over several files; its load_balancer is given once.
-        const templates: Record<string, { load_balancer?: any; instances: Array<any>; lbFrom?: string }> = {}
+        const templates: Record<string, { load_balancer?: any; instances: Array<any>; lbFrom?: string; ids?: Map<string, string> }> = {}
         for (const { document, name } of documents) {
           for (const [template, entry] of Object.entries(document.templates)) {
             const merged = templates[template] ??= { instances: [] }
@@ -64,6 +64,15 @@ export default DiscoveryPlugin.make({
               merged.lbFrom = name
             }
             for (const spec of entry.instances) {
+              // Two files naming one id: say which, rather than an index into the merged list.
+              const ids = merged.ids ??= new Map()
+              if (spec.id !== undefined) {
+                const other = ids.get(spec.id)
+                if (other !== undefined) {
+                  return yield* new DiscoveryError({ message: `${name}: templates.${template}: instance id "${spec.id}" is also given in ${other}` })
+                }
+                ids.set(spec.id, name)
+              }
               merged.instances.push(
                 spec.transport === "stdio" ? { ...spec, working_dir: path.resolve(directory, spec.working_dir ?? ".") } : spec
               )
@@ -71,7 +80,7 @@ export default DiscoveryPlugin.make({
           }
         }
         const out: DiscoveredDocument["templates"] = Object.fromEntries(
-          Object.entries(templates).map(([name, { lbFrom: _, ...entry }]) => [name, entry])
+          Object.entries(templates).map(([name, { ids: _ids, lbFrom: _, ...entry }]) => [name, entry])
         )
         return { templates: out }
       })

@@ -132,7 +132,7 @@ export const stopCommand = Command.make(
       while (isAlive(record.pid)) {
         if (Date.now() > deadline) {
           return yield* new CommandFailed({
-            message: `mcp-gateway (pid ${record.pid}) is still running after ${timeout}s (draining?); see ${record.log_file}, or force it with kill -9 ${record.pid}`,
+            message: `the gateway (pid ${record.pid}) is still running after ${timeout}s (draining?); see ${record.log_file}, or force it with kill -9 ${record.pid}`,
             exitCode: 1
           })
         }

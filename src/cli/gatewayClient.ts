@@ -9,7 +9,7 @@ export const targetOptions = {
   gateway: Options.text("gateway").pipe(
     Options.withPseudoName("URL"),
     Options.withDescription(
-      "The running gateway (default: $MCP_GATEWAY_URL, else the one `start --background` recorded in the pid file, else the config's host and port, else http://127.0.0.1:8080)"
+      "The running gateway (default: $MCP_GATEWAY_URL, else the one recorded in --pid-file, else --config's host and port, else the one `start --background` recorded in the default pid file, else http://127.0.0.1:8080)"
     ),
     Options.optional
   ),
@@ -35,14 +35,14 @@ export const resolveGatewayUrl = (target: Target): Effect.Effect<string, Command
     if (Option.isSome(target.gateway)) return yield* validUrl(target.gateway.value, "--gateway")
     const env = process.env.MCP_GATEWAY_URL
     if (env !== undefined && env !== "") return yield* validUrl(env, "MCP_GATEWAY_URL")
-    const recorded = readPidFile(Option.getOrElse(target.pidFile, defaultPidFile))
-    if (recorded !== undefined && recorded.alive && Option.isNone(target.config)) return recorded.url
     if (Option.isSome(target.pidFile)) {
+      const named = readPidFile(target.pidFile.value)
+      if (named !== undefined && named.alive) return named.url
       // Named on purpose: falling back to another address could reach someone else's gateway.
       return yield* new CommandFailed({
-        message: recorded === undefined
+        message: named === undefined
           ? `no gateway recorded in ${target.pidFile.value}`
-          : `the gateway recorded in ${target.pidFile.value} (pid ${recorded.pid}) is not running`,
+          : `the gateway recorded in ${target.pidFile.value} (pid ${named.pid}) is not running`,
         exitCode: 1
       })
     }
@@ -53,6 +53,8 @@ export const resolveGatewayUrl = (target: Target): Effect.Effect<string, Command
       const host = config.gateway.host === "0.0.0.0" ? "127.0.0.1" : config.gateway.host === "::" ? "[::1]" : config.gateway.host
       return `http://${host.includes(":") && !host.startsWith("[") ? `[${host}]` : host}:${config.gateway.port}`
     }
+    const recorded = readPidFile(defaultPidFile())
+    if (recorded !== undefined && recorded.alive) return recorded.url
     return "http://127.0.0.1:8080"
   })
 

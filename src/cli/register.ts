@@ -100,7 +100,7 @@ export const registerCommand = Command.make(
     workingDir: Options.text("working-dir").pipe(Options.withDescription("With --command: the directory it runs in"), Options.optional),
     env: Options.text("env").pipe(Options.withPseudoName("KEY=VALUE"), Options.withDescription("With --command: an environment variable (repeat it)"), Options.repeated),
     id: Options.text("id").pipe(Options.withDescription("The instance's id (default {template}-{n})"), Options.optional),
-    weight: integerFlag("weight", 1, 1_000_000).pipe(Options.withDescription("Its weight for the weighted strategy (default 1)"), Options.optional),
+    weight: integerFlag("weight", 1, 1000).pipe(Options.withDescription("Its weight for the weighted strategy (default 1)"), Options.optional),
     offline: offlineFlag
   },
   (flags) =>
@@ -134,7 +134,10 @@ export const registerCommand = Command.make(
       const url = yield* resolveGatewayUrl(flags)
       const answer = yield* callGateway(url, "POST", "/gateway/register", { template_name: flags.template, instance })
       if (answer.status !== 201) return yield* failed(`register ${flags.template}`, answer)
-      yield* Console.log(`registered ${answer.body.template_name}/${answer.body.instance_id} on ${url}`)
+      yield* Console.log(
+        `registered ${answer.body.template_name}/${answer.body.instance_id} on ${url}` +
+          (answer.body.persisted === false ? " (not persisted: the gateway has no registry_file, so it is gone at its next start)" : "")
+      )
     })
 ).pipe(Command.withDescription(
   "Add an instance to a template of the running gateway (at once, and persisted to its registry file): " +

@@ -1,7 +1,10 @@
 import { Context, Duration, Effect, Layer, Schedule, Stream } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { GatewayConfig, loadGatewayConfig } from "../config/GatewayConfig.js"
+import { DEFAULT_AGGREGATION, GatewayConfig, loadGatewayConfig, NO_DISCOVERY } from "../config/GatewayConfig.js"
+import { PluginError } from "../loader/PluginError.js"
+import { PluginLoader } from "../loader/PluginLoader.js"
+import { validateProviders } from "./Discovery.js"
 import { loadBalancerJson } from "../domain/LoadBalancer.js"
 import { HealthProbes } from "../health/HealthProbes.js"
 import { Exposure } from "../proxy/Exposure.js"
@@ -27,8 +30,11 @@ export interface ReloadResult {
 }
 
 export interface ConfigReloadShape {
-  /** Reads the config file again and applies its templates; refused as a whole if anything in it is invalid. */
-  readonly reload: Effect.Effect<ReloadResult>
+  /**
+   * Reads the config file again and applies its templates; refused as a whole if anything in it
+   * is invalid. Logged like a change the watch found, with `why` (`sync`).
+   */
+  readonly reload: (why: string) => Effect.Effect<ReloadResult>
   /** The config file, if the gateway was started with one. */
   readonly file: string | undefined
 }
@@ -62,7 +68,7 @@ const restartOnly = (before: Record<string, any> | undefined, after: Record<stri
  * as a whole, plugins included, is refused with its problems in the log and changes nothing.
  */
 export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<ConfigReload, ConfigReloadShape>() {
-  static readonly layer: Layer.Layer<ConfigReload, never, GatewayConfig | Registry | Strategies | HealthProbes | Exposure> = Layer.scoped(
+  static readonly layer: Layer.Layer<ConfigReload, never, GatewayConfig | Registry | Strategies | HealthProbes | Exposure | PluginLoader> = Layer.scoped(
     ConfigReload,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
@@ -70,14 +76,20 @@ export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<Config
       const strategies = yield* Strategies
       const probes = yield* HealthProbes
       const exposure = yield* Exposure
+      const loader = yield* PluginLoader
       const flags = config.loadedFrom ?? {}
       const file = flags.configFile === undefined ? undefined : path.resolve(flags.configFile)
       const lock = yield* Effect.makeSemaphore(1)
 
+      /** Why the file could not be read last (said once, until it can be read again). */
+      let unreadable: string | undefined
       const readText = Effect.sync(() => {
         try {
-          return file === undefined ? undefined : fs.readFileSync(file, "utf8")
-        } catch {
+          const text = file === undefined ? undefined : fs.readFileSync(file, "utf8")
+          unreadable = undefined
+          return text
+        } catch (e) {
+          unreadable = (e as Error).message
           return undefined
         }
       })
@@ -91,7 +103,7 @@ export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<Config
         Effect.gen(function*() {
           seen = text
           if (file === undefined) return { ok: true, diff: emptyDiff, needsRestart: [] } satisfies ReloadResult
-          if (text === undefined) return refused([`cannot read config file ${file}`])
+          if (text === undefined) return refused([`cannot read config file ${file}: ${unreadable ?? "unknown error"}`])
           const loaded = yield* Effect.either(loadGatewayConfig(flags))
           if (loaded._tag === "Left") return refused(loaded.left.problems)
           const next = loaded.right
@@ -101,10 +113,27 @@ export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<Config
             const current = registry.template(t.name)
             if (current === undefined || JSON.stringify(loadBalancerJson(current.settings)) !== JSON.stringify(loadBalancerJson(t.loadBalancer))) {
               const invalid = yield* Effect.flip(Effect.zipRight(strategies.validate(t.loadBalancer), probes.validate(t.loadBalancer))).pipe(Effect.option)
-              if (invalid._tag === "Some") problems.push(`templates.${t.name}.load_balancer: ${invalid.value.message}`)
+              // (Named as at start: templates.{t}.load_balancer.strategy.)
+              if (invalid._tag === "Some") problems.push(new PluginError({ ...invalid.value, template: t.name }).message)
             }
             if (current === undefined || JSON.stringify(current.exposure ?? null) !== JSON.stringify(t.exposure ?? null)) {
               const invalid = yield* Effect.flip(exposure.validate(`templates.${t.name}`, t.exposure)).pipe(Effect.option)
+              if (invalid._tag === "Some") problems.push(invalid.value.message)
+            }
+          }
+          // What takes effect at the next start must be startable: a provider or transform that
+          // does not load would stop the next start, so the edit is refused now.
+          // (Checked when changed only: what runs now was checked when it started.)
+          const raw = parse(text) ?? {}
+          const changed = (section: string) => JSON.stringify(raw[section] ?? null) !== JSON.stringify(applied?.[section] ?? null)
+          if (changed("discovery")) {
+            const invalid = yield* Effect.flip(validateProviders(loader, next.discovery ?? NO_DISCOVERY, next.gateway.baseDir, flags.configFile)).pipe(Effect.option)
+            if (invalid._tag === "Some") problems.push(invalid.value.message)
+          }
+          if (changed("aggregation") || changed("virtual_servers")) {
+            const aggregation = next.aggregation ?? DEFAULT_AGGREGATION
+            for (const [location, v] of [["aggregation", aggregation.all] as const, ...aggregation.virtualServers.map((v) => [`virtual_servers.${v.name}`, v] as const)]) {
+              const invalid = yield* Effect.flip(exposure.validate(location, v.exposure)).pipe(Effect.option)
               if (invalid._tag === "Some") problems.push(invalid.value.message)
             }
           }
@@ -116,27 +145,52 @@ export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<Config
           return { ok: true, diff, needsRestart } satisfies ReloadResult
         })
 
-      const logResult = (result: ReloadResult, why: string) =>
-        !result.ok
-          ? Effect.logError(`config ${file}: not applied (${why}), the running config stays:\n${(result.problems ?? []).join("\n")}`)
-          : Effect.zipRight(
-            diffChangedSomething(result.diff) || result.diff.skipped.length > 0
-              ? Effect.logInfo(`config ${file} applied (${why}): ${describeDiff(result.diff)}`)
-              : Effect.logDebug(`config ${file} read again (${why}): no change to templates`),
-            result.needsRestart.length === 0
-              ? Effect.void
-              : Effect.logWarning(`config ${file}: ${result.needsRestart.join(", ")} changed; that takes effect at the next start`)
-          )
+      /** The last reload was refused: the next good one says so, even if it changes nothing (the log's last word was an error). */
+      let failing = false
+      const logResult = (result: ReloadResult, why: string) => {
+        const wasFailing = failing
+        failing = !result.ok
+        if (!result.ok) return Effect.logError(`config ${file}: not applied (${why}), the running config stays:\n${(result.problems ?? []).join("\n")}`)
+        return Effect.zipRight(
+          diffChangedSomething(result.diff) || result.diff.skipped.length > 0
+            ? Effect.logInfo(`config ${file} applied (${why}): ${describeDiff(result.diff)}`)
+            : wasFailing
+            ? Effect.logInfo(`config ${file} is valid again (${why}): no change to templates`)
+            : Effect.logDebug(`config ${file} read again (${why}): no change to templates`),
+          result.needsRestart.length === 0
+            ? Effect.void
+            : Effect.logWarning(`config ${file}: ${result.needsRestart.join(", ")} changed; that takes effect at the next start`)
+        )
+      }
 
-      const reload = lock.withPermits(1)(Effect.flatMap(readText, reloadText))
+      const reload = (why: string) =>
+        lock.withPermits(1)(Effect.flatMap(readText, reloadText)).pipe(Effect.tap((result) => file === undefined ? Effect.void : logResult(result, why)))
 
       /** A watch event or a poll: reload only if the file now reads differently from what was seen last. */
+      let saidGone = false
       const checkForChange = (why: string) =>
         lock.withPermits(1)(Effect.gen(function*() {
           const text = yield* readText
-          if (text === undefined || text === seen) return
+          if (text === undefined) {
+            if (saidGone) return
+            saidGone = true
+            return yield* Effect.logWarning(`config ${file} cannot be read (${unreadable}); the running config stays`)
+          }
+          saidGone = false
+          if (text === seen) return
           yield* Effect.flatMap(reloadText(text), (result) => logResult(result, why))
         }))
+
+      if (file !== undefined) {
+        // SIGHUP reloads, watched or not (and even an unchanged file: after fixing what a file it
+        // reads, such as a JWKS, pointed at). Handled, it no longer ends the process.
+        const hangups = Stream.async<string>((emit) => {
+          const onHup = () => void emit.single("SIGHUP")
+          process.on("SIGHUP", onHup)
+          return Effect.sync(() => void process.off("SIGHUP", onHup))
+        })
+        yield* hangups.pipe(Stream.runForEach(() => Effect.asVoid(reload("SIGHUP"))), Effect.forkScoped)
+      }
 
       if (file !== undefined && config.gateway.watchConfig === true) {
         // The directory is watched, not the file: editors and ConfigMaps replace the file (a new inode).
@@ -151,18 +205,8 @@ export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<Config
           return Effect.sync(() => watcher?.close())
         }).pipe(Stream.debounce(SETTLE), Stream.as("changed"))
         const polls = Stream.fromSchedule(Schedule.spaced(POLL)).pipe(Stream.as("changed"))
-        const hangups = Stream.async<string>((emit) => {
-          const onHup = () => void emit.single("SIGHUP")
-          process.on("SIGHUP", onHup)
-          return Effect.sync(() => void process.off("SIGHUP", onHup))
-        })
         yield* Stream.mergeAll([events, polls], { concurrency: 2 }).pipe(
           Stream.runForEach((why) => checkForChange(why)),
-          Effect.forkScoped
-        )
-        // SIGHUP reloads even an unchanged file (after fixing what a file it reads, such as a secret, pointed at).
-        yield* hangups.pipe(
-          Stream.runForEach(() => Effect.flatMap(reload, (result) => logResult(result, "SIGHUP"))),
           Effect.forkScoped
         )
         yield* Effect.logDebug(`watching ${file} for changes`)

@@ -1,14 +1,14 @@
 import { Context, Duration, Effect, Layer, Schedule, Schema, Either, Stream } from "effect"
-import { type DiscoveryProviderSettings, GatewayConfig } from "../config/GatewayConfig.js"
+import { type DiscoveryProviderSettings, type DiscoverySettings, GatewayConfig } from "../config/GatewayConfig.js"
 import { formatParseError } from "../domain/formatParseError.js"
 import { HealthProbes } from "../health/HealthProbes.js"
 import { PluginError } from "../loader/PluginError.js"
-import { PluginLoader } from "../loader/PluginLoader.js"
+import { PluginLoader, type PluginLoaderShape } from "../loader/PluginLoader.js"
 import { type DiscoveredTemplate, Registry } from "../registry/Registry.js"
 import { describeDiff, diffChangedSomething, type RegistryDiff } from "../registry/RegistryDiff.js"
 import { Strategies } from "../strategy/Strategies.js"
 import { discoveredTemplates } from "./discoveredTemplates.js"
-import { decodeDiscoveredDocument, DiscoveryError, DiscoveryPlugin, type DiscoveryProvider } from "./DiscoveryPlugin.js"
+import { decodeDiscoveredDocument, type DiscoveryContext, DiscoveryError, DiscoveryPlugin, type DiscoveryProvider } from "./DiscoveryPlugin.js"
 
 /** How often a provider runs when neither the config nor the plugin says. */
 const DEFAULT_INTERVAL_SECONDS = 30
@@ -43,7 +43,33 @@ interface Running {
   readonly interval: Duration.Duration
   readonly lock: Effect.Semaphore
   last: ProviderRun | undefined
+  /** What the last run skipped, so that the same skip is not logged at every run. */
+  skipped: string
 }
+
+/**
+ * Loads one provider's plugin, checks its options and makes it (in the caller's scope): a
+ * PluginError naming where the config sets it otherwise. A plugin that throws is such an error too.
+ */
+export const loadProvider = (loader: PluginLoaderShape, p: DiscoveryProviderSettings, context: DiscoveryContext) =>
+  Effect.gen(function*() {
+    const at = `discovery.providers.${p.name}`
+    const fail = (where: string, reason: string) => new PluginError({ noun: "discovery provider", setting: "provider", plugin: p.provider, at: where, reason })
+    const plugin = yield* loader.load(DiscoveryPlugin.kind, p.provider).pipe(
+      Effect.mapError((e) => new PluginError({ ...e, at: `${at}.provider` }))
+    )
+    const options = Schema.decodeUnknownEither(plugin.options, { onExcessProperty: "error", errors: "all" })(p.options)
+    if (Either.isLeft(options)) return yield* fail(`${at}.options`, formatParseError(options.left, "options").join("; "))
+    const provider = yield* Effect.suspend(() => plugin.make(options.right, context)).pipe(
+      Effect.catchAllDefect((defect) => Effect.fail(new DiscoveryError({ message: `it threw: ${defect instanceof Error ? defect.message : String(defect)}` }))),
+      Effect.mapError((e) => fail(at, e.message))
+    )
+    return { plugin, provider }
+  })
+
+/** Checks every provider of a config as start would, keeping nothing (a reload, before it applies). */
+export const validateProviders = (loader: PluginLoaderShape, settings: DiscoverySettings, baseDir: string, configFile: string | undefined) =>
+  Effect.scoped(Effect.forEach(settings.providers, (p) => loadProvider(loader, p, { provider: p.name, baseDir, configFile }), { discard: true }))
 
 /**
  * The discovery providers of the config (`discovery.providers`): each loaded like a strategy
@@ -67,30 +93,15 @@ export class Discovery extends Context.Tag("mcp-gateway/Discovery")<Discovery, D
 
         const running: Array<Running> = []
         for (const p of settings.providers) {
-          const at = `discovery.providers.${p.name}`
-          const plugin = yield* loader.load(DiscoveryPlugin.kind, p.provider).pipe(
-            Effect.mapError((e) => new PluginError({ ...e, at: `${at}.provider` }))
-          )
-          const options = Schema.decodeUnknownEither(plugin.options, { onExcessProperty: "error", errors: "all" })(p.options)
-          if (Either.isLeft(options)) {
-            return yield* new PluginError({
-              noun: "discovery provider",
-              setting: "provider",
-              plugin: p.provider,
-              at: `${at}.options`,
-              reason: formatParseError(options.left, "options").join("; ")
-            })
-          }
-          const provider = yield* plugin.make(options.right, { provider: p.name, baseDir, configFile: config.loadedFrom?.configFile }).pipe(
-            Effect.mapError((e) => new PluginError({ noun: "discovery provider", setting: "provider", plugin: p.provider, at, reason: e.message }))
-          )
+          const { plugin, provider } = yield* loadProvider(loader, p, { provider: p.name, baseDir, configFile: config.loadedFrom?.configFile })
           running.push({
             settings: p,
             plugin: plugin.name,
             provider,
             interval: p.interval ?? Duration.seconds(plugin.defaultIntervalSeconds ?? DEFAULT_INTERVAL_SECONDS),
             lock: yield* Effect.makeSemaphore(1),
-            last: undefined
+            last: undefined,
+            skipped: ""
           })
         }
 
@@ -108,7 +119,9 @@ export class Discovery extends Context.Tag("mcp-gateway/Discovery")<Discovery, D
         const runOnce = (r: Running): Effect.Effect<ProviderRun> =>
           r.lock.withPermits(1)(
             Effect.gen(function*() {
-              const document = yield* r.provider.discover.pipe(
+              const document = yield* Effect.suspend(() => r.provider.discover).pipe(
+                // A plugin that throws is a failed run like any other; its loop goes on.
+                Effect.catchAllDefect((defect) => Effect.fail(new DiscoveryError({ message: `the provider threw: ${defect instanceof Error ? defect.message : String(defect)}` }))),
                 Effect.timeoutFail({
                   duration: r.settings.timeout,
                   onTimeout: () => new DiscoveryError({ message: `no answer within ${Duration.format(r.settings.timeout)}` })
@@ -127,13 +140,15 @@ export class Discovery extends Context.Tag("mcp-gateway/Discovery")<Discovery, D
                     Effect.logWarning(`discovery ${r.settings.name}: ${e.message}; its instances stay as they were`),
                     { provider: r.settings.name, plugin: r.plugin, ok: false, error: e.message, at: new Date().toISOString() }
                   ),
-                onSuccess: (diff) =>
-                  Effect.as(
-                    diffChangedSomething(diff) || diff.skipped.length > 0
-                      ? Effect.logInfo(`discovery ${r.settings.name}: ${describeDiff(diff)}`)
-                      : Effect.void,
+                onSuccess: (diff) => {
+                  const skipped = diff.skipped.join("\n")
+                  const sayIt = diffChangedSomething(diff) || (skipped !== "" && skipped !== r.skipped)
+                  r.skipped = skipped
+                  return Effect.as(
+                    sayIt ? Effect.logInfo(`discovery ${r.settings.name}: ${describeDiff(diff)}`) : Effect.void,
                     { provider: r.settings.name, plugin: r.plugin, ok: true, diff, at: new Date().toISOString() }
                   )
+                }
               }),
               Effect.tap((run) => Effect.sync(() => void (r.last = run)))
             )
@@ -147,7 +162,8 @@ export class Discovery extends Context.Tag("mcp-gateway/Discovery")<Discovery, D
           for (const r of running) {
             const ticks = Stream.fromSchedule(Schedule.spaced(r.interval)).pipe(Stream.as(undefined as void))
             yield* Stream.merge(ticks, r.provider.changes ?? Stream.empty).pipe(
-              Stream.runForEach(() => runOnce(r)),
+              // (runOnce answers every failure itself; anything else is logged, and the loop goes on.)
+              Stream.runForEach(() => Effect.catchAllCause(runOnce(r), (cause) => Effect.logError(`discovery ${r.settings.name}: run failed`, cause))),
               Effect.forkScoped
             )
           }

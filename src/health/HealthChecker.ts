@@ -124,7 +124,8 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
         Effect.forkScoped
       )
 
-      const checkAll = Effect.forEach(registry.instances(), check, { concurrency: "unbounded", discard: true })
+      // (Read when it runs: discovery adds instances after this layer is built.)
+      const checkAll = Effect.suspend(() => Effect.forEach(registry.instances(), check, { concurrency: "unbounded", discard: true }))
 
       // Instances present at start: probed once by checkAll (start-up waits for it), then on their interval.
       for (const instance of registry.instances()) yield* watch(instance, false)

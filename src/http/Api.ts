@@ -80,7 +80,9 @@ export const RegisterBody = Schema.Struct({
 export const RegisterResult = Schema.Struct({
   template_name: Schema.String,
   instance_id: Schema.String,
-  instance: Json
+  instance: Json,
+  /** Whether it was written to the registry file (false: the gateway has none, and forgets it at its next start). */
+  persisted: Schema.Boolean
 })
 
 export class GatewayGroup extends HttpApiGroup.make("gateway")

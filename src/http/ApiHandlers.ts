@@ -229,14 +229,14 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           )
           yield* audit("registered", context, `${template_name}/${state.id}`)
           return yield* HttpServerResponse.json(
-            { template_name, instance_id: state.id, instance: state.toJSON() },
+            { template_name, instance_id: state.id, instance: state.toJSON(), persisted: config.gateway.registryFile !== undefined },
             { status: 201 }
           ).pipe(Effect.orDie)
         }))
       .handleRaw("sync", ({ request }) =>
         Effect.gen(function*() {
           const context = requestContextOf(NodeHttpServerRequest.toIncomingMessage(request))
-          const [configResult, providers] = yield* Effect.all([reload.reload, discovery.sync], { concurrency: 2 })
+          const [configResult, providers] = yield* Effect.all([reload.reload("sync"), discovery.sync], { concurrency: 2 })
           yield* audit("synced", context, `config${providers.map((p) => `, ${p.provider}`).join("")}`)
           return yield* HttpServerResponse.json({
             config: reload.file === undefined ? null : {

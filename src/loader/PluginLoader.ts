@@ -79,9 +79,9 @@ export const makePluginLoader = (baseDir: string): PluginLoaderShape => {
         catch: (e) => {
           cache.delete(url)
           const err = e as NodeJS.ErrnoException
-          return error(
-            err.code === "ERR_MODULE_NOT_FOUND" ? `cannot find module ${fileURLToPath(url)}` : `cannot import module: ${err.message}`
-          )
+          // A module that exists but imports what cannot be found (effect, mcp-gateway/plugin) says so itself.
+          const missing = err.code === "ERR_MODULE_NOT_FOUND" && !existsSync(fileURLToPath(url))
+          return error(missing ? `cannot find module ${fileURLToPath(url)}` : `cannot import module: ${err.message}`)
         }
       })
       const plugin = (module as { default?: unknown }).default

@@ -247,6 +247,10 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
 
       const endpoint: EndpointSessionsShape = {
         exists: (key) => served.has(key),
+        unknown: (key) =>
+          key === ALL_TEMPLATES
+            ? "/mcp is not served here (aggregation.enabled is false); use /mcp/{template}"
+            : `unknown virtual server "${key.slice(2)}" (virtual_servers: ${settings.virtualServers.map((v) => v.name).join(", ") || "none"})`,
         // Each member forwards its own template's headers (AggregateSession.headersFor): the endpoint reads them all.
         forwardHeaders: () => Array.from(new Set(registry.templates().flatMap((t) => t.forwardHeaders))),
         open: (key, initializeParams, caller) => open(key, initializeParams, caller, false),

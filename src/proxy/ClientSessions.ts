@@ -390,6 +390,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
 
       const endpoint: EndpointSessionsShape = {
         exists: (template) => registry.template(template) !== undefined,
+        unknown: (template) => `unknown template "${template}"`,
         forwardHeaders: (template) => registry.template(template)?.forwardHeaders ?? [],
         open: (template, initializeParams, caller) => open(template, initializeParams, caller.id),
         resolve,

@@ -23,6 +23,8 @@ export interface OpenedSession {
 export interface EndpointSessionsShape {
   /** Whether the endpoint serves anything (an unknown template is a 404). */
   readonly exists: (endpoint: string) => boolean
+  /** Why an endpoint that does not exist is a 404, in a few words (`unknown template "x"`). */
+  readonly unknown: (endpoint: string) => string
   /** The client headers passed on to the endpoint's HTTP backends. */
   readonly forwardHeaders: (endpoint: string) => ReadonlyArray<string>
   /** Opens a session for a client's `initialize`. */

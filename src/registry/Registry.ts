@@ -350,13 +350,12 @@ export const makeRegistry = (options: {
             if (current === undefined) {
               addInstance(template, definition, events)
               diff.added.push(`${t.name}/${definition.id}`)
+            } else if (current.definition.source === "api") {
+              // A registration by hand is never replaced while the gateway runs (it would be lost
+              // from the registry file): the config's instance waits until it is deregistered.
+              diff.skipped.push(`${t.name}/${definition.id}: the id is taken by an instance registered through the API; deregister it to let the config's in`)
             } else if (!sameDefinition(current.definition, definition)) {
-              // As at start, the config's definition wins over one of another source with its id.
-              if (current.definition.source !== "config") {
-                yield* Effect.logWarning(
-                  `config: instance "${definition.id}" of template "${t.name}" replaces the one from ${current.definition.source} with that id`
-                )
-              }
+              // The config's definition wins over a discovered one with its id, as at start.
               replaceInstance(template, current, definition, events)
               diff.replaced.push(`${t.name}/${definition.id}`)
             }

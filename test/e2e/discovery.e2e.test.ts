@@ -181,6 +181,8 @@ describe("discovery: dns, command and file providers", () => {
   })
 
   it("serves what each provider found from the first request, with its source", async () => {
+    // Probed before the gateway said it listens.
+    expect(gateway.stderr()).toMatch(/4 of 4 instances healthy in 3 templates/)
     const registry = (await api(`${gateway.url}/gateway/registry`)).body
     const sources = Object.fromEntries(Object.entries<any>(registry.templates).map(([t, v]) => [t, v.instances.map((i: any) => `${i.id}:${i.source}`).sort()]))
     expect(sources).toEqual({
@@ -226,5 +228,51 @@ describe("discovery: dns, command and file providers", () => {
     expect(synced.stderr).toContain("sync: discovery k8s failed")
     await waitUntil(async () => (await api(`${gateway.url}/mcp/cmdb/tools/list`)).status === 404, 10_000, "cmdb gone with its last instance")
     expect(await instanceIds(gateway, "search")).toContain("manual")
+  })
+})
+
+describe("live configuration: SIGHUP, and what takes effect at the next start", () => {
+  let backend: RunningServer
+  let gateway: RunningGateway
+  const dir = tempDir("gw-hup-")
+  const configFile = path.join(dir, "gateway.json")
+  const config = (ids: Array<string>, extra: Record<string, unknown> = {}) => ({
+    gateway: { watch_config: false },
+    templates: { t: { instances: ids.map((id) => ({ id, transport: "http", endpoint: backend.url })) } },
+    ...extra
+  })
+
+  beforeAll(async () => {
+    backend = await startFixtureServer("header-echo-server.mjs")
+    writeJson(configFile, config(["a"]))
+    gateway = await startGateway({ configFile })
+  })
+
+  afterAll(async () => {
+    await gateway?.stop()
+    await backend?.stop()
+  })
+
+  it("without watching, an edit waits for SIGHUP, which reloads rather than ending the gateway", async () => {
+    writeJson(configFile, config(["a", "b"]))
+    await new Promise((r) => setTimeout(r, 1_500))
+    expect(await instanceIds(gateway, "t")).toEqual(["a"])
+    gateway.process.kill("SIGHUP")
+    await waitForIds(gateway, "t", ["a", "b"], "applied on SIGHUP")
+    expect(gateway.process.exitCode).toBeNull()
+    expect(gateway.stderr()).toMatch(/config .*gateway\.json applied \(SIGHUP\): added: t\/b/)
+  })
+
+  it("an edit whose discovery section would stop the next start is refused now, templates and all", async () => {
+    const logged = gateway.stderr().length
+    writeJson(configFile, config(["a"], { discovery: { providers: { k8s: { provider: "dns", options: { template: "t", name: "x.test" } } } } }))
+    gateway.process.kill("SIGHUP")
+    await waitUntil(() => gateway.stderr().slice(logged).includes("not applied"), 10_000, "the refusal")
+    expect(gateway.stderr().slice(logged)).toContain("discovery.providers.k8s.options")
+    expect(await instanceIds(gateway, "t")).toEqual(["a", "b"])
+    // mcp-gateway sync says the same, and logs it.
+    const synced = await runGateway(["sync", "--gateway", gateway.url])
+    expect(synced.code).toBe(1)
+    expect(synced.stdout).toMatch(/refused, the running config stays/)
   })
 })

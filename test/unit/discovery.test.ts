@@ -95,6 +95,20 @@ describe("Registry: a reload of the config", () => {
     }))
 })
 
+describe("Registry: a reload beside registrations by hand", () => {
+  it.scoped("a config instance whose id an API registration holds waits: the registration is neither replaced nor lost", () =>
+    Effect.gen(function*() {
+      const file = path.join(tempDir(), "registry.json")
+      const registry = yield* makeRegistry({ templates: testConfig({ t: { instances: ["c1"] } }).templates, defaults: DEFAULT_LOAD_BALANCER, file })
+      yield* registry.register({ template: "t", spec: http("x1", 7150) })
+      const diff = yield* registry.applyConfig(testConfig({ t: { instances: ["c1", "x1"] } }).templates)
+      expect(diff.replaced).toEqual([])
+      expect(diff.skipped).toEqual(["t/x1: the id is taken by an instance registered through the API; deregister it to let the config's in"])
+      expect(registry.template("t")!.instances.get("x1")!.definition.source).toBe("api")
+      expect(JSON.parse(fs.readFileSync(file, "utf8")).templates.t.instances.map((i: any) => i.id)).toEqual(["x1"])
+    }))
+})
+
 describe("Registry: what discovery finds", () => {
   it.scoped("only the provider's own instances change; ids of the config and the API are never displaced", () =>
     Effect.gen(function*() {
@@ -175,6 +189,11 @@ describe("dns discovery against a name server on loopback", () => {
       expect(Either.isLeft(noPort)).toBe(true)
       const badName = yield* Effect.flip(provider(dnsPlugin, { template: "no spaces", name: "x.test", port: 1 }))
       expect(badName.message).toContain("options: templates")
+      const badServer = Schema.decodeUnknownEither(dnsPlugin.options)({ template: "t", name: "x.test", port: 1, servers: ["not-an-ip"] })
+      expect(Either.isLeft(badServer) && String(badServer.left)).toContain(`expected a DNS server's address (ip, ip:port or [ipv6]:port), got "not-an-ip"`)
+      const badPort = Schema.decodeUnknownEither(dnsPlugin.options)({ template: "t", name: "x.test", port: 1, servers: ["127.0.0.1:99999"] })
+      expect(Either.isLeft(badPort)).toBe(true)
+      expect(Either.isRight(Schema.decodeUnknownEither(dnsPlugin.options)({ template: "t", name: "x.test", port: 1, servers: ["127.0.0.1:5353", "[::1]:53", "::1"] }))).toBe(true)
     }))
 })
 
@@ -264,6 +283,23 @@ describe("the Discovery service", () => {
       const [emptied] = yield* discovery.sync
       expect(emptied!.diff).toMatchObject({ removed: ["t/d1", "other/o1"], templatesRemoved: ["other"] })
       expect(discovery.status()[0]).toMatchObject({ name: "local", plugin: "file", automatic: false, last_run: { ok: true } })
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("a provider that throws has a failed run like any other (its instances stay), and runs again", () => {
+    const { layer } = withProviders({
+      sync: false,
+      providers: [{ name: "flaky", provider: "../fixtures/plugins/throwing-discovery.mjs", interval: undefined, timeout: seconds(5), options: {} }]
+    })
+    return Effect.gen(function*() {
+      const discovery = yield* Discovery
+      const [first] = yield* discovery.sync
+      expect(first).toMatchObject({ ok: false, error: "the provider threw: bug on run 1" })
+      const [second] = yield* discovery.sync
+      expect(second).toMatchObject({ ok: true, diff: { added: ["flaky/f1"] } })
+      const [third] = yield* discovery.sync
+      expect(third!.ok).toBe(false)
+      expect((yield* Registry).template("flaky")!.instances.has("f1")).toBe(true)
     }).pipe(Effect.provide(layer))
   })
 

@@ -182,7 +182,7 @@ export const makePostHandler = (deps: {
       if (req.headers["mcp-session-id"] === undefined && (isModernVersion(envelopeVersion(message)) || isModernVersion(version))) {
         if (isRequest(message)) {
           if (!deps.templateExists(template)) {
-            return sendJson(res, 404, rpcError(message.id, ErrorCode.MethodNotFound, `unknown template "${template}"`))
+            return sendJson(res, 404, rpcError(message.id, ErrorCode.MethodNotFound, sessions.unknown(template)))
           }
           return modern(req, res, requestId, template, caller, message)
         }
@@ -192,7 +192,7 @@ export const makePostHandler = (deps: {
       }
       if (isRequest(message) && message.method === "initialize") {
         if (!deps.templateExists(template)) {
-          return sendJson(res, 404, rpcError(message.id, ErrorCode.InvalidRequest, `unknown template "${template}"`))
+          return sendJson(res, 404, rpcError(message.id, ErrorCode.InvalidRequest, sessions.unknown(template)))
         }
         return initialize(req, res, requestId, template, message.id, isObject(message.params) ? message.params : {}, caller)
       }
