@@ -1,17 +1,10 @@
 import { Command, Options } from "@effect/cli"
 import { Console, Effect } from "effect"
+import type { RegistryDiff } from "../registry/RegistryDiff.js"
 import { CommandFailed } from "./CommandFailed.js"
 import { callGateway, describeFailure, resolveGatewayUrl, targetOptions } from "./gatewayClient.js"
 
-interface Diff {
-  readonly added: ReadonlyArray<string>
-  readonly removed: ReadonlyArray<string>
-  readonly replaced: ReadonlyArray<string>
-  readonly templatesAdded: ReadonlyArray<string>
-  readonly templatesRemoved: ReadonlyArray<string>
-  readonly templatesChanged: ReadonlyArray<string>
-  readonly skipped: ReadonlyArray<string>
-}
+type Diff = RegistryDiff
 
 /** The lines of one source's changes: `+ a/1`, `- b/2`, `~ c/3 (replaced)`, `! why`. */
 const diffLines = (diff: Diff | undefined): Array<string> => {

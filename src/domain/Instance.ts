@@ -1,4 +1,5 @@
 import { ParseResult, Schema } from "effect"
+import { canonicalJson } from "./canonicalJson.js"
 import { SecretInput } from "./Secret.js"
 import { splitCommand } from "./splitCommand.js"
 
@@ -113,12 +114,6 @@ export const defineInstance = (
  */
 export const sameDefinition = (a: InstanceDefinition, b: InstanceDefinition): boolean =>
   a.source === b.source && canonicalJson(specOf(a)) === canonicalJson(specOf(b))
-
-const canonicalJson = (value: unknown): string =>
-  JSON.stringify(value, (_, v) =>
-    v !== null && typeof v === "object" && !Array.isArray(v)
-      ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, (v as Record<string, unknown>)[k]]))
-      : v)
 
 /** The spec to persist: what the user gave, with the id it got. */
 export const specOf = (instance: InstanceDefinition): InstanceSpec => {

@@ -1,4 +1,5 @@
 import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Schedule, Scope, Stream } from "effect"
+import { canonicalJson, declarationOf } from "../domain/canonicalJson.js"
 import { randomBytes } from "node:crypto"
 import { DEFAULT_AGGREGATION, GatewayConfig, type VirtualServerSettings } from "../config/GatewayConfig.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
@@ -33,12 +34,6 @@ interface Served {
   readonly settings: VirtualServerSettings
   readonly view: View | undefined
 }
-
-const canonicalJson = (value: unknown): string =>
-  JSON.stringify(value, (_, v) => isObject(v) ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]])) : v)
-
-const declarationOf = (initializeParams: Record<string, unknown>) =>
-  canonicalJson([initializeParams.capabilities ?? {}, isObject(initializeParams.clientInfo) ? initializeParams.clientInfo.name ?? "" : ""])
 
 /**
  * The aggregate endpoints: `/mcp` (every template, unless `aggregation.enabled` is false) and

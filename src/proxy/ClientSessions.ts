@@ -1,4 +1,5 @@
 import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Schedule, Scope } from "effect"
+import { canonicalJson, declarationOf } from "../domain/canonicalJson.js"
 import { randomBytes } from "node:crypto"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
@@ -58,14 +59,6 @@ export interface ClientSessionsShape {
 
 /** How often sessions idle past their template's session_idle_timeout are ended (clients that vanished without DELETE). */
 const REAP_EVERY = Duration.seconds(10)
-
-/** JSON with object keys sorted: equal values, equal text (capabilities compared as declared). */
-const canonicalJson = (value: unknown): string =>
-  JSON.stringify(value, (_, v) => isObject(v) && !Array.isArray(v) ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]])) : v)
-
-/** What a client declared to the server, as a cache key part: its capabilities and its name. */
-const declarationOf = (initializeParams: Record<string, unknown>) =>
-  canonicalJson([initializeParams.capabilities ?? {}, isObject(initializeParams.clientInfo) ? initializeParams.clientInfo.name ?? "" : ""])
 
 /** 128 bits from the system's CSPRNG, as the MCP spec asks of session ids. */
 const newSessionId = () => randomBytes(16).toString("hex")

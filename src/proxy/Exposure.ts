@@ -1,4 +1,5 @@
 import { Context, Effect, Either, ExecutionStrategy, Exit, Layer, Schema, Scope, Stream } from "effect"
+import { canonicalJson } from "../domain/canonicalJson.js"
 import { compileFilter, type ExposureInput, exposesAnything, type NameFilter, type TransformSpec } from "../domain/Exposure.js"
 import { formatParseError } from "../domain/formatParseError.js"
 import { BackendError, type DispatchError, TransformFailed } from "../domain/GatewayError.js"
@@ -132,10 +133,6 @@ const filterResult = (view: View, method: string, result: unknown): unknown => {
   const kept = items.filter((item) => !isObject(item) || typeof item[list.field] !== "string" || filter.allows(item[list.field] as string))
   return { ...result, [list.key]: kept, ...(typeof result.count === "number" ? { count: kept.length } : {}) }
 }
-
-/** JSON with object keys sorted (params as a cache key). */
-const canonical = (value: unknown): string =>
-  JSON.stringify(value ?? null, (_, v) => isObject(v) ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]])) : v)
 
 /** A hook that fails or throws fails the request with a 502; one that refuses with a JSON-RPC code is the client's answer. */
 const runHook = <A>(view: View, name: string, hook: () => Effect.Effect<A, { readonly message: string; readonly code?: number | undefined }>): Effect.Effect<A, DispatchError> =>
@@ -313,7 +310,7 @@ export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, Expo
         (params, onHints) => {
           // Only a list's first page (cursors belong to one backend session) and reads.
           if (!CACHEABLE.has(method) || (params !== undefined && params.cursor !== undefined)) return dispatch(params, onHints)
-          const base = `${template}\u0000${method}\u0000${canonical(isObject(params) ? { ...params, _meta: undefined } : params)}\u0000${caller.declaration}`
+          const base = `${template}\u0000${method}\u0000${canonicalJson(isObject(params) ? { ...params, _meta: undefined } : params)}\u0000${caller.declaration}`
           const publicKey = `${base}\u0000`
           const privateKey = `${base}\u0000${caller.id}`
           const now = Date.now()

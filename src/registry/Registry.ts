@@ -316,6 +316,41 @@ export const makeRegistry = (options: {
       template.source = remaining.includes("api") ? "api" : remaining[0]!
     }
 
+    /**
+     * Makes one source's instances of a template what `wanted` says: its instances no longer
+     * wanted are removed, new ones added, changed ones replaced. An id another source holds is
+     * skipped when `taken` says why (else taken over).
+     */
+    const reconcileInstances = (
+      template: MutableTemplate,
+      source: InstanceSource,
+      wanted: ReadonlyArray<InstanceDefinition>,
+      diff: DiffBuilder,
+      events: Array<RegistryChange>,
+      taken: (heldBy: InstanceSource) => string | undefined
+    ) => {
+      const ids = new Set(wanted.map((i) => i.id))
+      for (const current of Array.from(template.instances.values())) {
+        if (current.definition.source === source && !ids.has(current.id)) {
+          removeInstance(template, current, events)
+          diff.removed.push(`${template.name}/${current.id}`)
+        }
+      }
+      for (const definition of wanted) {
+        const current = template.instances.get(definition.id)
+        const refusal = current === undefined || current.definition.source === source ? undefined : taken(current.definition.source)
+        if (current === undefined) {
+          addInstance(template, definition, events)
+          diff.added.push(`${template.name}/${definition.id}`)
+        } else if (refusal !== undefined) {
+          diff.skipped.push(`${template.name}/${definition.id}: ${refusal}`)
+        } else if (!sameDefinition(current.definition, definition)) {
+          replaceInstance(template, current, definition, events)
+          diff.replaced.push(`${template.name}/${definition.id}`)
+        }
+      }
+    }
+
     const publishAll = (events: ReadonlyArray<RegistryChange>) =>
       Effect.forEach(events, (event) => PubSub.publish(pubsub, event), { discard: true })
 
@@ -338,28 +373,13 @@ export const makeRegistry = (options: {
               events.push({ _tag: "TemplateChanged", template })
             }
           }
-          const wanted = new Set(t.instances.map((i) => i.id))
-          for (const current of Array.from(template.instances.values())) {
-            if (current.definition.source === "config" && !wanted.has(current.id)) {
-              removeInstance(template, current, events)
-              diff.removed.push(`${t.name}/${current.id}`)
-            }
-          }
-          for (const definition of t.instances) {
-            const current = template.instances.get(definition.id)
-            if (current === undefined) {
-              addInstance(template, definition, events)
-              diff.added.push(`${t.name}/${definition.id}`)
-            } else if (current.definition.source === "api") {
-              // A registration by hand is never replaced while the gateway runs (it would be lost
-              // from the registry file): the config's instance waits until it is deregistered.
-              diff.skipped.push(`${t.name}/${definition.id}: the id is taken by an instance registered through the API; deregister it to let the config's in`)
-            } else if (!sameDefinition(current.definition, definition)) {
-              // The config's definition wins over a discovered one with its id, as at start.
-              replaceInstance(template, current, definition, events)
-              diff.replaced.push(`${t.name}/${definition.id}`)
-            }
-          }
+          // A registration by hand is never replaced while the gateway runs (it would be lost from
+          // the registry file): the config's instance waits until it is deregistered. The config's
+          // definition wins over a discovered one with its id, as at start.
+          reconcileInstances(template, "config", t.instances, diff, events, (held) =>
+            held === "api"
+              ? "the id is taken by an instance registered through the API; deregister it to let the config's in"
+              : undefined)
         }
         const declared = new Set(desired.map((t) => t.name))
         for (const template of Array.from(templates.values())) {
@@ -410,26 +430,8 @@ export const makeRegistry = (options: {
           ) {
             diff.skipped.push(`${t.name}: load_balancer not applied (the template's settings belong to ${template.source})`)
           }
-          const found = new Set(t.instances.map((i) => i.id))
-          for (const current of Array.from(template.instances.values())) {
-            if (current.definition.source === source && !found.has(current.id)) {
-              removeInstance(template, current, events)
-              diff.removed.push(`${t.name}/${current.id}`)
-            }
-          }
-          for (const definition of t.instances) {
-            const current = template.instances.get(definition.id)
-            if (current === undefined) {
-              addInstance(template, definition, events)
-              diff.added.push(`${t.name}/${definition.id}`)
-            } else if (current.definition.source !== source) {
-              // Never displace what was configured or registered by hand.
-              diff.skipped.push(`${t.name}/${definition.id}: the id is taken by an instance from ${current.definition.source}`)
-            } else if (!sameDefinition(current.definition, definition)) {
-              replaceInstance(template, current, definition, events)
-              diff.replaced.push(`${t.name}/${definition.id}`)
-            }
-          }
+          // Never displace what was configured or registered by hand.
+          reconcileInstances(template, source, t.instances, diff, events, (held) => `the id is taken by an instance from ${held}`)
         }
         const found = new Set(desired.map((t) => t.name))
         for (const template of Array.from(templates.values())) {
