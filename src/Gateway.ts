@@ -1,6 +1,7 @@
 import { Effect, Layer } from "effect"
 import { ConfigReload } from "./discovery/ConfigReload.js"
 import { Discovery } from "./discovery/Discovery.js"
+import { FleetRedis } from "./fleet/FleetRedis.js"
 import { HealthChecker } from "./health/HealthChecker.js"
 import { HealthProbes } from "./health/HealthProbes.js"
 import { Authenticator } from "./http/auth/Authenticator.js"
@@ -22,7 +23,9 @@ import { TracingLive } from "./observability/Tracing.js"
 import { Transport } from "./transport/Transport.js"
 
 /** What everything stands on, from the config alone: the registry, the plugin loader, the stats and the metrics under them. */
-export const GatewayFoundation = Layer.mergeAll(Registry.layer, PluginLoader.layer, Stats.layer).pipe(Layer.provideMerge(GatewayMetrics.layer))
+export const GatewayFoundation = Layer.mergeAll(Registry.layer, PluginLoader.layer, Stats.layer).pipe(
+  Layer.provideMerge(Layer.mergeAll(GatewayMetrics.layer, FleetRedis.layer))
+)
 
 /**
  * The gateway's services on top of the foundation, given a Transport and a Timer. Live

@@ -3,6 +3,7 @@ import { Console, Effect, Layer } from "effect"
 import { GatewayConfig, loadGatewayConfig } from "../config/GatewayConfig.js"
 import { Discovery } from "../discovery/Discovery.js"
 import { HealthProbes } from "../health/HealthProbes.js"
+import { FleetRedis } from "../fleet/FleetRedis.js"
 import { GatewayMetrics } from "../observability/GatewayMetrics.js"
 import { Exposure } from "../proxy/Exposure.js"
 import { PluginLoader } from "../loader/PluginLoader.js"
@@ -30,6 +31,8 @@ const validate = Command.make(
       const plugins = Discovery.layer.pipe(
         Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer, Exposure.layer)),
         Layer.provideMerge(Layer.mergeAll(Registry.layer, PluginLoader.layer, GatewayMetrics.layer)),
+        // (Validating a config never connects to its Redis: the registry file's view of it is enough.)
+        Layer.provide(FleetRedis.off),
         Layer.provide(GatewayConfig.layer(checked))
       )
       yield* Effect.scoped(Layer.build(plugins)).pipe(

@@ -10,7 +10,7 @@ import {
   resolveLoadBalancer,
   seconds
 } from "../domain/LoadBalancer.js"
-import { missingSecrets } from "../domain/Secret.js"
+import { missingSecrets, resolveSecret, SecretInput } from "../domain/Secret.js"
 import { CacheInput, type ExposureInput, ExposureFields } from "../domain/Exposure.js"
 import { AuthInput, type AuthSettings, resolveAuth } from "./AuthConfig.js"
 import { ConfigInvalid } from "./ConfigInvalid.js"
@@ -99,6 +99,15 @@ const TemplateInput = Schema.Struct({
   prefix: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9._-]*$/, { message: () => "expected letters, digits, '.', '_' or '-' (or \"\" for none)" })))
 })
 
+const RegistryInput = Schema.Struct({
+  /** Where run-time registrations live: the registry file (default) or a Redis every replica shares. */
+  store: Schema.optional(Schema.Literal("file", "redis")),
+  /** The Redis URL (redis://host:6379/0; rediss:// for TLS); `{"env": "NAME"}` to read it from the environment. */
+  url: Schema.optional(SecretInput),
+  /** Prepended to every key and channel (several fleets on one Redis). */
+  prefix: Schema.optional(Schema.String)
+})
+
 /** Names of REST operations' first segments: a virtual server of such a name would be ambiguous under /mcp/v/. */
 const RESERVED_VIRTUAL_NAMES = new Set(["tools", "resources", "prompts", "health"])
 
@@ -152,6 +161,11 @@ export const ConfigFile = Schema.Struct({
     log_level: Schema.optional(LogLevelName),
     /** Apply edits of the config file's templates while running (default true). */
     watch_config: Schema.optional(Schema.Boolean),
+    /**
+     * Keys that seal MCP session ids (AES-256-GCM), shared by every replica so that any of them
+     * serves any session; the first seals, all open (rotation). Values may be {"env": "NAME"}.
+     */
+    session_keys: Schema.optional(Schema.Array(SecretInput)),
     /** Gateway-wide defaults for every template's load_balancer. */
     load_balancer: Schema.optional(LoadBalancerInput)
   })),
@@ -160,6 +174,8 @@ export const ConfigFile = Schema.Struct({
   discovery: Schema.optional(DiscoveryInput),
   /** /mcp: every template behind one endpoint, names prefixed by template. */
   aggregation: Schema.optional(AggregationInput),
+  /** Where registrations live: the registry file, or Redis for several replicas. */
+  registry: Schema.optional(RegistryInput),
   /** /mcp/v/{name}: chosen templates, filtered, behind one endpoint each. */
   virtual_servers: Schema.optional(Schema.Record({ key: TemplateName, value: VirtualServerInput })),
   auth: Schema.optional(AuthInput),
@@ -211,6 +227,10 @@ export interface GatewaySettings {
   readonly baseDir: string
   /** Whether edits of the config file apply while the gateway runs (only with a config file). */
   readonly watchConfig?: boolean | undefined
+  /** The secrets session ids are sealed with (none: a key of this process's own). */
+  readonly sessionKeys?: ReadonlyArray<string> | undefined
+  /** Registrations in Redis, shared by replicas (undefined: the registry file, if any). */
+  readonly registryStore?: { readonly kind: "redis"; readonly url: string; readonly prefix: string } | undefined
 }
 
 export interface DiscoveryProviderSettings {
@@ -300,7 +320,9 @@ const environment = Config.all({
   healthInterval: Config.option(Config.string("MCP_GATEWAY_HEALTH_INTERVAL")),
   healthTimeout: Config.option(Config.string("MCP_GATEWAY_HEALTH_TIMEOUT")),
   strategy: Config.option(Config.string("MCP_GATEWAY_DEFAULT_STRATEGY")),
-  maxRetries: Config.option(Config.string("MCP_GATEWAY_MAX_RETRIES"))
+  maxRetries: Config.option(Config.string("MCP_GATEWAY_MAX_RETRIES")),
+  sessionKeys: Config.option(Config.string("MCP_GATEWAY_SESSION_KEYS")),
+  redisUrl: Config.option(Config.string("MCP_GATEWAY_REDIS_URL"))
 })
 
 const parseNumber = (
@@ -415,6 +437,28 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         problems.push(`virtual_servers.${name}: "${name}" cannot name a virtual server (/mcp/v/${name} would read as a template's operation); choose another name`)
       }
     }
+    const sessionKeys: Array<string> = []
+    const keysFromEnv = Option.getOrUndefined(env.sessionKeys)
+    const keyInputs: ReadonlyArray<SecretInput> = keysFromEnv !== undefined && keysFromEnv.trim() !== ""
+      ? keysFromEnv.split(",").map((k) => k.trim()).filter((k) => k !== "")
+      : file.gateway?.session_keys ?? []
+    keyInputs.forEach((input, i) => {
+      const where = keysFromEnv !== undefined && keysFromEnv.trim() !== "" ? `MCP_GATEWAY_SESSION_KEYS[${i}]` : `gateway.session_keys[${i}]`
+      const value = resolveSecret(input)
+      if (typeof value !== "string") problems.push(`${where}: ${value.missing}`)
+      else if (value.length < 32) problems.push(`${where}: expected a key of at least 32 characters (openssl rand -base64 32), got ${value.length}`)
+      else sessionKeys.push(value)
+    })
+    let registryStore: GatewaySettings["registryStore"]
+    if (file.registry?.store === "redis") {
+      const url = file.registry.url === undefined ? Option.getOrUndefined(env.redisUrl) : resolveSecret(file.registry.url)
+      if (url === undefined) problems.push(`registry.url: expected the Redis URL (redis://host:6379) with "store": "redis" (or MCP_GATEWAY_REDIS_URL)`)
+      else if (typeof url !== "string") problems.push(`registry.url: ${url.missing}`)
+      else if (!/^rediss?:\/\//.test(url)) problems.push(`registry.url: expected a redis:// or rediss:// URL`)
+      else registryStore = { kind: "redis", url, prefix: file.registry.prefix ?? "mcpgw:" }
+    } else if (file.registry?.url !== undefined) {
+      problems.push(`registry.url: only with "store": "redis"`)
+    }
     const auth = file.auth === undefined ? undefined : yield* resolveAuth(file.auth, baseDir, problems)
     if (problems.length > 0) return yield* new ConfigInvalid({ problems })
 
@@ -442,7 +486,9 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         logLevel: flags.logLevel ?? file.gateway?.log_level ?? "info",
         defaults,
         baseDir,
-        watchConfig: flags.configFile !== undefined && (file.gateway?.watch_config ?? true)
+        watchConfig: flags.configFile !== undefined && (file.gateway?.watch_config ?? true),
+        sessionKeys,
+        registryStore
       },
       templates,
       tracing: file.tracing === undefined ? undefined : {

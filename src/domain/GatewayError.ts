@@ -159,6 +159,9 @@ export class RegistrationConflict extends Data.TaggedError("RegistrationConflict
 /** A registration that is not allowed by configuration (e.g. stdio over the API). */
 export class RegistrationForbidden extends Data.TaggedError("RegistrationForbidden")<{ readonly message: string }> {}
 
+/** The shared registry (Redis) cannot be reached: a registration is refused (503) until it is back. */
+export class RegistryUnavailable extends Data.TaggedError("RegistryUnavailable")<{ readonly message: string }> {}
+
 /** The registry file could not be read or written. */
 export class RegistryStorageError extends Data.TaggedError("RegistryStorageError")<{
   readonly path: string

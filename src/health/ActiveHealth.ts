@@ -42,6 +42,17 @@ export class ActiveHealth {
     return undefined
   }
 
+  /**
+   * What another replica's probes found lately (a replica starting warm): taken only while this
+   * replica has no verdict of its own; its own first probe decides again.
+   */
+  seed(status: "healthy" | "unhealthy", checkedAt: number, error: string | undefined) {
+    if (this.status !== "unknown") return
+    this.status = status
+    this.lastCheckedAt = checkedAt
+    this.lastError = status === "healthy" ? undefined : error
+  }
+
   /** Evidence as good as a probe, outside the probe schedule (a restarted process answered `initialize`). */
   markHealthy(now: number) {
     this.lastCheckedAt = now

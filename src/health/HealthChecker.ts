@@ -1,6 +1,8 @@
 import { Clock, Context, Duration, Effect, FiberMap, Layer, Schedule, Stream } from "effect"
 import { DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
 import { resolveHeaders } from "../domain/Secret.js"
+import { FleetRedis } from "../fleet/FleetRedis.js"
+import { makeSharedHealth } from "../fleet/SharedHealth.js"
 import { Stats } from "../proxy/Stats.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
@@ -25,10 +27,17 @@ const instanceKey = (instance: InstanceState) => `${instance.template}\u0000${in
  * are watched from their registration on; removed ones are no longer probed.
  */
 export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<HealthChecker, HealthCheckerShape>() {
-  static readonly layer: Layer.Layer<HealthChecker, never, Registry | HealthProbes | Transport | Stats> = Layer.scoped(
+  static readonly layer: Layer.Layer<HealthChecker, never, Registry | HealthProbes | Transport | Stats | FleetRedis> = Layer.scoped(
     HealthChecker,
     Effect.gen(function*() {
       const registry = yield* Registry
+      const fleet = yield* FleetRedis
+      // Replicas share their verdicts (fleet/SharedHealth.ts): a replica starts warm.
+      const shared = fleet.status() === "off" ? undefined : makeSharedHealth(fleet, registry)
+      if (shared !== undefined) {
+        const seeded = yield* shared.seed
+        if (seeded > 0) yield* Effect.logInfo(`health: ${seeded} instances start with the fleet's latest verdicts`)
+      }
       const probes = yield* HealthProbes
       const transport = yield* Transport
       const stats = yield* Stats
@@ -72,11 +81,13 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
           const before = instance.status
           if (outcome._tag === "Right") {
             instance.probeSucceeded(now, settings)
+            shared?.publish(instance)
             if (instance.status !== before && instance.status === "healthy") yield* Effect.logInfo("instance is healthy")
             return true
           }
           const reason = outcome.left.message
           instance.probeFailed(now, reason, settings)
+          shared?.publish(instance)
           if (instance.status !== before && instance.status === "unhealthy") yield* Effect.logWarning(`instance is unhealthy: ${reason}`)
           else {
             yield* Effect.logDebug(

@@ -11,6 +11,7 @@ import { missingSecrets } from "../domain/Secret.js"
 import { ClientSessions } from "../proxy/ClientSessions.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
 import { Exposure } from "../proxy/Exposure.js"
+import { FleetRedis } from "../fleet/FleetRedis.js"
 import { Stats } from "../proxy/Stats.js"
 import { Registry, type TemplateState } from "../registry/Registry.js"
 import { Strategies } from "../strategy/Strategies.js"
@@ -73,6 +74,16 @@ const McpHandlers = HttpApiBuilder.group(GatewayApi, "mcp", (handlers) =>
 
 const decodeRegisterBody = Schema.decodeUnknownEither(RegisterBody, { errors: "all", onExcessProperty: "error" })
 
+/** The shared registry is down: a 503 with Retry-After (the error envelope, as HttpApi's errors have no headers). */
+class Unavailable {
+  constructor(readonly response: HttpServerResponse.HttpServerResponse) {}
+}
+const answerUnavailable = <A, E, R>(effect: Effect.Effect<A, E | Unavailable, R>) =>
+  Effect.catchIf(effect, (e): e is Unavailable => e instanceof Unavailable, (e) => Effect.succeed(e.response))
+const registryUnavailable = (message: string) =>
+  Effect.flatMap(requestId, (id) =>
+    Effect.fail(new Unavailable(HttpServerResponse.unsafeJson(errorAnswer(503, "registry_unavailable", message, id).body, { status: 503, headers: { "retry-after": "5" } }))))
+
 /** An audit line for a change of the registry: who (credential or address), what, from where. */
 const audit = (event: string, context: RequestContext | undefined, what: string) =>
   Effect.logInfo(`audit: ${event} ${what}`).pipe(
@@ -90,6 +101,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
     const discovery = yield* Discovery
     const reload = yield* ConfigReload
     const exposure = yield* Exposure
+    const fleet = yield* FleetRedis
     const startedAt = Date.now()
 
     return handlers
@@ -97,7 +109,8 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
         Effect.sync(() => {
           const instances = registry.instances()
           return {
-            status: "healthy",
+            // Degraded: the Redis the replicas share is down (serving from the last known registry; registrations refused).
+            status: fleet.status() === "down" ? "degraded" : "healthy",
             version: GATEWAY_VERSION,
             uptime_seconds: Math.round((Date.now() - startedAt) / 1000),
             templates: registry.templates().length,
@@ -224,7 +237,8 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           }).pipe(
             Effect.catchTags({
               RegistrationConflict: (e) => fail(409, "conflict", e.message),
-              RegistryStorageError: (e) => fail(500, "storage_error", e.message)
+              RegistryStorageError: (e) => fail(500, "storage_error", e.message),
+              RegistryUnavailable: (e) => registryUnavailable(e.message)
             })
           )
           yield* audit("registered", context, `${template_name}/${state.id}`)
@@ -232,7 +246,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
             { template_name, instance_id: state.id, instance: state.toJSON(), persisted: config.gateway.registryFile !== undefined },
             { status: 201 }
           ).pipe(Effect.orDie)
-        }))
+        }).pipe(answerUnavailable))
       .handleRaw("sync", ({ request }) =>
         Effect.gen(function*() {
           const context = requestContextOf(NodeHttpServerRequest.toIncomingMessage(request))
@@ -256,12 +270,13 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           yield* registry.deregister(template, instanceId).pipe(
             Effect.catchTags({
               InstanceNotFound: (e) => fail(404, "instance_not_found", e.message),
-              RegistryStorageError: (e) => fail(500, "storage_error", e.message)
+              RegistryStorageError: (e) => fail(500, "storage_error", e.message),
+              RegistryUnavailable: (e) => registryUnavailable(e.message)
             })
           )
           yield* audit("deregistered", context, `${template}/${instanceId}`)
           return yield* HttpServerResponse.json({ template_name: template, instance_id: instanceId, deregistered: true }).pipe(Effect.orDie)
-        }))
+        }).pipe(answerUnavailable))
   }))
 
 export const ApiHandlers = HttpApiBuilder.api(GatewayApi).pipe(

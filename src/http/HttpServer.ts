@@ -7,6 +7,7 @@ import type * as net from "node:net"
 import { ConfigReload } from "../discovery/ConfigReload.js"
 import { Exposure } from "../proxy/Exposure.js"
 import { AggregateSessions } from "../proxy/AggregateSessions.js"
+import { FleetRedis } from "../fleet/FleetRedis.js"
 import { Discovery } from "../discovery/Discovery.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
@@ -68,6 +69,7 @@ export const HttpServerLive: Layer.Layer<
   | ConfigReload
   | Exposure
   | AggregateSessions
+  | FleetRedis
 > = Layer.scoped(
   ListeningAddress,
   Effect.gen(function*() {

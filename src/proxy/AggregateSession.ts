@@ -6,7 +6,7 @@ import type { Connection } from "../transport/Connection.js"
 import type { ClientSession } from "./ClientSession.js"
 import { EndpointSession, type RequestRelay, type ServerNotice, type SessionAnswer } from "./EndpointSession.js"
 import type { ExposureShape, View } from "./Exposure.js"
-import type { RateDecision } from "./RateLimiter.js"
+import type { Admission } from "./RateLimiter.js"
 
 /** One template behind an aggregate, with the prefix its tool and prompt names get. */
 export interface AggregateMember {
@@ -31,7 +31,7 @@ export interface AggregateDeps {
   readonly listTimeout: Duration.Duration
   readonly maxListPages: number
   /** A template's rate limit, for this caller's requests to it. */
-  readonly admit: (template: string) => RateDecision
+  readonly admit: (template: string) => Admission
   /** Of the client headers the endpoint passed on, those this template forwards (and the request id). */
   readonly headersFor: (template: string, headers: Readonly<Record<string, string>> | undefined) => Readonly<Record<string, string>> | undefined
   /** Logged once per distinct collision: the same prefixed name (or URI) from two templates. */
@@ -234,7 +234,8 @@ export class AggregateSession extends EndpointSession {
   /** One request to one template's session, within its rate limit; a session that ended is opened again next time. */
   private call(template: string, method: string, params: Record<string, unknown> | undefined, relay: RequestRelay, headers: Readonly<Record<string, string>> | undefined) {
     return Effect.gen(this, function*() {
-      const decision = this.deps.admit(template)
+      const admission = this.deps.admit(template)
+      const decision = admission instanceof Promise ? yield* Effect.promise(() => admission) : admission
       if (!decision.allowed) {
         return yield* Effect.fail(new Answered({
           _tag: "Failed",

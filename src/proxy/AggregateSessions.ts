@@ -1,6 +1,5 @@
 import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Schedule, Scope, Stream } from "effect"
 import { canonicalJson, declarationOf } from "../domain/canonicalJson.js"
-import { randomBytes } from "node:crypto"
 import { DEFAULT_AGGREGATION, GatewayConfig, type VirtualServerSettings } from "../config/GatewayConfig.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
 import { allows, type Identity } from "../domain/Identity.js"
@@ -13,7 +12,8 @@ import type { ClientSession } from "./ClientSession.js"
 import { ClientSessions } from "./ClientSessions.js"
 import type { EndpointSessionsShape, OpenedSession } from "./EndpointSessions.js"
 import { Exposure, type View } from "./Exposure.js"
-import { RateLimiter } from "./RateLimiter.js"
+import { type RateDecision, RateLimiter } from "./RateLimiter.js"
+import { SessionSeal } from "./SessionSeal.js"
 import { Stats } from "./Stats.js"
 import { Timer } from "./Timer.js"
 
@@ -59,6 +59,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
       const timer = yield* Timer
       const layerScope = yield* Effect.scope
       const settings = config.aggregation ?? DEFAULT_AGGREGATION
+      const seal = new SessionSeal(config.gateway.sessionKeys ?? [])
 
       const served = new Map<string, Served>()
       const compile = (s: VirtualServerSettings, location: string) => exposure.compile(s.name, s.exposure, layerScope, location)
@@ -132,15 +133,14 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
           )
         })
 
-      const open = (key: string, initializeParams: Record<string, unknown>, caller: Identity, modernClient: boolean) =>
+      /** A session of `key` for `caller`, under `id` (a new one's, or one taken over from another replica). */
+      const create = (id: string, key: string, initializeParams: Record<string, unknown>, caller: Identity, protocolVersion: string, modernClient: boolean) =>
         Effect.gen(function*() {
           const server = served.get(key)!
           if (sessions.size >= config.gateway.maxSessions) return yield* new SessionLimitReached({ scope: "gateway", limit: config.gateway.maxSessions })
-          const requested = initializeParams.protocolVersion
-          const protocolVersion = typeof requested === "string" && SUPPORTED_PROTOCOL_VERSIONS.includes(requested) ? requested : LATEST_PROTOCOL_VERSION
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
           const session: AggregateSession = new AggregateSession(
-            randomBytes(16).toString("hex"),
+            id,
             key,
             protocolVersion,
             scope,
@@ -166,9 +166,12 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
               listTimeout: settings.listTimeout,
               maxListPages: config.gateway.maxListPages,
               admit: (template) => {
-                const decision = limiter.admitTemplate(template)
-                if (!decision.allowed) stats.recordRateLimited("template", template)
-                return decision
+                const counted = (decision: RateDecision) => {
+                  if (!decision.allowed) stats.recordRateLimited("template", template)
+                  return decision
+                }
+                const admission = limiter.admitTemplate(template)
+                return admission instanceof Promise ? admission.then(counted) : counted(admission)
               },
               headersFor: (template, headers) => {
                 if (headers === undefined) return undefined
@@ -194,6 +197,23 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
           )
           session.servesModernClient = modernClient
           sessions.set(session.id, session)
+          return session
+        })
+
+      const open = (key: string, initializeParams: Record<string, unknown>, caller: Identity, modernClient: boolean) =>
+        Effect.gen(function*() {
+          const server = served.get(key)!
+          const requested = initializeParams.protocolVersion
+          const protocolVersion = typeof requested === "string" && SUPPORTED_PROTOCOL_VERSIONS.includes(requested) ? requested : LATEST_PROTOCOL_VERSION
+          const id = seal.seal({
+            endpoint: key,
+            owner: caller.id,
+            protocolVersion,
+            kind: "aggregate",
+            client: initializeParams,
+            caller: { kind: caller.kind, scopes: Array.from(caller.scopes), templates: caller.templates === undefined ? undefined : Array.from(caller.templates) }
+          })
+          yield* create(id, key, initializeParams, caller, protocolVersion, modernClient)
           const name = key === ALL_TEMPLATES ? GATEWAY_NAME : `${GATEWAY_NAME}/${server.settings.name}`
           const result = {
             protocolVersion,
@@ -209,7 +229,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
               `The tools, prompts and resources of ${key === ALL_TEMPLATES ? "every template" : `templates ${templatesOf(server.settings).map((m) => m.template).join(", ")}`} of this gateway; ` +
                 `names are "{template}${settings.separator}{name}".`
           }
-          return { session, result } satisfies OpenedSession
+          return { session: sessions.get(id)!, result } satisfies OpenedSession
         })
 
       const forModernClient: EndpointSessionsShape["forModernClient"] = (key, caller, initializeParams) =>
@@ -252,7 +272,29 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         resolve: (id, key, owner) => {
           if (id === undefined || id === "") return { status: 400, message: "Bad Request: Mcp-Session-Id header is required" }
           const session = sessions.get(id)
-          if (session === undefined || session.template !== key || session.owner !== owner) return { status: 404, message: "Session not found" }
+          if (session === undefined) {
+            // Another replica's: a new aggregate session under its id, whose template sessions open as they are needed.
+            const claims = seal.shared ? seal.open(id) : undefined
+            if (claims === undefined || claims.kind !== "aggregate" || claims.endpoint !== key || claims.owner !== owner || !served.has(key)) {
+              return { status: 404, message: "Session not found" }
+            }
+            const caller: Identity = {
+              kind: claims.caller?.kind ?? "anonymous",
+              id: owner,
+              scopes: new Set(claims.caller?.scopes ?? []),
+              templates: claims.caller?.templates === undefined ? undefined : new Set(claims.caller.templates)
+            }
+            return {
+              adopt: Effect.suspend(() => {
+                const known = sessions.get(id)
+                if (known !== undefined) return Effect.succeed(known)
+                return create(id, key, claims.client, caller, claims.protocolVersion, false).pipe(
+                  Effect.catchAll((e) => Effect.succeed({ status: 404 as const, message: `Session not found: ${e.message}` }))
+                )
+              })
+            }
+          }
+          if (session.template !== key || session.owner !== owner) return { status: 404, message: "Session not found" }
           session.lastSeen = timer.now()
           return session
         },

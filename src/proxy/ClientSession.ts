@@ -21,6 +21,19 @@ const errorAnswer = (code: number, message: string): SessionAnswer => ({ _tag: "
 export class ClientSession extends EndpointSession {
   /** Held by an aggregate session (one of its members): it lives as long as the aggregate does. */
   heldByAggregate = false
+  /** A session taken over from another replica: how it starts hearing its server (once). */
+  private deferredListen: (() => void) | undefined
+
+  /** Listens only when the client's standing stream reaches this replica (see ClientSessions' takeOver). */
+  listenLater(start: () => void) {
+    this.deferredListen = start
+  }
+
+  override standingStreamOpened() {
+    const start = this.deferredListen
+    this.deferredListen = undefined
+    start?.()
+  }
 
   constructor(
     id: string,

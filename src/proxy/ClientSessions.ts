@@ -1,6 +1,5 @@
 import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Schedule, Scope } from "effect"
 import { canonicalJson, declarationOf } from "../domain/canonicalJson.js"
-import { randomBytes } from "node:crypto"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { isObject, isRequest } from "../domain/JsonRpc.js"
@@ -12,9 +11,10 @@ import type { Connection } from "../transport/Connection.js"
 import { Transport } from "../transport/Transport.js"
 import { RequestTimeout, TransportError } from "../transport/TransportError.js"
 import { ClientSession } from "./ClientSession.js"
-import type { EndpointSessionsShape, SessionRefusal } from "./EndpointSessions.js"
+import type { Adoption, EndpointSessionsShape, SessionRefusal } from "./EndpointSessions.js"
 import { Dispatcher } from "./Dispatcher.js"
 import { Exposure } from "./Exposure.js"
+import { type SessionClaims, SessionSeal } from "./SessionSeal.js"
 import { capabilitiesAllowSharing } from "./processSharing.js"
 import { Timer } from "./Timer.js"
 
@@ -35,7 +35,7 @@ export interface ClientSessionsShape {
    * The session a request names, if this caller may use it; else why not (a session whose
    * server is gone ends here; another caller's session is as good as unknown: 404).
    */
-  readonly resolve: (id: string | undefined, template: string, owner: string) => ClientSession | SessionRefusal
+  readonly resolve: (id: string | undefined, template: string, owner: string) => ClientSession | SessionRefusal | Adoption
   /** Ends a session: stops its requests in flight and closes what was opened for it. False when unknown. */
   readonly close: (id: string) => Effect.Effect<boolean>
   /** Ends every session pinned to an instance (after it drained). */
@@ -60,8 +60,6 @@ export interface ClientSessionsShape {
 /** How often sessions idle past their template's session_idle_timeout are ended (clients that vanished without DELETE). */
 const REAP_EVERY = Duration.seconds(10)
 
-/** 128 bits from the system's CSPRNG, as the MCP spec asks of session ids. */
-const newSessionId = () => randomBytes(16).toString("hex")
 
 /** The protocol version the client gets from a server the gateway initialized itself: the client's, if the gateway speaks it. */
 const versionFor = (initializeParams: Record<string, unknown>) => {
@@ -80,6 +78,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const timer = yield* Timer
       const exposure = yield* Exposure
       const layerScope = yield* Effect.scope
+      // Session ids carry what any replica needs to serve them (see SessionSeal.ts).
+      const seal = new SessionSeal(config.gateway.sessionKeys ?? [])
       const sessions = new Map<string, ClientSession>()
       /** Sessions with a process (SSE session) of their own, by instance: what max_sessions_per_instance caps. */
       const ownProcesses = new Map<InstanceState, number>()
@@ -142,7 +142,20 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           const protocolVersion = versionFor(initializeParams)
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
           const session = add(
-            new ClientSession(newSessionId(), template, undefined, protocolVersion, undefined, false, scope, owner, dispatcher, timer.now(), exposure, declarationOf(initializeParams))
+            new ClientSession(
+              seal.seal({ endpoint: template, owner, protocolVersion, kind: "balanced", client: initializeParams }),
+              template,
+              undefined,
+              protocolVersion,
+              undefined,
+              false,
+              scope,
+              owner,
+              dispatcher,
+              timer.now(),
+              exposure,
+              declarationOf(initializeParams)
+            )
           )
           return { session, result: { ...result, protocolVersion } }
         })
@@ -226,7 +239,16 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             : versionFor(initializeParams)
           const session = add(
             new ClientSession(
-              newSessionId(),
+              seal.seal({
+                endpoint: template,
+                owner,
+                protocolVersion,
+                kind: "pinned",
+                instance: instance.id,
+                backendSession: opened.backend.sessionId?.(),
+                ownProcess: instance.definition.transport !== "http" && opened.own,
+                client: initializeParams
+              }),
               template,
               instance,
               protocolVersion,
@@ -322,7 +344,13 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const resolve: ClientSessionsShape["resolve"] = (id, template, owner) => {
         if (id === undefined || id === "") return { status: 400, message: "Bad Request: Mcp-Session-Id header is required" }
         const session = sessions.get(id)
-        if (session === undefined || session.template !== template || session.owner !== owner) {
+        if (session === undefined) {
+          // Another replica's (or this one's before a restart), if it opens with the shared keys.
+          const claims = seal.shared ? seal.open(id) : undefined
+          if (claims === undefined || claims.endpoint !== template || claims.owner !== owner) return { status: 404, message: "Session not found" }
+          return { adopt: adopt(id, claims) }
+        }
+        if (session.template !== template || session.owner !== owner) {
           return { status: 404, message: "Session not found" }
         }
         const pinned = session.instance
@@ -344,6 +372,71 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         session.lastSeen = timer.now()
         return session
       }
+
+      /** Sessions being taken over, so that concurrent requests of one session take it over once. */
+      const adopting = new Map<string, Deferred.Deferred<ClientSession | SessionRefusal>>()
+
+      /**
+       * Takes over a session another replica opened, from what its id carries: a balanced one
+       * at once; a pinned one on the same instance, through the backend's own session (an HTTP
+       * server keeps it, whichever replica talks to it), a modern server's anew, or the
+       * instance's shared process. A process of the session's own lived on the other replica.
+       */
+      const adopt = (id: string, claims: SessionClaims): Effect.Effect<ClientSession | SessionRefusal> =>
+        Effect.suspend(() => {
+          const pending = adopting.get(id)
+          if (pending !== undefined) return Deferred.await(pending)
+          const done = Deferred.unsafeMake<ClientSession | SessionRefusal>(FiberId.none)
+          adopting.set(id, done)
+          return takeOver(id, claims).pipe(
+            Effect.catchAll((e) => Effect.succeed<SessionRefusal>({ status: 404, message: `Session not found: ${e.message}` })),
+            Effect.tap((outcome) => Deferred.succeed(done, outcome)),
+            Effect.ensuring(Effect.sync(() => adopting.delete(id)))
+          )
+        })
+
+      const takeOver = (id: string, claims: SessionClaims) =>
+        Effect.gen(function*() {
+          const existing = sessions.get(id)
+          if (existing !== undefined) return existing
+          const template = registry.template(claims.endpoint)
+          if (template === undefined) return { status: 404, message: "Session not found: its template is gone" } satisfies SessionRefusal
+          yield* admit(claims.owner)
+          const declaration = declarationOf(claims.client)
+          const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
+          if (claims.kind === "balanced") {
+            const session = new ClientSession(id, claims.endpoint, undefined, claims.protocolVersion, undefined, false, scope, claims.owner, dispatcher, timer.now(), exposure, declaration)
+            yield* Effect.logDebug(`session of template ${claims.endpoint} taken over from another replica (balanced)`)
+            return add(session)
+          }
+          const instance = claims.instance === undefined ? undefined : template.instances.get(claims.instance)
+          const refusal = instance === undefined || instance.draining
+            ? "its server instance was removed"
+            : claims.ownProcess === true
+            ? "its server process ran on another replica of the gateway; initialize again"
+            : instance.status === "unhealthy" || instance.status === "failed"
+            ? `its server instance is ${instance.status}`
+            : undefined
+          if (refusal !== undefined) {
+            yield* Scope.close(scope, Exit.void)
+            return { status: 404, message: `Session not found: ${refusal}` } satisfies SessionRefusal
+          }
+          const backend = yield* transport.openSession(instance!.definition, claims.client, {
+            resume: claims.backendSession === undefined ? undefined : { sessionId: claims.backendSession, protocolVersion: claims.protocolVersion }
+          }).pipe(
+            Effect.tap((connection) => claims.backendSession === undefined && instance!.definition.transport === "http" ? connection.initialize : Effect.void),
+            Scope.extend(scope),
+            Effect.tapErrorCause(() => Scope.close(scope, Exit.void))
+          )
+          const session = add(
+            new ClientSession(id, claims.endpoint, instance, claims.protocolVersion, backend, instance!.definition.transport === "http", scope, claims.owner, dispatcher, timer.now(), exposure, declaration)
+          )
+          // What the server says outside requests is heard once the client's standing stream is
+          // here: the replica that opened the session may still carry it.
+          session.listenLater(() => Effect.runFork(listenForSession(session, backend).pipe(Effect.catchAllCause(() => Effect.void))))
+          yield* Effect.logDebug(`session of template ${claims.endpoint} taken over from another replica (pinned to ${instance!.id})`)
+          return session
+        })
 
       const closePinnedTo = (instance: InstanceState) =>
         Effect.forEach(

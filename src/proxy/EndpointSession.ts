@@ -125,6 +125,9 @@ export abstract class EndpointSession {
   /** Whether something behind the session can carry what servers say outside requests (a listen honours nothing otherwise). */
   abstract get canListen(): boolean
 
+  /** The client opened its standing stream here: a session taken over from another replica starts hearing its server. */
+  standingStreamOpened(): void {}
+
   /**
    * Where a question the server asked outside any request's relay goes (a process of the
    * session's own says nothing of which request it concerns): the latest request in flight

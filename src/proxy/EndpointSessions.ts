@@ -9,6 +9,14 @@ export interface SessionRefusal {
   readonly message: string
 }
 
+/**
+ * A session this replica does not hold, whose id another replica of the gateway sealed (or this
+ * one, before a restart): it is taken over on first use, from what the id carries.
+ */
+export interface Adoption {
+  readonly adopt: Effect.Effect<EndpointSession | SessionRefusal>
+}
+
 export interface OpenedSession {
   readonly session: EndpointSession
   /** The answer to the client's `initialize`. */
@@ -29,8 +37,8 @@ export interface EndpointSessionsShape {
   readonly forwardHeaders: (endpoint: string) => ReadonlyArray<string>
   /** Opens a session for a client's `initialize`. */
   readonly open: (endpoint: string, initializeParams: Record<string, unknown>, caller: Identity) => Effect.Effect<OpenedSession, DispatchError | SessionLimitReached>
-  /** The session a request names, if this caller may use it; else why not. */
-  readonly resolve: (id: string | undefined, endpoint: string, owner: string) => EndpointSession | SessionRefusal
+  /** The session a request names, if this caller may use it (at once, or once taken over); else why not. */
+  readonly resolve: (id: string | undefined, endpoint: string, owner: string) => EndpointSession | SessionRefusal | Adoption
   /** Ends a session. False when unknown. */
   readonly close: (id: string) => Effect.Effect<boolean>
   /** The session that serves a modern (2026-07-28) client, which has no session of its own (one per caller and declared client). */

@@ -1,6 +1,8 @@
 import { Context, Effect, Layer } from "effect"
 import { GatewayConfig, type RateLimit } from "../config/GatewayConfig.js"
 import { Registry } from "../registry/Registry.js"
+import { FleetRedis } from "../fleet/FleetRedis.js"
+import { type FleetBucket, makeFleetBuckets } from "../fleet/fleetRateLimit.js"
 import { Timer } from "./Timer.js"
 
 /** The verdict on one request, with what the RateLimit-* headers say (of the tightest bucket that applied). */
@@ -17,14 +19,17 @@ export interface RateDecision {
   readonly refusedBy?: "client" | "template" | undefined
 }
 
+/** A verdict now, or (buckets shared by the fleet, in Redis) soon. */
+export type Admission = RateDecision | Promise<RateDecision>
+
 export interface RateLimiterShape {
   /**
    * Takes one token from the client's bucket and, for an MCP operation, from the template's;
    * from both or from neither, so a refused request costs nothing.
    */
-  readonly admit: (client: string, template?: string) => RateDecision
+  readonly admit: (client: string, template?: string) => Admission
   /** Takes one token from the template's bucket alone: a request an aggregate routes to it (the client's bucket paid at the door). */
-  readonly admitTemplate: (template: string) => RateDecision
+  readonly admitTemplate: (template: string) => Admission
 }
 
 /** Buckets kept for clients that are idle (full); past this many, full buckets are dropped (they hold nothing). */
@@ -53,12 +58,13 @@ class Bucket {
  * TestClock drives refills in tests.
  */
 export class RateLimiter extends Context.Tag("mcp-gateway/RateLimiter")<RateLimiter, RateLimiterShape>() {
-  static readonly layer: Layer.Layer<RateLimiter, never, GatewayConfig | Registry | Timer> = Layer.effect(
+  static readonly layer: Layer.Layer<RateLimiter, never, GatewayConfig | Registry | Timer | FleetRedis> = Layer.effect(
     RateLimiter,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
       const registry = yield* Registry
       const timer = yield* Timer
+      const fleet = yield* FleetRedis
       const { perClient, perTemplate } = config.gateway.rateLimits
       const clients = new Map<string, Bucket>()
       const templates = new Map<string, Bucket>()
@@ -97,9 +103,7 @@ export class RateLimiter extends Context.Tag("mcp-gateway/RateLimiter")<RateLimi
         }
       }
 
-      return {
-        admitTemplate,
-        admit: (client, template) => {
+      const admitHere = (client: string, template: string | undefined): RateDecision => {
           const templateLimit = template === undefined ? undefined : registry.template(template)?.rateLimit ?? perTemplate
           if (perClient === undefined && templateLimit === undefined) return unlimited
           const now = timer.now()
@@ -118,6 +122,26 @@ export class RateLimiter extends Context.Tag("mcp-gateway/RateLimiter")<RateLimi
             retryAfterSeconds: Math.max(1, empty === undefined ? 0 : empty[0].secondsUntil(1)),
             refusedBy: empty?.[1]
           }
+      }
+
+      if (fleet.status() === "off") return { admit: admitHere, admitTemplate }
+
+      // Replicas: the buckets are the fleet's, in Redis. While Redis cannot answer, each
+      // replica counts with its own buckets (a limit per replica beats none).
+      const shared = makeFleetBuckets(fleet)
+      const inFleet = (buckets: ReadonlyArray<FleetBucket>, here: () => RateDecision): Admission =>
+        buckets.length === 0 ? unlimited : fleet.status() !== "ok" ? here() : shared(buckets).catch(here)
+      return {
+        admit: (client, template) => {
+          const templateLimit = template === undefined ? undefined : registry.template(template)?.rateLimit ?? perTemplate
+          const buckets: Array<FleetBucket> = []
+          if (perClient !== undefined) buckets.push({ key: client, limit: perClient, kind: "client" })
+          if (templateLimit !== undefined && template !== undefined) buckets.push({ key: template, limit: templateLimit, kind: "template" })
+          return inFleet(buckets, () => admitHere(client, template))
+        },
+        admitTemplate: (template) => {
+          const limit = registry.template(template)?.rateLimit ?? perTemplate
+          return inFleet(limit === undefined ? [] : [{ key: template, limit, kind: "template" }], () => admitTemplate(template))
         }
       }
     })

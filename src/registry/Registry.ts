@@ -4,6 +4,7 @@ import {
   InstanceNotFound,
   RegistrationConflict,
   RegistryStorageError,
+  type RegistryUnavailable,
   TemplateNotFound
 } from "../domain/GatewayError.js"
 import {
@@ -22,8 +23,11 @@ import {
   resolveLoadBalancer
 } from "../domain/LoadBalancer.js"
 import { InstanceState } from "./InstanceState.js"
-import { DiffBuilder, diffChangedSomething, type RegistryDiff } from "./RegistryDiff.js"
-import { type PersistedRegistry, readRegistryFile, writeRegistryFile } from "./RegistryFile.js"
+import { describeDiff, DiffBuilder, diffChangedSomething, type RegistryDiff } from "./RegistryDiff.js"
+import { emptyRegistry, type PersistedRegistry } from "./RegistryFile.js"
+import { fileStore, memoryStore, type RegistryStoreShape, type StoredChange } from "./RegistryStore.js"
+import { FleetRedis } from "../fleet/FleetRedis.js"
+import { redisRegistryStore } from "../fleet/RedisRegistryStore.js"
 import type { ExposureInput } from "../domain/Exposure.js"
 
 /**
@@ -79,8 +83,8 @@ export interface RegistryShape {
   readonly get: (name: string) => Effect.Effect<TemplateState, TemplateNotFound>
   /** Settings a new template would get from this load_balancer input (for validating before registering). */
   readonly settingsFor: (input: LoadBalancerInput | undefined) => LoadBalancerSettings
-  readonly register: (registration: Registration) => Effect.Effect<InstanceState, RegistrationConflict | RegistryStorageError>
-  readonly deregister: (template: string, instanceId: string) => Effect.Effect<InstanceState, InstanceNotFound | RegistryStorageError>
+  readonly register: (registration: Registration) => Effect.Effect<InstanceState, RegistrationConflict | RegistryStorageError | RegistryUnavailable>
+  readonly deregister: (template: string, instanceId: string) => Effect.Effect<InstanceState, InstanceNotFound | RegistryStorageError | RegistryUnavailable>
   /**
    * Makes the config's templates and instances what `templates` says (a reload): new ones start,
    * removed ones drain, changed settings apply to the next request. Instances registered through
@@ -98,15 +102,23 @@ export interface RegistryShape {
 }
 
 export class Registry extends Context.Tag("mcp-gateway/Registry")<Registry, RegistryShape>() {
-  /** Templates from the config, plus the registry file's registrations when `registry_file` is set. */
-  static readonly layer: Layer.Layer<Registry, RegistryStorageError, GatewayConfig> = Layer.scoped(
+  /**
+   * Templates from the config, plus the run-time registrations of its store: the registry file
+   * when `registry_file` is set, Redis when `registry.store` is (shared by replicas), else none.
+   */
+  static readonly layer: Layer.Layer<Registry, RegistryStorageError, GatewayConfig | FleetRedis> = Layer.scoped(
     Registry,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
+      const fleet = yield* FleetRedis
       return yield* makeRegistry({
         templates: config.templates,
         defaults: config.gateway.defaults,
-        file: config.gateway.registryFile,
+        store: fleet.status() !== "off"
+          ? redisRegistryStore(fleet)
+          : config.gateway.registryFile === undefined
+          ? memoryStore
+          : fileStore(config.gateway.registryFile),
         allowStdio: config.gateway.allowStdioRegistration
       })
     })
@@ -116,7 +128,10 @@ export class Registry extends Context.Tag("mcp-gateway/Registry")<Registry, Regi
 export const makeRegistry = (options: {
   readonly templates: ReadonlyArray<TemplateConfig>
   readonly defaults: LoadBalancerSettings
+  /** The registry file (or give `store`). */
   readonly file?: string | undefined
+  /** Where registrations live (default: the file, or nowhere). */
+  readonly store?: RegistryStoreShape | undefined
   /** Whether stdio instances may come from the registry file (they run a command on this host). */
   readonly allowStdio?: boolean | undefined
 }): Effect.Effect<RegistryShape, RegistryStorageError, Scope.Scope> =>
@@ -142,16 +157,21 @@ export const makeRegistry = (options: {
      * the file is lost by an operator turning the setting off.
      */
     const refused = new Map<string, PersistedRegistry["templates"][string]>()
+    const store = options.store ?? (options.file === undefined ? memoryStore : fileStore(options.file))
 
-    if (options.file !== undefined) {
-      const persisted = yield* readRegistryFile(options.file)
+    if (store !== memoryStore) {
+      // A shared store that cannot be reached now: start from the config; its registrations
+      // arrive when it is back (store.external).
+      const persisted = yield* store.load.pipe(
+        Effect.catchTag("RegistryUnavailable", (e) => Effect.as(Effect.logError(`registry: ${e.message}; starting without its registrations`), emptyRegistry))
+      )
       for (const [name, persistedEntry] of Object.entries(persisted.templates)) {
         let entry = persistedEntry
         if (options.allowStdio !== true && entry.instances.some((spec) => spec.transport === "stdio")) {
           const stdio = entry.instances.filter((spec) => spec.transport === "stdio")
           refused.set(name, { ...entry, instances: stdio })
           yield* Effect.logError(
-            `registry file ${options.file}: not starting ${stdio.length} stdio instance(s) of template "${name}" ` +
+            `${store.name}: not starting ${stdio.length} stdio instance(s) of template "${name}" ` +
               `(${stdio.map((spec) => spec.id ?? "(no id)").join(", ")}): stdio registration is off ` +
               `(gateway.allow_stdio_registration); they stay in the file`
           )
@@ -176,7 +196,7 @@ export const makeRegistry = (options: {
           const id = spec.id ?? nextId(template)
           if (template.instances.has(id)) {
             yield* Effect.logWarning(
-              `registry file: instance "${id}" of template "${name}" is also in the config; the config's definition wins`
+              `${store.name}: instance "${id}" of template "${name}" is also in the config; the config's definition wins`
             )
             continue
           }
@@ -185,16 +205,14 @@ export const makeRegistry = (options: {
       }
       let count = 0
       for (const t of templates.values()) for (const i of t.instances.values()) if (i.definition.source === "api") count++
-      yield* Effect.logInfo(`registry: ${count} run-time registrations from ${options.file}`)
+      yield* Effect.logInfo(`registry: ${count} run-time registrations from ${store.name}`)
     }
 
     const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<RegistryChange>(), PubSub.shutdown)
     // One change at a time: mutate, persist, and roll back if the file cannot be written.
     const lock = yield* Effect.makeSemaphore(1)
 
-    const persist: Effect.Effect<void, RegistryStorageError> = options.file === undefined
-      ? Effect.void
-      : Effect.suspend(() => writeRegistryFile(options.file!, snapshot(templates, refused)))
+    const persist = (change: StoredChange) => Effect.suspend(() => store.save(snapshot(templates, refused), change))
 
     const register = (registration: Registration) =>
       lock.withPermits(1)(Effect.gen(function*() {
@@ -224,12 +242,14 @@ export const makeRegistry = (options: {
         const instance = new InstanceState(defineInstance(template.name, id, { ...registration.spec, id }, "api"))
         template.instances.set(id, instance)
         if (existing === undefined) templates.set(template.name, template)
-        yield* persist.pipe(Effect.tapError(() =>
-          Effect.sync(() => {
-            template.instances.delete(id)
-            if (existing === undefined) templates.delete(template.name)
-          })
-        ))
+        yield* persist({ _tag: "Registered", template: template.name, id, spec: specOf(instance.definition), loadBalancer: existing === undefined ? registration.loadBalancer : undefined }).pipe(
+          Effect.tapError(() =>
+            Effect.sync(() => {
+              template.instances.delete(id)
+              if (existing === undefined) templates.delete(template.name)
+            })
+          )
+        )
         yield* PubSub.publish(pubsub, { _tag: "InstanceAdded", instance } as RegistryChange)
         yield* Effect.logInfo(`registry: registered ${template.name}/${id} (${instance.definition.transport})`)
         return instance
@@ -247,21 +267,25 @@ export const makeRegistry = (options: {
         // A template that only the API created goes away with its last instance.
         const dropTemplate = template.source === "api" && template.instances.size === 0
         if (dropTemplate) templates.delete(templateName)
-        yield* persist.pipe(Effect.tapError(() =>
+        yield* persist({ _tag: "Deregistered", template: templateName, id: instanceId, templateDropped: dropTemplate }).pipe(
+          // (A deregistration conflicts with nothing.)
+          Effect.catchTag("RegistrationConflict", (e) => Effect.die(e)),
+          Effect.tapError(() =>
           Effect.sync(() => {
             instance.draining = false
             template.instances.set(instanceId, instance)
             if (dropTemplate) templates.set(templateName, template)
           })
-        ))
+        )
+        )
         yield* PubSub.publish(pubsub, { _tag: "InstanceRemoved", instance, settings: template.settings } as RegistryChange)
         yield* Effect.logInfo(`registry: deregistered ${templateName}/${instanceId}`)
         return instance
       }))
 
     /** A reconciliation does not change what the API registered, so a failed write is logged, not undone. */
-    const persistQuietly = persist.pipe(
-      Effect.catchAll((e) => Effect.logError(`registry: ${e.message} (the change applies; the file keeps its old content)`))
+    const persistQuietly = persist({ _tag: "Other" }).pipe(
+      Effect.catchAll((e) => Effect.logError(`registry: ${e.message} (the change applies; ${store.name} keeps its old content)`))
     )
 
     const addInstance = (template: MutableTemplate, definition: InstanceDefinition, events: Array<RegistryChange>) => {
@@ -448,6 +472,43 @@ export const makeRegistry = (options: {
         yield* publishAll(events)
         return result
       }))
+
+    /**
+     * What a shared store says the run-time registrations are now (another replica registered or
+     * deregistered, or the store came back): the API's instances become that, as if registered
+     * here; config and discovered instances keep their ids. Nothing is written back.
+     */
+    const applyStored = (stored: PersistedRegistry) =>
+      lock.withPermits(1)(Effect.gen(function*() {
+        const diff = new DiffBuilder()
+        const events: Array<RegistryChange> = []
+        for (const [name, entry] of Object.entries(stored.templates)) {
+          const specs = entry.instances.filter((spec) => options.allowStdio === true || spec.transport !== "stdio")
+          let template = templates.get(name)
+          if (template === undefined) {
+            if (specs.length === 0 && entry.load_balancer === undefined) continue
+            template = { name, settings: settingsFor(entry.load_balancer), loadBalancerInput: entry.load_balancer, source: "api", forwardHeaders: [], rateLimit: undefined, exposure: undefined, instances: new Map() }
+            templates.set(name, template)
+            diff.templatesAdded.push(name)
+          }
+          const wanted = specs.filter((spec) => spec.id !== undefined).map((spec) => defineInstance(name, spec.id!, spec, "api"))
+          reconcileInstances(template, "api", wanted, diff, events, (held) => held === "config" ? "the config has an instance of that id" : undefined)
+        }
+        for (const template of Array.from(templates.values())) {
+          if (template.name in stored.templates) continue
+          for (const current of Array.from(template.instances.values())) {
+            if (current.definition.source !== "api") continue
+            removeInstance(template, current, events)
+            diff.removed.push(`${template.name}/${current.id}`)
+          }
+          if (template.source === "api") releaseTemplate(template, diff)
+        }
+        yield* publishAll(events)
+        const result = diff.build()
+        if (diffChangedSomething(result)) yield* Effect.logInfo(`registry: ${store.name} changed (another replica): ${describeDiff(result)}`)
+        return result
+      }))
+    yield* store.external.pipe(Stream.runForEach(applyStored), Effect.forkScoped)
 
     const registry: RegistryShape = {
       template: (name) => templates.get(name),

@@ -99,6 +99,8 @@ export interface Connection {
    * undefined for an old server, or before the connection is open).
    */
   readonly discovered?: () => Record<string, unknown> | undefined
+  /** The backend's own session id (an old Streamable HTTP server's `Mcp-Session-Id`), once there is one. */
+  readonly sessionId?: () => string | undefined
   /** Sends a notification to the server (e.g. a client's `notifications/roots/list_changed`). */
   readonly notify: (method: string, params: Record<string, unknown> | undefined) => Effect.Effect<void>
   /** Stops the process (its whole group) or ends the session; later requests fail. */

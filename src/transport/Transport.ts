@@ -26,7 +26,14 @@ export interface TransportShape {
     instance: InstanceDefinition,
     initializeParams: Record<string, unknown>,
     /** stdio and legacy SSE: a process (SSE session) of its own for the client session instead of the shared one. */
-    options?: { readonly ownProcess?: boolean }
+    options?: {
+      readonly ownProcess?: boolean
+      /**
+       * HTTP: go on with a session the server already has (opened by another replica of the
+       * gateway), by its id and version, instead of initializing a new one.
+       */
+      readonly resume?: { readonly sessionId: string; readonly protocolVersion: string } | undefined
+    }
   ) => Effect.Effect<Connection, TransportError, Scope.Scope>
   /** The instance's answer to the gateway's own `initialize` (starting it or opening its session if need be). */
   readonly initializeResult: (instance: InstanceDefinition) => Effect.Effect<Record<string, unknown>, TransportError>
@@ -148,7 +155,12 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
             return Effect.flatMap(Effect.scope, (scope) =>
               Effect.acquireRelease(
                 Effect.sync(() =>
-                  makeHttpConnection(instance, envFor(instance, scope, false), { initializeParams, renewLostSession: false, era: eraOf(instance) })
+                  makeHttpConnection(instance, envFor(instance, scope, false), {
+                    initializeParams,
+                    renewLostSession: false,
+                    era: eraOf(instance),
+                    resume: options?.resume
+                  })
                 ),
                 (connection) => connection.close
               ))

@@ -104,15 +104,24 @@ export const makeHttpConnection = (
     readonly renewLostSession?: boolean | undefined
     /** Which revision the instance spoke last time: tried first, so an old server is not probed on every session. */
     readonly era?: EraMemory | undefined
+    /** A session the server already has (another replica opened it): used as it is, not initialized again. */
+    readonly resume?: { readonly sessionId: string; readonly protocolVersion: string } | undefined
   } = {}
 ): Connection => {
   const { log, scope } = env
   const url = new URL(instance.endpoint)
   const client = url.protocol === "https:" ? https : http
   const agent = new client.Agent({ keepAlive: true, maxSockets: 256 })
-  let session: Deferred.Deferred<Session, TransportError> | undefined
   /** The session once established: requests use it directly, without awaiting anything. */
-  let established: Session | undefined
+  let established: Session | undefined = options.resume === undefined
+    ? undefined
+    : { era: "legacy", id: options.resume.sessionId, protocolVersion: options.resume.protocolVersion, initializeResult: {} }
+  let session: Deferred.Deferred<Session, TransportError> | undefined = undefined
+  if (established !== undefined) {
+    const resumed = Deferred.unsafeMake<Session, TransportError>(FiberId.none)
+    Deferred.unsafeDone(resumed, Effect.succeed(established))
+    session = resumed
+  }
   let nextId = 1
   let closed = false
   /** The server forgot the session this connection was opened for (see renewLostSession). */
@@ -805,6 +814,7 @@ export const makeHttpConnection = (
 
   return {
     discovered: () => (established?.era === "modern" ? established.discover : undefined),
+    sessionId: () => (established?.era === "legacy" ? established.id : undefined),
     generation: () => generation,
     alive: () => !closed && !sessionLost,
     listen,

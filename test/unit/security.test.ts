@@ -4,13 +4,14 @@ import * as jose from "jose"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { FleetRedis } from "../../src/fleet/FleetRedis.js"
 import { GatewayConfig, type GatewayConfigShape, loadGatewayConfig } from "../../src/config/GatewayConfig.js"
 import { digestOf, findKey, hashApiKey, newApiKey } from "../../src/domain/apiKey.js"
 import { allows, type Identity } from "../../src/domain/Identity.js"
 import { redactCommand, redactUrl, redactUrlsIn } from "../../src/domain/redact.js"
 import { Authenticator } from "../../src/http/auth/Authenticator.js"
 import { nestsDeeperThan } from "../../src/http/raw.js"
-import { RateLimiter } from "../../src/proxy/RateLimiter.js"
+import { type Admission, type RateDecision, RateLimiter } from "../../src/proxy/RateLimiter.js"
 import { Timer } from "../../src/proxy/Timer.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { testConfig } from "../support/testConfig.js"
@@ -76,10 +77,17 @@ describe("scopes", () => {
   })
 })
 
+/** A local limiter's verdict (a fleet's would be a promise). */
+const decided = (admission: Admission): RateDecision => {
+  if (admission instanceof Promise) throw new Error("expected a verdict of the replica's own buckets")
+  return admission
+}
+
 describe("rate limits", () => {
   const limiter = (config: GatewayConfigShape) =>
     Layer.mergeAll(RateLimiter.layer).pipe(
       Layer.provide(Registry.layer),
+      Layer.provide(FleetRedis.off),
       Layer.provide(Timer.fromClock),
       Layer.provide(GatewayConfig.layer(config))
     )
@@ -91,32 +99,32 @@ describe("rate limits", () => {
   it.scoped("a burst gets exactly `burst` requests through, then refills at the rate", () =>
     Effect.gen(function*() {
       const rl = yield* RateLimiter
-      const verdicts = Array.from({ length: 20 }, () => rl.admit("c1", "t"))
+      const verdicts = Array.from({ length: 20 }, () => decided(rl.admit("c1", "t")))
       expect(verdicts.filter((v) => v.allowed)).toHaveLength(5)
       const refused = verdicts.at(-1)!
       expect(refused).toMatchObject({ allowed: false, limit: 5, remaining: 0, retryAfterSeconds: 1, refusedBy: "client" })
       expect(refused.resetSeconds).toBe(3)
       // Another client has its own bucket.
-      expect(rl.admit("c2", "t").allowed).toBe(true)
+      expect(decided(rl.admit("c2", "t")).allowed).toBe(true)
       // Half a second gives one token back (2 per second).
       yield* TestClock.adjust(Duration.millis(499))
-      expect(rl.admit("c1", "t").allowed).toBe(false)
+      expect(decided(rl.admit("c1", "t")).allowed).toBe(false)
       yield* TestClock.adjust(Duration.millis(1))
-      expect(rl.admit("c1", "t").allowed).toBe(true)
-      expect(rl.admit("c1", "t").allowed).toBe(false)
+      expect(decided(rl.admit("c1", "t")).allowed).toBe(true)
+      expect(decided(rl.admit("c1", "t")).allowed).toBe(false)
       yield* TestClock.adjust(Duration.seconds(10))
-      expect(Array.from({ length: 10 }, () => rl.admit("c1", "t")).filter((v) => v.allowed)).toHaveLength(5)
+      expect(Array.from({ length: 10 }, () => decided(rl.admit("c1", "t"))).filter((v) => v.allowed)).toHaveLength(5)
     }).pipe(Effect.provide(limiter(withLimits({ perSecond: 2, burst: 5 })))))
 
   it.scoped("a template's limit holds across clients, and a refused request costs the client nothing", () =>
     Effect.gen(function*() {
       const rl = yield* RateLimiter
-      const results = Array.from({ length: 6 }, (_, i) => rl.admit(`client-${i}`, "t"))
+      const results = Array.from({ length: 6 }, (_, i) => decided(rl.admit(`client-${i}`, "t")))
       expect(results.map((r) => r.allowed)).toEqual([true, true, true, false, false, false])
       expect(results[3]).toMatchObject({ refusedBy: "template" })
       // Another template is not affected; no client lost a token to the refusals.
-      expect(rl.admit("client-3", "u").allowed).toBe(true)
-      expect(rl.admit("client-3", "u").allowed).toBe(true)
+      expect(decided(rl.admit("client-3", "u")).allowed).toBe(true)
+      expect(decided(rl.admit("client-3", "u")).allowed).toBe(true)
     }).pipe(Effect.provide(limiter(withLimits({ perSecond: 100, burst: 2 }, { perSecond: 1, burst: 3 })))))
 })
 

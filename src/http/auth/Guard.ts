@@ -139,7 +139,12 @@ export const makeGuard = Effect.gen(function*() {
 
       const address = req.socket.remoteAddress ?? "unknown"
       const limited = (identity: Identity) => {
-        const decision: RateDecision = limiter.admit(identity.id, requirement.templateLimited ? requirement.template : undefined)
+        const admission = limiter.admit(identity.id, requirement.templateLimited ? requirement.template : undefined)
+        // (A promise only when the buckets are the fleet's, in Redis.)
+        if (admission instanceof Promise) return void admission.then((decision) => decided(identity, decision))
+        decided(identity, admission)
+      }
+      const decided = (identity: Identity, decision: RateDecision) => {
         const headers: Record<string, string> = { ...cors }
         if (decision.limit !== undefined) {
           headers["ratelimit-limit"] = String(decision.limit)

@@ -9,6 +9,7 @@ import type { EndpointSessionsShape } from "../../proxy/EndpointSessions.js"
 import { type RunEffect, sendJson } from "../raw.js"
 import { makeRequestTelemetry } from "../requestTelemetry.js"
 import { makePostHandler } from "./post.js"
+import { withSession } from "./resolved.js"
 import { rpcError } from "./rpc.js"
 import { makeStandingStreams } from "./standingStream.js"
 
@@ -51,7 +52,7 @@ const endpointFor = (sessions: EndpointSessionsShape, config: typeof GatewayConf
     // As long as a request may take: the client's answer (a person filling a form) may take that long.
     inputWaitMs: Duration.toMillis(config.gateway.defaults.max_timeout)
   })
-  const standing = makeStandingStreams(sessions)
+  const standing = makeStandingStreams(sessions, run)
 
   const handle = (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, endpoint: string, identity: Identity) => {
     switch (req.method) {
@@ -62,10 +63,10 @@ const endpointFor = (sessions: EndpointSessionsShape, config: typeof GatewayConf
       case "DELETE": {
         req.resume()
         const sessionId = req.headers["mcp-session-id"]
-        const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, endpoint, identity.id)
-        if (!("id" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
-        run(sessions.close(session.id)).addObserver(() => res.writeHead(200).end())
-        return
+        return withSession(sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, endpoint, identity.id), run, (session) => {
+          if (!("id" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
+          run(sessions.close(session.id)).addObserver(() => res.writeHead(200).end())
+        })
       }
       default:
         req.resume()

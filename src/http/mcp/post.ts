@@ -20,6 +20,7 @@ import type { makeRequestTelemetry } from "../requestTelemetry.js"
 import { makeModernHandler } from "./modern.js"
 import { isModernVersion } from "../../domain/ModernProtocol.js"
 import { envelopeVersion } from "./modernEnvelope.js"
+import { withSession } from "./resolved.js"
 import { accepts, rpcError, sessionFailureAnswer } from "./rpc.js"
 import { carry, openRequestStream, writeOneEventStream } from "./sse.js"
 
@@ -197,38 +198,39 @@ export const makePostHandler = (deps: {
         return initialize(req, res, requestId, template, message.id, isObject(message.params) ? message.params : {}, caller)
       }
       const sessionId = req.headers["mcp-session-id"]
-      const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, owner)
-      if (!("id" in session)) {
-        return sendJson(res, session.status, rpcError(isRequest(message) ? message.id : null, ErrorCode.InvalidRequest, session.message))
-      }
-      if (isRequest(message)) {
-        return forward(
-          req,
-          requestId,
-          res,
-          session,
-          message.id,
-          message.method,
-          isObject(message.params) ? message.params : undefined,
-          forwardedHeaders(req, deps.forwardHeaders(template), requestId)
-        )
-      }
-      if (isNotification(message)) {
-        if (message.method === "notifications/cancelled" && isObject(message.params)) session.cancel(message.params.requestId)
-        // notifications/initialized: the gateway completed the backend's handshake itself.
-        else if (message.method !== "notifications/initialized") {
-          run(session.notify(message.method, isObject(message.params) ? message.params : undefined))
+      withSession(sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, owner), run, (session) => {
+        if (!("id" in session)) {
+          return sendJson(res, session.status, rpcError(isRequest(message) ? message.id : null, ErrorCode.InvalidRequest, session.message))
         }
-        res.writeHead(202).end()
-        return
-      }
-      if (isResponse(message)) {
-        // The client's answer to a server→client request the gateway relayed.
-        session.answerServerRequest(message)
-        res.writeHead(202).end()
-        return
-      }
-      sendJson(res, 400, rpcError(null, ErrorCode.InvalidRequest, "Bad Request: not a JSON-RPC request, notification or response"))
+        if (isRequest(message)) {
+          return forward(
+            req,
+            requestId,
+            res,
+            session,
+            message.id,
+            message.method,
+            isObject(message.params) ? message.params : undefined,
+            forwardedHeaders(req, deps.forwardHeaders(template), requestId)
+          )
+        }
+        if (isNotification(message)) {
+          if (message.method === "notifications/cancelled" && isObject(message.params)) session.cancel(message.params.requestId)
+          // notifications/initialized: the gateway completed the backend's handshake itself.
+          else if (message.method !== "notifications/initialized") {
+            run(session.notify(message.method, isObject(message.params) ? message.params : undefined))
+          }
+          res.writeHead(202).end()
+          return
+        }
+        if (isResponse(message)) {
+          // The client's answer to a server→client request the gateway relayed.
+          session.answerServerRequest(message)
+          res.writeHead(202).end()
+          return
+        }
+        sendJson(res, 400, rpcError(null, ErrorCode.InvalidRequest, "Bad Request: not a JSON-RPC request, notification or response"))
+      })
     })
   }
 }

@@ -2,7 +2,8 @@ import type * as http from "node:http"
 import { ErrorCode } from "../../domain/JsonRpc.js"
 import type { EndpointSession } from "../../proxy/EndpointSession.js"
 import type { EndpointSessionsShape } from "../../proxy/EndpointSessions.js"
-import { sendJson } from "../raw.js"
+import { type RunEffect, sendJson } from "../raw.js"
+import { withSession } from "./resolved.js"
 import { accepts, rpcError } from "./rpc.js"
 import { carry, openStream, writeEvent } from "./sse.js"
 
@@ -16,7 +17,7 @@ const KEEP_ALIVE_MS = 25_000
  * stream per session: a new one replaces the old. `endAll` ends every standing stream at once
  * (shutdown: they would otherwise hold the server open for the whole drain).
  */
-export const makeStandingStreams = (sessions: EndpointSessionsShape) => {
+export const makeStandingStreams = (sessions: EndpointSessionsShape, run: RunEffect) => {
   const open = new Map<EndpointSession, () => void>()
 
   const handle = (req: http.IncomingMessage, res: http.ServerResponse, template: string, owner: string) => {
@@ -24,8 +25,13 @@ export const makeStandingStreams = (sessions: EndpointSessionsShape) => {
       return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list text/event-stream"))
     }
     const sessionId = req.headers["mcp-session-id"]
-    const session = sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, owner)
-    if (!("id" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
+    withSession(sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, owner), run, (session) => {
+      if (!("id" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
+      carryStanding(req, res, session)
+    })
+  }
+
+  const carryStanding = (req: http.IncomingMessage, res: http.ServerResponse, session: EndpointSession) => {
     const resume = /^(\d+)-(\d+)$/.exec(String(req.headers["last-event-id"] ?? ""))
     const resumed = resume === null || resume[1] === "0" ? undefined : session.stream(resume[1]!)
     if (resumed !== undefined) {
@@ -33,6 +39,8 @@ export const makeStandingStreams = (sessions: EndpointSessionsShape) => {
       return carry(res, resume![1]!, resumed, Number(resume![2]))
     }
     open.get(session)?.()
+    // A session taken over from another replica hears its server from now on (that replica's stream, if any, has gone).
+    session.standingStreamOpened()
     openStream(res, "open")
     const detach = session.outbox.attach(
       (seq, message) => writeEvent(res, `0-${seq}`, message),

@@ -1,0 +1,99 @@
+import { Context, Effect, Layer, Runtime } from "effect"
+import { Redis } from "ioredis"
+import { GatewayConfig } from "../config/GatewayConfig.js"
+import { redactUrl } from "../domain/redact.js"
+
+/** How the gateway stands with the Redis its replicas share. */
+export type FleetStatus = "off" | "ok" | "down"
+
+export interface FleetRedisShape {
+  /** `off`: no Redis configured (a gateway on its own); `down`: configured and not reachable now. */
+  readonly status: () => FleetStatus
+  /** The key prefix every key of this fleet has (`mcpgw:`). */
+  readonly prefix: string
+  /** Commands; fail at once while Redis is down (nothing is queued: a caller decides what that means). */
+  readonly command: Redis | undefined
+  /** Calls `handler` with every message published on `channel` (by any replica, this one included). */
+  readonly subscribe: (channel: string, handler: (message: string) => void) => void
+  /** Calls `handler` each time the connection is (re)established: the time to catch up. */
+  readonly onReady: (handler: () => void) => void
+  /** A description for logs (the URL without its password). */
+  readonly describe: string
+}
+
+/**
+ * The Redis connection replicas share (`registry.store: "redis"`): one connection for commands,
+ * one for subscriptions, reconnecting on their own (every 0.2 s to 2 s). While it is down,
+ * commands fail at once instead of queueing, so a registration is refused with a 503 rather than
+ * left hanging, and the hot path never waits for Redis. Without a Redis in the config, `off`.
+ */
+const OFF: FleetRedisShape = { status: () => "off", prefix: "", command: undefined, subscribe: () => undefined, onReady: () => undefined, describe: "" }
+
+export class FleetRedis extends Context.Tag("mcp-gateway/FleetRedis")<FleetRedis, FleetRedisShape>() {
+  /** No Redis: a gateway on its own (and what tools that only read a config use). */
+  static readonly off: Layer.Layer<FleetRedis> = Layer.succeed(FleetRedis, OFF)
+
+  static readonly layer: Layer.Layer<FleetRedis, never, GatewayConfig> = Layer.scoped(
+    FleetRedis,
+    Effect.gen(function*() {
+      const config = yield* GatewayConfig
+      const settings = config.gateway.registryStore
+      if (settings?.kind !== "redis") return OFF
+      const describe = redactUrl(settings.url)
+      const options = {
+        lazyConnect: true,
+        enableOfflineQueue: false,
+        maxRetriesPerRequest: 1,
+        connectTimeout: 2_000,
+        retryStrategy: (times: number) => Math.min(200 * times, 2_000)
+      }
+      const command = new Redis(settings.url, options)
+      const subscriber = new Redis(settings.url, { ...options, enableOfflineQueue: true, maxRetriesPerRequest: null })
+      let status = "down" as FleetStatus
+      const readyHandlers: Array<() => void> = []
+      const runtime = yield* Effect.runtime<never>()
+      const log = (effect: Effect.Effect<void>) => void Runtime.runFork(runtime)(effect)
+      let wasReady = false
+      command.on("ready", () => {
+        status = "ok"
+        log(Effect.logInfo(wasReady ? `Redis ${describe} is back` : `connected to Redis ${describe}`))
+        wasReady = true
+        for (const handler of readyHandlers) handler()
+      })
+      command.on("end", () => void (status = "down"))
+      command.on("close", () => {
+        if (status === "ok") log(Effect.logError(`lost Redis ${describe}: serving from the last known registry; registrations are refused until it is back`))
+        status = "down"
+      })
+      command.on("error", () => undefined)
+      subscriber.on("error", () => undefined)
+      const handlers = new Map<string, Array<(message: string) => void>>()
+      subscriber.on("message", (channel: string, message: string) => {
+        for (const handler of handlers.get(channel) ?? []) handler(message)
+      })
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          command.disconnect()
+          subscriber.disconnect()
+        })
+      )
+      // Connected before anything reads the registry, if it can be: a replica that starts while Redis is down starts anyway.
+      yield* Effect.promise(() => command.connect().catch(() => undefined))
+      if (status !== "ok") yield* Effect.logError(`cannot reach Redis ${describe}: starting from the config alone; registrations wait for it`)
+      void subscriber.connect().catch(() => undefined)
+      return {
+        status: () => status,
+        prefix: settings.prefix,
+        command,
+        describe,
+        subscribe: (channel, handler) => {
+          const list = handlers.get(channel) ?? []
+          list.push(handler)
+          handlers.set(channel, list)
+          if (list.length === 1) void subscriber.subscribe(channel).catch(() => undefined)
+        },
+        onReady: (handler) => void readyHandlers.push(handler)
+      } satisfies FleetRedisShape
+    })
+  )
+}
