@@ -55,7 +55,8 @@ export const requirementOf = (route: Route): RouteRequirement => {
     case "mcp_endpoint":
       return { scope: "mcp:call", template: route.template, jsonRpc: true, jsonBody: true, templateLimited: true }
     case "rest_operation":
-      return { ...base, scope: "mcp:call", template: route.template, templateLimited: true }
+      // Written out, not spread from base: this and mcp_endpoint are on every proxied request.
+      return { scope: "mcp:call", template: route.template, jsonRpc: false, jsonBody: true, templateLimited: true }
     case "template_health":
       return { ...base, scope: "gateway:read", template: route.template }
     case "gateway_read":
