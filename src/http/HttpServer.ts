@@ -143,8 +143,7 @@ export const HttpServerLive: Layer.Layer<
       const requirement = requirementOf(route)
 
       guard.check(req, res, requestId, requirement, run, (admitted) => {
-        for (const [name, value] of Object.entries(admitted.headers)) res.setHeader(name, value)
-        const context = { requestId, identity: admitted.identity, address: req.socket.remoteAddress ?? "unknown" }
+        for (const name in admitted.headers) res.setHeader(name, admitted.headers[name]!)
         const serve = () => {
           switch (route.kind) {
             case "mcp_endpoint":
@@ -161,6 +160,7 @@ export const HttpServerLive: Layer.Layer<
         // Any other body is read here, within the limit (chunked or not): kept for the handler
         // that takes one (register), only counted for the routes that take none.
         if (req.method === "POST" && (route.kind === "mcp_endpoint" || route.kind === "rest_operation")) return serve()
+        const context = { requestId, identity: admitted.identity, address: req.socket.remoteAddress ?? "unknown" }
         const hasBody = req.headers["transfer-encoding"] !== undefined || Number(req.headers["content-length"] ?? 0) > 0
         if (!hasBody) {
           setRequestContext(req, context)

@@ -19,7 +19,7 @@ import type { makeRequestTelemetry } from "../requestTelemetry.js"
 import { makeModernHandler } from "./modern.js"
 import { isModernVersion } from "../../domain/ModernProtocol.js"
 import { envelopeVersion } from "./modernEnvelope.js"
-import { accepts, rpcError, sessionFailureAnswer } from "./rpc.js"
+import { acceptsJsonAndEventStream, rpcError, sessionFailureAnswer } from "./rpc.js"
 import { carry, openRequestStream, writeOneEventStream } from "./sse.js"
 
 /** How long a finished request stream stays resumable. */
@@ -147,7 +147,7 @@ export const makePostHandler = (deps: {
   }
 
   return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, owner: string) => {
-    if (!accepts(req.headers.accept, "application/json", "text/event-stream")) {
+    if (!acceptsJsonAndEventStream(req.headers.accept)) {
       req.resume()
       return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list application/json and text/event-stream"))
     }
