@@ -81,11 +81,12 @@ export const benchTemplate = (backends) => ({
  * /gateway/health answers (its log may be quieted by the config). `headers` are what the
  * config's auth needs of a caller.
  */
-export const startGateway = async (dir, name, config, backends, { main = path.join(root, "dist/main.js"), nodeArgs = [], headers = {} } = {}) => {
+export const startGateway = async (dir, name, config, backends, { main = path.join(root, "dist/main.js"), nodeArgs = [], headers = {}, untilListening = false } = {}) => {
   const port = await freePort()
   const file = path.join(dir, name)
   fs.writeFileSync(file, JSON.stringify({ templates: { bench: benchTemplate(backends) }, ...config }))
-  const { child } = await start(process.execPath, [...nodeArgs, main, "start", "--config", file, "--port", String(port)], () => true)
+  // `untilListening`: up once it logs "listening on" (after the first round of health checks), not merely answering.
+  const { child } = await start(process.execPath, [...nodeArgs, main, "start", "--config", file, "--port", String(port)], (o) => (!untilListening || o.includes("listening on") ? true : undefined))
   const url = `http://127.0.0.1:${port}`
   for (let i = 0; ; i++) {
     const up = await fetch(`${url}/gateway/health`, { headers }).then((r) => r.status < 500, () => false)

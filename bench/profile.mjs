@@ -2,7 +2,7 @@
 // loads one face with wrk, stops the gateway (SIGTERM, so V8 writes the profile), and prints
 // where the CPU went: self time by function and by kind (syscalls, GC, JSON, Effect, ours).
 //
-//   node bench/profile.mjs [--face mcp|rest] [--seconds 10] [--connections 16] [--config extra.json] [--top 40]
+//   node bench/profile.mjs [--face mcp|rest] [--seconds 10] [--connections 16] [--config extra.json] [--templates N] [--top 40]
 //
 // The profile itself (a .cpuprofile, for Chrome DevTools or speedscope) stays in the directory
 // it names. Needs wrk. Linux.
@@ -11,7 +11,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { arg, initializeSession, rpcBody, restBody, startBackends, startGateway, wrk } from "./harness.mjs"
-import { stopAll } from "./processes.mjs"
+import { stop, stopAll } from "./processes.mjs"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const face = arg("face", "mcp")
@@ -36,14 +36,26 @@ const kindOf = (frame) => {
 const main = async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gw-profile-"))
   const backends = await startBackends(3)
-  const gateway = await startGateway(dir, "gateway.json", { ...extra }, backends, { nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${dir}`] })
+  // --templates N: the bench template and N-1 more of the same three backends (the scale row).
+  const templates = Number(arg("templates", 1))
+  const many = {}
+  for (let t = 0; t < templates; t++) {
+    many[t === 0 ? "bench" : `t${t}`] = {
+      instances: backends.map((p, i) => ({ id: `t${t}-b${i + 1}`, transport: "http", endpoint: `http://127.0.0.1:${p}/mcp` })),
+      load_balancer: { strategy: "round_robin" }
+    }
+  }
+  const gateway = await startGateway(dir, "gateway.json", { ...(templates > 1 ? { templates: many } : {}), ...extra }, backends, {
+    nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${dir}`],
+    untilListening: templates > 1
+  })
   const session = face === "mcp" ? await initializeSession(gateway.url) : undefined
   const url = face === "mcp" ? `${gateway.url}/mcp/bench` : `${gateway.url}/mcp/bench/tools/call`
   const body = face === "mcp" ? rpcBody : restBody
   wrk(url, body, { seconds: 2, connections, session })
   const r = wrk(url, body, { seconds, connections, session })
   console.error(`${face}: ${r.rps.toFixed(0)} req/s under the profiler`)
-  await gateway.stop()
+  await stop(gateway.child, 60_000)
   const file = fs.readdirSync(dir).find((f) => f.endsWith(".cpuprofile"))
   if (file === undefined) throw new Error(`no profile in ${dir}`)
   const profile = JSON.parse(fs.readFileSync(path.join(dir, file), "utf8"))
