@@ -112,13 +112,17 @@ export const initializeSession = async (url, template = "bench", headers = {}) =
 
 /** Fails unless one POST answers 200 with the echo (each system is checked before it is measured). */
 export const check = async (url, body, session, headers = {}) => {
-  const response = await fetch(url, {
-    method: "POST",
-    body,
-    headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...(session ? { "mcp-session-id": session } : {}), ...headers }
-  })
-  const text = await response.text()
-  if (response.status !== 200 || !text.includes("Echo: hi")) throw new Error(`${url} answered ${response.status}: ${text.slice(0, 200)}`)
+  for (let attempt = 1; ; attempt++) {
+    // (A keep-alive connection of fetch's own that the server closed in the meantime fails once: tried again.)
+    const answer = await fetch(url, {
+      method: "POST",
+      body,
+      headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...(session ? { "mcp-session-id": session } : {}), ...headers }
+    }).then(async (response) => ({ status: response.status, text: await response.text() }), (e) => ({ status: 0, text: `${e.message} (${e.cause?.message ?? "no cause"})` }))
+    if (answer.status === 200 && answer.text.includes("Echo: hi")) return
+    if (attempt === 3) throw new Error(`${url} answered ${answer.status}: ${answer.text.slice(0, 200)}`)
+    await new Promise((r) => setTimeout(r, 200))
+  }
 }
 
 const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }))

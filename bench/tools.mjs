@@ -7,9 +7,14 @@ import { root } from "./harness.mjs"
 
 const TOOLS = path.join(root, ".tmp", "bench-tools")
 
+const MCP_PROXY_BIN = path.join(TOOLS, "node_modules", "mcp-proxy", "dist", "bin", "mcp-proxy.mjs")
+
+/** Whether mcp-proxy is installed already (a quick run installs nothing). */
+export const mcpProxyInstalled = () => fs.existsSync(MCP_PROXY_BIN)
+
 /** mcp-proxy (punkpeye/mcp-proxy): stdio server behind Streamable HTTP. Its bin, or undefined when it cannot be installed. */
 export const mcpProxyBin = (version = "6.7.19") => {
-  const bin = path.join(TOOLS, "node_modules", "mcp-proxy", "dist", "bin", "mcp-proxy.mjs")
+  const bin = MCP_PROXY_BIN
   if (fs.existsSync(bin)) return bin
   fs.mkdirSync(TOOLS, { recursive: true })
   try {
