@@ -5,7 +5,7 @@
 //
 //   npm run bench [-- --duration 8 --rounds 3 --connections 16]
 //   npm run bench -- --quick                  # seconds, not minutes: that the harness works (CI)
-//   npm run bench -- --only throughput,latency,stdio,sessions,templates,cluster
+//   npm run bench -- --only throughput,latency,pool,stdio,sessions,templates,cluster
 //   npm run bench -- --soak 10                # also: 10 minutes of load, RSS sampled (not in CI)
 //   npm run bench -- --gateway OTHER/dist/main.js   # another build of the gateway
 //
@@ -33,7 +33,7 @@ import {
   wrk
 } from "./harness.mjs"
 import { freePort, own, start, stop, stopAll } from "./processes.mjs"
-import { mcpProxyBin, mcpProxyInstalled, serverEverything } from "./tools.mjs"
+import { benchTools, serverEverything } from "./tools.mjs"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const quick = flag("quick")
@@ -242,6 +242,29 @@ const main = async () => {
     await stop(sink.child)
   }
 
+  if (runs("pool")) {
+    const { undici } = benchTools({ install: !quick })
+    if (undici === undefined) log("pool: undici is not at hand; section left out")
+    else {
+      log("pool: the bare proxy on node:http's Agent against the same on undici's Pool")
+      const agentProxy = await start(process.execPath, [path.join(here, "node-proxy.mjs"), "0", ...backends.map(String)], (o) => o.match(/^(\d+)\n/)?.[1])
+      const poolProxy = await start(process.execPath, [path.join(here, "undici-proxy.mjs"), undici, "0", ...backends.map(String)], (o) => o.match(/^(\d+)\n/)?.[1])
+      const rows = await measureRounds([
+        { key: "node_agent", name: "bare proxy, node:http Agent (keep-alive)", url: `http://127.0.0.1:${agentProxy.value}/mcp`, body: rpcBody, pid: agentProxy.child.pid },
+        { key: "undici_pool", name: "bare proxy, undici Pool", url: `http://127.0.0.1:${poolProxy.value}/mcp`, body: rpcBody, pid: poolProxy.child.pid }
+      ], settings)
+      const by = Object.fromEntries(rows.map((r) => [r.key, r]))
+      result.sections.pool = {
+        what: `the same byte-piping proxy over each client pool, wrk -t1 -c${settings.connections} -d${settings.seconds}s, ${settings.rounds} alternated rounds, medians`,
+        rows,
+        undici_vs_agent: round(by.undici_pool.rps / by.node_agent.rps),
+        undici_vs_agent_cpu: by.node_agent.cpu_us_per_request === undefined ? undefined : round(by.undici_pool.cpu_us_per_request / by.node_agent.cpu_us_per_request)
+      }
+      await stop(agentProxy.child)
+      await stop(poolProxy.child)
+    }
+  }
+
   if (runs("stdio")) {
     log("stdio: the gateway over server-everything processes, and mcp-proxy over one")
     const everything = (id) => ({ id, transport: "stdio", command: [process.execPath, serverEverything, "stdio"] })
@@ -253,7 +276,7 @@ const main = async () => {
       systems.push({ key, name, url: `${g.url}/mcp/everything`, body: rpcBody, session: await initializeSession(g.url, "everything"), pid: g.pid })
     }
     // (A quick run installs nothing from the network: without mcp-proxy at hand, its row is left out.)
-    const bin = quick && !mcpProxyInstalled() ? undefined : mcpProxyBin()
+    const bin = benchTools({ install: !quick }).mcpProxy
     let proxy
     if (bin !== undefined) {
       const port = await freePort()
@@ -442,6 +465,7 @@ const renderMarkdown = (r) => {
   const s = r.sections
   if (s.throughput) lines.push(`### Throughput (${s.throughput.what})`, "", ...rowsTable(s.throughput.rows), "", "ratios: " + JSON.stringify(s.throughput.ratios), "")
   if (s.latency) lines.push(`### Latency at one connection (${s.latency.what})`, "", ...rowsTable(s.latency.rows), "", "added p50 over direct (ms): " + JSON.stringify(s.latency.added_p50_ms), "")
+  if (s.pool) lines.push(`### Client pool (${s.pool.what})`, "", ...rowsTable(s.pool.rows), "", `undici / node:http: ${s.pool.undici_vs_agent}x req/s, ${s.pool.undici_vs_agent_cpu}x CPU per request`, "")
   if (s.stdio) lines.push(`### stdio (${s.stdio.what})`, "", ...rowsTable(s.stdio.rows), "", "ratios: " + JSON.stringify(s.stdio.ratios), "")
   if (s.sessions) {
     const x = s.sessions

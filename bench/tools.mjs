@@ -1,30 +1,36 @@
-// The other proxies the bench holds the gateway against that come from npm, installed on first
-// use into .tmp/bench-tools (not dependencies of the gateway: nothing of theirs is in the lockfile).
+// What the bench holds the gateway against that comes from npm: mcp-proxy (a stdio server behind
+// Streamable HTTP) and undici (whose Pool is compared with node:http's Agent). Installed on first
+// use, together, into .tmp/bench-tools: not dependencies of the gateway, nothing in its lockfile.
 import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { root } from "./harness.mjs"
 
 const TOOLS = path.join(root, ".tmp", "bench-tools")
-
+const PACKAGES = ["mcp-proxy@6.7.19", "undici@6.29.1"]
 const MCP_PROXY_BIN = path.join(TOOLS, "node_modules", "mcp-proxy", "dist", "bin", "mcp-proxy.mjs")
+const UNDICI = path.join(TOOLS, "node_modules", "undici")
 
-/** Whether mcp-proxy is installed already (a quick run installs nothing). */
-export const mcpProxyInstalled = () => fs.existsSync(MCP_PROXY_BIN)
+const present = () => fs.existsSync(MCP_PROXY_BIN) && fs.existsSync(path.join(UNDICI, "package.json"))
 
-/** mcp-proxy (punkpeye/mcp-proxy): stdio server behind Streamable HTTP. Its bin, or undefined when it cannot be installed. */
-export const mcpProxyBin = (version = "6.7.19") => {
-  const bin = MCP_PROXY_BIN
-  if (fs.existsSync(bin)) return bin
-  fs.mkdirSync(TOOLS, { recursive: true })
-  try {
-    console.error(`bench: installing mcp-proxy@${version} into ${TOOLS}`)
-    execFileSync("npm", ["install", "--no-audit", "--no-fund", "--no-save", "--prefix", TOOLS, `mcp-proxy@${version}`], { stdio: ["ignore", "ignore", "inherit"], timeout: 300_000 })
-  } catch (e) {
-    console.error(`bench: could not install mcp-proxy (${e.message}); its rows are left out`)
-    return undefined
+/**
+ * The tools' paths (each undefined when it is not to be had). With `install: false` (a quick
+ * run) nothing is fetched from the network: what is not at hand is left out.
+ */
+export const benchTools = ({ install }) => {
+  if (!present() && install) {
+    fs.mkdirSync(TOOLS, { recursive: true })
+    try {
+      console.error(`bench: installing ${PACKAGES.join(", ")} into ${TOOLS}`)
+      execFileSync("npm", ["install", "--no-audit", "--no-fund", "--no-save", "--prefix", TOOLS, ...PACKAGES], { stdio: ["ignore", "ignore", "inherit"], timeout: 300_000 })
+    } catch (e) {
+      console.error(`bench: could not install them (${e.message}); their rows are left out`)
+    }
   }
-  return fs.existsSync(bin) ? bin : undefined
+  return {
+    mcpProxy: fs.existsSync(MCP_PROXY_BIN) ? MCP_PROXY_BIN : undefined,
+    undici: fs.existsSync(path.join(UNDICI, "package.json")) ? UNDICI : undefined
+  }
 }
 
 /** The reference MCP server the stdio rows run (a dependency of the gateway's tests). */
