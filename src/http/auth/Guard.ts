@@ -199,11 +199,16 @@ export const makeGuard = Effect.gen(function*() {
         stats.recordAuthFailure(401)
         refuse(401, "unauthorized", `Unauthorized: ${e.reason}`, challenge(e.invalidToken ? "invalid_token" : undefined))
       }
-      run(authenticator.authenticate({ bearer, apiKey, address })).addObserver((exit) => {
+      const verdict = (exit: Exit.Exit<Identity, AuthenticationFailed>) => {
         if (Exit.isSuccess(exit)) return authorized(exit.value)
         if (exit.cause._tag === "Fail") return failed(exit.cause.error)
         refuse(500, "internal_error", "the gateway failed to check the credential; see its log")
-      })
+      }
+      // An API key is checked at once; only a JWT (its keys may be fetched) takes a fiber.
+      const credentials = { bearer, apiKey, address }
+      const now = authenticator.authenticateNow(credentials)
+      if (now !== undefined) return verdict(now)
+      run(authenticator.authenticate(credentials)).addObserver(verdict)
     }
   }
 })
