@@ -1,6 +1,9 @@
 // What the bench scripts share: free ports, and child processes started, awaited and stopped.
 import { spawn } from "node:child_process"
+import * as fs from "node:fs"
 import * as net from "node:net"
+import * as os from "node:os"
+import * as path from "node:path"
 
 const children = []
 const cleanup = () => {
@@ -21,37 +24,43 @@ export const freePort = () =>
     })
   })
 
+const logDir = fs.mkdtempSync(path.join(os.tmpdir(), "gw-bench-logs-"))
+process.on("exit", () => fs.rmSync(logDir, { recursive: true, force: true }))
+let logs = 0
+
 /**
- * Starts a process and waits until `ready(output)` says it is up (it is asked once before any
- * output). Output after that is read and dropped: a gateway logs a line per request, and keeping
- * (or even decoding) it would cost the bench process CPU on the machine being measured.
+ * Starts a process and waits until `ready(output)` says it is up (asked once before any output,
+ * then as output comes). Its stdout and stderr go to a file, not to a pipe: the bench blocks in
+ * wrk for seconds at a time, and a gateway logging a line per request into a pipe nobody reads
+ * buffers the lines in its own memory (stderr is asynchronous on pipes), which the RSS rows would
+ * then measure. The file is removed when the bench exits.
  */
 export const start = (command, args, ready, options = {}) =>
   new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], ...options })
+    const file = path.join(logDir, `${logs++}-${path.basename(args[0] ?? command)}.log`)
+    const fd = fs.openSync(file, "w")
+    const child = spawn(command, args, { stdio: ["ignore", fd, fd], ...options })
+    fs.closeSync(fd)
     children.push(child)
-    let output = ""
-    let up = false
-    const timer = setTimeout(() => reject(new Error(`${command} did not start:\n${output}`)), 60_000)
-    const check = (chunk) => {
-      if (up) return
-      output += chunk.toString()
-      const value = ready(output)
-      if (value !== undefined) {
-        up = true
-        clearTimeout(timer)
-        output = ""
-        resolve({ child, value })
-      }
-    }
-    // Buffers, decoded only until ready (a chunk split inside a character only matters to the ready test).
-    child.stdout.on("data", check)
-    child.stderr.on("data", check)
-    child.on("exit", (code) => {
+    let settled = false
+    const output = () => fs.readFileSync(file, "utf8")
+    const finish = (outcome) => {
+      settled = true
+      clearInterval(poll)
       clearTimeout(timer)
-      if (!up) reject(new Error(`${command} exited (${code}):\n${output}`))
+      outcome()
+    }
+    const check = () => {
+      if (settled) return
+      const value = ready(output())
+      if (value !== undefined) finish(() => resolve({ child, value, log: file }))
+    }
+    const poll = setInterval(check, 25)
+    const timer = setTimeout(() => finish(() => reject(new Error(`${command} did not start:\n${output()}`))), 60_000)
+    child.on("exit", (code) => {
+      if (!settled) finish(() => reject(new Error(`${command} exited (${code}):\n${output()}`)))
     })
-    check("")
+    check()
   })
 
 /** Stops one process and waits for it to exit (SIGKILL after `graceMs`). */
