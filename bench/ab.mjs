@@ -3,7 +3,7 @@
 // per request read from /proc, which is steadier than req/s on a busy machine.
 //
 //   node bench/ab.mjs --a OTHER/dist/main.js [--b dist/main.js] [--rounds 4] [--seconds 5]
-//                     [--a-config extra.json] [--b-config extra.json]
+//                     [--a-config extra.json] [--b-config extra.json] [--b-headers "x-api-key: KEY"]
 //
 // --x-config merges a JSON object into that side's config (e.g. {"tracing": {...}}).
 // Needs wrk (Debian: apt-get install -y wrk). Linux only (/proc).
@@ -20,9 +20,12 @@ const arg = (name, fallback) => {
   const i = process.argv.indexOf(`--${name}`)
   return i === -1 ? fallback : process.argv[i + 1]
 }
+/** `--x-headers "name: value; name: value"`: headers that side's requests carry (a credential its config asks for). */
+const headersOf = (text) =>
+  Object.fromEntries((text ?? "").split(";").map((h) => h.trim()).filter((h) => h !== "").map((h) => [h.slice(0, h.indexOf(":")).trim(), h.slice(h.indexOf(":") + 1).trim()]))
 const sides = {
-  A: { main: path.resolve(arg("a", path.join(root, "dist/main.js"))), extra: arg("a-config") },
-  B: { main: path.resolve(arg("b", path.join(root, "dist/main.js"))), extra: arg("b-config") }
+  A: { main: path.resolve(arg("a", path.join(root, "dist/main.js"))), extra: arg("a-config"), headers: headersOf(arg("a-headers")) },
+  B: { main: path.resolve(arg("b", path.join(root, "dist/main.js"))), extra: arg("b-config"), headers: headersOf(arg("b-headers")) }
 }
 const rounds = Number(arg("rounds", 4))
 const seconds = Number(arg("seconds", 5))
@@ -38,9 +41,9 @@ const cpuMicros = (pid) => {
 const restBody = JSON.stringify({ name: "echo", arguments: { message: "hi" } })
 const rpcBody = JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/call", params: { name: "echo", arguments: { message: "hi" } } })
 
-const wrk = (url, body, session) => {
+const wrk = (url, body, session, headers = {}) => {
   const out = execFileSync("wrk", ["-t1", `-c${connections}`, `-d${seconds}s`, "-s", path.join(here, "post.lua"), url], {
-    env: { ...process.env, BODY: body, ...(session ? { SESSION: session } : {}) },
+    env: { ...process.env, BODY: body, ...(session ? { SESSION: session } : {}), HEADERS: Object.entries(headers).map(([k, v]) => `${k}: ${v}`).join("\n") },
     encoding: "utf8"
   })
   const requests = Number(out.match(/(\d+) requests in/)?.[1] ?? 0)
@@ -81,17 +84,17 @@ const main = async () => {
     const endpoint = `http://127.0.0.1:${port}/mcp/bench`
     const initialized = await fetch(endpoint, {
       method: "POST",
-      headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
+      headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...side.headers },
       body: JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "ab", version: "1" } } })
     })
-    gateways[name] = { pid: child.pid, rest: `${endpoint}/tools/call`, endpoint, session: initialized.headers.get("mcp-session-id") }
+    gateways[name] = { pid: child.pid, rest: `${endpoint}/tools/call`, endpoint, session: initialized.headers.get("mcp-session-id"), headers: side.headers }
   }
 
   const totals = {}
   const measure = (name, kind) => {
     const g = gateways[name]
     const before = cpuMicros(g.pid)
-    const r = kind === "REST" ? wrk(g.rest, restBody) : wrk(g.endpoint, rpcBody, g.session)
+    const r = kind === "REST" ? wrk(g.rest, restBody, undefined, g.headers) : wrk(g.endpoint, rpcBody, g.session, g.headers)
     const cpu = cpuMicros(g.pid) - before
     const t = (totals[`${name} ${kind}`] ??= { requests: 0, cpu: 0, rps: [], errors: 0 })
     t.requests += r.requests

@@ -1,36 +1,61 @@
-// Holds the gateway against a bare Node proxy and nginx in front of the same three backends,
-// in one run on this machine, and reports ratios (absolute numbers vary with the machine).
+// The benchmark: the gateway held against what users would pick instead (a bare Node proxy,
+// nginx, mcp-proxy), all on this machine in one run, reported as ratios (absolute numbers vary
+// with the machine; ratios within one run are what to compare). docs/benchmarks.md says what
+// each row means and which targets they are held to.
 //
-//   npm run bench [-- --duration 10 --connections 16]
+//   npm run bench [-- --duration 8 --rounds 3 --connections 16]
+//   npm run bench -- --quick                  # seconds, not minutes: that the harness works (CI)
+//   npm run bench -- --only throughput,latency,pool,stdio,sessions,templates,cluster
+//   npm run bench -- --soak 10                # also: 10 minutes of load, RSS sampled (not in CI)
+//   npm run bench -- --gateway OTHER/dist/main.js   # another build of the gateway
 //
-// Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light).
-import { execFileSync, spawn } from "node:child_process"
+// Writes last-run.md and last-run.json into bench/ (or --out DIR). Needs wrk and nginx (Debian: apt-get
+// install -y wrk nginx-light); mcp-proxy is installed from npm on first use (.tmp/bench-tools).
+import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
-import { freePort, own, start, stopAll } from "./processes.mjs"
+import {
+  arg,
+  check,
+  cpuMicros,
+  flag,
+  initializeSession,
+  requireTools,
+  restBody,
+  root,
+  rpcBody,
+  rssBytes,
+  startBackends,
+  startGateway,
+  wrk
+} from "./harness.mjs"
+import { freePort, own, start, stop, stopAll } from "./processes.mjs"
+import { benchTools, serverEverything } from "./tools.mjs"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
-const root = path.resolve(here, "..")
-const arg = (name, fallback) => {
-  const i = process.argv.indexOf(`--${name}`)
-  return i === -1 ? fallback : process.argv[i + 1]
+const quick = flag("quick")
+const settings = {
+  seconds: Number(arg("duration", quick ? 1 : 8)),
+  rounds: Number(arg("rounds", quick ? 1 : 3)),
+  connections: Number(arg("connections", 16)),
+  warmup: quick ? 0 : 2,
+  latencySeconds: quick ? 1 : 5,
+  sessions: Number(arg("sessions", quick ? 200 : 10_000)),
+  templates: Number(arg("templates", quick ? 20 : 1000)),
+  soakMinutes: Number(arg("soak", 0))
 }
-const duration = Number(arg("duration", 10))
-const connections = Number(arg("connections", 16))
-// Another build of the gateway to measure (e.g. a checkout of an earlier commit), for A/B runs.
+const only = arg("only") === undefined ? undefined : new Set(arg("only").split(","))
+const runs = (section) => only === undefined || only.has(section)
 const gatewayMain = path.resolve(arg("gateway", path.join(root, "dist/main.js")))
+const API_KEY = "bench-key-0123456789abcdef0123456789abcdef"
 
-for (const tool of ["wrk", "nginx"]) {
-  try {
-    execFileSync("sh", ["-c", `command -v ${tool}`], { stdio: "ignore" })
-  } catch {
-    console.error(`bench: ${tool} is not installed (Debian: apt-get install -y wrk nginx-light)`)
-    process.exit(2)
-  }
-}
+const log = (line) => console.error(`bench: ${line}`)
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const round = (n, digits = 2) => Math.round(n * 10 ** digits) / 10 ** digits
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 const waitForPort = async (port) => {
   for (let i = 0; i < 100; i++) {
@@ -41,49 +66,14 @@ const waitForPort = async (port) => {
       }).on("error", () => resolve(false))
     })
     if (ok) return
-    await new Promise((r) => setTimeout(r, 100))
+    await sleep(100)
   }
   throw new Error(`nothing listens on ${port}`)
 }
 
-const rpcBody = JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/call", params: { name: "echo", arguments: { message: "hi" } } })
-const restBody = JSON.stringify({ name: "echo", arguments: { message: "hi" } })
-
-const wrk = (url, body, seconds, session) => {
-  const out = execFileSync("wrk", ["-t1", `-c${connections}`, `-d${seconds}s`, "--latency", "-s", path.join(here, "post.lua"), url], {
-    env: { ...process.env, BODY: body, ...(session ? { SESSION: session } : {}) },
-    encoding: "utf8"
-  })
-  const rps = Number(out.match(/Requests\/sec:\s+([\d.]+)/)?.[1] ?? 0)
-  const p99 = out.match(/\s99%\s+([\d.]+)(us|ms|s)/)
-  const toMs = (v, unit) => Number(v) * (unit === "us" ? 0.001 : unit === "s" ? 1000 : 1)
-  const errors = Number(out.match(/Non-2xx or 3xx responses:\s+(\d+)/)?.[1] ?? 0) +
-    Number(out.match(/Socket errors:.*?(\d+) timeout/)?.[1] ?? 0)
-  return { rps, p99: p99 ? toMs(p99[1], p99[2]) : NaN, errors }
-}
-
-const check = async (url, body, session) => {
-  const response = await fetch(url, {
-    method: "POST",
-    body,
-    headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...(session ? { "mcp-session-id": session } : {}) }
-  })
-  const text = await response.text()
-  if (response.status !== 200 || !text.includes("Echo: hi")) throw new Error(`${url} answered ${response.status}: ${text.slice(0, 200)}`)
-}
-
-const main = async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gw-bench-"))
-  const backends = []
-  for (let i = 0; i < 3; i++) {
-    const { value } = await start(process.execPath, [path.join(here, "backend.mjs"), "0"], (o) => o.match(/^(\d+)\n/)?.[1])
-    backends.push(Number(value))
-  }
-
-  const nodeProxy = await start(process.execPath, [path.join(here, "node-proxy.mjs"), "0", ...backends.map(String)], (o) => o.match(/^(\d+)\n/)?.[1])
-
-  const nginxPort = await freePort()
-  fs.mkdirSync(path.join(dir, "logs"))
+const startNginx = async (dir, backends) => {
+  const port = await freePort()
+  fs.mkdirSync(path.join(dir, "logs"), { recursive: true })
   fs.writeFileSync(path.join(dir, "nginx.conf"), `
 worker_processes 1;
 error_log ${dir}/logs/error.log warn;
@@ -95,78 +85,400 @@ http {
   proxy_temp_path ${dir}/proxy;
   upstream backends { ${backends.map((p) => `server 127.0.0.1:${p};`).join(" ")} keepalive 64; }
   server {
-    listen 127.0.0.1:${nginxPort};
+    listen 127.0.0.1:${port};
     location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
 }`)
   // nginx says nothing when it is up: wait for its port instead.
   own(spawn("nginx", ["-p", dir, "-c", path.join(dir, "nginx.conf"), "-g", "daemon off;"], { stdio: "ignore" }))
-  await waitForPort(nginxPort)
+  await waitForPort(port)
+  return port
+}
 
-  const templates = {
-    bench: {
-      instances: backends.map((p, i) => ({ id: `b${i + 1}`, transport: "http", endpoint: `http://127.0.0.1:${p}/mcp` })),
-      load_balancer: { strategy: "round_robin" }
+/**
+ * Measures `systems` in alternated rounds (A B C ..., then reversed, ...), so that the drift of
+ * a shared machine falls on every system alike; each system's numbers are the medians of its
+ * rounds. A system with a `pid` also gets its CPU time per request and its RSS after the rounds.
+ */
+const measureRounds = async (systems, { seconds, connections }) => {
+  for (const s of systems) {
+    await check(s.url, s.body, s.session, s.headers)
+    if (settings.warmup > 0) wrk(s.url, s.body, { seconds: settings.warmup, connections, session: s.session, headers: s.headers })
+  }
+  const samples = new Map(systems.map((s) => [s.name, []]))
+  for (let i = 0; i < settings.rounds; i++) {
+    const order = i % 2 === 0 ? systems : [...systems].reverse()
+    for (const s of order) {
+      const before = s.pid === undefined ? 0 : cpuMicros(s.pid)
+      const during = s.during?.()
+      const r = wrk(s.url, s.body, { seconds, connections, session: s.session, headers: s.headers })
+      during?.stop()
+      // A turn of the event loop between runs: a SIGINT/SIGTERM is handled (and every child stopped) within one run.
+      await new Promise((r) => setImmediate(r))
+      const cpu = s.pid === undefined ? undefined : cpuMicros(s.pid) - before
+      samples.get(s.name).push({ ...r, cpuPerRequest: cpu === undefined || r.requests === 0 ? undefined : cpu / r.requests, rss: s.pid === undefined ? undefined : rssBytes(s.pid) })
     }
   }
-  const startGateway = async (name, config) => {
-    const port = await freePort()
-    fs.writeFileSync(path.join(dir, name), JSON.stringify(config))
-    await start(process.execPath, [gatewayMain, "start", "--config", path.join(dir, name), "--port", String(port)], (o) => (o.includes("listening on") ? true : undefined))
-    return port
-  }
-  const gatewayPort = await startGateway("gateway.json", { templates })
-  // The same gateway with tracing on, exporting every span to a sink that drops them.
-  const sink = await start(process.execPath, [path.join(here, "otlp-sink.mjs"), "0"], (o) => o.match(/^(\d+)\n/)?.[1])
-  // (A build from before tracing existed refuses the key: the row is then left out.)
-  const tracedPort = await startGateway("gateway-traced.json", {
-    templates,
-    tracing: { otlp_endpoint: `http://127.0.0.1:${sink.value}/v1/traces`, export_interval_ms: 1000 }
-  }).catch(() => undefined)
-
-  // One MCP session on the gateway's endpoint, pinned to a backend, that every wrk connection uses.
-  const endpoint = `http://127.0.0.1:${gatewayPort}/mcp/bench`
-  const initialized = await fetch(endpoint, {
-    method: "POST",
-    headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
-    body: JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "bench", version: "1" } } })
+  return systems.map((s) => {
+    const xs = samples.get(s.name)
+    const cpu = xs.map((x) => x.cpuPerRequest).filter((x) => x !== undefined)
+    return {
+      name: s.name,
+      key: s.key,
+      rps: round(median(xs.map((x) => x.rps)), 0),
+      p50_ms: round(median(xs.map((x) => x.p50)), 3),
+      p99_ms: round(median(xs.map((x) => x.p99)), 2),
+      errors: xs.reduce((n, x) => n + x.errors, 0),
+      rounds: xs.map((x) => round(x.rps, 0)),
+      ...(cpu.length === 0 ? {} : { cpu_us_per_request: round(median(cpu), 0) }),
+      ...(s.pid === undefined ? {} : { rss_mb: round(Math.max(...xs.map((x) => x.rss)) / 1e6, 1) })
+    }
   })
-  const session = initialized.headers.get("mcp-session-id")
+}
 
-  const systems = [
-    { name: "one backend, no proxy", url: `http://127.0.0.1:${backends[0]}/mcp`, body: rpcBody },
-    { name: "bare Node proxy", url: `http://127.0.0.1:${nodeProxy.value}/mcp`, body: rpcBody },
-    { name: "nginx (1 worker)", url: `http://127.0.0.1:${nginxPort}/mcp`, body: rpcBody },
-    { name: "mcp-gateway REST tools/call", url: `http://127.0.0.1:${gatewayPort}/mcp/bench/tools/call`, body: restBody },
-    { name: "mcp-gateway MCP endpoint tools/call (one session)", url: endpoint, body: rpcBody, session },
-    ...(tracedPort === undefined ? [] : [{ name: "mcp-gateway REST tools/call, tracing on (OTLP)", url: `http://127.0.0.1:${tracedPort}/mcp/bench/tools/call`, body: restBody }])
-  ]
-  const results = []
-  for (const system of systems) {
-    await check(system.url, system.body, system.session)
-    wrk(system.url, system.body, 2, system.session) // warm-up (JIT, keep-alive pools)
-    const r = wrk(system.url, system.body, duration, system.session)
-    results.push({ ...system, ...r })
-    console.error(`${system.name}: ${r.rps.toFixed(0)} req/s, p99 ${r.p99.toFixed(2)} ms`)
+/** Scrapes /metrics every `ms` while a round runs (the "metrics on" row: a Prometheus polling it). */
+const scraping = (url, headers, ms = 1000) => () => {
+  let stopped = false
+  const loop = async () => {
+    while (!stopped) {
+      await fetch(`${url}/metrics`, { headers }).then((r) => r.text(), () => undefined)
+      await sleep(ms)
+    }
+  }
+  void loop()
+  return { stop: () => void (stopped = true) }
+}
+
+const main = async () => {
+  requireTools(["wrk", "nginx"], "Debian: apt-get install -y wrk nginx-light")
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gw-bench-"))
+  const started = Date.now()
+  const result = {
+    date: new Date().toISOString(),
+    machine: { cores: os.cpus().length, cpu: os.cpus()[0]?.model ?? "unknown", memory_gb: round(os.totalmem() / 2 ** 30, 1), node: process.version, load_average_at_start: os.loadavg().map((x) => round(x, 2)) },
+    settings: { ...settings, quick, gateway: path.relative(root, gatewayMain) || gatewayMain },
+    sections: {}
+  }
+  const backends = await startBackends(3)
+  const gateways = []
+  const gateway = async (name, config, options = {}) => {
+    const g = await startGateway(dir, name, config, backends, { main: gatewayMain, ...options })
+    gateways.push(g)
+    return g
   }
 
-  const byName = Object.fromEntries(results.map((r) => [r.name, r]))
-  const gateway = byName["mcp-gateway REST tools/call"]
-  const lines = [
-    `wrk -t1 -c${connections} -d${duration}s, ${os.cpus().length} cores, node ${process.version}, ${new Date().toISOString().slice(0, 10)}`,
-    "",
-    "| system | req/s | p99 ms | errors |",
-    "| --- | ---: | ---: | ---: |",
-    ...results.map((r) => `| ${r.name} | ${r.rps.toFixed(0)} | ${r.p99.toFixed(2)} | ${r.errors} |`),
-    "",
-    `gateway / bare Node proxy: ${(gateway.rps / byName["bare Node proxy"].rps).toFixed(2)}x throughput`,
-    `gateway / nginx: ${(gateway.rps / byName["nginx (1 worker)"].rps).toFixed(2)}x throughput`,
-    `gateway MCP endpoint / bare Node proxy: ${(byName["mcp-gateway MCP endpoint tools/call (one session)"].rps / byName["bare Node proxy"].rps).toFixed(2)}x throughput`,
-    ...(tracedPort === undefined ? [] : [`gateway REST with tracing on / off: ${(byName["mcp-gateway REST tools/call, tracing on (OTLP)"].rps / gateway.rps).toFixed(2)}x throughput`])
-  ]
-  const report = lines.join("\n")
+  if (runs("throughput") || runs("latency")) {
+    log("throughput: backends, bare Node proxy, nginx, gateways")
+    const nodeProxy = await start(process.execPath, [path.join(here, "node-proxy.mjs"), "0", ...backends.map(String)], (o) => o.match(/^(\d+)\n/)?.[1])
+    const nginxPort = await startNginx(dir, backends)
+    const plain = await gateway("gateway.json", {})
+    const session = await initializeSession(plain.url)
+    // Auth (an API key), rate limits (high enough never to refuse), and /metrics scraped every second.
+    const { hashApiKey } = await import(path.join(path.dirname(gatewayMain), "domain", "apiKey.js"))
+    const secured = await gateway("gateway-secured.json", {
+      gateway: { rate_limits: { per_client: { requests_per_second: 1_000_000, burst: 1_000_000 }, per_template: { requests_per_second: 1_000_000, burst: 1_000_000 } } },
+      auth: { api_keys: [{ id: "bench", hash: hashApiKey(API_KEY), scopes: ["mcp:call", "gateway:read"] }] }
+    }, { headers: { "x-api-key": API_KEY } })
+    const sink = await start(process.execPath, [path.join(here, "otlp-sink.mjs"), "0"], (o) => o.match(/^(\d+)\n/)?.[1])
+    const traced = await gateway("gateway-traced.json", { tracing: { otlp_endpoint: `http://127.0.0.1:${sink.value}/v1/traces`, export_interval_ms: 1000 } })
+    const direct = { key: "direct", name: "one backend, no proxy", url: `http://127.0.0.1:${backends[0]}/mcp`, body: rpcBody }
+    const bare = { key: "bare_proxy", name: "bare Node proxy", url: `http://127.0.0.1:${nodeProxy.value}/mcp`, body: rpcBody, pid: nodeProxy.child.pid }
+    const mcp = { key: "gateway_mcp", name: "gateway MCP endpoint (one session)", url: `${plain.url}/mcp/bench`, body: rpcBody, session, pid: plain.pid }
+    const rest = { key: "gateway_rest", name: "gateway REST tools/call", url: `${plain.url}/mcp/bench/tools/call`, body: restBody, pid: plain.pid }
+
+    if (runs("throughput")) {
+      const securedHeaders = { "x-api-key": API_KEY }
+      const systems = [
+        direct,
+        bare,
+        { key: "nginx", name: "nginx (1 worker)", url: `http://127.0.0.1:${nginxPort}/mcp`, body: rpcBody },
+        mcp,
+        rest,
+        {
+          key: "gateway_rest_secured",
+          name: "gateway REST, auth + rate limits + /metrics scraped",
+          url: `${secured.url}/mcp/bench/tools/call`,
+          body: restBody,
+          headers: securedHeaders,
+          pid: secured.pid,
+          during: scraping(secured.url, securedHeaders)
+        },
+        { key: "gateway_rest_traced", name: "gateway REST, tracing on (OTLP)", url: `${traced.url}/mcp/bench/tools/call`, body: restBody, pid: traced.pid }
+      ]
+      const rows = await measureRounds(systems, settings)
+      const by = Object.fromEntries(rows.map((r) => [r.key, r]))
+      result.sections.throughput = {
+        what: `wrk -t1 -c${settings.connections} -d${settings.seconds}s, ${settings.rounds} alternated rounds, medians`,
+        rows,
+        ratios: {
+          mcp_vs_bare_proxy: round(by.gateway_mcp.rps / by.bare_proxy.rps),
+          mcp_vs_nginx: round(by.gateway_mcp.rps / by.nginx.rps),
+          rest_vs_bare_proxy: round(by.gateway_rest.rps / by.bare_proxy.rps),
+          mcp_p99_vs_bare_proxy: round(by.gateway_mcp.p99_ms / by.bare_proxy.p99_ms),
+          rest_p99_vs_bare_proxy: round(by.gateway_rest.p99_ms / by.bare_proxy.p99_ms),
+          secured_vs_rest: round(by.gateway_rest_secured.rps / by.gateway_rest.rps),
+          traced_vs_rest: round(by.gateway_rest_traced.rps / by.gateway_rest.rps)
+        },
+        gateway_rss_mb_after_load: by.gateway_rest.rss_mb
+      }
+    }
+
+    if (runs("latency")) {
+      log("latency at one connection")
+      const rows = await measureRounds([direct, bare, mcp, rest], { seconds: settings.latencySeconds, connections: 1 })
+      const by = Object.fromEntries(rows.map((r) => [r.key, r]))
+      result.sections.latency = {
+        what: `wrk -t1 -c1 -d${settings.latencySeconds}s, ${settings.rounds} alternated rounds, medians`,
+        rows,
+        added_p50_ms: {
+          bare_proxy: round(by.bare_proxy.p50_ms - by.direct.p50_ms, 3),
+          gateway_mcp: round(by.gateway_mcp.p50_ms - by.direct.p50_ms, 3),
+          gateway_rest: round(by.gateway_rest.p50_ms - by.direct.p50_ms, 3)
+        }
+      }
+    }
+    await stop(nodeProxy.child)
+    for (const g of [secured, traced]) await g.stop()
+    await stop(sink.child)
+  }
+
+  if (runs("pool")) {
+    const { undici } = benchTools({ install: !quick })
+    if (undici === undefined) log("pool: undici is not at hand; section left out")
+    else {
+      log("pool: the bare proxy on node:http's Agent against the same on undici's Pool")
+      const agentProxy = await start(process.execPath, [path.join(here, "node-proxy.mjs"), "0", ...backends.map(String)], (o) => o.match(/^(\d+)\n/)?.[1])
+      const poolProxy = await start(process.execPath, [path.join(here, "undici-proxy.mjs"), undici, "0", ...backends.map(String)], (o) => o.match(/^(\d+)\n/)?.[1])
+      const rows = await measureRounds([
+        { key: "node_agent", name: "bare proxy, node:http Agent (keep-alive)", url: `http://127.0.0.1:${agentProxy.value}/mcp`, body: rpcBody, pid: agentProxy.child.pid },
+        { key: "undici_pool", name: "bare proxy, undici Pool", url: `http://127.0.0.1:${poolProxy.value}/mcp`, body: rpcBody, pid: poolProxy.child.pid }
+      ], settings)
+      const by = Object.fromEntries(rows.map((r) => [r.key, r]))
+      result.sections.pool = {
+        what: `the same byte-piping proxy over each client pool, wrk -t1 -c${settings.connections} -d${settings.seconds}s, ${settings.rounds} alternated rounds, medians`,
+        rows,
+        undici_vs_agent: round(by.undici_pool.rps / by.node_agent.rps),
+        undici_vs_agent_cpu: by.node_agent.cpu_us_per_request === undefined ? undefined : round(by.undici_pool.cpu_us_per_request / by.node_agent.cpu_us_per_request)
+      }
+      await stop(agentProxy.child)
+      await stop(poolProxy.child)
+    }
+  }
+
+  if (runs("stdio")) {
+    log("stdio: the gateway over server-everything processes, and mcp-proxy over one")
+    const everything = (id) => ({ id, transport: "stdio", command: [process.execPath, serverEverything, "stdio"] })
+    const balanced = { strategy: "round_robin", session_affinity: "none" }
+    const one = await gateway("gateway-stdio-1.json", { templates: { everything: { instances: [everything("e1")], load_balancer: balanced } } })
+    const two = await gateway("gateway-stdio-2.json", { templates: { everything: { instances: [everything("e1"), everything("e2")], load_balancer: balanced } } })
+    const systems = []
+    for (const [key, name, g] of [["gateway_stdio_1", "gateway MCP endpoint, 1 server-everything process", one], ["gateway_stdio_2", "gateway MCP endpoint, 2 server-everything processes (balanced session)", two]]) {
+      systems.push({ key, name, url: `${g.url}/mcp/everything`, body: rpcBody, session: await initializeSession(g.url, "everything"), pid: g.pid })
+    }
+    // (A quick run installs nothing from the network: without mcp-proxy at hand, its row is left out.)
+    const bin = benchTools({ install: !quick }).mcpProxy
+    let proxy
+    if (bin !== undefined) {
+      const port = await freePort()
+      proxy = await start(process.execPath, [bin, "--port", String(port), "--host", "127.0.0.1", "--server", "stream", "--", process.execPath, serverEverything, "stdio"], () => true)
+      await waitForPort(port)
+      const url = `http://127.0.0.1:${port}/mcp`
+      const response = await fetch(url, {
+        method: "POST",
+        headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
+        body: JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "bench", version: "1" } } })
+      })
+      await response.text()
+      const session = response.headers.get("mcp-session-id")
+      systems.unshift({ key: "mcp_proxy_1", name: "mcp-proxy (npm), 1 server-everything process", url, body: rpcBody, session, pid: proxy.child.pid })
+    }
+    const rows = await measureRounds(systems, settings)
+    const by = Object.fromEntries(rows.map((r) => [r.key, r]))
+    result.sections.stdio = {
+      what: `tools/call echo through each, wrk -t1 -c${settings.connections} -d${settings.seconds}s, ${settings.rounds} alternated rounds, medians`,
+      rows,
+      ratios: by.mcp_proxy_1 === undefined ? {} : {
+        one_process_vs_mcp_proxy: round(by.gateway_stdio_1.rps / by.mcp_proxy_1.rps),
+        two_processes_vs_mcp_proxy: round(by.gateway_stdio_2.rps / by.mcp_proxy_1.rps)
+      }
+    }
+    if (proxy !== undefined) await stop(proxy.child)
+    await one.stop()
+    await two.stop()
+  }
+
+  if (runs("sessions")) {
+    log(`memory: ${settings.sessions} idle MCP sessions`)
+    const g = await gateway("gateway-sessions.json", { gateway: { log_level: "warn", max_sessions: settings.sessions + 100, max_sessions_per_client: settings.sessions + 100 } })
+    await initializeSession(g.url)
+    await sleep(500)
+    const before = rssBytes(g.pid)
+    const t0 = Date.now()
+    const opened = []
+    // 32 at a time: as many clients connecting at once, not one at a time.
+    let failure
+    try {
+      for (let i = 0; i < settings.sessions; i += 32) {
+        const batch = Math.min(32, settings.sessions - i)
+        opened.push(...await Promise.all(Array.from({ length: batch }, () => initializeSession(g.url))))
+      }
+    } catch (e) {
+      // (A build that holds sockets per session runs out of file descriptors: said, not fatal to the run.)
+      failure = `after ${opened.length} sessions: ${e.message}`
+      log(`sessions: ${failure}`)
+    }
+    const descriptors = fs.readdirSync(`/proc/${g.pid}/fd`).length
+    const openMs = Date.now() - t0
+    await sleep(2000)
+    const after = rssBytes(g.pid)
+    const stats = await (await fetch(`${g.url}/gateway/stats`)).json()
+    result.sections.sessions = {
+      what: `${settings.sessions} MCP sessions opened (initialize, 32 at a time), then idle; RSS before and after`,
+      sessions: opened.length,
+      sessions_reported: stats.templates?.bench?.sessions,
+      open_seconds: round(openMs / 1000, 1),
+      rss_mb_before: round(before / 1e6, 1),
+      rss_mb_after: round(after / 1e6, 1),
+      kb_per_session: round((after - before) / 1024 / opened.length, 2),
+      file_descriptors: descriptors,
+      ...(failure === undefined ? {} : { failure })
+    }
+    await g.stop()
+  }
+
+  if (runs("templates")) {
+    log(`scale: 1 template against ${settings.templates} templates of 3 instances`)
+    const many = {}
+    for (let t = 0; t < settings.templates; t++) {
+      many[t === 0 ? "bench" : `t${t}`] = {
+        instances: backends.map((p, i) => ({ id: `t${t}-b${i + 1}`, transport: "http", endpoint: `http://127.0.0.1:${p}/mcp` })),
+        load_balancer: { strategy: "round_robin" }
+      }
+    }
+    const small = await gateway("gateway-1-template.json", {})
+    const t0 = Date.now()
+    const large = await gateway("gateway-many-templates.json", { templates: many }, { untilListening: true })
+    const startupMs = Date.now() - t0
+    const healthAtStart = await (await fetch(`${large.url}/mcp/bench/health`)).json()
+    const unhealthyAtStart = (await (await fetch(`${large.url}/gateway/stats`)).json()).health_checker
+    // Measured once the bench template is healthy (a first round that failed recovers on the next probes).
+    for (let i = 0; i < 120; i++) {
+      const health = await (await fetch(`${large.url}/mcp/bench/health`)).json()
+      if (health.healthy_instances === health.total_instances) break
+      await sleep(1000)
+    }
+    // What the gateways do with no request (health checks of their instances: 3 against 3,000, every
+    // health_check_interval), so the per-request cost can be told from it.
+    const idleSeconds = quick ? 2 : 10
+    const idleBefore = [cpuMicros(small.pid), cpuMicros(large.pid)]
+    await sleep(idleSeconds * 1000)
+    const background = [(cpuMicros(small.pid) - idleBefore[0]) / idleSeconds, (cpuMicros(large.pid) - idleBefore[1]) / idleSeconds]
+    const rows = await measureRounds([
+      { key: "one_template", name: "REST tools/call, 1 template", url: `${small.url}/mcp/bench/tools/call`, body: restBody, pid: small.pid },
+      { key: "many_templates", name: `REST tools/call, ${settings.templates} templates × 3 instances`, url: `${large.url}/mcp/bench/tools/call`, body: restBody, pid: large.pid }
+    ], settings)
+    const by = Object.fromEntries(rows.map((r) => [r.key, r]))
+    // CPU per request less the background's share of it (its CPU per second over the requests per second).
+    by.one_template.background_cpu_percent = round(background[0] / 1e4, 1)
+    by.many_templates.background_cpu_percent = round(background[1] / 1e4, 1)
+    by.one_template.net_cpu_us_per_request = round(by.one_template.cpu_us_per_request - background[0] / by.one_template.rps, 0)
+    by.many_templates.net_cpu_us_per_request = round(by.many_templates.cpu_us_per_request - background[1] / by.many_templates.rps, 0)
+    result.sections.templates = {
+      what: `start-up (process start to its "listening on" line, after the first round of health checks) and per-request cost, 1 against ${settings.templates} templates`,
+      startup_seconds: round(startupMs / 1000, 2),
+      bench_template_healthy_at_start: `${healthAtStart.healthy_instances} of ${healthAtStart.total_instances}`,
+      health_checker_at_start: unhealthyAtStart,
+      rows,
+      cpu_ratio: round(by.many_templates.cpu_us_per_request / by.one_template.cpu_us_per_request),
+      net_cpu_ratio: round(by.many_templates.net_cpu_us_per_request / by.one_template.net_cpu_us_per_request),
+      rps_ratio: round(by.many_templates.rps / by.one_template.rps)
+    }
+    await small.stop()
+    await large.stop()
+  }
+
+  if (runs("cluster") && !quick) {
+    log("what a worker per core would give: the REST face on node:cluster, 1 against 2 workers")
+    const rows = []
+    const clustered = {}
+    for (const workers of [1, 2]) {
+      const port = await freePort()
+      const file = path.join(dir, `gateway-cluster-${workers}.json`)
+      fs.writeFileSync(file, JSON.stringify({ gateway: { log_level: "info" }, templates: { bench: { instances: backends.map((p, i) => ({ id: `b${i + 1}`, transport: "http", endpoint: `http://127.0.0.1:${p}/mcp` })), load_balancer: { strategy: "round_robin" } } } }))
+      const { child } = await start(process.execPath, [path.join(here, "cluster.mjs"), String(workers), gatewayMain, "start", "--config", file, "--port", String(port)], (o) => (o.includes("workers listening") ? true : undefined))
+      clustered[workers] = { child, url: `http://127.0.0.1:${port}/mcp/bench/tools/call` }
+    }
+    rows.push(...await measureRounds([
+      { key: "cluster_1", name: "gateway REST tools/call, node:cluster, 1 worker", url: clustered[1].url, body: restBody },
+      { key: "cluster_2", name: "gateway REST tools/call, node:cluster, 2 workers", url: clustered[2].url, body: restBody }
+    ], settings))
+    for (const c of Object.values(clustered)) await stop(c.child)
+    const by = Object.fromEntries(rows.map((r) => [r.key, r]))
+    result.sections.cluster = { what: "REST tools/call through node:cluster (bench/cluster.mjs), workers sharing the port; no MCP sessions (they live in one worker)", rows, ratio: round(by.cluster_2.rps / by.cluster_1.rps) }
+  }
+
+  if (settings.soakMinutes > 0) {
+    log(`soak: ${settings.soakMinutes} minutes of MCP-endpoint load, RSS every 30 s`)
+    const g = await gateway("gateway-soak.json", {})
+    const session = await initializeSession(g.url)
+    const samples = []
+    const end = Date.now() + settings.soakMinutes * 60_000
+    while (Date.now() < end) {
+      const r = wrk(`${g.url}/mcp/bench`, rpcBody, { seconds: 30, connections: settings.connections, session })
+      samples.push({ minute: round((settings.soakMinutes * 60_000 - (end - Date.now())) / 60_000, 1), rps: round(r.rps, 0), rss_mb: round(rssBytes(g.pid) / 1e6, 1), errors: r.errors })
+      log(`soak: ${JSON.stringify(samples.at(-1))}`)
+    }
+    const half = samples.slice(Math.floor(samples.length / 2))
+    result.sections.soak = {
+      what: `${settings.soakMinutes} minutes of wrk -c${settings.connections} on the MCP endpoint, RSS sampled every 30 s`,
+      samples,
+      rss_mb_first_half_max: Math.max(...samples.slice(0, Math.floor(samples.length / 2)).map((s) => s.rss_mb)),
+      rss_mb_second_half_max: Math.max(...half.map((s) => s.rss_mb))
+    }
+    await g.stop()
+  }
+
+  for (const g of gateways) await g.stop()
+  result.seconds = round((Date.now() - started) / 1000, 1)
+  const report = renderMarkdown(result)
   console.log(report)
-  fs.writeFileSync(path.join(here, "last-run.md"), report + "\n")
+  const out = path.resolve(arg("out", here))
+  fs.mkdirSync(out, { recursive: true })
+  fs.writeFileSync(path.join(out, "last-run.md"), report + "\n")
+  fs.writeFileSync(path.join(out, "last-run.json"), JSON.stringify(result, null, 2) + "\n")
+}
+
+const table = (rows, columns) => [
+  `| ${columns.map((c) => c[0]).join(" | ")} |`,
+  `| ${columns.map((c, i) => (i === 0 ? "---" : "---:")).join(" | ")} |`,
+  ...rows.map((r) => `| ${columns.map((c) => (r[c[1]] === undefined ? "" : String(r[c[1]]))).join(" | ")} |`)
+]
+
+const renderMarkdown = (r) => {
+  const m = r.machine
+  const lines = [
+    `${r.date.slice(0, 10)}, ${m.cores} cores (${m.cpu}), ${m.memory_gb} GiB, node ${m.node}, load average at start ${m.load_average_at_start.join(" ")}${r.settings.quick ? ", QUICK (numbers mean nothing)" : ""}`,
+    ""
+  ]
+  const rowsTable = (rows) =>
+    table(rows, [["system", "name"], ["req/s", "rps"], ["p50 ms", "p50_ms"], ["p99 ms", "p99_ms"], ["CPU µs/req", "cpu_us_per_request"], ["RSS MB", "rss_mb"], ["errors", "errors"], ["rounds req/s", "rounds"]])
+  const s = r.sections
+  if (s.throughput) lines.push(`### Throughput (${s.throughput.what})`, "", ...rowsTable(s.throughput.rows), "", "ratios: " + JSON.stringify(s.throughput.ratios), "")
+  if (s.latency) lines.push(`### Latency at one connection (${s.latency.what})`, "", ...rowsTable(s.latency.rows), "", "added p50 over direct (ms): " + JSON.stringify(s.latency.added_p50_ms), "")
+  if (s.pool) lines.push(`### Client pool (${s.pool.what})`, "", ...rowsTable(s.pool.rows), "", `undici / node:http: ${s.pool.undici_vs_agent}x req/s, ${s.pool.undici_vs_agent_cpu}x CPU per request`, "")
+  if (s.stdio) lines.push(`### stdio (${s.stdio.what})`, "", ...rowsTable(s.stdio.rows), "", "ratios: " + JSON.stringify(s.stdio.ratios), "")
+  if (s.sessions) {
+    const x = s.sessions
+    lines.push(`### Idle sessions (${x.what})`, "", `${x.sessions} sessions opened in ${x.open_seconds} s; RSS ${x.rss_mb_before} → ${x.rss_mb_after} MB: ${x.kb_per_session} KB per session; ${x.file_descriptors} file descriptors open${x.failure ? `; FAILED ${x.failure}` : ""}`, "")
+  }
+  if (s.templates) {
+    const x = s.templates
+    lines.push(`### Templates (${x.what})`, "", `start-up with ${r.settings.templates} templates: ${x.startup_seconds} s (bench template healthy at start: ${x.bench_template_healthy_at_start}; probes ${JSON.stringify(x.health_checker_at_start)})`, "", ...table(x.rows, [["system", "name"], ["req/s", "rps"], ["p99 ms", "p99_ms"], ["CPU µs/req", "cpu_us_per_request"], ["idle CPU %", "background_cpu_percent"], ["net CPU µs/req", "net_cpu_us_per_request"], ["RSS MB", "rss_mb"], ["errors", "errors"]]), "", `CPU per request ratio: ${x.cpu_ratio} (net of the idle CPU: ${x.net_cpu_ratio}); req/s ratio: ${x.rps_ratio}`, "")
+  }
+  if (s.cluster) lines.push(`### node:cluster (${s.cluster.what})`, "", ...rowsTable(s.cluster.rows), "", `2 workers / 1 worker: ${s.cluster.ratio}x`, "")
+  if (s.soak) lines.push(`### Soak (${s.soak.what})`, "", `RSS max, first half: ${s.soak.rss_mb_first_half_max} MB; second half: ${s.soak.rss_mb_second_half_max} MB`, "")
+  lines.push(`(${r.seconds} s in all)`)
+  return lines.join("\n")
 }
 
 main().then(
@@ -175,7 +487,7 @@ main().then(
     process.exit(0)
   },
   (e) => {
-    console.error(`bench: ${e.message}`)
+    console.error(`bench: ${e.stack ?? e.message}`)
     stopAll()
     process.exit(1)
   }

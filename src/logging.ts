@@ -32,12 +32,39 @@ const redacting = <O>(logger: Logger.Logger<unknown, O>) =>
 let pending = ""
 let scheduled = false
 
+/**
+ * How much may wait in stderr's own buffer. stderr is asynchronous on pipes: when the reader
+ * falls behind (a log shipper, a terminal paused, a supervisor busy), what the gateway writes
+ * queues in its memory, without bound (a gateway logging a line per request grew by 200 MB a
+ * minute behind a reader that stalled). Past this, lines are dropped and counted, and the count
+ * is written once the reader has caught up.
+ */
+const MAX_QUEUED_BYTES = 8 * 1024 * 1024
+let dropped = 0
+let noticeFormat: LogFormat = "text"
+
+const droppedNotice = (count: number) => {
+  const message = `${count} log lines dropped: stderr did not keep up`
+  const timestamp = new Date().toISOString()
+  return noticeFormat === "json"
+    ? JSON.stringify({ message, logLevel: "WARN", timestamp, annotations: {}, spans: {}, fiberId: "#0" })
+    : `timestamp=${timestamp} level=WARN fiber=#0 message="${message}"`
+}
+
 /** Writes the log lines not written yet (before writing to stderr directly, to keep the order). */
 export const flushLogs = () => {
   scheduled = false
   if (pending === "") return
-  const text = pending
+  let text = pending
   pending = ""
+  if (process.stderr.writableLength > MAX_QUEUED_BYTES) {
+    for (let i = text.indexOf("\n"); i !== -1; i = text.indexOf("\n", i + 1)) dropped++
+    return
+  }
+  if (dropped > 0) {
+    text = droppedNotice(dropped) + "\n" + text
+    dropped = 0
+  }
   process.stderr.write(text)
 }
 process.on("exit", flushLogs)
@@ -63,8 +90,9 @@ const toStderr = (logger: Logger.Logger<unknown, string>) =>
  * Every log line goes to stderr, never stdout: stdout belongs to the CLI's own output
  * (and to MCP framing wherever the gateway speaks stdio).
  */
-export const loggerLayer = (level: LogLevelName, format: LogFormat): Layer.Layer<never> =>
-  Layer.merge(
+export const loggerLayer = (level: LogLevelName, format: LogFormat): Layer.Layer<never> => {
+  noticeFormat = format
+  return Layer.merge(
     Logger.replace(
       Logger.defaultLogger,
       redacting(
@@ -77,3 +105,4 @@ export const loggerLayer = (level: LogLevelName, format: LogFormat): Layer.Layer
     ),
     Logger.minimumLogLevel(levels[level])
   )
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { CliConfig, ValidationError } from "@effect/cli"
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Cause, Effect, Exit, Layer, Option } from "effect"
 import { cli, withDefaultCommand } from "./cli/Cli.js"
 import { CommandFailed } from "./cli/CommandFailed.js"

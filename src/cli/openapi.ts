@@ -1,4 +1,4 @@
-import { OpenApi } from "@effect/platform"
+import * as OpenApi from "@effect/platform/OpenApi"
 import { Command } from "@effect/cli"
 import { Console } from "effect"
 import { GatewayApi } from "../http/Api.js"

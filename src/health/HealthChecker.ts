@@ -10,6 +10,9 @@ import { Transport } from "../transport/Transport.js"
 import { ProbeError, type ProbeTarget } from "./HealthProbePlugin.js"
 import { HealthProbes } from "./HealthProbes.js"
 
+/** Probes of the first round (start-up) that run at once. */
+const FIRST_ROUND_CONCURRENCY = 128
+
 export interface HealthCheckerShape {
   /** Probes every instance once, all at once: start-up runs this before it serves. */
   readonly checkAll: Effect.Effect<void>
@@ -135,8 +138,12 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
         Effect.forkScoped
       )
 
+      // At most FIRST_ROUND_CONCURRENCY probes at once: 3,000 instances probed all at once (a probe
+      // is up to four exchanges: discover, initialize, initialized, ping) swamped the gateway and
+      // their servers, so most probes ran out of time and start-up marked healthy instances
+      // unhealthy. (Bounded, the first round of 1,000 templates × 3 took 13 s and failed none.)
       // (Read when it runs: discovery adds instances after this layer is built.)
-      const checkAll = Effect.suspend(() => Effect.forEach(registry.instances(), check, { concurrency: "unbounded", discard: true }))
+      const checkAll = Effect.suspend(() => Effect.forEach(registry.instances(), check, { concurrency: FIRST_ROUND_CONCURRENCY, discard: true }))
 
       // Instances present at start: probed once by checkAll (start-up waits for it), then on their interval.
       for (const instance of registry.instances()) yield* watch(instance, false)

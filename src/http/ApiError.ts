@@ -1,4 +1,4 @@
-import { HttpApiSchema } from "@effect/platform"
+import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
 import { Cause, Schema } from "effect"
 import { type DispatchError, httpStatusOf } from "../domain/GatewayError.js"
 

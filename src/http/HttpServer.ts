@@ -1,5 +1,8 @@
-import { HttpApiBuilder, HttpApiSwagger, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
+import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import * as HttpApiSwagger from "@effect/platform/HttpApiSwagger"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Cause, Context, Data, Duration, Effect, FiberSet, Layer, Option } from "effect"
 import { randomUUID } from "node:crypto"
 import * as http from "node:http"
@@ -159,8 +162,7 @@ export const HttpServerLive: Layer.Layer<
       const requirement = requirementOf(route)
 
       guard.check(req, res, requestId, requirement, run, (admitted) => {
-        for (const [name, value] of Object.entries(admitted.headers)) res.setHeader(name, value)
-        const context = { requestId, identity: admitted.identity, address: req.socket.remoteAddress ?? "unknown" }
+        for (const name in admitted.headers) res.setHeader(name, admitted.headers[name]!)
         const serve = () => {
           switch (route.kind) {
             case "mcp_endpoint":
@@ -179,6 +181,7 @@ export const HttpServerLive: Layer.Layer<
         // Any other body is read here, within the limit (chunked or not): kept for the handler
         // that takes one (register), only counted for the routes that take none.
         if (req.method === "POST" && (route.kind === "mcp_endpoint" || route.kind === "aggregate" || route.kind === "rest_operation")) return serve()
+        const context = { requestId, identity: admitted.identity, address: req.socket.remoteAddress ?? "unknown" }
         const hasBody = req.headers["transfer-encoding"] !== undefined || Number(req.headers["content-length"] ?? 0) > 0
         if (!hasBody) {
           setRequestContext(req, context)

@@ -33,17 +33,45 @@ export interface RestOperation {
   readonly decodeBody?: (body: unknown) => Either.Either<Record<string, unknown>, ReadonlyArray<string>>
 }
 
-const bodyDecoder = <A extends Record<string, unknown>, I>(schema: Schema.Schema<A, I>) => {
+/** A JSON object that a `Record({ key: String, value: Unknown })` takes as it is. */
+const isPlainRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value) && !Object.hasOwn(value, "__proto__")
+
+/**
+ * `ToolCallBody` for the bodies it accepts, without the Schema machinery: `tools/call` is the REST
+ * face's hot path, and decoding its body with Schema cost more than the rest of the validation.
+ * Anything it does not accept (including every invalid body) goes to the Schema, whose messages
+ * the client gets; what it accepts, the Schema accepts too, with the same value.
+ */
+const toolCallFastPath = (body: Record<string, unknown>): Record<string, unknown> | undefined => {
+  for (const key in body) if (key !== "name" && key !== "arguments" && key !== "_meta") return undefined
+  const { _meta, arguments: args, name } = body
+  if (typeof name !== "string" || name.length === 0) return undefined
+  if (args !== undefined && !isPlainRecord(args)) return undefined
+  if (_meta !== undefined && !isPlainRecord(_meta)) return undefined
+  const params: Record<string, unknown> = { name }
+  if (args !== undefined) params.arguments = args
+  if (_meta !== undefined) params._meta = _meta
+  return params
+}
+
+const bodyDecoder = <A extends Record<string, unknown>, I>(
+  schema: Schema.Schema<A, I>,
+  fastPath?: (body: Record<string, unknown>) => Record<string, unknown> | undefined
+) => {
   const decode = Schema.decodeUnknownEither(schema, { errors: "all", onExcessProperty: "error" })
-  return (body: unknown): Either.Either<Record<string, unknown>, ReadonlyArray<string>> =>
-    isObject(body)
-      ? Either.mapLeft(decode(body), (e) => formatParseError(e, "body"))
-      : Either.left([`body: expected a JSON object, got ${body === null ? "null" : Array.isArray(body) ? "an array" : typeof body}`])
+  return (body: unknown): Either.Either<Record<string, unknown>, ReadonlyArray<string>> => {
+    if (!isObject(body)) {
+      return Either.left([`body: expected a JSON object, got ${body === null ? "null" : Array.isArray(body) ? "an array" : typeof body}`])
+    }
+    const fast = fastPath?.(body)
+    return fast !== undefined ? Either.right(fast) : Either.mapLeft(decode(body), (e) => formatParseError(e, "body"))
+  }
 }
 
 export const restOperations: Readonly<Record<string, RestOperation>> = {
   "tools/list": { httpMethod: "GET", mcpMethod: "tools/list", listKey: "tools" },
-  "tools/call": { httpMethod: "POST", mcpMethod: "tools/call", decodeBody: bodyDecoder(ToolCallBody) },
+  "tools/call": { httpMethod: "POST", mcpMethod: "tools/call", decodeBody: bodyDecoder(ToolCallBody, toolCallFastPath) },
   "resources/list": { httpMethod: "GET", mcpMethod: "resources/list", listKey: "resources" },
   "resources/templates/list": { httpMethod: "GET", mcpMethod: "resources/templates/list", listKey: "resourceTemplates" },
   "resources/read": { httpMethod: "POST", mcpMethod: "resources/read", decodeBody: bodyDecoder(ResourceReadBody) },

@@ -88,10 +88,13 @@ export const readBody = (
   })
 }
 
+/** Any character String.prototype.trim would keep (tested instead of trimming a copy of every body). */
+const NOT_BLANK = /[^\s\uFEFF\xA0]/
+
 /** Parses a body as JSON within the depth limit; an error answer says what is wrong with it. */
 export const parseJsonBody = (body: Buffer, requestId: string, maxDepth: number): { ok: true; value: unknown } | { ok: false; error: ErrorAnswer } => {
   const text = body.toString("utf8")
-  if (text.trim() === "") {
+  if (!NOT_BLANK.test(text)) {
     return { ok: false, error: errorAnswer(400, "invalid_json", "the body is empty; expected a JSON object", requestId) }
   }
   if (nestsDeeperThan(text, maxDepth)) {

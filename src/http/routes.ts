@@ -62,7 +62,8 @@ export const requirementOf = (route: Route): RouteRequirement => {
       // Any template will do at the door; the session serves only the templates the caller may call.
       return { scope: "mcp:call", anyTemplate: true, jsonRpc: true, jsonBody: true, templateLimited: false }
     case "rest_operation":
-      return { ...base, scope: "mcp:call", template: route.template, templateLimited: true }
+      // Written out, not spread from base: this and mcp_endpoint are on every proxied request.
+      return { scope: "mcp:call", template: route.template, jsonRpc: false, jsonBody: true, templateLimited: true }
     case "template_health":
       return { ...base, scope: "gateway:read", template: route.template }
     case "gateway_read":

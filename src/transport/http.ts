@@ -1,6 +1,7 @@
 import { Deferred, Duration, Effect, FiberId, type Scope } from "effect"
 import * as http from "node:http"
 import * as https from "node:https"
+import { urlToHttpOptions } from "node:url"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { resolveHeaders } from "../domain/Secret.js"
@@ -86,6 +87,40 @@ class SessionGone {
 }
 
 /**
+ * Keep-alive pools by origin, shared by every connection to it: the instance's own session and
+ * each client session's. With a pool per connection, every idle MCP session held two idle
+ * sockets to its server (one from its POSTs, one from its GET stream's attempt), tens of KB
+ * each in the gateway and a file descriptor; shared, idle sessions hold none and requests reuse
+ * whatever socket is free. No cap on sockets (the default): a standing stream holds a socket
+ * for as long as it runs, and a cap would make every request to that server queue behind them.
+ * A pool is destroyed when the last connection that uses it closes.
+ */
+const agents = new Map<string, { readonly agent: http.Agent; users: number }>()
+
+const acquireAgent = (client: typeof http | typeof https, url: URL) => {
+  const key = `${url.protocol}//${url.host}`
+  let entry = agents.get(key)
+  if (entry === undefined) {
+    entry = { agent: new client.Agent({ keepAlive: true, maxFreeSockets: 256 }), users: 0 }
+    agents.set(key, entry)
+  }
+  entry.users++
+  const acquired = entry
+  let released = false
+  return {
+    agent: acquired.agent,
+    release: () => {
+      if (released) return
+      released = true
+      if (--acquired.users === 0) {
+        if (agents.get(key) === acquired) agents.delete(key)
+        acquired.agent.destroy()
+      }
+    }
+  }
+}
+
+/**
  * MCP Streamable HTTP client for one instance: POSTs over a keep-alive pool, reads JSON or SSE
  * answers, initializes once and reuses the session id, and starts a new session when the
  * server has forgotten it (404, or 400 "session not found" as some servers answer).
@@ -111,7 +146,13 @@ export const makeHttpConnection = (
   const { log, scope } = env
   const url = new URL(instance.endpoint)
   const client = url.protocol === "https:" ? https : http
-  const agent = new client.Agent({ keepAlive: true, maxSockets: 256 })
+  const pool = acquireAgent(client, url)
+  const agent = pool.agent
+  // The endpoint as request options, worked out once: handing node:http the URL object made it
+  // read every URL getter again on each request (a measurable share of a proxied request).
+  const target = { ...urlToHttpOptions(url), agent }
+  const requestTo = (method: string, headers: http.OutgoingHttpHeaders, onResponse: (res: http.IncomingMessage) => void) =>
+    client.request({ ...target, method, headers }, onResponse)
   /** The session once established: requests use it directly, without awaiting anything. */
   let established: Session | undefined = options.resume === undefined
     ? undefined
@@ -167,7 +208,7 @@ export const makeHttpConnection = (
   const postOneWay = (message: unknown, s: Session | undefined) => {
     const text = serialize(instance.id, message)
     if (typeof text !== "string") return log.debug(text.message)
-    const req = client.request(url, { method: "POST", agent, headers: headersFor(s) }, (res) => res.resume())
+    const req = requestTo("POST", headersFor(s), (res) => res.resume())
     req.on("error", (e) => log.debug(`one-way POST failed: ${e.message}`))
     req.end(text)
   }
@@ -208,7 +249,7 @@ export const makeHttpConnection = (
       }
       let req: http.ClientRequest
       try {
-        req = client.request(url, { method: "POST", agent, headers: headersFor(s, relay?.headers, routing) }, (res) => onResponse(res))
+        req = requestTo("POST", headersFor(s, relay?.headers, routing), onResponse)
       } catch (e) {
         // A header Node refuses to send (a value or name no HTTP header may carry): the request's own fault.
         return resume(Effect.fail(new TransportError({ instanceId: instance.id, message: `cannot send the request: ${(e as Error).message}`, reachedBackend: false, clientFault: true })))
@@ -636,13 +677,13 @@ export const makeHttpConnection = (
           s._tag === "Some" && s.value.id !== undefined ? deleteSession(s.value) : Effect.void
         )
       )
-    return endSession.pipe(Effect.ensuring(Effect.sync(() => agent.destroy())))
+    return endSession.pipe(Effect.ensuring(Effect.sync(pool.release)))
   })
 
   /** DELETE the session so that the server can free it; best effort, bounded. */
   const deleteSession = (s: Session) =>
     Effect.async<void>((resume) => {
-      const req = client.request(url, { method: "DELETE", agent, headers: headersFor(s) }, (res) => {
+      const req = requestTo("DELETE", headersFor(s), (res) => {
         res.resume()
         res.on("end", () => resume(Effect.void))
       })
@@ -677,10 +718,12 @@ export const makeHttpConnection = (
         if (stopped || closed || established !== session) return
         const headers = { ...headersFor(session), accept: "text/event-stream" }
         if (lastEventId !== undefined) (headers as Record<string, string>)["last-event-id"] = lastEventId
-        const req = client.request(url, { method: "GET", agent, headers }, (res) => {
+        const req = requestTo("GET", headers, (res) => {
           if (res.statusCode !== 200 || !String(res.headers["content-type"] ?? "").startsWith("text/event-stream")) {
             res.resume()
             if (res.statusCode !== 405) log.debug(`standing stream refused: HTTP ${res.statusCode}`)
+            // Not kept for the finalizer: an idle session would hold the request and its answer for ever.
+            if (current === req) current = undefined
             return
           }
           res.setEncoding("utf8")
@@ -750,7 +793,7 @@ export const makeHttpConnection = (
       }
       const params = withEnvelope({ notifications: filter }, s.envelope, logLevel)
       const body = JSON.stringify({ jsonrpc: "2.0", id: `gateway-listen-${nextId++}`, method: "subscriptions/listen", params })
-      const req = client.request(url, { method: "POST", agent, headers: headersFor(s, undefined, routingHeaders("subscriptions/listen", params, toolHeaders)) }, (res) => {
+      const req = requestTo("POST", headersFor(s, undefined, routingHeaders("subscriptions/listen", params, toolHeaders)), (res) => {
         if (res.statusCode !== 200 || !String(res.headers["content-type"] ?? "").startsWith("text/event-stream")) {
           res.resume()
           log.debug(`subscriptions/listen refused: HTTP ${res.statusCode}`)

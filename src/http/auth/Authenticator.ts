@@ -1,4 +1,4 @@
-import { Context, Data, Effect, Layer } from "effect"
+import { Context, Data, Effect, Exit, Layer } from "effect"
 import * as jose from "jose"
 import type { AuthSettings, JwtSettings } from "../../config/AuthConfig.js"
 import { GatewayConfig } from "../../config/GatewayConfig.js"
@@ -29,6 +29,11 @@ export interface AuthenticatorShape {
   readonly enabled: boolean
   readonly settings: AuthSettings | undefined
   readonly authenticate: (credentials: Credentials) => Effect.Effect<Identity, AuthenticationFailed>
+  /**
+   * The verdict when it needs no waiting (no credential, an API key), else undefined (a JWT,
+   * whose keys may have to be fetched): the front gate's hot path runs no fiber for an API key.
+   */
+  readonly authenticateNow: (credentials: Credentials) => Exit.Exit<Identity, AuthenticationFailed> | undefined
 }
 
 const looksLikeJwt = (token: string) => /^[\w-]+\.[\w-]+\.[\w-]*$/.test(token)
@@ -53,22 +58,25 @@ export class Authenticator extends Context.Tag("mcp-gateway/Authenticator")<Auth
         return {
           enabled: false,
           settings,
-          authenticate: (c) => Effect.succeed({ kind: "anonymous", id: `ip:${c.address}`, scopes: new Set() })
+          authenticate: (c) => Effect.succeed({ kind: "anonymous", id: `ip:${c.address}`, scopes: new Set() }),
+          authenticateNow: (c) => Exit.succeed({ kind: "anonymous", id: `ip:${c.address}`, scopes: new Set() })
         }
       }
       const verifyJwt = settings.jwt === undefined ? undefined : makeJwtVerifier(settings.jwt, timer.now)
 
-      const authenticate = (c: Credentials): Effect.Effect<Identity, AuthenticationFailed> => {
+      const authenticateNow = (c: Credentials): Exit.Exit<Identity, AuthenticationFailed> | undefined => {
         const token = c.bearer ?? c.apiKey
         if (token === undefined || token === "") {
-          return Effect.fail(new AuthenticationFailed({ reason: "no credential (Authorization: Bearer, or X-API-Key)", invalidToken: false }))
+          return Exit.fail(new AuthenticationFailed({ reason: "no credential (Authorization: Bearer, or X-API-Key)", invalidToken: false }))
         }
-        if (c.bearer !== undefined && looksLikeJwt(c.bearer) && verifyJwt !== undefined) return verifyJwt(c.bearer)
+        if (c.bearer !== undefined && looksLikeJwt(c.bearer) && verifyJwt !== undefined) return undefined
         const key = findKey(settings.apiKeys, token)
-        if (key === undefined) return Effect.fail(new AuthenticationFailed({ reason: "unknown API key or token", invalidToken: true }))
-        return Effect.succeed({ kind: "api_key", id: key.id, scopes: key.scopes, templates: key.templates })
+        if (key === undefined) return Exit.fail(new AuthenticationFailed({ reason: "unknown API key or token", invalidToken: true }))
+        return Exit.succeed({ kind: "api_key", id: key.id, scopes: key.scopes, templates: key.templates })
       }
-      return { enabled: true, settings, authenticate }
+      const authenticate = (c: Credentials): Effect.Effect<Identity, AuthenticationFailed> =>
+        authenticateNow(c) ?? verifyJwt!(c.bearer!)
+      return { enabled: true, settings, authenticate, authenticateNow }
     })
   )
 }

@@ -21,7 +21,7 @@ import { makeModernHandler } from "./modern.js"
 import { isModernVersion } from "../../domain/ModernProtocol.js"
 import { envelopeVersion } from "./modernEnvelope.js"
 import { withSession } from "./resolved.js"
-import { accepts, rpcError, sessionFailureAnswer } from "./rpc.js"
+import { acceptsJsonAndEventStream, rpcError, sessionFailureAnswer } from "./rpc.js"
 import { carry, openRequestStream, writeOneEventStream } from "./sse.js"
 
 /** How long a finished request stream stays resumable. */
@@ -152,7 +152,7 @@ export const makePostHandler = (deps: {
 
   return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, caller: Identity) => {
     const owner = caller.id
-    if (!accepts(req.headers.accept, "application/json", "text/event-stream")) {
+    if (!acceptsJsonAndEventStream(req.headers.accept)) {
       req.resume()
       return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list application/json and text/event-stream"))
     }

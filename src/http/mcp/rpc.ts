@@ -13,6 +13,22 @@ export const accepts = (header: string | undefined, ...types: ReadonlyArray<stri
 }
 
 /**
+ * `accepts(header, "application/json", "text/event-stream")`, what every POST to the endpoint
+ * must send, with the last header's answer remembered: a client sends the same one on every
+ * request, and parsing it each time was work on the hot path.
+ */
+export const acceptsJsonAndEventStream = (header: string | undefined) => {
+  if (header === undefined) return false
+  if (header !== lastAccept.header) {
+    lastAccept.ok = accepts(header, "application/json", "text/event-stream")
+    lastAccept.header = header
+  }
+  return lastAccept.ok
+}
+
+const lastAccept = { header: "", ok: false }
+
+/**
  * How a failure to reach a backend session is answered: 404 for an unknown template, 503 with
  * Retry-After when nothing is available, 429 over a client's session cap, 502 otherwise.
  */

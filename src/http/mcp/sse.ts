@@ -31,7 +31,7 @@ export const openRequestStream = (res: http.ServerResponse, streamKey: string) =
 export const writeOneEventStream = (res: http.ServerResponse, streamKey: string, message: unknown) => {
   const body = `id: ${streamKey}-0\nretry: ${RECONNECT_AFTER_MS}\ndata:\n\n` +
     `id: ${streamKey}-1\nevent: message\ndata: ${JSON.stringify(message)}\n\n`
-  res.writeHead(200, { ...streamHeaders, "content-length": Buffer.byteLength(body) })
+  res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache", "content-length": Buffer.byteLength(body) })
   res.end(body)
 }
 

@@ -1,0 +1,41 @@
+import { execFileSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { describe, expect, it } from "vitest"
+
+const has = (tool: string) => {
+  try {
+    execFileSync("sh", ["-c", `command -v ${tool}`], { stdio: "ignore" })
+    return true
+  } catch {
+    return false
+  }
+}
+
+/**
+ * The benchmark harness still works: `bench/run.mjs --quick` runs every section for a second or
+ * so and writes its JSON. No numbers are judged here (speed is the bench's business, and this
+ * machine is busy with the other suites): only that each row measured something and said so.
+ * .ci/run installs wrk and nginx; a machine without them skips this.
+ */
+describe.skipIf(!has("wrk") || !has("nginx"))("bench --quick", () => {
+  it("runs every section and reports each row", () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), "bench-quick-"))
+    try {
+      execFileSync(process.execPath, ["bench/run.mjs", "--quick", "--out", out], { stdio: ["ignore", "ignore", "pipe"], timeout: 170_000 })
+      const result = JSON.parse(fs.readFileSync(path.join(out, "last-run.json"), "utf8"))
+      const { latency, sessions, stdio, templates, throughput } = result.sections
+      const rows = [...throughput.rows, ...latency.rows, ...stdio.rows, ...templates.rows]
+      expect(rows.map((r: { name: string }) => r.name)).toContain("gateway MCP endpoint (one session)")
+      for (const row of rows) expect(row.rps, row.name).toBeGreaterThan(0)
+      expect(Object.keys(throughput.ratios)).toContain("mcp_vs_bare_proxy")
+      expect(sessions.sessions).toBe(result.settings.sessions)
+      expect(sessions.failure).toBeUndefined()
+      expect(templates.bench_template_healthy_at_start).toBe("3 of 3")
+      expect(fs.readFileSync(path.join(out, "last-run.md"), "utf8")).toContain("### Throughput")
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true })
+    }
+  }, 180_000)
+})
