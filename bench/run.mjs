@@ -5,7 +5,7 @@
 //
 //   npm run bench [-- --duration 8 --rounds 3 --connections 16]
 //   npm run bench -- --quick                  # seconds, not minutes: that the harness works (CI)
-//   npm run bench -- --only throughput,latency,pool,stdio,sessions,templates,cluster
+//   npm run bench -- --only throughput,latency,pool,stdio,sessions,templates,replicas,cluster
 //   npm run bench -- --soak 10                # also: 10 minutes of load, RSS sampled (not in CI)
 //   npm run bench -- --gateway OTHER/dist/main.js   # another build of the gateway
 //
@@ -56,6 +56,7 @@ const log = (line) => console.error(`bench: ${line}`)
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 const round = (n, digits = 2) => Math.round(n * 10 ** digits) / 10 ** digits
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const commandExists = (name) => (process.env.PATH ?? "").split(":").some((d) => fs.existsSync(path.join(d, name)))
 
 const waitForPort = async (port) => {
   for (let i = 0; i < 100; i++) {
@@ -86,7 +87,7 @@ http {
   upstream backends { ${backends.map((p) => `server 127.0.0.1:${p};`).join(" ")} keepalive 64; }
   server {
     listen 127.0.0.1:${port};
-    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $http_host; proxy_buffering off; }
   }
 }`)
   // nginx says nothing when it is up: wait for its port instead.
@@ -397,6 +398,41 @@ const main = async () => {
     await large.stop()
   }
 
+  if (runs("replicas")) {
+    if (!commandExists("redis-server")) log("replicas: redis-server is not at hand (Debian: apt-get install -y redis-server); section left out")
+    else {
+      log("replicas: two gateways on one Redis behind nginx, against one")
+      const redisPort = await freePort()
+      await start("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], (o) => (o.includes("Ready to accept connections") ? true : undefined))
+      // One registry (Redis) and one session key: any replica serves any session (docs/scale-out.md).
+      const fleet = {
+        registry: { store: "redis", url: `redis://127.0.0.1:${redisPort}`, prefix: "bench:" },
+        gateway: { session_keys: ["bench-session-key-0123456789abcdef0123456789"] }
+      }
+      const replicaA = await gateway("gateway-replica-a.json", fleet)
+      const replicaB = await gateway("gateway-replica-b.json", fleet)
+      const one = await startNginx(path.join(dir, "nginx-one"), [replicaA.port])
+      const two = await startNginx(path.join(dir, "nginx-two"), [replicaA.port, replicaB.port])
+      // One MCP session, opened through the balancer: its requests land on both replicas.
+      const sessionOne = await initializeSession(`http://127.0.0.1:${one}`)
+      const sessionTwo = await initializeSession(`http://127.0.0.1:${two}`)
+      const rows = await measureRounds([
+        { key: "one_rest", name: "nginx → 1 replica, REST tools/call", url: `http://127.0.0.1:${one}/mcp/bench/tools/call`, body: restBody },
+        { key: "two_rest", name: "nginx → 2 replicas, REST tools/call", url: `http://127.0.0.1:${two}/mcp/bench/tools/call`, body: restBody },
+        { key: "one_mcp", name: "nginx → 1 replica, MCP endpoint (one session)", url: `http://127.0.0.1:${one}/mcp/bench`, body: rpcBody, session: sessionOne },
+        { key: "two_mcp", name: "nginx → 2 replicas, MCP endpoint (one session on both)", url: `http://127.0.0.1:${two}/mcp/bench`, body: rpcBody, session: sessionTwo }
+      ], settings)
+      const by = Object.fromEntries(rows.map((r) => [r.key, r]))
+      result.sections.replicas = {
+        what: "two gateways sharing one Redis (registry.store: redis) and one session key, behind nginx (1 worker, round robin), against one gateway behind the same nginx",
+        rows,
+        ratios: { rest_two_vs_one: round(by.two_rest.rps / by.one_rest.rps), mcp_two_vs_one: round(by.two_mcp.rps / by.one_mcp.rps) }
+      }
+      await replicaA.stop()
+      await replicaB.stop()
+    }
+  }
+
   if (runs("cluster") && !quick) {
     log("what a worker per core would give: the REST face on node:cluster, 1 against 2 workers")
     const rows = []
@@ -475,6 +511,7 @@ const renderMarkdown = (r) => {
     const x = s.templates
     lines.push(`### Templates (${x.what})`, "", `start-up with ${r.settings.templates} templates: ${x.startup_seconds} s (bench template healthy at start: ${x.bench_template_healthy_at_start}; probes ${JSON.stringify(x.health_checker_at_start)})`, "", ...table(x.rows, [["system", "name"], ["req/s", "rps"], ["p99 ms", "p99_ms"], ["CPU µs/req", "cpu_us_per_request"], ["idle CPU %", "background_cpu_percent"], ["net CPU µs/req", "net_cpu_us_per_request"], ["RSS MB", "rss_mb"], ["errors", "errors"]]), "", `CPU per request ratio: ${x.cpu_ratio} (net of the idle CPU: ${x.net_cpu_ratio}); req/s ratio: ${x.rps_ratio}`, "")
   }
+  if (s.replicas) lines.push(`### Replicas (${s.replicas.what})`, "", ...rowsTable(s.replicas.rows), "", "ratios: " + JSON.stringify(s.replicas.ratios), "")
   if (s.cluster) lines.push(`### node:cluster (${s.cluster.what})`, "", ...rowsTable(s.cluster.rows), "", `2 workers / 1 worker: ${s.cluster.ratio}x`, "")
   if (s.soak) lines.push(`### Soak (${s.soak.what})`, "", `RSS max, first half: ${s.soak.rss_mb_first_half_max} MB; second half: ${s.soak.rss_mb_second_half_max} MB`, "")
   lines.push(`(${r.seconds} s in all)`)

@@ -1,4 +1,4 @@
-import { Effect, Layer } from "effect"
+import { Duration, Effect, Fiber, Layer } from "effect"
 import { ConfigReload } from "./discovery/ConfigReload.js"
 import { Discovery } from "./discovery/Discovery.js"
 import { FleetRedis } from "./fleet/FleetRedis.js"
@@ -46,17 +46,33 @@ export const GatewayServices = Layer.mergeAll(Discovery.layer, ConfigReload.laye
  */
 export const GatewayCore = GatewayServices.pipe(Layer.provideMerge(GatewayFoundation))
 
+/** Up to this many instances, start-up waits for every first probe before it says it listens. */
+const WAIT_FOR_EVERY_PROBE = 100
+/** Beyond, it waits this long for the first round. */
+const FIRST_ROUND_WAIT = Duration.seconds(3)
+
 /**
  * Once the port is bound (so a port in use stops start-up before any server process starts),
  * every instance is probed once (which also starts processes and opens sessions); then the
  * gateway says where it listens.
  */
-const FirstHealthCheck = Layer.effectDiscard(
+const FirstHealthCheck = Layer.scopedDiscard(
   Effect.gen(function*() {
     const checker = yield* HealthChecker
     const registry = yield* Registry
     const address = yield* ListeningAddress
-    yield* checker.checkAll
+    const count = registry.instances().length
+    if (count <= WAIT_FOR_EVERY_PROBE) yield* checker.checkAll
+    else {
+      // A large fleet does not wait for thousands of first probes: it serves after a while, the
+      // rest of the round going on (an instance not probed yet is tried, and failed over from).
+      const round = yield* Effect.forkScoped(checker.checkAll)
+      const done = yield* Fiber.join(round).pipe(Effect.timeout(FIRST_ROUND_WAIT), Effect.option)
+      if (done._tag === "None") {
+        const probed = registry.instances().filter((i) => i.health.lastCheckedAt !== undefined).length
+        yield* Effect.logInfo(`${probed} of ${count} instances probed within ${Duration.format(FIRST_ROUND_WAIT)}; serving while the first round goes on`)
+      }
+    }
     const instances = registry.instances()
     const healthy = instances.filter((i) => i.status === "healthy").length
     yield* Effect.logInfo(`${healthy} of ${instances.length} instances healthy in ${registry.templates().length} templates`)
