@@ -1,6 +1,6 @@
 import { Args, Command } from "@effect/cli"
 import { Console, Effect, Layer } from "effect"
-import { GatewayConfig, loadGatewayConfig } from "../config/GatewayConfig.js"
+import { DEFAULT_AGGREGATION, GatewayConfig, loadGatewayConfig } from "../config/GatewayConfig.js"
 import { Discovery } from "../discovery/Discovery.js"
 import { HealthProbes } from "../health/HealthProbes.js"
 import { FleetRedis } from "../fleet/FleetRedis.js"
@@ -35,7 +35,16 @@ const validate = Command.make(
         Layer.provide(FleetRedis.off),
         Layer.provide(GatewayConfig.layer(checked))
       )
-      yield* Effect.scoped(Layer.build(plugins)).pipe(
+      // The transforms of /mcp and the virtual servers, as start builds them.
+      const aggregates = Effect.flatMap(Exposure, (exposure) => {
+        const aggregation = config.aggregation ?? DEFAULT_AGGREGATION
+        return Effect.forEach(
+          [["aggregation", aggregation.all] as const, ...aggregation.virtualServers.map((v) => [`virtual_servers.${v.name}`, v] as const)],
+          ([location, v]) => exposure.validate(location, v.exposure),
+          { discard: true }
+        )
+      })
+      yield* Effect.scoped(Effect.flatMap(Layer.build(plugins), (context) => Effect.provide(aggregates, context))).pipe(
         // Warnings (a registry file's refused entries) to stderr; stdout is the verdict's.
         Effect.provide(loggerLayer("warn", "text")),
         Effect.catchTag("PluginError", (e) => new CommandFailed({ message: e.message, exitCode: 2 })),

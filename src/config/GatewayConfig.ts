@@ -125,7 +125,7 @@ const AggregationInput = Schema.Struct({
 
 const VirtualServerInput = Schema.Struct({
   /** The templates it serves (default: every template). */
-  templates: Schema.optional(Schema.Array(TemplateName)),
+  templates: Schema.optional(Schema.Array(TemplateName).pipe(Schema.minItems(1, { message: () => "expected at least one template (leave templates out for every template)" }))),
   description: Schema.optional(Schema.String),
   ...ExposureFields
 })

@@ -116,7 +116,8 @@ export const dispatchErrorAnswer = (error: DispatchError, requestId: string): Er
     case "BackendError":
       return errorAnswer(httpStatusOf(error), "mcp_error", error.error.message, requestId, {
         code: error.error.code,
-        instance_id: error.instanceId,
+        // (None when the gateway refused it for the server: a hidden tool, a transform's refusal.)
+        ...(error.instanceId === "" ? {} : { instance_id: error.instanceId }),
         ...(error.error.data === undefined ? {} : { data: error.error.data })
       })
   }

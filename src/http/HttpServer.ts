@@ -128,7 +128,7 @@ export const HttpServerLive: Layer.Layer<
           return sendError(res, errorAnswer(404, "not_found", "this gateway does not require authentication (no auth configured)", requestId))
         }
         // (For any template name: the open document must not tell which templates exist.)
-        return sendJson(res, 200, resourceMetadata(authenticator.settings, req.headers.host, route.template))
+        return sendJson(res, 200, resourceMetadata(authenticator.settings, req.headers.host, route.endpoint))
       }
       if (route.kind === "ui") return statusPage(res)
       if (path === "/metrics") {

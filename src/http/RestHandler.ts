@@ -28,6 +28,11 @@ export const makeRestHandler = (deps: {
 
   return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, operationName: string, caller: string) => {
     const operation = Object.hasOwn(restOperations, operationName) ? restOperations[operationName] : undefined
+    if (operation === undefined && registry.template(template) === undefined) {
+      // (`/mcp/tools/list` is no template's: say so, rather than name an operation "list".)
+      req.resume()
+      return sendError(res, errorAnswer(404, "template_not_found", `unknown template "${template}"`, requestId))
+    }
     if (operation === undefined) {
       req.resume()
       return sendError(

@@ -1,4 +1,8 @@
 import type { Scope } from "../domain/Identity.js"
+import { type ProtectedEndpoint, templateEndpoint } from "./auth/ProtectedResource.js"
+
+/** The path of an aggregate endpoint by its key (`*`: /mcp; `v/{name}`: /mcp/v/{name}). */
+export const aggregatePath = (key: string) => (key === "*" ? "/mcp" : `/mcp/v/${encodeURIComponent(key.slice(2))}`)
 
 /**
  * What the front listener needs to know of a request before serving it: which handler, what
@@ -9,7 +13,7 @@ export type Route =
   /** GET /gateway/health: open, for load balancers. */
   | { readonly kind: "health" }
   /** /.well-known/oauth-protected-resource[/mcp/{t}]: open (clients read it before they authenticate). */
-  | { readonly kind: "resource_metadata"; readonly template: string | undefined }
+  | { readonly kind: "resource_metadata"; readonly endpoint: ProtectedEndpoint | undefined }
   /** /mcp/{t}: the MCP endpoint. */
   | { readonly kind: "mcp_endpoint"; readonly template: string }
   /** /mcp (key `*`) and /mcp/v/{name} (key `v/{name}`): the MCP endpoint of several templates at once. */
@@ -47,6 +51,8 @@ export interface RouteRequirement {
   readonly jsonBody: boolean
   /** Counts against the template's rate limit (an MCP operation). */
   readonly templateLimited: boolean
+  /** The MCP endpoint whose protected resource metadata a 401 points at. */
+  readonly endpoint?: ProtectedEndpoint | undefined
 }
 
 export const requirementOf = (route: Route): RouteRequirement => {
@@ -57,10 +63,10 @@ export const requirementOf = (route: Route): RouteRequirement => {
     case "ui":
       return { ...base, scope: undefined }
     case "mcp_endpoint":
-      return { scope: "mcp:call", template: route.template, jsonRpc: true, jsonBody: true, templateLimited: true }
+      return { scope: "mcp:call", template: route.template, jsonRpc: true, jsonBody: true, templateLimited: true, endpoint: templateEndpoint(route.template) }
     case "aggregate":
       // Any template will do at the door; the session serves only the templates the caller may call.
-      return { scope: "mcp:call", anyTemplate: true, jsonRpc: true, jsonBody: true, templateLimited: false }
+      return { scope: "mcp:call", anyTemplate: true, jsonRpc: true, jsonBody: true, templateLimited: false, endpoint: { path: aggregatePath(route.key) } }
     case "rest_operation":
       // Written out, not spread from base: this and mcp_endpoint are on every proxied request.
       return { scope: "mcp:call", template: route.template, jsonRpc: false, jsonBody: true, templateLimited: true }
@@ -114,10 +120,13 @@ export const classifyRoute = (method: string | undefined, path: string): Route =
     const template = decode(segments[0]!)
     return template === undefined ? { kind: "malformed", message: "the template name in the path is not valid URL encoding" } : { kind: "deregister", template }
   }
-  if (path === "/.well-known/oauth-protected-resource") return { kind: "resource_metadata", template: undefined }
-  if (path.startsWith("/.well-known/oauth-protected-resource/mcp/")) {
-    const template = decode(path.slice("/.well-known/oauth-protected-resource/mcp/".length))
-    return template === undefined ? { kind: "other" } : { kind: "resource_metadata", template }
+  if (path === "/.well-known/oauth-protected-resource") return { kind: "resource_metadata", endpoint: undefined }
+  if (path.startsWith("/.well-known/oauth-protected-resource/mcp")) {
+    // The document of an MCP endpoint: whatever a classification of the endpoint's own path says it is.
+    const endpoint = classifyRoute("GET", path.slice("/.well-known/oauth-protected-resource".length))
+    if (endpoint.kind === "mcp_endpoint") return { kind: "resource_metadata", endpoint: templateEndpoint(endpoint.template) }
+    if (endpoint.kind === "aggregate") return { kind: "resource_metadata", endpoint: { path: aggregatePath(endpoint.key) } }
+    return { kind: "other" }
   }
   if (path === "/mcp") return { kind: "aggregate", key: "*" }
   if (path.startsWith("/mcp/v/")) {

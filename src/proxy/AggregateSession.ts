@@ -19,8 +19,8 @@ export interface AggregateMember {
 export interface AggregateDeps {
   /** The templates behind it now, in order (they follow the registry and the caller's scopes). */
   readonly members: () => ReadonlyArray<AggregateMember>
-  /** Opens the session of one template for this client (as its own `initialize` would). */
-  readonly openMember: (template: string) => Effect.Effect<ClientSession, DispatchError | SessionLimitReached>
+  /** Opens the session of one template for this client (as its own `initialize` would), with what its server can do. */
+  readonly openMember: (template: string) => Effect.Effect<{ readonly session: ClientSession; readonly capabilities: unknown }, DispatchError | SessionLimitReached>
   readonly memberAlive: (session: ClientSession) => boolean
   readonly closeMember: (session: ClientSession) => Effect.Effect<void>
   /** The virtual server's own filters and transforms, over prefixed names. */
@@ -53,6 +53,9 @@ const LIST_OF_CHANGE: Readonly<Record<string, ReadonlyArray<string>>> = {
   "notifications/prompts/list_changed": ["prompts/list"],
   "notifications/resources/list_changed": ["resources/list", "resources/templates/list"]
 }
+
+/** The levels of `logging/setLevel` (RFC 5424's, as MCP names them). */
+const LOG_LEVELS: ReadonlySet<string> = new Set(["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"])
 
 /** Where a merged list leaves out a template, in `_meta` (the list is whole otherwise). */
 export const UNAVAILABLE_META = "mcp-gateway/unavailable"
@@ -111,6 +114,8 @@ export class AggregateSession extends EndpointSession {
   private readonly changedSoon = new Set<string>()
   /** The member sessions opened (to close with the aggregate). */
   readonly memberSessions = new Set<ClientSession>()
+  /** What each member's server said it can do (its `initialize` answer): a list it does not offer is not asked for. */
+  private readonly capabilities = new Map<string, Record<string, unknown>>()
 
   constructor(
     id: string,
@@ -192,23 +197,36 @@ export class AggregateSession extends EndpointSession {
       case "tools/call":
       case "prompts/get": {
         const kind = method === "tools/call" ? "tools/list" : "prompts/list"
-        const name = typeof params?.name === "string" ? params.name : ""
+        const unknown = method === "tools/call" ? "Unknown tool" : "Unknown prompt"
+        if (typeof params?.name !== "string" || params.name === "") return Effect.fail(refusal(ErrorCode.InvalidParams, "Invalid params: name must be a non-empty string"))
+        const name = params.name
         return Effect.flatMap(this.resolveName(kind, name), (target) =>
           target === undefined
-            ? Effect.fail(refusal(ErrorCode.InvalidParams, `${method === "tools/call" ? "Unknown tool" : "Unknown prompt"}: ${name}`))
-            : this.call(target.template, method, { ...params, name: target.name }, relay, headers))
+            ? Effect.fail(refusal(ErrorCode.InvalidParams, `${unknown}: ${name}`))
+            : this.call(target.template, method, { ...params, name: target.name }, relay, headers).pipe(
+              // A template's refusal names its own name; the client knows the aggregate's.
+              Effect.mapError((e) =>
+                !(e instanceof Answered) && e._tag === "BackendError" && e.error.message === `${unknown}: ${target.name}`
+                  ? new BackendError({ ...e, error: { ...e.error, message: `${unknown}: ${name}` } })
+                  : e
+              )
+            ))
       }
       case "resources/read":
       case "resources/subscribe":
       case "resources/unsubscribe": {
-        const uri = typeof params?.uri === "string" ? params.uri : ""
+        if (typeof params?.uri !== "string" || params.uri === "") return Effect.fail(refusal(ErrorCode.InvalidParams, "Invalid params: uri must be a non-empty string"))
+        const uri = params.uri
         return Effect.flatMap(this.resolveUri(uri), (template) =>
           template === undefined
             ? Effect.fail(refusal(ErrorCode.ResourceNotFound, `Resource not found: ${uri}`))
             : this.call(template, method, params, relay, headers))
       }
       case "completion/complete": {
-        const ref = isObject(params?.ref) ? params.ref : {}
+        if (!isObject(params?.ref) || (params.ref.type !== "ref/prompt" && params.ref.type !== "ref/resource")) {
+          return Effect.fail(refusal(ErrorCode.InvalidParams, "Invalid params: ref must be a ref/prompt or a ref/resource"))
+        }
+        const ref = params.ref
         if (ref.type === "ref/prompt") {
           const name = typeof ref.name === "string" ? ref.name : ""
           return Effect.flatMap(this.resolveName("prompts/list", name), (target) =>
@@ -220,12 +238,17 @@ export class AggregateSession extends EndpointSession {
         return Effect.flatMap(this.resolveUri(uri), (template) =>
           template === undefined ? Effect.fail(refusal(ErrorCode.ResourceNotFound, `Resource not found: ${uri}`)) : this.call(template, method, params, relay, headers))
       }
-      case "logging/setLevel":
-        // Every template's server logs at the level asked.
+      case "logging/setLevel": {
+        if (!LOG_LEVELS.has(String(params?.level))) {
+          return Effect.fail(refusal(ErrorCode.InvalidParams, `Invalid params: level must be one of ${Array.from(LOG_LEVELS).join(", ")}`))
+        }
+        // Every template's server that logs does so at the level asked.
         return Effect.as(
-          Effect.forEach(this.deps.members(), (m) => Effect.either(this.call(m.template, method, params, {}, headers)), { concurrency: "unbounded", discard: true }),
+          Effect.forEach(this.deps.members(), (m) =>
+            Effect.either(Effect.flatMap(this.member(m.template), () => this.offers(m.template, method) ? this.call(m.template, method, params, {}, headers) : Effect.void)), { concurrency: "unbounded", discard: true }),
           {}
         )
+      }
       default:
         return Effect.fail(refusal(ErrorCode.MethodNotFound, `Method not found: ${method} (not served by an aggregate of templates)`))
     }
@@ -240,8 +263,16 @@ export class AggregateSession extends EndpointSession {
         return yield* Effect.fail(new Answered({
           _tag: "Failed",
           status: 429,
-          error: { code: ErrorCode.InternalError, message: `Too Many Requests: the rate limit of template "${template}" is reached; retry in ${decision.retryAfterSeconds} s` },
-          headers: { "retry-after": String(decision.retryAfterSeconds) }
+          // As the front gate answers a limited request: -32000 and the RateLimit headers.
+          error: { code: -32000, message: `Too Many Requests: the rate limit of template "${template}" is reached; retry after ${decision.retryAfterSeconds}s` },
+          headers: {
+            "retry-after": String(decision.retryAfterSeconds),
+            ...(decision.limit === undefined ? {} : {
+              "ratelimit-limit": String(decision.limit),
+              "ratelimit-remaining": String(decision.remaining),
+              "ratelimit-reset": String(decision.resetSeconds)
+            })
+          }
         }))
       }
       const session = yield* this.member(template)
@@ -273,7 +304,11 @@ export class AggregateSession extends EndpointSession {
       const opening = Deferred.unsafeMake<ClientSession, DispatchError | SessionLimitReached>(FiberId.none)
       this.opened.set(template, opening)
       return this.deps.openMember(template).pipe(
-        Effect.tap((session) => Effect.sync(() => this.follow(session))),
+        Effect.map(({ capabilities, session }) => {
+          this.capabilities.set(template, isObject(capabilities) ? capabilities : {})
+          this.follow(session)
+          return session
+        }),
         Effect.onExit((exit) =>
           Effect.suspend(() => {
             // A failed opening is not remembered: the next request tries again.
@@ -393,6 +428,9 @@ export class AggregateSession extends EndpointSession {
   /** One member's list, every page. A failure is the reason it is left out. */
   private fetchAll(template: string, method: string, key: string): Effect.Effect<ReadonlyArray<unknown>, string> {
     return Effect.gen(this, function*() {
+      // A server that does not offer the list has none: nothing to ask, nothing missing.
+      yield* this.member(template)
+      if (!this.offers(template, method)) return []
       const items: Array<unknown> = []
       let cursor: unknown = undefined
       for (let pages = 0;; pages++) {
@@ -403,11 +441,31 @@ export class AggregateSession extends EndpointSession {
         cursor = isObject(page) ? page.nextCursor : undefined
         if (typeof cursor !== "string" || cursor === "") return items
       }
-    }).pipe(Effect.mapError((e) => typeof e === "string" ? e : describeFailure(e)))
+    }).pipe(
+      Effect.catchIf((e) => typeof e !== "string" && e instanceof Object && "_tag" in e && e._tag === "BackendError" && e.error.code === ErrorCode.MethodNotFound, () => Effect.succeed([])),
+      Effect.mapError((e) => typeof e === "string" ? e : describeFailure(e))
+    )
+  }
+
+  /** Whether a member's server offers what a method asks for (its capabilities; unknown ones are asked). */
+  private offers(template: string, method: string): boolean {
+    const capabilities = this.capabilities.get(template)
+    if (capabilities === undefined) return true
+    const needed = method.startsWith("tools/") ? "tools" : method.startsWith("prompts/") ? "prompts" : method.startsWith("resources/") ? "resources" : method === "logging/setLevel" ? "logging" : method === "completion/complete" ? "completions" : undefined
+    return needed === undefined || needed in capabilities
   }
 
   /** The template and own name of a prefixed tool or prompt name: from the latest list, else by its prefix. */
   private resolveName(list: string, name: string): Effect.Effect<{ readonly template: string; readonly name: string } | undefined> {
+    // Several templates without a prefix: only their lists can tell whose a bare name is.
+    const bare = this.deps.members().filter((m) => m.prefix === "").length
+    if (bare > 1 && this.latest.get(list)?.index.get(name) === undefined) {
+      return Effect.flatMap(this.merge(list), () => this.resolveNameNow(list, name))
+    }
+    return this.resolveNameNow(list, name)
+  }
+
+  private resolveNameNow(list: string, name: string): Effect.Effect<{ readonly template: string; readonly name: string } | undefined> {
     return Effect.sync(() => {
       const known = this.latest.get(list)?.index.get(name)
       if (known !== undefined) return known

@@ -79,6 +79,16 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         }))
       }
 
+      /** What a client is told at `initialize` of an aggregate it has not been described. */
+      const describeServed = (key: string, members: ReadonlyArray<AggregateMember>) => {
+        if (members.length === 0) return "No templates are served here yet."
+        const which = key === ALL_TEMPLATES ? "every template" : `template${members.length === 1 ? "" : "s"} ${members.map((m) => m.template).join(", ")}`
+        const names = members.every((m) => m.prefix === "")
+          ? "names are the templates' own"
+          : `names are "{prefix}${settings.separator}{name}" (prefixes: ${members.map((m) => m.prefix === "" ? `${m.template}: none` : m.prefix).join(", ")})`
+        return `The tools, prompts and resources of ${which} of this gateway; ${names}.`
+      }
+
       const logged = new Set<string>()
       const logOnce = (key: string, log: Effect.Effect<void>) => {
         if (logged.has(key)) return
@@ -138,6 +148,9 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         Effect.gen(function*() {
           const server = served.get(key)!
           if (sessions.size >= config.gateway.maxSessions) return yield* new SessionLimitReached({ scope: "gateway", limit: config.gateway.maxSessions })
+          let owned = 0
+          for (const other of sessions.values()) if (other.owner === caller.id) owned++
+          if (owned >= config.gateway.maxSessionsPerClient) return yield* new SessionLimitReached({ scope: "client", limit: config.gateway.maxSessionsPerClient })
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
           const session: AggregateSession = new AggregateSession(
             id,
@@ -150,12 +163,13 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
             {
               // The caller's scopes narrow the templates (a key for one template sees that one's tools only).
               members: () => templatesOf(server.settings).filter((m) => allows(caller, "mcp:call", m.template)),
+              // (Members count against the gateway's cap, not the client's: the aggregate session is what the client holds.)
               openMember: (template) =>
                 Effect.map(
                   session.servesModernClient
-                    ? clientSessions.forModernClient(template, caller.id, initializeParams)
-                    : clientSessions.open(template, initializeParams, caller.id),
-                  (opened) => opened.session
+                    ? clientSessions.forModernClient(template, caller.id, initializeParams, { member: true })
+                    : clientSessions.open(template, initializeParams, caller.id, { member: true }),
+                  (opened) => ({ session: opened.session, capabilities: opened.result.capabilities })
                 ),
               memberAlive: (member: ClientSession) => "id" in clientSessions.resolve(member.id, member.template, member.owner),
               closeMember: (member) => Effect.asVoid(clientSessions.close(member.id)),
@@ -185,7 +199,10 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
                   `name\u0000${key}\u0000${kind}\u0000${name}\u0000${kept}\u0000${dropped}`,
                   Effect.logError(
                     `aggregate ${key === ALL_TEMPLATES ? "/mcp" : `/mcp/${key}`}: ${kind} "${name}" comes from templates "${kept}" and "${dropped}"; ` +
-                      `"${kept}"'s is served, "${dropped}"'s is left out (give a template a "prefix", or filter one of them out)`
+                      `"${kept}"'s is served, "${dropped}"'s is left out (` +
+                      (kind === "tools" || kind === "prompts"
+                        ? `give a template a "prefix", or filter one of them out)`
+                        : `resource URIs are never prefixed: hide one of them with a "resources" deny list)`)
                   )
                 ),
               leftOut: (template, method, reason) =>
@@ -225,9 +242,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
               logging: {}
             },
             serverInfo: { name, version: GATEWAY_VERSION },
-            instructions: server.settings.description ??
-              `The tools, prompts and resources of ${key === ALL_TEMPLATES ? "every template" : `templates ${templatesOf(server.settings).map((m) => m.template).join(", ")}`} of this gateway; ` +
-                `names are "{template}${settings.separator}{name}".`
+            instructions: server.settings.description ?? describeServed(key, templatesOf(server.settings))
           }
           return { session: sessions.get(id)!, result } satisfies OpenedSession
         })
@@ -302,14 +317,24 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         forModernClient
       }
 
-      // The templates behind the aggregates changed: every session's lists are stale, and prefixes may clash anew.
+      for (const v of settings.virtualServers) {
+        const missing = (v.templates ?? []).filter((t) => registry.template(t) === undefined)
+        if (missing.length > 0) {
+          yield* Effect.logWarning(
+            `virtual server ${v.name}: no template ${missing.map((t) => `"${t}"`).join(", ")} (yet); it serves ${missing.length === v.templates!.length ? "nothing" : "the others"} until one is registered or configured`
+          )
+        }
+      }
+
+      // The templates behind the aggregates changed (added, removed, or what one shows: its
+      // filters, transforms, prefix): every session's lists are stale, and prefixes may clash anew.
       let names = registry.templates().map((t) => t.name).join("\u0000")
       const changes = yield* registry.changes
       yield* changes.pipe(
-        Stream.runForEach(() =>
+        Stream.runForEach((change) =>
           Effect.sync(() => {
             const now = registry.templates().map((t) => t.name).join("\u0000")
-            if (now === names) return
+            if (now === names && change._tag !== "TemplateChanged") return
             names = now
             checkPrefixes()
             for (const session of sessions.values()) session.membershipChanged()

@@ -105,7 +105,7 @@ export class ClientSession extends EndpointSession {
         (r) => r.result
       )
     const answered = this.exposure.involved(this.template, method)
-      ? this.exposure.run(this.template, method, params, { id: this.owner, declaration: this.declaration }, call)
+      ? this.exposure.run(this.template, method, params, { id: this.owner, declaration: this.declaration, session: this.id }, call)
       : call(params)
     return this.asking(relay, answered).pipe(
       Effect.match({

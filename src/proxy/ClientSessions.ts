@@ -1,4 +1,4 @@
-import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Schedule, Scope } from "effect"
+import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Schedule, Scope, Stream } from "effect"
 import { canonicalJson, declarationOf } from "../domain/canonicalJson.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
@@ -29,7 +29,9 @@ export interface ClientSessionsShape {
   readonly open: (
     template: string,
     initializeParams: Record<string, unknown>,
-    owner: string
+    owner: string,
+    /** `member`: a session an aggregate holds for the client (it counts against the gateway's cap, not the client's). */
+    options?: { readonly member?: boolean }
   ) => Effect.Effect<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError | SessionLimitReached>
   /**
    * The session a request names, if this caller may use it; else why not (a session whose
@@ -48,7 +50,8 @@ export interface ClientSessionsShape {
   readonly forModernClient: (
     template: string,
     owner: string,
-    initializeParams: Record<string, unknown>
+    initializeParams: Record<string, unknown>,
+    options?: { readonly member?: boolean }
   ) => Effect.Effect<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError | SessionLimitReached>
   /** The same sessions as `/mcp/{template}` speaks to them. */
   readonly endpoint: EndpointSessionsShape
@@ -56,6 +59,9 @@ export interface ClientSessionsShape {
   /** Sessions open, by template and protocol version (what `/metrics` and `/gateway/stats` show). */
   readonly counts: () => ReadonlyArray<{ readonly template: string; readonly protocolVersion: string; readonly count: number }>
 }
+
+/** What a client is told when what its template shows may have changed. */
+const LIST_CHANGES = ["notifications/tools/list_changed", "notifications/prompts/list_changed", "notifications/resources/list_changed"]
 
 /** How often sessions idle past their template's session_idle_timeout are ended (clients that vanished without DELETE). */
 const REAP_EVERY = Duration.seconds(10)
@@ -100,27 +106,32 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             modernKeyOf.delete(id)
             modern.delete(key)
           }
-          const owned = (byOwner.get(session.owner) ?? 1) - 1
-          if (owned === 0) byOwner.delete(session.owner)
-          else byOwner.set(session.owner, owned)
+          if (!members.has(session)) {
+            const owned = (byOwner.get(session.owner) ?? 1) - 1
+            if (owned === 0) byOwner.delete(session.owner)
+            else byOwner.set(session.owner, owned)
+          }
           return Fiber.interruptAll(session.interruptAll()).pipe(
             Effect.zipRight(Scope.close(session.scope, Exit.void)),
             Effect.as(true)
           )
         })
 
-      const add = (session: ClientSession) => {
+      /** Sessions an aggregate holds: not counted for the client (its aggregate session is). */
+      const members = new WeakSet<ClientSession>()
+      const add = (session: ClientSession, member = false) => {
         sessions.set(session.id, session)
-        byOwner.set(session.owner, (byOwner.get(session.owner) ?? 0) + 1)
+        if (member) members.add(session)
+        else byOwner.set(session.owner, (byOwner.get(session.owner) ?? 0) + 1)
         return session
       }
 
       /** The caps, checked before anything is opened for a new session. */
-      const admit = (owner: string): Effect.Effect<void, SessionLimitReached> => {
+      const admit = (owner: string, member = false): Effect.Effect<void, SessionLimitReached> => {
         if (sessions.size >= config.gateway.maxSessions) {
           return Effect.fail(new SessionLimitReached({ scope: "gateway", limit: config.gateway.maxSessions }))
         }
-        if ((byOwner.get(owner) ?? 0) >= config.gateway.maxSessionsPerClient) {
+        if (!member && (byOwner.get(owner) ?? 0) >= config.gateway.maxSessionsPerClient) {
           return Effect.fail(new SessionLimitReached({ scope: "client", limit: config.gateway.maxSessionsPerClient }))
         }
         return Effect.void
@@ -131,7 +142,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
        * balanced on its own (with failover), over the instances' shared connections. For
        * stateless servers. The answer to `initialize` is the one of whichever instance answers.
        */
-      const openBalanced = (template: string, initializeParams: Record<string, unknown>, owner: string) =>
+      const openBalanced = (template: string, initializeParams: Record<string, unknown>, owner: string, member: boolean) =>
         Effect.gen(function*() {
           const { value: result } = yield* dispatcher.execute({
             template,
@@ -155,7 +166,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
               timer.now(),
               exposure,
               declarationOf(initializeParams)
-            )
+            ),
+            member
           )
           return { session, result: { ...result, protocolVersion } }
         })
@@ -191,7 +203,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const capReached = (instance: InstanceState, max: number) =>
         `already has ${ownProcesses.get(instance) ?? max} sessions with a process of their own (max_sessions_per_instance)`
 
-      const openPinned = (template: string, initializeParams: Record<string, unknown>, owner: string) =>
+      const openPinned = (template: string, initializeParams: Record<string, unknown>, owner: string, member: boolean) =>
         Effect.gen(function*() {
           const settings = registry.template(template)!.settings
           const mode = settings.session_process
@@ -260,7 +272,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
               timer.now(),
               exposure,
               declarationOf(initializeParams)
-            )
+            ),
+            member
           )
           yield* listenForSession(session, opened.backend)
           yield* Effect.logDebug(
@@ -298,15 +311,15 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           session.outbox.push(message)
         }).pipe(Scope.extend(session.scope))
 
-      const open: ClientSessionsShape["open"] = (template, initializeParams, owner) =>
+      const open: ClientSessionsShape["open"] = (template, initializeParams, owner, options) =>
         Effect.zipRight(
-          admit(owner),
+          admit(owner, options?.member === true),
           registry.template(template)?.settings.session_affinity === "none"
-            ? openBalanced(template, initializeParams, owner)
-            : openPinned(template, initializeParams, owner)
+            ? openBalanced(template, initializeParams, owner, options?.member === true)
+            : openPinned(template, initializeParams, owner, options?.member === true)
         )
 
-      const forModernClient: ClientSessionsShape["forModernClient"] = (template, owner, initializeParams) =>
+      const forModernClient: ClientSessionsShape["forModernClient"] = (template, owner, initializeParams, options) =>
         Effect.suspend(() => {
           const clientInfo = isObject(initializeParams.clientInfo) ? initializeParams.clientInfo : {}
           const key = JSON.stringify([template, owner, canonicalJson(initializeParams.capabilities ?? {}), String(clientInfo.name ?? "")])
@@ -319,12 +332,12 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
                 return Effect.succeed(opened)
               }
               if (modern.get(key) === existing) modern.delete(key)
-              return forModernClient(template, owner, initializeParams)
+              return forModernClient(template, owner, initializeParams, options)
             })
           }
           const deferred = Deferred.unsafeMake<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError | SessionLimitReached>(FiberId.none)
           modern.set(key, deferred)
-          return open(template, initializeParams, owner).pipe(
+          return open(template, initializeParams, owner, options).pipe(
             Effect.tap((opened) =>
               Effect.sync(() => {
                 modernKeyOf.set(opened.session.id, key)
@@ -444,6 +457,24 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           (s) => close(s.id),
           { discard: true }
         )
+
+      // What a template shows changed (a reload: filters, transforms, prefix): its clients list again.
+      const changes = yield* registry.changes
+      yield* changes.pipe(
+        Stream.runForEach((change) =>
+          Effect.sync(() => {
+            if (change._tag !== "TemplateChanged") return
+            for (const session of sessions.values()) {
+              if (session.template !== change.template.name || session.heldByAggregate) continue
+              for (const method of LIST_CHANGES) {
+                if (session.servesModernClient) for (const listener of session.listeners) listener({ method })
+                else session.outbox.push({ jsonrpc: "2.0", method })
+              }
+            }
+          })
+        ),
+        Effect.forkScoped
+      )
 
       // Sessions idle past their template's session_idle_timeout end (clients that vanished without DELETE).
       yield* Effect.suspend(() => {

@@ -1,9 +1,10 @@
-import { Context, Effect, Either, ExecutionStrategy, Exit, Layer, Schema, Scope, Stream } from "effect"
+import { Context, Duration, Effect, Either, ExecutionStrategy, Exit, Layer, Schema, Scope, Stream } from "effect"
 import { canonicalJson } from "../domain/canonicalJson.js"
 import { compileFilter, type ExposureInput, exposesAnything, type NameFilter, type TransformSpec } from "../domain/Exposure.js"
 import { formatParseError } from "../domain/formatParseError.js"
 import { BackendError, type DispatchError, TransformFailed } from "../domain/GatewayError.js"
 import { ErrorCode, isObject } from "../domain/JsonRpc.js"
+import { DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
 import { PluginError } from "../loader/PluginError.js"
 import { PluginLoader } from "../loader/PluginLoader.js"
 import { GatewayMetrics } from "../observability/GatewayMetrics.js"
@@ -28,6 +29,11 @@ export interface Caller {
    * that sample), so even a public entry is per declaration.
    */
   readonly declaration: string
+  /**
+   * The client's session, when it has one: an old server may keep state per session (resources
+   * of its own), so what it said without caching hints is cached for that session only.
+   */
+  readonly session?: string | undefined
 }
 
 /** The caching hints of a 2026-07-28 result, as the transport saw them before shaping the answer for an old caller. */
@@ -88,6 +94,24 @@ export interface ExposureShape {
   readonly stats: () => Record<string, { readonly hits: number; readonly misses: number; readonly entries: number }>
 }
 
+/**
+ * The spellings of a URI a server may take for one (`DEMO://x/./a` is `demo://x/a`, `%61` may be
+ * `a`): a URI passes a filter only if every spelling does, so that a hidden resource cannot be
+ * reached by writing its URI another way.
+ */
+const spellings = (uri: string): ReadonlyArray<string> => {
+  const forms = new Set([uri])
+  try {
+    const normal = new URL(uri).href
+    forms.add(normal)
+    forms.add(decodeURI(normal))
+  } catch {
+    // Not a URL by WHATWG's rules: the server will have to take it as it is written.
+  }
+  return Array.from(forms)
+}
+const uriAllowed = (filter: NameFilter, uri: string) => spellings(uri).every((form) => filter.allows(form))
+
 /** The name, URI or URI template a request or a list item is filtered by. */
 const refusal = (view: View, method: string, params: Record<string, unknown> | undefined) => {
   const name = typeof params?.name === "string" ? params.name : undefined
@@ -100,13 +124,13 @@ const refusal = (view: View, method: string, params: Record<string, unknown> | u
     case "resources/read":
     case "resources/subscribe":
     case "resources/unsubscribe":
-      return view.resources !== undefined && uri !== undefined && !view.resources.allows(uri) ? { code: ErrorCode.ResourceNotFound, message: `Resource not found: ${uri}` } : undefined
+      return view.resources !== undefined && uri !== undefined && !uriAllowed(view.resources, uri) ? { code: ErrorCode.ResourceNotFound, message: `Resource not found: ${uri}` } : undefined
     case "completion/complete": {
       const ref = isObject(params?.ref) ? params.ref : {}
       if (ref.type === "ref/prompt" && typeof ref.name === "string" && view.prompts !== undefined && !view.prompts.allows(ref.name)) {
         return { code: ErrorCode.InvalidParams, message: `Unknown prompt: ${ref.name}` }
       }
-      if (ref.type === "ref/resource" && typeof ref.uri === "string" && view.resources !== undefined && !view.resources.allows(ref.uri)) {
+      if (ref.type === "ref/resource" && typeof ref.uri === "string" && view.resources !== undefined && !uriAllowed(view.resources, ref.uri)) {
         return { code: ErrorCode.ResourceNotFound, message: `Resource not found: ${ref.uri}` }
       }
       return undefined
@@ -115,6 +139,9 @@ const refusal = (view: View, method: string, params: Record<string, unknown> | u
       return undefined
   }
 }
+
+/** The answer a read gets when what the server returned is hidden (see filterResult). */
+const HIDDEN_READ = Symbol("hidden read")
 
 const LIST_FILTERS: Record<string, { readonly key: string; readonly field: string; readonly filter: keyof Pick<View, "tools" | "prompts" | "resources"> }> = {
   "tools/list": { key: "tools", field: "name", filter: "tools" },
@@ -125,19 +152,35 @@ const LIST_FILTERS: Record<string, { readonly key: string; readonly field: strin
 
 /** A list result without what the view hides (re-applied to every list, so a renamed tool cannot slip past). */
 const filterResult = (view: View, method: string, result: unknown): unknown => {
+  // What a read returns names its resources again: one the view hides (however it was asked for) is not shown.
+  if (method === "resources/read" && view.resources !== undefined && isObject(result) && Array.isArray(result.contents)) {
+    const hidden = result.contents.find((c) => isObject(c) && typeof c.uri === "string" && !uriAllowed(view.resources!, c.uri))
+    if (hidden !== undefined) return HIDDEN_READ
+    return result
+  }
   const list = LIST_FILTERS[method]
   if (list === undefined || !isObject(result)) return result
   const filter = view[list.filter]
   const items = result[list.key]
   if (filter === undefined || !Array.isArray(items)) return result
-  const kept = items.filter((item) => !isObject(item) || typeof item[list.field] !== "string" || filter.allows(item[list.field] as string))
+  const allowed = (value: string) => list.filter === "resources" && list.field === "uri" ? uriAllowed(filter, value) : filter.allows(value)
+  const kept = items.filter((item) => !isObject(item) || typeof item[list.field] !== "string" || allowed(item[list.field] as string))
   return { ...result, [list.key]: kept, ...(typeof result.count === "number" ? { count: kept.length } : {}) }
 }
 
-/** A hook that fails or throws fails the request with a 502; one that refuses with a JSON-RPC code is the client's answer. */
-const runHook = <A>(view: View, name: string, hook: () => Effect.Effect<A, { readonly message: string; readonly code?: number | undefined }>): Effect.Effect<A, DispatchError> =>
+/**
+ * A hook that fails, throws, or does not finish within `limit` (the template's request timeout)
+ * fails the request with a 502; one that refuses with a JSON-RPC code is the client's answer.
+ */
+const runHook = <A>(
+  view: View,
+  name: string,
+  limit: Duration.Duration,
+  hook: () => Effect.Effect<A, { readonly message: string; readonly code?: number | undefined }>
+): Effect.Effect<A, DispatchError> =>
   Effect.suspend(hook).pipe(
     Effect.catchAllDefect((defect) => Effect.fail({ message: defect instanceof Error ? defect.message : String(defect), code: undefined })),
+    Effect.timeoutFail({ duration: limit, onTimeout: () => ({ message: `it did not finish within ${Duration.format(limit)}`, code: undefined }) }),
     Effect.mapError((e): DispatchError =>
       e.code !== undefined
         ? new BackendError({ template: view.name, instanceId: "", error: { code: e.code, message: e.message } })
@@ -283,26 +326,39 @@ export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, Expo
       ) =>
         Effect.gen(function*() {
           const context: TransformContext = { template: view.name, caller: caller.id }
+          const limit = registry.template(view.name)?.settings.timeout ?? DEFAULT_LOAD_BALANCER.timeout
           // What each transform's request hook saw, for its result hook.
           const seen: Array<TransformRequest> = []
           let sent = params
           for (const { name, transform } of view.transforms) {
             const request = { method, params: sent }
             seen.push(request)
-            if (transform.request !== undefined) sent = yield* runHook(view, name, () => transform.request!(request, context))
+            if (transform.request !== undefined) {
+              sent = yield* runHook(view, name, limit, () => transform.request!(request, context))
+              if (sent !== undefined && !isObject(sent)) {
+                return yield* new TransformFailed({ template: view.name, transform: name, reason: "its request hook gave params that are not an object" })
+              }
+            }
           }
           const refused = refusal(view, method, sent)
           if (refused !== undefined) return yield* new BackendError({ template: view.name, instanceId: "", error: refused })
           let result = filterResult(view, method, yield* dispatch(sent, () => undefined))
+          if (result === HIDDEN_READ) {
+            return yield* new BackendError({ template: view.name, instanceId: "", error: { code: ErrorCode.ResourceNotFound, message: `Resource not found: ${String(sent?.uri)}` } })
+          }
           for (let i = view.transforms.length - 1; i >= 0; i--) {
             const { name, transform } = view.transforms[i]!
             if (transform.result !== undefined) {
               const current = result
-              result = yield* runHook(view, name, () => transform.result!(seen[i]!, current, context))
+              result = yield* runHook(view, name, limit, () => transform.result!(seen[i]!, current, context))
             }
           }
           // A transform may have renamed something into what the filters hide.
-          return filterResult(view, method, result)
+          const shown = filterResult(view, method, result)
+          if (shown === HIDDEN_READ) {
+            return yield* new BackendError({ template: view.name, instanceId: "", error: { code: ErrorCode.ResourceNotFound, message: `Resource not found: ${String(sent?.uri)}` } })
+          }
+          return shown
         })
 
       /** The cache in front of a dispatch: hits are served as they were stored; misses stored by the server's hints or the view's ttl. */
@@ -312,9 +368,10 @@ export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, Expo
           if (!CACHEABLE.has(method) || (params !== undefined && params.cursor !== undefined)) return dispatch(params, onHints)
           const base = `${template}\u0000${method}\u0000${canonicalJson(isObject(params) ? { ...params, _meta: undefined } : params)}\u0000${caller.declaration}`
           const publicKey = `${base}\u0000`
-          const privateKey = `${base}\u0000${caller.id}`
+          const callerKey = `${base}\u0000${caller.id}`
+          const sessionKey = caller.session === undefined ? callerKey : `${base}\u0000${caller.id}\u0000${caller.session}`
           const now = Date.now()
-          for (const key of [privateKey, publicKey]) {
+          for (const key of [sessionKey, callerKey, publicKey]) {
             const entry = cache.get(key)
             if (entry === undefined) continue
             if (entry.expiresAt > now) {
@@ -336,7 +393,8 @@ export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, Expo
                 if (policy === undefined || policy.ttlMs <= 0) return
                 count(template, method, false)
                 if (isObject(result) && result.resultType !== undefined && result.resultType !== "complete") return
-                store(template, policy.scope === "public" ? publicKey : privateKey, {
+                // Private: per caller by a 2026-07-28 server's word (it has no sessions), else per session.
+                store(template, policy.scope === "public" ? publicKey : hints !== undefined ? callerKey : sessionKey, {
                   result,
                   expiresAt: now + policy.ttlMs,
                   method,

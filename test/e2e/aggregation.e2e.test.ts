@@ -111,7 +111,10 @@ describe("aggregation: /mcp and virtual servers", () => {
     const unknown = await client.callTool({ name: "nobody__echo", arguments: {} }).catch((e: Error) => e)
     expect(String(unknown)).toContain("Unknown tool: nobody__echo")
 
-    const prompts = (await client.listPrompts()).prompts.map((p) => p.name)
+    const listedPrompts = await client.listPrompts()
+    // server-filesystem offers no prompts: it is not asked, and not missing.
+    expect(JSON.stringify(listedPrompts._meta ?? {})).not.toContain("filesystem")
+    const prompts = listedPrompts.prompts.map((p) => p.name)
     expect(prompts).toContain("everything__simple-prompt")
     expect((await client.getPrompt({ name: "everything__args-prompt", arguments: { city: "Paris" } })).messages.length).toBeGreaterThan(0)
     const completion = await client.complete({ ref: { type: "ref/prompt", name: "everything__completable-prompt" }, argument: { name: "department", value: "S" } })

@@ -168,6 +168,15 @@ describe("security end to end", () => {
       bearer_methods_supported: ["header"],
       resource_name: "mcp-gateway: echo"
     })
+    // The aggregate endpoints have documents of their own, and their 401s point at them.
+    const aggregate = await initializeRaw(`${gateway.url}/mcp`)
+    expect(aggregate.status).toBe(401)
+    expect(aggregate.headers.get("www-authenticate")).toContain(`resource_metadata="${gateway.url}/.well-known/oauth-protected-resource/mcp"`)
+    const all = await api(`${gateway.url}/.well-known/oauth-protected-resource/mcp`)
+    expect(all.status).toBe(200)
+    expect(all.body).toMatchObject({ resource: `${gateway.url}/mcp`, scopes_supported: ["mcp:call"] })
+    const virtual = await api(`${gateway.url}/.well-known/oauth-protected-resource/mcp/v/dev`)
+    expect(virtual.body).toMatchObject({ resource: `${gateway.url}/mcp/v/dev`, scopes_supported: ["mcp:call"] })
   })
 
   it("wrong, missing, expired, not-yet-valid, badly signed, wrong-issuer and wrong-audience credentials get 401", async () => {

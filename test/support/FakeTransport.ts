@@ -52,7 +52,8 @@ export const makeFakeTransport = () => {
 
   const initializeResult = (instance: InstanceDefinition) => ({
     protocolVersion: "2025-11-25",
-    capabilities: {},
+    // A server that offers everything (aggregates do not ask a server for what it does not offer).
+    capabilities: { tools: { listChanged: true }, prompts: {}, resources: { subscribe: true }, completions: {}, logging: {} },
     serverInfo: { name: instance.id, version: "1" }
   })
 

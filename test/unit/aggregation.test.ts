@@ -44,6 +44,18 @@ describe("aggregate sessions", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.scoped("with several templates without a prefix, a bare name is found before the client listed", () => {
+    const { layer } = gateway()
+    return Effect.gen(function*() {
+      const { session } = yield* (yield* AggregateSessions).endpoint.open("*", hello, anonymous)
+      expect(result(yield* session.request("tools/call", { name: "only-b" }, {})).served).toBe("b")
+      const malformed = yield* session.request("tools/call", { name: 42 }, {})
+      expect(malformed).toEqual({ _tag: "Answer", message: { error: { code: -32602, message: "Invalid params: name must be a non-empty string" } } })
+      const level = yield* session.request("logging/setLevel", { level: "loud" }, {})
+      expect(level).toMatchObject({ message: { error: { code: -32602 } } })
+    }).pipe(Effect.provide(layer))
+  })
+
   it.scoped("a caller sees only the templates its scopes allow; the others are unknown to it", () => {
     const { layer } = gateway()
     return Effect.gen(function*() {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Effect, Fiber, Layer, TestClock } from "effect"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import type { ExposureInput } from "../../src/domain/Exposure.js"
@@ -61,6 +61,25 @@ describe("what a template shows: filters", () => {
   })
 })
 
+describe("what a template shows: hidden resources", () => {
+  it.scoped("a hidden resource cannot be reached by spelling its URI another way, nor by what a read returns", () => {
+    const config = testConfig({ t: { instances: ["a"], exposure: { resources: { deny: ["demo://docs/secret*"] } } } })
+    const { fake, layer } = testGateway({ ...config, gateway: { ...config.gateway, baseDir: here } })
+    // The server cleans URIs up before it serves them, as servers do.
+    fake.set("a", (method, params) =>
+      Effect.succeed(method === "resources/read" ? { contents: [{ uri: new URL(String(params?.uri)).href.replace("alias", "secret"), text: "s3cr3t" }] } : {}))
+    return Effect.gen(function*() {
+      const s = yield* session()
+      for (const uri of ["demo://docs/secret.md", "DEMO://docs/secret.md", "demo://docs/./secret.md", "demo://docs/x/../secret.md", "demo://docs/%73ecret.md"]) {
+        expect(errorOf(yield* s.request("resources/read", { uri }, {})), uri).toEqual({ code: -32002, message: `Resource not found: ${uri}` })
+      }
+      // A URI the filter lets through, which the server answers with a hidden one.
+      expect(errorOf(yield* s.request("resources/read", { uri: "demo://docs/alias.md" }, {}))).toMatchObject({ code: -32002 })
+      expect(resultOf(yield* s.request("resources/read", { uri: "demo://docs/public.md" }, {})).contents[0].text).toBe("s3cr3t")
+    }).pipe(Effect.provide(layer))
+  })
+})
+
 describe("what a template shows: transforms", () => {
   it.scoped("inject_arguments, rename_tool and redact do what they say, in order", () => {
     const { fake, layer } = gateway({
@@ -100,6 +119,17 @@ describe("what a template shows: transforms", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.scoped("a transform that never finishes fails its request after the template's timeout, and gives params that are not an object fails too", () => {
+    const { layer } = gateway({ transforms: [{ transform: "../fixtures/plugins/hanging-transform.mjs" }] })
+    return Effect.gen(function*() {
+      const s = yield* session()
+      const pending = yield* Effect.fork(s.request("tools/call", { name: "read_file" }, {}))
+      yield* TestClock.adjust("61 seconds")
+      const failed = yield* Fiber.join(pending)
+      expect(failed).toMatchObject({ _tag: "Failed", status: 502, error: { message: `transform "hanging" of t failed: it did not finish within 1m` } })
+    }).pipe(Effect.provide(layer))
+  })
+
   it.effect("a transform that cannot be loaded stops start-up with one line naming it", () =>
     Effect.gen(function*() {
       const { layer } = gateway({ transforms: [{ transform: "inject_args" }] })
@@ -135,6 +165,20 @@ describe("what a template shows: the cache", () => {
       expect(fake.calls.filter((c) => c.method === "tools/call")).toHaveLength(2)
       // (The list change dropped both callers' entries; alice's list was stored again.)
       expect(exposure.stats().t).toEqual({ hits: 1, misses: 3, entries: 1 })
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("an old server's lists are cached per session (it may keep state per session), a list change drops them all", () => {
+    const { fake, layer } = gateway({ cache: { ttl_seconds: 60 } })
+    return Effect.gen(function*() {
+      const lists = () => fake.calls.filter((c) => c.method === "tools/list").length
+      const first = yield* session("alice")
+      const second = yield* session("alice")
+      yield* first.request("tools/list", undefined, {})
+      yield* second.request("tools/list", undefined, {})
+      expect(lists()).toBe(2)
+      yield* second.request("tools/list", undefined, {})
+      expect(lists()).toBe(2)
     }).pipe(Effect.provide(layer))
   })
 

@@ -11,7 +11,7 @@ import { errorAnswer } from "../ApiError.js"
 import { type RunEffect, sendJson } from "../raw.js"
 import type { RouteRequirement } from "../routes.js"
 import { type AuthenticationFailed, Authenticator } from "./Authenticator.js"
-import { resourceMetadataUrl } from "./ProtectedResource.js"
+import { resourceMetadataUrl, templateEndpoint } from "./ProtectedResource.js"
 
 const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]", "::1"])
 
@@ -142,6 +142,12 @@ export const makeGuard = Effect.gen(function*() {
 
       const address = req.socket.remoteAddress ?? "unknown"
       const limited = (identity: Identity) => {
+        // Ending a session is never refused for being over the limit: it frees what the client held.
+        if (req.method === "DELETE" && requirement.jsonRpc) {
+          const headers: Record<string, string> = {}
+          for (const name in cors) headers[name] = cors[name]!
+          return proceed({ identity, headers })
+        }
         const admission = limiter.admit(identity.id, requirement.templateLimited ? requirement.template : undefined)
         // (A promise only when the buckets are the fleet's, in Redis.)
         if (admission instanceof Promise) return void admission.then((decision) => decided(identity, decision))
@@ -176,7 +182,8 @@ export const makeGuard = Effect.gen(function*() {
         const params = ['realm="mcp-gateway"']
         if (error !== undefined) params.push(`error="${error}"`)
         if (scope !== undefined) params.push(`scope="${scope}"`)
-        const metadata = resourceMetadataUrl(authenticator.settings!, req.headers.host, requirement.template)
+        const endpoint = requirement.endpoint ?? (requirement.template === undefined ? undefined : templateEndpoint(requirement.template))
+        const metadata = resourceMetadataUrl(authenticator.settings!, req.headers.host, endpoint)
         params.push(`resource_metadata="${metadata}"`)
         return { ...cors, "www-authenticate": `Bearer ${params.join(", ")}` }
       }

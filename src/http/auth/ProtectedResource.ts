@@ -10,20 +10,36 @@ import type { AuthSettings } from "../../config/AuthConfig.js"
 export const baseUrlOf = (settings: AuthSettings, host: string | undefined) =>
   settings.resourceBaseUrl ?? `http://${host ?? "localhost"}`
 
-/** `/.well-known/oauth-protected-resource/mcp/{template}`, or the gateway's own document without a template. */
-export const resourceMetadataUrl = (settings: AuthSettings, host: string | undefined, template: string | undefined) =>
-  `${baseUrlOf(settings, host)}/.well-known/oauth-protected-resource${template === undefined ? "" : `/mcp/${encodeURIComponent(template)}`}`
+/**
+ * Which MCP endpoint a document describes: a template's (`/mcp/{template}`), an aggregate's
+ * (`/mcp`, `/mcp/v/{name}`), or none (the gateway as a whole).
+ */
+export interface ProtectedEndpoint {
+  /** The endpoint's path, as clients use it. */
+  readonly path: string
+  /** Its template, when it is one template's. */
+  readonly template?: string | undefined
+}
 
-/** The RFC 9728 document for a template's MCP endpoint (or for the gateway as a whole). */
-export const resourceMetadata = (settings: AuthSettings, host: string | undefined, template: string | undefined) => {
+/** `/.well-known/oauth-protected-resource{path}`, or the gateway's own document without an endpoint. */
+export const resourceMetadataUrl = (settings: AuthSettings, host: string | undefined, endpoint: ProtectedEndpoint | undefined) =>
+  `${baseUrlOf(settings, host)}/.well-known/oauth-protected-resource${endpoint?.path ?? ""}`
+
+/** The RFC 9728 document for an MCP endpoint (or for the gateway as a whole). */
+export const resourceMetadata = (settings: AuthSettings, host: string | undefined, endpoint: ProtectedEndpoint | undefined) => {
   const base = baseUrlOf(settings, host)
   return {
-    resource: template === undefined ? base : `${base}/mcp/${encodeURIComponent(template)}`,
+    resource: endpoint === undefined ? base : `${base}${endpoint.path}`,
     authorization_servers: settings.authorizationServers,
-    scopes_supported: template === undefined
+    scopes_supported: endpoint === undefined
       ? ["mcp:call", "gateway:read", "gateway:admin"]
-      : ["mcp:call", `mcp:call:${template}`],
+      : endpoint.template === undefined
+      ? ["mcp:call"]
+      : ["mcp:call", `mcp:call:${endpoint.template}`],
     bearer_methods_supported: ["header"],
-    resource_name: template === undefined ? "mcp-gateway" : `mcp-gateway: ${template}`
+    resource_name: endpoint === undefined ? "mcp-gateway" : `mcp-gateway: ${endpoint.template ?? endpoint.path}`
   }
 }
+
+/** The endpoint of a template. */
+export const templateEndpoint = (template: string): ProtectedEndpoint => ({ path: `/mcp/${encodeURIComponent(template)}`, template })
