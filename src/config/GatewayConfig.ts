@@ -10,7 +10,7 @@ import {
   resolveLoadBalancer,
   seconds
 } from "../domain/LoadBalancer.js"
-import { missingSecrets, resolveSecret, SecretInput } from "../domain/Secret.js"
+import { resolveSecret, SecretInput, secretProblems } from "../domain/Secret.js"
 import { CacheInput, type ExposureInput, ExposureFields } from "../domain/Exposure.js"
 import { AuthInput, type AuthSettings, resolveAuth } from "./AuthConfig.js"
 import { ConfigInvalid } from "./ConfigInvalid.js"
@@ -406,11 +406,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
           return
         }
         seen.add(id)
-        if (spec.transport !== "stdio") {
-          for (const [header, problem] of missingSecrets(spec.headers)) {
-            problems.push(`templates.${name}.instances[${index}].headers[${JSON.stringify(header)}]: ${problem}`)
-          }
-        }
+        if (spec.transport !== "stdio") problems.push(...secretProblems(spec.headers, `templates.${name}.instances[${index}]`))
         instances.push(defineInstance(name, id, resolvePaths(spec, baseDir), "config"))
       })
       const forwardHeaders = (template.forward_headers ?? []).map((h) => h.toLowerCase())

@@ -138,9 +138,8 @@ export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<Config
             }
           }
           if (problems.length > 0) return refused(problems)
-          const after = parse(text) ?? {}
-          const needsRestart = restartOnly(applied, after)
-          applied = after
+          const needsRestart = restartOnly(applied, raw)
+          applied = raw
           const diff = yield* registry.applyConfig(next.templates)
           return { ok: true, diff, needsRestart } satisfies ReloadResult
         })

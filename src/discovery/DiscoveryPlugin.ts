@@ -89,13 +89,11 @@ export const DiscoveryPlugin = {
   /** Validates a document a provider read (a file, a command's output). */
   decodeDocument: decodeDiscoveredDocument,
 
-  /** How the loader finds and checks discovery plugins (they are not per template: `chosen` is unused). */
+  /** How the loader finds and checks discovery plugins. */
   kind: <PluginKind<DiscoveryProvider, DiscoveryPlugin>> {
     folder: "discovery",
     noun: "discovery provider",
     setting: "provider",
-    optionsSetting: "options",
-    chosen: () => ({ spec: "", options: undefined }),
     is: isDiscoveryPlugin,
     exportHint: "export default DiscoveryPlugin.make({...}) from \"mcp-gateway/plugin\""
   }

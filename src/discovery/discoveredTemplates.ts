@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto"
 import { resolvePaths } from "../config/GatewayConfig.js"
 import { defineInstance, discoverySource, type InstanceDefinition, type InstanceSpec } from "../domain/Instance.js"
-import { missingSecrets } from "../domain/Secret.js"
+import { secretProblems } from "../domain/Secret.js"
 import type { DiscoveredTemplate } from "../registry/Registry.js"
 import type { DiscoveredDocument } from "./DiscoveryPlugin.js"
 
@@ -54,11 +54,7 @@ export const discoveredTemplates = (
         return
       }
       seen.add(id)
-      if (spec.transport !== "stdio") {
-        for (const [header, problem] of missingSecrets(spec.headers)) {
-          problems.push(`templates.${name}.instances[${index}].headers[${JSON.stringify(header)}]: ${problem}`)
-        }
-      }
+      if (spec.transport !== "stdio") problems.push(...secretProblems(spec.headers, `templates.${name}.instances[${index}]`))
       instances.push(defineInstance(name, id, resolvePaths({ ...spec, id }, baseDir), source))
     })
     templates.push({ name, loadBalancer: entry.load_balancer, instances })

@@ -43,3 +43,7 @@ export const missingSecrets = (
       const resolved = resolveSecret(value, env)
       return typeof resolved === "string" ? [] : [[name, resolved.missing] as const]
     })
+
+/** The same problems as lines naming where the headers are (`templates.x.instances[0]` → `...headers["Authorization"]: ...`). */
+export const secretProblems = (headers: Readonly<Record<string, SecretInput>> | undefined, at: string): Array<string> =>
+  missingSecrets(headers).map(([header, problem]) => `${at}.headers[${JSON.stringify(header)}]: ${problem}`)

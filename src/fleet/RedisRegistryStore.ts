@@ -55,7 +55,10 @@ export const redisRegistryStore = (fleet: FleetRedisShape): RegistryStoreShape =
     }
     lastKnown = decoded.right
     return decoded.right
-  }).pipe(Effect.catchAllDefect(() => Effect.fail(unavailable())))
+  }).pipe(
+    // (An entry that is not JSON: written by something else than a replica.)
+    Effect.catchAllDefect((e) => Effect.fail(new RegistryStorageError({ path: keys.instances, message: `the registry in Redis is not valid: ${e instanceof Error ? e.message : String(e)}` })))
+  )
 
   /** Writes a whole registry back (Redis lost it), then tells every replica. */
   const restore = (registry: PersistedRegistry) =>

@@ -1,6 +1,6 @@
 import { Data, type Effect, Schema, type Scope } from "effect"
 import type { InstanceDefinition } from "../domain/Instance.js"
-import type { PluginKind } from "../loader/PluginKind.js"
+import type { TemplatePluginKind } from "../loader/PluginKind.js"
 
 /** A probe that failed: its message is shown as the instance's last error. */
 export class ProbeError extends Data.TaggedError("ProbeError")<{ readonly message: string }> {}
@@ -52,7 +52,7 @@ export const HealthProbePlugin = {
   is: isHealthProbePlugin,
 
   /** How the loader finds and checks health probe plugins. */
-  kind: <PluginKind<HealthProbe, HealthProbePlugin>> {
+  kind: <TemplatePluginKind<HealthProbe, HealthProbePlugin>> {
     folder: "health",
     noun: "health probe",
     setting: "health_probe",

@@ -9,7 +9,7 @@ import type { DispatchError } from "../domain/GatewayError.js"
 import { loadBalancerJson } from "../domain/LoadBalancer.js"
 import { allows, scopeNeeded } from "../domain/Identity.js"
 import { GATEWAY_VERSION } from "../domain/Protocol.js"
-import { missingSecrets } from "../domain/Secret.js"
+import { secretProblems } from "../domain/Secret.js"
 import { ClientSessions } from "../proxy/ClientSessions.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
 import { Exposure } from "../proxy/Exposure.js"
@@ -204,11 +204,8 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
                   `not ${refused.map((n) => JSON.stringify(n)).join(", ")}`
               )
             }
-            const missing = missingSecrets(instance.headers)
-            if (missing.length > 0) {
-              const problems = missing.map(([header, problem]) => `body.instance.headers[${JSON.stringify(header)}]: ${problem}`)
-              return yield* fail(400, "invalid_request", problems.join("; "), { problems })
-            }
+            const problems = secretProblems(instance.headers, "body.instance")
+            if (problems.length > 0) return yield* fail(400, "invalid_request", problems.join("; "), { problems })
           }
           if (instance.transport === "stdio" && !config.gateway.allowStdioRegistration) {
             return yield* fail(

@@ -17,12 +17,17 @@ export interface PluginKind<Value, P extends Plugin<Value> = Plugin<Value>> {
   readonly folder: string
   /** What users call it in messages: `strategy`, `health probe`. */
   readonly noun: string
-  /** The load_balancer field naming it, and the one with its options. */
+  /** The config field naming it (`strategy`, `provider`, `transform`). */
   readonly setting: string
-  readonly optionsSetting: string
-  /** Which plugin, with which options, a template's settings ask for. */
-  readonly chosen: (settings: LoadBalancerSettings) => { readonly spec: string; readonly options: unknown }
   readonly is: (u: unknown) => u is P
   /** How the export should look, for the error message. */
   readonly exportHint: string
+}
+
+/** A kind of plugin each template chooses in its load_balancer (strategies, health probes): built per template by TemplatePlugins. */
+export interface TemplatePluginKind<Value, P extends Plugin<Value> = Plugin<Value>> extends PluginKind<Value, P> {
+  /** The load_balancer field with its options. */
+  readonly optionsSetting: string
+  /** Which plugin, with which options, a template's settings ask for. */
+  readonly chosen: (settings: LoadBalancerSettings) => { readonly spec: string; readonly options: unknown }
 }

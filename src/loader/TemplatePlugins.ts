@@ -2,7 +2,7 @@ import { Effect, Either, ExecutionStrategy, Exit, Schema, Scope } from "effect"
 import { formatParseError } from "../domain/formatParseError.js"
 import type { LoadBalancerSettings } from "../domain/LoadBalancer.js"
 import { PluginError } from "./PluginError.js"
-import type { Plugin, PluginKind } from "./PluginKind.js"
+import type { Plugin, TemplatePluginKind } from "./PluginKind.js"
 import { PluginLoader } from "./PluginLoader.js"
 
 export interface TemplatePlugin<V> {
@@ -29,7 +29,7 @@ interface Entry<V> {
 
 /** One plugin value per template for a kind of plugin (strategies, health probes). */
 export const makeTemplatePlugins = <V, P extends Plugin<V>>(
-  kind: PluginKind<V, P>
+  kind: TemplatePluginKind<V, P>
 ): Effect.Effect<TemplatePluginsShape<V>, never, PluginLoader | Scope.Scope> =>
   Effect.gen(function*() {
     const loader = yield* PluginLoader

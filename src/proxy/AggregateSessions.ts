@@ -1,9 +1,8 @@
-import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Schedule, Scope, Stream } from "effect"
-import { canonicalJson, declarationOf } from "../domain/canonicalJson.js"
+import { Context, Duration, Effect, ExecutionStrategy, Exit, Fiber, Layer, Schedule, Scope, Stream } from "effect"
+import { declarationOf } from "../domain/canonicalJson.js"
 import { DEFAULT_AGGREGATION, GatewayConfig, type VirtualServerSettings } from "../config/GatewayConfig.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
 import { allows, type Identity } from "../domain/Identity.js"
-import { isObject } from "../domain/JsonRpc.js"
 import { GATEWAY_NAME, GATEWAY_VERSION, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { PluginError } from "../loader/PluginError.js"
 import { Registry } from "../registry/Registry.js"
@@ -14,6 +13,7 @@ import type { EndpointSessionsShape, OpenedSession } from "./EndpointSessions.js
 import { Exposure, type View } from "./Exposure.js"
 import { type RateDecision, RateLimiter } from "./RateLimiter.js"
 import { SessionSeal } from "./SessionSeal.js"
+import { ModernSessions } from "./ModernSessions.js"
 import { Stats } from "./Stats.js"
 import { Timer } from "./Timer.js"
 
@@ -123,19 +123,14 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
       checkPrefixes()
 
       const sessions = new Map<string, AggregateSession>()
-      const modern = new Map<string, Deferred.Deferred<OpenedSession, DispatchError | SessionLimitReached>>()
-      const modernKeyOf = new Map<string, string>()
+      const modern = new ModernSessions<OpenedSession, DispatchError | SessionLimitReached>((id) => sessions.has(id), () => timer.now())
 
       const close = (id: string) =>
         Effect.suspend(() => {
           const session = sessions.get(id)
           if (session === undefined) return Effect.succeed(false)
           sessions.delete(id)
-          const key = modernKeyOf.get(id)
-          if (key !== undefined) {
-            modernKeyOf.delete(id)
-            modern.delete(key)
-          }
+          modern.forget(id)
           return Fiber.interruptAll(session.interruptAll()).pipe(
             Effect.zipRight(Effect.forEach(session.memberSessions, (member) => clientSessions.close(member.id), { discard: true })),
             Effect.zipRight(Scope.close(session.scope, Exit.void)),
@@ -248,32 +243,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         })
 
       const forModernClient: EndpointSessionsShape["forModernClient"] = (key, caller, initializeParams) =>
-        Effect.suspend(() => {
-          const clientInfo = isObject(initializeParams.clientInfo) ? initializeParams.clientInfo : {}
-          const cacheKey = JSON.stringify([key, caller.id, canonicalJson(initializeParams.capabilities ?? {}), String(clientInfo.name ?? "")])
-          const existing = modern.get(cacheKey)
-          if (existing !== undefined) {
-            return Effect.flatMap(Deferred.await(existing), (opened) => {
-              if (sessions.has(opened.session.id)) {
-                opened.session.lastSeen = timer.now()
-                return Effect.succeed(opened)
-              }
-              if (modern.get(cacheKey) === existing) modern.delete(cacheKey)
-              return forModernClient(key, caller, initializeParams)
-            })
-          }
-          const deferred = Deferred.unsafeMake<OpenedSession, DispatchError | SessionLimitReached>(FiberId.none)
-          modern.set(cacheKey, deferred)
-          return open(key, initializeParams, caller, true).pipe(
-            Effect.tap((opened) => Effect.sync(() => void modernKeyOf.set(opened.session.id, cacheKey))),
-            Effect.onExit((exit) =>
-              Effect.suspend(() => {
-                if (exit._tag === "Failure" && modern.get(cacheKey) === deferred) modern.delete(cacheKey)
-                return Deferred.done(deferred, exit)
-              })
-            )
-          )
-        })
+        modern.get(key, caller.id, initializeParams, open(key, initializeParams, caller, true))
 
       const endpoint: EndpointSessionsShape = {
         exists: (key) => served.has(key),

@@ -1,5 +1,5 @@
 import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Schedule, Scope, Stream } from "effect"
-import { canonicalJson, declarationOf } from "../domain/canonicalJson.js"
+import { declarationOf } from "../domain/canonicalJson.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { isObject, isRequest } from "../domain/JsonRpc.js"
@@ -14,6 +14,7 @@ import { ClientSession } from "./ClientSession.js"
 import type { Adoption, EndpointSessionsShape, SessionRefusal } from "./EndpointSessions.js"
 import { Dispatcher } from "./Dispatcher.js"
 import { Exposure } from "./Exposure.js"
+import { ModernSessions } from "./ModernSessions.js"
 import { type SessionClaims, SessionSeal } from "./SessionSeal.js"
 import { capabilitiesAllowSharing } from "./processSharing.js"
 import { Timer } from "./Timer.js"
@@ -93,19 +94,17 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const byOwner = new Map<string, number>()
 
       /** Backend sessions of modern clients, by who they serve (see forModernClient). */
-      const modern = new Map<string, Deferred.Deferred<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError | SessionLimitReached>>()
-      const modernKeyOf = new Map<string, string>()
+      const modern = new ModernSessions<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError | SessionLimitReached>(
+        (id) => sessions.has(id),
+        () => timer.now()
+      )
 
       const close = (id: string) =>
         Effect.suspend(() => {
           const session = sessions.get(id)
           if (session === undefined) return Effect.succeed(false)
           sessions.delete(id)
-          const key = modernKeyOf.get(id)
-          if (key !== undefined) {
-            modernKeyOf.delete(id)
-            modern.delete(key)
-          }
+          modern.forget(id)
           if (!members.has(session)) {
             const owned = (byOwner.get(session.owner) ?? 1) - 1
             if (owned === 0) byOwner.delete(session.owner)
@@ -320,39 +319,12 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         )
 
       const forModernClient: ClientSessionsShape["forModernClient"] = (template, owner, initializeParams, options) =>
-        Effect.suspend(() => {
-          const clientInfo = isObject(initializeParams.clientInfo) ? initializeParams.clientInfo : {}
-          const key = JSON.stringify([template, owner, canonicalJson(initializeParams.capabilities ?? {}), String(clientInfo.name ?? "")])
-          const existing = modern.get(key)
-          if (existing !== undefined) {
-            return Effect.flatMap(Deferred.await(existing), (opened) => {
-              // A session that ended (idle, or its server went) is opened anew.
-              if (sessions.has(opened.session.id)) {
-                opened.session.lastSeen = timer.now()
-                return Effect.succeed(opened)
-              }
-              if (modern.get(key) === existing) modern.delete(key)
-              return forModernClient(template, owner, initializeParams, options)
-            })
-          }
-          const deferred = Deferred.unsafeMake<{ readonly session: ClientSession; readonly result: Record<string, unknown> }, DispatchError | SessionLimitReached>(FiberId.none)
-          modern.set(key, deferred)
-          return open(template, initializeParams, owner, options).pipe(
-            Effect.tap((opened) =>
-              Effect.sync(() => {
-                modernKeyOf.set(opened.session.id, key)
-                opened.session.servesModernClient = true
-              })
-            ),
-            Effect.onExit((exit) =>
-              Effect.suspend(() => {
-                // A failed opening is not remembered: the next request tries again.
-                if (exit._tag === "Failure" && modern.get(key) === deferred) modern.delete(key)
-                return Deferred.done(deferred, exit)
-              })
-            )
-          )
-        })
+        modern.get(
+          template,
+          owner,
+          initializeParams,
+          Effect.tap(open(template, initializeParams, owner, options), (opened) => Effect.sync(() => void (opened.session.servesModernClient = true)))
+        )
 
       const resolve: ClientSessionsShape["resolve"] = (id, template, owner) => {
         if (id === undefined || id === "") return { status: 400, message: "Bad Request: Mcp-Session-Id header is required" }

@@ -1,7 +1,7 @@
 import { type Effect, Schema, type Scope } from "effect"
 import type { NonEmptyReadonlyArray } from "effect/Array"
 import type { InstanceView } from "../domain/InstanceView.js"
-import type { PluginKind } from "../loader/PluginKind.js"
+import type { TemplatePluginKind } from "../loader/PluginKind.js"
 
 /** Marks a plugin's default export; a global symbol so that a plugin compiled against another copy of the package still matches. */
 export const StrategyPluginTypeId: unique symbol = Symbol.for("mcp-gateway/StrategyPlugin") as any
@@ -65,7 +65,7 @@ export const StrategyPlugin = {
   is: isStrategyPlugin,
 
   /** How the loader finds and checks strategy plugins. */
-  kind: <PluginKind<Strategy, StrategyPlugin>> {
+  kind: <TemplatePluginKind<Strategy, StrategyPlugin>> {
     folder: "strategies",
     noun: "strategy",
     setting: "strategy",

@@ -66,13 +66,11 @@ export const TransformPlugin = {
 
   is: isTransformPlugin,
 
-  /** How the loader finds and checks transform plugins (they are named in `transforms`, not load_balancer: `chosen` is unused). */
+  /** How the loader finds and checks transform plugins. */
   kind: <PluginKind<Transform, TransformPlugin>> {
     folder: "transforms",
     noun: "transform",
     setting: "transform",
-    optionsSetting: "options",
-    chosen: () => ({ spec: "", options: undefined }),
     is: isTransformPlugin,
     exportHint: "export default TransformPlugin.make({...}) from \"mcp-gateway/plugin\""
   }
