@@ -7,6 +7,7 @@
 // The profile itself (a .cpuprofile, for Chrome DevTools or speedscope) stays in the directory
 // it names. Needs wrk. Linux.
 import * as fs from "node:fs"
+import { SourceMap } from "node:module"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
@@ -20,6 +21,22 @@ const connections = Number(arg("connections", 16))
 const top = Number(arg("top", 40))
 const extra = arg("config") === undefined ? {} : JSON.parse(fs.readFileSync(arg("config"), "utf8"))
 
+/**
+ * The gateway is bundled (dist/main.js and dist/chunks/*.js hold its code and Effect's alike), so
+ * each frame is put back where it came from through the bundle's source maps: src/… and
+ * plugins/… are the gateway's code, node_modules/… its libraries.
+ */
+const maps = new Map()
+const original = (frame) => {
+  if (!frame.url.startsWith("file://") || !frame.url.includes("/dist/")) return frame
+  const file = fileURLToPath(frame.url)
+  if (!maps.has(file)) maps.set(file, fs.existsSync(`${file}.map`) ? new SourceMap(JSON.parse(fs.readFileSync(`${file}.map`, "utf8"))) : null)
+  const entry = maps.get(file)?.findEntry(frame.lineNumber, frame.columnNumber)
+  if (entry === undefined || entry.originalSource === undefined) return frame
+  const source = entry.originalSource.replace(/^.*?\/(node_modules|src|plugins)\//, "$1/")
+  return { ...frame, url: source, lineNumber: entry.originalLine }
+}
+
 /** Which kind of work a profile node is, by its function and file. */
 const kindOf = (frame) => {
   const { functionName: fn, url } = frame
@@ -28,7 +45,8 @@ const kindOf = (frame) => {
   if (fn === "writev" || fn === "writeBuffer" || fn === "writeUtf8String" || fn === "writeLatin1String") return "socket writes"
   if (url === "" && /^(parse|stringify)$/.test(fn)) return "JSON"
   if (url.includes("node_modules/effect/")) return "Effect runtime"
-  if (url.includes("/dist/")) return "gateway code"
+  if (url.startsWith("src/") || url.startsWith("plugins/")) return "gateway code"
+  if (url.startsWith("node_modules/")) return "libraries"
   if (url.startsWith("node:")) return "Node core (JS)"
   return "native / other"
 }
@@ -60,6 +78,7 @@ const main = async () => {
   if (file === undefined) throw new Error(`no profile in ${dir}`)
   const profile = JSON.parse(fs.readFileSync(path.join(dir, file), "utf8"))
   const self = new Map()
+  for (const n of profile.nodes) n.callFrame = original(n.callFrame)
   const byId = new Map(profile.nodes.map((n) => [n.id, n]))
   const counts = new Map()
   for (const id of profile.samples) counts.set(id, (counts.get(id) ?? 0) + 1)
@@ -68,7 +87,7 @@ const main = async () => {
   for (const [id, n] of counts) {
     const node = byId.get(id)
     const f = node.callFrame
-    const key = `${f.functionName || "(anonymous)"} ${f.url.replace(/^.*\/(node_modules|dist)\//, "$1/")}:${f.lineNumber + 1}`
+    const key = `${f.functionName || "(anonymous)"} ${f.url.replace(/^.*\/node_modules\//, "node_modules/")}:${f.lineNumber + 1}`
     self.set(key, (self.get(key) ?? 0) + n)
     const kind = kindOf(f)
     kinds.set(kind, (kinds.get(kind) ?? 0) + n)
@@ -83,8 +102,8 @@ const main = async () => {
     const seen = new Set()
     for (let at = id; at !== undefined; at = parent.get(at)) {
       const f = byId.get(at).callFrame
-      if (!f.url.includes("/dist/")) continue
-      const key = `${f.functionName || "(anonymous)"} ${f.url.replace(/^.*\/dist\//, "dist/")}:${f.lineNumber + 1}`
+      if (kindOf(f) !== "gateway code") continue
+      const key = `${f.functionName || "(anonymous)"} ${f.url}:${f.lineNumber + 1}`
       if (seen.has(key)) continue
       seen.add(key)
       inclusive.set(key, (inclusive.get(key) ?? 0) + n)

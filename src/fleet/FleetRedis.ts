@@ -1,5 +1,5 @@
 import { Context, Effect, Layer, Runtime } from "effect"
-import { Redis } from "ioredis"
+import type { Redis } from "ioredis"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { redactUrl } from "../domain/redact.js"
 
@@ -47,6 +47,8 @@ export class FleetRedis extends Context.Tag("mcp-gateway/FleetRedis")<FleetRedis
         connectTimeout: 2_000,
         retryStrategy: (times: number) => Math.min(200 * times, 2_000)
       }
+      // Loaded only by a gateway that has a Redis: one on its own never pays for the client.
+      const { Redis } = yield* Effect.promise(() => import("ioredis"))
       const command = new Redis(settings.url, options)
       const subscriber = new Redis(settings.url, { ...options, enableOfflineQueue: true, maxRetriesPerRequest: null })
       let status = "down" as FleetStatus

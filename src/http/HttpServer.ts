@@ -1,9 +1,8 @@
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
-import * as HttpApiSwagger from "@effect/platform/HttpApiSwagger"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import { Cause, Context, Data, Duration, Effect, FiberSet, Layer, Option } from "effect"
+import { Cause, Context, Data, Duration, Effect, FiberSet, Layer, Option, Runtime } from "effect"
 import { randomUUID } from "node:crypto"
 import * as http from "node:http"
 import type * as net from "node:net"
@@ -86,10 +85,7 @@ export const HttpServerLive: Layer.Layer<
 
     const apiApp = yield* HttpApiBuilder.httpApp.pipe(
       Effect.provide(
-        Layer.mergeAll(
-          HttpApiSwagger.layer({ path: "/docs" }),
-          HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })
-        ).pipe(
+        HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" }).pipe(
           Layer.provideMerge(ApiHandlers),
           Layer.provideMerge(HttpApiBuilder.Router.Live),
           Layer.provideMerge(HttpApiBuilder.Middleware.layer)
@@ -116,6 +112,19 @@ export const HttpServerLive: Layer.Layer<
     const guard = yield* makeGuard
     const authenticator = yield* Authenticator
 
+    // Swagger UI is built on its first request, not at start (swaggerDocs.ts says why).
+    const runtime = yield* Effect.runtime<never>()
+    let swagger: Promise<(req: http.IncomingMessage, res: http.ServerResponse) => void> | undefined
+    const serveSwagger = (req: http.IncomingMessage, res: http.ServerResponse, requestId: string) => {
+      swagger ??= Runtime.runPromise(runtime)(
+        Effect.flatMap(Effect.promise(() => import("./swaggerDocs.js")), (docs) => docs.makeSwaggerHandler)
+      )
+      swagger.then((handler) => handler(req, res), (e) => {
+        swagger = undefined
+        sendError(res, errorAnswer(500, "internal_error", `cannot build the documentation page: ${String(e)}`, requestId))
+      })
+    }
+
     /** Routes of the HttpApi app and the small static ones. */
     const serveOther = (req: http.IncomingMessage, res: http.ServerResponse, route: Route, requestId: string) => {
       const path = (req.url ?? "/").split("?")[0]!
@@ -136,6 +145,7 @@ export const HttpServerLive: Layer.Layer<
         res.writeHead(200, { "content-type": PROMETHEUS_CONTENT_TYPE, "content-length": Buffer.byteLength(text) })
         return void res.end(text)
       }
+      if (path === "/docs") return serveSwagger(req, res, requestId)
       if (path === "/redoc" || path === "/redoc/") return redocPage(res)
       if (path === "/redoc/redoc.standalone.js") return redocAsset(res)
       apiHandler(req, res)

@@ -9,8 +9,9 @@ import type { Plugin, PluginKind } from "./PluginKind.js"
 const here = path.dirname(fileURLToPath(import.meta.url))
 
 /**
- * Where the built-in plugins of a kind are: dist/plugins/{folder}/*.js next to the compiled
- * gateway, or plugins/{folder}/*.ts when the gateway runs from source (the test runner).
+ * Where the built-in plugins of a kind are: dist/plugins/{folder}/*.js when this code runs from
+ * the bundle (it is then in dist/chunks/, so `../plugins`), or plugins/{folder}/*.ts when the
+ * gateway runs from source (src/loader/, the test runner).
  */
 const builtinDir = (folder: string): { readonly dir: string; readonly ext: string } | undefined =>
   [

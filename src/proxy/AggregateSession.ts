@@ -343,7 +343,7 @@ export class AggregateSession extends EndpointSession {
 
   private emit(message: ServerNotice) {
     const notification = { jsonrpc: "2.0", method: message.method, ...(message.params === undefined ? {} : { params: message.params }) }
-    if (this.servesModernClient) for (const listener of this.listeners) listener(notification)
+    if (this.servesModernClient) this.tellListeners(notification)
     else this.outbox.push(notification)
   }
 

@@ -301,10 +301,10 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           // What the template caches goes stale the moment the server says so, whoever listens.
           exposure.noticed(session.template, message)
           if (message.method === "notifications/resources/updated" && isObject(message.params)) {
-            if (!session.subscriptions.has(String(message.params.uri))) return
+            if (!session.subscribedTo(String(message.params.uri))) return
           }
           if (session.servesModernClient) {
-            for (const listener of session.listeners) listener(message)
+            session.tellListeners(message)
             return
           }
           session.outbox.push(message)
@@ -439,7 +439,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             for (const session of sessions.values()) {
               if (session.template !== change.template.name || session.heldByAggregate) continue
               for (const method of LIST_CHANGES) {
-                if (session.servesModernClient) for (const listener of session.listeners) listener({ method })
+                if (session.servesModernClient) session.tellListeners({ method })
                 else session.outbox.push({ jsonrpc: "2.0", method })
               }
             }

@@ -45,13 +45,17 @@ const requestKey = (id: unknown) => (typeof id === "string" ? `s:${id}` : `n:${S
  * templates behind one endpoint).
  */
 export abstract class EndpointSession {
+  // The collections below that a session may never need are made on first use: an idle session
+  // holds none of them (each empty Map or Set is 150-250 bytes, and a gateway holds thousands of
+  // idle sessions). Readers that must not allocate use the private fields.
+
   /** Requests in flight by the client's JSON-RPC id (see requestKey), so that notifications/cancelled can stop them. */
-  private readonly inflight = new Map<string, Fiber.RuntimeFiber<unknown, unknown>>()
+  private inflight: Map<string, Fiber.RuntimeFiber<unknown, unknown>> | undefined
   /**
    * Server→client requests relayed to the client and not answered yet, by the id the gateway
    * gave them; each `reply` sends the client's answer back to the server under the server's id.
    */
-  private readonly serverRequests = new Map<string, (response: JsonRpcResponse) => void>()
+  private serverRequests: Map<string, (response: JsonRpcResponse) => void> | undefined
   private nextServerRequest = 1
   /** What the server sends outside requests, for the client's standing GET stream (stream "0"). */
   readonly outbox = new SessionOutbox()
@@ -59,12 +63,22 @@ export abstract class EndpointSession {
    * The session's SSE streams by key, for resumption with Last-Event-ID (`{key}-{seq}`): "0" is
    * the standing stream, requests answered with a stream get "1", "2", ... (kept a while after they finish).
    */
-  private readonly streams = new Map<string, SessionOutbox>([["0", this.outbox]])
+  private streams: Map<string, SessionOutbox> | undefined
   private nextStream = 1
+  private subscribed: Set<string> | undefined
   /** Resources the client subscribed to: on a shared process, updates go only to their subscribers. */
-  readonly subscriptions = new Set<string>()
+  get subscriptions(): Set<string> {
+    return (this.subscribed ??= new Set())
+  }
+  /** Whether the client subscribed to `uri` (without making the set). */
+  subscribedTo(uri: string): boolean {
+    return this.subscribed?.has(uri) ?? false
+  }
+  private closers: Set<() => void> | undefined
   /** Called when the session ends (to close its open streams). */
-  readonly onClose = new Set<() => void>()
+  get onClose(): Set<() => void> {
+    return (this.closers ??= new Set())
+  }
   /** When the client last used the session (epoch ms, the Clock's). */
   lastSeen: number
   /**
@@ -76,17 +90,27 @@ export abstract class EndpointSession {
    * For a modern client: what the server sends outside requests (list changes, resource
    * updates) goes to these (its `subscriptions/listen` streams) instead of a standing stream.
    */
-  readonly listeners = new Set<(message: ServerNotice) => void>()
+  get listeners(): Set<(message: ServerNotice) => void> {
+    return (this.listening ??= new Set())
+  }
+  private listening: Set<(message: ServerNotice) => void> | undefined
+  /** Tells every listen stream of a modern client (none made if there is none). */
+  tellListeners(message: ServerNotice) {
+    if (this.listening !== undefined) for (const listener of this.listening) listener(message)
+  }
   /** Relays of the requests in flight that take the server's questions, oldest first. */
-  private readonly askRelays: Array<NonNullable<RequestOptions["onServerRequest"]>> = []
+  private askRelays: Array<NonNullable<RequestOptions["onServerRequest"]>> | undefined
   /**
    * A modern client's view of its tools' `x-mcp-header` declarations (from the `tools/list`
    * answers it got through this session): what its `Mcp-Param-*` headers are checked against
    * when its server is an old one.
    */
-  readonly toolHeaders = new Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>>()
+  get toolHeaders(): Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>> {
+    return (this.declaredHeaders ??= new Map())
+  }
+  private declaredHeaders: Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>> | undefined
   /** Listen streams holding each resource subscription on the backend (a modern client's). */
-  private readonly held = new Map<string, number>()
+  private held: Map<string, number> | undefined
 
   constructor(
     /** The gateway's own session id (what the client sends as MCP-Session-Id); never the backend's. */
@@ -134,28 +158,30 @@ export abstract class EndpointSession {
    * that takes questions, if any.
    */
   askRelay(): NonNullable<RequestOptions["onServerRequest"]> | undefined {
-    return this.askRelays.at(-1)
+    return this.askRelays?.at(-1)
   }
 
   /** Runs a request with its relay registered as one that takes the server's questions (askRelay). */
   protected asking<A, E>(relay: RequestRelay, effect: Effect.Effect<A, E>): Effect.Effect<A, E> {
     const ask = relay.onServerRequest
     if (ask === undefined) return effect
-    this.askRelays.push(ask)
-    return Effect.ensuring(effect, Effect.sync(() => void this.askRelays.splice(this.askRelays.indexOf(ask), 1)))
+    const relays = (this.askRelays ??= [])
+    relays.push(ask)
+    return Effect.ensuring(effect, Effect.sync(() => void relays.splice(relays.indexOf(ask), 1)))
   }
 
   track(requestId: JsonRpcId, fiber: Fiber.RuntimeFiber<unknown, unknown>) {
     const key = requestKey(requestId)
-    this.inflight.set(key, fiber)
+    const inflight = (this.inflight ??= new Map())
+    inflight.set(key, fiber)
     fiber.addObserver(() => {
-      if (this.inflight.get(key) === fiber) this.inflight.delete(key)
+      if (inflight.get(key) === fiber) inflight.delete(key)
     })
   }
 
   /** In use: a request in flight, or a modern client listening (it must not idle out under them). */
   get busy(): boolean {
-    return this.inflight.size > 0 || this.listeners.size > 0
+    return (this.inflight?.size ?? 0) > 0 || (this.listening?.size ?? 0) > 0
   }
 
   /**
@@ -163,8 +189,9 @@ export abstract class EndpointSession {
    * (`resources/subscribe`); true when the server took it.
    */
   holdSubscription(uri: string): Effect.Effect<boolean> {
-    const count = this.held.get(uri) ?? 0
-    this.held.set(uri, count + 1)
+    const held = (this.held ??= new Map())
+    const count = held.get(uri) ?? 0
+    held.set(uri, count + 1)
     if (count > 0) return Effect.succeed(true)
     return Effect.map(this.request("resources/subscribe", { uri }, {}), (answer) => {
       const ok = answer._tag === "Answer" && !("error" in answer.message)
@@ -179,39 +206,40 @@ export abstract class EndpointSession {
   }
 
   private releaseCount(uri: string): number {
-    const left = (this.held.get(uri) ?? 1) - 1
-    if (left > 0) this.held.set(uri, left)
-    else this.held.delete(uri)
+    const left = (this.held?.get(uri) ?? 1) - 1
+    if (left > 0) this.held?.set(uri, left)
+    else this.held?.delete(uri)
     return left
   }
 
   /** `notifications/cancelled` from the client: stops the request, down to the backend. */
   cancel(requestId: unknown) {
-    this.inflight.get(requestKey(requestId))?.unsafeInterruptAsFork(FiberId.none)
+    this.inflight?.get(requestKey(requestId))?.unsafeInterruptAsFork(FiberId.none)
   }
 
   /** The session ends: what is in flight is interrupted (the owner closes the scope after). */
   interruptAll(): ReadonlyArray<Fiber.RuntimeFiber<unknown, unknown>> {
-    for (const closed of this.onClose) closed()
-    this.onClose.clear()
-    const fibers = Array.from(this.inflight.values())
-    this.inflight.clear()
+    const closers = this.closers
+    this.closers = undefined
+    if (closers !== undefined) for (const closed of closers) closed()
+    const fibers = this.inflight === undefined ? [] : Array.from(this.inflight.values())
+    this.inflight?.clear()
     return fibers
   }
 
   /** Relays a server→client request to the client under a gateway id; the answer goes back through `reply`. */
   relayServerRequest(request: JsonRpcRequest, reply: (response: JsonRpcResponse) => void, send: (message: unknown) => void): string {
     const relayId = `gateway-${this.nextServerRequest++}`
-    this.serverRequests.set(relayId, reply)
+    ;(this.serverRequests ??= new Map()).set(relayId, reply)
     send({ ...request, id: relayId })
     return relayId
   }
 
   /** The client's answer to a relayed server request. False when nothing waits for it. */
   answerServerRequest(response: JsonRpcResponse): boolean {
-    const reply = this.serverRequests.get(String(response.id))
+    const reply = this.serverRequests?.get(String(response.id))
     if (reply === undefined) return false
-    this.serverRequests.delete(String(response.id))
+    this.serverRequests?.delete(String(response.id))
     reply(response)
     return true
   }
@@ -219,9 +247,9 @@ export abstract class EndpointSession {
   /** Relayed requests the client never answered, when the request that caused them ends: the server gets an error rather than silence. */
   abandonServerRequests(relayIds: ReadonlyArray<string>) {
     for (const relayId of relayIds) {
-      const reply = this.serverRequests.get(relayId)
+      const reply = this.serverRequests?.get(relayId)
       if (reply === undefined) continue
-      this.serverRequests.delete(relayId)
+      this.serverRequests?.delete(relayId)
       reply({ jsonrpc: "2.0", id: relayId, error: { code: ErrorCode.InternalError, message: "the client's request ended before it answered" } })
     }
   }
@@ -230,7 +258,7 @@ export abstract class EndpointSession {
   openStream(): { readonly key: string; readonly stream: SessionOutbox } {
     const key = String(this.nextStream++)
     const stream = new SessionOutbox()
-    this.streams.set(key, stream)
+    ;(this.streams ??= new Map()).set(key, stream)
     return { key, stream }
   }
 
@@ -240,11 +268,11 @@ export abstract class EndpointSession {
   }
 
   stream(key: string): SessionOutbox | undefined {
-    return this.streams.get(key)
+    return key === "0" ? this.outbox : this.streams?.get(key)
   }
 
   /** A finished request's stream stays resumable for `retention`, then is forgotten. */
   retireStream(key: string, retention: Duration.Duration) {
-    setTimeout(() => this.streams.delete(key), Duration.toMillis(retention)).unref()
+    setTimeout(() => this.streams?.delete(key), Duration.toMillis(retention)).unref()
   }
 }

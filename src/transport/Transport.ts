@@ -6,6 +6,7 @@ import { type EraMemory, makeHttpConnection } from "./http.js"
 import { makeLegacySseConnection } from "./legacySse.js"
 import { makeStdioConnection } from "./stdio.js"
 import { ConnectionPolicy } from "./Supervision.js"
+import { acquireLean } from "./acquireLean.js"
 import { type RequestTimeout, TransportError } from "./TransportError.js"
 
 export interface TransportShape {
@@ -69,14 +70,20 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       const removedError = (instance: InstanceDefinition) =>
         Effect.fail(new TransportError({ instanceId: instance.id, message: "instance was removed", reachedBackend: false }))
 
+      // One log per instance, shared by its sessions' connections (not four closures per session).
+      const logs = new WeakMap<InstanceDefinition, ConnectionLog>()
       const logFor = (instance: InstanceDefinition): ConnectionLog => {
+        const known = logs.get(instance)
+        if (known !== undefined) return known
         const run = (effect: Effect.Effect<void>) =>
           Runtime.runFork(runtime)(Effect.annotateLogs(effect, { instance: `${instance.template}/${instance.id}` }))
-        return {
+        const log: ConnectionLog = {
           debug: (m) => run(Effect.logDebug(m)),
           info: (m) => run(Effect.logInfo(m)),
           warn: (m) => run(Effect.logWarning(m))
         }
+        logs.set(instance, log)
+        return log
       }
 
       const envFor = (instance: InstanceDefinition, scope: Scope.Scope, supervised: boolean): ConnectionEnv => ({
@@ -138,12 +145,11 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
             if (removed.has(instance)) return removedError(instance)
             if (instance.transport !== "http" && options?.ownProcess === true) {
               return Effect.flatMap(Effect.scope, (scope) =>
-                Effect.acquireRelease(
-                  Effect.sync(() =>
+                acquireLean(
+                  () =>
                     instance.transport === "stdio"
                       ? makeStdioConnection(instance, envFor(instance, scope, false), { forSession: { initializeParams } })
-                      : makeLegacySseConnection(instance, envFor(instance, scope, false), { forSession: { initializeParams } })
-                  ),
+                      : makeLegacySseConnection(instance, envFor(instance, scope, false), { forSession: { initializeParams } }),
                   (connection) => connection.close
                 ))
             }
@@ -153,15 +159,14 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
               return Effect.succeed<Connection>({ ...shared, close: Effect.void })
             }
             return Effect.flatMap(Effect.scope, (scope) =>
-              Effect.acquireRelease(
-                Effect.sync(() =>
+              acquireLean(
+                () =>
                   makeHttpConnection(instance, envFor(instance, scope, false), {
                     initializeParams,
                     renewLostSession: false,
                     era: eraOf(instance),
                     resume: options?.resume
-                  })
-                ),
+                  }),
                 (connection) => connection.close
               ))
           }),

@@ -19,6 +19,7 @@ import {
   untagged,
   withEnvelope
 } from "./modernBackend.js"
+import { acquireLean } from "./acquireLean.js"
 import { answerServerRequest } from "./serverRequests.js"
 import { MAX_EVENT_LENGTH, makeSseParser } from "./sse.js"
 import { NEVER_SENT_ERRORS, RequestTimeout, serialize, TransportError } from "./TransportError.js"
@@ -72,6 +73,7 @@ interface ModernSession {
 const PROBE_TIMEOUT = Duration.seconds(10)
 
 const NO_TOOL_HEADERS: ToolHeaders = new Map()
+const NO_RESOURCES: ReadonlySet<string> = new Set()
 
 /** Rounds of input a modern server may ask for within one request of an old client (as the SDK's clients allow). */
 const MAX_INPUT_ROUNDS = 10
@@ -157,12 +159,8 @@ export const makeHttpConnection = (
   let established: Session | undefined = options.resume === undefined
     ? undefined
     : { era: "legacy", id: options.resume.sessionId, protocolVersion: options.resume.protocolVersion, initializeResult: {} }
-  let session: Deferred.Deferred<Session, TransportError> | undefined = undefined
-  if (established !== undefined) {
-    const resumed = Deferred.unsafeMake<Session, TransportError>(FiberId.none)
-    Deferred.unsafeDone(resumed, Effect.succeed(established))
-    session = resumed
-  }
+  /** The initialize in progress, which concurrent callers await; none once established (an idle connection holds no Deferred). */
+  let opening: Deferred.Deferred<Session, TransportError> | undefined = undefined
   let nextId = 1
   let closed = false
   /** The server forgot the session this connection was opened for (see renewLostSession). */
@@ -172,11 +170,11 @@ export const makeHttpConnection = (
   /** The level an old client set with logging/setLevel, sent in every envelope (the revision's way). */
   let logLevel: string | undefined
   /** Resources an old client subscribed to: the standing listen stream asks for their updates. */
-  const subscribedResources = new Set<string>()
+  let subscribedResources: Set<string> | undefined
   /** Reopens the standing listen stream with the current filter (set while one runs); `ready` once the server acknowledged it. */
   let refilter: ((ready: () => void) => void) | undefined
   /** Tool arguments the server mirrors in headers; loaded before the first tools/call, reloaded when stale. */
-  const toolHeaders = new Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>>()
+  let toolHeaders: Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>> | undefined
   let toolHeadersFresh = false
 
   const error = (message: string, reachedBackend: boolean) =>
@@ -231,7 +229,7 @@ export const makeHttpConnection = (
         // The revision's request: the envelope in _meta, the body mirrored in headers.
         params = withEnvelope(params, relay?.client === undefined ? s.envelope : envelopeOf(s.protocolVersion, relay.client), logLevel)
         const own = relay?.clientParamHeaders
-        routing = routingHeaders(method, params, own === undefined ? toolHeaders : NO_TOOL_HEADERS)
+        routing = routingHeaders(method, params, own === undefined ? toolHeaders ?? NO_TOOL_HEADERS : NO_TOOL_HEADERS)
         if (own !== undefined) for (const name in own) routing[name] = own[name]!
       }
       const body = serialize(instance.id, params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
@@ -447,20 +445,22 @@ export const makeHttpConnection = (
   /** The current session, or a new one; concurrent callers share one initialize. */
   const ensureSession: Effect.Effect<Session, TransportError> = Effect.suspend(() => {
     if (closed) return Effect.fail(error("instance was removed", false))
-    if (session !== undefined) return Deferred.await(session)
+    if (established !== undefined) return Effect.succeed(established)
+    if (opening !== undefined) return Deferred.await(opening)
     const deferred = Deferred.unsafeMake<Session, TransportError>(FiberId.none)
-    session = deferred
+    opening = deferred
     return initialize.pipe(
       Effect.tap((opened) =>
         Effect.sync(() => {
-          if (session === deferred) {
+          if (opening === deferred) {
+            opening = undefined
             established = opened
             generation++
           }
         })
       ),
       // A failed initialize is not remembered: the next use tries again.
-      Effect.tapError(() => Effect.sync(() => session === deferred && (session = undefined))),
+      Effect.tapError(() => Effect.sync(() => opening === deferred && (opening = undefined))),
       Effect.intoDeferred(deferred),
       Effect.forkIn(scope),
       Effect.zipRight(Deferred.await(deferred))
@@ -483,7 +483,7 @@ export const makeHttpConnection = (
       if (established === lost) {
         log.info(`session ${lost.id} expired; initializing again`)
         established = undefined
-        session = undefined
+        opening = undefined
       }
       return Effect.flatMap(withinDeadline(ensureSession, relay?.deadline), (fresh) =>
         post(method, params, fresh, relay?.deadline, relay).pipe(
@@ -565,8 +565,8 @@ export const makeHttpConnection = (
           const resources = isObject(s.initializeResult.capabilities) ? s.initializeResult.capabilities.resources : undefined
           if (!isObject(resources) || resources.subscribe !== true) return refused(-32601, "Method not found")
           if (typeof params?.uri !== "string") return refused(-32602, "Invalid params: uri is required")
-          if (method === "resources/subscribe") subscribedResources.add(params.uri)
-          else subscribedResources.delete(params.uri)
+          if (method === "resources/subscribe") (subscribedResources ??= new Set()).add(params.uri)
+          else subscribedResources?.delete(params.uri)
           return undefined
         }).pipe(Effect.flatMap((refusal) =>
           refusal !== undefined
@@ -598,7 +598,7 @@ export const makeHttpConnection = (
       }
       default:
         return Effect.flatMap(send(s, method, params, options), (r) => {
-          if (method === "tools/list" && "result" in r && isObject(r.result)) collectToolHeaders(r.result.tools, toolHeaders)
+          if (method === "tools/list" && "result" in r && isObject(r.result)) collectToolHeaders(r.result.tools, (toolHeaders ??= new Map()))
           return fulfil(s, method, params, r, options, 1)
         })
     }
@@ -611,7 +611,7 @@ export const makeHttpConnection = (
       for (let page = 0; page < 100; page++) {
         const r = yield* send(s, "tools/list", cursor === undefined ? undefined : { cursor }, { deadline: options?.deadline, headers: options?.headers })
         if (!("result" in r) || !isObject(r.result)) return
-        collectToolHeaders(r.result.tools, toolHeaders)
+        collectToolHeaders(r.result.tools, (toolHeaders ??= new Map()))
         cursor = r.result.nextCursor
         if (typeof cursor !== "string") break
       }
@@ -666,17 +666,11 @@ export const makeHttpConnection = (
 
   const close = Effect.suspend(() => {
     closed = true
-    const current = session
-    session = undefined
+    const current = established
+    opening = undefined
     established = undefined
-    const endSession = current === undefined
-      ? Effect.void
-      : Deferred.poll(current).pipe(
-        Effect.flatMap((polled) => polled._tag === "Some" ? Effect.option(polled.value) : Effect.succeedNone),
-        Effect.flatMap((s) =>
-          s._tag === "Some" && s.value.id !== undefined ? deleteSession(s.value) : Effect.void
-        )
-      )
+    // (An initialize still in progress is interrupted with the connection's scope: nothing to end.)
+    const endSession = current?.id === undefined ? Effect.void : deleteSession(current)
     return endSession.pipe(Effect.ensuring(Effect.sync(pool.release)))
   })
 
@@ -748,7 +742,7 @@ export const makeHttpConnection = (
         req.end()
         current = req
       }
-      yield* Effect.acquireRelease(Effect.sync(open), () =>
+      yield* acquireLean(open, () =>
         Effect.sync(() => {
           stopped = true
           if (reconnect !== undefined) clearTimeout(reconnect)
@@ -785,7 +779,7 @@ export const makeHttpConnection = (
       }
       if (stopped || closed) return isReady()
       const previous = current
-      const filter = listenFilterOf(s.initializeResult.capabilities, subscribedResources)
+      const filter = listenFilterOf(s.initializeResult.capabilities, subscribedResources ?? NO_RESOURCES)
       if (Object.keys(filter).length === 0) {
         current = undefined
         previous?.destroy()
@@ -793,7 +787,7 @@ export const makeHttpConnection = (
       }
       const params = withEnvelope({ notifications: filter }, s.envelope, logLevel)
       const body = JSON.stringify({ jsonrpc: "2.0", id: `gateway-listen-${nextId++}`, method: "subscriptions/listen", params })
-      const req = requestTo("POST", headersFor(s, undefined, routingHeaders("subscriptions/listen", params, toolHeaders)), (res) => {
+      const req = requestTo("POST", headersFor(s, undefined, routingHeaders("subscriptions/listen", params, toolHeaders ?? NO_TOOL_HEADERS)), (res) => {
         if (res.statusCode !== 200 || !String(res.headers["content-type"] ?? "").startsWith("text/event-stream")) {
           res.resume()
           log.debug(`subscriptions/listen refused: HTTP ${res.statusCode}`)
@@ -832,11 +826,11 @@ export const makeHttpConnection = (
       req.end(body)
       current = req
     }
-    return Effect.acquireRelease(
-      Effect.sync(() => {
+    return acquireLean(
+      () => {
         refilter = open
         open()
-      }),
+      },
       () =>
         Effect.sync(() => {
           stopped = true
