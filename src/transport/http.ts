@@ -1,7 +1,4 @@
 import { Deferred, Duration, Effect, FiberId, type Scope } from "effect"
-import * as http from "node:http"
-import * as https from "node:https"
-import { urlToHttpOptions } from "node:url"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { resolveHeaders } from "../domain/Secret.js"
@@ -20,6 +17,7 @@ import {
   withEnvelope
 } from "./modernBackend.js"
 import { acquireLean } from "./acquireLean.js"
+import { acquirePool, type Http1Error, type Http1Exchange, type Http1Handler, type Http1Head, Http1HeaderError } from "./Http1Client.js"
 import { answerServerRequest } from "./serverRequests.js"
 import { MAX_EVENT_LENGTH, makeSseParser } from "./sse.js"
 import { NEVER_SENT_ERRORS, RequestTimeout, serialize, TransportError } from "./TransportError.js"
@@ -88,39 +86,16 @@ class SessionGone {
   readonly _tag = "SessionGone"
 }
 
-/**
- * Keep-alive pools by origin, shared by every connection to it: the instance's own session and
- * each client session's. With a pool per connection, every idle MCP session held two idle
- * sockets to its server (one from its POSTs, one from its GET stream's attempt), tens of KB
- * each in the gateway and a file descriptor; shared, idle sessions hold none and requests reuse
- * whatever socket is free. No cap on sockets (the default): a standing stream holds a socket
- * for as long as it runs, and a cap would make every request to that server queue behind them.
- * A pool is destroyed when the last connection that uses it closes.
- */
-const agents = new Map<string, { readonly agent: http.Agent; users: number }>()
+/** Headers of an answer, as Http1Client gives them (names lower-cased). */
+type AnswerHeaders = Http1Head["headers"]
 
-const acquireAgent = (client: typeof http | typeof https, url: URL) => {
-  const key = `${url.protocol}//${url.host}`
-  let entry = agents.get(key)
-  if (entry === undefined) {
-    entry = { agent: new client.Agent({ keepAlive: true, maxFreeSockets: 256 }), users: 0 }
-    agents.set(key, entry)
-  }
-  entry.users++
-  const acquired = entry
-  let released = false
-  return {
-    agent: acquired.agent,
-    release: () => {
-      if (released) return
-      released = true
-      if (--acquired.users === 0) {
-        if (agents.get(key) === acquired) agents.delete(key)
-        acquired.agent.destroy()
-      }
-    }
-  }
-}
+/** Handlers for an answer whose body nobody reads (a notification's 202, a DELETE): only its end matters. */
+const discardAnswer = (onDone: () => void, onError: (e: Http1Error) => void = onDone): Http1Handler => ({
+  onHead: () => {},
+  onData: () => {},
+  onEnd: onDone,
+  onError
+})
 
 /**
  * MCP Streamable HTTP client for one instance: POSTs over a keep-alive pool, reads JSON or SSE
@@ -147,14 +122,12 @@ export const makeHttpConnection = (
 ): Connection => {
   const { log, scope } = env
   const url = new URL(instance.endpoint)
-  const client = url.protocol === "https:" ? https : http
-  const pool = acquireAgent(client, url)
-  const agent = pool.agent
-  // The endpoint as request options, worked out once: handing node:http the URL object made it
-  // read every URL getter again on each request (a measurable share of a proxied request).
-  const target = { ...urlToHttpOptions(url), agent }
-  const requestTo = (method: string, headers: http.OutgoingHttpHeaders, onResponse: (res: http.IncomingMessage) => void) =>
-    client.request({ ...target, method, headers }, onResponse)
+  // Keep-alive sockets to the instance's origin, shared with every other connection to it (Http1Client.ts).
+  const pooled = acquirePool(url)
+  const pool = pooled.pool
+  const path = `${url.pathname}${url.search}`
+  const requestTo = (method: string, headers: Record<string, string>, body: string | undefined, handler: Http1Handler): Http1Exchange =>
+    pool.request(method, path, headers, body, handler)
   /** The session once established: requests use it directly, without awaiting anything. */
   let established: Session | undefined = options.resume === undefined
     ? undefined
@@ -188,8 +161,8 @@ export const makeHttpConnection = (
     s: Session | undefined,
     forwarded?: Readonly<Record<string, string>>,
     routing?: Readonly<Record<string, string>>
-  ): http.OutgoingHttpHeaders => {
-    const headers: http.OutgoingHttpHeaders = {}
+  ): Record<string, string> => {
+    const headers: Record<string, string> = {}
     if (forwarded !== undefined) for (const name in forwarded) headers[name] = forwarded[name]
     for (const name in backendHeaders) headers[name] = backendHeaders[name]
     headers["content-type"] = "application/json"
@@ -206,9 +179,11 @@ export const makeHttpConnection = (
   const postOneWay = (message: unknown, s: Session | undefined) => {
     const text = serialize(instance.id, message)
     if (typeof text !== "string") return log.debug(text.message)
-    const req = requestTo("POST", headersFor(s), (res) => res.resume())
-    req.on("error", (e) => log.debug(`one-way POST failed: ${e.message}`))
-    req.end(text)
+    try {
+      requestTo("POST", headersFor(s), text, discardAnswer(() => {}, (e) => log.debug(`one-way POST failed: ${e.message}`)))
+    } catch (e) {
+      log.debug(`one-way POST not sent: ${(e as Error).message}`)
+    }
   }
 
   /**
@@ -221,7 +196,7 @@ export const makeHttpConnection = (
     s: Session | undefined,
     deadline: RequestDeadline | undefined,
     relay?: RequestOptions
-  ): Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone | RequestTimeout> =>
+  ): Effect.Effect<{ response: JsonRpcResponse; headers: AnswerHeaders }, TransportError | SessionGone | RequestTimeout> =>
     Effect.async((resume) => {
       const id = nextId++
       let routing: Record<string, string> | undefined
@@ -237,7 +212,7 @@ export const makeHttpConnection = (
       let settled = false
       let gotResponse = false
       const done = (
-        outcome: Effect.Effect<{ response: JsonRpcResponse; headers: http.IncomingHttpHeaders }, TransportError | SessionGone | RequestTimeout>
+        outcome: Effect.Effect<{ response: JsonRpcResponse; headers: AnswerHeaders }, TransportError | SessionGone | RequestTimeout>
       ) => {
         if (!settled) {
           settled = true
@@ -245,57 +220,54 @@ export const makeHttpConnection = (
           resume(outcome)
         }
       }
-      let req: http.ClientRequest
-      try {
-        req = requestTo("POST", headersFor(s, relay?.headers, routing), onResponse)
-      } catch (e) {
-        // A header Node refuses to send (a value or name no HTTP header may carry): the request's own fault.
-        return resume(Effect.fail(new TransportError({ instanceId: instance.id, message: `cannot send the request: ${(e as Error).message}`, reachedBackend: false, clientFault: true })))
-      }
-      function onResponse(res: http.IncomingMessage) {
-        gotResponse = true
-        const status = res.statusCode ?? 0
-        const type = String(res.headers["content-type"] ?? "")
-        res.setEncoding("utf8")
-        const deliver = (message: unknown) => {
-          if (isResponse(message) && message.id === id) {
-            done(Effect.succeed({ response: message, headers: res.headers }))
-          } else if (isRequest(message)) {
-            if (relay?.onServerRequest !== undefined && message.method !== "ping") {
-              relay.onServerRequest(message, (answer) => postOneWay({ ...answer, id: message.id }, s))
-            } else {
-              postOneWay(answerServerRequest(message), s)
-            }
-          } else if (isNotification(message)) {
-            // On this POST's stream, so about this request (progress, logging while it runs).
-            if (relay?.onNotification !== undefined) relay.onNotification(message)
-            else log.debug(`notification ${message.method}`)
+      let status = 0
+      let type = ""
+      let answerHeaders: AnswerHeaders = {}
+      /** The SSE parser, when the answer is a stream; otherwise the JSON body collects in `text`. */
+      let feed: ((chunk: string) => void) | undefined
+      let text = ""
+      const deliver = (message: unknown) => {
+        if (isResponse(message) && message.id === id) {
+          done(Effect.succeed({ response: message, headers: answerHeaders }))
+        } else if (isRequest(message)) {
+          if (relay?.onServerRequest !== undefined && message.method !== "ping") {
+            relay.onServerRequest(message, (answer) => postOneWay({ ...answer, id: message.id }, s))
+          } else {
+            postOneWay(answerServerRequest(message), s)
           }
+        } else if (isNotification(message)) {
+          // On this POST's stream, so about this request (progress, logging while it runs).
+          if (relay?.onNotification !== undefined) relay.onNotification(message)
+          else log.debug(`notification ${message.method}`)
         }
-        if (status >= 200 && status < 300 && type.startsWith("text/event-stream")) {
-          const feed = makeSseParser((event) => {
-            if (event.event !== "message" || event.data === "") return
-            try {
-              deliver(JSON.parse(event.data))
-            } catch {
-              log.debug(`ignoring an SSE event that is not JSON`)
-            }
-          }, { onOversized: () => log.warn(`dropped an SSE event larger than ${MAX_EVENT_LENGTH} characters`) })
-          res.on("data", feed)
-          res.on("end", () => done(Effect.fail(error("the SSE stream ended without a response", true))))
-          res.on("error", (e) => done(Effect.fail(error(`SSE stream failed: ${e.message}`, true))))
-          return
-        }
-        let text = ""
-        res.on("data", (chunk: string) => {
+      }
+      const handler: Http1Handler = {
+        onHead: (head) => {
+          gotResponse = true
+          status = head.status
+          answerHeaders = head.headers
+          type = head.headers["content-type"] ?? ""
+          if (status >= 200 && status < 300 && type.startsWith("text/event-stream")) {
+            feed = makeSseParser((event) => {
+              if (event.event !== "message" || event.data === "") return
+              try {
+                deliver(JSON.parse(event.data))
+              } catch {
+                log.debug(`ignoring an SSE event that is not JSON`)
+              }
+            }, { onOversized: () => log.warn(`dropped an SSE event larger than ${MAX_EVENT_LENGTH} characters`) })
+          }
+        },
+        onData: (chunk) => {
+          if (feed !== undefined) return feed(chunk)
           text += chunk
           if (text.length > MAX_RESPONSE_LENGTH) {
             done(Effect.fail(error(`the answer is larger than ${MAX_RESPONSE_LENGTH} characters`, true)))
-            req.destroy()
+            exchange.abort()
           }
-        })
-        res.on("error", (e) => done(Effect.fail(error(`response failed: ${e.message}`, true))))
-        res.on("end", () => {
+        },
+        onEnd: () => {
+          if (feed !== undefined) return done(Effect.fail(error("the SSE stream ended without a response", true)))
           let message: unknown
           try {
             message = text === "" ? undefined : JSON.parse(text)
@@ -307,7 +279,7 @@ export const makeHttpConnection = (
           }
           if (isResponse(message) && (message.id === id || (status >= 400 && message.id === null))) {
             // A JSON-RPC answer, even on an error status, is the server's word: pass it on.
-            if (message.id === id) return done(Effect.succeed({ response: message, headers: res.headers }))
+            if (message.id === id) return done(Effect.succeed({ response: message, headers: answerHeaders }))
           }
           if (status >= 200 && status < 300) {
             return done(Effect.fail(error(`expected a JSON-RPC response, got HTTP ${status} ${type || "without a body"}`, true)))
@@ -318,22 +290,31 @@ export const makeHttpConnection = (
             reachedBackend: true,
             clientFault: CLIENT_FAULT_STATUSES.has(status)
           })))
-        })
+        },
+        onError: (e) => {
+          if (gotResponse) {
+            return done(Effect.fail(error(`${feed !== undefined ? "SSE stream" : "response"} failed: ${e.message}`, true)))
+          }
+          done(Effect.fail(error(`${e.code}: ${e.message}`, e.answered || !NEVER_SENT_ERRORS.has(e.code))))
+        }
       }
-      req.on("error", (e: NodeJS.ErrnoException) => {
-        const sent = gotResponse || !NEVER_SENT_ERRORS.has(e.code ?? "")
-        done(Effect.fail(error(`${e.code ?? "error"}: ${e.message}`, sent)))
-      })
-      req.end(body)
+      let exchange: Http1Exchange
+      try {
+        exchange = requestTo("POST", headersFor(s, relay?.headers, routing), body, handler)
+      } catch (e) {
+        if (!(e instanceof Http1HeaderError)) throw e
+        // A header no HTTP message may carry (a forwarded value with a line break): the request's own fault.
+        return resume(Effect.fail(new TransportError({ instanceId: instance.id, message: `cannot send the request: ${e.message}`, reachedBackend: false, clientFault: true })))
+      }
       deadline?.arm(() => {
         // Closing the connection is how Streamable HTTP cancels a request.
         done(Effect.fail(new RequestTimeout({ instanceId: instance.id, timeoutMs: deadline.timeoutMs })))
-        req.destroy()
+        exchange.abort()
       })
       return Effect.sync(() => {
         settled = true
         deadline?.disarm()
-        req.destroy()
+        exchange.abort()
       })
     })
 
@@ -671,19 +652,14 @@ export const makeHttpConnection = (
     established = undefined
     // (An initialize still in progress is interrupted with the connection's scope: nothing to end.)
     const endSession = current?.id === undefined ? Effect.void : deleteSession(current)
-    return endSession.pipe(Effect.ensuring(Effect.sync(pool.release)))
+    return endSession.pipe(Effect.ensuring(Effect.sync(pooled.release)))
   })
 
   /** DELETE the session so that the server can free it; best effort, bounded. */
   const deleteSession = (s: Session) =>
     Effect.async<void>((resume) => {
-      const req = requestTo("DELETE", headersFor(s), (res) => {
-        res.resume()
-        res.on("end", () => resume(Effect.void))
-      })
-      req.on("error", () => resume(Effect.void))
-      req.end()
-      return Effect.sync(() => req.destroy())
+      const exchange = requestTo("DELETE", headersFor(s), undefined, discardAnswer(() => resume(Effect.void)))
+      return Effect.sync(() => exchange.abort())
     }).pipe(Effect.timeout("1 second"), Effect.ignore)
 
   /**
@@ -699,7 +675,7 @@ export const makeHttpConnection = (
       if (s.value.id === undefined) return
       const session = s.value
       let stopped = false
-      let current: http.ClientRequest | undefined
+      let current: Http1Exchange | undefined
       let lastEventId: string | undefined
       let retryMs = 1000
       let reconnect: ReturnType<typeof setTimeout> | undefined
@@ -710,43 +686,52 @@ export const makeHttpConnection = (
       }
       const open = () => {
         if (stopped || closed || established !== session) return
-        const headers = { ...headersFor(session), accept: "text/event-stream" }
-        if (lastEventId !== undefined) (headers as Record<string, string>)["last-event-id"] = lastEventId
-        const req = requestTo("GET", headers, (res) => {
-          if (res.statusCode !== 200 || !String(res.headers["content-type"] ?? "").startsWith("text/event-stream")) {
-            res.resume()
-            if (res.statusCode !== 405) log.debug(`standing stream refused: HTTP ${res.statusCode}`)
-            // Not kept for the finalizer: an idle session would hold the request and its answer for ever.
-            if (current === req) current = undefined
-            return
-          }
-          res.setEncoding("utf8")
-          res.on("data", makeSseParser((event) => {
-            if (event.id !== undefined) lastEventId = event.id
-            if (event.retry !== undefined) retryMs = event.retry
-            if (event.event !== "message" || event.data === "") return
-            let message: unknown
-            try {
-              message = JSON.parse(event.data)
-            } catch {
+        const headers = headersFor(session)
+        headers.accept = "text/event-stream"
+        if (lastEventId !== undefined) headers["last-event-id"] = lastEventId
+        /** The stream's events, once the server answered with one; undefined while refused or not answered. */
+        let feed: ((chunk: string) => void) | undefined
+        let refused = false
+        const exchange = requestTo("GET", headers, undefined, {
+          onHead: (head) => {
+            if (head.status !== 200 || !(head.headers["content-type"] ?? "").startsWith("text/event-stream")) {
+              refused = true
+              if (head.status !== 405) log.debug(`standing stream refused: HTTP ${head.status}`)
+              // Not kept for the finalizer: an idle session would hold the request and its answer for ever.
+              if (current === exchange) current = undefined
               return
             }
-            if (isRequest(message)) onMessage(message, (answer) => postOneWay({ ...answer, id: message.id }, session))
-            else if (isNotification(message)) onMessage(message)
-          }))
-          // Ended by the server, or broken (which emits no 'end'): reconnect either way, once.
-          res.on("close", () => later(retryMs))
-          res.on("error", () => {})
+            feed = makeSseParser((event) => {
+              if (event.id !== undefined) lastEventId = event.id
+              if (event.retry !== undefined) retryMs = event.retry
+              if (event.event !== "message" || event.data === "") return
+              let message: unknown
+              try {
+                message = JSON.parse(event.data)
+              } catch {
+                return
+              }
+              if (isRequest(message)) onMessage(message, (answer) => postOneWay({ ...answer, id: message.id }, session))
+              else if (isNotification(message)) onMessage(message)
+            })
+          },
+          onData: (chunk) => feed?.(chunk),
+          // Ended by the server, or broken: reconnect either way, once.
+          onEnd: () => {
+            if (!refused) later(retryMs)
+          },
+          onError: () => {
+            if (refused) return
+            later(feed === undefined ? Math.max(retryMs, 1000) : retryMs)
+          }
         })
-        req.on("error", () => later(Math.max(retryMs, 1000)))
-        req.end()
-        current = req
+        current = exchange
       }
       yield* acquireLean(open, () =>
         Effect.sync(() => {
           stopped = true
           if (reconnect !== undefined) clearTimeout(reconnect)
-          current?.destroy()
+          current?.abort()
         }))
     })
 
@@ -762,10 +747,10 @@ export const makeHttpConnection = (
     onMessage: Parameters<Connection["listen"]>[0]
   ): Effect.Effect<void, never, Scope.Scope> => {
     let stopped = false
-    let current: http.ClientRequest | undefined
+    let current: Http1Exchange | undefined
     let reconnect: ReturnType<typeof setTimeout> | undefined
-    const later = (req: http.ClientRequest) => {
-      if (stopped || current !== req) return
+    const later = (exchange: Http1Exchange) => {
+      if (stopped || current !== exchange) return
       if (reconnect !== undefined) clearTimeout(reconnect)
       reconnect = setTimeout(() => open(), 1000)
     }
@@ -782,49 +767,51 @@ export const makeHttpConnection = (
       const filter = listenFilterOf(s.initializeResult.capabilities, subscribedResources ?? NO_RESOURCES)
       if (Object.keys(filter).length === 0) {
         current = undefined
-        previous?.destroy()
+        previous?.abort()
         return isReady()
       }
       const params = withEnvelope({ notifications: filter }, s.envelope, logLevel)
       const body = JSON.stringify({ jsonrpc: "2.0", id: `gateway-listen-${nextId++}`, method: "subscriptions/listen", params })
-      const req = requestTo("POST", headersFor(s, undefined, routingHeaders("subscriptions/listen", params, toolHeaders ?? NO_TOOL_HEADERS)), (res) => {
-        if (res.statusCode !== 200 || !String(res.headers["content-type"] ?? "").startsWith("text/event-stream")) {
-          res.resume()
-          log.debug(`subscriptions/listen refused: HTTP ${res.statusCode}`)
-          return isReady()
-        }
-        res.setEncoding("utf8")
-        res.on("data", makeSseParser((event) => {
-          if (event.event !== "message" || event.data === "" || current !== req) return
-          let message: unknown
-          try {
-            message = JSON.parse(event.data)
-          } catch {
-            return
-          }
-          if (!isNotification(message)) return
-          if (message.method === "notifications/subscriptions/acknowledged") {
-            // The new stream carries everything now: the one it replaces can go.
-            if (previous !== undefined && previous !== req) previous.destroy()
+      let feed: ((chunk: string) => void) | undefined
+      let refused = false
+      const exchange: Http1Exchange = requestTo("POST", headersFor(s, undefined, routingHeaders("subscriptions/listen", params, toolHeaders ?? NO_TOOL_HEADERS)), body, {
+        onHead: (head) => {
+          if (head.status !== 200 || !(head.headers["content-type"] ?? "").startsWith("text/event-stream")) {
+            refused = true
+            log.debug(`subscriptions/listen refused: HTTP ${head.status}`)
             return isReady()
           }
-          if (message.method === "notifications/tools/list_changed") toolHeadersFresh = false
-          const params = untagged(message.params)
-          onMessage(params === undefined ? { jsonrpc: "2.0", method: message.method } : { jsonrpc: "2.0", method: message.method, params })
-        }))
-        // A stream the server ends, or one whose connection breaks (which emits no 'end'): listen again.
-        res.on("close", () => {
+          feed = makeSseParser((event) => {
+            if (event.event !== "message" || event.data === "" || current !== exchange) return
+            let message: unknown
+            try {
+              message = JSON.parse(event.data)
+            } catch {
+              return
+            }
+            if (!isNotification(message)) return
+            if (message.method === "notifications/subscriptions/acknowledged") {
+              // The new stream carries everything now: the one it replaces can go.
+              if (previous !== undefined && previous !== exchange) previous.abort()
+              return isReady()
+            }
+            if (message.method === "notifications/tools/list_changed") toolHeadersFresh = false
+            const params = untagged(message.params)
+            onMessage(params === undefined ? { jsonrpc: "2.0", method: message.method } : { jsonrpc: "2.0", method: message.method, params })
+          })
+        },
+        onData: (chunk) => feed?.(chunk),
+        // A stream the server ends, or one whose connection breaks: listen again.
+        onEnd: () => {
           isReady()
-          later(req)
-        })
-        res.on("error", () => {})
+          if (!refused) later(exchange)
+        },
+        onError: () => {
+          isReady()
+          if (!refused) later(exchange)
+        }
       })
-      req.on("error", () => {
-        isReady()
-        later(req)
-      })
-      req.end(body)
-      current = req
+      current = exchange
     }
     return acquireLean(
       () => {
@@ -836,7 +823,7 @@ export const makeHttpConnection = (
           stopped = true
           if (refilter === open) refilter = undefined
           if (reconnect !== undefined) clearTimeout(reconnect)
-          current?.destroy()
+          current?.abort()
         })
     ).pipe(Effect.asVoid)
   }
