@@ -1,4 +1,5 @@
 import { Effect, Schema } from "effect"
+import type { NonEmptyReadonlyArray } from "effect/Array"
 import { StrategyPlugin, type InstanceView } from "mcp-gateway/plugin"
 
 /**
@@ -17,14 +18,13 @@ export default StrategyPlugin.make({
     Effect.sync(() => {
       let rotation = 0
       const score = (i: InstanceView) => i.successRate * (options.latency_reference_ms / (options.latency_reference_ms + (i.latencyMs ?? 0)))
-      return {
-        select: (candidates) =>
-          Effect.sync(() => {
-            const scores = candidates.map(score)
-            const top = Math.max(...scores)
-            const best = candidates.filter((_, i) => scores[i]! >= top - options.tolerance)
-            return best[rotation++ % best.length]!
-          })
+      const selectNow = (candidates: NonEmptyReadonlyArray<InstanceView>) => {
+        const scores = candidates.map(score)
+        const top = Math.max(...scores)
+        const best = candidates.filter((_, i) => scores[i]! >= top - options.tolerance)
+        return best[rotation++ % best.length]!
       }
+      // (The same choice both ways: selectNow lets the request path choose without an Effect step.)
+      return { selectNow, select: (candidates) => Effect.sync(() => selectNow(candidates)) }
     })
 })

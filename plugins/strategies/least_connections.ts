@@ -1,5 +1,6 @@
 import { Effect } from "effect"
-import { StrategyPlugin } from "mcp-gateway/plugin"
+import type { NonEmptyReadonlyArray } from "effect/Array"
+import { type InstanceView, StrategyPlugin } from "mcp-gateway/plugin"
 
 /**
  * The instance with the fewest requests in flight right now. Ties rotate, so that sequential
@@ -12,17 +13,16 @@ export default StrategyPlugin.make({
   make: () =>
     Effect.sync(() => {
       let rotation = 0
-      return {
-        select: (candidates) =>
-          Effect.sync(() => {
-            const offset = rotation++ % candidates.length
-            let best = candidates[offset]!
-            for (let i = 1; i < candidates.length; i++) {
-              const c = candidates[(offset + i) % candidates.length]!
-              if (c.activeRequests < best.activeRequests) best = c
-            }
-            return best
-          })
+      const selectNow = (candidates: NonEmptyReadonlyArray<InstanceView>) => {
+        const offset = rotation++ % candidates.length
+        let best = candidates[offset]!
+        for (let i = 1; i < candidates.length; i++) {
+          const c = candidates[(offset + i) % candidates.length]!
+          if (c.activeRequests < best.activeRequests) best = c
+        }
+        return best
       }
+      // (The same choice both ways: selectNow lets the request path choose without an Effect step.)
+      return { selectNow, select: (candidates) => Effect.sync(() => selectNow(candidates)) }
     })
 })

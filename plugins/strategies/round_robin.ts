@@ -1,5 +1,6 @@
 import { Effect } from "effect"
-import { StrategyPlugin } from "mcp-gateway/plugin"
+import type { NonEmptyReadonlyArray } from "effect/Array"
+import { type InstanceView, StrategyPlugin } from "mcp-gateway/plugin"
 
 /** Each healthy instance in turn: over 3 instances, 30 calls give 10/10/10. */
 export default StrategyPlugin.make({
@@ -9,13 +10,12 @@ export default StrategyPlugin.make({
   make: () =>
     Effect.sync(() => {
       let next = 0
-      return {
-        select: (candidates) =>
-          Effect.sync(() => {
-            const picked = candidates[next % candidates.length]!
-            next = (next + 1) % Number.MAX_SAFE_INTEGER
-            return picked
-          })
+      const selectNow = (candidates: NonEmptyReadonlyArray<InstanceView>) => {
+        const picked = candidates[next % candidates.length]!
+        next = (next + 1) % Number.MAX_SAFE_INTEGER
+        return picked
       }
+      // (The same choice both ways: selectNow lets the request path choose without an Effect step.)
+      return { selectNow, select: (candidates) => Effect.sync(() => selectNow(candidates)) }
     })
 })

@@ -1,5 +1,6 @@
 import { Effect } from "effect"
-import { StrategyPlugin } from "mcp-gateway/plugin"
+import type { NonEmptyReadonlyArray } from "effect/Array"
+import { type InstanceView, StrategyPlugin } from "mcp-gateway/plugin"
 
 /**
  * Smooth weighted round robin (as nginx does it): every pick, each candidate's current weight
@@ -13,29 +14,28 @@ export default StrategyPlugin.make({
   make: () =>
     Effect.sync(() => {
       const current = new Map<string, number>()
-      return {
-        select: (candidates) =>
-          Effect.sync(() => {
-            let total = 0
-            let best = candidates[0]
-            let bestWeight = -Infinity
-            for (const c of candidates) {
-              const w = (current.get(c.id) ?? 0) + c.weight
-              current.set(c.id, w)
-              total += c.weight
-              if (w > bestWeight) {
-                best = c
-                bestWeight = w
-              }
-            }
-            current.set(best.id, bestWeight - total)
-            // Forget instances that are gone, so the map does not grow with churn.
-            if (current.size > candidates.length * 2) {
-              const live = new Set(candidates.map((c) => c.id))
-              for (const id of current.keys()) if (!live.has(id)) current.delete(id)
-            }
-            return best
-          })
+      const selectNow = (candidates: NonEmptyReadonlyArray<InstanceView>) => {
+        let total = 0
+        let best = candidates[0]
+        let bestWeight = -Infinity
+        for (const c of candidates) {
+          const w = (current.get(c.id) ?? 0) + c.weight
+          current.set(c.id, w)
+          total += c.weight
+          if (w > bestWeight) {
+            best = c
+            bestWeight = w
+          }
+        }
+        current.set(best.id, bestWeight - total)
+        // Forget instances that are gone, so the map does not grow with churn.
+        if (current.size > candidates.length * 2) {
+          const live = new Set(candidates.map((c) => c.id))
+          for (const id of current.keys()) if (!live.has(id)) current.delete(id)
+        }
+        return best
       }
+      // (The same choice both ways: selectNow lets the request path choose without an Effect step.)
+      return { selectNow, select: (candidates) => Effect.sync(() => selectNow(candidates)) }
     })
 })

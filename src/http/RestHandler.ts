@@ -1,6 +1,7 @@
 import { Cause, Effect, Exit, FiberId, Option } from "effect"
 import type * as http from "node:http"
 import type { GatewaySettings } from "../config/GatewayConfig.js"
+import type { DispatchError } from "../domain/GatewayError.js"
 import type { DispatcherShape } from "../proxy/Dispatcher.js"
 import type { ExposureShape } from "../proxy/Exposure.js"
 import type { RegistryShape } from "../registry/Registry.js"
@@ -8,7 +9,7 @@ import { defectAnswer, dispatchErrorAnswer, errorAnswer } from "./ApiError.js"
 import { forwardedHeaders } from "./forwardedHeaders.js"
 import { readJsonBody, type RunEffect, sendError, sendJson } from "./raw.js"
 import type { makeRequestTelemetry } from "./requestTelemetry.js"
-import { restOperations, runRestOperation } from "./RestOperations.js"
+import { type RestResult, restOperations, runRestOperation } from "./RestOperations.js"
 
 /**
  * The lean handler of the REST MCP operations (`/mcp/{template}/{operation}`, a hot path): the
@@ -50,30 +51,51 @@ export const makeRestHandler = (deps: {
     }
     // The request id goes on to HTTP backends, with the headers the template forwards.
     const headers = forwardedHeaders(req, registry.template(template)?.forwardHeaders ?? [], requestId)
-    const fork = telemetry(run, req, requestId, () => ({ "url.path": `/mcp/${template}/${operationName}`, "mcp.template": template, "mcp.method": operation.mcpMethod }))
+    const respond = (exit: Exit.Exit<RestResult, DispatchError>) => {
+      if (Exit.isSuccess(exit)) {
+        const served = exit.value.instanceId
+        return sendJson(res, 200, exit.value.result, served === undefined ? { "x-cache": "hit" } : { "x-instance-id": served })
+      }
+      const failure = Cause.failureOption(exit.cause)
+      if (Option.isSome(failure)) {
+        const error = failure.value
+        return sendError(
+          res,
+          dispatchErrorAnswer(error, requestId),
+          error._tag === "BackendError" && error.instanceId !== "" ? { "x-instance-id": error.instanceId } : undefined
+        )
+      }
+      if (!Cause.isInterruptedOnly(exit.cause)) run(Effect.logError("request failed", exit.cause))
+      sendError(res, defectAnswer(exit.cause, requestId))
+    }
     const dispatch = (params: Record<string, unknown> | undefined) => {
+      // One request that the template's exposure has nothing to do with, untraced: the request
+      // path without a fiber (Dispatcher.callNow). Lists (every page) and the rest: in a fiber.
+      if (!telemetry.tracing && operation.listKey === undefined && !exposure.involved(template, operation.mcpMethod)) {
+        let over = false
+        const onClose = () => {
+          if (over || res.writableFinished) return
+          over = true
+          cancel()
+        }
+        const cancel = dispatcher.callNow(template, operation.mcpMethod, params, { headers }, requestId, (exit) => {
+          over = true
+          res.off("close", onClose)
+          respond(Exit.map(exit, (r) => ({ result: r.result, instanceId: r.instanceId })))
+        })
+        if (!over) res.once("close", onClose)
+        return
+      }
+      const fork = telemetry(run, req, requestId, () => ({ "url.path": `/mcp/${template}/${operationName}`, "mcp.template": template, "mcp.method": operation.mcpMethod }))
       const fiber = fork(runRestOperation(dispatcher, template, operation, params, { maxPages: settings.maxListPages, headers, exposure, caller }))
+      // A client that hangs up cancels its request, down to the backend.
       const onClose = () => {
         if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)
       }
       res.once("close", onClose)
       fiber.addObserver((exit) => {
         res.off("close", onClose)
-        if (Exit.isSuccess(exit)) {
-          const served = exit.value.instanceId
-          return sendJson(res, 200, exit.value.result, served === undefined ? { "x-cache": "hit" } : { "x-instance-id": served })
-        }
-        const failure = Cause.failureOption(exit.cause)
-        if (Option.isSome(failure)) {
-          const error = failure.value
-          return sendError(
-            res,
-            dispatchErrorAnswer(error, requestId),
-            error._tag === "BackendError" && error.instanceId !== "" ? { "x-instance-id": error.instanceId } : undefined
-          )
-        }
-        if (!Cause.isInterruptedOnly(exit.cause)) run(Effect.logError("request failed", exit.cause))
-        sendError(res, defectAnswer(exit.cause, requestId))
+        respond(exit)
       })
     }
     if (operation.decodeBody === undefined) return dispatch(undefined)

@@ -14,30 +14,39 @@ const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/
  * with `Effect.annotateLogs`: the same annotation, at a tenth of the cost on every request.
  */
 export const makeRequestTelemetry = (tracing: boolean) =>
-  (run: RunEffect, req: http.IncomingMessage, requestId: string, attributes: () => Record<string, unknown>) =>
-  <A, E>(effect: Effect.Effect<A, E>): Fiber.RuntimeFiber<A, E> => {
-    const options = {
-      updateRefs: (refs: FiberRefs.FiberRefs, fiberId: Parameters<typeof FiberRefs.updateAs>[1]["fiberId"]) =>
-        FiberRefs.updateManyAs(refs, {
-          entries: [
-            [FiberRef.currentLogAnnotations, [[fiberId, HashMap.set(FiberRefs.getOrDefault(refs, FiberRef.currentLogAnnotations), "request_id", requestId as unknown)]]],
-            // A request that fails is answered (4xx, 5xx, a JSON-RPC error) and counted: not an
-            // "unhandled error" for the runtime to log, with a stack trace, at debug.
-            [FiberRef.unhandledErrorLogLevel, [[fiberId, Option.none()]]]
-          ]
-        })
+  Object.assign(
+    (run: RunEffect, req: http.IncomingMessage, requestId: string, attributes: () => Record<string, unknown>) =>
+    <A, E>(effect: Effect.Effect<A, E>): Fiber.RuntimeFiber<A, E> => {
+      const options = {
+        updateRefs: (refs: FiberRefs.FiberRefs, fiberId: Parameters<typeof FiberRefs.updateAs>[1]["fiberId"]) =>
+          FiberRefs.updateManyAs(refs, {
+            entries: [
+              [FiberRef.currentLogAnnotations, [[fiberId, HashMap.set(FiberRefs.getOrDefault(refs, FiberRef.currentLogAnnotations), "request_id", requestId as unknown)]]],
+              // A request that fails is answered (4xx, 5xx, a JSON-RPC error) and counted: not an
+              // "unhandled error" for the runtime to log, with a stack trace, at debug.
+              [FiberRef.unhandledErrorLogLevel, [[fiberId, Option.none()]]]
+            ]
+          })
+      }
+      if (!tracing) return run(effect, options)
+      const given = TRACEPARENT.exec(String(req.headers.traceparent ?? ""))
+      const parent = given === null ? undefined : Tracer.externalSpan({ traceId: given[1]!, spanId: given[2]!, sampled: given[3] === "01" })
+      return run(
+        Effect.withSpan(effect, "gateway.request", {
+          kind: "server",
+          // No call-site stack trace on every span: a cost per request that tells an operator nothing.
+          captureStackTrace: false,
+          attributes: { "http.request.method": req.method, "http.request.id": requestId, ...attributes() },
+          ...(parent === undefined ? {} : { parent })
+        }),
+        options
+      )
+    },
+    {
+      /**
+       * Whether requests are traced: a request served without a fiber (Dispatcher.callNow) has
+       * no span, so with tracing on the request paths take their fibers.
+       */
+      tracing
     }
-    if (!tracing) return run(effect, options)
-    const given = TRACEPARENT.exec(String(req.headers.traceparent ?? ""))
-    const parent = given === null ? undefined : Tracer.externalSpan({ traceId: given[1]!, spanId: given[2]!, sampled: given[3] === "01" })
-    return run(
-      Effect.withSpan(effect, "gateway.request", {
-        kind: "server",
-        // No call-site stack trace on every span: a cost per request that tells an operator nothing.
-        captureStackTrace: false,
-        attributes: { "http.request.method": req.method, "http.request.id": requestId, ...attributes() },
-        ...(parent === undefined ? {} : { parent })
-      }),
-      options
-    )
-  }
+  )

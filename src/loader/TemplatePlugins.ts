@@ -17,6 +17,8 @@ export interface TemplatePluginsShape<V> {
    * per-template state such as round-robin counters), released when replaced or at shutdown.
    */
   readonly forTemplate: (template: string, settings: LoadBalancerSettings) => Effect.Effect<TemplatePlugin<V>, PluginError>
+  /** The plugin value already built for a template and these settings, if there is one (the request path reads it without an Effect step). */
+  readonly current: (template: string, settings: LoadBalancerSettings) => TemplatePlugin<V> | undefined
   /** Loads the plugin and checks its options without keeping anything: for registrations that create a template. */
   readonly validate: (settings: LoadBalancerSettings) => Effect.Effect<void, PluginError>
 }
@@ -70,5 +72,10 @@ export const makeTemplatePlugins = <V, P extends Plugin<V>>(
     const validate = (settings: LoadBalancerSettings) =>
       Effect.scoped(Effect.asVoid(Effect.flatMap(Effect.scope, (scope) => build(undefined, settings, scope))))
 
-    return { forTemplate, validate }
+    const current = (template: string, settings: LoadBalancerSettings) => {
+      const entry = entries.get(template)
+      return entry !== undefined && entry.settings === settings ? entry.value : undefined
+    }
+
+    return { forTemplate, current, validate }
   })

@@ -20,6 +20,11 @@ export interface RequestLogFields {
 export interface RequestLogShape {
   /** Writes the request line, with the request id of the fiber's log annotations. */
   readonly write: (fields: RequestLogFields) => Effect.Effect<void>
+  /**
+   * Writes it at once, for the request path that runs without a fiber (Dispatcher.callNow);
+   * absent for the writer that goes through Effect's logger, which needs one.
+   */
+  readonly writeNow?: ((fields: RequestLogFields, requestId: string) => void) | undefined
 }
 
 const annotated = (fields: RequestLogFields) => {
@@ -41,40 +46,45 @@ const logfmtValue = (value: string) => TEXT_ONLY.test(value) ? value : JSON.stri
  * (annotations in a persistent HashMap, then formatted generically) cost more CPU per request
  * than all the metrics together. Pretty logs, for people at a terminal, keep Effect's logger.
  */
-const direct = (format: "text" | "json"): RequestLogShape => ({
-  write: (fields) =>
-    Effect.withFiberRuntime<void>((fiber) => {
-      const requestId = HashMap.get(fiber.getFiberRef(FiberRef.currentLogAnnotations), "request_id").pipe(
-        Option.map(String),
-        Option.getOrElse(() => "")
-      )
-      const subject = fields.subject !== undefined && fields.subject.includes("://") ? redactUrlsIn(fields.subject) : fields.subject
-      const timestamp = new Date().toISOString()
-      // (FiberId.threadName, for a runtime fiber, without the HashSet it builds to get there.)
-      const id = fiber.id()
-      const fiberName = FiberId.isRuntime(id) ? `#${id.id}` : FiberId.threadName(id)
-      if (format === "json") {
-        writeLogLine(JSON.stringify({
-          message: "request",
-          logLevel: "INFO",
-          timestamp,
-          annotations: { request_id: requestId, ...annotated({ ...fields, subject }) },
-          spans: {},
-          fiberId: fiberName
-        }))
-      } else {
-        let line = `timestamp=${timestamp} level=INFO fiber=${fiberName} message=request request_id=${logfmtValue(requestId)}` +
-          ` template=${logfmtValue(fields.template)} operation=${logfmtValue(fields.operation)}`
-        if (subject !== undefined) line += ` subject=${logfmtValue(subject)}`
-        line += ` instance=${logfmtValue(fields.instance)} strategy=${logfmtValue(fields.strategy)} attempts=${fields.attempts}` +
-          ` outcome=${logfmtValue(fields.outcome)} status=${fields.status} duration_ms=${fields.duration_ms}`
-        writeLogLine(line)
-      }
-      return Effect.void
-    })
-})
+const direct = (format: "text" | "json"): RequestLogShape => {
+  const writeNow = (fields: RequestLogFields, requestId: string, fiberName = "-") => {
+    const subject = fields.subject !== undefined && fields.subject.includes("://") ? redactUrlsIn(fields.subject) : fields.subject
+    const timestamp = new Date().toISOString()
+    if (format === "json") {
+      writeLogLine(JSON.stringify({
+        message: "request",
+        logLevel: "INFO",
+        timestamp,
+        annotations: { request_id: requestId, ...annotated({ ...fields, subject }) },
+        spans: {},
+        fiberId: fiberName
+      }))
+    } else {
+      let line = `timestamp=${timestamp} level=INFO fiber=${fiberName} message=request request_id=${logfmtValue(requestId)}` +
+        ` template=${logfmtValue(fields.template)} operation=${logfmtValue(fields.operation)}`
+      if (subject !== undefined) line += ` subject=${logfmtValue(subject)}`
+      line += ` instance=${logfmtValue(fields.instance)} strategy=${logfmtValue(fields.strategy)} attempts=${fields.attempts}` +
+        ` outcome=${logfmtValue(fields.outcome)} status=${fields.status} duration_ms=${fields.duration_ms}`
+      writeLogLine(line)
+    }
+  }
+  return {
+    writeNow,
+    write: (fields) =>
+      Effect.withFiberRuntime<void>((fiber) => {
+        const requestId = HashMap.get(fiber.getFiberRef(FiberRef.currentLogAnnotations), "request_id").pipe(
+          Option.map(String),
+          Option.getOrElse(() => "")
+        )
+        // (FiberId.threadName, for a runtime fiber, without the HashSet it builds to get there.)
+        const id = fiber.id()
+        writeNow(fields, requestId, FiberId.isRuntime(id) ? `#${id.id}` : FiberId.threadName(id))
+        return Effect.void
+      })
+  }
+}
 
-const silent: RequestLogShape = { write: () => Effect.void }
+const silent: RequestLogShape = { write: () => Effect.void, writeNow: () => {} }
 
 /**
  * Where request lines go. A Reference with a default (Effect's logger), so layers composed in

@@ -1,4 +1,4 @@
-import { Effect, type Scope } from "effect"
+import { type Cause, Effect, Exit, type Scope } from "effect"
 import type { DispatchError } from "../domain/GatewayError.js"
 import { ErrorCode } from "../domain/JsonRpc.js"
 import type { InstanceState } from "../registry/InstanceState.js"
@@ -110,13 +110,55 @@ export class ClientSession extends EndpointSession {
     return this.asking(relay, answered).pipe(
       Effect.match({
         onSuccess: (result): SessionAnswer => {
-          if (method === "resources/subscribe" && typeof params?.uri === "string") this.subscriptions.add(params.uri)
-          else if (method === "resources/unsubscribe" && typeof params?.uri === "string") this.subscriptions.delete(params.uri)
+          this.keepSubscriptions(method, params)
           return { _tag: "Answer", message: { result } }
         },
         onFailure: (e) => this.answerFor(e)
       })
     )
+  }
+
+  /**
+   * `request` without a fiber (Dispatcher.callNow), the endpoint's request path: for a method
+   * the template's exposure (filters, transforms, cache) has nothing to do with; otherwise
+   * undefined, and `request` serves it.
+   */
+  override requestNow(
+    method: string,
+    params: Record<string, unknown> | undefined,
+    relay: RequestRelay,
+    headers: Readonly<Record<string, string>> | undefined,
+    requestId: string,
+    done: (exit: Exit.Exit<SessionAnswer>) => void
+  ): (() => void) | undefined {
+    if (this.exposure.involved(this.template, method)) return undefined
+    const release = this.askingNow(relay)
+    const cancel = this.dispatcher.callNow(
+      this.template,
+      method,
+      params,
+      { instance: this.pinned, connection: this.connection, relay, headers },
+      requestId,
+      (exit) => {
+        release?.()
+        if (Exit.isSuccess(exit)) {
+          this.keepSubscriptions(method, params)
+          return done(Exit.succeed({ _tag: "Answer", message: { result: exit.value.result } }))
+        }
+        // (A defect stays one: the endpoint logs it and answers 500.)
+        done(exit.cause._tag === "Fail" ? Exit.succeed(this.answerFor(exit.cause.error)) : Exit.failCause(exit.cause as Cause.Cause<never>))
+      }
+    )
+    return () => {
+      release?.()
+      cancel()
+    }
+  }
+
+  /** Keeps the client's resource subscriptions (for the updates of a shared process) as its requests succeed. */
+  private keepSubscriptions(method: string, params: Record<string, unknown> | undefined) {
+    if (method === "resources/subscribe" && typeof params?.uri === "string") this.subscriptions.add(params.uri)
+    else if (method === "resources/unsubscribe" && typeof params?.uri === "string") this.subscriptions.delete(params.uri)
   }
 
   /** How a failed request reaches the client: as a JSON-RPC error, or as the end of the session. */

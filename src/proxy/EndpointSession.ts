@@ -1,4 +1,4 @@
-import { Duration, Effect, FiberId, type Fiber, type Scope } from "effect"
+import { Duration, Effect, type Exit, FiberId, type Fiber, type Scope } from "effect"
 import { ErrorCode, type JsonRpcErrorObject, type JsonRpcId, type JsonRpcRequest, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import type { Connection, RequestOptions } from "../transport/Connection.js"
@@ -49,8 +49,11 @@ export abstract class EndpointSession {
   // holds none of them (each empty Map or Set is 150-250 bytes, and a gateway holds thousands of
   // idle sessions). Readers that must not allocate use the private fields.
 
-  /** Requests in flight by the client's JSON-RPC id (see requestKey), so that notifications/cancelled can stop them. */
-  private inflight: Map<string, Fiber.RuntimeFiber<unknown, unknown>> | undefined
+  /**
+   * Requests in flight by the client's JSON-RPC id (see requestKey), so that notifications/cancelled
+   * can stop them: the fiber that runs one, or the function that cancels one run without a fiber.
+   */
+  private inflight: Map<string, Fiber.RuntimeFiber<unknown, unknown> | (() => void)> | undefined
   /**
    * Server→client requests relayed to the client and not answered yet, by the id the gateway
    * gave them; each `reply` sends the client's answer back to the server under the server's id.
@@ -163,13 +166,25 @@ export abstract class EndpointSession {
 
   /** Runs a request with its relay registered as one that takes the server's questions (askRelay). */
   protected asking<A, E>(relay: RequestRelay, effect: Effect.Effect<A, E>): Effect.Effect<A, E> {
-    const ask = relay.onServerRequest
-    if (ask === undefined) return effect
-    const relays = (this.askRelays ??= [])
-    relays.push(ask)
-    return Effect.ensuring(effect, Effect.sync(() => void relays.splice(relays.indexOf(ask), 1)))
+    const release = this.askingNow(relay)
+    return release === undefined ? effect : Effect.ensuring(effect, Effect.sync(release))
   }
 
+  /** `asking` for a request run without a fiber: registers its relay; the function it returns (if any) unregisters it. */
+  protected askingNow(relay: RequestRelay): (() => void) | undefined {
+    const ask = relay.onServerRequest
+    if (ask === undefined) return undefined
+    const relays = (this.askRelays ??= [])
+    relays.push(ask)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      relays.splice(relays.indexOf(ask), 1)
+    }
+  }
+
+  /** A request in flight in a fiber: cancellable until the fiber ends. */
   track(requestId: JsonRpcId, fiber: Fiber.RuntimeFiber<unknown, unknown>) {
     const key = requestKey(requestId)
     const inflight = (this.inflight ??= new Map())
@@ -177,6 +192,35 @@ export abstract class EndpointSession {
     fiber.addObserver(() => {
       if (inflight.get(key) === fiber) inflight.delete(key)
     })
+  }
+
+  /**
+   * A request in flight without a fiber: `cancel` stops it (and answers the client). Call the
+   * function returned when it ends.
+   */
+  trackNow(requestId: JsonRpcId, cancel: () => void): () => void {
+    const key = requestKey(requestId)
+    const inflight = (this.inflight ??= new Map())
+    inflight.set(key, cancel)
+    return () => {
+      if (inflight.get(key) === cancel) inflight.delete(key)
+    }
+  }
+
+  /**
+   * One client request without a fiber, where the session can serve it so (see
+   * ClientSession.requestNow): `done` is called once with what `request` would give, unless the
+   * returned function cancelled it first. Undefined when it cannot: `request` then serves it.
+   */
+  requestNow(
+    _method: string,
+    _params: Record<string, unknown> | undefined,
+    _relay: RequestRelay,
+    _headers: Readonly<Record<string, string>> | undefined,
+    _requestId: string,
+    _done: (exit: Exit.Exit<SessionAnswer>) => void
+  ): (() => void) | undefined {
+    return undefined
   }
 
   /** In use: a request in flight, or a modern client listening (it must not idle out under them). */
@@ -214,16 +258,23 @@ export abstract class EndpointSession {
 
   /** `notifications/cancelled` from the client: stops the request, down to the backend. */
   cancel(requestId: unknown) {
-    this.inflight?.get(requestKey(requestId))?.unsafeInterruptAsFork(FiberId.none)
+    const running = this.inflight?.get(requestKey(requestId))
+    if (typeof running === "function") running()
+    else running?.unsafeInterruptAsFork(FiberId.none)
   }
 
-  /** The session ends: what is in flight is interrupted (the owner closes the scope after). */
+  /** The session ends: what is in flight is interrupted (the owner closes the scope after); the fibers, to await. */
   interruptAll(): ReadonlyArray<Fiber.RuntimeFiber<unknown, unknown>> {
     const closers = this.closers
     this.closers = undefined
     if (closers !== undefined) for (const closed of closers) closed()
-    const fibers = this.inflight === undefined ? [] : Array.from(this.inflight.values())
+    const fibers: Array<Fiber.RuntimeFiber<unknown, unknown>> = []
+    const running = this.inflight === undefined ? [] : Array.from(this.inflight.values())
     this.inflight?.clear()
+    for (const r of running) {
+      if (typeof r === "function") r()
+      else fibers.push(r)
+    }
     return fibers
   }
 

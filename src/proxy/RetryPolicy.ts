@@ -24,17 +24,27 @@ export const retryWhile = <A, E, R>(
   once: Effect.Effect<A, E, R>,
   schedule: () => Schedule.Schedule<unknown, E>,
   shouldRetry: (error: E) => boolean
+): Effect.Effect<A, E, R> => Effect.catchAll(once, (first) => retryAfter(first, once, schedule, shouldRetry))
+
+/**
+ * What `retryWhile` does once `once` has failed with `first`: for a first attempt made outside
+ * any Effect (the Dispatcher's request path), the retries go on from here, by the same schedule.
+ */
+export const retryAfter = <A, E, R>(
+  first: E,
+  once: Effect.Effect<A, E, R>,
+  schedule: () => Schedule.Schedule<unknown, E>,
+  shouldRetry: (error: E) => boolean
 ): Effect.Effect<A, E, R> =>
-  Effect.catchAll(once, (first) =>
-    shouldRetry(first)
-      ? Effect.flatMap(Schedule.driver(schedule()), (driver) => {
-        const again = (error: E): Effect.Effect<A, E, R> =>
-          driver.next(error).pipe(
-            Effect.matchEffect({
-              onFailure: () => Effect.fail(error),
-              onSuccess: () => Effect.catchAll(once, (next) => shouldRetry(next) ? again(next) : Effect.fail(next))
-            })
-          )
-        return again(first)
-      })
-      : Effect.fail(first))
+  shouldRetry(first)
+    ? Effect.flatMap(Schedule.driver(schedule()), (driver) => {
+      const again = (error: E): Effect.Effect<A, E, R> =>
+        driver.next(error).pipe(
+          Effect.matchEffect({
+            onFailure: () => Effect.fail(error),
+            onSuccess: () => Effect.catchAll(once, (next) => shouldRetry(next) ? again(next) : Effect.fail(next))
+          })
+        )
+      return again(first)
+    })
+    : Effect.fail(first)

@@ -21,6 +21,13 @@ export interface Strategy {
     candidates: NonEmptyReadonlyArray<InstanceView>,
     context: SelectionContext
   ) => Effect.Effect<InstanceView>
+  /**
+   * Optional: the same choice made at once, for a strategy that needs nothing but its own state
+   * (no services, no waiting). The gateway's request path then chooses without an Effect step;
+   * without it, `select` runs. When both are given they must choose alike: write `selectNow`
+   * and let `select` be `(c, ctx) => Effect.sync(() => selectNow(c, ctx))`.
+   */
+  readonly selectNow?: ((candidates: NonEmptyReadonlyArray<InstanceView>, context: SelectionContext) => InstanceView) | undefined
 }
 
 export interface StrategyPlugin<Options = any> {

@@ -1,4 +1,4 @@
-import type { Effect, Runtime, Scope } from "effect"
+import type { Effect, Exit, Runtime, Scope } from "effect"
 import type { JsonRpcNotification, JsonRpcRequest, JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { ChannelStatus, SupervisionPolicy } from "./Supervision.js"
 import type { RequestTimeout, TransportError } from "./TransportError.js"
@@ -64,8 +64,28 @@ export interface RequestOptions {
   readonly onCacheHints?: ((hints: { readonly ttlMs: number; readonly cacheScope: "public" | "private" }) => void) | undefined
 }
 
+/** How a request sent without an Effect step (`requestNow`) ends: called once, never after it was cancelled. */
+export type RequestDone = (exit: Exit.Exit<JsonRpcResponse, TransportError | RequestTimeout>) => void
+
+/**
+ * `request` without an Effect step, for the request path (the Dispatcher's `callNow`): sends at
+ * once and calls `done` with the answer or the failure; the function it returns cancels the
+ * request (at the backend, as interrupting `request` does). Undefined when the connection cannot
+ * send at once (nothing open yet, a restart in progress, a revision that needs more than one
+ * exchange): `request` then does the work. Both are one implementation: `request` is this
+ * wrapped in `Effect.async` wherever both exist, so they cannot drift apart.
+ */
+export type RequestNow = (
+  method: string,
+  params: Record<string, unknown> | undefined,
+  options: RequestOptions | undefined,
+  done: RequestDone
+) => (() => void) | undefined
+
 /** One instance's live link (a child process, or an HTTP session over a keep-alive pool). */
 export interface Connection {
+  /** See RequestNow; absent where a transport has no such path. */
+  readonly requestNow?: RequestNow | undefined
   /** Sends one request and waits for its response; interrupting it cancels the request at the backend. */
   readonly request: (
     method: string,

@@ -1,4 +1,4 @@
-import { Effect } from "effect"
+import { Effect, Exit } from "effect"
 import {
   isNotification,
   isObject,
@@ -8,7 +8,7 @@ import {
   type JsonRpcRequest,
   type JsonRpcResponse
 } from "../domain/JsonRpc.js"
-import type { ConnectionLog, RequestDeadline } from "./Connection.js"
+import type { ConnectionLog, RequestDeadline, RequestDone } from "./Connection.js"
 import { answerServerRequest } from "./serverRequests.js"
 import { RequestTimeout, serialize, TransportError } from "./TransportError.js"
 
@@ -57,50 +57,72 @@ export abstract class Multiplexer {
     onNotification?: (n: JsonRpcNotification) => void
   ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> {
     return Effect.async<JsonRpcResponse, TransportError | RequestTimeout>((resume) => {
-      const id = this.nextId++
-      const meta = params?._meta
-      let progressToken: string | undefined
-      if (onNotification !== undefined && isObject(meta) && meta.progressToken !== undefined) {
-        progressToken = `gateway-${id}`
-        this.progress.set(progressToken, { token: meta.progressToken, onNotification })
-        params = { ...params, _meta: { ...meta, progressToken } }
-      }
-      const settle = () => {
-        deadline?.disarm()
-        if (progressToken !== undefined) this.progress.delete(progressToken)
-      }
-      const text = serialize(this.instanceId, params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
-      if (typeof text !== "string") {
-        settle()
-        return resume(Effect.fail(text))
-      }
-      this.pending.set(id, (r) => {
-        settle()
-        resume(r instanceof TransportError ? Effect.fail(r) : Effect.succeed(r))
-      })
-      const sent = !this.closed && this.send(text, (error) => {
-        const waiting = this.pending.get(id)
-        if (waiting !== undefined) {
-          this.pending.delete(id)
-          waiting(error)
-        }
-      })
-      if (!sent) {
-        this.pending.delete(id)
-        settle()
-        resume(Effect.fail(new TransportError({ instanceId: this.instanceId, message: "not connected", reachedBackend: false })))
-        return
-      }
-      deadline?.arm(() => {
-        if (progressToken !== undefined) this.progress.delete(progressToken)
-        this.cancel(id)
-        resume(Effect.fail(new RequestTimeout({ instanceId: this.instanceId, timeoutMs: deadline.timeoutMs })))
-      })
-      return Effect.sync(() => {
-        settle()
-        this.cancel(id)
-      })
+      const cancel = this.callNow(method, params, deadline, onNotification, resume)
+      return Effect.sync(cancel)
     })
+  }
+
+  /**
+   * `call` without an Effect step (see RequestNow in Connection.ts): `done` is called once with
+   * the answer or the failure, unless the returned function cancelled the request first.
+   */
+  callNow(
+    method: string,
+    params: Record<string, unknown> | undefined,
+    deadline: RequestDeadline | undefined,
+    onNotification: ((n: JsonRpcNotification) => void) | undefined,
+    done: RequestDone
+  ): () => void {
+    const id = this.nextId++
+    const meta = params?._meta
+    let progressToken: string | undefined
+    if (onNotification !== undefined && isObject(meta) && meta.progressToken !== undefined) {
+      progressToken = `gateway-${id}`
+      this.progress.set(progressToken, { token: meta.progressToken, onNotification })
+      params = { ...params, _meta: { ...meta, progressToken } }
+    }
+    let settled = false
+    const settle = () => {
+      settled = true
+      deadline?.disarm()
+      if (progressToken !== undefined) this.progress.delete(progressToken)
+    }
+    const cancel = () => {
+      if (settled) return
+      settle()
+      this.cancel(id)
+    }
+    const text = serialize(this.instanceId, params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
+    if (typeof text !== "string") {
+      settle()
+      done(Exit.fail(text))
+      return cancel
+    }
+    this.pending.set(id, (r) => {
+      settle()
+      done(r instanceof TransportError ? Exit.fail(r) : Exit.succeed(r))
+    })
+    const sent = !this.closed && this.send(text, (error) => {
+      const waiting = this.pending.get(id)
+      if (waiting !== undefined) {
+        this.pending.delete(id)
+        waiting(error)
+      }
+    })
+    if (!sent) {
+      this.pending.delete(id)
+      settle()
+      done(Exit.fail(new TransportError({ instanceId: this.instanceId, message: "not connected", reachedBackend: false })))
+      return cancel
+    }
+    deadline?.arm(() => {
+      if (settled) return
+      if (progressToken !== undefined) this.progress.delete(progressToken)
+      this.cancel(id)
+      settled = true
+      done(Exit.fail(new RequestTimeout({ instanceId: this.instanceId, timeoutMs: deadline.timeoutMs })))
+    })
+    return cancel
   }
 
   /** Sends a message that has no answer (one that cannot be serialised is dropped). */

@@ -2,7 +2,7 @@ import { Clock, Deferred, Duration, Effect, FiberId, Random, Runtime } from "eff
 import { isObject } from "../domain/JsonRpc.js"
 import { backoffDelayMs } from "../domain/LoadBalancer.js"
 import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
-import type { Connection, ConnectionEnv, RequestOptions } from "./Connection.js"
+import type { Connection, ConnectionEnv, RequestNow, RequestOptions } from "./Connection.js"
 import type { ChannelListener, Multiplexer } from "./Multiplexer.js"
 import type { ChannelStatus } from "./Supervision.js"
 import { RequestTimeout, TransportError } from "./TransportError.js"
@@ -204,6 +204,12 @@ export const makeSharedChannelConnection = <C extends Channel>(
     return Effect.flatMap(waitReady, (channel) => channel.call(method, params, deadline, onNotification))
   }
 
+  /** The running channel's request path without an Effect step (none while it starts or restarts). */
+  const requestNow: RequestNow = (method, params, requestOptions, done) =>
+    initialized !== undefined && !initialized.closed
+      ? initialized.callNow(method, params, requestOptions?.deadline, requestOptions?.onNotification, done)
+      : undefined
+
   const listen: Connection["listen"] = (onMessage) =>
     Effect.acquireRelease(
       Effect.sync(() => {
@@ -229,6 +235,7 @@ export const makeSharedChannelConnection = <C extends Channel>(
 
   return {
     request,
+    requestNow,
     initialize: Effect.map(ready, (channel) => channel.initializeResult),
     listen,
     notify,

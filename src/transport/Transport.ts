@@ -1,7 +1,7 @@
 import { Context, Effect, ExecutionStrategy, Exit, Layer, Runtime, Scope } from "effect"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import type { JsonRpcResponse } from "../domain/JsonRpc.js"
-import type { Connection, ConnectionEnv, ConnectionLog, RequestOptions } from "./Connection.js"
+import type { Connection, ConnectionEnv, ConnectionLog, RequestDone, RequestOptions } from "./Connection.js"
 import { type EraMemory, makeHttpConnection } from "./http.js"
 import { makeLegacySseConnection } from "./legacySse.js"
 import { makeStdioConnection } from "./stdio.js"
@@ -17,6 +17,17 @@ export interface TransportShape {
     params: Record<string, unknown> | undefined,
     options?: RequestOptions
   ) => Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout>
+  /**
+   * `request` without an Effect step, where the instance's connection can send at once (see
+   * RequestNow in Connection.ts); undefined otherwise, and then `request` does the work.
+   */
+  readonly requestNow?: (
+    instance: InstanceDefinition,
+    method: string,
+    params: Record<string, unknown> | undefined,
+    options: RequestOptions | undefined,
+    done: RequestDone
+  ) => (() => void) | undefined
   /**
    * A connection for one client session of the MCP endpoint, open as long as the given scope:
    * over HTTP a backend session of its own, initialized with the client's `initialize` params;
@@ -139,6 +150,8 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       return {
         request: (instance, method, params, options) =>
           removed.has(instance) ? removedError(instance) : connectionFor(instance).request(method, params, options),
+        requestNow: (instance, method, params, options, done) =>
+          removed.has(instance) ? undefined : connectionFor(instance).requestNow?.(method, params, options, done),
         initializeResult: (instance) => removed.has(instance) ? removedError(instance) : connectionFor(instance).initialize,
         openSession: (instance, initializeParams, options) =>
           Effect.suspend(() => {

@@ -1,10 +1,10 @@
-import { Deferred, Duration, Effect, FiberId, type Scope } from "effect"
+import { Deferred, Duration, Effect, Exit, type Fiber, FiberId, Runtime, type Scope } from "effect"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { resolveHeaders } from "../domain/Secret.js"
 import { collectToolHeaders, isInputRequired, type ToolHeaders } from "../domain/ModernProtocol.js"
 import { initializeParams, MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
-import type { Connection, ConnectionEnv, RequestDeadline, RequestOptions } from "./Connection.js"
+import type { Connection, ConnectionEnv, RequestDeadline, RequestNow, RequestOptions } from "./Connection.js"
 import {
   asLegacyResponse,
   classifyProbe,
@@ -186,6 +186,10 @@ export const makeHttpConnection = (
     }
   }
 
+  /** An answer to a POST: the response and the answer's headers. */
+  type Posted = { readonly response: JsonRpcResponse; readonly headers: AnswerHeaders }
+  type PostFailure = TransportError | SessionGone | RequestTimeout
+
   /**
    * POSTs one request and waits for its response, whether it comes as a JSON body or as an
    * SSE stream (notifications and server requests may come first).
@@ -196,127 +200,142 @@ export const makeHttpConnection = (
     s: Session | undefined,
     deadline: RequestDeadline | undefined,
     relay?: RequestOptions
-  ): Effect.Effect<{ response: JsonRpcResponse; headers: AnswerHeaders }, TransportError | SessionGone | RequestTimeout> =>
+  ): Effect.Effect<Posted, PostFailure> =>
     Effect.async((resume) => {
-      const id = nextId++
-      let routing: Record<string, string> | undefined
-      if (s?.era === "modern") {
-        // The revision's request: the envelope in _meta, the body mirrored in headers.
-        params = withEnvelope(params, relay?.client === undefined ? s.envelope : envelopeOf(s.protocolVersion, relay.client), logLevel)
-        const own = relay?.clientParamHeaders
-        routing = routingHeaders(method, params, own === undefined ? toolHeaders ?? NO_TOOL_HEADERS : NO_TOOL_HEADERS)
-        if (own !== undefined) for (const name in own) routing[name] = own[name]!
-      }
-      const body = serialize(instance.id, params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
-      if (typeof body !== "string") return resume(Effect.fail(body))
-      let settled = false
-      let gotResponse = false
-      const done = (
-        outcome: Effect.Effect<{ response: JsonRpcResponse; headers: AnswerHeaders }, TransportError | SessionGone | RequestTimeout>
-      ) => {
-        if (!settled) {
-          settled = true
-          deadline?.disarm()
-          resume(outcome)
-        }
-      }
-      let status = 0
-      let type = ""
-      let answerHeaders: AnswerHeaders = {}
-      /** The SSE parser, when the answer is a stream; otherwise the JSON body collects in `text`. */
-      let feed: ((chunk: string) => void) | undefined
-      let text = ""
-      const deliver = (message: unknown) => {
-        if (isResponse(message) && message.id === id) {
-          done(Effect.succeed({ response: message, headers: answerHeaders }))
-        } else if (isRequest(message)) {
-          if (relay?.onServerRequest !== undefined && message.method !== "ping") {
-            relay.onServerRequest(message, (answer) => postOneWay({ ...answer, id: message.id }, s))
-          } else {
-            postOneWay(answerServerRequest(message), s)
-          }
-        } else if (isNotification(message)) {
-          // On this POST's stream, so about this request (progress, logging while it runs).
-          if (relay?.onNotification !== undefined) relay.onNotification(message)
-          else log.debug(`notification ${message.method}`)
-        }
-      }
-      const handler: Http1Handler = {
-        onHead: (head) => {
-          gotResponse = true
-          status = head.status
-          answerHeaders = head.headers
-          type = head.headers["content-type"] ?? ""
-          if (status >= 200 && status < 300 && type.startsWith("text/event-stream")) {
-            feed = makeSseParser((event) => {
-              if (event.event !== "message" || event.data === "") return
-              try {
-                deliver(JSON.parse(event.data))
-              } catch {
-                log.debug(`ignoring an SSE event that is not JSON`)
-              }
-            }, { onOversized: () => log.warn(`dropped an SSE event larger than ${MAX_EVENT_LENGTH} characters`) })
-          }
-        },
-        onData: (chunk) => {
-          if (feed !== undefined) return feed(chunk)
-          text += chunk
-          if (text.length > MAX_RESPONSE_LENGTH) {
-            done(Effect.fail(error(`the answer is larger than ${MAX_RESPONSE_LENGTH} characters`, true)))
-            exchange.abort()
-          }
-        },
-        onEnd: () => {
-          if (feed !== undefined) return done(Effect.fail(error("the SSE stream ended without a response", true)))
-          let message: unknown
-          try {
-            message = text === "" ? undefined : JSON.parse(text)
-          } catch {
-            message = undefined
-          }
-          if (s?.id !== undefined && (status === 404 || (status === 400 && /session/i.test(text)))) {
-            return done(Effect.fail(new SessionGone()))
-          }
-          if (isResponse(message) && (message.id === id || (status >= 400 && message.id === null))) {
-            // A JSON-RPC answer, even on an error status, is the server's word: pass it on.
-            if (message.id === id) return done(Effect.succeed({ response: message, headers: answerHeaders }))
-          }
-          if (status >= 200 && status < 300) {
-            return done(Effect.fail(error(`expected a JSON-RPC response, got HTTP ${status} ${type || "without a body"}`, true)))
-          }
-          done(Effect.fail(new TransportError({
-            instanceId: instance.id,
-            message: `HTTP ${status}${text ? `: ${text.slice(0, 200)}` : ""}`,
-            reachedBackend: true,
-            clientFault: CLIENT_FAULT_STATUSES.has(status)
-          })))
-        },
-        onError: (e) => {
-          if (gotResponse) {
-            return done(Effect.fail(error(`${feed !== undefined ? "SSE stream" : "response"} failed: ${e.message}`, true)))
-          }
-          done(Effect.fail(error(`${e.code}: ${e.message}`, e.answered || !NEVER_SENT_ERRORS.has(e.code))))
-        }
-      }
-      let exchange: Http1Exchange
-      try {
-        exchange = requestTo("POST", headersFor(s, relay?.headers, routing), body, handler)
-      } catch (e) {
-        if (!(e instanceof Http1HeaderError)) throw e
-        // A header no HTTP message may carry (a forwarded value with a line break): the request's own fault.
-        return resume(Effect.fail(new TransportError({ instanceId: instance.id, message: `cannot send the request: ${e.message}`, reachedBackend: false, clientFault: true })))
-      }
-      deadline?.arm(() => {
-        // Closing the connection is how Streamable HTTP cancels a request.
-        done(Effect.fail(new RequestTimeout({ instanceId: instance.id, timeoutMs: deadline.timeoutMs })))
-        exchange.abort()
-      })
-      return Effect.sync(() => {
+      const cancel = postNow(method, params, s, deadline, relay, resume)
+      return Effect.sync(cancel)
+    })
+
+  /** `post` without an Effect step: `resume` is called once, unless the returned function cancelled first. */
+  const postNow = (
+    method: string,
+    params: Record<string, unknown> | undefined,
+    s: Session | undefined,
+    deadline: RequestDeadline | undefined,
+    relay: RequestOptions | undefined,
+    resume: (outcome: Exit.Exit<Posted, PostFailure>) => void
+  ): (() => void) => {
+    const id = nextId++
+    let routing: Record<string, string> | undefined
+    if (s?.era === "modern") {
+      // The revision's request: the envelope in _meta, the body mirrored in headers.
+      params = withEnvelope(params, relay?.client === undefined ? s.envelope : envelopeOf(s.protocolVersion, relay.client), logLevel)
+      const own = relay?.clientParamHeaders
+      routing = routingHeaders(method, params, own === undefined ? toolHeaders ?? NO_TOOL_HEADERS : NO_TOOL_HEADERS)
+      if (own !== undefined) for (const name in own) routing[name] = own[name]!
+    }
+    const body = serialize(instance.id, params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
+    if (typeof body !== "string") {
+      resume(Exit.fail(body))
+      return () => {}
+    }
+    let settled = false
+    let gotResponse = false
+    const done = (outcome: Exit.Exit<Posted, PostFailure>) => {
+      if (!settled) {
         settled = true
         deadline?.disarm()
-        exchange.abort()
-      })
+        resume(outcome)
+      }
+    }
+    let status = 0
+    let type = ""
+    let answerHeaders: AnswerHeaders = {}
+    /** The SSE parser, when the answer is a stream; otherwise the JSON body collects in `text`. */
+    let feed: ((chunk: string) => void) | undefined
+    let text = ""
+    const deliver = (message: unknown) => {
+      if (isResponse(message) && message.id === id) {
+        done(Exit.succeed({ response: message, headers: answerHeaders }))
+      } else if (isRequest(message)) {
+        if (relay?.onServerRequest !== undefined && message.method !== "ping") {
+          relay.onServerRequest(message, (answer) => postOneWay({ ...answer, id: message.id }, s))
+        } else {
+          postOneWay(answerServerRequest(message), s)
+        }
+      } else if (isNotification(message)) {
+        // On this POST's stream, so about this request (progress, logging while it runs).
+        if (relay?.onNotification !== undefined) relay.onNotification(message)
+        else log.debug(`notification ${message.method}`)
+      }
+    }
+    const handler: Http1Handler = {
+      onHead: (head) => {
+        gotResponse = true
+        status = head.status
+        answerHeaders = head.headers
+        type = head.headers["content-type"] ?? ""
+        if (status >= 200 && status < 300 && type.startsWith("text/event-stream")) {
+          feed = makeSseParser((event) => {
+            if (event.event !== "message" || event.data === "") return
+            try {
+              deliver(JSON.parse(event.data))
+            } catch {
+              log.debug(`ignoring an SSE event that is not JSON`)
+            }
+          }, { onOversized: () => log.warn(`dropped an SSE event larger than ${MAX_EVENT_LENGTH} characters`) })
+        }
+      },
+      onData: (chunk) => {
+        if (feed !== undefined) return feed(chunk)
+        text += chunk
+        if (text.length > MAX_RESPONSE_LENGTH) {
+          done(Exit.fail(error(`the answer is larger than ${MAX_RESPONSE_LENGTH} characters`, true)))
+          exchange.abort()
+        }
+      },
+      onEnd: () => {
+        if (feed !== undefined) return done(Exit.fail(error("the SSE stream ended without a response", true)))
+        let message: unknown
+        try {
+          message = text === "" ? undefined : JSON.parse(text)
+        } catch {
+          message = undefined
+        }
+        if (s?.id !== undefined && (status === 404 || (status === 400 && /session/i.test(text)))) {
+          return done(Exit.fail(new SessionGone()))
+        }
+        if (isResponse(message) && (message.id === id || (status >= 400 && message.id === null))) {
+          // A JSON-RPC answer, even on an error status, is the server's word: pass it on.
+          if (message.id === id) return done(Exit.succeed({ response: message, headers: answerHeaders }))
+        }
+        if (status >= 200 && status < 300) {
+          return done(Exit.fail(error(`expected a JSON-RPC response, got HTTP ${status} ${type || "without a body"}`, true)))
+        }
+        done(Exit.fail(new TransportError({
+          instanceId: instance.id,
+          message: `HTTP ${status}${text ? `: ${text.slice(0, 200)}` : ""}`,
+          reachedBackend: true,
+          clientFault: CLIENT_FAULT_STATUSES.has(status)
+        })))
+      },
+      onError: (e) => {
+        if (gotResponse) {
+          return done(Exit.fail(error(`${feed !== undefined ? "SSE stream" : "response"} failed: ${e.message}`, true)))
+        }
+        done(Exit.fail(error(`${e.code}: ${e.message}`, e.answered || !NEVER_SENT_ERRORS.has(e.code))))
+      }
+    }
+    let exchange: Http1Exchange
+    try {
+      exchange = requestTo("POST", headersFor(s, relay?.headers, routing), body, handler)
+    } catch (e) {
+      if (!(e instanceof Http1HeaderError)) throw e
+      // A header no HTTP message may carry (a forwarded value with a line break): the request's own fault.
+      resume(Exit.fail(new TransportError({ instanceId: instance.id, message: `cannot send the request: ${e.message}`, reachedBackend: false, clientFault: true })))
+      return () => {}
+    }
+    deadline?.arm(() => {
+      // Closing the connection is how Streamable HTTP cancels a request.
+      done(Exit.fail(new RequestTimeout({ instanceId: instance.id, timeoutMs: deadline.timeoutMs })))
+      exchange.abort()
     })
+    return () => {
+      settled = true
+      deadline?.disarm()
+      exchange.abort()
+    }
+  }
 
   /** The old handshake: `initialize`, then `notifications/initialized`; the session id the server issues, if any. */
   const initializeLegacy = (params: Record<string, unknown>) =>
@@ -498,6 +517,32 @@ export const makeHttpConnection = (
     const session = Effect.mapError(ensureSession, (e) => new TransportError({ instanceId: e.instanceId, message: e.message, reachedBackend: false }))
     return Effect.flatMap(withinDeadline(session, options?.deadline), (s) =>
       s.era === "legacy" ? send(s, method, params, options) : modernFor(s, method, params, options))
+  }
+
+  /**
+   * The request path without an Effect step (see RequestNow in Connection.ts): on an open session
+   * of the old revision, one POST. A server that forgot the session is answered as `request`
+   * does (a new session and the request sent again), in a fiber: that is rare.
+   */
+  const requestNow: RequestNow = (method, params, options, done) => {
+    const current = established
+    if (current === undefined || current.era !== "legacy" || closed) return undefined
+    let cancelled = false
+    let renewal: Fiber.RuntimeFiber<Posted, TransportError | RequestTimeout> | undefined
+    const cancelPost = postNow(method, params, current, options?.deadline, options, (outcome) => {
+      if (Exit.isSuccess(outcome)) return done(Exit.succeed(outcome.value.response))
+      const failure = outcome.cause._tag === "Fail" ? outcome.cause.error : undefined
+      if (failure === undefined || failure._tag !== "SessionGone") return done(outcome as Exit.Exit<never, TransportError | RequestTimeout>)
+      renewal = Runtime.runFork(env.runtime)(resend(current, method, params, options))
+      renewal.addObserver((exit) => {
+        if (!cancelled) done(Exit.map(exit, (r) => r.response))
+      })
+    })
+    return () => {
+      cancelled = true
+      cancelPost()
+      renewal?.unsafeInterruptAsFork(FiberId.none)
+    }
   }
 
   /** A request to a modern server, its answer shaped for the caller's generation. */
@@ -844,6 +889,7 @@ export const makeHttpConnection = (
     listen,
     notify,
     request,
+    requestNow,
     initialize: Effect.map(ensureSession, (s) => s.initializeResult),
     close
   }

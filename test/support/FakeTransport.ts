@@ -1,7 +1,7 @@
-import { Effect, Layer } from "effect"
+import { Effect, FiberId, Layer, Runtime } from "effect"
 import type { InstanceDefinition } from "../../src/domain/Instance.js"
 import type { JsonRpcResponse } from "../../src/domain/JsonRpc.js"
-import type { Connection, RequestOptions } from "../../src/transport/Connection.js"
+import type { Connection, RequestDone, RequestOptions } from "../../src/transport/Connection.js"
 import { Transport } from "../../src/transport/Transport.js"
 import { RequestTimeout, TransportError } from "../../src/transport/TransportError.js"
 
@@ -57,21 +57,44 @@ export const makeFakeTransport = () => {
     serverInfo: { name: instance.id, version: "1" }
   })
 
-  const layer = Layer.succeed(Transport, {
-    request: respond,
-    initializeResult: (instance: InstanceDefinition) => Effect.succeed(initializeResult(instance)),
-    openSession: (instance: InstanceDefinition) =>
-      Effect.succeed<Connection>({
-        request: (method, params, options) => respond(instance, method, params, options),
-        initialize: Effect.succeed(initializeResult(instance)),
-        listen: () => Effect.void,
-        notify: () => Effect.void,
-        generation: () => 1,
-        alive: () => true,
-        close: Effect.void
-      }),
-    close: (instance) => Effect.sync(() => void closed.push(instance.id))
-  })
+  /**
+   * The plain request path (RequestNow): the behaviour run in a fiber of the test's runtime (its
+   * TestClock), `done` told how it ended unless cancelled first. So the Dispatcher's `callNow`
+   * takes its plain path against the fake as it does against real connections.
+   */
+  const requestNow = (runtime: Runtime.Runtime<never>, effect: Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout>, done: RequestDone) => {
+    let cancelled = false
+    const fiber = Runtime.runFork(runtime)(effect)
+    fiber.addObserver((exit) => {
+      if (!cancelled) done(exit)
+    })
+    return () => {
+      cancelled = true
+      fiber.unsafeInterruptAsFork(FiberId.none)
+    }
+  }
+
+  const layer = Layer.effect(
+    Transport,
+    Effect.map(Effect.runtime<never>(), (runtime) => ({
+      request: respond,
+      requestNow: (instance: InstanceDefinition, method: string, params: Record<string, unknown> | undefined, options: RequestOptions | undefined, done: RequestDone) =>
+        requestNow(runtime, respond(instance, method, params, options), done),
+      initializeResult: (instance: InstanceDefinition) => Effect.succeed(initializeResult(instance)),
+      openSession: (instance: InstanceDefinition) =>
+        Effect.succeed<Connection>({
+          request: (method, params, options) => respond(instance, method, params, options),
+          requestNow: (method, params, options, done) => requestNow(runtime, respond(instance, method, params, options), done),
+          initialize: Effect.succeed(initializeResult(instance)),
+          listen: () => Effect.void,
+          notify: () => Effect.void,
+          generation: () => 1,
+          alive: () => true,
+          close: Effect.void
+        }),
+      close: (instance: InstanceDefinition) => Effect.sync(() => void closed.push(instance.id))
+    }))
+  )
 
   return {
     layer,

@@ -230,7 +230,7 @@ describe("Http1Client", () => {
 
   it("refuses a header value with a line break (no header injection) and sends nothing", async () => {
     let requests = 0
-    const { url } = await serve((req, res) => {
+    const { url } = await serve((_req, res) => {
       requests++
       res.end()
     })

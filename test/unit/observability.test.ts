@@ -13,6 +13,7 @@ import { Stats } from "../../src/proxy/Stats.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { refused } from "../support/FakeTransport.js"
 import { parseExposition } from "../support/prometheus.js"
+import { dispatchVia } from "../support/dispatchVia.js"
 import { testConfig } from "../support/testConfig.js"
 import { testGateway } from "../support/testGateway.js"
 
@@ -27,7 +28,9 @@ const scrape = Effect.gen(function*() {
   return { text, exposition: parseExposition(text) }
 })
 
-describe("metrics", () => {
+describe.each(["call", "callNow"] as const)("metrics, via %s", (via) => {
+  const call = dispatchVia(via)
+
   it.scoped("count every request once, by template, operation, instance and outcome; latency from the clock", () => {
     const { fake, layer } = testGateway(config)
     // a answers after 30 ms (of the test clock); b refuses at once, so its requests fail over
@@ -37,7 +40,7 @@ describe("metrics", () => {
     return Effect.gen(function*() {
       const dispatcher = yield* Dispatcher
       for (let i = 0; i < 4; i++) {
-        const fiber = yield* Effect.fork(dispatcher.call("t", "tools/list", undefined))
+        const fiber = yield* Effect.fork(call(dispatcher)("t", "tools/list", undefined))
         for (let ms = 0; ms < 40; ms += 10) yield* TestClock.adjust(Duration.millis(10))
         yield* Fiber.join(fiber)
       }
@@ -71,7 +74,7 @@ describe("metrics", () => {
     const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"] } }))
     fake.set("a", () => Effect.succeed({ error: { code: -32602, message: "bad params" } }))
     return Effect.gen(function*() {
-      yield* Effect.either((yield* Dispatcher).call("t", "tools/call", { name: "x" }))
+      yield* Effect.either(call(yield* Dispatcher)("t", "tools/call", { name: "x" }))
       const { exposition: m } = yield* scrape
       expect(m.value("mcp_gateway_requests_total", { operation: "tools/call", instance: "a", outcome: "mcp_error" })).toBe(1)
       const snapshot = (yield* Stats).snapshot()
@@ -83,13 +86,16 @@ describe("metrics", () => {
     const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"] } }))
     fake.set("a", () => Effect.succeed({ content: [], isError: true }))
     return Effect.gen(function*() {
-      yield* (yield* Dispatcher).call("t", "tools/call", { name: "x" })
+      yield* call(yield* Dispatcher)("t", "tools/call", { name: "x" })
       const { exposition: m } = yield* scrape
       expect(m.value("mcp_gateway_requests_total", { operation: "tools/call", instance: "a", outcome: "tool_error" })).toBe(1)
       expect((yield* Stats).snapshot().templates.t).toMatchObject({ requests: 1, errors: 0 })
     }).pipe(Effect.provide(layer))
   })
 
+})
+
+describe("metrics", () => {
   it.scoped("two gateways in one process do not count into each other", () => {
     const run = Effect.gen(function*() {
       const dispatcher = yield* Dispatcher

@@ -1,4 +1,4 @@
-import { Cause, Duration, Exit, Option } from "effect"
+import { Cause, Duration, Exit, FiberId, Option } from "effect"
 import type * as http from "node:http"
 import {
   ErrorCode,
@@ -133,12 +133,7 @@ export const makePostHandler = (deps: {
           return answer(outcome.status, { jsonrpc: "2.0", id, error: outcome.error }, outcome.headers)
       }
     }
-    const fork = deps.telemetry(run, req, requestId, () => ({ "mcp.template": session.template, "mcp.method": method }))
-    const fiber = fork(session.request(method, params, { onNotification: event, onServerRequest }, headers))
-    // A client that hangs up has not cancelled (the spec's word: it sends notifications/cancelled
-    // for that); the answer waits in the stream for it to resume, or is dropped.
-    session.track(id, fiber)
-    fiber.addObserver((exit) => {
+    const finished = (exit: Exit.Exit<SessionAnswer>) => {
       session.abandonServerRequests(relayed)
       if (Exit.isSuccess(exit)) return answerWith(exit.value)
       if (Cause.isInterruptedOnly(exit.cause)) {
@@ -147,7 +142,38 @@ export const makePostHandler = (deps: {
       }
       deps.logDefect(exit.cause)
       answer(500, rpcError(id, ErrorCode.InternalError, "the gateway failed to handle the request; see its log"))
-    })
+    }
+    const relay = { onNotification: event, onServerRequest }
+    // Without a fiber where the session can (the request path: Dispatcher.callNow); traced
+    // requests take theirs, for their spans.
+    if (!deps.telemetry.tracing) {
+      let over = false
+      let untrack: (() => void) | undefined
+      const cancel = session.requestNow(method, params, relay, headers, requestId, (exit) => {
+        over = true
+        untrack?.()
+        finished(exit)
+      })
+      if (cancel !== undefined) {
+        // A client that hangs up has not cancelled (see below); notifications/cancelled and the session's end do.
+        if (!over) {
+          untrack = session.trackNow(id, () => {
+            if (over) return
+            over = true
+            untrack?.()
+            cancel()
+            finished(Exit.interrupt(FiberId.none))
+          })
+        }
+        return
+      }
+    }
+    const fork = deps.telemetry(run, req, requestId, () => ({ "mcp.template": session.template, "mcp.method": method }))
+    const fiber = fork(session.request(method, params, relay, headers))
+    // A client that hangs up has not cancelled (the spec's word: it sends notifications/cancelled
+    // for that); the answer waits in the stream for it to resume, or is dropped.
+    session.track(id, fiber)
+    fiber.addObserver(finished)
   }
 
   return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, caller: Identity) => {
