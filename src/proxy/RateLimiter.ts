@@ -103,25 +103,32 @@ export class RateLimiter extends Context.Tag("mcp-gateway/RateLimiter")<RateLimi
         }
       }
 
+      // (Written out for the one or two buckets there are, without arrays: it runs on every request.)
       const admitHere = (client: string, template: string | undefined): RateDecision => {
-          const templateLimit = template === undefined ? undefined : registry.template(template)?.rateLimit ?? perTemplate
-          if (perClient === undefined && templateLimit === undefined) return unlimited
-          const now = timer.now()
-          const buckets: Array<readonly [Bucket, "client" | "template"]> = []
-          if (perClient !== undefined) buckets.push([bucket(clients, client, perClient, now), "client"])
-          if (templateLimit !== undefined && template !== undefined) buckets.push([bucket(templates, template, templateLimit, now), "template"])
-          const empty = buckets.find(([b]) => b.tokens < 1)
-          if (empty === undefined) for (const [b] of buckets) b.tokens -= 1
-          // The headers describe the tightest bucket.
-          const [tightest] = buckets.reduce((a, b) => (b[0].tokens < a[0].tokens ? b : a))
-          return {
-            allowed: empty === undefined,
-            limit: tightest.limit.burst,
-            remaining: Math.max(0, Math.floor(tightest.tokens)),
-            resetSeconds: tightest.secondsUntil(tightest.limit.burst),
-            retryAfterSeconds: Math.max(1, empty === undefined ? 0 : empty[0].secondsUntil(1)),
-            refusedBy: empty?.[1]
-          }
+        const templateLimit = template === undefined ? undefined : registry.template(template)?.rateLimit ?? perTemplate
+        if (perClient === undefined && templateLimit === undefined) return unlimited
+        const now = timer.now()
+        const forClient = perClient === undefined ? undefined : bucket(clients, client, perClient, now)
+        const forTemplate = templateLimit === undefined || template === undefined ? undefined : bucket(templates, template, templateLimit, now)
+        const empty = forClient !== undefined && forClient.tokens < 1
+          ? forClient
+          : forTemplate !== undefined && forTemplate.tokens < 1
+          ? forTemplate
+          : undefined
+        if (empty === undefined) {
+          if (forClient !== undefined) forClient.tokens -= 1
+          if (forTemplate !== undefined) forTemplate.tokens -= 1
+        }
+        // The headers describe the tightest bucket.
+        const tightest = forClient === undefined ? forTemplate! : forTemplate === undefined || forClient.tokens <= forTemplate.tokens ? forClient : forTemplate
+        return {
+          allowed: empty === undefined,
+          limit: tightest.limit.burst,
+          remaining: Math.max(0, Math.floor(tightest.tokens)),
+          resetSeconds: tightest.secondsUntil(tightest.limit.burst),
+          retryAfterSeconds: Math.max(1, empty === undefined ? 0 : empty.secondsUntil(1)),
+          refusedBy: empty === undefined ? undefined : empty === forClient ? "client" : "template"
+        }
       }
 
       if (fleet.status() === "off") return { admit: admitHere, admitTemplate }

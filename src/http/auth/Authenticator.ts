@@ -36,6 +36,9 @@ export interface AuthenticatorShape {
   readonly authenticateNow: (credentials: Credentials) => Exit.Exit<Identity, AuthenticationFailed> | undefined
 }
 
+/** How many matched API keys authenticateNow remembers. */
+const KNOWN_KEYS = 1024
+
 const looksLikeJwt = (token: string) => /^[\w-]+\.[\w-]+\.[\w-]*$/.test(token)
 
 const scopesOf = (claim: unknown): ReadonlySet<string> =>
@@ -64,15 +67,28 @@ export class Authenticator extends Context.Tag("mcp-gateway/Authenticator")<Auth
       }
       const verifyJwt = settings.jwt === undefined ? undefined : makeJwtVerifier(settings.jwt, timer.now)
 
+      /**
+       * Keys recently presented and found, and the identity each stands for: a client sends its
+       * key on every request, and hashing it each time was a tenth of what auth and rate limits
+       * cost a request. Only keys that matched are kept (an unknown one is hashed and compared in
+       * constant time, always), at most KNOWN_KEYS of them; the keys are the config's, which a
+       * reload does not change (auth needs a restart).
+       */
+      const known = new Map<string, Exit.Exit<Identity, AuthenticationFailed>>()
       const authenticateNow = (c: Credentials): Exit.Exit<Identity, AuthenticationFailed> | undefined => {
         const token = c.bearer ?? c.apiKey
         if (token === undefined || token === "") {
           return Exit.fail(new AuthenticationFailed({ reason: "no credential (Authorization: Bearer, or X-API-Key)", invalidToken: false }))
         }
         if (c.bearer !== undefined && looksLikeJwt(c.bearer) && verifyJwt !== undefined) return undefined
+        const seen = known.get(token)
+        if (seen !== undefined) return seen
         const key = findKey(settings.apiKeys, token)
         if (key === undefined) return Exit.fail(new AuthenticationFailed({ reason: "unknown API key or token", invalidToken: true }))
-        return Exit.succeed({ kind: "api_key", id: key.id, scopes: key.scopes, templates: key.templates })
+        const identity: Exit.Exit<Identity, AuthenticationFailed> = Exit.succeed({ kind: "api_key", id: key.id, scopes: key.scopes, templates: key.templates })
+        if (known.size >= KNOWN_KEYS) known.clear()
+        known.set(token, identity)
+        return identity
       }
       const authenticate = (c: Credentials): Effect.Effect<Identity, AuthenticationFailed> =>
         authenticateNow(c) ?? verifyJwt!(c.bearer!)
