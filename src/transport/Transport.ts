@@ -73,11 +73,17 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       // A re-registration is a new definition object, so it connects as usual.
       const removed = new WeakSet<InstanceDefinition>()
       // Which revision each HTTP instance spoke last (see EraMemory): its next connection tries that first.
-      const eras = new WeakMap<InstanceDefinition, "legacy" | "modern">()
-      const eraOf = (instance: InstanceDefinition): EraMemory => ({
-        get: () => eras.get(instance),
-        set: (era) => void eras.set(instance, era)
-      })
+      // (One memory per instance, shared by its connections: an idle client session holds none of its own.)
+      const eras = new WeakMap<InstanceDefinition, EraMemory>()
+      const eraOf = (instance: InstanceDefinition): EraMemory => {
+        let memory = eras.get(instance)
+        if (memory === undefined) {
+          let era: "legacy" | "modern" | undefined
+          memory = { get: () => era, set: (spoken) => void (era = spoken) }
+          eras.set(instance, memory)
+        }
+        return memory
+      }
       const removedError = (instance: InstanceDefinition) =>
         Effect.fail(new TransportError({ instanceId: instance.id, message: "instance was removed", reachedBackend: false }))
 

@@ -4,7 +4,7 @@ import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse }
 import { resolveHeaders } from "../domain/Secret.js"
 import { collectToolHeaders, isInputRequired, type ToolHeaders } from "../domain/ModernProtocol.js"
 import { initializeParams, MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
-import type { Connection, ConnectionEnv, RequestDeadline, RequestNow, RequestOptions } from "./Connection.js"
+import type { Connection, ConnectionEnv, ConnectionLog, RequestDeadline, RequestDone, RequestOptions } from "./Connection.js"
 import {
   asLegacyResponse,
   classifyProbe,
@@ -17,7 +17,7 @@ import {
   withEnvelope
 } from "./modernBackend.js"
 import { acquireLean } from "./acquireLean.js"
-import { acquirePool, type Http1Error, type Http1Exchange, type Http1Handler, type Http1Head, Http1HeaderError } from "./Http1Client.js"
+import { acquirePool, type Http1Error, type Http1Exchange, type Http1Handler, type Http1Head, Http1HeaderError, type Http1Pool } from "./Http1Client.js"
 import { answerServerRequest } from "./serverRequests.js"
 import { MAX_EVENT_LENGTH, makeSseParser } from "./sse.js"
 import { NEVER_SENT_ERRORS, RequestTimeout, serialize, TransportError } from "./TransportError.js"
@@ -97,74 +97,83 @@ const discardAnswer = (onDone: () => void, onError: (e: Http1Error) => void = on
   onError
 })
 
+/** An answer to a POST: the response and the answer's headers. */
+type Posted = { readonly response: JsonRpcResponse; readonly headers: AnswerHeaders }
+
+type PostFailure = TransportError | SessionGone | RequestTimeout
+
 /**
  * MCP Streamable HTTP client for one instance: POSTs over a keep-alive pool, reads JSON or SSE
  * answers, initializes once and reuses the session id, and starts a new session when the
  * server has forgotten it (404, or 400 "session not found" as some servers answer).
  */
-export const makeHttpConnection = (
-  instance: HttpInstance,
-  env: ConnectionEnv,
-  options: {
-    /** What to say in `initialize` (a client's own, for a session opened on its behalf); the gateway's by default. */
-    readonly initializeParams?: Record<string, unknown> | undefined
-    /**
-     * When the server forgets the session: open a new one and resend (the gateway's own
-     * sessions), or fail (a client's session: its state on the server is gone, so the client
-     * must start anew).
-     */
-    readonly renewLostSession?: boolean | undefined
-    /** Which revision the instance spoke last time: tried first, so an old server is not probed on every session. */
-    readonly era?: EraMemory | undefined
-    /** A session the server already has (another replica opened it): used as it is, not initialized again. */
-    readonly resume?: { readonly sessionId: string; readonly protocolVersion: string } | undefined
-  } = {}
-): Connection => {
-  const { log, scope } = env
-  const url = new URL(instance.endpoint)
+export class HttpConnection implements Connection {
+  private readonly log: ConnectionLog
+  private readonly scope: Scope.Scope
+  private readonly url: URL
   // Keep-alive sockets to the instance's origin, shared with every other connection to it (Http1Client.ts).
-  const pooled = acquirePool(url)
-  const pool = pooled.pool
-  const path = `${url.pathname}${url.search}`
-  const requestTo = (method: string, headers: Record<string, string>, body: string | undefined, handler: Http1Handler): Http1Exchange =>
-    pool.request(method, path, headers, body, handler)
+  private readonly pooled: ReturnType<typeof acquirePool>
+  private readonly pool: Http1Pool
+  private readonly path: string
   /** The session once established: requests use it directly, without awaiting anything. */
-  let established: Session | undefined = options.resume === undefined
-    ? undefined
-    : { era: "legacy", id: options.resume.sessionId, protocolVersion: options.resume.protocolVersion, initializeResult: {} }
+  private established: Session | undefined
   /** The initialize in progress, which concurrent callers await; none once established (an idle connection holds no Deferred). */
-  let opening: Deferred.Deferred<Session, TransportError> | undefined = undefined
-  let nextId = 1
-  let closed = false
+  private opening: Deferred.Deferred<Session, TransportError> | undefined = undefined
+  private nextId = 1
+  private closed = false
   /** The server forgot the session this connection was opened for (see renewLostSession). */
-  let sessionLost = false
-  let generation = 0
+  private sessionLost = false
+  private generationCount = 0
   // Modern servers only (see ModernSession): what the revision moved out of the session.
   /** The level an old client set with logging/setLevel, sent in every envelope (the revision's way). */
-  let logLevel: string | undefined
+  private logLevel: string | undefined = undefined
   /** Resources an old client subscribed to: the standing listen stream asks for their updates. */
-  let subscribedResources: Set<string> | undefined
+  private subscribedResources: Set<string> | undefined = undefined
   /** Reopens the standing listen stream with the current filter (set while one runs); `ready` once the server acknowledged it. */
-  let refilter: ((ready: () => void) => void) | undefined
+  private refilter: ((ready: () => void) => void) | undefined = undefined
   /** Tool arguments the server mirrors in headers; loaded before the first tools/call, reloaded when stale. */
-  let toolHeaders: Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>> | undefined
-  let toolHeadersFresh = false
-
-  const error = (message: string, reachedBackend: boolean) =>
-    new TransportError({ instanceId: instance.id, message, reachedBackend })
+  private toolHeaders: Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>> | undefined = undefined
+  private toolHeadersFresh = false
 
   // The instance's own headers, secrets read from the environment once.
-  const backendHeaders = resolveHeaders(instance.headers)
+  private readonly backendHeaders: Record<string, string>
+
+  constructor(
+    private readonly instance: HttpInstance,
+    private readonly env: ConnectionEnv,
+    private readonly options: HttpConnectionOptions = {}
+  ) {
+    const { log, scope } = env
+    this.log = log
+    this.scope = scope
+    this.url = new URL(this.instance.endpoint)
+    this.pooled = acquirePool(this.url)
+    this.pool = this.pooled.pool
+    this.path = `${this.url.pathname}${this.url.search}`
+    this.established = this.options.resume === undefined
+      ? undefined
+      : { era: "legacy", id: this.options.resume.sessionId, protocolVersion: this.options.resume.protocolVersion, initializeResult: {} }
+    this.backendHeaders = resolveHeaders(this.instance.headers)
+  }
+
+  private requestTo(method: string, headers: Record<string, string>, body: string | undefined, handler: Http1Handler): Http1Exchange {
+    return this.pool.request(method, this.path, headers, body, handler)
+  }
+
+  private error(message: string, reachedBackend: boolean) {
+    return new TransportError({ instanceId: this.instance.id, message, reachedBackend })
+  }
+
   // Copied key by key: object spreads of header records (keys like "x-request-id") take V8's
   // slow path, microseconds per request where this takes a tenth of one.
-  const headersFor = (
+  private headersFor(
     s: Session | undefined,
     forwarded?: Readonly<Record<string, string>>,
     routing?: Readonly<Record<string, string>>
-  ): Record<string, string> => {
+  ): Record<string, string> {
     const headers: Record<string, string> = {}
     if (forwarded !== undefined) for (const name in forwarded) headers[name] = forwarded[name]
-    for (const name in backendHeaders) headers[name] = backendHeaders[name]
+    for (const name in this.backendHeaders) headers[name] = this.backendHeaders[name]
     headers["content-type"] = "application/json"
     headers.accept = "application/json, text/event-stream"
     if (s !== undefined) {
@@ -176,55 +185,52 @@ export const makeHttpConnection = (
   }
 
   /** Fire-and-forget POST of a message that has no answer (a notification, or our reply to a server request). */
-  const postOneWay = (message: unknown, s: Session | undefined) => {
-    const text = serialize(instance.id, message)
-    if (typeof text !== "string") return log.debug(text.message)
+  private postOneWay(message: unknown, s: Session | undefined) {
+    const text = serialize(this.instance.id, message)
+    if (typeof text !== "string") return this.log.debug(text.message)
     try {
-      requestTo("POST", headersFor(s), text, discardAnswer(() => {}, (e) => log.debug(`one-way POST failed: ${e.message}`)))
+      this.requestTo("POST", this.headersFor(s), text, discardAnswer(() => {}, (e) => this.log.debug(`one-way POST failed: ${e.message}`)))
     } catch (e) {
-      log.debug(`one-way POST not sent: ${(e as Error).message}`)
+      this.log.debug(`one-way POST not sent: ${(e as Error).message}`)
     }
   }
-
-  /** An answer to a POST: the response and the answer's headers. */
-  type Posted = { readonly response: JsonRpcResponse; readonly headers: AnswerHeaders }
-  type PostFailure = TransportError | SessionGone | RequestTimeout
 
   /**
    * POSTs one request and waits for its response, whether it comes as a JSON body or as an
    * SSE stream (notifications and server requests may come first).
    */
-  const post = (
+  private post(
     method: string,
     params: Record<string, unknown> | undefined,
     s: Session | undefined,
     deadline: RequestDeadline | undefined,
     relay?: RequestOptions
-  ): Effect.Effect<Posted, PostFailure> =>
-    Effect.async((resume) => {
-      const cancel = postNow(method, params, s, deadline, relay, resume)
+  ): Effect.Effect<Posted, PostFailure> {
+    return Effect.async((resume) => {
+      const cancel = this.postNow(method, params, s, deadline, relay, resume)
       return Effect.sync(cancel)
     })
+  }
 
   /** `post` without an Effect step: `resume` is called once, unless the returned function cancelled first. */
-  const postNow = (
+  private postNow(
     method: string,
     params: Record<string, unknown> | undefined,
     s: Session | undefined,
     deadline: RequestDeadline | undefined,
     relay: RequestOptions | undefined,
     resume: (outcome: Exit.Exit<Posted, PostFailure>) => void
-  ): (() => void) => {
-    const id = nextId++
+  ): (() => void) {
+    const id = this.nextId++
     let routing: Record<string, string> | undefined
     if (s?.era === "modern") {
       // The revision's request: the envelope in _meta, the body mirrored in headers.
-      params = withEnvelope(params, relay?.client === undefined ? s.envelope : envelopeOf(s.protocolVersion, relay.client), logLevel)
+      params = withEnvelope(params, relay?.client === undefined ? s.envelope : envelopeOf(s.protocolVersion, relay.client), this.logLevel)
       const own = relay?.clientParamHeaders
-      routing = routingHeaders(method, params, own === undefined ? toolHeaders ?? NO_TOOL_HEADERS : NO_TOOL_HEADERS)
+      routing = routingHeaders(method, params, own === undefined ? this.toolHeaders ?? NO_TOOL_HEADERS : NO_TOOL_HEADERS)
       if (own !== undefined) for (const name in own) routing[name] = own[name]!
     }
-    const body = serialize(instance.id, params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
+    const body = serialize(this.instance.id, params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
     if (typeof body !== "string") {
       resume(Exit.fail(body))
       return () => {}
@@ -249,14 +255,14 @@ export const makeHttpConnection = (
         done(Exit.succeed({ response: message, headers: answerHeaders }))
       } else if (isRequest(message)) {
         if (relay?.onServerRequest !== undefined && message.method !== "ping") {
-          relay.onServerRequest(message, (answer) => postOneWay({ ...answer, id: message.id }, s))
+          relay.onServerRequest(message, (answer) => this.postOneWay({ ...answer, id: message.id }, s))
         } else {
-          postOneWay(answerServerRequest(message), s)
+          this.postOneWay(answerServerRequest(message), s)
         }
       } else if (isNotification(message)) {
         // On this POST's stream, so about this request (progress, logging while it runs).
         if (relay?.onNotification !== undefined) relay.onNotification(message)
-        else log.debug(`notification ${message.method}`)
+        else this.log.debug(`notification ${message.method}`)
       }
     }
     const handler: Http1Handler = {
@@ -271,21 +277,21 @@ export const makeHttpConnection = (
             try {
               deliver(JSON.parse(event.data))
             } catch {
-              log.debug(`ignoring an SSE event that is not JSON`)
+              this.log.debug(`ignoring an SSE event that is not JSON`)
             }
-          }, { onOversized: () => log.warn(`dropped an SSE event larger than ${MAX_EVENT_LENGTH} characters`) })
+          }, { onOversized: () => this.log.warn(`dropped an SSE event larger than ${MAX_EVENT_LENGTH} characters`) })
         }
       },
       onData: (chunk) => {
         if (feed !== undefined) return feed(chunk)
         text += chunk
         if (text.length > MAX_RESPONSE_LENGTH) {
-          done(Exit.fail(error(`the answer is larger than ${MAX_RESPONSE_LENGTH} characters`, true)))
+          done(Exit.fail(this.error(`the answer is larger than ${MAX_RESPONSE_LENGTH} characters`, true)))
           exchange.abort()
         }
       },
       onEnd: () => {
-        if (feed !== undefined) return done(Exit.fail(error("the SSE stream ended without a response", true)))
+        if (feed !== undefined) return done(Exit.fail(this.error("the SSE stream ended without a response", true)))
         let message: unknown
         try {
           message = text === "" ? undefined : JSON.parse(text)
@@ -300,10 +306,10 @@ export const makeHttpConnection = (
           if (message.id === id) return done(Exit.succeed({ response: message, headers: answerHeaders }))
         }
         if (status >= 200 && status < 300) {
-          return done(Exit.fail(error(`expected a JSON-RPC response, got HTTP ${status} ${type || "without a body"}`, true)))
+          return done(Exit.fail(this.error(`expected a JSON-RPC response, got HTTP ${status} ${type || "without a body"}`, true)))
         }
         done(Exit.fail(new TransportError({
-          instanceId: instance.id,
+          instanceId: this.instance.id,
           message: `HTTP ${status}${text ? `: ${text.slice(0, 200)}` : ""}`,
           reachedBackend: true,
           clientFault: CLIENT_FAULT_STATUSES.has(status)
@@ -311,23 +317,23 @@ export const makeHttpConnection = (
       },
       onError: (e) => {
         if (gotResponse) {
-          return done(Exit.fail(error(`${feed !== undefined ? "SSE stream" : "response"} failed: ${e.message}`, true)))
+          return done(Exit.fail(this.error(`${feed !== undefined ? "SSE stream" : "response"} failed: ${e.message}`, true)))
         }
-        done(Exit.fail(error(`${e.code}: ${e.message}`, e.answered || !NEVER_SENT_ERRORS.has(e.code))))
+        done(Exit.fail(this.error(`${e.code}: ${e.message}`, e.answered || !NEVER_SENT_ERRORS.has(e.code))))
       }
     }
     let exchange: Http1Exchange
     try {
-      exchange = requestTo("POST", headersFor(s, relay?.headers, routing), body, handler)
+      exchange = this.requestTo("POST", this.headersFor(s, relay?.headers, routing), body, handler)
     } catch (e) {
       if (!(e instanceof Http1HeaderError)) throw e
       // A header no HTTP message may carry (a forwarded value with a line break): the request's own fault.
-      resume(Exit.fail(new TransportError({ instanceId: instance.id, message: `cannot send the request: ${e.message}`, reachedBackend: false, clientFault: true })))
+      resume(Exit.fail(new TransportError({ instanceId: this.instance.id, message: `cannot send the request: ${e.message}`, reachedBackend: false, clientFault: true })))
       return () => {}
     }
     deadline?.arm(() => {
       // Closing the connection is how Streamable HTTP cancels a request.
-      done(Exit.fail(new RequestTimeout({ instanceId: instance.id, timeoutMs: deadline.timeoutMs })))
+      done(Exit.fail(new RequestTimeout({ instanceId: this.instance.id, timeoutMs: deadline.timeoutMs })))
       exchange.abort()
     })
     return () => {
@@ -338,23 +344,24 @@ export const makeHttpConnection = (
   }
 
   /** The old handshake: `initialize`, then `notifications/initialized`; the session id the server issues, if any. */
-  const initializeLegacy = (params: Record<string, unknown>) =>
-    Effect.gen(function*() {
-      const { headers, response } = yield* post("initialize", params, undefined, undefined).pipe(
+  private initializeLegacy(params: Record<string, unknown>) {
+    const self = this
+    return Effect.gen(function*() {
+      const { headers, response } = yield* self.post("initialize", params, undefined, undefined).pipe(
         Effect.timeoutFail({
           duration: INITIALIZE_TIMEOUT,
-          onTimeout: () => error(`no answer to initialize within ${Duration.format(INITIALIZE_TIMEOUT)}`, true)
+          onTimeout: () => self.error(`no answer to initialize within ${Duration.format(INITIALIZE_TIMEOUT)}`, true)
         }),
         Effect.catchTags({
-          SessionGone: () => Effect.fail(error("initialize was refused", true)),
-          RequestTimeout: (e) => Effect.fail(error(e.message, true))
+          SessionGone: () => Effect.fail(self.error("initialize was refused", true)),
+          RequestTimeout: (e) => Effect.fail(self.error(e.message, true))
         })
       )
       if (refusedAsModernOnly(response)) return yield* Effect.fail(new ModernOnly())
-      if ("error" in response) return yield* error(`initialize failed: ${response.error.message}`, true)
+      if ("error" in response) return yield* self.error(`initialize failed: ${response.error.message}`, true)
       const version = isObject(response.result) ? response.result.protocolVersion : undefined
       if (typeof version !== "string" || !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
-        return yield* error(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`, true)
+        return yield* self.error(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`, true)
       }
       const sessionHeader = headers["mcp-session-id"]
       const opened: Session = {
@@ -363,17 +370,18 @@ export const makeHttpConnection = (
         protocolVersion: version,
         initializeResult: response.result as Record<string, unknown>
       }
-      postOneWay({ jsonrpc: "2.0", method: "notifications/initialized" }, opened)
-      log.info(`session ${opened.id ?? "(stateless)"} with ${instance.endpoint}`)
+      self.postOneWay({ jsonrpc: "2.0", method: "notifications/initialized" }, opened)
+      self.log.info(`session ${opened.id ?? "(stateless)"} with ${self.instance.endpoint}`)
       return opened
     })
+  }
 
   /**
    * The revision's own opening: `server/discover`. A modern server answers with what it
    * supports; an old one with an error of some kind (unknown method, no session), which makes
    * it old. Only a server that cannot be reached fails here.
    */
-  const probeModern = (params: Record<string, unknown>): Effect.Effect<ModernSession | { readonly why: string }, TransportError> => {
+  private probeModern(params: Record<string, unknown>): Effect.Effect<ModernSession | { readonly why: string }, TransportError> {
     const version = MODERN_PROTOCOL_VERSIONS[0]!
     const provisional: ModernSession = {
       era: "modern",
@@ -383,8 +391,8 @@ export const makeHttpConnection = (
       discover: {},
       envelope: envelopeOf(version, params)
     }
-    return post("server/discover", undefined, provisional, undefined).pipe(
-      Effect.timeoutFail({ duration: PROBE_TIMEOUT, onTimeout: () => error(`no answer to server/discover within ${Duration.format(PROBE_TIMEOUT)}`, true) }),
+    return this.post("server/discover", undefined, provisional, undefined).pipe(
+      Effect.timeoutFail({ duration: PROBE_TIMEOUT, onTimeout: () => this.error(`no answer to server/discover within ${Duration.format(PROBE_TIMEOUT)}`, true) }),
       Effect.map(({ response }) => classifyProbe(response)),
       Effect.catchAll((e) =>
         e._tag === "TransportError" && !e.reachedBackend
@@ -394,8 +402,8 @@ export const makeHttpConnection = (
       Effect.map((outcome) => {
         if (outcome._tag === "Legacy") {
           // A silent server is worth saying at info: a modern one that hung is now spoken to the old way.
-          if (/within/.test(outcome.why)) log.info(`${outcome.why}; trying the old protocol (initialize)`)
-          else log.debug(`not a ${version} server (${outcome.why}); initializing`)
+          if (/within/.test(outcome.why)) this.log.info(`${outcome.why}; trying the old protocol (initialize)`)
+          else this.log.debug(`not a ${version} server (${outcome.why}); initializing`)
           return { why: outcome.why }
         }
         const opened: ModernSession = {
@@ -403,7 +411,7 @@ export const makeHttpConnection = (
           protocolVersion: outcome.version,
           envelope: envelopeOf(outcome.version, params),
           discover: outcome.discover,
-          initializeResult: initializeResultOf(outcome.version, outcome.discover, instance.id)
+          initializeResult: initializeResultOf(outcome.version, outcome.discover, this.instance.id)
         }
         return opened
       })
@@ -415,108 +423,116 @@ export const makeHttpConnection = (
    * instance is probed with `server/discover`, and initialized the old way if it is not modern;
    * an old one that now refuses `initialize` as modern-only is probed again).
    */
-  const initialize: Effect.Effect<Session, TransportError> = Effect.gen(function*() {
-    const params = options.initializeParams ?? initializeParams()
-    const remembered = options.era?.get()
-    let opened: Session | undefined
-    let why: string | undefined
-    if (remembered !== "legacy") {
-      const probed = yield* probeModern(params)
-      if ("era" in probed) opened = probed
-      else why = probed.why
-    }
-    if (opened === undefined) {
-      const unusable = (reason: string) =>
-        error(`the server refuses initialize as modern-only, but its answer to server/discover is not usable: ${reason}`, true)
-      opened = yield* initializeLegacy(params).pipe(
-        Effect.catchTag("ModernOnly", () =>
-          why !== undefined
-            ? Effect.fail(unusable(why))
-            : Effect.flatMap(probeModern(params), (probed) => ("era" in probed ? Effect.succeed(probed) : Effect.fail(unusable(probed.why)))))
-      )
-    }
-    if (remembered !== opened.era) {
-      options.era?.set(opened.era)
-      if (opened.era === "modern") log.info(`${instance.endpoint} speaks MCP ${opened.protocolVersion} (no session; server/discover)`)
-    }
-    return opened
-  })
+  private get handshake(): Effect.Effect<Session, TransportError> {
+    const self = this
+    return Effect.gen(function*() {
+      const params = self.options.initializeParams ?? initializeParams()
+      const remembered = self.options.era?.get()
+      let opened: Session | undefined
+      let why: string | undefined
+      if (remembered !== "legacy") {
+        const probed = yield* self.probeModern(params)
+        if ("era" in probed) opened = probed
+        else why = probed.why
+      }
+      if (opened === undefined) {
+        const unusable = (reason: string) =>
+          self.error(`the server refuses initialize as modern-only, but its answer to server/discover is not usable: ${reason}`, true)
+        opened = yield* self.initializeLegacy(params).pipe(
+          Effect.catchTag("ModernOnly", () =>
+            why !== undefined
+              ? Effect.fail(unusable(why))
+              : Effect.flatMap(self.probeModern(params), (probed) => ("era" in probed ? Effect.succeed(probed) : Effect.fail(unusable(probed.why)))))
+        )
+      }
+      if (remembered !== opened.era) {
+        self.options.era?.set(opened.era)
+        if (opened.era === "modern") self.log.info(`${self.instance.endpoint} speaks MCP ${opened.protocolVersion} (no session; server/discover)`)
+      }
+      return opened
+    })
+  }
 
   /** The current session, or a new one; concurrent callers share one initialize. */
-  const ensureSession: Effect.Effect<Session, TransportError> = Effect.suspend(() => {
-    if (closed) return Effect.fail(error("instance was removed", false))
-    if (established !== undefined) return Effect.succeed(established)
-    if (opening !== undefined) return Deferred.await(opening)
-    const deferred = Deferred.unsafeMake<Session, TransportError>(FiberId.none)
-    opening = deferred
-    return initialize.pipe(
-      Effect.tap((opened) =>
-        Effect.sync(() => {
-          if (opening === deferred) {
-            opening = undefined
-            established = opened
-            generation++
-          }
-        })
-      ),
-      // A failed initialize is not remembered: the next use tries again.
-      Effect.tapError(() => Effect.sync(() => opening === deferred && (opening = undefined))),
-      Effect.intoDeferred(deferred),
-      Effect.forkIn(scope),
-      Effect.zipRight(Deferred.await(deferred))
-    )
-  })
+  private get ensureSession(): Effect.Effect<Session, TransportError> {
+    return Effect.suspend(() => {
+      if (this.closed) return Effect.fail(this.error("instance was removed", false))
+      if (this.established !== undefined) return Effect.succeed(this.established)
+      if (this.opening !== undefined) return Deferred.await(this.opening)
+      const deferred = Deferred.unsafeMake<Session, TransportError>(FiberId.none)
+      this.opening = deferred
+      return this.handshake.pipe(
+        Effect.tap((opened) =>
+          Effect.sync(() => {
+            if (this.opening === deferred) {
+              this.opening = undefined
+              this.established = opened
+              this.generationCount++
+            }
+          })
+        ),
+        // A failed initialize is not remembered: the next use tries again.
+        Effect.tapError(() => Effect.sync(() => this.opening === deferred && (this.opening = undefined))),
+        Effect.intoDeferred(deferred),
+        Effect.forkIn(this.scope),
+        Effect.zipRight(Deferred.await(deferred))
+      )
+    })
+  }
 
   /** The server forgot session `lost`: open a new one (unless another request already did) and resend once. */
-  const resend = (
+  private resend(
     lost: Session,
     method: string,
     params: Record<string, unknown> | undefined,
     relay: RequestOptions | undefined
-  ) =>
-    Effect.suspend(() => {
-      if (options.renewLostSession === false) {
+  ) {
+    return Effect.suspend(() => {
+      if (this.options.renewLostSession === false) {
         // A client's own session: its state on the server is gone, and so is this connection.
-        sessionLost = true
-        return Effect.fail(error("the server ended the session", true))
+        this.sessionLost = true
+        return Effect.fail(this.error("the server ended the session", true))
       }
-      if (established === lost) {
-        log.info(`session ${lost.id} expired; initializing again`)
-        established = undefined
-        opening = undefined
+      if (this.established === lost) {
+        this.log.info(`session ${lost.id} expired; initializing again`)
+        this.established = undefined
+        this.opening = undefined
       }
-      return Effect.flatMap(withinDeadline(ensureSession, relay?.deadline), (fresh) =>
-        post(method, params, fresh, relay?.deadline, relay).pipe(
-          Effect.catchTag("SessionGone", () => Effect.fail(error("the server rejected a fresh session", true)))
+      return Effect.flatMap(this.withinDeadline(this.ensureSession, relay?.deadline), (fresh) =>
+        this.post(method, params, fresh, relay?.deadline, relay).pipe(
+          Effect.catchTag("SessionGone", () => Effect.fail(this.error("the server rejected a fresh session", true)))
         ))
     })
+  }
 
   /** Opening a session counts against the request's time too. */
-  const withinDeadline = <A, E>(effect: Effect.Effect<A, E>, deadline: RequestDeadline | undefined) =>
-    deadline === undefined ? effect : effect.pipe(
+  private withinDeadline<A, E>(effect: Effect.Effect<A, E>, deadline: RequestDeadline | undefined) {
+    return deadline === undefined ? effect : effect.pipe(
       Effect.timeoutFail({
         duration: Duration.millis(Math.max(1, deadline.remainingMs())),
-        onTimeout: () => new RequestTimeout({ instanceId: instance.id, timeoutMs: deadline.timeoutMs })
+        onTimeout: () => new RequestTimeout({ instanceId: this.instance.id, timeoutMs: deadline.timeoutMs })
       })
     )
+  }
 
   /** One POST on a session, answered (a lost session renewed and the request sent again, where that is allowed). */
-  const send = (s: Session, method: string, params: Record<string, unknown> | undefined, options: RequestOptions | undefined) =>
-    post(method, params, s, options?.deadline, options).pipe(
-      Effect.catchTag("SessionGone", () => resend(s, method, params, options)),
+  private send(s: Session, method: string, params: Record<string, unknown> | undefined, options: RequestOptions | undefined) {
+    return this.post(method, params, s, options?.deadline, options).pipe(
+      Effect.catchTag("SessionGone", () => this.resend(s, method, params, options)),
       Effect.map((r) => r.response)
     )
+  }
 
-  const request = (method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) => {
-    const current = established
+  request(method: string, params: Record<string, unknown> | undefined, options?: RequestOptions) {
+    const current = this.established
     if (current !== undefined) {
       // The hot path: one POST on the open session.
-      return current.era === "legacy" ? send(current, method, params, options) : modernFor(current, method, params, options)
+      return current.era === "legacy" ? this.send(current, method, params, options) : this.modernFor(current, method, params, options)
     }
     // A session that cannot be opened means this request was never sent (a tools/call may fail over).
-    const session = Effect.mapError(ensureSession, (e) => new TransportError({ instanceId: e.instanceId, message: e.message, reachedBackend: false }))
-    return Effect.flatMap(withinDeadline(session, options?.deadline), (s) =>
-      s.era === "legacy" ? send(s, method, params, options) : modernFor(s, method, params, options))
+    const session = Effect.mapError(this.ensureSession, (e) => new TransportError({ instanceId: e.instanceId, message: e.message, reachedBackend: false }))
+    return Effect.flatMap(this.withinDeadline(session, options?.deadline), (s) =>
+      s.era === "legacy" ? this.send(s, method, params, options) : this.modernFor(s, method, params, options))
   }
 
   /**
@@ -524,16 +540,21 @@ export const makeHttpConnection = (
    * of the old revision, one POST. A server that forgot the session is answered as `request`
    * does (a new session and the request sent again), in a fiber: that is rare.
    */
-  const requestNow: RequestNow = (method, params, options, done) => {
-    const current = established
-    if (current === undefined || current.era !== "legacy" || closed) return undefined
+  requestNow(
+    method: string,
+    params: Record<string, unknown> | undefined,
+    options: RequestOptions | undefined,
+    done: RequestDone
+  ): (() => void) | undefined {
+    const current = this.established
+    if (current === undefined || current.era !== "legacy" || this.closed) return undefined
     let cancelled = false
     let renewal: Fiber.RuntimeFiber<Posted, TransportError | RequestTimeout> | undefined
-    const cancelPost = postNow(method, params, current, options?.deadline, options, (outcome) => {
+    const cancelPost = this.postNow(method, params, current, options?.deadline, options, (outcome) => {
       if (Exit.isSuccess(outcome)) return done(Exit.succeed(outcome.value.response))
       const failure = outcome.cause._tag === "Fail" ? outcome.cause.error : undefined
       if (failure === undefined || failure._tag !== "SessionGone") return done(outcome as Exit.Exit<never, TransportError | RequestTimeout>)
-      renewal = Runtime.runFork(env.runtime)(resend(current, method, params, options))
+      renewal = Runtime.runFork(this.env.runtime)(this.resend(current, method, params, options))
       renewal.addObserver((exit) => {
         if (!cancelled) done(Exit.map(exit, (r) => r.response))
       })
@@ -546,15 +567,17 @@ export const makeHttpConnection = (
   }
 
   /** A request to a modern server, its answer shaped for the caller's generation. */
-  const modernFor = (s: ModernSession, method: string, params: Record<string, unknown> | undefined, options: RequestOptions | undefined) => {
-    const sent = options?.onCacheHints === undefined ? modernRequest(s, method, params, options) : Effect.tap(modernRequest(s, method, params, options), (r) => reportCacheHints(r, options.onCacheHints!))
+  private modernFor(s: ModernSession, method: string, params: Record<string, unknown> | undefined, options: RequestOptions | undefined) {
+    const sent = options?.onCacheHints === undefined ? this.modernRequest(s, method, params, options) : Effect.tap(this.modernRequest(s, method, params, options), (r) => this.reportCacheHints(r, options.onCacheHints!))
     return options?.passInputRequired === true ? sent : Effect.map(sent, asLegacyResponse)
   }
 
-  const answered = (result: Record<string, unknown>): JsonRpcResponse => ({ jsonrpc: "2.0", id: 0, result })
+  private answered(result: Record<string, unknown>): JsonRpcResponse {
+    return ({ jsonrpc: "2.0", id: 0, result })
+  }
 
   /** A complete answer's caching hints, as the server gave them. */
-  const reportCacheHints = (response: JsonRpcResponse, report: NonNullable<RequestOptions["onCacheHints"]>) => {
+  private reportCacheHints(response: JsonRpcResponse, report: NonNullable<RequestOptions["onCacheHints"]>) {
     const result = "result" in response ? response.result : undefined
     if (typeof result !== "object" || result === null) return
     const { cacheScope, resultType, ttlMs } = result as Record<string, unknown>
@@ -562,7 +585,10 @@ export const makeHttpConnection = (
       report({ ttlMs, cacheScope: cacheScope === "public" ? "public" : "private" })
     }
   }
-  const refused = (code: number, message: string): JsonRpcResponse => ({ jsonrpc: "2.0", id: 0, error: { code, message } })
+
+  private refused(code: number, message: string): JsonRpcResponse {
+    return ({ jsonrpc: "2.0", id: 0, error: { code, message } })
+  }
 
   /**
    * A request of an old-generation caller (an old client's session, the REST face, a health
@@ -571,28 +597,28 @@ export const makeHttpConnection = (
    * level in every later envelope, resource subscriptions a filter of the standing listen stream.
    * A server that asks for input gets it from whoever can answer (see fulfil).
    */
-  const modernRequest = (
+  private modernRequest(
     s: ModernSession,
     method: string,
     params: Record<string, unknown> | undefined,
     options: RequestOptions | undefined
-  ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> => {
+  ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> {
     switch (method) {
       case "ping":
-        return Effect.map(send(s, "server/discover", undefined, options), (r) => ("error" in r ? r : answered({})))
+        return Effect.map(this.send(s, "server/discover", undefined, options), (r) => ("error" in r ? r : this.answered({})))
       case "logging/setLevel":
         return Effect.sync(() => {
-          logLevel = typeof params?.level === "string" ? params.level : undefined
-          return answered({})
+          this.logLevel = typeof params?.level === "string" ? params.level : undefined
+          return this.answered({})
         })
       case "resources/subscribe":
       case "resources/unsubscribe":
         return Effect.sync((): JsonRpcResponse | undefined => {
           const resources = isObject(s.initializeResult.capabilities) ? s.initializeResult.capabilities.resources : undefined
-          if (!isObject(resources) || resources.subscribe !== true) return refused(-32601, "Method not found")
-          if (typeof params?.uri !== "string") return refused(-32602, "Invalid params: uri is required")
-          if (method === "resources/subscribe") (subscribedResources ??= new Set()).add(params.uri)
-          else subscribedResources?.delete(params.uri)
+          if (!isObject(resources) || resources.subscribe !== true) return this.refused(-32601, "Method not found")
+          if (typeof params?.uri !== "string") return this.refused(-32602, "Invalid params: uri is required")
+          if (method === "resources/subscribe") (this.subscribedResources ??= new Set()).add(params.uri)
+          else this.subscribedResources?.delete(params.uri)
           return undefined
         }).pipe(Effect.flatMap((refusal) =>
           refusal !== undefined
@@ -600,49 +626,51 @@ export const makeHttpConnection = (
             // Answered once the stream that carries the resource's updates is acknowledged
             // (or could not be opened): an update published right after is not lost.
             : Effect.async<JsonRpcResponse>((resume) => {
-              const done = () => resume(Effect.succeed(answered({})))
-              if (refilter === undefined) done()
-              else refilter(done)
-            }).pipe(Effect.timeout("5 seconds"), Effect.orElseSucceed(() => answered({})))
+              const done = () => resume(Effect.succeed(this.answered({})))
+              if (this.refilter === undefined) done()
+              else this.refilter(done)
+            }).pipe(Effect.timeout("5 seconds"), Effect.orElseSucceed(() => this.answered({})))
         ))
       case "tools/call": {
         // A modern client's own headers go as they are: the server checks them, not the gateway.
         if (options?.clientParamHeaders !== undefined) {
-          return Effect.flatMap(send(s, method, params, options), (r) => fulfil(s, method, params, r, options, 1))
+          return Effect.flatMap(this.send(s, method, params, options), (r) => this.fulfil(s, method, params, r, options, 1))
         }
         // Its arguments may be mirrored in headers, which the server checks: know which first.
-        const call = send(s, method, params, options).pipe(
+        const call = this.send(s, method, params, options).pipe(
           Effect.flatMap((r) =>
             "error" in r && r.error.code === -32020
               // The tool changed since the list was read (SEP-2243): read it again, once.
-              ? Effect.zipRight(loadToolHeaders(s, options), send(s, method, params, options))
+              ? Effect.zipRight(this.loadToolHeaders(s, options), this.send(s, method, params, options))
               : Effect.succeed(r)
           )
         )
-        const ready = toolHeadersFresh ? call : Effect.zipRight(loadToolHeaders(s, options), call)
-        return Effect.flatMap(ready, (r) => fulfil(s, method, params, r, options, 1))
+        const ready = this.toolHeadersFresh ? call : Effect.zipRight(this.loadToolHeaders(s, options), call)
+        return Effect.flatMap(ready, (r) => this.fulfil(s, method, params, r, options, 1))
       }
       default:
-        return Effect.flatMap(send(s, method, params, options), (r) => {
-          if (method === "tools/list" && "result" in r && isObject(r.result)) collectToolHeaders(r.result.tools, (toolHeaders ??= new Map()))
-          return fulfil(s, method, params, r, options, 1)
+        return Effect.flatMap(this.send(s, method, params, options), (r) => {
+          if (method === "tools/list" && "result" in r && isObject(r.result)) collectToolHeaders(r.result.tools, (this.toolHeaders ??= new Map()))
+          return this.fulfil(s, method, params, r, options, 1)
         })
     }
   }
 
   /** Reads the server's whole tool list for the arguments it mirrors in headers (a failure leaves what is known). */
-  const loadToolHeaders = (s: ModernSession, options: RequestOptions | undefined) =>
-    Effect.gen(function*() {
+  private loadToolHeaders(s: ModernSession, options: RequestOptions | undefined) {
+    const self = this
+    return Effect.gen(function*() {
       let cursor: unknown = undefined
       for (let page = 0; page < 100; page++) {
-        const r = yield* send(s, "tools/list", cursor === undefined ? undefined : { cursor }, { deadline: options?.deadline, headers: options?.headers })
+        const r = yield* self.send(s, "tools/list", cursor === undefined ? undefined : { cursor }, { deadline: options?.deadline, headers: options?.headers })
         if (!("result" in r) || !isObject(r.result)) return
-        collectToolHeaders(r.result.tools, (toolHeaders ??= new Map()))
+        collectToolHeaders(r.result.tools, (self.toolHeaders ??= new Map()))
         cursor = r.result.nextCursor
         if (typeof cursor !== "string") break
       }
-      toolHeadersFresh = true
+      self.toolHeadersFresh = true
     }).pipe(Effect.catchAll(() => Effect.void))
+  }
 
   /**
    * A modern server's `input_required` result, for a caller that takes server requests (an
@@ -651,19 +679,19 @@ export const makeHttpConnection = (
    * server's `requestState`, untouched, until the server completes it. A modern client's own
    * request (`passInputRequired`), and a caller that cannot answer, get the result as it is.
    */
-  const fulfil = (
+  private fulfil(
     s: ModernSession,
     method: string,
     params: Record<string, unknown> | undefined,
     response: JsonRpcResponse,
     options: RequestOptions | undefined,
     round: number
-  ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> => {
+  ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> {
     const ask = options?.onServerRequest
     if (!("result" in response) || !isInputRequired(response.result) || ask === undefined || options?.passInputRequired === true) {
       return Effect.succeed(response)
     }
-    if (round > MAX_INPUT_ROUNDS) return Effect.succeed(refused(-32603, `the server asked for input more than ${MAX_INPUT_ROUNDS} times`))
+    if (round > MAX_INPUT_ROUNDS) return Effect.succeed(this.refused(-32603, `the server asked for input more than ${MAX_INPUT_ROUNDS} times`))
     const result = response.result
     const requests = isObject(result.inputRequests) ? Object.entries(result.inputRequests) : []
     const answers = Effect.forEach(
@@ -678,7 +706,7 @@ export const makeHttpConnection = (
         }),
       { concurrency: "unbounded" }
     )
-    return Effect.flatMap(withinDeadline(answers, options?.deadline), (pairs) => {
+    return Effect.flatMap(this.withinDeadline(answers, options?.deadline), (pairs) => {
       const failed = pairs.find(([, answer]) => "error" in answer)
       if (failed !== undefined) return Effect.succeed(failed[1])
       const inputResponses: Record<string, unknown> = {}
@@ -686,37 +714,41 @@ export const makeHttpConnection = (
       const retry: Record<string, unknown> = { ...params, inputResponses }
       if (typeof result.requestState === "string") retry.requestState = result.requestState
       else delete retry.requestState
-      return Effect.flatMap(send(s, method, retry, options), (next) => fulfil(s, method, params, next, options, round + 1))
+      return Effect.flatMap(this.send(s, method, retry, options), (next) => this.fulfil(s, method, params, next, options, round + 1))
     })
   }
 
-  const close = Effect.suspend(() => {
-    closed = true
-    const current = established
-    opening = undefined
-    established = undefined
-    // (An initialize still in progress is interrupted with the connection's scope: nothing to end.)
-    const endSession = current?.id === undefined ? Effect.void : deleteSession(current)
-    return endSession.pipe(Effect.ensuring(Effect.sync(pooled.release)))
-  })
+  get close() {
+    return Effect.suspend(() => {
+      this.closed = true
+      const current = this.established
+      this.opening = undefined
+      this.established = undefined
+      // (An initialize still in progress is interrupted with the connection's scope: nothing to end.)
+      const endSession = current?.id === undefined ? Effect.void : this.deleteSession(current)
+      return endSession.pipe(Effect.ensuring(Effect.sync(this.pooled.release)))
+    })
+  }
 
   /** DELETE the session so that the server can free it; best effort, bounded. */
-  const deleteSession = (s: Session) =>
-    Effect.async<void>((resume) => {
-      const exchange = requestTo("DELETE", headersFor(s), undefined, discardAnswer(() => resume(Effect.void)))
+  private deleteSession(s: Session) {
+    return Effect.async<void>((resume) => {
+      const exchange = this.requestTo("DELETE", this.headersFor(s), undefined, discardAnswer(() => resume(Effect.void)))
       return Effect.sync(() => exchange.abort())
     }).pipe(Effect.timeout("1 second"), Effect.ignore)
+  }
 
   /**
    * The session's standing GET stream: what the server sends outside requests. Reconnects
    * (with Last-Event-ID, after the server's `retry:` or a second) when it drops, until the
    * scope closes; a server that offers no such stream (405) is left alone.
    */
-  const listen: Connection["listen"] = (onMessage) =>
-    Effect.gen(function*() {
-      const s = yield* Effect.option(ensureSession)
+  listen(onMessage: Parameters<Connection["listen"]>[0]): Effect.Effect<void, never, Scope.Scope> {
+    const self = this
+    return Effect.gen(function*() {
+      const s = yield* Effect.option(self.ensureSession)
       if (s._tag === "None") return
-      if (s.value.era === "modern") return yield* listenModern(s.value, onMessage)
+      if (s.value.era === "modern") return yield* self.listenModern(s.value, onMessage)
       if (s.value.id === undefined) return
       const session = s.value
       let stopped = false
@@ -730,18 +762,18 @@ export const makeHttpConnection = (
         reconnect = setTimeout(open, ms)
       }
       const open = () => {
-        if (stopped || closed || established !== session) return
-        const headers = headersFor(session)
+        if (stopped || self.closed || self.established !== session) return
+        const headers = self.headersFor(session)
         headers.accept = "text/event-stream"
         if (lastEventId !== undefined) headers["last-event-id"] = lastEventId
         /** The stream's events, once the server answered with one; undefined while refused or not answered. */
         let feed: ((chunk: string) => void) | undefined
         let refused = false
-        const exchange = requestTo("GET", headers, undefined, {
+        const exchange = self.requestTo("GET", headers, undefined, {
           onHead: (head) => {
             if (head.status !== 200 || !(head.headers["content-type"] ?? "").startsWith("text/event-stream")) {
               refused = true
-              if (head.status !== 405) log.debug(`standing stream refused: HTTP ${head.status}`)
+              if (head.status !== 405) self.log.debug(`standing stream refused: HTTP ${head.status}`)
               // Not kept for the finalizer: an idle session would hold the request and its answer for ever.
               if (current === exchange) current = undefined
               return
@@ -756,7 +788,7 @@ export const makeHttpConnection = (
               } catch {
                 return
               }
-              if (isRequest(message)) onMessage(message, (answer) => postOneWay({ ...answer, id: message.id }, session))
+              if (isRequest(message)) onMessage(message, (answer) => self.postOneWay({ ...answer, id: message.id }, session))
               else if (isNotification(message)) onMessage(message)
             })
           },
@@ -779,6 +811,7 @@ export const makeHttpConnection = (
           current?.abort()
         }))
     })
+  }
 
   /**
    * A modern server's standing stream: `subscriptions/listen` for every list it says changes and
@@ -787,10 +820,10 @@ export const makeHttpConnection = (
    * when the subscribed resources change: the new stream replaces the old once acknowledged, so
    * nothing falls between them.
    */
-  const listenModern = (
+  private listenModern(
     s: ModernSession,
     onMessage: Parameters<Connection["listen"]>[0]
-  ): Effect.Effect<void, never, Scope.Scope> => {
+  ): Effect.Effect<void, never, Scope.Scope> {
     let stopped = false
     let current: Http1Exchange | undefined
     let reconnect: ReturnType<typeof setTimeout> | undefined
@@ -807,23 +840,23 @@ export const makeHttpConnection = (
           ready?.()
         }
       }
-      if (stopped || closed) return isReady()
+      if (stopped || this.closed) return isReady()
       const previous = current
-      const filter = listenFilterOf(s.initializeResult.capabilities, subscribedResources ?? NO_RESOURCES)
+      const filter = listenFilterOf(s.initializeResult.capabilities, this.subscribedResources ?? NO_RESOURCES)
       if (Object.keys(filter).length === 0) {
         current = undefined
         previous?.abort()
         return isReady()
       }
-      const params = withEnvelope({ notifications: filter }, s.envelope, logLevel)
-      const body = JSON.stringify({ jsonrpc: "2.0", id: `gateway-listen-${nextId++}`, method: "subscriptions/listen", params })
+      const params = withEnvelope({ notifications: filter }, s.envelope, this.logLevel)
+      const body = JSON.stringify({ jsonrpc: "2.0", id: `gateway-listen-${this.nextId++}`, method: "subscriptions/listen", params })
       let feed: ((chunk: string) => void) | undefined
       let refused = false
-      const exchange: Http1Exchange = requestTo("POST", headersFor(s, undefined, routingHeaders("subscriptions/listen", params, toolHeaders ?? NO_TOOL_HEADERS)), body, {
+      const exchange: Http1Exchange = this.requestTo("POST", this.headersFor(s, undefined, routingHeaders("subscriptions/listen", params, this.toolHeaders ?? NO_TOOL_HEADERS)), body, {
         onHead: (head) => {
           if (head.status !== 200 || !(head.headers["content-type"] ?? "").startsWith("text/event-stream")) {
             refused = true
-            log.debug(`subscriptions/listen refused: HTTP ${head.status}`)
+            this.log.debug(`subscriptions/listen refused: HTTP ${head.status}`)
             return isReady()
           }
           feed = makeSseParser((event) => {
@@ -840,7 +873,7 @@ export const makeHttpConnection = (
               if (previous !== undefined && previous !== exchange) previous.abort()
               return isReady()
             }
-            if (message.method === "notifications/tools/list_changed") toolHeadersFresh = false
+            if (message.method === "notifications/tools/list_changed") this.toolHeadersFresh = false
             const params = untagged(message.params)
             onMessage(params === undefined ? { jsonrpc: "2.0", method: message.method } : { jsonrpc: "2.0", method: message.method, params })
           })
@@ -860,37 +893,64 @@ export const makeHttpConnection = (
     }
     return acquireLean(
       () => {
-        refilter = open
+        this.refilter = open
         open()
       },
       () =>
         Effect.sync(() => {
           stopped = true
-          if (refilter === open) refilter = undefined
+          if (this.refilter === open) this.refilter = undefined
           if (reconnect !== undefined) clearTimeout(reconnect)
           current?.abort()
         })
     ).pipe(Effect.asVoid)
   }
 
-  const notify: Connection["notify"] = (method, params) =>
-    Effect.sync(() => {
+  notify(method: string, params: Record<string, unknown> | undefined): Effect.Effect<void> {
+    return Effect.sync(() => {
       // A modern server takes no notifications (cancelling is closing the request's stream).
-      if (established !== undefined && established.era === "legacy") {
-        postOneWay(params === undefined ? { jsonrpc: "2.0", method } : { jsonrpc: "2.0", method, params }, established)
+      if (this.established !== undefined && this.established.era === "legacy") {
+        this.postOneWay(params === undefined ? { jsonrpc: "2.0", method } : { jsonrpc: "2.0", method, params }, this.established)
       }
     })
+  }
 
-  return {
-    discovered: () => (established?.era === "modern" ? established.discover : undefined),
-    sessionId: () => (established?.era === "legacy" ? established.id : undefined),
-    generation: () => generation,
-    alive: () => !closed && !sessionLost,
-    listen,
-    notify,
-    request,
-    requestNow,
-    initialize: Effect.map(ensureSession, (s) => s.initializeResult),
-    close
+  discovered() {
+    return this.established?.era === "modern" ? this.established.discover : undefined
+  }
+
+  sessionId() {
+    return this.established?.era === "legacy" ? this.established.id : undefined
+  }
+
+  generation() {
+    return this.generationCount
+  }
+
+  alive() {
+    return !this.closed && !this.sessionLost
+  }
+
+  get initialize(): Effect.Effect<Record<string, unknown>, TransportError> {
+    return Effect.map(this.ensureSession, (s) => s.initializeResult)
   }
 }
+
+/** A connection's settings (see HttpConnection). */
+export interface HttpConnectionOptions {
+    /** What to say in `initialize` (a client's own, for a session opened on its behalf); the gateway's by default. */
+    readonly initializeParams?: Record<string, unknown> | undefined
+    /**
+     * When the server forgets the session: open a new one and resend (the gateway's own
+     * sessions), or fail (a client's session: its state on the server is gone, so the client
+     * must start anew).
+     */
+    readonly renewLostSession?: boolean | undefined
+    /** Which revision the instance spoke last time: tried first, so an old server is not probed on every session. */
+    readonly era?: EraMemory | undefined
+    /** A session the server already has (another replica opened it): used as it is, not initialized again. */
+    readonly resume?: { readonly sessionId: string; readonly protocolVersion: string } | undefined
+  }
+
+export const makeHttpConnection = (instance: HttpInstance, env: ConnectionEnv, options: HttpConnectionOptions = {}): Connection =>
+  new HttpConnection(instance, env, options)
