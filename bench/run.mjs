@@ -311,9 +311,25 @@ const main = async () => {
 
   if (runs("sessions")) {
     log(`memory: ${settings.sessions} idle MCP sessions`)
-    const g = await gateway("gateway-sessions.json", { gateway: { log_level: "warn", max_sessions: settings.sessions + 100, max_sessions_per_client: settings.sessions + 100 } })
+    // With the heap probe (bench/heap-probe.mjs): the live heap after a full collection, besides RSS.
+    const probeFile = path.join(dir, "heap-probe.json")
+    process.env.HEAP_PROBE_FILE = probeFile
+    const g = await gateway(
+      "gateway-sessions.json",
+      { gateway: { log_level: "warn", max_sessions: settings.sessions + 100, max_sessions_per_client: settings.sessions + 100 } },
+      { nodeArgs: ["--expose-gc", "--import", path.join(here, "heap-probe.mjs")] }
+    )
+    delete process.env.HEAP_PROBE_FILE
+    const liveHeap = async () => {
+      fs.rmSync(probeFile, { force: true })
+      process.kill(g.pid, "SIGUSR2")
+      for (let i = 0; i < 200 && !fs.existsSync(probeFile); i++) await sleep(50)
+      await sleep(50)
+      return JSON.parse(fs.readFileSync(probeFile, "utf8")).heapUsed
+    }
     await initializeSession(g.url)
     await sleep(500)
+    const heapBefore = await liveHeap()
     const before = rssBytes(g.pid)
     const t0 = Date.now()
     const opened = []
@@ -338,6 +354,7 @@ const main = async () => {
     // of a gateway holding idle sessions is this settled number.
     await sleep(quick ? 1000 : 20_000)
     const settled = rssBytes(g.pid)
+    const heapAfter = await liveHeap()
     const stats = await (await fetch(`${g.url}/gateway/stats`)).json()
     result.sections.sessions = {
       what: `${settings.sessions} MCP sessions opened (initialize, 32 at a time), then idle; RSS before and after`,
@@ -349,6 +366,9 @@ const main = async () => {
       kb_per_session: round((after - before) / 1024 / opened.length, 2),
       rss_mb_settled: round(settled / 1e6, 1),
       kb_per_session_settled: round((settled - before) / 1024 / opened.length, 2),
+      live_heap_mb_before: round(heapBefore / 1e6, 1),
+      live_heap_mb_after: round(heapAfter / 1e6, 1),
+      live_heap_kb_per_session: round((heapAfter - heapBefore) / 1024 / opened.length, 2),
       file_descriptors: descriptors,
       ...(failure === undefined ? {} : { failure })
     }
@@ -513,7 +533,7 @@ const renderMarkdown = (r) => {
   if (s.stdio) lines.push(`### stdio (${s.stdio.what})`, "", ...rowsTable(s.stdio.rows), "", "ratios: " + JSON.stringify(s.stdio.ratios), "")
   if (s.sessions) {
     const x = s.sessions
-    lines.push(`### Idle sessions (${x.what})`, "", `${x.sessions} sessions opened in ${x.open_seconds} s; RSS ${x.rss_mb_before} → ${x.rss_mb_after} MB: ${x.kb_per_session} KB per session (2 s after the last opened); ${x.rss_mb_settled} MB, ${x.kb_per_session_settled} KB per session once settled (20 s idle); ${x.file_descriptors} file descriptors open${x.failure ? `; FAILED ${x.failure}` : ""}`, "")
+    lines.push(`### Idle sessions (${x.what})`, "", `${x.sessions} sessions opened in ${x.open_seconds} s; RSS ${x.rss_mb_before} → ${x.rss_mb_after} MB: ${x.kb_per_session} KB per session (2 s after the last opened); ${x.rss_mb_settled} MB, ${x.kb_per_session_settled} KB per session once settled (20 s idle); live heap (after a full collection) ${x.live_heap_mb_before} → ${x.live_heap_mb_after} MB: ${x.live_heap_kb_per_session} KB per session; ${x.file_descriptors} file descriptors open${x.failure ? `; FAILED ${x.failure}` : ""}`, "")
   }
   if (s.templates) {
     const x = s.templates

@@ -1,5 +1,6 @@
 import { type Cause, Effect, Exit, type Scope } from "effect"
 import type { DispatchError } from "../domain/GatewayError.js"
+import { intern } from "../domain/intern.js"
 import { ErrorCode } from "../domain/JsonRpc.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import type { Connection } from "../transport/Connection.js"
@@ -52,11 +53,15 @@ export class ClientSession extends EndpointSession {
     /** What the template shows (filters, transforms, cache) around every request. */
     private readonly exposure: ExposureShape,
     /** What the client declared (capabilities, name), canonical: part of its cache keys. */
-    private readonly declaration: string
+    declaration: string
   ) {
     super(id, template, protocolVersion, scope, owner, now)
+    this.declaration = intern(declaration)
     this.generation = connection?.generation() ?? 0
   }
+
+  /** What the client declared (capabilities, name), canonical: part of its cache keys. */
+  private readonly declaration: string
 
   /** The backend's generation when the session began: a change means the server it talked to restarted. */
   readonly generation: number

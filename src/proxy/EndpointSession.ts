@@ -2,6 +2,7 @@ import { Duration, Effect, type Exit, FiberId, type Fiber, type Scope } from "ef
 import { ErrorCode, type JsonRpcErrorObject, type JsonRpcId, type JsonRpcRequest, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import type { Connection, RequestOptions } from "../transport/Connection.js"
+import { intern } from "../domain/intern.js"
 import { SessionOutbox } from "./SessionOutbox.js"
 
 /** What became of one request of a session, for the endpoint to tell the client. */
@@ -115,18 +116,26 @@ export abstract class EndpointSession {
   /** Listen streams holding each resource subscription on the backend (a modern client's). */
   private held: Map<string, number> | undefined
 
+  /** The endpoint it belongs to: a template's name, or an aggregate's key. */
+  readonly template: string
+  readonly protocolVersion: string
+  /** Who opened it (a credential's id, or `ip:{address}` without auth): only they may use it. */
+  readonly owner: string
+
   constructor(
     /** The gateway's own session id (what the client sends as MCP-Session-Id); never the backend's. */
     readonly id: string,
-    /** The endpoint it belongs to: a template's name, or an aggregate's key. */
-    readonly template: string,
-    readonly protocolVersion: string,
+    template: string,
+    protocolVersion: string,
     /** The session's resources (backend sessions, own processes); closed when it ends. */
     readonly scope: Scope.CloseableScope,
-    /** Who opened it (a credential's id, or `ip:{address}` without auth): only they may use it. */
-    readonly owner: string,
+    owner: string,
     now: number
   ) {
+    // (Interned: thousands of idle sessions hold the same few of these; see domain/intern.ts.)
+    this.template = intern(template)
+    this.protocolVersion = intern(protocolVersion)
+    this.owner = intern(owner)
     this.lastSeen = now
   }
 

@@ -62,6 +62,7 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 const INVALID_VALUE = /[^\t\x20-\x7e\x80-\xff]/
 const NON_ASCII = /[^\x00-\x7f]/
 const CRLFCRLF = Buffer.from("\r\n\r\n")
+const CRLF = Buffer.from("\r\n")
 /** Largest answer head read (node:http's default). */
 const MAX_HEAD_BYTES = 16 * 1024
 /** How long an idle socket is kept when the server gives no Keep-Alive hint. */
@@ -159,20 +160,29 @@ class PooledSocket {
     if (end > MAX_HEAD_BYTES) return this.invalid("the answer's head is too large")
     const consumed = data.length - (bytes.length - (end + 4))
     this.head = undefined
-    const text = bytes.toString("latin1", 0, end)
-    const lines = text.split("\r\n")
-    const status = /^HTTP\/1\.([01]) (\d{3})(?: |$)/.exec(lines[0]!)
-    if (status === null) return this.invalid(`not an HTTP/1.1 answer: ${JSON.stringify(lines[0]!.slice(0, 40))}`)
+    // Each header value is a string of its own, read from the bytes: slices of one head string
+    // would keep the whole head alive as long as any value is (a session id kept for hours).
+    const statusEnd = bytes.indexOf(CRLF)
+    const statusLine = bytes.toString("latin1", 0, statusEnd)
+    const status = /^HTTP\/1\.([01]) (\d{3})(?: |$)/.exec(statusLine)
+    if (status === null) return this.invalid(`not an HTTP/1.1 answer: ${JSON.stringify(statusLine.slice(0, 40))}`)
     const code = Number(status[2])
     const headers: Record<string, string> = {}
-    for (let i = 1; i < lines.length; i++) {
-      const line = lines[i]!
-      const colon = line.indexOf(":")
-      if (colon <= 0 || line.charCodeAt(0) === 32 || line.charCodeAt(0) === 9) return this.invalid("a malformed header line in the answer")
-      const name = line.slice(0, colon).toLowerCase()
-      const value = line.slice(colon + 1).trim()
+    for (let lineStart = statusEnd + 2; lineStart < end;) {
+      let lineEnd = bytes.indexOf(CRLF, lineStart)
+      if (lineEnd === -1 || lineEnd > end) lineEnd = end
+      const colon = bytes.indexOf(58, lineStart)
+      const first = bytes[lineStart]
+      if (colon <= lineStart || colon >= lineEnd || first === 32 || first === 9) return this.invalid("a malformed header line in the answer")
+      const name = bytes.toString("latin1", lineStart, colon).toLowerCase()
+      let valueStart = colon + 1
+      let valueEnd = lineEnd
+      while (valueStart < valueEnd && (bytes[valueStart] === 32 || bytes[valueStart] === 9)) valueStart++
+      while (valueEnd > valueStart && (bytes[valueEnd - 1] === 32 || bytes[valueEnd - 1] === 9)) valueEnd--
+      const value = bytes.toString("latin1", valueStart, valueEnd)
       const previous = headers[name]
       headers[name] = previous === undefined ? value : `${previous}, ${value}`
+      lineStart = lineEnd + 2
     }
     if (code < 200) {
       // 100 Continue, 103 Early Hints: the answer is still to come. (101 is never asked for.)

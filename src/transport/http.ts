@@ -1,6 +1,7 @@
 import { Deferred, Duration, Effect, Exit, type Fiber, FiberId, Runtime, type Scope } from "effect"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import { canonicalJson } from "../domain/canonicalJson.js"
 import { resolveHeaders } from "../domain/Secret.js"
 import { collectToolHeaders, isInputRequired, type ToolHeaders } from "../domain/ModernProtocol.js"
 import { initializeParams, MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
@@ -102,6 +103,42 @@ type Posted = { readonly response: JsonRpcResponse; readonly headers: AnswerHead
 
 type PostFailure = TransportError | SessionGone | RequestTimeout
 
+/** Where an instance is reached, worked out once per instance and shared by its connections. */
+interface Target {
+  readonly url: URL
+  readonly path: string
+  /** The instance's own headers, secrets read from the environment once. */
+  readonly headers: Record<string, string>
+}
+const targets = new WeakMap<HttpInstance, Target>()
+const targetOf = (instance: HttpInstance): Target => {
+  let target = targets.get(instance)
+  if (target === undefined) {
+    const url = new URL(instance.endpoint)
+    target = { url, path: `${url.pathname}${url.search}`, headers: resolveHeaders(instance.headers) }
+    targets.set(instance, target)
+  }
+  return target
+}
+
+/**
+ * A server's answer to `initialize`, one object for every session that got the same answer
+ * from the instance (its capabilities, its instructions: often kilobytes, and the same for
+ * thousands of sessions). Never changed once made (a session only reads it).
+ */
+const results = new WeakMap<HttpInstance, Map<string, Record<string, unknown>>>()
+const MAX_SHARED_RESULTS = 16
+const sharedResult = (instance: HttpInstance, result: Record<string, unknown>): Record<string, unknown> => {
+  let known = results.get(instance)
+  if (known === undefined) results.set(instance, known = new Map())
+  const key = canonicalJson(result)
+  const shared = known.get(key)
+  if (shared !== undefined) return shared
+  if (known.size >= MAX_SHARED_RESULTS) known.clear()
+  known.set(key, result)
+  return result
+}
+
 /**
  * MCP Streamable HTTP client for one instance: POSTs over a keep-alive pool, reads JSON or SSE
  * answers, initializes once and reuses the session id, and starts a new session when the
@@ -137,6 +174,11 @@ export class HttpConnection implements Connection {
 
   // The instance's own headers, secrets read from the environment once.
   private readonly backendHeaders: Record<string, string>
+  /**
+   * What to say in `initialize` for a client (options.initializeParams), until the session is
+   * open: a client's session never initializes again, so it is not kept after.
+   */
+  private clientInitialize: Record<string, unknown> | undefined
 
   constructor(
     private readonly instance: HttpInstance,
@@ -146,14 +188,16 @@ export class HttpConnection implements Connection {
     const { log, scope } = env
     this.log = log
     this.scope = scope
-    this.url = new URL(this.instance.endpoint)
+    const target = targetOf(this.instance)
+    this.url = target.url
     this.pooled = acquirePool(this.url)
     this.pool = this.pooled.pool
-    this.path = `${this.url.pathname}${this.url.search}`
+    this.path = target.path
     this.established = this.options.resume === undefined
       ? undefined
       : { era: "legacy", id: this.options.resume.sessionId, protocolVersion: this.options.resume.protocolVersion, initializeResult: {} }
-    this.backendHeaders = resolveHeaders(this.instance.headers)
+    this.backendHeaders = target.headers
+    this.clientInitialize = this.options.initializeParams
   }
 
   private requestTo(method: string, headers: Record<string, string>, body: string | undefined, handler: Http1Handler): Http1Exchange {
@@ -368,7 +412,7 @@ export class HttpConnection implements Connection {
         era: "legacy",
         id: typeof sessionHeader === "string" ? sessionHeader : undefined,
         protocolVersion: version,
-        initializeResult: response.result as Record<string, unknown>
+        initializeResult: sharedResult(self.instance, response.result as Record<string, unknown>)
       }
       self.postOneWay({ jsonrpc: "2.0", method: "notifications/initialized" }, opened)
       self.log.info(`session ${opened.id ?? "(stateless)"} with ${self.instance.endpoint}`)
@@ -426,7 +470,7 @@ export class HttpConnection implements Connection {
   private get handshake(): Effect.Effect<Session, TransportError> {
     const self = this
     return Effect.gen(function*() {
-      const params = self.options.initializeParams ?? initializeParams()
+      const params = self.clientInitialize ?? initializeParams()
       const remembered = self.options.era?.get()
       let opened: Session | undefined
       let why: string | undefined
@@ -468,6 +512,7 @@ export class HttpConnection implements Connection {
               this.opening = undefined
               this.established = opened
               this.generationCount++
+              if (this.options.renewLostSession === false) this.clientInitialize = undefined
             }
           })
         ),
