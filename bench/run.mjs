@@ -183,6 +183,9 @@ const main = async () => {
     }, { headers: { "x-api-key": API_KEY } })
     const sink = await start(process.execPath, [path.join(here, "otlp-sink.mjs"), "0"], (o) => o.match(/^(\d+)\n/)?.[1])
     const traced = await gateway("gateway-traced.json", { tracing: { otlp_endpoint: `http://127.0.0.1:${sink.value}/v1/traces`, export_interval_ms: 1000 } })
+    // The same gateway with V8's young generation capped at 8 MB a semi-space (docs/operations.md, Memory).
+    const lean = await gateway("gateway-semi8.json", {}, { nodeArgs: ["--max-semi-space-size=8"] })
+    const leanSession = await initializeSession(lean.url)
     const direct = { key: "direct", name: "one backend, no proxy", url: `http://127.0.0.1:${backends[0]}/mcp`, body: rpcBody }
     const bare = { key: "bare_proxy", name: "bare Node proxy", url: `http://127.0.0.1:${nodeProxy.value}/mcp`, body: rpcBody, pid: nodeProxy.child.pid }
     const mcp = { key: "gateway_mcp", name: "gateway MCP endpoint (one session)", url: `${plain.url}/mcp/bench`, body: rpcBody, session, pid: plain.pid }
@@ -205,7 +208,8 @@ const main = async () => {
           pid: secured.pid,
           during: scraping(secured.url, securedHeaders)
         },
-        { key: "gateway_rest_traced", name: "gateway REST, tracing on (OTLP)", url: `${traced.url}/mcp/bench/tools/call`, body: restBody, pid: traced.pid }
+        { key: "gateway_rest_traced", name: "gateway REST, tracing on (OTLP)", url: `${traced.url}/mcp/bench/tools/call`, body: restBody, pid: traced.pid },
+        { key: "gateway_mcp_semi8", name: "gateway MCP endpoint, node --max-semi-space-size=8", url: `${lean.url}/mcp/bench`, body: rpcBody, session: leanSession, pid: lean.pid }
       ]
       const rows = await measureRounds(systems, settings)
       const by = Object.fromEntries(rows.map((r) => [r.key, r]))
@@ -219,9 +223,11 @@ const main = async () => {
           mcp_p99_vs_bare_proxy: round(by.gateway_mcp.p99_ms / by.bare_proxy.p99_ms),
           rest_p99_vs_bare_proxy: round(by.gateway_rest.p99_ms / by.bare_proxy.p99_ms),
           secured_vs_rest: round(by.gateway_rest_secured.rps / by.gateway_rest.rps),
-          traced_vs_rest: round(by.gateway_rest_traced.rps / by.gateway_rest.rps)
+          traced_vs_rest: round(by.gateway_rest_traced.rps / by.gateway_rest.rps),
+          semi8_vs_mcp: round(by.gateway_mcp_semi8.rps / by.gateway_mcp.rps)
         },
-        gateway_rss_mb_after_load: by.gateway_rest.rss_mb
+        gateway_rss_mb_after_load: by.gateway_rest.rss_mb,
+        gateway_semi8_rss_mb_after_load: by.gateway_mcp_semi8.rss_mb
       }
     }
 
@@ -240,32 +246,40 @@ const main = async () => {
       }
     }
     await stop(nodeProxy.child)
-    for (const g of [secured, traced]) await g.stop()
+    for (const g of [secured, traced, lean]) await g.stop()
     await stop(sink.child)
   }
 
   if (runs("pool")) {
+    // The client side of a proxy, three ways: node:http's Agent, undici's Pool (installed on
+    // first use; left out when it cannot be), and the gateway's own HTTP/1.1 client.
     const { undici } = benchTools({ install: !quick })
-    if (undici === undefined) log("pool: undici is not at hand; section left out")
-    else {
-      log("pool: the bare proxy on node:http's Agent against the same on undici's Pool")
-      const agentProxy = await start(process.execPath, [path.join(here, "node-proxy.mjs"), "0", ...backends.map(String)], (o) => o.match(/^(\d+)\n/)?.[1])
-      const poolProxy = await start(process.execPath, [path.join(here, "undici-proxy.mjs"), undici, "0", ...backends.map(String)], (o) => o.match(/^(\d+)\n/)?.[1])
-      const rows = await measureRounds([
-        { key: "node_agent", name: "bare proxy, node:http Agent (keep-alive)", url: `http://127.0.0.1:${agentProxy.value}/mcp`, body: rpcBody, pid: agentProxy.child.pid },
-        { key: "undici_pool", name: "bare proxy, undici Pool", url: `http://127.0.0.1:${poolProxy.value}/mcp`, body: rpcBody, pid: poolProxy.child.pid }
-      ], settings)
-      const by = Object.fromEntries(rows.map((r) => [r.key, r]))
-      result.sections.pool = {
-        what: `the same byte-piping proxy over each client pool, wrk -t1 -c${settings.connections} -d${settings.seconds}s, ${settings.rounds} alternated rounds, medians`,
-        rows,
-        undici_vs_agent: round(by.undici_pool.rps / by.node_agent.rps),
-        undici_vs_agent_cpu: by.node_agent.cpu_us_per_request === undefined ? undefined : round(by.undici_pool.cpu_us_per_request / by.node_agent.cpu_us_per_request)
-      }
-      await stop(agentProxy.child)
-      await stop(poolProxy.child)
+    log("pool: the bare proxy on node:http's Agent, undici's Pool and the gateway's Http1Client")
+    const agentProxy = await start(process.execPath, [path.join(here, "node-proxy.mjs"), "0", ...backends.map(String)], (o) => o.match(/^(\d+)\n/)?.[1])
+    const ownProxy = await start(process.execPath, [path.join(here, "http1-proxy.mjs"), "0", ...backends.map(String)], (o) => o.match(/^(\d+)\n/)?.[1])
+    const poolProxy = undici === undefined
+      ? undefined
+      : await start(process.execPath, [path.join(here, "undici-proxy.mjs"), undici, "0", ...backends.map(String)], (o) => o.match(/^(\d+)\n/)?.[1])
+    if (poolProxy === undefined) log("pool: undici is not at hand; its row left out")
+    const rows = await measureRounds([
+      { key: "node_agent", name: "bare proxy, node:http Agent (keep-alive)", url: `http://127.0.0.1:${agentProxy.value}/mcp`, body: rpcBody, pid: agentProxy.child.pid },
+      ...(poolProxy === undefined ? [] : [{ key: "undici_pool", name: "bare proxy, undici Pool", url: `http://127.0.0.1:${poolProxy.value}/mcp`, body: rpcBody, pid: poolProxy.child.pid }]),
+      { key: "http1_client", name: "proxy on the gateway's Http1Client (reads both bodies)", url: `http://127.0.0.1:${ownProxy.value}/mcp`, body: rpcBody, pid: ownProxy.child.pid }
+    ], settings)
+    const by = Object.fromEntries(rows.map((r) => [r.key, r]))
+    const cpuRatio = (a, b) => a?.cpu_us_per_request === undefined || b?.cpu_us_per_request === undefined ? undefined : round(a.cpu_us_per_request / b.cpu_us_per_request)
+    result.sections.pool = {
+      what: `the same proxy over each client, wrk -t1 -c${settings.connections} -d${settings.seconds}s, ${settings.rounds} alternated rounds, medians`,
+      rows,
+      ...(by.undici_pool === undefined ? {} : { undici_vs_agent: round(by.undici_pool.rps / by.node_agent.rps), undici_vs_agent_cpu: cpuRatio(by.undici_pool, by.node_agent) }),
+      http1_vs_agent: round(by.http1_client.rps / by.node_agent.rps),
+      http1_vs_agent_cpu: cpuRatio(by.http1_client, by.node_agent)
     }
+    await stop(agentProxy.child)
+    await stop(ownProxy.child)
+    if (poolProxy !== undefined) await stop(poolProxy.child)
   }
+
 
   if (runs("stdio")) {
     log("stdio: the gateway over server-everything processes, and mcp-proxy over one")
@@ -529,7 +543,11 @@ const renderMarkdown = (r) => {
   const s = r.sections
   if (s.throughput) lines.push(`### Throughput (${s.throughput.what})`, "", ...rowsTable(s.throughput.rows), "", "ratios: " + JSON.stringify(s.throughput.ratios), "")
   if (s.latency) lines.push(`### Latency at one connection (${s.latency.what})`, "", ...rowsTable(s.latency.rows), "", "added p50 over direct (ms): " + JSON.stringify(s.latency.added_p50_ms), "")
-  if (s.pool) lines.push(`### Client pool (${s.pool.what})`, "", ...rowsTable(s.pool.rows), "", `undici / node:http: ${s.pool.undici_vs_agent}x req/s, ${s.pool.undici_vs_agent_cpu}x CPU per request`, "")
+  if (s.pool) {
+    lines.push(`### Client pool (${s.pool.what})`, "", ...rowsTable(s.pool.rows), "")
+    if (s.pool.undici_vs_agent !== undefined) lines.push(`undici / node:http: ${s.pool.undici_vs_agent}x req/s, ${s.pool.undici_vs_agent_cpu}x CPU per request`, "")
+    lines.push(`Http1Client / node:http: ${s.pool.http1_vs_agent}x req/s, ${s.pool.http1_vs_agent_cpu}x CPU per request`, "")
+  }
   if (s.stdio) lines.push(`### stdio (${s.stdio.what})`, "", ...rowsTable(s.stdio.rows), "", "ratios: " + JSON.stringify(s.stdio.ratios), "")
   if (s.sessions) {
     const x = s.sessions

@@ -25,13 +25,15 @@ describe.skipIf(!has("wrk") || !has("nginx"))("bench --quick", () => {
     try {
       execFileSync(process.execPath, ["bench/run.mjs", "--quick", "--out", out], { stdio: ["ignore", "ignore", "pipe"], timeout: 170_000 })
       const result = JSON.parse(fs.readFileSync(path.join(out, "last-run.json"), "utf8"))
-      const { latency, sessions, stdio, templates, throughput } = result.sections
-      const rows = [...throughput.rows, ...latency.rows, ...stdio.rows, ...templates.rows]
+      const { latency, pool, sessions, stdio, templates, throughput } = result.sections
+      const rows = [...throughput.rows, ...latency.rows, ...stdio.rows, ...templates.rows, ...pool.rows]
       expect(rows.map((r: { name: string }) => r.name)).toContain("gateway MCP endpoint (one session)")
       for (const row of rows) expect(row.rps, row.name).toBeGreaterThan(0)
       expect(Object.keys(throughput.ratios)).toContain("mcp_vs_bare_proxy")
       expect(sessions.sessions).toBe(result.settings.sessions)
       expect(sessions.failure).toBeUndefined()
+      expect(sessions.live_heap_kb_per_session).toBeGreaterThan(0)
+      expect(pool.rows.map((r: { key: string }) => r.key)).toContain("http1_client")
       expect(templates.bench_template_healthy_at_start).toBe("3 of 3")
       expect(fs.readFileSync(path.join(out, "last-run.md"), "utf8")).toContain("### Throughput")
     } finally {
