@@ -1,5 +1,6 @@
 import type { Effect, Fiber, Runtime } from "effect"
 import type * as http from "node:http"
+import { nestsDeeperThan } from "../domain/jsonText.js"
 import { type ErrorAnswer, errorAnswer } from "./ApiError.js"
 
 /** Plain node:http helpers for the lean request paths (REST operations, the MCP endpoint, the front gate). */
@@ -9,7 +10,15 @@ export type RunEffect = <A, E>(effect: Effect.Effect<A, E>, options?: Runtime.Ru
 
 export const sendJson = (res: http.ServerResponse, status: number, body: unknown, headers?: http.OutgoingHttpHeaders) => {
   if (res.headersSent || res.destroyed) return
-  const payload = JSON.stringify(body)
+  let payload: string
+  try {
+    payload = JSON.stringify(body)
+  } catch (e) {
+    // A value that cannot be serialised (nothing a client sent or a server answered should be
+    // one: their depth is bounded before parsing) fails this answer, never the gateway.
+    status = 502
+    payload = unserialisable(body, (e as Error).message)
+  }
   // Key by key, not by spread (V8's slow path for header records, on every answer).
   const all: http.OutgoingHttpHeaders = {}
   if (headers !== undefined) for (const name in headers) all[name] = headers[name]
@@ -17,6 +26,17 @@ export const sendJson = (res: http.ServerResponse, status: number, body: unknown
   all["content-length"] = Buffer.byteLength(payload)
   res.writeHead(status, all)
   res.end(payload)
+}
+
+/** The answer in place of one that cannot be serialised: JSON-RPC where the body was JSON-RPC. */
+const unserialisable = (body: unknown, why: string) => {
+  const message = `the answer cannot be passed on: ${why}`
+  const rpc = typeof body === "object" && body !== null && (body as { jsonrpc?: unknown }).jsonrpc === "2.0"
+  return JSON.stringify(
+    rpc
+      ? { jsonrpc: "2.0", id: (body as { id?: unknown }).id ?? null, error: { code: -32603, message } }
+      : { error: { type: "bad_gateway", message } }
+  )
 }
 
 export const sendError = (res: http.ServerResponse, answer: ErrorAnswer, headers?: http.OutgoingHttpHeaders) =>
@@ -27,26 +47,6 @@ export interface BodyLimits {
   readonly maxBytes: number
   /** How deeply its JSON may nest (arrays and objects). */
   readonly maxDepth: number
-}
-
-/**
- * Whether JSON text nests deeper than `max` (a linear scan of brackets outside strings, before
- * parsing: a 5,000-level body must be refused, not parsed and then re-serialised into a stack overflow).
- */
-export const nestsDeeperThan = (text: string, max: number): boolean => {
-  let depth = 0
-  let inString = false
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i)
-    if (inString) {
-      if (c === 92 /* \ */) i++
-      else if (c === 34 /* " */) inString = false
-    } else if (c === 34) inString = true
-    else if (c === 123 || c === 91 /* { [ */) {
-      if (++depth > max) return true
-    } else if (c === 125 || c === 93 /* } ] */) depth--
-  }
-  return false
 }
 
 /**

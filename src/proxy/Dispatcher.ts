@@ -663,7 +663,14 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
             // Only a strategy that chooses without an Effect (selectNow) chooses here.
             const selectNow = strategies.current(template.name, template.settings)?.value.selectNow
             if (selectNow === undefined) return callInFiber(templateName, method, params, options, requestId, done)
-            chosen = selectNow(candidates as [InstanceState, ...Array<InstanceState>], { template: template.name, method, attempt: 1 }) as InstanceState
+            try {
+              chosen = selectNow(candidates as [InstanceState, ...Array<InstanceState>], { template: template.name, method, attempt: 1 }) as InstanceState
+            } catch {
+              // A plugin that throws fails its request, as it does in `call` (a defect there): not the gateway.
+              return callInFiber(templateName, method, params, options, requestId, done)
+            }
+            // (Not one of the candidates, undefined say: `call` deals with it, in its fiber.)
+            if (!candidates.includes(chosen)) return callInFiber(templateName, method, params, options, requestId, done)
           }
           // (Selectable candidates pass their breaker; a half-open one gives this request its trial.)
           chosen.admit(now)
@@ -691,7 +698,10 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           const logs = recordAttempt(template, chosen, attemptStarted, exit)
           if (Exit.isSuccess(exit)) return end(operation.classify?.(exit.value) ?? OK, resultOf(templateName, method, chosen, exit.value))
           const error = exit.cause._tag === "Fail" ? exit.cause.error : undefined
-          if (error === undefined) return
+          if (error === undefined) {
+            // A defect (a transport that threw): the request ends with it, answered as `call`'s defects are.
+            return end(outcomeOf(operation, exit), exit as Exit.Exit<never, never>)
+          }
           if (pinned !== undefined || error._tag === "RequestTimeout" || error.clientFault || !operation.retryable(error)) {
             // No retry: the answer, after the failure's warnings (logged in a fiber, as `call` logs them).
             const failure = pinned !== undefined
@@ -714,9 +724,14 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
             if (!cancelled) done(exit)
           })
         }
-        let cancelSend = connection !== undefined
-          ? connection.requestNow!(method, sent, requestOptions, onAttempt)
-          : transport.requestNow!(chosen.definition, method, sent, requestOptions, onAttempt)
+        let cancelSend: (() => void) | undefined
+        try {
+          cancelSend = connection !== undefined
+            ? connection.requestNow!(method, sent, requestOptions, onAttempt)
+            : transport.requestNow!(chosen.definition, method, sent, requestOptions, onAttempt)
+        } catch (e) {
+          onAttempt(Exit.die(e))
+        }
         if (cancelSend === undefined && !ended) {
           // The connection cannot send at once (its session is still opening): the attempt as an effect.
           const attempt = forkFor(requestId)(operation.attempt(chosen, deadline))

@@ -96,14 +96,33 @@ const checkValue = (name: string, value: string) => {
   if (INVALID_VALUE.test(value)) throw new Http1HeaderError(`invalid character in the value of header ${JSON.stringify(name)}`)
 }
 
+/** One request: what is written (kept for a resend on a new connection) and where it is now. */
+class Request implements Http1Exchange {
+  pooled: PooledSocket | undefined = undefined
+  /** Sent again once already (see PooledSocket.fail). */
+  resent = false
+
+  constructor(private readonly pool: Http1Pool, readonly payload: string | Buffer, readonly handler: Http1Handler) {}
+
+  abort() {
+    const pooled = this.pooled
+    if (pooled !== undefined && pooled.exchange === this) {
+      pooled.exchange = undefined
+      this.pool.forget(pooled)
+      pooled.socket.destroy()
+    }
+  }
+}
+
 /**
  * One connection to the origin. Its fields hold the state of the answer being read, reset for
  * each request, so that a request allocates little beyond its own text.
  */
 class PooledSocket {
-  exchange: Http1Handler | undefined
-  /** Counts requests, so that an abort of an earlier one cannot close the socket under a later one. */
-  serial = 0
+  /** The request being answered on this connection, if any. */
+  exchange: Request | undefined
+  /** Handed out again after an answer (not a new connection): a stale one, if the server closed it meanwhile. */
+  reused = false
   idleSince = 0
   idleMs = DEFAULT_IDLE_MS
   private head: Buffer | undefined
@@ -123,9 +142,9 @@ class PooledSocket {
     socket.on("close", () => this.fail("ECONNRESET", "the connection closed before the answer ended"))
   }
 
-  start(handler: Http1Handler) {
-    this.exchange = handler
-    this.serial++
+  start(exchange: Request) {
+    this.exchange = exchange
+    exchange.pooled = this
     this.head = undefined
     this.answered = false
     this.body = Body.None
@@ -220,7 +239,7 @@ class PooledSocket {
       this.keepAlive = false
     }
     const exchange = this.exchange!
-    exchange.onHead({ status: code, headers })
+    exchange.handler.onHead({ status: code, headers })
     if (this.exchange !== exchange) return -1
     if (this.body === Body.Length && this.remaining === 0) {
       this.complete(consumed === data.length)
@@ -238,7 +257,7 @@ class PooledSocket {
         this.remaining -= end - from
         if (this.remaining === 0 && this.decoder === undefined) {
           // The whole body in one read (the usual case): decoded at once, no decoder state.
-          exchange.onData(data.toString("utf8", from, end))
+          exchange.handler.onData(data.toString("utf8", from, end))
         } else {
           this.text(exchange, data.subarray(from, end))
         }
@@ -300,9 +319,9 @@ class PooledSocket {
     return at
   }
 
-  private text(exchange: Http1Handler, bytes: Buffer) {
+  private text(exchange: Request, bytes: Buffer) {
     const text = (this.decoder ??= new StringDecoder("utf8")).write(bytes)
-    if (text !== "") exchange.onData(text)
+    if (text !== "") exchange.handler.onData(text)
   }
 
   /** The answer is complete; `reusable` unless the server sent more than it framed. */
@@ -312,19 +331,25 @@ class PooledSocket {
     if (this.decoder !== undefined) {
       const rest = this.decoder.end()
       this.decoder = undefined
-      if (rest !== "") exchange.onData(rest)
+      if (rest !== "") exchange.handler.onData(rest)
     }
     if (reusable && this.keepAlive && !this.socket.destroyed) this.pool.release(this)
     else {
       this.pool.forget(this)
       this.socket.destroy()
     }
-    exchange.onEnd()
+    exchange.handler.onEnd()
   }
 
   private onEnd() {
+    if (this.exchange === undefined) {
+      // The server closed an idle connection (its keep-alive time ran out): not to be handed out.
+      this.pool.forget(this)
+      this.socket.destroy()
+      return
+    }
     // The server finished writing: an answer read until close ends here; any other is cut short.
-    if (this.exchange !== undefined && this.body === Body.UntilClose && this.head === undefined) {
+    if (this.body === Body.UntilClose && this.head === undefined) {
       this.keepAlive = false
       this.complete(false)
     }
@@ -344,7 +369,13 @@ class PooledSocket {
     this.exchange = undefined
     this.decoder = undefined
     this.socket.destroy()
-    exchange.onError(new Http1Error(code, message, this.answered))
+    // A kept connection the server had closed: the write itself failed (EPIPE), so nothing of
+    // the request reached the server, and it goes again, once, on a new connection.
+    if (code === "EPIPE" && this.reused && !this.answered && !exchange.resent) {
+      exchange.resent = true
+      return this.pool.send(exchange)
+    }
+    exchange.handler.onError(new Http1Error(code, message, this.answered))
   }
 }
 
@@ -363,8 +394,14 @@ export class Http1Pool {
   /** The Host header, as node:http wrote it (the port only when it is not the scheme's default). */
   readonly host: string
 
+  /** `Basic …` for credentials in the URL, if any. */
+  private readonly authorization: string | undefined
+
   constructor(readonly url: URL, private readonly options: Http1PoolOptions = {}) {
     this.host = url.host
+    this.authorization = url.username === "" && url.password === ""
+      ? undefined
+      : `Basic ${Buffer.from(`${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`).toString("base64")}`
   }
 
   /**
@@ -374,11 +411,13 @@ export class Http1Pool {
   request(method: string, path: string, headers: Http1Headers, body: string | undefined, handler: Http1Handler): Http1Exchange {
     let head = `${method} ${path} HTTP/1.1\r\n`
     let hasHost = false
+    let hasAuthorization = false
     for (const name in headers) {
       const value = headers[name]
       if (value === undefined) continue
       checkName(name)
       if (!hasHost && name.length === 4 && name.toLowerCase() === "host") hasHost = true
+      if (!hasAuthorization && name.length === 13 && name.toLowerCase() === "authorization") hasAuthorization = true
       if (typeof value === "object") {
         for (const v of value) {
           checkValue(name, v)
@@ -391,39 +430,44 @@ export class Http1Pool {
       }
     }
     if (!hasHost) head += `host: ${this.host}\r\n`
+    // Credentials in the endpoint's URL (user:password@host) go as Basic auth, as node:http sent them.
+    if (!hasAuthorization && this.authorization !== undefined) head += `authorization: ${this.authorization}\r\n`
     if (body !== undefined) head += `content-length: ${Buffer.byteLength(body)}\r\n`
     head += "\r\n"
+    // One write: headers are Latin-1 and the body UTF-8, the same bytes when the head is ASCII.
+    const payload = body === undefined
+      ? Buffer.from(head, "latin1")
+      : !NON_ASCII.test(head)
+      ? head + body
+      : Buffer.concat([Buffer.from(head, "latin1"), Buffer.from(body, "utf8")])
+    const exchange = new Request(this, payload, handler)
+    this.send(exchange)
+    return exchange
+  }
+
+  /** Writes a request on an idle socket or a new one (again, for a request whose kept connection had gone stale). */
+  send(exchange: Request) {
     if (this.closed) {
-      queueMicrotask(() => handler.onError(new Http1Error("ECONNABORTED", "the connection pool was closed", false)))
-      return { abort: () => {} }
+      queueMicrotask(() => exchange.handler.onError(new Http1Error("ECONNABORTED", "the connection pool was closed", false)))
+      return
     }
     const pooled = this.take()
-    pooled.start(handler)
+    pooled.start(exchange)
     this.active.add(pooled)
-    // One write: headers are Latin-1 and the body UTF-8, the same bytes when the head is ASCII.
-    if (body === undefined) pooled.socket.write(head, "latin1")
-    else if (!NON_ASCII.test(head)) pooled.socket.write(head + body, "utf8")
-    else pooled.socket.write(Buffer.concat([Buffer.from(head, "latin1"), Buffer.from(body, "utf8")]))
-    const serial = pooled.serial
-    return {
-      abort: () => {
-        if (pooled.serial === serial && pooled.exchange !== undefined) {
-          pooled.exchange = undefined
-          this.forget(pooled)
-          pooled.socket.destroy()
-        }
-      }
-    }
+    if (typeof exchange.payload === "string") pooled.socket.write(exchange.payload, "utf8")
+    else pooled.socket.write(exchange.payload)
   }
 
   /** The most recently used idle socket that is still good, or a new one. */
   private take(): PooledSocket {
     const now = Date.now()
     for (let pooled = this.idle.pop(); pooled !== undefined; pooled = this.idle.pop()) {
-      if (!pooled.socket.destroyed && now - pooled.idleSince < pooled.idleMs) {
+      const socket = pooled.socket
+      if (!socket.destroyed && !socket.readableEnded && socket.writable && now - pooled.idleSince < pooled.idleMs) {
+        pooled.reused = true
         return pooled
       }
-      pooled.socket.destroy()
+      socket.destroy()
     }
     const port = Number(this.url.port) || (this.url.protocol === "https:" ? 443 : 80)
     const host = this.url.hostname.startsWith("[") ? this.url.hostname.slice(1, -1) : this.url.hostname
@@ -445,7 +489,8 @@ export class Http1Pool {
       socket = net.connect({ host, port })
     }
     socket.setKeepAlive(true, 1_000)
-    return new PooledSocket(socket, this)
+    const pooled = new PooledSocket(socket, this)
+    return pooled
   }
 
   /** A socket whose answer is complete: kept for the next request (the newest is reused first). */
@@ -493,7 +538,12 @@ export class Http1Pool {
     this.closed = true
     if (this.sweeper !== undefined) clearInterval(this.sweeper)
     for (const pooled of this.idle.splice(0)) pooled.socket.destroy()
-    for (const pooled of [...this.active]) pooled.fail("ECONNABORTED", "the connection pool was closed")
+    // A request already written may have reached the server (ECONNRESET: not "never sent");
+    // one whose connection was still being made did not.
+    for (const pooled of [...this.active]) {
+      if (pooled.socket.connecting) pooled.fail("ECONNABORTED", "the connection pool was closed before the request was sent")
+      else pooled.fail("ECONNRESET", "the connection pool was closed while the request was in flight")
+    }
   }
 }
 

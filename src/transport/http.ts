@@ -2,6 +2,7 @@ import { Deferred, Duration, Effect, Exit, type Fiber, FiberId, Runtime, type Sc
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import { canonicalJson } from "../domain/canonicalJson.js"
+import { parseServerMessage, tooDeepMessage } from "../domain/jsonText.js"
 import { resolveHeaders } from "../domain/Secret.js"
 import { collectToolHeaders, isInputRequired, type ToolHeaders } from "../domain/ModernProtocol.js"
 import { initializeParams, MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
@@ -318,11 +319,12 @@ export class HttpConnection implements Connection {
         if (status >= 200 && status < 300 && type.startsWith("text/event-stream")) {
           feed = makeSseParser((event) => {
             if (event.event !== "message" || event.data === "") return
-            try {
-              deliver(JSON.parse(event.data))
-            } catch {
-              this.log.debug(`ignoring an SSE event that is not JSON`)
-            }
+            const parsed = parseServerMessage(event.data)
+            if (parsed.ok) return deliver(parsed.value)
+            if (parsed.reason === "not JSON") return this.log.debug(`ignoring an SSE event that is not JSON`)
+            // (Whatever it was, this request's answer cannot come through it.)
+            done(Exit.fail(this.error(tooDeepMessage, true)))
+            exchange.abort()
           }, { onOversized: () => this.log.warn(`dropped an SSE event larger than ${MAX_EVENT_LENGTH} characters`) })
         }
       },
@@ -336,12 +338,9 @@ export class HttpConnection implements Connection {
       },
       onEnd: () => {
         if (feed !== undefined) return done(Exit.fail(this.error("the SSE stream ended without a response", true)))
-        let message: unknown
-        try {
-          message = text === "" ? undefined : JSON.parse(text)
-        } catch {
-          message = undefined
-        }
+        const parsed = text === "" ? undefined : parseServerMessage(text)
+        if (parsed?.ok === false && parsed.reason === "too deep") return done(Exit.fail(this.error(tooDeepMessage, true)))
+        const message = parsed?.ok === true ? parsed.value : undefined
         if (s?.id !== undefined && (status === 404 || (status === 400 && /session/i.test(text)))) {
           return done(Exit.fail(new SessionGone()))
         }
@@ -827,12 +826,9 @@ export class HttpConnection implements Connection {
               if (event.id !== undefined) lastEventId = event.id
               if (event.retry !== undefined) retryMs = event.retry
               if (event.event !== "message" || event.data === "") return
-              let message: unknown
-              try {
-                message = JSON.parse(event.data)
-              } catch {
-                return
-              }
+              const parsed = parseServerMessage(event.data)
+              if (!parsed.ok) return self.log.debug(`ignoring a standing-stream event: ${parsed.reason}`)
+              const message = parsed.value
               if (isRequest(message)) onMessage(message, (answer) => self.postOneWay({ ...answer, id: message.id }, session))
               else if (isNotification(message)) onMessage(message)
             })
@@ -906,12 +902,9 @@ export class HttpConnection implements Connection {
           }
           feed = makeSseParser((event) => {
             if (event.event !== "message" || event.data === "" || current !== exchange) return
-            let message: unknown
-            try {
-              message = JSON.parse(event.data)
-            } catch {
-              return
-            }
+            const parsed = parseServerMessage(event.data)
+            if (!parsed.ok) return this.log.debug(`ignoring a listen-stream event: ${parsed.reason}`)
+            const message = parsed.value
             if (!isNotification(message)) return
             if (message.method === "notifications/subscriptions/acknowledged") {
               // The new stream carries everything now: the one it replaces can go.

@@ -2,6 +2,7 @@ import { Effect } from "effect"
 import * as http from "node:http"
 import * as https from "node:https"
 import type { InstanceDefinition } from "../domain/Instance.js"
+import { parseServerMessage, tooDeepMessage } from "../domain/jsonText.js"
 import { resolveHeaders } from "../domain/Secret.js"
 import type { ConnectionEnv, ConnectionLog } from "./Connection.js"
 import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
@@ -98,11 +99,10 @@ export const makeLegacySseConnection = (
             return
           }
           if (event.event !== "message") return
-          try {
-            channel.receive(JSON.parse(event.data))
-          } catch {
-            log.debug("ignoring an SSE event that is not JSON")
-          }
+          const parsed = parseServerMessage(event.data)
+          if (parsed.ok) channel.receive(parsed.value)
+          else if (parsed.reason === "not JSON") log.debug("ignoring an SSE event that is not JSON")
+          else log.warn(`dropped a message: ${tooDeepMessage}`)
         }))
         res.on("end", () => fail("the SSE stream ended", true))
         res.on("error", (e) => fail(`the SSE stream failed: ${e.message}`, true))

@@ -1,6 +1,7 @@
 import { Effect } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import type { InstanceDefinition } from "../domain/Instance.js"
+import { parseServerMessage, tooDeepMessage } from "../domain/jsonText.js"
 import { redactCommand } from "../domain/redact.js"
 import type { ConnectionEnv, ConnectionLog } from "./Connection.js"
 import { makeLineSplitter, throttled } from "./lines.js"
@@ -105,13 +106,11 @@ export const makeStdioConnection = (
       makeLineSplitter((line) => {
         // Anything but a JSON object is not a message: skip it without parsing.
         if (line.charCodeAt(0) !== 123 /* { */) return nonJson(line)
-        let message: unknown
-        try {
-          message = JSON.parse(line)
-        } catch {
-          return nonJson(line)
-        }
-        proc.receive(message)
+        const parsed = parseServerMessage(line)
+        if (parsed.ok) return proc.receive(parsed.value)
+        if (parsed.reason === "not JSON") return nonJson(line)
+        // (Its request, if it answers one, times out: nothing of it can be passed on.)
+        log.warn(`dropped a message: ${tooDeepMessage}`)
       }, { maxLineLength: MAX_LINE_LENGTH, onOversized: oversized })
     )
     child.stderr!.setEncoding("utf8")

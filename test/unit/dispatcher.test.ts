@@ -418,3 +418,27 @@ describe("Dispatcher.callNow (the request path)", () => {
     }).pipe(Effect.provide(Layer.provide(layer, log.layer)))
   })
 })
+
+describe("Dispatcher.callNow and a strategy plugin that throws", () => {
+  it.scoped("fails that request as a defect (the endpoint answers 500); the gateway and the instances are unharmed", () => {
+    const { layer } = testGateway(testConfig({
+      t: { instances: ["a", "b"], load_balancer: { strategy: "./test/fixtures/plugins/throwing-strategy.mjs" } }
+    }))
+    return Effect.gen(function*() {
+      const d = yield* Dispatcher
+      const exit = yield* Effect.async<Exit.Exit<unknown, unknown>>((resume) => {
+        // (Called as node:http's callbacks call it: a throw here would end the process.)
+        let thrown: unknown
+        try {
+          d.callNow("t", "tools/call", { name: "echo" }, undefined, "r-1", (e) => resume(Effect.succeed(e)))
+        } catch (e) {
+          thrown = e
+        }
+        if (thrown !== undefined) resume(Effect.succeed(Exit.fail(`callNow threw: ${String(thrown)}`)))
+      })
+      expect(Exit.isFailure(exit) && !Exit.isInterrupted(exit) && exit.cause._tag === "Die").toBe(true)
+      expect((yield* instance("a")).activeRequests).toBe(0)
+      expect((yield* instance("b")).activeRequests).toBe(0)
+    }).pipe(Effect.provide(layer))
+  })
+})

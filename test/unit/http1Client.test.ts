@@ -300,13 +300,46 @@ describe("Http1Client", () => {
     expect(untrusted.error?.answered).toBe(false)
   })
 
-  it("a closed pool fails what is in flight and what comes after", async () => {
+  it("a closed pool fails what is in flight as possibly delivered, and what comes after as never sent", async () => {
     const { url } = await serve((req) => req.resume())
     const pool = poolFor(url)
     const pending = send(pool, { body: "{}" })
     await new Promise((r) => setTimeout(r, 50))
     pool.close()
-    expect((await pending).error?.code).toBe("ECONNABORTED")
-    expect((await send(pool, { body: "{}" })).error?.code).toBe("ECONNABORTED")
+    // Written to the server: it may be running it (a tools/call must not go to another instance).
+    expect((await pending).error?.code).toBe("ECONNRESET")
+    expect((await send(pool, { body: "{}" })).error).toMatchObject({ code: "ECONNABORTED", answered: false })
   })
+
+  it("sends credentials in the endpoint's URL as Basic auth, unless an Authorization header is given", async () => {
+    const seen: Array<string | undefined> = []
+    const { url } = await serve((req, res) => {
+      seen.push(req.headers.authorization)
+      req.resume()
+      res.writeHead(200, { "content-length": 2 }).end("{}")
+    })
+    const withUser = new URL(url)
+    withUser.username = "us%40er"
+    withUser.password = "p%3Ass"
+    const pool = poolFor(withUser)
+    await send(pool, { body: "{}" })
+    await send(pool, { body: "{}", headers: { authorization: "Bearer token" } })
+    expect(seen).toEqual([`Basic ${Buffer.from("us@er:p:ss").toString("base64")}`, "Bearer token"])
+  })
+
+  it("does not hand out a kept socket the server closed while it was idle", async () => {
+    // Keep-alive answers, each connection closed by the server a moment after (no hint given).
+    const url = await serveRaw((socket) => {
+      socket.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+      setTimeout(() => socket.end(), 5)
+    })
+    const pool = poolFor(url)
+    for (let i = 0; i < 5; i++) {
+      expect((await send(pool, { body: "{}" })).error).toBeUndefined()
+      await new Promise((r) => setTimeout(r, 40))
+      // The server's FIN arrived: the socket is gone from the pool, and the next request opens another.
+      expect(pool.size).toBe(0)
+    }
+  })
+
 })

@@ -10,7 +10,7 @@ import { digestOf, findKey, hashApiKey, newApiKey } from "../../src/domain/apiKe
 import { allows, type Identity } from "../../src/domain/Identity.js"
 import { redactCommand, redactUrl, redactUrlsIn } from "../../src/domain/redact.js"
 import { Authenticator } from "../../src/http/auth/Authenticator.js"
-import { nestsDeeperThan } from "../../src/http/raw.js"
+import { nestsDeeperThan } from "../../src/domain/jsonText.js"
 import { type Admission, type RateDecision, RateLimiter } from "../../src/proxy/RateLimiter.js"
 import { Timer } from "../../src/proxy/Timer.js"
 import { Registry } from "../../src/registry/Registry.js"

@@ -1,5 +1,6 @@
 import type * as http from "node:http"
 import type { SessionOutbox } from "../../proxy/SessionOutbox.js"
+import { sendJson } from "../raw.js"
 
 /**
  * Writing the endpoint's Server-Sent Events. Every event carries an id `{stream}-{seq}`, so a
@@ -12,7 +13,15 @@ export const RECONNECT_AFTER_MS = 1000
 const streamHeaders = { "content-type": "text/event-stream", "cache-control": "no-cache" }
 
 export const writeEvent = (res: http.ServerResponse, id: string, message: unknown) => {
-  if (!res.destroyed) res.write(`id: ${id}\nevent: message\ndata: ${JSON.stringify(message)}\n\n`)
+  if (res.destroyed) return
+  let data: string
+  try {
+    data = JSON.stringify(message)
+  } catch {
+    // (Unreachable with bounded depths; the stream goes on without the event rather than the gateway failing.)
+    return
+  }
+  res.write(`id: ${id}\nevent: message\ndata: ${data}\n\n`)
 }
 
 /**
@@ -29,8 +38,15 @@ export const openRequestStream = (res: http.ServerResponse, streamKey: string) =
  * and the answer, as servers themselves answer (the SDK's default).
  */
 export const writeOneEventStream = (res: http.ServerResponse, streamKey: string, message: unknown) => {
+  let data: string
+  try {
+    data = JSON.stringify(message)
+  } catch {
+    // (Bounded depths make this unreachable; if it happens, this answer fails, not the gateway.)
+    return sendJson(res, 502, message, undefined)
+  }
   const body = `id: ${streamKey}-0\nretry: ${RECONNECT_AFTER_MS}\ndata:\n\n` +
-    `id: ${streamKey}-1\nevent: message\ndata: ${JSON.stringify(message)}\n\n`
+    `id: ${streamKey}-1\nevent: message\ndata: ${data}\n\n`
   res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache", "content-length": Buffer.byteLength(body) })
   res.end(body)
 }
