@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+// First: a heap setting that must precede the loading of everything else (heapPolicy.ts says why).
+import "./heapPolicy.js"
 import { CliConfig, ValidationError } from "@effect/cli"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
