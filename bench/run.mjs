@@ -411,8 +411,9 @@ const main = async () => {
       await sleep(1000)
     }
     // What the gateways do with no request (health checks of their instances: 3 against 3,000, every
-    // health_check_interval), so the per-request cost can be told from it.
-    const idleSeconds = quick ? 2 : 10
+    // health_check_interval), so the per-request cost can be told from it. A whole interval (the
+    // default 30 s), so that the window holds a round of scheduled probes, as the rounds below do.
+    const idleSeconds = quick ? 2 : 30
     const idleBefore = [cpuMicros(small.pid), cpuMicros(large.pid)]
     await sleep(idleSeconds * 1000)
     const background = [(cpuMicros(small.pid) - idleBefore[0]) / idleSeconds, (cpuMicros(large.pid) - idleBefore[1]) / idleSeconds]
