@@ -22,7 +22,10 @@ import * as tls from "node:tls"
  * after 5 s; reusing one as they close it fails the request).
  */
 
-/** The head of an answer: its status and headers (names lower-cased; repeated ones joined with ", "). */
+/**
+ * The head of an answer: its status and headers (names lower-cased; repeated ones joined with
+ * ", "). A value may share the memory of the whole head: copy one kept for long (flatString).
+ */
 export interface Http1Head {
   readonly status: number
   readonly headers: Readonly<Record<string, string>>
@@ -47,6 +50,9 @@ export class Http1Error extends Error {
   }
 }
 
+/** A copy of `s` that shares no memory with the string it was cut from (a header value kept for hours). */
+export const flatString = (s: string): string => Buffer.from(s, "latin1").toString("latin1")
+
 /** A header the client refuses to send (a name that is not a token, a value with a line break): nothing was sent. */
 export class Http1HeaderError extends Error {}
 
@@ -62,7 +68,6 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 const INVALID_VALUE = /[^\t\x20-\x7e\x80-\xff]/
 const NON_ASCII = /[^\x00-\x7f]/
 const CRLFCRLF = Buffer.from("\r\n\r\n")
-const CRLF = Buffer.from("\r\n")
 /** Largest answer head read (node:http's default). */
 const MAX_HEAD_BYTES = 16 * 1024
 /** How long an idle socket is kept when the server gives no Keep-Alive hint. */
@@ -179,26 +184,24 @@ class PooledSocket {
     if (end > MAX_HEAD_BYTES) return this.invalid("the answer's head is too large")
     const consumed = data.length - (bytes.length - (end + 4))
     this.head = undefined
-    // Each header value is a string of its own, read from the bytes: slices of one head string
-    // would keep the whole head alive as long as any value is (a session id kept for hours).
-    const statusEnd = bytes.indexOf(CRLF)
-    const statusLine = bytes.toString("latin1", 0, statusEnd)
+    // One string for the head, cut into lines and fields. (Values longer than a dozen characters
+    // are slices of it, and keep it alive while they live: whoever keeps one for long copies it,
+    // as http.ts does with a session id.)
+    const text = bytes.toString("latin1", 0, end)
+    const statusEnd = text.indexOf("\r\n")
+    const statusLine = statusEnd === -1 ? text : text.slice(0, statusEnd)
     const status = /^HTTP\/1\.([01]) (\d{3})(?: |$)/.exec(statusLine)
     if (status === null) return this.invalid(`not an HTTP/1.1 answer: ${JSON.stringify(statusLine.slice(0, 40))}`)
     const code = Number(status[2])
     const headers: Record<string, string> = {}
-    for (let lineStart = statusEnd + 2; lineStart < end;) {
-      let lineEnd = bytes.indexOf(CRLF, lineStart)
-      if (lineEnd === -1 || lineEnd > end) lineEnd = end
-      const colon = bytes.indexOf(58, lineStart)
-      const first = bytes[lineStart]
+    for (let lineStart = statusEnd === -1 ? text.length : statusEnd + 2; lineStart < text.length;) {
+      let lineEnd = text.indexOf("\r\n", lineStart)
+      if (lineEnd === -1) lineEnd = text.length
+      const colon = text.indexOf(":", lineStart)
+      const first = text.charCodeAt(lineStart)
       if (colon <= lineStart || colon >= lineEnd || first === 32 || first === 9) return this.invalid("a malformed header line in the answer")
-      const name = bytes.toString("latin1", lineStart, colon).toLowerCase()
-      let valueStart = colon + 1
-      let valueEnd = lineEnd
-      while (valueStart < valueEnd && (bytes[valueStart] === 32 || bytes[valueStart] === 9)) valueStart++
-      while (valueEnd > valueStart && (bytes[valueEnd - 1] === 32 || bytes[valueEnd - 1] === 9)) valueEnd--
-      const value = bytes.toString("latin1", valueStart, valueEnd)
+      const name = text.slice(lineStart, colon).toLowerCase()
+      const value = text.slice(colon + 1, lineEnd).trim()
       const previous = headers[name]
       headers[name] = previous === undefined ? value : `${previous}, ${value}`
       lineStart = lineEnd + 2

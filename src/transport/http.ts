@@ -19,7 +19,7 @@ import {
   withEnvelope
 } from "./modernBackend.js"
 import { acquireLean } from "./acquireLean.js"
-import { acquirePool, type Http1Error, type Http1Exchange, type Http1Handler, type Http1Head, Http1HeaderError, type Http1Pool } from "./Http1Client.js"
+import { acquirePool, flatString, type Http1Error, type Http1Exchange, type Http1Handler, type Http1Head, Http1HeaderError, type Http1Pool } from "./Http1Client.js"
 import { answerServerRequest } from "./serverRequests.js"
 import { MAX_EVENT_LENGTH, makeSseParser } from "./sse.js"
 import { NEVER_SENT_ERRORS, RequestTimeout, serialize, TransportError } from "./TransportError.js"
@@ -406,7 +406,8 @@ export class HttpConnection implements Connection {
       if (typeof version !== "string" || !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
         return yield* self.error(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`, true)
       }
-      const sessionHeader = headers["mcp-session-id"]
+      // (Copied: as it comes, it shares the memory of the answer's whole head, for as long as the session lives.)
+      const sessionHeader = headers["mcp-session-id"] === undefined ? undefined : flatString(headers["mcp-session-id"])
       const opened: Session = {
         era: "legacy",
         id: typeof sessionHeader === "string" ? sessionHeader : undefined,
