@@ -1,4 +1,4 @@
-import { Context, Data, Duration, Effect, Exit, type Fiber, FiberId, FiberRef, FiberRefs, HashMap, Layer, Option, Random, Runtime } from "effect"
+import { Context, Data, Duration, Effect, Exit, type Fiber, FiberId, Layer, Random, Runtime } from "effect"
 import {
   AllAttemptsFailed,
   BackendError,
@@ -18,6 +18,7 @@ import { redactUrlsIn } from "../domain/redact.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry, type TemplateState } from "../registry/Registry.js"
 import { RequestLog, type RequestLogFields } from "../observability/RequestLog.js"
+import { requestRefs } from "../observability/requestRefs.js"
 import { Strategies } from "../strategy/Strategies.js"
 import type { Connection, RequestDone, RequestOptions } from "../transport/Connection.js"
 import { Transport } from "../transport/Transport.js"
@@ -601,15 +602,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
       // layer's: its Clock, Random and logger), with the request id on their log lines.
       const runtime = yield* Effect.runtime<never>()
       const forkFor = (requestId: string) => <X, E>(effect: Effect.Effect<X, E>) =>
-        Runtime.runFork(runtime)(effect, {
-          updateRefs: (refs, fiberId) =>
-            FiberRefs.updateManyAs(refs, {
-              entries: [
-                [FiberRef.currentLogAnnotations, [[fiberId, HashMap.set(FiberRefs.getOrDefault(refs, FiberRef.currentLogAnnotations), "request_id", requestId as unknown)]]],
-                [FiberRef.unhandledErrorLogLevel, [[fiberId, Option.none()]]]
-              ]
-            })
-        })
+        Runtime.runFork(runtime)(effect, { updateRefs: requestRefs(requestId) })
 
       /** Writes a request line outside a fiber (the writer's own way, or through Effect's logger in a fiber of its own). */
       const writeLineNow = (fields: RequestLogFields, requestId: string) => {
@@ -618,14 +611,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
       }
 
       /** `call` in a fiber, for what the plain path does not do; interrupting it is the cancellation. */
-      const callInFiber = (
-        template: string,
-        method: string,
-        params: Record<string, unknown> | undefined,
-        options: DispatchOptions | undefined,
-        requestId: string,
-        done: (exit: Exit.Exit<DispatchResult, DispatchError>) => void
-      ) => {
+      const callInFiber: DispatcherShape["callNow"] = (template, method, params, options, requestId, done) => {
         const fiber = forkFor(requestId)(call(template, method, params, options))
         let cancelled = false
         fiber.addObserver((exit) => {
