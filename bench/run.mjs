@@ -183,9 +183,11 @@ const main = async () => {
     }, { headers: { "x-api-key": API_KEY } })
     const sink = await start(process.execPath, [path.join(here, "otlp-sink.mjs"), "0"], (o) => o.match(/^(\d+)\n/)?.[1])
     const traced = await gateway("gateway-traced.json", { tracing: { otlp_endpoint: `http://127.0.0.1:${sink.value}/v1/traces`, export_interval_ms: 1000 } })
-    // The same gateway with V8's young generation capped at 8 MB a semi-space (docs/operations.md, Memory).
-    const lean = await gateway("gateway-semi8.json", {}, { nodeArgs: ["--max-semi-space-size=8"] })
-    const leanSession = await initializeSession(lean.url)
+    // The same gateway with V8's own young-generation maximum (16 MB semi-spaces), given as a node
+    // flag so that src/heapPolicy.ts stays out: what holding it at 8 MB semi-spaces buys
+    // (docs/operations.md, Memory).
+    const v8Young = await gateway("gateway-v8-young.json", {}, { nodeArgs: ["--max-semi-space-size=16"] })
+    const v8YoungSession = await initializeSession(v8Young.url)
     const direct = { key: "direct", name: "one backend, no proxy", url: `http://127.0.0.1:${backends[0]}/mcp`, body: rpcBody }
     const bare = { key: "bare_proxy", name: "bare Node proxy", url: `http://127.0.0.1:${nodeProxy.value}/mcp`, body: rpcBody, pid: nodeProxy.child.pid }
     const mcp = { key: "gateway_mcp", name: "gateway MCP endpoint (one session)", url: `${plain.url}/mcp/bench`, body: rpcBody, session, pid: plain.pid }
@@ -209,7 +211,7 @@ const main = async () => {
           during: scraping(secured.url, securedHeaders)
         },
         { key: "gateway_rest_traced", name: "gateway REST, tracing on (OTLP)", url: `${traced.url}/mcp/bench/tools/call`, body: restBody, pid: traced.pid },
-        { key: "gateway_mcp_semi8", name: "gateway MCP endpoint, node --max-semi-space-size=8", url: `${lean.url}/mcp/bench`, body: rpcBody, session: leanSession, pid: lean.pid }
+        { key: "gateway_mcp_v8_young", name: "gateway MCP endpoint, V8's young generation (node --max-semi-space-size=16)", url: `${v8Young.url}/mcp/bench`, body: rpcBody, session: v8YoungSession, pid: v8Young.pid }
       ]
       const rows = await measureRounds(systems, settings)
       const by = Object.fromEntries(rows.map((r) => [r.key, r]))
@@ -224,10 +226,10 @@ const main = async () => {
           rest_p99_vs_bare_proxy: round(by.gateway_rest.p99_ms / by.bare_proxy.p99_ms),
           secured_vs_rest: round(by.gateway_rest_secured.rps / by.gateway_rest.rps),
           traced_vs_rest: round(by.gateway_rest_traced.rps / by.gateway_rest.rps),
-          semi8_vs_mcp: round(by.gateway_mcp_semi8.rps / by.gateway_mcp.rps)
+          v8_young_vs_mcp: round(by.gateway_mcp_v8_young.rps / by.gateway_mcp.rps)
         },
-        gateway_rss_mb_after_load: by.gateway_rest.rss_mb,
-        gateway_semi8_rss_mb_after_load: by.gateway_mcp_semi8.rss_mb
+        gateway_rss_mb_after_load: Math.max(by.gateway_mcp.rss_mb, by.gateway_rest.rss_mb),
+        gateway_v8_young_rss_mb_after_load: by.gateway_mcp_v8_young.rss_mb
       }
     }
 
@@ -246,7 +248,7 @@ const main = async () => {
       }
     }
     await stop(nodeProxy.child)
-    for (const g of [secured, traced, lean]) await g.stop()
+    for (const g of [secured, traced, v8Young]) await g.stop()
     await stop(sink.child)
   }
 
