@@ -1,4 +1,4 @@
-import { Clock, Context, Duration, Effect, FiberMap, Layer, Schedule, Stream } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Fiber, FiberSet, Layer, Queue, Random, Stream } from "effect"
 import { DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
 import { resolveHeaders } from "../domain/Secret.js"
 import { FleetRedis } from "../fleet/FleetRedis.js"
@@ -9,6 +9,7 @@ import { Registry } from "../registry/Registry.js"
 import { Transport } from "../transport/Transport.js"
 import { ProbeError, type ProbeTarget } from "./HealthProbePlugin.js"
 import { HealthProbes } from "./HealthProbes.js"
+import { ProbeTimes } from "./ProbeTimes.js"
 
 /** Probes of the first round (start-up) that run at once. */
 const FIRST_ROUND_CONCURRENCY = 128
@@ -23,11 +24,14 @@ export interface HealthCheckerShape {
 const instanceKey = (instance: InstanceState) => `${instance.template}\u0000${instance.id}`
 
 /**
- * One fiber per instance (in a FiberMap) probing it with its template's probe plugin every
- * `health_check_interval` (jittered ±20%, so that hundreds of instances are not probed in the
- * same millisecond), each probe bounded by `health_check_timeout`. The outcome goes through the
- * instance's hysteresis (`unhealthy_threshold`, `healthy_threshold`). Instances registered later
- * are watched from their registration on; removed ones are no longer probed.
+ * Probes each instance with its template's probe plugin every `health_check_interval` (jittered
+ * ±20%, so that hundreds of instances are not probed in the same millisecond; the next probe is
+ * timed from the end of the last), each probe bounded by `health_check_timeout`. The outcome goes
+ * through the instance's hysteresis (`unhealthy_threshold`, `healthy_threshold`). Instances
+ * registered later are watched from their registration on; removed ones are no longer probed.
+ *
+ * One scheduler fiber sleeps until the earliest next probe (`ProbeTimes`) and starts what is due,
+ * each probe in a fiber of its own while it runs: a waiting instance costs an entry, not a fiber.
  */
 export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<HealthChecker, HealthCheckerShape>() {
   static readonly layer: Layer.Layer<HealthChecker, never, Registry | HealthProbes | Transport | Stats | FleetRedis> = Layer.scoped(
@@ -44,7 +48,6 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
       const probes = yield* HealthProbes
       const transport = yield* Transport
       const stats = yield* Stats
-      const fibers = yield* FiberMap.make<string>()
 
       const settingsOf = (instance: InstanceState) => registry.template(instance.template)?.settings ?? DEFAULT_LOAD_BALANCER
 
@@ -102,25 +105,64 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
           return false
         }).pipe(Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` }))
 
-      /** Every interval, jittered; the next probe's time is kept on the instance (Retry-After uses it). */
-      const probeSchedule = (instance: InstanceState) =>
-        Schedule.spaced(settingsOf(instance).health_check_interval).pipe(
-          Schedule.jittered,
-          Schedule.modifyDelayEffect((_, delay) =>
-            Effect.map(Clock.currentTimeMillis, (now) => {
-              instance.health.nextProbeAt = now + Duration.toMillis(delay)
-              return delay
-            })
-          )
-        )
+      // Each instance's next probe time, and the probe running now, if any (by instanceKey).
+      const times = new ProbeTimes()
+      const watched = new Map<string, { readonly instance: InstanceState; running?: Fiber.RuntimeFiber<void> }>()
+      const running = yield* FiberSet.make<void>()
+      // Wakes the scheduler when a probe is due earlier than the one it sleeps until.
+      const earlier = yield* Queue.sliding<void>(1)
 
-      /** The probe loop of one instance: at once for instances registered at run time, else after a first interval. */
-      const watch = (instance: InstanceState, immediately: boolean) =>
-        FiberMap.run(
-          fibers,
-          instanceKey(instance),
-          immediately ? Effect.repeat(check(instance), probeSchedule(instance)) : Effect.schedule(check(instance), probeSchedule(instance))
+      /** The next probe of `key` one interval (jittered) from now; the time is kept on the instance (Retry-After uses it). */
+      const scheduleNext = (key: string, instance: InstanceState) =>
+        Effect.gen(function*() {
+          const interval = Duration.toMillis(settingsOf(instance).health_check_interval)
+          const at = (yield* Clock.currentTimeMillis) + Math.round(interval * (yield* Random.nextRange(0.8, 1.2)))
+          instance.health.nextProbeAt = at
+          if (times.schedule(key, at)) yield* Queue.offer(earlier, undefined)
+        })
+
+      /** Runs one due probe in a fiber of its own; when it ends, the next is scheduled unless the instance was let go meanwhile. */
+      const start = (key: string, generation: number) => {
+        const entry = watched.get(key)
+        if (entry === undefined) return Effect.void
+        return check(entry.instance).pipe(
+          Effect.catchAllCause((cause) => Effect.logError(`health probe ended with a defect: ${Cause.pretty(cause)}`)),
+          Effect.zipRight(Effect.suspend(() => times.isCurrent(key, generation) ? scheduleNext(key, entry.instance) : Effect.void)),
+          Effect.ensuring(Effect.sync(() => void (entry.running = undefined))),
+          FiberSet.run(running),
+          Effect.map((fiber) => void (entry.running = fiber))
         )
+      }
+
+      const scheduler = Effect.gen(function*() {
+        for (;;) {
+          const now = yield* Clock.currentTimeMillis
+          for (const { generation, key } of times.popDue(now)) yield* start(key, generation)
+          const next = times.next()
+          yield* next === undefined ? Queue.take(earlier) : Effect.raceFirst(Effect.sleep(Duration.millis(next - now)), Queue.take(earlier))
+        }
+      })
+      yield* Effect.forkScoped(scheduler)
+
+      /** Stops probing an instance, its running probe too. */
+      const unwatch = (key: string) =>
+        Effect.suspend(() => {
+          const running = watched.get(key)?.running
+          watched.delete(key)
+          times.forget(key)
+          return running === undefined ? Effect.void : Fiber.interrupt(running)
+        })
+
+      /** Watches an instance: probed at once (instances registered at run time), else after a first interval. */
+      const watch = (instance: InstanceState, immediately: boolean) =>
+        Effect.gen(function*() {
+          const key = instanceKey(instance)
+          yield* unwatch(key)
+          watched.set(key, { instance })
+          if (!immediately) return yield* scheduleNext(key, instance)
+          times.schedule(key, yield* Clock.currentTimeMillis)
+          yield* Queue.offer(earlier, undefined)
+        })
 
       const changes = yield* registry.changes
       yield* changes.pipe(
@@ -129,9 +171,9 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
             case "InstanceAdded":
               return watch(change.instance, true)
             case "InstanceRemoved":
-              return FiberMap.remove(fibers, instanceKey(change.instance))
+              return unwatch(instanceKey(change.instance))
             case "TemplateChanged":
-              // New settings (a reload): the loops start again on the new interval.
+              // New settings (a reload): each instance's next probe is one new interval away.
               return Effect.forEach(change.template.instances.values(), (instance) => watch(instance, false), { discard: true })
           }
         }),

@@ -7,6 +7,7 @@ import * as path from "node:path"
 import { GatewayConfig } from "../../src/config/GatewayConfig.js"
 import { GatewayCore } from "../../src/Gateway.js"
 import { HealthChecker } from "../../src/health/HealthChecker.js"
+import { ProbeTimes } from "../../src/health/ProbeTimes.js"
 import { Timer } from "../../src/proxy/Timer.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { makeFakeTransport, refused } from "../support/FakeTransport.js"
@@ -90,6 +91,103 @@ describe("health checks: hysteresis", () => {
       expect(yield* fiber.await.pipe(Effect.map((exit) => Exit.isSuccess(exit) && exit.value))).toBe(false)
       expect((yield* instance("a")).lastError).toContain("within 2s")
     }).pipe(Effect.provide(layer))
+  })
+})
+
+describe("health checks: the scheduler", () => {
+  const pings = (fake: { distribution: (method?: string) => Record<string, number> }, id: string) => fake.distribution("ping")[id] ?? 0
+
+  it.scoped("an instance registered at run time is probed at once, then every interval; a deregistered one no more", () => {
+    const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"], load_balancer: { health_check_interval: 10 } } }))
+    return Effect.gen(function*() {
+      yield* HealthChecker
+      const registry = yield* Registry
+      const b = yield* registry.register({ template: "t", spec: { id: "b", transport: "http", endpoint: "http://127.0.0.1:7001/mcp" } })
+      yield* TestClock.adjust(Duration.millis(1))
+      expect(pings(fake, "b")).toBe(1)
+      expect(b.status).toBe("healthy")
+      expect(b.health.nextProbeAt).toBeGreaterThanOrEqual(8000)
+      yield* TestClock.adjust(Duration.seconds(25))
+      expect(pings(fake, "b")).toBeGreaterThanOrEqual(3)
+      yield* registry.deregister("t", "b")
+      const after = pings(fake, "b")
+      yield* TestClock.adjust(Duration.seconds(60))
+      expect(pings(fake, "b")).toBe(after)
+      // The other instance went on being probed all along.
+      expect(pings(fake, "a")).toBeGreaterThanOrEqual(7)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("deregistering an instance interrupts its running probe", () => {
+    const { fake, layer } = testGateway(testConfig({ t: { instances: ["a", "b"], load_balancer: { health_check_interval: 1, health_check_timeout: 30 } } }))
+    let started = 0
+    let finished = 0
+    fake.set("b", () => Effect.sync(() => void started++).pipe(Effect.zipRight(Effect.never), Effect.ensuring(Effect.sync(() => void finished++))))
+    return Effect.gen(function*() {
+      yield* HealthChecker
+      yield* TestClock.adjust(Duration.seconds(2))
+      expect(started).toBe(1)
+      yield* (yield* Registry).deregister("t", "b")
+      yield* TestClock.adjust(Duration.millis(1)) // the registry's change reaches the checker
+      expect(finished).toBe(1)
+      yield* TestClock.adjust(Duration.seconds(10))
+      expect(started).toBe(1)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("a probe that dies is logged and the instance is probed again on its interval", () => {
+    const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"], load_balancer: { health_check_interval: 1 } } }))
+    let n = 0
+    fake.set("a", () => n++ === 0 ? Effect.die(new Error("probe bug")) : Effect.succeed({}))
+    return Effect.gen(function*() {
+      yield* HealthChecker
+      const a = yield* instance("a")
+      yield* TestClock.adjust(Duration.seconds(3))
+      expect(n).toBeGreaterThanOrEqual(2)
+      expect(a.status).toBe("healthy")
+    }).pipe(Effect.provide(layer))
+  })
+})
+
+describe("ProbeTimes", () => {
+  it("gives the due keys earliest first, with moved and forgotten keys skipped", () => {
+    const times = new ProbeTimes()
+    const order = [50, 10, 40, 30, 20, 60, 70, 5]
+    order.forEach((at, i) => times.schedule(`k${i}`, at))
+    times.schedule("k2", 100) // moved: its entry at 40 is stale
+    times.forget("k3") // its entry at 30 is skipped
+    expect(times.next()).toBe(5)
+    expect(times.popDue(45).map((d) => d.key)).toEqual(["k7", "k1", "k4"])
+    expect(times.next()).toBe(50)
+    expect(times.popDue(1000).map((d) => d.key)).toEqual(["k0", "k5", "k6", "k2"])
+    expect(times.next()).toBeUndefined()
+  })
+
+  it("says when a key becomes the earliest, and which generation a due entry is", () => {
+    const times = new ProbeTimes()
+    expect(times.schedule("a", 100)).toBe(true)
+    expect(times.schedule("b", 200)).toBe(false)
+    expect(times.schedule("b", 50)).toBe(true)
+    const [due] = times.popDue(60)
+    expect(due).toEqual({ key: "b", generation: 2 })
+    expect(times.isCurrent("b", 2)).toBe(true)
+    times.schedule("b", 300)
+    expect(times.isCurrent("b", 2)).toBe(false)
+  })
+
+  it("stays ordered through many random schedules", () => {
+    const times = new ProbeTimes()
+    const latest = new Map<string, number>()
+    for (let i = 0; i < 2000; i++) {
+      const key = `k${i % 300}`
+      const at = Math.floor(Math.random() * 10_000)
+      times.schedule(key, at)
+      latest.set(key, at)
+    }
+    const popped = times.popDue(10_000)
+    expect(popped.map((d) => d.key).sort()).toEqual([...latest.keys()].sort())
+    const ats = popped.map((d) => latest.get(d.key)!)
+    expect(ats).toEqual([...ats].sort((x, y) => x - y))
   })
 })
 
