@@ -16,10 +16,13 @@ interface Due {
 export class ProbeTimes {
   private readonly heap: Array<Due> = []
   private readonly generations = new Map<string, number>()
+  // One counter for all keys: a key forgotten and watched again (an instance replaced under the
+  // same id) must not take up a generation its old entries still carry.
+  private lastGeneration = 0
 
   /** Sets (or moves) `key`'s next probe to `at`; true when it is now the earliest. */
   schedule(key: string, at: number): boolean {
-    const generation = (this.generations.get(key) ?? 0) + 1
+    const generation = ++this.lastGeneration
     this.generations.set(key, generation)
     this.push({ at, key, generation })
     return this.heap[0]!.key === key && this.heap[0]!.generation === generation
@@ -33,10 +36,6 @@ export class ProbeTimes {
   /** Whether `key` is still watched at the generation a running probe started from. */
   isCurrent(key: string, generation: number): boolean {
     return this.generations.get(key) === generation
-  }
-
-  generationOf(key: string): number | undefined {
-    return this.generations.get(key)
   }
 
   /** The earliest time of a live entry, or undefined when nothing is scheduled. */

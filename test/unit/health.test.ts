@@ -169,10 +169,19 @@ describe("ProbeTimes", () => {
     expect(times.schedule("b", 200)).toBe(false)
     expect(times.schedule("b", 50)).toBe(true)
     const [due] = times.popDue(60)
-    expect(due).toEqual({ key: "b", generation: 2 })
-    expect(times.isCurrent("b", 2)).toBe(true)
+    expect(due!.key).toBe("b")
+    expect(times.isCurrent("b", due!.generation)).toBe(true)
     times.schedule("b", 300)
-    expect(times.isCurrent("b", 2)).toBe(false)
+    expect(times.isCurrent("b", due!.generation)).toBe(false)
+  })
+
+  it("a key forgotten and scheduled again is due once, at its new time", () => {
+    const times = new ProbeTimes()
+    times.schedule("a", 100)
+    times.forget("a")
+    times.schedule("a", 500)
+    expect(times.popDue(200)).toEqual([])
+    expect(times.popDue(500).map((d) => d.key)).toEqual(["a"])
   })
 
   it("stays ordered through many random schedules", () => {
