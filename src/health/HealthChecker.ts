@@ -107,7 +107,8 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
 
       // Each instance's next probe time, and the probe running now, if any (by instanceKey).
       const times = new ProbeTimes()
-      const watched = new Map<string, { readonly instance: InstanceState; running?: Fiber.RuntimeFiber<void> }>()
+      // `probe` marks the probe `running` belongs to, so that a stale probe's end leaves a newer one's fiber alone.
+      const watched = new Map<string, { readonly instance: InstanceState; probe?: object; running?: Fiber.RuntimeFiber<void> }>()
       const running = yield* FiberSet.make<void>()
       // Wakes the scheduler when a probe is due earlier than the one it sleeps until.
       const earlier = yield* Queue.sliding<void>(1)
@@ -121,43 +122,60 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
           if (times.schedule(key, at)) yield* Queue.offer(earlier, undefined)
         })
 
-      /** Runs one due probe in a fiber of its own; when it ends, the next is scheduled unless the instance was let go meanwhile. */
+      /**
+       * Runs one due probe in a fiber of its own; when it ends, the next is scheduled unless the
+       * instance was let go meanwhile. (Checked here too: a large batch of due probes can yield
+       * part-way, and the instance be removed and watched again before its turn.)
+       */
       const start = (key: string, generation: number) => {
         const entry = watched.get(key)
-        if (entry === undefined) return Effect.void
+        if (entry === undefined || !times.isCurrent(key, generation)) return Effect.void
+        const probe = {}
+        entry.probe = probe
         return check(entry.instance).pipe(
           Effect.catchAllCause((cause) => Effect.logError(`health probe ended with a defect: ${Cause.pretty(cause)}`)),
           Effect.zipRight(Effect.suspend(() => times.isCurrent(key, generation) ? scheduleNext(key, entry.instance) : Effect.void)),
-          Effect.ensuring(Effect.sync(() => void (entry.running = undefined))),
+          Effect.ensuring(Effect.sync(() => {
+            if (entry.probe === probe) entry.probe = entry.running = undefined
+          })),
           FiberSet.run(running),
-          Effect.map((fiber) => void (entry.running = fiber))
+          Effect.map((fiber) => {
+            if (entry.probe === probe) entry.running = fiber
+          })
         )
       }
 
       const scheduler = Effect.gen(function*() {
         for (;;) {
-          const now = yield* Clock.currentTimeMillis
-          for (const { generation, key } of times.popDue(now)) yield* start(key, generation)
+          for (const { generation, key } of times.popDue(yield* Clock.currentTimeMillis)) yield* start(key, generation)
           const next = times.next()
-          yield* next === undefined ? Queue.take(earlier) : Effect.raceFirst(Effect.sleep(Duration.millis(next - now)), Queue.take(earlier))
+          // The clock read again: starting a large batch takes time of its own.
+          const wait = next === undefined ? undefined : Math.max(0, next - (yield* Clock.currentTimeMillis))
+          yield* wait === undefined ? Queue.take(earlier) : Effect.raceFirst(Effect.sleep(Duration.millis(wait)), Queue.take(earlier))
         }
       })
       yield* Effect.forkScoped(scheduler)
 
-      /** Stops probing an instance, its running probe too. */
-      const unwatch = (key: string) =>
+      /**
+       * Stops probing an instance, its running probe too: awaited when the instance is removed
+       * (nothing of it runs once it drains); only started when it is watched again under new
+       * settings (the old probe, of an older generation, cannot reschedule; the change stream
+       * need not wait for each one).
+       */
+      const unwatch = (key: string, awaitProbe: boolean) =>
         Effect.suspend(() => {
           const running = watched.get(key)?.running
           watched.delete(key)
           times.forget(key)
-          return running === undefined ? Effect.void : Fiber.interrupt(running)
+          if (running === undefined) return Effect.void
+          return awaitProbe ? Fiber.interrupt(running) : Effect.asVoid(Fiber.interruptFork(running))
         })
 
       /** Watches an instance: probed at once (instances registered at run time), else after a first interval. */
       const watch = (instance: InstanceState, immediately: boolean) =>
         Effect.gen(function*() {
           const key = instanceKey(instance)
-          yield* unwatch(key)
+          yield* unwatch(key, false)
           watched.set(key, { instance })
           if (!immediately) return yield* scheduleNext(key, instance)
           times.schedule(key, yield* Clock.currentTimeMillis)
@@ -171,7 +189,7 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
             case "InstanceAdded":
               return watch(change.instance, true)
             case "InstanceRemoved":
-              return unwatch(instanceKey(change.instance))
+              return unwatch(instanceKey(change.instance), true)
             case "TemplateChanged":
               // New settings (a reload): each instance's next probe is one new interval away.
               return Effect.forEach(change.template.instances.values(), (instance) => watch(instance, false), { discard: true })
