@@ -56,7 +56,7 @@ export const startInBackground = (options: { readonly pidFile: Option.Option<str
     if (args[0] !== "start") args.unshift("start")
     const readyFile = `${pidFile}.ready`
     fs.rmSync(readyFile, { force: true })
-    // (With the Node flags this one was started with: `node --max-semi-space-size=8 … --background` keeps its flag.)
+    // (With the Node flags this one was started with: `node --max-old-space-size=… … --background` keeps its flag.)
     const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...args], {
       detached: true,
       stdio: ["ignore", log, log],

@@ -46,5 +46,18 @@ export const parseServerMessage = (text: string): ParsedMessage => {
   return { ok: true, value }
 }
 
+/**
+ * A value's JSON text, or why it has none (a cycle, a BigInt, nesting past the stack): nothing a
+ * client or a server sent can be one, their depth being bounded before parsing, but an answer
+ * that cannot be written fails alone, never the gateway.
+ */
+export const jsonTextOf = (value: unknown): string | { readonly error: string } => {
+  try {
+    return JSON.stringify(value)
+  } catch (e) {
+    return { error: e instanceof Error ? e.message : String(e) }
+  }
+}
+
 /** Why a server's message that cannot be passed on was not, for errors and logs. */
 export const tooDeepMessage = `the server's message nests deeper than ${MAX_MESSAGE_DEPTH} levels`

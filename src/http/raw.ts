@@ -1,6 +1,6 @@
 import type { Effect, Fiber, Runtime } from "effect"
 import type * as http from "node:http"
-import { nestsDeeperThan } from "../domain/jsonText.js"
+import { jsonTextOf, nestsDeeperThan } from "../domain/jsonText.js"
 import { type ErrorAnswer, errorAnswer } from "./ApiError.js"
 
 /** Plain node:http helpers for the lean request paths (REST operations, the MCP endpoint, the front gate). */
@@ -10,14 +10,10 @@ export type RunEffect = <A, E>(effect: Effect.Effect<A, E>, options?: Runtime.Ru
 
 export const sendJson = (res: http.ServerResponse, status: number, body: unknown, headers?: http.OutgoingHttpHeaders) => {
   if (res.headersSent || res.destroyed) return
-  let payload: string
-  try {
-    payload = JSON.stringify(body)
-  } catch (e) {
-    // A value that cannot be serialised (nothing a client sent or a server answered should be
-    // one: their depth is bounded before parsing) fails this answer, never the gateway.
+  let payload = jsonTextOf(body)
+  if (typeof payload !== "string") {
     status = 502
-    payload = unserialisable(body, (e as Error).message)
+    payload = unserialisable(body, payload.error)
   }
   // Key by key, not by spread (V8's slow path for header records, on every answer).
   const all: http.OutgoingHttpHeaders = {}

@@ -52,7 +52,6 @@ export class ClientSession extends EndpointSession {
     now: number,
     /** What the template shows (filters, transforms, cache) around every request. */
     private readonly exposure: ExposureShape,
-    /** What the client declared (capabilities, name), canonical: part of its cache keys. */
     declaration: string
   ) {
     super(id, template, protocolVersion, scope, owner, now)

@@ -492,8 +492,7 @@ export class Http1Pool {
       socket = net.connect({ host, port })
     }
     socket.setKeepAlive(true, 1_000)
-    const pooled = new PooledSocket(socket, this)
-    return pooled
+    return new PooledSocket(socket, this)
   }
 
   /** A socket whose answer is complete: kept for the next request (the newest is reused first). */

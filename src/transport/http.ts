@@ -410,7 +410,7 @@ export class HttpConnection implements Connection {
       const sessionHeader = headers["mcp-session-id"] === undefined ? undefined : flatString(headers["mcp-session-id"])
       const opened: Session = {
         era: "legacy",
-        id: typeof sessionHeader === "string" ? sessionHeader : undefined,
+        id: sessionHeader,
         protocolVersion: version,
         initializeResult: sharedResult(self.instance, response.result as Record<string, unknown>)
       }

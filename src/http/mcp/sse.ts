@@ -1,5 +1,6 @@
 import type * as http from "node:http"
 import type { SessionOutbox } from "../../proxy/SessionOutbox.js"
+import { jsonTextOf } from "../../domain/jsonText.js"
 import { sendJson } from "../raw.js"
 
 /**
@@ -14,13 +15,9 @@ const streamHeaders = { "content-type": "text/event-stream", "cache-control": "n
 
 export const writeEvent = (res: http.ServerResponse, id: string, message: unknown) => {
   if (res.destroyed) return
-  let data: string
-  try {
-    data = JSON.stringify(message)
-  } catch {
-    // (Unreachable with bounded depths; the stream goes on without the event rather than the gateway failing.)
-    return
-  }
+  const data = jsonTextOf(message)
+  // (An event that cannot be written is left out; the stream goes on.)
+  if (typeof data !== "string") return
   res.write(`id: ${id}\nevent: message\ndata: ${data}\n\n`)
 }
 
@@ -38,13 +35,9 @@ export const openRequestStream = (res: http.ServerResponse, streamKey: string) =
  * and the answer, as servers themselves answer (the SDK's default).
  */
 export const writeOneEventStream = (res: http.ServerResponse, streamKey: string, message: unknown) => {
-  let data: string
-  try {
-    data = JSON.stringify(message)
-  } catch {
-    // (Bounded depths make this unreachable; if it happens, this answer fails, not the gateway.)
-    return sendJson(res, 502, message, undefined)
-  }
+  const data = jsonTextOf(message)
+  // (One that cannot be written: sendJson answers the 502 that says why.)
+  if (typeof data !== "string") return sendJson(res, 502, message, undefined)
   const body = `id: ${streamKey}-0\nretry: ${RECONNECT_AFTER_MS}\ndata:\n\n` +
     `id: ${streamKey}-1\nevent: message\ndata: ${data}\n\n`
   res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache", "content-length": Buffer.byteLength(body) })
