@@ -1,5 +1,6 @@
 import type { Effect, Exit, Runtime, Scope } from "effect"
 import type { JsonRpcNotification, JsonRpcRequest, JsonRpcResponse } from "../domain/JsonRpc.js"
+import type { Http1Pools } from "./Http1Pools.js"
 import type { ChannelStatus, SupervisionPolicy } from "./Supervision.js"
 import type { RequestTimeout, TransportError } from "./TransportError.js"
 
@@ -142,6 +143,11 @@ export interface ConnectionEnv {
   /** Runs the connection's background effects from callbacks, with the gateway's services (its Clock, Random). */
   readonly runtime: Runtime.Runtime<never>
   /** For an instance's shared channel: how to restart it and where to report its state. Absent: never restarted. */
+  /**
+   * The Transport's HTTP/1.1 pools (keyed by origin, credentials and TLS options; closed with
+   * its layer). Absent (a connection made on its own, in tests): a pool of the connection's own.
+   */
+  readonly http1Pools?: Http1Pools | undefined
   readonly supervision?: {
     readonly policy: () => SupervisionPolicy
     readonly report: (status: ChannelStatus) => void

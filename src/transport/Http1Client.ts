@@ -387,7 +387,10 @@ export interface Http1PoolOptions {
   readonly tls?: tls.ConnectionOptions | undefined
 }
 
-/** Keep-alive sockets to one origin (scheme, host, port), shared by every connection to it. */
+/**
+ * Keep-alive sockets to one origin (scheme, host, port) with one set of URL credentials and TLS
+ * options, shared by every connection to it with those (see Http1Pools.ts).
+ */
 export class Http1Pool {
   private readonly idle: Array<PooledSocket> = []
   private readonly active = new Set<PooledSocket>()
@@ -545,39 +548,6 @@ export class Http1Pool {
     for (const pooled of [...this.active]) {
       if (pooled.socket.connecting) pooled.fail("ECONNABORTED", "the connection pool was closed before the request was sent")
       else pooled.fail("ECONNRESET", "the connection pool was closed while the request was in flight")
-    }
-  }
-}
-
-/**
- * Pools by origin, shared by every connection to it: the instance's own session and each client
- * session's. With a pool per connection, every idle MCP session held idle sockets of its own
- * (tens of KB each in the gateway, and a file descriptor); shared, idle sessions hold none and
- * requests reuse whatever socket is free. No cap on sockets: a standing stream holds one for as
- * long as it runs, and a cap would make every request to that server queue behind them. A pool
- * is closed when the last connection that uses it lets go.
- */
-const pools = new Map<string, { readonly pool: Http1Pool; users: number }>()
-
-export const acquirePool = (url: URL): { readonly pool: Http1Pool; readonly release: () => void } => {
-  const key = `${url.protocol}//${url.host}`
-  let entry = pools.get(key)
-  if (entry === undefined) {
-    entry = { pool: new Http1Pool(url), users: 0 }
-    pools.set(key, entry)
-  }
-  entry.users++
-  const acquired = entry
-  let released = false
-  return {
-    pool: acquired.pool,
-    release: () => {
-      if (released) return
-      released = true
-      if (--acquired.users === 0) {
-        if (pools.get(key) === acquired) pools.delete(key)
-        acquired.pool.close()
-      }
     }
   }
 }

@@ -4,6 +4,7 @@ import type { JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { Connection, ConnectionEnv, ConnectionLog, RequestDone, RequestOptions } from "./Connection.js"
 import { type EraMemory, makeHttpConnection } from "./http.js"
 import { makeLegacySseConnection } from "./legacySse.js"
+import { Http1Pools } from "./Http1Pools.js"
 import { makeStdioConnection } from "./stdio.js"
 import { ConnectionPolicy } from "./Supervision.js"
 import { acquireLean } from "./acquireLean.js"
@@ -64,6 +65,9 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       const policy = yield* ConnectionPolicy
       const layerScope = yield* Effect.scope
       const runtime = yield* Effect.runtime<never>()
+      // The HTTP/1.1 pools of this Transport, closed after every connection (finalizers run in
+      // reverse: this one was added before the connections' own).
+      const http1Pools = yield* Effect.acquireRelease(Effect.sync(() => new Http1Pools()), (pools) => Effect.sync(() => pools.close()))
       // Keyed by the definition itself, not its template and id: an instance replaced under the
       // same id (a re-registration, a reload) drains on its old connection while the new one
       // connects, and closing the old must not close the new.
@@ -107,6 +111,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         log: logFor(instance),
         scope,
         runtime,
+        http1Pools,
         supervision: supervised
           ? { policy: () => policy.supervision(instance), report: (status) => policy.report(instance, status) }
           : undefined

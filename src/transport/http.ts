@@ -19,7 +19,8 @@ import {
   withEnvelope
 } from "./modernBackend.js"
 import { acquireLean } from "./acquireLean.js"
-import { acquirePool, flatString, type Http1Error, type Http1Exchange, type Http1Handler, type Http1Head, Http1HeaderError, type Http1Pool } from "./Http1Client.js"
+import { type AcquiredPool, Http1Pools } from "./Http1Pools.js"
+import { flatString, type Http1Error, type Http1Exchange, type Http1Handler, type Http1Head, Http1HeaderError, type Http1Pool } from "./Http1Client.js"
 import { answerServerRequest } from "./serverRequests.js"
 import { MAX_EVENT_LENGTH, makeSseParser } from "./sse.js"
 import { NEVER_SENT_ERRORS, RequestTimeout, serialize, TransportError } from "./TransportError.js"
@@ -149,8 +150,8 @@ export class HttpConnection implements Connection {
   private readonly log: ConnectionLog
   private readonly scope: Scope.Scope
   private readonly url: URL
-  // Keep-alive sockets to the instance's origin, shared with every other connection to it (Http1Client.ts).
-  private readonly pooled: ReturnType<typeof acquirePool>
+  // Keep-alive sockets to the instance's origin, shared with every other connection to it with the same credentials (Http1Pools.ts).
+  private readonly pooled: AcquiredPool
   private readonly pool: Http1Pool
   private readonly path: string
   /** The session once established: requests use it directly, without awaiting anything. */
@@ -191,7 +192,7 @@ export class HttpConnection implements Connection {
     this.scope = scope
     const target = targetOf(this.instance)
     this.url = target.url
-    this.pooled = acquirePool(this.url)
+    this.pooled = (env.http1Pools ?? new Http1Pools()).acquire(this.url)
     this.pool = this.pooled.pool
     this.path = target.path
     this.established = this.options.resume === undefined
