@@ -1,10 +1,10 @@
 import { Effect, Layer } from "effect"
-import * as fs from "node:fs"
 import { GatewayConfig, type GatewayConfigShape } from "../config/GatewayConfig.js"
 import { GatewayLive } from "../Gateway.js"
 import { ListeningAddress } from "../http/HttpServer.js"
 import { type LogFormat, loggerLayer } from "../logging.js"
 import { RequestLog } from "../observability/RequestLog.js"
+import { writeFileAtomicSync } from "../registry/atomicWrite.js"
 import { READY_FILE_ENV } from "./background.js"
 import { CommandFailed } from "./CommandFailed.js"
 import { holdRegistryFile } from "./registryLock.js"
@@ -17,7 +17,7 @@ const announceReady = Layer.effectDiscard(
   Effect.flatMap(ListeningAddress, (address) =>
     Effect.sync(() => {
       const file = process.env[READY_FILE_ENV]
-      if (file !== undefined && file !== "") fs.writeFileSync(file, address.url)
+      if (file !== undefined && file !== "") writeFileAtomicSync(file, address.url)
     }))
 )
 

@@ -1,5 +1,6 @@
 import { Effect } from "effect"
 import * as fs from "node:fs"
+import { writeFileAtomicSync } from "../registry/atomicWrite.js"
 import { CommandFailed } from "./CommandFailed.js"
 import { isAlive } from "./pidFile.js"
 
@@ -33,7 +34,7 @@ export const holdRegistryFile = (registryFile: string) =>
           })
         )
       }
-      return Effect.sync(() => fs.writeFileSync(lockFileOf(registryFile), `${process.pid}\n`))
+      return Effect.sync(() => writeFileAtomicSync(lockFileOf(registryFile), `${process.pid}\n`, { mode: 0o644 }))
     }),
     () => Effect.sync(() => fs.rmSync(lockFileOf(registryFile), { force: true }))
   )

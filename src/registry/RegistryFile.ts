@@ -5,6 +5,7 @@ import { formatParseError } from "../domain/formatParseError.js"
 import { RegistryStorageError } from "../domain/GatewayError.js"
 import { InstanceSpec, TemplateName } from "../domain/Instance.js"
 import { LoadBalancerInput } from "../domain/LoadBalancer.js"
+import { type AtomicWriteOptions, writeFileAtomic } from "./atomicWrite.js"
 
 /**
  * The registry file holds what was registered at run time (through the API), so that it
@@ -64,28 +65,20 @@ export const readRegistryFile = (file: string): Effect.Effect<PersistedRegistry,
   })
 
 /**
- * Writes atomically: a temp file in the same directory, flushed, then renamed over the old
- * one, so a crash mid-write leaves either the old file or the new one, never half of one.
+ * Writes atomically (atomicWrite.ts): an exclusive temp file of a random name in the same
+ * directory, flushed, then renamed over the old one, so a crash mid-write leaves either the old
+ * file or the new one, never half of one, and a planted symlink is never followed.
  */
-export const writeRegistryFile = (file: string, registry: PersistedRegistry): Effect.Effect<void, RegistryStorageError> =>
+export const writeRegistryFile = (
+  file: string,
+  registry: PersistedRegistry,
+  options?: AtomicWriteOptions
+): Effect.Effect<void, RegistryStorageError> =>
   Effect.tryPromise({
     try: async () => {
       const dir = path.dirname(file)
       await fs.mkdir(dir, { recursive: true })
-      const temp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`)
-      const handle = await fs.open(temp, "w", 0o600)
-      try {
-        await handle.writeFile(JSON.stringify(encode(registry), null, 2) + "\n", "utf8")
-        await handle.sync()
-      } finally {
-        await handle.close()
-      }
-      try {
-        await fs.rename(temp, file)
-      } catch (e) {
-        await fs.rm(temp, { force: true })
-        throw e
-      }
+      await writeFileAtomic(file, JSON.stringify(encode(registry), null, 2) + "\n", options)
     },
     catch: (e) => new RegistryStorageError({ path: file, message: `cannot write registry file ${file}: ${(e as Error).message}` })
   })
