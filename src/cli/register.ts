@@ -1,9 +1,9 @@
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Option, Schema } from "effect"
 import * as path from "node:path"
-import { loadGatewayConfig } from "../config/GatewayConfig.js"
+import { DEFAULT_REGISTRATION, loadGatewayConfig } from "../config/GatewayConfig.js"
 import { formatParseError } from "../domain/formatParseError.js"
-import { InstanceSpec } from "../domain/Instance.js"
+import { InstanceSpec, TemplateName } from "../domain/Instance.js"
 import { readRegistryFile, writeRegistryFile } from "../registry/RegistryFile.js"
 import { CommandFailed } from "./CommandFailed.js"
 import { choiceFlag, integerFlag } from "./flags.js"
@@ -147,6 +147,10 @@ export const registerCommand = Command.make(
 const registerOffline = (target: Target, template: string, instance: Record<string, unknown>) =>
   Effect.gen(function*() {
     const { config, file } = yield* offlineRegistry(target, "register")
+    // The rules the API applies to names and counts: the gateway must be able to load (and serve) what is written here.
+    yield* Schema.decodeUnknown(TemplateName)(template).pipe(
+      Effect.mapError((e) => new CommandFailed({ message: `register: TEMPLATE: ${formatParseError(e)}`, exitCode: 2 }))
+    )
     const spec = yield* Schema.decodeUnknown(InstanceSpec, { errors: "all" })(instance).pipe(
       Effect.mapError((e) => new CommandFailed({ message: `register: ${formatParseError(e)}`, exitCode: 2 }))
     )
@@ -162,6 +166,19 @@ const registerOffline = (target: Target, template: string, instance: Record<stri
       return yield* new CommandFailed({ message: `register: template ${template} already has an instance ${id}`, exitCode: 2 })
     }
     const existing = registry.templates[template]
+    const limits = config.gateway.registration ?? DEFAULT_REGISTRATION
+    if ((existing?.instances.length ?? 0) >= limits.maxPerTemplate) {
+      return yield* new CommandFailed({
+        message: `register: template ${template} has ${limits.maxPerTemplate} registered instances in ${file}, its limit (gateway.max_registrations_per_template)`,
+        exitCode: 2
+      })
+    }
+    if (Object.values(registry.templates).reduce((n, t) => n + t.instances.length, 0) >= limits.maxTotal) {
+      return yield* new CommandFailed({
+        message: `register: ${file} has ${limits.maxTotal} registered instances, the limit (gateway.max_registrations)`,
+        exitCode: 2
+      })
+    }
     const next = {
       ...registry,
       templates: { ...registry.templates, [template]: { ...existing, instances: [...(existing?.instances ?? []), { ...spec, id }] } }

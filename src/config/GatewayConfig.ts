@@ -2,7 +2,9 @@ import { Config, Context, Duration, Effect, Either, Layer, Option, Schema } from
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { formatParseError } from "../domain/formatParseError.js"
-import { defineInstance, type InstanceDefinition, InstanceSpec, TemplateName } from "../domain/Instance.js"
+import { DEFAULT_REGISTRATION_DENY, parseEntry } from "../domain/EndpointPolicy.js"
+import { isGatewayHeader } from "../domain/gatewayHeaders.js"
+import { defineInstance, InheritEnv, type InstanceDefinition, InstanceSpec, TemplateName } from "../domain/Instance.js"
 import {
   DEFAULT_LOAD_BALANCER,
   LoadBalancerInput,
@@ -31,14 +33,18 @@ export const DEFAULT_LIMITS = {
   maxListPages: 100
 } as const
 
-/** Headers a template may never forward to its backends: the client's credentials, and what the gateway sets itself. */
-const UNFORWARDABLE_HEADERS = new Set([
-  "authorization", "x-api-key", "cookie", "host", "content-length", "content-type", "transfer-encoding", "connection",
-  "accept", "mcp-session-id", "mcp-protocol-version", "last-event-id", "proxy-authorization", "upgrade", "te", "keep-alive",
-  // The 2026-07-28 routing headers: the gateway derives them from the body it sends.
-  "mcp-method", "mcp-name"
-])
-const unforwardable = (header: string) => UNFORWARDABLE_HEADERS.has(header) || header.startsWith("mcp-param-")
+/** What registrations through the API may do, and how much of it (see RegistrationSettings). */
+export const DEFAULT_REGISTRATION: RegistrationSettings = {
+  allow: [],
+  deny: DEFAULT_REGISTRATION_DENY,
+  maxPerTemplate: 100,
+  maxTotal: 1_000,
+  maxMetadataBytes: 16 * 1024
+}
+
+/** Headers a template may never forward to its backends: the client's credentials, and what the gateway sets itself (gatewayHeaders.ts). */
+const CLIENT_CREDENTIAL_HEADERS = new Set(["authorization", "x-api-key", "cookie"])
+const unforwardable = (header: string) => CLIENT_CREDENTIAL_HEADERS.has(header) || isGatewayHeader(header)
 
 export const LogLevelName = Schema.Literal("trace", "debug", "info", "warn", "error", "fatal", "none")
 export type LogLevelName = typeof LogLevelName.Type
@@ -92,6 +98,8 @@ const TemplateInput = Schema.Struct({
   rate_limit: Schema.optional(RateLimitInput),
   /** Client request headers passed on to this template's HTTP backends (none by default). */
   forward_headers: Schema.optional(Schema.Array(Schema.String)),
+  /** Variables of the gateway's environment its stdio servers may see (overrides gateway.inherit_env; an instance's own overrides this). */
+  inherit_env: Schema.optional(InheritEnv),
   /** What the template shows: allow/deny lists, transforms (see domain/Exposure.ts). */
   ...ExposureFields,
   cache: Schema.optional(CacheInput),
@@ -143,6 +151,17 @@ export const ConfigFile = Schema.Struct({
     allowed_hosts: Schema.optional(Schema.Array(Schema.String)),
     /** Environment variables that registrations through the API may name in headers (`{"env": ...}`); none by default. */
     registration_env: Schema.optional(Schema.Array(Schema.String)),
+    /** Endpoints registrations may point at, even if registration_deny lists them; when not empty, only these (IPs, CIDR blocks, host names). */
+    registration_allow: Schema.optional(Schema.Array(Schema.String)),
+    /** Endpoints registrations may not point at (default: link-local and cloud metadata addresses; giving the list replaces it). */
+    registration_deny: Schema.optional(Schema.Array(Schema.String)),
+    /** Instances registered through the API, per template and in all (config and discovered ones are not counted). */
+    max_registrations_per_template: Schema.optional(PositiveInt(1)),
+    max_registrations: Schema.optional(PositiveInt(1)),
+    /** The largest `metadata` of a registered instance, in bytes of JSON. */
+    max_metadata_bytes: Schema.optional(PositiveInt(2)),
+    /** Variables of the gateway's environment every stdio server may see besides the default list (none by default). */
+    inherit_env: Schema.optional(InheritEnv),
     max_header_bytes: Schema.optional(PositiveInt(1024)),
     max_json_depth: Schema.optional(PositiveInt(2)),
     max_sessions: Schema.optional(PositiveInt(1)),
@@ -199,8 +218,21 @@ export interface TemplateConfig {
   /** Client headers (lower-case) passed on to the template's HTTP backends. */
   readonly forwardHeaders: ReadonlyArray<string>
   readonly rateLimit: RateLimit | undefined
+  /** What its stdio servers may see of the gateway's environment (undefined: the gateway's inherit_env). */
+  readonly inheritEnv?: ReadonlyArray<string> | undefined
   /** Filters, transforms, cache and prefix, as given (undefined: none of them). */
   readonly exposure: ExposureInput | undefined
+}
+
+/** What registrations through the API may do (gateway.registration_*, max_registrations*, max_metadata_bytes). */
+export interface RegistrationSettings {
+  /** Endpoint entries accepted whatever `deny` says; when not empty, the only ones accepted (domain/EndpointPolicy.ts). */
+  readonly allow: ReadonlyArray<string>
+  readonly deny: ReadonlyArray<string>
+  /** Instances registered through the API in one template, and in all. */
+  readonly maxPerTemplate: number
+  readonly maxTotal: number
+  readonly maxMetadataBytes: number
 }
 
 export interface GatewaySettings {
@@ -211,6 +243,10 @@ export interface GatewaySettings {
   readonly allowedOrigins: ReadonlyArray<string>
   readonly allowedHosts: ReadonlyArray<string>
   readonly registrationEnv: ReadonlyArray<string>
+  /** Variables of the gateway's environment every stdio server sees besides the default list (transport/childEnvironment.ts). */
+  readonly inheritEnv?: ReadonlyArray<string> | undefined
+  /** Bounds of registrations through the API (undefined: DEFAULT_REGISTRATION). */
+  readonly registration?: RegistrationSettings | undefined
   readonly maxBodyBytes: number
   readonly maxHeaderBytes: number
   readonly maxJsonDepth: number
@@ -425,6 +461,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         instances,
         forwardHeaders,
         rateLimit: rateLimitOf(template.rate_limit),
+        inheritEnv: template.inherit_env,
         exposure: exposureOf(template)
       })
     }
@@ -455,6 +492,12 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
     } else if (file.registry?.url !== undefined) {
       problems.push(`registry.url: only with "store": "redis"`)
     }
+    for (const list of ["registration_allow", "registration_deny"] as const) {
+      file.gateway?.[list]?.forEach((entry, i) => {
+        const parsed = parseEntry(entry)
+        if (typeof parsed === "string") problems.push(`gateway.${list}[${i}]: ${parsed}`)
+      })
+    }
     const auth = file.auth === undefined ? undefined : yield* resolveAuth(file.auth, baseDir, problems)
     if (problems.length > 0) return yield* new ConfigInvalid({ problems })
 
@@ -468,6 +511,14 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         allowedOrigins: file.gateway?.allowed_origins ?? [],
         allowedHosts: file.gateway?.allowed_hosts ?? [],
         registrationEnv: file.gateway?.registration_env ?? [],
+        inheritEnv: file.gateway?.inherit_env ?? [],
+        registration: {
+          allow: file.gateway?.registration_allow ?? DEFAULT_REGISTRATION.allow,
+          deny: file.gateway?.registration_deny ?? DEFAULT_REGISTRATION.deny,
+          maxPerTemplate: file.gateway?.max_registrations_per_template ?? DEFAULT_REGISTRATION.maxPerTemplate,
+          maxTotal: file.gateway?.max_registrations ?? DEFAULT_REGISTRATION.maxTotal,
+          maxMetadataBytes: file.gateway?.max_metadata_bytes ?? DEFAULT_REGISTRATION.maxMetadataBytes
+        },
         maxBodyBytes: file.gateway?.max_body_bytes ?? DEFAULT_MAX_BODY_BYTES,
         maxHeaderBytes: file.gateway?.max_header_bytes ?? DEFAULT_LIMITS.maxHeaderBytes,
         maxJsonDepth: file.gateway?.max_json_depth ?? DEFAULT_LIMITS.maxJsonDepth,

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto"
 import { resolvePaths } from "../config/GatewayConfig.js"
-import { defineInstance, discoverySource, type InstanceDefinition, type InstanceSpec } from "../domain/Instance.js"
+import { defineInstance, discoverySource, type InstanceDefinition, type InstanceSpec, MAX_NAME_LENGTH } from "../domain/Instance.js"
 import { secretProblems } from "../domain/Secret.js"
 import type { DiscoveredTemplate } from "../registry/Registry.js"
 import type { DiscoveredDocument } from "./DiscoveryPlugin.js"
@@ -17,7 +17,7 @@ export const derivedId = (spec: InstanceSpec): string => {
   const url = new URL(spec.endpoint)
   const port = url.port !== "" ? url.port : url.protocol === "https:" ? "443" : "80"
   const host = url.hostname.replace(/^\[|\]$/g, "").replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[^A-Za-z0-9]+/, "")
-  return `${host === "" ? "host" : host}-${port}`.slice(0, 128)
+  return `${host === "" ? "host" : host}-${port}`.slice(0, MAX_NAME_LENGTH)
 }
 
 /**

@@ -1,15 +1,26 @@
 import { ParseResult, Schema } from "effect"
 import { canonicalJson } from "./canonicalJson.js"
+import { gatewayHeaderNames, isGatewayHeader } from "./gatewayHeaders.js"
 import { SecretInput } from "./Secret.js"
 import { splitCommand } from "./splitCommand.js"
 
-const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
+/**
+ * The longest template or instance id (or virtual server, discovery provider) name, wherever
+ * names enter: the config, the registry file, registrations, discovery. The HTTP routes that
+ * carry a name in their path (`/mcp/{t}/health`, `/gateway/deregister/{t}/{id}`) accept the
+ * same length (HttpServer.ts), so a name that can be registered can be probed and removed.
+ */
+export const MAX_NAME_LENGTH = 128
+
+const NAME_PATTERN = new RegExp(`^[A-Za-z0-9][A-Za-z0-9._-]{0,${MAX_NAME_LENGTH - 1}}$`)
 
 /** Template names appear in URLs (`/mcp/{template}/...`), so they are kept URL-safe. */
 export const TemplateName = Schema.String.pipe(
   Schema.filter((s) =>
     NAME_PATTERN.test(s) ||
-    `expected a name of letters, digits, '.', '_' or '-' (at most 128, not starting with a symbol), got ${JSON.stringify(s)}`
+    `expected a name of letters, digits, '.', '_' or '-' (at most ${MAX_NAME_LENGTH}, not starting with a symbol), got ${
+      JSON.stringify(s.length > MAX_NAME_LENGTH + 20 ? `${s.slice(0, MAX_NAME_LENGTH)}…` : s)
+    }`
   )
 )
 
@@ -50,9 +61,36 @@ const Argv = Schema.Array(Schema.String).pipe(
 export const Command = Schema.Union(Argv, CommandLine)
 
 const StringMap = Schema.Record({ key: Schema.String, value: Schema.String })
-/** Headers sent to the instance; a value may come from the environment (`{"env": "FS_TOKEN"}`). */
-const Headers = Schema.Record({ key: Schema.String, value: SecretInput })
+const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+
+/**
+ * Headers sent to the instance; a value may come from the environment (`{"env": "FS_TOKEN"}`).
+ * Never one the gateway writes itself (framing, hop-by-hop, MCP's own: gatewayHeaders.ts).
+ */
+const Headers = Schema.Record({ key: Schema.String, value: SecretInput }).pipe(
+  Schema.filter((headers) => {
+    const problems: Array<string> = []
+    for (const name of Object.keys(headers)) {
+      if (!HEADER_NAME.test(name)) problems.push(`${JSON.stringify(name)} is not a header name`)
+      else if (isGatewayHeader(name)) {
+        problems.push(
+          `${JSON.stringify(name)} cannot be an instance header: the gateway sets it itself ` +
+            `(framing, hop-by-hop and MCP protocol headers: ${gatewayHeaderNames().join(", ")})`
+        )
+      }
+    }
+    return problems.length === 0 || problems.join("; ")
+  })
+)
 const Metadata = Schema.Record({ key: Schema.String, value: Schema.Unknown })
+
+/**
+ * Names of the gateway's environment a stdio server may see besides the default list
+ * (transport/childEnvironment.ts): a name, or a prefix ending in `*` (`LC_*`, `AWS_*`).
+ */
+export const InheritEnv = Schema.Array(
+  Schema.String.pipe(Schema.pattern(/^[A-Za-z_][A-Za-z0-9_]*\*?$/, { message: () => "expected an environment variable name, or a prefix ending in *" }))
+)
 
 export const StdioInstanceSpec = Schema.Struct({
   id: Schema.optional(InstanceId),
@@ -60,6 +98,8 @@ export const StdioInstanceSpec = Schema.Struct({
   command: Command,
   working_dir: Schema.optional(Schema.String),
   env: Schema.optional(StringMap),
+  /** Variables of the gateway's environment it may see (default: its template's inherit_env, else the gateway's). */
+  inherit_env: Schema.optional(InheritEnv),
   weight: Schema.optional(Weight),
   metadata: Schema.optional(Metadata)
 })

@@ -2,8 +2,10 @@ import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
-import { Effect, Either, Layer, Schema } from "effect"
-import { GatewayConfig, resolvePaths } from "../config/GatewayConfig.js"
+import { Duration, Effect, Either, Layer, Schema } from "effect"
+import * as dns from "node:dns"
+import { DEFAULT_REGISTRATION, GatewayConfig, resolvePaths } from "../config/GatewayConfig.js"
+import { endpointHost, knownAddresses, makeEndpointPolicy, needsLookup } from "../domain/EndpointPolicy.js"
 import { formatParseError } from "../domain/formatParseError.js"
 import type { DispatchError } from "../domain/GatewayError.js"
 import { loadBalancerJson } from "../domain/LoadBalancer.js"
@@ -86,6 +88,19 @@ const registryUnavailable = (message: string) =>
   Effect.flatMap(requestId, (id) =>
     Effect.fail(new Unavailable(HttpServerResponse.unsafeJson(errorAnswer(503, "registry_unavailable", message, id).body, { status: 503, headers: { "retry-after": "5" } }))))
 
+/**
+ * The addresses of an endpoint's host for the registration policy: literal or localhost's at
+ * once, else what DNS says within 2 s (nothing when it fails: the name's own entries still apply).
+ */
+const addressesOf = (host: string): Effect.Effect<ReadonlyArray<string>> =>
+  needsLookup(host)
+    ? Effect.tryPromise(() => dns.promises.lookup(host, { all: true, verbatim: true })).pipe(
+      Effect.map((found) => found.map((a) => a.address)),
+      Effect.timeout(Duration.seconds(2)),
+      Effect.orElseSucceed((): ReadonlyArray<string> => [])
+    )
+    : Effect.succeed(knownAddresses(host))
+
 /** An audit line for a change of the registry: who (credential or address), what, from where. */
 const audit = (event: string, context: RequestContext | undefined, what: string) =>
   Effect.logInfo(`audit: ${event} ${what}`).pipe(
@@ -105,6 +120,8 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
     const exposure = yield* Exposure
     const fleet = yield* FleetRedis
     const startedAt = Date.now()
+    const registration = config.gateway.registration ?? DEFAULT_REGISTRATION
+    const endpointPolicy = makeEndpointPolicy(registration)
 
     return handlers
       .handle("health", () =>
@@ -190,6 +207,23 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           if (context !== undefined && !allows(context.identity, "gateway:admin", template_name)) {
             return yield* fail(403, "forbidden", `Forbidden: this credential lacks the scope ${scopeNeeded("gateway:admin", template_name)}`)
           }
+          if (instance.metadata !== undefined) {
+            const bytes = Buffer.byteLength(JSON.stringify(instance.metadata))
+            if (bytes > registration.maxMetadataBytes) {
+              return yield* fail(
+                400,
+                "invalid_request",
+                `body.instance.metadata: ${bytes} bytes of JSON, more than the limit of ${registration.maxMetadataBytes} (gateway.max_metadata_bytes)`
+              )
+            }
+          }
+          if (instance.transport !== "stdio") {
+            // The gateway sends requests (with the instance's headers) wherever the endpoint says:
+            // not to the cloud metadata service or whatever else the operator's lists refuse.
+            const host = endpointHost(new URL(instance.endpoint))
+            const verdict = endpointPolicy.check(host, yield* addressesOf(host))
+            if (!verdict.allowed) return yield* fail(403, "forbidden", verdict.message)
+          }
           if (instance.transport !== "stdio") {
             // A registration must not be a way to read the gateway's environment (another
             // template's token, the JWT secret) by sending it to an endpoint of one's choosing.
@@ -214,6 +248,18 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
               "registering a stdio instance starts a process on the gateway host, which this gateway does not allow; " +
                 "set \"allow_stdio_registration\": true in the gateway section of the config to permit it"
             )
+          }
+          if (instance.transport === "stdio") {
+            // The same rule as headers: a registration does not choose which of the gateway's variables a process sees.
+            const refused = (instance.inherit_env ?? []).filter((name) => !config.gateway.registrationEnv.includes(name))
+            if (refused.length > 0) {
+              return yield* fail(
+                403,
+                "forbidden",
+                `a registration may name only the environment variables listed in gateway.registration_env; ` +
+                  `not ${refused.map((n) => JSON.stringify(n)).join(", ")} (in inherit_env)`
+              )
+            }
           }
           for (const plugin of [load_balancer?.strategy, load_balancer?.health_probe]) {
             if (plugin !== undefined && isModulePath(plugin)) {

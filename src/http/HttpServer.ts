@@ -1,4 +1,5 @@
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
@@ -12,6 +13,7 @@ import { AggregateSessions } from "../proxy/AggregateSessions.js"
 import { FleetRedis } from "../fleet/FleetRedis.js"
 import { Discovery } from "../discovery/Discovery.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
+import { MAX_NAME_LENGTH } from "../domain/Instance.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
 import { ClientSessions } from "../proxy/ClientSessions.js"
 import type { RateLimiter } from "../proxy/RateLimiter.js"
@@ -84,6 +86,9 @@ export const HttpServerLive: Layer.Layer<
     const metrics = yield* GatewayMetrics
 
     const apiApp = yield* HttpApiBuilder.httpApp.pipe(
+      // Names in paths (/mcp/{t}/health, /gateway/deregister/{t}/{id}) as long as a name may be
+      // (the router's default of 100 made names of 101-128 characters registrable but not removable).
+      HttpRouter.withRouterConfig({ maxParamLength: MAX_NAME_LENGTH }),
       Effect.provide(
         HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" }).pipe(
           Layer.provideMerge(ApiHandlers),

@@ -1,4 +1,5 @@
 import { Effect, Layer, Runtime } from "effect"
+import { GatewayConfig } from "../config/GatewayConfig.js"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
 import { Registry } from "../registry/Registry.js"
@@ -12,9 +13,10 @@ import { Timer } from "./Timer.js"
  * channel becomes the instance's state, so `/gateway/registry`, `/mcp/{t}/health` and the
  * Dispatcher all see a process that is down or failed until it runs again.
  */
-export const InstanceSupervision: Layer.Layer<ConnectionPolicy, never, Registry | Timer | Stats> = Layer.effect(
+export const InstanceSupervision: Layer.Layer<ConnectionPolicy, never, Registry | Timer | Stats | GatewayConfig> = Layer.effect(
   ConnectionPolicy,
   Effect.gen(function*() {
+    const config = yield* GatewayConfig
     const registry = yield* Registry
     const timer = yield* Timer
     const stats = yield* Stats
@@ -31,6 +33,12 @@ export const InstanceSupervision: Layer.Layer<ConnectionPolicy, never, Registry 
         const settings = registry.template(instance.template)?.settings ?? DEFAULT_LOAD_BALANCER
         return { maxRestarts: settings.max_restarts, window: settings.restart_window, backoff: settings.restart_backoff }
       },
+      // The most specific list given wins (as a template's load_balancer over the gateway's).
+      inheritEnv: (instance) =>
+        (instance.transport === "stdio" ? instance.inherit_env : undefined) ??
+          registry.template(instance.template)?.inheritEnv ??
+          config.gateway.inheritEnv ??
+          [],
       report: (instance, status) => {
         const state = stateOf(instance)
         if (state === undefined) return

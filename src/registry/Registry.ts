@@ -1,5 +1,5 @@
 import { Context, Effect, Layer, PubSub, type Scope, Stream } from "effect"
-import { GatewayConfig, type RateLimit, type TemplateConfig } from "../config/GatewayConfig.js"
+import { DEFAULT_REGISTRATION, GatewayConfig, type RateLimit, type TemplateConfig } from "../config/GatewayConfig.js"
 import {
   InstanceNotFound,
   RegistrationConflict,
@@ -48,6 +48,8 @@ export interface TemplateState {
   readonly rateLimit: RateLimit | undefined
   /** What it shows its clients (filters, transforms, cache, prefix; config templates only). */
   readonly exposure: ExposureInput | undefined
+  /** What its stdio servers may see of the gateway's environment (config templates only; undefined: the gateway's inherit_env). */
+  readonly inheritEnv?: ReadonlyArray<string> | undefined
   readonly instances: Map<string, InstanceState>
 }
 
@@ -119,7 +121,11 @@ export class Registry extends Context.Tag("mcp-gateway/Registry")<Registry, Regi
           : config.gateway.registryFile === undefined
           ? memoryStore
           : fileStore(config.gateway.registryFile),
-        allowStdio: config.gateway.allowStdioRegistration
+        allowStdio: config.gateway.allowStdioRegistration,
+        limits: {
+          perTemplate: (config.gateway.registration ?? DEFAULT_REGISTRATION).maxPerTemplate,
+          total: (config.gateway.registration ?? DEFAULT_REGISTRATION).maxTotal
+        }
       })
     })
   )
@@ -134,6 +140,12 @@ export const makeRegistry = (options: {
   readonly store?: RegistryStoreShape | undefined
   /** Whether stdio instances may come from the registry file (they run a command on this host). */
   readonly allowStdio?: boolean | undefined
+  /**
+   * How many instances registrations may add, per template and in all (gateway.max_registrations*):
+   * every registration makes the registry file (or Redis entry) larger, and it is rewritten whole.
+   * Only instances of the API count; the config's and discovery's are the operator's.
+   */
+  readonly limits?: { readonly perTemplate: number; readonly total: number } | undefined
 }): Effect.Effect<RegistryShape, RegistryStorageError, Scope.Scope> =>
   Effect.gen(function*() {
     const templates = new Map<string, MutableTemplate>()
@@ -146,6 +158,7 @@ export const makeRegistry = (options: {
         forwardHeaders: t.forwardHeaders,
         rateLimit: t.rateLimit,
         exposure: t.exposure,
+        inheritEnv: t.inheritEnv,
         instances: new Map(t.instances.map((i) => [i.id, new InstanceState(i)]))
       })
     }
@@ -233,6 +246,27 @@ export const makeRegistry = (options: {
           exposure: undefined,
           instances: new Map()
         }
+        if (options.limits !== undefined) {
+          const registered = (t: MutableTemplate) => {
+            let n = 0
+            for (const i of t.instances.values()) if (i.definition.source === "api") n++
+            return n
+          }
+          if (registered(template) >= options.limits.perTemplate) {
+            return yield* new RegistrationConflict({
+              message: `template "${template.name}" has ${options.limits.perTemplate} instances registered through the API, ` +
+                `its limit (gateway.max_registrations_per_template); deregister one first`
+            })
+          }
+          let total = 0
+          for (const t of templates.values()) total += registered(t)
+          if (total >= options.limits.total) {
+            return yield* new RegistrationConflict({
+              message: `the gateway has ${options.limits.total} instances registered through the API, ` +
+                `its limit (gateway.max_registrations); deregister one first`
+            })
+          }
+        }
         const id = registration.spec.id ?? nextId(template)
         if (template.instances.has(id)) {
           return yield* new RegistrationConflict({
@@ -309,7 +343,7 @@ export const makeRegistry = (options: {
     /** New settings for a template; the old object is kept when nothing changed, so its strategy keeps its state. */
     const updateTemplate = (
       template: MutableTemplate,
-      next: Pick<TemplateState, "settings" | "loadBalancerInput" | "forwardHeaders" | "rateLimit" | "exposure">
+      next: Pick<TemplateState, "settings" | "loadBalancerInput" | "forwardHeaders" | "rateLimit" | "exposure" | "inheritEnv">
     ): boolean => {
       const settingsChanged = JSON.stringify(loadBalancerJson(template.settings)) !== JSON.stringify(loadBalancerJson(next.settings))
       // (Kept as the same object when equal: its compiled filters and transforms are reused.)
@@ -317,7 +351,10 @@ export const makeRegistry = (options: {
       if (exposureChanged) template.exposure = next.exposure
       const changed = settingsChanged || exposureChanged ||
         JSON.stringify(template.rateLimit ?? null) !== JSON.stringify(next.rateLimit ?? null) ||
-        template.forwardHeaders.join(",") !== next.forwardHeaders.join(",")
+        template.forwardHeaders.join(",") !== next.forwardHeaders.join(",") ||
+        (template.inheritEnv ?? []).join(",") !== (next.inheritEnv ?? []).join(",")
+      // (Read when a process starts: one running now keeps the environment it started with.)
+      template.inheritEnv = next.inheritEnv
       if (settingsChanged) template.settings = next.settings
       template.loadBalancerInput = next.loadBalancerInput
       if (JSON.stringify(template.rateLimit ?? null) !== JSON.stringify(next.rateLimit ?? null)) template.rateLimit = next.rateLimit
@@ -383,7 +420,7 @@ export const makeRegistry = (options: {
         const diff = new DiffBuilder()
         const events: Array<RegistryChange> = []
         for (const t of desired) {
-          const next = { settings: t.loadBalancer, loadBalancerInput: t.loadBalancerInput, forwardHeaders: t.forwardHeaders, rateLimit: t.rateLimit, exposure: t.exposure }
+          const next = { settings: t.loadBalancer, loadBalancerInput: t.loadBalancerInput, forwardHeaders: t.forwardHeaders, rateLimit: t.rateLimit, exposure: t.exposure, inheritEnv: t.inheritEnv }
           let template = templates.get(t.name)
           if (template === undefined) {
             template = { name: t.name, ...next, source: "config", instances: new Map() }

@@ -148,6 +148,11 @@ export interface ConnectionEnv {
    * its layer). Absent (a connection made on its own, in tests): a pool of the connection's own.
    */
   readonly http1Pools?: Http1Pools | undefined
+  /**
+   * stdio: what a process may see of the gateway's environment besides the default list
+   * (childEnvironment.ts), asked each time one starts; absent: nothing more.
+   */
+  readonly inheritEnv?: (() => ReadonlyArray<string>) | undefined
   readonly supervision?: {
     readonly policy: () => SupervisionPolicy
     readonly report: (status: ChannelStatus) => void

@@ -33,6 +33,12 @@ export interface SupervisionPolicy {
 
 export interface ConnectionPolicyShape {
   readonly supervision: (instance: InstanceDefinition) => SupervisionPolicy
+  /**
+   * What a stdio instance's process may see of the gateway's environment besides the default
+   * list (transport/childEnvironment.ts): its own inherit_env, else its template's, else the
+   * gateway's. Read each time a process starts.
+   */
+  readonly inheritEnv?: ((instance: InstanceDefinition) => ReadonlyArray<string>) | undefined
   /** Hears every change of an instance's shared channel (the gateway shows it as the instance's health). */
   readonly report: (instance: InstanceDefinition, status: ChannelStatus) => void
 }

@@ -112,6 +112,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         scope,
         runtime,
         http1Pools,
+        inheritEnv: instance.transport === "stdio" && policy.inheritEnv !== undefined ? () => policy.inheritEnv!(instance) : undefined,
         supervision: supervised
           ? { policy: () => policy.supervision(instance), report: (status) => policy.report(instance, status) }
           : undefined

@@ -3,6 +3,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { parseServerMessage, tooDeepMessage } from "../domain/jsonText.js"
 import { redactCommand } from "../domain/redact.js"
+import { childEnvironment } from "./childEnvironment.js"
 import type { ConnectionEnv, ConnectionLog } from "./Connection.js"
 import { makeLineSplitter, throttled } from "./lines.js"
 import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
@@ -94,7 +95,8 @@ export const makeStdioConnection = (
     const [command, ...args] = instance.command
     const child = spawn(command!, args, {
       cwd: instance.working_dir,
-      env: { ...process.env, ...instance.env },
+      // Never the gateway's whole environment (its keys and secrets): see childEnvironment.ts.
+      env: childEnvironment(instance.env, env.inheritEnv?.() ?? []),
       stdio: ["pipe", "pipe", "pipe"],
       // Its own process group, so that stopping it also stops what it started (npx, sh -c, ...).
       detached: true

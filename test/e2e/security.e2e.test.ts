@@ -90,7 +90,7 @@ describe("security end to end", () => {
     // A hand-written stdio entry in the registry file: with stdio registration off, it must not run.
     writeJson(registryFile, {
       version: 1,
-      templates: { smuggled: { instances: [{ id: "sm1", transport: "stdio", command: ["node", "-e", "require('fs').writeFileSync(process.env.MARK, '')"] }] } }
+      templates: { smuggled: { instances: [{ id: "sm1", transport: "stdio", command: ["node", "-e", "require('fs').writeFileSync(process.env.MARK, '')"], inherit_env: ["MARK"] }] } }
     })
     const configFile = path.join(dir, "gateway.json")
     writeJson(configFile, {
