@@ -100,7 +100,12 @@ export const startInBackground = (options: { readonly pidFile: Option.Option<str
     })
   })
 
-/** `stop`: SIGTERM to the gateway in the pid file, then wait until it has drained and exited. */
+/**
+ * `stop`: SIGTERM to the gateway in the pid file, then wait until it has drained and exited.
+ * `--config` is accepted as `status`, `registry` and `sync` accept it; since a gateway is stopped
+ * through its pid, the config only says which gateway is meant: the one in the pid file must
+ * have been started with that file, else nothing is stopped.
+ */
 export const stopCommand = Command.make(
   "stop",
   {
@@ -108,18 +113,29 @@ export const stopCommand = Command.make(
       Options.withDescription(`The pid file \`start --background\` wrote (default ${defaultPidFile()})`),
       Options.optional
     ),
+    config: Options.file("config", { exists: "yes" }).pipe(
+      Options.withDescription("The config file the gateway was started with: stop it only if the pid file's gateway runs that config"),
+      Options.optional
+    ),
     timeout: integerFlag("timeout", 1, 3600).pipe(
       Options.withDescription("Seconds to wait for it to finish its requests and exit (default 60)"),
       Options.withDefault(60)
     )
   },
-  ({ pidFile: given, timeout }) =>
+  ({ config, pidFile: given, timeout }) =>
     Effect.gen(function*() {
       const pidFile = path.resolve(Option.getOrElse(given, defaultPidFile))
       const record = readPidFile(pidFile)
       if (record === undefined) {
         return yield* new CommandFailed({
           message: `no gateway recorded in ${pidFile}: nothing to stop (only a gateway started with --background has one; give --pid-file if it used another)`,
+          exitCode: 1
+        })
+      }
+      if (Option.isSome(config) && record.config !== path.resolve(config.value)) {
+        return yield* new CommandFailed({
+          message: `the gateway recorded in ${pidFile} (pid ${record.pid}) was started with ${record.config ?? "no --config"}, ` +
+            `not ${path.resolve(config.value)}: nothing stopped (give the --pid-file it was started with)`,
           exitCode: 1
         })
       }

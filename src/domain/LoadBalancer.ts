@@ -53,6 +53,8 @@ export const LoadBalancerInput = Schema.Struct({
   outlier_max_ejection: Schema.optional(Seconds),
   /** At most this share of a template's instances is ejected at once (a lone instance never is). */
   outlier_max_ejection_percent: Schema.optional(integer(0, 100)),
+  /** A health probe that passes ends an ejection (as Envoy's `successful_active_health_check_uneject_host`). */
+  outlier_uneject_on_probe: Schema.optional(Schema.Boolean),
   circuit_breaker: Schema.optional(Schema.Struct({
     /** Failures in a row that open the breaker (0: no breaker). */
     failure_threshold: Schema.optional(integer(0, 1000)),
@@ -111,6 +113,7 @@ export interface LoadBalancerSettings {
   readonly outlier_base_ejection: Duration.Duration
   readonly outlier_max_ejection: Duration.Duration
   readonly outlier_max_ejection_percent: number
+  readonly outlier_uneject_on_probe: boolean
   readonly circuit_breaker: Backoff & { readonly failure_threshold: number }
   readonly fail_open: boolean
   readonly drain_timeout: Duration.Duration
@@ -148,6 +151,7 @@ export const DEFAULT_LOAD_BALANCER: LoadBalancerSettings = {
   outlier_base_ejection: Duration.seconds(30),
   outlier_max_ejection: Duration.minutes(5),
   outlier_max_ejection_percent: 50,
+  outlier_uneject_on_probe: true,
   circuit_breaker: { failure_threshold: 5, ...backoff(5000, 60_000, 0.2) },
   fail_open: false,
   drain_timeout: Duration.seconds(30),
@@ -192,6 +196,7 @@ export const resolveLoadBalancer = (
   outlier_base_ejection: orSeconds(input?.outlier_base_ejection, defaults.outlier_base_ejection),
   outlier_max_ejection: orSeconds(input?.outlier_max_ejection, defaults.outlier_max_ejection),
   outlier_max_ejection_percent: input?.outlier_max_ejection_percent ?? defaults.outlier_max_ejection_percent,
+  outlier_uneject_on_probe: input?.outlier_uneject_on_probe ?? defaults.outlier_uneject_on_probe,
   circuit_breaker: {
     failure_threshold: input?.circuit_breaker?.failure_threshold ?? defaults.circuit_breaker.failure_threshold,
     ...resolveBackoff(defaults.circuit_breaker, input?.circuit_breaker)
@@ -240,6 +245,7 @@ export const loadBalancerJson = (s: LoadBalancerSettings) => ({
   outlier_base_ejection: secondsOf(s.outlier_base_ejection),
   outlier_max_ejection: secondsOf(s.outlier_max_ejection),
   outlier_max_ejection_percent: s.outlier_max_ejection_percent,
+  outlier_uneject_on_probe: s.outlier_uneject_on_probe,
   circuit_breaker: { failure_threshold: s.circuit_breaker.failure_threshold, ...backoffJson(s.circuit_breaker) },
   fail_open: s.fail_open,
   drain_timeout: secondsOf(s.drain_timeout),

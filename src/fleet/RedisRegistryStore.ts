@@ -1,4 +1,4 @@
-import { Effect, Either, Schema, Stream } from "effect"
+import { Effect, Either, Runtime, Schema, Stream } from "effect"
 import { formatParseError } from "../domain/formatParseError.js"
 import { RegistrationConflict, RegistryStorageError, RegistryUnavailable } from "../domain/GatewayError.js"
 import { PersistedRegistry } from "../registry/RegistryFile.js"
@@ -107,7 +107,9 @@ export const redisRegistryStore = (fleet: FleetRedisShape): RegistryStoreShape =
       lastKnown = next
     })
 
-  const external = Stream.async<PersistedRegistry>((emit) => {
+  // Run in the runtime of the fiber that reads the stream (the gateway's: its logger writes to
+  // stderr), not Effect.runPromise's default one, which logs to stdout.
+  const external = Stream.unwrap(Effect.map(Effect.runtime<never>(), (runtime) => Stream.async<PersistedRegistry>((emit) => {
     // One read at a time; messages that arrive meanwhile make one more read after it.
     let reading = false
     let again = false
@@ -121,7 +123,7 @@ export const redisRegistryStore = (fleet: FleetRedisShape): RegistryStoreShape =
         }
         return yield* load
       })
-      Effect.runPromise(Effect.either(work)).then((result) => {
+      Runtime.runPromise(runtime)(Effect.either(work)).then((result) => {
         if (Either.isRight(result)) void emit.single(result.right)
         reading = false
         if (again) {
@@ -132,7 +134,7 @@ export const redisRegistryStore = (fleet: FleetRedisShape): RegistryStoreShape =
     }
     fleet.subscribe(keys.channel, () => read(false))
     fleet.onReady(() => read(true))
-  })
+  })))
 
   return { name: `Redis ${fleet.describe}`, load, save, external }
 }

@@ -73,6 +73,7 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
             Effect.orDie
           )
           const started = performance.now()
+          const startedAt = yield* Clock.currentTimeMillis
           const outcome = yield* probe.probe(targetOf(instance)).pipe(
             Effect.timeoutFail({
               duration: settings.health_check_timeout,
@@ -86,7 +87,9 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
           // What is logged is the instance's status as a whole (a failed process stays failed, whatever a probe says).
           const before = instance.status
           if (outcome._tag === "Right") {
-            instance.probeSucceeded(now, settings)
+            const ejected = instance.outlier.isEjected(now)
+            instance.probeSucceeded(now, settings, startedAt)
+            if (ejected && !instance.outlier.isEjected(now)) yield* Effect.logInfo("outlier ejection ended: a health probe passed")
             shared?.publish(instance)
             if (instance.status !== before && instance.status === "healthy") yield* Effect.logInfo("instance is healthy")
             return true

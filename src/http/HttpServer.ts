@@ -36,7 +36,7 @@ import { makeMcpEndpoint } from "./mcp/McpEndpoint.js"
 import { readBody, type RunEffect, sendError, sendJson } from "./raw.js"
 import { setRequestContext } from "./requestContext.js"
 import { makeRestHandler } from "./RestHandler.js"
-import { classifyRoute, requirementOf, type Route } from "./routes.js"
+import { classifyRoute, methodsOf, requirementOf, type Route } from "./routes.js"
 
 export class ListenError extends Data.TaggedError("ListenError")<{ readonly message: string }> {}
 
@@ -136,6 +136,10 @@ export const HttpServerLive: Layer.Layer<
       if (route.kind === "other") {
         // Never handed to the router: a path the guard did not classify is not served at all.
         return sendError(res, errorAnswer(404, "not_found", `no route for ${req.method} ${path}`, requestId))
+      }
+      const allow = methodsOf(route)
+      if (allow !== undefined && req.method !== allow && !(req.method === "HEAD" && allow === "GET")) {
+        return sendError(res, errorAnswer(405, "method_not_allowed", `${path} takes ${allow}, not ${req.method}`, requestId), { allow })
       }
       if (route.kind === "resource_metadata") {
         if (authenticator.settings === undefined) {

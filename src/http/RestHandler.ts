@@ -9,7 +9,7 @@ import { defectAnswer, dispatchErrorAnswer, errorAnswer } from "./ApiError.js"
 import { forwardedHeaders } from "./forwardedHeaders.js"
 import { readJsonBody, type RunEffect, sendError, sendJson } from "./raw.js"
 import type { makeRequestTelemetry } from "./requestTelemetry.js"
-import { type RestResult, restOperations, runRestOperation } from "./RestOperations.js"
+import { type RestResult, restOperations, runRestOperation, withIsError } from "./RestOperations.js"
 
 /**
  * The lean handler of the REST MCP operations (`/mcp/{template}/{operation}`, a hot path): the
@@ -54,7 +54,8 @@ export const makeRestHandler = (deps: {
     const respond = (exit: Exit.Exit<RestResult, DispatchError>) => {
       if (Exit.isSuccess(exit)) {
         const served = exit.value.instanceId
-        return sendJson(res, 200, exit.value.result, served === undefined ? { "x-cache": "hit" } : { "x-instance-id": served })
+        const result = operation.mcpMethod === "tools/call" ? withIsError(exit.value.result) : exit.value.result
+        return sendJson(res, 200, result, served === undefined ? { "x-cache": "hit" } : { "x-instance-id": served })
       }
       const failure = Cause.failureOption(exit.cause)
       if (Option.isSome(failure)) {

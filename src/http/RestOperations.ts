@@ -79,6 +79,13 @@ export const restOperations: Readonly<Record<string, RestOperation>> = {
   "prompts/get": { httpMethod: "POST", mcpMethod: "prompts/get", decodeBody: bodyDecoder(PromptGetBody) }
 }
 
+/**
+ * A `tools/call` result as the REST face answers it: with `isError` always present, `false` when
+ * the server left it out (MCP makes it optional; the REST answers of the seed document show it).
+ */
+export const withIsError = (result: unknown): unknown =>
+  isObject(result) && result.isError === undefined ? { ...result, isError: false } : result
+
 /** A REST operation's answer: the result, and the instance that served it (none when it came from the cache). */
 export interface RestResult {
   readonly result: unknown

@@ -87,6 +87,30 @@ export const requirementOf = (route: Route): RouteRequirement => {
   }
 }
 
+/**
+ * The methods a route of the HttpApi app or a static page takes (HEAD too wherever GET is), for
+ * the 405 and its `Allow` header; undefined where its handler decides (the MCP endpoint and the
+ * REST operations) or nothing is served.
+ */
+export const methodsOf = (route: Route): string | undefined => {
+  switch (route.kind) {
+    case "health":
+    case "resource_metadata":
+    case "template_health":
+    case "gateway_read":
+    case "ui":
+    case "docs":
+      return "GET"
+    case "register":
+    case "sync":
+      return "POST"
+    case "deregister":
+      return "DELETE"
+    default:
+      return undefined
+  }
+}
+
 const decode = (segment: string): string | undefined => {
   try {
     return decodeURIComponent(segment)

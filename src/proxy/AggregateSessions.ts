@@ -1,4 +1,4 @@
-import { Context, Duration, Effect, ExecutionStrategy, Exit, Fiber, Layer, Schedule, Scope, Stream } from "effect"
+import { Context, Duration, Effect, ExecutionStrategy, Exit, Fiber, Layer, Runtime, Schedule, Scope, Stream } from "effect"
 import { declarationOf } from "../domain/canonicalJson.js"
 import { DEFAULT_AGGREGATION, GatewayConfig, type VirtualServerSettings } from "../config/GatewayConfig.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
@@ -58,6 +58,8 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
       const stats = yield* Stats
       const timer = yield* Timer
       const layerScope = yield* Effect.scope
+      // The gateway's runtime (its logger writes to stderr): Effect.runFork's default one logs to stdout.
+      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
       const settings = config.aggregation ?? DEFAULT_AGGREGATION
       const seal = new SessionSeal(config.gateway.sessionKeys ?? [])
 
@@ -94,7 +96,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         if (logged.has(key)) return
         if (logged.size > 10_000) logged.clear()
         logged.add(key)
-        Effect.runFork(log)
+        runFork(log)
       }
 
       /** Prefixes that can make two templates' names meet (`a` + `__` + `b__c` and `a__b` + `__` + `c`), said at start and on every change. */

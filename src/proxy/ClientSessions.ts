@@ -1,4 +1,4 @@
-import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Schedule, Scope, Stream } from "effect"
+import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Runtime, Schedule, Scope, Stream } from "effect"
 import { declarationOf } from "../domain/canonicalJson.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
@@ -85,6 +85,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const timer = yield* Timer
       const exposure = yield* Exposure
       const layerScope = yield* Effect.scope
+      // The gateway's runtime (its logger writes to stderr): Effect.runFork's default one logs to stdout.
+      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
       // Session ids carry what any replica needs to serve them (see SessionSeal.ts).
       const seal = new SessionSeal(config.gateway.sessionKeys ?? [])
       const sessions = new Map<string, ClientSession>()
@@ -350,7 +352,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             : undefined
           if (reason !== undefined) {
             // Requests still in flight on a removed instance finish (it drains); a dead one's have failed already.
-            if (!pinned.draining) Effect.runFork(close(session.id))
+            if (!pinned.draining) runFork(close(session.id))
             return { status: 404, message: `Session not found: ${reason}` }
           }
         }
@@ -418,7 +420,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           )
           // What the server says outside requests is heard once the client's standing stream is
           // here: the replica that opened the session may still carry it.
-          session.listenLater(() => Effect.runFork(listenForSession(session, backend).pipe(Effect.catchAllCause(() => Effect.void))))
+          session.listenLater(() => runFork(listenForSession(session, backend).pipe(Effect.catchAllCause(() => Effect.void))))
           yield* Effect.logDebug(`session of template ${claims.endpoint} taken over from another replica (pinned to ${instance!.id})`)
           return session
         })

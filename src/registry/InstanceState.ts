@@ -106,8 +106,10 @@ export class InstanceState implements InstanceView {
     this.breaker.onNeutral()
   }
 
-  probeSucceeded(now: number, settings: LoadBalancerSettings): ProbeStatus | undefined {
+  /** A probe started at `startedAt` passed: evidence for the instance, which may end its ejection (OutlierDetector). */
+  probeSucceeded(now: number, settings: LoadBalancerSettings, startedAt = now): ProbeStatus | undefined {
     this.successRate += EWMA_ALPHA * (1 - this.successRate)
+    this.outlier.onProbeSuccess(startedAt, now, settings)
     return this.health.succeeded(now, settings)
   }
 

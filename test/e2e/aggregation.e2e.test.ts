@@ -263,3 +263,24 @@ describe("aggregation: pagination over a thousand merged tools", () => {
     }
   })
 })
+
+describe("aggregation: logs never reach stdout", () => {
+  it("a gateway that logs a name collision of its aggregate writes it to stderr; its stdout stays empty", async () => {
+    const configFile = path.join(tempDir("gw-collide-"), "gateway.json")
+    // Two templates of one prefix: their names can meet, which the aggregate logs as an error at start.
+    writeJson(configFile, {
+      templates: {
+        one: { prefix: "x", instances: [{ id: "o1", transport: "http", endpoint: "http://127.0.0.1:9/mcp" }] },
+        two: { prefix: "x", instances: [{ id: "t1", transport: "http", endpoint: "http://127.0.0.1:9/mcp" }] }
+      }
+    })
+    const gateway = await startGateway({ configFile })
+    try {
+      await waitUntil(() => gateway.stderr().includes("can collide"), 20_000, "the collision logged")
+      expect(gateway.stderr()).toMatch(/level=ERROR .*aggregate \/mcp: the names of templates .*one.* and .*two.* can collide/)
+    } finally {
+      await gateway.stop()
+    }
+    expect(gateway.stdout()).toBe("")
+  }, 60_000)
+})

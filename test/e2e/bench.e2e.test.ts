@@ -17,7 +17,7 @@ const has = (tool: string) => {
  * The benchmark harness still works: `bench/run.mjs --quick` runs every section for a second or
  * so and writes its JSON. No numbers are judged here (speed is the bench's business, and this
  * machine is busy with the other suites): only that each row measured something and said so.
- * .ci/run installs wrk and nginx; a machine without them skips this.
+ * npm test (scripts/test-deps.sh) installs wrk and nginx; a machine without them skips this.
  */
 describe.skipIf(!has("wrk") || !has("nginx"))("bench --quick", () => {
   it("runs every section and reports each row", () => {

@@ -107,7 +107,15 @@ describe("the CLI against a running gateway", () => {
     expect(started.code, started.stderr).toBe(0)
     const status = JSON.parse((await cli("status", "--json")).stdout)
     expect(status.instances.some((i: { template: string; id: string }) => i.template === "later" && i.id === "l1")).toBe(true)
-    expect((await cli("stop")).code).toBe(0)
+    // `stop --config` as `status --config`: it stops the gateway only if that is the config it runs.
+    const other = path.join(dir, "other.json")
+    writeJson(other, { templates: {} })
+    const wrong = await cli("stop", "--config", other)
+    expect(wrong.code).toBe(1)
+    expect(wrong.stderr).toContain("nothing stopped")
+    const stopped = await cli("stop", "--config", configFile)
+    expect(stopped.code, stopped.stderr).toBe(0)
+    expect(stopped.stdout).toContain("mcp-gateway stopped")
 
     const dropped = await cli("deregister", "later", "l1", "--offline", "--config", configFile)
     expect(dropped.code, dropped.stderr).toBe(0)

@@ -90,8 +90,10 @@ const headerSets = fc.record({
 }).map(({ extra, origin, ...headers }) => ({ ...headers, ...extra, ...(origin === undefined ? {} : { origin }) }))
 
 interface Answer {
+  readonly method: string
   readonly status: number
   readonly type: string
+  readonly allow: string | undefined
   readonly body: string
 }
 
@@ -108,7 +110,8 @@ const send = (base: string, method: string, target: string, headers: Record<stri
           // A standing SSE stream never ends: its opening is enough.
           if (isStream) res.destroy()
         })
-        const done = () => resume(Effect.succeed({ status: res.statusCode ?? 0, type: String(res.headers["content-type"] ?? ""), body: text }))
+        const done = () =>
+          resume(Effect.succeed({ method, status: res.statusCode ?? 0, type: String(res.headers["content-type"] ?? ""), allow: res.headers.allow, body: text }))
         res.on("end", done)
         res.on("close", done)
       }
@@ -119,9 +122,14 @@ const send = (base: string, method: string, target: string, headers: Record<stri
     return Effect.sync(() => req.destroy())
   })
 
-/** What every error answer must look like: the gateway's envelope, or JSON-RPC on the MCP endpoint. */
+/**
+ * What every error answer must look like (docs/api.md, docs/mcp-endpoint.md): the gateway's
+ * envelope, or JSON-RPC on the MCP endpoint; a 405 also says what the route takes (`Allow`).
+ * Only HEAD answers and a 431 (Node's own, before any handler) have no body.
+ */
 const wellFormedError = (answer: Answer) => {
-  if (answer.status < 400 || answer.status === 405 || answer.status === 406 && answer.body === "" || answer.body === "") return true
+  if (answer.status < 400 || answer.method === "HEAD" || answer.status === 431) return true
+  if (answer.status === 405 && (answer.allow === undefined || answer.allow === "")) return false
   if (!answer.type.startsWith("application/json")) return false
   const json = JSON.parse(answer.body)
   const envelope = typeof json.error === "object" && typeof json.error.message === "string"
@@ -163,6 +171,38 @@ describe("fuzz: random and malformed requests at every route", () => {
       }),
     { timeout: 300_000, fastCheck: { numRuns: RUNS } }
   )
+
+  it.live("every method on every route: an answer or the documented error shape (405 with Allow and a body)", () =>
+    Effect.gen(function*() {
+      const headers = { authorization: `Bearer ${key}`, "content-type": "application/json", accept: "application/json, text/event-stream" }
+      const routes = [
+        "/mcp/t/tools/list", "/mcp/t/tools/call", "/mcp/t/resources/list", "/mcp/t/resources/templates/list", "/mcp/t/resources/read",
+        "/mcp/t/prompts/list", "/mcp/t/prompts/get", "/mcp/t/health", "/mcp/t", "/mcp", "/mcp/v/nobody",
+        "/gateway/health", "/gateway/stats", "/gateway/registry", "/gateway/ui", "/metrics", "/gateway/register", "/gateway/sync",
+        "/gateway/deregister/t/nobody", "/docs", "/openapi.json", "/redoc", "/redoc/redoc.standalone.js",
+        "/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp/t", "/nope"
+      ]
+      const refused: Array<string> = []
+      for (const target of routes) {
+        for (const method of ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]) {
+          // (A standing stream of /mcp/t needs a session; POST /gateway/sync and a register body are not what is tested here.)
+          const body = method === "GET" || method === "HEAD" ? undefined : "{}"
+          const answer = yield* send(gateway.url, method, target, headers, body)
+          const what = `${method} ${target}: ${answer.status} ${answer.type} allow=${answer.allow} ${answer.body.slice(0, 200)}`
+          expect(answer.status, what).toBeLessThan(500)
+          expect(wellFormedError(answer), what).toBe(true)
+          if (answer.status === 405) {
+            refused.push(`${method} ${target}`)
+            expect(answer.allow!.split(", "), what).not.toContain(method)
+          }
+        }
+      }
+      // The methods a route does not take are refused as such (not a 404 or an empty answer).
+      expect(refused).toEqual(expect.arrayContaining([
+        "OPTIONS /mcp/t/tools/list", "PUT /mcp/t", "PATCH /mcp", "PUT /mcp/v/nobody", "PATCH /docs", "PUT /docs", "DELETE /docs",
+        "POST /metrics", "DELETE /gateway/ui", "GET /gateway/register", "OPTIONS /gateway/health", "PUT /mcp/t/health"
+      ]))
+    }), { timeout: 60_000 })
 
   it.live("the gateway is healthy afterwards and still serves", () =>
     Effect.promise(async () => {

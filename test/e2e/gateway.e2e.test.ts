@@ -100,6 +100,8 @@ describe("gateway end to end", () => {
     const echo = await api(`${base}/mcp/everything/tools/call`, { json: { name: "echo", arguments: { message: "hi there" } } })
     expect(echo.status).toBe(200)
     expect(echo.body.content[0]).toEqual({ type: "text", text: "Echo: hi there" })
+    // Always there on the REST face, though MCP lets a server leave it out.
+    expect(echo.body.isError).toBe(false)
 
     const sum = await api(`${base}/mcp/everything/tools/call`, { json: { name: "get-sum", arguments: { a: 2, b: 3 } } })
     expect(sum.body.content[0].text).toContain("5")

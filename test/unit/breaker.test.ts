@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Duration, Effect, Fiber, TestClock } from "effect"
 import { backoffDelayMs } from "../../src/domain/LoadBalancer.js"
+import { OutlierDetector } from "../../src/health/OutlierDetector.js"
 import { Dispatcher } from "../../src/proxy/Dispatcher.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { broken, refused } from "../support/FakeTransport.js"
@@ -170,6 +171,76 @@ describe("passive outlier detection", () => {
       }
       expect(lengths).toEqual([10_000, 20_000, 25_000, 25_000])
     }).pipe(Effect.provide(layer))
+  })
+
+  /** Probes every 2 s (±20%), ejections of 30 s: a probe comes long before an ejection's end. */
+  const probedConfig = (uneject?: boolean) =>
+    testConfig({
+      t: {
+        instances: ["a", "b"],
+        load_balancer: {
+          retry: { base_delay_ms: 0 },
+          health_check_interval: 2,
+          outlier_consecutive_failures: 3,
+          outlier_base_ejection: 30,
+          circuit_breaker: { failure_threshold: 0 },
+          ...(uneject === undefined ? {} : { outlier_uneject_on_probe: uneject })
+        }
+      }
+    })
+
+  it.scoped("a health probe that passes ends an ejection (outlier_uneject_on_probe, on by default): a restarted instance serves at its next probe", () => {
+    const { fake, layer } = testGateway(probedConfig())
+    return Effect.gen(function*() {
+      const a = yield* instance("a")
+      const d = yield* Dispatcher
+      // Killed: requests and probes fail alike.
+      fake.set("a", () => Effect.fail(refused("a")))
+      for (let guard = 0; !a.outlier.isEjected(yield* TestClock.currentTimeMillis); guard++) {
+        expect(guard).toBeLessThan(10)
+        yield* d.call("t", "tools/list", undefined)
+      }
+      expect(a.outlier.ejectedUntil).toBe(30_000)
+      // Restarted: the next probe (at most 2.4 s away) passes and takes it back, 27 s early.
+      fake.clear("a")
+      yield* TestClock.adjust(Duration.millis(2_500))
+      const now = yield* TestClock.currentTimeMillis
+      expect(a.outlier.isEjected(now)).toBe(false)
+      expect(a.selectable(now)).toBe(true)
+      expect(a.outlier.ejections).toBe(1) // the next ejection would still be longer
+      const before = fake.distribution("tools/list").a ?? 0
+      for (let i = 0; i < 4; i++) yield* d.call("t", "tools/list", undefined)
+      expect(fake.distribution("tools/list").a).toBe(before + 2)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("with outlier_uneject_on_probe: false, an ejection lasts its whole time whatever the probes say", () => {
+    const { fake, layer } = testGateway(probedConfig(false))
+    return Effect.gen(function*() {
+      const a = yield* instance("a")
+      const d = yield* Dispatcher
+      fake.set("a", (method) => method === "ping" ? Effect.succeed({}) : Effect.fail(refused("a")))
+      for (let i = 0; i < 6; i++) yield* d.call("t", "tools/list", undefined)
+      expect(a.outlier.isEjected(yield* TestClock.currentTimeMillis)).toBe(true)
+      fake.clear("a")
+      yield* TestClock.adjust(Duration.seconds(29))
+      expect(a.outlier.isEjected(yield* TestClock.currentTimeMillis)).toBe(true)
+      yield* TestClock.adjust(Duration.seconds(1))
+      expect(a.outlier.isEjected(yield* TestClock.currentTimeMillis)).toBe(false)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it("only a probe that started after the ejection ends it", () => {
+    const settings = { outlier_consecutive_failures: 1, outlier_base_ejection: Duration.seconds(30), outlier_max_ejection: Duration.minutes(5), outlier_uneject_on_probe: true }
+    const detector = new OutlierDetector()
+    expect(detector.onFailure(1_000, settings, true)).toBe(30_000)
+    // Under way when the instance was ejected: says nothing of what ejected it.
+    expect(detector.onProbeSuccess(900, 1_200, settings)).toBe(false)
+    expect(detector.isEjected(1_200)).toBe(true)
+    expect(detector.onProbeSuccess(1_000, 1_300, settings)).toBe(true)
+    expect(detector.isEjected(1_300)).toBe(false)
+    // Not ejected: nothing to end.
+    expect(detector.onProbeSuccess(1_400, 1_500, settings)).toBe(false)
   })
 
   it.scoped("never ejects the last instances: at most outlier_max_ejection_percent of a template (a lone one never)", () => {

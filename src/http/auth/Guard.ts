@@ -118,12 +118,9 @@ export const makeGuard = Effect.gen(function*() {
           cors["vary"] = "Origin"
         }
       }
-      if (req.method === "OPTIONS") {
+      // (OPTIONS elsewhere goes on like any other method: its route answers 405 with the error body.)
+      if (req.method === "OPTIONS" && requirement.jsonRpc) {
         req.resume()
-        if (!requirement.jsonRpc) {
-          res.writeHead(405, { allow: "GET, POST, DELETE" }).end()
-          return
-        }
         // A CORS preflight of a browser MCP client (its origin is allowed: checked above).
         res.writeHead(204, {
           ...cors,

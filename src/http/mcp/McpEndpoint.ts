@@ -70,7 +70,9 @@ const endpointFor = (sessions: EndpointSessionsShape, config: typeof GatewayConf
       }
       default:
         req.resume()
-        res.writeHead(405, { allow: "GET, POST, DELETE" }).end()
+        sendJson(res, 405, rpcError(null, ErrorCode.InvalidRequest, `Method Not Allowed: the MCP endpoint takes GET, POST and DELETE, not ${req.method}`), {
+          allow: "GET, POST, DELETE"
+        })
     }
   }
 
