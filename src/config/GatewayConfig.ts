@@ -113,7 +113,11 @@ const RegistryInput = Schema.Struct({
   /** The Redis URL (redis://host:6379/0; rediss:// for TLS); `{"env": "NAME"}` to read it from the environment. */
   url: Schema.optional(SecretInput),
   /** Prepended to every key and channel (several fleets on one Redis). */
-  prefix: Schema.optional(Schema.String)
+  prefix: Schema.optional(Schema.String),
+  /** How long anything waits for Redis, in milliseconds, before going on without it (default 250). */
+  timeout_ms: Schema.optional(PositiveInt(10)),
+  /** How often each replica checks Redis (answering? the shared registry intact?), in milliseconds (default 2000). */
+  check_interval_ms: Schema.optional(PositiveInt(100))
 })
 
 /** Names of REST operations' first segments: a virtual server of such a name would be ambiguous under /mcp/v/. */
@@ -266,7 +270,46 @@ export interface GatewaySettings {
   /** The secrets session ids are sealed with (none: a key of this process's own). */
   readonly sessionKeys?: ReadonlyArray<string> | undefined
   /** Registrations in Redis, shared by replicas (undefined: the registry file, if any). */
-  readonly registryStore?: { readonly kind: "redis"; readonly url: string; readonly prefix: string } | undefined
+  readonly registryStore?: RedisStoreSettings | undefined
+}
+
+/** `registry.store: "redis"`: the Redis replicas share, and how long the gateway waits for it. */
+export interface RedisStoreSettings {
+  readonly kind: "redis"
+  readonly url: string
+  readonly prefix: string
+  /** The most any command may take (rate limits, registrations, checks) before the gateway goes on without Redis. */
+  readonly timeout: Duration.Duration
+  /** How often each replica checks that Redis answers and that the shared registry is intact. */
+  readonly checkInterval: Duration.Duration
+}
+
+export const DEFAULT_REDIS_TIMEOUT_MS = 250
+export const DEFAULT_REDIS_CHECK_INTERVAL_MS = 2000
+
+/**
+ * A problem with a Redis URL (`redis://[user:password@]host[:port][/db]`), or undefined. The URL
+ * is never repeated (it may hold a password): a password with `#`, `?`, `/` or `@` must be
+ * percent-encoded, or the URL means another host.
+ */
+export const redisUrlProblem = (url: string): string | undefined => {
+  const expected = "expected redis://[user:password@]host[:port][/db] or rediss://...; " +
+    "percent-encode '#', '?', '/', '@' and '%' in the user or password (%23, %3F, %2F, %40, %25)"
+  if (!/^rediss?:\/\//i.test(url)) return `expected a redis:// or rediss:// URL`
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    return `not a valid URL: ${expected}`
+  }
+  if (parsed.hostname === "" || parsed.hash !== "" || !/^(\/\d*)?$/.test(parsed.pathname)) return `not a valid Redis URL: ${expected}`
+  try {
+    decodeURIComponent(parsed.username)
+    decodeURIComponent(parsed.password)
+  } catch {
+    return `not a valid Redis URL (a bad %-escape in the user or password): ${expected}`
+  }
+  return undefined
 }
 
 export interface DiscoveryProviderSettings {
@@ -487,8 +530,16 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
       const url = file.registry.url === undefined ? Option.getOrUndefined(env.redisUrl) : resolveSecret(file.registry.url)
       if (url === undefined) problems.push(`registry.url: expected the Redis URL (redis://host:6379) with "store": "redis" (or MCP_GATEWAY_REDIS_URL)`)
       else if (typeof url !== "string") problems.push(`registry.url: ${url.missing}`)
-      else if (!/^rediss?:\/\//.test(url)) problems.push(`registry.url: expected a redis:// or rediss:// URL`)
-      else registryStore = { kind: "redis", url, prefix: file.registry.prefix ?? "mcpgw:" }
+      else if (redisUrlProblem(url) !== undefined) problems.push(`registry.url: ${redisUrlProblem(url)}`)
+      else {
+        registryStore = {
+          kind: "redis",
+          url,
+          prefix: file.registry.prefix ?? "mcpgw:",
+          timeout: Duration.millis(file.registry.timeout_ms ?? DEFAULT_REDIS_TIMEOUT_MS),
+          checkInterval: Duration.millis(file.registry.check_interval_ms ?? DEFAULT_REDIS_CHECK_INTERVAL_MS)
+        }
+      }
     } else if (file.registry?.url !== undefined) {
       problems.push(`registry.url: only with "store": "redis"`)
     }

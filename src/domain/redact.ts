@@ -24,7 +24,8 @@ export const redactUrl = (raw: string): string => {
   url.username = ""
   url.password = ""
   const query = Array.from(url.searchParams.keys())
-  let out = url.origin + url.pathname
+  // (Not url.origin: for schemes the URL standard does not know, redis:// among them, it is "null".)
+  let out = `${url.protocol}//${url.host}${url.pathname}`
   if (query.length > 0) out += "?" + query.map((k) => `${encodeURIComponent(k)}=${MASK}`).join("&")
   if (url.hash !== "") out += "#" + MASK
   return userinfo ? out.replace("://", `://${MASK}@`) : out

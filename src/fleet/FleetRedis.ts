@@ -1,14 +1,25 @@
-import { Context, Effect, Layer, Runtime } from "effect"
+import { Context, Duration, Effect, Layer, Runtime } from "effect"
 import type { Redis } from "ioredis"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { redactUrl } from "../domain/redact.js"
 
+/** Whether a command failed for want of an answer within the bound (ioredis's `commandTimeout`). */
+export const isRedisTimeout = (e: unknown) => e instanceof Error && /timed out/i.test(e.message)
+
 /** How the gateway stands with the Redis its replicas share. */
-export type FleetStatus = "off" | "ok" | "down"
+export type FleetStatus = "off" | "ok" | "slow" | "down"
 
 export interface FleetRedisShape {
-  /** `off`: no Redis configured (a gateway on its own); `down`: configured and not reachable now. */
+  /**
+   * `off`: no Redis configured (a gateway on its own); `down`: configured and not reachable now;
+   * `slow`: connected, but a command did not answer within the bound (a paused or overloaded
+   * Redis): nothing waits for it until a check answers in time again.
+   */
   readonly status: () => FleetStatus
+  /** A command did not answer within `timeout` (the caller went on without it): stop waiting for Redis until it answers again. */
+  readonly reportSlow: () => void
+  /** How often replicas check Redis (answering? the registry intact?). */
+  readonly checkInterval: Duration.Duration
   /** The key prefix every key of this fleet has (`mcpgw:`). */
   readonly prefix: string
   /** Commands; fail at once while Redis is down (nothing is queued: a caller decides what that means). */
@@ -25,9 +36,23 @@ export interface FleetRedisShape {
  * The Redis connection replicas share (`registry.store: "redis"`): one connection for commands,
  * one for subscriptions, reconnecting on their own (every 0.2 s to 2 s). While it is down,
  * commands fail at once instead of queueing, so a registration is refused with a 503 rather than
- * left hanging, and the hot path never waits for Redis. Without a Redis in the config, `off`.
+ * left hanging. A Redis that is connected but does not answer (paused, overloaded, failing over
+ * behind one address) is the harder case: every command times out after `registry.timeout_ms`,
+ * and the first that does turns the status to `slow`, in which nothing is sent to Redis but one
+ * check every `registry.check_interval_ms`, until a check answers in time. So the hot path waits
+ * for Redis at most the bound, and only until one request found it slow. Without a Redis in the
+ * config, `off`.
  */
-const OFF: FleetRedisShape = { status: () => "off", prefix: "", command: undefined, subscribe: () => undefined, onReady: () => undefined, describe: "" }
+const OFF: FleetRedisShape = {
+  status: () => "off",
+  reportSlow: () => undefined,
+  checkInterval: Duration.seconds(2),
+  prefix: "",
+  command: undefined,
+  subscribe: () => undefined,
+  onReady: () => undefined,
+  describe: ""
+}
 
 export class FleetRedis extends Context.Tag("mcp-gateway/FleetRedis")<FleetRedis, FleetRedisShape>() {
   /** No Redis: a gateway on its own (and what tools that only read a config use). */
@@ -40,17 +65,20 @@ export class FleetRedis extends Context.Tag("mcp-gateway/FleetRedis")<FleetRedis
       const settings = config.gateway.registryStore
       if (settings?.kind !== "redis") return OFF
       const describe = redactUrl(settings.url)
+      const timeoutMs = Duration.toMillis(settings.timeout)
       const options = {
         lazyConnect: true,
         enableOfflineQueue: false,
         maxRetriesPerRequest: 1,
         connectTimeout: 2_000,
+        commandTimeout: timeoutMs,
         retryStrategy: (times: number) => Math.min(200 * times, 2_000)
       }
       // Loaded only by a gateway that has a Redis: one on its own never pays for the client.
       const { Redis } = yield* Effect.promise(() => import("ioredis"))
       const command = new Redis(settings.url, options)
-      const subscriber = new Redis(settings.url, { ...options, enableOfflineQueue: true, maxRetriesPerRequest: null })
+      // (No command timeout: a subscription waits for messages as long as it lives.)
+      const subscriber = new Redis(settings.url, { ...options, commandTimeout: undefined, enableOfflineQueue: true, maxRetriesPerRequest: null })
       let status = "down" as FleetStatus
       const readyHandlers: Array<() => void> = []
       const runtime = yield* Effect.runtime<never>()
@@ -64,9 +92,35 @@ export class FleetRedis extends Context.Tag("mcp-gateway/FleetRedis")<FleetRedis
       })
       command.on("end", () => void (status = "down"))
       command.on("close", () => {
-        if (status === "ok") log(Effect.logError(`lost Redis ${describe}: serving from the last known registry; registrations are refused until it is back`))
+        if (status === "ok" || status === "slow") log(Effect.logError(`lost Redis ${describe}: serving from the last known registry; registrations are refused until it is back`))
         status = "down"
       })
+      const reportSlow = () => {
+        if (status !== "ok") return
+        status = "slow"
+        log(Effect.logWarning(
+          `Redis ${describe} did not answer within ${timeoutMs} ms: rate limits are each replica's own, registrations are refused ` +
+            `and the last known registry serves, until it answers again (checked every ${Duration.format(settings.checkInterval)})`
+        ))
+      }
+      // The check: a PING within the bound. A slow Redis is found here even without traffic,
+      // and a slow one that answers again is taken back.
+      const check = Effect.promise(() =>
+        command.ping().then(() => true, (e: unknown) => !isRedisTimeout(e))
+      ).pipe(
+        Effect.flatMap((answered) => {
+          if (!answered) return Effect.sync(reportSlow)
+          if (status !== "slow") return Effect.void
+          status = "ok"
+          return Effect.logInfo(`Redis ${describe} answers again: rate limits and registrations are the fleet's again`)
+        })
+      )
+      yield* Effect.forkScoped(
+        Effect.sleep(settings.checkInterval).pipe(
+          Effect.zipRight(Effect.suspend(() => (status === "ok" || status === "slow" ? check : Effect.void))),
+          Effect.forever
+        )
+      )
       command.on("error", () => undefined)
       subscriber.on("error", () => undefined)
       const handlers = new Map<string, Array<(message: string) => void>>()
@@ -85,6 +139,8 @@ export class FleetRedis extends Context.Tag("mcp-gateway/FleetRedis")<FleetRedis
       void subscriber.connect().catch(() => undefined)
       return {
         status: () => status,
+        reportSlow,
+        checkInterval: settings.checkInterval,
         prefix: settings.prefix,
         command,
         describe,

@@ -1,7 +1,7 @@
 import { Duration, Effect } from "effect"
 import type { InstanceState } from "../registry/InstanceState.js"
 import type { RegistryShape } from "../registry/Registry.js"
-import type { FleetRedisShape } from "./FleetRedis.js"
+import { type FleetRedisShape, isRedisTimeout } from "./FleetRedis.js"
 
 /**
  * Probe verdicts shared by the replicas: each replica probes every instance itself and writes
@@ -18,7 +18,7 @@ export const makeSharedHealth = (fleet: FleetRedisShape, registry: RegistryShape
   const publish = (instance: InstanceState) => {
     if (fleet.status() !== "ok" || instance.health.status === "unknown") return
     const record = JSON.stringify({ status: instance.health.status, at: instance.health.lastCheckedAt ?? Date.now(), error: instance.health.lastError })
-    void fleet.command!.hset(key, field(instance), record).catch(() => undefined)
+    void fleet.command!.hset(key, field(instance), record).catch((e: unknown) => isRedisTimeout(e) && fleet.reportSlow())
   }
 
   /** At start: the fleet's recent verdicts, for the instances this replica has not probed yet. */

@@ -128,8 +128,10 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
         Effect.sync(() => {
           const instances = registry.instances()
           return {
-            // Degraded: the Redis the replicas share is down (serving from the last known registry; registrations refused).
-            status: fleet.status() === "down" ? "degraded" : "healthy",
+            // Degraded: the Redis the replicas share is down or does not answer in time (serving from
+            // the last known registry, rate limits per replica, registrations refused). Read from the
+            // fleet's state, never from Redis: health answers at once whatever Redis does.
+            status: fleet.status() === "down" || fleet.status() === "slow" ? "degraded" : "healthy",
             version: GATEWAY_VERSION,
             uptime_seconds: Math.round((Date.now() - startedAt) / 1000),
             templates: registry.templates().length,

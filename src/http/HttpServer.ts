@@ -84,6 +84,7 @@ export const HttpServerLive: Layer.Layer<
     const mcpEndpoint = yield* makeMcpEndpoint
     const sessions = yield* ClientSessions
     const metrics = yield* GatewayMetrics
+    const fleet = yield* FleetRedis
 
     const apiApp = yield* HttpApiBuilder.httpApp.pipe(
       // Names in paths (/mcp/{t}/health, /gateway/deregister/{t}/{id}) as long as a name may be
@@ -150,7 +151,7 @@ export const HttpServerLive: Layer.Layer<
       }
       if (route.kind === "ui") return statusPage(res)
       if (path === "/metrics") {
-        const text = scrapeMetrics(metrics, registry, sessions)
+        const text = scrapeMetrics(metrics, registry, sessions, fleet.status())
         res.writeHead(200, { "content-type": PROMETHEUS_CONTENT_TYPE, "content-length": Buffer.byteLength(text) })
         return void res.end(text)
       }

@@ -53,12 +53,15 @@ export interface RouteRequirement {
   readonly templateLimited: boolean
   /** The MCP endpoint whose protected resource metadata a 401 points at. */
   readonly endpoint?: ProtectedEndpoint | undefined
+  /** Not counted against any rate limit (health: a load balancer's probe must never wait on the fleet's Redis, nor be refused). */
+  readonly unlimited?: boolean | undefined
 }
 
 export const requirementOf = (route: Route): RouteRequirement => {
   const base = { jsonRpc: false, jsonBody: true, templateLimited: false }
   switch (route.kind) {
     case "health":
+      return { ...base, scope: undefined, unlimited: true }
     case "resource_metadata":
     case "ui":
       return { ...base, scope: undefined }

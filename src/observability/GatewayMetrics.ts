@@ -1,5 +1,6 @@
 import { Context, Layer, MetricBoundaries, MetricKey, MetricLabel, MetricRegistry } from "effect"
 import type * as MetricHook from "effect/MetricHook"
+import { FOLDED, MAX_SERIES_PER_METRIC } from "./metricLabels.js"
 
 /**
  * The gateway's Effect metrics, as `/metrics` exports them (Prometheus names and units) and
@@ -19,29 +20,59 @@ type Labels = Readonly<Record<string, string>>
 
 const labelsOf = (labels: Labels) => Object.entries(labels).map(([k, v]) => MetricLabel.make(k, v))
 
-/** One hook per label set, made on first use. */
-const family = <H>(make: (labels: Labels) => H) => {
+/** One hook per label set, made on first use; past `maxSeries` label sets, the one folded series (and `folded` is told). */
+const family = <H>(make: (labels: Labels) => H, folded: () => void, maxSeries: number) => {
   const cache = new Map<string, H>()
+  let overflow: H | undefined
   return (labels: Labels): H => {
     let key = ""
     for (const k in labels) key += `${labels[k]}\u0000`
     let hook = cache.get(key)
-    if (hook === undefined) cache.set(key, hook = make(labels))
+    if (hook === undefined) {
+      if (cache.size >= maxSeries) {
+        folded()
+        if (overflow === undefined) {
+          const other: Record<string, string> = {}
+          for (const k in labels) other[k] = FOLDED
+          overflow = make(other)
+        }
+        return overflow
+      }
+      cache.set(key, hook = make(labels))
+    }
     return hook
   }
 }
 
-export const makeGatewayMetrics = () => {
+export const makeGatewayMetrics = (options: { readonly maxSeriesPerMetric?: number } = {}) => {
   const registry = MetricRegistry.make()
+  const maxSeries = options.maxSeriesPerMetric ?? MAX_SERIES_PER_METRIC
+  const foldedCounters = new Map<string, MetricHook.MetricHook.Counter<number>>()
+  /** Counts an update folded into a metric's `other` series (one series per metric: bounded by the metrics there are). */
+  const foldedInto = (name: string) => () => {
+    let hook = foldedCounters.get(name)
+    if (hook === undefined) {
+      foldedCounters.set(
+        name,
+        hook = registry.getCounter(
+          MetricKey.counter("mcp_gateway_metric_series_folded_total", {
+            description: `Updates counted in a metric's series labelled "other" because it had ${maxSeries} series already`,
+            incremental: true
+          }).pipe(MetricKey.taggedWithLabels([MetricLabel.make("metric", name)]))
+        )
+      )
+    }
+    hook.update(1)
+  }
   const counter = (name: string, description: string) =>
     family((labels): MetricHook.MetricHook.Counter<number> =>
-      registry.getCounter(MetricKey.counter(name, { description, incremental: true }).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))))
+      registry.getCounter(MetricKey.counter(name, { description, incremental: true }).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))), foldedInto(name), maxSeries)
   const gauge = (name: string, description: string) =>
     family((labels): MetricHook.MetricHook.Gauge<number> =>
-      registry.getGauge(MetricKey.gauge(name, { description }).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))))
+      registry.getGauge(MetricKey.gauge(name, { description }).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))), foldedInto(name), maxSeries)
   const histogram = (name: string, description: string) =>
     family((labels): MetricHook.MetricHook.Histogram =>
-      registry.getHistogram(MetricKey.histogram(name, latencyBuckets, description).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))))
+      registry.getHistogram(MetricKey.histogram(name, latencyBuckets, description).pipe(MetricKey.taggedWithLabels(labelsOf(labels)))), foldedInto(name), maxSeries)
 
   return {
     /** Every metric's current state, for `/metrics`. */
@@ -71,12 +102,13 @@ export const makeGatewayMetrics = () => {
     ejected: gauge("mcp_gateway_instance_ejected", "1 while the instance is ejected by outlier detection"),
     breakerState: gauge("mcp_gateway_circuit_breaker_state", "The instance's breaker: 1 on the current state (closed, open, half_open)"),
     sessions: gauge("mcp_gateway_mcp_sessions_open", "MCP endpoint sessions open, by template and the protocol version (generation) they speak"),
-    up: gauge("mcp_gateway_up", "1 while the gateway serves")
+    up: gauge("mcp_gateway_up", "1 while the gateway serves"),
+    redis: gauge("mcp_gateway_redis_status", "The fleet's Redis (registry.store \"redis\"): 1 on the current state (ok, slow, down)")
   }
 }
 
 export type GatewayMetricsShape = ReturnType<typeof makeGatewayMetrics>
 
 export class GatewayMetrics extends Context.Tag("mcp-gateway/GatewayMetrics")<GatewayMetrics, GatewayMetricsShape>() {
-  static readonly layer: Layer.Layer<GatewayMetrics> = Layer.sync(GatewayMetrics, makeGatewayMetrics)
+  static readonly layer: Layer.Layer<GatewayMetrics> = Layer.sync(GatewayMetrics, () => makeGatewayMetrics())
 }

@@ -1,4 +1,5 @@
 import * as MetricState from "effect/MetricState"
+import type { FleetStatus } from "../fleet/FleetRedis.js"
 import type { ClientSessionsShape } from "../proxy/ClientSessions.js"
 import type { RegistryShape } from "../registry/Registry.js"
 import type { GatewayMetricsShape } from "./GatewayMetrics.js"
@@ -6,6 +7,7 @@ import { toPrometheusText } from "./PrometheusText.js"
 
 const STATUSES = ["unknown", "healthy", "unhealthy", "failed"] as const
 const BREAKER_STATES = ["closed", "open", "half_open"] as const
+const REDIS_STATES = ["ok", "slow", "down"] as const
 
 /**
  * The Prometheus text of `/metrics`: the counters and histograms as recorded, and the gauges of
@@ -13,7 +15,7 @@ const BREAKER_STATES = ["closed", "open", "half_open"] as const
  * sessions, so the hot path updates no gauge. Gauge series of instances and templates that are
  * gone are left out (a removed instance must not report its last state for ever).
  */
-export const scrapeMetrics = (M: GatewayMetricsShape, registry: RegistryShape, sessions: ClientSessionsShape): string => {
+export const scrapeMetrics = (M: GatewayMetricsShape, registry: RegistryShape, sessions: ClientSessionsShape, fleet: FleetStatus = "off"): string => {
   const now = Date.now()
   const live = new Set<string>()
   const liveTemplates = new Set<string>()
@@ -36,6 +38,8 @@ export const scrapeMetrics = (M: GatewayMetricsShape, registry: RegistryShape, s
     M.sessions({ template: c.template, protocol_version: c.protocolVersion }).update(c.count)
   }
   M.up({}).update(1)
+  // (Only for a gateway with a Redis: one on its own has no such series.)
+  if (fleet !== "off") for (const state of REDIS_STATES) M.redis({ state }).update(fleet === state ? 1 : 0)
   return toPrometheusText(M.snapshot(), (pair) => {
     if (!MetricState.isGaugeState(pair.metricState)) return true
     const tag = (key: string) => pair.metricKey.tags.find((t) => t.key === key)?.value

@@ -1,7 +1,7 @@
 import { Context, Effect, Layer } from "effect"
 import { GatewayConfig, type RateLimit } from "../config/GatewayConfig.js"
 import { Registry } from "../registry/Registry.js"
-import { FleetRedis } from "../fleet/FleetRedis.js"
+import { FleetRedis, isRedisTimeout } from "../fleet/FleetRedis.js"
 import { type FleetBucket, makeFleetBuckets } from "../fleet/fleetRateLimit.js"
 import { Timer } from "./Timer.js"
 
@@ -134,10 +134,15 @@ export class RateLimiter extends Context.Tag("mcp-gateway/RateLimiter")<RateLimi
       if (fleet.status() === "off") return { admit: admitHere, admitTemplate }
 
       // Replicas: the buckets are the fleet's, in Redis. While Redis cannot answer, each
-      // replica counts with its own buckets (a limit per replica beats none).
+      // replica counts with its own buckets (a limit per replica beats none). A request waits
+      // for Redis at most `registry.timeout_ms`; the first that waits that long turns the fleet
+      // `slow`, and the requests after it count here at once until Redis answers again.
       const shared = makeFleetBuckets(fleet)
       const inFleet = (buckets: ReadonlyArray<FleetBucket>, here: () => RateDecision): Admission =>
-        buckets.length === 0 ? unlimited : fleet.status() !== "ok" ? here() : shared(buckets).catch(here)
+        buckets.length === 0 ? unlimited : fleet.status() !== "ok" ? here() : shared(buckets).catch((e: unknown) => {
+          if (isRedisTimeout(e)) fleet.reportSlow()
+          return here()
+        })
       return {
         admit: (client, template) => {
           const templateLimit = template === undefined ? undefined : registry.template(template)?.rateLimit ?? perTemplate

@@ -1,6 +1,7 @@
 import { Context, Effect, Layer } from "effect"
 import { GatewayMetrics, type GatewayMetricsShape } from "../observability/GatewayMetrics.js"
 import { type LatencyWindow, makeLatencyWindow } from "../observability/LatencyWindow.js"
+import { operationLabel } from "../observability/metricLabels.js"
 import { Timer, type TimerShape } from "./Timer.js"
 
 export interface RequestRecord {
@@ -110,18 +111,20 @@ export const makeStats = (timer: TimerShape, M: GatewayMetricsShape): StatsShape
   return {
     recordRequest: (r) => {
       const instance = r.instanceId ?? ""
-      const key = `${r.template}\u0000${r.operation}\u0000${instance}\u0000${r.outcome}`
+      // (A method the protocol does not define is `other`: the client names it, and each name would be a series.)
+      const operation = operationLabel(r.operation)
+      const key = `${r.template}\u0000${operation}\u0000${instance}\u0000${r.outcome}`
       let s = series.get(key)
       if (s === undefined) {
-        const durationKey = `${r.template}\u0000${r.operation}`
+        const durationKey = `${r.template}\u0000${operation}`
         let duration = durations.get(durationKey)
-        if (duration === undefined) durations.set(durationKey, duration = M.requestDuration({ template: r.template, operation: r.operation }))
+        if (duration === undefined) durations.set(durationKey, duration = M.requestDuration({ template: r.template, operation }))
         series.set(key, s = {
           template: r.template,
           instance,
           strategy: r.strategy,
           ok: r.outcome === "ok" || r.outcome === "tool_error",
-          counter: M.requests({ template: r.template, operation: r.operation, instance, outcome: r.outcome }),
+          counter: M.requests({ template: r.template, operation, instance, outcome: r.outcome }),
           duration,
           templateWindow: windowOf("template", r.template, ""),
           instanceWindow: instance === "" ? undefined : windowOf("instance", r.template, instance)

@@ -6,7 +6,7 @@ import { freePort, tempDir } from "./processes.js"
 /**
  * A real redis-server (Debian's, which .ci/run installs) on a free loopback port, its data in a
  * temp directory (append-only file, so a restart keeps it unless `fresh`). `stop` kills it as a
- * crash would; `start` brings it back on the same port.
+ * crash would; `start` brings it back on the same port; `pause`/`resume` freeze and thaw it.
  */
 export const startRedis = async () => {
   const port = await freePort()
@@ -36,7 +36,12 @@ export const startRedis = async () => {
       if (child === undefined || child.exitCode !== null) return resolve()
       child.once("exit", () => resolve())
       child.kill("SIGKILL")
+      // (A paused one is killed all the same; SIGCONT in case.)
+      child.kill("SIGCONT")
     })
+  /** SIGSTOP / SIGCONT: a Redis that keeps its connections and answers nothing (paused, swapping, failing over). */
+  const pause = () => void child?.kill("SIGSTOP")
+  const resume = () => void child?.kill("SIGCONT")
   await start()
-  return { url: `redis://127.0.0.1:${port}`, port, start, stop }
+  return { url: `redis://127.0.0.1:${port}`, port, start, stop, pause, resume }
 }
