@@ -42,6 +42,17 @@ export const DEFAULT_REGISTRATION: RegistrationSettings = {
   maxMetadataBytes: 16 * 1024
 }
 
+/** Failed authentications per client address (credential floods): see http/auth/AuthFailures.ts. */
+export interface AuthFailureSettings {
+  /** Failures an address may have in one interval; past them it gets 429 until the interval ends. */
+  readonly maxFailures: number
+  readonly interval: Duration.Duration
+  /** Addresses followed at once. */
+  readonly maxAddresses: number
+}
+
+export const DEFAULT_AUTH_FAILURES: AuthFailureSettings = { maxFailures: 20, interval: Duration.seconds(60), maxAddresses: 10_000 }
+
 /** Headers a template may never forward to its backends: the client's credentials, and what the gateway sets itself (gatewayHeaders.ts). */
 const CLIENT_CREDENTIAL_HEADERS = new Set(["authorization", "x-api-key", "cookie"])
 const unforwardable = (header: string) => CLIENT_CREDENTIAL_HEADERS.has(header) || isGatewayHeader(header)
@@ -70,6 +81,14 @@ export interface RateLimit {
 
 const rateLimitOf = (input: RateLimitInput | undefined): RateLimit | undefined =>
   input === undefined ? undefined : { perSecond: input.requests_per_second, burst: input.burst ?? Math.max(1, Math.ceil(input.requests_per_second)) }
+
+const authFailuresOf = (
+  input: { readonly max_failures?: number | undefined; readonly interval?: number | undefined; readonly max_addresses?: number | undefined } | undefined
+): AuthFailureSettings => ({
+  maxFailures: input?.max_failures ?? DEFAULT_AUTH_FAILURES.maxFailures,
+  interval: input?.interval === undefined ? DEFAULT_AUTH_FAILURES.interval : seconds(input.interval),
+  maxAddresses: input?.max_addresses ?? DEFAULT_AUTH_FAILURES.maxAddresses
+})
 
 const PositiveSeconds = Schema.Number.pipe(
   Schema.filter((n) => (Number.isFinite(n) && n > 0) || `expected a positive number of seconds, got ${n}`)
@@ -175,7 +194,13 @@ export const ConfigFile = Schema.Struct({
       /** Per credential (per client address without auth), over every route but /gateway/health. */
       per_client: Schema.optional(RateLimitInput),
       /** Per template, over the MCP operations of all its clients (a template's own `rate_limit` overrides it). */
-      per_template: Schema.optional(RateLimitInput)
+      per_template: Schema.optional(RateLimitInput),
+      /** Failed authentications per client address: past `max_failures` in `interval` seconds, 429 until it ends. */
+      auth_failures: Schema.optional(Schema.Struct({
+        max_failures: Schema.optional(PositiveInt(1)),
+        interval: Schema.optional(PositiveSeconds),
+        max_addresses: Schema.optional(PositiveInt(1))
+      }))
     })),
     /** Request bodies larger than this many bytes are refused with 413. */
     max_body_bytes: Schema.optional(
@@ -258,6 +283,8 @@ export interface GatewaySettings {
   readonly maxSessionsPerClient: number
   readonly maxListPages: number
   readonly rateLimits: { readonly perClient: RateLimit | undefined; readonly perTemplate: RateLimit | undefined }
+  /** Failed authentications per client address (undefined: DEFAULT_AUTH_FAILURES). */
+  readonly authFailures?: AuthFailureSettings | undefined
   /** Authentication, when configured (API keys and/or JWTs); undefined: every caller is anonymous. */
   readonly auth: AuthSettings | undefined
   readonly logLevel: LogLevelName
@@ -580,6 +607,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
           perClient: rateLimitOf(file.gateway?.rate_limits?.per_client),
           perTemplate: rateLimitOf(file.gateway?.rate_limits?.per_template)
         },
+        authFailures: authFailuresOf(file.gateway?.rate_limits?.auth_failures),
         auth,
         logLevel: flags.logLevel ?? file.gateway?.log_level ?? "info",
         defaults,

@@ -40,7 +40,7 @@ export interface StatsShape {
   readonly recordRestart: (template: string, instanceId: string) => void
   /** How often an instance's process or stream was restarted. */
   readonly restarts: (template: string, instanceId: string) => number
-  readonly recordRateLimited: (limit: "client" | "template", template: string | undefined) => void
+  readonly recordRateLimited: (limit: "client" | "template" | "auth_failures", template: string | undefined) => void
   readonly recordAuthFailure: (status: 401 | 403) => void
   readonly snapshot: () => StatsSnapshot
 }

@@ -79,6 +79,69 @@ describe("failures end to end", () => {
     expect((await echo(gateway, "t", "back")).body.content[0].text).toBe("Echo: back")
   })
 
+  it("kill and restart under load: the restarted instance serves again within one probe interval, not after its ejection", async () => {
+    const [a, bPort] = await Promise.all([server(), freePort()])
+    let b = await startEverythingHttp(bPort)
+    cleanups.push(() => b.stop())
+    const interval = 2
+    const gateway = await gatewayWith({
+      templates: {
+        t: {
+          instances: [
+            { id: "a", transport: "http", endpoint: a.url },
+            { id: "b", transport: "http", endpoint: b.url }
+          ],
+          load_balancer: {
+            health_check_interval: interval,
+            health_check_timeout: 1,
+            // An ejection far longer than the test: only a passing probe can end it in time.
+            outlier_base_ejection: 120,
+            retry: { base_delay_ms: 0 },
+            // The breaker (which a probe does not close) cools down within the interval.
+            circuit_breaker: { failure_threshold: 5, base_delay_ms: 200, max_delay_ms: 1000 }
+          }
+        }
+      }
+    })
+    const served: Array<{ at: number; by: string | null; status: number }> = []
+    let running = true
+    const worker = async () => {
+      while (running) {
+        const r = await fetch(`${gateway.url}/mcp/t/tools/call`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ name: "echo", arguments: { message: "load" } })
+        }).then(async (res) => ({ status: res.status, by: res.headers.get("x-instance-id"), body: await res.text() }), () => ({ status: 0, by: null }))
+        served.push({ at: Date.now(), by: r.by, status: r.status })
+      }
+    }
+    const workers = Array.from({ length: 4 }, worker)
+    try {
+      await waitUntil(() => served.some((r) => r.by === "b"), 15_000, "b to serve")
+      await b.stop()
+      const killedAt = Date.now()
+      await waitUntil(async () => (await api(`${gateway.url}/mcp/t/health`)).body.instances.b.outlier.ejected === true, 15_000, "b to be ejected")
+      b = await startEverythingHttp(bPort)
+      const restartedAt = Date.now()
+      await waitUntil(() => served.some((r) => r.by === "b" && r.at > restartedAt), 30_000, "the restarted b to serve")
+      const back = served.find((r) => r.by === "b" && r.at > restartedAt)!.at - restartedAt
+      const health = (await api(`${gateway.url}/mcp/t/health`)).body.instances.b
+      const during = served.filter((r) => r.at > killedAt)
+      console.log(
+        `kill and restart: b served again ${back} ms after its restart (probe interval ${interval} s ±20%, ejection 120 s); ` +
+          `${during.length} requests since the kill, ${during.filter((r) => r.status !== 200).length} not 200`
+      )
+      // One probe interval (jittered up to +20%), and the probe's own time, with room for a busy machine.
+      expect(back).toBeLessThan(interval * 1.2 * 1000 + 2_000)
+      expect(health.outlier.ejected).toBe(false)
+      expect(health.outlier.ejections).toBe(1)
+      expect(gateway.stderr()).toContain("outlier ejection ended: a health probe passed")
+    } finally {
+      running = false
+      await Promise.all(workers)
+    }
+  }, 90_000)
+
   it("re-initializes when an HTTP backend has forgotten the session", async () => {
     const first = await server()
     const gateway = await gatewayWith({

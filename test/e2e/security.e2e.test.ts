@@ -35,6 +35,10 @@ const auditLine = (log: string, event: string, fields: Record<string, string>) =
     Object.entries(fields).every(([k, v]) => line.includes(` ${k}=${v}`) || line.includes(` ${k}="${v}"`))
   )
 
+/** An audit line of `event` (one failure, or the summary of an interval's) that mentions every one of `parts`. */
+const auditMentioning = (log: string, event: string, parts: ReadonlyArray<string>) =>
+  log.split("\n").find((line) => line.includes(`audit=${event}`) && parts.every((p) => line.includes(p)))
+
 /** A raw request (node:http), for what fetch will not send: a GET with a body, chunked bodies, any Host. */
 const raw = (url: string, options: {
   method?: string
@@ -100,7 +104,10 @@ describe("security end to end", () => {
         allowed_hosts: ["gateway.test"],
         max_sessions_per_client: 3,
         max_list_pages: 5,
-        registration_env: ["GW_TEST_BACKEND_TOKEN"]
+        registration_env: ["GW_TEST_BACKEND_TOKEN"],
+        // Every test here fails credentials from 127.0.0.1 on purpose: no 429 for them (the flood
+        // has a test of its own), and audit summaries every second, for the tests to read.
+        rate_limits: { auth_failures: { max_failures: 10_000, interval: 1 } }
       },
       auth: {
         api_keys: [
@@ -202,7 +209,8 @@ describe("security end to end", () => {
     expect((await call("echo", { "x-api-key": keys.admin })).status).toBe(200)
     expect((await call("echo", bearer(await token({ scope: "mcp:call" })))).status).toBe(200)
     await waitUntil(() => auditLine(gateway.stderr(), "authentication_failed", { from: "127.0.0.1", who: "(unknown)" }) !== undefined, 5000, "the audit line")
-    await waitUntil(() => auditLine(gateway.stderr(), "authentication_failed", { who: "jwt:alice", reason: "invalid token: expired" }) !== undefined, 5000, "the audit line")
+    // The failures after an interval's first come as one line when it ends, naming who and why.
+    await waitUntil(() => auditMentioning(gateway.stderr(), "authentication_failed", ["more from 127.0.0.1", "jwt:alice", "invalid token: expired"]) !== undefined, 5000, "the audit summary")
   })
 
   it("the right credential with the wrong scope or template gets 403 insufficient_scope, by REST and MCP alike", async () => {
@@ -232,7 +240,7 @@ describe("security end to end", () => {
       headers: bearer(keys.reader)
     })
     expect(register.status).toBe(403)
-    await waitUntil(() => auditLine(gateway.stderr(), "forbidden", { who: "reader", needed: "gateway:admin" }) !== undefined, 5000, "the audit line")
+    await waitUntil(() => auditMentioning(gateway.stderr(), "forbidden", ["reader", "gateway:admin"]) !== undefined, 5000, "the audit line")
     // A sync (config reload, discovery) is gateway-wide administration: neither a reader nor a template's admin.
     for (const key of [keys.reader, keys.echoAdmin]) {
       expect((await api(`${gateway.url}/gateway/sync`, { json: {}, headers: bearer(key) })).status).toBe(403)
@@ -513,6 +521,59 @@ describe("rate limits end to end", () => {
     const after = await Promise.all([echo(), echo()])
     expect(after.map((r) => r.status).sort()).toEqual([200, 429])
   })
+
+  it("a credential flood: 10,000 bad credentials from one address get 401 up to the limit, then 429 with Retry-After; the audit log holds two lines", async () => {
+    const configFile = path.join(tempDir(), "gateway.json")
+    const key = newApiKey()
+    writeJson(configFile, { auth: { api_keys: [{ id: "ops", hash: hashApiKey(key), scopes: ["gateway:read"] }] } })
+    const gateway = await startGateway({ configFile })
+    cleanups.push(() => gateway.stop())
+    const { port } = new URL(gateway.url)
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 16 })
+    cleanups.push(async () => agent.destroy())
+    /** GET /gateway/stats from a loopback address of our choice (Linux answers on all of 127/8). */
+    const get = (authorization: string, localAddress = "127.0.0.1") =>
+      new Promise<{ status: number; retryAfter: string | undefined; type: string | undefined }>((resolve, reject) => {
+        const req = http.request({ host: "127.0.0.1", port, path: "/gateway/stats", agent, localAddress, headers: { authorization } }, (res) => {
+          let text = ""
+          res.setEncoding("utf8").on("data", (d: string) => (text += d))
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, retryAfter: res.headers["retry-after"], type: text === "" ? undefined : JSON.parse(text).error?.type }))
+        })
+        req.on("error", reject)
+        req.end()
+      })
+    const statuses = new Map<number, number>()
+    let retryAfter: Array<number> = []
+    for (let sent = 0; sent < 10_000; sent += 100) {
+      const answers = await Promise.all(Array.from({ length: 100 }, (_, i) => get(`Bearer wrong-${sent + i}`)))
+      for (const a of answers) {
+        statuses.set(a.status, (statuses.get(a.status) ?? 0) + 1)
+        if (a.status === 429) {
+          expect(a.type).toBe("rate_limited")
+          retryAfter.push(Number(a.retryAfter))
+        }
+      }
+    }
+    console.log(`credential flood: ${JSON.stringify(Object.fromEntries(statuses))}; stderr ${gateway.stderr().length} bytes`)
+    // The documented default: 20 failures per address per 60 s.
+    expect(Object.fromEntries(statuses)).toEqual({ 401: 20, 429: 9_980 })
+    expect(Math.min(...retryAfter)).toBeGreaterThanOrEqual(1)
+    expect(Math.max(...retryAfter)).toBeLessThanOrEqual(60)
+    // The address is refused whatever it sends now; another address, and the open routes, are not.
+    expect((await get(`Bearer ${key}`)).status).toBe(429)
+    expect((await get(`Bearer ${key}`, "127.0.0.2")).status).toBe(200)
+    expect((await api(`${gateway.url}/gateway/health`)).status).toBe(200)
+    // One audit line for the flood so far (its first failure); the rest is summed up when the interval ends (here: at shutdown).
+    const auditLines = () => gateway.stderr().split("\n").filter((l) => l.includes("audit: authentication_failed"))
+    expect(auditLines()).toHaveLength(1)
+    expect(auditLines()[0]).toContain("from=127.0.0.1")
+    await gateway.stop()
+    expect(auditLines()).toHaveLength(2)
+    // (9,980 refused in the flood, and the right key from the same address.)
+    expect(auditLines()[1]).toMatch(/19 more from 127\.0\.0\.1 within 1m.*9981 requests refused \(429\)/)
+    expect(auditLines()[1]).toContain("count=19")
+    expect(gateway.stderr().length).toBeLessThan(20_000)
+  }, 120_000)
 
   it("listening beyond loopback without auth refuses to start, unless --insecure", async () => {
     const result = await runGateway(["start", "--host", "0.0.0.0", "--port", "0"])

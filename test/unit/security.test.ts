@@ -9,6 +9,7 @@ import { GatewayConfig, type GatewayConfigShape, loadGatewayConfig } from "../..
 import { digestOf, findKey, hashApiKey, newApiKey } from "../../src/domain/apiKey.js"
 import { allows, type Identity } from "../../src/domain/Identity.js"
 import { redactCommand, redactUrl, redactUrlsIn } from "../../src/domain/redact.js"
+import { AuthFailures, MAX_DISTINCT } from "../../src/http/auth/AuthFailures.js"
 import { Authenticator } from "../../src/http/auth/Authenticator.js"
 import { nestsDeeperThan } from "../../src/domain/jsonText.js"
 import { type Admission, type RateDecision, RateLimiter } from "../../src/proxy/RateLimiter.js"
@@ -241,4 +242,52 @@ describe("the hardened example config", () => {
           `templates.github.instances[0].headers["Authorization"]: environment variable GITHUB_MCP_TOKEN is not set`
       )
     }))
+})
+
+describe("failed authentications per address (credential floods)", () => {
+  const limit = { maxFailures: 3, intervalMs: 60_000, maxAddresses: 2 }
+
+  it("past max_failures in an interval an address is refused until the interval ends; another address is not", () => {
+    const failures = new AuthFailures(limit)
+    const detail = { who: "(unknown)", reason: "unknown API key or token" }
+    expect(failures.fail("10.0.0.1", 1_000, detail)).toEqual({ first: true, ended: undefined })
+    expect(failures.retryAfterSeconds("10.0.0.1", 1_000)).toBeUndefined()
+    failures.fail("10.0.0.1", 2_000, detail)
+    failures.fail("10.0.0.1", 3_000, detail)
+    expect(failures.retryAfterSeconds("10.0.0.1", 3_000)).toBe(58)
+    expect(failures.retryAfterSeconds("10.0.0.1", 60_500)).toBe(1)
+    expect(failures.retryAfterSeconds("10.0.0.2", 3_000)).toBeUndefined()
+    // The interval is over: the address may try again.
+    expect(failures.retryAfterSeconds("10.0.0.1", 61_000)).toBeUndefined()
+  })
+
+  it("the first failure of an interval is logged at once, the rest as one summary with a count when it ends", () => {
+    const failures = new AuthFailures(limit)
+    for (let i = 0; i < 10; i++) failures.fail("10.0.0.1", 1_000 + i, { who: `key-${i % 2}`, reason: "unknown API key or token" })
+    failures.retryAfterSeconds("10.0.0.1", 2_000)
+    failures.fail("10.0.0.2", 5_000, { who: "x", reason: "r" })
+    expect(failures.sweep(60_999)).toEqual([])
+    // 10.0.0.2 had only its first failure, already logged: nothing to sum up.
+    expect(failures.sweep(65_000)).toEqual([{ address: "10.0.0.1", more: 9, refused: 1, seen: { who: "key-1, key-0", reason: "unknown API key or token" } }])
+    expect(failures.size).toBe(0)
+    // A failure after the interval, before a sweep, opens the next one and closes the last.
+    failures.fail("10.0.0.3", 70_000, { who: "a" })
+    failures.fail("10.0.0.3", 70_001, { who: "b" })
+    const next = failures.fail("10.0.0.3", 130_000, { who: "c" })
+    expect(next.first).toBe(true)
+    expect(next.ended).toMatchObject({ address: "10.0.0.3", more: 1, seen: { who: "b" } })
+  })
+
+  it("what it holds is bounded: addresses (the oldest forgotten) and the distinct values of a summary", () => {
+    const failures = new AuthFailures(limit)
+    failures.fail("a", 0, {})
+    failures.fail("b", 0, {})
+    failures.fail("c", 0, {})
+    expect(failures.size).toBe(2)
+    for (let i = 0; i < 100; i++) failures.fail("c", 1 + i, { what: `GET /x${i}` })
+    const [summary] = failures.drain().filter((s) => s.address === "c")
+    expect(summary!.more).toBe(100)
+    expect(summary!.seen.what!.split(", ")).toHaveLength(MAX_DISTINCT + 1)
+    expect(summary!.seen.what).toMatch(/, \.\.\.$/)
+  })
 })
