@@ -68,6 +68,32 @@ describe("metric labels a client invents", () => {
   }, 120_000)
 })
 
+describe("what clients send, in text logs", () => {
+  let backend: RunningServer
+  let gateway: RunningGateway
+
+  beforeAll(async () => {
+    backend = await startFixtureServer("header-echo-server.mjs")
+    const configFile = path.join(tempDir("gw-escape-"), "gateway.json")
+    writeJson(configFile, { templates: { echo: { instances: [{ id: "e1", transport: "http", endpoint: backend.url }] } } })
+    gateway = await startGateway({ configFile })
+  })
+
+  afterAll(async () => {
+    await gateway?.stop()
+    await backend?.stop()
+  })
+
+  it("control characters in a tool name, a prompt name and a URI are escaped, never written raw", async () => {
+    await api(`${gateway.url}/mcp/echo/tools/call`, { json: { name: "clear\x1b[2J\x1b[31mred", arguments: {} }, headers: { "x-request-id": "esc-1" } })
+    await api(`${gateway.url}/mcp/echo/prompts/get`, { json: { name: "bell\x07\u009b31m" }, headers: { "x-request-id": "esc-2" } })
+    await api(`${gateway.url}/mcp/echo/resources/read`, { json: { uri: "file:///x\x1b]0;title\x07" }, headers: { "x-request-id": "esc-3" } })
+    await waitUntil(() => gateway.stderr().includes("esc-3"), 5_000, "the request lines")
+    expect(gateway.stderr()).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/)
+    expect(gateway.stderr()).toContain("clear\\u001b[2J\\u001b[31mred")
+  })
+})
+
 describe("a trace collector that accepts connections and never answers", () => {
   let backend: RunningServer
   let gateway: RunningGateway
