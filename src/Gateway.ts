@@ -96,5 +96,6 @@ export const GatewayLive = FirstHealthCheck.pipe(
   Layer.provideMerge(GatewayFoundation),
   Layer.provide(Timer.live),
   // First of all, so that every fiber of the gateway uses its tracer (when tracing is configured).
-  Layer.provide(TracingLive)
+  // (With the gateway's metrics, built once for both: it counts the spans it drops.)
+  Layer.provide(TracingLive.pipe(Layer.provide(GatewayMetrics.layer)))
 )

@@ -14,14 +14,20 @@ const levels: Record<LogLevelName, LogLevel.LogLevel> = {
   none: LogLevel.None
 }
 
-/** URLs in a log message lose their user:password and query values (a token in an endpoint must not reach the log). */
-const redacting = <O>(logger: Logger.Logger<unknown, O>) =>
-  Logger.mapInput(logger, (message: unknown) =>
+/**
+ * URLs in a log message lose their user:password and query values (a token in an endpoint must
+ * not reach the log). For the pretty logger, which writes itself, control characters of the
+ * message are escaped here too (the other formats escape whole lines: writeLogLine).
+ */
+const redacting = <O>(logger: Logger.Logger<unknown, O>, escape = false) => {
+  const clean = escape ? (m: string) => escapeControls(redactUrlsIn(m)) : redactUrlsIn
+  return Logger.mapInput(logger, (message: unknown) =>
     typeof message === "string"
-      ? redactUrlsIn(message)
+      ? clean(message)
       : Array.isArray(message)
-      ? message.map((m) => (typeof m === "string" ? redactUrlsIn(m) : m))
+      ? message.map((m) => (typeof m === "string" ? clean(m) : m))
       : message)
+}
 
 /**
  * Lines for stderr, written together once per turn of the event loop. With a request line per
@@ -69,12 +75,25 @@ export const flushLogs = () => {
 }
 process.on("exit", flushLogs)
 
+/** C0 and C1 control characters (ESC, CSI, BEL, CR, LF...): what a terminal acts on instead of showing. */
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/
+const CONTROLS = /[\u0000-\u001f\u007f-\u009f]/g
+
+/**
+ * A line with its control characters written as `\u001b` escapes. Log lines carry what clients
+ * sent (tool and prompt names, URIs, method names): raw, an ESC could clear or recolour an
+ * operator's terminal, and a line feed forge a log line. (Inside a JSON string, the same escape
+ * is valid JSON; a formatted line has no control character of its own.)
+ */
+export const escapeControls = (line: string) =>
+  CONTROL.test(line) ? line.replace(CONTROLS, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`) : line
+
 /**
  * One line for stderr, batched with the others of this turn of the event loop; `urgent` lines
  * (warnings and worse: rare, and wanted at once) go out now, with what is pending before them.
  */
 export const writeLogLine = (line: string, urgent = false) => {
-  pending += line + "\n"
+  pending += escapeControls(line) + "\n"
   // Bounded: a burst larger than this goes out at once rather than growing the buffer.
   if (urgent || pending.length > 1 << 16) return flushLogs()
   if (!scheduled) {
@@ -100,7 +119,8 @@ export const loggerLayer = (level: LogLevelName, format: LogFormat): Layer.Layer
           ? toStderr(Logger.jsonLogger)
           : format === "pretty"
           ? Logger.prettyLogger({ stderr: true })
-          : toStderr(Logger.logfmtLogger)
+          : toStderr(Logger.logfmtLogger),
+        format === "pretty"
       )
     ),
     Logger.minimumLogLevel(levels[level])

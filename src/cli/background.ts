@@ -5,7 +5,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { integerFlag } from "./flags.js"
 import { CommandFailed } from "./CommandFailed.js"
-import { defaultPidFile, isAlive, logFileFor, readPidFile, removePidFile, writePidFile } from "./pidFile.js"
+import { defaultPidFile, describeStale, logFileFor, processIdentity, readPidFile, recordedState, removePidFile, writePidFile } from "./pidFile.js"
 
 /** Where the detached gateway writes its URL once it serves (see start.ts). */
 export const READY_FILE_ENV = "MCP_GATEWAY_READY_FILE"
@@ -48,6 +48,11 @@ export const startInBackground = (options: { readonly pidFile: Option.Option<str
         exitCode: 1
       })
     }
+    if (running !== undefined) {
+      // (A gateway that crashed, or was killed, left it: its pid is free, or another process's now.)
+      removePidFile(pidFile)
+      yield* Console.error(`mcp-gateway: removed the stale pid file ${pidFile} (${describeStale(running)})`)
+    }
     fs.mkdirSync(path.dirname(logFile), { recursive: true })
     fs.mkdirSync(path.dirname(pidFile), { recursive: true })
     const from = fs.existsSync(logFile) ? fs.statSync(logFile).size : 0
@@ -85,7 +90,8 @@ export const startInBackground = (options: { readonly pidFile: Option.Option<str
           url,
           log_file: logFile,
           config: Option.match(options.config, { onNone: () => null, onSome: (c) => path.resolve(c) }),
-          started_at: new Date().toISOString()
+          started_at: new Date().toISOString(),
+          ...processIdentity(child.pid!)
         })
         yield* Console.log(`mcp-gateway started in the background: pid ${child.pid}, ${url}\n  log:      ${logFile}\n  pid file: ${pidFile}\n  stop it:  mcp-gateway stop${options.pidFile._tag === "Some" ? ` --pid-file ${pidFile}` : ""}`)
         return
@@ -139,14 +145,23 @@ export const stopCommand = Command.make(
           exitCode: 1
         })
       }
-      if (!record.alive) {
+      if (record.state === "gone") {
         removePidFile(pidFile)
         yield* Console.log(`mcp-gateway (pid ${record.pid}) was not running; removed its stale pid file`)
         return
       }
+      if (record.state === "reused") {
+        // Never signalled: whatever has the pid now is not the gateway this file recorded.
+        removePidFile(pidFile)
+        return yield* new CommandFailed({
+          message: `not stopping pid ${record.pid}: the pid file ${pidFile} is stale (${describeStale(record)}); ` +
+            "the gateway it recorded is gone; removed the stale pid file",
+          exitCode: 1
+        })
+      }
       process.kill(record.pid, "SIGTERM")
       const deadline = Date.now() + timeout * 1000
-      while (isAlive(record.pid)) {
+      while (recordedState(record) === "running") {
         if (Date.now() > deadline) {
           return yield* new CommandFailed({
             message: `the gateway (pid ${record.pid}) is still running after ${timeout}s (draining?); see ${record.log_file}, or force it with kill -9 ${record.pid}`,

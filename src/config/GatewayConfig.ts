@@ -233,7 +233,11 @@ export const ConfigFile = Schema.Struct({
     otlp_endpoint: Schema.String.pipe(Schema.pattern(/^https?:\/\//, { message: () => "expected an http(s) URL" })),
     service_name: Schema.optional(Schema.String),
     /** How often spans are sent, in milliseconds (default 5000). */
-    export_interval_ms: Schema.optional(PositiveInt(10))
+    export_interval_ms: Schema.optional(PositiveInt(10)),
+    /** How long one export may take before its spans are dropped, in milliseconds (default 5000). */
+    export_timeout_ms: Schema.optional(PositiveInt(10)),
+    /** Spans that may wait for the collector; past this, new ones are dropped and counted (default 2048). */
+    max_queued_spans: Schema.optional(PositiveInt(1))
   }))
 })
 export type ConfigFile = typeof ConfigFile.Type
@@ -391,6 +395,10 @@ export interface TracingSettings {
   readonly endpoint: string
   readonly serviceName: string
   readonly exportInterval: Duration.Duration
+  /** The most one export may take (its spans are dropped after it). */
+  readonly exportTimeout: Duration.Duration
+  /** Spans waiting for the collector, at most. */
+  readonly maxQueuedSpans: number
 }
 
 export interface GatewayConfigShape {
@@ -620,7 +628,9 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
       tracing: file.tracing === undefined ? undefined : {
         endpoint: file.tracing.otlp_endpoint,
         serviceName: file.tracing.service_name ?? "mcp-gateway",
-        exportInterval: Duration.millis(file.tracing.export_interval_ms ?? 5000)
+        exportInterval: Duration.millis(file.tracing.export_interval_ms ?? 5000),
+        exportTimeout: Duration.millis(file.tracing.export_timeout_ms ?? 5000),
+        maxQueuedSpans: file.tracing.max_queued_spans ?? 2048
       },
       discovery: {
         sync: flags.sync ?? file.discovery?.sync ?? true,

@@ -102,6 +102,7 @@ export const makeGatewayMetrics = (options: { readonly maxSeriesPerMetric?: numb
     ejected: gauge("mcp_gateway_instance_ejected", "1 while the instance is ejected by outlier detection"),
     breakerState: gauge("mcp_gateway_circuit_breaker_state", "The instance's breaker: 1 on the current state (closed, open, half_open)"),
     sessions: gauge("mcp_gateway_mcp_sessions_open", "MCP endpoint sessions open, by template and the protocol version (generation) they speak"),
+    tracingSpansDropped: counter("mcp_gateway_tracing_spans_dropped_total", "Spans not exported: the collector failed, did not answer in time, or too many waited for it"),
     up: gauge("mcp_gateway_up", "1 while the gateway serves"),
     redis: gauge("mcp_gateway_redis_status", "The fleet's Redis (registry.store \"redis\"): 1 on the current state (ok, slow, down)")
   }
