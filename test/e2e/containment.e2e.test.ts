@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
   api,
   everythingServer,
+  filesystemServer,
   repoRoot,
   type RunningGateway,
   type RunningServer,
@@ -57,7 +58,8 @@ describe("containment end to end: credentials, environment, registrations", () =
           instances: [{ id: "ei", transport: "stdio", command: ["node", envServer], inherit_env: ["GW_TEST_FOR_INSTANCE", "GW_TEST_PREFIX_*"] }]
         },
         // The bundled example's servers run as they are (node, found on PATH).
-        everything: { instances: [{ id: "ev", transport: "stdio", command: ["node", everythingServer, "stdio"] }] }
+        everything: { instances: [{ id: "ev", transport: "stdio", command: ["node", everythingServer, "stdio"] }] },
+        filesystem: { instances: [{ id: "fs", transport: "stdio", command: ["node", filesystemServer, dir] }] }
       }
     })
     gateway = await startGateway({
@@ -132,9 +134,15 @@ describe("containment end to end: credentials, environment, registrations", () =
       expect(env.GW_TEST_NOT_NAMED).toBeUndefined()
       expect(Object.keys(env).filter((k) => k.startsWith("MCP_GATEWAY_"))).toEqual([])
     }
-    // server-everything runs as the bundled example runs it (`node` found on PATH).
+    // server-everything and server-filesystem run as the bundled example runs them (`node` found on PATH).
     const echoed = await api(`${gateway.url}/mcp/everything/tools/call`, { json: { name: "echo", arguments: { message: "hi" } }, headers: bearer })
     expect(echoed.body.content[0].text).toBe("Echo: hi")
+    const read = await api(`${gateway.url}/mcp/filesystem/tools/call`, {
+      json: { name: "read_text_file", arguments: { path: path.join(dir, "gateway.json") } },
+      headers: bearer
+    })
+    expect(read.status).toBe(200)
+    expect(read.body.content[0].text).toContain(`"allow_stdio_registration": true`)
   })
 
   const register = (body: unknown) => api(`${gateway.url}/gateway/register`, { json: body, headers: bearer })
