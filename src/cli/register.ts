@@ -3,7 +3,7 @@ import { Console, Effect, Option, Schema } from "effect"
 import * as path from "node:path"
 import { DEFAULT_REGISTRATION, loadGatewayConfig } from "../config/GatewayConfig.js"
 import { formatParseError } from "../domain/formatParseError.js"
-import { InstanceSpec, TemplateName } from "../domain/Instance.js"
+import { derivedInstanceId, InstanceSpec, TemplateName } from "../domain/Instance.js"
 import { readRegistryFile, writeRegistryFile } from "../registry/RegistryFile.js"
 import { CommandFailed } from "./CommandFailed.js"
 import { choiceFlag, integerFlag } from "./flags.js"
@@ -160,8 +160,8 @@ const registerOffline = (target: Target, template: string, instance: Record<stri
     let id = spec.id
     if (id === undefined) {
       let n = 1
-      while (taken.has(`${template}-${n}`)) n++
-      id = `${template}-${n}`
+      while (taken.has(derivedInstanceId(template, n))) n++
+      id = derivedInstanceId(template, n)
     } else if (taken.has(id)) {
       return yield* new CommandFailed({ message: `register: template ${template} already has an instance ${id}`, exitCode: 2 })
     }

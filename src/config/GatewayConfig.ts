@@ -4,7 +4,7 @@ import * as path from "node:path"
 import { formatParseError } from "../domain/formatParseError.js"
 import { DEFAULT_REGISTRATION_DENY, parseEntry } from "../domain/EndpointPolicy.js"
 import { isGatewayHeader } from "../domain/gatewayHeaders.js"
-import { defineInstance, InheritEnv, type InstanceDefinition, InstanceSpec, TemplateName } from "../domain/Instance.js"
+import { defineInstance, derivedInstanceId, InheritEnv, type InstanceDefinition, InstanceSpec, TemplateName } from "../domain/Instance.js"
 import {
   DEFAULT_LOAD_BALANCER,
   LoadBalancerInput,
@@ -514,7 +514,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
       const seen = new Set<string>()
       const instances: Array<InstanceDefinition> = []
       template.instances.forEach((spec, index) => {
-        const id = spec.id ?? `${name}-${index + 1}`
+        const id = spec.id ?? derivedInstanceId(name, index + 1)
         if (seen.has(id)) {
           problems.push(`templates.${name}.instances[${index}].id: duplicate instance id ${JSON.stringify(id)}`)
           return

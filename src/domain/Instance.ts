@@ -26,6 +26,15 @@ export const TemplateName = Schema.String.pipe(
 
 export const InstanceId = TemplateName
 
+/**
+ * The id an instance gets when none is given: `{template}-{n}`, the template's name shortened
+ * when need be so that the id is a name too (a template of 128 characters has instances).
+ */
+export const derivedInstanceId = (template: string, n: number): string => {
+  const suffix = `-${n}`
+  return template.slice(0, MAX_NAME_LENGTH - suffix.length) + suffix
+}
+
 const HttpUrl = Schema.String.pipe(
   Schema.filter((s) => {
     try {

@@ -9,6 +9,7 @@ import {
 } from "../domain/GatewayError.js"
 import {
   defineInstance,
+  derivedInstanceId,
   discoverySource,
   type InstanceDefinition,
   type InstanceSource,
@@ -568,8 +569,8 @@ export const makeRegistry = (options: {
 /** `${template}-${n}` with the first n not taken. */
 const nextId = (template: TemplateState): string => {
   let n = template.instances.size + 1
-  while (template.instances.has(`${template.name}-${n}`)) n++
-  return `${template.name}-${n}`
+  while (template.instances.has(derivedInstanceId(template.name, n))) n++
+  return derivedInstanceId(template.name, n)
 }
 
 /** What goes to the registry file: instances registered at run time, the templates they created, and refused entries as they were. */

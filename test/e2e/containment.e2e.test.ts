@@ -1,6 +1,19 @@
+import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { api, everythingServer, repoRoot, type RunningGateway, type RunningServer, startFixtureServer, startGateway, tempDir, writeJson } from "../support/processes.js"
+import {
+  api,
+  everythingServer,
+  filesystemServer,
+  repoRoot,
+  type RunningGateway,
+  type RunningServer,
+  runGateway,
+  startFixtureServer,
+  startGateway,
+  tempDir,
+  writeJson
+} from "../support/processes.js"
 
 const envServer = path.join(repoRoot, "test/fixtures/env-server.mjs")
 
@@ -45,7 +58,8 @@ describe("containment end to end: credentials, environment, registrations", () =
           instances: [{ id: "ei", transport: "stdio", command: ["node", envServer], inherit_env: ["GW_TEST_FOR_INSTANCE", "GW_TEST_PREFIX_*"] }]
         },
         // The bundled example's servers run as they are (node, found on PATH).
-        everything: { instances: [{ id: "ev", transport: "stdio", command: ["node", everythingServer, "stdio"] }] }
+        everything: { instances: [{ id: "ev", transport: "stdio", command: ["node", everythingServer, "stdio"] }] },
+        filesystem: { instances: [{ id: "fs", transport: "stdio", command: ["node", filesystemServer, dir] }] }
       }
     })
     gateway = await startGateway({
@@ -120,9 +134,15 @@ describe("containment end to end: credentials, environment, registrations", () =
       expect(env.GW_TEST_NOT_NAMED).toBeUndefined()
       expect(Object.keys(env).filter((k) => k.startsWith("MCP_GATEWAY_"))).toEqual([])
     }
-    // server-everything runs as the bundled example runs it (`node` found on PATH).
+    // server-everything and server-filesystem run as the bundled example runs them (`node` found on PATH).
     const echoed = await api(`${gateway.url}/mcp/everything/tools/call`, { json: { name: "echo", arguments: { message: "hi" } }, headers: bearer })
     expect(echoed.body.content[0].text).toBe("Echo: hi")
+    const read = await api(`${gateway.url}/mcp/filesystem/tools/call`, {
+      json: { name: "read_text_file", arguments: { path: path.join(dir, "gateway.json") } },
+      headers: bearer
+    })
+    expect(read.status).toBe(200)
+    expect(read.body.content[0].text).toContain(`"allow_stdio_registration": true`)
   })
 
   const register = (body: unknown) => api(`${gateway.url}/gateway/register`, { json: body, headers: bearer })
@@ -160,13 +180,16 @@ describe("containment end to end: credentials, environment, registrations", () =
 
     // Loopback (the README's tour registers http://127.0.0.1:3001/mcp), and a name of the longest length.
     const longTemplate = "t".repeat(128)
-    const longId = "i".repeat(128)
     expect((await register({ template_name: "remote", instance: { id: "r1", transport: "http", endpoint: `http://127.0.0.1:${echo.port}/mcp`, metadata: { team: "a" } } })).status).toBe(201)
     expect((await register({ template_name: "remote", instance: { id: "r2", transport: "http", endpoint: `http://localhost:${echo.port}/mcp` } })).status).toBe(201)
     const perTemplate = await register({ template_name: "remote", instance: { id: "r3", transport: "http", endpoint: `http://127.0.0.1:${echo.port}/mcp` } })
     expect(perTemplate.status).toBe(409)
     expect(perTemplate.body.error.message).toContain("gateway.max_registrations_per_template")
-    expect((await register({ template_name: longTemplate, instance: { id: longId, transport: "http", endpoint: `http://127.0.0.1:${echo.port}/mcp` } })).status).toBe(201)
+    // (Without an id: the derived one, {template}-1, is shortened to a name's length too.)
+    const long = await register({ template_name: longTemplate, instance: { transport: "http", endpoint: `http://127.0.0.1:${echo.port}/mcp` } })
+    expect(long.status).toBe(201)
+    const longId: string = long.body.instance_id
+    expect(longId).toBe(`${"t".repeat(126)}-1`)
     const total = await register({ template_name: "another", instance: { transport: "http", endpoint: `http://127.0.0.1:${echo.port}/mcp` } })
     expect(total.status).toBe(409)
     expect(total.body.error.message).toContain("gateway.max_registrations")
@@ -182,4 +205,23 @@ describe("containment end to end: credentials, environment, registrations", () =
     for (const id of ["r1", "r2"]) expect((await api(`${gateway.url}/gateway/deregister/remote/${id}`, { method: "DELETE", headers: bearer })).status).toBe(200)
     expect((await api(`${gateway.url}/gateway/registry`, { headers: bearer })).body.templates[longTemplate]).toBeUndefined()
   })
+
+  it("an offline registration (mcp-gateway register --offline) keeps to the same name length and limits", async () => {
+    const offlineDir = tempDir()
+    const configFile = path.join(offlineDir, "gateway.json")
+    const registryFile = path.join(offlineDir, "registry.json")
+    writeJson(configFile, { gateway: { port: 0, registry_file: registryFile, max_registrations_per_template: 1 } })
+    const cli = (...args: Array<string>) => runGateway(args, { XDG_STATE_HOME: path.join(offlineDir, "state"), MCP_GATEWAY_URL: "" })
+    const endpoint = `http://127.0.0.1:${echo.port}/mcp`
+    const long = await cli("register", "t".repeat(129), "--endpoint", endpoint, "--offline", "--config", configFile)
+    expect(long.code).toBe(2)
+    expect(long.stderr).toContain("at most 128")
+    expect(fs.existsSync(registryFile)).toBe(false)
+    const added = await cli("register", "t".repeat(128), "--endpoint", endpoint, "--offline", "--config", configFile)
+    expect(added.code, added.stderr).toBe(0)
+    const over = await cli("register", "t".repeat(128), "--endpoint", endpoint, "--offline", "--config", configFile)
+    expect(over.code).toBe(2)
+    expect(over.stderr).toContain("gateway.max_registrations_per_template")
+    expect(JSON.parse(fs.readFileSync(registryFile, "utf8")).templates["t".repeat(128)].instances).toHaveLength(1)
+  }, 120_000)
 })

@@ -1,5 +1,10 @@
 import { DEFAULT_INHERITED_ENV_VARS } from "@modelcontextprotocol/sdk/client/stdio.js"
+import { ConfigProvider, Effect, Exit } from "effect"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
 import { describe, expect, it } from "vitest"
+import { loadGatewayConfig } from "../../src/config/GatewayConfig.js"
 import { childEnvironment, DEFAULT_INHERITED_ENV } from "../../src/transport/childEnvironment.js"
 
 const parent = {
@@ -52,5 +57,35 @@ describe("a stdio server's environment", () => {
 
   it("holds the official SDK's default list", () => {
     for (const name of DEFAULT_INHERITED_ENV_VARS) expect(DEFAULT_INHERITED_ENV).toContain(name)
+  })
+})
+
+describe("inherit_env in the config", () => {
+  const configFile = (content: unknown) => {
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "gw-inherit-")), "gateway.json")
+    fs.writeFileSync(file, JSON.stringify(content))
+    return file
+  }
+  const load = (content: unknown) =>
+    Effect.runPromiseExit(loadGatewayConfig({ configFile: configFile(content) }).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map()))))
+
+  it("is read at each level (gateway default: none), names and prefixes only", async () => {
+    const none = await load({})
+    expect(Exit.isSuccess(none) && none.value.gateway.inheritEnv).toEqual([])
+    const given = await load({
+      gateway: { inherit_env: ["HTTP_PROXY"] },
+      templates: { t: { inherit_env: ["AWS_*"], instances: [{ id: "a", transport: "stdio", command: "node s.js", inherit_env: ["GITHUB_TOKEN"] }] } }
+    })
+    expect(Exit.isSuccess(given)).toBe(true)
+    if (Exit.isSuccess(given)) {
+      expect(given.value.gateway.inheritEnv).toEqual(["HTTP_PROXY"])
+      expect(given.value.templates[0]!.inheritEnv).toEqual(["AWS_*"])
+      expect(given.value.templates[0]!.instances[0]).toMatchObject({ inherit_env: ["GITHUB_TOKEN"] })
+    }
+    const bad = await load({ gateway: { inherit_env: ["*"] }, templates: { t: { inherit_env: ["A-B"] } } })
+    expect(Exit.isFailure(bad)).toBe(true)
+    const problems: ReadonlyArray<string> = Exit.isFailure(bad) ? (bad.cause as any).error.problems : []
+    expect(problems.join("\n")).toContain("gateway.inherit_env[0]: expected an environment variable name, or a prefix ending in *")
+    expect(problems.join("\n")).toContain("templates.t.inherit_env[0]: expected an environment variable name, or a prefix ending in *")
   })
 })

@@ -5,7 +5,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { DEFAULT_REGISTRATION, loadGatewayConfig } from "../../src/config/GatewayConfig.js"
 import { DEFAULT_REGISTRATION_DENY, endpointHost, knownAddresses, makeEndpointPolicy, parseEntry } from "../../src/domain/EndpointPolicy.js"
-import { InstanceSpec, MAX_NAME_LENGTH, TemplateName } from "../../src/domain/Instance.js"
+import { derivedInstanceId, InstanceSpec, MAX_NAME_LENGTH, TemplateName } from "../../src/domain/Instance.js"
 import { DEFAULT_LOAD_BALANCER } from "../../src/domain/LoadBalancer.js"
 import { makeRegistry } from "../../src/registry/Registry.js"
 import { testConfig } from "../support/testConfig.js"
@@ -139,6 +139,14 @@ describe("names", () => {
     expect(Either.isRight(Schema.decodeUnknownEither(TemplateName)("a".repeat(MAX_NAME_LENGTH)))).toBe(true)
     expect(Either.isLeft(Schema.decodeUnknownEither(TemplateName)("a".repeat(MAX_NAME_LENGTH + 1)))).toBe(true)
     expect(Either.isLeft(Schema.decodeUnknownEither(InstanceSpec)({ id: "i".repeat(MAX_NAME_LENGTH + 1), transport: "http", endpoint: "http://127.0.0.1:1/mcp" }))).toBe(true)
+    // A template of the longest name still has ids that are names: {template}-{n}, shortened.
+    expect(derivedInstanceId("t", 3)).toBe("t-3")
+    for (const n of [1, 12, 1234]) {
+      const id = derivedInstanceId("a".repeat(MAX_NAME_LENGTH), n)
+      expect(id.length).toBe(MAX_NAME_LENGTH)
+      expect(id.endsWith(`-${n}`)).toBe(true)
+      expect(Either.isRight(Schema.decodeUnknownEither(TemplateName)(id))).toBe(true)
+    }
   })
 })
 
