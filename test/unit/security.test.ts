@@ -11,6 +11,7 @@ import { allows, type Identity } from "../../src/domain/Identity.js"
 import { redactCommand, redactUrl, redactUrlsIn } from "../../src/domain/redact.js"
 import { AuthFailures, makeFailureAudit, MAX_DISTINCT } from "../../src/http/auth/AuthFailures.js"
 import { Authenticator } from "../../src/http/auth/Authenticator.js"
+import type { RunEffect } from "../../src/http/raw.js"
 import { nestsDeeperThan } from "../../src/domain/jsonText.js"
 import { type Admission, type RateDecision, RateLimiter } from "../../src/proxy/RateLimiter.js"
 import { Timer } from "../../src/proxy/Timer.js"
@@ -284,7 +285,7 @@ describe("failed authentications per address (credential floods)", () => {
     return Effect.gen(function*() {
       const audit = yield* makeFailureAudit({ maxFailures: 3, interval: Duration.seconds(10), maxAddresses: 100 })
       const runtime = yield* Effect.runtime<never>()
-      const run = (effect: Effect.Effect<unknown, unknown>) => Runtime.runFork(runtime)(effect)
+      const run: RunEffect = (effect) => Runtime.runFork(runtime)(effect)
       for (let i = 0; i < 5; i++) audit.failed(run, "authentication_failed", "10.0.0.9", { who: "(unknown)", what: "GET /gateway/stats", reason: "unknown API key or token" })
       yield* Effect.yieldNow()
       expect(lines).toEqual(["audit: authentication_failed"])
