@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Layer, TestClock } from "effect"
+import { Duration, Effect, Exit, Layer, Logger, Runtime, TestClock } from "effect"
 import * as jose from "jose"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -9,8 +9,9 @@ import { GatewayConfig, type GatewayConfigShape, loadGatewayConfig } from "../..
 import { digestOf, findKey, hashApiKey, newApiKey } from "../../src/domain/apiKey.js"
 import { allows, type Identity } from "../../src/domain/Identity.js"
 import { redactCommand, redactUrl, redactUrlsIn } from "../../src/domain/redact.js"
-import { AuthFailures, MAX_DISTINCT } from "../../src/http/auth/AuthFailures.js"
+import { AuthFailures, makeFailureAudit, MAX_DISTINCT } from "../../src/http/auth/AuthFailures.js"
 import { Authenticator } from "../../src/http/auth/Authenticator.js"
+import type { RunEffect } from "../../src/http/raw.js"
 import { nestsDeeperThan } from "../../src/domain/jsonText.js"
 import { type Admission, type RateDecision, RateLimiter } from "../../src/proxy/RateLimiter.js"
 import { Timer } from "../../src/proxy/Timer.js"
@@ -276,6 +277,28 @@ describe("failed authentications per address (credential floods)", () => {
     const next = failures.fail("10.0.0.3", 130_000, { who: "c" })
     expect(next.first).toBe(true)
     expect(next.ended).toMatchObject({ address: "10.0.0.3", more: 1, seen: { who: "b" } })
+  })
+
+  it.scoped("the guard's audit: the first failure at once, the rest summed up when the interval ends (TestClock); 429 past the limit", () => {
+    const lines: Array<string> = []
+    const capture = Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => void lines.push(String(message))))
+    return Effect.gen(function*() {
+      const audit = yield* makeFailureAudit({ maxFailures: 3, interval: Duration.seconds(10), maxAddresses: 100 })
+      const runtime = yield* Effect.runtime<never>()
+      const run: RunEffect = (effect) => Runtime.runFork(runtime)(effect)
+      for (let i = 0; i < 5; i++) audit.failed(run, "authentication_failed", "10.0.0.9", { who: "(unknown)", what: "GET /gateway/stats", reason: "unknown API key or token" })
+      yield* Effect.yieldNow()
+      expect(lines).toEqual(["audit: authentication_failed"])
+      expect(audit.retryAfterSeconds("10.0.0.9")).toBe(10)
+      yield* TestClock.adjust(Duration.seconds(4))
+      expect(audit.retryAfterSeconds("10.0.0.9")).toBe(6)
+      yield* TestClock.adjust(Duration.seconds(6))
+      expect(lines).toEqual([
+        "audit: authentication_failed",
+        "audit: authentication_failed: 4 more from 10.0.0.9 within 10s, 2 requests refused (429)"
+      ])
+      expect(audit.retryAfterSeconds("10.0.0.9")).toBeUndefined()
+    }).pipe(Effect.provide(capture))
   })
 
   it("what it holds is bounded: addresses (the oldest forgotten) and the distinct values of a summary", () => {

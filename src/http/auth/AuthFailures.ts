@@ -1,3 +1,7 @@
+import { Duration, Effect } from "effect"
+import { type AuthFailureSettings, DEFAULT_AUTH_FAILURES } from "../../config/GatewayConfig.js"
+import type { RunEffect } from "../raw.js"
+
 /** What one failure was, for its audit line. */
 export type FailureDetail = Readonly<Record<string, string>>
 
@@ -114,3 +118,48 @@ const summaryOf = (address: string, window: Window): FailureSummary | undefined 
   for (const [field, values] of window.seen) seen[field] = [...values].join(", ") + (window.more && values.size === MAX_DISTINCT ? ", ..." : "")
   return { address, more: window.failures - 1, refused: window.refused, seen }
 }
+
+/** The audit events the guard counts: failed authentications (rate limited) and refused scopes (only aggregated). */
+export type FailureEvent = "authentication_failed" | "forbidden"
+
+/**
+ * The guard's failure log and limit: one `AuthFailures` per event, on the Clock, their intervals
+ * summed up by a fiber of the caller's scope every interval, and what is left at its end.
+ */
+export const makeFailureAudit = (settings: AuthFailureSettings | undefined) =>
+  Effect.gen(function*() {
+    const { interval, maxAddresses, maxFailures } = settings ?? DEFAULT_AUTH_FAILURES
+    const intervalMs = Duration.toMillis(interval)
+    const counters: Record<FailureEvent, AuthFailures> = {
+      authentication_failed: new AuthFailures({ maxFailures, intervalMs, maxAddresses }),
+      forbidden: new AuthFailures({ maxFailures: Number.POSITIVE_INFINITY, intervalMs, maxAddresses })
+    }
+    const clock = yield* Effect.clock
+    const line = (event: FailureEvent, fields: FailureDetail) =>
+      Effect.logWarning(`audit: ${event}`).pipe(Effect.annotateLogs({ audit: event, ...fields }))
+    const summaryLine = (event: FailureEvent, s: FailureSummary) =>
+      Effect.logWarning(
+        `audit: ${event}: ${s.more} more from ${s.address} within ${Duration.format(interval)}` +
+          (s.refused > 0 ? `, ${s.refused} requests refused (429)` : "")
+      ).pipe(Effect.annotateLogs({ audit: event, ...s.seen, from: s.address, count: String(s.more), refused: String(s.refused) }))
+    const logSummaries = (take: (counter: AuthFailures) => Array<FailureSummary>) =>
+      Effect.suspend(() =>
+        Effect.forEach(
+          (["authentication_failed", "forbidden"] as const).flatMap((event) => take(counters[event]).map((s) => summaryLine(event, s))),
+          (log) => log,
+          { discard: true }
+        )
+      )
+    yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Effect.sleep(interval), logSummaries((c) => c.sweep(clock.unsafeCurrentTimeMillis())))))
+    yield* Effect.addFinalizer(() => logSummaries((c) => c.drain()))
+    return {
+      /** Seconds until `address` may try to authenticate again, when it is over the limit now. */
+      retryAfterSeconds: (address: string) => counters.authentication_failed.retryAfterSeconds(address, clock.unsafeCurrentTimeMillis()),
+      /** One failure of `address`: logged when it opens an interval (with the summary of the interval it closes), else counted. */
+      failed: (run: RunEffect, event: FailureEvent, address: string, detail: FailureDetail) => {
+        const { ended, first } = counters[event].fail(address, clock.unsafeCurrentTimeMillis(), detail)
+        if (ended !== undefined) void run(summaryLine(event, ended))
+        if (first) void run(line(event, { ...detail, from: address }))
+      }
+    }
+  })

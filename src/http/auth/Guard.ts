@@ -1,7 +1,7 @@
-import { Duration, Effect, Exit } from "effect"
+import { Effect, Exit } from "effect"
 import * as net from "node:net"
 import type * as http from "node:http"
-import { DEFAULT_AUTH_FAILURES, GatewayConfig } from "../../config/GatewayConfig.js"
+import { GatewayConfig } from "../../config/GatewayConfig.js"
 import { allows, allowsSome, type Identity, scopeNeeded } from "../../domain/Identity.js"
 import { ErrorCode } from "../../domain/JsonRpc.js"
 import { type RateDecision, RateLimiter } from "../../proxy/RateLimiter.js"
@@ -10,7 +10,7 @@ import { Registry } from "../../registry/Registry.js"
 import { errorAnswer } from "../ApiError.js"
 import { type RunEffect, sendJson } from "../raw.js"
 import type { RouteRequirement } from "../routes.js"
-import { AuthFailures, type FailureDetail, type FailureSummary } from "./AuthFailures.js"
+import { makeFailureAudit } from "./AuthFailures.js"
 import { type AuthenticationFailed, Authenticator } from "./Authenticator.js"
 import { resourceMetadataUrl, templateEndpoint } from "./ProtectedResource.js"
 
@@ -45,9 +45,9 @@ export interface Admitted {
  *    endpoint), then the route's scope, narrowed to its template (403 `insufficient_scope`).
  * 5. Rate limits: the client's bucket, and the template's for MCP operations (429).
  *
- * Failures of 4 are audit-logged (who, what, from where): the first of an address in an interval
- * at once, the rest as one line with their count (AuthFailures.ts). An address past
- * `rate_limits.auth_failures.max_failures` failed authentications gets 429 until its interval ends.
+ * Failures of 4 are audit-logged (who, what, from where), aggregated per address and interval;
+ * an address past `rate_limits.auth_failures.max_failures` failed authentications gets 429 until
+ * its interval ends (AuthFailures.ts).
  */
 export const makeGuard = Effect.gen(function*() {
   const config = yield* GatewayConfig
@@ -81,40 +81,7 @@ export const makeGuard = Effect.gen(function*() {
     }
   }
 
-  const audit = (run: RunEffect, event: string, fields: Record<string, string>) =>
-    void run(Effect.logWarning(`audit: ${event}`).pipe(Effect.annotateLogs({ audit: event, ...fields })))
-
-  // Failed authentications (rate limited) and refused scopes (only aggregated), per address.
-  const limits = config.gateway.authFailures ?? DEFAULT_AUTH_FAILURES
-  const intervalMs = Duration.toMillis(limits.interval)
-  const unauthenticated = new AuthFailures({ maxFailures: limits.maxFailures, intervalMs, maxAddresses: limits.maxAddresses })
-  const forbidden = new AuthFailures({ maxFailures: Number.POSITIVE_INFINITY, intervalMs, maxAddresses: limits.maxAddresses })
-  const clock = yield* Effect.clock
-  const summaryLine = (event: string, s: FailureSummary) =>
-    Effect.logWarning(`audit: ${event}: ${s.more} more from ${s.address} within ${Duration.format(limits.interval)}` + (s.refused > 0 ? `, ${s.refused} requests refused (429)` : "")).pipe(
-      Effect.annotateLogs({ audit: event, ...s.seen, from: s.address, count: String(s.more), refused: String(s.refused) })
-    )
-  const summaries = Effect.suspend(() => {
-    const now = clock.unsafeCurrentTimeMillis()
-    return Effect.forEach([
-      ...unauthenticated.sweep(now).map((s) => summaryLine("authentication_failed", s)),
-      ...forbidden.sweep(now).map((s) => summaryLine("forbidden", s))
-    ], (line) => line, { discard: true })
-  })
-  yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Effect.sleep(limits.interval), summaries)))
-  // What is still counted at shutdown is logged then.
-  yield* Effect.addFinalizer(() =>
-    Effect.forEach([
-      ...unauthenticated.drain().map((s) => summaryLine("authentication_failed", s)),
-      ...forbidden.drain().map((s) => summaryLine("forbidden", s))
-    ], (line) => line, { discard: true })
-  )
-  /** One failure of `address`: logged if it opens an interval (and the summary of the interval it closes). */
-  const counted = (failures: AuthFailures, run: RunEffect, event: string, address: string, detail: FailureDetail) => {
-    const { ended, first } = failures.fail(address, clock.unsafeCurrentTimeMillis(), detail)
-    if (ended !== undefined) void run(summaryLine(event, ended))
-    if (first) audit(run, event, { ...detail, from: address })
-  }
+  const failures = yield* makeFailureAudit(config.gateway.authFailures)
 
   return {
     hostAllowed,
@@ -221,18 +188,12 @@ export const makeGuard = Effect.gen(function*() {
         return { ...cors, "www-authenticate": `Bearer ${params.join(", ")}` }
       }
       const what = `${req.method} ${(req.url ?? "/").split("?")[0]}`
-
       // An address that failed too often lately is refused before its credential is even looked at.
-      const blockedFor = unauthenticated.retryAfterSeconds(address, clock.unsafeCurrentTimeMillis())
+      const blockedFor = failures.retryAfterSeconds(address)
       if (blockedFor !== undefined) {
         stats.recordRateLimited("auth_failures", undefined)
-        return refuse(
-          429,
-          "rate_limited",
-          `Too Many Requests: too many failed authentications from this address; retry after ${blockedFor}s`,
-          { ...cors, "retry-after": String(blockedFor) },
-          -32000
-        )
+        const message = `Too Many Requests: too many failed authentications from this address; retry after ${blockedFor}s`
+        return refuse(429, "rate_limited", message, { ...cors, "retry-after": String(blockedFor) }, -32000)
       }
 
       const authorized = (identity: Identity) => {
@@ -240,7 +201,7 @@ export const makeGuard = Effect.gen(function*() {
           (requirement.anyTemplate === true ? allowsSome(identity, requirement.scope!) : allows(identity, requirement.scope!, requirement.template))
         if (!permitted) {
           const needed = scopeNeeded(requirement.scope!, requirement.template)
-          counted(forbidden, run, "forbidden", address, { who: identity.id, what, needed })
+          failures.failed(run, "forbidden", address, { who: identity.id, what, needed })
           stats.recordAuthFailure(403)
           return refuse(403, "forbidden", `Forbidden: this credential lacks the scope ${needed}`, challenge("insufficient_scope", needed))
         }
@@ -253,7 +214,7 @@ export const makeGuard = Effect.gen(function*() {
         : undefined
       const apiKey = typeof req.headers["x-api-key"] === "string" ? req.headers["x-api-key"] : undefined
       const failed = (e: AuthenticationFailed) => {
-        counted(unauthenticated, run, "authentication_failed", address, { who: e.claimed ?? "(unknown)", what, reason: e.reason })
+        failures.failed(run, "authentication_failed", address, { who: e.claimed ?? "(unknown)", what, reason: e.reason })
         stats.recordAuthFailure(401)
         refuse(401, "unauthorized", `Unauthorized: ${e.reason}`, challenge(e.invalidToken ? "invalid_token" : undefined))
       }
