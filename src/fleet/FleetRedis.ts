@@ -105,12 +105,13 @@ export class FleetRedis extends Context.Tag("mcp-gateway/FleetRedis")<FleetRedis
       }
       // The check: a PING within the bound. A slow Redis is found here even without traffic,
       // and a slow one that answers again is taken back.
+      // (Another failure, a connection closing, is the connection's events' to report.)
       const check = Effect.promise(() =>
-        command.ping().then(() => true, (e: unknown) => !isRedisTimeout(e))
+        command.ping().then(() => "answered" as const, (e: unknown) => isRedisTimeout(e) ? "timed out" as const : "failed" as const)
       ).pipe(
-        Effect.flatMap((answered) => {
-          if (!answered) return Effect.sync(reportSlow)
-          if (status !== "slow") return Effect.void
+        Effect.flatMap((result) => {
+          if (result === "timed out") return Effect.sync(reportSlow)
+          if (result === "failed" || status !== "slow") return Effect.void
           status = "ok"
           return Effect.logInfo(`Redis ${describe} answers again: rate limits and registrations are the fleet's again`)
         })
