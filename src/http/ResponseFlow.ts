@@ -107,7 +107,8 @@ export class ResponseFlow {
     for (const writer of oldestFirst) {
       if (this.held <= this.settings.maxBufferedBytes) return
       if (!hard && now - writer.lastProgress < STALLED_MS) return
-      writer.stall("gateway_buffer_full")
+      // (One that only waits for its socket holds nothing here: closing it would free nothing.)
+      if (writer.heldBytes > 0) writer.stall("gateway_buffer_full")
     }
   }
 
@@ -151,6 +152,8 @@ export class ResponseFlow {
 /** Writes one response through its flow: see ResponseFlow. */
 export class FlowWriter implements ResponseWriter {
   private readonly queue: Array<Pending> = []
+  /** Where the queue starts (taken from the front by index: shift is linear in a long queue). */
+  private head = 0
   private coalesced: Map<string, Pending> | undefined
   /** Characters of events (not answers) queued: bounded per response. */
   private queuedEvents = 0
@@ -167,9 +170,18 @@ export class FlowWriter implements ResponseWriter {
     res.once("close", () => this.release())
   }
 
+  /** What this response holds (events and unsent parts of answers). */
+  get heldBytes() {
+    return this.queuedAll
+  }
+
   /** Waiting for the client to take what was written. */
   get isLagging() {
     return this.waiting
+  }
+
+  private get empty() {
+    return this.head === this.queue.length
   }
 
   private get writable() {
@@ -182,11 +194,11 @@ export class FlowWriter implements ResponseWriter {
    */
   event(text: string, key?: string, answer = false) {
     if (!this.writable) return
-    if (!this.waiting && this.queue.length === 0 && text.length <= SLICE_CHARS) {
+    if (!this.waiting && this.empty && text.length <= SLICE_CHARS) {
       if (!this.res.write(text)) this.lag()
       return
     }
-    if (answer || (!this.waiting && this.queue.length === 0)) {
+    if (answer || (!this.waiting && this.empty)) {
       // (Part of an answer, or one large event while the client keeps up: held whole, counted in
       // the total only, written a slice at a time.)
       this.queue.push({ text, key: undefined, answer: true })
@@ -215,7 +227,7 @@ export class FlowWriter implements ResponseWriter {
     if (!this.writable || this.ending) return
     this.ending = true
     if (text !== undefined && text !== "") {
-      if (!this.waiting && this.queue.length === 0 && text.length <= SLICE_CHARS) {
+      if (!this.waiting && this.empty && text.length <= SLICE_CHARS) {
         this.res.end(text)
         if (!this.res.writableFinished) return this.lag()
         return this.release()
@@ -250,8 +262,8 @@ export class FlowWriter implements ResponseWriter {
 
   /** Writes what waits until the socket is full again (a large answer a slice at a time); then the end, if asked. */
   private pump() {
-    while (this.queue.length > 0 && this.writable) {
-      const first = this.queue[0]!
+    while (!this.empty && this.writable) {
+      const first = this.queue[this.head]!
       let piece = first.text
       if (piece.length > SLICE_CHARS) {
         let cut = SLICE_CHARS
@@ -261,19 +273,26 @@ export class FlowWriter implements ResponseWriter {
         first.text = piece.slice(cut)
         piece = piece.slice(0, cut)
       } else {
-        this.queue.shift()
+        this.queue[this.head++] = undefined as unknown as Pending
+        if (this.empty) {
+          this.queue.length = 0
+          this.head = 0
+        } else if (this.head >= 1024 && this.head * 2 >= this.queue.length) {
+          this.queue.splice(0, this.head)
+          this.head = 0
+        }
         if (first.key !== undefined && this.coalesced?.get(first.key) === first) this.coalesced.delete(first.key)
       }
       this.account(first.answer ? 0 : -piece.length, -piece.length)
       const full = !this.res.write(piece)
       if (full) return this.lag()
     }
-    if (this.queue.length === 0 && this.ending && this.writable) {
+    if (this.empty && this.ending && this.writable) {
       this.res.end()
       // The end may still wait for the client: the write timeout goes on until 'finish'.
       if (!this.res.writableFinished) this.lag()
       else this.release()
-    } else if (this.queue.length === 0 && !this.waiting) {
+    } else if (this.empty && !this.waiting) {
       // Caught up: nothing held, nothing to time.
       this.flow.done(this)
     }
@@ -291,6 +310,7 @@ export class FlowWriter implements ResponseWriter {
     this.queuedAll = 0
     this.queuedEvents = 0
     this.queue.length = 0
+    this.head = 0
     this.coalesced = undefined
     this.waiting = false
     this.flow.done(this)

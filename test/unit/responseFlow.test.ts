@@ -81,6 +81,33 @@ describe("ResponseFlow", () => {
     expect(server.stalls).toEqual([])
   }, 30_000)
 
+  it("keeps every message that is not droppable, in order, while the client lags; log messages are dropped", async () => {
+    let writer: ResponseWriter | undefined
+    const server = await serve({ maxBufferedBytesPerResponse: 4 * 1024 * 1024 }, (res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" })
+      writer = responseWriter(res)
+    })
+    cleanups.push(server.close)
+    const client = lazyClient(server.port)
+    cleanups.push(() => client.socket.destroy())
+    await waitFor(() => writer !== undefined)
+    const frame = (message: unknown) => `data: ${JSON.stringify(message)}\n\n`
+    const log = { jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: "l".repeat(300) } }
+    for (let i = 0; i < 6000; i++) {
+      const request = { jsonrpc: "2.0", id: i, method: "sampling/createMessage", params: { pad: "r".repeat(300) } }
+      writer!.event(frame(request), lagKeyOf(request))
+      writer!.event(frame(log), lagKeyOf(log))
+    }
+    expect(server.flow.held).toBeGreaterThan(0)
+    writer!.end()
+    const text = await client.readAll()
+    const ids = Array.from(text.matchAll(/"id":(\d+)/g), (m) => Number(m[1]))
+    expect(ids).toEqual(Array.from({ length: 6000 }, (_, i) => i))
+    // (Those written before the client fell behind went out; the rest were dropped.)
+    expect(text.match(/notifications\/message/g)!.length).toBeLessThan(6000)
+    expect(server.stalls).toEqual([])
+  }, 30_000)
+
   it("closes a response whose waiting events pass max_buffered_bytes_per_response, and says why", async () => {
     const server = await serve({ maxBufferedBytesPerResponse: 64 * 1024 }, (res, stalls) => {
       res.writeHead(200, { "content-type": "text/event-stream" })
