@@ -53,6 +53,31 @@ export interface AuthFailureSettings {
 
 export const DEFAULT_AUTH_FAILURES: AuthFailureSettings = { maxFailures: 20, interval: Duration.seconds(60), maxAddresses: 10_000 }
 
+/**
+ * What slow and many clients may hold of the gateway, each default written once. The connection
+ * caps left unset are derived from the process's file-descriptor limit (http/connectionLimits.ts).
+ */
+export const DEFAULT_CLIENT_LIMITS = {
+  /** A connection that has sent no request for this long is closed (slowloris, spare connections). */
+  firstRequestTimeoutMs: 10_000,
+  /** A client that takes nothing of what the gateway writes for this long is disconnected, its request cancelled. */
+  writeTimeoutMs: 30_000,
+  /** Bytes of stream events one response may hold while its client lags; past it the connection is closed. */
+  maxBufferedBytesPerResponse: 8 * 1024 * 1024,
+  /** Bytes held for all lagging clients together (events and unsent parts of answers); past it the longest-stalled go first. */
+  maxBufferedBytes: 32 * 1024 * 1024
+} as const
+
+/** The client limits as resolved from the config; the connection caps undefined: derived from the descriptor limit. */
+export interface ClientLimits {
+  readonly maxConnections: number | undefined
+  readonly maxConnectionsPerAddress: number | undefined
+  readonly firstRequestTimeoutMs: number
+  readonly writeTimeoutMs: number
+  readonly maxBufferedBytesPerResponse: number
+  readonly maxBufferedBytes: number
+}
+
 /** Headers a template may never forward to its backends: the client's credentials, and what the gateway sets itself (gatewayHeaders.ts). */
 const CLIENT_CREDENTIAL_HEADERS = new Set(["authorization", "x-api-key", "cookie"])
 const unforwardable = (header: string) => CLIENT_CREDENTIAL_HEADERS.has(header) || isGatewayHeader(header)
@@ -190,6 +215,17 @@ export const ConfigFile = Schema.Struct({
     max_sessions: Schema.optional(PositiveInt(1)),
     max_sessions_per_client: Schema.optional(PositiveInt(1)),
     max_list_pages: Schema.optional(PositiveInt(1)),
+    /** Open client connections in all, and from one address (default: from the file-descriptor limit). */
+    max_connections: Schema.optional(PositiveInt(1)),
+    max_connections_per_address: Schema.optional(PositiveInt(1)),
+    /** Seconds a new connection may take to send its first request (default 10). */
+    first_request_timeout: Schema.optional(PositiveSeconds),
+    /** Seconds a client may take nothing of what the gateway writes before it is disconnected (default 30). */
+    write_timeout: Schema.optional(PositiveSeconds),
+    /** Bytes of events one response may hold for a lagging client (default 8 MiB). */
+    max_buffered_bytes_per_response: Schema.optional(PositiveInt(64 * 1024)),
+    /** Bytes held for all lagging clients together (default 32 MiB). */
+    max_buffered_bytes: Schema.optional(PositiveInt(64 * 1024)),
     rate_limits: Schema.optional(Schema.Struct({
       /** Per credential (per client address without auth), over every route but /gateway/health. */
       per_client: Schema.optional(RateLimitInput),
@@ -286,6 +322,8 @@ export interface GatewaySettings {
   readonly maxSessions: number
   readonly maxSessionsPerClient: number
   readonly maxListPages: number
+  /** Connection caps, timeouts and buffer bounds for clients (absent: DEFAULT_CLIENT_LIMITS, caps derived). */
+  readonly clientLimits?: ClientLimits | undefined
   readonly rateLimits: { readonly perClient: RateLimit | undefined; readonly perTemplate: RateLimit | undefined }
   /** Failed authentications per client address (undefined: DEFAULT_AUTH_FAILURES). */
   readonly authFailures?: AuthFailureSettings | undefined
@@ -611,6 +649,16 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         maxSessions: file.gateway?.max_sessions ?? DEFAULT_LIMITS.maxSessions,
         maxSessionsPerClient: file.gateway?.max_sessions_per_client ?? DEFAULT_LIMITS.maxSessionsPerClient,
         maxListPages: file.gateway?.max_list_pages ?? DEFAULT_LIMITS.maxListPages,
+        clientLimits: {
+          maxConnections: file.gateway?.max_connections,
+          maxConnectionsPerAddress: file.gateway?.max_connections_per_address,
+          firstRequestTimeoutMs: file.gateway?.first_request_timeout === undefined
+            ? DEFAULT_CLIENT_LIMITS.firstRequestTimeoutMs
+            : file.gateway.first_request_timeout * 1000,
+          writeTimeoutMs: file.gateway?.write_timeout === undefined ? DEFAULT_CLIENT_LIMITS.writeTimeoutMs : file.gateway.write_timeout * 1000,
+          maxBufferedBytesPerResponse: file.gateway?.max_buffered_bytes_per_response ?? DEFAULT_CLIENT_LIMITS.maxBufferedBytesPerResponse,
+          maxBufferedBytes: file.gateway?.max_buffered_bytes ?? DEFAULT_CLIENT_LIMITS.maxBufferedBytes
+        },
         rateLimits: {
           perClient: rateLimitOf(file.gateway?.rate_limits?.per_client),
           perTemplate: rateLimitOf(file.gateway?.rate_limits?.per_template)

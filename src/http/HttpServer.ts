@@ -12,7 +12,7 @@ import { Exposure } from "../proxy/Exposure.js"
 import { AggregateSessions } from "../proxy/AggregateSessions.js"
 import { FleetRedis } from "../fleet/FleetRedis.js"
 import { Discovery } from "../discovery/Discovery.js"
-import { GatewayConfig } from "../config/GatewayConfig.js"
+import { DEFAULT_CLIENT_LIMITS, GatewayConfig } from "../config/GatewayConfig.js"
 import { MAX_NAME_LENGTH } from "../domain/Instance.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
 import { ClientSessions } from "../proxy/ClientSessions.js"
@@ -36,6 +36,8 @@ import { makeMcpEndpoint } from "./mcp/McpEndpoint.js"
 import { readBody, type RunEffect, sendError, sendJson } from "./raw.js"
 import { setRequestContext } from "./requestContext.js"
 import { makeRestHandler } from "./RestHandler.js"
+import { defaultConnectionCaps, descriptorLimit, makeConnectionGate } from "./connectionLimits.js"
+import { ResponseFlow } from "./ResponseFlow.js"
 import { classifyRoute, methodsOf, requirementOf, type Route } from "./routes.js"
 
 export class ListenError extends Data.TaggedError("ListenError")<{ readonly message: string }> {}
@@ -161,16 +163,38 @@ export const HttpServerLive: Layer.Layer<
       apiHandler(req, res)
     }
 
+    // Slow and many clients (docs/security.md): caps on connections, and backpressure with bounds
+    // and a write timeout on what is written to them.
+    const clientLimits = config.gateway.clientLimits
+    const derivedCaps = defaultConnectionCaps(descriptorLimit())
+    const gate = makeConnectionGate({
+      maxConnections: clientLimits?.maxConnections ?? derivedCaps.maxConnections,
+      maxConnectionsPerAddress: clientLimits?.maxConnectionsPerAddress ?? Math.min(
+        derivedCaps.maxConnectionsPerAddress,
+        clientLimits?.maxConnections ?? derivedCaps.maxConnections
+      ),
+      firstRequestTimeoutMs: clientLimits?.firstRequestTimeoutMs ?? DEFAULT_CLIENT_LIMITS.firstRequestTimeoutMs
+    }, (what) => void run(Effect.logDebug(`client connection ${what.replaceAll("_", " ")}`)))
+    const flow = new ResponseFlow({
+      writeTimeoutMs: clientLimits?.writeTimeoutMs ?? DEFAULT_CLIENT_LIMITS.writeTimeoutMs,
+      maxBufferedBytesPerResponse: clientLimits?.maxBufferedBytesPerResponse ?? DEFAULT_CLIENT_LIMITS.maxBufferedBytesPerResponse,
+      maxBufferedBytes: clientLimits?.maxBufferedBytes ?? DEFAULT_CLIENT_LIMITS.maxBufferedBytes
+    }, (reason) => void run(Effect.logInfo(`closed a client's response: ${reason.replaceAll("_", " ")}`)))
+
     let inflight = 0
     /** Requests in progress per connection: at shutdown, a connection with none is closed at once. */
     const busy = new WeakMap<object, number>()
     const listener = (req: http.IncomingMessage, res: http.ServerResponse) => {
       inflight++
       const socket = req.socket
-      busy.set(socket, (busy.get(socket) ?? 0) + 1)
+      const before = busy.get(socket) ?? 0
+      busy.set(socket, before + 1)
+      if (before === 0) gate.requestStarted(socket)
       res.once("close", () => {
         inflight--
-        busy.set(socket, (busy.get(socket) ?? 1) - 1)
+        const left = (busy.get(socket) ?? 1) - 1
+        busy.set(socket, left)
+        if (left === 0) gate.requestsDone(socket)
       })
       const given = req.headers["x-request-id"]
       const requestId = typeof given === "string" && REQUEST_ID.test(given) ? given : randomUUID()
@@ -228,7 +252,9 @@ export const HttpServerLive: Layer.Layer<
     // closeIdleConnections skips connections that never sent one (clients open spare
     // connections ahead of need), which would hold shutdown for the whole drain.
     const sockets = new Set<net.Socket>()
+    flow.attach(server)
     server.on("connection", (socket: net.Socket) => {
+      if (!gate.admit(socket)) return
       sockets.add(socket)
       socket.once("close", () => sockets.delete(socket))
     })
@@ -268,6 +294,8 @@ export const HttpServerLive: Layer.Layer<
             })
             closeUnused()
           })
+          gate.close()
+          flow.close()
           yield* Effect.logInfo("HTTP server closed")
         })
     )

@@ -2,6 +2,7 @@ import type { Effect, Fiber, Runtime } from "effect"
 import type * as http from "node:http"
 import { jsonTextOf, nestsDeeperThan } from "../domain/jsonText.js"
 import { type ErrorAnswer, errorAnswer } from "./ApiError.js"
+import { writeAnswer } from "./ResponseFlow.js"
 
 /** Plain node:http helpers for the lean request paths (REST operations, the MCP endpoint, the front gate). */
 
@@ -20,8 +21,8 @@ export const sendJson = (res: http.ServerResponse, status: number, body: unknown
   if (headers !== undefined) for (const name in headers) all[name] = headers[name]
   all["content-type"] = "application/json"
   all["content-length"] = Buffer.byteLength(payload)
-  res.writeHead(status, all)
-  res.end(payload)
+  // (A large answer goes a slice at a time, bounded and timed: ResponseFlow.)
+  writeAnswer(res, status, all, payload)
 }
 
 /** The answer in place of one that cannot be serialised: JSON-RPC where the body was JSON-RPC. */

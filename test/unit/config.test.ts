@@ -49,6 +49,42 @@ describe("config", () => {
       expect(t!.loadBalancer.strategy).toBe("round_robin")
     }))
 
+  it.effect("reads the client limits, with their defaults, and names a bad one", () =>
+    Effect.gen(function*() {
+      const defaults = yield* load({ configFile: file(seed) })
+      expect(defaults.gateway.clientLimits).toEqual({
+        maxConnections: undefined,
+        maxConnectionsPerAddress: undefined,
+        firstRequestTimeoutMs: 10_000,
+        writeTimeoutMs: 30_000,
+        maxBufferedBytesPerResponse: 8 * 1024 * 1024,
+        maxBufferedBytes: 32 * 1024 * 1024
+      })
+      const set = yield* load({
+        configFile: file({
+          gateway: {
+            max_connections: 500,
+            max_connections_per_address: 50,
+            first_request_timeout: 2.5,
+            write_timeout: 5,
+            max_buffered_bytes_per_response: 65536,
+            max_buffered_bytes: 1048576
+          }
+        })
+      })
+      expect(set.gateway.clientLimits).toEqual({
+        maxConnections: 500,
+        maxConnectionsPerAddress: 50,
+        firstRequestTimeoutMs: 2500,
+        writeTimeoutMs: 5000,
+        maxBufferedBytesPerResponse: 65536,
+        maxBufferedBytes: 1048576
+      })
+      const found = yield* problems({ configFile: file({ gateway: { write_timeout: 0, max_buffered_bytes: 100 } }) })
+      expect(found).toContain("gateway.write_timeout: expected a positive number of seconds, got 0")
+      expect(found).toContain("gateway.max_buffered_bytes: expected an integer of at least 65536, got 100")
+    }))
+
   it.effect("names the path of every problem", () =>
     Effect.gen(function*() {
       const bad = structuredClone(seed) as any

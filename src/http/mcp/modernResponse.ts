@@ -4,6 +4,7 @@ import type { DispatchError, SessionLimitReached } from "../../domain/GatewayErr
 import { ErrorCode, type JsonRpcId } from "../../domain/JsonRpc.js"
 import { LATEST_PROTOCOL_VERSION } from "../../domain/Protocol.js"
 import { sendJson } from "../raw.js"
+import { lagKeyOf, responseWriter, type ResponseWriter } from "../ResponseFlow.js"
 import { META } from "../../domain/ModernProtocol.js"
 import type { ModernRequest } from "./modernEnvelope.js"
 import { rpcError, sessionFailureAnswer } from "./rpc.js"
@@ -26,7 +27,8 @@ const frame = (payload: unknown) => `event: message\ndata: ${JSON.stringify(payl
  * first (progress, a listen stream's events), an SSE stream that the answer ends.
  */
 export class Responder {
-  private streaming = false
+  /** Set once the answer is a stream. A client that lags has its events bounded and timed (ResponseFlow); one cut off closes the stream, which cancels the request. */
+  private writer: ResponseWriter | undefined
   constructor(readonly res: http.ServerResponse) {}
 
   private get open() {
@@ -35,21 +37,21 @@ export class Responder {
 
   event(payload: unknown) {
     if (!this.open) return
-    if (!this.streaming) {
-      this.streaming = true
+    if (this.writer === undefined) {
       this.res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache, no-transform", "x-accel-buffering": "no" })
+      this.writer = responseWriter(this.res)
     }
-    this.res.write(frame(payload))
+    this.writer.event(frame(payload), lagKeyOf(payload))
   }
 
   /** An SSE comment (`: text`), once the stream is open. */
   comment(text: string) {
-    if (this.streaming && this.open) this.res.write(`: ${text}\n\n`)
+    if (this.writer !== undefined && this.open) this.writer.event(`: ${text}\n\n`, `comment:${text}`)
   }
 
   answer(status: number, payload: unknown, headers?: http.OutgoingHttpHeaders) {
-    if (!this.streaming) return sendJson(this.res, status, payload, headers)
-    if (this.open) this.res.end(frame(payload))
+    if (this.writer === undefined) return sendJson(this.res, status, payload, headers)
+    if (this.open) this.writer.end(frame(payload))
   }
 
   /** A request that failed: the failure's answer, a 500 for a defect (logged), nothing if it was cancelled. */

@@ -98,8 +98,9 @@ export const makePostHandler = (deps: {
       if (opened === undefined) {
         opened = session.openStream()
         if (!res.destroyed) {
-          openRequestStream(res, opened.key)
-          carry(res, opened.key, opened.stream)
+          // A client that takes nothing for the write timeout (or overflows its bound) is cut off,
+          // and then its request is cancelled, down to the backend: nobody would read its end.
+          carry(openRequestStream(res, opened.key, () => session.cancel(id)), opened.key, opened.stream)
         }
       }
       opened.stream.push(message)

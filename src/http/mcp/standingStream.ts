@@ -35,19 +35,19 @@ export const makeStandingStreams = (sessions: EndpointSessionsShape, run: RunEff
     const resume = /^(\d+)-(\d+)$/.exec(String(req.headers["last-event-id"] ?? ""))
     const resumed = resume === null || resume[1] === "0" ? undefined : session.stream(resume[1]!)
     if (resumed !== undefined) {
-      openStream(res)
-      return carry(res, resume![1]!, resumed, Number(resume![2]))
+      return carry(openStream(res), resume![1]!, resumed, Number(resume![2]))
     }
     open.get(session)?.()
     // A session taken over from another replica hears its server from now on (that replica's stream, if any, has gone).
     session.standingStreamOpened()
-    openStream(res, "open")
+    // (A client that lags has its events bounded and timed by the server's ResponseFlow; a stalled one is cut off.)
+    const writer = openStream(res, "open")
     const detach = session.outbox.attach(
-      (seq, message) => writeEvent(res, `0-${seq}`, message),
+      (seq, message) => writeEvent(writer, `0-${seq}`, message),
       resume !== null && resume[1] === "0" ? Number(resume[2]) : undefined
     )
-    const keepAlive = setInterval(() => res.write(": keep-alive\n\n"), KEEP_ALIVE_MS)
-    const end = () => res.end()
+    const keepAlive = setInterval(() => writer.event(": keep-alive\n\n", "keep-alive"), KEEP_ALIVE_MS)
+    const end = () => writer.end()
     session.onClose.add(end)
     open.set(session, end)
     res.on("close", () => {
