@@ -71,6 +71,8 @@ export const Command = Schema.Union(Argv, CommandLine)
 
 const StringMap = Schema.Record({ key: Schema.String, value: Schema.String })
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+/** What no header value may hold (RFC 9110 field-value: tab, visible ASCII, Latin-1), as the HTTP client checks before sending. */
+const NOT_HEADER_TEXT = /[^\t\x20-\x7e\x80-\xff]/
 
 /**
  * Headers sent to the instance; a value may come from the environment (`{"env": "FS_TOKEN"}`).
@@ -79,7 +81,11 @@ const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 const Headers = Schema.Record({ key: Schema.String, value: SecretInput }).pipe(
   Schema.filter((headers) => {
     const problems: Array<string> = []
-    for (const name of Object.keys(headers)) {
+    for (const [name, value] of Object.entries(headers)) {
+      // (A literal that cannot be sent would be accepted, then fail every request of the instance.)
+      if (typeof value === "string" && NOT_HEADER_TEXT.test(value)) {
+        problems.push(`the value of ${JSON.stringify(name)} has a character no header value may have (a control character such as CR or LF, or one beyond Latin-1)`)
+      }
       if (!HEADER_NAME.test(name)) problems.push(`${JSON.stringify(name)} is not a header name`)
       else if (isGatewayHeader(name)) {
         problems.push(

@@ -112,6 +112,16 @@ export const redisRegistryStore = (fleet: FleetRedisShape): RegistryStoreShape =
   let lastKnown: PersistedRegistry | undefined
   /** The generation of the registry this replica last read or wrote (undefined: none seen yet). */
   let known: string | undefined
+  /**
+   * This replica's own changes under way, and how many have started. The Registry applies a
+   * change to its state before the change reaches Redis, so a read of Redis made meanwhile
+   * (one a message started, the write-back's own message above all) may lack it, and applied
+   * after it, would remove what was just registered (or bring back what was just removed) until
+   * the next read: such a read is dropped, and read again once no change is under way.
+   */
+  let savesStarted = 0
+  let savesRunning = 0
+  let afterSaves: (() => void) | undefined
 
   const readRaw = call(async () => {
     const replies = await redis.multi().hgetall(keys.instances).hgetall(keys.templates).exec()
@@ -216,6 +226,14 @@ export const redisRegistryStore = (fleet: FleetRedisShape): RegistryStoreShape =
   const save: RegistryStoreShape["save"] = (next, change) =>
     Effect.gen(function*() {
       if (fleet.status() !== "ok") return yield* unavailable()
+      savesStarted++
+      savesRunning++
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          savesRunning--
+          if (savesRunning === 0) afterSaves?.()
+        })
+      )
       switch (change._tag) {
         case "Registered": {
           const field = `${change.template}/${change.id}`
@@ -264,7 +282,7 @@ export const redisRegistryStore = (fleet: FleetRedisShape): RegistryStoreShape =
           })
       }
       lastKnown = next
-    })
+    }).pipe(Effect.scoped)
 
   const external = Stream.asyncScoped<PersistedRegistry>((emit) =>
     Effect.gen(function*() {
@@ -273,17 +291,28 @@ export const redisRegistryStore = (fleet: FleetRedisShape): RegistryStoreShape =
       // One read at a time; messages that arrive meanwhile make one more read after it.
       let reading = false
       let again = false
+      // (Set while a read waits for this replica's changes under way: see savesStarted.)
+      let deferred = false
       const read = () => {
         if (reading) return void (again = true)
+        if (savesRunning > 0) return void (deferred = true)
         reading = true
+        const started = savesStarted
         Runtime.runPromise(runtime)(Effect.either(load)).then((result) => {
-          if (Either.isRight(result)) void emit.single(result.right)
+          // A change of this replica's that started meanwhile may be missing from what was read.
+          if (savesStarted !== started) again = true
+          else if (Either.isRight(result)) void emit.single(result.right)
           reading = false
           if (again) {
             again = false
             read()
           }
         })
+      }
+      afterSaves = () => {
+        if (!deferred) return
+        deferred = false
+        read()
       }
       fleet.subscribe(keys.channel, read)
       fleet.onReady(read)

@@ -131,6 +131,16 @@ describe("instance headers", () => {
     expect(message).toContain(`"keep-alive" cannot be an instance header`)
     expect(message).toContain(`"bad name" is not a header name`)
   })
+
+  it("refuses a value no HTTP message may carry (CR, LF, NUL and other controls), which would otherwise be accepted and then fail every request", () => {
+    for (const value of ["a\r\nTransfer-Encoding: chunked", "a\nb", "a\u0000b", "a\u007fb"]) {
+      const decoded = Schema.decodeUnknownEither(InstanceSpec)({ transport: "http", endpoint: "http://127.0.0.1:1/mcp", headers: { "X-Token": value } })
+      expect(Either.isLeft(decoded), JSON.stringify(value)).toBe(true)
+      expect(Either.isLeft(decoded) ? decoded.left.message : "").toContain(`the value of "X-Token" has a character no header value may have`)
+    }
+    // Tabs, spaces and Latin-1 are header text; a value from the environment is checked when it is read.
+    expect(Either.isRight(Schema.decodeUnknownEither(InstanceSpec)({ transport: "http", endpoint: "http://127.0.0.1:1/mcp", headers: { "X-A": "a\tb c\u00e9", "X-B": { env: "TOKEN" } } }))).toBe(true)
+  })
 })
 
 describe("names", () => {
