@@ -28,8 +28,16 @@ export const DEFAULT_LIMITS = {
   maxSessions: 10_000,
   maxSessionsPerClient: 100,
   /** Backend requests one REST list may make following `nextCursor` (more: 502, never a truncated list). */
-  maxListPages: 100
+  maxListPages: 100,
+  /** Ended session ids each replica remembers until their seal expires (so that none is taken over again). */
+  maxEndedSessions: 100_000,
+  /** Seconds a session lives at most, however busy (its sealed id expires then, on every replica). */
+  sessionMaxLifetimeSeconds: 86_400
 } as const
+
+/** How long an MCP session lives at most, under these settings. */
+export const sessionLifetimeOf = (gateway: { readonly sessionMaxLifetime?: Duration.Duration | undefined }): number =>
+  Duration.toMillis(gateway.sessionMaxLifetime ?? Duration.seconds(DEFAULT_LIMITS.sessionMaxLifetimeSeconds))
 
 /** Headers a template may never forward to its backends: the client's credentials, and what the gateway sets itself. */
 const UNFORWARDABLE_HEADERS = new Set([
@@ -148,6 +156,9 @@ export const ConfigFile = Schema.Struct({
     max_sessions: Schema.optional(PositiveInt(1)),
     max_sessions_per_client: Schema.optional(PositiveInt(1)),
     max_list_pages: Schema.optional(PositiveInt(1)),
+    max_ended_sessions: Schema.optional(PositiveInt(100)),
+    /** Seconds an MCP session lives at most, however busy (then 404: the client initializes again). */
+    session_max_lifetime: Schema.optional(PositiveInt(60)),
     rate_limits: Schema.optional(Schema.Struct({
       /** Per credential (per client address without auth), over every route but /gateway/health. */
       per_client: Schema.optional(RateLimitInput),
@@ -217,6 +228,10 @@ export interface GatewaySettings {
   readonly maxSessions: number
   readonly maxSessionsPerClient: number
   readonly maxListPages: number
+  /** (Absent in hand-made configs: DEFAULT_LIMITS.maxEndedSessions.) */
+  readonly maxEndedSessions?: number | undefined
+  /** How long an MCP session lives at most (its sealed id carries the expiry); absent: DEFAULT_LIMITS' (sessionLifetimeOf). */
+  readonly sessionMaxLifetime?: Duration.Duration | undefined
   readonly rateLimits: { readonly perClient: RateLimit | undefined; readonly perTemplate: RateLimit | undefined }
   /** Authentication, when configured (API keys and/or JWTs); undefined: every caller is anonymous. */
   readonly auth: AuthSettings | undefined
@@ -474,6 +489,8 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         maxSessions: file.gateway?.max_sessions ?? DEFAULT_LIMITS.maxSessions,
         maxSessionsPerClient: file.gateway?.max_sessions_per_client ?? DEFAULT_LIMITS.maxSessionsPerClient,
         maxListPages: file.gateway?.max_list_pages ?? DEFAULT_LIMITS.maxListPages,
+        maxEndedSessions: file.gateway?.max_ended_sessions ?? DEFAULT_LIMITS.maxEndedSessions,
+        sessionMaxLifetime: Duration.seconds(file.gateway?.session_max_lifetime ?? DEFAULT_LIMITS.sessionMaxLifetimeSeconds),
         rateLimits: {
           perClient: rateLimitOf(file.gateway?.rate_limits?.per_client),
           perTemplate: rateLimitOf(file.gateway?.rate_limits?.per_template)

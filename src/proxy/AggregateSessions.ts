@@ -1,8 +1,9 @@
-import { Context, Duration, Effect, ExecutionStrategy, Exit, Fiber, Layer, Schedule, Scope, Stream } from "effect"
+import { Context, Duration, Effect, ExecutionStrategy, Exit, Fiber, Layer, Runtime, Schedule, Scope, Stream } from "effect"
 import { declarationOf } from "../domain/canonicalJson.js"
-import { DEFAULT_AGGREGATION, GatewayConfig, type VirtualServerSettings } from "../config/GatewayConfig.js"
+import { DEFAULT_AGGREGATION, GatewayConfig, sessionLifetimeOf, type VirtualServerSettings } from "../config/GatewayConfig.js"
+import { EndedSessions } from "../fleet/EndedSessions.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
-import { allows, type Identity } from "../domain/Identity.js"
+import { allows, grantOf, type Identity } from "../domain/Identity.js"
 import { GATEWAY_NAME, GATEWAY_VERSION, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { PluginError } from "../loader/PluginError.js"
 import { Registry } from "../registry/Registry.js"
@@ -12,7 +13,7 @@ import { ClientSessions } from "./ClientSessions.js"
 import type { EndpointSessionsShape, OpenedSession } from "./EndpointSessions.js"
 import { Exposure, type View } from "./Exposure.js"
 import { type RateDecision, RateLimiter } from "./RateLimiter.js"
-import { SessionSeal } from "./SessionSeal.js"
+import { grantTag, ownerTag, SessionSeal } from "./SessionSeal.js"
 import { ModernSessions } from "./ModernSessions.js"
 import { Stats } from "./Stats.js"
 import { Timer } from "./Timer.js"
@@ -23,6 +24,8 @@ const REAP_EVERY = Duration.seconds(10)
 /** The endpoint key of `/mcp`; a virtual server's is `v/{name}`. */
 export const ALL_TEMPLATES = "*"
 export const virtualServerKey = (name: string) => `v/${name}`
+
+const OTHER_GRANT = "Session not found: it was opened with a credential of other scopes (the same subject's other token); initialize again"
 
 export interface AggregateSessionsShape {
   /** The sessions of `/mcp` and `/mcp/v/{name}`, as the MCP endpoint speaks to them. */
@@ -46,7 +49,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
   static readonly layer: Layer.Layer<
     AggregateSessions,
     PluginError,
-    GatewayConfig | Registry | ClientSessions | Exposure | RateLimiter | Stats | Timer
+    GatewayConfig | Registry | ClientSessions | Exposure | RateLimiter | Stats | Timer | EndedSessions
   > = Layer.scoped(
     AggregateSessions,
     Effect.gen(function*() {
@@ -60,6 +63,9 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
       const layerScope = yield* Effect.scope
       const settings = config.aggregation ?? DEFAULT_AGGREGATION
       const seal = new SessionSeal(config.gateway.sessionKeys ?? [])
+      const ended = yield* EndedSessions
+      const runtime = yield* Effect.runtime<never>()
+      const lifetimeMs = sessionLifetimeOf(config.gateway)
 
       const served = new Map<string, Served>()
       const compile = (s: VirtualServerSettings, location: string) => exposure.compile(s.name, s.exposure, layerScope, location)
@@ -125,6 +131,14 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
       const sessions = new Map<string, AggregateSession>()
       const modern = new ModernSessions<OpenedSession, DispatchError | SessionLimitReached>((id) => sessions.has(id), () => timer.now())
 
+      /** `close`, and the id ended on every replica (the client's DELETE, the idle timeout). */
+      const end = (id: string) =>
+        Effect.suspend(() => {
+          const session = sessions.get(id)
+          if (session !== undefined && seal.shared) ended.end(id, session.expiresAt)
+          return close(id)
+        })
+
       const close = (id: string) =>
         Effect.suspend(() => {
           const session = sessions.get(id)
@@ -139,7 +153,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         })
 
       /** A session of `key` for `caller`, under `id` (a new one's, or one taken over from another replica). */
-      const create = (id: string, key: string, initializeParams: Record<string, unknown>, caller: Identity, protocolVersion: string, modernClient: boolean) =>
+      const create = (id: string, key: string, initializeParams: Record<string, unknown>, caller: Identity, protocolVersion: string, modernClient: boolean, expiresAt: number) =>
         Effect.gen(function*() {
           const server = served.get(key)!
           if (sessions.size >= config.gateway.maxSessions) return yield* new SessionLimitReached({ scope: "gateway", limit: config.gateway.maxSessions })
@@ -156,8 +170,10 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
             timer.now(),
             declarationOf(initializeParams),
             {
-              // The caller's scopes narrow the templates (a key for one template sees that one's tools only).
-              members: () => templatesOf(server.settings).filter((m) => allows(caller, "mcp:call", m.template)),
+              // The caller's scopes narrow the templates (a key for one template sees that one's tools
+              // only): the scopes of the credential of the session's latest request, as the config stands.
+              members: () => templatesOf(server.settings).filter((m) => allows(session.caller, "mcp:call", m.template)),
+              allowed: (template) => allows(session.caller, "mcp:call", template),
               // (Members count against the gateway's cap, not the client's: the aggregate session is what the client holds.)
               openMember: (template) =>
                 Effect.map(
@@ -208,6 +224,9 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
             }
           )
           session.servesModernClient = modernClient
+          session.caller = caller
+          session.grant = grantOf(caller)
+          session.expiresAt = expiresAt
           sessions.set(session.id, session)
           return session
         })
@@ -217,15 +236,9 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
           const server = served.get(key)!
           const requested = initializeParams.protocolVersion
           const protocolVersion = typeof requested === "string" && SUPPORTED_PROTOCOL_VERSIONS.includes(requested) ? requested : LATEST_PROTOCOL_VERSION
-          const id = seal.seal({
-            endpoint: key,
-            owner: caller.id,
-            protocolVersion,
-            kind: "aggregate",
-            client: initializeParams,
-            caller: { kind: caller.kind, scopes: Array.from(caller.scopes), templates: caller.templates === undefined ? undefined : Array.from(caller.templates) }
-          })
-          yield* create(id, key, initializeParams, caller, protocolVersion, modernClient)
+          const expiresAt = Math.ceil((timer.now() + lifetimeMs) / 1000) * 1000
+          const id = seal.seal({ endpoint: key, owner: caller.id, protocolVersion, kind: "aggregate", client: initializeParams, grant: grantTag(grantOf(caller)), expiresAt })
+          yield* create(id, key, initializeParams, caller, protocolVersion, modernClient, expiresAt)
           const name = key === ALL_TEMPLATES ? GATEWAY_NAME : `${GATEWAY_NAME}/${server.settings.name}`
           const result = {
             protocolVersion,
@@ -243,7 +256,8 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         })
 
       const forModernClient: EndpointSessionsShape["forModernClient"] = (key, caller, initializeParams) =>
-        modern.get(key, caller.id, initializeParams, open(key, initializeParams, caller, true))
+        // (One per grant too: a narrower token of the same subject is not served the broader one's session.)
+        modern.get(key, `${caller.id}\u0000${grantOf(caller)}`, initializeParams, open(key, initializeParams, caller, true))
 
       const endpoint: EndpointSessionsShape = {
         exists: (key) => served.has(key),
@@ -254,36 +268,51 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         // Each member forwards its own template's headers (AggregateSession.headersFor): the endpoint reads them all.
         forwardHeaders: () => Array.from(new Set(registry.templates().flatMap((t) => t.forwardHeaders))),
         open: (key, initializeParams, caller) => open(key, initializeParams, caller, false),
-        resolve: (id, key, owner) => {
+        resolve: (id, key, caller) => {
           if (id === undefined || id === "") return { status: 400, message: "Bad Request: Mcp-Session-Id header is required" }
           const session = sessions.get(id)
           if (session === undefined) {
-            // Another replica's: a new aggregate session under its id, whose template sessions open as they are needed.
+            // Another replica's: a new aggregate session under its id, whose template sessions open
+            // as they are needed; if the caller's, not ended anywhere nor expired, and for a token,
+            // of the grant it was opened with.
             const claims = seal.shared ? seal.open(id) : undefined
-            if (claims === undefined || claims.kind !== "aggregate" || claims.endpoint !== key || claims.owner !== owner || !served.has(key)) {
+            if (claims === undefined || claims.kind !== "aggregate" || claims.endpoint !== key || claims.owner !== ownerTag(caller.id) || !served.has(key)) {
               return { status: 404, message: "Session not found" }
             }
-            const caller: Identity = {
-              kind: claims.caller?.kind ?? "anonymous",
-              id: owner,
-              scopes: new Set(claims.caller?.scopes ?? []),
-              templates: claims.caller?.templates === undefined ? undefined : new Set(claims.caller.templates)
-            }
+            if (ended.isEnded(id, claims.expiresAt)) return { status: 404, message: "Session not found: it has ended" }
+            if (caller.kind !== "api_key" && claims.grant !== grantTag(grantOf(caller))) return { status: 404, message: OTHER_GRANT }
             return {
               adopt: Effect.suspend(() => {
                 const known = sessions.get(id)
                 if (known !== undefined) return Effect.succeed(known)
-                return create(id, key, claims.client, caller, claims.protocolVersion, false).pipe(
+                return create(id, key, claims.client, caller, claims.protocolVersion, false, claims.expiresAt).pipe(
                   Effect.catchAll((e) => Effect.succeed({ status: 404 as const, message: `Session not found: ${e.message}` }))
                 )
               })
             }
           }
-          if (session.template !== key || session.owner !== owner) return { status: 404, message: "Session not found" }
-          session.lastSeen = timer.now()
+          if (session.template !== key || session.owner !== caller.id) return { status: 404, message: "Session not found" }
+          const now = timer.now()
+          if (now >= session.expiresAt) {
+            Runtime.runFork(runtime)(close(id))
+            return { status: 404, message: "Session not found: it reached its maximum lifetime (gateway.session_max_lifetime); initialize again" }
+          }
+          if (caller !== session.caller) {
+            // Authorized with the request's credential: a key's grant is the config's as it stands
+            // (narrowed or widened by a reload, it serves what it allows now); a token of another
+            // grant is another caller of the same subject.
+            const grant = grantOf(caller)
+            if (grant !== session.grant) {
+              if (caller.kind !== "api_key") return { status: 404, message: OTHER_GRANT }
+              session.grant = grant
+              session.caller = caller
+              session.grantChanged()
+            } else session.caller = caller
+          }
+          session.lastSeen = now
           return session
         },
-        close,
+        close: end,
         forModernClient
       }
 
@@ -313,12 +342,19 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         Effect.forkScoped
       )
 
+      // Idle sessions end for good, on every replica; expired ones here (their id says so everywhere).
       yield* Effect.suspend(() => {
         const now = timer.now()
         const timeout = Duration.toMillis(config.gateway.defaults.session_idle_timeout)
-        const idle = Array.from(sessions.values()).filter((s) => !s.busy && now - s.lastSeen > timeout)
-        return Effect.forEach(idle, (s) => close(s.id), { discard: true })
+        const expired = Array.from(sessions.values()).filter((s) => now >= s.expiresAt)
+        const idle = Array.from(sessions.values()).filter((s) => now < s.expiresAt && !s.busy && now - s.lastSeen > timeout)
+        return Effect.zipRight(Effect.forEach(idle, (s) => end(s.id), { discard: true }), Effect.forEach(expired, (s) => close(s.id), { discard: true }))
       }).pipe(Effect.repeat(Schedule.spaced(REAP_EVERY)), Effect.forkScoped)
+
+      // Another replica ended a session: this one's copy goes too.
+      ended.onEndedElsewhere((id) => {
+        if (sessions.has(id)) Runtime.runFork(runtime)(close(id))
+      })
 
       yield* Effect.addFinalizer(() => Effect.forEach(Array.from(sessions.keys()), close, { discard: true }))
 
