@@ -17,6 +17,15 @@ export interface EndedSessionsShape {
   readonly end: (id: string, expiresAt: number) => void
   /** Called with every id another replica ended: its copy here must go (without ending it at the backend). */
   readonly onEndedElsewhere: (handler: (id: string) => void) => void
+  /**
+   * Whether this replica should tell the others that a session it holds is in use (at most once
+   * a quarter of its idle timeout, and only with a fleet): `touch` then does. So a copy another
+   * replica holds, whose requests now come here, does not idle out there and end the session.
+   */
+  readonly shouldTouch: boolean
+  readonly touch: (id: string) => void
+  /** Called with every id another replica said is in use: this one's copy is not idle. */
+  readonly onTouchedElsewhere: (handler: (id: string) => void) => void
   /** How many ended ids are remembered now. */
   readonly size: () => number
 }
@@ -54,6 +63,8 @@ export class EndedSessions extends Context.Tag("mcp-gateway/EndedSessions")<Ende
       /** Ids that expire no later than this are taken as ended (what a full map forgot). */
       let floor = 0
       const handlers: Array<(id: string) => void> = []
+      const touchHandlers: Array<(id: string) => void> = []
+      const touchChannel = `${fleet.prefix}sessions:touched`
 
       const prune = () => {
         const t = now()
@@ -108,6 +119,9 @@ export class EndedSessions extends Context.Tag("mcp-gateway/EndedSessions")<Ende
 
       if (fleet.command !== undefined) {
         fleet.subscribe(channel, heard)
+        fleet.subscribe(touchChannel, (id) => {
+          for (const handler of touchHandlers) handler(id)
+        })
         const catchUp = () => {
           const redis = fleet.command!
           const t = now()
@@ -126,6 +140,11 @@ export class EndedSessions extends Context.Tag("mcp-gateway/EndedSessions")<Ende
         isEnded,
         end,
         onEndedElsewhere: (handler) => void handlers.push(handler),
+        shouldTouch: fleet.command !== undefined,
+        touch: (id) => {
+          if (fleet.status() === "ok") void fleet.command!.publish(touchChannel, id).catch(() => undefined)
+        },
+        onTouchedElsewhere: (handler) => void touchHandlers.push(handler),
         size: () => ended.size
       }
     })

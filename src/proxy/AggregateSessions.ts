@@ -66,6 +66,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
       const ended = yield* EndedSessions
       const runtime = yield* Effect.runtime<never>()
       const lifetimeMs = sessionLifetimeOf(config.gateway)
+      const touching = ended.shouldTouch && seal.shared
 
       const served = new Map<string, Served>()
       const compile = (s: VirtualServerSettings, location: string) => exposure.compile(s.name, s.exposure, layerScope, location)
@@ -310,6 +311,11 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
             } else session.caller = caller
           }
           session.lastSeen = now
+          // (The idle timeout is the fleet's: see ClientSessions' touch.)
+          if (touching && now - session.lastTouched >= Duration.toMillis(config.gateway.defaults.session_idle_timeout) / 4) {
+            session.lastTouched = now
+            ended.touch(id)
+          }
           return session
         },
         close: end,
@@ -350,6 +356,11 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         const idle = Array.from(sessions.values()).filter((s) => now < s.expiresAt && !s.busy && now - s.lastSeen > timeout)
         return Effect.zipRight(Effect.forEach(idle, (s) => end(s.id), { discard: true }), Effect.forEach(expired, (s) => close(s.id), { discard: true }))
       }).pipe(Effect.repeat(Schedule.spaced(REAP_EVERY)), Effect.forkScoped)
+
+      ended.onTouchedElsewhere((id) => {
+        const session = sessions.get(id)
+        if (session !== undefined) session.lastSeen = Math.max(session.lastSeen, timer.now())
+      })
 
       // Another replica ended a session: this one's copy goes too.
       ended.onEndedElsewhere((id) => {

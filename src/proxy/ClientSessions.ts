@@ -389,8 +389,25 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           }
         }
         session.lastSeen = now
+        if (touching && now - session.lastTouched >= 1000) touch(session, registry.template(template)?.settings.session_idle_timeout, now)
         return session
       }
+
+      /**
+       * With a fleet, the idle timeout is the fleet's: a replica serving a session says so (at
+       * most every quarter of the timeout), and a copy another replica holds counts it as use,
+       * so that it does not idle out there and end the session everywhere.
+       */
+      const touching = ended.shouldTouch && seal.shared
+      const touch = (session: ClientSession, idle: Duration.Duration | undefined, now: number) => {
+        if (idle !== undefined && now - session.lastTouched < Duration.toMillis(idle) / 4) return
+        session.lastTouched = now
+        ended.touch(session.id)
+      }
+      ended.onTouchedElsewhere((id) => {
+        const session = sessions.get(id)
+        if (session !== undefined) session.lastSeen = Math.max(session.lastSeen, timer.now())
+      })
 
       /** Sessions being taken over, so that concurrent requests of one session take it over once. */
       const adopting = new Map<string, Deferred.Deferred<ClientSession | SessionRefusal>>()

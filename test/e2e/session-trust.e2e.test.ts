@@ -222,13 +222,21 @@ describe("ending is final on every replica; a rolling restart keeps sessions", (
     }
   })
 
-  it("an id ended by the idle timeout is a 404 on both replicas", async () => {
+  it("an id ended by the idle timeout is a 404 on both replicas; a copy of a session in use elsewhere does not idle out", async () => {
     const opened = await initialize(`${a.url}/mcp/brief`)
     const id = opened.headers.get("mcp-session-id")!
-    expect((await echo(a, "brief", id, "once")).status).toBe(200)
+    // B takes it over once, then its requests come to A only (a balancer that moved it): B's copy
+    // hears that A serves it, and does not end it while it is in use.
+    expect((await echo(b, "brief", id, "once on B")).status).toBe(200)
+    const busyUntil = Date.now() + 12_000
+    while (Date.now() < busyUntil) {
+      expect((await echo(a, "brief", id, "in use on A")).status).toBe(200)
+      await new Promise((r) => setTimeout(r, 200))
+    }
     // Idle after 1 s; idle sessions are ended every 10 s. (Watched through the stats: a request
     // on the session would keep it alive.)
     await waitUntil(async () => (await api(`${a.url}/gateway/stats`)).body.sessions === 0, 30_000, "A ends the idle session")
+    await waitUntil(async () => (await api(`${b.url}/gateway/stats`)).body.sessions === 0, 5_000, "B's copy goes too")
     expect((await echo(b, "brief", id, "idle?")).status).toBe(404)
     expect((await echo(a, "brief", id, "idle?")).status).toBe(404)
   })
