@@ -136,7 +136,8 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
       const end = (id: string) =>
         Effect.suspend(() => {
           const session = sessions.get(id)
-          if (session !== undefined && seal.shared) ended.end(id, session.expiresAt)
+          // (A modern client's session has an id no client was given: nothing to tell.)
+          if (session !== undefined && seal.shared && !session.servesModernClient) ended.end(id, session.expiresAt)
           return close(id)
         })
 

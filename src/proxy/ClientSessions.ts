@@ -133,7 +133,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const end = (id: string) =>
         Effect.suspend(() => {
           const session = sessions.get(id)
-          if (session !== undefined && seal.shared) ended.end(id, session.expiresAt)
+          // (A modern client's session has an id no client was given: nothing to tell.)
+          if (session !== undefined && seal.shared && !session.servesModernClient) ended.end(id, session.expiresAt)
           return close(id)
         })
 
@@ -389,7 +390,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           }
         }
         session.lastSeen = now
-        if (touching && now - session.lastTouched >= 1000) touch(session, registry.template(template)?.settings.session_idle_timeout, now)
+        // (An aggregate's members are never taken over from their ids: their aggregate is.)
+        if (touching && now - session.lastTouched >= 1000 && !members.has(session)) touch(session, registry.template(template)?.settings.session_idle_timeout, now)
         return session
       }
 
