@@ -145,7 +145,8 @@ export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<Config
           }
           if (problems.length > 0) return refused(problems)
           const needsRestart = restartOnly(applied, raw)
-          if (changed("auth") && liveAuth.apply(next.gateway.auth) === "needs_restart") needsRestart.push("auth (turned on or off)")
+          // (Applied on every reload, changed or not: a SIGHUP after fixing a JWKS file reads it again.)
+          if (liveAuth.apply(next.gateway.auth) === "needs_restart" && changed("auth")) needsRestart.push("auth (turned on or off)")
           applied = raw
           const diff = yield* registry.applyConfig(next.templates)
           return { ok: true, diff, needsRestart } satisfies ReloadResult

@@ -92,9 +92,14 @@ describe("sessions are authorized at every request, and their ids stay small", (
       expect((await client.callTool({ name: "b__count", arguments: {} })).isError).toBeFalsy()
       // /mcp/a itself is refused to the key at once too.
       expect((await initialize(`${gateway.url}/mcp/a`, bearer(key))).status).toBe(403)
+      // A key removed from the config: its open session's next request is a 401.
+      const id = (client.transport as StreamableHTTPClientTransport).sessionId!
+      writeJson(configFile, { ...config(["b"]), auth: { ...config(["b"]).auth, api_keys: [] } })
+      await waitUntil(async () => (await rpc(`${gateway.url}/mcp`, id, "tools/list", {}, bearer(key))).status === 401, 15_000, "the removed key refused")
     } finally {
-      await client.close()
+      await client.close().catch(() => undefined)
       writeJson(configFile, config(["a", "b"]))
+      await waitUntil(async () => (await initialize(`${gateway.url}/mcp/a`, bearer(key))).status === 200, 15_000, "the key back")
     }
   })
 
