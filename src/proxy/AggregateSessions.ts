@@ -299,7 +299,8 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
             Runtime.runFork(runtime)(close(id))
             return { status: 404, message: "Session not found: it reached its maximum lifetime (gateway.session_max_lifetime); initialize again" }
           }
-          if (caller !== session.caller) {
+          // (Anonymous callers, one object per request, all have the same grant: nothing to compare.)
+          if (caller !== session.caller && caller.kind !== "anonymous") {
             // Authorized with the request's credential: a key's grant is the config's as it stands
             // (narrowed or widened by a reload, it serves what it allows now); a token of another
             // grant is another caller of the same subject.
