@@ -128,6 +128,8 @@ export class EndedSessions extends Context.Tag("mcp-gateway/EndedSessions")<Ende
           void redis.zremrangebyscore(key, "-inf", t)
             .then(() => redis.zrangebyscore(key, t, "+inf", "WITHSCORES", "LIMIT", 0, max))
             .then((entries) => {
+              // A full set was trimmed of the ids that expire first: refuse every id expiring before what it kept.
+              if (entries.length / 2 >= max) floor = Math.max(floor, Number(entries[1]))
               for (let i = 0; i + 1 < entries.length; i += 2) remember(entries[i]!, Number(entries[i + 1]))
             })
             .catch(() => undefined)
