@@ -207,6 +207,7 @@ describe("ending is final on every replica; a rolling restart keeps sessions", (
     await Promise.all([backend?.stop(), redis?.stop()])
   })
 
+  const endedIds: Array<string> = []
   const echo = (gateway: RunningGateway, template: string, id: string, message: string) =>
     rpc(`${gateway.url}/mcp/${template}`, id, "tools/call", { name: "echo", arguments: { message } })
 
@@ -217,6 +218,7 @@ describe("ending is final on every replica; a rolling restart keeps sessions", (
       expect((await echo(a, "everything", id, "on A")).status).toBe(200)
       if (usedOnB) expect((await echo(b, "everything", id, "on B")).status).toBe(200)
       expect((await fetch(`${a.url}/mcp/everything`, { method: "DELETE", headers: { "mcp-session-id": id } })).status).toBe(200)
+      endedIds.push(id)
       const ended = Date.now()
       await waitUntil(async () => (await echo(b, "everything", id, "after")).status === 404, 1_000, `B refuses the ended id (used on B: ${usedOnB})`)
       expect(Date.now() - ended).toBeLessThan(1_000)
@@ -224,6 +226,18 @@ describe("ending is final on every replica; a rolling restart keeps sessions", (
       // Still refused a while later: nothing takes it over again.
       await new Promise((r) => setTimeout(r, 300))
       expect((await echo(b, "everything", id, "later")).status).toBe(404)
+    }
+  })
+
+  it("a replica that starts later knows the ids ended before it (read from Redis), and serves the live ones", async () => {
+    const c = await startGateway({ configFile, env })
+    try {
+      for (const id of endedIds) expect((await echo(c, "everything", id, "on C")).status).toBe(404)
+      const live = (await initialize(`${a.url}/mcp/everything`)).headers.get("mcp-session-id")!
+      expect((await echo(c, "everything", live, "on C")).status).toBe(200)
+      expect((await fetch(`${c.url}/mcp/everything`, { method: "DELETE", headers: { "mcp-session-id": live } })).status).toBe(200)
+    } finally {
+      await c.stop()
     }
   })
 
