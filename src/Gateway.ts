@@ -1,6 +1,8 @@
 import { Duration, Effect, Fiber, Layer } from "effect"
 import { ConfigReload } from "./discovery/ConfigReload.js"
 import { Discovery } from "./discovery/Discovery.js"
+import { LiveAuth } from "./config/LiveAuth.js"
+import { EndedSessions } from "./fleet/EndedSessions.js"
 import { FleetRedis } from "./fleet/FleetRedis.js"
 import { HealthChecker } from "./health/HealthChecker.js"
 import { HealthProbes } from "./health/HealthProbes.js"
@@ -23,7 +25,7 @@ import { TracingLive } from "./observability/Tracing.js"
 import { Transport } from "./transport/Transport.js"
 
 /** What everything stands on, from the config alone: the registry, the plugin loader, the stats and the metrics under them. */
-export const GatewayFoundation = Layer.mergeAll(Registry.layer, PluginLoader.layer, Stats.layer).pipe(
+export const GatewayFoundation = Layer.mergeAll(Registry.layer, PluginLoader.layer, Stats.layer, LiveAuth.layer, EndedSessions.layer).pipe(
   Layer.provideMerge(Layer.mergeAll(GatewayMetrics.layer, FleetRedis.layer))
 )
 

@@ -34,7 +34,9 @@ const JwtInput = Schema.Struct({
   /** The claim with the token's scopes: a space-separated string (OAuth's `scope`) or an array. */
   scopes_claim: Schema.optional(Schema.String),
   /** Seconds of clock difference tolerated for `exp` and `nbf`. */
-  clock_tolerance: Schema.optional(Schema.Number.pipe(Schema.nonNegative()))
+  clock_tolerance: Schema.optional(Schema.Number.pipe(Schema.nonNegative())),
+  /** Seconds: a token that expires later than this from now is refused (a token that never expires is one). */
+  max_token_lifetime: Schema.optional(Schema.Number.pipe(Schema.positive()))
 })
 
 /** `"auth"` in the config file. */
@@ -68,7 +70,19 @@ export interface JwtSettings {
   readonly algorithms: ReadonlyArray<string> | undefined
   readonly scopesClaim: string
   readonly clockToleranceSeconds: number
+  /** A token whose `exp` is further than this from now is refused (see DEFAULT_MAX_TOKEN_LIFETIME_SECONDS). */
+  readonly maxTokenLifetimeSeconds: number
 }
+
+/** A day: longer-lived tokens are refused unless the operator says otherwise (`auth.jwt.max_token_lifetime`). */
+export const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS = 86_400
+
+/**
+ * The owners a token's subject and the anonymous caller's address are known by (`jwt:{sub}`,
+ * `ip:{address}`): an API key's id may not start so, or a key could stand for a token's
+ * subject (and share its sessions and rate buckets).
+ */
+export const RESERVED_OWNER_PREFIXES = ["jwt:", "ip:"] as const
 
 export interface AuthSettings {
   readonly apiKeys: ReadonlyArray<ApiKey>
@@ -88,6 +102,10 @@ export const resolveAuth = (
     const ids = new Set<string>()
     ;(input.api_keys ?? []).forEach((key, i) => {
       if (ids.has(key.id)) problems.push(`auth.api_keys[${i}].id: duplicate key id ${JSON.stringify(key.id)}`)
+      const reserved = RESERVED_OWNER_PREFIXES.find((prefix) => key.id.toLowerCase().startsWith(prefix))
+      if (reserved !== undefined) {
+        problems.push(`auth.api_keys[${i}].id: ${JSON.stringify(key.id)} starts with "${reserved}", which names token subjects and addresses; choose another id`)
+      }
       ids.add(key.id)
       apiKeys.push({
         id: key.id,
@@ -130,7 +148,8 @@ export const resolveAuth = (
           audience: j.audience,
           algorithms: j.algorithms,
           scopesClaim: j.scopes_claim ?? "scope",
-          clockToleranceSeconds: j.clock_tolerance ?? 30
+          clockToleranceSeconds: j.clock_tolerance ?? 30,
+          maxTokenLifetimeSeconds: j.max_token_lifetime ?? DEFAULT_MAX_TOKEN_LIFETIME_SECONDS
         }
       }
       if (j.issuer === undefined) problems.push("auth.jwt.issuer: expected the issuer tokens must name (iss)")

@@ -30,8 +30,16 @@ export const DEFAULT_LIMITS = {
   maxSessions: 10_000,
   maxSessionsPerClient: 100,
   /** Backend requests one REST list may make following `nextCursor` (more: 502, never a truncated list). */
-  maxListPages: 100
+  maxListPages: 100,
+  /** Ended session ids each replica remembers until their seal expires (so that none is taken over again). */
+  maxEndedSessions: 100_000,
+  /** Seconds a session lives at most, however busy (its sealed id expires then, on every replica). */
+  sessionMaxLifetimeSeconds: 86_400
 } as const
+
+/** How long an MCP session lives at most, under these settings. */
+export const sessionLifetimeOf = (gateway: { readonly sessionMaxLifetime?: Duration.Duration | undefined }): number =>
+  Duration.toMillis(gateway.sessionMaxLifetime ?? Duration.seconds(DEFAULT_LIMITS.sessionMaxLifetimeSeconds))
 
 /** What registrations through the API may do, and how much of it (see RegistrationSettings). */
 export const DEFAULT_REGISTRATION: RegistrationSettings = {
@@ -226,6 +234,9 @@ export const ConfigFile = Schema.Struct({
     max_buffered_bytes_per_response: Schema.optional(PositiveInt(64 * 1024)),
     /** Bytes held for all lagging clients together (default 32 MiB). */
     max_buffered_bytes: Schema.optional(PositiveInt(64 * 1024)),
+    max_ended_sessions: Schema.optional(PositiveInt(100)),
+    /** Seconds an MCP session lives at most, however busy (then 404: the client initializes again). */
+    session_max_lifetime: Schema.optional(PositiveInt(60)),
     rate_limits: Schema.optional(Schema.Struct({
       /** Per credential (per client address without auth), over every route but /gateway/health. */
       per_client: Schema.optional(RateLimitInput),
@@ -324,6 +335,10 @@ export interface GatewaySettings {
   readonly maxListPages: number
   /** Connection caps, timeouts and buffer bounds for clients (absent: DEFAULT_CLIENT_LIMITS, caps derived). */
   readonly clientLimits?: ClientLimits | undefined
+  /** (Absent in hand-made configs: DEFAULT_LIMITS.maxEndedSessions.) */
+  readonly maxEndedSessions?: number | undefined
+  /** How long an MCP session lives at most (its sealed id carries the expiry); absent: DEFAULT_LIMITS' (sessionLifetimeOf). */
+  readonly sessionMaxLifetime?: Duration.Duration | undefined
   readonly rateLimits: { readonly perClient: RateLimit | undefined; readonly perTemplate: RateLimit | undefined }
   /** Failed authentications per client address (undefined: DEFAULT_AUTH_FAILURES). */
   readonly authFailures?: AuthFailureSettings | undefined
@@ -659,6 +674,8 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
           maxBufferedBytesPerResponse: file.gateway?.max_buffered_bytes_per_response ?? DEFAULT_CLIENT_LIMITS.maxBufferedBytesPerResponse,
           maxBufferedBytes: file.gateway?.max_buffered_bytes ?? DEFAULT_CLIENT_LIMITS.maxBufferedBytes
         },
+        maxEndedSessions: file.gateway?.max_ended_sessions ?? DEFAULT_LIMITS.maxEndedSessions,
+        sessionMaxLifetime: Duration.seconds(file.gateway?.session_max_lifetime ?? DEFAULT_LIMITS.sessionMaxLifetimeSeconds),
         rateLimits: {
           perClient: rateLimitOf(file.gateway?.rate_limits?.per_client),
           perTemplate: rateLimitOf(file.gateway?.rate_limits?.per_template)

@@ -2,6 +2,7 @@ import { Context, Duration, Effect, Layer, Schedule, Stream } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { DEFAULT_AGGREGATION, GatewayConfig, loadGatewayConfig, NO_DISCOVERY } from "../config/GatewayConfig.js"
+import { LiveAuth } from "../config/LiveAuth.js"
 import { PluginError } from "../loader/PluginError.js"
 import { PluginLoader } from "../loader/PluginLoader.js"
 import { validateProviders } from "./Discovery.js"
@@ -17,8 +18,12 @@ const POLL = Duration.seconds(5)
 /** Editors write in bursts (truncate, write, rename): one reload for the burst. */
 const SETTLE = Duration.millis(200)
 
-/** The sections a reload does not apply (they shape the server, its security or its providers). */
-const RESTART_SECTIONS = ["auth", "tracing", "discovery", "aggregation", "virtual_servers"] as const
+/**
+ * The sections a reload does not apply (they shape the server or its providers). `auth` applies
+ * (keys and tokens are checked against the config as it stands, at every request), except
+ * turning it on or off, which decides where the gateway may listen.
+ */
+const RESTART_SECTIONS = ["tracing", "discovery", "aggregation", "virtual_servers"] as const
 
 export interface ReloadResult {
   readonly ok: boolean
@@ -68,7 +73,7 @@ const restartOnly = (before: Record<string, any> | undefined, after: Record<stri
  * as a whole, plugins included, is refused with its problems in the log and changes nothing.
  */
 export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<ConfigReload, ConfigReloadShape>() {
-  static readonly layer: Layer.Layer<ConfigReload, never, GatewayConfig | Registry | Strategies | HealthProbes | Exposure | PluginLoader> = Layer.scoped(
+  static readonly layer: Layer.Layer<ConfigReload, never, GatewayConfig | Registry | Strategies | HealthProbes | Exposure | PluginLoader | LiveAuth> = Layer.scoped(
     ConfigReload,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
@@ -77,6 +82,7 @@ export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<Config
       const probes = yield* HealthProbes
       const exposure = yield* Exposure
       const loader = yield* PluginLoader
+      const liveAuth = yield* LiveAuth
       const flags = config.loadedFrom ?? {}
       const file = flags.configFile === undefined ? undefined : path.resolve(flags.configFile)
       const lock = yield* Effect.makeSemaphore(1)
@@ -139,6 +145,8 @@ export class ConfigReload extends Context.Tag("mcp-gateway/ConfigReload")<Config
           }
           if (problems.length > 0) return refused(problems)
           const needsRestart = restartOnly(applied, raw)
+          // (Applied on every reload, changed or not: a SIGHUP after fixing a JWKS file reads it again.)
+          if (liveAuth.apply(next.gateway.auth) === "needs_restart" && changed("auth")) needsRestart.push("auth (turned on or off)")
           applied = raw
           const diff = yield* registry.applyConfig(next.templates)
           return { ok: true, diff, needsRestart } satisfies ReloadResult

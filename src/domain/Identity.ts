@@ -30,3 +30,19 @@ export const scopeNeeded = (scope: Scope, template?: string) => (template === un
 export const allowsSome = (identity: Identity, scope: Scope): boolean =>
   identity.kind === "anonymous" || identity.scopes.has(scope) ||
   Array.from(identity.scopes).some((s) => s.startsWith(`${scope}:`))
+
+const grants = new WeakMap<Identity, string>()
+
+/**
+ * What a credential may do, as one string (its kind, scopes and templates, sorted): two
+ * credentials of one owner with the same grant are interchangeable for a session (a refreshed
+ * token); a narrower one is not the broader one's session's caller. Kept per identity object
+ * (an API key's is one object until the config changes), so the request path computes it once.
+ */
+export const grantOf = (identity: Identity): string => {
+  const known = grants.get(identity)
+  if (known !== undefined) return known
+  const grant = `${identity.kind}\u0000${Array.from(identity.scopes).sort().join(" ")}\u0000${identity.templates === undefined ? "*" : Array.from(identity.templates).sort().join(" ")}`
+  grants.set(identity, grant)
+  return grant
+}

@@ -1,6 +1,7 @@
 import { Deferred, type Duration, Effect, Either, FiberId, type Scope } from "effect"
 import { BackendError, type DispatchError, type SessionLimitReached } from "../domain/GatewayError.js"
 import { ErrorCode, isObject, isRequest, type JsonRpcErrorObject } from "../domain/JsonRpc.js"
+import type { Identity } from "../domain/Identity.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import type { Connection } from "../transport/Connection.js"
 import type { ClientSession } from "./ClientSession.js"
@@ -19,6 +20,8 @@ export interface AggregateMember {
 export interface AggregateDeps {
   /** The templates behind it now, in order (they follow the registry and the caller's scopes). */
   readonly members: () => ReadonlyArray<AggregateMember>
+  /** Whether the session's caller may call a template now (its credential as the config stands). */
+  readonly allowed: (template: string) => boolean
   /** Opens the session of one template for this client (as its own `initialize` would), with what its server can do. */
   readonly openMember: (template: string) => Effect.Effect<{ readonly session: ClientSession; readonly capabilities: unknown }, DispatchError | SessionLimitReached>
   readonly memberAlive: (session: ClientSession) => boolean
@@ -70,6 +73,8 @@ interface Snapshot {
   /** Public name (or URI, or URI template) → the template that has it, and its own name there. */
   readonly index: ReadonlyMap<string, { readonly template: string; readonly name: string }>
   readonly unavailable: ReadonlyArray<{ readonly template: string; readonly error: string }>
+  /** The templates it was merged from (a page of it is served only while the caller may call them all). */
+  readonly templates: ReadonlyArray<string>
 }
 
 /** A member's answer that is not a result, carried to the client as it is. */
@@ -114,6 +119,10 @@ export class AggregateSession extends EndpointSession {
   private readonly changedSoon = new Set<string>()
   /** The member sessions opened (to close with the aggregate). */
   readonly memberSessions = new Set<ClientSession>()
+  /** The credential of the session's latest request (AggregateSessions.resolve): what it may call decides what it is served. */
+  caller!: Identity
+  /** `grantOf(caller)`: what the session was last authorized with. */
+  grant!: string
   /** What each member's server said it can do (its `initialize` answer): a list it does not offer is not asked for. */
   private readonly capabilities = new Map<string, Record<string, unknown>>()
 
@@ -177,6 +186,15 @@ export class AggregateSession extends EndpointSession {
   /** A client notification: every member that may care hears it (its roots changed, say). */
   notify(method: string, params: Record<string, unknown> | undefined): Effect.Effect<void> {
     return Effect.forEach(this.memberSessions, (member) => member.notify(method, params), { discard: true })
+  }
+
+  /**
+   * What the caller's credential allows changed (a key narrowed or widened by a reload): lists
+   * and pages made under the old grant are forgotten, and the client is told to list again.
+   */
+  grantChanged() {
+    this.snapshots.clear()
+    this.membershipChanged()
   }
 
   /** The templates behind the aggregate changed (a registration, a reload): the client's lists are stale. */
@@ -257,6 +275,10 @@ export class AggregateSession extends EndpointSession {
   /** One request to one template's session, within its rate limit; a session that ended is opened again next time. */
   private call(template: string, method: string, params: Record<string, unknown> | undefined, relay: RequestRelay, headers: Readonly<Record<string, string>> | undefined) {
     return Effect.gen(this, function*() {
+      // Checked at every call, whatever a list said before: the credential may have lost the template since.
+      if (!this.deps.allowed(template)) {
+        return yield* Effect.fail(refusal(ErrorCode.InvalidParams, `template "${template}" is not served to this credential`))
+      }
       const admission = this.deps.admit(template)
       const decision = admission instanceof Promise ? yield* Effect.promise(() => admission) : admission
       if (!decision.allowed) {
@@ -363,7 +385,7 @@ export class AggregateSession extends EndpointSession {
     if (cursor !== undefined) {
       const position = typeof cursor === "string" ? decodeCursor(cursor) : undefined
       const snapshot = position === undefined ? undefined : this.snapshots.get(position.snapshot)
-      if (position === undefined || snapshot === undefined || snapshot.method !== method) {
+      if (position === undefined || snapshot === undefined || snapshot.method !== method || snapshot.templates.some((t) => !this.deps.allowed(t))) {
         return Effect.fail(refusal(ErrorCode.InvalidParams, "Invalid params: unknown or expired cursor (list again from the start)"))
       }
       return Effect.succeed(this.page(spec.key, snapshot, position.offset))
@@ -416,7 +438,7 @@ export class AggregateSession extends EndpointSession {
             items.push(known === own ? item : { ...item, [spec.field]: known })
           }
         })
-        const snapshot: Snapshot = { id: this.nextSnapshot++, method, items, index, unavailable }
+        const snapshot: Snapshot = { id: this.nextSnapshot++, method, items, index, unavailable, templates: members.map((m) => m.template) }
         this.snapshots.set(snapshot.id, snapshot)
         if (this.snapshots.size > SNAPSHOTS_KEPT) this.snapshots.delete(this.snapshots.keys().next().value!)
         this.latest.set(method, snapshot)

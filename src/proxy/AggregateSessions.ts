@@ -1,8 +1,9 @@
 import { Context, Duration, Effect, ExecutionStrategy, Exit, Fiber, Layer, Runtime, Schedule, Scope, Stream } from "effect"
 import { declarationOf } from "../domain/canonicalJson.js"
-import { DEFAULT_AGGREGATION, GatewayConfig, type VirtualServerSettings } from "../config/GatewayConfig.js"
+import { DEFAULT_AGGREGATION, GatewayConfig, sessionLifetimeOf, type VirtualServerSettings } from "../config/GatewayConfig.js"
+import { EndedSessions } from "../fleet/EndedSessions.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
-import { allows, type Identity } from "../domain/Identity.js"
+import { allows, grantOf, type Identity } from "../domain/Identity.js"
 import { GATEWAY_NAME, GATEWAY_VERSION, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
 import type { PluginError } from "../loader/PluginError.js"
 import { Registry } from "../registry/Registry.js"
@@ -12,7 +13,7 @@ import { ClientSessions } from "./ClientSessions.js"
 import type { EndpointSessionsShape, OpenedSession } from "./EndpointSessions.js"
 import { Exposure, type View } from "./Exposure.js"
 import { type RateDecision, RateLimiter } from "./RateLimiter.js"
-import { SessionSeal } from "./SessionSeal.js"
+import { grantTag, ownerTag, SessionSeal } from "./SessionSeal.js"
 import { ModernSessions } from "./ModernSessions.js"
 import { Stats } from "./Stats.js"
 import { Timer } from "./Timer.js"
@@ -23,6 +24,8 @@ const REAP_EVERY = Duration.seconds(10)
 /** The endpoint key of `/mcp`; a virtual server's is `v/{name}`. */
 export const ALL_TEMPLATES = "*"
 export const virtualServerKey = (name: string) => `v/${name}`
+
+const OTHER_GRANT = "Session not found: it was opened with a credential of other scopes (the same subject's other token); initialize again"
 
 export interface AggregateSessionsShape {
   /** The sessions of `/mcp` and `/mcp/v/{name}`, as the MCP endpoint speaks to them. */
@@ -46,7 +49,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
   static readonly layer: Layer.Layer<
     AggregateSessions,
     PluginError,
-    GatewayConfig | Registry | ClientSessions | Exposure | RateLimiter | Stats | Timer
+    GatewayConfig | Registry | ClientSessions | Exposure | RateLimiter | Stats | Timer | EndedSessions
   > = Layer.scoped(
     AggregateSessions,
     Effect.gen(function*() {
@@ -62,6 +65,10 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
       const runFork = Runtime.runFork(yield* Effect.runtime<never>())
       const settings = config.aggregation ?? DEFAULT_AGGREGATION
       const seal = new SessionSeal(config.gateway.sessionKeys ?? [])
+      const ended = yield* EndedSessions
+      const runtime = yield* Effect.runtime<never>()
+      const lifetimeMs = sessionLifetimeOf(config.gateway)
+      const touching = ended.shouldTouch && seal.shared
 
       const served = new Map<string, Served>()
       const compile = (s: VirtualServerSettings, location: string) => exposure.compile(s.name, s.exposure, layerScope, location)
@@ -127,6 +134,15 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
       const sessions = new Map<string, AggregateSession>()
       const modern = new ModernSessions<OpenedSession, DispatchError | SessionLimitReached>((id) => sessions.has(id), () => timer.now())
 
+      /** `close`, and the id ended on every replica (the client's DELETE, the idle timeout). */
+      const end = (id: string) =>
+        Effect.suspend(() => {
+          const session = sessions.get(id)
+          // (A modern client's session has an id no client was given: nothing to tell.)
+          if (session !== undefined && seal.shared && !session.servesModernClient) ended.end(id, session.expiresAt)
+          return close(id)
+        })
+
       const close = (id: string) =>
         Effect.suspend(() => {
           const session = sessions.get(id)
@@ -141,7 +157,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         })
 
       /** A session of `key` for `caller`, under `id` (a new one's, or one taken over from another replica). */
-      const create = (id: string, key: string, initializeParams: Record<string, unknown>, caller: Identity, protocolVersion: string, modernClient: boolean) =>
+      const create = (id: string, key: string, initializeParams: Record<string, unknown>, caller: Identity, protocolVersion: string, modernClient: boolean, expiresAt: number) =>
         Effect.gen(function*() {
           const server = served.get(key)!
           if (sessions.size >= config.gateway.maxSessions) return yield* new SessionLimitReached({ scope: "gateway", limit: config.gateway.maxSessions })
@@ -158,8 +174,10 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
             timer.now(),
             declarationOf(initializeParams),
             {
-              // The caller's scopes narrow the templates (a key for one template sees that one's tools only).
-              members: () => templatesOf(server.settings).filter((m) => allows(caller, "mcp:call", m.template)),
+              // The caller's scopes narrow the templates (a key for one template sees that one's tools
+              // only): the scopes of the credential of the session's latest request, as the config stands.
+              members: () => templatesOf(server.settings).filter((m) => allows(session.caller, "mcp:call", m.template)),
+              allowed: (template) => allows(session.caller, "mcp:call", template),
               // (Members count against the gateway's cap, not the client's: the aggregate session is what the client holds.)
               openMember: (template) =>
                 Effect.map(
@@ -210,6 +228,9 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
             }
           )
           session.servesModernClient = modernClient
+          session.caller = caller
+          session.grant = grantOf(caller)
+          session.expiresAt = expiresAt
           sessions.set(session.id, session)
           return session
         })
@@ -219,15 +240,9 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
           const server = served.get(key)!
           const requested = initializeParams.protocolVersion
           const protocolVersion = typeof requested === "string" && SUPPORTED_PROTOCOL_VERSIONS.includes(requested) ? requested : LATEST_PROTOCOL_VERSION
-          const id = seal.seal({
-            endpoint: key,
-            owner: caller.id,
-            protocolVersion,
-            kind: "aggregate",
-            client: initializeParams,
-            caller: { kind: caller.kind, scopes: Array.from(caller.scopes), templates: caller.templates === undefined ? undefined : Array.from(caller.templates) }
-          })
-          yield* create(id, key, initializeParams, caller, protocolVersion, modernClient)
+          const expiresAt = Math.ceil((timer.now() + lifetimeMs) / 1000) * 1000
+          const id = seal.seal({ endpoint: key, owner: caller.id, protocolVersion, kind: "aggregate", client: initializeParams, grant: grantTag(grantOf(caller)), expiresAt })
+          yield* create(id, key, initializeParams, caller, protocolVersion, modernClient, expiresAt)
           const name = key === ALL_TEMPLATES ? GATEWAY_NAME : `${GATEWAY_NAME}/${server.settings.name}`
           const result = {
             protocolVersion,
@@ -245,7 +260,8 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         })
 
       const forModernClient: EndpointSessionsShape["forModernClient"] = (key, caller, initializeParams) =>
-        modern.get(key, caller.id, initializeParams, open(key, initializeParams, caller, true))
+        // (One per grant too: a narrower token of the same subject is not served the broader one's session.)
+        modern.get(key, `${caller.id}\u0000${grantOf(caller)}`, initializeParams, open(key, initializeParams, caller, true))
 
       const endpoint: EndpointSessionsShape = {
         exists: (key) => served.has(key),
@@ -256,36 +272,57 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         // Each member forwards its own template's headers (AggregateSession.headersFor): the endpoint reads them all.
         forwardHeaders: () => Array.from(new Set(registry.templates().flatMap((t) => t.forwardHeaders))),
         open: (key, initializeParams, caller) => open(key, initializeParams, caller, false),
-        resolve: (id, key, owner) => {
+        resolve: (id, key, caller) => {
           if (id === undefined || id === "") return { status: 400, message: "Bad Request: Mcp-Session-Id header is required" }
           const session = sessions.get(id)
           if (session === undefined) {
-            // Another replica's: a new aggregate session under its id, whose template sessions open as they are needed.
+            // Another replica's: a new aggregate session under its id, whose template sessions open
+            // as they are needed; if the caller's, not ended anywhere nor expired, and for a token,
+            // of the grant it was opened with.
             const claims = seal.shared ? seal.open(id) : undefined
-            if (claims === undefined || claims.kind !== "aggregate" || claims.endpoint !== key || claims.owner !== owner || !served.has(key)) {
+            if (claims === undefined || claims.kind !== "aggregate" || claims.endpoint !== key || claims.owner !== ownerTag(caller.id) || !served.has(key)) {
               return { status: 404, message: "Session not found" }
             }
-            const caller: Identity = {
-              kind: claims.caller?.kind ?? "anonymous",
-              id: owner,
-              scopes: new Set(claims.caller?.scopes ?? []),
-              templates: claims.caller?.templates === undefined ? undefined : new Set(claims.caller.templates)
-            }
+            if (ended.isEnded(id, claims.expiresAt)) return { status: 404, message: "Session not found: it has ended" }
+            if (caller.kind !== "api_key" && claims.grant !== grantTag(grantOf(caller))) return { status: 404, message: OTHER_GRANT }
             return {
               adopt: Effect.suspend(() => {
                 const known = sessions.get(id)
                 if (known !== undefined) return Effect.succeed(known)
-                return create(id, key, claims.client, caller, claims.protocolVersion, false).pipe(
+                return create(id, key, claims.client, caller, claims.protocolVersion, false, claims.expiresAt).pipe(
                   Effect.catchAll((e) => Effect.succeed({ status: 404 as const, message: `Session not found: ${e.message}` }))
                 )
               })
             }
           }
-          if (session.template !== key || session.owner !== owner) return { status: 404, message: "Session not found" }
-          session.lastSeen = timer.now()
+          if (session.template !== key || session.owner !== caller.id) return { status: 404, message: "Session not found" }
+          const now = timer.now()
+          if (now >= session.expiresAt) {
+            Runtime.runFork(runtime)(close(id))
+            return { status: 404, message: "Session not found: it reached its maximum lifetime (gateway.session_max_lifetime); initialize again" }
+          }
+          // (Anonymous callers, one object per request, all have the same grant: nothing to compare.)
+          if (caller !== session.caller && caller.kind !== "anonymous") {
+            // Authorized with the request's credential: a key's grant is the config's as it stands
+            // (narrowed or widened by a reload, it serves what it allows now); a token of another
+            // grant is another caller of the same subject.
+            const grant = grantOf(caller)
+            if (grant !== session.grant) {
+              if (caller.kind !== "api_key") return { status: 404, message: OTHER_GRANT }
+              session.grant = grant
+              session.caller = caller
+              session.grantChanged()
+            } else session.caller = caller
+          }
+          session.lastSeen = now
+          // (The idle timeout is the fleet's: see ClientSessions' touch.)
+          if (touching && now - session.lastTouched >= Duration.toMillis(config.gateway.defaults.session_idle_timeout) / 4) {
+            session.lastTouched = now
+            ended.touch(id)
+          }
           return session
         },
-        close,
+        close: end,
         forModernClient
       }
 
@@ -315,12 +352,24 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         Effect.forkScoped
       )
 
+      // Idle sessions end for good, on every replica; expired ones here (their id says so everywhere).
       yield* Effect.suspend(() => {
         const now = timer.now()
         const timeout = Duration.toMillis(config.gateway.defaults.session_idle_timeout)
-        const idle = Array.from(sessions.values()).filter((s) => !s.busy && now - s.lastSeen > timeout)
-        return Effect.forEach(idle, (s) => close(s.id), { discard: true })
+        const expired = Array.from(sessions.values()).filter((s) => now >= s.expiresAt)
+        const idle = Array.from(sessions.values()).filter((s) => now < s.expiresAt && !s.busy && now - s.lastSeen > timeout)
+        return Effect.zipRight(Effect.forEach(idle, (s) => end(s.id), { discard: true }), Effect.forEach(expired, (s) => close(s.id), { discard: true }))
       }).pipe(Effect.repeat(Schedule.spaced(REAP_EVERY)), Effect.forkScoped)
+
+      ended.onTouchedElsewhere((id) => {
+        const session = sessions.get(id)
+        if (session !== undefined) session.lastSeen = Math.max(session.lastSeen, timer.now())
+      })
+
+      // Another replica ended a session: this one's copy goes too.
+      ended.onEndedElsewhere((id) => {
+        if (sessions.has(id)) Runtime.runFork(runtime)(close(id))
+      })
 
       yield* Effect.addFinalizer(() => Effect.forEach(Array.from(sessions.keys()), close, { discard: true }))
 

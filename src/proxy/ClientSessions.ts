@@ -1,7 +1,8 @@
 import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Runtime, Schedule, Scope, Stream } from "effect"
 import { declarationOf } from "../domain/canonicalJson.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
-import { GatewayConfig } from "../config/GatewayConfig.js"
+import { GatewayConfig, sessionLifetimeOf } from "../config/GatewayConfig.js"
+import { EndedSessions } from "../fleet/EndedSessions.js"
 import { isObject, isRequest } from "../domain/JsonRpc.js"
 import { isModernVersion } from "../domain/ModernProtocol.js"
 import { LATEST_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
@@ -15,7 +16,7 @@ import type { Adoption, EndpointSessionsShape, SessionRefusal } from "./Endpoint
 import { Dispatcher } from "./Dispatcher.js"
 import { Exposure } from "./Exposure.js"
 import { ModernSessions } from "./ModernSessions.js"
-import { type SessionClaims, SessionSeal } from "./SessionSeal.js"
+import { ownerTag, type SessionClaims, SessionSeal } from "./SessionSeal.js"
 import { capabilitiesAllowSharing } from "./processSharing.js"
 import { Timer } from "./Timer.js"
 
@@ -41,6 +42,11 @@ export interface ClientSessionsShape {
   readonly resolve: (id: string | undefined, template: string, owner: string) => ClientSession | SessionRefusal | Adoption
   /** Ends a session: stops its requests in flight and closes what was opened for it. False when unknown. */
   readonly close: (id: string) => Effect.Effect<boolean>
+  /**
+   * Ends a session for good (the client's DELETE, the idle timeout): as `close`, and the id is
+   * remembered as ended here and on every replica (EndedSessions), so that none takes it over again.
+   */
+  readonly end: (id: string) => Effect.Effect<boolean>
   /** Ends every session pinned to an instance (after it drained). */
   readonly closePinnedTo: (instance: InstanceState) => Effect.Effect<void>
   /**
@@ -75,7 +81,7 @@ const versionFor = (initializeParams: Record<string, unknown>) => {
 }
 
 export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<ClientSessions, ClientSessionsShape>() {
-  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer | Exposure> = Layer.scoped(
+  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer | Exposure | EndedSessions> = Layer.scoped(
     ClientSessions,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
@@ -84,11 +90,18 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const transport = yield* Transport
       const timer = yield* Timer
       const exposure = yield* Exposure
-      const layerScope = yield* Effect.scope
+      const ended = yield* EndedSessions
+      const runtime = yield* Effect.runtime<never>()
       // The gateway's runtime (its logger writes to stderr): Effect.runFork's default one logs to stdout.
-      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+      const runFork = Runtime.runFork(runtime)
+      // Sessions' scopes hang from a scope of their own, closed after the shutdown finalizer
+      // below (added later, so run first) has said what stays open at the backends.
+      const layerScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
       // Session ids carry what any replica needs to serve them (see SessionSeal.ts).
       const seal = new SessionSeal(config.gateway.sessionKeys ?? [])
+      const lifetimeMs = sessionLifetimeOf(config.gateway)
+      /** When a session opened now ends however busy (to the second: what its sealed id says). */
+      const expiryFromNow = () => Math.ceil((timer.now() + lifetimeMs) / 1000) * 1000
       const sessions = new Map<string, ClientSession>()
       /** Sessions with a process (SSE session) of their own, by instance: what max_sessions_per_instance caps. */
       const ownProcesses = new Map<InstanceState, number>()
@@ -116,6 +129,15 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             Effect.zipRight(Scope.close(session.scope, Exit.void)),
             Effect.as(true)
           )
+        })
+
+      /** `close`, and the id ended on every replica (only ids other replicas could take over need telling). */
+      const end = (id: string) =>
+        Effect.suspend(() => {
+          const session = sessions.get(id)
+          // (A modern client's session has an id no client was given: nothing to tell.)
+          if (session !== undefined && seal.shared && !session.servesModernClient) ended.end(id, session.expiresAt)
+          return close(id)
         })
 
       /** Sessions an aggregate holds: not counted for the client (its aggregate session is). */
@@ -153,9 +175,10 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           })
           const protocolVersion = versionFor(initializeParams)
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
+          const expiresAt = expiryFromNow()
           const session = add(
             new ClientSession(
-              seal.seal({ endpoint: template, owner, protocolVersion, kind: "balanced", client: initializeParams }),
+              seal.seal({ endpoint: template, owner, protocolVersion, kind: "balanced", client: initializeParams, expiresAt }),
               template,
               undefined,
               protocolVersion,
@@ -170,6 +193,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             ),
             member
           )
+          session.expiresAt = expiresAt
           return { session, result: { ...result, protocolVersion } }
         })
 
@@ -250,6 +274,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           const protocolVersion = ownBackend && !isModernVersion(opened.result.protocolVersion)
             ? String(opened.result.protocolVersion ?? LATEST_PROTOCOL_VERSION)
             : versionFor(initializeParams)
+          const expiresAt = expiryFromNow()
           const session = add(
             new ClientSession(
               seal.seal({
@@ -260,7 +285,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
                 instance: instance.id,
                 backendSession: opened.backend.sessionId?.(),
                 ownProcess: instance.definition.transport !== "http" && opened.own,
-                client: initializeParams
+                client: initializeParams,
+                expiresAt
               }),
               template,
               instance,
@@ -276,6 +302,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             ),
             member
           )
+          session.expiresAt = expiresAt
           yield* listenForSession(session, opened.backend)
           yield* Effect.logDebug(
             `session ${session.id} of template ${template} pinned to ${instance.id}` +
@@ -332,13 +359,21 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         if (id === undefined || id === "") return { status: 400, message: "Bad Request: Mcp-Session-Id header is required" }
         const session = sessions.get(id)
         if (session === undefined) {
-          // Another replica's (or this one's before a restart), if it opens with the shared keys.
+          // Another replica's (or this one's before a restart), if it opens with the shared keys,
+          // is this caller's, and was not ended (here or on another replica) nor expired.
           const claims = seal.shared ? seal.open(id) : undefined
-          if (claims === undefined || claims.endpoint !== template || claims.owner !== owner) return { status: 404, message: "Session not found" }
-          return { adopt: adopt(id, claims) }
+          if (claims === undefined || claims.endpoint !== template || claims.owner !== ownerTag(owner)) return { status: 404, message: "Session not found" }
+          if (ended.isEnded(id, claims.expiresAt)) return { status: 404, message: "Session not found: it has ended" }
+          if (claims.local === true) return { status: 404, message: "Session not found: only the replica of the gateway that opened it can serve it; initialize again" }
+          return { adopt: adopt(id, claims, owner) }
         }
         if (session.template !== template || session.owner !== owner) {
           return { status: 404, message: "Session not found" }
+        }
+        const now = timer.now()
+        if (now >= session.expiresAt) {
+          Runtime.runFork(runtime)(close(session.id))
+          return { status: 404, message: "Session not found: it reached its maximum lifetime (gateway.session_max_lifetime); initialize again" }
         }
         const pinned = session.instance
         if (pinned !== undefined) {
@@ -356,9 +391,27 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             return { status: 404, message: `Session not found: ${reason}` }
           }
         }
-        session.lastSeen = timer.now()
+        session.lastSeen = now
+        // (An aggregate's members are never taken over from their ids: their aggregate is.)
+        if (touching && now - session.lastTouched >= 1000 && !members.has(session)) touch(session, registry.template(template)?.settings.session_idle_timeout, now)
         return session
       }
+
+      /**
+       * With a fleet, the idle timeout is the fleet's: a replica serving a session says so (at
+       * most every quarter of the timeout), and a copy another replica holds counts it as use,
+       * so that it does not idle out there and end the session everywhere.
+       */
+      const touching = ended.shouldTouch && seal.shared
+      const touch = (session: ClientSession, idle: Duration.Duration | undefined, now: number) => {
+        if (idle !== undefined && now - session.lastTouched < Duration.toMillis(idle) / 4) return
+        session.lastTouched = now
+        ended.touch(session.id)
+      }
+      ended.onTouchedElsewhere((id) => {
+        const session = sessions.get(id)
+        if (session !== undefined) session.lastSeen = Math.max(session.lastSeen, timer.now())
+      })
 
       /** Sessions being taken over, so that concurrent requests of one session take it over once. */
       const adopting = new Map<string, Deferred.Deferred<ClientSession | SessionRefusal>>()
@@ -369,30 +422,31 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
        * server keeps it, whichever replica talks to it), a modern server's anew, or the
        * instance's shared process. A process of the session's own lived on the other replica.
        */
-      const adopt = (id: string, claims: SessionClaims): Effect.Effect<ClientSession | SessionRefusal> =>
+      const adopt = (id: string, claims: SessionClaims, owner: string): Effect.Effect<ClientSession | SessionRefusal> =>
         Effect.suspend(() => {
           const pending = adopting.get(id)
           if (pending !== undefined) return Deferred.await(pending)
           const done = Deferred.unsafeMake<ClientSession | SessionRefusal>(FiberId.none)
           adopting.set(id, done)
-          return takeOver(id, claims).pipe(
+          return takeOver(id, claims, owner).pipe(
             Effect.catchAll((e) => Effect.succeed<SessionRefusal>({ status: 404, message: `Session not found: ${e.message}` })),
             Effect.tap((outcome) => Deferred.succeed(done, outcome)),
             Effect.ensuring(Effect.sync(() => adopting.delete(id)))
           )
         })
 
-      const takeOver = (id: string, claims: SessionClaims) =>
+      const takeOver = (id: string, claims: SessionClaims, owner: string) =>
         Effect.gen(function*() {
           const existing = sessions.get(id)
           if (existing !== undefined) return existing
           const template = registry.template(claims.endpoint)
           if (template === undefined) return { status: 404, message: "Session not found: its template is gone" } satisfies SessionRefusal
-          yield* admit(claims.owner)
+          yield* admit(owner)
           const declaration = declarationOf(claims.client)
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
           if (claims.kind === "balanced") {
-            const session = new ClientSession(id, claims.endpoint, undefined, claims.protocolVersion, undefined, false, scope, claims.owner, dispatcher, timer.now(), exposure, declaration)
+            const session = new ClientSession(id, claims.endpoint, undefined, claims.protocolVersion, undefined, false, scope, owner, dispatcher, timer.now(), exposure, declaration)
+            session.expiresAt = claims.expiresAt
             yield* Effect.logDebug(`session of template ${claims.endpoint} taken over from another replica (balanced)`)
             return add(session)
           }
@@ -416,8 +470,9 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             Effect.tapErrorCause(() => Scope.close(scope, Exit.void))
           )
           const session = add(
-            new ClientSession(id, claims.endpoint, instance, claims.protocolVersion, backend, instance!.definition.transport === "http", scope, claims.owner, dispatcher, timer.now(), exposure, declaration)
+            new ClientSession(id, claims.endpoint, instance, claims.protocolVersion, backend, instance!.definition.transport === "http", scope, owner, dispatcher, timer.now(), exposure, declaration)
           )
+          session.expiresAt = claims.expiresAt
           // What the server says outside requests is heard once the client's standing stream is
           // here: the replica that opened the session may still carry it.
           session.listenLater(() => runFork(listenForSession(session, backend).pipe(Effect.catchAllCause(() => Effect.void))))
@@ -450,20 +505,35 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         Effect.forkScoped
       )
 
-      // Sessions idle past their template's session_idle_timeout end (clients that vanished without DELETE).
+      // Sessions idle past their template's session_idle_timeout end for good, on every replica
+      // (clients that vanished without DELETE); sessions past their maximum lifetime end here
+      // (their id says they are over everywhere).
       yield* Effect.suspend(() => {
         const now = timer.now()
-        const idle = Array.from(sessions.values()).filter((s) => {
+        const idle: Array<string> = []
+        const expired: Array<string> = []
+        for (const s of sessions.values()) {
+          if (members.has(s)) continue
           const timeout = registry.template(s.template)?.settings.session_idle_timeout
-          return !s.busy && timeout !== undefined && now - s.lastSeen > Duration.toMillis(timeout)
-        })
-        return Effect.forEach(idle, (s) => close(s.id), { discard: true })
+          if (now >= s.expiresAt) expired.push(s.id)
+          else if (!s.busy && timeout !== undefined && now - s.lastSeen > Duration.toMillis(timeout)) idle.push(s.id)
+        }
+        return Effect.zipRight(Effect.forEach(idle, end, { discard: true }), Effect.forEach(expired, close, { discard: true }))
       }).pipe(Effect.repeat(Schedule.spaced(REAP_EVERY)), Effect.forkScoped)
 
+      // Another replica ended a session (its client's DELETE, its idle timeout): this one's copy goes too.
+      ended.onEndedElsewhere((id) => {
+        if (sessions.has(id)) Runtime.runFork(runtime)(close(id))
+      })
+
       yield* Effect.addFinalizer(() =>
-        Effect.suspend(() =>
-          sessions.size === 0 ? Effect.void : Effect.logInfo(`shutting down: ending ${sessions.size} MCP sessions`)
-        ).pipe(Effect.zipRight(Effect.forEach(Array.from(sessions.keys()), close, { discard: true })))
+        Effect.suspend(() => {
+          if (sessions.size === 0) return Effect.void
+          // A rolling restart keeps sessions: what another replica can serve from its id (an HTTP
+          // backend's own session) is left open at the backend; the rest ends with this replica.
+          if (seal.shared) for (const s of sessions.values()) s.backend?.keepAtServer?.()
+          return Effect.logInfo(`shutting down: ending ${sessions.size} MCP sessions`)
+        }).pipe(Effect.zipRight(Effect.forEach(Array.from(sessions.keys()), close, { discard: true })))
       )
 
       const counts = () => {
@@ -484,12 +554,12 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         unknown: (template) => `unknown template "${template}"`,
         forwardHeaders: (template) => registry.template(template)?.forwardHeaders ?? [],
         open: (template, initializeParams, caller) => open(template, initializeParams, caller.id),
-        resolve,
-        close,
+        resolve: (id, template, caller) => resolve(id, template, caller.id),
+        close: end,
         forModernClient: (template, caller, initializeParams) => forModernClient(template, caller.id, initializeParams)
       }
 
-      return { open, resolve, close, closePinnedTo, forModernClient, endpoint, size: () => sessions.size, counts }
+      return { open, resolve, close, end, closePinnedTo, forModernClient, endpoint, size: () => sessions.size, counts }
     })
   )
 }

@@ -231,8 +231,9 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           return undefined
         }
         const failure = exit.cause._tag === "Fail" ? exit.cause.error : undefined
-        // Interrupted (the client left or cancelled), or the client's message was refused.
-        if (failure === undefined || (failure._tag === "TransportError" && failure.clientFault)) {
+        // Interrupted (the client left or cancelled), the client's message was refused, or the
+        // server ended the client's session: nothing said about the instance.
+        if (failure === undefined || (failure._tag === "TransportError" && (failure.clientFault || failure.sessionEnded))) {
           instance.neutral()
           return undefined
         }

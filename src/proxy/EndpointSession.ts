@@ -85,6 +85,10 @@ export abstract class EndpointSession {
   }
   /** When the client last used the session (epoch ms, the Clock's). */
   lastSeen: number
+  /** When it ends however busy (epoch ms): its sealed id's expiry (`gateway.session_max_lifetime`). */
+  expiresAt = Number.POSITIVE_INFINITY
+  /** When this replica last told the others it serves the session (EndedSessions.touch). */
+  lastTouched = 0
   /**
    * The session serves a client of the 2026-07-28 revision: it has no standing stream, so what
    * its server asks outside a request's own relay goes to a request in flight (see askRelay).

@@ -37,9 +37,13 @@ export interface EndpointSessionsShape {
   readonly forwardHeaders: (endpoint: string) => ReadonlyArray<string>
   /** Opens a session for a client's `initialize`. */
   readonly open: (endpoint: string, initializeParams: Record<string, unknown>, caller: Identity) => Effect.Effect<OpenedSession, DispatchError | SessionLimitReached>
-  /** The session a request names, if this caller may use it (at once, or once taken over); else why not. */
-  readonly resolve: (id: string | undefined, endpoint: string, owner: string) => EndpointSession | SessionRefusal | Adoption
-  /** Ends a session. False when unknown. */
+  /**
+   * The session a request names, if the request's credential may use it (at once, or once
+   * taken over); else why not. Every request is authorized so: the session must be the
+   * caller's, and an aggregate serves it the templates the credential allows now.
+   */
+  readonly resolve: (id: string | undefined, endpoint: string, caller: Identity) => EndpointSession | SessionRefusal | Adoption
+  /** Ends a session for good (on every replica). False when unknown. */
   readonly close: (id: string) => Effect.Effect<boolean>
   /** The session that serves a modern (2026-07-28) client, which has no session of its own (one per caller and declared client). */
   readonly forModernClient: (

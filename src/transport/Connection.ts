@@ -122,6 +122,11 @@ export interface Connection {
   readonly discovered?: () => Record<string, unknown> | undefined
   /** The backend's own session id (an old Streamable HTTP server's `Mcp-Session-Id`), once there is one. */
   readonly sessionId?: () => string | undefined
+  /**
+   * From now on, `close` leaves the backend's session open at the server (no DELETE): another
+   * replica of the gateway serves it (a rolling restart must not end the fleet's sessions).
+   */
+  readonly keepAtServer?: () => void
   /** Sends a notification to the server (e.g. a client's `notifications/roots/list_changed`). */
   readonly notify: (method: string, params: Record<string, unknown> | undefined) => Effect.Effect<void>
   /** Stops the process (its whole group) or ends the session; later requests fail. */

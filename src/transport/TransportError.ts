@@ -15,6 +15,12 @@ export class TransportError extends Data.TaggedError("TransportError")<{
    * counts toward no health, outlier or breaker state, and is never retried elsewhere.
    */
   readonly clientFault?: boolean | undefined
+  /**
+   * The server ended the client's session (it answered "session not found"): the session is
+   * over, the instance is not at fault (a session another replica ended, or the server's own
+   * timeout). It counts toward no health, outlier or breaker state either.
+   */
+  readonly sessionEnded?: boolean | undefined
 }> {}
 
 /** Connection errors that prove a request never left for the server (safe to send elsewhere). */

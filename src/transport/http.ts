@@ -160,6 +160,8 @@ export class HttpConnection implements Connection {
   private opening: Deferred.Deferred<Session, TransportError> | undefined = undefined
   private nextId = 1
   private closed = false
+  /** `close` leaves the session open at the server (keepAtServer). */
+  private kept = false
   /** The server forgot the session this connection was opened for (see renewLostSession). */
   private sessionLost = false
   private generationCount = 0
@@ -537,7 +539,8 @@ export class HttpConnection implements Connection {
       if (this.options.renewLostSession === false) {
         // A client's own session: its state on the server is gone, and so is this connection.
         this.sessionLost = true
-        return Effect.fail(this.error("the server ended the session", true))
+        // About the session, not the instance: it counts toward no health, outlier or breaker state.
+        return Effect.fail(new TransportError({ instanceId: this.instance.id, message: "the server ended the session", reachedBackend: true, sessionEnded: true }))
       }
       if (this.established === lost) {
         this.log.info(`session ${lost.id} expired; initializing again`)
@@ -771,9 +774,13 @@ export class HttpConnection implements Connection {
       this.opening = undefined
       this.established = undefined
       // (An initialize still in progress is interrupted with the connection's scope: nothing to end.)
-      const endSession = current?.id === undefined ? Effect.void : this.deleteSession(current)
+      const endSession = current?.id === undefined || this.kept ? Effect.void : this.deleteSession(current)
       return endSession.pipe(Effect.ensuring(Effect.sync(this.pooled.release)))
     })
+  }
+
+  keepAtServer() {
+    this.kept = true
   }
 
   /** DELETE the session so that the server can free it; best effort, bounded. */

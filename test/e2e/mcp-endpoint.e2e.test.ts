@@ -141,7 +141,7 @@ describe("MCP endpoint end to end", () => {
 
       const transport = client.transport as StreamableHTTPClientTransport
       const sessionId = transport.sessionId!
-      expect(sessionId).toMatch(/^s1\.[0-9a-f]{8}\.[A-Za-z0-9_-]{40,}$/)
+      expect(sessionId).toMatch(/^s2\.[0-9a-f]{8}\.[A-Za-z0-9_-]{40,}$/)
       await transport.terminateSession()
       const after = await fetch(`${gateway.url}/mcp/${template}`, {
         method: "POST",

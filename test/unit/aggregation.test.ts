@@ -67,6 +67,33 @@ describe("aggregate sessions", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.scoped("every request is authorized with its credential: a key narrowed since initialize loses the template at once; a token of other scopes is not the session's caller", () => {
+    const { layer } = gateway()
+    return Effect.gen(function*() {
+      const sessions = (yield* AggregateSessions).endpoint
+      const broad = scoped(["a", "c"])
+      const { session } = yield* sessions.open("*", hello, broad)
+      const resolved = (caller: Identity) => sessions.resolve(session.id, "*", caller)
+      expect(resolved(broad)).toBe(session)
+      const listed = result(yield* session.request("tools/list", undefined, {}))
+      expect(listed.tools.map((t: any) => t.name)).toEqual(["echo", "only-a", "c__echo"])
+      // The operator narrows the key (a reload: a new identity object for the same key id).
+      const narrowed = scoped(["c"])
+      expect(resolved(narrowed)).toBe(session)
+      expect(result(yield* session.request("tools/list", undefined, {})).tools.map((t: any) => t.name)).toEqual(["c__echo"])
+      // Names the client learnt before are refused, and so are pages of the list made before.
+      const call = yield* session.request("tools/call", { name: "only-a" }, {})
+      expect(call._tag === "Answer" && "error" in call.message).toBe(true)
+      // A token of the same subject with narrower (or other) scopes cannot use the session.
+      const token = (templates: ReadonlyArray<string>): Identity => ({ kind: "jwt", id: "jwt:alice", scopes: new Set(templates.map((t) => `mcp:call:${t}`)) })
+      const opened = yield* sessions.open("*", hello, token(["a", "c"]))
+      expect("id" in (sessions.resolve(opened.session.id, "*", token(["a", "c"])) as object)).toBe(true)
+      expect(sessions.resolve(opened.session.id, "*", token(["c"]))).toMatchObject({ status: 404 })
+      // Nor another owner.
+      expect(sessions.resolve(opened.session.id, "*", { ...token(["a", "c"]), id: "jwt:bob" })).toMatchObject({ status: 404 })
+    }).pipe(Effect.provide(layer))
+  })
+
   it.scoped("a template that does not answer in list_timeout is left out, and named in _meta", () => {
     const { fake, layer } = gateway()
     fake.set("b1", () => Effect.never)

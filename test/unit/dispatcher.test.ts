@@ -5,6 +5,7 @@ import { HealthChecker } from "../../src/health/HealthChecker.js"
 import { RequestLog, type RequestLogFields, type RequestLogShape } from "../../src/observability/RequestLog.js"
 import { Dispatcher } from "../../src/proxy/Dispatcher.js"
 import { Registry } from "../../src/registry/Registry.js"
+import { TransportError } from "../../src/transport/TransportError.js"
 import { broken, refused, rejected } from "../support/FakeTransport.js"
 import { dispatchVia } from "../support/dispatchVia.js"
 import { testConfig } from "../support/testConfig.js"
@@ -205,6 +206,23 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
           expect(state.outlier.consecutiveFailures).toBe(0)
           expect(state.successRate).toBe(1)
         }
+      }).pipe(Effect.provide(layer))
+    })
+
+    it.scoped("a server that ended the client's session (session not found) says nothing against the instance", () => {
+      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"], load_balancer: { ...immediate, outlier_consecutive_failures: 2 } } }))
+      fake.set("a", () => Effect.fail(new TransportError({ instanceId: "a", message: "the server ended the session", reachedBackend: true, sessionEnded: true })))
+      return Effect.gen(function*() {
+        const d = yield* Dispatcher
+        const a = yield* instance("a")
+        for (let i = 0; i < 6; i++) {
+          const error = yield* Effect.flip(call(d)("t", "tools/list", undefined, { instance: a }))
+          expect(error._tag).toBe("AllAttemptsFailed")
+        }
+        expect(a.outlier.consecutiveFailures).toBe(0)
+        expect(a.outlier.isEjected(Date.now())).toBe(false)
+        expect(a.breaker.state).toBe("closed")
+        expect(a.successRate).toBe(1)
       }).pipe(Effect.provide(layer))
     })
 

@@ -12,6 +12,7 @@ import { redactCommand, redactUrl, redactUrlsIn } from "../../src/domain/redact.
 import { AuthFailures, makeFailureAudit, MAX_DISTINCT } from "../../src/http/auth/AuthFailures.js"
 import { Authenticator } from "../../src/http/auth/Authenticator.js"
 import type { RunEffect } from "../../src/http/raw.js"
+import { LiveAuth } from "../../src/config/LiveAuth.js"
 import { nestsDeeperThan } from "../../src/domain/jsonText.js"
 import { type Admission, type RateDecision, RateLimiter } from "../../src/proxy/RateLimiter.js"
 import { Timer } from "../../src/proxy/Timer.js"
@@ -170,6 +171,63 @@ describe("JWT authentication", () => {
       const token = yield* sign(good, key, "HS256")
       yield* TestClock.adjust(Duration.seconds(61))
       expect(yield* verdict(auth, token)).toBe("invalid token: expired")
+    }))
+
+  it.effect("a token without a subject or an expiry, or expiring later than max_token_lifetime, is refused", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(Date.parse("2026-11-24T12:00:00Z"))
+      const now = Math.floor(Date.parse("2026-11-24T12:00:00Z") / 1000)
+      const key = new TextEncoder().encode(secret)
+      const auth = yield* authenticator({ jwt: { issuer, audience, secret, clock_tolerance: 0, max_token_lifetime: 3600 } })
+      const good = { iss: issuer, aud: audience, sub: "alice", scope: "mcp:call", exp: now + 3600 }
+      expect(yield* verdict(auth, yield* sign(good, key, "HS256"))).toMatchObject({ id: "jwt:alice" })
+      const { sub: _sub, ...noSubject } = good
+      const { exp: _exp, ...noExpiry } = good
+      expect(yield* verdict(auth, yield* sign(noSubject, key, "HS256"))).toBe("invalid token: no subject (sub)")
+      expect(yield* verdict(auth, yield* sign({ ...good, sub: "" }, key, "HS256"))).toBe("invalid token: no subject (sub)")
+      expect(yield* verdict(auth, yield* sign(noExpiry, key, "HS256"))).toBe("invalid token: no expiry (exp)")
+      expect(yield* verdict(auth, yield* sign({ ...good, exp: now + 3601 }, key, "HS256"))).toMatch(/expires more than 3600s from now/)
+      // The default: a day.
+      const daily = yield* authenticator({ jwt: { issuer, audience, secret } })
+      expect(yield* verdict(daily, yield* sign({ ...good, exp: now + 86_000 }, key, "HS256"))).toMatchObject({ id: "jwt:alice" })
+      expect(yield* verdict(daily, yield* sign({ ...good, exp: now + 30 * 86_400 }, key, "HS256"))).toMatch(/auth.jwt.max_token_lifetime/)
+    }))
+
+  it.effect("an API key id cannot name a token's subject or an address (jwt:, ip:)", () =>
+    Effect.gen(function*() {
+      const file = path.join(dir, "reserved.json")
+      const hash = hashApiKey(newApiKey())
+      fs.writeFileSync(file, JSON.stringify({ auth: { api_keys: [{ id: "jwt:alice", hash, scopes: ["mcp:call"] }, { id: "IP:10.0.0.1", hash: hashApiKey(newApiKey()), scopes: [] }] } }))
+      const exit = yield* Effect.exit(loadGatewayConfig({ configFile: file }))
+      const problems = Exit.isFailure(exit) ? (exit.cause as any).error.problems.join("\n") : ""
+      expect(problems).toContain(`auth.api_keys[0].id: "jwt:alice" starts with "jwt:"`)
+      expect(problems).toContain(`auth.api_keys[1].id: "IP:10.0.0.1" starts with "ip:"`)
+    }))
+
+  it.effect("keys are checked against the auth settings as they stand now (a reload): removed, narrowed", () =>
+    Effect.gen(function*() {
+      const [k1, k2] = [newApiKey(), newApiKey()]
+      const file = path.join(dir, "live.json")
+      const write = (keys: ReadonlyArray<unknown>) => fs.writeFileSync(file, JSON.stringify({ auth: { api_keys: keys } }))
+      write([{ id: "one", hash: hashApiKey(k1), scopes: ["mcp:call"] }, { id: "two", hash: hashApiKey(k2), scopes: ["mcp:call"] }])
+      const config = yield* loadGatewayConfig({ configFile: file })
+      const live = LiveAuth.make(config.gateway.auth)
+      const auth = yield* Effect.provide(
+        Authenticator,
+        Authenticator.layer.pipe(Layer.provide(Timer.fromClock), Layer.provide(GatewayConfig.layer(config)), Layer.provide(Layer.succeed(LiveAuth, live)))
+      )
+      const check = (apiKey: string) => {
+        const exit = auth.authenticateNow({ bearer: undefined, apiKey, address: "127.0.0.1" })!
+        return Exit.isSuccess(exit) ? exit.value : undefined
+      }
+      expect(check(k1)?.templates).toBeUndefined()
+      expect(check(k2)?.id).toBe("two")
+      write([{ id: "one", hash: hashApiKey(k1), scopes: ["mcp:call"], templates: ["fs"] }])
+      expect(live.apply((yield* loadGatewayConfig({ configFile: file })).gateway.auth)).toBe("applied")
+      expect(Array.from(check(k1)?.templates ?? [])).toEqual(["fs"])
+      expect(check(k2)).toBeUndefined()
+      // Turning auth off takes a restart.
+      expect(live.apply(undefined)).toBe("needs_restart")
     }))
 
   it.effect("RS256 and ES256 from a JWKS file; an unsigned or unknown-key token is refused", () =>

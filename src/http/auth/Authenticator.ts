@@ -1,7 +1,8 @@
-import { Context, Data, Effect, Exit, Layer } from "effect"
+import { Context, Data, Effect, Exit, Layer, Option } from "effect"
 import * as jose from "jose"
 import type { AuthSettings, JwtSettings } from "../../config/AuthConfig.js"
 import { GatewayConfig } from "../../config/GatewayConfig.js"
+import { LiveAuth } from "../../config/LiveAuth.js"
 import { findKey } from "../../domain/apiKey.js"
 import type { Identity } from "../../domain/Identity.js"
 import { Timer } from "../../proxy/Timer.js"
@@ -65,17 +66,30 @@ export class Authenticator extends Context.Tag("mcp-gateway/Authenticator")<Auth
           authenticateNow: (c) => Exit.succeed({ kind: "anonymous", id: `ip:${c.address}`, scopes: new Set() })
         }
       }
-      const verifyJwt = settings.jwt === undefined ? undefined : makeJwtVerifier(settings.jwt, timer.now)
+      // The settings as the config stands now (a reload replaces them: LiveAuth); without the
+      // service (tools, tests), the config's.
+      const live = Option.getOrElse(yield* Effect.serviceOption(LiveAuth), () => LiveAuth.make(settings))
+      let current = settings
+      let verifyJwt = current.jwt === undefined ? undefined : makeJwtVerifier(current.jwt, timer.now)
 
       /**
        * Keys recently presented and found, and the identity each stands for: a client sends its
        * key on every request, and hashing it each time was a tenth of what auth and rate limits
        * cost a request. Only keys that matched are kept (an unknown one is hashed and compared in
-       * constant time, always), at most KNOWN_KEYS of them; the keys are the config's, which a
-       * reload does not change (auth needs a restart).
+       * constant time, always), at most KNOWN_KEYS of them. A reload that changes `auth` empties
+       * it: every request is authorized against the config as it stands now (one reference
+       * compared per request).
        */
       const known = new Map<string, Exit.Exit<Identity, AuthenticationFailed>>()
+      const refresh = () => {
+        const now = live.current()
+        if (now === current || now === undefined) return
+        current = now
+        known.clear()
+        verifyJwt = current.jwt === undefined ? undefined : makeJwtVerifier(current.jwt, timer.now)
+      }
       const authenticateNow = (c: Credentials): Exit.Exit<Identity, AuthenticationFailed> | undefined => {
+        refresh()
         const token = c.bearer ?? c.apiKey
         if (token === undefined || token === "") {
           return Exit.fail(new AuthenticationFailed({ reason: "no credential (Authorization: Bearer, or X-API-Key)", invalidToken: false }))
@@ -83,7 +97,7 @@ export class Authenticator extends Context.Tag("mcp-gateway/Authenticator")<Auth
         if (c.bearer !== undefined && looksLikeJwt(c.bearer) && verifyJwt !== undefined) return undefined
         const seen = known.get(token)
         if (seen !== undefined) return seen
-        const key = findKey(settings.apiKeys, token)
+        const key = findKey(current.apiKeys, token)
         if (key === undefined) return Exit.fail(new AuthenticationFailed({ reason: "unknown API key or token", invalidToken: true }))
         const identity: Exit.Exit<Identity, AuthenticationFailed> = Exit.succeed({ kind: "api_key", id: key.id, scopes: key.scopes, templates: key.templates })
         if (known.size >= KNOWN_KEYS) known.clear()
@@ -91,8 +105,15 @@ export class Authenticator extends Context.Tag("mcp-gateway/Authenticator")<Auth
         return identity
       }
       const authenticate = (c: Credentials): Effect.Effect<Identity, AuthenticationFailed> =>
-        authenticateNow(c) ?? verifyJwt!(c.bearer!)
-      return { enabled: true, settings, authenticate, authenticateNow }
+        Effect.suspend(() => authenticateNow(c) ?? verifyJwt!(c.bearer!))
+      return {
+        enabled: true,
+        get settings() {
+          return current
+        },
+        authenticate,
+        authenticateNow
+      }
     })
   )
 }
@@ -113,7 +134,10 @@ const makeJwtVerifier = (jwt: JwtSettings, now: () => number) => {
           audience: jwt.audience as string | Array<string> | undefined,
           algorithms: algorithms as Array<string> | undefined,
           clockTolerance: jwt.clockToleranceSeconds,
-          currentDate: new Date(now())
+          currentDate: new Date(now()),
+          // Without a subject every token is the same caller (shared sessions and rate buckets);
+          // without an expiry a leaked token works for ever.
+          requiredClaims: ["sub", "exp"]
         }),
       catch: (e) => {
         let claimed: string | undefined
@@ -126,17 +150,25 @@ const makeJwtVerifier = (jwt: JwtSettings, now: () => number) => {
         return new AuthenticationFailed({ reason: `invalid token: ${describeJoseError(e)}`, invalidToken: true, claimed })
       }
     }).pipe(
-      Effect.map(({ payload }): Identity => ({
-        kind: "jwt",
-        id: `jwt:${payload.sub ?? "(no subject)"}`,
-        scopes: scopesOf(payload[jwt.scopesClaim])
-      }))
+      Effect.flatMap(({ payload }) => {
+        const claimed = `jwt:${payload.sub}`
+        if (typeof payload.sub !== "string" || payload.sub === "") {
+          return Effect.fail(new AuthenticationFailed({ reason: "invalid token: no subject (sub)", invalidToken: true }))
+        }
+        if (payload.exp! * 1000 - now() > (jwt.maxTokenLifetimeSeconds + jwt.clockToleranceSeconds) * 1000) {
+          return Effect.fail(
+            new AuthenticationFailed({ reason: `invalid token: it expires more than ${jwt.maxTokenLifetimeSeconds}s from now (auth.jwt.max_token_lifetime)`, invalidToken: true, claimed })
+          )
+        }
+        return Effect.succeed<Identity>({ kind: "jwt", id: claimed, scopes: scopesOf(payload[jwt.scopesClaim]) })
+      })
     )
 }
 
 const describeJoseError = (e: unknown): string => {
   if (e instanceof jose.errors.JWTExpired) return "expired"
   if (e instanceof jose.errors.JWTClaimValidationFailed) {
+    if (e.reason === "missing") return e.claim === "sub" ? "no subject (sub)" : e.claim === "exp" ? "no expiry (exp)" : `no ${e.claim} claim`
     return e.claim === "nbf" ? "not valid yet" : e.claim === "iss" ? "wrong issuer" : e.claim === "aud" ? "wrong audience" : `claim ${e.claim}: ${e.reason}`
   }
   if (e instanceof jose.errors.JWSSignatureVerificationFailed) return "bad signature"

@@ -59,11 +59,11 @@ const endpointFor = (sessions: EndpointSessionsShape, config: typeof GatewayConf
       case "POST":
         return post(req, res, requestId, endpoint, identity)
       case "GET":
-        return standing.handle(req, res, endpoint, identity.id)
+        return standing.handle(req, res, endpoint, identity)
       case "DELETE": {
         req.resume()
         const sessionId = req.headers["mcp-session-id"]
-        return withSession(sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, endpoint, identity.id), run, (session) => {
+        return withSession(sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, endpoint, identity), run, (session) => {
           if (!("id" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
           run(sessions.close(session.id)).addObserver(() => res.writeHead(200).end())
         })

@@ -178,7 +178,6 @@ export const makePostHandler = (deps: {
   }
 
   return (req: http.IncomingMessage, res: http.ServerResponse, requestId: string, template: string, caller: Identity) => {
-    const owner = caller.id
     if (!acceptsJsonAndEventStream(req.headers.accept)) {
       req.resume()
       return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list application/json and text/event-stream"))
@@ -225,7 +224,7 @@ export const makePostHandler = (deps: {
         return initialize(req, res, requestId, template, message.id, isObject(message.params) ? message.params : {}, caller)
       }
       const sessionId = req.headers["mcp-session-id"]
-      withSession(sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, owner), run, (session) => {
+      withSession(sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, caller), run, (session) => {
         if (!("id" in session)) {
           return sendJson(res, session.status, rpcError(isRequest(message) ? message.id : null, ErrorCode.InvalidRequest, session.message))
         }

@@ -1,4 +1,5 @@
 import type * as http from "node:http"
+import type { Identity } from "../../domain/Identity.js"
 import { ErrorCode } from "../../domain/JsonRpc.js"
 import type { EndpointSession } from "../../proxy/EndpointSession.js"
 import type { EndpointSessionsShape } from "../../proxy/EndpointSessions.js"
@@ -20,12 +21,12 @@ const KEEP_ALIVE_MS = 25_000
 export const makeStandingStreams = (sessions: EndpointSessionsShape, run: RunEffect) => {
   const open = new Map<EndpointSession, () => void>()
 
-  const handle = (req: http.IncomingMessage, res: http.ServerResponse, template: string, owner: string) => {
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse, template: string, caller: Identity) => {
     if (!accepts(req.headers.accept, "text/event-stream")) {
       return sendJson(res, 406, rpcError(null, ErrorCode.InvalidRequest, "Not Acceptable: Accept must list text/event-stream"))
     }
     const sessionId = req.headers["mcp-session-id"]
-    withSession(sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, owner), run, (session) => {
+    withSession(sessions.resolve(typeof sessionId === "string" ? sessionId : undefined, template, caller), run, (session) => {
       if (!("id" in session)) return sendJson(res, session.status, rpcError(null, ErrorCode.InvalidRequest, session.message))
       carryStanding(req, res, session)
     })
