@@ -33,6 +33,12 @@ const requestId = Effect.map(HttpServerRequest.HttpServerRequest, (r) => r.heade
 const fail = (status: number, type: string, message: string, extra?: Parameters<typeof errorAnswer>[4]) =>
   Effect.flatMap(requestId, (id) => Effect.fail(toApiError(errorAnswer(status, type, message, id, extra))))
 
+/** Whether a new session of the template found every process slot busy lately (see InstanceState.saturated). */
+const templateSaturated = (template: TemplateState, now = Date.now()) => {
+  for (const i of template.instances.values()) if (i.saturated(now)) return true
+  return false
+}
+
 export const templateHealth = (template: TemplateState) => {
   const instances = Array.from(template.instances.values())
   const healthy = instances.filter((i) => i.status === "healthy").length
@@ -42,6 +48,7 @@ export const templateHealth = (template: TemplateState) => {
     total_instances: instances.length,
     healthy_instances: healthy,
     health_percentage: instances.length === 0 ? 0 : Math.round((healthy / instances.length) * 1000) / 10,
+    saturated: templateSaturated(template),
     instances: Object.fromEntries(instances.map((i) => [i.id, i.toJSON()]))
   }
 }
@@ -110,14 +117,17 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
       .handle("health", () =>
         Effect.sync(() => {
           const instances = registry.instances()
+          const saturated = registry.templates().filter((t) => templateSaturated(t)).map((t) => t.name)
           return {
-            // Degraded: the Redis the replicas share is down (serving from the last known registry; registrations refused).
-            status: fleet.status() === "down" ? "degraded" : "healthy",
+            // Degraded: the Redis the replicas share is down (serving from the last known registry; registrations
+            // refused), or a template refused new sessions lately, every process slot busy.
+            status: fleet.status() === "down" || saturated.length > 0 ? "degraded" : "healthy",
             version: GATEWAY_VERSION,
             uptime_seconds: Math.round((Date.now() - startedAt) / 1000),
             templates: registry.templates().length,
             instances: instances.length,
-            healthy_instances: instances.filter((i) => i.status === "healthy").length
+            healthy_instances: instances.filter((i) => i.status === "healthy").length,
+            saturated_templates: saturated
           }
         }))
       .handle("stats", () =>

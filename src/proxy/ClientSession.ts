@@ -22,6 +22,8 @@ const errorAnswer = (code: number, message: string): SessionAnswer => ({ _tag: "
 export class ClientSession extends EndpointSession {
   /** Held by an aggregate session (one of its members): it lives as long as the aggregate does. */
   heldByAggregate = false
+  /** The aggregate session that holds it: a member's own process is in use while its aggregate's client is. */
+  holder: EndpointSession | undefined = undefined
   /** A session taken over from another replica: how it starts hearing its server (once). */
   private deferredListen: (() => void) | undefined
 

@@ -141,6 +141,12 @@ export interface ConnectionEnv {
   readonly scope: Scope.Scope
   /** Runs the connection's background effects from callbacks, with the gateway's services (its Clock, Random). */
   readonly runtime: Runtime.Runtime<never>
+  /**
+   * How many processes of the gateway are being stopped right now (the Transport's count, shared
+   * by its connections): when many stop at once (shutdown, a drained instance with many
+   * sessions), each gets a shorter grace after its stdin closes (see stdio.ts).
+   */
+  readonly stopping?: { count: number } | undefined
   /** For an instance's shared channel: how to restart it and where to report its state. Absent: never restarted. */
   readonly supervision?: {
     readonly policy: () => SupervisionPolicy

@@ -103,10 +103,13 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         return log
       }
 
+      // Processes being stopped now, for every connection of this Transport (see ConnectionEnv.stopping).
+      const stopping = { count: 0 }
       const envFor = (instance: InstanceDefinition, scope: Scope.Scope, supervised: boolean): ConnectionEnv => ({
         log: logFor(instance),
         scope,
         runtime,
+        stopping,
         supervision: supervised
           ? { policy: () => policy.supervision(instance), report: (status) => policy.report(instance, status) }
           : undefined
