@@ -126,6 +126,13 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           )
         })
 
+      /**
+       * Whose process a session that shares one uses: with auth on, its owner's own (a process
+       * is shared only within one caller, see transport/CallerConnections.ts); without auth every
+       * client is one caller (the gateway then listens on loopback only), the instance's.
+       */
+      const callerOf = (owner: string) => config.gateway.auth === undefined ? undefined : owner
+
       /** Sessions an aggregate holds: not counted for the client (its aggregate session is). */
       const members = new WeakSet<ClientSession>()
       const add = (session: ClientSession, member = false) => {
@@ -178,6 +185,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             ),
             member
           )
+          session.processCaller = callerOf(owner)
           return { session, result: { ...result, protocolVersion } }
         })
 
@@ -185,11 +193,18 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
        * Opens the backend side of a pinned session on one instance, in a scope of its own;
        * `ended` runs when that scope closes, after everything opened in it (its process stopped).
        */
-      const openOn = (instance: InstanceState, initializeParams: Record<string, unknown>, ownProcess: boolean, remainingMs: number, ended?: Effect.Effect<void>) =>
+      const openOn = (
+        instance: InstanceState,
+        initializeParams: Record<string, unknown>,
+        ownProcess: boolean,
+        remainingMs: number,
+        ended: Effect.Effect<void> | undefined,
+        caller: string | undefined
+      ) =>
         Effect.gen(function*() {
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
           if (ended !== undefined) yield* Scope.addFinalizer(scope, ended)
-          const opened = yield* transport.openSession(instance.definition, initializeParams, { ownProcess }).pipe(
+          const opened = yield* transport.openSession(instance.definition, initializeParams, { ownProcess, caller }).pipe(
             Effect.flatMap((backend) => Effect.map(backend.initialize, (result) => ({ backend, result }))),
             Effect.timeoutFail({
               duration: Duration.millis(Math.max(1, remainingMs)),
@@ -281,7 +296,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
                   if (!own && mode === "auto") {
                     // The shared process speaks the version it negotiated with the gateway: a
                     // client asking for another one would get answers shaped for the wrong version.
-                    const shared = yield* transport.initializeResult(instance.definition)
+                    const shared = yield* transport.initializeResult(instance.definition, callerOf(owner))
                     own = shared.protocolVersion !== requestedVersion
                   }
                 }
@@ -289,7 +304,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
                 if (own && slot === undefined) {
                   return yield* new TransportError({ instanceId: instance.id, message: full(instance), reachedBackend: false })
                 }
-                const result = yield* openOn(instance, initializeParams, own, deadline.remainingMs(), slot === undefined ? undefined : freeSlot(slot))
+                const result = yield* openOn(instance, initializeParams, own, deadline.remainingMs(), slot === undefined ? undefined : freeSlot(slot), callerOf(owner))
                 return { ...result, own, slot }
               })
           }).pipe(
@@ -459,6 +474,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
           if (claims.kind === "balanced") {
             const session = new ClientSession(id, claims.endpoint, undefined, claims.protocolVersion, undefined, false, scope, claims.owner, dispatcher, timer.now(), exposure, declaration)
+            session.processCaller = callerOf(claims.owner)
             yield* Effect.logDebug(`session of template ${claims.endpoint} taken over from another replica (balanced)`)
             return add(session)
           }
@@ -475,6 +491,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             return { status: 404, message: `Session not found: ${refusal}` } satisfies SessionRefusal
           }
           const backend = yield* transport.openSession(instance!.definition, claims.client, {
+            caller: callerOf(claims.owner),
             resume: claims.backendSession === undefined ? undefined : { sessionId: claims.backendSession, protocolVersion: claims.protocolVersion }
           }).pipe(
             Effect.tap((connection) => claims.backendSession === undefined && instance!.definition.transport === "http" ? connection.initialize : Effect.void),

@@ -31,6 +31,10 @@ export const InstanceSupervision: Layer.Layer<ConnectionPolicy, never, Registry 
         const settings = registry.template(instance.template)?.settings ?? DEFAULT_LOAD_BALANCER
         return { maxRestarts: settings.max_restarts, window: settings.restart_window, backoff: settings.restart_backoff }
       },
+      processes: (instance) => {
+        const settings = registry.template(instance.template)?.settings ?? DEFAULT_LOAD_BALANCER
+        return { max: settings.max_sessions_per_instance, idle: settings.session_process_idle_timeout, warm: settings.warm_processes }
+      },
       report: (instance, status) => {
         const state = stateOf(instance)
         if (state === undefined) return

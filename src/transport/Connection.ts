@@ -23,6 +23,12 @@ export interface RequestDeadline {
 export interface RequestOptions {
   readonly deadline?: RequestDeadline | undefined
   /**
+   * The credential the request is made for, with auth on: the Transport sends it to that
+   * caller's own process (legacy SSE or HTTP session) of the instance, never one another caller
+   * uses (see CallerConnections.ts). Undefined: the instance's shared one (health probes, no auth).
+   */
+  readonly caller?: string | undefined
+  /**
    * Client headers the template forwards (its `forward_headers`), sent with the request by the
    * transports that have headers (HTTP); the instance's own headers win over them.
    */
