@@ -230,7 +230,28 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         Effect.sync(() => {
           slots.release(slot)
           noteSlots(slot.instance)
+          keepWarm(slot.instance)
         })
+
+      /** Instances that served a session with a process of its own: from then on they keep processes warm. */
+      const warmed = new WeakSet<InstanceState>()
+      /**
+       * The processes a stdio instance keeps warm for new sessions: `warm_processes`, within
+       * what its slots leave free (taken slots and warm processes together never pass
+       * max_sessions_per_instance), once it served a session with a process of its own (an
+       * instance only ever used by sessions that share its process keeps none). Set again
+       * whenever a slot is given back or a session took one (a warm process, if there was one).
+       */
+      const keepWarm = (instance: InstanceState) => {
+        if (transport.keepWarm === undefined || instance.definition.transport !== "stdio" || !warmed.has(instance)) return
+        const template = registry.template(instance.template)
+        if (template === undefined || template.instances.get(instance.id) !== instance) return
+        const settings = template.settings
+        const count = settings.session_process === "shared" || settings.session_affinity === "none" || instance.draining
+          ? 0
+          : Math.max(0, Math.min(settings.warm_processes, settings.max_sessions_per_instance - slots.used(instance)))
+        transport.keepWarm(instance.definition, count)
+      }
 
       /**
        * A slot for a process of the session's own on an instance (max_sessions_per_instance),
@@ -304,7 +325,13 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
                 if (own && slot === undefined) {
                   return yield* new TransportError({ instanceId: instance.id, message: full(instance), reachedBackend: false })
                 }
-                const result = yield* openOn(instance, initializeParams, own, deadline.remainingMs(), slot === undefined ? undefined : freeSlot(slot), callerOf(owner))
+                const result = yield* openOn(instance, initializeParams, own, deadline.remainingMs(), slot === undefined ? undefined : freeSlot(slot), callerOf(owner)).pipe(
+                  // It took a warm process, if there was one: another replaces it (within the bound).
+                  Effect.ensuring(slot === undefined ? Effect.void : Effect.sync(() => {
+                    warmed.add(instance)
+                    keepWarm(instance)
+                  }))
+                )
                 return { ...result, own, slot }
               })
           }).pipe(
@@ -521,6 +548,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         Stream.runForEach((change) =>
           Effect.sync(() => {
             if (change._tag !== "TemplateChanged") return
+            for (const instance of change.template.instances.values()) keepWarm(instance)
             for (const session of sessions.values()) {
               if (session.template !== change.template.name || session.heldByAggregate) continue
               for (const method of LIST_CHANGES) {

@@ -6,6 +6,7 @@ import { type EraMemory, makeHttpConnection } from "./http.js"
 import { makeLegacySseConnection } from "./legacySse.js"
 import { makeStdioConnection } from "./stdio.js"
 import { type CallerEntry, CallerConnections } from "./CallerConnections.js"
+import { WarmProcesses } from "./WarmProcesses.js"
 import { ConnectionPolicy } from "./Supervision.js"
 import { acquireLean } from "./acquireLean.js"
 import { type RequestTimeout, TransportError } from "./TransportError.js"
@@ -57,6 +58,12 @@ export interface TransportShape {
   readonly initializeResult: (instance: InstanceDefinition, caller?: string) => Effect.Effect<Record<string, unknown>, TransportError>
   /** Stops the instance's process or ends its session; for deregistration. */
   readonly close: (instance: InstanceDefinition) => Effect.Effect<void>
+  /**
+   * stdio: keeps `count` processes of the instance started and waiting for a new session's
+   * `initialize` (`warm_processes`, within its process bound); `openSession` with `ownProcess`
+   * takes one. Absent where nothing is kept warm (fakes).
+   */
+  readonly keepWarm?: (instance: InstanceDefinition, count: number) => void
 }
 
 /**
@@ -136,6 +143,8 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         return connection
       }
 
+      const warm = new WarmProcesses(logFor)
+
       // With auth on, each caller's own connection to an instance (see CallerConnections.ts).
       const clock = yield* Effect.clock
       const now = () => clock.unsafeCurrentTimeMillis()
@@ -170,7 +179,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       const close = (instance: InstanceDefinition) =>
         Effect.suspend(() => {
           removed.add(instance)
-          const ofCallers = closeCallers(callers.take(instance))
+          const ofCallers = closeCallers(callers.take(instance)).pipe(Effect.zipRight(Effect.promise(() => warm.stop(instance))))
           const entry = connections.get(instance)
           if (entry === undefined) return ofCallers
           connections.delete(instance)
@@ -180,15 +189,22 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       // Shutdown: every process stopped, every session ended, all at once.
       yield* Effect.addFinalizer(() =>
         Effect.suspend(() =>
-          connections.size + callers.size === 0
+          connections.size + callers.size + warm.size === 0
             ? Effect.void
-            : Effect.logInfo(`shutting down: closing ${connections.size + callers.size} instance connections (processes, sessions)`)
+            : Effect.logInfo(
+              `shutting down: closing ${connections.size + callers.size} instance connections (processes, sessions)` +
+                (warm.size === 0 ? "" : ` and ${warm.size} warm processes`)
+            )
         ).pipe(
-          Effect.zipRight(Effect.forEach(
-            Array.from(connections.values()),
-            (entry) => entry.connection.close.pipe(Effect.ensuring(Scope.close(entry.scope, Exit.void))),
-            { concurrency: "unbounded", discard: true }
-          ).pipe(Effect.zipRight(Effect.suspend(() => closeCallers(callers.take()))), Effect.withConcurrency("unbounded"))),
+          Effect.zipRight(Effect.all([
+            Effect.forEach(
+              Array.from(connections.values()),
+              (entry) => entry.connection.close.pipe(Effect.ensuring(Scope.close(entry.scope, Exit.void))),
+              { concurrency: "unbounded", discard: true }
+            ),
+            Effect.suspend(() => closeCallers(callers.take())),
+            Effect.promise(() => warm.stop())
+          ], { concurrency: "unbounded", discard: true })),
           Effect.zipRight(Effect.suspend(() => connections.size === 0 ? Effect.void : Effect.logInfo("shutting down: every process stopped"))),
           Effect.ensuring(Effect.sync(() => connections.clear()))
         )
@@ -221,7 +237,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
                 acquireLean(
                   () =>
                     instance.transport === "stdio"
-                      ? makeStdioConnection(instance, envFor(instance, scope, false), { forSession: { initializeParams } })
+                      ? makeStdioConnection(instance, envFor(instance, scope, false), { forSession: { initializeParams }, prestarted: warm.take(instance) })
                       : makeLegacySseConnection(instance, envFor(instance, scope, false), { forSession: { initializeParams } }),
                   (connection) => connection.close
                 ))
@@ -260,7 +276,10 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
                 (connection) => connection.close
               ))
           }),
-        close
+        close,
+        keepWarm: (instance, count) => {
+          if (!removed.has(instance)) warm.keep(instance, count)
+        }
       }
     })
   )

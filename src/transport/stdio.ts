@@ -79,10 +79,14 @@ class Process extends Multiplexer {
 export const makeStdioConnection = (
   instance: StdioInstance,
   env: ConnectionEnv,
-  options: SessionChannelOptions = {}
+  options: SessionChannelOptions & {
+    /** A process started ahead of need (WarmProcesses.ts), waiting for its `initialize`: used for the first start if it still runs. */
+    readonly prestarted?: ChildProcess | undefined
+  } = {}
 ): SharedChannelConnection => {
   const log = env.log
   let stopping = false
+  let prestarted = options.prestarted
   // What a server prints is its own business (it may print secrets): the lines go to the log at
   // debug level, like its stderr; a warning only says that it happens.
   const nonJsonWarning = throttled((_: string) => "dropped lines on stdout that are not JSON-RPC (their text is logged at debug level)", log.warn)
@@ -98,14 +102,10 @@ export const makeStdioConnection = (
   const stderrLog = throttled((line: string) => `stderr: ${line.slice(0, STDERR_LINE_CHARS)}`, log.debug, { everyMs: 1000, burst: 100 })
 
   const spawnProcess = (listeners: ReadonlySet<ChannelListener>): Process => {
-    const [command, ...args] = instance.command
-    const child = spawn(command!, args, {
-      cwd: instance.working_dir,
-      env: { ...process.env, ...instance.env },
-      stdio: ["pipe", "pipe", "pipe"],
-      // Its own process group, so that stopping it also stops what it started (npx, sh -c, ...).
-      detached: true
-    })
+    const warm = prestarted !== undefined && prestarted.exitCode === null && prestarted.signalCode === null ? prestarted : undefined
+    if (prestarted !== undefined && warm === undefined) log.info(`a warm process had exited (${prestarted.pid ?? "?"}); starting one`)
+    prestarted = undefined
+    const child = warm ?? spawnServer(instance)
     const proc = new Process(child, instance.id, log, listeners, options.forSession !== undefined)
     child.stdout!.setEncoding("utf8")
     child.stdout!.on(
@@ -140,7 +140,8 @@ export const makeStdioConnection = (
       if (!stopping) log.warn(reason)
       proc.markExited(reason)
     })
-    log.info(`started process ${child.pid ?? "(failed)"}: ${redactCommand(instance.command).join(" ")}`)
+    if (warm === undefined) log.info(`started process ${child.pid ?? "(failed)"}: ${redactCommand(instance.command).join(" ")}`)
+    else log.debug(`took warm process ${child.pid}`)
     return proc
   }
 
@@ -162,6 +163,31 @@ export const makeStdioConnection = (
       return connection.close
     })
   }
+}
+
+/** Starts an instance's server, in its own process group (so that stopping it also stops what it started: npx, sh -c, ...). */
+export const spawnServer = (instance: StdioInstance): ChildProcess => {
+  const [command, ...args] = instance.command
+  return spawn(command!, args, {
+    cwd: instance.working_dir,
+    env: { ...process.env, ...instance.env },
+    stdio: ["pipe", "pipe", "pipe"],
+    detached: true
+  })
+}
+
+/** Stops a process that was never handed to a connection (a warm one): as stopProcess does. */
+export const stopChild = async (child: ChildProcess): Promise<void> => {
+  const exit = new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve()
+    child.once("exit", () => resolve())
+  })
+  child.stdin?.end()
+  if (!(await waitFor(exit, STOP_GRACE_MS))) {
+    signalGroup(child, "SIGTERM")
+    if (!(await waitFor(exit, STOP_GRACE_MS))) signalGroup(child, "SIGKILL")
+  }
+  if (groupAlive(child)) signalGroup(child, "SIGKILL")
 }
 
 const signalGroup = (child: ChildProcess, signal: NodeJS.Signals) => {

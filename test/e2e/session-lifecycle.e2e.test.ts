@@ -135,6 +135,52 @@ describe("sessions with a process of their own: idle end, room for newcomers, sa
   }, 60_000)
 })
 
+describe("warm processes", () => {
+  let gateway: RunningGateway
+  beforeAll(async () => {
+    const configFile = path.join(tempDir(), "gateway.json")
+    writeJson(configFile, {
+      gateway: { max_sessions_per_client: 1000 },
+      templates: {
+        warm: {
+          instances: [{ id: "only", transport: "stdio", command: ["node", everythingServer, "stdio"] }],
+          load_balancer: { max_sessions_per_instance: 3, warm_processes: 1, session_process_idle_timeout: 2, health_check_interval: 600 }
+        }
+      }
+    })
+    gateway = await startGateway({ configFile })
+  })
+  afterAll(async () => {
+    await gateway?.stop()
+  })
+
+  it("a session takes a warm process and another replaces it, within the bound; all stopped at shutdown", async () => {
+    const url = `${gateway.url}/mcp/warm`
+    const shared = serverProcesses(gateway)
+    const first = await capableClient(url)
+    // Its own process, and one warm for the next session.
+    expect(serverProcesses(gateway)).toBe(shared + 2)
+    const waiting = descendants(gateway.process.pid!)
+    const second = await capableClient(url)
+    // The second took the warm process (no new pid but the next warm one's).
+    const after = descendants(gateway.process.pid!)
+    expect(after.filter((p) => !waiting.includes(p))).toHaveLength(1)
+    expect(serverProcesses(gateway)).toBe(shared + 3)
+    const third = await capableClient(url)
+    // Three slots taken: nothing more is kept warm (the bound counts warm processes).
+    expect(serverProcesses(gateway)).toBe(shared + 3)
+    for (const c of [first, second, third]) {
+      expect((await c.callTool({ name: "echo", arguments: { message: "warm" } })).content).toEqual([{ type: "text", text: "Echo: warm" }])
+    }
+    await Promise.all([leave(first), leave(second), leave(third)])
+    // Back to the idle minimum: the shared process and one warm.
+    await waitUntil(() => serverProcesses(gateway) === shared + 1, 20_000, "the idle sessions' processes to stop")
+    const family = descendants(gateway.process.pid!)
+    expect(await gateway.stop()).toBe(0)
+    await waitUntil(() => family.every((pid) => !isAlive(pid)), 5000, "every process, the warm one too, to be gone")
+  }, 90_000)
+})
+
 describe("shutdown with many sessions holding processes", () => {
   it("SIGINT with 40 sessions holding processes: the gateway exits within 3 s, no process left", async () => {
     const dir = tempDir()
