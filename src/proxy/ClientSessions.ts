@@ -272,7 +272,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           const taken = slots.handOver(victim)
           stats.recordSessionEnded(session.template, "room")
           return Effect.logInfo(
-            `ending session ${session.id.slice(0, 8)}… of template ${session.template} on ${instance.id}, idle ` +
+            `ending session …${session.id.slice(-8)} of template ${session.template} on ${instance.id}, idle ` +
               `${Math.round((timer.now() - lastUsed(session)) / 1000)} s, to make room for a new session (every process slot taken)`
           ).pipe(
             // (Its end is not cut short if the newcomer gives up: the slot is then free again.)

@@ -162,12 +162,16 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
       const closeCallers = (entries: ReadonlyArray<CallerEntry>) =>
         Effect.forEach(entries, (entry) => entry.close, { concurrency: "unbounded", discard: true })
       /** The caller's own connection to the instance, or why there is none. */
-      const callerConnection = (instance: InstanceDefinition, caller: string): Connection | TransportError => {
+      const callerEntry = (instance: InstanceDefinition, caller: string): CallerEntry | TransportError => {
         const entry = callers.get(instance, caller, policy.processes(instance).max, (evicted) => {
           logFor(instance).info(`stopping caller ${evicted.caller}'s idle connection to make room for caller ${caller}'s`)
           Runtime.runFork(runtime)(evicted.close)
         })
-        return typeof entry === "string" ? new TransportError({ instanceId: instance.id, message: entry, reachedBackend: false }) : entry.connection
+        return typeof entry === "string" ? new TransportError({ instanceId: instance.id, message: entry, reachedBackend: false }) : entry
+      }
+      const callerConnection = (instance: InstanceDefinition, caller: string): Connection | TransportError => {
+        const entry = callerEntry(instance, caller)
+        return entry instanceof TransportError ? entry : entry.connection
       }
       // Callers' connections nobody used for session_process_idle_timeout stop.
       yield* Effect.suspend(() => closeCallers(callers.takeIdle((instance) => Duration.toMillis(policy.processes(instance).idle)))).pipe(
@@ -246,12 +250,11 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
               // With auth on: the caller's own shared channel, held while the session lasts (never stopped under it).
               const caller = options.caller
               return Effect.suspend(() => {
-                const connection = callerConnection(instance, caller)
-                if (connection instanceof TransportError) return Effect.fail(connection)
-                const entry = callers.get(instance, caller, Infinity, () => {}) as CallerEntry
+                const entry = callerEntry(instance, caller)
+                if (entry instanceof TransportError) return Effect.fail(entry)
                 return acquireLean(() => {
                   entry.holders++
-                  return { ...connection, close: Effect.void } satisfies Connection
+                  return { ...entry.connection, close: Effect.void } satisfies Connection
                 }, () =>
                   Effect.sync(() => {
                     entry.holders--
