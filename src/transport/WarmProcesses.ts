@@ -31,13 +31,14 @@ export class WarmProcesses {
       const log = this.logFor(instance)
       // (A write to a process that just died raises EPIPE; a command that cannot run raises `error`.)
       child.stdin?.on("error", () => {})
-      child.on("error", (e) => log.warn(`cannot run a warm process: ${e.message}`))
-      child.once("exit", (code, signal) => {
+      const drop = (why: string) => {
         const at = pool.indexOf(child)
         if (at < 0) return
         pool.splice(at, 1)
-        log.warn(`a warm process exited before any session took it (${signal ?? `code ${code}`})`)
-      })
+        log.warn(why)
+      }
+      child.on("error", (e) => drop(`cannot run a warm process: ${e.message}`))
+      child.once("exit", (code, signal) => drop(`a warm process exited before any session took it (${signal ?? `code ${code}`})`))
       pool.push(child)
       log.debug(`started warm process ${child.pid ?? "(failed)"}`)
     }
@@ -50,7 +51,7 @@ export class WarmProcesses {
     const pool = this.byInstance.get(instance)
     while (pool !== undefined && pool.length > 0) {
       const child = pool.shift()!
-      if (child.exitCode === null && child.signalCode === null) return child
+      if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) return child
     }
     return undefined
   }

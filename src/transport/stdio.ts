@@ -102,7 +102,9 @@ export const makeStdioConnection = (
   const stderrLog = throttled((line: string) => `stderr: ${line.slice(0, STDERR_LINE_CHARS)}`, log.debug, { everyMs: 1000, burst: 100 })
 
   const spawnProcess = (listeners: ReadonlySet<ChannelListener>): Process => {
-    const warm = prestarted !== undefined && prestarted.exitCode === null && prestarted.signalCode === null ? prestarted : undefined
+    const warm = prestarted !== undefined && prestarted.pid !== undefined && prestarted.exitCode === null && prestarted.signalCode === null
+      ? prestarted
+      : undefined
     if (prestarted !== undefined && warm === undefined) log.info(`a warm process had exited (${prestarted.pid ?? "?"}); starting one`)
     prestarted = undefined
     const child = warm ?? spawnServer(instance)
