@@ -5,7 +5,7 @@
 //
 //   npm run bench [-- --duration 8 --rounds 3 --connections 16]
 //   npm run bench -- --quick                  # seconds, not minutes: that the harness works (CI)
-//   npm run bench -- --only throughput,latency,pool,stdio,sessions,templates,replicas,cluster
+//   npm run bench -- --only throughput,latency,pool,stdio,capable,sessions,templates,replicas,cluster
 //   npm run bench -- --soak 10                # also: 10 minutes of load, RSS sampled (not in CI)
 //   npm run bench -- --gateway OTHER/dist/main.js   # another build of the gateway
 //
@@ -325,6 +325,70 @@ const main = async () => {
     await two.stop()
   }
 
+  if (runs("capable")) {
+    log("capable: new sessions that get a process of their own, cold and warm")
+    // A client that declares what desktop clients declare: under `auto`, a process of its own.
+    const capabilities = { sampling: {}, roots: { listChanged: true }, elicitation: {} }
+    const headers = { "content-type": "application/json", accept: "application/json, text/event-stream" }
+    const answerOf = async (response) => {
+      const text = await response.text()
+      return JSON.parse(text.trimStart().startsWith("{") ? text : text.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).at(-1))
+    }
+    /** initialize, initialized, tools/list: ms to the tools; then DELETE, so that its process stops and its slot frees. */
+    const newSession = async (endpoint) => {
+      const started = performance.now()
+      const opened = await fetch(endpoint, {
+        method: "POST",
+        headers,
+        body: JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities, clientInfo: { name: "bench", version: "1" } } })
+      })
+      await opened.text()
+      const session = opened.headers.get("mcp-session-id")
+      if (opened.status !== 200 || session === null) throw new Error(`initialize answered ${opened.status}`)
+      const inSession = { ...headers, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25" }
+      await (await fetch(endpoint, { method: "POST", headers: inSession, body: JSON.stringify({ jsonrpc: "2.0", method: "notifications/initialized" }) })).text()
+      const tools = await answerOf(await fetch(endpoint, { method: "POST", headers: inSession, body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/list" }) }))
+      if (!Array.isArray(tools.result?.tools)) throw new Error(`tools/list answered ${JSON.stringify(tools).slice(0, 200)}`)
+      const ms = performance.now() - started
+      await (await fetch(endpoint, { method: "DELETE", headers: inSession })).text()
+      return ms
+    }
+    const one = { instances: [{ id: "e1", transport: "stdio", command: [process.execPath, serverEverything, "stdio"] }] }
+    const sequential = quick ? 2 : 10
+    const burst = quick ? 4 : 32
+    const rows = []
+    for (const [key, name, warm] of [["cold", "warm_processes: 0 (a cold start each)", 0], ["warm", "warm_processes: 1 (the default)", 1]]) {
+      const g = await gateway(`gateway-capable-${key}.json`, { gateway: { log_level: "warn" }, templates: { everything: { ...one, load_balancer: { warm_processes: warm } } } })
+      const endpoint = `${g.url}/mcp/everything`
+      // The first session makes the instance keep processes warm (from its first such session on).
+      await newSession(endpoint)
+      const times = []
+      for (let i = 0; i < sequential; i++) {
+        // A new session now and then: time for its replacement to have started.
+        await sleep(1500)
+        times.push(await newSession(endpoint))
+      }
+      // Sessions opened per second: `burst` sessions, 8 at a time, each to its first tools/list.
+      const burstStarted = performance.now()
+      let next = 0
+      await Promise.all(Array.from({ length: 8 }, async () => {
+        while (next < burst) {
+          next++
+          await newSession(endpoint)
+        }
+      }))
+      const perSecond = burst / ((performance.now() - burstStarted) / 1000)
+      rows.push({ key, name, first_tools_list_ms_p50: round(median(times), 1), first_tools_list_ms_max: round(Math.max(...times), 1), sessions_per_second: round(perSecond, 1) })
+      await g.stop()
+    }
+    const by = Object.fromEntries(rows.map((r) => [r.key, r]))
+    result.sections.capable = {
+      what: `a client declaring sampling, roots and elicitation (a process of its own): initialize to its first tools/list, ${sequential} sessions one at a time (1.5 s apart), medians; then ${burst} sessions 8 at a time; each ends with DELETE`,
+      rows,
+      warm_vs_cold: round(by.cold.first_tools_list_ms_p50 / by.warm.first_tools_list_ms_p50)
+    }
+  }
+
   if (runs("sessions")) {
     log(`memory: ${settings.sessions} idle MCP sessions`)
     // With the heap probe (bench/heap-probe.mjs): the live heap after a full collection, besides RSS.
@@ -552,6 +616,9 @@ const renderMarkdown = (r) => {
     lines.push(`Http1Client / node:http: ${s.pool.http1_vs_agent}x req/s, ${s.pool.http1_vs_agent_cpu}x CPU per request`, "")
   }
   if (s.stdio) lines.push(`### stdio (${s.stdio.what})`, "", ...rowsTable(s.stdio.rows), "", "ratios: " + JSON.stringify(s.stdio.ratios), "")
+  if (s.capable) {
+    lines.push(`### New capable sessions (${s.capable.what})`, "", ...table(s.capable.rows, [["system", "name"], ["first tools/list p50 ms", "first_tools_list_ms_p50"], ["max ms", "first_tools_list_ms_max"], ["sessions/s", "sessions_per_second"]]), "", `cold / warm: ${s.capable.warm_vs_cold}x`, "")
+  }
   if (s.sessions) {
     const x = s.sessions
     lines.push(`### Idle sessions (${x.what})`, "", `${x.sessions} sessions opened in ${x.open_seconds} s; RSS ${x.rss_mb_before} → ${x.rss_mb_after} MB: ${x.kb_per_session} KB per session (2 s after the last opened); ${x.rss_mb_settled} MB, ${x.kb_per_session_settled} KB per session once settled (20 s idle); live heap (after a full collection) ${x.live_heap_mb_before} → ${x.live_heap_mb_after} MB: ${x.live_heap_kb_per_session} KB per session; ${x.file_descriptors} file descriptors open${x.failure ? `; FAILED ${x.failure}` : ""}`, "")

@@ -18,7 +18,10 @@ const rowsOf = (registry: any, stats: any) =>
         id: i.id as string,
         transport: i.transport as string,
         target: i.transport === "stdio" ? [i.command].flat().join(" ") : i.endpoint as string,
-        status: i.draining ? "draining" : i.status as string,
+        // Saturated: a new session found every process slot busy lately (answered 503).
+        status: i.draining ? "draining" : i.saturated === true ? `${i.status}, saturated` : i.status as string,
+        saturated: i.saturated === true,
+        session_processes: i.session_processes ?? null,
         breaker: i.circuit_breaker?.state ?? "",
         in_flight: i.active_requests ?? 0,
         requests: traffic.requests ?? 0,
@@ -48,8 +51,12 @@ export const statusCommand = Command.make(
         return yield* Console.log(JSON.stringify({ gateway: url, templates: Object.keys(registry.templates ?? {}).length, instances: rows }, null, 2))
       }
       if (rows.length === 0) return yield* Console.log(`${url}: no templates (register one with \`mcp-gateway register\`)`)
-      const healthy = rows.filter((r) => r.status === "healthy").length
-      yield* Console.log(`${url}: ${healthy} of ${rows.length} instances healthy in ${Object.keys(registry.templates).length} templates\n`)
+      const healthy = rows.filter((r) => r.status.split(",")[0] === "healthy").length
+      const saturated = Array.from(new Set(rows.filter((r) => r.saturated).map((r) => r.template)))
+      yield* Console.log(
+        `${url}: ${healthy} of ${rows.length} instances healthy in ${Object.keys(registry.templates).length} templates` +
+          (saturated.length === 0 ? "" : `; saturated (every process slot busy, new sessions refused): ${saturated.join(", ")}`) + "\n"
+      )
       yield* Console.log(table(
         ["TEMPLATE", "INSTANCE", "TRANSPORT", "STATUS", "BREAKER", "IN-FLIGHT", "REQUESTS", "ERRORS", "P95 MS", "SOURCE", "TARGET"],
         rows.map((r) => [

@@ -140,18 +140,34 @@ export type DispatchError =
   | BackendError
   | TransformFailed
 
-/** An MCP session cannot be opened: the gateway's cap, or the client's, is reached. */
+/** An MCP session cannot be opened: the gateway's cap, or the client's, is reached, or a template's process slots are all busy. */
 export class SessionLimitReached extends Data.TaggedError("SessionLimitReached")<{
-  /** `gateway`: max_sessions (a 503); `client`: max_sessions_per_client (a 429). */
-  readonly scope: "gateway" | "client"
+  /**
+   * `gateway`: max_sessions (a 503); `client`: max_sessions_per_client (a 429); `instance`: every
+   * process slot (max_sessions_per_instance) of every instance of `template` is held by a session
+   * in use, none idle to end (a 503).
+   */
+  readonly scope: "gateway" | "client" | "instance"
   readonly limit: number
+  readonly template?: string | undefined
 }> {
   get message() {
     return this.scope === "gateway"
       ? `the gateway has ${this.limit} MCP sessions open (gateway.max_sessions); try again later`
+      : this.scope === "instance"
+      ? `every process slot of template "${this.template}" is busy: each of its instances runs ${this.limit} sessions with a ` +
+        `process of their own (max_sessions_per_instance), each with a request in flight or a stream open; try again shortly`
       : `this client has ${this.limit} MCP sessions open (gateway.max_sessions_per_client); end some (DELETE) first`
   }
+
+  /** When to try again: a busy slot frees as soon as its session's request ends; the gateway's cap, later. */
+  get retryAfterSeconds(): number {
+    return this.scope === "instance" ? SLOTS_BUSY_RETRY_AFTER_SECONDS : 60
+  }
 }
+
+/** Retry-After of a session refused because every process slot is busy (a request ending frees one). */
+export const SLOTS_BUSY_RETRY_AFTER_SECONDS = 5
 
 /** A registration the registry refuses: duplicate id, template clash. */
 export class RegistrationConflict extends Data.TaggedError("RegistrationConflict")<{ readonly message: string }> {}

@@ -83,7 +83,14 @@ export const LoadBalancerInput = Schema.Struct({
   /** How many client sessions with a process of their own one instance may have at once. */
   max_sessions_per_instance: Schema.optional(integer(1, 100_000)),
   /** Client sessions unused for this long are ended (their processes stopped). */
-  session_idle_timeout: Schema.optional(Seconds)
+  session_idle_timeout: Schema.optional(Seconds),
+  /**
+   * A client session with a process of its own that has nothing in flight, no stream open and
+   * no request for this long is ended, and its process stopped (clients that leave without DELETE).
+   */
+  session_process_idle_timeout: Schema.optional(Seconds),
+  /** stdio instances: processes kept started and waiting for a new session's `initialize` (counted in max_sessions_per_instance). */
+  warm_processes: Schema.optional(integer(0, 100))
 })
 export type LoadBalancerInput = typeof LoadBalancerInput.Type
 
@@ -124,6 +131,8 @@ export interface LoadBalancerSettings {
   readonly session_process: "auto" | "shared" | "per_session"
   readonly max_sessions_per_instance: number
   readonly session_idle_timeout: Duration.Duration
+  readonly session_process_idle_timeout: Duration.Duration
+  readonly warm_processes: number
 }
 
 const backoff = (baseMs: number, maxMs: number, jitter: number): Backoff => ({
@@ -161,7 +170,9 @@ export const DEFAULT_LOAD_BALANCER: LoadBalancerSettings = {
   session_affinity: "sticky",
   session_process: "auto",
   max_sessions_per_instance: 16,
-  session_idle_timeout: Duration.minutes(30)
+  session_idle_timeout: Duration.minutes(30),
+  session_process_idle_timeout: Duration.minutes(2),
+  warm_processes: 1
 }
 
 export const seconds = (s: number): Duration.Duration => Duration.millis(Math.round(s * 1000))
@@ -209,7 +220,9 @@ export const resolveLoadBalancer = (
   session_affinity: input?.session_affinity ?? defaults.session_affinity,
   session_process: input?.session_process ?? defaults.session_process,
   max_sessions_per_instance: input?.max_sessions_per_instance ?? defaults.max_sessions_per_instance,
-  session_idle_timeout: orSeconds(input?.session_idle_timeout, defaults.session_idle_timeout)
+  session_idle_timeout: orSeconds(input?.session_idle_timeout, defaults.session_idle_timeout),
+  session_process_idle_timeout: orSeconds(input?.session_process_idle_timeout, defaults.session_process_idle_timeout),
+  warm_processes: input?.warm_processes ?? defaults.warm_processes
 })
 
 /**
@@ -255,5 +268,7 @@ export const loadBalancerJson = (s: LoadBalancerSettings) => ({
   session_affinity: s.session_affinity,
   session_process: s.session_process,
   max_sessions_per_instance: s.max_sessions_per_instance,
-  session_idle_timeout: secondsOf(s.session_idle_timeout)
+  session_idle_timeout: secondsOf(s.session_idle_timeout),
+  session_process_idle_timeout: secondsOf(s.session_process_idle_timeout),
+  warm_processes: s.warm_processes
 })

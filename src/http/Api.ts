@@ -66,6 +66,8 @@ export class McpGroup extends HttpApiGroup.make("mcp")
         total_instances: Schema.Number,
         healthy_instances: Schema.Number,
         health_percentage: Schema.Number,
+        /** A new session found every process slot of the template busy lately (a 503). */
+        saturated: Schema.Boolean,
         instances: Schema.Record({ key: Schema.String, value: Json })
       })
     )
@@ -97,7 +99,9 @@ export class GatewayGroup extends HttpApiGroup.make("gateway")
         uptime_seconds: Schema.Number,
         templates: Schema.Number,
         instances: Schema.Number,
-        healthy_instances: Schema.Number
+        healthy_instances: Schema.Number,
+        /** Templates where a new session found every process slot busy lately (answered 503): the gateway is then `degraded`. */
+        saturated_templates: Schema.Array(Schema.String)
       })
     )
   )

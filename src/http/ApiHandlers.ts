@@ -35,6 +35,12 @@ const requestId = Effect.map(HttpServerRequest.HttpServerRequest, (r) => r.heade
 const fail = (status: number, type: string, message: string, extra?: Parameters<typeof errorAnswer>[4]) =>
   Effect.flatMap(requestId, (id) => Effect.fail(toApiError(errorAnswer(status, type, message, id, extra))))
 
+/** Whether a new session of the template found every process slot busy lately (see InstanceState.saturated). */
+const templateSaturated = (template: TemplateState, now = Date.now()) => {
+  for (const i of template.instances.values()) if (i.saturated(now)) return true
+  return false
+}
+
 export const templateHealth = (template: TemplateState) => {
   const instances = Array.from(template.instances.values())
   const healthy = instances.filter((i) => i.status === "healthy").length
@@ -44,6 +50,7 @@ export const templateHealth = (template: TemplateState) => {
     total_instances: instances.length,
     healthy_instances: healthy,
     health_percentage: instances.length === 0 ? 0 : Math.round((healthy / instances.length) * 1000) / 10,
+    saturated: templateSaturated(template),
     instances: Object.fromEntries(instances.map((i) => [i.id, i.toJSON()]))
   }
 }
@@ -127,16 +134,19 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
       .handle("health", () =>
         Effect.sync(() => {
           const instances = registry.instances()
+          const saturated = registry.templates().filter((t) => templateSaturated(t)).map((t) => t.name)
           return {
             // Degraded: the Redis the replicas share is down or does not answer in time (serving from
-            // the last known registry, rate limits per replica, registrations refused). Read from the
-            // fleet's state, never from Redis: health answers at once whatever Redis does.
-            status: fleet.status() === "down" || fleet.status() === "slow" ? "degraded" : "healthy",
+            // the last known registry, rate limits per replica, registrations refused; read from the
+            // fleet's state, never from Redis: health answers at once whatever Redis does), or a
+            // template refused new sessions lately, every process slot busy.
+            status: fleet.status() === "down" || fleet.status() === "slow" || saturated.length > 0 ? "degraded" : "healthy",
             version: GATEWAY_VERSION,
             uptime_seconds: Math.round((Date.now() - startedAt) / 1000),
             templates: registry.templates().length,
             instances: instances.length,
-            healthy_instances: instances.filter((i) => i.status === "healthy").length
+            healthy_instances: instances.filter((i) => i.status === "healthy").length,
+            saturated_templates: saturated
           }
         }))
       .handle("stats", () =>

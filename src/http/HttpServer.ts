@@ -116,7 +116,15 @@ export const HttpServerLive: Layer.Layer<
     ).pipe(Effect.provide(NodeHttpServer.layerContext))
 
     const telemetry = makeRequestTelemetry(config.tracing !== undefined)
-    const restOperation = makeRestHandler({ dispatcher, registry, settings: config.gateway, run, telemetry, exposure: yield* Exposure })
+    const restOperation = makeRestHandler({
+      dispatcher,
+      registry,
+      settings: config.gateway,
+      run,
+      telemetry,
+      exposure: yield* Exposure,
+      processPerCaller: config.gateway.auth !== undefined
+    })
     const guard = yield* makeGuard
     const authenticator = yield* Authenticator
 

@@ -23,6 +23,8 @@ export const makeRestHandler = (deps: {
   readonly run: RunEffect
   readonly telemetry: ReturnType<typeof makeRequestTelemetry>
   readonly exposure: ExposureShape
+  /** Auth is on: each caller's requests go to its own process of each instance (CallOptions.caller). */
+  readonly processPerCaller: boolean
 }) => {
   const { dispatcher, exposure, registry, run, settings, telemetry } = deps
   const limits = { maxBytes: settings.maxBodyBytes, maxDepth: settings.maxJsonDepth }
@@ -79,7 +81,7 @@ export const makeRestHandler = (deps: {
           over = true
           cancel()
         }
-        const cancel = dispatcher.callNow(template, operation.mcpMethod, params, { headers }, requestId, (exit) => {
+        const cancel = dispatcher.callNow(template, operation.mcpMethod, params, { headers, caller: deps.processPerCaller ? caller : undefined }, requestId, (exit) => {
           over = true
           res.off("close", onClose)
           respond(Exit.map(exit, (r) => ({ result: r.result, instanceId: r.instanceId })))
@@ -88,7 +90,7 @@ export const makeRestHandler = (deps: {
         return
       }
       const fork = telemetry(run, req, requestId, () => ({ "url.path": `/mcp/${template}/${operationName}`, "mcp.template": template, "mcp.method": operation.mcpMethod }))
-      const fiber = fork(runRestOperation(dispatcher, template, operation, params, { maxPages: settings.maxListPages, headers, exposure, caller }))
+      const fiber = fork(runRestOperation(dispatcher, template, operation, params, { maxPages: settings.maxListPages, headers, exposure, caller, processPerCaller: deps.processPerCaller }))
       // A client that hangs up cancels its request, down to the backend.
       const onClose = () => {
         if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)

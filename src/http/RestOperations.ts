@@ -110,6 +110,8 @@ export const runRestOperation = (
     readonly exposure?: ExposureShape | undefined
     /** Who calls (for private cache entries and transforms). */
     readonly caller?: string | undefined
+    /** Auth is on: the requests go to the caller's own process of each instance (CallOptions.caller). */
+    readonly processPerCaller?: boolean | undefined
   }
 ): Effect.Effect<RestResult, DispatchError> => {
   const { exposure } = options
@@ -117,7 +119,12 @@ export const runRestOperation = (
   /** One MCP request: through the template's exposure when it has anything to do. */
   const request = (p: Record<string, unknown> | undefined, instance: InstanceState | undefined) => {
     const direct = (sent: Record<string, unknown> | undefined, onCacheHints?: (hints: CacheHints) => void) =>
-      dispatcher.call(template, operation.mcpMethod, sent, { instance, headers: options.headers, relay: onCacheHints === undefined ? undefined : { onCacheHints } })
+      dispatcher.call(template, operation.mcpMethod, sent, {
+        instance,
+        headers: options.headers,
+        relay: onCacheHints === undefined ? undefined : { onCacheHints },
+        caller: options.processPerCaller === true ? options.caller : undefined
+      })
     if (exposure === undefined || !exposure.involved(template, operation.mcpMethod)) {
       return Effect.map(direct(p), (r) => ({ result: r.result, instance: r.instance as InstanceState | undefined }))
     }

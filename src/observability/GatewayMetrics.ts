@@ -93,6 +93,8 @@ export const makeGatewayMetrics = (options: { readonly maxSeriesPerMetric?: numb
     restarts: counter("mcp_gateway_process_restarts_total", "Restarts of an instance's process (stdio) or stream (legacy SSE)"),
     rateLimited: counter("mcp_gateway_rate_limited_total", "Requests refused by a rate limit, by the limit (client or template)"),
     authFailures: counter("mcp_gateway_auth_failures_total", "Requests refused for want of a valid credential (401) or scope (403)"),
+    sessionsRefused: counter("mcp_gateway_sessions_refused_total", "New MCP sessions refused with a 503, by template and reason (slots_busy: every process slot held by a session in use)"),
+    sessionsEnded: counter("mcp_gateway_session_processes_ended_total", "Sessions with a process of their own the gateway ended, by template and reason (idle, room: for a new session)"),
     cacheRequests: counter("mcp_gateway_cache_requests_total", "Cacheable requests (lists, resources/read) of templates that cache, by result: hit or miss"),
 
     /** Set when scraped, from the registry's live state (nothing to do on the hot path). */

@@ -172,7 +172,10 @@ export class AggregateSession extends EndpointSession {
             case "BackendError":
               return { _tag: "Answer", message: { error: e.error } }
             case "SessionLimitReached":
-              return { _tag: "Failed", status: 429, error: { code: ErrorCode.InternalError, message: e.message }, headers: { "retry-after": "60" } }
+              // Every process slot of the template busy (or the gateway's cap): a 503, as a session of the template alone gets.
+              return e.scope === "client"
+                ? { _tag: "Failed", status: 429, error: { code: ErrorCode.InternalError, message: e.message }, headers: { "retry-after": "60" } }
+                : { _tag: "Unavailable", message: e.message, retryAfterSeconds: e.retryAfterSeconds }
             case "NoHealthyInstance":
               return { _tag: "Unavailable", message: e.message, retryAfterSeconds: e.retryAfterSeconds }
             default:
@@ -345,6 +348,7 @@ export class AggregateSession extends EndpointSession {
   /** What a member's server says outside requests reaches this session's client. */
   private follow(member: ClientSession) {
     member.heldByAggregate = true
+    member.holder = this
     this.memberSessions.add(member)
     const fromServer = (message: ServerNotice & { readonly id?: unknown }) => {
       if (isRequest(message)) {

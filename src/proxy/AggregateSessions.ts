@@ -150,7 +150,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
           sessions.delete(id)
           modern.forget(id)
           return Fiber.interruptAll(session.interruptAll()).pipe(
-            Effect.zipRight(Effect.forEach(session.memberSessions, (member) => clientSessions.close(member.id), { discard: true })),
+            Effect.zipRight(Effect.forEach(session.memberSessions, (member) => clientSessions.close(member.id), { concurrency: "unbounded", discard: true })),
             Effect.zipRight(Scope.close(session.scope, Exit.void)),
             Effect.as(true)
           )
@@ -371,7 +371,14 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
         if (sessions.has(id)) Runtime.runFork(runtime)(close(id))
       })
 
-      yield* Effect.addFinalizer(() => Effect.forEach(Array.from(sessions.keys()), close, { discard: true }))
+      // Shutdown: every aggregate session (and its members' processes) ends at once, not one after another.
+      yield* Effect.addFinalizer(() =>
+        Effect.suspend(() =>
+          sessions.size === 0 ? Effect.void : Effect.logInfo(`shutting down: ending ${sessions.size} aggregate MCP sessions`).pipe(
+            Effect.zipRight(Effect.forEach(Array.from(sessions.keys()), close, { concurrency: "unbounded", discard: true }))
+          )
+        )
+      )
 
       return { endpoint, size: () => sessions.size }
     })

@@ -22,6 +22,10 @@ const errorAnswer = (code: number, message: string): SessionAnswer => ({ _tag: "
 export class ClientSession extends EndpointSession {
   /** Held by an aggregate session (one of its members): it lives as long as the aggregate does. */
   heldByAggregate = false
+  /** The aggregate session that holds it: a member's own process is in use while its aggregate's client is. */
+  holder: EndpointSession | undefined = undefined
+  /** A balanced session's requests, with auth on: to its owner's own process of each instance (CallOptions.caller). */
+  processCaller: string | undefined = undefined
   /** A session taken over from another replica: how it starts hearing its server (once). */
   private deferredListen: (() => void) | undefined
 
@@ -104,7 +108,8 @@ export class ClientSession extends EndpointSession {
           instance: this.pinned,
           connection: this.connection,
           relay: onCacheHints === undefined ? relay : { ...relay, onCacheHints },
-          headers
+          headers,
+          caller: this.processCaller
         }),
         (r) => r.result
       )
@@ -141,7 +146,7 @@ export class ClientSession extends EndpointSession {
       this.template,
       method,
       params,
-      { instance: this.pinned, connection: this.connection, relay, headers },
+      { instance: this.pinned, connection: this.connection, relay, headers, caller: this.processCaller },
       requestId,
       (exit) => {
         release?.()

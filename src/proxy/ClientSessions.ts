@@ -18,6 +18,8 @@ import { Exposure } from "./Exposure.js"
 import { ModernSessions } from "./ModernSessions.js"
 import { ownerTag, type SessionClaims, SessionSeal } from "./SessionSeal.js"
 import { capabilitiesAllowSharing } from "./processSharing.js"
+import { type ProcessSlot, ProcessSlots } from "./ProcessSlots.js"
+import { Stats } from "./Stats.js"
 import { Timer } from "./Timer.js"
 
 export type { SessionRefusal } from "./EndpointSessions.js"
@@ -81,7 +83,7 @@ const versionFor = (initializeParams: Record<string, unknown>) => {
 }
 
 export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<ClientSessions, ClientSessionsShape>() {
-  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer | Exposure | EndedSessions> = Layer.scoped(
+  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer | Exposure | EndedSessions | Stats> = Layer.scoped(
     ClientSessions,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
@@ -91,20 +93,24 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const timer = yield* Timer
       const exposure = yield* Exposure
       const ended = yield* EndedSessions
+      const stats = yield* Stats
       const runtime = yield* Effect.runtime<never>()
       // The gateway's runtime (its logger writes to stderr): Effect.runFork's default one logs to stdout.
       const runFork = Runtime.runFork(runtime)
-      // Sessions' scopes hang from a scope of their own, closed after the shutdown finalizer
-      // below (added later, so run first) has said what stays open at the backends.
-      const layerScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
+      // Sessions' scopes are children of this one, closed after the shutdown finalizer below (added
+      // later, so run first) has said what stays open at the backends, and in parallel: at shutdown
+      // every session ends (and stops its process) at once, not one after another.
+      const layerScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.parallel)
       // Session ids carry what any replica needs to serve them (see SessionSeal.ts).
       const seal = new SessionSeal(config.gateway.sessionKeys ?? [])
       const lifetimeMs = sessionLifetimeOf(config.gateway)
       /** When a session opened now ends however busy (to the second: what its sealed id says). */
       const expiryFromNow = () => Math.ceil((timer.now() + lifetimeMs) / 1000) * 1000
       const sessions = new Map<string, ClientSession>()
-      /** Sessions with a process (SSE session) of their own, by instance: what max_sessions_per_instance caps. */
-      const ownProcesses = new Map<InstanceState, number>()
+      /** Processes (SSE sessions) of sessions' own, by instance: what max_sessions_per_instance bounds. */
+      const slots = new ProcessSlots()
+      /** The slot each session with a process of its own holds. */
+      const slotOf = new WeakMap<ClientSession, ProcessSlot>()
       /** Open sessions by owner: what max_sessions_per_client caps. */
       const byOwner = new Map<string, number>()
 
@@ -120,6 +126,9 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           if (session === undefined) return Effect.succeed(false)
           sessions.delete(id)
           modern.forget(id)
+          // Its slot stays taken until its process has stopped, but nobody may end the session again for room.
+          const slot = slotOf.get(session)
+          if (slot !== undefined) slot.session = undefined
           if (!members.has(session)) {
             const owned = (byOwner.get(session.owner) ?? 1) - 1
             if (owned === 0) byOwner.delete(session.owner)
@@ -139,6 +148,12 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           if (session !== undefined && seal.shared && !session.servesModernClient) ended.end(id, session.expiresAt)
           return close(id)
         })
+      /**
+       * Whose process a session that shares one uses: with auth on, its owner's own (a process
+       * is shared only within one caller, see transport/CallerConnections.ts); without auth every
+       * client is one caller (the gateway then listens on loopback only), the instance's.
+       */
+      const callerOf = (owner: string) => config.gateway.auth === undefined ? undefined : owner
 
       /** Sessions an aggregate holds: not counted for the client (its aggregate session is). */
       const members = new WeakSet<ClientSession>()
@@ -194,14 +209,26 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             member
           )
           session.expiresAt = expiresAt
+          session.processCaller = callerOf(owner)
           return { session, result: { ...result, protocolVersion } }
         })
 
-      /** Opens the backend side of a pinned session on one instance, in a scope of its own. */
-      const openOn = (instance: InstanceState, initializeParams: Record<string, unknown>, ownProcess: boolean, remainingMs: number) =>
+      /**
+       * Opens the backend side of a pinned session on one instance, in a scope of its own;
+       * `ended` runs when that scope closes, after everything opened in it (its process stopped).
+       */
+      const openOn = (
+        instance: InstanceState,
+        initializeParams: Record<string, unknown>,
+        ownProcess: boolean,
+        remainingMs: number,
+        ended: Effect.Effect<void> | undefined,
+        caller: string | undefined
+      ) =>
         Effect.gen(function*() {
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
-          const opened = yield* transport.openSession(instance.definition, initializeParams, { ownProcess }).pipe(
+          if (ended !== undefined) yield* Scope.addFinalizer(scope, ended)
+          const opened = yield* transport.openSession(instance.definition, initializeParams, { ownProcess, caller }).pipe(
             Effect.flatMap((backend) => Effect.map(backend.initialize, (result) => ({ backend, result }))),
             Effect.timeoutFail({
               duration: Duration.millis(Math.max(1, remainingMs)),
@@ -214,19 +241,73 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         })
 
       /**
-       * A slot for a process of the session's own on an instance (max_sessions_per_instance),
-       * taken before the process starts, so concurrent opens cannot overshoot the cap; given
-       * back if the open fails, or when the session's scope closes.
+       * Whether a session's process of its own serves nobody now: nothing in flight, no stream
+       * open (for an aggregate's member: on the aggregate either), so it may be ended for room.
        */
-      const reserveOwnProcess = (instance: InstanceState, max: number): boolean => {
-        const count = ownProcesses.get(instance) ?? 0
-        if (count >= max) return false
-        ownProcesses.set(instance, count + 1)
-        return true
+      const idle = (session: ClientSession) => !session.engaged && !(session.holder?.engaged ?? false)
+      /** When the session's client last used it (a member's: its aggregate's client). */
+      const lastUsed = (session: ClientSession) => Math.max(session.lastSeen, session.holder?.lastSeen ?? 0)
+      const noteSlots = (instance: InstanceState) => {
+        instance.sessionProcesses = slots.used(instance)
       }
-      const releaseOwnProcess = (instance: InstanceState) => ownProcesses.set(instance, (ownProcesses.get(instance) ?? 1) - 1)
+      const freeSlot = (slot: ProcessSlot) =>
+        Effect.sync(() => {
+          slots.release(slot)
+          noteSlots(slot.instance)
+          keepWarm(slot.instance)
+        })
+
+      /** Instances that served a session with a process of its own: from then on they keep processes warm. */
+      const warmed = new WeakSet<InstanceState>()
+      /**
+       * The processes a stdio instance keeps warm for new sessions: `warm_processes`, within
+       * what its slots leave free (taken slots and warm processes together never pass
+       * max_sessions_per_instance), once it served a session with a process of its own (an
+       * instance only ever used by sessions that share its process keeps none). Set again
+       * whenever a slot is given back or a session took one (a warm process, if there was one).
+       */
+      const keepWarm = (instance: InstanceState) => {
+        if (transport.keepWarm === undefined || instance.definition.transport !== "stdio" || !warmed.has(instance)) return
+        const template = registry.template(instance.template)
+        if (template === undefined || template.instances.get(instance.id) !== instance) return
+        const settings = template.settings
+        const count = settings.session_process === "shared" || settings.session_affinity === "none" || instance.draining
+          ? 0
+          : Math.max(0, Math.min(settings.warm_processes, settings.max_sessions_per_instance - slots.used(instance)))
+        transport.keepWarm(instance.definition, count)
+      }
+
+      /**
+       * A slot for a process of the session's own on an instance (max_sessions_per_instance),
+       * taken before the process starts: a free one, or the least recently used idle session's,
+       * which is ended first (its client's next request gets a 404 and initializes again).
+       * Undefined when every slot is held by a session in use.
+       */
+      const takeSlot = (instance: InstanceState, max: number): Effect.Effect<ProcessSlot | undefined> =>
+        Effect.suspend(() => {
+          const free = slots.take(instance, max)
+          if (free !== undefined) {
+            noteSlots(instance)
+            return Effect.succeed(free)
+          }
+          const victim = slots.leastRecentlyUsedIdle(instance, idle, lastUsed)
+          if (victim === undefined) return Effect.succeed(undefined)
+          const session = victim.session!
+          const taken = slots.handOver(victim)
+          stats.recordSessionEnded(session.template, "room")
+          return Effect.logInfo(
+            `ending session …${session.id.slice(-8)} of template ${session.template} on ${instance.id}, idle ` +
+              `${Math.round((timer.now() - lastUsed(session)) / 1000)} s, to make room for a new session (every process slot taken)`
+          ).pipe(
+            // (Its end is not cut short if the newcomer gives up: the slot is then free again.)
+            Effect.zipRight(Effect.uninterruptible(end(session.id))),
+            Effect.onInterrupt(() => freeSlot(taken)),
+            Effect.as(taken)
+          )
+        })
+
       const capReached = (instance: InstanceState, max: number) =>
-        `already has ${ownProcesses.get(instance) ?? max} sessions with a process of their own (max_sessions_per_instance)`
+        `every one of its ${max} process slots (max_sessions_per_instance) is held by a session in use (${slots.used(instance)} taken)`
 
       const openPinned = (template: string, initializeParams: Record<string, unknown>, owner: string, member: boolean) =>
         Effect.gen(function*() {
@@ -236,14 +317,21 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           const requestedVersion = initializeParams.protocolVersion
           // Known before any instance is tried: the session declares what a shared process was not initialized with.
           const mustOwn = mode === "per_session" || (mode === "auto" && !capabilitiesAllowSharing(initializeParams))
+          /** Instances left out because every slot was held by a session in use. */
+          const saturated = new Set<string>()
+          const full = (instance: InstanceState) => {
+            saturated.add(instance.id)
+            return capReached(instance, max)
+          }
           const { instance, value: opened } = yield* dispatcher.execute({
             template,
             method: "initialize",
             // A session can be opened anywhere: failing over never repeats anything a server did.
             retryable: () => true,
             ineligible: (instance) =>
-              instance.definition.transport !== "http" && mustOwn && (ownProcesses.get(instance) ?? 0) >= max
-                ? capReached(instance, max)
+              instance.definition.transport !== "http" && mustOwn && slots.used(instance) >= max &&
+                slots.leastRecentlyUsedIdle(instance, idle, lastUsed) === undefined
+                ? full(instance)
                 : undefined,
             attempt: (instance, deadline) =>
               Effect.gen(function*() {
@@ -253,20 +341,36 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
                   if (!own && mode === "auto") {
                     // The shared process speaks the version it negotiated with the gateway: a
                     // client asking for another one would get answers shaped for the wrong version.
-                    const shared = yield* transport.initializeResult(instance.definition)
+                    const shared = yield* transport.initializeResult(instance.definition, callerOf(owner))
                     own = shared.protocolVersion !== requestedVersion
                   }
-                  if (own && !reserveOwnProcess(instance, max)) {
-                    return yield* new TransportError({ instanceId: instance.id, message: capReached(instance, max), reachedBackend: false })
-                  }
                 }
-                const result = yield* openOn(instance, initializeParams, own, deadline.remainingMs()).pipe(
-                  Effect.onError(() => own ? Effect.sync(() => releaseOwnProcess(instance)) : Effect.void)
+                const slot = own ? yield* takeSlot(instance, max) : undefined
+                if (own && slot === undefined) {
+                  return yield* new TransportError({ instanceId: instance.id, message: full(instance), reachedBackend: false })
+                }
+                const result = yield* openOn(instance, initializeParams, own, deadline.remainingMs(), slot === undefined ? undefined : freeSlot(slot), callerOf(owner)).pipe(
+                  // It took a warm process, if there was one: another replaces it (within the bound).
+                  Effect.ensuring(slot === undefined ? Effect.void : Effect.sync(() => {
+                    warmed.add(instance)
+                    keepWarm(instance)
+                  }))
                 )
-                if (own) yield* Scope.addFinalizer(result.scope, Effect.sync(() => releaseOwnProcess(instance)))
-                return { ...result, own }
+                return { ...result, own, slot }
               })
-          })
+          }).pipe(
+            Effect.catchTag("AllAttemptsFailed", (e): Effect.Effect<never, DispatchError | SessionLimitReached> => {
+              if (e.attempts.length === 0 || !e.attempts.every((a) => saturated.has(a.instanceId))) return Effect.fail(e)
+              // Every instance tried had every slot busy: the template is saturated, not failing.
+              const now = timer.now()
+              for (const i of registry.template(template)?.instances.values() ?? []) if (saturated.has(i.id)) i.saturatedAt = now
+              stats.recordSessionRefused(template, "slots_busy")
+              return Effect.logWarning(
+                `refused a new session of template ${template}: every process slot of its instances (${max} each, ` +
+                  `max_sessions_per_instance) is held by a session in use, none idle to end; answered 503`
+              ).pipe(Effect.zipRight(Effect.fail(new SessionLimitReached({ scope: "instance", limit: max, template }))))
+            })
+          )
           const ownBackend = instance.definition.transport === "http" || opened.own
           // An HTTP backend or a process of the session's own negotiated with the client's own
           // initialize; a shared process was initialized by the gateway.
@@ -303,6 +407,10 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             member
           )
           session.expiresAt = expiresAt
+          if (opened.slot !== undefined) {
+            opened.slot.session = session
+            slotOf.set(session, opened.slot)
+          }
           yield* listenForSession(session, opened.backend)
           yield* Effect.logDebug(
             `session ${session.id} of template ${template} pinned to ${instance.id}` +
@@ -447,6 +555,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           if (claims.kind === "balanced") {
             const session = new ClientSession(id, claims.endpoint, undefined, claims.protocolVersion, undefined, false, scope, owner, dispatcher, timer.now(), exposure, declaration)
             session.expiresAt = claims.expiresAt
+            session.processCaller = callerOf(owner)
             yield* Effect.logDebug(`session of template ${claims.endpoint} taken over from another replica (balanced)`)
             return add(session)
           }
@@ -463,6 +572,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             return { status: 404, message: `Session not found: ${refusal}` } satisfies SessionRefusal
           }
           const backend = yield* transport.openSession(instance!.definition, claims.client, {
+            caller: callerOf(claims.owner),
             resume: claims.backendSession === undefined ? undefined : { sessionId: claims.backendSession, protocolVersion: claims.protocolVersion }
           }).pipe(
             Effect.tap((connection) => claims.backendSession === undefined && instance!.definition.transport === "http" ? connection.initialize : Effect.void),
@@ -493,6 +603,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         Stream.runForEach((change) =>
           Effect.sync(() => {
             if (change._tag !== "TemplateChanged") return
+            for (const instance of change.template.instances.values()) keepWarm(instance)
             for (const session of sessions.values()) {
               if (session.template !== change.template.name || session.heldByAggregate) continue
               for (const method of LIST_CHANGES) {
@@ -526,14 +637,52 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         if (sessions.has(id)) Runtime.runFork(runtime)(close(id))
       })
 
+      // Sessions with a process of their own that serve nobody (nothing in flight, no stream open)
+      // for session_process_idle_timeout end, and their processes with them: a client that left
+      // without DELETE must not hold a process for the whole session_idle_timeout.
+      const reapIdleProcesses = Effect.suspend(() => {
+        const now = timer.now()
+        const idleSessions: Array<ClientSession> = []
+        for (const slot of slots.all()) {
+          const session = slot.session!
+          // In use now: its idle time starts when the client stops using it.
+          if (!idle(session)) session.lastSeen = now
+          const timeout = registry.template(session.template)?.settings.session_process_idle_timeout
+          if (timeout !== undefined && idle(session) && now - lastUsed(session) > Duration.toMillis(timeout)) idleSessions.push(session)
+        }
+        if (idleSessions.length === 0) return Effect.void
+        for (const session of idleSessions) stats.recordSessionEnded(session.template, "idle")
+        return Effect.logInfo(`ending ${idleSessions.length} sessions with a process of their own, idle past session_process_idle_timeout`).pipe(
+          Effect.zipRight(Effect.forEach(idleSessions, (s) => end(s.id), { concurrency: "unbounded", discard: true }))
+        )
+      })
+      /** Often enough for the shortest session_process_idle_timeout: a quarter of it, between 250 ms and REAP_EVERY. */
+      const reapProcessesEvery = () => {
+        let shortest = Duration.toMillis(REAP_EVERY) * 4
+        for (const t of registry.templates()) shortest = Math.min(shortest, Duration.toMillis(t.settings.session_process_idle_timeout))
+        return Duration.millis(Math.min(Duration.toMillis(REAP_EVERY), Math.max(250, shortest / 4)))
+      }
+      yield* reapIdleProcesses.pipe(
+        Effect.zipRight(Effect.suspend(() => Effect.sleep(reapProcessesEvery()))),
+        Effect.forever,
+        Effect.forkScoped
+      )
+
+      // Shutdown: every session ends at once (each stops its process, if it has one of its own),
+      // not one after another: with many sessions open that took seconds per dozen.
       yield* Effect.addFinalizer(() =>
         Effect.suspend(() => {
           if (sessions.size === 0) return Effect.void
+          const count = sessions.size
+          const own = Array.from(slots.all()).length
           // A rolling restart keeps sessions: what another replica can serve from its id (an HTTP
           // backend's own session) is left open at the backend; the rest ends with this replica.
           if (seal.shared) for (const s of sessions.values()) s.backend?.keepAtServer?.()
-          return Effect.logInfo(`shutting down: ending ${sessions.size} MCP sessions`)
-        }).pipe(Effect.zipRight(Effect.forEach(Array.from(sessions.keys()), close, { discard: true })))
+          return Effect.logInfo(`shutting down: ending ${count} MCP sessions (${own} with a process of their own)`).pipe(
+            Effect.zipRight(Effect.forEach(Array.from(sessions.keys()), close, { concurrency: "unbounded", discard: true })),
+            Effect.zipRight(Effect.logInfo(`shutting down: ${count} MCP sessions ended, their processes stopped`))
+          )
+        })
       )
 
       const counts = () => {

@@ -48,6 +48,8 @@ export interface DispatchOptions {
   readonly relay?: Pick<RequestOptions, "onNotification" | "onServerRequest" | "passInputRequired" | "clientParamHeaders" | "client" | "onCacheHints"> | undefined
   /** Client headers the template forwards to its HTTP backends (`forward_headers`). */
   readonly headers?: Readonly<Record<string, string>> | undefined
+  /** With auth on, who the request is for: it goes to that caller's own process of the instance (RequestOptions.caller). */
+  readonly caller?: string | undefined
 }
 
 /** One thing an instance does for the gateway, in the form `execute` runs it. */
@@ -552,7 +554,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
           const sent = traceparent === undefined
             ? params
             : { ...params, _meta: { ...(isObject(params?._meta) ? params._meta : {}), traceparent } }
-          const requestOptions: RequestOptions = { deadline, onNotification, onServerRequest: relay?.onServerRequest, passInputRequired: relay?.passInputRequired, clientParamHeaders: relay?.clientParamHeaders, client: relay?.client, onCacheHints: relay?.onCacheHints, headers }
+          const requestOptions: RequestOptions = { deadline, onNotification, onServerRequest: relay?.onServerRequest, passInputRequired: relay?.passInputRequired, clientParamHeaders: relay?.clientParamHeaders, client: relay?.client, onCacheHints: relay?.onCacheHints, headers, caller: options?.caller }
           return { sent, requestOptions }
         }
         const operation: Operation<JsonRpcResponse> = {

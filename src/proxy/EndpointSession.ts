@@ -242,6 +242,14 @@ export abstract class EndpointSession {
   }
 
   /**
+   * The client is there: a request in flight, a listen or a standing stream open (what an idle
+   * session's process of its own must not be ended under, whatever `busy` adds).
+   */
+  get engaged(): boolean {
+    return (this.inflight?.size ?? 0) > 0 || (this.listening?.size ?? 0) > 0 || (this.closers?.size ?? 0) > 0
+  }
+
+  /**
    * A listen stream wants updates of a resource: the first one subscribes it on the server
    * (`resources/subscribe`); true when the server took it.
    */

@@ -39,6 +39,10 @@ export const InstanceSupervision: Layer.Layer<ConnectionPolicy, never, Registry 
           registry.template(instance.template)?.inheritEnv ??
           config.gateway.inheritEnv ??
           [],
+      processes: (instance) => {
+        const settings = registry.template(instance.template)?.settings ?? DEFAULT_LOAD_BALANCER
+        return { max: settings.max_sessions_per_instance, idle: settings.session_process_idle_timeout, warm: settings.warm_processes }
+      },
       report: (instance, status) => {
         const state = stateOf(instance)
         if (state === undefined) return

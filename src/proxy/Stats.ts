@@ -42,6 +42,10 @@ export interface StatsShape {
   readonly restarts: (template: string, instanceId: string) => number
   readonly recordRateLimited: (limit: "client" | "template" | "auth_failures", template: string | undefined) => void
   readonly recordAuthFailure: (status: 401 | 403) => void
+  /** A new MCP session refused: `slots_busy`, every process slot of the template held by a session in use. */
+  readonly recordSessionRefused: (template: string, reason: "slots_busy") => void
+  /** A session with a process of its own ended by the gateway: `idle` (session_process_idle_timeout), `room` (for a newcomer). */
+  readonly recordSessionEnded: (template: string, reason: "idle" | "room") => void
   readonly snapshot: () => StatsSnapshot
 }
 
@@ -158,6 +162,8 @@ export const makeStats = (timer: TimerShape, M: GatewayMetricsShape): StatsShape
     restarts: (template, instance) => M.restarts({ template, instance }).get().count,
     recordRateLimited: (limit, template) => M.rateLimited({ limit, template: template ?? "" }).update(1),
     recordAuthFailure: (status) => M.authFailures({ status: String(status) }).update(1),
+    recordSessionRefused: (template, reason) => M.sessionsRefused({ template, reason }).update(1),
+    recordSessionEnded: (template, reason) => M.sessionsEnded({ template, reason }).update(1),
 
     snapshot: () => {
       const now = timer.now()

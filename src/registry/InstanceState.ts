@@ -10,6 +10,9 @@ import type { ChannelStatus } from "../transport/Supervision.js"
 /** Weight of the newest sample in the latency and success-rate averages. */
 const EWMA_ALPHA = 0.2
 
+/** How long an instance shows as saturated after a new session found every process slot busy. */
+export const SATURATION_SHOWN_MS = 60_000
+
 /** What one outcome on live traffic changed, for the log. */
 export interface OutcomeEvents {
   /** The instance was ejected from balancing for this many ms. */
@@ -39,6 +42,10 @@ export class InstanceState implements InstanceView {
   channel: ChannelStatus | undefined = undefined
   /** Its channel ended and no new one runs yet (restarting, starting again, or failed). */
   private channelDown = false
+  /** Processes of client sessions' own it runs now, or starts (max_sessions_per_instance bounds them): ClientSessions writes it. */
+  sessionProcesses = 0
+  /** When a new client session last found every process slot of its template busy, none idle to end (ClientSessions writes it). */
+  saturatedAt: number | undefined = undefined
   readonly registeredAt = new Date()
 
   constructor(readonly definition: InstanceDefinition) {}
@@ -141,6 +148,11 @@ export class InstanceState implements InstanceView {
     return times.length === 0 ? undefined : Math.ceil((Math.min(...times) - now) / 1000)
   }
 
+  /** Whether a new client session found every process slot busy lately (within SATURATION_SHOWN_MS). */
+  saturated(now: number): boolean {
+    return this.saturatedAt !== undefined && now - this.saturatedAt < SATURATION_SHOWN_MS
+  }
+
   /** The instance as `/gateway/registry` and `/mcp/{t}/health` show it. */
   toJSON(now = Date.now()) {
     const d = this.definition
@@ -163,6 +175,7 @@ export class InstanceState implements InstanceView {
       last_error: this.lastError === undefined ? null : redactUrlsIn(this.lastError),
       outlier: this.outlier.toJSON(now),
       circuit_breaker: this.breaker.toJSON(now),
+      ...(d.transport === "http" ? {} : { session_processes: this.sessionProcesses, saturated: this.saturated(now) }),
       ...(channel === undefined ? {} : {
         process: {
           state: channel.state,

@@ -24,6 +24,12 @@ export interface RequestDeadline {
 export interface RequestOptions {
   readonly deadline?: RequestDeadline | undefined
   /**
+   * The credential the request is made for, with auth on: the Transport sends it to that
+   * caller's own process (legacy SSE or HTTP session) of the instance, never one another caller
+   * uses (see CallerConnections.ts). Undefined: the instance's shared one (health probes, no auth).
+   */
+  readonly caller?: string | undefined
+  /**
    * Client headers the template forwards (its `forward_headers`), sent with the request by the
    * transports that have headers (HTTP); the instance's own headers win over them.
    */
@@ -147,6 +153,12 @@ export interface ConnectionEnv {
   readonly scope: Scope.Scope
   /** Runs the connection's background effects from callbacks, with the gateway's services (its Clock, Random). */
   readonly runtime: Runtime.Runtime<never>
+  /**
+   * How many processes of the gateway are being stopped right now (the Transport's count, shared
+   * by its connections): when many stop at once (shutdown, a drained instance with many
+   * sessions), each gets a shorter grace after its stdin closes (see stdio.ts).
+   */
+  readonly stopping?: { count: number } | undefined
   /** For an instance's shared channel: how to restart it and where to report its state. Absent: never restarted. */
   /**
    * The Transport's HTTP/1.1 pools (keyed by origin, credentials and TLS options; closed with

@@ -31,6 +31,16 @@ export interface SupervisionPolicy {
   readonly backoff: Backoff
 }
 
+/** How many processes an instance runs beside its shared one, and how long an unused one lives. */
+export interface ProcessPolicy {
+  /** `max_sessions_per_instance`: with auth on, callers' own processes (see RequestOptions.caller) at most this many. */
+  readonly max: number
+  /** `session_process_idle_timeout`: a caller's process nobody used this long is stopped. */
+  readonly idle: Duration.Duration
+  /** `warm_processes`: stdio processes kept started, waiting for a new session's `initialize`. */
+  readonly warm: number
+}
+
 export interface ConnectionPolicyShape {
   readonly supervision: (instance: InstanceDefinition) => SupervisionPolicy
   /**
@@ -39,6 +49,7 @@ export interface ConnectionPolicyShape {
    * gateway's. Read each time a process starts.
    */
   readonly inheritEnv?: ((instance: InstanceDefinition) => ReadonlyArray<string>) | undefined
+  readonly processes: (instance: InstanceDefinition) => ProcessPolicy
   /** Hears every change of an instance's shared channel (the gateway shows it as the instance's health). */
   readonly report: (instance: InstanceDefinition, status: ChannelStatus) => void
 }
@@ -55,6 +66,11 @@ export class ConnectionPolicy extends Context.Tag("mcp-gateway/ConnectionPolicy"
       maxRestarts: DEFAULT_LOAD_BALANCER.max_restarts,
       window: DEFAULT_LOAD_BALANCER.restart_window,
       backoff: DEFAULT_LOAD_BALANCER.restart_backoff
+    }),
+    processes: () => ({
+      max: DEFAULT_LOAD_BALANCER.max_sessions_per_instance,
+      idle: DEFAULT_LOAD_BALANCER.session_process_idle_timeout,
+      warm: 0
     }),
     report: () => {}
   })

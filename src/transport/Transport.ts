@@ -1,4 +1,4 @@
-import { Context, Effect, ExecutionStrategy, Exit, Layer, Runtime, Scope } from "effect"
+import { Context, Duration, Effect, ExecutionStrategy, Exit, Layer, Runtime, Scope } from "effect"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import type { JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { Connection, ConnectionEnv, ConnectionLog, RequestDone, RequestOptions } from "./Connection.js"
@@ -6,6 +6,8 @@ import { type EraMemory, makeHttpConnection } from "./http.js"
 import { makeLegacySseConnection } from "./legacySse.js"
 import { Http1Pools } from "./Http1Pools.js"
 import { makeStdioConnection } from "./stdio.js"
+import { type CallerEntry, CallerConnections } from "./CallerConnections.js"
+import { WarmProcesses } from "./WarmProcesses.js"
 import { ConnectionPolicy } from "./Supervision.js"
 import { acquireLean } from "./acquireLean.js"
 import { type RequestTimeout, TransportError } from "./TransportError.js"
@@ -41,6 +43,8 @@ export interface TransportShape {
     /** stdio and legacy SSE: a process (SSE session) of its own for the client session instead of the shared one. */
     options?: {
       readonly ownProcess?: boolean
+      /** With auth on: the caller's own shared process (SSE session) of the instance instead of the instance's (see RequestOptions.caller). */
+      readonly caller?: string | undefined
       /**
        * HTTP: go on with a session the server already has (opened by another replica of the
        * gateway), by its id and version, instead of initializing a new one.
@@ -48,10 +52,19 @@ export interface TransportShape {
       readonly resume?: { readonly sessionId: string; readonly protocolVersion: string } | undefined
     }
   ) => Effect.Effect<Connection, TransportError, Scope.Scope>
-  /** The instance's answer to the gateway's own `initialize` (starting it or opening its session if need be). */
-  readonly initializeResult: (instance: InstanceDefinition) => Effect.Effect<Record<string, unknown>, TransportError>
+  /**
+   * The instance's answer to the gateway's own `initialize` (starting it or opening its session
+   * if need be): its shared connection's, or with `caller` that caller's own one's.
+   */
+  readonly initializeResult: (instance: InstanceDefinition, caller?: string) => Effect.Effect<Record<string, unknown>, TransportError>
   /** Stops the instance's process or ends its session; for deregistration. */
   readonly close: (instance: InstanceDefinition) => Effect.Effect<void>
+  /**
+   * stdio: keeps `count` processes of the instance started and waiting for a new session's
+   * `initialize` (`warm_processes`, within its process bound); `openSession` with `ownProcess`
+   * takes one. Absent where nothing is kept warm (fakes).
+   */
+  readonly keepWarm?: (instance: InstanceDefinition, count: number) => void
 }
 
 /**
@@ -107,12 +120,15 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         return log
       }
 
+      // Processes being stopped now, for every connection of this Transport (see ConnectionEnv.stopping).
+      const stopping = { count: 0 }
       const envFor = (instance: InstanceDefinition, scope: Scope.Scope, supervised: boolean): ConnectionEnv => ({
         log: logFor(instance),
         scope,
         runtime,
         http1Pools,
         inheritEnv: instance.transport === "stdio" && policy.inheritEnv !== undefined ? () => policy.inheritEnv!(instance) : undefined,
+        stopping,
         supervision: supervised
           ? { policy: () => policy.supervision(instance), report: (status) => policy.report(instance, status) }
           : undefined
@@ -133,38 +149,96 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         return connection
       }
 
+      const warm = new WarmProcesses(logFor, (instance) => policy.inheritEnv?.(instance) ?? [])
+
+      // With auth on, each caller's own connection to an instance (see CallerConnections.ts).
+      const clock = yield* Effect.clock
+      const now = () => clock.unsafeCurrentTimeMillis()
+      const callers = new CallerConnections((instance, caller) => {
+        const scope = Effect.runSync(Scope.fork(layerScope, ExecutionStrategy.sequential))
+        const env = envFor(instance, scope, false)
+        logFor(instance).info(`a connection of caller ${caller}'s own (no other credential's requests share its process or session)`)
+        const connection = instance.transport === "stdio"
+          ? makeStdioConnection(instance, env)
+          : instance.transport === "sse"
+          ? makeLegacySseConnection(instance, env)
+          : makeHttpConnection(instance, env, { era: eraOf(instance) })
+        return { connection, close: connection.close.pipe(Effect.ensuring(Scope.close(scope, Exit.void))) }
+      }, now)
+      const closeCallers = (entries: ReadonlyArray<CallerEntry>) =>
+        Effect.forEach(entries, (entry) => entry.close, { concurrency: "unbounded", discard: true })
+      /** The caller's own connection to the instance, or why there is none. */
+      const callerEntry = (instance: InstanceDefinition, caller: string): CallerEntry | TransportError => {
+        const entry = callers.get(instance, caller, policy.processes(instance).max, (evicted) => {
+          logFor(instance).info(`stopping caller ${evicted.caller}'s idle connection to make room for caller ${caller}'s`)
+          Runtime.runFork(runtime)(evicted.close)
+        })
+        return typeof entry === "string" ? new TransportError({ instanceId: instance.id, message: entry, reachedBackend: false }) : entry
+      }
+      const callerConnection = (instance: InstanceDefinition, caller: string): Connection | TransportError => {
+        const entry = callerEntry(instance, caller)
+        return entry instanceof TransportError ? entry : entry.connection
+      }
+      // Callers' connections nobody used for session_process_idle_timeout stop.
+      yield* Effect.suspend(() => closeCallers(callers.takeIdle((instance) => Duration.toMillis(policy.processes(instance).idle)))).pipe(
+        Effect.zipRight(Effect.sleep(Duration.seconds(1))),
+        Effect.forever,
+        Effect.forkScoped
+      )
+
       const close = (instance: InstanceDefinition) =>
         Effect.suspend(() => {
           removed.add(instance)
+          const ofCallers = closeCallers(callers.take(instance)).pipe(Effect.zipRight(Effect.promise(() => warm.stop(instance))))
           const entry = connections.get(instance)
-          if (entry === undefined) return Effect.void
+          if (entry === undefined) return ofCallers
           connections.delete(instance)
-          return entry.connection.close.pipe(Effect.ensuring(Scope.close(entry.scope, Exit.void)))
+          return entry.connection.close.pipe(Effect.ensuring(Scope.close(entry.scope, Exit.void)), Effect.zipRight(ofCallers))
         })
 
       // Shutdown: every process stopped, every session ended, all at once.
       yield* Effect.addFinalizer(() =>
         Effect.suspend(() =>
-          connections.size === 0
+          connections.size + callers.size + warm.size === 0
             ? Effect.void
-            : Effect.logInfo(`shutting down: closing ${connections.size} instance connections (processes, sessions)`)
+            : Effect.logInfo(
+              `shutting down: closing ${connections.size + callers.size} instance connections (processes, sessions)` +
+                (warm.size === 0 ? "" : ` and ${warm.size} warm processes`)
+            )
         ).pipe(
-          Effect.zipRight(Effect.forEach(
-            Array.from(connections.values()),
-            (entry) => entry.connection.close.pipe(Effect.ensuring(Scope.close(entry.scope, Exit.void))),
-            { concurrency: "unbounded", discard: true }
-          )),
+          Effect.zipRight(Effect.all([
+            Effect.forEach(
+              Array.from(connections.values()),
+              (entry) => entry.connection.close.pipe(Effect.ensuring(Scope.close(entry.scope, Exit.void))),
+              { concurrency: "unbounded", discard: true }
+            ),
+            Effect.suspend(() => closeCallers(callers.take())),
+            Effect.promise(() => warm.stop())
+          ], { concurrency: "unbounded", discard: true })),
           Effect.zipRight(Effect.suspend(() => connections.size === 0 ? Effect.void : Effect.logInfo("shutting down: every process stopped"))),
           Effect.ensuring(Effect.sync(() => connections.clear()))
         )
       )
 
       return {
-        request: (instance, method, params, options) =>
-          removed.has(instance) ? removedError(instance) : connectionFor(instance).request(method, params, options),
-        requestNow: (instance, method, params, options, done) =>
-          removed.has(instance) ? undefined : connectionFor(instance).requestNow?.(method, params, options, done),
-        initializeResult: (instance) => removed.has(instance) ? removedError(instance) : connectionFor(instance).initialize,
+        request: (instance, method, params, options) => {
+          if (removed.has(instance)) return removedError(instance)
+          if (options?.caller === undefined) return connectionFor(instance).request(method, params, options)
+          const connection = callerConnection(instance, options.caller)
+          return connection instanceof TransportError ? Effect.fail(connection) : connection.request(method, params, options)
+        },
+        requestNow: (instance, method, params, options, done) => {
+          if (removed.has(instance)) return undefined
+          if (options?.caller === undefined) return connectionFor(instance).requestNow?.(method, params, options, done)
+          const connection = callerConnection(instance, options.caller)
+          return connection instanceof TransportError ? undefined : connection.requestNow?.(method, params, options, done)
+        },
+        initializeResult: (instance, caller) => {
+          if (removed.has(instance)) return removedError(instance)
+          if (caller === undefined) return connectionFor(instance).initialize
+          const connection = callerConnection(instance, caller)
+          return connection instanceof TransportError ? Effect.fail(connection) : connection.initialize
+        },
         openSession: (instance, initializeParams, options) =>
           Effect.suspend(() => {
             if (removed.has(instance)) return removedError(instance)
@@ -173,10 +247,26 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
                 acquireLean(
                   () =>
                     instance.transport === "stdio"
-                      ? makeStdioConnection(instance, envFor(instance, scope, false), { forSession: { initializeParams } })
+                      ? makeStdioConnection(instance, envFor(instance, scope, false), { forSession: { initializeParams }, prestarted: warm.take(instance) })
                       : makeLegacySseConnection(instance, envFor(instance, scope, false), { forSession: { initializeParams } }),
                   (connection) => connection.close
                 ))
+            }
+            if (instance.transport !== "http" && options?.caller !== undefined) {
+              // With auth on: the caller's own shared channel, held while the session lasts (never stopped under it).
+              const caller = options.caller
+              return Effect.suspend(() => {
+                const entry = callerEntry(instance, caller)
+                if (entry instanceof TransportError) return Effect.fail(entry)
+                return acquireLean(() => {
+                  entry.holders++
+                  return { ...entry.connection, close: Effect.void } satisfies Connection
+                }, () =>
+                  Effect.sync(() => {
+                    entry.holders--
+                    entry.lastUsed = now()
+                  }))
+              })
             }
             if (instance.transport !== "http") {
               // stdio and legacy SSE: the instance's one shared channel.
@@ -195,7 +285,10 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
                 (connection) => connection.close
               ))
           }),
-        close
+        close,
+        keepWarm: (instance, count) => {
+          if (!removed.has(instance)) warm.keep(instance, count)
+        }
       }
     })
   )

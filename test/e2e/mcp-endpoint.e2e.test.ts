@@ -81,7 +81,7 @@ describe("MCP endpoint end to end", () => {
         },
         own: {
           instances: [{ id: "p1", transport: "stdio", command: ["node", everythingServer, "stdio"] }],
-          load_balancer: { session_process: "per_session", max_sessions_per_instance: 2 }
+          load_balancer: { session_process: "per_session", max_sessions_per_instance: 2, warm_processes: 0 }
         },
         single: { instances: [{ id: "only", transport: "stdio", command: ["node", everythingServer, "stdio"] }] },
         stateless: {
@@ -283,8 +283,8 @@ describe("MCP endpoint end to end", () => {
 
     const second = await sampler()
     expect(descendants(gateway.process.pid!).length).toBe(base + 2)
-    // The cap: a third session finds no room.
-    await expect(sampler()).rejects.toThrow(/max_sessions_per_instance|502/)
+    // The cap: a third session finds no room (both clients are still there, their streams open): 503.
+    await expect(sampler()).rejects.toThrow(/max_sessions_per_instance/)
 
     // Ending a session stops its process and frees its place.
     await (second.transport as StreamableHTTPClientTransport).terminateSession()

@@ -30,17 +30,18 @@ const lastAccept = { header: "", ok: false }
 
 /**
  * How a failure to reach a backend session is answered: 404 for an unknown template, 503 with
- * Retry-After when nothing is available, 429 over a client's session cap, 502 otherwise.
+ * Retry-After when nothing is available (every process slot busy too), 429 over a client's session
+ * cap, 502 otherwise.
  */
 export const sessionFailureAnswer = (id: JsonRpcId | null, error: DispatchError | SessionLimitReached) => {
   const status = error._tag === "TemplateNotFound"
     ? 404
-    : error._tag === "NoHealthyInstance" || (error._tag === "SessionLimitReached" && error.scope === "gateway")
+    : error._tag === "NoHealthyInstance" || (error._tag === "SessionLimitReached" && error.scope !== "client")
     ? 503
     : error._tag === "SessionLimitReached"
     ? 429
     : 502
-  const retryAfter = error._tag === "NoHealthyInstance" ? error.retryAfterSeconds : error._tag === "SessionLimitReached" ? 60 : undefined
+  const retryAfter = error._tag === "NoHealthyInstance" || error._tag === "SessionLimitReached" ? error.retryAfterSeconds : undefined
   const headers: http.OutgoingHttpHeaders | undefined = retryAfter === undefined ? undefined : { "retry-after": String(retryAfter) }
   return { status, body: rpcError(id, ErrorCode.InternalError, error.message), headers }
 }

@@ -1,0 +1,83 @@
+import type { ChildProcess } from "node:child_process"
+import type { InstanceDefinition } from "../domain/Instance.js"
+import type { ConnectionLog } from "./Connection.js"
+import { spawnServer, stopChild } from "./stdio.js"
+
+type StdioInstance = Extract<InstanceDefinition, { transport: "stdio" }>
+
+/**
+ * Processes of stdio instances started ahead of need (`warm_processes`), waiting for a new
+ * session's `initialize`, so that a session with a process of its own does not wait for a cold
+ * start (`npx`, an interpreter, the server's own start-up). The gateway says how many each
+ * instance keeps (`keep`: within its process bound, see ClientSessions); a session takes one
+ * (`take`), and the next `keep` replaces it. A warm process that exits on its own is dropped.
+ */
+export class WarmProcesses {
+  private readonly byInstance = new Map<InstanceDefinition, Array<ChildProcess>>()
+
+  constructor(
+    private readonly logFor: (instance: InstanceDefinition) => ConnectionLog,
+    /** What of the gateway's environment the instance's processes may see (its inherit_env list). */
+    private readonly inheritEnvOf: (instance: InstanceDefinition) => ReadonlyArray<string>
+  ) {}
+
+  /** Starts or stops warm processes of the instance until it has `count`. */
+  keep(instance: InstanceDefinition, count: number) {
+    if (instance.transport !== "stdio") return
+    let warm = this.byInstance.get(instance)
+    if (warm === undefined) {
+      if (count === 0) return
+      this.byInstance.set(instance, warm = [])
+    }
+    const pool = warm
+    while (pool.length < count) {
+      const child = spawnServer(instance as StdioInstance, this.inheritEnvOf(instance))
+      const log = this.logFor(instance)
+      // (A write to a process that just died raises EPIPE; a command that cannot run raises `error`.)
+      child.stdin?.on("error", () => {})
+      const drop = (why: string) => {
+        const at = pool.indexOf(child)
+        if (at < 0) return
+        pool.splice(at, 1)
+        log.warn(why)
+      }
+      child.on("error", (e) => drop(`cannot run a warm process: ${e.message}`))
+      child.once("exit", (code, signal) => drop(`a warm process exited before any session took it (${signal ?? `code ${code}`})`))
+      pool.push(child)
+      log.debug(`started warm process ${child.pid ?? "(failed)"}`)
+    }
+    while (pool.length > count) void stopChild(pool.pop()!)
+    if (pool.length === 0) this.byInstance.delete(instance)
+  }
+
+  /** A warm process of the instance for a session, if one runs. */
+  take(instance: InstanceDefinition): ChildProcess | undefined {
+    const pool = this.byInstance.get(instance)
+    while (pool !== undefined && pool.length > 0) {
+      const child = pool.shift()!
+      if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) return child
+    }
+    return undefined
+  }
+
+  count(instance: InstanceDefinition): number {
+    return this.byInstance.get(instance)?.length ?? 0
+  }
+
+  /** Stops the instance's warm processes (removed), or every one (shutdown). */
+  stop(instance?: InstanceDefinition): Promise<void> {
+    const stopping: Array<Promise<void>> = []
+    for (const [key, pool] of this.byInstance) {
+      if (instance !== undefined && key !== instance) continue
+      for (const child of pool.splice(0)) stopping.push(stopChild(child))
+      this.byInstance.delete(key)
+    }
+    return Promise.all(stopping).then(() => {})
+  }
+
+  get size(): number {
+    let n = 0
+    for (const pool of this.byInstance.values()) n += pool.length
+    return n
+  }
+}
