@@ -65,7 +65,9 @@ export class ResponseFlow {
 
   /** The flow of the server `res` belongs to (none outside a gateway server: unbounded plain writes). */
   static of(res: http.ServerResponse): ResponseFlow | undefined {
-    const server = (res.socket as unknown as { server?: Record<symbol, unknown> } | null)?.server
+    // (Through the request's socket: a pipelined response has none of its own until the one before it ends.)
+    const socket = res.socket ?? res.req?.socket
+    const server = (socket as unknown as { server?: Record<symbol, unknown> } | null | undefined)?.server
     return server?.[FLOW] as ResponseFlow | undefined
   }
 

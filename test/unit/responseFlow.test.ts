@@ -2,7 +2,7 @@ import * as http from "node:http"
 import type { AddressInfo } from "node:net"
 import * as net from "node:net"
 import { afterEach, describe, expect, it } from "vitest"
-import { lagKeyOf, ResponseFlow, type ResponseWriter, responseWriter, type StallReason, writeAnswer } from "../../src/http/ResponseFlow.js"
+import { FlowWriter, lagKeyOf, ResponseFlow, type ResponseWriter, responseWriter, type StallReason, writeAnswer } from "../../src/http/ResponseFlow.js"
 
 /** A server whose responses go through a flow; `handle` gets each response's writer. */
 const serve = async (settings: Partial<ResponseFlow["settings"]>, handle: (res: http.ServerResponse, stalls: Array<StallReason>) => void) => {
@@ -107,6 +107,25 @@ describe("ResponseFlow", () => {
     expect(text.match(/notifications\/message/g)!.length).toBeLessThan(6000)
     expect(server.stalls).toEqual([])
   }, 30_000)
+
+  it("bounds a pipelined response too (it has no socket of its own until the one before it ends)", async () => {
+    let second: ResponseWriter | undefined
+    let requests = 0
+    const server = await serve({}, (res) => {
+      if (++requests === 1) return void setTimeout(() => res.end("first"), 300)
+      res.writeHead(200, { "content-type": "text/event-stream" })
+      second = responseWriter(res)
+    })
+    cleanups.push(server.close)
+    const socket = net.connect({ host: "127.0.0.1", port: server.port })
+    cleanups.push(() => socket.destroy())
+    socket.on("error", () => {})
+    socket.write("GET /1 HTTP/1.1\r\nhost: x\r\n\r\nGET /2 HTTP/1.1\r\nhost: x\r\n\r\n")
+    await waitFor(() => second !== undefined)
+    expect(second).toBeInstanceOf(FlowWriter)
+    for (let n = 1; n <= 20_000; n++) second!.event(progress(n), "progress:p")
+    expect(server.flow.held).toBeLessThan(2_000)
+  })
 
   it("closes a response whose waiting events pass max_buffered_bytes_per_response, and says why", async () => {
     const server = await serve({ maxBufferedBytesPerResponse: 64 * 1024 }, (res, stalls) => {
