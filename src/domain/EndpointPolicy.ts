@@ -1,3 +1,5 @@
+import { Duration, Effect } from "effect"
+import * as dns from "node:dns"
 import * as net from "node:net"
 
 /**
@@ -111,6 +113,19 @@ export const needsLookup = (host: string) => net.isIP(host) === 0 && host !== "l
 /** The addresses a host has without asking DNS: itself when an IP address, loopback for localhost (RFC 6761). */
 export const knownAddresses = (host: string): ReadonlyArray<string> =>
   net.isIP(host) !== 0 ? [host] : needsLookup(host) ? [] : ["127.0.0.1", "::1"]
+
+/**
+ * The addresses of an endpoint's host for the policy: literal or localhost's at once, else what
+ * DNS says within 2 s (nothing when it fails: the name's own entries still apply).
+ */
+export const addressesOf = (host: string): Effect.Effect<ReadonlyArray<string>> =>
+  needsLookup(host)
+    ? Effect.tryPromise(() => dns.promises.lookup(host, { all: true, verbatim: true })).pipe(
+      Effect.map((found) => found.map((a) => a.address)),
+      Effect.timeout(Duration.seconds(2)),
+      Effect.orElseSucceed((): ReadonlyArray<string> => [])
+    )
+    : Effect.succeed(knownAddresses(host))
 
 export type EndpointVerdict =
   | { readonly allowed: true }
