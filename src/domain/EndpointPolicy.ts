@@ -99,6 +99,14 @@ export const parseEntry = (entry: string): Entry | string => {
   const bare = text.startsWith("[") && text.endsWith("]") ? text.slice(1, -1) : text
   const family = net.isIP(bare)
   if (family !== 0) return { kind: "address", address: bare, family: family === 4 ? "ipv4" : "ipv6" }
+  // A name that ends in a number is an IPv4 address to a URL (2852039166, 0xa9fea9fe,
+  // 169.254.169.254.), and endpoints are checked in the spelling a URL gives them: such an entry
+  // is that address, or a mistake (169.254.169.2540) to report, never a name no endpoint can have.
+  if (/^(\d+|0x[0-9a-f]*)$/.test(bare.replace(/\.$/, "").split(".").pop()!)) {
+    const host = URL.canParse(`http://${bare}/`) ? new URL(`http://${bare}/`).hostname : ""
+    if (net.isIPv4(host)) return { kind: "address", address: host, family: "ipv4" }
+    return `expected an IP address, a CIDR block (169.254.0.0/16) or a host name, got ${JSON.stringify(entry)}`
+  }
   if (text.startsWith("*.") && HOST_NAME.test(text.slice(2))) return { kind: "suffix", suffix: text.slice(1).replace(/\.$/, "") }
   if (HOST_NAME.test(text)) return { kind: "name", name: text.replace(/\.$/, "") }
   return `expected an IP address, a CIDR block (169.254.0.0/16) or a host name, got ${JSON.stringify(entry)}`
