@@ -102,7 +102,18 @@ const startClaimed = (pidFile: string, options: { readonly logFile: Option.Optio
     fs.mkdirSync(path.dirname(logFile), { recursive: true })
     fs.mkdirSync(path.dirname(pidFile), { recursive: true })
     const from = fs.existsSync(logFile) ? fs.statSync(logFile).size : 0
-    const log = fs.openSync(logFile, "a")
+    // (Appended, never through a symlink put in its place: that would append the gateway's log,
+    // which clients' requests fill, to a file of someone else's choosing.)
+    let log: number
+    try {
+      log = fs.openSync(logFile, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o644)
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ELOOP") throw e
+      return yield* new CommandFailed({
+        message: `the log file ${logFile} is a symbolic link, which the gateway does not write through: remove it, or give --log-file`,
+        exitCode: 1
+      })
+    }
     const args = process.argv.slice(2).filter((a) => a !== "--background")
     if (args[0] !== "start") args.unshift("start")
     const readyFile = `${pidFile}.ready`

@@ -260,4 +260,17 @@ describe("pid files", () => {
     expect((await cli("stop", "--pid-file", pidFile)).code).toBe(0)
     expect(fs.readdirSync(dir).filter((f) => f.endsWith(".tmp"))).toEqual([])
   }, 60_000)
+
+  it("the log file is not appended through a symlink put in its place", async () => {
+    const pidFile = path.join(dir, "loglink.pid")
+    const victim = path.join(dir, "victim-log.txt")
+    fs.writeFileSync(victim, "keep me\n")
+    fs.symlinkSync(victim, path.join(dir, "loglink.log"))
+    const run = await cli("start", "--config", configFile, "--background", "--pid-file", pidFile)
+    if (fs.existsSync(pidFile)) started.push(JSON.parse(fs.readFileSync(pidFile, "utf8")).pid)
+    expect(run.code).toBe(1)
+    expect(run.stderr).toContain("is a symbolic link")
+    expect(fs.readFileSync(victim, "utf8")).toBe("keep me\n")
+    expect(fs.existsSync(pidFile)).toBe(false)
+  }, 60_000)
 })
