@@ -5,7 +5,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { integerFlag } from "./flags.js"
 import { CommandFailed } from "./CommandFailed.js"
-import { defaultPidFile, describeStale, logFileFor, processIdentity, readPidFile, recordedState, removePidFile, writePidFile } from "./pidFile.js"
+import { defaultPidFile, describeStale, isAlive, logFileFor, processIdentity, readPidFile, recordedState, removePidFile, writePidFile } from "./pidFile.js"
 
 /** Where the detached gateway writes its URL once it serves (see start.ts). */
 export const READY_FILE_ENV = "MCP_GATEWAY_READY_FILE"
@@ -31,6 +31,45 @@ const healthy = (url: string) =>
   )
 
 /**
+ * Claims `{pidFile}.starting` (created exclusively, holding this command's pid) for the time a
+ * start takes: two `start --background` at once on one pid file both found no gateway running,
+ * both started one, read each other's URL from the one ready file, and the pid file named one
+ * of them (at the other's URL), the other left running with no pid file. The second is refused;
+ * a claim whose command is gone (killed mid-start) is taken over. Returns the release.
+ */
+const claimStart = (pidFile: string) =>
+  Effect.gen(function*() {
+    const claim = `${pidFile}.starting`
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const fd = fs.openSync(claim, "wx", 0o600)
+        fs.writeSync(fd, String(process.pid))
+        fs.closeSync(fd)
+        return () => fs.rmSync(claim, { force: true })
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e
+      }
+      // (Removed meanwhile by the start that held it: NaN, taken over below.)
+      const holder = Number((() => {
+        try {
+          return fs.readFileSync(claim, "utf8").trim()
+        } catch {
+          return ""
+        }
+      })())
+      if (Number.isInteger(holder) && holder > 0 && isAlive(holder)) {
+        return yield* new CommandFailed({
+          message: `another start --background is under way on ${pidFile} (pid ${holder}); ` +
+            "wait for it, then `mcp-gateway status`, or give this one another --pid-file",
+          exitCode: 1
+        })
+      }
+      fs.rmSync(claim, { force: true })
+    }
+    return yield* new CommandFailed({ message: `cannot claim ${claim}: another start keeps creating it`, exitCode: 1 })
+  })
+
+/**
  * `start --background`: the same command line without `--background`, run detached with its
  * output appended to the log file; returns once the gateway answers `/gateway/health` (its URL
  * and pid recorded in the pid file), or fails with the log's last lines if it exits or never
@@ -39,6 +78,13 @@ const healthy = (url: string) =>
 export const startInBackground = (options: { readonly pidFile: Option.Option<string>; readonly logFile: Option.Option<string>; readonly config: Option.Option<string> }) =>
   Effect.gen(function*() {
     const pidFile = path.resolve(Option.getOrElse(options.pidFile, defaultPidFile))
+    fs.mkdirSync(path.dirname(pidFile), { recursive: true })
+    const release = yield* claimStart(pidFile)
+    return yield* startClaimed(pidFile, options).pipe(Effect.ensuring(Effect.sync(release)))
+  })
+
+const startClaimed = (pidFile: string, options: { readonly logFile: Option.Option<string>; readonly config: Option.Option<string>; readonly pidFile: Option.Option<string> }) =>
+  Effect.gen(function*() {
     const logFile = path.resolve(Option.getOrElse(options.logFile, () => logFileFor(pidFile)))
     const running = readPidFile(pidFile)
     if (running?.alive === true) {
@@ -56,7 +102,18 @@ export const startInBackground = (options: { readonly pidFile: Option.Option<str
     fs.mkdirSync(path.dirname(logFile), { recursive: true })
     fs.mkdirSync(path.dirname(pidFile), { recursive: true })
     const from = fs.existsSync(logFile) ? fs.statSync(logFile).size : 0
-    const log = fs.openSync(logFile, "a")
+    // (Appended, never through a symlink put in its place: that would append the gateway's log,
+    // which clients' requests fill, to a file of someone else's choosing.)
+    let log: number
+    try {
+      log = fs.openSync(logFile, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o644)
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ELOOP") throw e
+      return yield* new CommandFailed({
+        message: `the log file ${logFile} is a symbolic link, which the gateway does not write through: remove it, or give --log-file`,
+        exitCode: 1
+      })
+    }
     const args = process.argv.slice(2).filter((a) => a !== "--background")
     if (args[0] !== "start") args.unshift("start")
     const readyFile = `${pidFile}.ready`

@@ -2,6 +2,7 @@ import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Option, Schema } from "effect"
 import * as path from "node:path"
 import { DEFAULT_REGISTRATION, loadGatewayConfig } from "../config/GatewayConfig.js"
+import { addressesOf, endpointHost, makeEndpointPolicy } from "../domain/EndpointPolicy.js"
 import { formatParseError } from "../domain/formatParseError.js"
 import { derivedInstanceId, InstanceSpec, TemplateName } from "../domain/Instance.js"
 import { readRegistryFile, writeRegistryFile } from "../registry/RegistryFile.js"
@@ -178,6 +179,12 @@ const registerOffline = (target: Target, template: string, instance: Record<stri
         message: `register: ${file} has ${limits.maxTotal} registered instances, the limit (gateway.max_registrations)`,
         exitCode: 2
       })
+    }
+    if (spec.transport !== "stdio") {
+      // (As the API: the gateway would send requests there once it loads the file.)
+      const host = endpointHost(new URL(spec.endpoint))
+      const verdict = makeEndpointPolicy(limits).check(host, yield* addressesOf(host))
+      if (!verdict.allowed) return yield* new CommandFailed({ message: `register: ${verdict.message}`, exitCode: 2 })
     }
     const next = {
       ...registry,

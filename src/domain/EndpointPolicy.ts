@@ -1,3 +1,5 @@
+import { Duration, Effect } from "effect"
+import * as dns from "node:dns"
 import * as net from "node:net"
 
 /**
@@ -97,6 +99,14 @@ export const parseEntry = (entry: string): Entry | string => {
   const bare = text.startsWith("[") && text.endsWith("]") ? text.slice(1, -1) : text
   const family = net.isIP(bare)
   if (family !== 0) return { kind: "address", address: bare, family: family === 4 ? "ipv4" : "ipv6" }
+  // A name that ends in a number is an IPv4 address to a URL (2852039166, 0xa9fea9fe,
+  // 169.254.169.254.), and endpoints are checked in the spelling a URL gives them: such an entry
+  // is that address, or a mistake (169.254.169.2540) to report, never a name no endpoint can have.
+  if (/^(\d+|0x[0-9a-f]*)$/.test(bare.replace(/\.$/, "").split(".").pop()!)) {
+    const host = URL.canParse(`http://${bare}/`) ? new URL(`http://${bare}/`).hostname : ""
+    if (net.isIPv4(host)) return { kind: "address", address: host, family: "ipv4" }
+    return `expected an IP address, a CIDR block (169.254.0.0/16) or a host name, got ${JSON.stringify(entry)}`
+  }
   if (text.startsWith("*.") && HOST_NAME.test(text.slice(2))) return { kind: "suffix", suffix: text.slice(1).replace(/\.$/, "") }
   if (HOST_NAME.test(text)) return { kind: "name", name: text.replace(/\.$/, "") }
   return `expected an IP address, a CIDR block (169.254.0.0/16) or a host name, got ${JSON.stringify(entry)}`
@@ -111,6 +121,19 @@ export const needsLookup = (host: string) => net.isIP(host) === 0 && host !== "l
 /** The addresses a host has without asking DNS: itself when an IP address, loopback for localhost (RFC 6761). */
 export const knownAddresses = (host: string): ReadonlyArray<string> =>
   net.isIP(host) !== 0 ? [host] : needsLookup(host) ? [] : ["127.0.0.1", "::1"]
+
+/**
+ * The addresses of an endpoint's host for the policy: literal or localhost's at once, else what
+ * DNS says within 2 s (nothing when it fails: the name's own entries still apply).
+ */
+export const addressesOf = (host: string): Effect.Effect<ReadonlyArray<string>> =>
+  needsLookup(host)
+    ? Effect.tryPromise(() => dns.promises.lookup(host, { all: true, verbatim: true })).pipe(
+      Effect.map((found) => found.map((a) => a.address)),
+      Effect.timeout(Duration.seconds(2)),
+      Effect.orElseSucceed((): ReadonlyArray<string> => [])
+    )
+    : Effect.succeed(knownAddresses(host))
 
 export type EndpointVerdict =
   | { readonly allowed: true }

@@ -122,7 +122,20 @@ export class FleetRedis extends Context.Tag("mcp-gateway/FleetRedis")<FleetRedis
           Effect.forever
         )
       )
-      command.on("error", () => undefined)
+      // The last error of the connection, for the line that says Redis cannot be used (a refused
+      // password, WRONGPASS, is not a network problem). Never the password, should one be echoed.
+      const secret = (() => {
+        try {
+          return decodeURIComponent(new URL(settings.url).password)
+        } catch {
+          return ""
+        }
+      })()
+      let lastError: string | undefined
+      command.on("error", (e: unknown) => {
+        const message = (e instanceof Error ? e.message : String(e)).slice(0, 200)
+        lastError = secret === "" ? message : message.split(secret).join("***")
+      })
       subscriber.on("error", () => undefined)
       const handlers = new Map<string, Array<(message: string) => void>>()
       subscriber.on("message", (channel: string, message: string) => {
@@ -136,7 +149,9 @@ export class FleetRedis extends Context.Tag("mcp-gateway/FleetRedis")<FleetRedis
       )
       // Connected before anything reads the registry, if it can be: a replica that starts while Redis is down starts anyway.
       yield* Effect.promise(() => command.connect().catch(() => undefined))
-      if (status !== "ok") yield* Effect.logError(`cannot reach Redis ${describe}: starting from the config alone; registrations wait for it`)
+      if (status !== "ok") {
+        yield* Effect.logError(`cannot reach Redis ${describe}${lastError === undefined ? "" : ` (${lastError})`}: starting from the config alone; registrations wait for it`)
+      }
       void subscriber.connect().catch(() => undefined)
       return {
         status: () => status,

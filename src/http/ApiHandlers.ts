@@ -2,10 +2,9 @@ import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
-import { Duration, Effect, Either, Layer, Schema } from "effect"
-import * as dns from "node:dns"
+import { Effect, Either, Layer, Schema } from "effect"
 import { DEFAULT_REGISTRATION, GatewayConfig, resolvePaths } from "../config/GatewayConfig.js"
-import { endpointHost, knownAddresses, makeEndpointPolicy, needsLookup } from "../domain/EndpointPolicy.js"
+import { addressesOf, endpointHost, makeEndpointPolicy } from "../domain/EndpointPolicy.js"
 import { formatParseError } from "../domain/formatParseError.js"
 import type { DispatchError } from "../domain/GatewayError.js"
 import { loadBalancerJson } from "../domain/LoadBalancer.js"
@@ -94,19 +93,6 @@ const answerUnavailable = <A, E, R>(effect: Effect.Effect<A, E | Unavailable, R>
 const registryUnavailable = (message: string) =>
   Effect.flatMap(requestId, (id) =>
     Effect.fail(new Unavailable(HttpServerResponse.unsafeJson(errorAnswer(503, "registry_unavailable", message, id).body, { status: 503, headers: { "retry-after": "5" } }))))
-
-/**
- * The addresses of an endpoint's host for the registration policy: literal or localhost's at
- * once, else what DNS says within 2 s (nothing when it fails: the name's own entries still apply).
- */
-const addressesOf = (host: string): Effect.Effect<ReadonlyArray<string>> =>
-  needsLookup(host)
-    ? Effect.tryPromise(() => dns.promises.lookup(host, { all: true, verbatim: true })).pipe(
-      Effect.map((found) => found.map((a) => a.address)),
-      Effect.timeout(Duration.seconds(2)),
-      Effect.orElseSucceed((): ReadonlyArray<string> => [])
-    )
-    : Effect.succeed(knownAddresses(host))
 
 /** An audit line for a change of the registry: who (credential or address), what, from where. */
 const audit = (event: string, context: RequestContext | undefined, what: string) =>

@@ -91,7 +91,15 @@ export const makeLegacySseConnection = (
         res.setEncoding("utf8")
         res.on("data", makeSseParser((event) => {
           if (event.event === "endpoint") {
-            channel.postUrl = new URL(event.data, url)
+            // Only on the SSE URL's origin, as the official SDK's SSE client insists: an endpoint
+            // elsewhere would have the gateway POST (with this instance's headers, its credentials)
+            // to any address the backend names, past registration_deny.
+            const postUrl = URL.canParse(event.data, url.href) ? new URL(event.data, url) : undefined
+            if (postUrl === undefined || postUrl.origin !== url.origin) {
+              req.destroy()
+              return fail(`the endpoint event names ${postUrl === undefined ? "no valid URL" : `another origin (${postUrl.origin})`} than the SSE stream's (${url.origin})`, true)
+            }
+            channel.postUrl = postUrl
             if (!opened) {
               opened = true
               resume(Effect.succeed(channel))

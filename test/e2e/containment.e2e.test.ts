@@ -223,5 +223,10 @@ describe("containment end to end: credentials, environment, registrations", () =
     expect(over.code).toBe(2)
     expect(over.stderr).toContain("gateway.max_registrations_per_template")
     expect(JSON.parse(fs.readFileSync(registryFile, "utf8")).templates["t".repeat(128)].instances).toHaveLength(1)
+    // The endpoint policy too: what the API refuses (403) is not written to the file the gateway loads.
+    const metadata = await cli("register", "m", "--endpoint", "http://169.254.169.254/latest/meta-data", "--offline", "--config", configFile)
+    expect(metadata.code).toBe(2)
+    expect(metadata.stderr).toContain("registrations may not point at 169.254.169.254")
+    expect(JSON.parse(fs.readFileSync(registryFile, "utf8")).templates.m).toBeUndefined()
   }, 120_000)
 })

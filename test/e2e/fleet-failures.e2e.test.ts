@@ -207,4 +207,21 @@ describe("Redis URLs", () => {
       await redis.stop()
     }
   })
+
+  it("a Redis that refuses the password: the log says why it cannot be used, not only that it cannot be reached", async () => {
+    const redis = await startRedis()
+    execFileSync("redis-cli", ["-p", String(redis.port), "CONFIG", "SET", "requirepass", "right-one"])
+    const dir = tempDir("gw-redis-url-")
+    const configFile = path.join(dir, "gateway.json")
+    writeJson(configFile, { registry: { store: "redis", url: `redis://:wrong-one@127.0.0.1:${redis.port}/0` } })
+    const gateway = await startGateway({ configFile })
+    try {
+      const line = gateway.stderr().split("\n").find((l) => l.includes("cannot reach Redis"))
+      expect(line).toContain("WRONGPASS")
+      expect(gateway.stderr()).not.toContain("wrong-one")
+    } finally {
+      await gateway.stop()
+      await redis.stop()
+    }
+  })
 })

@@ -223,6 +223,29 @@ describe("pid files", () => {
     expect((await cli("stop", "--pid-file", pidFile)).code).toBe(0)
   }, 60_000)
 
+  it("two start --background at once on one pid file: one starts, the other is refused, and no gateway is left without a pid file", async () => {
+    const pidFile = path.join(dir, "race.pid")
+    const [a, b] = await Promise.all([
+      cli("start", "--config", configFile, "--background", "--pid-file", pidFile),
+      cli("start", "--config", configFile, "--background", "--pid-file", pidFile)
+    ])
+    const record = JSON.parse(fs.readFileSync(pidFile, "utf8"))
+    started.push(record.pid)
+    for (const run of [a, b]) {
+      const pid = /pid (\d+)/.exec(run.stdout)?.[1]
+      if (pid !== undefined) started.push(Number(pid))
+    }
+    expect([a.code, b.code].sort(), `${a.stderr}\n${b.stderr}`).toEqual([0, 1])
+    const refused = a.code === 1 ? a : b
+    expect(refused.stderr).toContain(pidFile)
+    // The one recorded answers at the URL recorded, and stopping it leaves nothing running.
+    expect((await api(`${record.url}/gateway/health`)).status).toBe(200)
+    expect((await cli("stop", "--pid-file", pidFile)).code).toBe(0)
+    await waitUntil(() => started.every((pid) => !isAlive(pid) || pid !== record.pid), 5_000, "the recorded gateway gone")
+    const running = started.filter((pid) => isAlive(pid))
+    expect(running).toEqual([])
+  }, 60_000)
+
   it("the pid file is written through a file of its own: a symlink put in its place is replaced, never followed", async () => {
     const pidFile = path.join(dir, "link.pid")
     const victim = path.join(dir, "victim.txt")
@@ -236,5 +259,18 @@ describe("pid files", () => {
     started.push(record.pid)
     expect((await cli("stop", "--pid-file", pidFile)).code).toBe(0)
     expect(fs.readdirSync(dir).filter((f) => f.endsWith(".tmp"))).toEqual([])
+  }, 60_000)
+
+  it("the log file is not appended through a symlink put in its place", async () => {
+    const pidFile = path.join(dir, "loglink.pid")
+    const victim = path.join(dir, "victim-log.txt")
+    fs.writeFileSync(victim, "keep me\n")
+    fs.symlinkSync(victim, path.join(dir, "loglink.log"))
+    const run = await cli("start", "--config", configFile, "--background", "--pid-file", pidFile)
+    if (fs.existsSync(pidFile)) started.push(JSON.parse(fs.readFileSync(pidFile, "utf8")).pid)
+    expect(run.code).toBe(1)
+    expect(run.stderr).toContain("is a symbolic link")
+    expect(fs.readFileSync(victim, "utf8")).toBe("keep me\n")
+    expect(fs.existsSync(pidFile)).toBe(false)
   }, 60_000)
 })

@@ -113,6 +113,39 @@ describe("legacy SSE transport", () => {
   })
 })
 
+describe("legacy SSE transport: the endpoint event", () => {
+  it("posts only to the SSE URL's origin: an endpoint event naming another one fails the channel and nothing is sent there (the official SDK's SSE client refuses it too)", async () => {
+    const http = await import("node:http")
+    const listen = (server: import("node:http").Server) =>
+      new Promise<number>((resolve) => server.listen(0, "127.0.0.1", () => resolve((server.address() as import("node:net").AddressInfo).port)))
+    // Where a backend (or whoever answers for it) would send the gateway: an internal address, another host.
+    const posted: Array<{ url: string; authorization: string | undefined }> = []
+    const elsewhere = http.createServer((req, res) => {
+      posted.push({ url: req.url ?? "", authorization: req.headers.authorization })
+      res.writeHead(202).end()
+    })
+    const elsewherePort = await listen(elsewhere)
+    const backend = http.createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" })
+      res.write(`event: endpoint\ndata: http://127.0.0.1:${elsewherePort}/internal/admin\n\n`)
+    })
+    const backendPort = await listen(backend)
+    try {
+      const instance = defineInstance("t", "l", { transport: "sse", endpoint: `http://127.0.0.1:${backendPort}/sse`, headers: { Authorization: "Bearer backend-token" } }, "config") as any
+      await withConnection((env) => makeLegacySseConnection(instance, env), async (c) => {
+        const exit = await Effect.runPromiseExit(c.request("ping", undefined).pipe(Effect.timeout("3 seconds")))
+        expect(Exit.isFailure(exit)).toBe(true)
+        expect(JSON.stringify(exit)).toContain("origin")
+      })
+      expect(posted).toEqual([])
+    } finally {
+      backend.closeAllConnections()
+      elsewhere.closeAllConnections()
+      await Promise.all([new Promise((r) => backend.close(r)), new Promise((r) => elsewhere.close(r))])
+    }
+  })
+})
+
 describe("HTTP transport", () => {
   it("answers from SSE streams and initializes once", async () => {
     const server = await startEverythingHttp()

@@ -73,11 +73,19 @@ describe("registration endpoint policy", () => {
     expect(policy.check("sneaky.example.com", ["10.1.0.1", "169.254.169.254"])).toMatchObject({ allowed: false, message: expect.stringContaining("169.254.169.254") })
   })
 
-  it("names a bad entry of the config's lists", () =>
+  it.effect("names a bad entry of the config's lists", () =>
     Effect.gen(function*() {
       expect(typeof parseEntry("10.0.0.0/33")).toBe("string")
       expect(typeof parseEntry("not a host")).toBe("string")
       expect(parseEntry("fd00:ec2::254")).toMatchObject({ kind: "address" })
+      // A name that ends in a number is an IPv4 address to a URL: in the spelling a URL reads, or
+      // refused; never a host name no endpoint can have (a deny entry that would refuse nothing).
+      expect(parseEntry("0xa9fea9fe")).toMatchObject({ kind: "address", address: "169.254.169.254" })
+      expect(parseEntry("2852039166")).toMatchObject({ kind: "address", address: "169.254.169.254" })
+      expect(parseEntry("169.254.169.254.")).toMatchObject({ kind: "address", address: "169.254.169.254" })
+      for (const typo of ["169.254.169.2540", "300.1.1.1", "10.0.0.0.1"]) expect(typeof parseEntry(typo), typo).toBe("string")
+      expect(makeEndpointPolicy({ allow: [], deny: ["0xa9fea9fe"] }).check("169.254.169.254", ["169.254.169.254"]).allowed).toBe(false)
+      expect(parseEntry("v1.example.com")).toMatchObject({ kind: "name" })
       const problems = yield* problemsOf({ gateway: { registration_deny: ["169.254.0.0/16", "10.0.0.0/40"], registration_allow: ["exa mple"] } })
       expect(problems).toEqual([
         `gateway.registration_allow[0]: expected an IP address, a CIDR block (169.254.0.0/16) or a host name, got "exa mple"`,
@@ -85,7 +93,7 @@ describe("registration endpoint policy", () => {
       ])
     }))
 
-  it("reads the settings, each with its default", () =>
+  it.effect("reads the settings, each with its default", () =>
     Effect.gen(function*() {
       const defaults = yield* loadGatewayConfig({ configFile: configFile({}) }).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map())))
       expect(defaults.gateway.registration).toEqual(DEFAULT_REGISTRATION)
@@ -100,7 +108,7 @@ describe("registration endpoint policy", () => {
 })
 
 describe("instance headers", () => {
-  it("refuses framing, hop-by-hop and MCP protocol header names (any case) in the config, naming the path", () =>
+  it.effect("refuses framing, hop-by-hop and MCP protocol header names (any case) in the config, naming the path", () =>
     Effect.gen(function*() {
       const problems = yield* problemsOf({
         templates: {
