@@ -72,6 +72,13 @@ export interface ClientSessionsShape {
 /** What a client is told when what its template shows may have changed. */
 const LIST_CHANGES = ["notifications/tools/list_changed", "notifications/prompts/list_changed", "notifications/resources/list_changed"]
 
+/**
+ * How long a session with a process of its own must have been idle before a newcomer may end it
+ * for room (one whose client dropped its standing stream may be ended at once): a client that is
+ * there sends its next request within this, and ending its session under it costs it a new one.
+ */
+const EVICTION_GRACE_MS = 5_000
+
 /** How often sessions idle past their template's session_idle_timeout are ended (clients that vanished without DELETE). */
 const REAP_EVERY = Duration.seconds(10)
 
@@ -247,6 +254,24 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const idle = (session: ClientSession) => !session.engaged && !(session.holder?.engaged ?? false)
       /** When the session's client last used it (a member's: its aggregate's client). */
       const lastUsed = (session: ClientSession) => Math.max(session.lastSeen, session.holder?.lastSeen ?? 0)
+      /** Its client closed its standing stream and has not been back since (a member's: its aggregate's client). */
+      const departed = (session: ClientSession) => {
+        const client = session.holder ?? session
+        return client.streamDroppedAt !== undefined && client.streamDroppedAt === client.lastSeen
+      }
+      /**
+       * Which idle session to end for a newcomer, lowest first; undefined: none to end. Sessions
+       * whose client left (its stream dropped, nothing since) go first, least recently used first;
+       * then sessions idle for EVICTION_GRACE at least, least recently used first. A session used
+       * just now is never ended for room: its client is between two requests (a new session
+       * between its initialize and its next request, above all), not gone.
+       */
+      const evictionRank = (session: ClientSession): number | undefined => {
+        if (!idle(session)) return undefined
+        const used = lastUsed(session)
+        if (departed(session)) return used - Number.MAX_SAFE_INTEGER / 2
+        return timer.now() - used >= EVICTION_GRACE_MS ? used : undefined
+      }
       const noteSlots = (instance: InstanceState) => {
         instance.sessionProcesses = slots.used(instance)
       }
@@ -290,7 +315,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             noteSlots(instance)
             return Effect.succeed(free)
           }
-          const victim = slots.leastRecentlyUsedIdle(instance, idle, lastUsed)
+          const victim = slots.evictionCandidate(instance, evictionRank)
           if (victim === undefined) return Effect.succeed(undefined)
           const session = victim.session!
           const taken = slots.handOver(victim)
@@ -330,7 +355,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             retryable: () => true,
             ineligible: (instance) =>
               instance.definition.transport !== "http" && mustOwn && slots.used(instance) >= max &&
-                slots.leastRecentlyUsedIdle(instance, idle, lastUsed) === undefined
+                slots.evictionCandidate(instance, evictionRank) === undefined
                 ? full(instance)
                 : undefined,
             attempt: (instance, deadline) =>

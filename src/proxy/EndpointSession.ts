@@ -85,6 +85,12 @@ export abstract class EndpointSession {
   }
   /** When the client last used the session (epoch ms, the Clock's). */
   lastSeen: number
+  /**
+   * `lastSeen` when the client's standing stream last closed from its side: while `lastSeen` has
+   * not moved since, the client has neither reconnected it nor sent a request (it has most
+   * likely gone without DELETE, as most clients go). Undefined: no stream of its ever closed.
+   */
+  streamDroppedAt: number | undefined = undefined
   /** When it ends however busy (epoch ms): its sealed id's expiry (`gateway.session_max_lifetime`). */
   expiresAt = Number.POSITIVE_INFINITY
   /** When this replica last told the others it serves the session (EndedSessions.touch). */

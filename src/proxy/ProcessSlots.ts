@@ -60,16 +60,19 @@ export class ProcessSlots {
     return taken
   }
 
-  /** The instance's least recently used slot whose session is idle now (the one to end for a newcomer). */
-  leastRecentlyUsedIdle(instance: InstanceState, idle: (session: ClientSession) => boolean, lastUsed: (session: ClientSession) => number): ProcessSlot | undefined {
+  /**
+   * The slot whose session to end for a newcomer: among the sessions `rank` lets go (undefined:
+   * not to be ended), the lowest rank (the least recently used, clients that left first).
+   */
+  evictionCandidate(instance: InstanceState, rank: (session: ClientSession) => number | undefined): ProcessSlot | undefined {
     let found: ProcessSlot | undefined
-    let oldest = Infinity
+    let lowest = Infinity
     for (const slot of this.byInstance.get(instance) ?? []) {
       const session = slot.session
-      if (session === undefined || !idle(session)) continue
-      const used = lastUsed(session)
-      if (used < oldest) {
-        oldest = used
+      if (session === undefined) continue
+      const r = rank(session)
+      if (r !== undefined && r < lowest) {
+        lowest = r
         found = slot
       }
     }

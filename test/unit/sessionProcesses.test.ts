@@ -41,10 +41,10 @@ describe("sessions with a process of their own", () => {
       const sessions = yield* ClientSessions
       const registry = yield* Registry
       const first = (yield* sessions.open("t", capable, "me")).session
-      yield* TestClock.adjust(Duration.seconds(1))
+      yield* TestClock.adjust(Duration.seconds(6))
       const second = (yield* sessions.open("t", capable, "me")).session
-      yield* TestClock.adjust(Duration.seconds(1))
-      // Both idle: the least recently used (the first) makes room.
+      yield* TestClock.adjust(Duration.seconds(6))
+      // Both idle for the grace at least: the least recently used (the first) makes room.
       const third = (yield* sessions.open("t", capable, "me")).session
       expect(sessions.resolve(first.id, "t", "me")).toMatchObject({ status: 404 })
       expect(sessions.resolve(second.id, "t", "me")).toBe(second)
@@ -60,6 +60,26 @@ describe("sessions with a process of their own", () => {
       })
       expect(registry.template("t")!.instances.get("a")!.saturated(yield* Clock.currentTimeMillis)).toBe(true)
       expect(registry.template("t")!.instances.get("a")!.sessionProcesses).toBe(2)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("a session used within the grace is not ended for room (its client is between two requests); one whose client dropped its stream is, at once", () => {
+    const { layer } = testGateway(config)
+    return Effect.gen(function*() {
+      const sessions = yield* ClientSessions
+      const fresh = (yield* sessions.open("t", capable, "me")).session
+      const left = (yield* sessions.open("t", capable, "me")).session
+      yield* TestClock.adjust(Duration.seconds(1))
+      // Both idle for a second only: neither is ended, the newcomer is refused.
+      const refused = yield* Effect.exit(sessions.open("t", capable, "me"))
+      expect(Exit.isFailure(refused) && refused.cause._tag === "Fail" ? refused.cause.error : undefined).toMatchObject({ _tag: "SessionLimitReached" })
+      expect(sessions.resolve(fresh.id, "t", "me")).toBe(fresh)
+      // The other's client closed its standing stream and has not been back: it makes room at once.
+      left.streamDroppedAt = left.lastSeen
+      const newcomer = (yield* sessions.open("t", capable, "me")).session
+      expect(sessions.resolve(left.id, "t", "me")).toMatchObject({ status: 404 })
+      expect(sessions.resolve(fresh.id, "t", "me")).toBe(fresh)
+      expect(sessions.resolve(newcomer.id, "t", "me")).toBe(newcomer)
     }).pipe(Effect.provide(layer))
   })
 })

@@ -56,6 +56,8 @@ export const makeStandingStreams = (sessions: EndpointSessionsShape, run: RunEff
       clearInterval(keepAlive)
       session.onClose.delete(end)
       if (open.get(session) === end) open.delete(session)
+      // (Its client left, or reconnects: which, its next request or stream will tell.)
+      session.streamDroppedAt = session.lastSeen
     })
   }
 
