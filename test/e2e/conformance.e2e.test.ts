@@ -124,10 +124,10 @@ describe("MCP conformance suite through the gateway", () => {
         "over-sse": { instances: [{ id: "l", transport: "sse", endpoint: sse.url }] },
         modern: { instances: [{ id: "m", transport: "http", endpoint: modern.url }] }
       },
-      // The suite opens a session per scenario and never ends them, all from one address: more
-      // than the default 100 per client over the runs here (the 2026 run, whose modern clients
-      // get backend sessions of the gateway's, comes after). Idle sessions with a process of
-      // their own make room for new ones, so the per-instance default needs no raising.
+      // The suite opens a session per scenario and never ends them, all from one address: 88 are
+      // open after the runs here, and each 2026 run made again under load adds 10, past the
+      // default 100 per client. Idle sessions with a process of their own make room for new
+      // ones, so the per-instance default needs no raising.
       gateway: { max_sessions_per_client: 1000 }
     })
     gateway = await startGateway({ configFile })
