@@ -1,7 +1,8 @@
-import { execFileSync } from "node:child_process"
+import { execFile, execFileSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
 
 const has = (tool: string) => {
@@ -20,10 +21,11 @@ const has = (tool: string) => {
  * npm test (scripts/test-deps.sh) installs wrk and nginx; a machine without them skips this.
  */
 describe.skipIf(!has("wrk") || !has("nginx"))("bench --quick", () => {
-  it("runs every section and reports each row", () => {
+  it("runs every section and reports each row", async () => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), "bench-quick-"))
     try {
-      execFileSync(process.execPath, ["bench/run.mjs", "--quick", "--out", out], { stdio: ["ignore", "ignore", "pipe"], timeout: 170_000 })
+      // (Not execFileSync: a worker blocked past vitest's fixed 60 s RPC timeout fails the whole run.)
+      await promisify(execFile)(process.execPath, ["bench/run.mjs", "--quick", "--out", out], { timeout: 170_000, maxBuffer: 64 * 1024 * 1024 })
       const result = JSON.parse(fs.readFileSync(path.join(out, "last-run.json"), "utf8"))
       const { latency, pool, sessions, stdio, templates, throughput } = result.sections
       const rows = [...throughput.rows, ...latency.rows, ...stdio.rows, ...templates.rows, ...pool.rows]

@@ -1,6 +1,7 @@
-import { execFileSync, spawn } from "node:child_process"
+import { execFile, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { promisify } from "node:util"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
   freePort,
@@ -59,18 +60,23 @@ const runSuite = (url: string, args: ReadonlyArray<string> = [], script = suite)
     })
   })
 
-/** The suite and Node 22 (and the prerelease suite), into .tmp/ once. */
-const installTools = () => {
+/**
+ * The suite and Node 22 (and the prerelease suite), into .tmp/ once. (Not execFileSync: an
+ * install can take over a minute, and a worker blocked past vitest's fixed 60 s RPC timeout
+ * fails the whole run.)
+ */
+const installTools = async () => {
+  const run = promisify(execFile)
   if (!fs.existsSync(suite) || !fs.existsSync(node22)) {
-    execFileSync("npm", [
+    await run("npm", [
       "install", "--no-audit", "--no-fund", "--prefix", tools,
       "node@22", `@modelcontextprotocol/conformance@${CONFORMANCE_VERSION}`
-    ], { stdio: "ignore", timeout: 300_000 })
+    ], { timeout: 300_000, maxBuffer: 64 * 1024 * 1024 })
   }
   if (!fs.existsSync(suite2026)) {
-    execFileSync("npm", ["install", "--no-audit", "--no-fund", "--prefix", tools2026, `@modelcontextprotocol/conformance@${CONFORMANCE_2026_VERSION}`], {
-      stdio: "ignore",
-      timeout: 300_000
+    await run("npm", ["install", "--no-audit", "--no-fund", "--prefix", tools2026, `@modelcontextprotocol/conformance@${CONFORMANCE_2026_VERSION}`], {
+      timeout: 300_000,
+      maxBuffer: 64 * 1024 * 1024
     })
   }
 }
@@ -104,7 +110,7 @@ describe("MCP conformance suite through the gateway", () => {
   let modern: RunningServer | undefined
 
   beforeAll(async () => {
-    installTools()
+    await installTools()
     const http = await startFixture("http")
     const sse = await startFixture("sse")
     server = http.child
