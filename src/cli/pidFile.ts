@@ -1,7 +1,7 @@
-import { randomBytes } from "node:crypto"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { writeFileAtomicSync } from "../registry/atomicWrite.js"
 
 /**
  * What `start --background` records about the gateway it started, for `stop` and for the
@@ -96,25 +96,12 @@ export const describeStale = (record: PidRecord & { readonly state: RecordedStat
 }
 
 /**
- * Written whole to a temporary file of its own (created exclusively: never a file or symlink
- * someone put there), then renamed over the old one (a rename replaces a symlink, never follows
- * it): a reader never sees half a record, and the pid file cannot be made to write elsewhere.
+ * Written whole through an exclusively created temp file and a rename (registry/atomicWrite.ts):
+ * a reader never sees half a record, and the pid file cannot be made to write elsewhere.
  */
 export const writePidFile = (file: string, record: PidRecord) => {
   fs.mkdirSync(path.dirname(file), { recursive: true })
-  const temporary = `${file}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`
-  const fd = fs.openSync(temporary, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | (fs.constants.O_NOFOLLOW ?? 0), 0o644)
-  try {
-    fs.writeFileSync(fd, JSON.stringify(record, null, 2) + "\n")
-  } finally {
-    fs.closeSync(fd)
-  }
-  try {
-    fs.renameSync(temporary, file)
-  } catch (e) {
-    fs.rmSync(temporary, { force: true })
-    throw e
-  }
+  writeFileAtomicSync(file, JSON.stringify(record, null, 2) + "\n", { mode: 0o644 })
 }
 
 export const removePidFile = (file: string) => fs.rmSync(file, { force: true })

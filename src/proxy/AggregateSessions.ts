@@ -66,7 +66,6 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
       const settings = config.aggregation ?? DEFAULT_AGGREGATION
       const seal = new SessionSeal(config.gateway.sessionKeys ?? [])
       const ended = yield* EndedSessions
-      const runtime = yield* Effect.runtime<never>()
       const lifetimeMs = sessionLifetimeOf(config.gateway)
       const touching = ended.shouldTouch && seal.shared
 
@@ -298,7 +297,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
           if (session.template !== key || session.owner !== caller.id) return { status: 404, message: "Session not found" }
           const now = timer.now()
           if (now >= session.expiresAt) {
-            Runtime.runFork(runtime)(close(id))
+            runFork(close(id))
             return { status: 404, message: "Session not found: it reached its maximum lifetime (gateway.session_max_lifetime); initialize again" }
           }
           // (Anonymous callers, one object per request, all have the same grant: nothing to compare.)
@@ -368,7 +367,7 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
 
       // Another replica ended a session: this one's copy goes too.
       ended.onEndedElsewhere((id) => {
-        if (sessions.has(id)) Runtime.runFork(runtime)(close(id))
+        if (sessions.has(id)) runFork(close(id))
       })
 
       // Shutdown: every aggregate session (and its members' processes) ends at once, not one after another.

@@ -101,9 +101,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const exposure = yield* Exposure
       const ended = yield* EndedSessions
       const stats = yield* Stats
-      const runtime = yield* Effect.runtime<never>()
       // The gateway's runtime (its logger writes to stderr): Effect.runFork's default one logs to stdout.
-      const runFork = Runtime.runFork(runtime)
+      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
       // Sessions' scopes are children of this one, closed after the shutdown finalizer below (added
       // later, so run first) has said what stays open at the backends, and in parallel: at shutdown
       // every session ends (and stops its process) at once, not one after another.
@@ -505,7 +504,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         }
         const now = timer.now()
         if (now >= session.expiresAt) {
-          Runtime.runFork(runtime)(close(session.id))
+          runFork(close(session.id))
           return { status: 404, message: "Session not found: it reached its maximum lifetime (gateway.session_max_lifetime); initialize again" }
         }
         const pinned = session.instance
@@ -659,7 +658,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
 
       // Another replica ended a session (its client's DELETE, its idle timeout): this one's copy goes too.
       ended.onEndedElsewhere((id) => {
-        if (sessions.has(id)) Runtime.runFork(runtime)(close(id))
+        if (sessions.has(id)) runFork(close(id))
       })
 
       // Sessions with a process of their own that serve nobody (nothing in flight, no stream open)
