@@ -176,7 +176,9 @@ const startEverything = async (mode: "streamableHttp" | "sse", givenPort?: numbe
 export const writeJson = (file: string, value: unknown) => fs.writeFileSync(file, JSON.stringify(value, null, 2))
 
 /** fetch + JSON, keeping status and headers for assertions. */
-export const api = async (url: string, init?: RequestInit & { json?: unknown }) => {
+// (The answer's type is written out: inferred, it names undici's types by their path, which in a
+// git worktree whose node_modules is a link is not portable, and tsc fails with TS2742.)
+export const api = async (url: string, init?: RequestInit & { json?: unknown }): Promise<{ status: number; headers: Headers; body: any }> => {
   const response = await fetch(url, {
     ...init,
     ...(init?.json === undefined ? {} : { method: init.method ?? "POST", body: JSON.stringify(init.json), headers: { "content-type": "application/json", ...init.headers } })
