@@ -71,16 +71,26 @@ describe("the fleet when its Redis hangs or loses its data", () => {
       }
     }
     const load = Promise.all([caller(a), caller(b), caller(a), caller(b), prober(a), prober(b)])
-    await new Promise((r) => setTimeout(r, 1_000))
+    // Each phase lasts until it has enough samples, not a fixed time: a busy machine takes longer.
+    const inPhase = (name: string) => ({
+      calls: calls.filter((c) => c.phase === name).length,
+      probes: health.filter((h) => h.phase === name).length
+    })
+    const until = (name: string, enough: { calls: number; probes: number }) =>
+      waitUntil(() => inPhase(name).calls >= enough.calls && inPhase(name).probes >= enough.probes, 20_000, `${enough.calls} calls and ${enough.probes} probes (${name})`)
+    await until("warm-up", { calls: 150, probes: 20 })
     phase = "before"
-    await new Promise((r) => setTimeout(r, 1_500))
+    await until("before", { calls: 100, probes: 30 })
 
-    // 6 s of a paused Redis (the issue's 15 s, shortened: the bound is 250 ms, the check every 0.5 s).
+    // A paused Redis (the issue's 15 s, shortened: the bound is 250 ms, the check every 0.5 s): at
+    // least 2 s, four checks, and enough calls and probes to measure.
     phase = "paused"
+    const pausedAt = Date.now()
     redis.pause()
     await waitUntil(async () => (await api(`${a.url}/gateway/health`)).body.status === "degraded", 5_000, "A degraded")
     await waitUntil(async () => (await api(`${b.url}/gateway/health`)).body.status === "degraded", 5_000, "B degraded")
-    await new Promise((r) => setTimeout(r, 5_000))
+    await until("paused", { calls: 40, probes: 20 })
+    await waitUntil(() => Date.now() - pausedAt >= 2_000, 5_000, "four checks of the paused Redis")
     phase = "resumed"
     redis.resume()
     await waitUntil(async () => (await api(`${a.url}/gateway/health`)).body.status === "healthy", 10_000, "A healthy again")

@@ -65,13 +65,13 @@ describe("modern (2026-07-28) backends", () => {
 
   /** Starts a slow call, aborts it once it runs, and waits until the server saw it cancelled. */
   const cancelsAtServer = async (client: { callTool: (...args: Array<any>) => Promise<unknown> }, start: (signal: AbortSignal) => Promise<unknown>) => {
-    const before = (await serverStats(client)).aborted
+    const before = await serverStats(client)
     const controller = new AbortController()
     const call = start(controller.signal)
-    await new Promise((r) => setTimeout(r, 350))
+    await waitUntil(async () => (await serverStats(client)).calls > before.calls, 5_000, "the call running at the server")
     controller.abort()
     await expect(call).rejects.toThrow()
-    await waitUntil(async () => (await serverStats(client)).aborted > before, 5_000, "the server saw the cancellation")
+    await waitUntil(async () => (await serverStats(client)).aborted > before.aborted, 5_000, "the server saw the cancellation")
   }
 
   beforeAll(async () => {
@@ -282,9 +282,15 @@ describe("modern (2026-07-28) backends", () => {
     const port = dual.port
     await dual.stop()
     dual = await startFixtureServer("modern-server.mjs", { NAME: "dual", PORT: String(port) })
-    await new Promise((r) => setTimeout(r, 1_500))
-    await client.callTool({ name: "poke", arguments: {} })
-    await waitUntil(() => listChanged > 0, 10_000, "tools/list_changed after the server restarted")
+    // The gateway's listen stream comes back on its own schedule: poke until a change arrives (a
+    // poke before the stream is back changes the list unheard).
+    await waitUntil(async () => {
+      // (A poke the gateway cannot pass on yet, while it finds the server again, is tried again.)
+      await client.callTool({ name: "poke", arguments: {} }).catch(() => undefined)
+      const heard = Date.now() + 500
+      while (listChanged === 0 && Date.now() < heard) await new Promise((r) => setTimeout(r, 20))
+      return listChanged > 0
+    }, 20_000, "tools/list_changed after the server restarted")
     await sub.close()
   })
 

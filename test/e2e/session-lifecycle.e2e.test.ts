@@ -73,6 +73,8 @@ describe("sessions with a process of their own: idle end, room for newcomers, sa
     expect(serverProcesses(gateway)).toBe(shared + 2)
     // The first client leaves without DELETE (its streams close); the second stays connected.
     await leave(first)
+    // A fixed wait: the gateway's noticing the closed streams (the session turning idle) shows
+    // nowhere outside it, and a newcomer before that would be refused, every slot being in use.
     await new Promise((r) => setTimeout(r, 300))
 
     const third = await capableClient(url)
@@ -107,7 +109,10 @@ describe("sessions with a process of their own: idle end, room for newcomers, sa
     const running = busy.map((c) =>
       c.callTool({ name: "trigger-long-running-operation", arguments: { duration: 4, steps: 4 } }, undefined, { timeout: 30_000 })
     )
-    await new Promise((r) => setTimeout(r, 500))
+    await waitUntil(async () => {
+      const instances = Object.values((await api(`${gateway.url}/gateway/stats`)).body.templates.small.instances) as Array<{ active_requests: number }>
+      return instances.reduce((n, i) => n + i.active_requests, 0) === 2
+    }, 10_000, "both calls in flight")
     const refused = await initializeRaw(`${gateway.url}/mcp/small`, 1, { capabilities: CAPABILITIES })
     expect(refused.status).toBe(503)
     expect(Number(refused.headers.get("retry-after"))).toBeGreaterThan(0)
@@ -128,6 +133,7 @@ describe("sessions with a process of their own: idle end, room for newcomers, sa
     await Promise.all(running)
     // One client leaves (no DELETE): its session is idle, and a newcomer takes its slot.
     await leave(busy[0]!)
+    // (A fixed wait, as in the first test: the session turning idle shows nowhere outside.)
     await new Promise((r) => setTimeout(r, 300))
     const newcomer = await capableClient(`${gateway.url}/mcp/small`)
     clients.push(newcomer)

@@ -18,6 +18,7 @@ import commandPlugin from "../../plugins/discovery/command.js"
 import { startDnsServer } from "../support/dnsServer.js"
 import { testConfig } from "../support/testConfig.js"
 import { testGateway } from "../support/testGateway.js"
+import { waitFor } from "../support/waitFor.js"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const tempDir = () => fs.mkdtempSync(path.join(os.tmpdir(), "gw-discovery-"))
@@ -248,7 +249,15 @@ describe("command discovery", () => {
       const outcome = yield* slow.discover.pipe(Effect.timeout("1500 millis"), Effect.exit)
       expect(Exit.isFailure(outcome)).toBe(true)
       const pid = Number(fs.readFileSync(pidFile, "utf8"))
-      yield* Effect.sleep("500 millis")
+      const gone = () => {
+        try {
+          process.kill(pid, 0)
+          return false
+        } catch {
+          return true
+        }
+      }
+      yield* Effect.promise(() => waitFor(gone, { timeout: 5_000, what: "the cut-short command's process to be gone" }))
       expect(() => process.kill(pid, 0)).toThrow()
     }).pipe(Effect.scoped))
 })

@@ -4,6 +4,7 @@ import * as https from "node:https"
 import * as net from "node:net"
 import { afterEach, describe, expect, it } from "vitest"
 import { type Http1Error, type Http1Head, Http1HeaderError, Http1Pool } from "../../src/transport/Http1Client.js"
+import { waitFor } from "../support/waitFor.js"
 
 /** What a request was told, in order. */
 interface Outcome {
@@ -217,14 +218,15 @@ describe("Http1Client", () => {
         onData: () => {
           told.push("data")
           exchange.abort()
-          setTimeout(resolve, 100)
+          resolve()
         },
         onEnd: () => told.push("end"),
         onError: () => told.push("error")
       })
     })
+    await waitFor(() => serverSawClose, { what: "the server to see the connection closed" })
+    // Nothing after the abort: no end, no error, though the connection has closed by now.
     expect(told).toEqual(["head", "data"])
-    expect(serverSawClose).toBe(true)
     expect(pool.size).toBe(0)
   })
 
@@ -238,6 +240,8 @@ describe("Http1Client", () => {
     const handler = { onHead: () => {}, onData: () => {}, onEnd: () => {}, onError: () => {} }
     expect(() => pool.request("POST", "/", { "x-forwarded": "a\r\nx-injected: 1" }, "{}", handler)).toThrow(Http1HeaderError)
     expect(() => pool.request("POST", "/", { "bad name": "a" }, "{}", handler)).toThrow(Http1HeaderError)
+    // A fixed wait, for something that must NOT happen: a request sent would reach this local
+    // server well within 50 ms.
     await new Promise((r) => setTimeout(r, 50))
     expect(requests).toBe(0)
     expect(pool.size).toBe(0)
@@ -266,8 +270,7 @@ describe("Http1Client", () => {
     }, { keepAliveTimeout: 50 })
     const pool = poolFor(url)
     expect((await send(pool, { body: "{}" })).error).toBeUndefined()
-    await new Promise((r) => setTimeout(r, 200))
-    expect(pool.size).toBe(0)
+    await waitFor(() => pool.size === 0, { what: "the idle socket the server closed to leave the pool" })
     expect((await send(pool, { body: "{}" })).error).toBeUndefined()
     expect(connections()).toBe(2)
   })
@@ -301,10 +304,14 @@ describe("Http1Client", () => {
   })
 
   it("a closed pool fails what is in flight as possibly delivered, and what comes after as never sent", async () => {
-    const { url } = await serve((req) => req.resume())
+    let received = 0
+    const { url } = await serve((req) => {
+      received++
+      req.resume()
+    })
     const pool = poolFor(url)
     const pending = send(pool, { body: "{}" })
-    await new Promise((r) => setTimeout(r, 50))
+    await waitFor(() => received === 1, { what: "the request at the server" })
     pool.close()
     // Written to the server: it may be running it (a tools/call must not go to another instance).
     expect((await pending).error?.code).toBe("ECONNRESET")
@@ -336,9 +343,8 @@ describe("Http1Client", () => {
     const pool = poolFor(url)
     for (let i = 0; i < 5; i++) {
       expect((await send(pool, { body: "{}" })).error).toBeUndefined()
-      await new Promise((r) => setTimeout(r, 40))
-      // The server's FIN arrived: the socket is gone from the pool, and the next request opens another.
-      expect(pool.size).toBe(0)
+      // The server's FIN arrives: the socket leaves the pool, and the next request opens another.
+      await waitFor(() => pool.size === 0, { what: "the socket the server closed to leave the pool" })
     }
   })
 

@@ -187,7 +187,9 @@ describe("ResponseFlow", () => {
     const stalled = lazyClient(server.port)
     cleanups.push(() => stalled.socket.destroy())
     await waitFor(() => server.flow.held > 8 * 1024 * 1024)
-    // A second later, a reading client's answer takes the total past the bound.
+    // A second later, a reading client's answer takes the total past the bound. (A fixed wait: a
+    // client counts as stalled after a second without progress, STALLED_MS in ResponseFlow.ts,
+    // read from Date.now, which a test cannot move.)
     await new Promise((r) => setTimeout(r, 1100))
     const response = await fetch(`http://127.0.0.1:${server.port}/`)
     expect((await response.text()).length).toBe(big.length)
