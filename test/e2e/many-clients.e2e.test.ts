@@ -25,6 +25,23 @@ const IDLE_MINIMUM = INSTANCES * (1 + WARM)
 
 const CAPABILITIES = { sampling: {}, roots: { listChanged: true }, elicitation: {} }
 
+/**
+ * An error with what lies under it: "fetch failed" says nothing, its cause (undici's
+ * `UND_ERR_SOCKET` "other side closed", `ECONNRESET`, `ECONNREFUSED` ...) and the socket's
+ * ends and byte counts say which side closed what, and when.
+ */
+const explain = (error: unknown, depth = 0): string => {
+  if (!(error instanceof Error)) return String(error)
+  const e = error as Error & Record<string, any>
+  const details = ["code", "errno", "syscall", "address", "port"].filter((k) => e[k] !== undefined).map((k) => `${k}=${e[k]}`)
+  if (e.socket !== undefined && typeof e.socket === "object") {
+    const { localPort, remotePort, bytesWritten, bytesRead, timeout } = e.socket
+    details.push(`socket=${JSON.stringify({ localPort, remotePort, bytesWritten, bytesRead, timeout })}`)
+  }
+  const text = `${e.name}: ${e.message}${details.length > 0 ? ` [${details.join(" ")}]` : ""}`
+  return e.cause !== undefined && depth < 4 ? `${text} ← cause: ${explain(e.cause, depth + 1)}` : text
+}
+
 describe(`${CLIENTS} capable clients, ${AT_A_TIME} at a time, leaving without DELETE`, () => {
   let gateway: RunningGateway
 
@@ -57,19 +74,26 @@ describe(`${CLIENTS} capable clients, ${AT_A_TIME} at a time, leaving without DE
     let served = 0
     const failures: Array<string> = []
     const started = Date.now()
+    const stderrBefore = gateway.stderr().length
     const one = async (n: number) => {
       const client = new Client({ name: `client-${n}`, version: "1.0.0" }, { capabilities: CAPABILITIES })
+      const clientStarted = Date.now()
+      let step = "connect"
       try {
         await client.connect(new StreamableHTTPClientTransport(new URL(`${gateway.url}${endpoint}`)))
+        step = "tools/list"
         const tools = await client.listTools()
         // (/mcp prefixes a tool with its template's name when it has more than one template.)
         const echo = tools.tools.find((t) => t.name === "echo" || t.name === echoTool)
         if (echo === undefined) throw new Error(`no ${echoTool} among [${tools.tools.map((t) => t.name).join(", ")}] ${JSON.stringify(tools._meta ?? {})}`)
+        step = "tools/call"
         const echoed = await client.callTool({ name: echo.name, arguments: { message: `client ${n}` } })
         if (JSON.stringify(echoed.content) !== JSON.stringify([{ type: "text", text: `Echo: client ${n}` }])) throw new Error(JSON.stringify(echoed))
         served++
       } catch (e) {
-        failures.push(`client ${n}: ${e instanceof Error ? e.message : String(e)}`)
+        failures.push(
+          `client ${n} at ${step}, ${Date.now() - clientStarted} ms into it (${((Date.now() - started) / 1000).toFixed(1)} s into the run): ${explain(e)}`
+        )
       } finally {
         // Leaves as most clients do: the transport dropped, no DELETE.
         await client.close().catch(() => {})
@@ -82,6 +106,13 @@ describe(`${CLIENTS} capable clients, ${AT_A_TIME} at a time, leaving without DE
     const seconds = (Date.now() - started) / 1000
     clearInterval(watching)
     console.log(`${endpoint}: ${served} of ${CLIENTS} served in ${seconds.toFixed(1)} s (${(CLIENTS / seconds).toFixed(1)} sessions/s); at most ${most} server processes (bound ${BOUND})`)
+    if (failures.length > 0) {
+      // Everything the next failure needs to say why: each client's error with its causes, and
+      // what the gateway said meanwhile that was more than INFO.
+      console.log(`${endpoint}: ${failures.length} failed:\n  ${failures.join("\n  ")}`)
+      const said = gateway.stderr().slice(stderrBefore).split("\n").filter((line) => line !== "" && !/"logLevel":"(INFO|DEBUG)"|level=(INFO|DEBUG)/.test(line))
+      console.log(`the gateway's warnings and errors meanwhile (${said.length}):\n  ${said.slice(-40).join("\n  ")}`)
+    }
     expect(failures.slice(0, 5)).toEqual([])
     expect(served).toBe(CLIENTS)
     expect(most).toBeLessThanOrEqual(BOUND)
