@@ -1,5 +1,6 @@
 import { Client } from "@modelcontextprotocol/sdk/client/index.js"
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js"
+import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { descendants, everythingServer, isAlive, type RunningGateway, startGateway, tempDir, waitUntil, writeJson } from "../support/processes.js"
@@ -108,10 +109,12 @@ describe(`${CLIENTS} capable clients, ${AT_A_TIME} at a time, leaving without DE
     console.log(`${endpoint}: ${served} of ${CLIENTS} served in ${seconds.toFixed(1)} s (${(CLIENTS / seconds).toFixed(1)} sessions/s); at most ${most} server processes (bound ${BOUND})`)
     if (failures.length > 0) {
       // Everything the next failure needs to say why: each client's error with its causes, and
-      // what the gateway said meanwhile that was more than INFO.
+      // what the gateway said meanwhile: warnings and errors, and sessions or responses it ended.
       console.log(`${endpoint}: ${failures.length} failed:\n  ${failures.join("\n  ")}`)
-      const said = gateway.stderr().slice(stderrBefore).split("\n").filter((line) => line !== "" && !/"logLevel":"(INFO|DEBUG)"|level=(INFO|DEBUG)/.test(line))
-      console.log(`the gateway's warnings and errors meanwhile (${said.length}):\n  ${said.slice(-40).join("\n  ")}`)
+      const said = gateway.stderr().slice(stderrBefore).split("\n").filter((line) =>
+        line !== "" && (!/"logLevel":"(INFO|DEBUG)"|level=(INFO|DEBUG)/.test(line) || /ending session|closed a client|stopping|refused/.test(line)))
+      console.log(`the gateway's warnings, errors and ended sessions meanwhile (${said.length}):\n  ${said.slice(-40).join("\n  ")}`)
+      if (process.env.MANY_CLIENTS_LOG) fs.writeFileSync(process.env.MANY_CLIENTS_LOG, gateway.stderr())
     }
     expect(failures.slice(0, 5)).toEqual([])
     expect(served).toBe(CLIENTS)
