@@ -23,7 +23,7 @@ import { type AcquiredPool, Http1Pools } from "./Http1Pools.js"
 import { flatString, type Http1Error, type Http1Exchange, type Http1Handler, type Http1Head, Http1HeaderError, type Http1Pool } from "./Http1Client.js"
 import { answerServerRequest } from "./serverRequests.js"
 import { MAX_EVENT_LENGTH, makeSseParser } from "./sse.js"
-import { NEVER_SENT_ERRORS, RequestTimeout, serialize, TransportError } from "./TransportError.js"
+import { NEVER_SENT_ERRORS, reasonOfCode, RequestTimeout, serialize, TransportError, type TransportErrorReason } from "./TransportError.js"
 
 type HttpInstance = Extract<InstanceDefinition, { transport: "http" }>
 
@@ -208,8 +208,8 @@ export class HttpConnection implements Connection {
     return this.pool.request(method, this.path, headers, body, handler)
   }
 
-  private error(message: string, reachedBackend: boolean) {
-    return new TransportError({ instanceId: this.instance.id, message, reachedBackend })
+  private error(reason: TransportErrorReason, message: string, reachedBackend: boolean) {
+    return new TransportError({ instanceId: this.instance.id, reason, message, reachedBackend })
   }
 
   // Copied key by key: object spreads of header records (keys like "x-request-id") take V8's
@@ -326,7 +326,7 @@ export class HttpConnection implements Connection {
             if (parsed.ok) return deliver(parsed.value)
             if (parsed.reason === "not JSON") return this.log.debug(`ignoring an SSE event that is not JSON`)
             // (Whatever it was, this request's answer cannot come through it.)
-            done(Exit.fail(this.error(tooDeepMessage, true)))
+            done(Exit.fail(this.error("protocol", tooDeepMessage, true)))
             exchange.abort()
           }, { onOversized: () => this.log.warn(`dropped an SSE event larger than ${MAX_EVENT_LENGTH} characters`) })
         }
@@ -335,14 +335,14 @@ export class HttpConnection implements Connection {
         if (feed !== undefined) return feed(chunk)
         text += chunk
         if (text.length > MAX_RESPONSE_LENGTH) {
-          done(Exit.fail(this.error(`the answer is larger than ${MAX_RESPONSE_LENGTH} characters`, true)))
+          done(Exit.fail(this.error("protocol", `the answer is larger than ${MAX_RESPONSE_LENGTH} characters`, true)))
           exchange.abort()
         }
       },
       onEnd: () => {
-        if (feed !== undefined) return done(Exit.fail(this.error("the SSE stream ended without a response", true)))
+        if (feed !== undefined) return done(Exit.fail(this.error("protocol", "the SSE stream ended without a response", true)))
         const parsed = text === "" ? undefined : parseServerMessage(text)
-        if (parsed?.ok === false && parsed.reason === "too deep") return done(Exit.fail(this.error(tooDeepMessage, true)))
+        if (parsed?.ok === false && parsed.reason === "too deep") return done(Exit.fail(this.error("protocol", tooDeepMessage, true)))
         const message = parsed?.ok === true ? parsed.value : undefined
         if (s?.id !== undefined && (status === 404 || (status === 400 && /session/i.test(text)))) {
           return done(Exit.fail(new SessionGone()))
@@ -352,20 +352,15 @@ export class HttpConnection implements Connection {
           if (message.id === id) return done(Exit.succeed({ response: message, headers: answerHeaders }))
         }
         if (status >= 200 && status < 300) {
-          return done(Exit.fail(this.error(`expected a JSON-RPC response, got HTTP ${status} ${type || "without a body"}`, true)))
+          return done(Exit.fail(this.error("protocol", `expected a JSON-RPC response, got HTTP ${status} ${type || "without a body"}`, true)))
         }
-        done(Exit.fail(new TransportError({
-          instanceId: this.instance.id,
-          message: `HTTP ${status}${text ? `: ${text.slice(0, 200)}` : ""}`,
-          reachedBackend: true,
-          clientFault: CLIENT_FAULT_STATUSES.has(status)
-        })))
+        done(Exit.fail(this.error(CLIENT_FAULT_STATUSES.has(status) ? "rejected" : "http_status", `HTTP ${status}${text ? `: ${text.slice(0, 200)}` : ""}`, true)))
       },
       onError: (e) => {
         if (gotResponse) {
-          return done(Exit.fail(this.error(`${feed !== undefined ? "SSE stream" : "response"} failed: ${e.message}`, true)))
+          return done(Exit.fail(this.error("reset", `${feed !== undefined ? "SSE stream" : "response"} failed: ${e.message}`, true)))
         }
-        done(Exit.fail(this.error(`${e.code}: ${e.message}`, e.answered || !NEVER_SENT_ERRORS.has(e.code))))
+        done(Exit.fail(this.error(e.answered ? "reset" : reasonOfCode(e.code), `${e.code}: ${e.message}`, e.answered || !NEVER_SENT_ERRORS.has(e.code))))
       }
     }
     let exchange: Http1Exchange
@@ -374,7 +369,7 @@ export class HttpConnection implements Connection {
     } catch (e) {
       if (!(e instanceof Http1HeaderError)) throw e
       // A header no HTTP message may carry (a forwarded value with a line break): the request's own fault.
-      resume(Exit.fail(new TransportError({ instanceId: this.instance.id, message: `cannot send the request: ${e.message}`, reachedBackend: false, clientFault: true })))
+      resume(Exit.fail(this.error("rejected", `cannot send the request: ${e.message}`, false)))
       return () => {}
     }
     deadline?.arm(() => {
@@ -396,18 +391,18 @@ export class HttpConnection implements Connection {
       const { headers, response } = yield* self.post("initialize", params, undefined, undefined).pipe(
         Effect.timeoutFail({
           duration: INITIALIZE_TIMEOUT,
-          onTimeout: () => self.error(`no answer to initialize within ${Duration.format(INITIALIZE_TIMEOUT)}`, true)
+          onTimeout: () => self.error("timeout", `no answer to initialize within ${Duration.format(INITIALIZE_TIMEOUT)}`, true)
         }),
         Effect.catchTags({
-          SessionGone: () => Effect.fail(self.error("initialize was refused", true)),
-          RequestTimeout: (e) => Effect.fail(self.error(e.message, true))
+          SessionGone: () => Effect.fail(self.error("protocol", "initialize was refused", true)),
+          RequestTimeout: (e) => Effect.fail(self.error("timeout", e.message, true))
         })
       )
       if (refusedAsModernOnly(response)) return yield* Effect.fail(new ModernOnly())
-      if ("error" in response) return yield* self.error(`initialize failed: ${response.error.message}`, true)
+      if ("error" in response) return yield* self.error("protocol", `initialize failed: ${response.error.message}`, true)
       const version = isObject(response.result) ? response.result.protocolVersion : undefined
       if (typeof version !== "string" || !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
-        return yield* self.error(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`, true)
+        return yield* self.error("protocol", `server answered initialize with unsupported protocol version ${JSON.stringify(version)}`, true)
       }
       // (Copied: as it comes, it shares the memory of the answer's whole head, for as long as the session lives.)
       const sessionHeader = headers["mcp-session-id"] === undefined ? undefined : flatString(headers["mcp-session-id"])
@@ -439,17 +434,17 @@ export class HttpConnection implements Connection {
       envelope: envelopeOf(version, params)
     }
     return this.post("server/discover", undefined, provisional, undefined).pipe(
-      Effect.timeoutFail({ duration: PROBE_TIMEOUT, onTimeout: () => this.error(`no answer to server/discover within ${Duration.format(PROBE_TIMEOUT)}`, true) }),
+      Effect.timeoutFail({ duration: PROBE_TIMEOUT, onTimeout: () => this.error("timeout", `no answer to server/discover within ${Duration.format(PROBE_TIMEOUT)}`, true) }),
       Effect.map(({ response }) => classifyProbe(response)),
       Effect.catchAll((e) =>
         e._tag === "TransportError" && !e.reachedBackend
           ? Effect.fail(e)
-          : Effect.succeed({ _tag: "Legacy" as const, why: e._tag === "TransportError" ? e.message : "no answer" })
+          : Effect.succeed({ _tag: "Legacy" as const, why: e._tag === "TransportError" ? e.message : "no answer", silent: e._tag === "TransportError" && e.reason === "timeout" })
       ),
       Effect.map((outcome) => {
         if (outcome._tag === "Legacy") {
           // A silent server is worth saying at info: a modern one that hung is now spoken to the old way.
-          if (/within/.test(outcome.why)) this.log.info(`${outcome.why}; trying the old protocol (initialize)`)
+          if ("silent" in outcome && outcome.silent) this.log.info(`${outcome.why}; trying the old protocol (initialize)`)
           else this.log.debug(`not a ${version} server (${outcome.why}); initializing`)
           return { why: outcome.why }
         }
@@ -484,7 +479,7 @@ export class HttpConnection implements Connection {
       }
       if (opened === undefined) {
         const unusable = (reason: string) =>
-          self.error(`the server refuses initialize as modern-only, but its answer to server/discover is not usable: ${reason}`, true)
+          self.error("protocol", `the server refuses initialize as modern-only, but its answer to server/discover is not usable: ${reason}`, true)
         opened = yield* self.initializeLegacy(params).pipe(
           Effect.catchTag("ModernOnly", () =>
             why !== undefined
@@ -503,7 +498,7 @@ export class HttpConnection implements Connection {
   /** The current session, or a new one; concurrent callers share one initialize. */
   private get ensureSession(): Effect.Effect<Session, TransportError> {
     return Effect.suspend(() => {
-      if (this.closed) return Effect.fail(this.error("instance was removed", false))
+      if (this.closed) return Effect.fail(this.error("closed", "instance was removed", false))
       if (this.established !== undefined) return Effect.succeed(this.established)
       if (this.opening !== undefined) return Deferred.await(this.opening)
       const deferred = Deferred.unsafeMake<Session, TransportError>(FiberId.none)
@@ -540,7 +535,7 @@ export class HttpConnection implements Connection {
         // A client's own session: its state on the server is gone, and so is this connection.
         this.sessionLost = true
         // About the session, not the instance: it counts toward no health, outlier or breaker state.
-        return Effect.fail(new TransportError({ instanceId: this.instance.id, message: "the server ended the session", reachedBackend: true, sessionEnded: true }))
+        return Effect.fail(this.error("session_ended", "the server ended the session", true))
       }
       if (this.established === lost) {
         this.log.info(`session ${lost.id} expired; initializing again`)
@@ -549,7 +544,7 @@ export class HttpConnection implements Connection {
       }
       return Effect.flatMap(this.withinDeadline(this.ensureSession, relay?.deadline), (fresh) =>
         this.post(method, params, fresh, relay?.deadline, relay).pipe(
-          Effect.catchTag("SessionGone", () => Effect.fail(this.error("the server rejected a fresh session", true)))
+          Effect.catchTag("SessionGone", () => Effect.fail(this.error("protocol", "the server rejected a fresh session", true)))
         ))
     })
   }
@@ -579,7 +574,7 @@ export class HttpConnection implements Connection {
       return current.era === "legacy" ? this.send(current, method, params, options) : this.modernFor(current, method, params, options)
     }
     // A session that cannot be opened means this request was never sent (a tools/call may fail over).
-    const session = Effect.mapError(this.ensureSession, (e) => new TransportError({ instanceId: e.instanceId, message: e.message, reachedBackend: false }))
+    const session = Effect.mapError(this.ensureSession, (e) => new TransportError({ instanceId: e.instanceId, reason: e.reason, message: e.message, reachedBackend: false }))
     return Effect.flatMap(this.withinDeadline(session, options?.deadline), (s) =>
       s.era === "legacy" ? this.send(s, method, params, options) : this.modernFor(s, method, params, options))
   }
