@@ -1,19 +1,15 @@
 import { Deferred, Duration, Effect, Exit, type Fiber, FiberId, Runtime, type Scope } from "effect"
 import type { InstanceDefinition } from "../domain/Instance.js"
-import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
-import { canonicalJson } from "../domain/canonicalJson.js"
-import { parseServerMessage, tooDeepMessage } from "../domain/jsonText.js"
+import { isNotification, isObject, isRequest, type JsonRpcResponse } from "../domain/JsonRpc.js"
+import { parseServerMessage } from "../domain/jsonText.js"
 import { resolveHeaders } from "../domain/Secret.js"
 import { collectToolHeaders, isInputRequired, type ToolHeaders } from "../domain/ModernProtocol.js"
-import { initializeParams, MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
+import { initializeParams } from "../domain/Protocol.js"
 import type { Connection, ConnectionEnv, ConnectionLog, RequestDeadline, RequestDone, RequestOptions } from "./Connection.js"
 import {
   asLegacyResponse,
-  classifyProbe,
   envelopeOf,
-  initializeResultOf,
   listenFilterOf,
-  refusedAsModernOnly,
   routingHeaders,
   untagged,
   withEnvelope
@@ -21,91 +17,21 @@ import {
 import { acquireLean } from "./acquireLean.js"
 import { type AcquiredPool, Http1Pools } from "./Http1Pools.js"
 import type { Http1Pool } from "./Http1Client.js"
-import { flatString, type Http1Error, type Http1Exchange, type Http1Handler, type Http1Head } from "./Http1Exchange.js"
+import type { Http1Exchange, Http1Handler } from "./Http1Exchange.js"
 import { Http1HeaderError } from "./http1RequestHead.js"
+import { type EraMemory, type ModernSession, openSession, type Session, type SessionOpener } from "./HttpSession.js"
+import { discardAnswer, type Posted, type PostFailure, readAnswer } from "./httpAnswer.js"
 import { answerServerRequest } from "./serverRequests.js"
-import { MAX_EVENT_LENGTH, makeSseParser } from "./sse.js"
-import { NEVER_SENT_ERRORS, reasonOfCode, RequestTimeout, serialize, TransportError, type TransportErrorReason } from "./TransportError.js"
+import { makeSseParser } from "./sse.js"
+import { RequestTimeout, serialize, TransportError, type TransportErrorReason } from "./TransportError.js"
 
 type HttpInstance = Extract<InstanceDefinition, { transport: "http" }>
-
-const INITIALIZE_TIMEOUT = Duration.seconds(30)
-
-/** The largest JSON answer the gateway reads (16 Mi characters); a larger one fails the request. */
-const MAX_RESPONSE_LENGTH = MAX_EVENT_LENGTH
-
-/**
- * Statuses by which a server refuses the message itself (malformed, too large, wrong type,
- * headers too large: a mirrored argument of the 2026-07-28 revision can make them so):
- * the client's mistake, not a sign of the instance's health.
- */
-const CLIENT_FAULT_STATUSES: ReadonlySet<number> = new Set([400, 413, 415, 422, 431])
-
-/** Which revision an instance speaks, remembered across its connections (see Transport.ts). */
-export interface EraMemory {
-  readonly get: () => "legacy" | "modern" | undefined
-  readonly set: (era: "legacy" | "modern") => void
-}
-
-type Session = LegacySession | ModernSession
-
-interface LegacySession {
-  readonly era: "legacy"
-  /** Absent for a stateless server that issues none. */
-  readonly id: string | undefined
-  readonly protocolVersion: string
-  /** The server's answer to `initialize`. */
-  readonly initializeResult: Record<string, unknown>
-}
-
-/**
- * A server of the 2026-07-28 revision has no session: what stands for one here is the version
- * both speak, the envelope every request carries (the client the gateway speaks for), and the
- * server's discover answer (also shown as an `initialize` result, which the gateway reads).
- */
-interface ModernSession {
-  readonly era: "modern"
-  readonly id: undefined
-  readonly protocolVersion: string
-  readonly initializeResult: Record<string, unknown>
-  readonly discover: Record<string, unknown>
-  readonly envelope: Record<string, unknown>
-}
-
-/** How long a backend may take to answer the `server/discover` probe before it is taken for an old one. */
-const PROBE_TIMEOUT = Duration.seconds(10)
 
 const NO_TOOL_HEADERS: ToolHeaders = new Map()
 const NO_RESOURCES: ReadonlySet<string> = new Set()
 
 /** Rounds of input a modern server may ask for within one request of an old client (as the SDK's clients allow). */
 const MAX_INPUT_ROUNDS = 10
-
-/** An old-style `initialize` was refused with 400 / -32022 naming a modern version: the server is modern-only. */
-class ModernOnly {
-  readonly _tag = "ModernOnly"
-}
-
-/** The server no longer knows our session: initialize again and resend. */
-class SessionGone {
-  readonly _tag = "SessionGone"
-}
-
-/** Headers of an answer, as Http1Client gives them (names lower-cased). */
-type AnswerHeaders = Http1Head["headers"]
-
-/** Handlers for an answer whose body nobody reads (a notification's 202, a DELETE): only its end matters. */
-const discardAnswer = (onDone: () => void, onError: (e: Http1Error) => void = onDone): Http1Handler => ({
-  onHead: () => {},
-  onData: () => {},
-  onEnd: onDone,
-  onError
-})
-
-/** An answer to a POST: the response and the answer's headers. */
-type Posted = { readonly response: JsonRpcResponse; readonly headers: AnswerHeaders }
-
-type PostFailure = TransportError | SessionGone | RequestTimeout
 
 /** Where an instance is reached, worked out once per instance and shared by its connections. */
 interface Target {
@@ -123,24 +49,6 @@ const targetOf = (instance: HttpInstance): Target => {
     targets.set(instance, target)
   }
   return target
-}
-
-/**
- * A server's answer to `initialize`, one object for every session that got the same answer
- * from the instance (its capabilities, its instructions: often kilobytes, and the same for
- * thousands of sessions). Never changed once made (a session only reads it).
- */
-const results = new WeakMap<HttpInstance, Map<string, Record<string, unknown>>>()
-const MAX_SHARED_RESULTS = 16
-const sharedResult = (instance: HttpInstance, result: Record<string, unknown>): Record<string, unknown> => {
-  let known = results.get(instance)
-  if (known === undefined) results.set(instance, known = new Map())
-  const key = canonicalJson(result)
-  const shared = known.get(key)
-  if (shared !== undefined) return shared
-  if (known.size >= MAX_SHARED_RESULTS) known.clear()
-  known.set(key, result)
-  return result
 }
 
 /**
@@ -286,7 +194,6 @@ export class HttpConnection implements Connection {
       return () => {}
     }
     let settled = false
-    let gotResponse = false
     const done = (outcome: Exit.Exit<Posted, PostFailure>) => {
       if (!settled) {
         settled = true
@@ -294,16 +201,9 @@ export class HttpConnection implements Connection {
         resume(outcome)
       }
     }
-    let status = 0
-    let type = ""
-    let answerHeaders: AnswerHeaders = {}
-    /** The SSE parser, when the answer is a stream; otherwise the JSON body collects in `text`. */
-    let feed: ((chunk: string) => void) | undefined
-    let text = ""
-    const deliver = (message: unknown) => {
-      if (isResponse(message) && message.id === id) {
-        done(Exit.succeed({ response: message, headers: answerHeaders }))
-      } else if (isRequest(message)) {
+    /** What the answer carries besides the response: server requests, and notifications about this request. */
+    const onMessage = (message: unknown) => {
+      if (isRequest(message)) {
         if (relay?.onServerRequest !== undefined && message.method !== "ping") {
           relay.onServerRequest(message, (answer) => this.postOneWay({ ...answer, id: message.id }, s))
         } else {
@@ -315,56 +215,7 @@ export class HttpConnection implements Connection {
         else this.log.debug(`notification ${message.method}`)
       }
     }
-    const handler: Http1Handler = {
-      onHead: (head) => {
-        gotResponse = true
-        status = head.status
-        answerHeaders = head.headers
-        type = head.headers["content-type"] ?? ""
-        if (status >= 200 && status < 300 && type.startsWith("text/event-stream")) {
-          feed = makeSseParser((event) => {
-            if (event.event !== "message" || event.data === "") return
-            const parsed = parseServerMessage(event.data)
-            if (parsed.ok) return deliver(parsed.value)
-            if (parsed.reason === "not JSON") return this.log.debug(`ignoring an SSE event that is not JSON`)
-            // (Whatever it was, this request's answer cannot come through it.)
-            done(Exit.fail(this.error("protocol", tooDeepMessage, true)))
-            exchange.abort()
-          }, { onOversized: () => this.log.warn(`dropped an SSE event larger than ${MAX_EVENT_LENGTH} characters`) })
-        }
-      },
-      onData: (chunk) => {
-        if (feed !== undefined) return feed(chunk)
-        text += chunk
-        if (text.length > MAX_RESPONSE_LENGTH) {
-          done(Exit.fail(this.error("protocol", `the answer is larger than ${MAX_RESPONSE_LENGTH} characters`, true)))
-          exchange.abort()
-        }
-      },
-      onEnd: () => {
-        if (feed !== undefined) return done(Exit.fail(this.error("protocol", "the SSE stream ended without a response", true)))
-        const parsed = text === "" ? undefined : parseServerMessage(text)
-        if (parsed?.ok === false && parsed.reason === "too deep") return done(Exit.fail(this.error("protocol", tooDeepMessage, true)))
-        const message = parsed?.ok === true ? parsed.value : undefined
-        if (s?.id !== undefined && (status === 404 || (status === 400 && /session/i.test(text)))) {
-          return done(Exit.fail(new SessionGone()))
-        }
-        if (isResponse(message) && (message.id === id || (status >= 400 && message.id === null))) {
-          // A JSON-RPC answer, even on an error status, is the server's word: pass it on.
-          if (message.id === id) return done(Exit.succeed({ response: message, headers: answerHeaders }))
-        }
-        if (status >= 200 && status < 300) {
-          return done(Exit.fail(this.error("protocol", `expected a JSON-RPC response, got HTTP ${status} ${type || "without a body"}`, true)))
-        }
-        done(Exit.fail(this.error(CLIENT_FAULT_STATUSES.has(status) ? "rejected" : "http_status", `HTTP ${status}${text ? `: ${text.slice(0, 200)}` : ""}`, true)))
-      },
-      onError: (e) => {
-        if (gotResponse) {
-          return done(Exit.fail(this.error("reset", `${feed !== undefined ? "SSE stream" : "response"} failed: ${e.message}`, true)))
-        }
-        done(Exit.fail(this.error(e.answered ? "reset" : reasonOfCode(e.code), `${e.code}: ${e.message}`, e.answered || !NEVER_SENT_ERRORS.has(e.code))))
-      }
-    }
+    const handler = readAnswer(this.instance.id, id, s?.id, this.log, onMessage, done, () => exchange.abort())
     let exchange: Http1Exchange
     try {
       exchange = this.requestTo("POST", this.headersFor(s, relay?.headers, routing), body, handler)
@@ -386,115 +237,15 @@ export class HttpConnection implements Connection {
     }
   }
 
-  /** The old handshake: `initialize`, then `notifications/initialized`; the session id the server issues, if any. */
-  private initializeLegacy(params: Record<string, unknown>) {
-    const self = this
-    return Effect.gen(function*() {
-      const { headers, response } = yield* self.post("initialize", params, undefined, undefined).pipe(
-        Effect.timeoutFail({
-          duration: INITIALIZE_TIMEOUT,
-          onTimeout: () => self.error("timeout", `no answer to initialize within ${Duration.format(INITIALIZE_TIMEOUT)}`, true)
-        }),
-        Effect.catchTags({
-          SessionGone: () => Effect.fail(self.error("protocol", "initialize was refused", true)),
-          RequestTimeout: (e) => Effect.fail(self.error("timeout", e.message, true))
-        })
-      )
-      if (refusedAsModernOnly(response)) return yield* Effect.fail(new ModernOnly())
-      if ("error" in response) return yield* self.error("protocol", `initialize failed: ${response.error.message}`, true)
-      const version = isObject(response.result) ? response.result.protocolVersion : undefined
-      if (typeof version !== "string" || !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
-        return yield* self.error("protocol", `server answered initialize with unsupported protocol version ${JSON.stringify(version)}`, true)
-      }
-      // (Copied: as it comes, it shares the memory of the answer's whole head, for as long as the session lives.)
-      const sessionHeader = headers["mcp-session-id"] === undefined ? undefined : flatString(headers["mcp-session-id"])
-      const opened: Session = {
-        era: "legacy",
-        id: sessionHeader,
-        protocolVersion: version,
-        initializeResult: sharedResult(self.instance, response.result as Record<string, unknown>)
-      }
-      self.postOneWay({ jsonrpc: "2.0", method: "notifications/initialized" }, opened)
-      self.log.info(`session ${opened.id ?? "(stateless)"} with ${self.instance.endpoint}`)
-      return opened
-    })
-  }
-
-  /**
-   * The revision's own opening: `server/discover`. A modern server answers with what it
-   * supports; an old one with an error of some kind (unknown method, no session), which makes
-   * it old. Only a server that cannot be reached fails here.
-   */
-  private probeModern(params: Record<string, unknown>): Effect.Effect<ModernSession | { readonly why: string }, TransportError> {
-    const version = MODERN_PROTOCOL_VERSIONS[0]!
-    const provisional: ModernSession = {
-      era: "modern",
-      id: undefined,
-      protocolVersion: version,
-      initializeResult: {},
-      discover: {},
-      envelope: envelopeOf(version, params)
+  /** What opening a session needs of this connection (HttpSession.ts). */
+  private get opener(): SessionOpener {
+    return {
+      instance: this.instance,
+      log: this.log,
+      era: this.options.era,
+      post: (method, params, s) => this.post(method, params, s, undefined),
+      postOneWay: (message, s) => this.postOneWay(message, s)
     }
-    return this.post("server/discover", undefined, provisional, undefined).pipe(
-      Effect.timeoutFail({ duration: PROBE_TIMEOUT, onTimeout: () => this.error("timeout", `no answer to server/discover within ${Duration.format(PROBE_TIMEOUT)}`, true) }),
-      Effect.map(({ response }) => classifyProbe(response)),
-      Effect.catchAll((e) =>
-        e._tag === "TransportError" && !e.reachedBackend
-          ? Effect.fail(e)
-          : Effect.succeed({ _tag: "Legacy" as const, why: e._tag === "TransportError" ? e.message : "no answer", silent: e._tag === "TransportError" && e.reason === "timeout" })
-      ),
-      Effect.map((outcome) => {
-        if (outcome._tag === "Legacy") {
-          // A silent server is worth saying at info: a modern one that hung is now spoken to the old way.
-          if ("silent" in outcome && outcome.silent) this.log.info(`${outcome.why}; trying the old protocol (initialize)`)
-          else this.log.debug(`not a ${version} server (${outcome.why}); initializing`)
-          return { why: outcome.why }
-        }
-        const opened: ModernSession = {
-          ...provisional,
-          protocolVersion: outcome.version,
-          envelope: envelopeOf(outcome.version, params),
-          discover: outcome.discover,
-          initializeResult: initializeResultOf(outcome.version, outcome.discover, this.instance.id)
-        }
-        return opened
-      })
-    )
-  }
-
-  /**
-   * Opens the "session": the revision the instance spoke last time is tried first (a new
-   * instance is probed with `server/discover`, and initialized the old way if it is not modern;
-   * an old one that now refuses `initialize` as modern-only is probed again).
-   */
-  private get handshake(): Effect.Effect<Session, TransportError> {
-    const self = this
-    return Effect.gen(function*() {
-      const params = self.clientInitialize ?? initializeParams()
-      const remembered = self.options.era?.get()
-      let opened: Session | undefined
-      let why: string | undefined
-      if (remembered !== "legacy") {
-        const probed = yield* self.probeModern(params)
-        if ("era" in probed) opened = probed
-        else why = probed.why
-      }
-      if (opened === undefined) {
-        const unusable = (reason: string) =>
-          self.error("protocol", `the server refuses initialize as modern-only, but its answer to server/discover is not usable: ${reason}`, true)
-        opened = yield* self.initializeLegacy(params).pipe(
-          Effect.catchTag("ModernOnly", () =>
-            why !== undefined
-              ? Effect.fail(unusable(why))
-              : Effect.flatMap(self.probeModern(params), (probed) => ("era" in probed ? Effect.succeed(probed) : Effect.fail(unusable(probed.why)))))
-        )
-      }
-      if (remembered !== opened.era) {
-        self.options.era?.set(opened.era)
-        if (opened.era === "modern") self.log.info(`${self.instance.endpoint} speaks MCP ${opened.protocolVersion} (no session; server/discover)`)
-      }
-      return opened
-    })
   }
 
   /** The current session, or a new one; concurrent callers share one initialize. */
@@ -505,7 +256,7 @@ export class HttpConnection implements Connection {
       if (this.opening !== undefined) return Deferred.await(this.opening)
       const deferred = Deferred.unsafeMake<Session, TransportError>(FiberId.none)
       this.opening = deferred
-      return this.handshake.pipe(
+      return openSession(this.opener, this.clientInitialize ?? initializeParams()).pipe(
         Effect.tap((opened) =>
           Effect.sync(() => {
             if (this.opening === deferred) {

@@ -21,7 +21,7 @@ const PATTERNS: ReadonlyArray<RegExp> = [
  * - ioredis 6 rejects a timed-out command with a plain `Error("Command timed out")`, no class
  *   or code (src/fleet/FleetRedis.ts compares it whole, through a named constant);
  * - a server that forgot a session and answers 400 (not the protocol's 404) says so only in the
- *   words of its answer (src/transport/http.ts): a backend's text, not an error of ours;
+ *   words of its answer (src/transport/httpAnswer.ts): a backend's text, not an error of ours;
  * - the CLI's hint on a 403 reads the gateway's own answer for the word "scope" (to be replaced
  *   by a field of the error envelope naming the scope).
  */
