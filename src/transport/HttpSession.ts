@@ -63,7 +63,8 @@ class ModernOnly {
 /**
  * A server's answer to `initialize`, one object for every session that got the same answer
  * from the instance (its capabilities, its instructions: often kilobytes, and the same for
- * thousands of sessions). Never changed once made (a session only reads it).
+ * thousands of sessions). Never changed once made (a session only reads it). Module-level but
+ * no gateway's state: keyed weakly by the instance definition (one gateway's object), bounded.
  */
 const results = new WeakMap<HttpInstance, Map<string, Record<string, unknown>>>()
 const MAX_SHARED_RESULTS = 16
