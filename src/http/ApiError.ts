@@ -19,7 +19,9 @@ const errorBody = <S extends number>(status: S) =>
     /** One line per problem, each naming the field, for `invalid_request`. */
     problems: Schema.optional(Schema.Array(Schema.String)),
     /** The instance whose answer this is, when one answered. */
-    instance_id: Schema.optional(Schema.String)
+    instance_id: Schema.optional(Schema.String),
+    /** The scope the credential lacks, for `forbidden` when that is why. */
+    scope: Schema.optional(Schema.String)
   })
 
 export interface ErrorBody {
@@ -31,6 +33,7 @@ export interface ErrorBody {
   readonly data?: unknown
   readonly problems?: ReadonlyArray<string> | undefined
   readonly instance_id?: string | undefined
+  readonly scope?: string | undefined
 }
 
 const errorClass = <S extends number>(status: S) => ({ error: errorBody(status) })

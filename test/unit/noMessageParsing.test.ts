@@ -22,13 +22,10 @@ const PATTERNS: ReadonlyArray<RegExp> = [
  *   or code (src/fleet/FleetRedis.ts compares it whole, through a named constant);
  * - a server that forgot a session and answers 400 (not the protocol's 404) says so only in the
  *   words of its answer (src/transport/httpAnswer.ts): a backend's text, not an error of ours;
- * - the CLI's hint on a 403 reads the gateway's own answer for the word "scope" (to be replaced
- *   by a field of the error envelope naming the scope).
  */
 const ALLOWED: ReadonlyArray<string> = [
   "e.message === IOREDIS_COMMAND_TIMEOUT",
-  "(status === 400 && /session/i.test(text))",
-  "answer.status === 403 && /scope/i.test(message)"
+  "(status === 400 && /session/i.test(text))"
 ]
 
 export const messageParsingIn = (line: string): boolean =>
@@ -61,5 +58,15 @@ describe("no error message is parsed in src/", () => {
       })
     }
     expect(found).toEqual([])
+  })
+})
+
+describe("the CLI's hint on a 403 reads the envelope's scope, not its message", () => {
+  it("a missing scope gets the hint; a 403 for another reason does not", async () => {
+    const { describeFailure } = await import("../../src/cli/gatewayClient.js")
+    const lacking = { status: 403, body: { error: { status: 403, type: "forbidden", message: "Forbidden: this credential lacks the scope gateway:admin", scope: "gateway:admin" } } }
+    expect(describeFailure(lacking)).toContain("(the credential in MCP_GATEWAY_API_KEY lacks it)")
+    const policy = { status: 403, body: { error: { status: 403, type: "forbidden", message: "Forbidden: stdio registrations need a scope nobody has here" } } }
+    expect(describeFailure(policy)).toBe(policy.body.error.message)
   })
 })
