@@ -35,6 +35,7 @@ const redacting = <O>(logger: Logger.Logger<unknown, O>, escape = false) => {
  * was a tenth of the gateway's CPU under load; a batch costs one. Whatever is pending when the
  * process exits is written then, so no line is lost to an orderly exit.
  */
+// Process-wide on purpose: stderr is the process's, whichever gateway (or CLI command) writes.
 let pending = ""
 let scheduled = false
 

@@ -124,6 +124,8 @@ export const describeFailure = (answer: GatewayAnswer): string => {
     ? answer.body.slice(0, 300)
     : `HTTP ${answer.status}`
   if (answer.status === 401) return `${message} (set MCP_GATEWAY_API_KEY to an API key of the gateway)`
-  if (answer.status === 403 && /scope/i.test(message)) return `${message} (the credential in MCP_GATEWAY_API_KEY lacks it)`
+  if (answer.status === 403 && typeof error === "object" && error !== null && typeof error.scope === "string") {
+    return `${message} (the credential in MCP_GATEWAY_API_KEY lacks it)`
+  }
   return message
 }

@@ -1,11 +1,29 @@
 import { Data } from "effect"
 import { ErrorCode, type JsonRpcErrorObject } from "./JsonRpc.js"
 
-/** Errors of the gateway's own policy, independent of how they reach a client (see http/ApiError.ts). */
+/**
+ * Errors of the gateway's own policy. Each knows what it means to a client, in one place (its
+ * class): `kind` (the error envelope's `type`, the request log's and the metrics' `outcome`),
+ * `httpStatus` (the REST face's answer) and `rpcCode` (the code of the JSON-RPC error the MCP
+ * endpoint answers a request with). http/ApiError.ts, the Dispatcher and the sessions ask the
+ * error; none keeps a table. (Transport errors carry theirs too: transport/TransportError.ts.)
+ */
 
 export class TemplateNotFound extends Data.TaggedError("TemplateNotFound")<{ readonly template: string }> {
   get message() {
     return `unknown template "${this.template}"`
+  }
+
+  get kind(): "template_not_found" {
+    return "template_not_found"
+  }
+
+  get httpStatus(): 404 {
+    return 404
+  }
+
+  get rpcCode(): number {
+    return ErrorCode.InternalError
   }
 }
 
@@ -15,6 +33,18 @@ export class InstanceNotFound extends Data.TaggedError("InstanceNotFound")<{
 }> {
   get message() {
     return `template "${this.template}" has no instance "${this.instanceId}"`
+  }
+
+  get kind(): "instance_not_found" {
+    return "instance_not_found"
+  }
+
+  get httpStatus(): 404 {
+    return 404
+  }
+
+  get rpcCode(): number {
+    return ErrorCode.InternalError
   }
 }
 
@@ -28,6 +58,18 @@ export class NoHealthyInstance extends Data.TaggedError("NoHealthyInstance")<{
     return this.total === 0
       ? `template "${this.template}" has no instances`
       : `template "${this.template}" has no healthy instance (0 of ${this.total})`
+  }
+
+  get kind(): "no_healthy_instance" {
+    return "no_healthy_instance"
+  }
+
+  get httpStatus(): 503 {
+    return 503
+  }
+
+  get rpcCode(): number {
+    return ErrorCode.InternalError
   }
 }
 
@@ -43,6 +85,18 @@ export class InstanceUnavailable extends Data.TaggedError("InstanceUnavailable")
 }> {
   get message() {
     return `instance "${this.instanceId}" of template "${this.template}" cannot take requests now: ${this.reason}`
+  }
+
+  get kind(): "instance_unavailable" {
+    return "instance_unavailable"
+  }
+
+  get httpStatus(): 503 {
+    return 503
+  }
+
+  get rpcCode(): number {
+    return ErrorCode.InternalError
   }
 }
 
@@ -62,6 +116,18 @@ export class AllAttemptsFailed extends Data.TaggedError("AllAttemptsFailed")<{
     return `every attempt on template "${this.template}" failed (${tried})` +
       (this.notRetriedReason ? `; ${this.notRetriedReason}` : "")
   }
+
+  get kind(): "upstream_failed" {
+    return "upstream_failed"
+  }
+
+  get httpStatus(): 502 {
+    return 502
+  }
+
+  get rpcCode(): number {
+    return ErrorCode.InternalError
+  }
 }
 
 export class UpstreamTimeout extends Data.TaggedError("UpstreamTimeout")<{
@@ -75,6 +141,18 @@ export class UpstreamTimeout extends Data.TaggedError("UpstreamTimeout")<{
       ? `template "${this.template}" did not answer (or report progress) within ${this.timeoutSeconds}s`
       : `template "${this.template}" did not answer within ${this.timeoutSeconds}s`
   }
+
+  get kind(): "upstream_timeout" {
+    return "upstream_timeout"
+  }
+
+  get httpStatus(): 504 {
+    return 504
+  }
+
+  get rpcCode(): number {
+    return ErrorCode.InternalError
+  }
 }
 
 /**
@@ -85,16 +163,47 @@ export class RequestRejected extends Data.TaggedError("RequestRejected")<{
   readonly template: string
   readonly instanceId: string
   readonly message: string
-}> {}
+}> {
+  get kind(): "invalid_request" {
+    return "invalid_request"
+  }
+
+  get httpStatus(): 400 {
+    return 400
+  }
+
+  get rpcCode(): number {
+    return ErrorCode.InvalidRequest
+  }
+}
 
 /** A JSON-RPC error answered by a backend: passed through to the client. */
 export class BackendError extends Data.TaggedError("BackendError")<{
   readonly template: string
   readonly instanceId: string
   readonly error: JsonRpcErrorObject
+  /**
+   * The tool or prompt the request named, when the gateway refused it for the server because
+   * the template hides it (an aggregate renames it back to the name its client asked for).
+   */
+  readonly unknownName?: string | undefined
 }> {
   get message() {
     return this.error.message
+  }
+
+  get kind(): "mcp_error" {
+    return "mcp_error"
+  }
+
+  /** The server's own error code decides (httpStatusOfMcpError). */
+  get httpStatus(): number {
+    return httpStatusOfMcpError(this.error.code)
+  }
+
+  /** Passed through: the server's own code. */
+  get rpcCode(): number {
+    return this.error.code
   }
 }
 
@@ -111,6 +220,18 @@ export class ListTooLong extends Data.TaggedError("ListTooLong")<{
     return `instance "${this.instanceId}" of template "${this.template}" kept paging past ${this.pages} pages ` +
       `(gateway.max_list_pages); the list was not returned, as it would be incomplete`
   }
+
+  get kind(): "list_too_long" {
+    return "list_too_long"
+  }
+
+  get httpStatus(): 502 {
+    return 502
+  }
+
+  get rpcCode(): number {
+    return ErrorCode.InternalError
+  }
 }
 
 /**
@@ -125,6 +246,18 @@ export class TransformFailed extends Data.TaggedError("TransformFailed")<{
 }> {
   get message() {
     return `transform "${this.transform}" of ${this.template} failed: ${this.reason}`
+  }
+
+  get kind(): "transform_failed" {
+    return "transform_failed"
+  }
+
+  get httpStatus(): 502 {
+    return 502
+  }
+
+  get rpcCode(): number {
+    return ErrorCode.InternalError
   }
 }
 
@@ -164,6 +297,19 @@ export class SessionLimitReached extends Data.TaggedError("SessionLimitReached")
   get retryAfterSeconds(): number {
     return this.scope === "instance" ? SLOTS_BUSY_RETRY_AFTER_SECONDS : 60
   }
+
+  get kind(): "session_limit" {
+    return "session_limit"
+  }
+
+  /** A client over its own cap is told to slow down (429); the gateway or the template being full is a 503. */
+  get httpStatus(): 429 | 503 {
+    return this.scope === "client" ? 429 : 503
+  }
+
+  get rpcCode(): number {
+    return ErrorCode.InternalError
+  }
 }
 
 /** Retry-After of a session refused because every process slot is busy (a request ending frees one). */
@@ -195,51 +341,3 @@ export const httpStatusOfMcpError = (code: number): number =>
     : code === ErrorCode.MethodNotFound || code === ErrorCode.ResourceNotFound
     ? 404
     : 502
-
-/** The HTTP status a dispatch error is answered with on the REST face (the request log says it too). */
-export const httpStatusOf = (error: DispatchError): number => {
-  switch (error._tag) {
-    case "TemplateNotFound":
-    case "InstanceNotFound":
-      return 404
-    case "NoHealthyInstance":
-    case "InstanceUnavailable":
-      return 503
-    case "AllAttemptsFailed":
-    case "ListTooLong":
-    case "TransformFailed":
-      return 502
-    case "UpstreamTimeout":
-      return 504
-    case "RequestRejected":
-      return 400
-    case "BackendError":
-      return httpStatusOfMcpError(error.error.code)
-  }
-}
-
-/** The kind of a dispatch error, as the error envelope's `type`, the request log's and the metrics' `outcome` say it. */
-export const errorKind = (error: DispatchError): string => {
-  switch (error._tag) {
-    case "TemplateNotFound":
-      return "template_not_found"
-    case "InstanceNotFound":
-      return "instance_not_found"
-    case "NoHealthyInstance":
-      return "no_healthy_instance"
-    case "InstanceUnavailable":
-      return "instance_unavailable"
-    case "AllAttemptsFailed":
-      return "upstream_failed"
-    case "UpstreamTimeout":
-      return "upstream_timeout"
-    case "RequestRejected":
-      return "invalid_request"
-    case "ListTooLong":
-      return "list_too_long"
-    case "BackendError":
-      return "mcp_error"
-    case "TransformFailed":
-      return "transform_failed"
-  }
-}

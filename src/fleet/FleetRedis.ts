@@ -3,8 +3,16 @@ import type { Redis } from "ioredis"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { redactUrl } from "../domain/redact.js"
 
-/** Whether a command failed for want of an answer within the bound (ioredis's `commandTimeout`). */
-export const isRedisTimeout = (e: unknown) => e instanceof Error && /timed out/i.test(e.message)
+/**
+ * Whether a command failed for want of an answer within the bound (ioredis's `commandTimeout`).
+ * The one place src/ reads an error's text: ioredis 6 rejects a timed-out command with a plain
+ * `new Error("Command timed out")` (Command.js), no class or code to tell it by. Compared whole,
+ * so another error that mentions a timeout is not taken for it. (Its timeout during a server's
+ * maintenance has a class, told by its name: ioredis is loaded only with a Redis configured.)
+ */
+export const isRedisTimeout = (e: unknown) =>
+  e instanceof Error && (e.message === IOREDIS_COMMAND_TIMEOUT || e.name === "CommandTimeoutDuringMaintenanceError")
+const IOREDIS_COMMAND_TIMEOUT = "Command timed out"
 
 /** How the gateway stands with the Redis its replicas share. */
 export type FleetStatus = "off" | "ok" | "slow" | "down"

@@ -1,6 +1,6 @@
 import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
 import { Cause, Schema } from "effect"
-import { type DispatchError, httpStatusOf } from "../domain/GatewayError.js"
+import type { DispatchError } from "../domain/GatewayError.js"
 
 /**
  * The one error shape of every answer: `{"error":{"status","type","message","request_id",...}}`.
@@ -19,7 +19,9 @@ const errorBody = <S extends number>(status: S) =>
     /** One line per problem, each naming the field, for `invalid_request`. */
     problems: Schema.optional(Schema.Array(Schema.String)),
     /** The instance whose answer this is, when one answered. */
-    instance_id: Schema.optional(Schema.String)
+    instance_id: Schema.optional(Schema.String),
+    /** The scope the credential lacks, for `forbidden` when that is why. */
+    scope: Schema.optional(Schema.String)
   })
 
 export interface ErrorBody {
@@ -31,6 +33,7 @@ export interface ErrorBody {
   readonly data?: unknown
   readonly problems?: ReadonlyArray<string> | undefined
   readonly instance_id?: string | undefined
+  readonly scope?: string | undefined
 }
 
 const errorClass = <S extends number>(status: S) => ({ error: errorBody(status) })
@@ -90,36 +93,28 @@ export const toApiError = (answer: ErrorAnswer): ApiError => {
   return new Class(Class === InternalError ? { error: { ...answer.body.error, status: 500 } } : answer.body)
 }
 
+/** A dispatch error as the error envelope: its status, kind and message are the error's own (domain/GatewayError.ts). */
 export const dispatchErrorAnswer = (error: DispatchError, requestId: string): ErrorAnswer => {
+  const answer = errorAnswer(error.httpStatus, error.kind, error.message, requestId, detailsOf(error))
+  return error._tag === "NoHealthyInstance" || error._tag === "InstanceUnavailable" ? retryLater(answer, error.retryAfterSeconds) : answer
+}
+
+/** What the envelope says beyond the message: the instance that answered or refused, a backend's own code and data. */
+const detailsOf = (error: DispatchError): Partial<ErrorBody> | undefined => {
   switch (error._tag) {
-    case "TemplateNotFound":
-      return errorAnswer(404, "template_not_found", error.message, requestId)
-    case "InstanceNotFound":
-      return errorAnswer(404, "instance_not_found", error.message, requestId)
-    case "NoHealthyInstance":
-      return retryLater(errorAnswer(503, "no_healthy_instance", error.message, requestId), error.retryAfterSeconds)
     case "InstanceUnavailable":
-      return retryLater(
-        errorAnswer(503, "instance_unavailable", error.message, requestId, { instance_id: error.instanceId }),
-        error.retryAfterSeconds
-      )
-    case "AllAttemptsFailed":
-      return errorAnswer(502, "upstream_failed", error.message, requestId)
-    case "UpstreamTimeout":
-      return errorAnswer(504, "upstream_timeout", error.message, requestId)
     case "RequestRejected":
-      return errorAnswer(400, "invalid_request", error.message, requestId, { instance_id: error.instanceId })
     case "ListTooLong":
-      return errorAnswer(502, "list_too_long", error.message, requestId, { instance_id: error.instanceId })
-    case "TransformFailed":
-      return errorAnswer(502, "transform_failed", error.message, requestId)
+      return { instance_id: error.instanceId }
     case "BackendError":
-      return errorAnswer(httpStatusOf(error), "mcp_error", error.error.message, requestId, {
+      return {
         code: error.error.code,
         // (None when the gateway refused it for the server: a hidden tool, a transform's refusal.)
         ...(error.instanceId === "" ? {} : { instance_id: error.instanceId }),
         ...(error.error.data === undefined ? {} : { data: error.error.data })
-      })
+      }
+    default:
+      return undefined
   }
 }
 

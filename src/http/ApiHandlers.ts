@@ -203,7 +203,8 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           }
           const { instance, load_balancer, template_name } = decoded.right
           if (context !== undefined && !allows(context.identity, "gateway:admin", template_name)) {
-            return yield* fail(403, "forbidden", `Forbidden: this credential lacks the scope ${scopeNeeded("gateway:admin", template_name)}`)
+            const needed = scopeNeeded("gateway:admin", template_name)
+            return yield* fail(403, "forbidden", `Forbidden: this credential lacks the scope ${needed}`, { scope: needed })
           }
           if (instance.metadata !== undefined) {
             const bytes = Buffer.byteLength(JSON.stringify(instance.metadata))

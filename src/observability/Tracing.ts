@@ -7,6 +7,9 @@ import { GatewayMetrics } from "./GatewayMetrics.js"
 /** How often a collector that keeps failing is logged about. */
 const WARN_EVERY_MS = 60_000
 
+/** The collector answered with an error status (told apart from a failure to reach it by its class, not its text). */
+class CollectorRefused extends Error {}
+
 interface Batch {
   readonly body: Uint8Array
   readonly contentType: string
@@ -89,12 +92,12 @@ export const TracingLive: Layer.Layer<never, never, GatewayConfig | GatewayMetri
           }).then(async (response) => {
             // (Read to the end: the connection then goes back to the pool, for the next batch.)
             await response.arrayBuffer()
-            if (!response.ok) throw new Error(`the collector at ${where} answered ${response.status}`)
+            if (!response.ok) throw new CollectorRefused(`the collector at ${where} answered ${response.status}`)
           }),
         catch: (e) =>
           e instanceof Error && (e.name === "TimeoutError" || e.name === "AbortError")
             ? `the collector at ${where} did not answer within ${timeoutMs} ms`
-            : e instanceof Error && e.message.startsWith("the collector")
+            : e instanceof CollectorRefused
             ? e.message
             : `cannot reach the collector at ${where} (${e instanceof Error ? (e.cause as Error | undefined)?.message ?? e.message : String(e)})`
       }).pipe(Effect.catchAll((why) => drop(batch.spans, why)))

@@ -168,18 +168,18 @@ export class AggregateSession extends EndpointSession {
           if (e instanceof Answered) return e.answer
           switch (e._tag) {
             case "TransformFailed":
-              return { _tag: "Failed", status: 502, error: { code: ErrorCode.InternalError, message: e.message } }
+              return { _tag: "Failed", status: e.httpStatus, error: { code: e.rpcCode, message: e.message } }
             case "BackendError":
               return { _tag: "Answer", message: { error: e.error } }
             case "SessionLimitReached":
               // Every process slot of the template busy (or the gateway's cap): a 503, as a session of the template alone gets.
               return e.scope === "client"
-                ? { _tag: "Failed", status: 429, error: { code: ErrorCode.InternalError, message: e.message }, headers: { "retry-after": "60" } }
+                ? { _tag: "Failed", status: 429, error: { code: e.rpcCode, message: e.message }, headers: { "retry-after": "60" } }
                 : { _tag: "Unavailable", message: e.message, retryAfterSeconds: e.retryAfterSeconds }
             case "NoHealthyInstance":
               return { _tag: "Unavailable", message: e.message, retryAfterSeconds: e.retryAfterSeconds }
             default:
-              return { _tag: "Answer", message: { error: { code: ErrorCode.InternalError, message: e.message } } }
+              return { _tag: "Answer", message: { error: { code: e.rpcCode, message: e.message } } }
           }
         }
       })
@@ -227,8 +227,8 @@ export class AggregateSession extends EndpointSession {
             : this.call(target.template, method, { ...params, name: target.name }, relay, headers).pipe(
               // A template's refusal names its own name; the client knows the aggregate's.
               Effect.mapError((e) =>
-                !(e instanceof Answered) && e._tag === "BackendError" && e.error.message === `${unknown}: ${target.name}`
-                  ? new BackendError({ ...e, error: { ...e.error, message: `${unknown}: ${name}` } })
+                !(e instanceof Answered) && e._tag === "BackendError" && e.unknownName === target.name
+                  ? new BackendError({ ...e, error: { ...e.error, message: `${unknown}: ${name}` }, unknownName: name })
                   : e
               )
             ))

@@ -1,7 +1,6 @@
 import { type Cause, Effect, Exit, type Scope } from "effect"
 import type { DispatchError } from "../domain/GatewayError.js"
 import { intern } from "../domain/intern.js"
-import { ErrorCode } from "../domain/JsonRpc.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import type { Connection } from "../transport/Connection.js"
 import type { DispatcherShape } from "./Dispatcher.js"
@@ -176,12 +175,11 @@ export class ClientSession extends EndpointSession {
       case "BackendError":
         return { _tag: "Answer", message: { error: error.error } }
       case "RequestRejected":
-        return errorAnswer(ErrorCode.InvalidRequest, error.message)
       case "ListTooLong":
       case "UpstreamTimeout":
-        return errorAnswer(ErrorCode.InternalError, error.message)
+        return errorAnswer(error.rpcCode, error.message)
       case "TransformFailed":
-        return { _tag: "Failed", status: 502, error: { code: ErrorCode.InternalError, message: error.message } }
+        return { _tag: "Failed", status: error.httpStatus, error: { code: error.rpcCode, message: error.message } }
       case "NoHealthyInstance":
         return { _tag: "Unavailable", message: error.message, retryAfterSeconds: error.retryAfterSeconds }
       case "TemplateNotFound":
@@ -192,7 +190,7 @@ export class ClientSession extends EndpointSession {
         // The server the client talked to is gone: so is the session. Otherwise the request failed, not the session.
         return this.backendLost
           ? { _tag: "Gone", message: `Session not found: its server is gone (${error.message})` }
-          : errorAnswer(ErrorCode.InternalError, error.message)
+          : errorAnswer(error.rpcCode, error.message)
     }
   }
 

@@ -371,7 +371,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
                 }
                 const slot = own ? yield* takeSlot(instance, max) : undefined
                 if (own && slot === undefined) {
-                  return yield* new TransportError({ instanceId: instance.id, message: full(instance), reachedBackend: false })
+                  return yield* new TransportError({ instanceId: instance.id, reason: "unavailable", message: full(instance), reachedBackend: false })
                 }
                 const result = yield* openOn(instance, initializeParams, own, deadline.remainingMs(), slot === undefined ? undefined : freeSlot(slot), callerOf(owner)).pipe(
                   // It took a warm process, if there was one: another replaces it (within the bound).

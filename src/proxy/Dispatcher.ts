@@ -3,9 +3,7 @@ import {
   AllAttemptsFailed,
   BackendError,
   type DispatchError,
-  errorKind,
   type FailedAttempt,
-  httpStatusOf,
   httpStatusOfMcpError,
   InstanceUnavailable,
   NoHealthyInstance,
@@ -111,8 +109,7 @@ export interface DispatcherShape {
  * May this failure be sent to another instance? Reads and lists: any transport failure.
  * `tools/call` may have side effects: only when it provably never reached the backend.
  */
-export const isRetryable = (method: string, error: TransportError): boolean =>
-  method !== "tools/call" || !error.reachedBackend
+export const isRetryable = (method: string, error: TransportError): boolean => error.retryable(method !== "tools/call")
 
 const OK = { outcome: "ok", status: 200 } as const
 const CANCELLED = { outcome: "cancelled", status: 499 } as const
@@ -346,11 +343,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
         if (Exit.isSuccess(exit)) return operation.classify?.(exit.value) ?? OK
         if (exit.cause._tag !== "Fail") return CANCELLED
         const e = exit.cause.error
-        return e._tag === "RequestTimeout"
-          ? { outcome: "upstream_timeout", status: 504 }
-          : e._tag === "TransportError"
-          ? e.clientFault ? { outcome: "invalid_request", status: 400 } : { outcome: "upstream_failed", status: 502 }
-          : { outcome: errorKind(e), status: httpStatusOf(e) }
+        return { outcome: e.kind, status: e.httpStatus }
       }
 
       /** What the client is told when the one attempt on a pinned instance failed. */
@@ -499,7 +492,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
             const now = timer.now()
             if (pinned.status === "failed" || !pinned.admit(now)) {
               const error = unavailable(template, pinned, now)
-              return Effect.zipRight(finish(pinned, 0, { outcome: errorKind(error), status: httpStatusOf(error) }), Effect.fail(error))
+              return Effect.zipRight(finish(pinned, 0, { outcome: error.kind, status: error.httpStatus }), Effect.fail(error))
             }
             return attemptOn(template, operation, pinned, deadline, 1, (exit) => finish(pinned, 1, outcomeOf(operation, exit))).pipe(
               Effect.mapBoth({

@@ -341,7 +341,10 @@ export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, Expo
             }
           }
           const refused = refusal(view, method, sent)
-          if (refused !== undefined) return yield* new BackendError({ template: view.name, instanceId: "", error: refused })
+          if (refused !== undefined) {
+            const unknownName = (method === "tools/call" || method === "prompts/get") && typeof sent?.name === "string" ? sent.name : undefined
+            return yield* new BackendError({ template: view.name, instanceId: "", error: refused, unknownName })
+          }
           let result = filterResult(view, method, yield* dispatch(sent, () => undefined))
           if (result === HIDDEN_READ) {
             return yield* new BackendError({ template: view.name, instanceId: "", error: { code: ErrorCode.ResourceNotFound, message: `Resource not found: ${String(sent?.uri)}` } })

@@ -112,7 +112,7 @@ export abstract class Multiplexer {
     if (!sent) {
       this.pending.delete(id)
       settle()
-      done(Exit.fail(new TransportError({ instanceId: this.instanceId, message: "not connected", reachedBackend: false })))
+      done(Exit.fail(new TransportError({ instanceId: this.instanceId, reason: "unavailable", message: "not connected", reachedBackend: false })))
       return cancel
     }
     deadline?.arm(() => {
@@ -182,7 +182,7 @@ export abstract class Multiplexer {
   failAll(reason: string) {
     if (this.closed) return
     this.closed = true
-    const error = new TransportError({ instanceId: this.instanceId, message: reason, reachedBackend: true })
+    const error = new TransportError({ instanceId: this.instanceId, reason: "reset", message: reason, reachedBackend: true })
     for (const resume of this.pending.values()) resume(error)
     this.pending.clear()
     this.progress.clear()

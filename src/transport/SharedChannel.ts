@@ -5,7 +5,7 @@ import { initializeParams, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protoco
 import type { Connection, ConnectionEnv, RequestNow, RequestOptions } from "./Connection.js"
 import type { ChannelListener, Multiplexer } from "./Multiplexer.js"
 import type { ChannelStatus } from "./Supervision.js"
-import { RequestTimeout, TransportError } from "./TransportError.js"
+import { RequestTimeout, TransportError, type TransportErrorReason } from "./TransportError.js"
 
 /** How long a fresh channel may take to answer `initialize` before it is stopped. */
 const INITIALIZE_TIMEOUT = Duration.seconds(30)
@@ -73,21 +73,21 @@ export const makeSharedChannelConnection = <C extends Channel>(
     supervision?.report(status)
   }
 
-  const notReady = (message: string) => new TransportError({ instanceId, message, reachedBackend: false })
+  const notReady = (reason: TransportErrorReason, message: string) => new TransportError({ instanceId, reason, message, reachedBackend: false })
 
   const initialize = (channel: C) =>
     Effect.gen(function*() {
       const response = yield* channel.call("initialize", options.initializeParams ?? initializeParams()).pipe(
-        Effect.mapError((e) => notReady(`initialize failed: ${e.message}`)),
+        Effect.mapError((e) => notReady(e._tag === "TransportError" ? e.reason : "timeout", `initialize failed: ${e.message}`)),
         Effect.timeoutFail({
           duration: INITIALIZE_TIMEOUT,
-          onTimeout: () => notReady(`no answer to initialize within ${Duration.format(INITIALIZE_TIMEOUT)}`)
+          onTimeout: () => notReady("timeout", `no answer to initialize within ${Duration.format(INITIALIZE_TIMEOUT)}`)
         })
       )
-      if ("error" in response) return yield* notReady(`initialize failed: ${response.error.message}`)
+      if ("error" in response) return yield* notReady("protocol", `initialize failed: ${response.error.message}`)
       const version = isObject(response.result) ? response.result.protocolVersion : undefined
       if (typeof version !== "string" || !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
-        return yield* notReady(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`)
+        return yield* notReady("protocol", `server answered initialize with unsupported protocol version ${JSON.stringify(version)}`)
       }
       channel.initializeResult = response.result as Record<string, unknown>
       channel.notify({ jsonrpc: "2.0", method: "notifications/initialized" })
@@ -169,16 +169,16 @@ export const makeSharedChannelConnection = <C extends Channel>(
 
   /** The open, initialized channel: the current one, or a new one if there is none (and none is due to be restarted). */
   const ready: Effect.Effect<C, TransportError> = Effect.suspend(() => {
-    if (closed) return Effect.fail(notReady("instance was removed"))
+    if (closed) return Effect.fail(notReady("closed", "instance was removed"))
     if (initialized !== undefined && !initialized.closed) return Effect.succeed(initialized)
     if (starting !== undefined) return Deferred.await(starting)
     if (status.state === "restarting") {
-      return Effect.fail(notReady(`${status.lastExit ?? "the channel ended"}; restarting`))
+      return Effect.fail(notReady("unavailable", `${status.lastExit ?? "the channel ended"}; restarting`))
     }
     if (status.state === "failed") {
       return Effect.flatMap(Clock.currentTimeMillis, (now) => {
         if (now - failedAt < Duration.toMillis(supervision!.policy().window)) {
-          return Effect.fail(notReady(`failed: ${status.lastExit ?? "it kept ending"}, restarted too often (max_restarts)`))
+          return Effect.fail(notReady("unavailable", `failed: ${status.lastExit ?? "it kept ending"}, restarted too often (max_restarts)`))
         }
         // A window has passed: one more chance (ending again within a window makes it failed at once).
         exits.length = 0

@@ -2,7 +2,8 @@ import { Context, Duration, Effect, ExecutionStrategy, Exit, Layer, Runtime, Sco
 import type { InstanceDefinition } from "../domain/Instance.js"
 import type { JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { Connection, ConnectionEnv, ConnectionLog, RequestDone, RequestOptions } from "./Connection.js"
-import { type EraMemory, makeHttpConnection } from "./http.js"
+import { makeHttpConnection } from "./http.js"
+import type { EraMemory } from "./HttpSession.js"
 import { makeLegacySseConnection } from "./legacySse.js"
 import { Http1Pools } from "./Http1Pools.js"
 import { makeStdioConnection } from "./stdio.js"
@@ -102,7 +103,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         return memory
       }
       const removedError = (instance: InstanceDefinition) =>
-        Effect.fail(new TransportError({ instanceId: instance.id, message: "instance was removed", reachedBackend: false }))
+        Effect.fail(new TransportError({ instanceId: instance.id, reason: "closed", message: "instance was removed", reachedBackend: false }))
 
       // One log per instance, shared by its sessions' connections (not four closures per session).
       const logs = new WeakMap<InstanceDefinition, ConnectionLog>()
@@ -173,7 +174,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
           logFor(instance).info(`stopping caller ${evicted.caller}'s idle connection to make room for caller ${caller}'s`)
           Runtime.runFork(runtime)(evicted.close)
         })
-        return typeof entry === "string" ? new TransportError({ instanceId: instance.id, message: entry, reachedBackend: false }) : entry
+        return typeof entry === "string" ? new TransportError({ instanceId: instance.id, reason: "unavailable", message: entry, reachedBackend: false }) : entry
       }
       const callerConnection = (instance: InstanceDefinition, caller: string): Connection | TransportError => {
         const entry = callerEntry(instance, caller)

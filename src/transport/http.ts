@@ -1,109 +1,28 @@
 import { Deferred, Duration, Effect, Exit, type Fiber, FiberId, Runtime, type Scope } from "effect"
 import type { InstanceDefinition } from "../domain/Instance.js"
-import { isNotification, isObject, isRequest, isResponse, type JsonRpcResponse } from "../domain/JsonRpc.js"
-import { canonicalJson } from "../domain/canonicalJson.js"
-import { parseServerMessage, tooDeepMessage } from "../domain/jsonText.js"
+import { isNotification, isRequest } from "../domain/JsonRpc.js"
+import { parseServerMessage } from "../domain/jsonText.js"
+import type { ToolHeaders } from "../domain/ModernProtocol.js"
+import { initializeParams } from "../domain/Protocol.js"
 import { resolveHeaders } from "../domain/Secret.js"
-import { collectToolHeaders, isInputRequired, type ToolHeaders } from "../domain/ModernProtocol.js"
-import { initializeParams, MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS } from "../domain/Protocol.js"
-import type { Connection, ConnectionEnv, ConnectionLog, RequestDeadline, RequestDone, RequestOptions } from "./Connection.js"
-import {
-  asLegacyResponse,
-  classifyProbe,
-  envelopeOf,
-  initializeResultOf,
-  listenFilterOf,
-  refusedAsModernOnly,
-  routingHeaders,
-  untagged,
-  withEnvelope
-} from "./modernBackend.js"
 import { acquireLean } from "./acquireLean.js"
+import type { Connection, ConnectionEnv, ConnectionLog, RequestDeadline, RequestDone, RequestOptions } from "./Connection.js"
+import type { Http1Pool } from "./Http1Client.js"
+import type { Http1Exchange, Http1Handler } from "./Http1Exchange.js"
 import { type AcquiredPool, Http1Pools } from "./Http1Pools.js"
-import { flatString, type Http1Error, type Http1Exchange, type Http1Handler, type Http1Head, Http1HeaderError, type Http1Pool } from "./Http1Client.js"
+import { Http1HeaderError } from "./http1RequestHead.js"
+import { discardAnswer, type Posted, type PostFailure, readAnswer } from "./httpAnswer.js"
+import { type EraMemory, openSession, type Session, type SessionOpener } from "./HttpSession.js"
+import { envelopeOf, routingHeaders, withEnvelope } from "./modernBackend.js"
+import { ModernServer } from "./ModernServer.js"
 import { answerServerRequest } from "./serverRequests.js"
-import { MAX_EVENT_LENGTH, makeSseParser } from "./sse.js"
-import { NEVER_SENT_ERRORS, RequestTimeout, serialize, TransportError } from "./TransportError.js"
+import { makeSseParser } from "./sse.js"
+import { RequestTimeout, serialize, TransportError, type TransportErrorReason } from "./TransportError.js"
 
 type HttpInstance = Extract<InstanceDefinition, { transport: "http" }>
 
-const INITIALIZE_TIMEOUT = Duration.seconds(30)
-
-/** The largest JSON answer the gateway reads (16 Mi characters); a larger one fails the request. */
-const MAX_RESPONSE_LENGTH = MAX_EVENT_LENGTH
-
-/**
- * Statuses by which a server refuses the message itself (malformed, too large, wrong type,
- * headers too large: a mirrored argument of the 2026-07-28 revision can make them so):
- * the client's mistake, not a sign of the instance's health.
- */
-const CLIENT_FAULT_STATUSES: ReadonlySet<number> = new Set([400, 413, 415, 422, 431])
-
-/** Which revision an instance speaks, remembered across its connections (see Transport.ts). */
-export interface EraMemory {
-  readonly get: () => "legacy" | "modern" | undefined
-  readonly set: (era: "legacy" | "modern") => void
-}
-
-type Session = LegacySession | ModernSession
-
-interface LegacySession {
-  readonly era: "legacy"
-  /** Absent for a stateless server that issues none. */
-  readonly id: string | undefined
-  readonly protocolVersion: string
-  /** The server's answer to `initialize`. */
-  readonly initializeResult: Record<string, unknown>
-}
-
-/**
- * A server of the 2026-07-28 revision has no session: what stands for one here is the version
- * both speak, the envelope every request carries (the client the gateway speaks for), and the
- * server's discover answer (also shown as an `initialize` result, which the gateway reads).
- */
-interface ModernSession {
-  readonly era: "modern"
-  readonly id: undefined
-  readonly protocolVersion: string
-  readonly initializeResult: Record<string, unknown>
-  readonly discover: Record<string, unknown>
-  readonly envelope: Record<string, unknown>
-}
-
-/** How long a backend may take to answer the `server/discover` probe before it is taken for an old one. */
-const PROBE_TIMEOUT = Duration.seconds(10)
-
 const NO_TOOL_HEADERS: ToolHeaders = new Map()
-const NO_RESOURCES: ReadonlySet<string> = new Set()
 
-/** Rounds of input a modern server may ask for within one request of an old client (as the SDK's clients allow). */
-const MAX_INPUT_ROUNDS = 10
-
-/** An old-style `initialize` was refused with 400 / -32022 naming a modern version: the server is modern-only. */
-class ModernOnly {
-  readonly _tag = "ModernOnly"
-}
-
-/** The server no longer knows our session: initialize again and resend. */
-class SessionGone {
-  readonly _tag = "SessionGone"
-}
-
-/** Headers of an answer, as Http1Client gives them (names lower-cased). */
-type AnswerHeaders = Http1Head["headers"]
-
-/** Handlers for an answer whose body nobody reads (a notification's 202, a DELETE): only its end matters. */
-const discardAnswer = (onDone: () => void, onError: (e: Http1Error) => void = onDone): Http1Handler => ({
-  onHead: () => {},
-  onData: () => {},
-  onEnd: onDone,
-  onError
-})
-
-/** An answer to a POST: the response and the answer's headers. */
-type Posted = { readonly response: JsonRpcResponse; readonly headers: AnswerHeaders }
-
-type PostFailure = TransportError | SessionGone | RequestTimeout
 
 /** Where an instance is reached, worked out once per instance and shared by its connections. */
 interface Target {
@@ -112,6 +31,8 @@ interface Target {
   /** The instance's own headers, secrets read from the environment once. */
   readonly headers: Record<string, string>
 }
+// Module-level but no gateway's state: keyed weakly by the instance definition (an object of one
+// gateway's registry, replaced when the instance is), and what it keeps is derived from it alone.
 const targets = new WeakMap<HttpInstance, Target>()
 const targetOf = (instance: HttpInstance): Target => {
   let target = targets.get(instance)
@@ -121,24 +42,6 @@ const targetOf = (instance: HttpInstance): Target => {
     targets.set(instance, target)
   }
   return target
-}
-
-/**
- * A server's answer to `initialize`, one object for every session that got the same answer
- * from the instance (its capabilities, its instructions: often kilobytes, and the same for
- * thousands of sessions). Never changed once made (a session only reads it).
- */
-const results = new WeakMap<HttpInstance, Map<string, Record<string, unknown>>>()
-const MAX_SHARED_RESULTS = 16
-const sharedResult = (instance: HttpInstance, result: Record<string, unknown>): Record<string, unknown> => {
-  let known = results.get(instance)
-  if (known === undefined) results.set(instance, known = new Map())
-  const key = canonicalJson(result)
-  const shared = known.get(key)
-  if (shared !== undefined) return shared
-  if (known.size >= MAX_SHARED_RESULTS) known.clear()
-  known.set(key, result)
-  return result
 }
 
 /**
@@ -165,16 +68,9 @@ export class HttpConnection implements Connection {
   /** The server forgot the session this connection was opened for (see renewLostSession). */
   private sessionLost = false
   private generationCount = 0
-  // Modern servers only (see ModernSession): what the revision moved out of the session.
-  /** The level an old client set with logging/setLevel, sent in every envelope (the revision's way). */
-  private logLevel: string | undefined = undefined
-  /** Resources an old client subscribed to: the standing listen stream asks for their updates. */
-  private subscribedResources: Set<string> | undefined = undefined
-  /** Reopens the standing listen stream with the current filter (set while one runs); `ready` once the server acknowledged it. */
-  private refilter: ((ready: () => void) => void) | undefined = undefined
-  /** Tool arguments the server mirrors in headers; loaded before the first tools/call, reloaded when stale. */
-  private toolHeaders: Map<string, Array<{ readonly path: ReadonlyArray<string>; readonly header: string }>> | undefined = undefined
-  private toolHeadersFresh = false
+
+  /** What the connection keeps for a modern server (ModernServer.ts); made when first needed. */
+  private modernServer: ModernServer | undefined = undefined
 
   // The instance's own headers, secrets read from the environment once.
   private readonly backendHeaders: Record<string, string>
@@ -208,8 +104,8 @@ export class HttpConnection implements Connection {
     return this.pool.request(method, this.path, headers, body, handler)
   }
 
-  private error(message: string, reachedBackend: boolean) {
-    return new TransportError({ instanceId: this.instance.id, message, reachedBackend })
+  private error(reason: TransportErrorReason, message: string, reachedBackend: boolean) {
+    return new TransportError({ instanceId: this.instance.id, reason, message, reachedBackend })
   }
 
   // Copied key by key: object spreads of header records (keys like "x-request-id") take V8's
@@ -273,9 +169,10 @@ export class HttpConnection implements Connection {
     let routing: Record<string, string> | undefined
     if (s?.era === "modern") {
       // The revision's request: the envelope in _meta, the body mirrored in headers.
-      params = withEnvelope(params, relay?.client === undefined ? s.envelope : envelopeOf(s.protocolVersion, relay.client), this.logLevel)
+      const modern = this.modern
+      params = withEnvelope(params, relay?.client === undefined ? s.envelope : envelopeOf(s.protocolVersion, relay.client), modern.logLevel)
       const own = relay?.clientParamHeaders
-      routing = routingHeaders(method, params, own === undefined ? this.toolHeaders ?? NO_TOOL_HEADERS : NO_TOOL_HEADERS)
+      routing = routingHeaders(method, params, own === undefined ? modern.toolHeaders ?? NO_TOOL_HEADERS : NO_TOOL_HEADERS)
       if (own !== undefined) for (const name in own) routing[name] = own[name]!
     }
     const body = serialize(this.instance.id, params === undefined ? { jsonrpc: "2.0", id, method } : { jsonrpc: "2.0", id, method, params })
@@ -284,7 +181,6 @@ export class HttpConnection implements Connection {
       return () => {}
     }
     let settled = false
-    let gotResponse = false
     const done = (outcome: Exit.Exit<Posted, PostFailure>) => {
       if (!settled) {
         settled = true
@@ -292,16 +188,9 @@ export class HttpConnection implements Connection {
         resume(outcome)
       }
     }
-    let status = 0
-    let type = ""
-    let answerHeaders: AnswerHeaders = {}
-    /** The SSE parser, when the answer is a stream; otherwise the JSON body collects in `text`. */
-    let feed: ((chunk: string) => void) | undefined
-    let text = ""
-    const deliver = (message: unknown) => {
-      if (isResponse(message) && message.id === id) {
-        done(Exit.succeed({ response: message, headers: answerHeaders }))
-      } else if (isRequest(message)) {
+    /** What the answer carries besides the response: server requests, and notifications about this request. */
+    const onMessage = (message: unknown) => {
+      if (isRequest(message)) {
         if (relay?.onServerRequest !== undefined && message.method !== "ping") {
           relay.onServerRequest(message, (answer) => this.postOneWay({ ...answer, id: message.id }, s))
         } else {
@@ -313,68 +202,14 @@ export class HttpConnection implements Connection {
         else this.log.debug(`notification ${message.method}`)
       }
     }
-    const handler: Http1Handler = {
-      onHead: (head) => {
-        gotResponse = true
-        status = head.status
-        answerHeaders = head.headers
-        type = head.headers["content-type"] ?? ""
-        if (status >= 200 && status < 300 && type.startsWith("text/event-stream")) {
-          feed = makeSseParser((event) => {
-            if (event.event !== "message" || event.data === "") return
-            const parsed = parseServerMessage(event.data)
-            if (parsed.ok) return deliver(parsed.value)
-            if (parsed.reason === "not JSON") return this.log.debug(`ignoring an SSE event that is not JSON`)
-            // (Whatever it was, this request's answer cannot come through it.)
-            done(Exit.fail(this.error(tooDeepMessage, true)))
-            exchange.abort()
-          }, { onOversized: () => this.log.warn(`dropped an SSE event larger than ${MAX_EVENT_LENGTH} characters`) })
-        }
-      },
-      onData: (chunk) => {
-        if (feed !== undefined) return feed(chunk)
-        text += chunk
-        if (text.length > MAX_RESPONSE_LENGTH) {
-          done(Exit.fail(this.error(`the answer is larger than ${MAX_RESPONSE_LENGTH} characters`, true)))
-          exchange.abort()
-        }
-      },
-      onEnd: () => {
-        if (feed !== undefined) return done(Exit.fail(this.error("the SSE stream ended without a response", true)))
-        const parsed = text === "" ? undefined : parseServerMessage(text)
-        if (parsed?.ok === false && parsed.reason === "too deep") return done(Exit.fail(this.error(tooDeepMessage, true)))
-        const message = parsed?.ok === true ? parsed.value : undefined
-        if (s?.id !== undefined && (status === 404 || (status === 400 && /session/i.test(text)))) {
-          return done(Exit.fail(new SessionGone()))
-        }
-        if (isResponse(message) && (message.id === id || (status >= 400 && message.id === null))) {
-          // A JSON-RPC answer, even on an error status, is the server's word: pass it on.
-          if (message.id === id) return done(Exit.succeed({ response: message, headers: answerHeaders }))
-        }
-        if (status >= 200 && status < 300) {
-          return done(Exit.fail(this.error(`expected a JSON-RPC response, got HTTP ${status} ${type || "without a body"}`, true)))
-        }
-        done(Exit.fail(new TransportError({
-          instanceId: this.instance.id,
-          message: `HTTP ${status}${text ? `: ${text.slice(0, 200)}` : ""}`,
-          reachedBackend: true,
-          clientFault: CLIENT_FAULT_STATUSES.has(status)
-        })))
-      },
-      onError: (e) => {
-        if (gotResponse) {
-          return done(Exit.fail(this.error(`${feed !== undefined ? "SSE stream" : "response"} failed: ${e.message}`, true)))
-        }
-        done(Exit.fail(this.error(`${e.code}: ${e.message}`, e.answered || !NEVER_SENT_ERRORS.has(e.code))))
-      }
-    }
+    const handler = readAnswer(this.instance.id, id, s?.id, this.log, onMessage, done, () => exchange.abort())
     let exchange: Http1Exchange
     try {
       exchange = this.requestTo("POST", this.headersFor(s, relay?.headers, routing), body, handler)
     } catch (e) {
       if (!(e instanceof Http1HeaderError)) throw e
       // A header no HTTP message may carry (a forwarded value with a line break): the request's own fault.
-      resume(Exit.fail(new TransportError({ instanceId: this.instance.id, message: `cannot send the request: ${e.message}`, reachedBackend: false, clientFault: true })))
+      resume(Exit.fail(this.error("rejected", `cannot send the request: ${e.message}`, false)))
       return () => {}
     }
     deadline?.arm(() => {
@@ -389,126 +224,37 @@ export class HttpConnection implements Connection {
     }
   }
 
-  /** The old handshake: `initialize`, then `notifications/initialized`; the session id the server issues, if any. */
-  private initializeLegacy(params: Record<string, unknown>) {
-    const self = this
-    return Effect.gen(function*() {
-      const { headers, response } = yield* self.post("initialize", params, undefined, undefined).pipe(
-        Effect.timeoutFail({
-          duration: INITIALIZE_TIMEOUT,
-          onTimeout: () => self.error(`no answer to initialize within ${Duration.format(INITIALIZE_TIMEOUT)}`, true)
-        }),
-        Effect.catchTags({
-          SessionGone: () => Effect.fail(self.error("initialize was refused", true)),
-          RequestTimeout: (e) => Effect.fail(self.error(e.message, true))
-        })
-      )
-      if (refusedAsModernOnly(response)) return yield* Effect.fail(new ModernOnly())
-      if ("error" in response) return yield* self.error(`initialize failed: ${response.error.message}`, true)
-      const version = isObject(response.result) ? response.result.protocolVersion : undefined
-      if (typeof version !== "string" || !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
-        return yield* self.error(`server answered initialize with unsupported protocol version ${JSON.stringify(version)}`, true)
-      }
-      // (Copied: as it comes, it shares the memory of the answer's whole head, for as long as the session lives.)
-      const sessionHeader = headers["mcp-session-id"] === undefined ? undefined : flatString(headers["mcp-session-id"])
-      const opened: Session = {
-        era: "legacy",
-        id: sessionHeader,
-        protocolVersion: version,
-        initializeResult: sharedResult(self.instance, response.result as Record<string, unknown>)
-      }
-      self.postOneWay({ jsonrpc: "2.0", method: "notifications/initialized" }, opened)
-      self.log.info(`session ${opened.id ?? "(stateless)"} with ${self.instance.endpoint}`)
-      return opened
+  private get modern(): ModernServer {
+    return this.modernServer ??= new ModernServer({
+      log: this.log,
+      send: (s, method, params, options) => this.send(s, method, params, options),
+      withinDeadline: (effect, deadline) => this.withinDeadline(effect, deadline),
+      stream: (s, routing, body, handler) => this.requestTo("POST", this.headersFor(s, undefined, routing), body, handler),
+      closed: () => this.closed,
+      nextId: () => this.nextId++
     })
   }
 
-  /**
-   * The revision's own opening: `server/discover`. A modern server answers with what it
-   * supports; an old one with an error of some kind (unknown method, no session), which makes
-   * it old. Only a server that cannot be reached fails here.
-   */
-  private probeModern(params: Record<string, unknown>): Effect.Effect<ModernSession | { readonly why: string }, TransportError> {
-    const version = MODERN_PROTOCOL_VERSIONS[0]!
-    const provisional: ModernSession = {
-      era: "modern",
-      id: undefined,
-      protocolVersion: version,
-      initializeResult: {},
-      discover: {},
-      envelope: envelopeOf(version, params)
+  /** What opening a session needs of this connection (HttpSession.ts). */
+  private get opener(): SessionOpener {
+    return {
+      instance: this.instance,
+      log: this.log,
+      era: this.options.era,
+      post: (method, params, s) => this.post(method, params, s, undefined),
+      postOneWay: (message, s) => this.postOneWay(message, s)
     }
-    return this.post("server/discover", undefined, provisional, undefined).pipe(
-      Effect.timeoutFail({ duration: PROBE_TIMEOUT, onTimeout: () => this.error(`no answer to server/discover within ${Duration.format(PROBE_TIMEOUT)}`, true) }),
-      Effect.map(({ response }) => classifyProbe(response)),
-      Effect.catchAll((e) =>
-        e._tag === "TransportError" && !e.reachedBackend
-          ? Effect.fail(e)
-          : Effect.succeed({ _tag: "Legacy" as const, why: e._tag === "TransportError" ? e.message : "no answer" })
-      ),
-      Effect.map((outcome) => {
-        if (outcome._tag === "Legacy") {
-          // A silent server is worth saying at info: a modern one that hung is now spoken to the old way.
-          if (/within/.test(outcome.why)) this.log.info(`${outcome.why}; trying the old protocol (initialize)`)
-          else this.log.debug(`not a ${version} server (${outcome.why}); initializing`)
-          return { why: outcome.why }
-        }
-        const opened: ModernSession = {
-          ...provisional,
-          protocolVersion: outcome.version,
-          envelope: envelopeOf(outcome.version, params),
-          discover: outcome.discover,
-          initializeResult: initializeResultOf(outcome.version, outcome.discover, this.instance.id)
-        }
-        return opened
-      })
-    )
-  }
-
-  /**
-   * Opens the "session": the revision the instance spoke last time is tried first (a new
-   * instance is probed with `server/discover`, and initialized the old way if it is not modern;
-   * an old one that now refuses `initialize` as modern-only is probed again).
-   */
-  private get handshake(): Effect.Effect<Session, TransportError> {
-    const self = this
-    return Effect.gen(function*() {
-      const params = self.clientInitialize ?? initializeParams()
-      const remembered = self.options.era?.get()
-      let opened: Session | undefined
-      let why: string | undefined
-      if (remembered !== "legacy") {
-        const probed = yield* self.probeModern(params)
-        if ("era" in probed) opened = probed
-        else why = probed.why
-      }
-      if (opened === undefined) {
-        const unusable = (reason: string) =>
-          self.error(`the server refuses initialize as modern-only, but its answer to server/discover is not usable: ${reason}`, true)
-        opened = yield* self.initializeLegacy(params).pipe(
-          Effect.catchTag("ModernOnly", () =>
-            why !== undefined
-              ? Effect.fail(unusable(why))
-              : Effect.flatMap(self.probeModern(params), (probed) => ("era" in probed ? Effect.succeed(probed) : Effect.fail(unusable(probed.why)))))
-        )
-      }
-      if (remembered !== opened.era) {
-        self.options.era?.set(opened.era)
-        if (opened.era === "modern") self.log.info(`${self.instance.endpoint} speaks MCP ${opened.protocolVersion} (no session; server/discover)`)
-      }
-      return opened
-    })
   }
 
   /** The current session, or a new one; concurrent callers share one initialize. */
   private get ensureSession(): Effect.Effect<Session, TransportError> {
     return Effect.suspend(() => {
-      if (this.closed) return Effect.fail(this.error("instance was removed", false))
+      if (this.closed) return Effect.fail(this.error("closed", "instance was removed", false))
       if (this.established !== undefined) return Effect.succeed(this.established)
       if (this.opening !== undefined) return Deferred.await(this.opening)
       const deferred = Deferred.unsafeMake<Session, TransportError>(FiberId.none)
       this.opening = deferred
-      return this.handshake.pipe(
+      return openSession(this.opener, this.clientInitialize ?? initializeParams()).pipe(
         Effect.tap((opened) =>
           Effect.sync(() => {
             if (this.opening === deferred) {
@@ -540,7 +286,7 @@ export class HttpConnection implements Connection {
         // A client's own session: its state on the server is gone, and so is this connection.
         this.sessionLost = true
         // About the session, not the instance: it counts toward no health, outlier or breaker state.
-        return Effect.fail(new TransportError({ instanceId: this.instance.id, message: "the server ended the session", reachedBackend: true, sessionEnded: true }))
+        return Effect.fail(this.error("session_ended", "the server ended the session", true))
       }
       if (this.established === lost) {
         this.log.info(`session ${lost.id} expired; initializing again`)
@@ -549,7 +295,7 @@ export class HttpConnection implements Connection {
       }
       return Effect.flatMap(this.withinDeadline(this.ensureSession, relay?.deadline), (fresh) =>
         this.post(method, params, fresh, relay?.deadline, relay).pipe(
-          Effect.catchTag("SessionGone", () => Effect.fail(this.error("the server rejected a fresh session", true)))
+          Effect.catchTag("SessionGone", () => Effect.fail(this.error("protocol", "the server rejected a fresh session", true)))
         ))
     })
   }
@@ -576,12 +322,12 @@ export class HttpConnection implements Connection {
     const current = this.established
     if (current !== undefined) {
       // The hot path: one POST on the open session.
-      return current.era === "legacy" ? this.send(current, method, params, options) : this.modernFor(current, method, params, options)
+      return current.era === "legacy" ? this.send(current, method, params, options) : this.modern.request(current, method, params, options)
     }
     // A session that cannot be opened means this request was never sent (a tools/call may fail over).
-    const session = Effect.mapError(this.ensureSession, (e) => new TransportError({ instanceId: e.instanceId, message: e.message, reachedBackend: false }))
+    const session = Effect.mapError(this.ensureSession, (e) => new TransportError({ instanceId: e.instanceId, reason: e.reason, message: e.message, reachedBackend: false }))
     return Effect.flatMap(this.withinDeadline(session, options?.deadline), (s) =>
-      s.era === "legacy" ? this.send(s, method, params, options) : this.modernFor(s, method, params, options))
+      s.era === "legacy" ? this.send(s, method, params, options) : this.modern.request(s, method, params, options))
   }
 
   /**
@@ -613,158 +359,6 @@ export class HttpConnection implements Connection {
       cancelPost()
       renewal?.unsafeInterruptAsFork(FiberId.none)
     }
-  }
-
-  /** A request to a modern server, its answer shaped for the caller's generation. */
-  private modernFor(s: ModernSession, method: string, params: Record<string, unknown> | undefined, options: RequestOptions | undefined) {
-    const sent = options?.onCacheHints === undefined ? this.modernRequest(s, method, params, options) : Effect.tap(this.modernRequest(s, method, params, options), (r) => this.reportCacheHints(r, options.onCacheHints!))
-    return options?.passInputRequired === true ? sent : Effect.map(sent, asLegacyResponse)
-  }
-
-  private answered(result: Record<string, unknown>): JsonRpcResponse {
-    return ({ jsonrpc: "2.0", id: 0, result })
-  }
-
-  /** A complete answer's caching hints, as the server gave them. */
-  private reportCacheHints(response: JsonRpcResponse, report: NonNullable<RequestOptions["onCacheHints"]>) {
-    const result = "result" in response ? response.result : undefined
-    if (typeof result !== "object" || result === null) return
-    const { cacheScope, resultType, ttlMs } = result as Record<string, unknown>
-    if ((resultType === undefined || resultType === "complete") && typeof ttlMs === "number" && ttlMs > 0) {
-      report({ ttlMs, cacheScope: cacheScope === "public" ? "public" : "private" })
-    }
-  }
-
-  private refused(code: number, message: string): JsonRpcResponse {
-    return ({ jsonrpc: "2.0", id: 0, error: { code, message } })
-  }
-
-  /**
-   * A request of an old-generation caller (an old client's session, the REST face, a health
-   * probe) to a modern server, and a modern client's request passed on. What the revision
-   * removed is done the revision's way: `ping` is a `server/discover`, `logging/setLevel` a
-   * level in every later envelope, resource subscriptions a filter of the standing listen stream.
-   * A server that asks for input gets it from whoever can answer (see fulfil).
-   */
-  private modernRequest(
-    s: ModernSession,
-    method: string,
-    params: Record<string, unknown> | undefined,
-    options: RequestOptions | undefined
-  ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> {
-    switch (method) {
-      case "ping":
-        return Effect.map(this.send(s, "server/discover", undefined, options), (r) => ("error" in r ? r : this.answered({})))
-      case "logging/setLevel":
-        return Effect.sync(() => {
-          this.logLevel = typeof params?.level === "string" ? params.level : undefined
-          return this.answered({})
-        })
-      case "resources/subscribe":
-      case "resources/unsubscribe":
-        return Effect.sync((): JsonRpcResponse | undefined => {
-          const resources = isObject(s.initializeResult.capabilities) ? s.initializeResult.capabilities.resources : undefined
-          if (!isObject(resources) || resources.subscribe !== true) return this.refused(-32601, "Method not found")
-          if (typeof params?.uri !== "string") return this.refused(-32602, "Invalid params: uri is required")
-          if (method === "resources/subscribe") (this.subscribedResources ??= new Set()).add(params.uri)
-          else this.subscribedResources?.delete(params.uri)
-          return undefined
-        }).pipe(Effect.flatMap((refusal) =>
-          refusal !== undefined
-            ? Effect.succeed(refusal)
-            // Answered once the stream that carries the resource's updates is acknowledged
-            // (or could not be opened): an update published right after is not lost.
-            : Effect.async<JsonRpcResponse>((resume) => {
-              const done = () => resume(Effect.succeed(this.answered({})))
-              if (this.refilter === undefined) done()
-              else this.refilter(done)
-            }).pipe(Effect.timeout("5 seconds"), Effect.orElseSucceed(() => this.answered({})))
-        ))
-      case "tools/call": {
-        // A modern client's own headers go as they are: the server checks them, not the gateway.
-        if (options?.clientParamHeaders !== undefined) {
-          return Effect.flatMap(this.send(s, method, params, options), (r) => this.fulfil(s, method, params, r, options, 1))
-        }
-        // Its arguments may be mirrored in headers, which the server checks: know which first.
-        const call = this.send(s, method, params, options).pipe(
-          Effect.flatMap((r) =>
-            "error" in r && r.error.code === -32020
-              // The tool changed since the list was read (SEP-2243): read it again, once.
-              ? Effect.zipRight(this.loadToolHeaders(s, options), this.send(s, method, params, options))
-              : Effect.succeed(r)
-          )
-        )
-        const ready = this.toolHeadersFresh ? call : Effect.zipRight(this.loadToolHeaders(s, options), call)
-        return Effect.flatMap(ready, (r) => this.fulfil(s, method, params, r, options, 1))
-      }
-      default:
-        return Effect.flatMap(this.send(s, method, params, options), (r) => {
-          if (method === "tools/list" && "result" in r && isObject(r.result)) collectToolHeaders(r.result.tools, (this.toolHeaders ??= new Map()))
-          return this.fulfil(s, method, params, r, options, 1)
-        })
-    }
-  }
-
-  /** Reads the server's whole tool list for the arguments it mirrors in headers (a failure leaves what is known). */
-  private loadToolHeaders(s: ModernSession, options: RequestOptions | undefined) {
-    const self = this
-    return Effect.gen(function*() {
-      let cursor: unknown = undefined
-      for (let page = 0; page < 100; page++) {
-        const r = yield* self.send(s, "tools/list", cursor === undefined ? undefined : { cursor }, { deadline: options?.deadline, headers: options?.headers })
-        if (!("result" in r) || !isObject(r.result)) return
-        collectToolHeaders(r.result.tools, (self.toolHeaders ??= new Map()))
-        cursor = r.result.nextCursor
-        if (typeof cursor !== "string") break
-      }
-      self.toolHeadersFresh = true
-    }).pipe(Effect.catchAll(() => Effect.void))
-  }
-
-  /**
-   * A modern server's `input_required` result, for a caller that takes server requests (an
-   * old client's session): each input request is asked as the old server→client request it
-   * stands for, and the request is sent again with the answers (`inputResponses`) and the
-   * server's `requestState`, untouched, until the server completes it. A modern client's own
-   * request (`passInputRequired`), and a caller that cannot answer, get the result as it is.
-   */
-  private fulfil(
-    s: ModernSession,
-    method: string,
-    params: Record<string, unknown> | undefined,
-    response: JsonRpcResponse,
-    options: RequestOptions | undefined,
-    round: number
-  ): Effect.Effect<JsonRpcResponse, TransportError | RequestTimeout> {
-    const ask = options?.onServerRequest
-    if (!("result" in response) || !isInputRequired(response.result) || ask === undefined || options?.passInputRequired === true) {
-      return Effect.succeed(response)
-    }
-    if (round > MAX_INPUT_ROUNDS) return Effect.succeed(this.refused(-32603, `the server asked for input more than ${MAX_INPUT_ROUNDS} times`))
-    const result = response.result
-    const requests = isObject(result.inputRequests) ? Object.entries(result.inputRequests) : []
-    const answers = Effect.forEach(
-      requests,
-      ([key, request]) =>
-        Effect.async<readonly [string, JsonRpcResponse]>((resume) => {
-          const r = isObject(request) ? request : {}
-          ask(
-            { jsonrpc: "2.0", id: key, method: String(r.method), ...(isObject(r.params) ? { params: r.params } : {}) },
-            (answer) => resume(Effect.succeed([key, answer] as const))
-          )
-        }),
-      { concurrency: "unbounded" }
-    )
-    return Effect.flatMap(this.withinDeadline(answers, options?.deadline), (pairs) => {
-      const failed = pairs.find(([, answer]) => "error" in answer)
-      if (failed !== undefined) return Effect.succeed(failed[1])
-      const inputResponses: Record<string, unknown> = {}
-      for (const [key, answer] of pairs) inputResponses[key] = "result" in answer ? answer.result : {}
-      const retry: Record<string, unknown> = { ...params, inputResponses }
-      if (typeof result.requestState === "string") retry.requestState = result.requestState
-      else delete retry.requestState
-      return Effect.flatMap(this.send(s, method, retry, options), (next) => this.fulfil(s, method, params, next, options, round + 1))
-    })
   }
 
   get close() {
@@ -801,7 +395,7 @@ export class HttpConnection implements Connection {
     return Effect.gen(function*() {
       const s = yield* Effect.option(self.ensureSession)
       if (s._tag === "None") return
-      if (s.value.era === "modern") return yield* self.listenModern(s.value, onMessage)
+      if (s.value.era === "modern") return yield* self.modern.listen(s.value, onMessage)
       if (s.value.id === undefined) return
       const session = s.value
       let stopped = false
@@ -861,96 +455,6 @@ export class HttpConnection implements Connection {
           current?.abort()
         }))
     })
-  }
-
-  /**
-   * A modern server's standing stream: `subscriptions/listen` for every list it says changes and
-   * the resources subscribed through this connection, its events passed on without the
-   * subscription tag. Reopened when it ends (the server closed it, or the connection broke) and
-   * when the subscribed resources change: the new stream replaces the old once acknowledged, so
-   * nothing falls between them.
-   */
-  private listenModern(
-    s: ModernSession,
-    onMessage: Parameters<Connection["listen"]>[0]
-  ): Effect.Effect<void, never, Scope.Scope> {
-    let stopped = false
-    let current: Http1Exchange | undefined
-    let reconnect: ReturnType<typeof setTimeout> | undefined
-    const later = (exchange: Http1Exchange) => {
-      if (stopped || current !== exchange) return
-      if (reconnect !== undefined) clearTimeout(reconnect)
-      reconnect = setTimeout(() => open(), 1000)
-    }
-    const open = (ready?: () => void) => {
-      let readied = false
-      const isReady = () => {
-        if (!readied) {
-          readied = true
-          ready?.()
-        }
-      }
-      if (stopped || this.closed) return isReady()
-      const previous = current
-      const filter = listenFilterOf(s.initializeResult.capabilities, this.subscribedResources ?? NO_RESOURCES)
-      if (Object.keys(filter).length === 0) {
-        current = undefined
-        previous?.abort()
-        return isReady()
-      }
-      const params = withEnvelope({ notifications: filter }, s.envelope, this.logLevel)
-      const body = JSON.stringify({ jsonrpc: "2.0", id: `gateway-listen-${this.nextId++}`, method: "subscriptions/listen", params })
-      let feed: ((chunk: string) => void) | undefined
-      let refused = false
-      const exchange: Http1Exchange = this.requestTo("POST", this.headersFor(s, undefined, routingHeaders("subscriptions/listen", params, this.toolHeaders ?? NO_TOOL_HEADERS)), body, {
-        onHead: (head) => {
-          if (head.status !== 200 || !(head.headers["content-type"] ?? "").startsWith("text/event-stream")) {
-            refused = true
-            this.log.debug(`subscriptions/listen refused: HTTP ${head.status}`)
-            return isReady()
-          }
-          feed = makeSseParser((event) => {
-            if (event.event !== "message" || event.data === "" || current !== exchange) return
-            const parsed = parseServerMessage(event.data)
-            if (!parsed.ok) return this.log.debug(`ignoring a listen-stream event: ${parsed.reason}`)
-            const message = parsed.value
-            if (!isNotification(message)) return
-            if (message.method === "notifications/subscriptions/acknowledged") {
-              // The new stream carries everything now: the one it replaces can go.
-              if (previous !== undefined && previous !== exchange) previous.abort()
-              return isReady()
-            }
-            if (message.method === "notifications/tools/list_changed") this.toolHeadersFresh = false
-            const params = untagged(message.params)
-            onMessage(params === undefined ? { jsonrpc: "2.0", method: message.method } : { jsonrpc: "2.0", method: message.method, params })
-          })
-        },
-        onData: (chunk) => feed?.(chunk),
-        // A stream the server ends, or one whose connection breaks: listen again.
-        onEnd: () => {
-          isReady()
-          if (!refused) later(exchange)
-        },
-        onError: () => {
-          isReady()
-          if (!refused) later(exchange)
-        }
-      })
-      current = exchange
-    }
-    return acquireLean(
-      () => {
-        this.refilter = open
-        open()
-      },
-      () =>
-        Effect.sync(() => {
-          stopped = true
-          if (this.refilter === open) this.refilter = undefined
-          if (reconnect !== undefined) clearTimeout(reconnect)
-          current?.abort()
-        })
-    ).pipe(Effect.asVoid)
   }
 
   notify(method: string, params: Record<string, unknown> | undefined): Effect.Effect<void> {

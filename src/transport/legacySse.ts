@@ -8,7 +8,7 @@ import type { ConnectionEnv, ConnectionLog } from "./Connection.js"
 import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
 import { makeSharedChannelConnection, type SessionChannelOptions, type SharedChannelConnection } from "./SharedChannel.js"
 import { makeSseParser } from "./sse.js"
-import { NEVER_SENT_ERRORS, TransportError } from "./TransportError.js"
+import { NEVER_SENT_ERRORS, reasonOfCode, TransportError, type TransportErrorReason } from "./TransportError.js"
 
 type SseInstance = Extract<InstanceDefinition, { transport: "sse" }>
 
@@ -43,12 +43,12 @@ class SseChannel extends Multiplexer {
         res.resume()
         const status = res.statusCode ?? 0
         if (status < 200 || status >= 300) {
-          failed(new TransportError({ instanceId: this.instanceId, message: `HTTP ${status} on POST ${this.postUrl}`, reachedBackend: true }))
+          failed(new TransportError({ instanceId: this.instanceId, reason: "http_status", message: `HTTP ${status} on POST ${this.postUrl}`, reachedBackend: true }))
         }
       }
     )
     req.on("error", (e: NodeJS.ErrnoException) =>
-      failed(new TransportError({ instanceId: this.instanceId, message: `${e.code ?? "error"}: ${e.message}`, reachedBackend: !NEVER_SENT_ERRORS.has(e.code ?? "") })))
+      failed(new TransportError({ instanceId: this.instanceId, reason: reasonOfCode(e.code), message: `${e.code ?? "error"}: ${e.message}`, reachedBackend: !NEVER_SENT_ERRORS.has(e.code ?? "") })))
     req.end(text)
     return true
   }
@@ -75,18 +75,18 @@ export const makeLegacySseConnection = (
     Effect.async<SseChannel, TransportError>((resume) => {
       const channel = new SseChannel(instance.id, log, listeners, client, agent, headers, options.forSession !== undefined)
       let opened = false
-      const fail = (message: string, reachedBackend: boolean) => {
+      const fail = (reason: TransportErrorReason, message: string, reachedBackend: boolean) => {
         channel.failAll(message)
         if (!opened) {
           opened = true
-          resume(Effect.fail(new TransportError({ instanceId: instance.id, message, reachedBackend })))
+          resume(Effect.fail(new TransportError({ instanceId: instance.id, reason, message, reachedBackend })))
         }
       }
       // The stream lives as long as the channel: it gets a connection of its own, outside the pool.
       const req = client.request(url, { method: "GET", headers: { ...headers, accept: "text/event-stream" } }, (res) => {
         if (res.statusCode !== 200) {
           res.resume()
-          return fail(`HTTP ${res.statusCode} on GET ${url}`, false)
+          return fail("http_status", `HTTP ${res.statusCode} on GET ${url}`, false)
         }
         res.setEncoding("utf8")
         res.on("data", makeSseParser((event) => {
@@ -97,7 +97,7 @@ export const makeLegacySseConnection = (
             const postUrl = URL.canParse(event.data, url.href) ? new URL(event.data, url) : undefined
             if (postUrl === undefined || postUrl.origin !== url.origin) {
               req.destroy()
-              return fail(`the endpoint event names ${postUrl === undefined ? "no valid URL" : `another origin (${postUrl.origin})`} than the SSE stream's (${url.origin})`, true)
+              return fail("protocol", `the endpoint event names ${postUrl === undefined ? "no valid URL" : `another origin (${postUrl.origin})`} than the SSE stream's (${url.origin})`, true)
             }
             channel.postUrl = postUrl
             if (!opened) {
@@ -112,10 +112,10 @@ export const makeLegacySseConnection = (
           else if (parsed.reason === "not JSON") log.debug("ignoring an SSE event that is not JSON")
           else log.warn(`dropped a message: ${tooDeepMessage}`)
         }))
-        res.on("end", () => fail("the SSE stream ended", true))
-        res.on("error", (e) => fail(`the SSE stream failed: ${e.message}`, true))
+        res.on("end", () => fail("reset", "the SSE stream ended", true))
+        res.on("error", (e) => fail("reset", `the SSE stream failed: ${e.message}`, true))
       })
-      req.on("error", (e: NodeJS.ErrnoException) => fail(`${e.code ?? "error"}: ${e.message}`, opened || !NEVER_SENT_ERRORS.has(e.code ?? "")))
+      req.on("error", (e: NodeJS.ErrnoException) => fail(opened ? "reset" : reasonOfCode(e.code), `${e.code ?? "error"}: ${e.message}`, opened || !NEVER_SENT_ERRORS.has(e.code ?? "")))
       req.end()
       channel.stream = req
       return Effect.sync(() => req.destroy())

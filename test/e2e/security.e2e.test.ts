@@ -217,6 +217,8 @@ describe("security end to end", () => {
     const r = await call("echo", bearer(keys.reader))
     expect(r.status).toBe(403)
     expect(r.headers.get("www-authenticate")).toContain(`error="insufficient_scope", scope="mcp:call:echo"`)
+    // The envelope names the scope too (the CLI's hint reads it, not the message).
+    expect(r.body.error).toMatchObject({ type: "forbidden", scope: "mcp:call:echo" })
     // A key limited to one template reaches that one only.
     expect((await call("echo", bearer(keys.echoOnly))).status).toBe(200)
     expect((await call("other", bearer(keys.echoOnly))).status).toBe(403)
@@ -240,6 +242,7 @@ describe("security end to end", () => {
       headers: bearer(keys.reader)
     })
     expect(register.status).toBe(403)
+    expect(register.body.error.scope).toContain("gateway:admin")
     await waitUntil(() => auditMentioning(gateway.stderr(), "forbidden", ["reader", "gateway:admin"]) !== undefined, 5000, "the audit line")
     // A sync (config reload, discovery) is gateway-wide administration: neither a reader nor a template's admin.
     for (const key of [keys.reader, keys.echoAdmin]) {

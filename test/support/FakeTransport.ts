@@ -112,11 +112,11 @@ export const makeFakeTransport = () => {
 }
 
 export const refused = (instanceId: string) =>
-  new TransportError({ instanceId, message: "ECONNREFUSED", reachedBackend: false })
+  new TransportError({ instanceId, reason: "refused", message: "ECONNREFUSED", reachedBackend: false })
 
 export const broken = (instanceId: string) =>
-  new TransportError({ instanceId, message: "process exited (code 1)", reachedBackend: true })
+  new TransportError({ instanceId, reason: "reset", message: "process exited (code 1)", reachedBackend: true })
 
 /** The backend refused the message as malformed (HTTP 400): the client's fault. */
 export const rejected = (instanceId: string) =>
-  new TransportError({ instanceId, message: "HTTP 400: bad request", reachedBackend: true, clientFault: true })
+  new TransportError({ instanceId, reason: "rejected", message: "HTTP 400: bad request", reachedBackend: true })

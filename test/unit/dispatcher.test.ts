@@ -211,7 +211,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
 
     it.scoped("a server that ended the client's session (session not found) says nothing against the instance", () => {
       const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"], load_balancer: { ...immediate, outlier_consecutive_failures: 2 } } }))
-      fake.set("a", () => Effect.fail(new TransportError({ instanceId: "a", message: "the server ended the session", reachedBackend: true, sessionEnded: true })))
+      fake.set("a", () => Effect.fail(new TransportError({ instanceId: "a", reason: "session_ended", message: "the server ended the session", reachedBackend: true })))
       return Effect.gen(function*() {
         const d = yield* Dispatcher
         const a = yield* instance("a")

@@ -3,7 +3,9 @@ import * as http from "node:http"
 import * as https from "node:https"
 import * as net from "node:net"
 import { afterEach, describe, expect, it } from "vitest"
-import { type Http1Error, type Http1Head, Http1HeaderError, Http1Pool } from "../../src/transport/Http1Client.js"
+import { Http1Pool } from "../../src/transport/Http1Client.js"
+import type { Http1Error, Http1Head } from "../../src/transport/Http1Exchange.js"
+import { Http1HeaderError } from "../../src/transport/http1RequestHead.js"
 import { waitFor } from "../support/waitFor.js"
 
 /** What a request was told, in order. */

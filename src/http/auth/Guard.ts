@@ -98,12 +98,19 @@ export const makeGuard = Effect.gen(function*() {
       run: RunEffect,
       proceed: (admitted: Admitted) => void
     ) => {
-      const refuse = (status: number, type: string, message: string, headers?: Record<string, string>, rpcCode: number = ErrorCode.InvalidRequest) => {
+      const refuse = (
+        status: number,
+        type: string,
+        message: string,
+        headers?: Record<string, string>,
+        rpcCode: number = ErrorCode.InvalidRequest,
+        extra?: Parameters<typeof errorAnswer>[4]
+      ) => {
         req.resume()
         if (requirement.jsonRpc) {
           return sendJson(res, status, { jsonrpc: "2.0", id: null, error: { code: rpcCode, message } }, headers)
         }
-        const answer = errorAnswer(status, type, message, requestId)
+        const answer = errorAnswer(status, type, message, requestId, extra)
         sendJson(res, status, answer.body, headers)
       }
 
@@ -203,7 +210,7 @@ export const makeGuard = Effect.gen(function*() {
           const needed = scopeNeeded(requirement.scope!, requirement.template)
           failures.failed(run, "forbidden", address, { who: identity.id, what, needed })
           stats.recordAuthFailure(403)
-          return refuse(403, "forbidden", `Forbidden: this credential lacks the scope ${needed}`, challenge("insufficient_scope", needed))
+          return refuse(403, "forbidden", `Forbidden: this credential lacks the scope ${needed}`, challenge("insufficient_scope", needed), undefined, { scope: needed })
         }
         limited(identity)
       }

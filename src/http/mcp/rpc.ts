@@ -34,12 +34,10 @@ const lastAccept = { header: "", ok: false }
  * cap, 502 otherwise.
  */
 export const sessionFailureAnswer = (id: JsonRpcId | null, error: DispatchError | SessionLimitReached) => {
-  const status = error._tag === "TemplateNotFound"
-    ? 404
-    : error._tag === "NoHealthyInstance" || (error._tag === "SessionLimitReached" && error.scope !== "client")
-    ? 503
-    : error._tag === "SessionLimitReached"
-    ? 429
+  // (Not the REST face's status of each error: a session that cannot be opened is the gateway's 502, unless it is
+  // an unknown template, nothing available, or a cap.)
+  const status = error._tag === "TemplateNotFound" || error._tag === "NoHealthyInstance" || error._tag === "SessionLimitReached"
+    ? error.httpStatus
     : 502
   const retryAfter = error._tag === "NoHealthyInstance" || error._tag === "SessionLimitReached" ? error.retryAfterSeconds : undefined
   const headers: http.OutgoingHttpHeaders | undefined = retryAfter === undefined ? undefined : { "retry-after": String(retryAfter) }
