@@ -812,6 +812,7 @@ export class HttpConnection implements Connection {
       const later = (ms: number) => {
         if (stopped) return
         if (reconnect !== undefined) clearTimeout(reconnect)
+        // raw timer: the server's `retry:` before a standing stream's socket opens again (real time).
         reconnect = setTimeout(open, ms)
       }
       const open = () => {
@@ -880,6 +881,7 @@ export class HttpConnection implements Connection {
     const later = (exchange: Http1Exchange) => {
       if (stopped || current !== exchange) return
       if (reconnect !== undefined) clearTimeout(reconnect)
+      // raw timer: a second before the socket of a dropped stream opens again (real time).
       reconnect = setTimeout(() => open(), 1000)
     }
     const open = (ready?: () => void) => {
