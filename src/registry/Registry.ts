@@ -130,6 +130,29 @@ export class Registry extends Context.Tag("mcp-gateway/Registry")<Registry, Regi
       })
     })
   )
+
+  /**
+   * The config's templates, with registrations kept in memory only (no registry file, no Redis,
+   * whatever the config says): what a test composes when it registers and deregisters at will
+   * and must leave nothing on disk. The registry's other rules (limits, stdio) are the config's.
+   */
+  static readonly layerMemory: Layer.Layer<Registry, never, GatewayConfig> = Layer.scoped(
+    Registry,
+    Effect.flatMap(GatewayConfig, (config) =>
+      makeRegistry({
+        templates: config.templates,
+        defaults: config.gateway.defaults,
+        store: memoryStore,
+        allowStdio: config.gateway.allowStdioRegistration,
+        limits: {
+          perTemplate: (config.gateway.registration ?? DEFAULT_REGISTRATION).maxPerTemplate,
+          total: (config.gateway.registration ?? DEFAULT_REGISTRATION).maxTotal
+        }
+      }).pipe(
+        // (The memory store is never read, so nothing can fail to load.)
+        Effect.orDie
+      ))
+  )
 }
 
 export const makeRegistry = (options: {
