@@ -1,4 +1,4 @@
-import { Clock, Context, Duration, Effect, FiberId, Layer, Runtime } from "effect"
+import { Clock, Context, Duration, Effect, FiberId, FiberSet, Layer } from "effect"
 
 export interface TimerShape {
   /** The current time in epoch ms (the Clock's). */
@@ -39,19 +39,19 @@ export class Timer extends Context.Tag("mcp-gateway/Timer")<Timer, TimerShape>()
 
   /**
    * For tests: everything on the Clock of the fiber that builds the layer (the TestClock inside
-   * `it.effect`/`it.scoped`). A scheduled callback is a fiber sleeping on that Clock, forked into
-   * that fiber's runtime and interrupted when cancelled.
+   * `it.effect`/`it.scoped`). A scheduled callback is a fiber sleeping on that Clock, in a
+   * FiberSet of the layer's scope (none outlives the test), interrupted when cancelled.
    */
-  static readonly layerTest: Layer.Layer<Timer> = Layer.effect(
+  static readonly layerTest: Layer.Layer<Timer> = Layer.scoped(
     Timer,
     Effect.gen(function*() {
       const clock = yield* Effect.clock
-      const runtime = yield* Effect.runtime<never>()
+      const run = yield* FiberSet.makeRuntime<never>()
       return {
         now: () => clock.unsafeCurrentTimeMillis(),
         elapsedMs: () => clock.unsafeCurrentTimeMillis(),
         schedule: (ms, callback) => {
-          const fiber = Runtime.runFork(runtime)(Effect.sleep(Duration.millis(ms)).pipe(Effect.zipRight(Effect.sync(callback))))
+          const fiber = run(Effect.sleep(Duration.millis(ms)).pipe(Effect.zipRight(Effect.sync(callback))))
           return () => fiber.unsafeInterruptAsFork(FiberId.none)
         }
       }
