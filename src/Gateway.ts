@@ -44,7 +44,7 @@ export const GatewayServices = Layer.mergeAll(Discovery.layer, ConfigReload.laye
 
 /**
  * The gateway's services without the HTTP server, given a config, a Transport and a Timer:
- * what tests compose with a fake Transport and `Timer.fromClock`.
+ * what tests compose with `Transport.layerFake` (or another fake Transport) and `Timer.layerTest`.
  */
 export const GatewayCore = GatewayServices.pipe(Layer.provideMerge(GatewayFoundation))
 
@@ -96,7 +96,7 @@ export const GatewayLive = FirstHealthCheck.pipe(
   Layer.provideMerge(GatewayServices),
   Layer.provideMerge(LiveTransport),
   Layer.provideMerge(GatewayFoundation),
-  Layer.provide(Timer.live),
+  Layer.provide(Timer.layer),
   // First of all, so that every fiber of the gateway uses its tracer (when tracing is configured).
   // (With the gateway's metrics, built once for both: it counts the spans it drops.)
   Layer.provide(TracingLive.pipe(Layer.provide(GatewayMetrics.layer)))

@@ -52,6 +52,7 @@ let noticeFormat: LogFormat = "text"
 
 const droppedNotice = (count: number) => {
   const message = `${count} log lines dropped: stderr did not keep up`
+  // wall clock: the process-wide stderr writer sits below every runtime (it has no Clock to read).
   const timestamp = new Date().toISOString()
   return noticeFormat === "json"
     ? JSON.stringify({ message, logLevel: "WARN", timestamp, annotations: {}, spans: {}, fiberId: "#0" })

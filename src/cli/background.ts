@@ -1,11 +1,12 @@
 import { Command, Options } from "@effect/cli"
-import { Console, Effect, Option } from "effect"
+import { Clock, Console, Duration, Effect, Option } from "effect"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { integerFlag } from "./flags.js"
 import { CommandFailed } from "./CommandFailed.js"
 import { defaultPidFile, describeStale, isAlive, logFileFor, processIdentity, readPidFile, recordedState, removePidFile, writePidFile } from "./pidFile.js"
+import { isoTime } from "../proxy/Timer.js"
 
 /** Where the detached gateway writes its URL once it serves (see start.ts). */
 export const READY_FILE_ENV = "MCP_GATEWAY_READY_FILE"
@@ -23,7 +24,7 @@ const tail = (file: string, from: number, lines = 20) => {
   }
 }
 
-const sleep = (ms: number) => Effect.promise(() => new Promise((r) => setTimeout(r, ms)))
+const sleep = (ms: number) => Effect.sleep(Duration.millis(ms))
 
 const healthy = (url: string) =>
   Effect.promise(() =>
@@ -129,9 +130,9 @@ const startClaimed = (pidFile: string, options: { readonly logFile: Option.Optio
     child.once("exit", (code) => (exitCode = code ?? 1))
     child.unref()
 
-    const started = Date.now()
+    const started = yield* Clock.currentTimeMillis
     let url: string | undefined
-    while (Date.now() - started < READY_TIMEOUT_MS) {
+    while ((yield* Clock.currentTimeMillis) - started < READY_TIMEOUT_MS) {
       if (exitCode !== undefined) {
         fs.rmSync(readyFile, { force: true })
         return yield* new CommandFailed({
@@ -147,7 +148,7 @@ const startClaimed = (pidFile: string, options: { readonly logFile: Option.Optio
           url,
           log_file: logFile,
           config: Option.match(options.config, { onNone: () => null, onSome: (c) => path.resolve(c) }),
-          started_at: new Date().toISOString(),
+          started_at: isoTime(yield* Clock.currentTimeMillis),
           ...processIdentity(child.pid!)
         })
         yield* Console.log(`mcp-gateway started in the background: pid ${child.pid}, ${url}\n  log:      ${logFile}\n  pid file: ${pidFile}\n  stop it:  mcp-gateway stop${options.pidFile._tag === "Some" ? ` --pid-file ${pidFile}` : ""}`)
@@ -217,9 +218,9 @@ export const stopCommand = Command.make(
         })
       }
       process.kill(record.pid, "SIGTERM")
-      const deadline = Date.now() + timeout * 1000
+      const deadline = (yield* Clock.currentTimeMillis) + timeout * 1000
       while (recordedState(record) === "running") {
-        if (Date.now() > deadline) {
+        if ((yield* Clock.currentTimeMillis) > deadline) {
           return yield* new CommandFailed({
             message: `the gateway (pid ${record.pid}) is still running after ${timeout}s (draining?); see ${record.log_file}, or force it with kill -9 ${record.pid}`,
             exitCode: 1

@@ -10,6 +10,7 @@ import { PluginLoader } from "../loader/PluginLoader.js"
 import { Registry } from "../registry/Registry.js"
 import { loggerLayer } from "../logging.js"
 import { Strategies } from "../strategy/Strategies.js"
+import { Timer } from "../proxy/Timer.js"
 import { CommandFailed } from "./CommandFailed.js"
 
 /**
@@ -33,6 +34,7 @@ const validate = Command.make(
         Layer.provideMerge(Layer.mergeAll(Registry.layer, PluginLoader.layer, GatewayMetrics.layer)),
         // (Validating a config never connects to its Redis: the registry file's view of it is enough.)
         Layer.provide(FleetRedis.off),
+        Layer.provide(Timer.layer),
         Layer.provide(GatewayConfig.layer(checked))
       )
       // The transforms of /mcp and the virtual servers, as start builds them.

@@ -1,4 +1,4 @@
-import { Context, Duration, Effect, Layer, Schedule, Schema, Either, Stream } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Schedule, Schema, Either, Stream } from "effect"
 import { type DiscoveryProviderSettings, type DiscoverySettings, GatewayConfig } from "../config/GatewayConfig.js"
 import { formatParseError } from "../domain/formatParseError.js"
 import { HealthProbes } from "../health/HealthProbes.js"
@@ -7,6 +7,7 @@ import { PluginLoader, type PluginLoaderShape } from "../loader/PluginLoader.js"
 import { type DiscoveredTemplate, Registry } from "../registry/Registry.js"
 import { describeDiff, diffChangedSomething, type RegistryDiff } from "../registry/RegistryDiff.js"
 import { Strategies } from "../strategy/Strategies.js"
+import { isoTime } from "../proxy/Timer.js"
 import { discoveredTemplates } from "./discoveredTemplates.js"
 import { decodeDiscoveredDocument, type DiscoveryContext, DiscoveryError, DiscoveryPlugin, type DiscoveryProvider } from "./DiscoveryPlugin.js"
 
@@ -136,17 +137,19 @@ export class Discovery extends Context.Tag("mcp-gateway/Discovery")<Discovery, D
             }).pipe(
               Effect.matchEffect({
                 onFailure: (e) =>
-                  Effect.as(
+                  Effect.zipWith(
                     Effect.logWarning(`discovery ${r.settings.name}: ${e.message}; its instances stay as they were`),
-                    { provider: r.settings.name, plugin: r.plugin, ok: false, error: e.message, at: new Date().toISOString() }
+                    Clock.currentTimeMillis,
+                    (_, at) => ({ provider: r.settings.name, plugin: r.plugin, ok: false, error: e.message, at: isoTime(at) })
                   ),
                 onSuccess: (diff) => {
                   const skipped = diff.skipped.join("\n")
                   const sayIt = diffChangedSomething(diff) || (skipped !== "" && skipped !== r.skipped)
                   r.skipped = skipped
-                  return Effect.as(
+                  return Effect.zipWith(
                     sayIt ? Effect.logInfo(`discovery ${r.settings.name}: ${describeDiff(diff)}`) : Effect.void,
-                    { provider: r.settings.name, plugin: r.plugin, ok: true, diff, at: new Date().toISOString() }
+                    Clock.currentTimeMillis,
+                    (_, at) => ({ provider: r.settings.name, plugin: r.plugin, ok: true, diff, at: isoTime(at) })
                   )
                 }
               }),

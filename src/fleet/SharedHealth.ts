@@ -1,6 +1,7 @@
 import { Duration, Effect } from "effect"
 import type { InstanceState } from "../registry/InstanceState.js"
 import type { RegistryShape } from "../registry/Registry.js"
+import type { TimerShape } from "../proxy/Timer.js"
 import { type FleetRedisShape, isRedisTimeout } from "./FleetRedis.js"
 
 /**
@@ -10,14 +11,14 @@ import { type FleetRedisShape, isRedisTimeout } from "./FleetRedis.js"
  * probe says otherwise). Only verdicts fresher than three probe intervals count. Passive
  * evidence (outlier ejections, breakers) stays each replica's own: it is about its own traffic.
  */
-export const makeSharedHealth = (fleet: FleetRedisShape, registry: RegistryShape) => {
+export const makeSharedHealth = (fleet: FleetRedisShape, registry: RegistryShape, timer: TimerShape) => {
   const key = `${fleet.prefix}health`
   const field = (instance: InstanceState) => `${instance.template}/${instance.id}`
 
   /** After a probe: this replica's verdict, for the others (a Redis that is down is simply not told). */
   const publish = (instance: InstanceState) => {
     if (fleet.status() !== "ok" || instance.health.status === "unknown") return
-    const record = JSON.stringify({ status: instance.health.status, at: instance.health.lastCheckedAt ?? Date.now(), error: instance.health.lastError })
+    const record = JSON.stringify({ status: instance.health.status, at: instance.health.lastCheckedAt ?? timer.now(), error: instance.health.lastError })
     void fleet.command!.hset(key, field(instance), record).catch((e: unknown) => isRedisTimeout(e) && fleet.reportSlow())
   }
 
@@ -25,7 +26,7 @@ export const makeSharedHealth = (fleet: FleetRedisShape, registry: RegistryShape
   const seed = Effect.gen(function*() {
     if (fleet.status() !== "ok") return 0
     const records = yield* Effect.tryPromise(() => fleet.command!.hgetall(key)).pipe(Effect.orElseSucceed(() => ({} as Record<string, string>)))
-    const now = Date.now()
+    const now = timer.now()
     let seeded = 0
     for (const instance of registry.instances()) {
       const text = records[field(instance)]

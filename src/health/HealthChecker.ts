@@ -4,6 +4,7 @@ import { resolveHeaders } from "../domain/Secret.js"
 import { FleetRedis } from "../fleet/FleetRedis.js"
 import { makeSharedHealth } from "../fleet/SharedHealth.js"
 import { Stats } from "../proxy/Stats.js"
+import { Timer } from "../proxy/Timer.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
 import { Transport } from "../transport/Transport.js"
@@ -34,13 +35,14 @@ const instanceKey = (instance: InstanceState) => `${instance.template}\u0000${in
  * each probe in a fiber of its own while it runs: a waiting instance costs an entry, not a fiber.
  */
 export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<HealthChecker, HealthCheckerShape>() {
-  static readonly layer: Layer.Layer<HealthChecker, never, Registry | HealthProbes | Transport | Stats | FleetRedis> = Layer.scoped(
+  static readonly layer: Layer.Layer<HealthChecker, never, Registry | HealthProbes | Transport | Stats | FleetRedis | Timer> = Layer.scoped(
     HealthChecker,
     Effect.gen(function*() {
       const registry = yield* Registry
       const fleet = yield* FleetRedis
+      const timer = yield* Timer
       // Replicas share their verdicts (fleet/SharedHealth.ts): a replica starts warm.
-      const shared = fleet.status() === "off" ? undefined : makeSharedHealth(fleet, registry)
+      const shared = fleet.status() === "off" ? undefined : makeSharedHealth(fleet, registry, timer)
       if (shared !== undefined) {
         const seeded = yield* shared.seed
         if (seeded > 0) yield* Effect.logInfo(`health: ${seeded} instances start with the fleet's latest verdicts`)
@@ -72,7 +74,7 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
             // Probes were built when the template was loaded or registered; failing now is a defect.
             Effect.orDie
           )
-          const started = performance.now()
+          const started = timer.elapsedMs()
           const startedAt = yield* Clock.currentTimeMillis
           const outcome = yield* probe.probe(targetOf(instance)).pipe(
             Effect.timeoutFail({
@@ -83,7 +85,7 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
             Effect.either
           )
           const now = yield* Clock.currentTimeMillis
-          stats.recordProbe(instance.template, instance.id, outcome._tag === "Right", performance.now() - started)
+          stats.recordProbe(instance.template, instance.id, outcome._tag === "Right", timer.elapsedMs() - started)
           // What is logged is the instance's status as a whole (a failed process stays failed, whatever a probe says).
           const before = instance.status
           if (outcome._tag === "Right") {

@@ -1,4 +1,5 @@
 import { Duration } from "effect"
+import { isoTime } from "../proxy/Timer.js"
 
 export interface OutlierSettings {
   readonly outlier_consecutive_failures: number
@@ -73,7 +74,7 @@ export class OutlierDetector {
   toJSON(now: number) {
     return {
       ejected: this.isEjected(now),
-      ejected_until: this.isEjected(now) ? new Date(this.ejectedUntil!).toISOString() : null,
+      ejected_until: this.isEjected(now) ? isoTime(this.ejectedUntil!) : null,
       ejections: this.ejections,
       consecutive_failures: this.consecutiveFailures
     }

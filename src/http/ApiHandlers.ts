@@ -9,20 +9,21 @@ import { formatParseError } from "../domain/formatParseError.js"
 import type { DispatchError } from "../domain/GatewayError.js"
 import { loadBalancerJson } from "../domain/LoadBalancer.js"
 import { allows, scopeNeeded } from "../domain/Identity.js"
-import { GATEWAY_VERSION } from "../domain/Protocol.js"
 import { secretProblems } from "../domain/Secret.js"
 import { ClientSessions } from "../proxy/ClientSessions.js"
 import { Dispatcher } from "../proxy/Dispatcher.js"
 import { Exposure } from "../proxy/Exposure.js"
 import { FleetRedis } from "../fleet/FleetRedis.js"
 import { Stats } from "../proxy/Stats.js"
-import { Registry, type TemplateState } from "../registry/Registry.js"
+import { Timer } from "../proxy/Timer.js"
+import { Registry } from "../registry/Registry.js"
 import { Strategies } from "../strategy/Strategies.js"
 import { HealthProbes } from "../health/HealthProbes.js"
 import { isModulePath } from "../loader/PluginLoader.js"
 import { ConfigReload } from "../discovery/ConfigReload.js"
 import { Discovery } from "../discovery/Discovery.js"
 import { GatewayApi, RegisterBody } from "./Api.js"
+import { gatewayHealth, gatewayStats, templateHealth } from "./gatewayViews.js"
 import { dispatchErrorAnswer, errorAnswer, toApiError } from "./ApiError.js"
 import { parseJsonBody } from "./raw.js"
 import { type RequestContext, requestContextOf } from "./requestContext.js"
@@ -34,32 +35,13 @@ const requestId = Effect.map(HttpServerRequest.HttpServerRequest, (r) => r.heade
 const fail = (status: number, type: string, message: string, extra?: Parameters<typeof errorAnswer>[4]) =>
   Effect.flatMap(requestId, (id) => Effect.fail(toApiError(errorAnswer(status, type, message, id, extra))))
 
-/** Whether a new session of the template found every process slot busy lately (see InstanceState.saturated). */
-const templateSaturated = (template: TemplateState, now = Date.now()) => {
-  for (const i of template.instances.values()) if (i.saturated(now)) return true
-  return false
-}
-
-export const templateHealth = (template: TemplateState) => {
-  const instances = Array.from(template.instances.values())
-  const healthy = instances.filter((i) => i.status === "healthy").length
-  return {
-    template_name: template.name,
-    strategy: template.settings.strategy,
-    total_instances: instances.length,
-    healthy_instances: healthy,
-    health_percentage: instances.length === 0 ? 0 : Math.round((healthy / instances.length) * 1000) / 10,
-    saturated: templateSaturated(template),
-    instances: Object.fromEntries(instances.map((i) => [i.id, i.toJSON()]))
-  }
-}
-
 const McpHandlers = HttpApiBuilder.group(GatewayApi, "mcp", (handlers) =>
   Effect.gen(function*() {
     const dispatcher = yield* Dispatcher
     const registry = yield* Registry
     const config = yield* GatewayConfig
     const exposure = yield* Exposure
+    const timer = yield* Timer
     // The same code path as the lean handler, for requests that reach the HttpApi app.
     const run = (operation: RestOperation, template: string, params?: Record<string, unknown>) =>
       runRestOperation(dispatcher, template, operation, params, { maxPages: config.gateway.maxListPages, exposure }).pipe(
@@ -78,7 +60,7 @@ const McpHandlers = HttpApiBuilder.group(GatewayApi, "mcp", (handlers) =>
         const template = registry.template(path.template)
         return template === undefined
           ? fail(404, "template_not_found", `unknown template "${path.template}"`)
-          : Effect.succeed(templateHealth(template))
+          : Effect.succeed(templateHealth(template, timer.now()))
       })
   }))
 
@@ -112,72 +94,14 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
     const reload = yield* ConfigReload
     const exposure = yield* Exposure
     const fleet = yield* FleetRedis
-    const startedAt = Date.now()
+    const timer = yield* Timer
+    const startedAt = timer.now()
     const registration = config.gateway.registration ?? DEFAULT_REGISTRATION
     const endpointPolicy = makeEndpointPolicy(registration)
 
     return handlers
-      .handle("health", () =>
-        Effect.sync(() => {
-          const instances = registry.instances()
-          const saturated = registry.templates().filter((t) => templateSaturated(t)).map((t) => t.name)
-          return {
-            // Degraded: the Redis the replicas share is down or does not answer in time (serving from
-            // the last known registry, rate limits per replica, registrations refused; read from the
-            // fleet's state, never from Redis: health answers at once whatever Redis does), or a
-            // template refused new sessions lately, every process slot busy.
-            status: fleet.status() === "down" || fleet.status() === "slow" || saturated.length > 0 ? "degraded" : "healthy",
-            version: GATEWAY_VERSION,
-            uptime_seconds: Math.round((Date.now() - startedAt) / 1000),
-            templates: registry.templates().length,
-            instances: instances.length,
-            healthy_instances: instances.filter((i) => i.status === "healthy").length,
-            saturated_templates: saturated
-          }
-        }))
-      .handle("stats", () =>
-        Effect.sync(() => {
-          const now = Date.now()
-          const snapshot = stats.snapshot()
-          const sessionCounts = sessions.counts()
-          const templates: Record<string, unknown> = { ...snapshot.templates }
-          for (const t of registry.templates()) {
-            const counted = snapshot.templates[t.name]
-            const instances = Array.from(t.instances.values())
-            const totalWeight = instances.reduce((n, i) => n + i.weight, 0)
-            const served = counted?.requests ?? 0
-            templates[t.name] = {
-              ...(counted ?? { requests: 0, errors: 0, error_rate: 0 }),
-              strategy: t.settings.strategy,
-              sessions: sessionCounts.filter((c) => c.template === t.name).reduce((n, c) => n + c.count, 0),
-              instances: Object.fromEntries(instances.map((i) => {
-                const d = counted?.distribution[i.id]
-                const requests = d?.requests ?? 0
-                const errors = d?.errors ?? 0
-                return [i.id, {
-                  requests,
-                  errors,
-                  error_rate: requests === 0 ? 0 : Math.round((errors / requests) * 10_000) / 10_000,
-                  // Load distribution: the share of the template's requests it served, against its share of the weight.
-                  share: served === 0 ? 0 : Math.round((requests / served) * 1000) / 1000,
-                  weight: i.weight,
-                  weight_share: totalWeight === 0 ? 0 : Math.round((i.weight / totalWeight) * 1000) / 1000,
-                  latency_ms: {
-                    moving_average: i.latencyMs === undefined ? null : Math.round(i.latencyMs * 100) / 100,
-                    ...(d?.latency_ms ?? { p50: null, p95: null, p99: null })
-                  },
-                  healthy: i.status === "healthy",
-                  status: i.status,
-                  active_requests: i.activeRequests,
-                  ejected: i.outlier.isEjected(now),
-                  circuit_breaker: i.breaker.toJSON(now).state,
-                  ...(i.channel === undefined ? {} : { process: i.channel.state, restarts: stats.restarts(t.name, i.id) })
-                }]
-              }))
-            }
-          }
-          return { ...snapshot, templates, sessions: sessionCounts.reduce((n, c) => n + c.count, 0), cache: exposure.stats() }
-        }))
+      .handle("health", () => Effect.sync(() => gatewayHealth(registry, fleet.status(), startedAt, timer.now())))
+      .handle("stats", () => Effect.sync(() => gatewayStats({ stats, registry, sessions, exposure }, timer.now())))
       .handle("registry", () =>
         Effect.sync(() => ({
           registry_file: config.gateway.registryFile ?? null,
@@ -186,7 +110,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           templates: Object.fromEntries(registry.templates().map((t) => [t.name, {
             source: t.source,
             load_balancer: loadBalancerJson(t.settings),
-            instances: Array.from(t.instances.values(), (i) => i.toJSON())
+            instances: Array.from(t.instances.values(), (i) => i.toJSON(timer.now()))
           }]))
         })))
       .handleRaw("register", ({ request }) =>
@@ -287,7 +211,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           )
           yield* audit("registered", context, `${template_name}/${state.id}`)
           return yield* HttpServerResponse.json(
-            { template_name, instance_id: state.id, instance: state.toJSON(), persisted: config.gateway.registryFile !== undefined },
+            { template_name, instance_id: state.id, instance: state.toJSON(timer.now()), persisted: config.gateway.registryFile !== undefined },
             { status: 201 }
           ).pipe(Effect.orDie)
         }).pipe(answerUnavailable))

@@ -38,6 +38,7 @@ import { setRequestContext } from "./requestContext.js"
 import { makeRestHandler } from "./RestHandler.js"
 import { defaultConnectionCaps, descriptorLimit, makeConnectionGate } from "./connectionLimits.js"
 import { ResponseFlow } from "./ResponseFlow.js"
+import { repeat, Timer } from "../proxy/Timer.js"
 import { classifyRoute, methodsOf, requirementOf, type Route } from "./routes.js"
 
 export class ListenError extends Data.TaggedError("ListenError")<{ readonly message: string }> {}
@@ -76,6 +77,7 @@ export const HttpServerLive: Layer.Layer<
   | Exposure
   | AggregateSessions
   | FleetRedis
+  | Timer
 > = Layer.scoped(
   ListeningAddress,
   Effect.gen(function*() {
@@ -87,6 +89,7 @@ export const HttpServerLive: Layer.Layer<
     const sessions = yield* ClientSessions
     const metrics = yield* GatewayMetrics
     const fleet = yield* FleetRedis
+    const timer = yield* Timer
 
     const apiApp = yield* HttpApiBuilder.httpApp.pipe(
       // Names in paths (/mcp/{t}/health, /gateway/deregister/{t}/{id}) as long as a name may be
@@ -161,7 +164,7 @@ export const HttpServerLive: Layer.Layer<
       }
       if (route.kind === "ui") return statusPage(res)
       if (path === "/metrics") {
-        const text = scrapeMetrics(metrics, registry, sessions, fleet.status())
+        const text = scrapeMetrics(metrics, registry, sessions, timer.now(), fleet.status())
         res.writeHead(200, { "content-type": PROMETHEUS_CONTENT_TYPE, "content-length": Buffer.byteLength(text) })
         return void res.end(text)
       }
@@ -182,12 +185,12 @@ export const HttpServerLive: Layer.Layer<
         clientLimits?.maxConnections ?? derivedCaps.maxConnections
       ),
       firstRequestTimeoutMs: clientLimits?.firstRequestTimeoutMs ?? DEFAULT_CLIENT_LIMITS.firstRequestTimeoutMs
-    }, (what) => void run(Effect.logDebug(`client connection ${what.replaceAll("_", " ")}`)))
+    }, timer, (what) => void run(Effect.logDebug(`client connection ${what.replaceAll("_", " ")}`)))
     const flow = new ResponseFlow({
       writeTimeoutMs: clientLimits?.writeTimeoutMs ?? DEFAULT_CLIENT_LIMITS.writeTimeoutMs,
       maxBufferedBytesPerResponse: clientLimits?.maxBufferedBytesPerResponse ?? DEFAULT_CLIENT_LIMITS.maxBufferedBytesPerResponse,
       maxBufferedBytes: clientLimits?.maxBufferedBytes ?? DEFAULT_CLIENT_LIMITS.maxBufferedBytes
-    }, (reason) => void run(Effect.logInfo(`closed a client's response: ${reason.replaceAll("_", " ")}`)))
+    }, timer, (reason) => void run(Effect.logInfo(`closed a client's response: ${reason.replaceAll("_", " ")}`)))
 
     let inflight = 0
     /** Requests in progress per connection: at shutdown, a connection with none is closed at once. */
@@ -291,13 +294,13 @@ export const HttpServerLive: Layer.Layer<
             `shutting down: no new connections; ${inflight} requests in flight get up to ${Duration.format(drain)} to finish`
           )
           yield* Effect.async<void>((resume) => {
-            const cut = setTimeout(() => server.closeAllConnections(), Duration.toMillis(drain))
+            const cut = timer.schedule(Duration.toMillis(drain), () => server.closeAllConnections())
             // A keep-alive connection whose request finishes during the drain turns idle; close it
             // then, rather than wait for the whole drain.
-            const idle = setInterval(closeUnused, 100)
+            const idle = repeat(timer, 100, closeUnused)
             server.close(() => {
-              clearTimeout(cut)
-              clearInterval(idle)
+              cut()
+              idle()
               resume(Effect.void)
             })
             closeUnused()

@@ -1,4 +1,5 @@
 import type * as http from "node:http"
+import { repeat, type TimerShape } from "../proxy/Timer.js"
 
 /**
  * Backpressure toward clients: what the gateway writes goes out as fast as each client takes it,
@@ -54,9 +55,14 @@ export class ResponseFlow {
   held = 0
   /** How many responses the flow closed, by reason (for stats and tests). */
   readonly closed: Record<StallReason, number> = { write_timeout: 0, response_buffer_full: 0, gateway_buffer_full: 0 }
-  private sweeper: ReturnType<typeof setInterval> | undefined
+  private stopSweeper: (() => void) | undefined
 
-  constructor(readonly settings: ResponseFlowSettings, private readonly onClosed: (reason: StallReason) => void = () => {}) {}
+  /** `timer`: the clock of write timeouts and stalls, and their sweep (the Timer: tests drive it with TestClock). */
+  constructor(
+    readonly settings: ResponseFlowSettings,
+    readonly timer: TimerShape,
+    private readonly onClosed: (reason: StallReason) => void = () => {}
+  ) {}
 
   /** Makes this the flow of every response of `server`. */
   attach(server: http.Server) {
@@ -103,7 +109,7 @@ export class ResponseFlow {
    * sizes); past twice the total, whatever has taken nothing for the longest.
    */
   private shed() {
-    const now = Date.now()
+    const now = this.timer.now()
     const hard = this.held > 2 * this.settings.maxBufferedBytes
     const oldestFirst = Array.from(this.holding).sort((a, b) => a.lastProgress - b.lastProgress)
     for (const writer of oldestFirst) {
@@ -121,23 +127,21 @@ export class ResponseFlow {
 
   /** One timer for the write timeouts of every lagging response, running only while one lags. */
   private startSweeping() {
-    if (this.sweeper !== undefined) return
-    // (A plain timer: it checks sockets, not the gateway's logic; Date.now like the node:http timeouts it sits beside.)
+    if (this.stopSweeper !== undefined) return
     const every = Math.max(10, Math.min(250, Math.floor(this.settings.writeTimeoutMs / 4)))
-    this.sweeper = setInterval(() => {
-      const now = Date.now()
+    this.stopSweeper = repeat(this.timer, every, () => {
+      const now = this.timer.now()
       for (const writer of Array.from(this.holding)) {
         if (writer.isLagging && now - writer.lastProgress >= this.settings.writeTimeoutMs) writer.stall("write_timeout")
       }
       this.shedStalled()
       if (this.holding.size === 0) this.stopSweeping()
-    }, every)
-    this.sweeper.unref()
+    })
   }
 
   private stopSweeping() {
-    if (this.sweeper !== undefined) clearInterval(this.sweeper)
-    this.sweeper = undefined
+    this.stopSweeper?.()
+    this.stopSweeper = undefined
   }
 
   /** @internal */
@@ -163,9 +167,10 @@ export class FlowWriter implements ResponseWriter {
   private waiting = false
   private ending = false
   private over = false
-  lastProgress = Date.now()
+  lastProgress: number
 
   constructor(private readonly flow: ResponseFlow, readonly res: http.ServerResponse, private readonly onStall?: (reason: StallReason) => void) {
+    this.lastProgress = flow.timer.now()
     res.on("drain", () => this.drained())
     // (After its end a response emits no 'drain': 'finish' says the last of it was taken.)
     res.once("finish", () => this.release())
@@ -257,7 +262,7 @@ export class FlowWriter implements ResponseWriter {
   }
 
   private drained() {
-    this.lastProgress = Date.now()
+    this.lastProgress = this.flow.timer.now()
     this.waiting = false
     this.pump()
   }

@@ -1,5 +1,6 @@
 import * as fs from "node:fs"
 import type * as net from "node:net"
+import { repeat, type TimerShape } from "../proxy/Timer.js"
 
 /**
  * Caps on the gateway's client connections, in all and per client address, so that a flood of
@@ -55,7 +56,12 @@ const REFUSED = (() => {
   return `HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n${body}`
 })()
 
-export const makeConnectionGate = (limits: ConnectionLimits, onShed: (what: "shed_unused" | "shed_idle" | "refused" | "first_request_timeout") => void) => {
+export const makeConnectionGate = (
+  limits: ConnectionLimits,
+  /** The clock of the first-request timeout and its sweep (the Timer: tests drive it with TestClock). */
+  timer: TimerShape,
+  onShed: (what: "shed_unused" | "shed_idle" | "refused" | "first_request_timeout") => void
+) => {
   const byAddress = new Map<string, AddressEntry>()
   const addressOf = new WeakMap<net.Socket, AddressEntry>()
   /** Every connection that has sent no request yet, oldest first. */
@@ -106,7 +112,7 @@ export const makeConnectionGate = (limits: ConnectionLimits, onShed: (what: "she
     }
     entry.count++
     open++
-    const now = Date.now()
+    const now = timer.now()
     entry.fresh.set(socket, now)
     fresh.set(socket, now)
     addressOf.set(socket, entry)
@@ -119,6 +125,8 @@ export const makeConnectionGate = (limits: ConnectionLimits, onShed: (what: "she
     socket.on("error", () => {})
     socket.end(REFUSED)
     // (A client that does not read its 503 does not keep the descriptor.)
+    // raw timer: a socket's last second, real time whatever clock the gateway runs on, and
+    // unref'd (a refused client must not hold the process up).
     setTimeout(() => socket.destroy(), 1000).unref()
     return false
   }
@@ -140,16 +148,15 @@ export const makeConnectionGate = (limits: ConnectionLimits, onShed: (what: "she
   }
 
   // Connections that have sent no request in time go, oldest first (the map is in arrival order).
-  const sweeper = setInterval(() => {
-    const deadline = Date.now() - limits.firstRequestTimeoutMs
+  const stopSweeping = repeat(timer, Math.max(50, Math.min(1000, Math.floor(limits.firstRequestTimeoutMs / 4))), () => {
+    const deadline = timer.now() - limits.firstRequestTimeoutMs
     for (const [socket, since] of fresh) {
       if (since > deadline) break
       forget(socket)
       socket.destroy()
       onShed("first_request_timeout")
     }
-  }, Math.max(50, Math.min(1000, Math.floor(limits.firstRequestTimeoutMs / 4))))
-  sweeper.unref()
+  })
 
   return {
     admit,
@@ -157,6 +164,6 @@ export const makeConnectionGate = (limits: ConnectionLimits, onShed: (what: "she
     requestsDone,
     /** Open client connections now. */
     size: () => open,
-    close: () => clearInterval(sweeper)
+    close: stopSweeping
   }
 }

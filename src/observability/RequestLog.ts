@@ -1,4 +1,4 @@
-import { Context, Effect, FiberId, FiberRef, HashMap, Layer, Option } from "effect"
+import { type Clock, Context, Effect, FiberId, FiberRef, HashMap, Layer, Option } from "effect"
 import type { LogLevelName } from "../config/GatewayConfig.js"
 import { redactUrlsIn } from "../domain/redact.js"
 import { type LogFormat, writeLogLine } from "../logging.js"
@@ -46,10 +46,11 @@ const logfmtValue = (value: string) => TEXT_ONLY.test(value) ? value : JSON.stri
  * (annotations in a persistent HashMap, then formatted generically) cost more CPU per request
  * than all the metrics together. Pretty logs, for people at a terminal, keep Effect's logger.
  */
-const direct = (format: "text" | "json"): RequestLogShape => {
+const direct = (format: "text" | "json", clock: Clock.Clock): RequestLogShape => {
   const writeNow = (fields: RequestLogFields, requestId: string, fiberName = "-") => {
     const subject = fields.subject !== undefined && fields.subject.includes("://") ? redactUrlsIn(fields.subject) : fields.subject
-    const timestamp = new Date().toISOString()
+    // from the clock: the time Effect's logger would stamp (it reads the fiber's Clock too).
+    const timestamp = new Date(clock.unsafeCurrentTimeMillis()).toISOString()
     if (format === "json") {
       writeLogLine(JSON.stringify({
         message: "request",
@@ -95,12 +96,13 @@ export class RequestLog extends Context.Reference<RequestLog>()("mcp-gateway/Req
 }) {
   /** For the gateway's own logger settings: nothing below `info`, direct lines for text and JSON. */
   static readonly forLogger = (level: LogLevelName, format: LogFormat): Layer.Layer<RequestLog> =>
-    Layer.succeed(
+    Layer.effect(
       RequestLog,
-      level === "warn" || level === "error" || level === "fatal" || level === "none"
-        ? silent
-        : format === "pretty"
-        ? viaEffectLogger
-        : direct(format)
+      Effect.map(Effect.clock, (clock) =>
+        level === "warn" || level === "error" || level === "fatal" || level === "none"
+          ? silent
+          : format === "pretty"
+          ? viaEffectLogger
+          : direct(format, clock))
     )
 }

@@ -51,13 +51,15 @@ export const TracingLive: Layer.Layer<never, never, GatewayConfig | GatewayMetri
     const where = redactUrl(tracing.endpoint)
     const timeoutMs = Duration.toMillis(tracing.exportTimeout)
 
+    // (The Clock of the fiber building the layer: the warning's once-a-minute is on the gateway's one clock.)
+    const clock = yield* Effect.clock
     let lastWarning = -Infinity
     let droppedSinceWarning = 0
     const drop = (spans: number, why: string) =>
       Effect.suspend(() => {
         dropped.update(spans)
         droppedSinceWarning += spans
-        const now = Date.now()
+        const now = clock.unsafeCurrentTimeMillis()
         if (now - lastWarning < WARN_EVERY_MS) return Effect.void
         lastWarning = now
         const count = droppedSinceWarning

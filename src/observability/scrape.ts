@@ -12,11 +12,11 @@ const REDIS_STATES = ["ok", "slow", "down"] as const
 /**
  * The Prometheus text of `/metrics`: the counters and histograms as recorded, and the gauges of
  * live state (in flight, health, ejection, breaker, sessions) set now from the registry and the
- * sessions, so the hot path updates no gauge. Gauge series of instances and templates that are
+ * sessions, so the hot path updates no gauge. `now` (epoch ms, from the Timer) decides what an
+ * ejection or a breaker shows. Gauge series of instances and templates that are
  * gone are left out (a removed instance must not report its last state for ever).
  */
-export const scrapeMetrics = (M: GatewayMetricsShape, registry: RegistryShape, sessions: ClientSessionsShape, fleet: FleetStatus = "off"): string => {
-  const now = Date.now()
+export const scrapeMetrics = (M: GatewayMetricsShape, registry: RegistryShape, sessions: ClientSessionsShape, now: number, fleet: FleetStatus = "off"): string => {
   const live = new Set<string>()
   const liveTemplates = new Set<string>()
   for (const t of registry.templates()) {

@@ -377,6 +377,8 @@ export class AggregateSession extends EndpointSession {
   private emitSoon(method: string) {
     if (this.changedSoon.has(method)) return
     this.changedSoon.add(method)
+    // raw timer: 20 ms that gather the list changes of several templates into one notification;
+    // no state of the gateway's depends on it.
     setTimeout(() => {
       this.changedSoon.delete(method)
       this.emit({ method })

@@ -1,4 +1,4 @@
-import { Context, Duration, Effect, ExecutionStrategy, Exit, Fiber, Layer, Runtime, Schedule, Scope, Stream } from "effect"
+import { Context, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberSet, Layer, Schedule, Scope, Stream } from "effect"
 import { declarationOf } from "../domain/canonicalJson.js"
 import { DEFAULT_AGGREGATION, GatewayConfig, sessionLifetimeOf, type VirtualServerSettings } from "../config/GatewayConfig.js"
 import { EndedSessions } from "../fleet/EndedSessions.js"
@@ -61,8 +61,11 @@ export class AggregateSessions extends Context.Tag("mcp-gateway/AggregateSession
       const stats = yield* Stats
       const timer = yield* Timer
       const layerScope = yield* Effect.scope
-      // The gateway's runtime (its logger writes to stderr): Effect.runFork's default one logs to stdout.
-      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+      // Short background work (closing a session, starting to listen, a log line) runs in the
+      // gateway's runtime (its logger writes to stderr; Effect.runFork's default one logs to
+      // stdout), in a FiberSet of this layer's scope: what is still running at shutdown, after the
+      // shutdown finalizer below (added later, so run first), is interrupted, never left behind.
+      const runFork = yield* FiberSet.makeRuntime<never>()
       const settings = config.aggregation ?? DEFAULT_AGGREGATION
       const seal = new SessionSeal(config.gateway.sessionKeys ?? [])
       const ended = yield* EndedSessions

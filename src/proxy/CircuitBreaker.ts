@@ -1,4 +1,5 @@
 import { type Backoff, backoffDelayMs } from "../domain/LoadBalancer.js"
+import { isoTime } from "./Timer.js"
 
 export type BreakerState = "closed" | "open" | "half_open"
 
@@ -82,8 +83,8 @@ export class CircuitBreaker {
       state: this.state === "open" && now >= this.nextTrialAt! ? "half_open" : this.state,
       consecutive_failures: this.consecutiveFailures,
       trips: this.trips,
-      opened_at: this.openedAt === undefined ? null : new Date(this.openedAt).toISOString(),
-      next_trial_at: this.state === "open" ? new Date(this.nextTrialAt!).toISOString() : null
+      opened_at: this.openedAt === undefined ? null : isoTime(this.openedAt),
+      next_trial_at: this.state === "open" ? isoTime(this.nextTrialAt!) : null
     }
   }
 }

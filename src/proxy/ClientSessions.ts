@@ -1,4 +1,4 @@
-import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, Layer, Runtime, Schedule, Scope, Stream } from "effect"
+import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, FiberSet, Layer, Schedule, Scope, Stream } from "effect"
 import { declarationOf } from "../domain/canonicalJson.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
 import { GatewayConfig, sessionLifetimeOf } from "../config/GatewayConfig.js"
@@ -101,8 +101,11 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const exposure = yield* Exposure
       const ended = yield* EndedSessions
       const stats = yield* Stats
-      // The gateway's runtime (its logger writes to stderr): Effect.runFork's default one logs to stdout.
-      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+      // Short background work (closing a session, starting to listen, a log line) runs in the
+      // gateway's runtime (its logger writes to stderr; Effect.runFork's default one logs to
+      // stdout), in a FiberSet of this layer's scope: what is still running at shutdown, after the
+      // shutdown finalizer below (added later, so run first), is interrupted, never left behind.
+      const runFork = yield* FiberSet.makeRuntime<never>()
       // Sessions' scopes are children of this one, closed after the shutdown finalizer below (added
       // later, so run first) has said what stays open at the backends, and in parallel: at shutdown
       // every session ends (and stops its process) at once, not one after another.

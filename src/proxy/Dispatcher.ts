@@ -26,7 +26,7 @@ import { retryAfter, retrySchedule, retryWhile } from "./RetryPolicy.js"
 import { Stats } from "./Stats.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { TaskRoutes } from "./TaskRoutes.js"
-import { Timer } from "./Timer.js"
+import { isoTime, Timer } from "./Timer.js"
 
 export interface DispatchResult {
   readonly result: unknown
@@ -252,7 +252,7 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
             stats.recordBreakerOpened(template.name, instance.id)
             logs.push(Effect.logWarning(
               `circuit breaker opened after ${instance.breaker.consecutiveFailures} failures in a row; ` +
-                `next trial at ${new Date(instance.breaker.nextTrialAt!).toISOString()}`
+                `next trial at ${isoTime(instance.breaker.nextTrialAt!)}`
             ))
           }
           return Effect.all(logs, { discard: true }).pipe(Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` }))

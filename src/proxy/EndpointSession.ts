@@ -351,6 +351,9 @@ export abstract class EndpointSession {
 
   /** A finished request's stream stays resumable for `retention`, then is forgotten. */
   retireStream(key: string, retention: Duration.Duration) {
+    // raw timer: on the MCP endpoint's request path (one per finished streamed request), where a
+    // fiber sleeping on the Clock would cost more than the request; unref'd; what it forgets is
+    // only a resumable stream.
     setTimeout(() => this.streams?.delete(key), Duration.toMillis(retention)).unref()
   }
 }

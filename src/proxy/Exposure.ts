@@ -11,6 +11,7 @@ import { GatewayMetrics } from "../observability/GatewayMetrics.js"
 import { Registry } from "../registry/Registry.js"
 import { type Transform, type TransformContext, TransformPlugin, type TransformRequest } from "../transform/TransformPlugin.js"
 import type { ServerNotice } from "./EndpointSession.js"
+import { Timer } from "./Timer.js"
 
 /** Results a cache may keep: lists and reads. Never `tools/call`. */
 const CACHEABLE: ReadonlySet<string> = new Set(["tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"])
@@ -196,12 +197,13 @@ const runHook = <A>(
  * setting, per caller unless public, dropped at once when the server says the list changed.
  */
 export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, ExposureShape>() {
-  static readonly layer: Layer.Layer<Exposure, PluginError, Registry | PluginLoader | GatewayMetrics> = Layer.scoped(
+  static readonly layer: Layer.Layer<Exposure, PluginError, Registry | PluginLoader | GatewayMetrics | Timer> = Layer.scoped(
     Exposure,
     Effect.gen(function*() {
       const registry = yield* Registry
       const loader = yield* PluginLoader
       const metrics = yield* GatewayMetrics
+      const timer = yield* Timer
       const layerScope = yield* Effect.scope
 
       const loadTransform = (location: string, spec: TransformSpec, index: number, scope: Scope.Scope) =>
@@ -373,7 +375,7 @@ export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, Expo
           const publicKey = `${base}\u0000`
           const callerKey = `${base}\u0000${caller.id}`
           const sessionKey = caller.session === undefined ? callerKey : `${base}\u0000${caller.id}\u0000${caller.session}`
-          const now = Date.now()
+          const now = timer.now()
           for (const key of [sessionKey, callerKey, publicKey]) {
             const entry = cache.get(key)
             if (entry === undefined) continue

@@ -2,7 +2,7 @@ import { Context, Effect, Layer } from "effect"
 import { GatewayMetrics, type GatewayMetricsShape } from "../observability/GatewayMetrics.js"
 import { type LatencyWindow, makeLatencyWindow } from "../observability/LatencyWindow.js"
 import { operationLabel } from "../observability/metricLabels.js"
-import { Timer, type TimerShape } from "./Timer.js"
+import { isoTime, Timer, type TimerShape } from "./Timer.js"
 
 export interface RequestRecord {
   readonly template: string
@@ -96,7 +96,7 @@ const percentilesOf = (window: LatencyWindow, now: number): Percentiles => {
 }
 
 export const makeStats = (timer: TimerShape, M: GatewayMetricsShape): StatsShape => {
-  const startedAt = new Date(timer.now())
+  const startedAt = timer.now()
   /** Every (template, operation, instance, outcome) counted so far, for snapshots to sum. */
   const series = new Map<string, Series>()
   const durations = new Map<string, ReturnType<GatewayMetricsShape["requestDuration"]>>()
@@ -217,7 +217,7 @@ export const makeStats = (timer: TimerShape, M: GatewayMetricsShape): StatsShape
         probeCount += state.count
       }
       return {
-        started_at: startedAt.toISOString(),
+        started_at: isoTime(startedAt),
         requests: {
           ...overall,
           error_rate: errorRate(overall),

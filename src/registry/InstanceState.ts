@@ -5,6 +5,7 @@ import { redactCommand, redactUrl, redactUrlsIn } from "../domain/redact.js"
 import { ActiveHealth, type ProbeStatus } from "../health/ActiveHealth.js"
 import { OutlierDetector } from "../health/OutlierDetector.js"
 import { CircuitBreaker } from "../proxy/CircuitBreaker.js"
+import { isoTime } from "../proxy/Timer.js"
 import type { ChannelStatus } from "../transport/Supervision.js"
 
 /** Weight of the newest sample in the latency and success-rate averages. */
@@ -46,9 +47,8 @@ export class InstanceState implements InstanceView {
   sessionProcesses = 0
   /** When a new client session last found every process slot of its template busy, none idle to end (ClientSessions writes it). */
   saturatedAt: number | undefined = undefined
-  readonly registeredAt = new Date()
-
-  constructor(readonly definition: InstanceDefinition) {}
+  /** `registeredAt`: when the registry took the instance in (epoch ms from the Clock). */
+  constructor(readonly definition: InstanceDefinition, readonly registeredAt: number) {}
 
   get id() {
     return this.definition.id
@@ -154,7 +154,7 @@ export class InstanceState implements InstanceView {
   }
 
   /** The instance as `/gateway/registry` and `/mcp/{t}/health` show it. */
-  toJSON(now = Date.now()) {
+  toJSON(now: number) {
     const d = this.definition
     const channel = this.channel
     return {
@@ -171,7 +171,7 @@ export class InstanceState implements InstanceView {
       latency_ms: this.latencyMs === undefined ? null : Math.round(this.latencyMs * 100) / 100,
       success_rate: Math.round(this.successRate * 1000) / 1000,
       consecutive_failures: this.health.consecutiveFailures,
-      last_checked_at: this.health.lastCheckedAt === undefined ? null : new Date(this.health.lastCheckedAt).toISOString(),
+      last_checked_at: this.health.lastCheckedAt === undefined ? null : isoTime(this.health.lastCheckedAt),
       last_error: this.lastError === undefined ? null : redactUrlsIn(this.lastError),
       outlier: this.outlier.toJSON(now),
       circuit_breaker: this.breaker.toJSON(now),
@@ -182,11 +182,11 @@ export class InstanceState implements InstanceView {
           pid: channel.pid ?? null,
           restarts: channel.restarts,
           last_exit: channel.lastExit === undefined ? null : redactUrlsIn(channel.lastExit),
-          next_restart_at: channel.nextRestartAt === undefined ? null : new Date(channel.nextRestartAt).toISOString(),
+          next_restart_at: channel.nextRestartAt === undefined ? null : isoTime(channel.nextRestartAt),
           stderr_tail: channel.stderrTail.map(redactUrlsIn)
         }
       }),
-      registered_at: this.registeredAt.toISOString(),
+      registered_at: isoTime(this.registeredAt),
       ...(d.metadata ? { metadata: d.metadata } : {})
     }
   }

@@ -130,6 +130,29 @@ export class Registry extends Context.Tag("mcp-gateway/Registry")<Registry, Regi
       })
     })
   )
+
+  /**
+   * The config's templates, with registrations kept in memory only (no registry file, no Redis,
+   * whatever the config says): what a test composes when it registers and deregisters at will
+   * and must leave nothing on disk. The registry's other rules (limits, stdio) are the config's.
+   */
+  static readonly layerMemory: Layer.Layer<Registry, never, GatewayConfig> = Layer.scoped(
+    Registry,
+    Effect.flatMap(GatewayConfig, (config) =>
+      makeRegistry({
+        templates: config.templates,
+        defaults: config.gateway.defaults,
+        store: memoryStore,
+        allowStdio: config.gateway.allowStdioRegistration,
+        limits: {
+          perTemplate: (config.gateway.registration ?? DEFAULT_REGISTRATION).maxPerTemplate,
+          total: (config.gateway.registration ?? DEFAULT_REGISTRATION).maxTotal
+        }
+      }).pipe(
+        // (The memory store is never read, so nothing can fail to load.)
+        Effect.orDie
+      ))
+  )
 }
 
 export const makeRegistry = (options: {
@@ -149,6 +172,9 @@ export const makeRegistry = (options: {
   readonly limits?: { readonly perTemplate: number; readonly total: number } | undefined
 }): Effect.Effect<RegistryShape, RegistryStorageError, Scope.Scope> =>
   Effect.gen(function*() {
+    // When each instance was taken in (registered_at), on the Clock of the fiber that builds the registry.
+    const clock = yield* Effect.clock
+    const newInstance = (definition: InstanceDefinition) => new InstanceState(definition, clock.unsafeCurrentTimeMillis())
     const templates = new Map<string, MutableTemplate>()
     for (const t of options.templates) {
       templates.set(t.name, {
@@ -160,7 +186,7 @@ export const makeRegistry = (options: {
         rateLimit: t.rateLimit,
         exposure: t.exposure,
         inheritEnv: t.inheritEnv,
-        instances: new Map(t.instances.map((i) => [i.id, new InstanceState(i)]))
+        instances: new Map(t.instances.map((i) => [i.id, newInstance(i)]))
       })
     }
     const settingsFor = (input: LoadBalancerInput | undefined) => resolveLoadBalancer(options.defaults, input)
@@ -214,7 +240,7 @@ export const makeRegistry = (options: {
             )
             continue
           }
-          template.instances.set(id, new InstanceState(defineInstance(name, id, spec, "api")))
+          template.instances.set(id, newInstance(defineInstance(name, id, spec, "api")))
         }
       }
       let count = 0
@@ -274,7 +300,7 @@ export const makeRegistry = (options: {
             message: `template "${template.name}" already has an instance "${id}"; deregister it first`
           })
         }
-        const instance = new InstanceState(defineInstance(template.name, id, { ...registration.spec, id }, "api"))
+        const instance = newInstance(defineInstance(template.name, id, { ...registration.spec, id }, "api"))
         template.instances.set(id, instance)
         if (existing === undefined) templates.set(template.name, template)
         yield* persist({ _tag: "Registered", template: template.name, id, spec: specOf(instance.definition), loadBalancer: existing === undefined ? registration.loadBalancer : undefined }).pipe(
@@ -324,7 +350,7 @@ export const makeRegistry = (options: {
     )
 
     const addInstance = (template: MutableTemplate, definition: InstanceDefinition, events: Array<RegistryChange>) => {
-      const instance = new InstanceState(definition)
+      const instance = newInstance(definition)
       template.instances.set(definition.id, instance)
       events.push({ _tag: "InstanceAdded", instance })
     }

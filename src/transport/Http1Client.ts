@@ -81,6 +81,7 @@ export class Http1Pool implements SocketPool {
 
   /** The most recently used idle socket that is still good, or a new one. */
   private take(): PooledSocket {
+    // wall clock: a socket's keep-alive age is measured as the server measures it, in real time.
     const now = Date.now()
     for (let pooled = this.idle.pop(); pooled !== undefined; pooled = this.idle.pop()) {
       const socket = pooled.socket
@@ -117,10 +118,12 @@ export class Http1Pool implements SocketPool {
   release(pooled: PooledSocket) {
     this.active.delete(pooled)
     if (this.closed || pooled.idleMs === 0) return void pooled.socket.destroy()
+    // wall clock: see take.
     pooled.idleSince = Date.now()
     this.idle.push(pooled)
     if (this.sweeper === undefined) {
       // Idle sockets past their time are closed even when no request comes to find them.
+      // raw timer: it checks sockets against the server's keep-alive, in real time, unref'd.
       this.sweeper = setInterval(() => this.sweep(), 1_000)
       this.sweeper.unref()
     }
@@ -134,6 +137,7 @@ export class Http1Pool implements SocketPool {
   }
 
   private sweep() {
+    // wall clock: see take.
     const now = Date.now()
     for (let i = this.idle.length - 1; i >= 0; i--) {
       const pooled = this.idle[i]!

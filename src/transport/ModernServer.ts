@@ -223,6 +223,7 @@ export class ModernServer {
     const later = (exchange: Http1Exchange) => {
       if (stopped || current !== exchange) return
       if (reconnect !== undefined) clearTimeout(reconnect)
+      // raw timer: a second before the socket of a dropped stream opens again (real time).
       reconnect = setTimeout(() => open(), 1000)
     }
     const open = (ready?: () => void) => {

@@ -406,6 +406,7 @@ export class HttpConnection implements Connection {
       const later = (ms: number) => {
         if (stopped) return
         if (reconnect !== undefined) clearTimeout(reconnect)
+        // raw timer: the server's `retry:` before a standing stream's socket opens again (real time).
         reconnect = setTimeout(open, ms)
       }
       const open = () => {

@@ -78,6 +78,7 @@ export const throttled = <A>(
     suppressed = 0
   }
   return (value: A) => {
+    // wall clock: a log line's rate limit (no state of the gateway's), on a server's stderr.
     const now = Date.now()
     if (now - windowStart >= options.everyMs) {
       windowStart = now
@@ -87,6 +88,7 @@ export const throttled = <A>(
       inWindow++
       return log(describe(value))
     }
+    // raw timer: see above; unref'd, a pending count must not hold the process up.
     if (suppressed++ === 0) setTimeout(report, options.everyMs - (now - windowStart)).unref()
   }
 }

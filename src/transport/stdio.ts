@@ -206,6 +206,7 @@ const signalGroup = (child: ChildProcess, signal: NodeJS.Signals) => {
 
 const waitFor = (promise: Promise<void>, ms: number) =>
   new Promise<boolean>((resolve) => {
+    // raw timer: a real process's grace period (close stdin → SIGTERM → SIGKILL) is real time.
     const timer = setTimeout(() => resolve(false), ms)
     promise.then(() => {
       clearTimeout(timer)
@@ -230,7 +231,9 @@ const stopProcess = async (proc: Process, graceMs: number): Promise<void> => {
   // what is still there after the grace period (a grandchild must not outlive the gateway).
   if (groupAlive(child)) {
     signalGroup(child, "SIGTERM")
+    // wall clock, raw timer: polls a real process group for a real grace period.
     const until = Date.now() + STOP_GRACE_MS
+    // wall clock, raw timer: see above.
     while (groupAlive(child) && Date.now() < until) await new Promise((r) => setTimeout(r, 50))
     signalGroup(child, "SIGKILL")
   }

@@ -13,7 +13,7 @@ export const testGateway = (config: ReturnType<typeof testConfig>) => {
   const fake = makeFakeTransport()
   const layer = GatewayCore.pipe(
     Layer.provide(fake.layer),
-    Layer.provide(Timer.fromClock),
+    Layer.provide(Timer.layerTest),
     Layer.provide(GatewayConfig.layer(config))
   )
   return { fake, layer }

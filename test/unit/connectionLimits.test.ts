@@ -1,13 +1,17 @@
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
 import * as net from "node:net"
+import { it as effectIt } from "@effect/vitest"
+import { Duration, Effect, TestClock } from "effect"
+import { EventEmitter } from "node:events"
 import { afterEach, describe, expect, it } from "vitest"
 import { defaultConnectionCaps, descriptorLimit, makeConnectionGate } from "../../src/http/connectionLimits.js"
+import { systemTimer, Timer } from "../../src/proxy/Timer.js"
 
 /** A server wired to a gate as HttpServer.ts wires it; its requests are answered only when `answer` is called. */
 const gatedServer = async (limits: Parameters<typeof makeConnectionGate>[0]) => {
   const shed: Array<string> = []
-  const gate = makeConnectionGate(limits, (what) => shed.push(what))
+  const gate = makeConnectionGate(limits, systemTimer, (what) => shed.push(what))
   const waiting: Array<() => void> = []
   const server = http.createServer((req, res) => {
     gate.requestStarted(req.socket)
@@ -107,4 +111,40 @@ describe("connection limits", () => {
     await waitFor(() => clients.filter((c) => c.closed()).length === 2)
     expect(server.gate.size()).toBe(3)
   })
+})
+
+/** A socket as the gate sees one: an address, 'close' once destroyed. */
+const fakeSocket = (address: string) => {
+  const socket = Object.assign(new EventEmitter(), {
+    remoteAddress: address,
+    destroyed: false,
+    destroy() {
+      if (socket.destroyed) return
+      socket.destroyed = true
+      socket.emit("close")
+    }
+  })
+  return socket
+}
+
+describe("the first-request timeout, on the gateway's clock", () => {
+  effectIt.scoped("a connection that sends no request within first_request_timeout is closed; one that sent a request stays", () =>
+    Effect.gen(function*() {
+      const shed: Array<string> = []
+      const gate = makeConnectionGate({ maxConnections: 10, maxConnectionsPerAddress: 10, firstRequestTimeoutMs: 1000 }, yield* Timer, (what) => shed.push(what))
+      yield* Effect.addFinalizer(() => Effect.sync(gate.close))
+      const silent = fakeSocket("10.0.0.1")
+      const asked = fakeSocket("10.0.0.1")
+      gate.admit(silent as unknown as net.Socket)
+      gate.admit(asked as unknown as net.Socket)
+      gate.requestStarted(asked as unknown as net.Socket)
+      // Swept every 250 ms (a quarter of the timeout): still there at 999 ms, gone at 1000.
+      yield* TestClock.adjust(Duration.millis(999))
+      expect(silent.destroyed).toBe(false)
+      yield* TestClock.adjust(Duration.millis(1))
+      expect(silent.destroyed).toBe(true)
+      expect(asked.destroyed).toBe(false)
+      expect(shed).toEqual(["first_request_timeout"])
+      expect(gate.size()).toBe(1)
+    }).pipe(Effect.provide(Timer.layerTest)))
 })

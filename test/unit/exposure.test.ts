@@ -182,6 +182,26 @@ describe("what a template shows: the cache", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.scoped("an entry lives for its ttl on the gateway's clock: served until the ttl ends, asked again after", () => {
+    const { fake, layer } = gateway({ cache: { ttl_seconds: 60 } })
+    return Effect.gen(function*() {
+      const lists = () => fake.calls.filter((c) => c.method === "tools/list").length
+      const alice = yield* session("alice")
+      yield* alice.request("tools/list", undefined, {})
+      yield* TestClock.adjust("59999 millis")
+      yield* alice.request("tools/list", undefined, {})
+      expect(lists()).toBe(1)
+      // Stored at 0 for 60 s: expired at 60 s, asked again and stored anew (for 60 s from now).
+      yield* TestClock.adjust("1 millis")
+      yield* alice.request("tools/list", undefined, {})
+      expect(lists()).toBe(2)
+      yield* TestClock.adjust("30 seconds")
+      yield* alice.request("tools/list", undefined, {})
+      expect(lists()).toBe(2)
+      expect((yield* Exposure).stats().t).toEqual({ hits: 2, misses: 2, entries: 1 })
+    }).pipe(Effect.provide(layer))
+  })
+
   it.scoped("public: one entry for every caller who declared the same", () => {
     const { fake, layer } = gateway({ cache: { ttl_seconds: 60, scope: "public" } })
     return Effect.gen(function*() {

@@ -10,7 +10,10 @@ import { HealthChecker } from "../../src/health/HealthChecker.js"
 import { ProbeTimes } from "../../src/health/ProbeTimes.js"
 import { Timer } from "../../src/proxy/Timer.js"
 import { Registry } from "../../src/registry/Registry.js"
-import { makeFakeTransport, refused } from "../support/FakeTransport.js"
+import { refused } from "../support/FakeTransport.js"
+import { layerFake } from "../../src/transport/TransportFake.js"
+import { makeSharedHealth } from "../../src/fleet/SharedHealth.js"
+import type { FleetRedisShape } from "../../src/fleet/FleetRedis.js"
 import { testConfig } from "../support/testConfig.js"
 import { testGateway } from "../support/testGateway.js"
 
@@ -203,7 +206,7 @@ describe("ProbeTimes", () => {
 describe("health probe plugins", () => {
   /** The real gateway services with the given config, on the real clock (the probes use real sockets and files). */
   const liveGateway = (config: ReturnType<typeof testConfig>) =>
-    GatewayCore.pipe(Layer.provide(makeFakeTransport().layer), Layer.provide(Timer.live), Layer.provide(GatewayConfig.layer(config)))
+    GatewayCore.pipe(Layer.provide(layerFake()), Layer.provide(Timer.layer), Layer.provide(GatewayConfig.layer(config)))
 
   it.live("http_get: a path on the instance's host and the status it must answer", () =>
     Effect.gen(function*() {
@@ -275,4 +278,25 @@ describe("health probe plugins", () => {
         "default export is not a health probe plugin"
       )
     }))
+})
+
+describe("health shared by replicas (fleet/SharedHealth.ts), on the gateway's clock", () => {
+  /** A fleet whose Redis holds `records` in the health hash. */
+  const fleetWith = (records: Record<string, string>) =>
+    ({ status: () => "ok", prefix: "gw:", command: { hgetall: () => Promise.resolve(records) } }) as unknown as FleetRedisShape
+  const config = testConfig({ t: { instances: ["a", "b"], load_balancer: { health_check_interval: 10 } } })
+
+  it.scoped("a starting replica takes the fleet's verdicts fresher than three probe intervals, by the clock", () =>
+    Effect.gen(function*() {
+      const registry = yield* Registry
+      // b was found down at 0 s, a at 20 s; it is 50 s now: b's verdict is 50 s old, past 3 × 10 s.
+      yield* TestClock.adjust(Duration.seconds(50))
+      const fleet = fleetWith({
+        "t/a": JSON.stringify({ status: "unhealthy", at: 20_000, error: "refused" }),
+        "t/b": JSON.stringify({ status: "unhealthy", at: 0, error: "refused" })
+      })
+      expect(yield* makeSharedHealth(fleet, registry, yield* Timer).seed).toBe(1)
+      expect(registry.template("t")!.instances.get("a")!.status).toBe("unhealthy")
+      expect(registry.template("t")!.instances.get("b")!.status).toBe("unknown")
+    }).pipe(Effect.provide(Layer.mergeAll(Registry.layerMemory, Timer.layerTest).pipe(Layer.provide(GatewayConfig.layer(config))))))
 })

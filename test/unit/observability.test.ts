@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, HashMap, Layer, Logger, LogLevel, MetricBoundaries, MetricKey, MetricLabel, MetricRegistry, TestClock } from "effect"
+import { Clock, Duration, Effect, Fiber, HashMap, Layer, Logger, LogLevel, MetricBoundaries, MetricKey, MetricLabel, MetricRegistry, TestClock } from "effect"
 import parsePrometheusTextFormat from "parse-prometheus-text-format"
 import { GatewayMetrics } from "../../src/observability/GatewayMetrics.js"
 import { makeLatencyWindow } from "../../src/observability/LatencyWindow.js"
@@ -9,6 +9,8 @@ import { toPrometheusText } from "../../src/observability/PrometheusText.js"
 import { scrapeMetrics } from "../../src/observability/scrape.js"
 import { ClientSessions } from "../../src/proxy/ClientSessions.js"
 import { Dispatcher } from "../../src/proxy/Dispatcher.js"
+import { Exposure } from "../../src/proxy/Exposure.js"
+import { gatewayHealth, gatewayStats } from "../../src/http/gatewayViews.js"
 import { Stats } from "../../src/proxy/Stats.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { refused } from "../support/FakeTransport.js"
@@ -24,7 +26,7 @@ const config = testConfig({
 
 /** `/metrics` of the gateway in scope, parsed strictly. */
 const scrape = Effect.gen(function*() {
-  const text = scrapeMetrics(yield* GatewayMetrics, yield* Registry, yield* ClientSessions)
+  const text = scrapeMetrics(yield* GatewayMetrics, yield* Registry, yield* ClientSessions, yield* Clock.currentTimeMillis)
   return { text, exposition: parseExposition(text) }
 })
 
@@ -276,4 +278,97 @@ describe("the request line written directly (text and JSON, as `start` writes it
       process.stderr.write = original
       expect(calls).toBe(0)
     }))
+})
+
+describe("the views read the gateway's clock (TestClock drives them)", () => {
+  /** `/gateway/stats` and `/gateway/health` as their handlers build them, at the clock's time. */
+  const views = Effect.gen(function*() {
+    const services = { stats: yield* Stats, registry: yield* Registry, sessions: yield* ClientSessions, exposure: yield* Exposure }
+    const now = yield* Clock.currentTimeMillis
+    return {
+      stats: gatewayStats(services, now) as ReturnType<typeof gatewayStats> & { templates: Record<string, any> },
+      health: gatewayHealth(services.registry, "off", 0, now)
+    }
+  })
+
+  it.scoped("/gateway/stats: started_at, and latency percentiles over the last 5 minutes of the clock; /gateway/health: uptime", () => {
+    const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"] } }))
+    fake.set("a", () => Effect.as(Effect.sleep(Duration.millis(30)), {}))
+    return Effect.gen(function*() {
+      const request = yield* Effect.fork((yield* Dispatcher).call("t", "tools/list", undefined))
+      yield* TestClock.adjust(Duration.millis(30))
+      yield* Fiber.join(request)
+      let { health, stats } = yield* views
+      expect(stats.started_at).toBe("1970-01-01T00:00:00.000Z")
+      expect(stats.requests.latency_ms).toMatchObject({ p50: 30, p99: 30 })
+      expect(stats.templates.t.instances.a.latency_ms).toMatchObject({ p50: 30 })
+      expect(health.uptime_seconds).toBe(0)
+      // Recorded at 30 ms: in the window up to 5 minutes later, out of it past that.
+      yield* TestClock.adjust(Duration.minutes(5))
+      ;({ health, stats } = yield* views)
+      expect(stats.requests.latency_ms.p50).toBe(30)
+      expect(health.uptime_seconds).toBe(300)
+      yield* TestClock.adjust(Duration.millis(1))
+      ;({ stats } = yield* views)
+      expect(stats.requests.latency_ms).toMatchObject({ p50: null, p95: null, p99: null })
+      // The counts stay: only the percentiles are of a window.
+      expect(stats.requests.requests).toBe(1)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("an ejection shows in /gateway/stats and /metrics for its time, and ends there when the clock passes it", () => {
+    const { fake, layer } = testGateway(testConfig({
+      t: {
+        instances: ["a", "b"],
+        load_balancer: { retry: { base_delay_ms: 0 }, outlier_consecutive_failures: 3, outlier_base_ejection: 10, circuit_breaker: { failure_threshold: 0 } }
+      }
+    }))
+    fake.set("a", () => Effect.fail(refused("a")))
+    return Effect.gen(function*() {
+      const d = yield* Dispatcher
+      for (let i = 0; i < 6; i++) yield* d.call("t", "tools/list", undefined)
+      fake.clear("a")
+      expect((yield* views).stats.templates.t.instances.a.ejected).toBe(true)
+      expect((yield* scrape).exposition.value("mcp_gateway_instance_ejected", { instance: "a" })).toBe(1)
+      const registry = (yield* Registry).template("t")!.instances.get("a")!.toJSON(yield* Clock.currentTimeMillis)
+      expect(registry.outlier).toMatchObject({ ejected_until: "1970-01-01T00:00:10.000Z" })
+      yield* TestClock.adjust(Duration.millis(9_999))
+      expect((yield* views).stats.templates.t.instances.a.ejected).toBe(true)
+      yield* TestClock.adjust(Duration.millis(1))
+      expect((yield* views).stats.templates.t.instances.a.ejected).toBe(false)
+      expect((yield* scrape).exposition.value("mcp_gateway_instance_ejected", { instance: "a" })).toBe(0)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("a breaker shows open in /gateway/stats and /metrics for its cool-down, then half-open", () => {
+    const { fake, layer } = testGateway(testConfig({
+      t: { instances: ["a"], load_balancer: { circuit_breaker: { failure_threshold: 2, base_delay_ms: 1000, max_delay_ms: 1000, jitter: 0 } } }
+    }))
+    fake.set("a", () => Effect.fail(refused("a")))
+    return Effect.gen(function*() {
+      const d = yield* Dispatcher
+      for (let i = 0; i < 2; i++) yield* Effect.either(d.call("t", "tools/list", undefined))
+      const breakerGauge = (state: string) => Effect.map(scrape, (s) => s.exposition.value("mcp_gateway_circuit_breaker_state", { instance: "a", state }))
+      expect((yield* views).stats.templates.t.instances.a.circuit_breaker).toBe("open")
+      expect(yield* breakerGauge("open")).toBe(1)
+      yield* TestClock.adjust(Duration.millis(999))
+      expect((yield* views).stats.templates.t.instances.a.circuit_breaker).toBe("open")
+      yield* TestClock.adjust(Duration.millis(1))
+      expect((yield* views).stats.templates.t.instances.a.circuit_breaker).toBe("half_open")
+      expect(yield* breakerGauge("open")).toBe(0)
+      expect(yield* breakerGauge("half_open")).toBe(1)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("registered_at is when the registry took the instance in, on the clock", () => {
+    const { layer } = testGateway(testConfig({ t: { instances: ["a"] } }))
+    return Effect.gen(function*() {
+      yield* TestClock.adjust(Duration.seconds(90))
+      const registry = yield* Registry
+      const added = yield* registry.register({ template: "t", spec: { id: "later", transport: "http", endpoint: "http://127.0.0.1:1/" } })
+      const now = yield* Clock.currentTimeMillis
+      expect(registry.template("t")!.instances.get("a")!.toJSON(now).registered_at).toBe("1970-01-01T00:00:00.000Z")
+      expect(added.toJSON(now).registered_at).toBe("1970-01-01T00:01:30.000Z")
+    }).pipe(Effect.provide(layer))
+  })
 })

@@ -1,12 +1,16 @@
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
 import * as net from "node:net"
+import { it as effectIt } from "@effect/vitest"
+import { Duration, Effect, TestClock } from "effect"
+import { EventEmitter } from "node:events"
 import { afterEach, describe, expect, it } from "vitest"
 import { FlowWriter, lagKeyOf, ResponseFlow, type ResponseWriter, responseWriter, type StallReason, writeAnswer } from "../../src/http/ResponseFlow.js"
+import { systemTimer, Timer } from "../../src/proxy/Timer.js"
 
 /** A server whose responses go through a flow; `handle` gets each response's writer. */
 const serve = async (settings: Partial<ResponseFlow["settings"]>, handle: (res: http.ServerResponse, stalls: Array<StallReason>) => void) => {
-  const flow = new ResponseFlow({ writeTimeoutMs: 30_000, maxBufferedBytesPerResponse: 1024 * 1024, maxBufferedBytes: 8 * 1024 * 1024, ...settings })
+  const flow = new ResponseFlow({ writeTimeoutMs: 30_000, maxBufferedBytesPerResponse: 1024 * 1024, maxBufferedBytes: 8 * 1024 * 1024, ...settings }, systemTimer)
   const stalls: Array<StallReason> = []
   const server = http.createServer((_req, res) => handle(res, stalls))
   flow.attach(server)
@@ -197,4 +201,46 @@ describe("ResponseFlow", () => {
     await stalled.readAll()
     expect(stalled.closed()).toBe(true)
   })
+})
+
+/** A response as the flow sees one: `write` says whether the socket took it; 'drain' when it did. */
+const fakeResponse = () => {
+  const res = Object.assign(new EventEmitter(), {
+    destroyed: false,
+    writableEnded: false,
+    writableFinished: false,
+    accepting: false,
+    write: (_text: string) => res.accepting,
+    end: () => {
+      res.writableEnded = true
+    },
+    destroy: () => {
+      res.destroyed = true
+      res.emit("close")
+    }
+  })
+  return res
+}
+
+describe("the write timeout, on the gateway's clock", () => {
+  effectIt.scoped("a response that takes nothing for write_timeout is closed; progress ('drain') starts the time again", () =>
+    Effect.gen(function*() {
+      const flow = new ResponseFlow({ writeTimeoutMs: 1000, maxBufferedBytesPerResponse: 1024 * 1024, maxBufferedBytes: 8 * 1024 * 1024 }, yield* Timer)
+      yield* Effect.addFinalizer(() => Effect.sync(() => flow.close()))
+      const res = fakeResponse()
+      const stalls: Array<StallReason> = []
+      const writer = flow.writer(res as unknown as http.ServerResponse, (reason) => stalls.push(reason))
+      writer.event("data: 1\n\n")
+      expect(writer.isLagging).toBe(true)
+      // Swept every 250 ms: the client took something at 500 ms, so the timeout runs from there.
+      yield* TestClock.adjust(Duration.millis(500))
+      res.emit("drain")
+      writer.event("data: 2\n\n")
+      yield* TestClock.adjust(Duration.millis(999))
+      expect(stalls).toEqual([])
+      yield* TestClock.adjust(Duration.millis(1))
+      expect(stalls).toEqual(["write_timeout"])
+      expect(res.destroyed).toBe(true)
+      expect(flow.closed.write_timeout).toBe(1)
+    }).pipe(Effect.provide(Timer.layerTest)))
 })

@@ -89,9 +89,9 @@ const decided = (admission: Admission): RateDecision => {
 describe("rate limits", () => {
   const limiter = (config: GatewayConfigShape) =>
     Layer.mergeAll(RateLimiter.layer).pipe(
-      Layer.provide(Registry.layer),
+      Layer.provide(Registry.layerMemory),
       Layer.provide(FleetRedis.off),
-      Layer.provide(Timer.fromClock),
+      Layer.provide(Timer.layerTest),
       Layer.provide(GatewayConfig.layer(config))
     )
   const withLimits = (perClient?: { perSecond: number; burst: number }, perTemplate?: { perSecond: number; burst: number }) => {
@@ -142,7 +142,7 @@ describe("JWT authentication", () => {
       const file = path.join(dir, `c${Math.random()}.json`)
       fs.writeFileSync(file, JSON.stringify({ auth }))
       const config = yield* loadGatewayConfig({ configFile: file })
-      return yield* Effect.provide(Authenticator, Authenticator.layer.pipe(Layer.provide(Timer.fromClock), Layer.provide(GatewayConfig.layer(config))))
+      return yield* Effect.provide(Authenticator, Authenticator.layer.pipe(Layer.provide(Timer.layerTest), Layer.provide(GatewayConfig.layer(config))))
     })
 
   const sign = (claims: jose.JWTPayload, key: jose.CryptoKey | Uint8Array, alg: string, kid?: string) =>
@@ -214,7 +214,7 @@ describe("JWT authentication", () => {
       const live = LiveAuth.make(config.gateway.auth)
       const auth = yield* Effect.provide(
         Authenticator,
-        Authenticator.layer.pipe(Layer.provide(Timer.fromClock), Layer.provide(GatewayConfig.layer(config)), Layer.provide(Layer.succeed(LiveAuth, live)))
+        Authenticator.layer.pipe(Layer.provide(Timer.layerTest), Layer.provide(GatewayConfig.layer(config)), Layer.provide(Layer.succeed(LiveAuth, live)))
       )
       const check = (apiKey: string) => {
         const exit = auth.authenticateNow({ bearer: undefined, apiKey, address: "127.0.0.1" })!

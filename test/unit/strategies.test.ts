@@ -15,7 +15,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 
 const instances = (...specs: Array<[string, number?]>): NonEmptyReadonlyArray<InstanceState> =>
   specs.map(([id, weight]) =>
-    new InstanceState(defineInstance("t", id, { id, transport: "http", endpoint: "http://127.0.0.1:1/", weight }, "config"))
+    new InstanceState(defineInstance("t", id, { id, transport: "http", endpoint: "http://127.0.0.1:1/", weight }, "config"), 0)
   ) as any
 
 /** Builds a template's strategy through the same loader the gateway uses, from the repo root. */

@@ -123,7 +123,7 @@ describe("shared channel supervision", () => {
   it.scoped("an instance whose process ended stays unhealthy until a new process answers initialize", () =>
     Effect.gen(function*() {
       const { connection, crash, reports } = yield* supervised(5)
-      const instance = new InstanceState(defineInstance("t", "x", { transport: "stdio", command: ["x"] }, "config"))
+      const instance = new InstanceState(defineInstance("t", "x", { transport: "stdio", command: ["x"] }, "config"), 0)
       const seen: Array<string> = []
       const follow = () => {
         while (reports.length > 0) instance.channelChanged(reports.shift()!, 0)

@@ -134,6 +134,7 @@ const makeJwtVerifier = (jwt: JwtSettings, now: () => number) => {
           audience: jwt.audience as string | Array<string> | undefined,
           algorithms: algorithms as Array<string> | undefined,
           clockTolerance: jwt.clockToleranceSeconds,
+          // from the clock: jose takes the time as a Date; this one is the Timer's.
           currentDate: new Date(now()),
           // Without a subject every token is the same caller (shared sessions and rate buckets);
           // without an expiry a leaked token works for ever.

@@ -83,6 +83,8 @@ export const makeListenHandler = (deps: {
     }
     // (A session with a listener is busy: it does not idle out under a listening client.)
     session.listeners.add(listener)
+    // raw timer: a heartbeat on the client's socket (it keeps proxies from cutting an idle
+    // stream), real time whatever clock the gateway's logic runs on; one per open stream.
     const keepAlive = setInterval(() => responder.comment("keepalive"), KEEPALIVE_MS)
     keepAlive.unref()
     let cleaned = false

@@ -70,6 +70,8 @@ export const makeParkedCalls = <A, R>(expiresMs: number) => {
   return {
     park: (call: ParkedCall<A, R>): string => {
       const state = PARKED_STATE_PREFIX + randomBytes(16).toString("base64url")
+      // raw timer: one per parked call, unref'd (a waiting call must not hold the process up);
+      // the expiry is the client's patience, not state other logic reads.
       const timer = setTimeout(() => {
         parked.delete(state)
         call.cancel()

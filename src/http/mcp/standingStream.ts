@@ -47,6 +47,8 @@ export const makeStandingStreams = (sessions: EndpointSessionsShape, run: RunEff
       (seq, message) => writeEvent(writer, `0-${seq}`, message),
       resume !== null && resume[1] === "0" ? Number(resume[2]) : undefined
     )
+    // raw timer: a heartbeat on the client's socket (it keeps proxies from cutting an idle
+    // stream), real time whatever clock the gateway's logic runs on; one per open stream.
     const keepAlive = setInterval(() => writer.event(": keep-alive\n\n", "keep-alive"), KEEP_ALIVE_MS)
     const end = () => writer.end()
     session.onClose.add(end)
