@@ -1,4 +1,4 @@
-import { type Cause, Effect, Exit, type Scope } from "effect"
+import { type Cause, Effect, Exit, type Scope, type Tracer } from "effect"
 import type { DispatchError } from "../domain/GatewayError.js"
 import { intern } from "../domain/intern.js"
 import { ErrorCode } from "../domain/JsonRpc.js"
@@ -138,7 +138,8 @@ export class ClientSession extends EndpointSession {
     relay: RequestRelay,
     headers: Readonly<Record<string, string>> | undefined,
     requestId: string,
-    done: (exit: Exit.Exit<SessionAnswer>) => void
+    done: (exit: Exit.Exit<SessionAnswer>) => void,
+    spanNow?: () => Tracer.AnySpan | undefined
   ): (() => void) | undefined {
     if (this.exposure.involved(this.template, method)) return undefined
     const release = this.askingNow(relay)
@@ -146,7 +147,7 @@ export class ClientSession extends EndpointSession {
       this.template,
       method,
       params,
-      { instance: this.pinned, connection: this.connection, relay, headers, caller: this.processCaller },
+      { instance: this.pinned, connection: this.connection, relay, headers, caller: this.processCaller, span: spanNow?.() },
       requestId,
       (exit) => {
         release?.()
