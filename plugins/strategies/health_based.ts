@@ -24,7 +24,7 @@ export default StrategyPlugin.make({
         const best = candidates.filter((_, i) => scores[i]! >= top - options.tolerance)
         return best[rotation++ % best.length]!
       }
-      // (The same choice both ways: selectNow lets the request path choose without an Effect step.)
-      return { selectNow, select: (candidates) => Effect.sync(() => selectNow(candidates)) }
+      // (Chosen at once: the request path needs no Effect step; StrategyPlugin.make derives `select`.)
+      return { selectNow }
     })
 })

@@ -35,7 +35,7 @@ export default StrategyPlugin.make({
         }
         return best
       }
-      // (The same choice both ways: selectNow lets the request path choose without an Effect step.)
-      return { selectNow, select: (candidates) => Effect.sync(() => selectNow(candidates)) }
+      // (Chosen at once: the request path needs no Effect step; StrategyPlugin.make derives `select`.)
+      return { selectNow }
     })
 })

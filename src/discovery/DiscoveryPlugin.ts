@@ -2,6 +2,7 @@ import { Data, Effect, Either, Schema, type Scope, type Stream } from "effect"
 import { formatParseError } from "../domain/formatParseError.js"
 import { InstanceSpec, TemplateName } from "../domain/Instance.js"
 import { LoadBalancerInput } from "../domain/LoadBalancer.js"
+import { pluginContract } from "../loader/pluginContract.js"
 import type { PluginKind } from "../loader/PluginKind.js"
 
 /** A discovery that failed (a resolver that did not answer, a file that is not valid): nothing changes, the message is logged. */
@@ -71,9 +72,12 @@ export interface DiscoveryPlugin<Options = any> {
   readonly make: (options: Options, context: DiscoveryContext) => Effect.Effect<DiscoveryProvider, DiscoveryError, Scope.Scope>
 }
 
-const isDiscoveryPlugin = (u: unknown): u is DiscoveryPlugin =>
-  typeof u === "object" && u !== null && (u as any)[DiscoveryPluginTypeId] === DiscoveryPluginTypeId &&
-  typeof (u as any).name === "string" && typeof (u as any).make === "function" && Schema.isSchema((u as any).options)
+const contract = pluginContract<DiscoveryPlugin, DiscoveryPluginTypeId, { folder: "discovery"; noun: "discovery provider"; setting: "provider" }>(
+  DiscoveryPluginTypeId,
+  "DiscoveryPlugin",
+  { folder: "discovery", noun: "discovery provider", setting: "provider" }
+)
+const kind: PluginKind<DiscoveryProvider, DiscoveryPlugin> = contract.kind
 
 export const DiscoveryPlugin = {
   make: <Options>(definition: {
@@ -82,19 +86,13 @@ export const DiscoveryPlugin = {
     readonly options: Schema.Schema<Options, any>
     readonly defaultIntervalSeconds?: number | undefined
     readonly make: (options: Options, context: DiscoveryContext) => Effect.Effect<DiscoveryProvider, DiscoveryError, Scope.Scope>
-  }): DiscoveryPlugin<Options> => ({ [DiscoveryPluginTypeId]: DiscoveryPluginTypeId, ...definition }),
+  }): DiscoveryPlugin<Options> => contract.brand(definition),
 
-  is: isDiscoveryPlugin,
+  is: contract.is,
 
   /** Validates a document a provider read (a file, a command's output). */
   decodeDocument: decodeDiscoveredDocument,
 
   /** How the loader finds and checks discovery plugins. */
-  kind: <PluginKind<DiscoveryProvider, DiscoveryPlugin>> {
-    folder: "discovery",
-    noun: "discovery provider",
-    setting: "provider",
-    is: isDiscoveryPlugin,
-    exportHint: "export default DiscoveryPlugin.make({...}) from \"mcp-gateway/plugin\""
-  }
+  kind: kind
 }

@@ -1,5 +1,6 @@
-import { Data, type Effect, Schema, type Scope } from "effect"
+import { Data, type Effect, type Schema, type Scope } from "effect"
 import type { InstanceDefinition } from "../domain/Instance.js"
+import { pluginContract } from "../loader/pluginContract.js"
 import type { TemplatePluginKind } from "../loader/PluginKind.js"
 
 /** A probe that failed: its message is shown as the instance's last error. */
@@ -37,9 +38,18 @@ export interface HealthProbePlugin<Options = any> {
   readonly make: (options: Options) => Effect.Effect<HealthProbe, never, Scope.Scope>
 }
 
-const isHealthProbePlugin = (u: unknown): u is HealthProbePlugin =>
-  typeof u === "object" && u !== null && (u as any)[HealthProbePluginTypeId] === HealthProbePluginTypeId &&
-  typeof (u as any).name === "string" && typeof (u as any).make === "function" && Schema.isSchema((u as any).options)
+const contract = pluginContract<HealthProbePlugin, HealthProbePluginTypeId, Omit<TemplatePluginKind<HealthProbe>, "is" | "exportHint">>(
+  HealthProbePluginTypeId,
+  "HealthProbePlugin",
+  {
+    folder: "health",
+    noun: "health probe",
+    setting: "health_probe",
+    optionsSetting: "health_probe_options",
+    chosen: (settings) => ({ spec: settings.health_probe, options: settings.health_probe_options })
+  }
+)
+const kind: TemplatePluginKind<HealthProbe, HealthProbePlugin> = contract.kind
 
 export const HealthProbePlugin = {
   make: <Options>(definition: {
@@ -47,18 +57,10 @@ export const HealthProbePlugin = {
     readonly description?: string | undefined
     readonly options: Schema.Schema<Options, any>
     readonly make: (options: Options) => Effect.Effect<HealthProbe, never, Scope.Scope>
-  }): HealthProbePlugin<Options> => ({ [HealthProbePluginTypeId]: HealthProbePluginTypeId, ...definition }),
+  }): HealthProbePlugin<Options> => contract.brand(definition),
 
-  is: isHealthProbePlugin,
+  is: contract.is,
 
   /** How the loader finds and checks health probe plugins. */
-  kind: <TemplatePluginKind<HealthProbe, HealthProbePlugin>> {
-    folder: "health",
-    noun: "health probe",
-    setting: "health_probe",
-    optionsSetting: "health_probe_options",
-    chosen: (settings) => ({ spec: settings.health_probe, options: settings.health_probe_options }),
-    is: isHealthProbePlugin,
-    exportHint: "export default HealthProbePlugin.make({...}) from \"mcp-gateway/plugin\""
-  }
+  kind: kind
 }

@@ -30,7 +30,7 @@ import { CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE } from "../observability/Promet
 import { GatewayMetrics } from "../observability/GatewayMetrics.js"
 import { scrapeMetrics } from "../observability/scrape.js"
 import { redocAsset, redocPage } from "./docs.js"
-import { makeRequestTelemetry } from "./requestTelemetry.js"
+import { requestTelemetry } from "./requestTelemetry.js"
 import { statusPage } from "./statusPage.js"
 import { makeMcpEndpoint } from "./mcp/McpEndpoint.js"
 import { readBody, type RunEffect, sendError, sendJson } from "./raw.js"
@@ -118,7 +118,7 @@ export const HttpServerLive: Layer.Layer<
       })
     ).pipe(Effect.provide(NodeHttpServer.layerContext))
 
-    const telemetry = makeRequestTelemetry(config.tracing !== undefined)
+    const telemetry = yield* requestTelemetry(config.tracing !== undefined)
     const restOperation = makeRestHandler({
       dispatcher,
       registry,

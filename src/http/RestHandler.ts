@@ -72,18 +72,21 @@ export const makeRestHandler = (deps: {
       sendError(res, defectAnswer(exit.cause, requestId))
     }
     const dispatch = (params: Record<string, unknown> | undefined) => {
-      // One request that the template's exposure has nothing to do with, untraced: the request
-      // path without a fiber (Dispatcher.callNow). Lists (every page) and the rest: in a fiber.
-      if (!telemetry.tracing && operation.listKey === undefined && !exposure.involved(template, operation.mcpMethod)) {
+      // One request that the template's exposure has nothing to do with, traced or not: the
+      // request path without a fiber (Dispatcher.callNow). Lists (every page) and the rest: in a fiber.
+      if (operation.listKey === undefined && !exposure.involved(template, operation.mcpMethod)) {
         let over = false
+        const traced = telemetry.spanNow(req, requestId, () => ({ "url.path": `/mcp/${template}/${operationName}`, "mcp.template": template, "mcp.method": operation.mcpMethod }))
         const onClose = () => {
           if (over || res.writableFinished) return
           over = true
           cancel()
+          traced?.end(Exit.interrupt(FiberId.none))
         }
-        const cancel = dispatcher.callNow(template, operation.mcpMethod, params, { headers, caller: deps.processPerCaller ? caller : undefined }, requestId, (exit) => {
+        const cancel = dispatcher.callNow(template, operation.mcpMethod, params, { headers, caller: deps.processPerCaller ? caller : undefined, span: traced?.span }, requestId, (exit) => {
           over = true
           res.off("close", onClose)
+          traced?.end(exit)
           respond(Exit.map(exit, (r) => ({ result: r.result, instanceId: r.instanceId })))
         })
         if (!over) res.once("close", onClose)

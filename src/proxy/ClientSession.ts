@@ -1,4 +1,4 @@
-import { type Cause, Effect, Exit, type Scope } from "effect"
+import { type Cause, Effect, Exit, type Scope, type Tracer } from "effect"
 import type { DispatchError } from "../domain/GatewayError.js"
 import { intern } from "../domain/intern.js"
 import type { InstanceState } from "../registry/InstanceState.js"
@@ -10,6 +10,28 @@ import { EndpointSession, type RequestRelay, type SessionAnswer } from "./Endpoi
 export type { SessionAnswer } from "./EndpointSession.js"
 
 const errorAnswer = (code: number, message: string): SessionAnswer => ({ _tag: "Answer", message: { error: { code, message } } })
+
+/** What a ClientSession is made of (ClientSessions makes them). */
+export interface ClientSessionOptions {
+  readonly id: string
+  readonly template: string
+  /** The instance the session is pinned to; undefined when each request is balanced. */
+  readonly pinned: InstanceState | undefined
+  readonly protocolVersion: string
+  /** The way to the pinned instance; undefined for a balanced session. */
+  readonly connection: Connection | undefined
+  /** The backend serves this session alone (HTTP session, own process): the client's notifications go to it. */
+  readonly ownBackend: boolean
+  readonly scope: Scope.CloseableScope
+  readonly owner: string
+  readonly dispatcher: DispatcherShape
+  /** When it began (the Timer's time). */
+  readonly now: number
+  /** What the template shows (filters, transforms, cache) around every request. */
+  readonly exposure: ExposureShape
+  /** What the client declared (capabilities, name), canonical: part of its cache keys. */
+  readonly declaration: string
+}
 
 /**
  * A session the gateway holds for an MCP client of `/mcp/{template}`. Pinned to one instance
@@ -39,27 +61,25 @@ export class ClientSession extends EndpointSession {
     start?.()
   }
 
-  constructor(
-    id: string,
-    template: string,
-    /** The instance the session is pinned to; undefined when each request is balanced. */
-    private readonly pinned: InstanceState | undefined,
-    protocolVersion: string,
-    /** The way to the pinned instance; undefined for a balanced session. */
-    private readonly connection: Connection | undefined,
-    /** The backend serves this session alone (HTTP session, own process): the client's notifications go to it. */
-    readonly ownBackend: boolean,
-    scope: Scope.CloseableScope,
-    owner: string,
-    private readonly dispatcher: DispatcherShape,
-    now: number,
-    /** What the template shows (filters, transforms, cache) around every request. */
-    private readonly exposure: ExposureShape,
-    declaration: string
-  ) {
-    super(id, template, protocolVersion, scope, owner, now)
-    this.declaration = intern(declaration)
-    this.generation = connection?.generation() ?? 0
+  /** The instance the session is pinned to; undefined when each request is balanced. */
+  private readonly pinned: InstanceState | undefined
+  /** The way to the pinned instance; undefined for a balanced session. */
+  private readonly connection: Connection | undefined
+  /** The backend serves this session alone (HTTP session, own process): the client's notifications go to it. */
+  readonly ownBackend: boolean
+  private readonly dispatcher: DispatcherShape
+  /** What the template shows (filters, transforms, cache) around every request. */
+  private readonly exposure: ExposureShape
+
+  constructor(options: ClientSessionOptions) {
+    super(options.id, options.template, options.protocolVersion, options.scope, options.owner, options.now)
+    this.pinned = options.pinned
+    this.connection = options.connection
+    this.ownBackend = options.ownBackend
+    this.dispatcher = options.dispatcher
+    this.exposure = options.exposure
+    this.declaration = intern(options.declaration)
+    this.generation = options.connection?.generation() ?? 0
   }
 
   /** What the client declared (capabilities, name), canonical: part of its cache keys. */
@@ -137,7 +157,8 @@ export class ClientSession extends EndpointSession {
     relay: RequestRelay,
     headers: Readonly<Record<string, string>> | undefined,
     requestId: string,
-    done: (exit: Exit.Exit<SessionAnswer>) => void
+    done: (exit: Exit.Exit<SessionAnswer>) => void,
+    spanNow?: () => Tracer.AnySpan | undefined
   ): (() => void) | undefined {
     if (this.exposure.involved(this.template, method)) return undefined
     const release = this.askingNow(relay)
@@ -145,7 +166,7 @@ export class ClientSession extends EndpointSession {
       this.template,
       method,
       params,
-      { instance: this.pinned, connection: this.connection, relay, headers, caller: this.processCaller },
+      { instance: this.pinned, connection: this.connection, relay, headers, caller: this.processCaller, span: spanNow?.() },
       requestId,
       (exit) => {
         release?.()

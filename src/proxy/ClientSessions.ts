@@ -201,20 +201,20 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
           const expiresAt = expiryFromNow()
           const session = add(
-            new ClientSession(
-              seal.seal({ endpoint: template, owner, protocolVersion, kind: "balanced", client: initializeParams, expiresAt }),
+            new ClientSession({
+              id: seal.seal({ endpoint: template, owner, protocolVersion, kind: "balanced", client: initializeParams, expiresAt }),
               template,
-              undefined,
+              pinned: undefined,
               protocolVersion,
-              undefined,
-              false,
+              connection: undefined,
+              ownBackend: false,
               scope,
               owner,
               dispatcher,
-              timer.now(),
+              now: timer.now(),
               exposure,
-              declarationOf(initializeParams)
-            ),
+              declaration: declarationOf(initializeParams)
+            }),
             member
           )
           session.expiresAt = expiresAt
@@ -407,8 +407,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             : versionFor(initializeParams)
           const expiresAt = expiryFromNow()
           const session = add(
-            new ClientSession(
-              seal.seal({
+            new ClientSession({
+              id: seal.seal({
                 endpoint: template,
                 owner,
                 protocolVersion,
@@ -420,17 +420,17 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
                 expiresAt
               }),
               template,
-              instance,
+              pinned: instance,
               protocolVersion,
-              opened.backend,
+              connection: opened.backend,
               ownBackend,
-              opened.scope,
+              scope: opened.scope,
               owner,
               dispatcher,
-              timer.now(),
+              now: timer.now(),
               exposure,
-              declarationOf(initializeParams)
-            ),
+              declaration: declarationOf(initializeParams)
+            }),
             member
           )
           session.expiresAt = expiresAt
@@ -580,7 +580,20 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           const declaration = declarationOf(claims.client)
           const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
           if (claims.kind === "balanced") {
-            const session = new ClientSession(id, claims.endpoint, undefined, claims.protocolVersion, undefined, false, scope, owner, dispatcher, timer.now(), exposure, declaration)
+            const session = new ClientSession({
+              id,
+              template: claims.endpoint,
+              pinned: undefined,
+              protocolVersion: claims.protocolVersion,
+              connection: undefined,
+              ownBackend: false,
+              scope,
+              owner,
+              dispatcher,
+              now: timer.now(),
+              exposure,
+              declaration
+            })
             session.expiresAt = claims.expiresAt
             session.processCaller = callerOf(owner)
             yield* Effect.logDebug(`session of template ${claims.endpoint} taken over from another replica (balanced)`)
@@ -607,7 +620,20 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             Effect.tapErrorCause(() => Scope.close(scope, Exit.void))
           )
           const session = add(
-            new ClientSession(id, claims.endpoint, instance, claims.protocolVersion, backend, instance!.definition.transport === "http", scope, owner, dispatcher, timer.now(), exposure, declaration)
+            new ClientSession({
+              id,
+              template: claims.endpoint,
+              pinned: instance,
+              protocolVersion: claims.protocolVersion,
+              connection: backend,
+              ownBackend: instance!.definition.transport === "http",
+              scope,
+              owner,
+              dispatcher,
+              now: timer.now(),
+              exposure,
+              declaration
+            })
           )
           session.expiresAt = claims.expiresAt
           // What the server says outside requests is heard once the client's standing stream is

@@ -1,32 +1,22 @@
-import { Context, Data, Duration, Effect, Exit, type Fiber, FiberId, Layer, Random, Runtime } from "effect"
-import {
-  AllAttemptsFailed,
-  BackendError,
-  type DispatchError,
-  type FailedAttempt,
-  httpStatusOfMcpError,
-  InstanceUnavailable,
-  NoHealthyInstance,
-  RequestRejected,
-  TemplateNotFound,
-  UpstreamTimeout
-} from "../domain/GatewayError.js"
+import { Context, Effect, Exit, type Fiber, FiberId, Layer, Option, Random, Runtime, type Tracer } from "effect"
+import { BackendError, type DispatchError, httpStatusOfMcpError, TemplateNotFound } from "../domain/GatewayError.js"
 import { isObject, type JsonRpcNotification, type JsonRpcResponse } from "../domain/JsonRpc.js"
-import { redactUrlsIn } from "../domain/redact.js"
 import type { InstanceState } from "../registry/InstanceState.js"
-import { Registry, type TemplateState } from "../registry/Registry.js"
+import { Registry } from "../registry/Registry.js"
 import { RequestLog, type RequestLogFields } from "../observability/RequestLog.js"
 import { requestRefs } from "../observability/requestRefs.js"
 import { Strategies } from "../strategy/Strategies.js"
 import type { Connection, RequestDone, RequestOptions } from "../transport/Connection.js"
 import { Transport } from "../transport/Transport.js"
 import type { RequestTimeout, TransportError } from "../transport/TransportError.js"
-import { Deadline } from "./Deadline.js"
-import { retryAfter, retrySchedule, retryWhile } from "./RetryPolicy.js"
+import type { Deadline } from "./Deadline.js"
+import { makeObservers, type RequestObserver } from "./dispatchObservers.js"
+import { AttemptFailed, type CoreServices, RequestAttempts, type Step } from "./RequestAttempts.js"
+import { retryAfter, retrySchedule } from "./RetryPolicy.js"
 import { Stats } from "./Stats.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { TaskRoutes } from "./TaskRoutes.js"
-import { isoTime, Timer } from "./Timer.js"
+import { Timer } from "./Timer.js"
 
 export interface DispatchResult {
   readonly result: unknown
@@ -48,6 +38,11 @@ export interface DispatchOptions {
   readonly headers?: Readonly<Record<string, string>> | undefined
   /** With auth on, who the request is for: it goes to that caller's own process of the instance (RequestOptions.caller). */
   readonly caller?: string | undefined
+  /**
+   * The request's span (`gateway.request`), parent of the dispatch's spans, for `callNow` (which
+   * has no fiber to find it in). Only with tracing on.
+   */
+  readonly span?: Tracer.AnySpan | undefined
 }
 
 /** One thing an instance does for the gateway, in the form `execute` runs it. */
@@ -61,8 +56,11 @@ export interface Operation<A> {
   readonly ineligible?: ((instance: InstanceState) => string | undefined) | undefined
   /** May a failed attempt be repeated on another instance? (Never for the client's own mistakes.) */
   readonly retryable: (error: TransportError) => boolean
-  /** One attempt on one instance, under the request's deadline. */
-  readonly attempt: (instance: InstanceState, deadline: Deadline) => Effect.Effect<A, TransportError | RequestTimeout>
+  /**
+   * One attempt on one instance, under the request's deadline. `traceparent`: with tracing on,
+   * the attempt's backend span as W3C trace context, for a backend that takes it.
+   */
+  readonly attempt: (instance: InstanceState, deadline: Deadline, traceparent?: string) => Effect.Effect<A, TransportError | RequestTimeout>
   /**
    * What an answer means for the client, for stats and the request log: `ok` and 200 unless the
    * instance answered with an error (a JSON-RPC error: `mcp_error`, with the REST status).
@@ -87,13 +85,15 @@ export interface DispatcherShape {
   /** The general form every instance-bound operation takes (calls, opening a client session). */
   readonly execute: <A>(operation: Operation<A>) => Effect.Effect<{ readonly value: A; readonly instance: InstanceState }, DispatchError>
   /**
-   * `call` for the request path (the MCP endpoint's sessions, the REST face), without a fiber
-   * where it can be: the same policy, the first attempt run in plain code (see "The request
-   * path" in docs/architecture.md), anything else (a retry, tracing, a transport that cannot
-   * send at once) handed to the same effects `call` runs. `done` is called once with what `call`
-   * would give, unless the returned function cancelled the request first (a client that left
-   * or sent notifications/cancelled): then it is counted and logged as an interrupted `call` is,
-   * and `done` is never called. `requestId` goes on the request line.
+   * `call` for the request path (the MCP endpoint's sessions, the REST face), by the callback
+   * driver: the same dispatch core (RequestAttempts) without a fiber; only what must wait (the
+   * retry schedule's delay, a strategy that chooses as an Effect, a connection that cannot send
+   * at once) goes on in one, by the Effect driver's code (see "One request" in
+   * docs/architecture.md). Tracing and routing lines observe it; they never change its path.
+   * `done` is called once with what `call` would give, unless the returned function cancelled
+   * the request first (a client that left or sent notifications/cancelled): then it is counted
+   * and logged as an interrupted `call` is, and `done` is never called. `requestId` goes on the
+   * request line.
    */
   readonly callNow: (
     template: string,
@@ -111,30 +111,19 @@ export interface DispatcherShape {
  */
 export const isRetryable = (method: string, error: TransportError): boolean => error.retryable(method !== "tools/call")
 
-const OK = { outcome: "ok", status: 200 } as const
-const CANCELLED = { outcome: "cancelled", status: 499 } as const
 /** The tool ran and reported failure (`isError: true`): the backend worked, so not an error of the gateway's or the instance's. */
 const TOOL_ERROR = { outcome: "tool_error", status: 200 } as const
 
-/** For the first choice of a request: nothing tried yet. */
-const NONE_TRIED: ReadonlySet<InstanceState> = new Set()
-
-/** The current span as W3C trace context (`traceparent`), when there is one. */
-const traceContext = Effect.map(Effect.option(Effect.currentSpan), (span) =>
-  span._tag === "None" ? undefined : `00-${span.value.traceId}-${span.value.spanId}-${span.value.sampled ? "01" : "00"}`)
-
-/** An attempt on `instance` failed; whether the next one may go elsewhere is the retry policy's call. */
-class AttemptFailed extends Data.TaggedError("AttemptFailed")<{
-  readonly instance: InstanceState
-  readonly error: TransportError
-}> {}
+const noCancel = () => {}
 
 /**
- * The one path of every request an instance serves. Each attempt: choose an instance (the
- * strategy, among those selectable; or the pinned one), admit it through its breaker, run it
- * under the request's deadline, and record the outcome in one place: in-flight count, latency,
- * success rate, outlier and breaker state (`InstanceState`), and `Stats`. Client mistakes and
- * clients that leave count for nothing.
+ * The one path of every request an instance serves: the dispatch core (RequestAttempts.ts:
+ * choose an instance, admit it through its breaker, send under the request's deadline, record
+ * the outcome in one place, conclude: answer or retry elsewhere), run by one of two drivers
+ * written here. The Effect driver (`execute`, `call`) runs the core's steps as effects and its
+ * retries under the retry Schedule; the callback driver (`callNow`, the request path) runs the
+ * same core without a fiber and hands the Effect driver only what must wait. Observers (spans,
+ * routing lines: dispatchObservers.ts) wrap the core the same way under both.
  */
 export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher, DispatcherShape>() {
   static readonly layer: Layer.Layer<Dispatcher, never, GatewayConfig | Registry | Strategies | Transport | Stats | Timer> = Layer.effect(
@@ -147,361 +136,106 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
       const timer = yield* Timer
       const requestLog = yield* RequestLog
       const config = yield* GatewayConfig
-      const tracing = config.tracing !== undefined
-      // Routing decisions are logged only at debug or trace: building the line is work the hot
-      // path should not do when nobody will read it.
-      const logRouting = config.gateway.logLevel === "debug" || config.gateway.logLevel === "trace"
+      // The drivers' effects, when they need any, run in this runtime (the layer's: its Clock,
+      // Random, tracer and logger), with the request id on their log lines.
+      const runtime = yield* Effect.runtime<never>()
+      const forkFor = (requestId: string) => <X, E>(effect: Effect.Effect<X, E>) =>
+        Runtime.runFork(runtime)(effect, { updateRefs: requestRefs(requestId) })
 
-      const candidatesOf = (template: TemplateState, now: number, tried: ReadonlySet<InstanceState>) => {
-        const candidates: Array<InstanceState> = []
-        for (const i of template.instances.values()) if (!tried.has(i) && i.selectable(now)) candidates.push(i)
-        if (candidates.length === 0 && template.settings.fail_open) {
-          // Nothing healthy: the template asked for its unhealthy instances rather than a refusal.
-          for (const i of template.instances.values()) if (!tried.has(i) && i.lastResort) candidates.push(i)
-        }
-        return candidates
+      const services: CoreServices = {
+        timer,
+        stats,
+        strategyOf: (template) => strategies.current(template.name, template.settings)?.value,
+        // (Read on a failure only: the breaker's jitter.)
+        random: () => Runtime.runSync(runtime)(Random.next)
       }
+      const observe = makeObservers({
+        tracing: config.tracing === undefined ? undefined : { tracer: yield* Effect.tracer, clock: yield* Effect.clock },
+        // Routing lines only at debug or trace: building them is work nobody reads otherwise.
+        logRouting: config.gateway.logLevel === "debug" || config.gateway.logLevel === "trace"
+      })
 
-      const noHealthyInstance = (template: TemplateState, now: number) => {
-        let soonest: number | undefined
-        for (const i of template.instances.values()) {
-          const s = i.secondsUntilChange(now)
-          if (s !== undefined && (soonest === undefined || s < soonest)) soonest = s
-        }
-        return new NoHealthyInstance({
-          template: template.name,
-          total: template.instances.size,
-          retryAfterSeconds: Math.max(1, soonest ?? Math.ceil(Duration.toSeconds(template.settings.health_check_interval)))
-        })
-      }
-
-      /** Whether the template has room for one more ejection (never all of it: see outlier_max_ejection_percent). */
-      const mayEject = (template: TemplateState, now: number) => {
-        let ejected = 0
-        for (const i of template.instances.values()) if (i.outlier.isEjected(now)) ejected++
-        return ejected < Math.floor((template.instances.size * template.settings.outlier_max_ejection_percent) / 100)
+      /** Writes a request line outside a fiber (the writer's own way, or through Effect's logger in a fiber of its own). */
+      const writeLineNow = (fields: RequestLogFields, requestId: string) => {
+        if (requestLog.writeNow !== undefined) requestLog.writeNow(fields, requestId)
+        else forkFor(requestId)(requestLog.write(fields))
       }
 
       /**
-       * Spans only when tracing is configured: with it off, the request path creates none, and
-       * not even their attributes (given as a function for that reason).
+       * The Effect driver: the core's steps as effects, retries after the retry Schedule's delay.
+       * `from`: where the callback driver handed the request over (a failed attempt another
+       * instance may take, or a strategy that chooses as an Effect); from the start otherwise.
        */
-      const identity = <X, E, R>(effect: Effect.Effect<X, E, R>) => effect
-      const span = tracing
-        ? (name: string, attributes: () => Record<string, unknown>, kind: "internal" | "client" = "internal") =>
-          <X, E, R>(effect: Effect.Effect<X, E, R>) => Effect.withSpan(effect, name, { attributes: attributes(), kind, captureStackTrace: false })
-        : (_name: string, _attributes: () => Record<string, unknown>, _kind?: "internal" | "client") => identity
-
-      /** The routing decision, at debug (built only when the log level is debug or trace: see logRouting). */
-      const logDecision = (
-        template: TemplateState,
-        method: string,
-        attempt: number,
-        candidates: ReadonlyArray<InstanceState>,
-        instance: InstanceState
-      ) =>
-        Effect.logDebug("route").pipe(Effect.annotateLogs({
-          template: template.name,
-          operation: method,
-          strategy: candidates.length === 1 ? "only-candidate" : template.settings.strategy,
-          attempt,
-          candidates: candidates.map((i) => i.id).join(","),
-          instance: instance.id
-        }))
-
-      /**
-       * An attempt on `instance` ended: its in-flight count, latency, success rate, outlier and
-       * breaker state, and the stats, kept in one place for both ways an attempt runs (attemptOn,
-       * and the request path's plain first attempt). A failure's warnings are the effect returned
-       * (undefined when there is nothing to log).
-       */
-      const recordAttempt = (
-        template: TemplateState,
-        instance: InstanceState,
-        started: number,
-        exit: Exit.Exit<unknown, TransportError | RequestTimeout>
-      ): Effect.Effect<void> | undefined => {
-        instance.activeRequests--
-        const settings = template.settings
-        const latencyMs = timer.elapsedMs() - started
-        if (Exit.isSuccess(exit)) {
-          instance.succeeded(latencyMs, timer.now(), settings)
-          stats.recordAttempt(template.name, instance.id, latencyMs)
-          return undefined
-        }
-        const failure = exit.cause._tag === "Fail" ? exit.cause.error : undefined
-        // Interrupted (the client left or cancelled), the client's message was refused, or the
-        // server ended the client's session: nothing said about the instance.
-        if (failure === undefined || (failure._tag === "TransportError" && (failure.clientFault || failure.sessionEnded))) {
-          instance.neutral()
-          return undefined
-        }
-        stats.recordAttempt(template.name, instance.id, latencyMs)
-        return Effect.flatMap(Random.next, (random) => {
-          const now = timer.now()
-          const events = instance.failed(now, settings, random, mayEject(template, now))
-          const logs: Array<Effect.Effect<void>> = [Effect.logWarning(redactUrlsIn(failure.message))]
-          if (events.ejectedForMs !== undefined) {
-            stats.recordEjection(template.name, instance.id)
-            logs.push(Effect.logWarning(
-              `ejected from balancing for ${Math.round(events.ejectedForMs / 1000)}s after ` +
-                `${settings.outlier_consecutive_failures} failures in a row (last: ${redactUrlsIn(failure.message)})`
-            ))
-          }
-          if (events.breakerOpened) {
-            stats.recordBreakerOpened(template.name, instance.id)
-            logs.push(Effect.logWarning(
-              `circuit breaker opened after ${instance.breaker.consecutiveFailures} failures in a row; ` +
-                `next trial at ${isoTime(instance.breaker.nextTrialAt!)}`
-            ))
-          }
-          return Effect.all(logs, { discard: true }).pipe(Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` }))
-        })
-      }
-
-      /**
-       * Runs one attempt on one instance, keeping its live numbers and health evidence current
-       * (recordAttempt), with, for an operation's only attempt, the request's end (`done`).
-       */
-      const attemptOn = <A>(
-        template: TemplateState,
+      const drive = <A>(
+        core: RequestAttempts<A>,
         operation: Operation<A>,
-        instance: InstanceState,
-        deadline: Deadline,
-        attempt: number,
-        done?: (exit: Exit.Exit<A, TransportError | RequestTimeout>) => Effect.Effect<void>
-      ): Effect.Effect<A, TransportError | RequestTimeout> => {
-        const started = timer.elapsedMs()
-        instance.activeRequests++
-        const call = operation.attempt(instance, deadline).pipe(
-          span("gateway.backend", () => ({ "mcp.instance": instance.id, "mcp.transport": instance.definition.transport, "mcp.method": operation.method }), "client")
-        )
-        return Effect.onExit(
-          span("gateway.attempt", () => ({ "mcp.instance": instance.id, "gateway.attempt": attempt }))(call),
-          (exit): Effect.Effect<void> => {
-            const logs = recordAttempt(template, instance, started, exit)
-            const finished = done === undefined ? Effect.void : done(exit)
-            return logs === undefined ? finished : Effect.zipRight(logs, finished)
-          }
-        )
-      }
-
-      /** A request's deadline, from now, by its template's settings. */
-      const deadlineOf = (template: TemplateState) => {
-        const settings = template.settings
-        return new Deadline(
-          timer,
-          timer.now(),
-          Duration.toMillis(settings.timeout),
-          Duration.toMillis(settings.max_timeout),
-          settings.timeout_resets_on_progress
-        )
-      }
-
-      const timedOut = (template: TemplateState) =>
-        new UpstreamTimeout({
-          template: template.name,
-          timeoutSeconds: Duration.toSeconds(template.settings.timeout),
-          resetsOnProgress: template.settings.timeout_resets_on_progress
-        })
-
-      /**
-       * The request's end, in one place: the stats (the metrics) now, and the fields of its
-       * request line (written by `finish` in a fiber, `finishNow` outside one).
-       */
-      const endOf = (
-        template: TemplateState,
-        operation: Pick<Operation<unknown>, "method" | "subject">,
-        started: number,
-        instance: InstanceState | undefined,
-        attempts: number,
-        outcome: { readonly outcome: string; readonly status: number }
-      ): RequestLogFields => {
-        const latencyMs = timer.elapsedMs() - started
-        stats.recordRequest({
-          template: template.name,
-          operation: operation.method,
-          strategy: template.settings.strategy,
-          instanceId: instance?.id,
-          latencyMs,
-          outcome: outcome.outcome
-        })
-        return {
-          template: template.name,
-          operation: operation.method,
-          subject: operation.subject,
-          instance: instance?.id ?? "",
-          strategy: template.settings.strategy,
-          attempts,
-          outcome: outcome.outcome,
-          status: outcome.status,
-          duration_ms: Math.round(latencyMs * 100) / 100
-        }
-      }
-
-      const outcomeOf = <A>(operation: Operation<A>, exit: Exit.Exit<A, DispatchError | TransportError | RequestTimeout>) => {
-        if (Exit.isSuccess(exit)) return operation.classify?.(exit.value) ?? OK
-        if (exit.cause._tag !== "Fail") return CANCELLED
-        const e = exit.cause.error
-        return { outcome: e.kind, status: e.httpStatus }
-      }
-
-      /** What the client is told when the one attempt on a pinned instance failed. */
-      const pinnedFailure = (template: TemplateState, pinned: InstanceState, e: TransportError | RequestTimeout): DispatchError =>
-        e._tag === "RequestTimeout"
-          ? timedOut(template)
-          : e.clientFault
-          ? new RequestRejected({ template: template.name, instanceId: pinned.id, message: redactUrlsIn(e.message) })
-          : new AllAttemptsFailed({ template: template.name, attempts: [{ instanceId: pinned.id, message: redactUrlsIn(e.message) }] })
-
-      /** Where a balanced request stands: the instances tried, why each failed, the last one. */
-      interface Attempts {
-        readonly tried: Set<InstanceState>
-        readonly failures: Array<FailedAttempt>
-        last: InstanceState | undefined
-        count: number
-      }
-
-      /** What the client is told when no attempt succeeded (the last error, as AttemptFailed, or the refusal). */
-      const balancedFailure = <A>(template: TemplateState, operation: Operation<A>, state: Attempts, e: DispatchError | AttemptFailed): DispatchError => {
-        if (e._tag !== "AttemptFailed") return e
-        if (e.error.clientFault) {
-          return new RequestRejected({ template: template.name, instanceId: e.instance.id, message: redactUrlsIn(e.error.message) })
-        }
-        return new AllAttemptsFailed({
-          template: template.name,
-          attempts: state.failures,
-          notRetriedReason: operation.retryable(e.error)
-            ? undefined
-            : "a tools/call is not retried on another instance once it may have reached a backend"
-        })
-      }
-
-      /** Worth a retry: another instance may take it (no waiting for a retry that cannot happen). */
-      const shouldRetry = <A>(template: TemplateState, operation: Operation<A>, state: Attempts) => (e: DispatchError | AttemptFailed) =>
-        e._tag === "AttemptFailed" && !e.error.clientFault && operation.retryable(e.error) &&
-        candidatesOf(template, timer.now(), state.tried).length > 0
-
-      /**
-       * A balanced request's attempts: choose, attempt, and on a failure that another instance
-       * may take, again after the retry schedule's delay. `first`: the request path already made
-       * the first attempt, in plain code, and it failed so; the retries go on from there.
-       */
-      const attempts = <A>(
-        template: TemplateState,
-        operation: Operation<A>,
-        deadline: Deadline,
-        started: number,
-        state: Attempts,
-        first?: AttemptFailed
-      ): Effect.Effect<{ readonly value: A; readonly instance: InstanceState }, DispatchError> => {
-        const settings = template.settings
-
-        /** The strategy's pick among the instances that may take the request and were not tried yet. */
-        const choose = Effect.suspend((): Effect.Effect<InstanceState, DispatchError> => {
-          const now = timer.now()
-          let candidates = candidatesOf(template, now, state.tried)
-          if (operation.ineligible !== undefined) {
-            candidates = candidates.filter((i) => {
-              const reason = operation.ineligible!(i)
-              if (reason === undefined) return true
-              // Left out for good: the attempts report says why, once.
-              state.tried.add(i)
-              state.failures.push({ instanceId: i.id, message: reason })
-              return false
+        observer: RequestObserver | undefined,
+        from?: Step | AttemptFailed
+      ): Effect.Effect<A, DispatchError> => {
+        const template = core.template
+        const send = (instance: InstanceState, attempt: number): Effect.Effect<A, DispatchError | AttemptFailed> => {
+          const trace = observer?.attempt(instance, attempt, operation.method)
+          return operation.attempt(instance, core.deadline, trace?.traceparent).pipe(
+            Effect.exit,
+            Effect.onInterrupt(() =>
+              Effect.sync(() => {
+                if (!core.attempting) return
+                trace?.end(Exit.interrupt(FiberId.none))
+                core.cancelled()
+              })
+            ),
+            Effect.flatMap((exit): Effect.Effect<A, DispatchError | AttemptFailed> => {
+              trace?.end(exit)
+              const ended = core.ended(exit)!
+              const result: Effect.Effect<A, DispatchError | AttemptFailed> = ended.conclusion._tag === "Done"
+                ? ended.conclusion.exit
+                : Exit.fail(ended.conclusion.failure)
+              return ended.logs === undefined ? result : Effect.zipRight(ended.logs, result)
             })
+          )
+        }
+        const step = (next: Step): Effect.Effect<A, DispatchError | AttemptFailed> => {
+          switch (next._tag) {
+            case "Refused":
+              return Effect.fail(next.error)
+            case "Send":
+              return send(next.instance, next.attempt)
+            case "Select":
+              return strategies.forTemplate(template.name, template.settings).pipe(
+                // Strategies were built when the template was loaded or registered; failing now is a defect.
+                Effect.orDie,
+                Effect.flatMap(({ value: strategy }) => strategy.select(next.candidates, next.context)),
+                Effect.flatMap((chosen) => Effect.suspend(() => step(core.picked(next.candidates, chosen))))
+              )
           }
-          if (candidates.length === 0) {
-            return Effect.fail(
-              state.tried.size === 0
-                ? noHealthyInstance(template, now)
-                : new AllAttemptsFailed({ template: template.name, attempts: state.failures })
-            )
-          }
-          const pick = candidates.length === 1 ? Effect.succeed(candidates[0]!) : strategies.forTemplate(template.name, settings).pipe(
-            // Strategies were built when the template was loaded or registered; failing now is a defect.
-            Effect.orDie,
-            Effect.flatMap(({ value: strategy }) =>
-              strategy.select(candidates as [InstanceState, ...Array<InstanceState>], {
-                template: template.name,
-                method: operation.method,
-                attempt: state.tried.size + 1
-              }) as Effect.Effect<InstanceState>
-            )
-          )
-          const chosen = Effect.map(pick, (instance) => {
-            // (Selectable candidates pass their breaker; a half-open one gives this request its trial.)
-            instance.admit(now)
-            return instance
-          })
-          return (logRouting ? Effect.tap(chosen, (instance) => logDecision(template, operation.method, state.tried.size + 1, candidates, instance)) : chosen).pipe(
-            span("gateway.select", () => ({ "mcp.template": template.name, "gateway.candidates": candidates.length }))
-          )
-        })
-
-        const once = Effect.flatMap(choose, (instance): Effect.Effect<A, DispatchError | AttemptFailed> => {
-          if (state.last !== undefined) stats.recordRetry(template.name, state.last.id)
-          state.tried.add(instance)
-          state.last = instance
-          state.count++
-          if (deadline.remainingMs() <= 0) return Effect.fail(timedOut(template))
-          return Effect.mapError(attemptOn(template, operation, instance, deadline, state.count), (e) => {
-            if (e._tag === "RequestTimeout") return timedOut(template)
-            state.failures.push({ instanceId: instance.id, message: redactUrlsIn(e.message) })
-            return new AttemptFailed({ instance, error: e })
-          })
-        })
-
-        const schedule = () => retrySchedule(settings.retry, settings.max_retries, () => deadline.remainingMs())
-        const retrying = shouldRetry(template, operation, state)
-        return (first === undefined ? retryWhile(once, schedule, retrying) : retryAfter<A, DispatchError | AttemptFailed, never>(first, once, schedule, retrying)).pipe(
-          Effect.mapBoth({
-            onFailure: (e): DispatchError => balancedFailure(template, operation, state, e),
-            onSuccess: (value) => ({ value, instance: state.last! })
-          }),
-          Effect.onExit((exit) =>
-            requestLog.write(endOf(template, operation, started, state.last, state.count, outcomeOf(operation, Exit.map(exit, (r) => r.value))))
-          )
+        }
+        // (A strategy plugin that throws: a defect of its request, through Effect.suspend.)
+        const once = Effect.suspend(() => step(core.next()))
+        const schedule = () => retrySchedule(template.settings.retry, template.settings.max_retries, () => core.deadline.remainingMs())
+        // The core decided it (RequestAttempts.mayRetry): a failure left as AttemptFailed may go elsewhere.
+        const retrying = (e: DispatchError | AttemptFailed) => e._tag === "AttemptFailed"
+        const first = from === undefined ? once : from._tag === "AttemptFailed" ? Effect.fail(from) : Effect.suspend(() => step(from))
+        return Effect.catchAll(first, (e) => retryAfter(e, once, schedule, retrying)).pipe(
+          Effect.mapError((e) => core.failure(e))
         )
       }
-
-      /** A pinned instance that cannot take the request now. */
-      const unavailable = (template: TemplateState, pinned: InstanceState, now: number) =>
-        new InstanceUnavailable({
-          template: template.name,
-          instanceId: pinned.id,
-          reason: pinned.status === "failed"
-            ? `its process failed (${redactUrlsIn(pinned.lastError ?? "restarted too often")})`
-            : "its circuit breaker is open",
-          retryAfterSeconds: Math.max(1, pinned.secondsUntilChange(now) ?? 1)
-        })
 
       const execute = <A>(operation: Operation<A>) =>
         Effect.suspend((): Effect.Effect<{ readonly value: A; readonly instance: InstanceState }, DispatchError> => {
           const template = registry.template(operation.template)
           if (template === undefined) return Effect.fail(new TemplateNotFound({ template: operation.template }))
-          const started = timer.elapsedMs()
-          const deadline = deadlineOf(template)
-          /** The request's end: its stats and its request line. */
-          const finish = (instance: InstanceState | undefined, attempts: number, outcome: { readonly outcome: string; readonly status: number }) =>
-            requestLog.write(endOf(template, operation, started, instance, attempts, outcome))
-
-          const pinned = operation.instance
-          if (pinned !== undefined) {
-            // The one instance it must go to: one attempt, no choice, no retry (the hot path of sessions).
-            const now = timer.now()
-            if (pinned.status === "failed" || !pinned.admit(now)) {
-              const error = unavailable(template, pinned, now)
-              return Effect.zipRight(finish(pinned, 0, { outcome: error.kind, status: error.httpStatus }), Effect.fail(error))
-            }
-            return attemptOn(template, operation, pinned, deadline, 1, (exit) => finish(pinned, 1, outcomeOf(operation, exit))).pipe(
-              Effect.mapBoth({
-                onFailure: (e): DispatchError => pinnedFailure(template, pinned, e),
-                onSuccess: (value) => ({ value, instance: pinned })
+          const run = (parent: Tracer.AnySpan | undefined) =>
+            Effect.withFiberRuntime<{ readonly value: A; readonly instance: InstanceState }, DispatchError>((fiber) => {
+              const observer = observe(template, operation.method, "effect", parent, (line) => {
+                Runtime.runFork(runtime)(line, { updateRefs: () => fiber.getFiberRefs() })
               })
-            )
-          }
-          return attempts(template, operation, deadline, started, { tried: new Set(), failures: [], last: undefined, count: 0 })
+              const core = new RequestAttempts(template, operation, services, observer)
+              return drive(core, operation, observer).pipe(
+                Effect.map((value) => ({ value, instance: core.last! })),
+                Effect.onExit((exit) => requestLog.write(core.end(core.outcomeOf(Exit.map(exit, (r) => r.value)))))
+              )
+            })
+          return config.tracing === undefined ? run(undefined) : Effect.flatMap(Effect.option(Effect.currentParentSpan), (span) => run(Option.getOrUndefined(span)))
         })
 
       let ownProgressTokens = 0
@@ -562,15 +296,11 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
               : method === "tools/call" && isObject(response.result) && response.result.isError === true
               ? TOOL_ERROR
               : undefined,
-          attempt: (instance, deadline) => {
-            const send = (traceparent: string | undefined) => {
-              const { requestOptions, sent } = requestFor(deadline, traceparent)
-              return options?.connection !== undefined
-                ? options.connection.request(method, sent, requestOptions)
-                : transport.request(instance.definition, method, sent, requestOptions)
-            }
-            // Without tracing, straight to the send: not even an Effect step for trace context.
-            return tracing ? Effect.flatMap(traceContext, send) : send(undefined)
+          attempt: (instance, deadline, traceparent) => {
+            const { requestOptions, sent } = requestFor(deadline, traceparent)
+            return options?.connection !== undefined
+              ? options.connection.request(method, sent, requestOptions)
+              : transport.request(instance.definition, method, sent, requestOptions)
           }
         }
         return { operation, requestFor }
@@ -594,142 +324,97 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
         return execute(operation).pipe(Effect.flatMap(({ instance, value: response }) => resultOf(template, method, instance, response)))
       }
 
-      // The request path (callNow). Its effects, when it needs any, run in this runtime (the
-      // layer's: its Clock, Random and logger), with the request id on their log lines.
-      const runtime = yield* Effect.runtime<never>()
-      const forkFor = (requestId: string) => <X, E>(effect: Effect.Effect<X, E>) =>
-        Runtime.runFork(runtime)(effect, { updateRefs: requestRefs(requestId) })
-
-      /** Writes a request line outside a fiber (the writer's own way, or through Effect's logger in a fiber of its own). */
-      const writeLineNow = (fields: RequestLogFields, requestId: string) => {
-        if (requestLog.writeNow !== undefined) requestLog.writeNow(fields, requestId)
-        else forkFor(requestId)(requestLog.write(fields))
-      }
-
-      /** `call` in a fiber, for what the plain path does not do; interrupting it is the cancellation. */
-      const callInFiber: DispatcherShape["callNow"] = (template, method, params, options, requestId, done) => {
-        const fiber = forkFor(requestId)(call(template, method, params, options))
-        let cancelled = false
-        fiber.addObserver((exit) => {
-          if (!cancelled) done(exit)
-        })
-        return () => {
-          cancelled = true
-          fiber.unsafeInterruptAsFork(FiberId.none)
-        }
-      }
-
+      /**
+       * The callback driver: the core without a fiber. Sends through the connection's
+       * `requestNow`; a fiber only for what waits (the Effect driver from where it stands).
+       */
       const callNow: DispatcherShape["callNow"] = (templateName, method, params, options, requestId, done) => {
         const template = registry.template(templateName)
+        if (template === undefined) {
+          done(Exit.fail(new TemplateNotFound({ template: templateName })))
+          return noCancel
+        }
+        const { operation, requestFor } = operationOf(templateName, method, params, options, taskInstanceOf(templateName, method, params, options))
+        const observer = observe(template, method, "callback", options?.span, forkFor(requestId))
+        const core = new RequestAttempts(template, operation, services, observer)
         const connection = options?.connection
-        // Spans, routing lines at debug, task routes, an unknown template, a transport without a
-        // plain path: `call`'s effects do those.
-        if (
-          template === undefined || tracing || logRouting || (connection !== undefined ? connection.requestNow === undefined : transport.requestNow === undefined) ||
-          taskInstanceOf(templateName, method, params, options) !== undefined
-        ) {
-          return callInFiber(templateName, method, params, options, requestId, done)
-        }
-        const now = timer.now()
-        const pinned = options?.instance
-        let chosen: InstanceState
-        if (pinned !== undefined) {
-          // (A pinned instance that cannot take it is refused, logged and counted by `call`.)
-          if (pinned.status === "failed" || !pinned.admit(now)) return callInFiber(templateName, method, params, options, requestId, done)
-          chosen = pinned
-        } else {
-          const candidates = candidatesOf(template, now, NONE_TRIED)
-          if (candidates.length === 0) return callInFiber(templateName, method, params, options, requestId, done)
-          if (candidates.length === 1) chosen = candidates[0]!
-          else {
-            // Only a strategy that chooses without an Effect (selectNow) chooses here.
-            const selectNow = strategies.current(template.name, template.settings)?.value.selectNow
-            if (selectNow === undefined) return callInFiber(templateName, method, params, options, requestId, done)
-            try {
-              chosen = selectNow(candidates as [InstanceState, ...Array<InstanceState>], { template: template.name, method, attempt: 1 }) as InstanceState
-            } catch {
-              // A plugin that throws fails its request, as it does in `call` (a defect there): not the gateway.
-              return callInFiber(templateName, method, params, options, requestId, done)
-            }
-            // (Not one of the candidates, undefined say: `call` deals with it, in its fiber.)
-            if (!candidates.includes(chosen)) return callInFiber(templateName, method, params, options, requestId, done)
-          }
-          // (Selectable candidates pass their breaker; a half-open one gives this request its trial.)
-          chosen.admit(now)
-        }
-        const { operation, requestFor } = operationOf(templateName, method, params, options, undefined)
-        const started = timer.elapsedMs()
-        const deadline = deadlineOf(template)
-        const { requestOptions, sent } = requestFor(deadline, undefined)
-        /** Set once the attempt ended or the request was cancelled: nothing of the attempt counts twice. */
-        let ended = false
         let cancelled = false
-        /** The retries of a balanced request, in a fiber (interrupting it is the cancellation then). */
-        let retries: Fiber.RuntimeFiber<DispatchResult, DispatchError> | undefined
+        let finished = false
+        /** What goes on in a fiber (retries, a strategy that chooses as an Effect): interrupting it is the cancellation. */
+        let rest: Fiber.RuntimeFiber<JsonRpcResponse, DispatchError> | undefined
+        let cancelSend: (() => void) | undefined
+        let trace: ReturnType<RequestObserver["attempt"]>
 
         /** The request's end: its stats and line now, then the answer (unless the client cancelled). */
-        const end = (outcome: { readonly outcome: string; readonly status: number }, exit: Exit.Exit<DispatchResult, DispatchError>) => {
-          writeLineNow(endOf(template, operation, started, chosen, 1, outcome), requestId)
-          if (!cancelled) done(exit)
+        const finish = (exit: Exit.Exit<JsonRpcResponse, DispatchError>) => {
+          if (finished) return
+          finished = true
+          writeLineNow(core.end(core.outcomeOf(exit)), requestId)
+          if (!cancelled) done(Exit.flatMap(exit, (response) => resultOf(templateName, method, core.last!, response)))
         }
-        const attemptStarted = timer.elapsedMs()
-        chosen.activeRequests++
+        const inFiber = (effect: Effect.Effect<JsonRpcResponse, DispatchError>) => {
+          rest = forkFor(requestId)(effect)
+          rest.addObserver(finish)
+        }
         const onAttempt: RequestDone = (exit) => {
-          if (ended) return
-          ended = true
-          const logs = recordAttempt(template, chosen, attemptStarted, exit)
-          if (Exit.isSuccess(exit)) return end(operation.classify?.(exit.value) ?? OK, resultOf(templateName, method, chosen, exit.value))
-          const error = exit.cause._tag === "Fail" ? exit.cause.error : undefined
-          if (error === undefined) {
-            // A defect (a transport that threw): the request ends with it, answered as `call`'s defects are.
-            return end(outcomeOf(operation, exit), exit as Exit.Exit<never, never>)
-          }
-          if (pinned !== undefined || error._tag === "RequestTimeout" || error.clientFault || !operation.retryable(error)) {
-            // No retry: the answer, after the failure's warnings (logged in a fiber, as `call` logs them).
-            const failure = pinned !== undefined
-              ? pinnedFailure(template, chosen, error)
-              : error._tag === "RequestTimeout"
-              ? timedOut(template)
-              : balancedFailure(template, operation, { tried: new Set([chosen]), failures: [{ instanceId: chosen.id, message: redactUrlsIn(error.message) }], last: chosen, count: 1 }, new AttemptFailed({ instance: chosen, error }))
-            const outcome = outcomeOf(operation, exit)
-            if (logs === undefined) return end(outcome, Exit.fail(failure))
-            forkFor(requestId)(logs).addObserver(() => end(outcome, Exit.fail(failure)))
-            return
-          }
-          // A balanced request another instance may take: the retries, by the same effects as `call`'s.
-          const state: Attempts = { tried: new Set([chosen]), failures: [{ instanceId: chosen.id, message: redactUrlsIn(error.message) }], last: chosen, count: 1 }
-          const retried = attempts(template, operation, deadline, started, state, new AttemptFailed({ instance: chosen, error }))
-          retries = forkFor(requestId)(
-            Effect.flatMap(logs === undefined ? retried : Effect.zipRight(logs, retried), ({ instance, value }) => resultOf(templateName, method, instance, value))
-          )
-          retries.addObserver((exit) => {
-            if (!cancelled) done(exit)
-          })
+          if (!core.attempting) return
+          trace?.end(exit)
+          const { conclusion, logs } = core.ended(exit)!
+          const next = conclusion._tag === "Done"
+            ? () => finish(conclusion.exit)
+            : () => {
+              if (!cancelled) inFiber(drive(core, operation, observer, conclusion.failure))
+            }
+          // (A failure's warnings first, logged in a fiber as the Effect driver logs them.)
+          if (logs === undefined) return next()
+          forkFor(requestId)(logs).addObserver(next)
         }
-        let cancelSend: (() => void) | undefined
+        const run = (step: Step) => {
+          switch (step._tag) {
+            case "Refused":
+              return finish(Exit.fail(step.error))
+            case "Select":
+              return inFiber(drive(core, operation, observer, step))
+            case "Send": {
+              const instance = step.instance
+              trace = observer?.attempt(instance, step.attempt, method)
+              const { requestOptions, sent } = requestFor(core.deadline, trace?.traceparent)
+              try {
+                cancelSend = connection !== undefined
+                  ? connection.requestNow?.(method, sent, requestOptions, onAttempt)
+                  : transport.requestNow?.(instance.definition, method, sent, requestOptions, onAttempt)
+              } catch (e) {
+                onAttempt(Exit.die(e))
+              }
+              if (cancelSend === undefined && core.attempting) {
+                // The connection cannot send at once (its session is still opening): the attempt as an effect.
+                const attempt = forkFor(requestId)(operation.attempt(instance, core.deadline, trace?.traceparent))
+                attempt.addObserver(onAttempt)
+                cancelSend = () => attempt.unsafeInterruptAsFork(FiberId.none)
+              }
+            }
+          }
+        }
+        let first: Step
         try {
-          cancelSend = connection !== undefined
-            ? connection.requestNow!(method, sent, requestOptions, onAttempt)
-            : transport.requestNow!(chosen.definition, method, sent, requestOptions, onAttempt)
+          first = core.next()
         } catch (e) {
-          onAttempt(Exit.die(e))
+          // A strategy plugin that throws fails its request as a defect (the endpoint answers 500), not the gateway.
+          finish(Exit.die(e))
+          return noCancel
         }
-        if (cancelSend === undefined && !ended) {
-          // The connection cannot send at once (its session is still opening): the attempt as an effect.
-          const attempt = forkFor(requestId)(operation.attempt(chosen, deadline))
-          attempt.addObserver(onAttempt)
-          cancelSend = () => attempt.unsafeInterruptAsFork(FiberId.none)
-        }
+        run(first)
         return () => {
-          if (cancelled) return
+          if (cancelled || finished) return
           cancelled = true
-          if (retries !== undefined) return void retries.unsafeInterruptAsFork(FiberId.none)
-          if (ended) return
-          ended = true
-          cancelSend?.()
-          // As an interrupted `call`: the attempt counts for nothing, the request as cancelled.
-          recordAttempt(template, chosen, attemptStarted, Exit.interrupt(FiberId.none))
-          writeLineNow(endOf(template, operation, started, chosen, 1, CANCELLED), requestId)
+          if (rest !== undefined) return void rest.unsafeInterruptAsFork(FiberId.none)
+          if (core.attempting) {
+            cancelSend?.()
+            trace?.end(Exit.interrupt(FiberId.none))
+            // As an interrupted `call`: the attempt counts for nothing, the request as cancelled.
+            core.cancelled()
+          }
+          finish(Exit.interrupt(FiberId.none))
         }
       }
 

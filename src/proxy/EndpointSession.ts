@@ -1,4 +1,4 @@
-import { Duration, Effect, type Exit, FiberId, type Fiber, type Scope } from "effect"
+import { Duration, Effect, type Exit, FiberId, type Fiber, type Scope, type Tracer } from "effect"
 import { ErrorCode, type JsonRpcErrorObject, type JsonRpcId, type JsonRpcRequest, type JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { InstanceState } from "../registry/InstanceState.js"
 import type { Connection, RequestOptions } from "../transport/Connection.js"
@@ -230,6 +230,8 @@ export abstract class EndpointSession {
    * One client request without a fiber, where the session can serve it so (see
    * ClientSession.requestNow): `done` is called once with what `request` would give, unless the
    * returned function cancelled it first. Undefined when it cannot: `request` then serves it.
+   * `spanNow`: with tracing on, makes the request's span (the parent of the dispatch's spans);
+   * called only when the session serves the request so.
    */
   requestNow(
     _method: string,
@@ -237,7 +239,8 @@ export abstract class EndpointSession {
     _relay: RequestRelay,
     _headers: Readonly<Record<string, string>> | undefined,
     _requestId: string,
-    _done: (exit: Exit.Exit<SessionAnswer>) => void
+    _done: (exit: Exit.Exit<SessionAnswer>) => void,
+    _spanNow?: () => Tracer.AnySpan | undefined
   ): (() => void) | undefined {
     return undefined
   }

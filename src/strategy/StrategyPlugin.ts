@@ -1,6 +1,7 @@
-import { type Effect, Schema, type Scope } from "effect"
+import { Effect, Schema, type Scope } from "effect"
 import type { NonEmptyReadonlyArray } from "effect/Array"
 import type { InstanceView } from "../domain/InstanceView.js"
+import { pluginContract } from "../loader/pluginContract.js"
 import type { TemplatePluginKind } from "../loader/PluginKind.js"
 
 /** Marks a plugin's default export; a global symbol so that a plugin compiled against another copy of the package still matches. */
@@ -15,20 +16,36 @@ export interface SelectionContext {
   readonly attempt: number
 }
 
+/** A choice made at once, from the strategy's own state (no services, no waiting). */
+export type SelectNow = (candidates: NonEmptyReadonlyArray<InstanceView>, context: SelectionContext) => InstanceView
+/** A choice as an Effect (services, waiting). */
+export type Select = (candidates: NonEmptyReadonlyArray<InstanceView>, context: SelectionContext) => Effect.Effect<InstanceView>
+
 /** One template's strategy: picks an instance among the healthy candidates. */
 export interface Strategy {
-  readonly select: (
-    candidates: NonEmptyReadonlyArray<InstanceView>,
-    context: SelectionContext
-  ) => Effect.Effect<InstanceView>
+  readonly select: Select
   /**
-   * Optional: the same choice made at once, for a strategy that needs nothing but its own state
-   * (no services, no waiting). The gateway's request path then chooses without an Effect step;
-   * without it, `select` runs. When both are given they must choose alike: write `selectNow`
-   * and let `select` be `(c, ctx) => Effect.sync(() => selectNow(c, ctx))`.
+   * The same choice made at once, for a strategy that needs nothing but its own state. The
+   * gateway's request path then chooses without an Effect step; without it, `select` runs.
    */
-  readonly selectNow?: ((candidates: NonEmptyReadonlyArray<InstanceView>, context: SelectionContext) => InstanceView) | undefined
+  readonly selectNow?: SelectNow | undefined
 }
+
+/**
+ * What a strategy plugin's `make` builds: one of the two ways to choose. `selectNow` when the
+ * choice needs nothing but the strategy's own state (then `StrategyPlugin.make` derives
+ * `select` from it, so both choose alike), `select` when it needs services or waits. (Both
+ * may still be given, as before: they must choose alike.)
+ */
+export type StrategyDefinition =
+  | { readonly selectNow: SelectNow; readonly select?: Select | undefined }
+  | { readonly select: Select; readonly selectNow?: SelectNow | undefined }
+
+/** A strategy with both ways to choose that its definition allows: `select` derived from `selectNow` when not given. */
+export const completeStrategy = (definition: StrategyDefinition): Strategy =>
+  definition.select !== undefined
+    ? definition as Strategy
+    : { selectNow: definition.selectNow, select: (candidates, context) => Effect.sync(() => definition.selectNow!(candidates, context)) }
 
 export interface StrategyPlugin<Options = any> {
   readonly [StrategyPluginTypeId]: StrategyPluginTypeId
@@ -55,9 +72,18 @@ export const noOptions = Schema.Struct({}).pipe(
   })
 )
 
-const isStrategyPlugin = (u: unknown): u is StrategyPlugin =>
-  typeof u === "object" && u !== null && (u as any)[StrategyPluginTypeId] === StrategyPluginTypeId &&
-  typeof (u as any).name === "string" && typeof (u as any).make === "function" && Schema.isSchema((u as any).options)
+const contract = pluginContract<StrategyPlugin, StrategyPluginTypeId, Omit<TemplatePluginKind<Strategy>, "is" | "exportHint">>(
+  StrategyPluginTypeId,
+  "StrategyPlugin",
+  {
+    folder: "strategies",
+    noun: "strategy",
+    setting: "strategy",
+    optionsSetting: "strategy_options",
+    chosen: (settings) => ({ spec: settings.strategy, options: settings.strategy_options })
+  }
+)
+const kind: TemplatePluginKind<Strategy, StrategyPlugin> = contract.kind
 
 export const StrategyPlugin = {
   noOptions,
@@ -66,19 +92,13 @@ export const StrategyPlugin = {
     readonly name: string
     readonly description?: string | undefined
     readonly options: Schema.Schema<Options, any>
-    readonly make: (options: Options) => Effect.Effect<Strategy, never, Scope.Scope>
-  }): StrategyPlugin<Options> => ({ [StrategyPluginTypeId]: StrategyPluginTypeId, ...definition }),
+    /** Builds one template's strategy: `selectNow` or `select` (see StrategyDefinition). */
+    readonly make: (options: Options) => Effect.Effect<StrategyDefinition, never, Scope.Scope>
+  }): StrategyPlugin<Options> =>
+    contract.brand({ ...definition, make: (options: Options) => Effect.map(definition.make(options), completeStrategy) }),
 
-  is: isStrategyPlugin,
+  is: contract.is,
 
   /** How the loader finds and checks strategy plugins. */
-  kind: <TemplatePluginKind<Strategy, StrategyPlugin>> {
-    folder: "strategies",
-    noun: "strategy",
-    setting: "strategy",
-    optionsSetting: "strategy_options",
-    chosen: (settings) => ({ spec: settings.strategy, options: settings.strategy_options }),
-    is: isStrategyPlugin,
-    exportHint: "export default StrategyPlugin.make({...}) from \"mcp-gateway/plugin\""
-  }
+  kind
 }

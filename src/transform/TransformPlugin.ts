@@ -1,4 +1,5 @@
-import { Data, type Effect, Schema, type Scope } from "effect"
+import { Data, type Effect, type Schema, type Scope } from "effect"
+import { pluginContract } from "../loader/pluginContract.js"
 import type { PluginKind } from "../loader/PluginKind.js"
 
 /**
@@ -52,9 +53,12 @@ export interface TransformPlugin<Options = any> {
   readonly make: (options: Options) => Effect.Effect<Transform, never, Scope.Scope>
 }
 
-const isTransformPlugin = (u: unknown): u is TransformPlugin =>
-  typeof u === "object" && u !== null && (u as any)[TransformPluginTypeId] === TransformPluginTypeId &&
-  typeof (u as any).name === "string" && typeof (u as any).make === "function" && Schema.isSchema((u as any).options)
+const contract = pluginContract<TransformPlugin, TransformPluginTypeId, { folder: "transforms"; noun: "transform"; setting: "transform" }>(
+  TransformPluginTypeId,
+  "TransformPlugin",
+  { folder: "transforms", noun: "transform", setting: "transform" }
+)
+const kind: PluginKind<Transform, TransformPlugin> = contract.kind
 
 export const TransformPlugin = {
   make: <Options>(definition: {
@@ -62,16 +66,10 @@ export const TransformPlugin = {
     readonly description?: string | undefined
     readonly options: Schema.Schema<Options, any>
     readonly make: (options: Options) => Effect.Effect<Transform, never, Scope.Scope>
-  }): TransformPlugin<Options> => ({ [TransformPluginTypeId]: TransformPluginTypeId, ...definition }),
+  }): TransformPlugin<Options> => contract.brand(definition),
 
-  is: isTransformPlugin,
+  is: contract.is,
 
   /** How the loader finds and checks transform plugins. */
-  kind: <PluginKind<Transform, TransformPlugin>> {
-    folder: "transforms",
-    noun: "transform",
-    setting: "transform",
-    is: isTransformPlugin,
-    exportHint: "export default TransformPlugin.make({...}) from \"mcp-gateway/plugin\""
-  }
+  kind: kind
 }

@@ -226,6 +226,35 @@ describe("observability end to end", () => {
     // The backend saw the backend-call span as its parent.
     expect(seenByBackend.split("-")[2]).toBe(backend.spanId)
     expect(backend.attributes).toContainEqual({ key: "mcp.instance", value: { stringValue: "e1" } })
+    // Traced, the request ran through the request path's driver, as untraced ones do: the core
+    // stamps the driver on the attempt's span (a traced request that took the fiber path says "effect").
+    expect(attempt.attributes).toContainEqual({ key: "gateway.driver", value: { stringValue: "callback" } })
+  })
+
+  it("a traced MCP endpoint request runs through the same driver as an untraced one", async () => {
+    const clientTrace = "5cf92f3577b34da6a3ce929d0e0e4737"
+    const init = await initializeRaw(`${gateway.url}/mcp/echo`)
+    expect(init.status).toBe(200)
+    const session = init.headers.get("mcp-session-id")!
+    await init.text()
+    const headers = { ...mcpPostHeaders, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25" }
+    await fetch(`${gateway.url}/mcp/echo`, { method: "POST", headers, body: JSON.stringify({ jsonrpc: "2.0", method: "notifications/initialized" }) }).then((r) => r.text())
+    const r = await fetch(`${gateway.url}/mcp/echo`, {
+      method: "POST",
+      headers: { ...headers, traceparent: `00-${clientTrace}-00f067aa0ba902b8-01` },
+      body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/call", params: { name: "count", arguments: {} } })
+    })
+    expect(r.status).toBe(200)
+    await r.text()
+    const spans = () =>
+      received.flatMap((batch) => batch.resourceSpans ?? []).flatMap((r: any) => r.scopeSpans ?? []).flatMap((s: any) => s.spans ?? [])
+        .filter((s: any) => s.traceId === clientTrace)
+    await waitUntil(() => spans().some((s: any) => s.name === "gateway.attempt") && spans().some((s: any) => s.name === "gateway.request"), 10_000, "the spans")
+    const request = spans().find((s: any) => s.name === "gateway.request")
+    expect(request.attributes).toContainEqual({ key: "mcp.method", value: { stringValue: "tools/call" } })
+    const attempt = spans().find((s: any) => s.name === "gateway.attempt")
+    expect(attempt.parentSpanId).toBe(request.spanId)
+    expect(attempt.attributes).toContainEqual({ key: "gateway.driver", value: { stringValue: "callback" } })
   })
 
   it("the status page shows the instances live, in a real browser, and follows a process that dies", async () => {

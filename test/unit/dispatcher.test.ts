@@ -7,6 +7,7 @@ import { Dispatcher } from "../../src/proxy/Dispatcher.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { TransportError } from "../../src/transport/TransportError.js"
 import { broken, refused, rejected } from "../support/FakeTransport.js"
+import { dispatchModes, modeName, observing } from "../support/dispatchModes.js"
 import { dispatchVia } from "../support/dispatchVia.js"
 import { testConfig } from "../support/testConfig.js"
 import { testGateway } from "../support/testGateway.js"
@@ -18,9 +19,21 @@ const immediate: LoadBalancerInput = { retry: { base_delay_ms: 0 } }
 
 const instance = (id: string, template = "t") => Effect.map(Registry, (r) => r.template(template)!.instances.get(id)!)
 
-/** Every test runs twice: through `call` and through `callNow` (see dispatchVia). */
-describe.each(["call", "callNow"] as const)("via %s", (via) => {
-  const call = dispatchVia(via)
+/**
+ * One table of cases, run through both drivers (`call`: the Effect driver; `callNow`: the
+ * callback driver, see dispatchVia), each with nothing observing, with tracing on, and with
+ * routing lines at debug (see dispatchModes): observing a request never changes how it runs.
+ */
+describe.each(dispatchModes.map((mode) => [modeName(mode), mode] as const))("%s", (_, mode) => {
+  const call = dispatchVia(mode.via)
+  /** What the mode's observing recorded in the current test. */
+  let observed = observing(mode)
+  /** The test gateway of testGateway, observed as the mode says. */
+  const gatewayFor = (config: ReturnType<typeof testConfig>) => {
+    observed = observing(mode)
+    const { fake, layer } = testGateway(observed.configure(config))
+    return { fake, layer: Layer.provide(layer, observed.layer) }
+  }
 
   const callTimes = (n: number, template = "t", method = "tools/call") =>
     Effect.flatMap(Dispatcher, (d) =>
@@ -28,7 +41,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
 
   describe("Dispatcher: where requests go", () => {
     it.scoped("round robin over 3 instances gives 10/10/10 for 30 calls", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a", "b", "c"] } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a", "b", "c"] } }))
       return Effect.gen(function*() {
         yield* callTimes(30)
         expect(fake.distribution()).toEqual({ a: 10, b: 10, c: 10 })
@@ -36,7 +49,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("weighted 3:1 gives 30/10 for 40 calls, and 3:1 within every 4", () => {
-      const { fake, layer } = testGateway(testConfig({
+      const { fake, layer } = gatewayFor(testConfig({
         t: { instances: [{ id: "big", weight: 3 }, { id: "small", weight: 1 }], load_balancer: { strategy: "weighted" } }
       }))
       return Effect.gen(function*() {
@@ -50,7 +63,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("answers with the instance that served the call", () => {
-      const { layer } = testGateway(testConfig({ t: { instances: ["a"] } }))
+      const { layer } = gatewayFor(testConfig({ t: { instances: ["a"] } }))
       return Effect.gen(function*() {
         const d = yield* Dispatcher
         const answer = yield* call(d)("t", "tools/list", undefined)
@@ -60,7 +73,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("requests pinned to an instance (a session's) count in least_connections", () => {
-      const { fake, layer } = testGateway(testConfig({
+      const { fake, layer } = gatewayFor(testConfig({
         t: { instances: ["a", "b"], load_balancer: { strategy: "least_connections" } }
       }))
       fake.set("a", (_, params) => params?.name === "slow" ? Effect.never : Effect.succeed({}))
@@ -82,9 +95,35 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
   })
 
+  describe("Dispatcher: observing", () => {
+    it.scoped("spans and routing lines wrap the core and say which driver ran it; unobserved, nothing is made", () => {
+      const { layer } = gatewayFor(testConfig({ t: { instances: ["a", "b"], load_balancer: immediate } }))
+      return Effect.gen(function*() {
+        const d = yield* Dispatcher
+        yield* call(d)("t", "tools/call", { name: "echo" })
+        const driver = mode.via === "call" ? "effect" : "callback"
+        const routes = observed.lines.filter((l) => Array.isArray(l.message) && l.message[0] === "route")
+        if (mode.observe === "tracing") {
+          const names = observed.spans.map((s) => s.name)
+          expect(names).toEqual(["gateway.select", "gateway.attempt", "gateway.backend"])
+          const [, attempt, backend] = observed.spans
+          expect(attempt!.attributes.get("gateway.driver")).toBe(driver)
+          expect(attempt!.attributes.get("mcp.instance")).toBe("a")
+          expect(backend!.parentSpanId).toBe(attempt!.spanId)
+          expect(backend!.attributes.get("mcp.method")).toBe("tools/call")
+          expect(observed.spans.every((s) => s.ended)).toBe(true)
+        } else expect(observed.spans).toEqual([])
+        if (mode.observe === "debug") {
+          expect(routes).toHaveLength(1)
+          expect(routes[0]!.annotations).toMatchObject({ template: "t", instance: "a", candidates: "a,b", driver })
+        } else expect(routes).toEqual([])
+      }).pipe(Effect.provide(layer))
+    })
+  })
+
   describe("Dispatcher: failover and retries", () => {
     it.scoped("fails over to a second instance when the first fails, counting the failure against the first", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a", "b"], load_balancer: immediate } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a", "b"], load_balancer: immediate } }))
       fake.set("a", () => Effect.fail(broken("a")))
       return Effect.gen(function*() {
         const d = yield* Dispatcher
@@ -100,7 +139,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("does not retry a tools/call that may have reached a backend", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a", "b"], load_balancer: immediate } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a", "b"], load_balancer: immediate } }))
       fake.set("a", () => Effect.fail(broken("a")))
       return Effect.gen(function*() {
         const d = yield* Dispatcher
@@ -112,7 +151,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("retries a tools/call that provably never reached a backend", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a", "b"], load_balancer: immediate } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a", "b"], load_balancer: immediate } }))
       fake.set("a", () => Effect.fail(refused("a")))
       return Effect.gen(function*() {
         const d = yield* Dispatcher
@@ -122,7 +161,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("waits the retry schedule's delays (exponential, capped) and stops after max_retries", () => {
-      const { fake, layer } = testGateway(testConfig({
+      const { fake, layer } = gatewayFor(testConfig({
         t: {
           instances: ["a", "b", "c", "d", "e"],
           load_balancer: { max_retries: 3, retry: { base_delay_ms: 100, max_delay_ms: 250, jitter: 0 } }
@@ -156,7 +195,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("never retries past the request's deadline", () => {
-      const { fake, layer } = testGateway(testConfig({
+      const { fake, layer } = gatewayFor(testConfig({
         t: { instances: ["a", "b"], load_balancer: { timeout: 1, retry: { base_delay_ms: 800, max_delay_ms: 800, jitter: 0 } } }
       }))
       fake.set("a", () => Effect.zipRight(Effect.sleep(Duration.millis(600)), Effect.fail(refused("a"))))
@@ -174,7 +213,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("passes a backend's JSON-RPC error through without failover", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a", "b"] } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a", "b"] } }))
       fake.set("a", () => Effect.succeed({ error: { code: -32602, message: "Unknown tool" } }))
       return Effect.gen(function*() {
         const d = yield* Dispatcher
@@ -190,7 +229,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
 
   describe("Dispatcher: client mistakes are not instance failures", () => {
     it.scoped("a message the backend refuses as malformed is a 400, not retried, and counts for nothing", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a", "b"], load_balancer: immediate } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a", "b"], load_balancer: immediate } }))
       fake.set("a", () => Effect.fail(rejected("a")))
       fake.set("b", () => Effect.fail(rejected("b")))
       return Effect.gen(function*() {
@@ -210,7 +249,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("a server that ended the client's session (session not found) says nothing against the instance", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"], load_balancer: { ...immediate, outlier_consecutive_failures: 2 } } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a"], load_balancer: { ...immediate, outlier_consecutive_failures: 2 } } }))
       fake.set("a", () => Effect.fail(new TransportError({ instanceId: "a", reason: "session_ended", message: "the server ended the session", reachedBackend: true })))
       return Effect.gen(function*() {
         const d = yield* Dispatcher
@@ -227,7 +266,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("a client that goes away (interrupted request) counts for nothing", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"] } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a"] } }))
       fake.set("a", () => Effect.never)
       return Effect.gen(function*() {
         const d = yield* Dispatcher
@@ -246,7 +285,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
 
   describe("Dispatcher: deadlines", () => {
     it.scoped("times out after the template's timeout", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"], load_balancer: { timeout: 5 } } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a"], load_balancer: { timeout: 5 } } }))
       fake.set("a", () => Effect.never)
       return Effect.gen(function*() {
         const d = yield* Dispatcher
@@ -272,7 +311,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
       })
 
     it.scoped("a tool that reports progress gets a fresh timeout with each report, and finishes", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"], load_balancer: { timeout: 5 } } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a"], load_balancer: { timeout: 5 } } }))
       fake.set("a", reportsProgress)
       return Effect.gen(function*() {
         const d = yield* Dispatcher
@@ -285,7 +324,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("without timeout_resets_on_progress, the timeout stands", () => {
-      const { fake, layer } = testGateway(testConfig({
+      const { fake, layer } = gatewayFor(testConfig({
         t: { instances: ["a"], load_balancer: { timeout: 5, timeout_resets_on_progress: false } }
       }))
       fake.set("a", reportsProgress)
@@ -298,7 +337,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("progress never extends a request past max_timeout", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"], load_balancer: { timeout: 5, max_timeout: 12 } } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a"], load_balancer: { timeout: 5, max_timeout: 12 } } }))
       fake.set("a", reportsProgress)
       return Effect.gen(function*() {
         const d = yield* Dispatcher
@@ -313,7 +352,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
 
   describe("Dispatcher: nothing healthy", () => {
     it.scoped("unknown template, and 503 at once with Retry-After when no instance may take the request", () => {
-      const { fake, layer } = testGateway(testConfig({
+      const { fake, layer } = gatewayFor(testConfig({
         t: { instances: ["a"], load_balancer: { circuit_breaker: { failure_threshold: 2, base_delay_ms: 7000, jitter: 0 } } }
       }))
       fake.set("a", () => Effect.fail(refused("a")))
@@ -332,7 +371,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("fail_open sends traffic to unhealthy instances as a last resort", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a"], load_balancer: { fail_open: true } } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a"], load_balancer: { fail_open: true } } }))
       return Effect.gen(function*() {
         fake.set("a", (method) => method === "ping" ? Effect.fail(refused("a")) : Effect.succeed({ served: true }))
         const checker = yield* HealthChecker
@@ -344,7 +383,7 @@ describe.each(["call", "callNow"] as const)("via %s", (via) => {
     })
 
     it.scoped("without fail_open, an instance that probes unhealthy is skipped, and restored by a later probe", () => {
-      const { fake, layer } = testGateway(testConfig({ t: { instances: ["a", "b"], load_balancer: { health_check_interval: 10 } } }))
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a", "b"], load_balancer: { health_check_interval: 10 } } }))
       return Effect.gen(function*() {
         const checker = yield* HealthChecker
         fake.set("a", (method) => method === "ping" ? Effect.fail(refused("a")) : Effect.succeed({}))
@@ -396,7 +435,7 @@ describe("Dispatcher.callNow (the request path)", () => {
     }).pipe(Effect.provide(Layer.provide(layer, log.layer)))
   })
 
-  it.scoped("a failover goes on in a fiber that keeps the request id, and the line counts both attempts", () => {
+  it.scoped("a failover goes on in a fiber, and the request's one line keeps its id and counts both attempts", () => {
     const { fake, layer } = testGateway(testConfig({ t: { instances: ["a", "b"], load_balancer: immediate } }))
     fake.set("a", () => Effect.fail(refused("a")))
     const log = keptLog()
@@ -407,7 +446,8 @@ describe("Dispatcher.callNow (the request path)", () => {
       })
       expect(Exit.isSuccess(exit) && exit.value.instanceId).toBe("b")
       expect(log.lines).toEqual([
-        expect.objectContaining({ requestId: "r-7", via: "write", fields: expect.objectContaining({ instance: "b", attempts: 2, outcome: "ok" }) })
+        // (Written by the callback driver, which owns the request, when the retries' fiber ended.)
+        expect.objectContaining({ requestId: "r-7", via: "writeNow", fields: expect.objectContaining({ instance: "b", attempts: 2, outcome: "ok" }) })
       ])
     }).pipe(Effect.provide(Layer.provide(layer, log.layer)))
   })

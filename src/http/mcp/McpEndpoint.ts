@@ -7,7 +7,7 @@ import { AggregateSessions } from "../../proxy/AggregateSessions.js"
 import { ClientSessions } from "../../proxy/ClientSessions.js"
 import type { EndpointSessionsShape } from "../../proxy/EndpointSessions.js"
 import { type RunEffect, sendJson } from "../raw.js"
-import { makeRequestTelemetry } from "../requestTelemetry.js"
+import { type makeRequestTelemetry, requestTelemetry } from "../requestTelemetry.js"
 import { makePostHandler } from "./post.js"
 import { withSession } from "./resolved.js"
 import { rpcError } from "./rpc.js"
@@ -24,8 +24,9 @@ import { makeStandingStreams } from "./standingStream.js"
 export const makeMcpEndpoint = Effect.gen(function*() {
   const config = yield* GatewayConfig
   const run = yield* FiberSet.makeRuntime<never, unknown, unknown>()
-  const templates = endpointFor((yield* ClientSessions).endpoint, config, run)
-  const aggregates = endpointFor((yield* AggregateSessions).endpoint, config, run)
+  const telemetry = yield* requestTelemetry(config.tracing !== undefined)
+  const templates = endpointFor((yield* ClientSessions).endpoint, config, run, telemetry)
+  const aggregates = endpointFor((yield* AggregateSessions).endpoint, config, run, telemetry)
 
   return {
     /** `/mcp/{template}` */
@@ -40,7 +41,7 @@ export const makeMcpEndpoint = Effect.gen(function*() {
   }
 })
 
-const endpointFor = (sessions: EndpointSessionsShape, config: typeof GatewayConfig.Service, run: RunEffect) => {
+const endpointFor = (sessions: EndpointSessionsShape, config: typeof GatewayConfig.Service, run: RunEffect, telemetry: ReturnType<typeof makeRequestTelemetry>) => {
   const post = makePostHandler({
     sessions,
     templateExists: sessions.exists,
@@ -48,7 +49,7 @@ const endpointFor = (sessions: EndpointSessionsShape, config: typeof GatewayConf
     limits: { maxBytes: config.gateway.maxBodyBytes, maxDepth: config.gateway.maxJsonDepth },
     run,
     logDefect: (cause) => void run(Effect.logError("MCP endpoint request failed", cause)),
-    telemetry: makeRequestTelemetry(config.tracing !== undefined),
+    telemetry,
     // As long as a request may take: the client's answer (a person filling a form) may take that long.
     inputWaitMs: Duration.toMillis(config.gateway.defaults.max_timeout)
   })

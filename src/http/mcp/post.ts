@@ -16,7 +16,7 @@ import type { EndpointSession, SessionAnswer } from "../../proxy/EndpointSession
 import type { EndpointSessionsShape } from "../../proxy/EndpointSessions.js"
 import { forwardedHeaders } from "../forwardedHeaders.js"
 import { type BodyLimits, readJsonBody, type RunEffect, sendJson } from "../raw.js"
-import type { makeRequestTelemetry } from "../requestTelemetry.js"
+import type { makeRequestTelemetry, RequestSpan } from "../requestTelemetry.js"
 import { makeModernHandler } from "./modern.js"
 import { isModernVersion } from "../../domain/ModernProtocol.js"
 import { envelopeVersion } from "./modernEnvelope.js"
@@ -145,29 +145,35 @@ export const makePostHandler = (deps: {
       answer(500, rpcError(id, ErrorCode.InternalError, "the gateway failed to handle the request; see its log"))
     }
     const relay = { onNotification: event, onServerRequest }
-    // Without a fiber where the session can (the request path: Dispatcher.callNow); traced
-    // requests take theirs, for their spans.
-    if (!deps.telemetry.tracing) {
-      let over = false
-      let untrack: (() => void) | undefined
-      const cancel = session.requestNow(method, params, relay, headers, requestId, (exit) => {
-        over = true
-        untrack?.()
-        finished(exit)
-      })
-      if (cancel !== undefined) {
-        // A client that hangs up has not cancelled (see below); notifications/cancelled and the session's end do.
-        if (!over) {
-          untrack = session.trackNow(id, () => {
-            if (over) return
-            over = true
-            untrack?.()
-            cancel()
-            finished(Exit.interrupt(FiberId.none))
-          })
-        }
-        return
+    // Without a fiber where the session can (the request path: Dispatcher.callNow), traced or
+    // not: with tracing on, its gateway.request span is made here, only if the session serves it so.
+    let over = false
+    let untrack: (() => void) | undefined
+    let traced: RequestSpan | undefined
+    const spanNow = () => {
+      traced = deps.telemetry.spanNow(req, requestId, () => ({ "mcp.template": session.template, "mcp.method": method }))
+      return traced?.span
+    }
+    const cancel = session.requestNow(method, params, relay, headers, requestId, (exit) => {
+      over = true
+      untrack?.()
+      traced?.end(exit)
+      finished(exit)
+    }, spanNow)
+    if (cancel !== undefined) {
+      // A client that hangs up has not cancelled (see below); notifications/cancelled and the session's end do.
+      if (!over) {
+        untrack = session.trackNow(id, () => {
+          if (over) return
+          over = true
+          untrack?.()
+          cancel()
+          const interrupted = Exit.interrupt(FiberId.none)
+          traced?.end(interrupted)
+          finished(interrupted)
+        })
       }
+      return
     }
     const fork = deps.telemetry(run, req, requestId, () => ({ "mcp.template": session.template, "mcp.method": method }))
     const fiber = fork(session.request(method, params, relay, headers))
