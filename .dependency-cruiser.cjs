@@ -83,7 +83,6 @@ module.exports = {
       conditionNames: ["import", "require", "node", "default", "types"],
       extensions: [".ts", ".mts", ".js", ".mjs", ".cjs", ".d.ts"],
       mainFields: ["module", "main", "types"]
-    },
-    skipAnalysisNotInRules: false
+    }
   }
 }
