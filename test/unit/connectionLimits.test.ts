@@ -118,6 +118,7 @@ const fakeSocket = (address: string) => {
   const socket = Object.assign(new EventEmitter(), {
     remoteAddress: address,
     destroyed: false,
+    bytesRead: 0,
     destroy() {
       if (socket.destroyed) return
       socket.destroyed = true
@@ -126,6 +127,9 @@ const fakeSocket = (address: string) => {
   })
   return socket
 }
+
+/** The sweep closes in the check phase (after the loop reads its sockets): wait for it. */
+const afterPoll = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
 
 describe("the first-request timeout, on the gateway's clock", () => {
   effectIt.scoped("a connection that sends no request within first_request_timeout is closed; one that sent a request stays", () =>
@@ -140,11 +144,28 @@ describe("the first-request timeout, on the gateway's clock", () => {
       gate.requestStarted(asked as unknown as net.Socket)
       // Swept every 250 ms (a quarter of the timeout): still there at 999 ms, gone at 1000.
       yield* TestClock.adjust(Duration.millis(999))
+      yield* afterPoll
       expect(silent.destroyed).toBe(false)
       yield* TestClock.adjust(Duration.millis(1))
+      yield* afterPoll
       expect(silent.destroyed).toBe(true)
       expect(asked.destroyed).toBe(false)
       expect(shed).toEqual(["first_request_timeout"])
       expect(gate.size()).toBe(1)
+    }).pipe(Effect.provide(Timer.layerTest)))
+
+  effectIt.scoped("a connection whose first request is already arriving is not closed by the sweep", () =>
+    Effect.gen(function*() {
+      const shed: Array<string> = []
+      const gate = makeConnectionGate({ maxConnections: 10, maxConnectionsPerAddress: 10, firstRequestTimeoutMs: 1000 }, yield* Timer, (what) => shed.push(what))
+      yield* Effect.addFinalizer(() => Effect.sync(gate.close))
+      const arriving = fakeSocket("10.0.0.1")
+      gate.admit(arriving as unknown as net.Socket)
+      // Its headers are being read (the server's 'request' has not come yet): the sweep leaves it.
+      arriving.bytesRead = 25
+      yield* TestClock.adjust(Duration.millis(1000))
+      yield* afterPoll
+      expect(arriving.destroyed).toBe(false)
+      expect(shed).toEqual([])
     }).pipe(Effect.provide(Timer.layerTest)))
 })
