@@ -121,6 +121,23 @@ describe.each(dispatchModes.map((mode) => [modeName(mode), mode] as const))("%s"
     })
   })
 
+  describe("Dispatcher: a strategy plugin with a bug", () => {
+    it.scoped("a pick that is not one of the candidates fails that request as a defect, and nothing is sent", () => {
+      const { fake, layer } = gatewayFor(testConfig({
+        t: { instances: ["a", "b"], load_balancer: { strategy: "./test/fixtures/plugins/foreign-pick-strategy.mjs" } }
+      }))
+      return Effect.gen(function*() {
+        const d = yield* Dispatcher
+        const exit = yield* Effect.exit(call(d)("t", "tools/call", { name: "echo" }))
+        expect(Exit.isFailure(exit) && !Exit.isInterrupted(exit) && exit.cause._tag === "Die").toBe(true)
+        if (Exit.isFailure(exit) && exit.cause._tag === "Die") expect(String(exit.cause.defect)).toContain("not one of its candidates")
+        expect(fake.calls).toEqual([])
+        expect((yield* instance("a")).activeRequests).toBe(0)
+        expect((yield* instance("b")).activeRequests).toBe(0)
+      }).pipe(Effect.provide(layer))
+    })
+  })
+
   describe("Dispatcher: failover and retries", () => {
     it.scoped("fails over to a second instance when the first fails, counting the failure against the first", () => {
       const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a", "b"], load_balancer: immediate } }))
