@@ -62,6 +62,16 @@ describe.each(dispatchModes.map((mode) => [modeName(mode), mode] as const))("%s"
       }).pipe(Effect.provide(layer))
     })
 
+    it.scoped("a strategy that writes only select (random) chooses as an Effect, and every request is answered", () => {
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a", "b", "c"], load_balancer: { strategy: "random" } } }))
+      return Effect.gen(function*() {
+        yield* callTimes(30)
+        const counts = fake.distribution()
+        expect(Object.values(counts).reduce((a, b) => a + b, 0)).toBe(30)
+        for (const id of ["a", "b", "c"]) expect((yield* instance(id)).activeRequests).toBe(0)
+      }).pipe(Effect.provide(layer))
+    })
+
     it.scoped("answers with the instance that served the call", () => {
       const { layer } = gatewayFor(testConfig({ t: { instances: ["a"] } }))
       return Effect.gen(function*() {
