@@ -45,7 +45,6 @@ export const makeRequestTelemetry = (tracing: boolean, tracer: Tracer.Tracer, cl
       )
     },
     {
-      tracing,
       /** With tracing on, the request's span for the request path (undefined with tracing off: nothing made). */
       spanNow: (req: http.IncomingMessage, requestId: string, attributes: () => Record<string, unknown>): RequestSpan | undefined => {
         if (!tracing) return undefined

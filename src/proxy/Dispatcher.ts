@@ -12,7 +12,7 @@ import type { RequestTimeout, TransportError } from "../transport/TransportError
 import type { Deadline } from "./Deadline.js"
 import { makeObservers, type RequestObserver } from "./dispatchObservers.js"
 import { AttemptFailed, type CoreServices, RequestAttempts, type Step } from "./RequestAttempts.js"
-import { retryAfter, retrySchedule } from "./RetryPolicy.js"
+import { retryAfter, retrySchedule, retryWhile } from "./RetryPolicy.js"
 import { Stats } from "./Stats.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { TaskRoutes } from "./TaskRoutes.js"
@@ -214,10 +214,12 @@ export class Dispatcher extends Context.Tag("mcp-gateway/Dispatcher")<Dispatcher
         const schedule = () => retrySchedule(template.settings.retry, template.settings.max_retries, () => core.deadline.remainingMs())
         // The core decided it (RequestAttempts.mayRetry): a failure left as AttemptFailed may go elsewhere.
         const retrying = (e: DispatchError | AttemptFailed) => e._tag === "AttemptFailed"
-        const first = from === undefined ? once : from._tag === "AttemptFailed" ? Effect.fail(from) : Effect.suspend(() => step(from))
-        return Effect.catchAll(first, (e) => retryAfter(e, once, schedule, retrying)).pipe(
-          Effect.mapError((e) => core.failure(e))
-        )
+        const attempts = from === undefined
+          ? retryWhile(once, schedule, retrying)
+          : from._tag === "AttemptFailed"
+          ? retryAfter(from, once, schedule, retrying)
+          : Effect.catchAll(Effect.suspend(() => step(from)), (e) => retryAfter(e, once, schedule, retrying))
+        return Effect.mapError(attempts, (e) => core.failure(e))
       }
 
       const execute = <A>(operation: Operation<A>) =>

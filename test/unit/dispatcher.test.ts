@@ -62,6 +62,16 @@ describe.each(dispatchModes.map((mode) => [modeName(mode), mode] as const))("%s"
       }).pipe(Effect.provide(layer))
     })
 
+    it.scoped("a strategy that writes only select (random) chooses as an Effect, and every request is answered", () => {
+      const { fake, layer } = gatewayFor(testConfig({ t: { instances: ["a", "b", "c"], load_balancer: { strategy: "random" } } }))
+      return Effect.gen(function*() {
+        yield* callTimes(30)
+        const counts = fake.distribution()
+        expect(Object.values(counts).reduce((a, b) => a + b, 0)).toBe(30)
+        for (const id of ["a", "b", "c"]) expect((yield* instance(id)).activeRequests).toBe(0)
+      }).pipe(Effect.provide(layer))
+    })
+
     it.scoped("answers with the instance that served the call", () => {
       const { layer } = gatewayFor(testConfig({ t: { instances: ["a"] } }))
       return Effect.gen(function*() {
@@ -117,6 +127,23 @@ describe.each(dispatchModes.map((mode) => [modeName(mode), mode] as const))("%s"
           expect(routes).toHaveLength(1)
           expect(routes[0]!.annotations).toMatchObject({ template: "t", instance: "a", candidates: "a,b", driver })
         } else expect(routes).toEqual([])
+      }).pipe(Effect.provide(layer))
+    })
+  })
+
+  describe("Dispatcher: a strategy plugin with a bug", () => {
+    it.scoped("a pick that is not one of the candidates fails that request as a defect, and nothing is sent", () => {
+      const { fake, layer } = gatewayFor(testConfig({
+        t: { instances: ["a", "b"], load_balancer: { strategy: "./test/fixtures/plugins/foreign-pick-strategy.mjs" } }
+      }))
+      return Effect.gen(function*() {
+        const d = yield* Dispatcher
+        const exit = yield* Effect.exit(call(d)("t", "tools/call", { name: "echo" }))
+        expect(Exit.isFailure(exit) && !Exit.isInterrupted(exit) && exit.cause._tag === "Die").toBe(true)
+        if (Exit.isFailure(exit) && exit.cause._tag === "Die") expect(String(exit.cause.defect)).toContain("not one of its candidates")
+        expect(fake.calls).toEqual([])
+        expect((yield* instance("a")).activeRequests).toBe(0)
+        expect((yield* instance("b")).activeRequests).toBe(0)
       }).pipe(Effect.provide(layer))
     })
   })
