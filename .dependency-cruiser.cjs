@@ -24,10 +24,11 @@ module.exports = {
       severity: "error",
       comment:
         "src/transport/ moves JSON-RPC messages to one instance; choosing the instance (strategies), " +
-        "sessions and policy (proxy/) and the client's HTTP (http/) are above it. What it needs from " +
-        "them comes in through its own interfaces (ConnectionPolicy).",
+        "dispatch, sessions, the registry and the client's HTTP (http/) are above it: it uses only " +
+        "domain/ and the clock. What it needs from the rest comes in through its own interfaces " +
+        "(ConnectionPolicy).",
       from: { path: "^src/transport/" },
-      to: { path: "^(src/strategy|src/proxy|src/http|plugins/strategies)/" }
+      to: { path: "^(src|plugins)/", pathNot: "^src/(transport|domain|clock)/" }
     },
     {
       name: "http-server-only-in-http-and-cli",

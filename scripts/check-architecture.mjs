@@ -28,16 +28,7 @@ import { fileURLToPath } from "node:url"
 //   { rule: "no-cycles", between: [fileA, fileB] }          a module cycle through exactly these files
 // Note: while a folder pair is listed, its two edges are left out of the search for longer folder
 // loops too; the check is complete once the array is empty.
-export const KNOWN_VIOLATIONS = [
-  { rule: "folder-cycle", between: ["src/*.ts", "src/cli"] },
-  { rule: "folder-cycle", between: ["src/*.ts", "src/observability"] },
-  { rule: "folder-cycle", between: ["src/fleet", "src/proxy"] },
-  { rule: "folder-cycle", between: ["src/fleet", "src/registry"] },
-  { rule: "folder-cycle", between: ["src/health", "src/registry"] },
-  { rule: "folder-cycle", between: ["src/observability", "src/proxy"] },
-  { rule: "folder-cycle", between: ["src/proxy", "src/registry"] },
-  { rule: "no-cycles", between: ["src/fleet/fleetRateLimit.ts", "src/proxy/RateLimiter.ts"] }
-]
+export const KNOWN_VIOLATIONS = []
 // ─────────────────────────────────────────────────────────────────────────────────────────────────
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), "..")

@@ -7,7 +7,7 @@ import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Cause, Effect, Exit, Layer, Option } from "effect"
 import { cli, withDefaultCommand } from "./cli/Cli.js"
 import { CommandFailed } from "./cli/CommandFailed.js"
-import { flushLogs } from "./logging.js"
+import { flushLogs } from "./observability/logging.js"
 
 const program = Effect.suspend(() => cli(withDefaultCommand(process.argv))).pipe(
   Effect.tapErrorCause((cause) =>

@@ -6,7 +6,7 @@ import * as path from "node:path"
 import { integerFlag } from "./flags.js"
 import { CommandFailed } from "./CommandFailed.js"
 import { defaultPidFile, describeStale, isAlive, logFileFor, processIdentity, readPidFile, recordedState, removePidFile, writePidFile } from "./pidFile.js"
-import { isoTime } from "../proxy/Timer.js"
+import { isoTime } from "../clock/Timer.js"
 
 /** Where the detached gateway writes its URL once it serves (see start.ts). */
 export const READY_FILE_ENV = "MCP_GATEWAY_READY_FILE"

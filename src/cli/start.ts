@@ -1,7 +1,7 @@
 import { Command, Options } from "@effect/cli"
 import { Effect, Option } from "effect"
 import { loadGatewayConfig, type LogLevelName } from "../config/GatewayConfig.js"
-import type { LogFormat } from "../logging.js"
+import type { LogFormat } from "../observability/logging.js"
 import { startInBackground } from "./background.js"
 import { choiceFlag, integerFlag } from "./flags.js"
 import { defaultPidFile } from "./pidFile.js"

@@ -7,7 +7,7 @@ import { PluginLoader, type PluginLoaderShape } from "../loader/PluginLoader.js"
 import { type DiscoveredTemplate, Registry } from "../registry/Registry.js"
 import { describeDiff, diffChangedSomething, type RegistryDiff } from "../registry/RegistryDiff.js"
 import { Strategies } from "../strategy/Strategies.js"
-import { isoTime } from "../proxy/Timer.js"
+import { isoTime } from "../clock/Timer.js"
 import { discoveredTemplates } from "./discoveredTemplates.js"
 import { decodeDiscoveredDocument, type DiscoveryContext, DiscoveryError, DiscoveryPlugin, type DiscoveryProvider } from "./DiscoveryPlugin.js"
 

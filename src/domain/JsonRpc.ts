@@ -58,3 +58,9 @@ export const isNotification = (m: unknown): m is JsonRpcNotification =>
 
 export const isResponse = (m: unknown): m is JsonRpcResponse =>
   isObject(m) && typeof m.method !== "string" && ("result" in m || "error" in m) && "id" in m
+
+/** A message a server sends outside any request (a list change, a resource update, a log message). */
+export interface ServerNotice {
+  readonly method: string
+  readonly params?: unknown
+}

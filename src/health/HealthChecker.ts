@@ -2,10 +2,10 @@ import { Cause, Clock, Context, Duration, Effect, Fiber, FiberSet, Layer, Queue,
 import { DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
 import { resolveHeaders } from "../domain/Secret.js"
 import { FleetRedis } from "../fleet/FleetRedis.js"
-import { makeSharedHealth } from "../fleet/SharedHealth.js"
-import { Stats } from "../proxy/Stats.js"
-import { Timer } from "../proxy/Timer.js"
-import type { InstanceState } from "../registry/InstanceState.js"
+import { makeSharedHealth } from "./SharedHealth.js"
+import { Stats } from "../observability/Stats.js"
+import { Timer } from "../clock/Timer.js"
+import type { InstanceState } from "../instance/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
 import { Transport } from "../transport/Transport.js"
 import { ProbeError, type ProbeTarget } from "./HealthProbePlugin.js"
@@ -41,7 +41,7 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
       const registry = yield* Registry
       const fleet = yield* FleetRedis
       const timer = yield* Timer
-      // Replicas share their verdicts (fleet/SharedHealth.ts): a replica starts warm.
+      // Replicas share their verdicts (health/SharedHealth.ts): a replica starts warm.
       const shared = fleet.status() === "off" ? undefined : makeSharedHealth(fleet, registry, timer)
       if (shared !== undefined) {
         const seeded = yield* shared.seed

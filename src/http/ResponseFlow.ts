@@ -1,5 +1,5 @@
 import type * as http from "node:http"
-import { repeat, type TimerShape } from "../proxy/Timer.js"
+import { repeat, type TimerShape } from "../clock/Timer.js"
 
 /**
  * Backpressure toward clients: what the gateway writes goes out as fast as each client takes it,

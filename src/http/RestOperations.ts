@@ -2,9 +2,9 @@ import { Effect, Either, Schema } from "effect"
 import { formatParseError } from "../domain/formatParseError.js"
 import { type DispatchError, ListTooLong } from "../domain/GatewayError.js"
 import { isObject } from "../domain/JsonRpc.js"
-import type { DispatcherShape } from "../proxy/Dispatcher.js"
-import type { CacheHints, ExposureShape } from "../proxy/Exposure.js"
-import type { InstanceState } from "../registry/InstanceState.js"
+import type { DispatcherShape } from "../dispatch/Dispatcher.js"
+import type { CacheHints, ExposureShape } from "../exposure/Exposure.js"
+import type { InstanceState } from "../instance/InstanceState.js"
 
 const Meta = Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown }))
 
@@ -97,7 +97,7 @@ export interface RestResult {
  * page from the instance that served the first (cursors are opaque and per instance), for at
  * most `maxPages` requests: a server that keeps answering with a cursor gets a clear 502, never
  * a truncated list passed off as complete. Each request goes through what the template shows
- * (its filters, transforms and cache: proxy/Exposure.ts), as on the MCP endpoint.
+ * (its filters, transforms and cache: exposure/Exposure.ts), as on the MCP endpoint.
  */
 export const runRestOperation = (
   dispatcher: DispatcherShape,

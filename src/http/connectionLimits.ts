@@ -1,6 +1,6 @@
 import * as fs from "node:fs"
 import type * as net from "node:net"
-import { repeat, type TimerShape } from "../proxy/Timer.js"
+import { repeat, type TimerShape } from "../clock/Timer.js"
 
 /**
  * Caps on the gateway's client connections, in all and per client address, so that a flood of

@@ -1,8 +1,8 @@
 import type { FleetStatus } from "../fleet/FleetRedis.js"
 import { GATEWAY_VERSION } from "../domain/Protocol.js"
-import type { ClientSessionsShape } from "../proxy/ClientSessions.js"
-import type { ExposureShape } from "../proxy/Exposure.js"
-import type { StatsShape } from "../proxy/Stats.js"
+import type { ClientSessionsShape } from "../sessions/ClientSessions.js"
+import type { ExposureShape } from "../exposure/Exposure.js"
+import type { StatsShape } from "../observability/Stats.js"
 import type { RegistryShape, TemplateState } from "../registry/Registry.js"
 
 /**

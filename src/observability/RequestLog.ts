@@ -1,7 +1,7 @@
 import { type Clock, Context, Effect, FiberId, FiberRef, HashMap, Layer, Option } from "effect"
 import type { LogLevelName } from "../config/GatewayConfig.js"
 import { redactUrlsIn } from "../domain/redact.js"
-import { type LogFormat, writeLogLine } from "../logging.js"
+import { type LogFormat, writeLogLine } from "./logging.js"
 
 /** The fields of the one log line each request gets when it ends (docs/observability.md#logs). */
 export interface RequestLogFields {

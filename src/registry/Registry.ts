@@ -23,12 +23,12 @@ import {
   type LoadBalancerSettings,
   resolveLoadBalancer
 } from "../domain/LoadBalancer.js"
-import { InstanceState } from "./InstanceState.js"
+import { InstanceState } from "../instance/InstanceState.js"
 import { describeDiff, DiffBuilder, diffChangedSomething, type RegistryDiff } from "./RegistryDiff.js"
 import { emptyRegistry, type PersistedRegistry } from "./RegistryFile.js"
 import { fileStore, memoryStore, type RegistryStoreShape, type StoredChange } from "./RegistryStore.js"
 import { FleetRedis } from "../fleet/FleetRedis.js"
-import { redisRegistryStore } from "../fleet/RedisRegistryStore.js"
+import { redisRegistryStore } from "./RedisRegistryStore.js"
 import type { ExposureInput } from "../domain/Exposure.js"
 
 /**

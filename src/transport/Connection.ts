@@ -8,7 +8,7 @@ import type { RequestTimeout, TransportError } from "./TransportError.js"
  * When a request must be answered by. The transport arms it while the request is out and, when
  * it fires, cancels the request at the backend and fails it with RequestTimeout. The policy
  * (how long, whether progress extends it) is the Dispatcher's; the timer under it is a plain
- * one (see proxy/Timer.ts): Effect.timeout forks a fiber per call, which halved the
+ * one (see clock/Timer.ts): Effect.timeout forks a fiber per call, which halved the
  * throughput of the request path when measured.
  */
 export interface RequestDeadline {

@@ -57,7 +57,7 @@ export interface ConnectionPolicyShape {
 /**
  * What the transports need from the rest of the gateway, without knowing it: the restart
  * policy of an instance and where to report its channel's state. The gateway's layer reads
- * the template's settings and writes the instance's state (proxy/InstanceSupervision.ts).
+ * the template's settings and writes the instance's state (lifecycle/InstanceSupervision.ts).
  */
 export class ConnectionPolicy extends Context.Tag("mcp-gateway/ConnectionPolicy")<ConnectionPolicy, ConnectionPolicyShape>() {
   /** The default settings and nobody listening: for transports used on their own (tests, tools). */

@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import type { DispatcherShape } from "../../src/proxy/Dispatcher.js"
+import type { DispatcherShape } from "../../src/dispatch/Dispatcher.js"
 
 /** The two ways a request is dispatched: the Dispatcher's effect, and the request path. */
 export type Via = "call" | "callNow"

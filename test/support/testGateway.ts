@@ -1,7 +1,7 @@
 import { Layer } from "effect"
 import { GatewayConfig } from "../../src/config/GatewayConfig.js"
-import { GatewayCore } from "../../src/Gateway.js"
-import { Timer } from "../../src/proxy/Timer.js"
+import { GatewayCore } from "../../src/gateway/Gateway.js"
+import { Timer } from "../../src/clock/Timer.js"
 import { makeFakeTransport } from "./FakeTransport.js"
 import type { testConfig } from "./testConfig.js"
 

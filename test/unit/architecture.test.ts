@@ -12,7 +12,7 @@ import { repoRoot, tempDir } from "../support/processes.js"
 const script = path.join(repoRoot, "scripts/check-architecture.mjs")
 const roots: Array<string> = []
 
-/** A clean tree: domain at the bottom, transport above it, proxy above both, a plugin on the API. */
+/** A clean tree: domain at the bottom, transport above it, dispatch above both, a plugin on the API. */
 const cleanTree: Record<string, string> = {
   "tsconfig.json": JSON.stringify({
     compilerOptions: { module: "nodenext", moduleResolution: "nodenext", paths: { "mcp-gateway/plugin": ["./src/plugin.ts"] } }
@@ -20,7 +20,7 @@ const cleanTree: Record<string, string> = {
   "src/domain/Instance.ts": "export interface Instance { readonly id: string }\n",
   "src/transport/Connection.ts": 'import type { Instance } from "../domain/Instance.js"\nexport const connect = (instance: Instance) => instance.id\n',
   "src/strategy/Strategy.ts": 'import type { Instance } from "../domain/Instance.js"\nexport const pick = (all: ReadonlyArray<Instance>) => all[0]\n',
-  "src/proxy/Dispatcher.ts":
+  "src/dispatch/Dispatcher.ts":
     'import { connect } from "../transport/Connection.js"\nimport { pick } from "../strategy/Strategy.js"\nexport const dispatch = () => connect(pick([{ id: "a" }])!)\n',
   "src/cli/start.ts": "export const args = process.argv.slice(2)\n",
   "src/plugin.ts": 'export { pick } from "./strategy/Strategy.js"\n',
@@ -61,14 +61,14 @@ beforeAll(() => {
   clean = check(tree({}))
   moduleRules = check(
     tree({
-      "src/domain/Instance.ts": 'import type { dispatch } from "../proxy/Dispatcher.js"\nexport interface Instance { readonly id: string; d?: typeof dispatch }\n',
+      "src/domain/Instance.ts": 'import type { dispatch } from "../dispatch/Dispatcher.js"\nexport interface Instance { readonly id: string; d?: typeof dispatch }\n',
       "src/transport/Connection.ts": 'import type { Instance } from "../domain/Instance.js"\nimport { pick } from "../strategy/Strategy.js"\nexport const connect = (instance: Instance) => pick([instance])\n',
       "src/strategy/Strategy.ts": 'export const verbose = process.argv.includes("-v")\nexport const pick = <A>(all: ReadonlyArray<A>) => all[0]\n',
       "plugins/strategies/first.ts": 'import { pick } from "../../src/strategy/Strategy.js"\nexport default pick\n'
     })
   )
   folderPair = check(
-    tree({ "src/strategy/weights.ts": 'import { dispatch } from "../proxy/Dispatcher.js"\nexport const weights = () => dispatch()\n' })
+    tree({ "src/strategy/weights.ts": 'import { dispatch } from "../dispatch/Dispatcher.js"\nexport const weights = () => dispatch()\n' })
   )
 })
 
@@ -83,7 +83,7 @@ describe("the house-rule check", () => {
     const result = await moduleRules
     expect(result.code).toBe(1)
     expect(result.output).toContain("✗ domain-imports-nothing")
-    expect(result.output).toContain("src/domain/Instance.ts → src/proxy/Dispatcher.ts")
+    expect(result.output).toContain("src/domain/Instance.ts → src/dispatch/Dispatcher.ts")
   })
 
   it("fails when transport imports a strategy", async () => {
@@ -108,8 +108,8 @@ describe("the house-rule check", () => {
     const result = await folderPair
     expect(result.code).toBe(1)
     expect(result.output).toContain("✗ folder-cycle")
-    expect(result.output).toContain("src/proxy ⇄ src/strategy")
-    expect(result.output).toContain("src/strategy/weights.ts → src/proxy/Dispatcher.ts")
-    expect(result.output).toContain("src/proxy/Dispatcher.ts → src/strategy/Strategy.ts")
+    expect(result.output).toContain("src/dispatch ⇄ src/strategy")
+    expect(result.output).toContain("src/strategy/weights.ts → src/dispatch/Dispatcher.ts")
+    expect(result.output).toContain("src/dispatch/Dispatcher.ts → src/strategy/Strategy.ts")
   })
 })

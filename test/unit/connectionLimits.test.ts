@@ -6,7 +6,7 @@ import { Duration, Effect, TestClock } from "effect"
 import { EventEmitter } from "node:events"
 import { afterEach, describe, expect, it } from "vitest"
 import { defaultConnectionCaps, descriptorLimit, makeConnectionGate } from "../../src/http/connectionLimits.js"
-import { systemTimer, Timer } from "../../src/proxy/Timer.js"
+import { systemTimer, Timer } from "../../src/clock/Timer.js"
 
 /** A server wired to a gate as HttpServer.ts wires it; its requests are answered only when `answer` is called. */
 const gatedServer = async (limits: Parameters<typeof makeConnectionGate>[0]) => {

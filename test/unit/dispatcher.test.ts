@@ -3,7 +3,7 @@ import { Duration, Effect, Exit, Fiber, FiberRef, HashMap, Layer, Option, TestCl
 import type { LoadBalancerInput } from "../../src/domain/LoadBalancer.js"
 import { HealthChecker } from "../../src/health/HealthChecker.js"
 import { RequestLog, type RequestLogFields, type RequestLogShape } from "../../src/observability/RequestLog.js"
-import { Dispatcher } from "../../src/proxy/Dispatcher.js"
+import { Dispatcher } from "../../src/dispatch/Dispatcher.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { TransportError } from "../../src/transport/TransportError.js"
 import { broken, refused, rejected } from "../support/FakeTransport.js"

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Duration, Effect, Fiber, TestClock } from "effect"
-import { Dispatcher } from "../../src/proxy/Dispatcher.js"
+import { Dispatcher } from "../../src/dispatch/Dispatcher.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { testConfig } from "../support/testConfig.js"
 import { testGateway } from "../support/testGateway.js"

@@ -5,14 +5,14 @@ import * as http from "node:http"
 import * as os from "node:os"
 import * as path from "node:path"
 import { GatewayConfig } from "../../src/config/GatewayConfig.js"
-import { GatewayCore } from "../../src/Gateway.js"
+import { GatewayCore } from "../../src/gateway/Gateway.js"
 import { HealthChecker } from "../../src/health/HealthChecker.js"
 import { ProbeTimes } from "../../src/health/ProbeTimes.js"
-import { Timer } from "../../src/proxy/Timer.js"
+import { Timer } from "../../src/clock/Timer.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { refused } from "../support/FakeTransport.js"
 import { layerFake } from "../../src/transport/TransportFake.js"
-import { makeSharedHealth } from "../../src/fleet/SharedHealth.js"
+import { makeSharedHealth } from "../../src/health/SharedHealth.js"
 import type { FleetRedisShape } from "../../src/fleet/FleetRedis.js"
 import { testConfig } from "../support/testConfig.js"
 import { testGateway } from "../support/testGateway.js"
@@ -280,7 +280,7 @@ describe("health probe plugins", () => {
     }))
 })
 
-describe("health shared by replicas (fleet/SharedHealth.ts), on the gateway's clock", () => {
+describe("health shared by replicas (health/SharedHealth.ts), on the gateway's clock", () => {
   /** A fleet whose Redis holds `records` in the health hash. */
   const fleetWith = (records: Record<string, string>) =>
     ({ status: () => "ok", prefix: "gw:", command: { hgetall: () => Promise.resolve(records) } }) as unknown as FleetRedisShape

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { escapeControls } from "../../src/logging.js"
+import { escapeControls } from "../../src/observability/logging.js"
 
 describe("control characters in log lines", () => {
   it("are written as \\u escapes: a client's ESC never reaches an operator's terminal, a line feed never forges a line", () => {

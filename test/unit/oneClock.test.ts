@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest"
 
 /**
  * One clock (docs/architecture.md): every read of the time in src/ goes through the Timer
- * (src/proxy/Timer.ts) or Effect's Clock, so TestClock drives it. A raw read or timer stays
+ * (src/clock/Timer.ts) or Effect's Clock, so TestClock drives it. A raw read or timer stays
  * only where a comment on its line, or in the comment block just above it, says why, starting
  * with one of these markers.
  */
@@ -12,7 +12,7 @@ const MARKERS = ["raw timer:", "wall clock:", "from the clock:"]
 const RAW = /Date\.now\(|new Date\(|setTimeout\(|setInterval\(|performance\.now\(/
 /** Files whose raw time is theirs by nature. */
 const EXEMPT: Record<string, string> = {
-  "src/proxy/Timer.ts": "the clock service itself",
+  "src/clock/Timer.ts": "the clock service itself",
   "src/http/statusPage.ts": "a script for the user's browser, served as text"
 }
 

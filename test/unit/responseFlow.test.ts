@@ -6,7 +6,7 @@ import { Duration, Effect, TestClock } from "effect"
 import { EventEmitter } from "node:events"
 import { afterEach, describe, expect, it } from "vitest"
 import { FlowWriter, lagKeyOf, ResponseFlow, type ResponseWriter, responseWriter, type StallReason, writeAnswer } from "../../src/http/ResponseFlow.js"
-import { systemTimer, Timer } from "../../src/proxy/Timer.js"
+import { systemTimer, Timer } from "../../src/clock/Timer.js"
 
 /** A server whose responses go through a flow; `handle` gets each response's writer. */
 const serve = async (settings: Partial<ResponseFlow["settings"]>, handle: (res: http.ServerResponse, stalls: Array<StallReason>) => void) => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Duration, Effect, Exit, TestClock } from "effect"
-import { ClientSessions } from "../../src/proxy/ClientSessions.js"
+import { ClientSessions } from "../../src/sessions/ClientSessions.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { testConfig } from "../support/testConfig.js"
 import { testGateway } from "../support/testGateway.js"

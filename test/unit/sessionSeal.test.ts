@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest"
-import { MAX_SESSION_ID_LENGTH, ownerTag, type SessionClaims, SessionSeal } from "../../src/proxy/SessionSeal.js"
+import { MAX_SESSION_ID_LENGTH, ownerTag, type SessionClaims, SessionSeal } from "../../src/sessions/SessionSeal.js"
 
 const given: SessionClaims = {
   endpoint: "everything",

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Exit, TestClock } from "effect"
 import { defineInstance } from "../../src/domain/Instance.js"
-import { InstanceState } from "../../src/registry/InstanceState.js"
+import { InstanceState } from "../../src/instance/InstanceState.js"
 import type { ConnectionLog } from "../../src/transport/Connection.js"
 import { type ChannelListener, Multiplexer } from "../../src/transport/Multiplexer.js"
 import { makeSharedChannelConnection } from "../../src/transport/SharedChannel.js"

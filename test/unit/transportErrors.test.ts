@@ -18,7 +18,7 @@ import {
 } from "../../src/domain/GatewayError.js"
 import type { InstanceDefinition } from "../../src/domain/Instance.js"
 import { dispatchErrorAnswer } from "../../src/http/ApiError.js"
-import { isRetryable } from "../../src/proxy/Dispatcher.js"
+import { isRetryable } from "../../src/dispatch/Dispatcher.js"
 import { makeHttpConnection } from "../../src/transport/http.js"
 import { reasonOfCode, RequestTimeout, serialize, TransportError, type TransportErrorReason } from "../../src/transport/TransportError.js"
 

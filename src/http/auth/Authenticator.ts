@@ -5,7 +5,7 @@ import { GatewayConfig } from "../../config/GatewayConfig.js"
 import { LiveAuth } from "../../config/LiveAuth.js"
 import { findKey } from "../../domain/apiKey.js"
 import type { Identity } from "../../domain/Identity.js"
-import { Timer } from "../../proxy/Timer.js"
+import { Timer } from "../../clock/Timer.js"
 
 /** Why a request was not authenticated (a 401); `claimed` is who the credential said it was, for the audit log. */
 export class AuthenticationFailed extends Data.TaggedError("AuthenticationFailed")<{

@@ -3,9 +3,9 @@ import type * as http from "node:http"
 import { GatewayConfig } from "../../config/GatewayConfig.js"
 import type { Identity } from "../../domain/Identity.js"
 import { ErrorCode } from "../../domain/JsonRpc.js"
-import { AggregateSessions } from "../../proxy/AggregateSessions.js"
-import { ClientSessions } from "../../proxy/ClientSessions.js"
-import type { EndpointSessionsShape } from "../../proxy/EndpointSessions.js"
+import { AggregateSessions } from "../../aggregation/AggregateSessions.js"
+import { ClientSessions } from "../../sessions/ClientSessions.js"
+import type { EndpointSessionsShape } from "../../sessions/EndpointSessions.js"
 import { type RunEffect, sendJson } from "../raw.js"
 import { type makeRequestTelemetry, requestTelemetry } from "../requestTelemetry.js"
 import { makePostHandler } from "./post.js"
@@ -18,8 +18,8 @@ import { makeStandingStreams } from "./standingStream.js"
  * if it were the server) and the aggregates `/mcp` and `/mcp/v/{name}` (several templates as one
  * server). The front gate (auth/Guard.ts) has checked Host, Origin, credential, scope and rate
  * limits; this file routes by HTTP method: POST (post.ts), GET (standingStream.ts), DELETE (ends
- * the session). Sessions and everything they do belong to proxy/ (ClientSessions,
- * AggregateSessions); this folder only speaks HTTP and SSE, the same way for both.
+ * the session). Sessions and everything they do belong to sessions/ (ClientSessions) and
+ * aggregation/ (AggregateSessions); this folder only speaks HTTP and SSE, the same way for both.
  */
 export const makeMcpEndpoint = Effect.gen(function*() {
   const config = yield* GatewayConfig

@@ -1,6 +1,6 @@
 import { Exit } from "effect"
-import type { EndpointSession } from "../../proxy/EndpointSession.js"
-import type { Adoption, SessionRefusal } from "../../proxy/EndpointSessions.js"
+import type { EndpointSession } from "../../sessions/EndpointSession.js"
+import type { Adoption, SessionRefusal } from "../../sessions/EndpointSessions.js"
 import type { RunEffect } from "../raw.js"
 
 /**

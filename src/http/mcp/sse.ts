@@ -1,5 +1,5 @@
 import type * as http from "node:http"
-import type { SessionOutbox } from "../../proxy/SessionOutbox.js"
+import type { SessionOutbox } from "../../sessions/SessionOutbox.js"
 import { jsonTextOf } from "../../domain/jsonText.js"
 import { sendJson } from "../raw.js"
 import { lagKeyOf, responseWriter, type ResponseWriter, type StallReason, writeAnswer } from "../ResponseFlow.js"

@@ -1,9 +1,9 @@
 import { Duration, Effect, Layer, Schedule, Stream } from "effect"
 import type { LoadBalancerSettings } from "../domain/LoadBalancer.js"
-import type { InstanceState } from "../registry/InstanceState.js"
+import type { InstanceState } from "../instance/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
 import { Transport } from "../transport/Transport.js"
-import { ClientSessions } from "./ClientSessions.js"
+import { ClientSessions } from "../sessions/ClientSessions.js"
 
 /** How often a draining instance is checked for requests still in flight. */
 const DRAIN_POLL = Duration.millis(50)

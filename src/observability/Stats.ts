@@ -1,8 +1,8 @@
 import { Context, Effect, Layer } from "effect"
-import { GatewayMetrics, type GatewayMetricsShape } from "../observability/GatewayMetrics.js"
-import { type LatencyWindow, makeLatencyWindow } from "../observability/LatencyWindow.js"
-import { operationLabel } from "../observability/metricLabels.js"
-import { isoTime, Timer, type TimerShape } from "./Timer.js"
+import { GatewayMetrics, type GatewayMetricsShape } from "./GatewayMetrics.js"
+import { type LatencyWindow, makeLatencyWindow } from "./LatencyWindow.js"
+import { operationLabel } from "./metricLabels.js"
+import { isoTime, Timer, type TimerShape } from "../clock/Timer.js"
 
 export interface RequestRecord {
   readonly template: string

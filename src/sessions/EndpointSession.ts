@@ -1,6 +1,6 @@
 import { Duration, Effect, type Exit, FiberId, type Fiber, type Scope, type Tracer } from "effect"
-import { ErrorCode, type JsonRpcErrorObject, type JsonRpcId, type JsonRpcRequest, type JsonRpcResponse } from "../domain/JsonRpc.js"
-import type { InstanceState } from "../registry/InstanceState.js"
+import { ErrorCode, type JsonRpcErrorObject, type JsonRpcId, type JsonRpcRequest, type JsonRpcResponse, type ServerNotice } from "../domain/JsonRpc.js"
+import type { InstanceState } from "../instance/InstanceState.js"
 import type { Connection, RequestOptions } from "../transport/Connection.js"
 import { intern } from "../domain/intern.js"
 import { SessionOutbox } from "./SessionOutbox.js"
@@ -26,12 +26,6 @@ export type SessionAnswer =
 
 /** How a request's relays reach the client while it runs: progress, the server's questions. */
 export type RequestRelay = Pick<RequestOptions, "onNotification" | "onServerRequest" | "passInputRequired" | "clientParamHeaders" | "client" | "onCacheHints">
-
-/** A message a server sends outside any request (a list change, a resource update, a log message). */
-export interface ServerNotice {
-  readonly method: string
-  readonly params?: unknown
-}
 
 /** A JSON-RPC id as a map key that keeps "1" and 1 apart. */
 const requestKey = (id: unknown) => (typeof id === "string" ? `s:${id}` : `n:${String(id)}`)

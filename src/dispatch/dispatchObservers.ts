@@ -1,5 +1,5 @@
 import { type Clock, Context, Effect, Exit, Option, type Tracer } from "effect"
-import type { InstanceState } from "../registry/InstanceState.js"
+import type { InstanceState } from "../instance/InstanceState.js"
 import type { TemplateState } from "../registry/Registry.js"
 import type { AttemptObserver } from "./RequestAttempts.js"
 

@@ -4,8 +4,8 @@ import type { InstanceDefinition } from "../domain/Instance.js"
 import { DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
 import { Registry } from "../registry/Registry.js"
 import { ConnectionPolicy } from "../transport/Supervision.js"
-import { Stats } from "./Stats.js"
-import { Timer } from "./Timer.js"
+import { Stats } from "../observability/Stats.js"
+import { Timer } from "../clock/Timer.js"
 
 /**
  * The gateway's ConnectionPolicy: an instance's channel restarts under its template's

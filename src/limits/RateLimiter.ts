@@ -2,22 +2,9 @@ import { Context, Effect, Layer } from "effect"
 import { GatewayConfig, type RateLimit } from "../config/GatewayConfig.js"
 import { Registry } from "../registry/Registry.js"
 import { FleetRedis, isRedisTimeout } from "../fleet/FleetRedis.js"
-import { type FleetBucket, makeFleetBuckets } from "../fleet/fleetRateLimit.js"
-import { Timer } from "./Timer.js"
-
-/** The verdict on one request, with what the RateLimit-* headers say (of the tightest bucket that applied). */
-export interface RateDecision {
-  readonly allowed: boolean
-  /** The bucket's size (burst), for RateLimit-Limit; undefined when no limit applies. */
-  readonly limit: number | undefined
-  readonly remaining: number
-  /** Seconds until the bucket is full again (RateLimit-Reset). */
-  readonly resetSeconds: number
-  /** Seconds until one more request may pass (Retry-After), when refused. */
-  readonly retryAfterSeconds: number
-  /** Which limit refused it, for the message. */
-  readonly refusedBy?: "client" | "template" | undefined
-}
+import { type FleetBucket, makeFleetBuckets } from "./fleetRateLimit.js"
+import { Timer } from "../clock/Timer.js"
+import type { RateDecision } from "./RateDecision.js"
 
 /** A verdict now, or (buckets shared by the fleet, in Redis) soon. */
 export type Admission = RateDecision | Promise<RateDecision>

@@ -1,10 +1,10 @@
 import { type Cause, Effect, Exit, type Scope, type Tracer } from "effect"
 import type { DispatchError } from "../domain/GatewayError.js"
 import { intern } from "../domain/intern.js"
-import type { InstanceState } from "../registry/InstanceState.js"
+import type { InstanceState } from "../instance/InstanceState.js"
 import type { Connection } from "../transport/Connection.js"
-import type { DispatcherShape } from "./Dispatcher.js"
-import type { ExposureShape } from "./Exposure.js"
+import type { DispatcherShape } from "../dispatch/Dispatcher.js"
+import type { ExposureShape } from "../exposure/Exposure.js"
 import { EndpointSession, type RequestRelay, type SessionAnswer } from "./EndpointSession.js"
 
 export type { SessionAnswer } from "./EndpointSession.js"

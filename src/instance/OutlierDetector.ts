@@ -1,5 +1,5 @@
 import { Duration } from "effect"
-import { isoTime } from "../proxy/Timer.js"
+import { isoTime } from "../clock/Timer.js"
 
 export interface OutlierSettings {
   readonly outlier_consecutive_failures: number

@@ -1,6 +1,6 @@
 import { Layer, Logger, LogLevel } from "effect"
-import type { LogLevelName } from "./config/GatewayConfig.js"
-import { redactUrlsIn } from "./domain/redact.js"
+import type { LogLevelName } from "../config/GatewayConfig.js"
+import { redactUrlsIn } from "../domain/redact.js"
 
 export type LogFormat = "text" | "json" | "pretty"
 

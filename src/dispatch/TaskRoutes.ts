@@ -1,5 +1,5 @@
 import { isObject } from "../domain/JsonRpc.js"
-import type { InstanceState } from "../registry/InstanceState.js"
+import type { InstanceState } from "../instance/InstanceState.js"
 
 /** Methods that name a task by `params.taskId` (both revisions' task methods). */
 const TASK_METHODS: ReadonlySet<string> = new Set(["tasks/get", "tasks/update", "tasks/cancel", "tasks/result"])

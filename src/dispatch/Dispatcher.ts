@@ -1,7 +1,7 @@
 import { Context, Effect, Exit, type Fiber, FiberId, Layer, Option, Random, Runtime, type Tracer } from "effect"
 import { BackendError, type DispatchError, httpStatusOfMcpError, TemplateNotFound } from "../domain/GatewayError.js"
 import { isObject, type JsonRpcNotification, type JsonRpcResponse } from "../domain/JsonRpc.js"
-import type { InstanceState } from "../registry/InstanceState.js"
+import type { InstanceState } from "../instance/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
 import { RequestLog, type RequestLogFields } from "../observability/RequestLog.js"
 import { requestRefs } from "../observability/requestRefs.js"
@@ -13,10 +13,10 @@ import type { Deadline } from "./Deadline.js"
 import { makeObservers, type RequestObserver } from "./dispatchObservers.js"
 import { AttemptFailed, type CoreServices, RequestAttempts, type Step } from "./RequestAttempts.js"
 import { retryAfter, retrySchedule, retryWhile } from "./RetryPolicy.js"
-import { Stats } from "./Stats.js"
+import { Stats } from "../observability/Stats.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { TaskRoutes } from "./TaskRoutes.js"
-import { Timer } from "./Timer.js"
+import { Timer } from "../clock/Timer.js"
 
 export interface DispatchResult {
   readonly result: unknown

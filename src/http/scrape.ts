@@ -1,9 +1,9 @@
 import * as MetricState from "effect/MetricState"
 import type { FleetStatus } from "../fleet/FleetRedis.js"
-import type { ClientSessionsShape } from "../proxy/ClientSessions.js"
+import type { ClientSessionsShape } from "../sessions/ClientSessions.js"
 import type { RegistryShape } from "../registry/Registry.js"
-import type { GatewayMetricsShape } from "./GatewayMetrics.js"
-import { toPrometheusText } from "./PrometheusText.js"
+import type { GatewayMetricsShape } from "../observability/GatewayMetrics.js"
+import { toPrometheusText } from "../observability/PrometheusText.js"
 
 const STATUSES = ["unknown", "healthy", "unhealthy", "failed"] as const
 const BREAKER_STATES = ["closed", "open", "half_open"] as const

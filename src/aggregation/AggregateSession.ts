@@ -2,12 +2,13 @@ import { Deferred, type Duration, Effect, Either, FiberId, type Scope } from "ef
 import { BackendError, type DispatchError, type SessionLimitReached } from "../domain/GatewayError.js"
 import { ErrorCode, isObject, isRequest, type JsonRpcErrorObject } from "../domain/JsonRpc.js"
 import type { Identity } from "../domain/Identity.js"
-import type { InstanceState } from "../registry/InstanceState.js"
+import type { InstanceState } from "../instance/InstanceState.js"
 import type { Connection } from "../transport/Connection.js"
-import type { ClientSession } from "./ClientSession.js"
-import { EndpointSession, type RequestRelay, type ServerNotice, type SessionAnswer } from "./EndpointSession.js"
-import type { ExposureShape, View } from "./Exposure.js"
-import type { Admission } from "./RateLimiter.js"
+import type { ClientSession } from "../sessions/ClientSession.js"
+import { EndpointSession, type RequestRelay, type SessionAnswer } from "../sessions/EndpointSession.js"
+import type { ServerNotice } from "../domain/JsonRpc.js"
+import type { ExposureShape, View } from "../exposure/Exposure.js"
+import type { Admission } from "../limits/RateLimiter.js"
 
 /** One template behind an aggregate, with the prefix its tool and prompt names get. */
 export interface AggregateMember {

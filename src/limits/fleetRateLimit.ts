@@ -1,6 +1,6 @@
 import type { RateLimit } from "../config/GatewayConfig.js"
-import type { RateDecision } from "../proxy/RateLimiter.js"
-import type { FleetRedisShape } from "./FleetRedis.js"
+import type { RateDecision } from "./RateDecision.js"
+import type { FleetRedisShape } from "../fleet/FleetRedis.js"
 
 /**
  * Token buckets in Redis, so that a limit holds for the fleet, not per replica: every bucket of

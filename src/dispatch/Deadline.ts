@@ -1,5 +1,5 @@
 import type { RequestDeadline } from "../transport/Connection.js"
-import type { TimerShape } from "./Timer.js"
+import type { TimerShape } from "../clock/Timer.js"
 
 /**
  * The deadline of one request, across its attempts (failovers share it). It expires `timeout`

@@ -10,8 +10,8 @@ import { PluginLoader } from "../loader/PluginLoader.js"
 import { GatewayMetrics } from "../observability/GatewayMetrics.js"
 import { Registry } from "../registry/Registry.js"
 import { type Transform, type TransformContext, TransformPlugin, type TransformRequest } from "../transform/TransformPlugin.js"
-import type { ServerNotice } from "./EndpointSession.js"
-import { Timer } from "./Timer.js"
+import type { ServerNotice } from "../domain/JsonRpc.js"
+import { Timer } from "../clock/Timer.js"
 
 /** Results a cache may keep: lists and reads. Never `tools/call`. */
 const CACHEABLE: ReadonlySet<string> = new Set(["tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"])

@@ -12,13 +12,13 @@ import {
 import type { InstanceView } from "../domain/InstanceView.js"
 import { redactUrlsIn } from "../domain/redact.js"
 import type { RequestLogFields } from "../observability/RequestLog.js"
-import type { InstanceState } from "../registry/InstanceState.js"
+import type { InstanceState } from "../instance/InstanceState.js"
 import type { TemplateState } from "../registry/Registry.js"
 import type { SelectionContext, Strategy } from "../strategy/StrategyPlugin.js"
 import type { RequestTimeout, TransportError } from "../transport/TransportError.js"
 import { Deadline } from "./Deadline.js"
-import type { StatsShape } from "./Stats.js"
-import { isoTime, type TimerShape } from "./Timer.js"
+import type { StatsShape } from "../observability/Stats.js"
+import { isoTime, type TimerShape } from "../clock/Timer.js"
 
 /**
  * The dispatch core: one request's attempts as a small synchronous state machine, written once

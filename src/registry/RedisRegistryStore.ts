@@ -2,9 +2,9 @@ import { Effect, Either, Runtime, Schedule, Schema, Stream } from "effect"
 import { randomBytes } from "node:crypto"
 import { formatParseError } from "../domain/formatParseError.js"
 import { RegistrationConflict, RegistryStorageError, RegistryUnavailable } from "../domain/GatewayError.js"
-import { emptyRegistry, PersistedRegistry } from "../registry/RegistryFile.js"
-import type { RegistryStoreShape } from "../registry/RegistryStore.js"
-import { type FleetRedisShape, isRedisTimeout } from "./FleetRedis.js"
+import { emptyRegistry, PersistedRegistry } from "./RegistryFile.js"
+import type { RegistryStoreShape } from "./RegistryStore.js"
+import { type FleetRedisShape, isRedisTimeout } from "../fleet/FleetRedis.js"
 
 /**
  * The field that holds the registry's generation, in both hashes: a token written with the

@@ -1,8 +1,8 @@
 import { Duration, Effect } from "effect"
-import type { InstanceState } from "../registry/InstanceState.js"
+import type { InstanceState } from "../instance/InstanceState.js"
 import type { RegistryShape } from "../registry/Registry.js"
-import type { TimerShape } from "../proxy/Timer.js"
-import { type FleetRedisShape, isRedisTimeout } from "./FleetRedis.js"
+import type { TimerShape } from "../clock/Timer.js"
+import { type FleetRedisShape, isRedisTimeout } from "../fleet/FleetRedis.js"
 
 /**
  * Probe verdicts shared by the replicas: each replica probes every instance itself and writes

@@ -1,4 +1,4 @@
-import type { InstanceState } from "../registry/InstanceState.js"
+import type { InstanceState } from "../instance/InstanceState.js"
 import type { ClientSession } from "./ClientSession.js"
 
 /**

@@ -1,5 +1,5 @@
 import { type Backoff, backoffDelayMs } from "../domain/LoadBalancer.js"
-import { isoTime } from "./Timer.js"
+import { isoTime } from "../clock/Timer.js"
 
 export type BreakerState = "closed" | "open" | "half_open"
 
