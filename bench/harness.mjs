@@ -97,12 +97,12 @@ export const startGateway = async (dir, name, config, backends, { main = path.jo
   return { url, port, child, pid: child.pid, stop: () => stop(child) }
 }
 
-/** Opens an MCP session on the gateway's endpoint for `template`; its id. */
-export const initializeSession = async (url, template = "bench", headers = {}) => {
+/** Opens an MCP session on the gateway's endpoint for `template` (at `protocolVersion`); its id. */
+export const initializeSession = async (url, template = "bench", headers = {}, protocolVersion = "2025-11-25") => {
   const response = await fetch(`${url}/mcp/${template}`, {
     method: "POST",
     headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...headers },
-    body: JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "bench", version: "1" } } })
+    body: JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion, capabilities: {}, clientInfo: { name: "bench", version: "1" } } })
   })
   await response.text()
   const session = response.headers.get("mcp-session-id")

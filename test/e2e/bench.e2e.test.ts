@@ -27,11 +27,12 @@ describe.skipIf(!has("wrk") || !has("nginx"))("bench --quick", () => {
       // (Not execFileSync: a worker blocked past vitest's fixed 60 s RPC timeout fails the whole run.)
       await promisify(execFile)(process.execPath, ["bench/run.mjs", "--quick", "--out", out], { timeout: 170_000, maxBuffer: 64 * 1024 * 1024 })
       const result = JSON.parse(fs.readFileSync(path.join(out, "last-run.json"), "utf8"))
-      const { latency, pool, sessions, stdio, templates, throughput } = result.sections
-      const rows = [...throughput.rows, ...latency.rows, ...stdio.rows, ...templates.rows, ...pool.rows]
+      const { everything, latency, pool, sessions, stdio, templates, throughput } = result.sections
+      const rows = [...throughput.rows, ...latency.rows, ...everything.rows, ...stdio.rows, ...templates.rows, ...pool.rows]
       expect(rows.map((r: { name: string }) => r.name)).toContain("gateway MCP endpoint (one session)")
       for (const row of rows) expect(row.rps, row.name).toBeGreaterThan(0)
       expect(Object.keys(throughput.ratios)).toContain("mcp_vs_bare_proxy")
+      expect(everything.ratios.rest_vs_mcp_p50).toBeGreaterThan(0)
       expect(sessions.sessions).toBe(result.settings.sessions)
       expect(sessions.failure).toBeUndefined()
       expect(sessions.live_heap_kb_per_session).toBeGreaterThan(0)
