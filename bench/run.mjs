@@ -275,11 +275,16 @@ const main = async () => {
         everything: {
           instances: ports.map((p, i) => ({ id: `e${i + 1}`, transport: "http", endpoint: `http://127.0.0.1:${p}/mcp` })),
           load_balancer: { strategy: "round_robin" }
-        }
+        },
+        // The same first instance alone: REST requests then land on one process, as an MCP
+        // session's do, so the two faces compare like for like (round robin over three processes
+        // wakes a different one each request, which costs this 2-core machine more than the gateway).
+        everything_one: { instances: [{ id: "e1", transport: "http", endpoint: `http://127.0.0.1:${ports[0]}/mcp` }] }
       }
     })
     const rows = await measureRounds([
       { key: "rest", name: "gateway REST tools/call", url: `${g.url}/mcp/everything/tools/call`, body: restBody, pid: g.pid },
+      { key: "rest_one", name: "gateway REST tools/call, one instance", url: `${g.url}/mcp/everything_one/tools/call`, body: restBody, pid: g.pid },
       { key: "mcp", name: "gateway MCP endpoint, a 2025-11-25 session", url: `${g.url}/mcp/everything`, body: rpcBody, session: await initializeSession(g.url, "everything"), pid: g.pid },
       { key: "mcp_2025_06_18", name: "gateway MCP endpoint, a 2025-06-18 session (no priming event)", url: `${g.url}/mcp/everything`, body: rpcBody, session: await initializeSession(g.url, "everything", {}, "2025-06-18"), pid: g.pid }
     ], { seconds: settings.latencySeconds, connections: 1 })
@@ -289,6 +294,7 @@ const main = async () => {
       rows,
       ratios: {
         rest_vs_mcp_p50: round(by.rest.p50_ms / by.mcp.p50_ms),
+        rest_one_instance_vs_mcp_p50: round(by.rest_one.p50_ms / by.mcp.p50_ms),
         rest_vs_mcp_2025_06_18_p50: round(by.rest.p50_ms / by.mcp_2025_06_18.p50_ms)
       }
     }

@@ -33,6 +33,7 @@ describe.skipIf(!has("wrk") || !has("nginx"))("bench --quick", () => {
       for (const row of rows) expect(row.rps, row.name).toBeGreaterThan(0)
       expect(Object.keys(throughput.ratios)).toContain("mcp_vs_bare_proxy")
       expect(everything.ratios.rest_vs_mcp_p50).toBeGreaterThan(0)
+      expect(everything.ratios.rest_one_instance_vs_mcp_p50).toBeGreaterThan(0)
       expect(sessions.sessions).toBe(result.settings.sessions)
       expect(sessions.failure).toBeUndefined()
       expect(sessions.live_heap_kb_per_session).toBeGreaterThan(0)
