@@ -57,6 +57,8 @@ export interface SandboxSettings {
   /** Writable paths: the working directory first, then the `write` list. */
   readonly write: ReadonlyArray<string>
   readonly limits: SandboxLimits
+  /** Files of the gateway's own (its config and registry files) covered where a visible path holds them; set by the gateway. */
+  readonly hide?: ReadonlyArray<string> | undefined
 }
 
 /**
@@ -93,3 +95,11 @@ export const resolveSandbox = (
     }
   }
 }
+
+
+
+/** What `/gateway/registry` shows of a sandbox. */
+export const sandboxView = (sandbox: SandboxSettings | undefined) =>
+  sandbox === undefined
+    ? { preset: "off" as const }
+    : { preset: sandbox.preset, network: sandbox.network, write: sandbox.write, read: sandbox.read, limits: sandbox.limits }

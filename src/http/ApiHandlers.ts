@@ -4,6 +4,8 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import { Effect, Either, Layer, Schema } from "effect"
 import { DEFAULT_REGISTRATION, GatewayConfig, resolvePaths } from "../config/GatewayConfig.js"
+import { sandboxOf } from "../config/sandboxOf.js"
+import { sandboxView } from "../domain/Sandbox.js"
 import { addressesOf, endpointHost, makeEndpointPolicy } from "../domain/EndpointPolicy.js"
 import { formatParseError } from "../domain/formatParseError.js"
 import type { DispatchError } from "../domain/GatewayError.js"
@@ -110,7 +112,10 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           templates: Object.fromEntries(registry.templates().map((t) => [t.name, {
             source: t.source,
             load_balancer: loadBalancerJson(t.settings),
-            instances: Array.from(t.instances.values(), (i) => i.toJSON(timer.now()))
+            instances: Array.from(t.instances.values(), (i) =>
+              i.definition.transport === "stdio"
+                ? { ...i.toJSON(timer.now()), sandbox: sandboxView(sandboxOf(i.definition, t.sandbox, config.gateway.sandbox)) }
+                : i.toJSON(timer.now()))
           }]))
         })))
       .handleRaw("register", ({ request }) =>

@@ -21,8 +21,6 @@ export interface SandboxCommand {
   readonly env: Readonly<Record<string, string>>
   /** The directory of the executable `command` resolves to (a node or a venv outside /usr), bound read-only if present. */
   readonly commandDir?: string | undefined
-  /** Files the server must not see even where a bound directory holds them (the gateway's config and registry). */
-  readonly hide?: ReadonlyArray<string> | undefined
   /** Whether the gateway runs as root: the server then runs as SANDBOX_UID (setpriv), so that its process limit holds. */
   readonly asRoot: boolean
   /** The bubblewrap executable (default "bwrap", found on PATH). */
@@ -54,16 +52,30 @@ export const sandboxedSpawn = (sandbox: SandboxSettings, spec: SandboxCommand): 
   args.push("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try")
   if (sandbox.network === "none") args.push("--unshare-net")
   args.push("--die-with-parent")
-  // Read-only paths after /tmp's tmpfs, so that a path under /tmp shows through.
+  // The command's own directory (a node or a venv outside /usr), if no other bind shows it.
+  const systemDirs: ReadonlyArray<string> = [...SYSTEM_DIRS, ...SYSTEM_DIRS_IF_PRESENT]
   const readable = [...sandbox.read]
-  if (spec.commandDir !== undefined && !readable.some((r) => under(r, spec.commandDir!)) && !SYSTEM_DIRS.some((d) => under(d, spec.commandDir!))) {
-    args.push("--ro-bind-try", spec.commandDir, spec.commandDir)
+  const commandDir = spec.commandDir !== undefined && ![...systemDirs, ...readable, ...sandbox.write].some((d) => under(d, spec.commandDir!))
+    ? spec.commandDir
+    : undefined
+  // The directories that lead to what is bound below, made by bwrap in its own root, 0755: as
+  // root, bwrap makes them 0700, which the unprivileged user the server runs as cannot traverse.
+  // (Never one inside a bound path: that would be made in the real file system.)
+  const targets = [...readable, ...sandbox.write, ...(commandDir === undefined ? [] : [commandDir])]
+  const leading = new Set<string>()
+  for (const target of targets) {
+    for (let dir = path.dirname(target); dir !== "/" && dir !== "/tmp"; dir = path.dirname(dir)) leading.add(dir)
   }
+  for (const dir of [...leading].sort((x, y) => x.length - y.length)) {
+    if (![...systemDirs, ...targets].some((b) => under(b, dir))) args.push("--perms", "0755", "--dir", dir)
+  }
+  // After /tmp's tmpfs, so that a path under /tmp shows through.
+  if (commandDir !== undefined) args.push("--ro-bind-try", commandDir, commandDir)
   for (const p of readable) args.push("--ro-bind", p, p)
   for (const p of sandbox.write) args.push("--bind", p, p)
-  // Visible paths that hold the gateway's own files: covered by an empty file.
+  // Visible paths that hold the gateway's own files: covered by /dev/null (on a nodev mount: it cannot even be opened).
   const visible = [...SYSTEM_DIRS, ...readable, ...sandbox.write]
-  for (const file of spec.hide ?? []) {
+  for (const file of sandbox.hide ?? []) {
     if (visible.some((dir) => under(dir, file))) args.push("--ro-bind-try", "/dev/null", file)
   }
   args.push("--chdir", spec.cwd)
@@ -103,12 +115,6 @@ const prlimitArgs = (sandbox: SandboxSettings): Array<string> => {
   if (l.processes !== undefined) out.push(`--nproc=${l.processes}`)
   return out
 }
-
-/** What `/gateway/registry` shows of a sandbox. */
-export const sandboxView = (sandbox: SandboxSettings | undefined) =>
-  sandbox === undefined
-    ? { preset: "off" as const }
-    : { preset: sandbox.preset, network: sandbox.network, write: sandbox.write, read: sandbox.read, limits: sandbox.limits }
 
 /** The directory of the executable a command names: itself if it has a slash, else its first match on PATH. */
 export const commandDirOf = (command: string, cwd: string, pathVar: string | undefined, exists: (p: string) => boolean): string | undefined => {

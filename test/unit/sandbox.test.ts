@@ -94,13 +94,13 @@ describe("sandboxedSpawn (bwrap's command line)", () => {
       network: "none",
       read: ["/opt/venv"],
       write: ["/srv/app", "/data"],
-      limits: { cpuSeconds: 60, memoryMb: 100 }
+      limits: { cpuSeconds: 60, memoryMb: 100 },
+      hide: ["/srv/app/gateway.json", "/etc/elsewhere/../x", "/var/registry.json"]
     }
     const s = sandboxedSpawn(custom, {
       ...spec,
       env: { HOME: "/data/home" },
       commandDir: "/root/.nvm/bin",
-      hide: ["/srv/app/gateway.json", "/etc/elsewhere/../x", "/var/registry.json"],
       asRoot: false,
       bwrap: "/usr/local/bin/bwrap"
     })
@@ -110,6 +110,12 @@ describe("sandboxedSpawn (bwrap's command line)", () => {
     expect(o).toContain("--bind /data /data")
     expect(o).toContain("--ro-bind-try /root/.nvm/bin /root/.nvm/bin")
     expect(o).toContain("--ro-bind-try /dev/null /srv/app/gateway.json")
+    // The directories leading to bound paths are made traversable (0755), never one inside a bound path.
+    expect(o).toContain("--perms 0755 --dir /opt")
+    expect(o).toContain("--perms 0755 --dir /root/.nvm")
+    expect(o).toContain("--perms 0755 --dir /srv")
+    expect(o).not.toContain("--dir /srv/app")
+    expect(s.args.indexOf("--dir")).toBeLessThan(s.args.indexOf("--bind"))
     expect(o).not.toContain("/var/registry.json")
     expect(s.args).not.toContain("setpriv")
     expect(s.args.slice(s.args.indexOf("--") + 1)).toEqual(["prlimit", `--data=${100 * 1024 * 1024}`, "--cpu=60", "--", "node", "server.js"])

@@ -1,0 +1,177 @@
+import { Effect, Exit, Runtime, Scope } from "effect"
+import * as fs from "node:fs"
+import * as net from "node:net"
+import * as path from "node:path"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { DEFAULT_SANDBOX } from "../../src/config/GatewayConfig.js"
+import { defineInstance } from "../../src/domain/Instance.js"
+import { resolveSandbox, type SandboxInput, type SandboxSettings } from "../../src/domain/Sandbox.js"
+import type { ConnectionLog } from "../../src/transport/Connection.js"
+import { makeStdioConnection } from "../../src/transport/stdio.js"
+import { descendants, repoRoot, runGateway, tempDir, writeJson } from "../support/processes.js"
+
+const fixtures = path.join(repoRoot, "test/fixtures")
+const hostile = path.join(fixtures, "hostile-server.mjs")
+
+/**
+ * A real server (test/fixtures/hostile-server.mjs) in a real bubblewrap sandbox, through the
+ * stdio transport the gateway uses; the same server unsandboxed proves each attempt can succeed.
+ */
+describe("sandboxed stdio servers (bubblewrap)", () => {
+  // The server's working directory (writable by nobody, whom it runs as under a root gateway),
+  // a "home" with a secret beside it, a config file of the gateway's in the working directory,
+  // a directory outside every writable path, and a TCP port on loopback.
+  let work: string
+  let home: string
+  let outside: string
+  let configFile: string
+  let listener: net.Server
+  let port: number
+
+  beforeAll(async () => {
+    work = tempDir("gw-sandbox-work-")
+    home = tempDir("gw-sandbox-home-")
+    outside = tempDir("gw-sandbox-outside-")
+    // Readable and writable by anyone: what stops the server must be the sandbox, not permissions.
+    for (const dir of [work, home, outside]) fs.chmodSync(dir, 0o777)
+    fs.writeFileSync(path.join(home, "secret.txt"), "the secret", { mode: 0o644 })
+    configFile = path.join(work, "gateway.json")
+    fs.writeFileSync(configFile, JSON.stringify({ gateway: { session_keys: ["a key"] } }), { mode: 0o644 })
+    listener = net.createServer((socket) => socket.destroy())
+    await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", resolve))
+    port = (listener.address() as net.AddressInfo).port
+  })
+
+  afterAll(async () => {
+    await new Promise((resolve) => listener.close(resolve))
+    for (const dir of [work, home, outside]) fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  const quiet: ConnectionLog = { debug: () => {}, info: () => {}, warn: () => {} }
+
+  /** Runs `use` with a connection to the hostile server (in `sandbox`, or none), stopped afterwards; no process left. */
+  const withServer = async <A>(
+    sandbox: SandboxSettings | undefined,
+    use: (call: (name: string, args?: Record<string, unknown>) => Promise<any>) => Promise<A>,
+    options: { env?: Record<string, string>; log?: ConnectionLog } = {}
+  ) => {
+    const before = descendants(process.pid)
+    const instance = defineInstance("t", "h", { transport: "stdio", command: ["node", hostile], working_dir: work, env: options.env }, "config") as any
+    const scope = Effect.runSync(Scope.make())
+    const connection = makeStdioConnection(instance, { log: options.log ?? quiet, scope, runtime: Runtime.defaultRuntime, sandbox: () => sandbox })
+    const call = async (name: string, args: Record<string, unknown> = {}) => {
+      const answer = await Effect.runPromise(Effect.either(connection.request("tools/call", { name, arguments: args })))
+      // (The transport's own error as it is, not wrapped.)
+      if (answer._tag === "Left") throw answer.left
+      return JSON.parse((answer.right as any).result.content[0].text)
+    }
+    try {
+      return await use(call)
+    } finally {
+      await Effect.runPromise(connection.close)
+      await Effect.runPromise(Scope.close(scope, Exit.void))
+      expect(descendants(process.pid).filter((p) => !before.includes(p))).toEqual([])
+    }
+  }
+
+  const settings = (input: SandboxInput): SandboxSettings => ({
+    ...resolveSandbox(input, work, DEFAULT_SANDBOX.presetLimits)!,
+    hide: [configFile]
+  })
+  // strict, and the fixture's own directory readable (the server's code lies outside its working directory).
+  const strict = () => settings({ preset: "strict", read: [fixtures] })
+
+  /** Every attempt of the hostile server, with what each outcome must be. */
+  const attempts = (call: (name: string, args?: Record<string, unknown>) => Promise<any>) => ({
+    secret: () => call("read_file", { path: path.join(home, "secret.txt") }),
+    config: () => call("read_file", { path: configFile }),
+    writeOutside: () => call("write_file", { path: path.join(outside, "written.txt") }),
+    writeInside: () => call("write_file", { path: path.join(work, "written.txt") }),
+    connect: () => call("connect", { port }),
+    processes: () => call("list_processes"),
+    spawnMany: () => call("spawn_many", { count: 600 })
+  })
+
+  it("unsandboxed, the server does each of those things (the fixture works)", async () => {
+    await withServer(undefined, async (call) => {
+      const a = attempts(call)
+      expect(await a.secret()).toEqual({ ok: true, text: "the secret" })
+      expect((await a.config()).ok).toBe(true)
+      expect(await a.writeOutside()).toEqual({ ok: true })
+      expect(await a.connect()).toEqual({ ok: true })
+      const processes = await a.processes()
+      expect(processes.pids).toContain(process.pid)
+      expect(await a.spawnMany()).toEqual({ ok: true, started: 600 })
+    })
+    expect(fs.existsSync(path.join(outside, "written.txt"))).toBe(true)
+    fs.rmSync(path.join(outside, "written.txt"))
+  }, 120_000)
+
+  it("strict: each attempt fails, the tool says why, and the server keeps serving", async () => {
+    await withServer(strict(), async (call) => {
+      const a = attempts(call)
+      const secret = await a.secret()
+      expect(secret).toMatchObject({ ok: false })
+      expect(secret.error).toContain("ENOENT")
+      // The config file lies in its working directory: covered (a device node on a nodev mount: unreadable).
+      const config = await a.config()
+      expect(config.ok).toBe(false)
+      expect(config.error).toMatch(/EACCES|ENOENT/)
+      expect((await a.writeOutside()).ok).toBe(false)
+      expect(await a.writeInside()).toEqual({ ok: true })
+      const connect = await a.connect()
+      expect(connect.ok).toBe(false)
+      expect(connect.error).toMatch(/ECONNREFUSED|ENETUNREACH/)
+      const processes = await a.processes()
+      expect(processes.pids).not.toContain(process.pid)
+      expect(processes.pids.length).toBeLessThan(5)
+      const spawned = await a.spawnMany()
+      expect(spawned.ok).toBe(false)
+      expect(spawned.error).toMatch(/EAGAIN/)
+      // Still serving after every refusal.
+      expect((await a.writeInside()).ok).toBe(true)
+    })
+    expect(fs.existsSync(path.join(outside, "written.txt"))).toBe(false)
+    expect(fs.readFileSync(configFile, "utf8")).toContain("session_keys")
+    expect(fs.readFileSync(path.join(work, "written.txt"), "utf8")).toBe("written by the server")
+  }, 120_000)
+
+  it("the network preset reaches the loopback port; a memory limit stops a large allocation", async () => {
+    await withServer(settings({ preset: "network", read: [fixtures], limits: { memory_mb: 256 } }), async (call) => {
+      expect(await call("connect", { port })).toEqual({ ok: true })
+      const allocated = await call("allocate", { mb: 512 })
+      expect(allocated.ok).toBe(false)
+      expect(await call("allocate", { mb: 64 })).toEqual({ ok: true, allocated: 64 })
+    })
+    await withServer(undefined, async (call) => {
+      expect(await call("allocate", { mb: 512 })).toEqual({ ok: true, allocated: 512 })
+    })
+  }, 60_000)
+
+  it("without bwrap on PATH the server does not start (never unsandboxed), and says so once", async () => {
+    const warnings: Array<string> = []
+    const log: ConnectionLog = { ...quiet, warn: (m) => warnings.push(m) }
+    await withServer(strict(), async (call) => {
+      for (let i = 0; i < 2; i++) {
+        const failed = await call("list_processes").then(() => undefined, (e) => e)
+        expect(failed).toMatchObject({ _tag: "TransportError", reachedBackend: false })
+        expect(failed.message).toContain("bubblewrap")
+      }
+    }, { env: { PATH: "/nonexistent" }, log })
+    expect(warnings.filter((w) => w.includes("apt-get install bubblewrap"))).toHaveLength(1)
+  }, 60_000)
+
+  it("config validate: exit 2 and one line when a sandboxed instance cannot get its sandbox", async () => {
+    const dir = tempDir("gw-sandbox-validate-")
+    const file = path.join(dir, "gateway.json")
+    writeJson(file, { templates: { t: { sandbox: "strict", instances: [{ id: "a", transport: "stdio", command: "node s.js" }] } } })
+    const missing = await runGateway(["config", "validate", file], { PATH: "/nonexistent" })
+    expect(missing.code).toBe(2)
+    expect(missing.stderr.trim().split("\n")).toEqual([
+      expect.stringMatching(/templates\.t\.instances\.a: the sandbox cannot be set up: bwrap \(bubblewrap\) is not on PATH; install bubblewrap \(apt-get install bubblewrap/)
+    ])
+    const present = await runGateway(["config", "validate", file])
+    expect(present.code).toBe(0)
+    fs.rmSync(dir, { recursive: true, force: true })
+  }, 60_000)
+})
