@@ -8,7 +8,7 @@ import { defineInstance } from "../../src/domain/Instance.js"
 import { resolveSandbox, type SandboxInput, type SandboxSettings } from "../../src/domain/Sandbox.js"
 import type { ConnectionLog } from "../../src/transport/Connection.js"
 import { makeStdioConnection } from "../../src/transport/stdio.js"
-import { descendants, repoRoot, runGateway, tempDir, writeJson } from "../support/processes.js"
+import { api, descendants, everythingServer, filesystemServer, repoRoot, runGateway, startGateway, tempDir, waitUntil, writeJson } from "../support/processes.js"
 
 const fixtures = path.join(repoRoot, "test/fixtures")
 const hostile = path.join(fixtures, "hostile-server.mjs")
@@ -159,6 +159,75 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
       }
     }, { env: { PATH: "/nonexistent" }, log })
     expect(warnings.filter((w) => w.includes("apt-get install bubblewrap"))).toHaveLength(1)
+  }, 60_000)
+
+  it("through the gateway: server-everything and server-filesystem under strict serve, the registry shows each sandbox, other templates are unaffected", async () => {
+    // The reference servers' code (node_modules may be a link, absent inside: its real directory, and the servers named by it).
+    const modules = fs.realpathSync(path.join(repoRoot, "node_modules"))
+    const files = tempDir("gw-sandbox-files-")
+    fs.chmodSync(files, 0o777)
+    const dir = tempDir("gw-sandbox-gateway-")
+    const file = path.join(dir, "gateway.json")
+    writeJson(file, {
+      gateway: { sandbox: { read: [modules] } },
+      templates: {
+        everything: { instances: [{ id: "e", transport: "stdio", command: ["node", fs.realpathSync(everythingServer), "stdio"], working_dir: work }] },
+        filesystem: {
+          sandbox: { read: [modules], write: [files] },
+          instances: [{ id: "f", transport: "stdio", command: ["node", fs.realpathSync(filesystemServer), files], working_dir: work }]
+        },
+        hostile: { instances: [{ id: "h", transport: "stdio", command: ["node", hostile], working_dir: work, sandbox: { read: [fixtures] } }] },
+        plain: { instances: [{ id: "p", transport: "stdio", command: ["node", hostile], working_dir: work, sandbox: "off" }] }
+      }
+    })
+    const gateway = await startGateway({ configFile: file })
+    try {
+      const base = gateway.url
+      const echo = await api(`${base}/mcp/everything/tools/call`, { json: { name: "echo", arguments: { message: "hi" } } })
+      expect(echo.body.content[0].text).toBe("Echo: hi")
+      const written = await api(`${base}/mcp/filesystem/tools/call`, { json: { name: "write_file", arguments: { path: path.join(files, "a.txt"), content: "A" } } })
+      expect(written.body.isError ?? false).toBe(false)
+      expect(fs.readFileSync(path.join(files, "a.txt"), "utf8")).toBe("A")
+      const refused = await api(`${base}/mcp/filesystem/tools/call`, { json: { name: "write_file", arguments: { path: path.join(outside, "b.txt"), content: "B" } } })
+      expect(refused.body.isError).toBe(true)
+      expect(fs.existsSync(path.join(outside, "b.txt"))).toBe(false)
+      // The hostile server is refused; the same one unsandboxed, beside it, is not.
+      const secret = (t: string) => api(`${base}/mcp/${t}/tools/call`, { json: { name: "read_file", arguments: { path: path.join(home, "secret.txt") } } })
+      expect(JSON.parse((await secret("hostile")).body.content[0].text).ok).toBe(false)
+      expect(JSON.parse((await secret("plain")).body.content[0].text)).toEqual({ ok: true, text: "the secret" })
+      const registry = (await api(`${base}/gateway/registry`)).body
+      expect(registry.templates.everything.instances[0].sandbox).toMatchObject({ preset: "custom", network: "none", write: [work], read: [modules] })
+      expect(registry.templates.filesystem.instances[0].sandbox).toMatchObject({ preset: "custom", network: "none", write: [work, files] })
+      expect(registry.templates.plain.instances[0].sandbox).toEqual({ preset: "off" })
+    } finally {
+      expect(await gateway.stop()).toBe(0)
+      fs.rmSync(dir, { recursive: true, force: true })
+      fs.rmSync(files, { recursive: true, force: true })
+    }
+  }, 120_000)
+
+  it("through the gateway, without bwrap on PATH: the instance does not start, one line says why, the others serve", async () => {
+    const dir = tempDir("gw-sandbox-missing-")
+    const file = path.join(dir, "gateway.json")
+    writeJson(file, {
+      templates: {
+        hostile: { sandbox: "strict", instances: [{ id: "h", transport: "stdio", command: [process.execPath, hostile], working_dir: work }] },
+        plain: { instances: [{ id: "p", transport: "stdio", command: [process.execPath, hostile], working_dir: work }] }
+      }
+    })
+    const gateway = await startGateway({ configFile: file, env: { PATH: "/nonexistent" } })
+    try {
+      const base = gateway.url
+      const refused = await api(`${base}/mcp/hostile/tools/call`, { json: { name: "list_processes" } })
+      expect(refused.status).toBeGreaterThanOrEqual(500)
+      const plain = await api(`${base}/mcp/plain/tools/call`, { json: { name: "list_processes" } })
+      expect(JSON.parse(plain.body.content[0].text).ok).toBe(true)
+      await waitUntil(() => gateway.stderr().includes("apt-get install bubblewrap"), 10_000, "the line saying what to install")
+      expect(gateway.stderr().split("\n").filter((l) => l.includes("apt-get install bubblewrap") && l.includes("never runs unsandboxed"))).toHaveLength(1)
+    } finally {
+      expect(await gateway.stop()).toBe(0)
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
   }, 60_000)
 
   it("config validate: exit 2 and one line when a sandboxed instance cannot get its sandbox", async () => {
