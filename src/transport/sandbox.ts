@@ -51,6 +51,8 @@ export const sandboxedSpawn = (sandbox: SandboxSettings, spec: SandboxCommand): 
   args.push("--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp")
   args.push("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try")
   if (sandbox.network === "none") args.push("--unshare-net")
+  // With the network, DNS: /etc/resolv.conf often links to systemd-resolved's file under /run.
+  else args.push("--ro-bind-try", "/run/systemd/resolve", "/run/systemd/resolve")
   args.push("--die-with-parent")
   // The command's own directory (a node or a venv outside /usr), if no other bind shows it.
   const systemDirs: ReadonlyArray<string> = [...SYSTEM_DIRS, ...SYSTEM_DIRS_IF_PRESENT]

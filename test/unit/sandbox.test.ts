@@ -85,6 +85,7 @@ describe("sandboxedSpawn (bwrap's command line)", () => {
   it("network: the same with the host's network", () => {
     const s = sandboxedSpawn(network, spec)
     expect(s.args).not.toContain("--unshare-net")
+    expect(options(s.args)).toContain("--ro-bind-try /run/systemd/resolve /run/systemd/resolve")
     expect(s.args).toContain("--unshare-pid")
   })
 
