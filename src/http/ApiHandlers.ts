@@ -188,6 +188,15 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
                   `not ${refused.map((n) => JSON.stringify(n)).join(", ")} (in inherit_env)`
               )
             }
+            // Nor where it runs: only a preset (no "off" under the gateway's sandbox, no paths of its choosing to read or write).
+            if (instance.sandbox !== undefined && instance.sandbox !== "strict" && instance.sandbox !== "network") {
+              return yield* fail(
+                403,
+                "forbidden",
+                `a registration may set "sandbox" only to "strict" or "network" (the gateway's or the template's applies otherwise); ` +
+                  `paths to read or write, and "off", are the config file's to give`
+              )
+            }
           }
           for (const plugin of [load_balancer?.strategy, load_balancer?.health_probe]) {
             if (plugin !== undefined && isModulePath(plugin)) {

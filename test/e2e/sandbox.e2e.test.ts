@@ -169,7 +169,7 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
     const dir = tempDir("gw-sandbox-gateway-")
     const file = path.join(dir, "gateway.json")
     writeJson(file, {
-      gateway: { sandbox: { read: [modules] } },
+      gateway: { sandbox: { read: [modules] }, allow_stdio_registration: true },
       templates: {
         everything: { instances: [{ id: "e", transport: "stdio", command: ["node", fs.realpathSync(everythingServer), "stdio"], working_dir: work }] },
         filesystem: {
@@ -199,6 +199,17 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
       expect(registry.templates.everything.instances[0].sandbox).toMatchObject({ preset: "custom", network: "none", write: [work], read: [modules] })
       expect(registry.templates.filesystem.instances[0].sandbox).toMatchObject({ preset: "custom", network: "none", write: [work, files] })
       expect(registry.templates.plain.instances[0].sandbox).toEqual({ preset: "off" })
+      // A registration may choose a preset, never "off" or paths of its own.
+      const register = (sandbox: unknown) =>
+        api(`${base}/gateway/register`, { json: { template_name: "registered", instance: { transport: "stdio", command: ["node", hostile], sandbox } } })
+      for (const sandbox of ["off", { read: ["/root"] }]) {
+        const refused = await register(sandbox)
+        expect(refused.status).toBe(403)
+        expect(refused.body.error.message).toContain(`"sandbox" only to "strict" or "network"`)
+      }
+      expect((await register("strict")).status).toBeLessThan(300)
+      const after = (await api(`${base}/gateway/registry`)).body
+      expect(after.templates.registered.instances[0].sandbox).toMatchObject({ preset: "strict", network: "none" })
     } finally {
       expect(await gateway.stop()).toBe(0)
       fs.rmSync(dir, { recursive: true, force: true })
