@@ -128,6 +128,9 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
       const spawned = await a.spawnMany()
       expect(spawned.ok).toBe(false)
       expect(spawned.error).toMatch(/EAGAIN/)
+      // 4 GiB, past the preset's 2048 MiB of private memory: refused, not killed.
+      const allocated = await call("allocate", { mb: 4096 })
+      expect(allocated.ok).toBe(false)
       // Still serving after every refusal.
       expect((await a.writeInside()).ok).toBe(true)
     })
