@@ -244,6 +244,38 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
     }
   }, 60_000)
 
+  it("through the gateway: a server killed by its CPU-time limit is restarted and serves again", async () => {
+    const dir = tempDir("gw-sandbox-cpu-")
+    const file = path.join(dir, "gateway.json")
+    writeJson(file, {
+      templates: {
+        hostile: {
+          sandbox: { read: [fixtures], limits: { cpu_seconds: 1 } },
+          instances: [{ id: "h", transport: "stdio", command: ["node", hostile], working_dir: work }]
+        }
+      }
+    })
+    const gateway = await startGateway({ configFile: file })
+    try {
+      const base = gateway.url
+      const call = (name: string, args: Record<string, unknown> = {}) => api(`${base}/mcp/hostile/tools/call`, { json: { name, arguments: args } })
+      const burnt = await call("burn", { seconds: 5 })
+      expect(burnt.status).toBeGreaterThanOrEqual(500)
+      const processOf = async () => (await api(`${base}/gateway/registry`)).body.templates.hostile.instances[0].process
+      await waitUntil(async () => {
+        const p = await processOf()
+        return p?.restarts >= 1 && p?.state === "running"
+      }, 30_000, "the restart after the CPU limit")
+      // (bwrap exits 128 + the signal that killed the server: 137 for the kernel's SIGKILL past the hard limit.)
+      expect((await processOf()).last_exit).toMatch(/code 137|SIGKILL|SIGXCPU/)
+      const after = await call("list_processes")
+      expect(JSON.parse(after.body.content[0].text).ok).toBe(true)
+    } finally {
+      expect(await gateway.stop()).toBe(0)
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  }, 90_000)
+
   it("config validate: exit 2 and one line when a sandboxed instance cannot get its sandbox", async () => {
     const dir = tempDir("gw-sandbox-validate-")
     const file = path.join(dir, "gateway.json")
