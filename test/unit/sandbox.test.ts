@@ -133,10 +133,15 @@ describe("sandboxedSpawn (bwrap's command line)", () => {
 })
 
 describe("sandbox in the config", () => {
-  const load = (content: unknown) => {
-    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "gw-sandbox-")), "gateway.json")
+  const load = async (content: unknown) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gw-sandbox-"))
+    const file = path.join(dir, "gateway.json")
     fs.writeFileSync(file, JSON.stringify(content))
-    return Effect.runPromiseExit(loadGatewayConfig({ configFile: file }).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map()))))
+    try {
+      return await Effect.runPromiseExit(loadGatewayConfig({ configFile: file }).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map()))))
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
   }
 
   it("is read at each level (gateway default: off)", async () => {
