@@ -3,6 +3,7 @@
 #   redis-server  the scale-out suites start their own on a free port
 #   chromium      the status-page test drives it
 #   wrk, nginx    the benchmark harness's quick run (test/e2e/bench.e2e.test.ts)
+#   bubblewrap    the sandbox of stdio servers (test/e2e/sandbox.e2e.test.ts), with util-linux's prlimit and setpriv
 # Run by `npm test` (its pretest script) and by .ci/run. Says what it installs, and why it cannot.
 set -uo pipefail
 
@@ -14,6 +15,8 @@ have redis-server || missing+=(redis-server)
 have chromium || missing+=(chromium)
 have wrk || missing+=(wrk)
 have nginx || missing+=(nginx-light)
+have bwrap || missing+=(bubblewrap)
+{ have prlimit && have setpriv; } || missing+=(util-linux)
 
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0

@@ -1,7 +1,10 @@
 import { Args, Command } from "@effect/cli"
 import { Console, Effect, Layer } from "effect"
 import { DEFAULT_AGGREGATION, GatewayConfig, loadGatewayConfig } from "../config/GatewayConfig.js"
+import { sandboxOf } from "../config/sandboxOf.js"
 import { Discovery } from "../discovery/Discovery.js"
+import { childEnvironment } from "../transport/childEnvironment.js"
+import { sandboxUnavailable } from "../transport/sandboxProbe.js"
 import { HealthProbes } from "../health/HealthProbes.js"
 import { FleetRedis } from "../fleet/FleetRedis.js"
 import { GatewayMetrics } from "../observability/GatewayMetrics.js"
@@ -52,6 +55,15 @@ const validate = Command.make(
         Effect.catchTag("PluginError", (e) => new CommandFailed({ message: e.message, exitCode: 2 })),
         Effect.catchTag("RegistryStorageError", (e) => new CommandFailed({ message: e.message, exitCode: 2 }))
       )
+      // A sandbox that cannot be set up here stops its instance from starting: said now, as start would.
+      const unsandboxable = config.templates.flatMap((t) =>
+        t.instances.flatMap((i) => {
+          if (i.transport !== "stdio" || sandboxOf(i, t.sandbox, config.gateway.sandbox) === undefined) return []
+          const why = sandboxUnavailable(childEnvironment(i.env, []).PATH)
+          return why === undefined ? [] : [`templates.${t.name}.instances.${i.id}: ${why}`]
+        })
+      )
+      if (unsandboxable.length > 0) return yield* new CommandFailed({ message: unsandboxable.join("\n"), exitCode: 2 })
       const instances = config.templates.reduce((n, t) => n + t.instances.length, 0)
       const providers = config.discovery?.providers.length ?? 0
       yield* Console.log(

@@ -17,7 +17,9 @@ const rowsOf = (registry: any, stats: any) =>
         strategy: t.load_balancer?.strategy ?? "",
         id: i.id as string,
         transport: i.transport as string,
-        target: i.transport === "stdio" ? [i.command].flat().join(" ") : i.endpoint as string,
+        target: i.transport === "stdio"
+          ? [i.command].flat().join(" ") + (i.sandbox === undefined || i.sandbox.preset === "off" ? "" : ` (sandbox: ${i.sandbox.preset}, network ${i.sandbox.network})`)
+          : i.endpoint as string,
         // Saturated: a new session found every process slot busy lately (answered 503).
         status: i.draining ? "draining" : i.saturated === true ? `${i.status}, saturated` : i.status as string,
         saturated: i.saturated === true,

@@ -12,6 +12,7 @@ import {
   resolveLoadBalancer,
   seconds
 } from "../domain/LoadBalancer.js"
+import { type SandboxLimits, SandboxInput } from "../domain/Sandbox.js"
 import { resolveSecret, SecretInput, secretProblems } from "../domain/Secret.js"
 import { CacheInput, type ExposureInput, ExposureFields } from "../domain/Exposure.js"
 import { AuthInput, type AuthSettings, resolveAuth } from "./AuthConfig.js"
@@ -48,6 +49,18 @@ export const DEFAULT_REGISTRATION: RegistrationSettings = {
   maxPerTemplate: 100,
   maxTotal: 1_000,
   maxMetadataBytes: 16 * 1024
+}
+
+/**
+ * The sandbox of stdio servers (domain/Sandbox.ts, transport/sandbox.ts): none unless the config
+ * asks (an instance's, a template's or `gateway.sandbox`, the most specific wins); the limits
+ * the presets set, which the object form's `limits` replace one by one. Memory is private
+ * writable memory (RLIMIT_DATA, which V8's reserved address space does not count, unlike
+ * RLIMIT_AS); no CPU-time limit by default (a long-lived server accumulates CPU time).
+ */
+export const DEFAULT_SANDBOX: { readonly setting: SandboxInput; readonly presetLimits: SandboxLimits } = {
+  setting: "off",
+  presetLimits: { memoryMb: 2048, cpuSeconds: undefined, openFiles: 1024, processes: 512 }
 }
 
 /** Failed authentications per client address (credential floods): see http/auth/AuthFailures.ts. */
@@ -152,6 +165,8 @@ const TemplateInput = Schema.Struct({
   forward_headers: Schema.optional(Schema.Array(Schema.String)),
   /** Variables of the gateway's environment its stdio servers may see (overrides gateway.inherit_env; an instance's own overrides this). */
   inherit_env: Schema.optional(InheritEnv),
+  /** Where its stdio servers run (overrides gateway.sandbox; an instance's own overrides this). */
+  sandbox: Schema.optional(SandboxInput),
   /** What the template shows: allow/deny lists, transforms (see domain/Exposure.ts). */
   ...ExposureFields,
   cache: Schema.optional(CacheInput),
@@ -218,6 +233,8 @@ export const ConfigFile = Schema.Struct({
     max_metadata_bytes: Schema.optional(PositiveInt(2)),
     /** Variables of the gateway's environment every stdio server may see besides the default list (none by default). */
     inherit_env: Schema.optional(InheritEnv),
+    /** Where every stdio server runs unless its template or itself says otherwise: "strict", "network", "off" (default) or an object (docs/configuration.md). */
+    sandbox: Schema.optional(SandboxInput),
     max_header_bytes: Schema.optional(PositiveInt(1024)),
     max_json_depth: Schema.optional(PositiveInt(2)),
     max_sessions: Schema.optional(PositiveInt(1)),
@@ -300,6 +317,8 @@ export interface TemplateConfig {
   readonly rateLimit: RateLimit | undefined
   /** What its stdio servers may see of the gateway's environment (undefined: the gateway's inherit_env). */
   readonly inheritEnv?: ReadonlyArray<string> | undefined
+  /** Where its stdio servers run (undefined: the gateway's sandbox). */
+  readonly sandbox?: SandboxInput | undefined
   /** Filters, transforms, cache and prefix, as given (undefined: none of them). */
   readonly exposure: ExposureInput | undefined
 }
@@ -325,6 +344,8 @@ export interface GatewaySettings {
   readonly registrationEnv: ReadonlyArray<string>
   /** Variables of the gateway's environment every stdio server sees besides the default list (transport/childEnvironment.ts). */
   readonly inheritEnv?: ReadonlyArray<string> | undefined
+  /** Where every stdio server runs unless its template or itself says otherwise (undefined: DEFAULT_SANDBOX). */
+  readonly sandbox?: SandboxInput | undefined
   /** Bounds of registrations through the API (undefined: DEFAULT_REGISTRATION). */
   readonly registration?: RegistrationSettings | undefined
   readonly maxBodyBytes: number
@@ -593,6 +614,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         forwardHeaders,
         rateLimit: rateLimitOf(template.rate_limit),
         inheritEnv: template.inherit_env,
+        sandbox: template.sandbox,
         exposure: exposureOf(template)
       })
     }
@@ -651,6 +673,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         allowedHosts: file.gateway?.allowed_hosts ?? [],
         registrationEnv: file.gateway?.registration_env ?? [],
         inheritEnv: file.gateway?.inherit_env ?? [],
+        sandbox: file.gateway?.sandbox ?? DEFAULT_SANDBOX.setting,
         registration: {
           allow: file.gateway?.registration_allow ?? DEFAULT_REGISTRATION.allow,
           deny: file.gateway?.registration_deny ?? DEFAULT_REGISTRATION.deny,

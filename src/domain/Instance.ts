@@ -1,4 +1,5 @@
 import { ParseResult, Schema } from "effect"
+import { SandboxInput } from "./Sandbox.js"
 import { canonicalJson } from "./canonicalJson.js"
 import { gatewayHeaderNames, isGatewayHeader } from "./gatewayHeaders.js"
 import { SecretInput } from "./Secret.js"
@@ -115,6 +116,8 @@ export const StdioInstanceSpec = Schema.Struct({
   env: Schema.optional(StringMap),
   /** Variables of the gateway's environment it may see (default: its template's inherit_env, else the gateway's). */
   inherit_env: Schema.optional(InheritEnv),
+  /** Where its process runs (domain/Sandbox.ts; default: its template's sandbox, else the gateway's). */
+  sandbox: Schema.optional(SandboxInput),
   weight: Schema.optional(Weight),
   metadata: Schema.optional(Metadata)
 })

@@ -4,6 +4,8 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import { Effect, Either, Layer, Schema } from "effect"
 import { DEFAULT_REGISTRATION, GatewayConfig, resolvePaths } from "../config/GatewayConfig.js"
+import { sandboxOf } from "../config/sandboxOf.js"
+import { sandboxView } from "../domain/Sandbox.js"
 import { addressesOf, endpointHost, makeEndpointPolicy } from "../domain/EndpointPolicy.js"
 import { formatParseError } from "../domain/formatParseError.js"
 import type { DispatchError } from "../domain/GatewayError.js"
@@ -110,7 +112,10 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           templates: Object.fromEntries(registry.templates().map((t) => [t.name, {
             source: t.source,
             load_balancer: loadBalancerJson(t.settings),
-            instances: Array.from(t.instances.values(), (i) => i.toJSON(timer.now()))
+            instances: Array.from(t.instances.values(), (i) =>
+              i.definition.transport === "stdio"
+                ? { ...i.toJSON(timer.now()), sandbox: sandboxView(sandboxOf(i.definition, t.sandbox, config.gateway.sandbox)) }
+                : i.toJSON(timer.now()))
           }]))
         })))
       .handleRaw("register", ({ request }) =>
@@ -181,6 +186,15 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
                 "forbidden",
                 `a registration may name only the environment variables listed in gateway.registration_env; ` +
                   `not ${refused.map((n) => JSON.stringify(n)).join(", ")} (in inherit_env)`
+              )
+            }
+            // Nor where it runs: only a preset (no "off" under the gateway's sandbox, no paths of its choosing to read or write).
+            if (instance.sandbox !== undefined && instance.sandbox !== "strict" && instance.sandbox !== "network") {
+              return yield* fail(
+                403,
+                "forbidden",
+                `a registration may set "sandbox" only to "strict" or "network" (the gateway's or the template's applies otherwise); ` +
+                  `paths to read or write, and "off", are the config file's to give`
               )
             }
           }

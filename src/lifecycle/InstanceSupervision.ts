@@ -1,5 +1,7 @@
 import { Effect, Layer, Runtime } from "effect"
+import * as path from "node:path"
 import { GatewayConfig } from "../config/GatewayConfig.js"
+import { sandboxOf } from "../config/sandboxOf.js"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
 import { Registry } from "../registry/Registry.js"
@@ -39,6 +41,13 @@ export const InstanceSupervision: Layer.Layer<ConnectionPolicy, never, Registry 
           registry.template(instance.template)?.inheritEnv ??
           config.gateway.inheritEnv ??
           [],
+      // The most specific setting wins whole; the gateway's own files are hidden from it.
+      sandbox: (instance) => {
+        const sandbox = sandboxOf(instance, registry.template(instance.template)?.sandbox, config.gateway.sandbox)
+        if (sandbox === undefined) return undefined
+        const hide = [config.loadedFrom?.configFile, config.gateway.registryFile].filter((f): f is string => f !== undefined).map((f) => path.resolve(f))
+        return { ...sandbox, hide }
+      },
       processes: (instance) => {
         const settings = registry.template(instance.template)?.settings ?? DEFAULT_LOAD_BALANCER
         return { max: settings.max_sessions_per_instance, idle: settings.session_process_idle_timeout, warm: settings.warm_processes }

@@ -30,6 +30,7 @@ import { fileStore, memoryStore, type RegistryStoreShape, type StoredChange } fr
 import { FleetRedis } from "../fleet/FleetRedis.js"
 import { redisRegistryStore } from "./RedisRegistryStore.js"
 import type { ExposureInput } from "../domain/Exposure.js"
+import type { SandboxInput } from "../domain/Sandbox.js"
 
 /**
  * A template as the request path reads it. Its settings may change while the gateway runs (a
@@ -51,6 +52,8 @@ export interface TemplateState {
   readonly exposure: ExposureInput | undefined
   /** What its stdio servers may see of the gateway's environment (config templates only; undefined: the gateway's inherit_env). */
   readonly inheritEnv?: ReadonlyArray<string> | undefined
+  /** Where its stdio servers run (config templates only; undefined: the gateway's sandbox). */
+  readonly sandbox?: SandboxInput | undefined
   readonly instances: Map<string, InstanceState>
 }
 
@@ -186,6 +189,7 @@ export const makeRegistry = (options: {
         rateLimit: t.rateLimit,
         exposure: t.exposure,
         inheritEnv: t.inheritEnv,
+        sandbox: t.sandbox,
         instances: new Map(t.instances.map((i) => [i.id, newInstance(i)]))
       })
     }
@@ -370,7 +374,7 @@ export const makeRegistry = (options: {
     /** New settings for a template; the old object is kept when nothing changed, so its strategy keeps its state. */
     const updateTemplate = (
       template: MutableTemplate,
-      next: Pick<TemplateState, "settings" | "loadBalancerInput" | "forwardHeaders" | "rateLimit" | "exposure" | "inheritEnv">
+      next: Pick<TemplateState, "settings" | "loadBalancerInput" | "forwardHeaders" | "rateLimit" | "exposure" | "inheritEnv" | "sandbox">
     ): boolean => {
       const settingsChanged = JSON.stringify(loadBalancerJson(template.settings)) !== JSON.stringify(loadBalancerJson(next.settings))
       // (Kept as the same object when equal: its compiled filters and transforms are reused.)
@@ -379,9 +383,11 @@ export const makeRegistry = (options: {
       const changed = settingsChanged || exposureChanged ||
         JSON.stringify(template.rateLimit ?? null) !== JSON.stringify(next.rateLimit ?? null) ||
         template.forwardHeaders.join(",") !== next.forwardHeaders.join(",") ||
-        (template.inheritEnv ?? []).join(",") !== (next.inheritEnv ?? []).join(",")
-      // (Read when a process starts: one running now keeps the environment it started with.)
+        (template.inheritEnv ?? []).join(",") !== (next.inheritEnv ?? []).join(",") ||
+        JSON.stringify(template.sandbox ?? null) !== JSON.stringify(next.sandbox ?? null)
+      // (Read when a process starts: one running now keeps the environment and sandbox it started with.)
       template.inheritEnv = next.inheritEnv
+      template.sandbox = next.sandbox
       if (settingsChanged) template.settings = next.settings
       template.loadBalancerInput = next.loadBalancerInput
       if (JSON.stringify(template.rateLimit ?? null) !== JSON.stringify(next.rateLimit ?? null)) template.rateLimit = next.rateLimit
@@ -447,7 +453,7 @@ export const makeRegistry = (options: {
         const diff = new DiffBuilder()
         const events: Array<RegistryChange> = []
         for (const t of desired) {
-          const next = { settings: t.loadBalancer, loadBalancerInput: t.loadBalancerInput, forwardHeaders: t.forwardHeaders, rateLimit: t.rateLimit, exposure: t.exposure, inheritEnv: t.inheritEnv }
+          const next = { settings: t.loadBalancer, loadBalancerInput: t.loadBalancerInput, forwardHeaders: t.forwardHeaders, rateLimit: t.rateLimit, exposure: t.exposure, inheritEnv: t.inheritEnv, sandbox: t.sandbox }
           let template = templates.get(t.name)
           if (template === undefined) {
             template = { name: t.name, ...next, source: "config", instances: new Map() }

@@ -1,5 +1,6 @@
 import type { Effect, Exit, Runtime, Scope } from "effect"
 import type { JsonRpcNotification, JsonRpcRequest, JsonRpcResponse } from "../domain/JsonRpc.js"
+import type { SandboxSettings } from "../domain/Sandbox.js"
 import type { Http1Pools } from "./Http1Pools.js"
 import type { ChannelStatus, SupervisionPolicy } from "./Supervision.js"
 import type { RequestTimeout, TransportError } from "./TransportError.js"
@@ -170,6 +171,8 @@ export interface ConnectionEnv {
    * (childEnvironment.ts), asked each time one starts; absent: nothing more.
    */
   readonly inheritEnv?: (() => ReadonlyArray<string>) | undefined
+  /** stdio: the sandbox a process starts in (transport/sandbox.ts), asked each time one starts; absent or undefined: none. */
+  readonly sandbox?: (() => SandboxSettings | undefined) | undefined
   readonly supervision?: {
     readonly policy: () => SupervisionPolicy
     readonly report: (status: ChannelStatus) => void

@@ -1,5 +1,6 @@
 import { Context, Layer } from "effect"
 import type { InstanceDefinition } from "../domain/Instance.js"
+import type { SandboxSettings } from "../domain/Sandbox.js"
 import { type Backoff, DEFAULT_LOAD_BALANCER } from "../domain/LoadBalancer.js"
 import type { Duration } from "effect"
 
@@ -49,6 +50,8 @@ export interface ConnectionPolicyShape {
    * gateway's. Read each time a process starts.
    */
   readonly inheritEnv?: ((instance: InstanceDefinition) => ReadonlyArray<string>) | undefined
+  /** The sandbox a stdio instance's process starts in (its own setting, else its template's, else the gateway's); undefined: none. */
+  readonly sandbox?: ((instance: InstanceDefinition) => SandboxSettings | undefined) | undefined
   readonly processes: (instance: InstanceDefinition) => ProcessPolicy
   /** Hears every change of an instance's shared channel (the gateway shows it as the instance's health). */
   readonly report: (instance: InstanceDefinition, status: ChannelStatus) => void

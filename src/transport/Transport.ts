@@ -129,6 +129,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         runtime,
         http1Pools,
         inheritEnv: instance.transport === "stdio" && policy.inheritEnv !== undefined ? () => policy.inheritEnv!(instance) : undefined,
+        sandbox: instance.transport === "stdio" && policy.sandbox !== undefined ? () => policy.sandbox!(instance) : undefined,
         stopping,
         supervision: supervised
           ? { policy: () => policy.supervision(instance), report: (status) => policy.report(instance, status) }
@@ -150,7 +151,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         return connection
       }
 
-      const warm = new WarmProcesses(logFor, (instance) => policy.inheritEnv?.(instance) ?? [])
+      const warm = new WarmProcesses(logFor, (instance) => policy.inheritEnv?.(instance) ?? [], (instance) => policy.sandbox?.(instance))
 
       // With auth on, each caller's own connection to an instance (see CallerConnections.ts).
       const clock = yield* Effect.clock

@@ -1,7 +1,8 @@
 import type { ChildProcess } from "node:child_process"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import type { ConnectionLog } from "./Connection.js"
-import { spawnServer, stopChild } from "./stdio.js"
+import type { SandboxSettings } from "../domain/Sandbox.js"
+import { SandboxUnavailable, spawnServer, stopChild } from "./stdio.js"
 
 type StdioInstance = Extract<InstanceDefinition, { transport: "stdio" }>
 
@@ -18,7 +19,9 @@ export class WarmProcesses {
   constructor(
     private readonly logFor: (instance: InstanceDefinition) => ConnectionLog,
     /** What of the gateway's environment the instance's processes may see (its inherit_env list). */
-    private readonly inheritEnvOf: (instance: InstanceDefinition) => ReadonlyArray<string>
+    private readonly inheritEnvOf: (instance: InstanceDefinition) => ReadonlyArray<string>,
+    /** The sandbox its processes start in (undefined: none). */
+    private readonly sandboxOf: (instance: InstanceDefinition) => SandboxSettings | undefined = () => undefined
   ) {}
 
   /** Starts or stops warm processes of the instance until it has `count`. */
@@ -31,8 +34,15 @@ export class WarmProcesses {
     }
     const pool = warm
     while (pool.length < count) {
-      const child = spawnServer(instance as StdioInstance, this.inheritEnvOf(instance))
       const log = this.logFor(instance)
+      let child: ChildProcess
+      try {
+        child = spawnServer(instance as StdioInstance, this.inheritEnvOf(instance), this.sandboxOf(instance))
+      } catch (e) {
+        // (The instance's own start says why, once; a warm process is only an optimisation.)
+        if (e instanceof SandboxUnavailable) break
+        throw e
+      }
       // (A write to a process that just died raises EPIPE; a command that cannot run raises `error`.)
       child.stdin?.on("error", () => {})
       const drop = (why: string) => {

@@ -1,13 +1,18 @@
 import { Effect } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
+import * as fs from "node:fs"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import { parseServerMessage, tooDeepMessage } from "../domain/jsonText.js"
 import { redactCommand } from "../domain/redact.js"
+import type { SandboxSettings } from "../domain/Sandbox.js"
 import { childEnvironment } from "./childEnvironment.js"
 import type { ConnectionEnv, ConnectionLog } from "./Connection.js"
 import { makeLineSplitter, throttled } from "./lines.js"
 import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
+import { commandDirOf, sandboxedSpawn } from "./sandbox.js"
+import { sandboxUnavailable } from "./sandboxProbe.js"
 import { makeSharedChannelConnection, type SessionChannelOptions, type SharedChannelConnection } from "./SharedChannel.js"
+import { TransportError } from "./TransportError.js"
 
 type StdioInstance = Extract<InstanceDefinition, { transport: "stdio" }>
 
@@ -102,13 +107,14 @@ export const makeStdioConnection = (
   )
   const stderrLog = throttled((line: string) => `stderr: ${line.slice(0, STDERR_LINE_CHARS)}`, log.debug, { everyMs: 1000, burst: 100 })
 
+  let toldUnavailable = false
   const spawnProcess = (listeners: ReadonlySet<ChannelListener>): Process => {
     const warm = prestarted !== undefined && prestarted.pid !== undefined && prestarted.exitCode === null && prestarted.signalCode === null
       ? prestarted
       : undefined
     if (prestarted !== undefined && warm === undefined) log.info(`a warm process had exited (${prestarted.pid ?? "?"}); starting one`)
     prestarted = undefined
-    const child = warm ?? spawnServer(instance, env.inheritEnv?.() ?? [])
+    const child = warm ?? spawnServer(instance, env.inheritEnv?.() ?? [], env.sandbox?.())
     const proc = new Process(child, instance.id, log, listeners, options.forSession !== undefined)
     child.stdout!.setEncoding("utf8")
     child.stdout!.on(
@@ -150,7 +156,17 @@ export const makeStdioConnection = (
 
   const connection = makeSharedChannelConnection(env, {
     instanceId: instance.id,
-    start: (listeners) => Effect.sync(() => spawnProcess(listeners)),
+    start: (listeners) =>
+      Effect.try({
+        try: () => spawnProcess(listeners),
+        catch: (e) => {
+          if (!(e instanceof SandboxUnavailable)) throw e
+          // Said once, as a warning; each further start fails with the same reason (in last_exit).
+          if (!toldUnavailable) log.warn(`${e.message}; the instance does not start (it never runs unsandboxed when its config asks for a sandbox)`)
+          toldUnavailable = true
+          return new TransportError({ instanceId: instance.id, reason: "unavailable", message: e.message, reachedBackend: false })
+        }
+      }),
     stop: (proc) => {
       const stopping = env.stopping
       if (stopping === undefined) return stopProcess(proc, STOP_GRACE_MS)
@@ -168,13 +184,36 @@ export const makeStdioConnection = (
   }
 }
 
-/** Starts an instance's server, in its own process group (so that stopping it also stops what it started: npx, sh -c, ...). */
-export const spawnServer = (instance: StdioInstance, inheritEnv: ReadonlyArray<string>): ChildProcess => {
+/** A sandbox was asked for and cannot be set up here (bwrap missing, namespaces refused): the server must not start. */
+export class SandboxUnavailable extends Error {}
+
+/**
+ * Starts an instance's server, in its own process group (so that stopping it also stops what it
+ * started: npx, sh -c, ...); in its sandbox if it has one (bwrap leads the group then, the
+ * server and its children stay in it). Throws SandboxUnavailable rather than start a server
+ * unsandboxed that asked for a sandbox.
+ */
+export const spawnServer = (instance: StdioInstance, inheritEnv: ReadonlyArray<string>, sandbox?: SandboxSettings | undefined): ChildProcess => {
   const [command, ...args] = instance.command
-  return spawn(command!, args, {
+  // Never the gateway's whole environment (its keys and secrets): see childEnvironment.ts.
+  const childEnv = childEnvironment(instance.env, inheritEnv)
+  let run = { command: command!, args, env: childEnv }
+  if (sandbox !== undefined) {
+    const problem = sandboxUnavailable(childEnv.PATH)
+    if (problem !== undefined) throw new SandboxUnavailable(problem)
+    const cwd = instance.working_dir ?? process.cwd()
+    run = sandboxedSpawn(sandbox, {
+      command: command!,
+      args,
+      cwd,
+      env: childEnv,
+      commandDir: commandDirOf(command!, cwd, childEnv.PATH, isExecutable),
+      asRoot: process.getuid?.() === 0
+    }) as typeof run
+  }
+  return spawn(run.command, run.args, {
     cwd: instance.working_dir,
-    // Never the gateway's whole environment (its keys and secrets): see childEnvironment.ts.
-    env: childEnvironment(instance.env, inheritEnv),
+    env: run.env,
     stdio: ["pipe", "pipe", "pipe"],
     // Its own process group, so that stopping it also stops what it started (npx, sh -c, ...).
     detached: true
@@ -244,6 +283,15 @@ const groupAlive = (child: ChildProcess) => {
   if (child.pid === undefined) return false
   try {
     process.kill(-child.pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+const isExecutable = (file: string) => {
+  try {
+    fs.accessSync(file, fs.constants.X_OK)
     return true
   } catch {
     return false
