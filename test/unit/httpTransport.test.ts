@@ -2,9 +2,8 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as http from "node:http"
 import type * as net from "node:net"
-import type { InstanceDefinition } from "../../src/domain/Instance.js"
 import { MAX_MESSAGE_DEPTH } from "../../src/domain/jsonText.js"
-import { makeHttpConnection } from "../../src/transport/http.js"
+import { connectHttp } from "../support/httpConnection.js"
 
 /**
  * A backend whose tools/call answer nests `depth` levels (as JSON, or as an SSE event): a server
@@ -41,16 +40,7 @@ const deepServer = (depth: number, sse: boolean) =>
     })
   )
 
-const connect = (endpoint: string) =>
-  Effect.gen(function*() {
-    const instance = { id: "deep", template: "t", transport: "http", endpoint, weight: 1, headers: {}, metadata: {} } as unknown as Extract<InstanceDefinition, { transport: "http" }>
-    const quiet = { debug: () => {}, info: () => {}, warn: () => {} }
-    const connection = makeHttpConnection(instance, { log: quiet, scope: yield* Effect.scope, runtime: yield* Effect.runtime<never>() }, {
-      era: { get: () => "legacy", set: () => {} }
-    })
-    yield* Effect.addFinalizer(() => connection.close)
-    return connection
-  })
+const connect = (endpoint: string) => connectHttp(endpoint, "deep")
 
 describe("HTTP transport: an answer nested deeper than the gateway passes on", () => {
   for (const sse of [false, true]) {

@@ -16,10 +16,9 @@ import {
   TransformFailed,
   UpstreamTimeout
 } from "../../src/domain/GatewayError.js"
-import type { InstanceDefinition } from "../../src/domain/Instance.js"
 import { dispatchErrorAnswer } from "../../src/http/ApiError.js"
 import { isRetryable } from "../../src/dispatch/Dispatcher.js"
-import { makeHttpConnection } from "../../src/transport/http.js"
+import { connectHttp } from "../support/httpConnection.js"
 import { reasonOfCode, RequestTimeout, serialize, TransportError, type TransportErrorReason } from "../../src/transport/TransportError.js"
 
 /**
@@ -162,16 +161,7 @@ const misbehavingServer = Effect.acquireRelease(
     })
 )
 
-const connect = (endpoint: string) =>
-  Effect.gen(function*() {
-    const instance = { id: "m", template: "t", transport: "http", endpoint, weight: 1, headers: {}, metadata: {} } as unknown as Extract<InstanceDefinition, { transport: "http" }>
-    const quiet = { debug: () => {}, info: () => {}, warn: () => {} }
-    const connection = makeHttpConnection(instance, { log: quiet, scope: yield* Effect.scope, runtime: yield* Effect.runtime<never>() }, {
-      era: { get: () => "legacy", set: () => {} }
-    })
-    yield* Effect.addFinalizer(() => connection.close)
-    return connection
-  })
+const connect = (endpoint: string) => connectHttp(endpoint, "m")
 
 const failureOf = (effect: Effect.Effect<unknown, TransportError | RequestTimeout>) =>
   Effect.map(Effect.flip(effect), (e) => (e._tag === "TransportError" ? { reason: e.reason, reachedBackend: e.reachedBackend } : { reason: e._tag, reachedBackend: true }))
