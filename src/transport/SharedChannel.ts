@@ -60,6 +60,8 @@ export const makeSharedChannelConnection = <C extends Channel>(
   /** Who hears the notifications that belong to no request (every client session on the channel). */
   const listeners = new Set<ChannelListener>()
   let closed = false
+  /** Channels being stopped after a failed initialize: closing the connection waits for them too. */
+  const stopping = new Set<Promise<void>>()
   let generation = 0
   /** When the channel ended lately (within the restart window), oldest first. */
   const exits: Array<number> = []
@@ -111,7 +113,8 @@ export const makeSharedChannelConnection = <C extends Channel>(
               log.warn(e.message)
               // Ended for this reason (the channel's own close, which follows, is then ignored).
               ended(channel, e.message)
-              void options.stop(channel)
+              const stopped: Promise<void> = options.stop(channel).finally(() => stopping.delete(stopped))
+              stopping.add(stopped)
             })
           )
         )
@@ -227,7 +230,7 @@ export const makeSharedChannelConnection = <C extends Channel>(
     currentChannel = undefined
     initialized = undefined
     setStatus({ state: "stopped", pid: undefined, nextRestartAt: undefined })
-    return channel === undefined ? Effect.void : Effect.promise(() => options.stop(channel))
+    return Effect.promise(() => Promise.all([...stopping, ...(channel === undefined ? [] : [options.stop(channel)])]))
   })
 
   const notify: Connection["notify"] = (method, params) =>

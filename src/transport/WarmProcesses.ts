@@ -15,6 +15,10 @@ type StdioInstance = Extract<InstanceDefinition, { transport: "stdio" }>
  */
 export class WarmProcesses {
   private readonly byInstance = new Map<InstanceDefinition, Array<ChildProcess>>()
+  /** Warm processes being stopped (no longer wanted): shutdown waits for them too. */
+  private readonly stopping = new Set<Promise<void>>()
+  /** Set at shutdown: no warm process starts after it (a session ending late asks for one). */
+  private closed = false
 
   constructor(
     private readonly logFor: (instance: InstanceDefinition) => ConnectionLog,
@@ -26,7 +30,7 @@ export class WarmProcesses {
 
   /** Starts or stops warm processes of the instance until it has `count`. */
   keep(instance: InstanceDefinition, count: number) {
-    if (instance.transport !== "stdio") return
+    if (instance.transport !== "stdio" || this.closed) return
     let warm = this.byInstance.get(instance)
     if (warm === undefined) {
       if (count === 0) return
@@ -56,7 +60,7 @@ export class WarmProcesses {
       pool.push(child)
       log.debug(`started warm process ${child.pid ?? "(failed)"}`)
     }
-    while (pool.length > count) void stopChild(pool.pop()!)
+    while (pool.length > count) this.stopTracked(pool.pop()!)
     if (pool.length === 0) this.byInstance.delete(instance)
   }
 
@@ -74,15 +78,22 @@ export class WarmProcesses {
     return this.byInstance.get(instance)?.length ?? 0
   }
 
-  /** Stops the instance's warm processes (removed), or every one (shutdown). */
+  /** Stops the instance's warm processes (removed), or every one (shutdown), and waits for them. */
   stop(instance?: InstanceDefinition): Promise<void> {
-    const stopping: Array<Promise<void>> = []
+    if (instance === undefined) this.closed = true
     for (const [key, pool] of this.byInstance) {
       if (instance !== undefined && key !== instance) continue
-      for (const child of pool.splice(0)) stopping.push(stopChild(child))
+      for (const child of pool.splice(0)) this.stopTracked(child)
       this.byInstance.delete(key)
     }
-    return Promise.all(stopping).then(() => {})
+    // (At shutdown also those stopped earlier and still in their grace period: the gateway
+    // must not exit while one runs, orphaned with nobody left to SIGKILL it.)
+    return Promise.all(this.stopping).then(() => {})
+  }
+
+  private stopTracked(child: ChildProcess) {
+    const stopped: Promise<void> = stopChild(child).finally(() => this.stopping.delete(stopped))
+    this.stopping.add(stopped)
   }
 
   get size(): number {

@@ -229,7 +229,10 @@ export const stopChild = async (child: ChildProcess): Promise<void> => {
   child.stdin?.end()
   if (!(await waitFor(exit, STOP_GRACE_MS))) {
     signalGroup(child, "SIGTERM")
-    if (!(await waitFor(exit, STOP_GRACE_MS))) signalGroup(child, "SIGKILL")
+    if (!(await waitFor(exit, STOP_GRACE_MS))) {
+      signalGroup(child, "SIGKILL")
+      await waitFor(exit, STOP_GRACE_MS)
+    }
   }
   if (groupAlive(child)) signalGroup(child, "SIGKILL")
 }

@@ -4,6 +4,7 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
   api,
+  describeProcesses,
   descendants,
   everythingServer,
   initializeRaw,
@@ -184,6 +185,10 @@ describe("warm processes", () => {
     const family = descendants(gateway.process.pid!)
     expect(await gateway.stop()).toBe(0)
     await waitUntil(() => family.every((pid) => !isAlive(pid)), 5000, "every process, the warm one too, to be gone")
+      .catch((e) => {
+        // (Which ones, and what they were, so that a failure under load says more than a count.)
+        throw new Error(`${e.message}: still running ${describeProcesses(family.filter(isAlive))}; the gateway said:\n${gateway.stderr().slice(-3000)}`)
+      })
   }, 90_000)
 })
 

@@ -93,6 +93,19 @@ export const isAlive = (pid: number) => {
   }
 }
 
+/** Each process's pid, state and command line, for a failure's message ("gone" once it ended). */
+export const describeProcesses = (pids: ReadonlyArray<number>) =>
+  pids.map((pid) => {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+      const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3)
+      const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ").trim()
+      return `${pid} [${state}] ${cmdline}`
+    } catch {
+      return `${pid} (gone)`
+    }
+  }).join("; ")
+
 export interface RunningGateway {
   readonly url: string
   readonly process: ChildProcess
