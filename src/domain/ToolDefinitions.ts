@@ -116,7 +116,7 @@ export const describeChange = (pinned: Definition | undefined, offered: Definiti
     }
   }
   // Only the changed lines and two lines of context around each.
-  const shown = ops.map((o, k) => ops.slice(Math.max(0, k - 2), k + 3).some((n) => n.op !== " "))
+  const shown = ops.map((_, k) => ops.slice(Math.max(0, k - 2), k + 3).some((n) => n.op !== " "))
   const out: Array<string> = []
   ops.forEach((o, k) => {
     if (shown[k]) out.push(`${o.op} ${o.line}`)
