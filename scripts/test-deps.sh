@@ -4,6 +4,7 @@
 #   chromium      the status-page test drives it
 #   wrk, nginx    the benchmark harness's quick run (test/e2e/bench.e2e.test.ts)
 #   bubblewrap    the sandbox of stdio servers (test/e2e/sandbox.e2e.test.ts), with util-linux's prlimit and setpriv
+#   python3-venv  the sandbox's Python example: a virtualenv of the system's python3 (test/e2e/sandbox-examples.e2e.test.ts)
 # Run by `npm test` (its pretest script) and by .ci/run. Says what it installs, and why it cannot.
 set -uo pipefail
 
@@ -17,6 +18,7 @@ have wrk || missing+=(wrk)
 have nginx || missing+=(nginx-light)
 have bwrap || missing+=(bubblewrap)
 { have prlimit && have setpriv; } || missing+=(util-linux)
+/usr/bin/python3 -c "import venv" >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0
