@@ -5,7 +5,7 @@
 //
 //   npm run bench [-- --duration 8 --rounds 3 --connections 16]
 //   npm run bench -- --quick                  # seconds, not minutes: that the harness works (CI)
-//   npm run bench -- --only throughput,latency,everything,pool,stdio,capable,sessions,templates,replicas,cluster
+//   npm run bench -- --only throughput,latency,everything,pool,stdio,capable,sandbox,sessions,templates,replicas,cluster
 //   npm run bench -- --soak 10                # also: 10 minutes of load, RSS sampled (not in CI)
 //   npm run bench -- --gateway OTHER/dist/main.js   # another build of the gateway
 //
@@ -148,6 +148,37 @@ const scraping = (url, headers, ms = 1000) => () => {
   }
   void loop()
   return { stop: () => void (stopped = true) }
+}
+
+/** A client that declares what desktop clients declare: under `auto`, a process of its own. */
+const capableCapabilities = { sampling: {}, roots: { listChanged: true }, elicitation: {} }
+const mcpHeaders = { "content-type": "application/json", accept: "application/json, text/event-stream" }
+const answerOf = async (response) => {
+  const text = await response.text()
+  return JSON.parse(text.trimStart().startsWith("{") ? text : text.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).at(-1))
+}
+
+/**
+ * A capable client's new session on `endpoint`: initialize, initialized, tools/list; the ms to
+ * the tools. Then DELETE, so that its process stops and its slot frees.
+ */
+const newCapableSession = async (endpoint) => {
+  const started = performance.now()
+  const opened = await fetch(endpoint, {
+    method: "POST",
+    headers: mcpHeaders,
+    body: JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: capableCapabilities, clientInfo: { name: "bench", version: "1" } } })
+  })
+  await opened.text()
+  const session = opened.headers.get("mcp-session-id")
+  if (opened.status !== 200 || session === null) throw new Error(`initialize answered ${opened.status}`)
+  const inSession = { ...mcpHeaders, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25" }
+  await (await fetch(endpoint, { method: "POST", headers: inSession, body: JSON.stringify({ jsonrpc: "2.0", method: "notifications/initialized" }) })).text()
+  const tools = await answerOf(await fetch(endpoint, { method: "POST", headers: inSession, body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/list" }) }))
+  if (!Array.isArray(tools.result?.tools)) throw new Error(`tools/list answered ${JSON.stringify(tools).slice(0, 200)}`)
+  const ms = performance.now() - started
+  await (await fetch(endpoint, { method: "DELETE", headers: inSession })).text()
+  return ms
 }
 
 const main = async () => {
@@ -377,32 +408,6 @@ const main = async () => {
 
   if (runs("capable")) {
     log("capable: new sessions that get a process of their own, cold and warm")
-    // A client that declares what desktop clients declare: under `auto`, a process of its own.
-    const capabilities = { sampling: {}, roots: { listChanged: true }, elicitation: {} }
-    const headers = { "content-type": "application/json", accept: "application/json, text/event-stream" }
-    const answerOf = async (response) => {
-      const text = await response.text()
-      return JSON.parse(text.trimStart().startsWith("{") ? text : text.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).at(-1))
-    }
-    /** initialize, initialized, tools/list: ms to the tools; then DELETE, so that its process stops and its slot frees. */
-    const newSession = async (endpoint) => {
-      const started = performance.now()
-      const opened = await fetch(endpoint, {
-        method: "POST",
-        headers,
-        body: JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities, clientInfo: { name: "bench", version: "1" } } })
-      })
-      await opened.text()
-      const session = opened.headers.get("mcp-session-id")
-      if (opened.status !== 200 || session === null) throw new Error(`initialize answered ${opened.status}`)
-      const inSession = { ...headers, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25" }
-      await (await fetch(endpoint, { method: "POST", headers: inSession, body: JSON.stringify({ jsonrpc: "2.0", method: "notifications/initialized" }) })).text()
-      const tools = await answerOf(await fetch(endpoint, { method: "POST", headers: inSession, body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/list" }) }))
-      if (!Array.isArray(tools.result?.tools)) throw new Error(`tools/list answered ${JSON.stringify(tools).slice(0, 200)}`)
-      const ms = performance.now() - started
-      await (await fetch(endpoint, { method: "DELETE", headers: inSession })).text()
-      return ms
-    }
     const one = { instances: [{ id: "e1", transport: "stdio", command: [process.execPath, serverEverything, "stdio"] }] }
     const sequential = quick ? 2 : 10
     const burst = quick ? 4 : 32
@@ -411,12 +416,12 @@ const main = async () => {
       const g = await gateway(`gateway-capable-${key}.json`, { gateway: { log_level: "warn" }, templates: { everything: { ...one, load_balancer: { warm_processes: warm } } } })
       const endpoint = `${g.url}/mcp/everything`
       // The first session makes the instance keep processes warm (from its first such session on).
-      await newSession(endpoint)
+      await newCapableSession(endpoint)
       const times = []
       for (let i = 0; i < sequential; i++) {
         // A new session now and then: time for its replacement to have started.
         await sleep(1500)
-        times.push(await newSession(endpoint))
+        times.push(await newCapableSession(endpoint))
       }
       // Sessions opened per second: `burst` sessions, 8 at a time, each to its first tools/list.
       const burstStarted = performance.now()
@@ -424,7 +429,7 @@ const main = async () => {
       await Promise.all(Array.from({ length: 8 }, async () => {
         while (next < burst) {
           next++
-          await newSession(endpoint)
+          await newCapableSession(endpoint)
         }
       }))
       const perSecond = burst / ((performance.now() - burstStarted) / 1000)
@@ -436,6 +441,76 @@ const main = async () => {
       what: `a client declaring sampling, roots and elicitation (a process of its own): initialize to its first tools/list, ${sequential} sessions one at a time (1.5 s apart), medians; then ${burst} sessions 8 at a time; each ends with DELETE`,
       rows,
       warm_vs_cold: round(by.cold.first_tools_list_ms_p50 / by.warm.first_tools_list_ms_p50)
+    }
+  }
+
+  if (runs("sandbox")) {
+    if (!commandExists("bwrap")) log("sandbox: bwrap is not on PATH (Debian: apt-get install -y bubblewrap); section left out")
+    else {
+      log("sandbox: server-everything over stdio, unsandboxed and under \"sandbox\": \"strict\"")
+      // One gateway, the same server four ways: unsandboxed or strict, cold (warm_processes 0: a
+      // capable session's own process started for it) or warm (one kept ready). Strict with the
+      // server's code readable (node_modules, through its real path when it is a link), which is
+      // what a user of a server installed there writes; working directory of its own.
+      const modules = fs.realpathSync(path.join(root, "node_modules"))
+      const work = path.join(dir, "sandbox-work")
+      fs.mkdirSync(work, { recursive: true })
+      const template = (sandbox, warm) => ({
+        load_balancer: { warm_processes: warm },
+        instances: [{ id: "e1", transport: "stdio", command: [process.execPath, fs.realpathSync(serverEverything), "stdio"], working_dir: work, sandbox }]
+      })
+      const strict = { preset: "strict", read: [modules] }
+      const g = await gateway("gateway-sandbox.json", {
+        gateway: { log_level: "warn" },
+        templates: { plain_cold: template("off", 0), strict_cold: template(strict, 0), plain_warm: template("off", 1), strict_warm: template(strict, 1) }
+      })
+      const registry = await (await fetch(`${g.url}/gateway/registry`)).json()
+      const sandboxOf = (t) => registry.templates?.[t]?.instances?.[0]?.sandbox
+      if (sandboxOf("strict_cold")?.network !== "none" || sandboxOf("plain_cold")?.preset !== "off") {
+        throw new Error(`sandbox: the templates are not what they should be: ${JSON.stringify([sandboxOf("plain_cold"), sandboxOf("strict_cold")])}`)
+      }
+      // Session start: a capable client's initialize to its first tools/list, alternated between
+      // unsandboxed and strict (A B, then B A); a pause between sessions gives a warm template
+      // time to start the replacement of the process a session took.
+      const sequential = quick ? 1 : 10
+      const pause = quick ? 300 : 1500
+      const starts = { plain_cold: [], strict_cold: [], plain_warm: [], strict_warm: [] }
+      for (const warmth of ["cold", "warm"]) {
+        const pair = [`plain_${warmth}`, `strict_${warmth}`]
+        // The first session of each: a warm template keeps processes ready from its first such session on.
+        if (warmth === "warm") for (const t of pair) await newCapableSession(`${g.url}/mcp/${t}`)
+        for (let i = 0; i < sequential; i++) {
+          for (const t of i % 2 === 0 ? pair : [...pair].reverse()) {
+            await sleep(pause)
+            starts[t].push(await newCapableSession(`${g.url}/mcp/${t}`))
+          }
+        }
+      }
+      const startRows = Object.entries(starts).map(([key, times]) => ({
+        key,
+        name: `${key.startsWith("strict") ? "sandbox: strict" : "unsandboxed"}, ${key.endsWith("cold") ? "warm_processes: 0 (a cold start each)" : "warm_processes: 1"}`,
+        session_start_ms_p50: round(median(times), 1),
+        session_start_ms_max: round(Math.max(...times), 1)
+      }))
+      // tools/call latency at one connection, on a session of each (a client without capabilities:
+      // the instance's shared process, sandboxed or not).
+      const rows = await measureRounds([
+        { key: "plain", name: "tools/call, unsandboxed", url: `${g.url}/mcp/plain_cold`, body: rpcBody, session: await initializeSession(g.url, "plain_cold"), pid: g.pid },
+        { key: "strict", name: "tools/call, sandbox: strict", url: `${g.url}/mcp/strict_cold`, body: rpcBody, session: await initializeSession(g.url, "strict_cold"), pid: g.pid }
+      ], { seconds: settings.latencySeconds, connections: 1 })
+      const by = Object.fromEntries([...startRows, ...rows].map((r) => [r.key, r]))
+      result.sections.sandbox = {
+        what: `server-everything over stdio, unsandboxed and under "sandbox": "strict" (bubblewrap; node_modules readable). Session start: a client declaring sampling, roots and elicitation (a process of its own), initialize to its first tools/list, ${sequential} sessions of each, alternated, ${pause} ms apart, medians. tools/call: wrk -t1 -c1 -d${settings.latencySeconds}s on one session of each, ${settings.rounds} alternated rounds, medians`,
+        start_rows: startRows,
+        rows,
+        ratios: {
+          start_cold_strict_vs_plain: round(by.strict_cold.session_start_ms_p50 / by.plain_cold.session_start_ms_p50),
+          start_warm_strict_vs_plain: round(by.strict_warm.session_start_ms_p50 / by.plain_warm.session_start_ms_p50),
+          call_p50_strict_vs_plain: round(by.strict.p50_ms / by.plain.p50_ms),
+          call_p99_strict_vs_plain: round(by.strict.p99_ms / by.plain.p99_ms)
+        }
+      }
+      await g.stop()
     }
   }
 
@@ -669,6 +744,18 @@ const renderMarkdown = (r) => {
   if (s.stdio) lines.push(`### stdio (${s.stdio.what})`, "", ...rowsTable(s.stdio.rows), "", "ratios: " + JSON.stringify(s.stdio.ratios), "")
   if (s.capable) {
     lines.push(`### New capable sessions (${s.capable.what})`, "", ...table(s.capable.rows, [["system", "name"], ["first tools/list p50 ms", "first_tools_list_ms_p50"], ["max ms", "first_tools_list_ms_max"], ["sessions/s", "sessions_per_second"]]), "", `cold / warm: ${s.capable.warm_vs_cold}x`, "")
+  }
+  if (s.sandbox) {
+    lines.push(
+      `### Sandboxed stdio servers (${s.sandbox.what})`,
+      "",
+      ...table(s.sandbox.start_rows, [["session start", "name"], ["initialize → first tools/list p50 ms", "session_start_ms_p50"], ["max ms", "session_start_ms_max"]]),
+      "",
+      ...rowsTable(s.sandbox.rows),
+      "",
+      "strict / unsandboxed: " + JSON.stringify(s.sandbox.ratios),
+      ""
+    )
   }
   if (s.sessions) {
     const x = s.sessions
