@@ -31,7 +31,7 @@ export type SandboxLimitsInput = typeof SandboxLimitsInput.Type
 export const SandboxObjectInput = Schema.Struct({
   preset: Schema.optional(SandboxPresetName),
   network: Schema.optional(Schema.Literal("none", "host")),
-  /** Paths it may read besides the system directories (its virtualenv, the npm cache, ...). */
+  /** Paths it may read besides the system directories (its virtualenv, its installed code, ...; npx needs its npm cache writable). */
   read: Schema.optional(Schema.Array(SandboxPath)),
   /** Paths it may read and write besides its working directory. */
   write: Schema.optional(Schema.Array(SandboxPath)),
