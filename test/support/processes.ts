@@ -59,11 +59,7 @@ const exited = (child: ChildProcess, timeoutMs: number) =>
 
 /** Every process below `pid` (children, grandchildren, ... whatever their process group). */
 export const descendants = (pid: number): Array<number> => {
-  // (Leaving out the `ps` that lists them, a child of this process while it runs.)
-  const table = execFileSync("ps", ["-eo", "pid=,ppid=,comm="], { encoding: "utf8" })
-    .trim().split("\n").map((line) => line.trim().split(/\s+/))
-    .filter(([, , comm]) => comm !== "ps")
-    .map(([pid, ppid]) => [Number(pid), Number(ppid)] as [number, number])
+  const table = processTable()
   const found: Array<number> = []
   const walk = (parent: number) => {
     for (const [child, ppid] of table) {
@@ -76,6 +72,20 @@ export const descendants = (pid: number): Array<number> => {
   walk(pid)
   return found
 }
+
+/**
+ * The processes `pid` started itself: for a gateway, one per server process whether the server
+ * runs as itself or in a sandbox (bwrap, which starts the sandbox's init, which starts the server).
+ */
+export const children = (pid: number): Array<number> => processTable().filter(([, ppid]) => ppid === pid).map(([child]) => child)
+
+/** Every process's pid and parent's pid. */
+const processTable = () =>
+  // (Leaving out the `ps` that lists them, a child of this process while it runs.)
+  execFileSync("ps", ["-eo", "pid=,ppid=,comm="], { encoding: "utf8" })
+    .trim().split("\n").map((line) => line.trim().split(/\s+/))
+    .filter(([, , comm]) => comm !== "ps")
+    .map(([pid, ppid]) => [Number(pid), Number(ppid)] as [number, number])
 
 /** Whether a process still runs (a zombie, dead but not yet reaped by its parent, does not). */
 export const isAlive = (pid: number) => {
