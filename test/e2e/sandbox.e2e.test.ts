@@ -286,6 +286,43 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
     }
   }, 90_000)
 
+  it("through the gateway: a fork bomb under strict is refused at its own limit; another strict server still starts processes; other templates and the gateway serve", async () => {
+    const dir = tempDir("gw-sandbox-forks-")
+    const file = path.join(dir, "gateway.json")
+    const hostileInstance = (id: string) => ({ id, transport: "stdio", command: ["node", hostile], working_dir: work })
+    writeJson(file, {
+      gateway: { sandbox: { read: [fixtures] } },
+      templates: {
+        bomb: { instances: [hostileInstance("b")] },
+        neighbour: { instances: [hostileInstance("n")] },
+        plain: { sandbox: "off", instances: [hostileInstance("p")] }
+      }
+    })
+    const gateway = await startGateway({ configFile: file })
+    try {
+      const call = async (template: string, name: string, args: Record<string, unknown> = {}) => {
+        const answer = await api(`${gateway.url}/mcp/${template}/tools/call`, { json: { name, arguments: args } })
+        expect(answer.status).toBe(200)
+        return JSON.parse(answer.body.content[0].text)
+      }
+      // 10,000 tried, refused at the limit; it keeps what it got, using up its whole budget.
+      expectRefusedAtLimit(await call("bomb", "spawn_many", { count: 10_000, hold: true }))
+      // Meanwhile another strict server starts (its first process starts now) and starts its own
+      // processes: each counts against its own limit (a user namespace of its own), not one
+      // budget of the unprivileged user all sandboxed servers run as.
+      expect(await call("neighbour", "spawn_many", { count: 100 })).toEqual({ ok: true, started: 100 })
+      expect((await call("plain", "list_processes")).ok).toBe(true)
+      expect((await api(`${gateway.url}/gateway/health`)).status).toBe(200)
+      // The bomb's server serves on, and once it lets go, starts processes again.
+      expect((await call("bomb", "list_processes")).ok).toBe(true)
+      expect((await call("bomb", "release")).released).toBeGreaterThan(processLimit - 64)
+      expect(await call("bomb", "spawn_many", { count: 10 })).toEqual({ ok: true, started: 10 })
+    } finally {
+      expect(await gateway.stop()).toBe(0)
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  }, 120_000)
+
   it("config validate: exit 2 and one line when a sandboxed instance cannot get its sandbox", async () => {
     const dir = tempDir("gw-sandbox-validate-")
     const file = path.join(dir, "gateway.json")
