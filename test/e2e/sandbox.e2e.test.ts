@@ -323,6 +323,57 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
     }
   }, 120_000)
 
+  // (Switching to another user needs root, as CI runs the tests.)
+  it.skipIf(process.getuid?.() !== 0)("a gateway that is not root (uid 65534): strict still holds (bwrap's own user namespace), each server with its own processes limit", async () => {
+    const dir = tempDir("gw-sandbox-nonroot-")
+    // Its config readable, its state (pid file) writable by the gateway's user.
+    fs.chmodSync(dir, 0o755)
+    const state = path.join(dir, "state")
+    fs.mkdirSync(state)
+    fs.chownSync(state, 65534, 65534)
+    const file = path.join(dir, "gateway.json")
+    const hostileInstance = (id: string) => ({ id, transport: "stdio", command: ["node", hostile], working_dir: work })
+    writeJson(file, {
+      gateway: { sandbox: { read: [fixtures] } },
+      templates: { bomb: { instances: [hostileInstance("b")] }, neighbour: { instances: [hostileInstance("n")] } }
+    })
+    fs.chmodSync(file, 0o644)
+    const gateway = await startGateway({ configFile: file, asUser: 65534, env: { HOME: state, XDG_STATE_HOME: state } })
+    try {
+      const call = async (template: string, name: string, args: Record<string, unknown> = {}) => {
+        const answer = await api(`${gateway.url}/mcp/${template}/tools/call`, { json: { name, arguments: args } })
+        expect(answer.status).toBe(200)
+        return JSON.parse(answer.body.content[0].text)
+      }
+      // What uid 65534 could read and write unsandboxed (the directories are open to all) it cannot.
+      expect((await call("bomb", "read_file", { path: path.join(home, "secret.txt") })).error).toContain("ENOENT")
+      expect((await call("bomb", "read_file", { path: file })).ok).toBe(false)
+      expect((await call("bomb", "write_file", { path: path.join(outside, "nonroot.txt") })).ok).toBe(false)
+      expect(await call("bomb", "write_file", { path: path.join(work, "nonroot.txt") })).toEqual({ ok: true })
+      expect((await call("bomb", "connect", { port })).ok).toBe(false)
+      expect((await call("bomb", "list_processes")).pids.length).toBeLessThan(5)
+      // The server runs as the gateway's user, in a user namespace bwrap made (not the gateway's).
+      const server = descendants(gateway.process.pid!).filter((pid) => {
+        try {
+          return fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(hostile)
+        } catch {
+          return false
+        }
+      }).at(-1)!
+      expect(fs.readFileSync(`/proc/${server}/status`, "utf8")).toMatch(/^Uid:\s+65534\s/m)
+      expect(fs.readlinkSync(`/proc/${server}/ns/user`)).not.toBe(fs.readlinkSync(`/proc/${gateway.process.pid}/ns/user`))
+      // A fork bomb is refused at its limit; the other server's processes count apart.
+      expectRefusedAtLimit(await call("bomb", "spawn_many", { count: 10_000, hold: true }))
+      expect(await call("neighbour", "spawn_many", { count: 100 })).toEqual({ ok: true, started: 100 })
+      expect((await call("bomb", "release")).ok).toBe(true)
+    } finally {
+      expect(await gateway.stop()).toBe(0)
+      fs.rmSync(dir, { recursive: true, force: true })
+      fs.rmSync(path.join(work, "nonroot.txt"), { force: true })
+    }
+    expect(fs.existsSync(path.join(outside, "nonroot.txt"))).toBe(false)
+  }, 120_000)
+
   it("config validate: exit 2 and one line when a sandboxed instance cannot get its sandbox", async () => {
     const dir = tempDir("gw-sandbox-validate-")
     const file = path.join(dir, "gateway.json")

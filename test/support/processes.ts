@@ -130,9 +130,15 @@ export const startGateway = async (options: {
   readonly configFile?: string
   readonly args?: ReadonlyArray<string>
   readonly env?: Record<string, string>
+  /** Run it as this unprivileged uid (and gid) instead of the test's user (setpriv; the test must be root). */
+  readonly asUser?: number
 }): Promise<RunningGateway> => {
-  const args = [gatewayMain, "start", "--port", "0", ...(options.configFile ? ["--config", options.configFile] : []), ...(options.args ?? [])]
-  const child = spawn(process.execPath, args, {
+  const gatewayArgs = [gatewayMain, "start", "--port", "0", ...(options.configFile ? ["--config", options.configFile] : []), ...(options.args ?? [])]
+  // (setpriv execs node: the child's pid is the gateway's.)
+  const [command, args] = options.asUser === undefined
+    ? [process.execPath, gatewayArgs]
+    : ["setpriv", [`--reuid=${options.asUser}`, `--regid=${options.asUser}`, "--clear-groups", "--", process.execPath, ...gatewayArgs]]
+  const child = spawn(command, args, {
     env: { ...process.env, ...options.env },
     stdio: ["ignore", "pipe", "pipe"]
   })
