@@ -1,3 +1,5 @@
+import { Client } from "@modelcontextprotocol/sdk/client/index.js"
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js"
 import { Effect, Exit, Runtime, Scope } from "effect"
 import * as fs from "node:fs"
 import * as net from "node:net"
@@ -8,7 +10,7 @@ import { defineInstance } from "../../src/domain/Instance.js"
 import { resolveSandbox, type SandboxInput, type SandboxSettings } from "../../src/domain/Sandbox.js"
 import type { ConnectionLog } from "../../src/transport/Connection.js"
 import { makeStdioConnection } from "../../src/transport/stdio.js"
-import { api, descendants, everythingServer, filesystemServer, repoRoot, runGateway, startGateway, tempDir, waitUntil, writeJson } from "../support/processes.js"
+import { api, children, descendants, everythingServer, filesystemServer, repoRoot, runGateway, startGateway, tempDir, waitUntil, writeJson } from "../support/processes.js"
 
 const fixtures = path.join(repoRoot, "test/fixtures")
 const hostile = path.join(fixtures, "hostile-server.mjs")
@@ -229,6 +231,46 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
       fs.rmSync(files, { recursive: true, force: true })
     }
   }, 120_000)
+
+  it("through the gateway: warm processes start in the sandbox too, and a session takes one", async () => {
+    const modules = fs.realpathSync(path.join(repoRoot, "node_modules"))
+    const dir = tempDir("gw-sandbox-warm-")
+    const file = path.join(dir, "gateway.json")
+    writeJson(file, {
+      templates: {
+        own: {
+          sandbox: { read: [modules] },
+          instances: [{ id: "o", transport: "stdio", command: ["node", fs.realpathSync(everythingServer), "stdio"], working_dir: work }],
+          load_balancer: { session_process: "per_session", max_sessions_per_instance: 3, warm_processes: 1, health_check_interval: 600 }
+        }
+      }
+    })
+    const gateway = await startGateway({ configFile: file })
+    const clients: Array<Client> = []
+    try {
+      const connect = async () => {
+        const client = new Client({ name: "warm", version: "1.0.0" })
+        await client.connect(new StreamableHTTPClientTransport(new URL(`${gateway.url}/mcp/own`)))
+        clients.push(client)
+        return client
+      }
+      const base = children(gateway.process.pid!).length
+      await connect()
+      // Its own process, then one warm for the next session, once the sandbox's probe has spoken: each a bwrap.
+      await waitUntil(() => children(gateway.process.pid!).length === base + 2, 20_000, "a warm process")
+      const waiting = children(gateway.process.pid!)
+      expect(waiting.map((pid) => fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim())).toEqual(waiting.map(() => "bwrap"))
+      const second = await connect()
+      expect((await second.callTool({ name: "echo", arguments: { message: "warm" } })).content).toEqual([{ type: "text", text: "Echo: warm" }])
+      // It took the warm process: the only new one is the next warm one.
+      await waitUntil(() => children(gateway.process.pid!).length === base + 3, 20_000, "the next warm process")
+      expect(children(gateway.process.pid!).filter((pid) => !waiting.includes(pid))).toHaveLength(1)
+    } finally {
+      await Promise.all(clients.map((c) => c.close().catch(() => {})))
+      expect(await gateway.stop()).toBe(0)
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  }, 90_000)
 
   it("through the gateway, without bwrap on PATH: the instance does not start, one line says why, the others serve", async () => {
     const dir = tempDir("gw-sandbox-missing-")
