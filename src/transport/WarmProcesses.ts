@@ -27,7 +27,7 @@ export class WarmProcesses {
     private readonly inheritEnvOf: (instance: InstanceDefinition) => ReadonlyArray<string>,
     /** The sandbox its processes start in (undefined: none). */
     private readonly sandboxOf: (instance: InstanceDefinition) => SandboxSettings | undefined = () => undefined,
-    /** Whether sandboxes can be set up here (the Transport's probes). */
+    /** Whether sandboxes can be set up here (the Transport's probes); absent: a sandboxed instance keeps none warm. */
     private readonly sandboxProbes?: SandboxProbes | undefined
   ) {}
 
