@@ -91,7 +91,10 @@ export const makeSandboxProbes = (options: {
   const known = new Map<string, SandboxVerdict>()
   const pending = new Map<string, Promise<SandboxVerdict>>()
   const start = (pathVar: string | undefined, key: string): Promise<SandboxVerdict> => {
-    const promise = Runtime.runPromise(options.runtime)(
+    let settle!: (verdict: SandboxVerdict) => void
+    const promise = new Promise<SandboxVerdict>((resolve) => (settle = resolve))
+    pending.set(key, promise)
+    Runtime.runFork(options.runtime)(
       probeSandbox(pathVar, options).pipe(
         Effect.tap((verdict) =>
           Effect.sync(() => {
@@ -105,10 +108,14 @@ export const makeSandboxProbes = (options: {
         Effect.map((exit): SandboxVerdict =>
           Exit.isSuccess(exit) ? exit.value : { unavailable: "the sandbox was not probed: the gateway is stopping", ownUserNamespace: true }
         ),
-        Effect.ensuring(Effect.sync(() => pending.delete(key)))
+        Effect.flatMap((verdict) =>
+          Effect.sync(() => {
+            pending.delete(key)
+            settle(verdict)
+          })
+        )
       )
     )
-    pending.set(key, promise)
     return promise
   }
   return {
@@ -123,7 +130,7 @@ export const makeSandboxProbes = (options: {
     known: (pathVar) => {
       const key = pathVar ?? ""
       const verdict = known.get(key)
-      if (verdict === undefined && !pending.has(key)) start(pathVar, key).catch(() => {})
+      if (verdict === undefined && !pending.has(key)) start(pathVar, key)
       return verdict
     }
   }

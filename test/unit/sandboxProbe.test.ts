@@ -9,10 +9,10 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gw-sandbox-probe-"))
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 
 /** A stand-in for bwrap that notes each run and refuses what its arguments say it should. */
-const fakeBwrap = (name: string, refuse: "nothing" | "unshare" | "everything") => {
+const fakeBwrap = (name: string, refuse: "nothing" | "unshare" | "everything" | "hang") => {
   const file = path.join(dir, name)
   const runs = path.join(dir, `${name}.runs`)
-  const refusal = refuse === "nothing" ? "" : refuse === "unshare"
+  const refusal = refuse === "nothing" ? "" : refuse === "hang" ? "exec sleep 30\n" : refuse === "unshare"
     ? `case "$*" in *unshare*) echo "unshare: unshare failed: Operation not permitted" >&2; exit 1;; esac\n`
     : `echo "bwrap: No permissions to creating new namespace" >&2; exit 1\n`
   fs.writeFileSync(file, `#!/bin/sh\necho run >> ${runs}\n${refusal}exit 0\n`, { mode: 0o755 })
@@ -60,5 +60,17 @@ describe("makeSandboxProbes", () => {
     expect(warnings).toHaveLength(1)
     expect(warnings[0]).toContain(`"processes" limit`)
     await Effect.runPromise(Scope.close(scope, Exit.void))
+  })
+
+  it("a probe still running when its owner closes is stopped (its process killed), and no verdict is remembered", async () => {
+    const { bwrap, runs } = fakeBwrap("hanging", "hang")
+    const scope = Effect.runSync(Scope.make())
+    const probes = makeSandboxProbes({ runtime: Effect.runSync(Effect.runtime<never>()), scope, asRoot: false, bwrap, warn: () => {} })
+    const verdict = Effect.runPromise(probes.verdict(process.env.PATH))
+    await new Promise((r) => setTimeout(r, 300))
+    expect(runs()).toBe(1)
+    await Effect.runPromise(Scope.close(scope, Exit.void))
+    expect((await verdict).unavailable).toContain("stopping")
+    expect(probes.known(process.env.PATH)).toBeUndefined()
   })
 })
