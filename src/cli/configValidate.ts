@@ -4,7 +4,8 @@ import { DEFAULT_AGGREGATION, GatewayConfig, loadGatewayConfig } from "../config
 import { sandboxOf } from "../config/sandboxOf.js"
 import { Discovery } from "../discovery/Discovery.js"
 import { childEnvironment } from "../transport/childEnvironment.js"
-import { sandboxUnavailable } from "../transport/sandboxProbe.js"
+import { probeSandbox, type SandboxVerdict } from "../transport/sandboxProbe.js"
+import { runsAsRoot } from "../transport/stdio.js"
 import { HealthProbes } from "../health/HealthProbes.js"
 import { FleetRedis } from "../fleet/FleetRedis.js"
 import { GatewayMetrics } from "../observability/GatewayMetrics.js"
@@ -56,13 +57,24 @@ const validate = Command.make(
         Effect.catchTag("RegistryStorageError", (e) => new CommandFailed({ message: e.message, exitCode: 2 }))
       )
       // A sandbox that cannot be set up here stops its instance from starting: said now, as start would.
-      const unsandboxable = config.templates.flatMap((t) =>
-        t.instances.flatMap((i) => {
-          if (i.transport !== "stdio" || sandboxOf(i, t.sandbox, config.gateway.sandbox) === undefined) return []
-          const why = sandboxUnavailable(childEnvironment(i.env, []).PATH)
-          return why === undefined ? [] : [`templates.${t.name}.instances.${i.id}: ${why}`]
+      // (Probed once per PATH, as the gateway does.)
+      const verdicts = new Map<string, SandboxVerdict>()
+      const verdictFor = (pathVar: string | undefined) =>
+        Effect.suspend(() => {
+          const known = verdicts.get(pathVar ?? "")
+          return known !== undefined
+            ? Effect.succeed(known)
+            : Effect.tap(probeSandbox(pathVar, { asRoot: runsAsRoot() }), (v) => Effect.sync(() => verdicts.set(pathVar ?? "", v)))
         })
+      const sandboxed = config.templates.flatMap((t) =>
+        t.instances.flatMap((i) =>
+          i.transport === "stdio" && sandboxOf(i, t.sandbox, config.gateway.sandbox) !== undefined ? [{ template: t.name, instance: i }] : []
+        )
       )
+      const unsandboxable = yield* Effect.forEach(sandboxed, ({ template, instance }) =>
+        Effect.map(verdictFor(childEnvironment(instance.env, []).PATH), (verdict) =>
+          verdict.unavailable === undefined ? [] : [`templates.${template}.instances.${instance.id}: ${verdict.unavailable}`])
+      ).pipe(Effect.map((lines) => lines.flat()))
       if (unsandboxable.length > 0) return yield* new CommandFailed({ message: unsandboxable.join("\n"), exitCode: 2 })
       const instances = config.templates.reduce((n, t) => n + t.instances.length, 0)
       const providers = config.discovery?.providers.length ?? 0

@@ -23,7 +23,7 @@ export const SandboxLimitsInput = Schema.Struct({
   cpu_seconds: Schema.optional(Limit),
   /** Open files (RLIMIT_NOFILE). */
   open_files: Schema.optional(Limit),
-  /** Processes (RLIMIT_NPROC, counted for the unprivileged user the server runs as). */
+  /** Processes and threads (RLIMIT_NPROC, counted in the server's own user namespace: each server's own budget). */
   processes: Schema.optional(Limit)
 })
 export type SandboxLimitsInput = typeof SandboxLimitsInput.Type

@@ -2,6 +2,7 @@ import type { Effect, Exit, Runtime, Scope } from "effect"
 import type { JsonRpcNotification, JsonRpcRequest, JsonRpcResponse } from "../domain/JsonRpc.js"
 import type { SandboxSettings } from "../domain/Sandbox.js"
 import type { Http1Pools } from "./Http1Pools.js"
+import type { SandboxProbes } from "./sandboxProbe.js"
 import type { ChannelStatus, SupervisionPolicy } from "./Supervision.js"
 import type { RequestTimeout, TransportError } from "./TransportError.js"
 
@@ -173,6 +174,8 @@ export interface ConnectionEnv {
   readonly inheritEnv?: (() => ReadonlyArray<string>) | undefined
   /** stdio: the sandbox a process starts in (transport/sandbox.ts), asked each time one starts; absent or undefined: none. */
   readonly sandbox?: (() => SandboxSettings | undefined) | undefined
+  /** stdio: whether sandboxes can be set up here (the Transport's probes, shared by its connections); absent: the connection probes for itself. */
+  readonly sandboxProbes?: SandboxProbes | undefined
   readonly supervision?: {
     readonly policy: () => SupervisionPolicy
     readonly report: (status: ChannelStatus) => void

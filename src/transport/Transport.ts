@@ -6,7 +6,8 @@ import { makeHttpConnection } from "./http.js"
 import type { EraMemory } from "./HttpSession.js"
 import { makeLegacySseConnection } from "./legacySse.js"
 import { Http1Pools } from "./Http1Pools.js"
-import { makeStdioConnection } from "./stdio.js"
+import { makeSandboxProbes } from "./sandboxProbe.js"
+import { makeStdioConnection, runsAsRoot } from "./stdio.js"
 import { type CallerEntry, CallerConnections } from "./CallerConnections.js"
 import { WarmProcesses } from "./WarmProcesses.js"
 import { ConnectionPolicy } from "./Supervision.js"
@@ -121,6 +122,15 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         return log
       }
 
+      // Whether sandboxes can be set up here: probed once per PATH, asynchronously, at the first
+      // sandboxed start (a gateway without sandboxes never runs bwrap), shared by every connection.
+      const sandboxProbes = makeSandboxProbes({
+        runtime,
+        scope: layerScope,
+        asRoot: runsAsRoot(),
+        warn: (message) => Runtime.runFork(runtime)(Effect.logWarning(message))
+      })
+
       // Processes being stopped now, for every connection of this Transport (see ConnectionEnv.stopping).
       const stopping = { count: 0 }
       const envFor = (instance: InstanceDefinition, scope: Scope.Scope, supervised: boolean): ConnectionEnv => ({
@@ -130,6 +140,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         http1Pools,
         inheritEnv: instance.transport === "stdio" && policy.inheritEnv !== undefined ? () => policy.inheritEnv!(instance) : undefined,
         sandbox: instance.transport === "stdio" && policy.sandbox !== undefined ? () => policy.sandbox!(instance) : undefined,
+        sandboxProbes,
         stopping,
         supervision: supervised
           ? { policy: () => policy.supervision(instance), report: (status) => policy.report(instance, status) }
@@ -151,7 +162,7 @@ export class Transport extends Context.Tag("mcp-gateway/Transport")<Transport, T
         return connection
       }
 
-      const warm = new WarmProcesses(logFor, (instance) => policy.inheritEnv?.(instance) ?? [], (instance) => policy.sandbox?.(instance))
+      const warm = new WarmProcesses(logFor, (instance) => policy.inheritEnv?.(instance) ?? [], (instance) => policy.sandbox?.(instance), sandboxProbes)
 
       // With auth on, each caller's own connection to an instance (see CallerConnections.ts).
       const clock = yield* Effect.clock

@@ -2,7 +2,8 @@ import type { ChildProcess } from "node:child_process"
 import type { InstanceDefinition } from "../domain/Instance.js"
 import type { ConnectionLog } from "./Connection.js"
 import type { SandboxSettings } from "../domain/Sandbox.js"
-import { SandboxUnavailable, spawnServer, stopChild } from "./stdio.js"
+import type { SandboxProbes } from "./sandboxProbe.js"
+import { SandboxUnavailable, serverPath, spawnServer, stopChild } from "./stdio.js"
 
 type StdioInstance = Extract<InstanceDefinition, { transport: "stdio" }>
 
@@ -25,7 +26,9 @@ export class WarmProcesses {
     /** What of the gateway's environment the instance's processes may see (its inherit_env list). */
     private readonly inheritEnvOf: (instance: InstanceDefinition) => ReadonlyArray<string>,
     /** The sandbox its processes start in (undefined: none). */
-    private readonly sandboxOf: (instance: InstanceDefinition) => SandboxSettings | undefined = () => undefined
+    private readonly sandboxOf: (instance: InstanceDefinition) => SandboxSettings | undefined = () => undefined,
+    /** Whether sandboxes can be set up here (the Transport's probes); absent: a sandboxed instance keeps none warm. */
+    private readonly sandboxProbes?: SandboxProbes | undefined
   ) {}
 
   /** Starts or stops warm processes of the instance until it has `count`. */
@@ -37,11 +40,17 @@ export class WarmProcesses {
       this.byInstance.set(instance, warm = [])
     }
     const pool = warm
-    while (pool.length < count) {
+    const inheritEnv = this.inheritEnvOf(instance)
+    const settings = pool.length < count ? this.sandboxOf(instance) : undefined
+    // Sandboxed: only once the probe has spoken (the instance's first process waited for it; a
+    // warm process never does, being only an optimisation: the next keep starts it).
+    const verdict = settings === undefined ? undefined : this.sandboxProbes?.known(serverPath(instance as StdioInstance, inheritEnv))
+    const sandbox = settings === undefined || verdict === undefined ? undefined : { settings, verdict }
+    while (pool.length < count && (settings === undefined || sandbox !== undefined)) {
       const log = this.logFor(instance)
       let child: ChildProcess
       try {
-        child = spawnServer(instance as StdioInstance, this.inheritEnvOf(instance), this.sandboxOf(instance))
+        child = spawnServer(instance as StdioInstance, inheritEnv, sandbox)
       } catch (e) {
         // (The instance's own start says why, once; a warm process is only an optimisation.)
         if (e instanceof SandboxUnavailable) break

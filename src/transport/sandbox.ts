@@ -12,6 +12,26 @@ const SYSTEM_DIRS_IF_PRESENT = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/l
 /** The unprivileged user a server runs as when the gateway is root (root ignores RLIMIT_NPROC): nobody. */
 export const SANDBOX_UID = 65534
 
+/** A root gateway's drop to SANDBOX_UID before the server runs: no groups, no capabilities, no new privileges. */
+export const DROP_TO_SANDBOX_USER = [
+  "setpriv",
+  `--reuid=${SANDBOX_UID}`,
+  `--regid=${SANDBOX_UID}`,
+  "--clear-groups",
+  "--inh-caps=-all",
+  "--bounding-set=-all",
+  "--no-new-privs",
+  "--"
+] as const
+
+/**
+ * A user namespace of the server's own, made after the drop: the kernel counts RLIMIT_NPROC per
+ * user and user namespace, so each server's `processes` limit counts its own processes only,
+ * not every process of SANDBOX_UID on the machine (a non-root gateway's bwrap makes one anyway).
+ * No uid is mapped in it: the server stays SANDBOX_UID to the files it touches.
+ */
+export const OWN_USER_NAMESPACE = ["unshare", "--user", "--"] as const
+
 export interface SandboxCommand {
   readonly command: string
   readonly args: ReadonlyArray<string>
@@ -23,6 +43,12 @@ export interface SandboxCommand {
   readonly commandDir?: string | undefined
   /** Whether the gateway runs as root: the server then runs as SANDBOX_UID (setpriv), so that its process limit holds. */
   readonly asRoot: boolean
+  /**
+   * With `asRoot`: whether the server gets a user namespace of its own (OWN_USER_NAMESPACE), so
+   * that its process limit is its own; false where SANDBOX_UID cannot make one (the probe says:
+   * sandboxProbe.ts), and then every sandboxed server's processes count against one budget.
+   */
+  readonly ownUserNamespace?: boolean | undefined
   /** The bubblewrap executable (default "bwrap", found on PATH). */
   readonly bwrap?: string | undefined
 }
@@ -89,20 +115,14 @@ export const sandboxedSpawn = (sandbox: SandboxSettings, spec: SandboxCommand): 
   if (home === undefined || ![...readable, ...sandbox.write].some((dir) => under(dir, home))) env.HOME = "/tmp"
 
   args.push("--")
+  if (spec.asRoot) {
+    args.push(...DROP_TO_SANDBOX_USER)
+    if (spec.ownUserNamespace === true) args.push(...OWN_USER_NAMESPACE)
+  }
+  // The limits last: a user namespace made under a process limit caps the user's processes in
+  // all its namespaces together by that limit, which would make the budget shared again.
   const limits = prlimitArgs(sandbox)
   if (limits.length > 0) args.push("prlimit", ...limits, "--")
-  if (spec.asRoot) {
-    args.push(
-      "setpriv",
-      `--reuid=${SANDBOX_UID}`,
-      `--regid=${SANDBOX_UID}`,
-      "--clear-groups",
-      "--inh-caps=-all",
-      "--bounding-set=-all",
-      "--no-new-privs",
-      "--"
-    )
-  }
   args.push(spec.command, ...spec.args)
   return { command: spec.bwrap ?? "bwrap", args, env }
 }

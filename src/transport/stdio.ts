@@ -10,7 +10,7 @@ import type { ConnectionEnv, ConnectionLog } from "./Connection.js"
 import { makeLineSplitter, throttled } from "./lines.js"
 import { type ChannelListener, Multiplexer } from "./Multiplexer.js"
 import { commandDirOf, sandboxedSpawn } from "./sandbox.js"
-import { sandboxUnavailable } from "./sandboxProbe.js"
+import { makeSandboxProbes, type SandboxProbes, type SandboxVerdict } from "./sandboxProbe.js"
 import { makeSharedChannelConnection, type SessionChannelOptions, type SharedChannelConnection } from "./SharedChannel.js"
 import { TransportError } from "./TransportError.js"
 
@@ -108,13 +108,23 @@ export const makeStdioConnection = (
   const stderrLog = throttled((line: string) => `stderr: ${line.slice(0, STDERR_LINE_CHARS)}`, log.debug, { everyMs: 1000, burst: 100 })
 
   let toldUnavailable = false
-  const spawnProcess = (listeners: ReadonlySet<ChannelListener>): Process => {
+  // (A connection made on its own, in tests, probes for itself; the Transport's share one.)
+  let ownProbes: SandboxProbes | undefined
+  const probes = () =>
+    env.sandboxProbes ?? (ownProbes ??= makeSandboxProbes({ runtime: env.runtime, scope: env.scope, asRoot: runsAsRoot(), warn: log.warn }))
+  /** The sandbox a process starts in, with what the probe found for it (its first start waits for the probe). */
+  const sandboxFor = (inheritEnv: ReadonlyArray<string>): Effect.Effect<ServerSandbox | undefined> => {
+    const settings = env.sandbox?.()
+    if (settings === undefined) return Effect.succeed(undefined)
+    return Effect.map(probes().verdict(serverPath(instance, inheritEnv)), (verdict) => ({ settings, verdict }))
+  }
+  const spawnProcess = (listeners: ReadonlySet<ChannelListener>, inheritEnv: ReadonlyArray<string>, sandbox: ServerSandbox | undefined): Process => {
     const warm = prestarted !== undefined && prestarted.pid !== undefined && prestarted.exitCode === null && prestarted.signalCode === null
       ? prestarted
       : undefined
     if (prestarted !== undefined && warm === undefined) log.info(`a warm process had exited (${prestarted.pid ?? "?"}); starting one`)
     prestarted = undefined
-    const child = warm ?? spawnServer(instance, env.inheritEnv?.() ?? [], env.sandbox?.())
+    const child = warm ?? spawnServer(instance, inheritEnv, sandbox)
     const proc = new Process(child, instance.id, log, listeners, options.forSession !== undefined)
     child.stdout!.setEncoding("utf8")
     child.stdout!.on(
@@ -156,17 +166,20 @@ export const makeStdioConnection = (
 
   const connection = makeSharedChannelConnection(env, {
     instanceId: instance.id,
-    start: (listeners) =>
-      Effect.try({
-        try: () => spawnProcess(listeners),
-        catch: (e) => {
-          if (!(e instanceof SandboxUnavailable)) throw e
-          // Said once, as a warning; each further start fails with the same reason (in last_exit).
-          if (!toldUnavailable) log.warn(`${e.message}; the instance does not start (it never runs unsandboxed when its config asks for a sandbox)`)
-          toldUnavailable = true
-          return new TransportError({ instanceId: instance.id, reason: "unavailable", message: e.message, reachedBackend: false })
-        }
-      }),
+    start: (listeners) => {
+      const inheritEnv = env.inheritEnv?.() ?? []
+      return Effect.flatMap(sandboxFor(inheritEnv), (sandbox) =>
+        Effect.try({
+          try: () => spawnProcess(listeners, inheritEnv, sandbox),
+          catch: (e) => {
+            if (!(e instanceof SandboxUnavailable)) throw e
+            // Said once, as a warning; each further start fails with the same reason (in last_exit).
+            if (!toldUnavailable) log.warn(`${e.message}; the instance does not start (it never runs unsandboxed when its config asks for a sandbox)`)
+            toldUnavailable = true
+            return new TransportError({ instanceId: instance.id, reason: "unavailable", message: e.message, reachedBackend: false })
+          }
+        }))
+    },
     stop: (proc) => {
       const stopping = env.stopping
       if (stopping === undefined) return stopProcess(proc, STOP_GRACE_MS)
@@ -187,28 +200,41 @@ export const makeStdioConnection = (
 /** A sandbox was asked for and cannot be set up here (bwrap missing, namespaces refused): the server must not start. */
 export class SandboxUnavailable extends Error {}
 
+/** The sandbox a server starts in, and what the probe found out about sandboxes here (sandboxProbe.ts). */
+export interface ServerSandbox {
+  readonly settings: SandboxSettings
+  readonly verdict: SandboxVerdict
+}
+
+/** Whether the gateway runs as root (its sandboxed servers then run as an unprivileged user). */
+export const runsAsRoot = () => process.getuid?.() === 0
+
+/** The PATH an instance's processes get (what their sandbox is probed with). */
+export const serverPath = (instance: StdioInstance, inheritEnv: ReadonlyArray<string>) => childEnvironment(instance.env, inheritEnv).PATH
+
 /**
  * Starts an instance's server, in its own process group (so that stopping it also stops what it
  * started: npx, sh -c, ...); in its sandbox if it has one (bwrap leads the group then, the
  * server and its children stay in it). Throws SandboxUnavailable rather than start a server
  * unsandboxed that asked for a sandbox.
  */
-export const spawnServer = (instance: StdioInstance, inheritEnv: ReadonlyArray<string>, sandbox?: SandboxSettings | undefined): ChildProcess => {
+export const spawnServer = (instance: StdioInstance, inheritEnv: ReadonlyArray<string>, sandbox?: ServerSandbox | undefined): ChildProcess => {
   const [command, ...args] = instance.command
   // Never the gateway's whole environment (its keys and secrets): see childEnvironment.ts.
   const childEnv = childEnvironment(instance.env, inheritEnv)
   let run = { command: command!, args, env: childEnv }
   if (sandbox !== undefined) {
-    const problem = sandboxUnavailable(childEnv.PATH)
+    const problem = sandbox.verdict.unavailable
     if (problem !== undefined) throw new SandboxUnavailable(problem)
     const cwd = instance.working_dir ?? process.cwd()
-    run = sandboxedSpawn(sandbox, {
+    run = sandboxedSpawn(sandbox.settings, {
       command: command!,
       args,
       cwd,
       env: childEnv,
       commandDir: commandDirOf(command!, cwd, childEnv.PATH, isExecutable),
-      asRoot: process.getuid?.() === 0
+      asRoot: runsAsRoot(),
+      ownUserNamespace: sandbox.verdict.ownUserNamespace === true
     }) as typeof run
   }
   return spawn(run.command, run.args, {

@@ -10,10 +10,12 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
   api,
+  children,
   descendants,
   everythingServer,
   initializeRaw,
   isAlive,
+  repoRoot,
   mcpPostHeaders,
   type RunningGateway,
   type RunningServer,
@@ -35,14 +37,25 @@ const openRawSession = async (url: string) => {
 }
 
 /**
+ * How the suite's stdio servers run: as the gateway starts them, or each in a strict sandbox
+ * (bubblewrap; its code readable, its working directory writable). Under the sandbox only what
+ * involves a stdio server runs (HTTP and legacy SSE backends are not sandboxed).
+ */
+type Variant = { readonly name: string; readonly sandboxed: boolean }
+
+/**
  * The official MCP SDK client, connected to the gateway's `/mcp/{template}` endpoint, does what
  * it does when connected to the server directly.
  */
-describe("MCP endpoint end to end", () => {
+const endpointSuite = ({ sandboxed }: Variant) => {
   let backend: RunningServer
-  let legacy: RunningServer
+  let legacy: RunningServer | undefined
   let gateway: RunningGateway
+  let work: string | undefined
   const clients: Array<Client> = []
+  // Under the sandbox, the tests of HTTP and legacy SSE backends are not run again.
+  const stdioOnly = (templates: ReadonlyArray<string>) => sandboxed ? templates.filter((t) => t === "stdio") : templates
+  const notSandboxed = sandboxed ? it.skip : it
 
   const connect = async (url: string) => {
     const client = new Client({ name: "e2e", version: "1.0.0" })
@@ -52,41 +65,53 @@ describe("MCP endpoint end to end", () => {
   }
 
   beforeAll(async () => {
-    ;[backend, legacy] = await Promise.all([startEverythingHttp(), startEverythingSse()])
+    ;[backend, legacy] = await Promise.all([startEverythingHttp(), sandboxed ? undefined : startEverythingSse()])
     const dir = tempDir()
     const configFile = path.join(dir, "gateway.json")
+    // The strict preset, and the reference server's code readable (node_modules may be a link: its real directory).
+    const sandbox = sandboxed ? { preset: "strict", read: [fs.realpathSync(path.join(repoRoot, "node_modules"))] } : undefined
+    if (sandboxed) {
+      // Its working directory, writable by the unprivileged user a root gateway runs it as.
+      work = tempDir("gw-e2e-sandboxed-")
+      fs.chmodSync(work, 0o777)
+    }
+    const server = sandboxed
+      ? { command: ["node", fs.realpathSync(everythingServer), "stdio"], working_dir: work }
+      : { command: ["node", everythingServer, "stdio"] }
     writeJson(configFile, {
-      gateway: { max_body_bytes: 16384 },
+      gateway: { max_body_bytes: 16384, ...(sandboxed ? { sandbox } : {}) },
       templates: {
         stdio: {
           instances: [
-            { id: "s1", transport: "stdio", command: ["node", everythingServer, "stdio"] },
-            { id: "s2", transport: "stdio", command: ["node", everythingServer, "stdio"] }
+            { id: "s1", transport: "stdio", ...server },
+            { id: "s2", transport: "stdio", ...server }
           ]
         },
         http: { instances: [{ id: "h1", transport: "http", endpoint: backend.url }] },
-        legacy: { instances: [{ id: "l1", transport: "sse", endpoint: legacy.url }] },
-        "legacy-own": {
-          instances: [{ id: "lo1", transport: "sse", endpoint: legacy.url }],
-          load_balancer: { session_process: "per_session" }
-        },
+        ...(legacy === undefined ? {} : {
+          legacy: { instances: [{ id: "l1", transport: "sse", endpoint: legacy.url }] },
+          "legacy-own": {
+            instances: [{ id: "lo1", transport: "sse", endpoint: legacy.url }],
+            load_balancer: { session_process: "per_session" }
+          }
+        }),
         victims: {
           instances: ["v1", "v2"].map((id) => ({
             id,
             transport: "stdio",
-            command: ["node", everythingServer, "stdio"],
+            ...server,
             env: { GATEWAY_TEST_INSTANCE: id }
           })),
           load_balancer: { health_check_interval: 600 }
         },
         own: {
-          instances: [{ id: "p1", transport: "stdio", command: ["node", everythingServer, "stdio"] }],
+          instances: [{ id: "p1", transport: "stdio", ...server }],
           load_balancer: { session_process: "per_session", max_sessions_per_instance: 2, warm_processes: 0 }
         },
-        single: { instances: [{ id: "only", transport: "stdio", command: ["node", everythingServer, "stdio"] }] },
+        single: { instances: [{ id: "only", transport: "stdio", ...server }] },
         stateless: {
           instances: [
-            { id: "a", transport: "stdio", command: ["node", everythingServer, "stdio"] },
+            { id: "a", transport: "stdio", ...server },
             { id: "b", transport: "http", endpoint: backend.url }
           ],
           load_balancer: { session_affinity: "none" }
@@ -100,9 +125,22 @@ describe("MCP endpoint end to end", () => {
     await Promise.all(clients.map((c) => c.close().catch(() => {})))
     await gateway?.stop()
     await Promise.all([backend?.stop(), legacy?.stop()])
+    if (work !== undefined) fs.rmSync(work, { recursive: true, force: true })
   })
 
-  for (const template of ["stdio", "http", "legacy"]) {
+  if (sandboxed) {
+    it("the stdio servers run in the sandbox (so that what follows proves it)", async () => {
+      const client = await connect(`${gateway.url}/mcp/stdio`)
+      await client.ping()
+      const registry = (await api(`${gateway.url}/gateway/registry`)).body
+      expect(registry.templates.stdio.instances[0].sandbox).toMatchObject({ network: "none", write: [work] })
+      const started = children(gateway.process.pid!).map((pid) => fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim())
+      expect(started.length).toBeGreaterThan(0)
+      expect(started.every((comm) => comm === "bwrap")).toBe(true)
+    })
+  }
+
+  for (const template of stdioOnly(["stdio", "http", "legacy"])) {
     it(`${template} backend: tools, resources, prompts, completion, logging, ping, termination`, async () => {
       const direct = await connect(backend.url)
       const client = await connect(`${gateway.url}/mcp/${template}`)
@@ -152,7 +190,7 @@ describe("MCP endpoint end to end", () => {
     })
   }
 
-  for (const template of ["stdio", "http", "legacy"]) {
+  for (const template of stdioOnly(["stdio", "http", "legacy"])) {
     it(`${template} backend: progress notifications reach the client while a long tool runs`, async () => {
       const client = await connect(`${gateway.url}/mcp/${template}`)
       const progressAt: Array<number> = []
@@ -169,7 +207,7 @@ describe("MCP endpoint end to end", () => {
     })
   }
 
-  for (const template of ["http", "legacy-own"]) {
+  for (const template of stdioOnly(["http", "legacy-own"])) {
     it(`${template} backend: the server's sampling request is answered by the client's own handler`, async () => {
       const client = new Client({ name: "sampler", version: "1.0.0" }, { capabilities: { sampling: {} } })
       const asked: Array<string> = []
@@ -186,7 +224,7 @@ describe("MCP endpoint end to end", () => {
     })
   }
 
-  for (const template of ["stdio", "http"]) {
+  for (const template of stdioOnly(["stdio", "http"])) {
     it(`${template} backend: an aborted call is cancelled and the session goes on`, async () => {
       const client = await connect(`${gateway.url}/mcp/${template}`)
       const controller = new AbortController()
@@ -204,7 +242,7 @@ describe("MCP endpoint end to end", () => {
     })
   }
 
-  for (const template of ["stdio", "http"]) {
+  for (const template of stdioOnly(["stdio", "http"])) {
     it(`${template} backend: resource updates of a subscription arrive on the standing stream`, async () => {
       const client = await connect(`${gateway.url}/mcp/${template}`)
       const updates: Array<string> = []
@@ -264,7 +302,9 @@ describe("MCP endpoint end to end", () => {
   })
 
   it(`session_process "per_session": each client session gets a process of its own, capped, that asks its client for sampling`, async () => {
-    const base = descendants(gateway.process.pid!).length
+    // Server processes are the gateway's children (a sandboxed one is three: bwrap, its init, the server).
+    const serverProcesses = () => children(gateway.process.pid!)
+    const base = serverProcesses().length
     const sampler = async () => {
       const client = new Client({ name: "sampler", version: "1.0.0" }, { capabilities: { sampling: {} } })
       client.setRequestHandler(CreateMessageRequestSchema, async () => ({
@@ -277,25 +317,25 @@ describe("MCP endpoint end to end", () => {
       return client
     }
     const first = await sampler()
-    expect(descendants(gateway.process.pid!).length).toBe(base + 1)
+    expect(serverProcesses().length).toBe(base + 1)
     const result = await first.callTool({ name: "trigger-sampling-request", arguments: { prompt: "mine" } })
     expect(JSON.stringify(result.content)).toContain("sampled by my own client")
 
     const second = await sampler()
-    expect(descendants(gateway.process.pid!).length).toBe(base + 2)
+    expect(serverProcesses().length).toBe(base + 2)
     // The cap: a third session finds no room (both clients are still there, their streams open): 503.
     await expect(sampler()).rejects.toThrow(/max_sessions_per_instance/)
 
     // Ending a session stops its process and frees its place.
     await (second.transport as StreamableHTTPClientTransport).terminateSession()
-    await waitUntil(() => descendants(gateway.process.pid!).length === base + 1, 10_000, "the session's process to stop")
+    await waitUntil(() => serverProcesses().length === base + 1, 10_000, "the session's process to stop")
     const third = await sampler()
     expect((await third.callTool({ name: "echo", arguments: { message: "room again" } })).content).toEqual([
       { type: "text", text: "Echo: room again" }
     ])
   })
 
-  it("http backend: roots travel both ways (the server asks on the standing stream, the client says they changed)", async () => {
+  notSandboxed("http backend: roots travel both ways (the server asks on the standing stream, the client says they changed)", async () => {
     const client = new Client({ name: "rooted", version: "1.0.0" }, { capabilities: { roots: { listChanged: true } } })
     let roots = [{ uri: "file:///first", name: "first" }]
     let asked = 0
@@ -395,13 +435,14 @@ describe("MCP endpoint end to end", () => {
     for (let i = 0; i < 2; i++) await client.callTool({ name: "echo", arguments: { message: "pin" } })
     const after = (await api(`${gateway.url}/gateway/stats`)).body.templates.victims.instances
     const pinned = ["v1", "v2"].find((id) => after[id].requests - before[id].requests === 2)!
-    const pid = descendants(gateway.process.pid!).find((p) => {
+    // The server itself: the last of its processes (in a sandbox, bwrap and its init carry its environment too).
+    const pid = descendants(gateway.process.pid!).filter((p) => {
       try {
         return fs.readFileSync(`/proc/${p}/environ`, "utf8").split("\0").includes(`GATEWAY_TEST_INSTANCE=${pinned}`)
       } catch {
         return false
       }
-    })!
+    }).at(-1)!
     expect(pid).toBeDefined()
     process.kill(pid, "SIGKILL")
     await waitUntil(() => !isAlive(pid), 5000, "the process to die")
@@ -416,7 +457,7 @@ describe("MCP endpoint end to end", () => {
     expect(final[pinned].healthy).toBe(false)
   })
 
-  it("answers protocol mistakes with the status the spec gives", async () => {
+  notSandboxed("answers protocol mistakes with the status the spec gives", async () => {
     const url = `${gateway.url}/mcp/http`
     const init = { jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "raw", version: "1" } } }
     const post = (body: unknown, headers: Record<string, string> = {}) =>
@@ -455,4 +496,9 @@ describe("MCP endpoint end to end", () => {
     const deleted = await fetch(url, { method: "DELETE", headers: { "mcp-session-id": session } })
     expect(deleted.status).toBe(200)
   })
-})
+}
+
+describe.each<Variant>([
+  { name: "MCP endpoint end to end", sandboxed: false },
+  { name: "MCP endpoint end to end, stdio servers in the strict sandbox", sandboxed: true }
+])("$name", endpointSuite)

@@ -1,3 +1,5 @@
+import { Client } from "@modelcontextprotocol/sdk/client/index.js"
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js"
 import { Effect, Exit, Runtime, Scope } from "effect"
 import * as fs from "node:fs"
 import * as net from "node:net"
@@ -8,7 +10,7 @@ import { defineInstance } from "../../src/domain/Instance.js"
 import { resolveSandbox, type SandboxInput, type SandboxSettings } from "../../src/domain/Sandbox.js"
 import type { ConnectionLog } from "../../src/transport/Connection.js"
 import { makeStdioConnection } from "../../src/transport/stdio.js"
-import { api, descendants, everythingServer, filesystemServer, repoRoot, runGateway, startGateway, tempDir, waitUntil, writeJson } from "../support/processes.js"
+import { api, children, descendants, everythingServer, filesystemServer, repoRoot, runGateway, startGateway, tempDir, waitUntil, writeJson } from "../support/processes.js"
 
 const fixtures = path.join(repoRoot, "test/fixtures")
 const hostile = path.join(fixtures, "hostile-server.mjs")
@@ -89,8 +91,18 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
     writeInside: () => call("write_file", { path: path.join(work, "written.txt") }),
     connect: () => call("connect", { port }),
     processes: () => call("list_processes"),
-    spawnMany: () => call("spawn_many", { count: 600 })
+    spawnMany: (count: number) => call("spawn_many", { count })
   })
+  // What the strict preset allows (processes, 512) and what a fork bomb tries: it is refused near
+  // the limit (the server's own threads count too), after a few hundred processes, not 10,000.
+  const processLimit = DEFAULT_SANDBOX.presetLimits.processes!
+  const expectRefusedAtLimit = (spawned: any, limit = processLimit) => {
+    expect(spawned.ok).toBe(false)
+    expect(spawned.error).toMatch(/^after \d+ processes: .*EAGAIN/)
+    const started = Number(spawned.error.match(/^after (\d+)/)[1])
+    expect(started).toBeLessThan(limit)
+    expect(started).toBeGreaterThan(limit - 32)
+  }
 
   it("unsandboxed, the server does each of those things (the fixture works)", async () => {
     await withServer(undefined, async (call) => {
@@ -101,7 +113,9 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
       expect(await a.connect()).toEqual({ ok: true })
       const processes = await a.processes()
       expect(processes.pids).toContain(process.pid)
-      expect(await a.spawnMany()).toEqual({ ok: true, started: 600 })
+      // Past the strict limit (512), not 10,000: that many real processes is too heavy for a CI box
+      // of two cores; past the limit is what proves the limit, not the fixture, refuses them.
+      expect(await a.spawnMany(600)).toEqual({ ok: true, started: 600 })
     })
     expect(fs.existsSync(path.join(outside, "written.txt"))).toBe(true)
     fs.rmSync(path.join(outside, "written.txt"))
@@ -125,9 +139,7 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
       const processes = await a.processes()
       expect(processes.pids).not.toContain(process.pid)
       expect(processes.pids.length).toBeLessThan(5)
-      const spawned = await a.spawnMany()
-      expect(spawned.ok).toBe(false)
-      expect(spawned.error).toMatch(/EAGAIN/)
+      expectRefusedAtLimit(await a.spawnMany(10_000))
       // 4 GiB, past the preset's 2048 MiB of private memory: refused, not killed.
       const allocated = await call("allocate", { mb: 4096 })
       expect(allocated.ok).toBe(false)
@@ -220,6 +232,46 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
     }
   }, 120_000)
 
+  it("through the gateway: warm processes start in the sandbox too, and a session takes one", async () => {
+    const modules = fs.realpathSync(path.join(repoRoot, "node_modules"))
+    const dir = tempDir("gw-sandbox-warm-")
+    const file = path.join(dir, "gateway.json")
+    writeJson(file, {
+      templates: {
+        own: {
+          sandbox: { read: [modules] },
+          instances: [{ id: "o", transport: "stdio", command: ["node", fs.realpathSync(everythingServer), "stdio"], working_dir: work }],
+          load_balancer: { session_process: "per_session", max_sessions_per_instance: 3, warm_processes: 1, health_check_interval: 600 }
+        }
+      }
+    })
+    const gateway = await startGateway({ configFile: file })
+    const clients: Array<Client> = []
+    try {
+      const connect = async () => {
+        const client = new Client({ name: "warm", version: "1.0.0" })
+        await client.connect(new StreamableHTTPClientTransport(new URL(`${gateway.url}/mcp/own`)))
+        clients.push(client)
+        return client
+      }
+      const base = children(gateway.process.pid!).length
+      await connect()
+      // Its own process, then one warm for the next session, once the sandbox's probe has spoken: each a bwrap.
+      await waitUntil(() => children(gateway.process.pid!).length === base + 2, 20_000, "a warm process")
+      const waiting = children(gateway.process.pid!)
+      expect(waiting.map((pid) => fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim())).toEqual(waiting.map(() => "bwrap"))
+      const second = await connect()
+      expect((await second.callTool({ name: "echo", arguments: { message: "warm" } })).content).toEqual([{ type: "text", text: "Echo: warm" }])
+      // It took the warm process: the only new one is the next warm one.
+      await waitUntil(() => children(gateway.process.pid!).length === base + 3, 20_000, "the next warm process")
+      expect(children(gateway.process.pid!).filter((pid) => !waiting.includes(pid))).toHaveLength(1)
+    } finally {
+      await Promise.all(clients.map((c) => c.close().catch(() => {})))
+      expect(await gateway.stop()).toBe(0)
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  }, 90_000)
+
   it("through the gateway, without bwrap on PATH: the instance does not start, one line says why, the others serve", async () => {
     const dir = tempDir("gw-sandbox-missing-")
     const file = path.join(dir, "gateway.json")
@@ -275,6 +327,96 @@ describe("sandboxed stdio servers (bubblewrap)", () => {
       fs.rmSync(dir, { recursive: true, force: true })
     }
   }, 90_000)
+
+  it("through the gateway: a fork bomb under strict is refused at its own limit; another strict server still starts processes; other templates and the gateway serve", async () => {
+    const dir = tempDir("gw-sandbox-forks-")
+    const file = path.join(dir, "gateway.json")
+    const hostileInstance = (id: string) => ({ id, transport: "stdio", command: ["node", hostile], working_dir: work })
+    writeJson(file, {
+      gateway: { sandbox: { read: [fixtures] } },
+      templates: {
+        bomb: { instances: [hostileInstance("b")] },
+        neighbour: { instances: [hostileInstance("n")] },
+        plain: { sandbox: "off", instances: [hostileInstance("p")] }
+      }
+    })
+    const gateway = await startGateway({ configFile: file })
+    try {
+      const call = async (template: string, name: string, args: Record<string, unknown> = {}) => {
+        const answer = await api(`${gateway.url}/mcp/${template}/tools/call`, { json: { name, arguments: args } })
+        expect(answer.status).toBe(200)
+        return JSON.parse(answer.body.content[0].text)
+      }
+      // 10,000 tried, refused at the limit; it keeps what it got, using up its whole budget.
+      expectRefusedAtLimit(await call("bomb", "spawn_many", { count: 10_000, hold: true }))
+      // Meanwhile another strict server starts (its first process starts now) and starts its own
+      // processes: each counts against its own limit (a user namespace of its own), not one
+      // budget of the unprivileged user all sandboxed servers run as.
+      expect(await call("neighbour", "spawn_many", { count: 100 })).toEqual({ ok: true, started: 100 })
+      expect((await call("plain", "list_processes")).ok).toBe(true)
+      expect((await api(`${gateway.url}/gateway/health`)).status).toBe(200)
+      // The bomb's server serves on, and once it lets go, starts processes again.
+      expect((await call("bomb", "list_processes")).ok).toBe(true)
+      expect((await call("bomb", "release")).released).toBeGreaterThan(processLimit - 64)
+      expect(await call("bomb", "spawn_many", { count: 10 })).toEqual({ ok: true, started: 10 })
+    } finally {
+      expect(await gateway.stop()).toBe(0)
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  }, 120_000)
+
+  // (Switching to another user needs root, as CI runs the tests.)
+  it.skipIf(process.getuid?.() !== 0)("a gateway that is not root (uid 65534): strict still holds (bwrap's own user namespace), each server with its own processes limit", async () => {
+    const dir = tempDir("gw-sandbox-nonroot-")
+    // Its config readable, its state (pid file) writable by the gateway's user.
+    fs.chmodSync(dir, 0o755)
+    const state = path.join(dir, "state")
+    fs.mkdirSync(state)
+    fs.chownSync(state, 65534, 65534)
+    const file = path.join(dir, "gateway.json")
+    const hostileInstance = (id: string) => ({ id, transport: "stdio", command: ["node", hostile], working_dir: work })
+    // (A smaller processes limit than strict's: the 512 is proven as root above, and forks are slow on a busy box.)
+    const limit = 64
+    writeJson(file, {
+      gateway: { sandbox: { read: [fixtures], limits: { processes: limit } } },
+      templates: { bomb: { instances: [hostileInstance("b")] }, neighbour: { instances: [hostileInstance("n")] } }
+    })
+    fs.chmodSync(file, 0o644)
+    const gateway = await startGateway({ configFile: file, asUser: 65534, env: { HOME: state, XDG_STATE_HOME: state } })
+    try {
+      const call = async (template: string, name: string, args: Record<string, unknown> = {}) => {
+        const answer = await api(`${gateway.url}/mcp/${template}/tools/call`, { json: { name, arguments: args } })
+        expect(answer.status).toBe(200)
+        return JSON.parse(answer.body.content[0].text)
+      }
+      // What uid 65534 could read and write unsandboxed (the directories are open to all) it cannot.
+      expect((await call("bomb", "read_file", { path: path.join(home, "secret.txt") })).error).toContain("ENOENT")
+      expect((await call("bomb", "read_file", { path: file })).ok).toBe(false)
+      expect((await call("bomb", "write_file", { path: path.join(outside, "nonroot.txt") })).ok).toBe(false)
+      expect(await call("bomb", "write_file", { path: path.join(work, "nonroot.txt") })).toEqual({ ok: true })
+      expect((await call("bomb", "connect", { port })).ok).toBe(false)
+      expect((await call("bomb", "list_processes")).pids.length).toBeLessThan(5)
+      // The server runs as the gateway's user, in a user namespace bwrap made (not the gateway's).
+      const server = descendants(gateway.process.pid!).filter((pid) => {
+        try {
+          return fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(hostile)
+        } catch {
+          return false
+        }
+      }).at(-1)!
+      expect(fs.readFileSync(`/proc/${server}/status`, "utf8")).toMatch(/^Uid:\s+65534\s/m)
+      expect(fs.readlinkSync(`/proc/${server}/ns/user`)).not.toBe(fs.readlinkSync(`/proc/${gateway.process.pid}/ns/user`))
+      // A fork bomb is refused at its limit; the other server's processes count apart.
+      expectRefusedAtLimit(await call("bomb", "spawn_many", { count: 10_000, hold: true }), limit)
+      expect(await call("neighbour", "spawn_many", { count: 40 })).toEqual({ ok: true, started: 40 })
+      expect((await call("bomb", "release")).ok).toBe(true)
+    } finally {
+      expect(await gateway.stop()).toBe(0)
+      fs.rmSync(dir, { recursive: true, force: true })
+      fs.rmSync(path.join(work, "nonroot.txt"), { force: true })
+    }
+    expect(fs.existsSync(path.join(outside, "nonroot.txt"))).toBe(false)
+  }, 120_000)
 
   it("config validate: exit 2 and one line when a sandboxed instance cannot get its sandbox", async () => {
     const dir = tempDir("gw-sandbox-validate-")

@@ -59,11 +59,7 @@ const exited = (child: ChildProcess, timeoutMs: number) =>
 
 /** Every process below `pid` (children, grandchildren, ... whatever their process group). */
 export const descendants = (pid: number): Array<number> => {
-  // (Leaving out the `ps` that lists them, a child of this process while it runs.)
-  const table = execFileSync("ps", ["-eo", "pid=,ppid=,comm="], { encoding: "utf8" })
-    .trim().split("\n").map((line) => line.trim().split(/\s+/))
-    .filter(([, , comm]) => comm !== "ps")
-    .map(([pid, ppid]) => [Number(pid), Number(ppid)] as [number, number])
+  const table = processTable()
   const found: Array<number> = []
   const walk = (parent: number) => {
     for (const [child, ppid] of table) {
@@ -76,6 +72,20 @@ export const descendants = (pid: number): Array<number> => {
   walk(pid)
   return found
 }
+
+/**
+ * The processes `pid` started itself: for a gateway, one per server process whether the server
+ * runs as itself or in a sandbox (bwrap, which starts the sandbox's init, which starts the server).
+ */
+export const children = (pid: number): Array<number> => processTable().filter(([, ppid]) => ppid === pid).map(([child]) => child)
+
+/** Every process's pid and parent's pid. */
+const processTable = () =>
+  // (Leaving out the `ps` that lists them, a child of this process while it runs.)
+  execFileSync("ps", ["-eo", "pid=,ppid=,comm="], { encoding: "utf8" })
+    .trim().split("\n").map((line) => line.trim().split(/\s+/))
+    .filter(([, , comm]) => comm !== "ps")
+    .map(([pid, ppid]) => [Number(pid), Number(ppid)] as [number, number])
 
 /** Whether a process still runs (a zombie, dead but not yet reaped by its parent, does not). */
 export const isAlive = (pid: number) => {
@@ -120,9 +130,15 @@ export const startGateway = async (options: {
   readonly configFile?: string
   readonly args?: ReadonlyArray<string>
   readonly env?: Record<string, string>
+  /** Run it as this unprivileged uid (and gid) instead of the test's user (setpriv; the test must be root). */
+  readonly asUser?: number
 }): Promise<RunningGateway> => {
-  const args = [gatewayMain, "start", "--port", "0", ...(options.configFile ? ["--config", options.configFile] : []), ...(options.args ?? [])]
-  const child = spawn(process.execPath, args, {
+  const gatewayArgs = [gatewayMain, "start", "--port", "0", ...(options.configFile ? ["--config", options.configFile] : []), ...(options.args ?? [])]
+  // (setpriv execs node: the child's pid is the gateway's.)
+  const [command, args] = options.asUser === undefined
+    ? [process.execPath, gatewayArgs]
+    : ["setpriv", [`--reuid=${options.asUser}`, `--regid=${options.asUser}`, "--clear-groups", "--", process.execPath, ...gatewayArgs]]
+  const child = spawn(command, args, {
     env: { ...process.env, ...options.env },
     stdio: ["ignore", "pipe", "pipe"]
   })

@@ -8,7 +8,7 @@ import { resolveSandbox, type SandboxSettings } from "../../src/domain/Sandbox.j
 import { sandboxedSpawn } from "../../src/transport/sandbox.js"
 
 const limits = DEFAULT_SANDBOX.presetLimits
-const spec = { command: "node", args: ["server.js"], cwd: "/srv/app", env: { PATH: "/usr/bin", HOME: "/root" }, asRoot: true }
+const spec = { command: "node", args: ["server.js"], cwd: "/srv/app", env: { PATH: "/usr/bin", HOME: "/root" }, asRoot: true, ownUserNamespace: true }
 
 /** The pairs or triples of bwrap's options, as one string each, for membership checks. */
 const options = (args: ReadonlyArray<string>) => args.join(" ")
@@ -59,14 +59,10 @@ describe("sandboxedSpawn (bwrap's command line)", () => {
     expect(s.args).not.toContain("--new-session")
     // The writable cwd comes after /tmp's tmpfs (a cwd under /tmp shows through).
     expect(s.args.indexOf("--bind")).toBeGreaterThan(s.args.indexOf("--tmpfs"))
-    // The command last, after the limits and the drop to nobody (root ignores RLIMIT_NPROC).
+    // The command last, after the drop to nobody (root ignores RLIMIT_NPROC), a user namespace
+    // of its own (its processes limit counts its own processes only), then the limits.
     const tail = s.args.slice(s.args.indexOf("--") + 1)
     expect(tail).toEqual([
-      "prlimit",
-      `--data=${2048 * 1024 * 1024}`,
-      "--nofile=1024",
-      "--nproc=512",
-      "--",
       "setpriv",
       "--reuid=65534",
       "--regid=65534",
@@ -75,9 +71,21 @@ describe("sandboxedSpawn (bwrap's command line)", () => {
       "--bounding-set=-all",
       "--no-new-privs",
       "--",
+      "unshare",
+      "--user",
+      "--",
+      "prlimit",
+      `--data=${2048 * 1024 * 1024}`,
+      "--nofile=1024",
+      "--nproc=512",
+      "--",
       "node",
       "server.js"
     ])
+    // Where nobody cannot make a user namespace: the same without one (the budget is shared then).
+    const shared = sandboxedSpawn(strict, { ...spec, ownUserNamespace: false })
+    expect(shared.args).not.toContain("unshare")
+    expect(shared.args.slice(shared.args.indexOf("--") + 1, shared.args.indexOf("prlimit"))).toEqual(tail.slice(0, 8))
     // HOME (/root) is not there: the private /tmp instead.
     expect(s.env).toEqual({ PATH: "/usr/bin", HOME: "/tmp" })
   })
@@ -119,6 +127,7 @@ describe("sandboxedSpawn (bwrap's command line)", () => {
     expect(s.args.indexOf("--dir")).toBeLessThan(s.args.indexOf("--bind"))
     expect(o).not.toContain("/var/registry.json")
     expect(s.args).not.toContain("setpriv")
+    expect(s.args).not.toContain("unshare")
     expect(s.args.slice(s.args.indexOf("--") + 1)).toEqual(["prlimit", `--data=${100 * 1024 * 1024}`, "--cpu=60", "--", "node", "server.js"])
     // A HOME inside a writable path stays.
     expect(s.env.HOME).toBe("/data/home")
