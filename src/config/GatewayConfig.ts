@@ -35,7 +35,9 @@ export const DEFAULT_LIMITS = {
   /** Ended session ids each replica remembers until their seal expires (so that none is taken over again). */
   maxEndedSessions: 100_000,
   /** Seconds a session lives at most, however busy (its sealed id expires then, on every replica). */
-  sessionMaxLifetimeSeconds: 86_400
+  sessionMaxLifetimeSeconds: 86_400,
+  /** Seconds after which an instance's own lists are read again for drift, at its next passed health probe (docs/security.md). */
+  driftCheckIntervalSeconds: 60
 } as const
 
 /** How long an MCP session lives at most, under these settings. */
@@ -254,6 +256,8 @@ export const ConfigFile = Schema.Struct({
     max_ended_sessions: Schema.optional(PositiveInt(100)),
     /** Seconds an MCP session lives at most, however busy (then 404: the client initializes again). */
     session_max_lifetime: Schema.optional(PositiveInt(60)),
+    /** Seconds after which each instance's own lists are read again for drift between instances (at its next passed probe; default 60). */
+    drift_check_interval: Schema.optional(PositiveSeconds),
     rate_limits: Schema.optional(Schema.Struct({
       /** Per credential (per client address without auth), over every route but /gateway/health. */
       per_client: Schema.optional(RateLimitInput),
@@ -360,6 +364,8 @@ export interface GatewaySettings {
   readonly maxEndedSessions?: number | undefined
   /** How long an MCP session lives at most (its sealed id carries the expiry); absent: DEFAULT_LIMITS' (sessionLifetimeOf). */
   readonly sessionMaxLifetime?: Duration.Duration | undefined
+  /** How old an instance's offer may get before its next passed probe reads it again (absent: DEFAULT_LIMITS.driftCheckIntervalSeconds). */
+  readonly driftCheckInterval?: Duration.Duration | undefined
   readonly rateLimits: { readonly perClient: RateLimit | undefined; readonly perTemplate: RateLimit | undefined }
   /** Failed authentications per client address (undefined: DEFAULT_AUTH_FAILURES). */
   readonly authFailures?: AuthFailureSettings | undefined
@@ -699,6 +705,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         },
         maxEndedSessions: file.gateway?.max_ended_sessions ?? DEFAULT_LIMITS.maxEndedSessions,
         sessionMaxLifetime: Duration.seconds(file.gateway?.session_max_lifetime ?? DEFAULT_LIMITS.sessionMaxLifetimeSeconds),
+        driftCheckInterval: Duration.seconds(file.gateway?.drift_check_interval ?? DEFAULT_LIMITS.driftCheckIntervalSeconds),
         rateLimits: {
           perClient: rateLimitOf(file.gateway?.rate_limits?.per_client),
           perTemplate: rateLimitOf(file.gateway?.rate_limits?.per_template)

@@ -23,6 +23,7 @@ import { Strategies } from "../strategy/Strategies.js"
 import { HealthProbes } from "../health/HealthProbes.js"
 import { isModulePath } from "../loader/PluginLoader.js"
 import { ConfigReload } from "../discovery/ConfigReload.js"
+import { InstanceOffers } from "../integrity/InstanceOffers.js"
 import { Discovery } from "../discovery/Discovery.js"
 import { GatewayApi, RegisterBody } from "./Api.js"
 import { gatewayHealth, gatewayStats, templateHealth } from "./gatewayViews.js"
@@ -96,6 +97,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
     const reload = yield* ConfigReload
     const exposure = yield* Exposure
     const fleet = yield* FleetRedis
+    const offers = yield* InstanceOffers
     const timer = yield* Timer
     const startedAt = timer.now()
     const registration = config.gateway.registration ?? DEFAULT_REGISTRATION
@@ -109,14 +111,19 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           registry_file: config.gateway.registryFile ?? null,
           config_file: reload.file ?? null,
           discovery: discovery.status(),
-          templates: Object.fromEntries(registry.templates().map((t) => [t.name, {
-            source: t.source,
-            load_balancer: loadBalancerJson(t.settings),
-            instances: Array.from(t.instances.values(), (i) =>
-              i.definition.transport === "stdio"
-                ? { ...i.toJSON(timer.now()), sandbox: sandboxView(sandboxOf(i.definition, t.sandbox, config.gateway.sandbox)) }
-                : i.toJSON(timer.now()))
-          }]))
+          templates: Object.fromEntries(registry.templates().map((t) => {
+            // Drift between instances: which instances' own lists differ from the pins, and how (docs/api.md).
+            const drift = offers.drift(t.name)
+            return [t.name, {
+              source: t.source,
+              load_balancer: loadBalancerJson(t.settings),
+              instances: Array.from(t.instances.values(), (i) =>
+                i.definition.transport === "stdio"
+                  ? { ...i.toJSON(timer.now()), sandbox: sandboxView(sandboxOf(i.definition, t.sandbox, config.gateway.sandbox)) }
+                  : i.toJSON(timer.now())),
+              ...(drift === undefined ? {} : { drift })
+            }]
+          }))
         })))
       .handleRaw("register", ({ request }) =>
         Effect.gen(function*() {

@@ -38,6 +38,7 @@ import { setRequestContext } from "./requestContext.js"
 import { makeRestHandler } from "./RestHandler.js"
 import { defaultConnectionCaps, descriptorLimit, makeConnectionGate } from "./connectionLimits.js"
 import { ResponseFlow } from "./ResponseFlow.js"
+import type { InstanceOffers } from "../integrity/InstanceOffers.js"
 import { repeat, Timer } from "../clock/Timer.js"
 import { classifyRoute, methodsOf, requirementOf, type Route } from "./routes.js"
 
@@ -77,6 +78,7 @@ export const HttpServerLive: Layer.Layer<
   | Exposure
   | AggregateSessions
   | FleetRedis
+  | InstanceOffers
   | Timer
 > = Layer.scoped(
   ListeningAddress,

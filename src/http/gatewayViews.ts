@@ -90,6 +90,8 @@ export const gatewayStats = (
           active_requests: i.activeRequests,
           ejected: i.outlier.isEjected(now),
           circuit_breaker: i.breaker.toJSON(now).state,
+          // Its own lists differ from the template's pins (drift between instances: /gateway/registry says how).
+          drifted: i.offerDiffers,
           ...(i.channel === undefined ? {} : { process: i.channel.state, restarts: stats.restarts(t.name, i.id) })
         }]
       }))

@@ -3,7 +3,7 @@ import type * as http from "node:http"
 /**
  * `GET /gateway/ui`: a read-only status page. One static document (HTML, CSS and script inline,
  * nothing from a CDN) that polls `/gateway/stats` every second and redraws: templates and their
- * instances, health, breaker, ejection, process, sessions, request rate, error rate, latency.
+ * instances, health, breaker, ejection, drift, process, sessions, request rate, error rate, latency.
  * The document holds no data, so it is served without a credential; the stats it polls need
  * `gateway:read`, and with auth on the page asks for a key or token (kept in sessionStorage).
  */
@@ -35,7 +35,7 @@ const page = `<!DOCTYPE html>
   th:first-child, td:first-child { position: sticky; left: 0; background: #fff; }
   .badge { display: inline-block; padding: .05rem .5rem; border-radius: 1rem; font-size: .8rem; font-weight: 600; color: #fff; background: var(--dim); }
   .healthy, .closed, .running { background: var(--ok); }
-  .unhealthy, .half_open, .restarting, .starting, .ejected { background: var(--warn); }
+  .unhealthy, .half_open, .restarting, .starting, .ejected, .drifted { background: var(--warn); }
   .failed, .open, .stopped { background: var(--bad); }
   #state { color: var(--dim); }
   #state.error { color: var(--bad); font-weight: 600; }
@@ -107,7 +107,7 @@ function render(stats) {
       const rate = seconds > 0 && before !== undefined ? ((i.requests - before) / seconds).toFixed(1) : "–";
       return '<tr data-instance="' + text(key) + '" data-status="' + text(i.status) + '" data-restarts="' + text(i.restarts ?? 0) + '">' +
         "<td>" + text(id) + "</td>" +
-        "<td>" + badge(i.status, i.status) + (i.ejected ? " " + badge("ejected", "ejected") : "") + "</td>" +
+        "<td>" + badge(i.status, i.status) + (i.ejected ? " " + badge("ejected", "ejected") : "") + (i.drifted ? " " + badge("drifted", "drifted") : "") + "</td>" +
         "<td>" + badge(i.circuit_breaker, i.circuit_breaker) + "</td>" +
         "<td>" + (i.process ? badge(i.process, i.process) + (i.restarts > 0 ? " <small>" + count(i.restarts, "restart") + "</small>" : "") : "–") + "</td>" +
         '<td class="num">' + text(i.active_requests) + "</td>" +

@@ -15,6 +15,7 @@ import { ClientSession } from "./ClientSession.js"
 import type { Adoption, EndpointSessionsShape, SessionRefusal } from "./EndpointSessions.js"
 import { Dispatcher } from "../dispatch/Dispatcher.js"
 import { Exposure } from "../exposure/Exposure.js"
+import { InstanceOffers } from "../integrity/InstanceOffers.js"
 import { ModernSessions } from "./ModernSessions.js"
 import { ownerTag, type SessionClaims, SessionSeal } from "./SessionSeal.js"
 import { capabilitiesAllowSharing } from "./processSharing.js"
@@ -90,7 +91,7 @@ const versionFor = (initializeParams: Record<string, unknown>) => {
 }
 
 export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<ClientSessions, ClientSessionsShape>() {
-  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer | Exposure | EndedSessions | Stats> = Layer.scoped(
+  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer | Exposure | EndedSessions | Stats | InstanceOffers> = Layer.scoped(
     ClientSessions,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
@@ -99,6 +100,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const transport = yield* Transport
       const timer = yield* Timer
       const exposure = yield* Exposure
+      const offers = yield* InstanceOffers
       const ended = yield* EndedSessions
       const stats = yield* Stats
       // Short background work (closing a session, starting to listen, a log line) runs in the
@@ -438,7 +440,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             opened.slot.session = session
             slotOf.set(session, opened.slot)
           }
-          yield* listenForSession(session, opened.backend)
+          yield* listenForSession(session, opened.backend, instance)
           yield* Effect.logDebug(
             `session ${session.id} of template ${template} pinned to ${instance.id}` +
               (instance.definition.transport === "http" ? "" : opened.own ? " (a process of its own)" : " (the shared process)")
@@ -447,7 +449,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         })
 
       /** What the server sends outside requests goes to the session's standing stream (its requests relayed to the client). */
-      const listenForSession = (session: ClientSession, backend: Connection) =>
+      const listenForSession = (session: ClientSession, backend: Connection, instance: InstanceState) =>
         backend.listen((message, reply) => {
           if (isRequest(message)) {
             if (reply === undefined) return
@@ -464,6 +466,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           }
           // What the template caches goes stale the moment the server says so, whoever listens.
           exposure.noticed(session.template, message)
+          // A list changed: the instance's own offer is read again for drift (integrity/InstanceOffers.ts).
+          offers.noticed(instance, message.method)
           if (message.method === "notifications/resources/updated" && isObject(message.params)) {
             if (!session.subscribedTo(String(message.params.uri))) return
           }
@@ -638,7 +642,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           session.expiresAt = claims.expiresAt
           // What the server says outside requests is heard once the client's standing stream is
           // here: the replica that opened the session may still carry it.
-          session.listenLater(() => runFork(listenForSession(session, backend).pipe(Effect.catchAllCause(() => Effect.void))))
+          session.listenLater(() => runFork(listenForSession(session, backend, instance!).pipe(Effect.catchAllCause(() => Effect.void))))
           yield* Effect.logDebug(`session of template ${claims.endpoint} taken over from another replica (pinned to ${instance!.id})`)
           return session
         })
