@@ -149,11 +149,28 @@ export class InstanceOffers extends Context.Tag("mcp-gateway/InstanceOffers")<In
           }
         })
 
-      /** Reads the instance's three lists, tells the pins, and judges its template again. */
+      /**
+       * Reads the instance's three lists, tells the pins, and judges its template again. Healthy
+       * instances registered before it and not read yet are read first: first sight pins what
+       * the longest-serving instance offers, not a newcomer's (a template that just got its
+       * second instance).
+       */
       const read = (instance: InstanceState): Effect.Effect<void> =>
         Effect.gen(function*() {
           const template = current(instance)
           if (template === undefined || !watchesOffers(integrityPolicyOf(template))) return
+          for (const earlier of template.instances.values()) {
+            if (earlier === instance) break
+            if (earlier.status === "healthy" && entries.get(earlier)?.offer === undefined && watch(earlier) !== undefined) yield* readOwn(earlier)
+          }
+          yield* readOwn(instance)
+        })
+
+      /** Reads one instance's three lists, tells the pins, and judges its template again. */
+      const readOwn = (instance: InstanceState): Effect.Effect<void> =>
+        Effect.gen(function*() {
+          const template = current(instance)
+          if (template === undefined) return
           const entry = entries.get(instance)
           if (entry === undefined) return
           entry.again = false
