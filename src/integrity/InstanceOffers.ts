@@ -1,4 +1,4 @@
-import { Context, Duration, Effect, FiberMap, Layer, Option, Runtime, Stream } from "effect"
+import { Context, Duration, Effect, FiberMap, Layer, Runtime, Stream } from "effect"
 import { GatewayConfig, DEFAULT_LIMITS } from "../config/GatewayConfig.js"
 import { ErrorCode, isObject } from "../domain/JsonRpc.js"
 import { type Definition, type DefinitionKind, definitionKey, definitionsOfList, LIST_OF, offerDigest } from "../domain/ToolDefinitions.js"
@@ -76,17 +76,17 @@ const generationOf = (instance: InstanceState) => instance.channel === undefined
  * nothing to differ from). State lives as long as the instance: removed with it.
  */
 export class InstanceOffers extends Context.Tag("mcp-gateway/InstanceOffers")<InstanceOffers, InstanceOffersShape>() {
-  static readonly layer: Layer.Layer<InstanceOffers, never, Registry | Transport | Timer | GatewayConfig> = Layer.scoped(
+  static readonly layer: Layer.Layer<InstanceOffers, never, Registry | Transport | Timer | GatewayConfig | ToolPins> = Layer.scoped(
     InstanceOffers,
     Effect.gen(function*() {
       const registry = yield* Registry
       const transport = yield* Transport
       const timer = yield* Timer
       const config = yield* GatewayConfig
-      // The pins, when the gateway keeps them (without: every template compares with its majority).
-      const pins = Option.getOrUndefined(yield* Effect.serviceOption(ToolPins))
+      const pins = yield* ToolPins
       const intervalMs = Duration.toMillis(config.gateway.driftCheckInterval ?? Duration.seconds(DEFAULT_LIMITS.driftCheckIntervalSeconds))
       const maxPages = config.gateway.maxListPages
+      const policyOf = (template: TemplateState) => integrityPolicyOf(template, config.gateway.toolIntegrity)
       const runtime = yield* Effect.runtime<never>()
       const reads = yield* FiberMap.make<InstanceState>()
       const readSlots = yield* Effect.makeSemaphore(READ_CONCURRENCY)
@@ -123,13 +123,13 @@ export class InstanceOffers extends Context.Tag("mcp-gateway/InstanceOffers")<In
       /** Writes each instance's verdict (the boolean the dispatcher reads) and logs the ones that changed. */
       const judge = (template: TemplateState) =>
         Effect.gen(function*() {
-          const policy = integrityPolicyOf(template)
+          const policy = policyOf(template)
           const known: Array<InstanceOffer> = []
           for (const i of template.instances.values()) {
             const offer = entries.get(i)?.offer
             if (offer !== undefined) known.push(offer)
           }
-          const reference = referenceOf(known, pins?.pinned(template.name), references.get(template.name))
+          const reference = referenceOf(known, pins.pinned(template.name), references.get(template.name))
           if (reference.kind === "majority" && reference.digest !== undefined) references.set(template.name, reference.digest)
           for (const i of template.instances.values()) {
             const entry = entries.get(i)
@@ -158,7 +158,7 @@ export class InstanceOffers extends Context.Tag("mcp-gateway/InstanceOffers")<In
       const read = (instance: InstanceState): Effect.Effect<void> =>
         Effect.gen(function*() {
           const template = current(instance)
-          if (template === undefined || !watchesOffers(integrityPolicyOf(template))) return
+          if (template === undefined || !watchesOffers(policyOf(template))) return
           for (const earlier of template.instances.values()) {
             if (earlier === instance) break
             if (earlier.status === "healthy" && entries.get(earlier)?.offer === undefined && watch(earlier) !== undefined) yield* readOwn(earlier)
@@ -194,10 +194,16 @@ export class InstanceOffers extends Context.Tag("mcp-gateway/InstanceOffers")<In
           // Removed (or replaced) while it was read: nothing of it is kept.
           if (current(instance) !== template || entries.get(instance) !== entry) return
           const definitions = new Map<string, Definition>()
+          const pinnedKinds = new Set<DefinitionKind>()
+          for (const pin of pins.pinned(template.name)?.values() ?? []) pinnedKinds.add(pin.definition.kind)
           for (const [kind, found] of outcome.right) {
             for (const [key, definition] of found) definitions.set(key, definition)
-            // First sight pins what the first healthy instance offers; a change goes by the template's policy.
-            if (pins !== undefined) {
+            // First sight pins what the first healthy instance offers. Once a kind is pinned, an
+            // instance's own read is not shown to the pins: a held-back instance's difference
+            // would otherwise block the item for the whole template, the matching instances'
+            // clients too; it shows as drift instead, and what clients are served (through
+            // the faces, from whichever instances serve) goes by the pins' policy.
+            if (!pinnedKinds.has(kind)) {
               const byName = new Map<string, Definition>()
               for (const definition of found.values()) byName.set(definition.name, definition)
               pins.observe(template.name, kind, byName, instance.id)
@@ -234,7 +240,7 @@ export class InstanceOffers extends Context.Tag("mcp-gateway/InstanceOffers")<In
       /** The instance's entry, made if need be; undefined when its template's offers are not watched (policy, or a single instance: nothing to differ from). */
       const watch = (instance: InstanceState): Entry | undefined => {
         const template = current(instance)
-        if (template === undefined || template.instances.size < 2 || !watchesOffers(integrityPolicyOf(template))) return undefined
+        if (template === undefined || template.instances.size < 2 || !watchesOffers(policyOf(template))) return undefined
         let entry = entries.get(instance)
         if (entry === undefined) {
           entry = { offer: undefined, generation: undefined, healthy: false, again: false, drifted: false }
@@ -274,7 +280,7 @@ export class InstanceOffers extends Context.Tag("mcp-gateway/InstanceOffers")<In
       const rejudge = (name: string) =>
         Effect.suspend(() => {
           const template = registry.template(name)
-          if (template !== undefined && template.instances.size >= 2 && watchesOffers(integrityPolicyOf(template))) return judge(template)
+          if (template !== undefined && template.instances.size >= 2 && watchesOffers(policyOf(template))) return judge(template)
           references.delete(name)
           return template === undefined ? Effect.void : Effect.forEach(template.instances.values(), forget, { discard: true })
         })
@@ -282,14 +288,14 @@ export class InstanceOffers extends Context.Tag("mcp-gateway/InstanceOffers")<In
       const drift: InstanceOffersShape["drift"] = (name) => {
         const template = registry.template(name)
         if (template === undefined || template.instances.size < 2) return undefined
-        const policy = integrityPolicyOf(template)
+        const policy = policyOf(template)
         if (!watchesOffers(policy)) return undefined
         const known: Array<InstanceOffer> = []
         for (const i of template.instances.values()) {
           const offer = entries.get(i)?.offer
           if (offer !== undefined) known.push(offer)
         }
-        const reference: Reference = referenceOf(known, pins?.pinned(name), references.get(name))
+        const reference: Reference = referenceOf(known, pins.pinned(name), references.get(name))
         const instances = Array.from(template.instances.values(), (i) => {
           const offer = entries.get(i)?.offer
           return {

@@ -1,11 +1,12 @@
+import { DEFAULT_INTEGRITY_POLICY, type IntegrityPolicy } from "../domain/IntegrityPolicy.js"
 import type { TemplateState } from "../registry/Registry.js"
-import { DEFAULT_INTEGRITY_POLICY, type IntegrityPolicy } from "./ToolPins.js"
 
 /**
- * A template's tool integrity policy. (The one place drift reads it: the template's
- * `tool_integrity` setting once it exists; until then every template has the default.)
+ * A template's tool integrity policy, as drift reads it: the template's own `tool_integrity`,
+ * else the gateway's (`gateway.tool_integrity`), else the default (what ToolPinsLive reads too).
  */
-export const integrityPolicyOf = (_template: TemplateState): IntegrityPolicy => DEFAULT_INTEGRITY_POLICY
+export const integrityPolicyOf = (template: TemplateState, gateway: IntegrityPolicy | undefined): IntegrityPolicy =>
+  template.toolIntegrity ?? gateway ?? DEFAULT_INTEGRITY_POLICY
 
 /** Whether the instances' own offers are read at all: not when integrity is off altogether (no pins, drift off). */
 export const watchesOffers = (policy: IntegrityPolicy) => policy.pin !== "off" || policy.drift !== "off"

@@ -63,6 +63,11 @@ describe("drift between instances: one instance upgraded with another tool descr
     const drift = registry.templates.tools.drift
     expect(drift.detected).toBe(true)
     expect(drift.policy).toBe("route_to_pinned")
+    // First sight pinned a's offer (a client listed it before b came); b's difference is drift,
+    // not a blocked change: echo stays served from a.
+    expect(drift.reference).toBe("pins")
+    expect(registry.templates.tools.tool_integrity.pinned.map((p: any) => p.name)).toContain("echo")
+    expect(registry.templates.tools.tool_integrity.changes).toEqual([])
     const byId = Object.fromEntries(drift.instances.map((i: any) => [i.id, i]))
     expect(byId.a.matches_pins).toBe(true)
     expect(byId.a.differences).toEqual([])

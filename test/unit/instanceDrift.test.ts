@@ -1,10 +1,10 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Effect } from "effect"
 import { Dispatcher } from "../../src/dispatch/Dispatcher.js"
 import { type Definition, definitionKey, definitionsOfList, offerDigest } from "../../src/domain/ToolDefinitions.js"
 import { InstanceOffers } from "../../src/integrity/InstanceOffers.js"
 import { differencesOf, type InstanceOffer, majorityReference, matches, pinsReference } from "../../src/integrity/offerDrift.js"
-import { type Pin, ToolPins } from "../../src/integrity/ToolPins.js"
+import { ToolPins } from "../../src/integrity/ToolPins.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { ClientSessions } from "../../src/sessions/ClientSessions.js"
 import { dispatchVia, type Via } from "../support/dispatchVia.js"
@@ -32,30 +32,6 @@ const offerOf = (description: string, since: number): InstanceOffer => {
 /** A fake instance whose tools/list offers `description` (as a Ref, so a test can "upgrade" it). */
 const serving = (state: { description: string }): Behaviour => (method) =>
   Effect.succeed(method === "tools/list" ? toolsOf(state.description) : method === "prompts/list" ? { prompts: [] } : method === "resources/templates/list" ? { resourceTemplates: [] } : { ok: true })
-
-/**
- * A minimal ToolPins for these tests (the pins service is another part's): trust on first use,
- * by kind, nothing blocked; `pinned` is what a test checks drift against.
- */
-const memoryPins = () => {
-  const pins = new Map<string, Map<string, Pin>>()
-  const observed: Array<{ template: string; kind: string; instanceId: string | undefined }> = []
-  const layer = Layer.succeed(ToolPins, {
-    pinned: (template) => pins.get(template),
-    observe: (template, kind, offered, instanceId) => {
-      observed.push({ template, kind, instanceId })
-      let forTemplate = pins.get(template)
-      if (forTemplate === undefined) pins.set(template, forTemplate = new Map())
-      const pinnedKinds = new Set(Array.from(forTemplate.values(), (p) => p.definition.kind))
-      if (!pinnedKinds.has(kind)) {
-        for (const d of offered.values()) forTemplate.set(definitionKey(d.kind, d.name), { definition: d, pinnedAt: "", source: "first sight" })
-      }
-      return new Set()
-    },
-    report: () => Effect.succeed([])
-  })
-  return { layer, observed, pins }
-}
 
 const instance = (id: string) => Effect.map(Registry, (r) => r.template("t")!.instances.get(id)!)
 const readAll = (...ids: Array<string>) =>
@@ -104,22 +80,26 @@ describe("drift between instances: the reference", () => {
 })
 
 describe.each(["call", "callNow"] as const)("drift between instances, through %s", (via: Via) => {
-  const gatewayOf = (descriptions: Record<string, { description: string }>, pins = memoryPins()) => {
+  // (The gateway's own pins service, ToolPinsLive, with the default policy: trust on first use, block, route_to_pinned.)
+  const gatewayOf = (descriptions: Record<string, { description: string }>) => {
     const { fake, layer } = testGateway(testConfig({ t: { instances: Object.keys(descriptions) } }))
     for (const [id, state] of Object.entries(descriptions)) fake.set(id, serving(state))
-    return { fake, pins, layer: Layer.provideMerge(layer, pins.layer) }
+    return { fake, layer }
   }
   const callTimes = (n: number, method = "tools/call") =>
     Effect.flatMap(Dispatcher, (d) => Effect.forEach(Array.from({ length: n }), () => dispatchVia(via)(d)("t", method, { name: "whoami" }), { discard: true }))
 
   it.scoped("first sight pins the first instance read; the one that differs is shown and takes no requests while another matches", () => {
-    const { fake, layer, pins } = gatewayOf({ a: { description: ORIGINAL }, b: { description: UPGRADED }, c: { description: ORIGINAL } })
+    const { fake, layer } = gatewayOf({ a: { description: ORIGINAL }, b: { description: UPGRADED }, c: { description: ORIGINAL } })
     return Effect.gen(function*() {
       // Before anything is read, nobody is held back (start-up is not blocked).
       yield* callTimes(3)
       expect(fake.distribution()).toEqual({ a: 1, b: 1, c: 1 })
       yield* readAll("a", "b", "c")
-      expect(pins.observed.filter((o) => o.kind === "tool").map((o) => o.instanceId)).toEqual(["a", "b", "c"])
+      // Pinned from a, the first read; b's difference did not block echo for everyone (it shows as drift).
+      const pins = yield* ToolPins
+      expect(pins.pinned("t")!.get("tool:echo")!.definition.fields.description).toBe(ORIGINAL)
+      expect(pins.blocked("t", "tool", "echo")).toBeUndefined()
       expect((yield* instance("b")).offerDrifted).toBe(true)
       expect((yield* instance("a")).offerDrifted).toBe(false)
       const drift = (yield* InstanceOffers).drift("t")!
@@ -194,24 +174,42 @@ describe.each(["call", "callNow"] as const)("drift between instances, through %s
   })
 })
 
-describe("drift between instances: without a pins service", () => {
+describe("drift between instances: with nothing pinned", () => {
   it.scoped("the majority is the reference, and a template of one instance is not read at all", () => {
-    const { fake, layer } = testGateway(testConfig({
-      t: { instances: ["a", "b", "c"] },
-      solo: { instances: ["s"] }
-    }))
+    const base = testConfig({ t: { instances: ["a", "b", "c"] }, solo: { instances: ["s"] } })
+    // Pins off, drift on: nothing is pinned, yet the instances are held to one offer.
+    const { fake, layer } = testGateway({ ...base, gateway: { ...base.gateway, toolIntegrity: { pin: "off", on_change: "block", drift: "route_to_pinned" } } })
     fake.set("a", serving({ description: UPGRADED }))
     fake.set("b", serving({ description: ORIGINAL }))
     fake.set("c", serving({ description: ORIGINAL }))
     return Effect.gen(function*() {
       yield* readAll("a", "b", "c")
       const offers = yield* InstanceOffers
+      expect((yield* ToolPins).pinned("t")).toBeUndefined()
       expect(offers.drift("t")!.reference).toBe("majority")
       expect((yield* instance("a")).offerDrifted).toBe(true)
+      expect((yield* instance("b")).offerDrifted).toBe(false)
       const registry = yield* Registry
       yield* offers.refresh(registry.template("solo")!.instances.get("s")!)
       expect(fake.calls.filter((c) => c.instanceId === "s")).toEqual([])
       expect(offers.drift("solo")).toBeUndefined()
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.scoped("drift: off shows the difference and routes to every instance", () => {
+    const base = testConfig({ t: { instances: ["a", "b"] } })
+    const { fake, layer } = testGateway({ ...base, gateway: { ...base.gateway, toolIntegrity: { pin: "trust_on_first_use", on_change: "warn", drift: "off" } } })
+    fake.set("a", serving({ description: ORIGINAL }))
+    fake.set("b", serving({ description: UPGRADED }))
+    return Effect.gen(function*() {
+      yield* readAll("a", "b")
+      const drift = (yield* InstanceOffers).drift("t")!
+      expect(drift.policy).toBe("off")
+      expect(drift.instances.map((i) => i.matches_pins)).toEqual([true, false])
+      expect((yield* instance("b")).offerDrifted).toBe(false)
+      expect((yield* instance("b")).offerDiffers).toBe(true)
+      yield* Effect.flatMap(Dispatcher, (d) => Effect.forEach(Array.from({ length: 4 }), () => d.call("t", "tools/call", { name: "whoami" }), { discard: true }))
+      expect(fake.distribution()).toEqual({ a: 2, b: 2 })
     }).pipe(Effect.provide(layer))
   })
 })
