@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Duration, Effect, TestClock } from "effect"
 import { Dispatcher } from "../../src/dispatch/Dispatcher.js"
+import { HealthChecker } from "../../src/health/HealthChecker.js"
 import { type Definition, definitionKey, definitionsOfList, offerDigest } from "../../src/domain/ToolDefinitions.js"
 import { InstanceOffers } from "../../src/integrity/InstanceOffers.js"
 import { differencesOf, type InstanceOffer, majorityReference, matches, pinsReference } from "../../src/integrity/offerDrift.js"
@@ -210,6 +211,40 @@ describe("drift between instances: with nothing pinned", () => {
       expect((yield* instance("b")).offerDiffers).toBe(true)
       yield* Effect.flatMap(Dispatcher, (d) => Effect.forEach(Array.from({ length: 4 }), () => d.call("t", "tools/call", { name: "whoami" }), { discard: true }))
       expect(fake.distribution()).toEqual({ a: 2, b: 2 })
+    }).pipe(Effect.provide(layer))
+  })
+})
+
+describe("drift between instances: when offers are read", () => {
+  it.scoped("at the first passed probe, then at a passed probe once drift_check_interval has passed; a restart reads again at once", () => {
+    const base = testConfig({ t: { instances: ["a", "b"], load_balancer: { health_check_interval: 10 } } })
+    const { fake, layer } = testGateway({ ...base, gateway: { ...base.gateway, driftCheckInterval: Duration.seconds(60) } })
+    const b = { description: ORIGINAL }
+    fake.set("a", serving({ description: ORIGINAL }))
+    fake.set("b", serving(b))
+    const reads = (id: string) => fake.calls.filter((c) => c.instanceId === id && c.method === "tools/list").length
+    return Effect.gen(function*() {
+      yield* HealthChecker
+      const offers = yield* InstanceOffers
+      yield* TestClock.adjust(Duration.seconds(13))
+      expect(offers.drift("t")!.instances.map((i) => i.digest !== null)).toEqual([true, true])
+      expect(reads("b")).toBe(1)
+      // b is upgraded in place, without telling anyone: probes pass, the offer is not due yet.
+      b.description = UPGRADED
+      yield* TestClock.adjust(Duration.seconds(40))
+      expect(reads("b")).toBe(1)
+      expect((yield* instance("b")).offerDrifted).toBe(false)
+      // Past the interval, the next passed probe reads it.
+      yield* TestClock.adjust(Duration.seconds(25))
+      expect(reads("b")).toBe(2)
+      expect((yield* instance("b")).offerDrifted).toBe(true)
+      // Its process restarts (a new pid): the next passed probe reads it again, well within the interval.
+      b.description = ORIGINAL
+      const state = yield* instance("b")
+      state.channelChanged({ state: "running", pid: 4242, restarts: 1, lastExit: undefined, nextRestartAt: undefined, stderrTail: [] }, 0)
+      yield* TestClock.adjust(Duration.seconds(13))
+      expect(reads("b")).toBe(3)
+      expect(state.offerDrifted).toBe(false)
     }).pipe(Effect.provide(layer))
   })
 })
