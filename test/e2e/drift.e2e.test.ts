@@ -126,3 +126,56 @@ describe("drift between instances: one instance upgraded with another tool descr
     }
   })
 })
+
+describe("drift between instances: an instance changes its tools while it runs", () => {
+  let gateway: RunningGateway
+  const dir = tempDir("gw-drift-live-")
+  const configFile = path.join(dir, "gateway.json")
+
+  beforeAll(async () => {
+    writeJson(configFile, { templates: { tools: { instances: [instanceOf("a", ORIGINAL), instanceOf("b", ORIGINAL)] } } })
+    gateway = await startGateway({ configFile })
+    await waitUntil(async () => {
+      const drift = (await api(`${gateway.url}/gateway/registry`)).body.templates.tools?.drift
+      return drift?.instances?.every((i: any) => i.digest !== null) === true
+    }, 30_000, "both instances' offers read")
+  }, 90_000)
+
+  afterAll(async () => {
+    await gateway?.stop()
+  })
+
+  it("its list_changed has it read again at once: shown as drifted, and new requests and sessions leave it", async () => {
+    expect((await api(`${gateway.url}/gateway/registry`)).body.templates.tools.drift.detected).toBe(false)
+    // Sessions alternate between the two instances: find one on b.
+    const clients: Array<Client> = []
+    try {
+      let onB: Client | undefined
+      for (let s = 0; s < 4 && onB === undefined; s++) {
+        const client = new Client({ name: "e2e-drift-live", version: "1.0.0" })
+        await client.connect(new StreamableHTTPClientTransport(new URL(`${gateway.url}/mcp/tools`)))
+        clients.push(client)
+        if (textOf(await client.callTool({ name: "whoami", arguments: {} })) === "b") onB = client
+      }
+      expect(onB).toBeDefined()
+      // b changes echo's description and says so (notifications/tools/list_changed).
+      await onB!.callTool({ name: "set-description", arguments: { description: UPGRADED } })
+      await waitUntil(async () => {
+        const drift = (await api(`${gateway.url}/gateway/registry`)).body.templates.tools.drift
+        return drift.instances.find((i: any) => i.id === "b")?.matches_pins === false
+      }, 10_000, "b shown as drifted")
+      for (let i = 0; i < 20; i++) {
+        const call = await api(`${gateway.url}/mcp/tools/tools/call`, { json: { name: "whoami", arguments: {} } })
+        expect(call.headers.get("x-instance-id")).toBe("a")
+      }
+      for (let s = 0; s < 3; s++) {
+        const client = new Client({ name: "e2e-drift-live", version: "1.0.0" })
+        await client.connect(new StreamableHTTPClientTransport(new URL(`${gateway.url}/mcp/tools`)))
+        clients.push(client)
+        expect(textOf(await client.callTool({ name: "whoami", arguments: {} }))).toBe("a")
+      }
+    } finally {
+      await Promise.all(clients.map((c) => c.close()))
+    }
+  })
+})
