@@ -13,6 +13,7 @@ import { type Transform, type TransformContext, TransformPlugin, type TransformR
 import type { ServerNotice } from "../domain/JsonRpc.js"
 import { Timer } from "../clock/Timer.js"
 import { ToolPins, type ToolPinsShape } from "../integrity/ToolPins.js"
+import { InstanceOffers } from "../integrity/InstanceOffers.js"
 import { definitionsOfList, type Definition, type DefinitionKind, kindOfList, LIST_OF } from "../domain/ToolDefinitions.js"
 
 /** Results a cache may keep: lists and reads. Never `tools/call`. */
@@ -252,7 +253,7 @@ const runHook = <A>(
  * setting, per caller unless public, dropped at once when the server says the list changed.
  */
 export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, ExposureShape>() {
-  static readonly layer: Layer.Layer<Exposure, PluginError, Registry | PluginLoader | GatewayMetrics | Timer | ToolPins> = Layer.scoped(
+  static readonly layer: Layer.Layer<Exposure, PluginError, Registry | PluginLoader | GatewayMetrics | Timer | ToolPins | InstanceOffers> = Layer.scoped(
     Exposure,
     Effect.gen(function*() {
       const registry = yield* Registry
@@ -373,6 +374,10 @@ export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, Expo
         ),
         Effect.forkScoped
       )
+      // Likewise when an instance starts or stops differing from the pins (drift between
+      // instances): a list cached from it before it was held back is not served on.
+      const verdicts = yield* (yield* InstanceOffers).verdictChanges
+      yield* verdicts.pipe(Stream.runForEach((template) => Effect.sync(() => drop(template, () => true))), Effect.forkScoped)
 
       /** Filters and transforms around a dispatch (which may itself be a cache). */
       const through: ExposureShape["through"] = <E>(

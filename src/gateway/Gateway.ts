@@ -41,7 +41,8 @@ export const GatewayServices = Layer.mergeAll(Discovery.layer, ConfigReload.laye
   Layer.provideMerge(AggregateSessions.layer),
   Layer.provideMerge(ClientSessions.layer),
   Layer.provideMerge(Layer.mergeAll(Dispatcher.layer, HealthChecker.layer, RateLimiter.layer)),
-  Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer, Exposure.layer, InstanceOffers.layer)),
+  Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer, Exposure.layer)),
+  Layer.provideMerge(InstanceOffers.layer),
   Layer.provideMerge(ToolPinsLive)
 )
 

@@ -1,4 +1,4 @@
-import { Context, Duration, Effect, FiberMap, Layer, Runtime, Stream } from "effect"
+import { Context, Duration, Effect, FiberMap, Layer, PubSub, Runtime, type Scope, Stream } from "effect"
 import { GatewayConfig, DEFAULT_LIMITS } from "../config/GatewayConfig.js"
 import { ErrorCode, isObject } from "../domain/JsonRpc.js"
 import { type Definition, type DefinitionKind, definitionKey, definitionsOfList, LIST_OF, offerDigest } from "../domain/ToolDefinitions.js"
@@ -45,6 +45,11 @@ export interface InstanceOffersShape {
   readonly refresh: (instance: InstanceState) => Effect.Effect<void>
   /** The template's drift as of now (undefined: its offers are not watched). */
   readonly drift: (template: string) => TemplateDriftView | undefined
+  /**
+   * Templates where an instance started or stopped differing, from the moment of the call (the
+   * subscription lives in the caller's scope): what a cache filled from it held may be another list.
+   */
+  readonly verdictChanges: Effect.Effect<Stream.Stream<string>, never, Scope.Scope>
 }
 
 /** What is known of one watched instance. */
@@ -93,13 +98,15 @@ export class InstanceOffers extends Context.Tag("mcp-gateway/InstanceOffers")<In
       const entries = new Map<InstanceState, Entry>()
       /** Each template's reference digest so far (a tie of the majority keeps it). */
       const references = new Map<string, string>()
+      // (Sliding: a subscriber that lags loses old names, and a dropped cache is only a miss.)
+      const verdicts = yield* PubSub.sliding<string>(1024)
 
       const current = (instance: InstanceState): TemplateState | undefined => {
         const template = registry.template(instance.template)
         return template?.instances.get(instance.id) === instance ? template : undefined
       }
 
-      /** Every page of one list, or why not (`unsupported`: the server has no such list). */
+      /** Every page of one list by definitionKey (none when the server has no such method), or why it could not be read. */
       const readList = (instance: InstanceState, kind: DefinitionKind, timeout: Duration.Duration) =>
         Effect.gen(function*() {
           const found = new Map<string, Definition>()
@@ -138,6 +145,7 @@ export class InstanceOffers extends Context.Tag("mcp-gateway/InstanceOffers")<In
             i.offerDrifted = differs && policy.drift === "route_to_pinned"
             if (entry === undefined || entry.drifted === differs) continue
             entry.drifted = differs
+            yield* PubSub.publish(verdicts, template.name)
             const log = differs
               ? Effect.logWarning(
                 `drift: this instance offers other definitions than the ${reference.kind === "pins" ? "pins" : "other instances"} of template ` +
@@ -331,15 +339,16 @@ export class InstanceOffers extends Context.Tag("mcp-gateway/InstanceOffers")<In
         Effect.forkScoped
       )
 
-      return { probed, noticed, refresh, drift }
+      return { probed, noticed, refresh, drift, verdictChanges: Stream.fromPubSub(verdicts, { scoped: true }) }
     })
   )
 
-  /** Nothing read, nothing held back (tests of other parts that build the services by hand). */
+  /** Nothing read, nothing held back (what `config validate` builds: no transport, no instance). */
   static readonly layerNoop: Layer.Layer<InstanceOffers> = Layer.succeed(InstanceOffers, {
     probed: () => {},
     noticed: () => {},
     refresh: () => Effect.void,
-    drift: () => undefined
+    drift: () => undefined,
+    verdictChanges: Effect.succeed(Stream.never)
   })
 }

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, TestClock } from "effect"
 import { Dispatcher } from "../../src/dispatch/Dispatcher.js"
+import { Exposure } from "../../src/exposure/Exposure.js"
 import { HealthChecker } from "../../src/health/HealthChecker.js"
 import { type Definition, definitionKey, definitionsOfList, offerDigest } from "../../src/domain/ToolDefinitions.js"
 import { InstanceOffers } from "../../src/integrity/InstanceOffers.js"
@@ -245,6 +246,25 @@ describe("drift between instances: when offers are read", () => {
       yield* TestClock.adjust(Duration.seconds(13))
       expect(reads("b")).toBe(3)
       expect(state.offerDrifted).toBe(false)
+    }).pipe(Effect.provide(layer))
+  })
+})
+
+describe("drift between instances: cached lists", () => {
+  it.scoped("a list cached before an instance was found to differ is dropped when it is", () => {
+    const { fake, layer } = testGateway(testConfig({ t: { instances: ["a", "b"], exposure: { cache: { ttl_seconds: 600 } } } }))
+    fake.set("a", serving({ description: ORIGINAL }))
+    fake.set("b", serving({ description: UPGRADED }))
+    return Effect.gen(function*() {
+      const sessions = yield* ClientSessions
+      const exposure = yield* Exposure
+      const { session } = yield* sessions.open("t", { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "x", version: "1" } }, "alice")
+      yield* session.request("tools/list", undefined, {})
+      expect(exposure.stats().t?.entries).toBe(1)
+      yield* readAll("a", "b")
+      expect((yield* instance("b")).offerDrifted).toBe(true)
+      for (let i = 0; i < 50 && exposure.stats().t?.entries !== 0; i++) yield* Effect.yieldNow()
+      expect(exposure.stats().t?.entries).toBe(0)
     }).pipe(Effect.provide(layer))
   })
 })
