@@ -60,12 +60,22 @@ describe("drift between instances: the reference", () => {
     const a = offerOf(ORIGINAL, 1)
     const b = offerOf(UPGRADED, 2)
     const pins = new Map(Array.from(b.definitions, ([key, definition]) => [key, { definition, pinnedAt: "", source: "lock file" }]))
-    const reference = pinsReference(pins)!
+    const reference = pinsReference(pins, [a, b])!
     expect(reference.kind).toBe("pins")
     expect(matches(b, reference)).toBe(true)
     expect(matches(a, reference)).toBe(false)
     expect(matches(undefined, reference)).toBe(true)
-    expect(pinsReference(undefined)).toBeUndefined()
+    expect(pinsReference(undefined, [a, b])).toBeUndefined()
+    // A pin no instance offers when the gateway reads it (pinned for clients that declare more)
+    // is not expected of any; one that another instance offers is.
+    const extra = definitionsOfList("tool", { tools: [{ name: "sample", inputSchema: { type: "object" } }] }).get("sample")!
+    const withExtra = new Map([...pins, ["tool:sample", { definition: extra, pinnedAt: "", source: "first sight" }]])
+    expect(matches(b, pinsReference(withExtra, [a, b])!)).toBe(true)
+    const offersExtra: InstanceOffer = { ...b, definitions: new Map([...b.definitions, ["tool:sample", extra]]), digest: "other" }
+    const expecting = pinsReference(withExtra, [b, offersExtra])!
+    expect(matches(offersExtra, expecting)).toBe(true)
+    expect(matches(b, expecting)).toBe(false)
+    expect(differencesOf(b, expecting)).toEqual([`tool "sample" is no longer offered`])
   })
 
   it("says how an instance differs: one readable diff per definition, - the reference, + the instance", () => {
