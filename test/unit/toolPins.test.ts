@@ -28,7 +28,7 @@ const configWith = (policy?: IntegrityPolicy, registryFile?: string): GatewayCon
 const pinsLayer = (config: GatewayConfigShape) =>
   ToolPinsLive.pipe(
     Layer.provideMerge(config.gateway.registryFile === undefined ? Registry.layerMemory : Registry.layer.pipe(Layer.provide(FleetRedis.off))),
-    Layer.provide(Layer.mergeAll(GatewayMetrics.layer, Timer.layerTest)),
+    Layer.provideMerge(Layer.mergeAll(GatewayMetrics.layer, Timer.layerTest)),
     Layer.provide(GatewayConfig.layer(config))
   )
 
@@ -75,6 +75,20 @@ describe("ToolPins", () => {
       pins.observe("t", "tool", offer(tool("echo", "Echo")), undefined)
       expect((yield* pins.report("t"))[0]!.changes).toMatchObject([{ name: "add", change: "removed", action: "warned" }])
       expect(pins.blocked("t", "tool", "add")).toBeUndefined()
+    }).pipe(Effect.provide(pinsLayer(configWith()))))
+
+  it.scoped("a change that comes and goes (instances that differ) is counted once", () =>
+    Effect.gen(function*() {
+      const pins = yield* ToolPins
+      const metrics = yield* GatewayMetrics
+      const counted = () =>
+        metrics.snapshot().filter((m) => m.metricKey.name === "mcp_gateway_tool_changes_total").reduce((n, m) => n + Number((m.metricState as any).count), 0)
+      pins.observe("t", "tool", offer(tool("echo", "Echo")), "a")
+      for (let i = 0; i < 3; i++) {
+        expect(pins.observe("t", "tool", offer(tool("echo", "Echo 2")), "b").size).toBe(1)
+        expect(pins.observe("t", "tool", offer(tool("echo", "Echo")), "a").size).toBe(0)
+      }
+      expect(counted()).toBe(1)
     }).pipe(Effect.provide(pinsLayer(configWith()))))
 
   it.scoped("warn serves a change and shows it", () =>
