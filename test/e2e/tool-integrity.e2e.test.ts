@@ -211,12 +211,18 @@ describe("tool integrity: two replicas on Redis", () => {
   beforeAll(async () => {
     redis = await startRedis()
     writeJson(file, definitions("Echoes the message back"))
-    const configFile = path.join(dir, "gateway.json")
-    writeJson(configFile, {
-      registry: { store: "redis", url: redis.url, prefix: "integrity:" },
-      templates: { pinned: { instances: [instanceOf("p1", file)] } }
-    })
-    gateways.push(await startGateway({ configFile }), await startGateway({ configFile }))
+    // Template "race": each replica's instance offers another echo, and both see it first at once.
+    const configOf = (replica: string) => {
+      const race = path.join(dir, `race-${replica}.json`)
+      writeJson(race, definitions(`Echo as replica ${replica} sees it`))
+      const configFile = path.join(dir, `gateway-${replica}.json`)
+      writeJson(configFile, {
+        registry: { store: "redis", url: redis.url, prefix: "integrity:" },
+        templates: { pinned: { instances: [instanceOf("p1", file)] }, race: { instances: [instanceOf("r1", race)] } }
+      })
+      return configFile
+    }
+    gateways.push(await startGateway({ configFile: configOf("a") }), await startGateway({ configFile: configOf("b") }))
   })
 
   afterAll(async () => {
@@ -244,5 +250,17 @@ describe("tool integrity: two replicas on Redis", () => {
     await waitUntil(async () => (await restNames(b)).includes("echo"), 5_000, "the approval holds on B")
     expect((await integrity(b)).changes).toEqual([])
     expect((await integrity(b)).pinned.find((p: { name: string }) => p.name === "echo").source).toMatch(/^approved by /)
+  })
+
+  it("first sight on both replicas at once: one offer wins on both, the other replica blocks its own", async () => {
+    const [a, b] = gateways as [RunningGateway, RunningGateway]
+    const listed = await Promise.all([a, b].map(async (g) => ((await api(`${g.url}/mcp/race/tools/list`)).body.tools as Array<Tool>).map((t) => t.name).sort()))
+    const echoPin = async (g: RunningGateway) =>
+      (await api(`${g.url}/gateway/registry`)).body.templates.race.tool_integrity.pinned.find((p: { name: string }) => p.name === "echo")?.digest
+    await waitUntil(async () => (await echoPin(a)) !== undefined && (await echoPin(a)) === (await echoPin(b)), 5_000, "both replicas hold one pin of echo")
+    // Whichever lost sees its own echo as a change of the winner's pin.
+    const after = await Promise.all([a, b].map(async (g) => ((await api(`${g.url}/mcp/race/tools/list`)).body.tools as Array<Tool>).map((t) => t.name).sort()))
+    expect(after.filter((names) => names.includes("echo"))).toHaveLength(1)
+    expect(listed.every((names) => names.includes("add"))).toBe(true)
   })
 })
