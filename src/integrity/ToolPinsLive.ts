@@ -10,6 +10,17 @@ import { Registry } from "../registry/Registry.js"
 import { type Change, type Pin, type TemplateIntegrity, ToolPins, type ToolPinsShape } from "./ToolPins.js"
 
 const NOTHING: ReadonlySet<string> = new Set()
+const WHOLE = { complete: true, lastPage: true, audience: "" }
+/** Audiences (capability sets) a template's first sights are remembered for; past this, nothing more is pinned on first sight. */
+const MAX_AUDIENCES = 64
+/** Changes remembered as announced per template; past this, the memory starts again (a change may then be logged once more). */
+const MAX_ANNOUNCED = 10_000
+
+/** A first sight's source names its audience, so that a restart or another replica knows it was seen. */
+const firstSightSource = (audience: string) => audience === "" ? "first sight" : `first sight (${audience})`
+const audienceOfSource = (source: string): string | undefined =>
+  source === "first sight" ? "" : source.startsWith("first sight (") && source.endsWith(")") ? source.slice(13, -1) : undefined
+const seenKey = (kind: DefinitionKind, audience: string) => `${kind}\u0000${audience}`
 /** Work (stores, logs) waiting for the service's fiber; past this, the oldest new pins are only kept in memory. */
 const MAX_PENDING = 10_000
 
@@ -23,8 +34,17 @@ interface TemplatePins {
   readonly changes: Map<string, Change>
   /** What clients may not see or call, per kind, by name (the blocked changes): read on the request path. */
   readonly blocked: Record<DefinitionKind, Map<string, Change>>
-  /** The kinds whose first offer was seen (trust on first use pins that one whole). */
-  readonly seen: Set<DefinitionKind>
+  /**
+   * The changes logged and counted (kind:name, what, both digests, action): a change is
+   * announced once, even when instances that differ make it come and go (drift).
+   */
+  readonly announced: Set<string>
+  /**
+   * `{kind}\u0000{audience}` of the offers seen to their last page: trust on first use pins the
+   * first offer of a kind to each audience whole (a server may offer more to clients that
+   * declare more, as server-everything offers its sampling tool to clients that sample).
+   */
+  readonly seen: Set<string>
 }
 
 const newTemplatePins = (): TemplatePins => ({
@@ -32,7 +52,8 @@ const newTemplatePins = (): TemplatePins => ({
   offered: new Map(),
   changes: new Map(),
   blocked: { tool: new Map(), prompt: new Map(), resource_template: new Map() },
-  seen: new Set()
+  seen: new Set(),
+  announced: new Set()
 })
 
 const pinOf = (stored: StoredPin): Pin => ({
@@ -40,6 +61,7 @@ const pinOf = (stored: StoredPin): Pin => ({
   pinnedAt: stored.pinned_at,
   source: stored.source
 })
+const digestOfStored = (stored: StoredPin) => definitionFromText(stored.kind, stored.name, stored.definition).digest
 const storedOf = (pin: Pin): StoredPin => ({
   kind: pin.definition.kind,
   name: pin.definition.name,
@@ -100,7 +122,11 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
     }
 
     /** A change found: logged once with its diff, audited, counted. */
-    const announce = (template: string, change: Change) => {
+    const announce = (template: string, state: TemplatePins, change: Change) => {
+      const said = `${definitionKey(change.kind, change.name)}\u0000${change.change}\u0000${change.pinned?.digest}\u0000${change.offered?.digest}\u0000${change.action}`
+      if (state.announced.has(said)) return
+      if (state.announced.size >= MAX_ANNOUNCED) state.announced.clear()
+      state.announced.add(said)
       metrics.toolChanges({ template, kind: change.kind, action: change.action }).update(1)
       const advice = change.action === "blocked" ? `; left out and refused until approved: mcp-gateway tools approve ${template} ${change.name}` : ""
       later(
@@ -145,7 +171,7 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
         instances: Array.from(state.offered.get(key)?.instances ?? [])
       }
       state.changes.set(key, change)
-      announce(template, change)
+      announce(template, state, change)
       if (policy.on_change === "allow") {
         const repinned: Pin = { definition: offered, pinnedAt: change.firstSeenAt, source: "allow" }
         state.pins.set(key, repinned)
@@ -168,11 +194,18 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
       const kinds = new Set<DefinitionKind>()
       for (const stored of holding) {
         const key = definitionKey(stored.kind, stored.name)
+        // (Pins of a kind mean its first offer to plain clients was seen, here or elsewhere.)
+        state.seen.add(seenKey(stored.kind, ""))
+        const audience = audienceOfSource(stored.source)
+        if (audience !== undefined) state.seen.add(seenKey(stored.kind, audience))
         const known = state.pins.get(key)
+        if (known !== undefined && known.definition.digest === digestOfStored(stored)) continue
+        // A stored first sight wins over this replica's (the first writer's); otherwise the later
+        // pin wins (a read of the store that started before this replica's approval reached it
+        // must not undo the approval).
+        if (known !== undefined && !(audienceOfSource(known.source) !== undefined && audience !== undefined) && known.pinnedAt > stored.pinned_at) continue
         const pin = pinOf(stored)
-        if (known !== undefined && known.definition.digest === pin.definition.digest) continue
         state.pins.set(key, pin)
-        state.seen.add(stored.kind)
         if (evaluate(template, state, policy, key, stored.kind, stored.name, undefined)) kinds.add(stored.kind)
       }
       for (const kind of kinds) listChanged(template, kind)
@@ -182,14 +215,16 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
     }
 
     const observe: ToolPinsShape["observe"] = (template, kind, offered, instanceId) =>
-      observeOffer(template, kind, offered, instanceId, true)
+      observeOffer(template, kind, offered, instanceId, WHOLE)
 
-    const observeOffer = (template: string, kind: DefinitionKind, offered: ReadonlyMap<string, Definition>, instanceId: string | undefined, complete: boolean): ReadonlySet<string> => {
+    const observeOffer: ToolPinsShape["observeOffer"] = (template, kind, offered, instanceId, { audience = "", complete, lastPage }) => {
       const policy = policyOf(template)
       if (policy.pin === "off") return NOTHING
       const state = stateOf(template)
-      const firstSight = policy.pin === "trust_on_first_use" && !state.seen.has(kind)
-      state.seen.add(kind)
+      const seen = seenKey(kind, audience)
+      const firstSight = policy.pin === "trust_on_first_use" && !state.seen.has(seen) && state.seen.size < MAX_AUDIENCES
+      // (The first listing is pinned up to its last page.)
+      if (lastPage && state.seen.size < MAX_AUDIENCES) state.seen.add(seen)
       const fresh: Array<Pin> = []
       let changed = false
       for (const definition of offered.values()) {
@@ -199,7 +234,7 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
           state.offered.set(key, { definition, instances: new Set(instanceId === undefined ? [] : [instanceId]) })
         } else if (instanceId !== undefined) known.instances.add(instanceId)
         if (firstSight && !state.pins.has(key)) {
-          const pin: Pin = { definition, pinnedAt: nowIso(), source: "first sight" }
+          const pin: Pin = { definition, pinnedAt: nowIso(), source: firstSightSource(audience) }
           state.pins.set(key, pin)
           fresh.push(pin)
           continue
@@ -226,7 +261,7 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
             instances: instanceId === undefined ? [] : [instanceId]
           }
           state.changes.set(key, change)
-          announce(template, change)
+          announce(template, state, change)
         }
       }
       if (fresh.length > 0) later(persist(template, fresh, "first"))

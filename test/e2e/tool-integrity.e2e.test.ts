@@ -4,6 +4,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { ToolListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { chromium } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { api, repoRoot, type RunningGateway, startGateway, tempDir, waitUntil, writeJson } from "../support/processes.js"
 import { startRedis } from "../support/redisServer.js"
@@ -21,6 +22,13 @@ const definitions = (echoDescription: string) => ({
 })
 
 const instanceOf = (id: string, file: string) => ({ id, transport: "stdio", command: ["node", fixture], env: { DEFINITIONS_FILE: file } })
+
+/** Headless Debian chromium, or the one `CHROMIUM_PATH` names (as observability.e2e's status page tests). */
+const launchBrowser = () => {
+  const executablePath = [process.env.CHROMIUM_PATH, "/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => p !== undefined && fs.existsSync(p))
+  if (executablePath === undefined) throw new Error("the status page check needs a Chromium: apt-get install chromium, or set CHROMIUM_PATH")
+  return chromium.launch({ executablePath, args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"] })
+}
 
 const text = (result: unknown) => JSON.stringify((result as { content?: unknown }).content)
 
@@ -111,6 +119,16 @@ describe("tool integrity: pins, a changed description, approval", () => {
     expect(view.changes[0].diff).toContain("id_rsa")
     const metrics = await (await fetch(`${gateway.url}/metrics`)).text()
     expect(metrics).toMatch(/mcp_gateway_tool_changes_total\{template="block",kind="tool",action="blocked"\} 1\b/)
+    const stats = (await api(`${gateway.url}/gateway/stats`)).body.templates.block.tool_integrity
+    expect(stats).toMatchObject({ on_change: "block", pins: 3, changes: [{ name: "echo", action: "blocked" }] })
+    const browser = await launchBrowser()
+    closers.push(() => browser.close())
+    const page = await browser.newPage()
+    await page.goto(`${gateway.url}/gateway/ui`)
+    const shown = page.locator(`section[data-template="block"] .integrity[data-integrity="1"]`)
+    await shown.waitFor({ timeout: 10_000 })
+    expect(await shown.innerText()).toMatch(/blocked\s+tool echo changed/)
+    expect(await shown.locator("pre").textContent()).toContain("id_rsa")
     // Logged once (with its diff), however many lists saw it.
     await waitUntil(() => gateway.stderr().includes("id_rsa"), 5_000, "the change logged")
     expect(gateway.stderr().match(/tool integrity: template block: tool \\?"echo\\?" changed:/g)).toHaveLength(1)
@@ -193,12 +211,18 @@ describe("tool integrity: two replicas on Redis", () => {
   beforeAll(async () => {
     redis = await startRedis()
     writeJson(file, definitions("Echoes the message back"))
-    const configFile = path.join(dir, "gateway.json")
-    writeJson(configFile, {
-      registry: { store: "redis", url: redis.url, prefix: "integrity:" },
-      templates: { pinned: { instances: [instanceOf("p1", file)] } }
-    })
-    gateways.push(await startGateway({ configFile }), await startGateway({ configFile }))
+    // Template "race": each replica's instance offers another echo, and both see it first at once.
+    const configOf = (replica: string) => {
+      const race = path.join(dir, `race-${replica}.json`)
+      writeJson(race, definitions(`Echo as replica ${replica} sees it`))
+      const configFile = path.join(dir, `gateway-${replica}.json`)
+      writeJson(configFile, {
+        registry: { store: "redis", url: redis.url, prefix: "integrity:" },
+        templates: { pinned: { instances: [instanceOf("p1", file)] }, race: { instances: [instanceOf("r1", race)] } }
+      })
+      return configFile
+    }
+    gateways.push(await startGateway({ configFile: configOf("a") }), await startGateway({ configFile: configOf("b") }))
   })
 
   afterAll(async () => {
@@ -226,5 +250,17 @@ describe("tool integrity: two replicas on Redis", () => {
     await waitUntil(async () => (await restNames(b)).includes("echo"), 5_000, "the approval holds on B")
     expect((await integrity(b)).changes).toEqual([])
     expect((await integrity(b)).pinned.find((p: { name: string }) => p.name === "echo").source).toMatch(/^approved by /)
+  })
+
+  it("first sight on both replicas at once: one offer wins on both, the other replica blocks its own", async () => {
+    const [a, b] = gateways as [RunningGateway, RunningGateway]
+    const listed = await Promise.all([a, b].map(async (g) => ((await api(`${g.url}/mcp/race/tools/list`)).body.tools as Array<Tool>).map((t) => t.name).sort()))
+    const echoPin = async (g: RunningGateway) =>
+      (await api(`${g.url}/gateway/registry`)).body.templates.race.tool_integrity.pinned.find((p: { name: string }) => p.name === "echo")?.digest
+    await waitUntil(async () => (await echoPin(a)) !== undefined && (await echoPin(a)) === (await echoPin(b)), 5_000, "both replicas hold one pin of echo")
+    // Whichever lost sees its own echo as a change of the winner's pin.
+    const after = await Promise.all([a, b].map(async (g) => ((await api(`${g.url}/mcp/race/tools/list`)).body.tools as Array<Tool>).map((t) => t.name).sort()))
+    expect(after.filter((names) => names.includes("echo"))).toHaveLength(1)
+    expect(listed.every((names) => names.includes("add"))).toBe(true)
   })
 })
