@@ -12,6 +12,8 @@ const rowsOf = (registry: any, stats: any) =>
   Object.entries<any>(registry.templates ?? {}).flatMap(([template, t]) =>
     (t.instances as Array<any>).map((i) => {
       const traffic = stats.templates?.[template]?.instances?.[i.id] ?? {}
+      // Drift between instances: its own lists differ from the template's pins (the registry's `drift` says how).
+      const drifted = (t.drift?.instances as Array<any> | undefined)?.some((d) => d.id === i.id && d.matches_pins === false) === true
       return {
         template,
         strategy: t.load_balancer?.strategy ?? "",
@@ -21,8 +23,11 @@ const rowsOf = (registry: any, stats: any) =>
           ? [i.command].flat().join(" ") + (i.sandbox === undefined || i.sandbox.preset === "off" ? "" : ` (sandbox: ${i.sandbox.preset}, network ${i.sandbox.network})`)
           : i.endpoint as string,
         // Saturated: a new session found every process slot busy lately (answered 503).
-        status: i.draining ? "draining" : i.saturated === true ? `${i.status}, saturated` : i.status as string,
+        status: i.draining
+          ? "draining"
+          : [i.status as string, ...(i.saturated === true ? ["saturated"] : []), ...(drifted ? ["drifted"] : [])].join(", "),
         saturated: i.saturated === true,
+        drifted,
         session_processes: i.session_processes ?? null,
         breaker: i.circuit_breaker?.state ?? "",
         in_flight: i.active_requests ?? 0,
@@ -55,9 +60,11 @@ export const statusCommand = Command.make(
       if (rows.length === 0) return yield* Console.log(`${url}: no templates (register one with \`mcp-gateway register\`)`)
       const healthy = rows.filter((r) => r.status.split(",")[0] === "healthy").length
       const saturated = Array.from(new Set(rows.filter((r) => r.saturated).map((r) => r.template)))
+      const drifted = rows.filter((r) => r.drifted).map((r) => `${r.template}/${r.id}`)
       yield* Console.log(
         `${url}: ${healthy} of ${rows.length} instances healthy in ${Object.keys(registry.templates).length} templates` +
-          (saturated.length === 0 ? "" : `; saturated (every process slot busy, new sessions refused): ${saturated.join(", ")}`) + "\n"
+          (saturated.length === 0 ? "" : `; saturated (every process slot busy, new sessions refused): ${saturated.join(", ")}`) +
+          (drifted.length === 0 ? "" : `; drifted (their tools differ from the pins: \`mcp-gateway registry\` shows how): ${drifted.join(", ")}`) + "\n"
       )
       yield* Console.log(table(
         ["TEMPLATE", "INSTANCE", "TRANSPORT", "STATUS", "BREAKER", "IN-FLIGHT", "REQUESTS", "ERRORS", "P95 MS", "SOURCE", "TARGET"],

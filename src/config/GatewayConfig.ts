@@ -13,6 +13,7 @@ import {
   seconds
 } from "../domain/LoadBalancer.js"
 import { type SandboxLimits, SandboxInput } from "../domain/Sandbox.js"
+import { DEFAULT_INTEGRITY_POLICY, type IntegrityPolicy, IntegrityPolicyInput, resolveIntegrityPolicy } from "../domain/IntegrityPolicy.js"
 import { resolveSecret, SecretInput, secretProblems } from "../domain/Secret.js"
 import { CacheInput, type ExposureInput, ExposureFields } from "../domain/Exposure.js"
 import { AuthInput, type AuthSettings, resolveAuth } from "./AuthConfig.js"
@@ -35,7 +36,9 @@ export const DEFAULT_LIMITS = {
   /** Ended session ids each replica remembers until their seal expires (so that none is taken over again). */
   maxEndedSessions: 100_000,
   /** Seconds a session lives at most, however busy (its sealed id expires then, on every replica). */
-  sessionMaxLifetimeSeconds: 86_400
+  sessionMaxLifetimeSeconds: 86_400,
+  /** Seconds after which an instance's own lists are read again for drift, at its next passed health probe (docs/security.md). */
+  driftCheckIntervalSeconds: 60
 } as const
 
 /** How long an MCP session lives at most, under these settings. */
@@ -167,6 +170,8 @@ const TemplateInput = Schema.Struct({
   inherit_env: Schema.optional(InheritEnv),
   /** Where its stdio servers run (overrides gateway.sandbox; an instance's own overrides this). */
   sandbox: Schema.optional(SandboxInput),
+  /** Pinned tool definitions: what is pinned, what a change does (overrides gateway.tool_integrity field by field; docs/security.md). */
+  tool_integrity: Schema.optional(IntegrityPolicyInput),
   /** What the template shows: allow/deny lists, transforms (see domain/Exposure.ts). */
   ...ExposureFields,
   cache: Schema.optional(CacheInput),
@@ -235,6 +240,8 @@ export const ConfigFile = Schema.Struct({
     inherit_env: Schema.optional(InheritEnv),
     /** Where every stdio server runs unless its template or itself says otherwise: "strict", "network", "off" (default) or an object (docs/configuration.md). */
     sandbox: Schema.optional(SandboxInput),
+    /** Every template's tool integrity unless its own `tool_integrity` says otherwise (default: trust_on_first_use, block, route_to_pinned). */
+    tool_integrity: Schema.optional(IntegrityPolicyInput),
     max_header_bytes: Schema.optional(PositiveInt(1024)),
     max_json_depth: Schema.optional(PositiveInt(2)),
     max_sessions: Schema.optional(PositiveInt(1)),
@@ -254,6 +261,8 @@ export const ConfigFile = Schema.Struct({
     max_ended_sessions: Schema.optional(PositiveInt(100)),
     /** Seconds an MCP session lives at most, however busy (then 404: the client initializes again). */
     session_max_lifetime: Schema.optional(PositiveInt(60)),
+    /** Seconds after which each instance's own lists are read again for drift between instances (at its next passed probe; default 60). */
+    drift_check_interval: Schema.optional(PositiveSeconds),
     rate_limits: Schema.optional(Schema.Struct({
       /** Per credential (per client address without auth), over every route but /gateway/health. */
       per_client: Schema.optional(RateLimitInput),
@@ -321,6 +330,8 @@ export interface TemplateConfig {
   readonly sandbox?: SandboxInput | undefined
   /** Filters, transforms, cache and prefix, as given (undefined: none of them). */
   readonly exposure: ExposureInput | undefined
+  /** Its tool integrity, resolved over the gateway's (undefined: the gateway's). */
+  readonly toolIntegrity?: IntegrityPolicy | undefined
 }
 
 /** What registrations through the API may do (gateway.registration_*, max_registrations*, max_metadata_bytes). */
@@ -346,6 +357,8 @@ export interface GatewaySettings {
   readonly inheritEnv?: ReadonlyArray<string> | undefined
   /** Where every stdio server runs unless its template or itself says otherwise (undefined: DEFAULT_SANDBOX). */
   readonly sandbox?: SandboxInput | undefined
+  /** Every template's tool integrity unless its own says otherwise (undefined: DEFAULT_INTEGRITY_POLICY). */
+  readonly toolIntegrity?: IntegrityPolicy | undefined
   /** Bounds of registrations through the API (undefined: DEFAULT_REGISTRATION). */
   readonly registration?: RegistrationSettings | undefined
   readonly maxBodyBytes: number
@@ -360,6 +373,8 @@ export interface GatewaySettings {
   readonly maxEndedSessions?: number | undefined
   /** How long an MCP session lives at most (its sealed id carries the expiry); absent: DEFAULT_LIMITS' (sessionLifetimeOf). */
   readonly sessionMaxLifetime?: Duration.Duration | undefined
+  /** How old an instance's offer may get before its next passed probe reads it again (absent: DEFAULT_LIMITS.driftCheckIntervalSeconds). */
+  readonly driftCheckInterval?: Duration.Duration | undefined
   readonly rateLimits: { readonly perClient: RateLimit | undefined; readonly perTemplate: RateLimit | undefined }
   /** Failed authentications per client address (undefined: DEFAULT_AUTH_FAILURES). */
   readonly authFailures?: AuthFailureSettings | undefined
@@ -583,6 +598,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
       max_retries: envRetries ?? fileDefaults.max_retries
     }
 
+    const gatewayIntegrity = resolveIntegrityPolicy(DEFAULT_INTEGRITY_POLICY, file.gateway?.tool_integrity)
     const templates: Array<TemplateConfig> = []
     for (const [name, template] of Object.entries(file.templates ?? {})) {
       const seen = new Set<string>()
@@ -615,7 +631,8 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         rateLimit: rateLimitOf(template.rate_limit),
         inheritEnv: template.inherit_env,
         sandbox: template.sandbox,
-        exposure: exposureOf(template)
+        exposure: exposureOf(template),
+        toolIntegrity: template.tool_integrity === undefined ? undefined : resolveIntegrityPolicy(gatewayIntegrity, template.tool_integrity)
       })
     }
     for (const name of Object.keys(file.virtual_servers ?? {})) {
@@ -674,6 +691,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         registrationEnv: file.gateway?.registration_env ?? [],
         inheritEnv: file.gateway?.inherit_env ?? [],
         sandbox: file.gateway?.sandbox ?? DEFAULT_SANDBOX.setting,
+        toolIntegrity: gatewayIntegrity,
         registration: {
           allow: file.gateway?.registration_allow ?? DEFAULT_REGISTRATION.allow,
           deny: file.gateway?.registration_deny ?? DEFAULT_REGISTRATION.deny,
@@ -699,6 +717,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         },
         maxEndedSessions: file.gateway?.max_ended_sessions ?? DEFAULT_LIMITS.maxEndedSessions,
         sessionMaxLifetime: Duration.seconds(file.gateway?.session_max_lifetime ?? DEFAULT_LIMITS.sessionMaxLifetimeSeconds),
+        driftCheckInterval: Duration.seconds(file.gateway?.drift_check_interval ?? DEFAULT_LIMITS.driftCheckIntervalSeconds),
         rateLimits: {
           perClient: rateLimitOf(file.gateway?.rate_limits?.per_client),
           perTemplate: rateLimitOf(file.gateway?.rate_limits?.per_template)

@@ -90,10 +90,28 @@ export interface CoreServices {
 
 const NONE_TRIED: ReadonlySet<InstanceState> = new Set()
 
-/** The instances that may take a request now, not tried yet (the unhealthy ones as a last resort with fail_open). */
+/**
+ * The instances that may take a request now, not tried yet (the unhealthy ones as a last resort
+ * with fail_open). An instance whose lists drifted from the pins (`offerDrifted`, under
+ * `route_to_pinned`) is left out while any selectable instance matches, tried or not, so that a
+ * retry does not land on it either; when none matches, the drifted ones serve (the pins' own
+ * policy then decides what clients see of their changes: docs/security.md).
+ */
 export const candidatesOf = (template: TemplateState, now: number, tried: ReadonlySet<InstanceState> = NONE_TRIED) => {
-  const candidates: Array<InstanceState> = []
-  for (const i of template.instances.values()) if (!tried.has(i) && i.selectable(now)) candidates.push(i)
+  let candidates: Array<InstanceState> = []
+  let drifted: Array<InstanceState> | undefined
+  let matching = false
+  for (const i of template.instances.values()) {
+    if (i.offerDrifted) {
+      if (!tried.has(i) && i.selectable(now)) (drifted ??= []).push(i)
+    } else if (tried.has(i)) {
+      if (!matching) matching = i.selectable(now)
+    } else if (i.selectable(now)) {
+      matching = true
+      candidates.push(i)
+    }
+  }
+  if (!matching && drifted !== undefined) candidates = drifted
   if (candidates.length === 0 && template.settings.fail_open) {
     // Nothing healthy: the template asked for its unhealthy instances rather than a refusal.
     for (const i of template.instances.values()) if (!tried.has(i) && i.lastResort) candidates.push(i)

@@ -12,6 +12,9 @@ import { Registry } from "../registry/Registry.js"
 import { type Transform, type TransformContext, TransformPlugin, type TransformRequest } from "../transform/TransformPlugin.js"
 import type { ServerNotice } from "../domain/JsonRpc.js"
 import { Timer } from "../clock/Timer.js"
+import { ToolPins } from "../integrity/ToolPins.js"
+import { blockedCall, makeIntegrityGuard } from "./integrityGuard.js"
+import { InstanceOffers } from "../integrity/InstanceOffers.js"
 
 /** Results a cache may keep: lists and reads. Never `tools/call`. */
 const CACHEABLE: ReadonlySet<string> = new Set(["tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"])
@@ -72,8 +75,11 @@ export interface ExposureShape {
    * everything but lists and reads (whose server's own caching hints are honoured).
    */
   readonly run: (template: string, method: string, params: Record<string, unknown> | undefined, caller: Caller, dispatch: Dispatch) => Effect.Effect<unknown, DispatchError>
-  /** Whether `run` would do anything for this request (the hot path asks first). */
-  readonly involved: (template: string, method: string) => boolean
+  /**
+   * Whether `run` would do anything for this request (the hot path asks first): filters,
+   * transforms, the cache, or a call of an item tool integrity blocks (given `params`).
+   */
+  readonly involved: (template: string, method: string, params?: Record<string, unknown> | undefined) => boolean
   /** A server said something changed: cached lists or reads it concerns are dropped at once. */
   readonly noticed: (template: string, notice: ServerNotice) => void
   /**
@@ -197,13 +203,15 @@ const runHook = <A>(
  * setting, per caller unless public, dropped at once when the server says the list changed.
  */
 export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, ExposureShape>() {
-  static readonly layer: Layer.Layer<Exposure, PluginError, Registry | PluginLoader | GatewayMetrics | Timer> = Layer.scoped(
+  static readonly layer: Layer.Layer<Exposure, PluginError, Registry | PluginLoader | GatewayMetrics | Timer | ToolPins | InstanceOffers> = Layer.scoped(
     Exposure,
     Effect.gen(function*() {
       const registry = yield* Registry
       const loader = yield* PluginLoader
       const metrics = yield* GatewayMetrics
       const timer = yield* Timer
+      const pins = yield* ToolPins
+      const guarded = makeIntegrityGuard(pins)
       const layerScope = yield* Effect.scope
 
       const loadTransform = (location: string, spec: TransformSpec, index: number, scope: Scope.Scope) =>
@@ -317,6 +325,10 @@ export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, Expo
         ),
         Effect.forkScoped
       )
+      // Likewise when an instance starts or stops differing from the pins (drift between
+      // instances): a list cached from it before it was held back is not served on.
+      const verdicts = yield* (yield* InstanceOffers).verdictChanges
+      yield* verdicts.pipe(Stream.runForEach((template) => Effect.sync(() => drop(template, () => true))), Effect.forkScoped)
 
       /** Filters and transforms around a dispatch (which may itself be a cache). */
       const through: ExposureShape["through"] = <E>(
@@ -410,12 +422,13 @@ export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, Expo
           )
         }
 
-      const involved: ExposureShape["involved"] = (template, method) =>
-        CACHEABLE.has(method) || exposesAnything(registry.template(template)?.exposure)
+      const involved: ExposureShape["involved"] = (template, method, params) =>
+        CACHEABLE.has(method) || exposesAnything(registry.template(template)?.exposure) ||
+        (params !== undefined && blockedCall(pins, template, method, params) !== undefined)
 
       const run: ExposureShape["run"] = (template, method, params, caller, dispatch) =>
         Effect.flatMap(viewOf(template), (view) => {
-          const behind = cached(template, view, method, caller, dispatch)
+          const behind = guarded(template, method, caller.declaration, cached(template, view, method, caller, dispatch))
           return view === undefined ? behind(params, () => undefined) : through(view, method, params, caller, behind)
         })
 

@@ -7,6 +7,7 @@ import { Stats } from "../observability/Stats.js"
 import { Timer } from "../clock/Timer.js"
 import type { InstanceState } from "../instance/InstanceState.js"
 import { Registry } from "../registry/Registry.js"
+import { InstanceOffers } from "../integrity/InstanceOffers.js"
 import { Transport } from "../transport/Transport.js"
 import { ProbeError, type ProbeTarget } from "./HealthProbePlugin.js"
 import { HealthProbes } from "./HealthProbes.js"
@@ -35,7 +36,7 @@ const instanceKey = (instance: InstanceState) => `${instance.template}\u0000${in
  * each probe in a fiber of its own while it runs: a waiting instance costs an entry, not a fiber.
  */
 export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<HealthChecker, HealthCheckerShape>() {
-  static readonly layer: Layer.Layer<HealthChecker, never, Registry | HealthProbes | Transport | Stats | FleetRedis | Timer> = Layer.scoped(
+  static readonly layer: Layer.Layer<HealthChecker, never, Registry | HealthProbes | Transport | Stats | FleetRedis | Timer | InstanceOffers> = Layer.scoped(
     HealthChecker,
     Effect.gen(function*() {
       const registry = yield* Registry
@@ -50,6 +51,7 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
       const probes = yield* HealthProbes
       const transport = yield* Transport
       const stats = yield* Stats
+      const offers = yield* InstanceOffers
 
       const settingsOf = (instance: InstanceState) => registry.template(instance.template)?.settings ?? DEFAULT_LOAD_BALANCER
 
@@ -108,7 +110,11 @@ export class HealthChecker extends Context.Tag("mcp-gateway/HealthChecker")<Heal
             )
           }
           return false
-        }).pipe(Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` }))
+        }).pipe(
+          // After the verdict: a passed probe that finds the instance healthy may read its lists for drift (integrity/InstanceOffers.ts).
+          Effect.tap((passed) => Effect.sync(() => offers.probed(instance, passed))),
+          Effect.annotateLogs({ instance: `${instance.template}/${instance.id}` })
+        )
 
       // Each instance's next probe time, and the probe running now, if any (by instanceKey).
       const times = new ProbeTimes()

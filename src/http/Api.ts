@@ -123,6 +123,16 @@ export class GatewayGroup extends HttpApiGroup.make("gateway")
       .setPath(Schema.Struct({ template: Schema.String, instanceId: Schema.String }))
       .addSuccess(Schema.Struct({ template_name: Schema.String, instance_id: Schema.String, deregistered: Schema.Boolean }))
   )
+  .add(
+    HttpApiEndpoint.post("approveTools", "/gateway/templates/:template/tools/approve")
+      .setPath(Schema.Struct({ template: Schema.String }))
+      .addSuccess(
+        Json.annotations({
+          description: "Tool integrity: the template's changed (or new) definitions re-pinned as offered now; body {\"tools\": [names]} for some, none or {} for every pending change. " +
+            "{template_name, approved: [{kind, name, digest}], tool_integrity}"
+        })
+      )
+  )
   .annotate(OpenApi.Title, "Gateway")
   .annotate(OpenApi.Description, "Gateway status, statistics and instance registration")
 {}

@@ -23,8 +23,11 @@ import { Strategies } from "../strategy/Strategies.js"
 import { HealthProbes } from "../health/HealthProbes.js"
 import { isModulePath } from "../loader/PluginLoader.js"
 import { ConfigReload } from "../discovery/ConfigReload.js"
+import { InstanceOffers } from "../integrity/InstanceOffers.js"
 import { Discovery } from "../discovery/Discovery.js"
 import { GatewayApi, RegisterBody } from "./Api.js"
+import { ToolPins } from "../integrity/ToolPins.js"
+import { integrityView } from "./integrityView.js"
 import { gatewayHealth, gatewayStats, templateHealth } from "./gatewayViews.js"
 import { dispatchErrorAnswer, errorAnswer, toApiError } from "./ApiError.js"
 import { parseJsonBody } from "./raw.js"
@@ -96,27 +99,35 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
     const reload = yield* ConfigReload
     const exposure = yield* Exposure
     const fleet = yield* FleetRedis
+    const offers = yield* InstanceOffers
     const timer = yield* Timer
+    const pins = yield* ToolPins
     const startedAt = timer.now()
     const registration = config.gateway.registration ?? DEFAULT_REGISTRATION
     const endpointPolicy = makeEndpointPolicy(registration)
 
     return handlers
       .handle("health", () => Effect.sync(() => gatewayHealth(registry, fleet.status(), startedAt, timer.now())))
-      .handle("stats", () => Effect.sync(() => gatewayStats({ stats, registry, sessions, exposure }, timer.now())))
+      .handle("stats", () => Effect.map(pins.report(), (integrity) => gatewayStats({ stats, registry, sessions, exposure, integrity }, timer.now())))
       .handle("registry", () =>
-        Effect.sync(() => ({
+        Effect.map(pins.report(), (reports) => ({
           registry_file: config.gateway.registryFile ?? null,
           config_file: reload.file ?? null,
           discovery: discovery.status(),
-          templates: Object.fromEntries(registry.templates().map((t) => [t.name, {
-            source: t.source,
-            load_balancer: loadBalancerJson(t.settings),
-            instances: Array.from(t.instances.values(), (i) =>
-              i.definition.transport === "stdio"
-                ? { ...i.toJSON(timer.now()), sandbox: sandboxView(sandboxOf(i.definition, t.sandbox, config.gateway.sandbox)) }
-                : i.toJSON(timer.now()))
-          }]))
+          templates: Object.fromEntries(registry.templates().map((t) => {
+            // Drift between instances: which instances' own lists differ from the pins, and how (docs/api.md).
+            const drift = offers.drift(t.name)
+            return [t.name, {
+              source: t.source,
+              load_balancer: loadBalancerJson(t.settings),
+              instances: Array.from(t.instances.values(), (i) =>
+                i.definition.transport === "stdio"
+                  ? { ...i.toJSON(timer.now()), sandbox: sandboxView(sandboxOf(i.definition, t.sandbox, config.gateway.sandbox)) }
+                  : i.toJSON(timer.now())),
+              tool_integrity: integrityView(reports.find((r) => r.template === t.name)),
+              ...(drift === undefined ? {} : { drift })
+            }]
+          }))
         })))
       .handleRaw("register", ({ request }) =>
         Effect.gen(function*() {
@@ -259,7 +270,36 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           yield* audit("deregistered", context, `${template}/${instanceId}`)
           return yield* HttpServerResponse.json({ template_name: template, instance_id: instanceId, deregistered: true }).pipe(Effect.orDie)
         }).pipe(answerUnavailable))
+      .handleRaw("approveTools", ({ path, request }) =>
+        Effect.gen(function*() {
+          const context = requestContextOf(NodeHttpServerRequest.toIncomingMessage(request))
+          const id = yield* requestId
+          let names: ReadonlyArray<string> | undefined
+          if (context?.body !== undefined && context.body.length > 0) {
+            const body = parseJsonBody(context.body, id, config.gateway.maxJsonDepth)
+            if (!body.ok) return yield* Effect.fail(toApiError(body.error))
+            const decoded = decodeApproveBody(body.value)
+            if (Either.isLeft(decoded)) {
+              const problems = formatParseError(decoded.left, "body")
+              return yield* fail(400, "invalid_request", problems.join("; "), { problems })
+            }
+            names = decoded.right.tools
+          }
+          const approved = yield* pins.approve(path.template, names, context?.identity.id ?? "(unknown)").pipe(
+            Effect.catchTag("TemplateNotFound", (e) => fail(404, "template_not_found", e.message))
+          )
+          yield* audit("tools_approved", context, `${path.template}: ${approved.map((p) => `${p.definition.kind}:${p.definition.name}`).join(", ") || "(nothing pending)"}`)
+          const [report] = yield* pins.report(path.template)
+          return yield* HttpServerResponse.json({
+            template_name: path.template,
+            approved: approved.map((p) => ({ kind: p.definition.kind, name: p.definition.name, digest: p.definition.digest })),
+            tool_integrity: integrityView(report)
+          }).pipe(Effect.orDie)
+        }))
   }))
+
+/** POST /gateway/templates/{t}/tools/approve: which names (a name, or kind:name); none: every pending change. */
+const decodeApproveBody = Schema.decodeUnknownEither(Schema.Struct({ tools: Schema.optional(Schema.Array(Schema.String)) }), { errors: "all", onExcessProperty: "error" })
 
 export const ApiHandlers = HttpApiBuilder.api(GatewayApi).pipe(
   Layer.provide(McpHandlers),

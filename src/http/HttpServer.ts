@@ -1,4 +1,5 @@
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import type { ToolPins } from "../integrity/ToolPins.js"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
@@ -38,6 +39,7 @@ import { setRequestContext } from "./requestContext.js"
 import { makeRestHandler } from "./RestHandler.js"
 import { defaultConnectionCaps, descriptorLimit, makeConnectionGate } from "./connectionLimits.js"
 import { ResponseFlow } from "./ResponseFlow.js"
+import type { InstanceOffers } from "../integrity/InstanceOffers.js"
 import { repeat, Timer } from "../clock/Timer.js"
 import { classifyRoute, methodsOf, requirementOf, type Route } from "./routes.js"
 
@@ -77,7 +79,9 @@ export const HttpServerLive: Layer.Layer<
   | Exposure
   | AggregateSessions
   | FleetRedis
+  | InstanceOffers
   | Timer
+  | ToolPins
 > = Layer.scoped(
   ListeningAddress,
   Effect.gen(function*() {

@@ -32,6 +32,8 @@ export type Route =
   | { readonly kind: "sync" }
   /** DELETE /gateway/deregister/{t}/{id} */
   | { readonly kind: "deregister"; readonly template: string }
+  /** POST /gateway/templates/{t}/tools/approve: re-pins a template's changed tool definitions (tool integrity) */
+  | { readonly kind: "tools_approve"; readonly template: string }
   /** /docs, /openapi.json, /redoc: any authenticated caller */
   | { readonly kind: "docs" }
   /** Anything else: 404 (for an authenticated caller; 401 otherwise, so routes cannot be probed without a key) */
@@ -82,6 +84,7 @@ export const requirementOf = (route: Route): RouteRequirement => {
     case "sync":
       return { ...base, scope: "gateway:admin" }
     case "deregister":
+    case "tools_approve":
       return { ...base, scope: "gateway:admin", template: route.template }
     case "docs":
     case "other":
@@ -106,6 +109,7 @@ export const methodsOf = (route: Route): string | undefined => {
       return "GET"
     case "register":
     case "sync":
+    case "tools_approve":
       return "POST"
     case "deregister":
       return "DELETE"
@@ -146,6 +150,12 @@ export const classifyRoute = (method: string | undefined, path: string): Route =
     if (segments.length !== 2) return { kind: "other" }
     const template = decode(segments[0]!)
     return template === undefined ? { kind: "malformed", message: "the template name in the path is not valid URL encoding" } : { kind: "deregister", template }
+  }
+  if (path.startsWith("/gateway/templates/") && path.endsWith("/tools/approve")) {
+    const segments = path.slice("/gateway/templates/".length).split("/")
+    if (segments.length !== 3) return { kind: "other" }
+    const template = decode(segments[0]!)
+    return template === undefined ? { kind: "malformed", message: "the template name in the path is not valid URL encoding" } : { kind: "tools_approve", template }
   }
   if (path === "/.well-known/oauth-protected-resource") return { kind: "resource_metadata", endpoint: undefined }
   if (path.startsWith("/.well-known/oauth-protected-resource/mcp")) {

@@ -47,6 +47,14 @@ export class InstanceState implements InstanceView {
   sessionProcesses = 0
   /** When a new client session last found every process slot of its template busy, none idle to end (ClientSessions writes it). */
   saturatedAt: number | undefined = undefined
+  /**
+   * Its own lists differ from its template's pins (drift between instances, under the
+   * `route_to_pinned` policy): no new requests or sessions while another instance matches.
+   * integrity/InstanceOffers.ts writes it; the dispatcher reads it (one boolean on the hot path).
+   */
+  offerDrifted = false
+  /** Its own lists differ from its template's pins, whatever the policy makes of it (for views). */
+  offerDiffers = false
   /** `registeredAt`: when the registry took the instance in (epoch ms from the Clock). */
   constructor(readonly definition: InstanceDefinition, readonly registeredAt: number) {}
 

@@ -1,4 +1,6 @@
-import { Context, type Effect } from "effect"
+import { Context, type Effect, type Stream } from "effect"
+import type { TemplateNotFound } from "../domain/GatewayError.js"
+import type { IntegrityPolicy } from "../domain/IntegrityPolicy.js"
 import type { Definition, DefinitionKind } from "../domain/ToolDefinitions.js"
 
 /**
@@ -12,17 +14,8 @@ import type { Definition, DefinitionKind } from "../domain/ToolDefinitions.js"
  * beside it (ToolPinsLive.ts).
  */
 
-/** A template's policies (the `tool_integrity` setting of a template, or the gateway's default). */
-export interface IntegrityPolicy {
-  /** What is pinned when nothing is yet: what the first healthy instance offers; only the lock file's; nothing (integrity off). */
-  readonly pin: "trust_on_first_use" | "locked" | "off"
-  /** An offered definition that differs from its pin (or is new): left out and refused; served with an alert; re-pinned. */
-  readonly on_change: "block" | "warn" | "allow"
-  /** Instances whose offer differs from the pins: take no requests; or are used anyway (shown as drift either way). */
-  readonly drift: "route_to_pinned" | "off"
-}
-
-export const DEFAULT_INTEGRITY_POLICY: IntegrityPolicy = { pin: "trust_on_first_use", on_change: "block", drift: "route_to_pinned" }
+/** A template's policies (the `tool_integrity` setting of a template, or the gateway's default); defined in domain/ because the config reads them. */
+export { DEFAULT_INTEGRITY_POLICY, type IntegrityPolicy } from "../domain/IntegrityPolicy.js"
 
 /** One definition as pinned. */
 export interface Pin {
@@ -68,6 +61,35 @@ export interface ToolPinsShape {
   readonly observe: (template: string, kind: DefinitionKind, offered: ReadonlyMap<string, Definition>, instanceId: string | undefined) => ReadonlySet<string>
   /** The template's integrity (every template when undefined), for views and `tools diff`. */
   readonly report: (template?: string) => Effect.Effect<ReadonlyArray<TemplateIntegrity>>
+  /**
+   * `observe` of one page of a list: `complete` when it is the whole offer (pinned items missing
+   * from it are `removed`), `lastPage` when no page follows (trust on first use pins every page
+   * of the first listing, up to its last); `audience`: the capabilities the client declared
+   * (sorted names, "" for none: a server may offer more to clients that declare more, and the
+   * first offer to each audience is a first sight). What the faces call (exposure/Exposure.ts).
+   */
+  readonly observeOffer: (
+    template: string,
+    kind: DefinitionKind,
+    offered: ReadonlyMap<string, Definition>,
+    instanceId: string | undefined,
+    page: { readonly complete: boolean; readonly lastPage: boolean; readonly audience?: string | undefined }
+  ) => ReadonlySet<string>
+  /**
+   * The blocked change of one item, if clients may not call it now (`tools/call`, `prompts/get`).
+   * Synchronous and allocation-free when nothing is blocked: the request path asks it.
+   */
+  readonly blocked: (template: string, kind: DefinitionKind, name: string) => Change | undefined
+  /**
+   * Re-pins the currently offered definitions of `names` (a name, or `kind:name`), or of every
+   * pending change (undefined); `by` says who (for the pins' source and the audit line). Stored
+   * before it returns (on every replica with Redis). Returns what was re-pinned.
+   */
+  readonly approve: (template: string, names: ReadonlyArray<string> | undefined, by: string) => Effect.Effect<ReadonlyArray<Pin>, TemplateNotFound>
+  /** What clients of a template may use changed (a block began or ended, an approval): their sessions get list_changed. */
+  readonly listChanges: Stream.Stream<{ readonly template: string; readonly kind: DefinitionKind }>
+  /** The error text of a refused call: what changed, and the command that approves it. */
+  readonly describeRefusal: (template: string, change: Change) => string
 }
 
 export class ToolPins extends Context.Tag("mcp-gateway/ToolPins")<ToolPins, ToolPinsShape>() {}

@@ -1,4 +1,6 @@
 import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, FiberSet, Layer, Schedule, Scope, Stream } from "effect"
+import { ToolPins } from "../integrity/ToolPins.js"
+import type { DefinitionKind } from "../domain/ToolDefinitions.js"
 import { declarationOf } from "../domain/canonicalJson.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
 import { GatewayConfig, sessionLifetimeOf } from "../config/GatewayConfig.js"
@@ -15,6 +17,7 @@ import { ClientSession } from "./ClientSession.js"
 import type { Adoption, EndpointSessionsShape, SessionRefusal } from "./EndpointSessions.js"
 import { Dispatcher } from "../dispatch/Dispatcher.js"
 import { Exposure } from "../exposure/Exposure.js"
+import { InstanceOffers } from "../integrity/InstanceOffers.js"
 import { ModernSessions } from "./ModernSessions.js"
 import { ownerTag, type SessionClaims, SessionSeal } from "./SessionSeal.js"
 import { capabilitiesAllowSharing } from "./processSharing.js"
@@ -72,6 +75,13 @@ export interface ClientSessionsShape {
 /** What a client is told when what its template shows may have changed. */
 const LIST_CHANGES = ["notifications/tools/list_changed", "notifications/prompts/list_changed", "notifications/resources/list_changed"]
 
+/** What a client is told when tool integrity changes what it may use of a kind. */
+const INTEGRITY_LIST_CHANGES: Readonly<Record<DefinitionKind, string>> = {
+  tool: "notifications/tools/list_changed",
+  prompt: "notifications/prompts/list_changed",
+  resource_template: "notifications/resources/list_changed"
+}
+
 /**
  * How long a session with a process of its own must have been idle before a newcomer may end it
  * for room (one whose client dropped its standing stream may be ended at once): a client that is
@@ -90,7 +100,7 @@ const versionFor = (initializeParams: Record<string, unknown>) => {
 }
 
 export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<ClientSessions, ClientSessionsShape>() {
-  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer | Exposure | EndedSessions | Stats> = Layer.scoped(
+  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer | Exposure | EndedSessions | Stats | InstanceOffers | ToolPins> = Layer.scoped(
     ClientSessions,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
@@ -99,6 +109,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const transport = yield* Transport
       const timer = yield* Timer
       const exposure = yield* Exposure
+      const offers = yield* InstanceOffers
+      const pins = yield* ToolPins
       const ended = yield* EndedSessions
       const stats = yield* Stats
       // Short background work (closing a session, starting to listen, a log line) runs in the
@@ -438,7 +450,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
             opened.slot.session = session
             slotOf.set(session, opened.slot)
           }
-          yield* listenForSession(session, opened.backend)
+          yield* listenForSession(session, opened.backend, instance)
           yield* Effect.logDebug(
             `session ${session.id} of template ${template} pinned to ${instance.id}` +
               (instance.definition.transport === "http" ? "" : opened.own ? " (a process of its own)" : " (the shared process)")
@@ -447,7 +459,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
         })
 
       /** What the server sends outside requests goes to the session's standing stream (its requests relayed to the client). */
-      const listenForSession = (session: ClientSession, backend: Connection) =>
+      const listenForSession = (session: ClientSession, backend: Connection, instance: InstanceState) =>
         backend.listen((message, reply) => {
           if (isRequest(message)) {
             if (reply === undefined) return
@@ -464,6 +476,8 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           }
           // What the template caches goes stale the moment the server says so, whoever listens.
           exposure.noticed(session.template, message)
+          // A list changed: the instance's own offer is read again for drift (integrity/InstanceOffers.ts).
+          offers.noticed(instance, message.method)
           if (message.method === "notifications/resources/updated" && isObject(message.params)) {
             if (!session.subscribedTo(String(message.params.uri))) return
           }
@@ -638,7 +652,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
           session.expiresAt = claims.expiresAt
           // What the server says outside requests is heard once the client's standing stream is
           // here: the replica that opened the session may still carry it.
-          session.listenLater(() => runFork(listenForSession(session, backend).pipe(Effect.catchAllCause(() => Effect.void))))
+          session.listenLater(() => runFork(listenForSession(session, backend, instance!).pipe(Effect.catchAllCause(() => Effect.void))))
           yield* Effect.logDebug(`session of template ${claims.endpoint} taken over from another replica (pinned to ${instance!.id})`)
           return session
         })
@@ -663,6 +677,22 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
                 if (session.servesModernClient) session.tellListeners({ method })
                 else session.outbox.push({ jsonrpc: "2.0", method })
               }
+            }
+          })
+        ),
+        Effect.forkScoped
+      )
+
+      // What a template's clients may use changed by tool integrity (a block, an approval): they list again.
+      yield* pins.listChanges.pipe(
+        Stream.runForEach(({ template, kind }) =>
+          Effect.sync(() => {
+            const method = INTEGRITY_LIST_CHANGES[kind]
+            // (Sessions an aggregate holds too: it hears them through their outbox and tells its client once.)
+            for (const session of sessions.values()) {
+              if (session.template !== template) continue
+              if ((session.holder ?? session).servesModernClient) session.tellListeners({ method })
+              else session.outbox.push({ jsonrpc: "2.0", method })
             }
           })
         ),
