@@ -24,7 +24,9 @@ import { HealthProbes } from "../health/HealthProbes.js"
 import { isModulePath } from "../loader/PluginLoader.js"
 import { ConfigReload } from "../discovery/ConfigReload.js"
 import { Discovery } from "../discovery/Discovery.js"
-import { GatewayApi, RegisterBody } from "./Api.js"
+import { ToolPins } from "../integrity/ToolPins.js"
+import { ApproveBody, GatewayApi, RegisterBody } from "./Api.js"
+import { pinOfJson, templateToolsJson, toolsLockJson } from "./toolIntegrityViews.js"
 import { gatewayHealth, gatewayStats, templateHealth } from "./gatewayViews.js"
 import { dispatchErrorAnswer, errorAnswer, toApiError } from "./ApiError.js"
 import { parseJsonBody } from "./raw.js"
@@ -261,7 +263,61 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
         }).pipe(answerUnavailable))
   }))
 
+const decodeApproveBody = Schema.decodeUnknownEither(ApproveBody, { errors: "all", onExcessProperty: "error" })
+
+/** Tool integrity's management routes (docs/api.md): pins and pending changes, approval, the lock file; all gateway:admin. */
+const ToolsHandlers = HttpApiBuilder.group(GatewayApi, "tools", (handlers) =>
+  Effect.gen(function*() {
+    const registry = yield* Registry
+    const config = yield* GatewayConfig
+    const found = yield* Effect.serviceOption(ToolPins)
+    const pinsOf = found._tag === "Some"
+      ? Effect.succeed(found.value)
+      : fail(503, "unavailable", "tool integrity is not running in this gateway")
+    const unknownTemplate = (template: string) => fail(404, "template_not_found", `unknown template "${template}"`)
+    return handlers
+      .handle("templateTools", ({ path }) =>
+        Effect.gen(function*() {
+          if (registry.template(path.template) === undefined) return yield* unknownTemplate(path.template)
+          const pins = yield* pinsOf
+          const [integrity] = yield* pins.report(path.template)
+          if (integrity === undefined) return yield* unknownTemplate(path.template)
+          return templateToolsJson(integrity)
+        }))
+      .handleRaw("approveTools", ({ path, request }) =>
+        Effect.gen(function*() {
+          const context = requestContextOf(NodeHttpServerRequest.toIncomingMessage(request))
+          const id = yield* requestId
+          // No body, or `{}`: every pending change; `{"tools": [...]}`: those names only.
+          let names: ReadonlyArray<string> | undefined
+          if (context?.body !== undefined && context.body.length > 0) {
+            const body = parseJsonBody(context.body, id, config.gateway.maxJsonDepth)
+            if (!body.ok) return yield* Effect.fail(toApiError(body.error))
+            const decoded = decodeApproveBody(body.value)
+            if (Either.isLeft(decoded)) {
+              const problems = formatParseError(decoded.left, "body")
+              return yield* fail(400, "invalid_request", problems.join("; "), { problems })
+            }
+            names = decoded.right.tools
+          }
+          if (registry.template(path.template) === undefined) return yield* unknownTemplate(path.template)
+          const pins = yield* pinsOf
+          const approved = yield* pins.approve(path.template, names, context?.identity.id ?? "(unknown)").pipe(
+            Effect.catchTag("TemplateNotFound", () => unknownTemplate(path.template))
+          )
+          yield* audit(
+            "tools_approved",
+            context,
+            `${path.template}: ${approved.length === 0 ? "nothing pending" : approved.map((p) => `${p.definition.kind} ${p.definition.name}`).join(", ")}`
+          )
+          return yield* HttpServerResponse.json({ template_name: path.template, approved: approved.map(pinOfJson) }).pipe(Effect.orDie)
+        }))
+      .handle("toolsLock", () =>
+        Effect.map(pinsOf, (pins) => toolsLockJson(pins, registry.templates().map((t) => t.name))))
+  }))
+
 export const ApiHandlers = HttpApiBuilder.api(GatewayApi).pipe(
   Layer.provide(McpHandlers),
-  Layer.provide(GatewayHandlers)
+  Layer.provide(GatewayHandlers),
+  Layer.provide(ToolsHandlers)
 )

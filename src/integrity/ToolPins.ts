@@ -1,4 +1,5 @@
 import { Context, type Effect } from "effect"
+import type { TemplateNotFound } from "../domain/GatewayError.js"
 import type { Definition, DefinitionKind } from "../domain/ToolDefinitions.js"
 
 /**
@@ -68,6 +69,13 @@ export interface ToolPinsShape {
   readonly observe: (template: string, kind: DefinitionKind, offered: ReadonlyMap<string, Definition>, instanceId: string | undefined) => ReadonlySet<string>
   /** The template's integrity (every template when undefined), for views and `tools diff`. */
   readonly report: (template?: string) => Effect.Effect<ReadonlyArray<TemplateIntegrity>>
+  /**
+   * Re-pins what the template's instances offer now, for the pending changes of `names` (every
+   * pending change when undefined; a removed definition's pin is dropped): `mcp-gateway tools
+   * approve`, `POST /gateway/templates/{t}/tools/approve`. `by` is who approved (the credential's
+   * id), kept as the pins' source. Answers the pins made.
+   */
+  readonly approve: (template: string, names: ReadonlyArray<string> | undefined, by: string) => Effect.Effect<ReadonlyArray<Pin>, TemplateNotFound>
 }
 
 export class ToolPins extends Context.Tag("mcp-gateway/ToolPins")<ToolPins, ToolPinsShape>() {}
