@@ -1,5 +1,9 @@
-import { Either } from "effect"
+import { ConfigProvider, Effect, Either, Exit } from "effect"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
 import { describe, expect, it } from "vitest"
+import { loadGatewayConfig } from "../../src/config/GatewayConfig.js"
 import { definitionOf } from "../../src/domain/ToolDefinitions.js"
 import { parseToolLock, toolLockOf, toolLockText } from "../../src/domain/ToolLock.js"
 
@@ -80,5 +84,44 @@ describe("the tools lock file", () => {
     expect(problemsOf(JSON.stringify(renamed))[0]).toMatch(/templates\.everything\[0\]\.name: "echo2" is not the name its definition gives \("echo"\)/)
     const twice = { ...lock, templates: { everything: [entry, entry] } }
     expect(problemsOf(JSON.stringify(twice))[0]).toMatch(/templates\.everything\[1\]: tool "echo" is listed twice/)
+  })
+})
+
+describe("gateway.tools_lock_file and --locked", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gw-lock-config-"))
+  const load = (gateway: Record<string, unknown>, flags: { locked?: boolean } = {}) => {
+    const configFile = path.join(dir, "gateway.json")
+    fs.writeFileSync(configFile, JSON.stringify({ gateway }))
+    return Effect.runPromise(Effect.exit(loadGatewayConfig({ configFile, ...flags }).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map())))))
+  }
+  const problems = (exit: Exit.Exit<unknown, { problems: ReadonlyArray<string> }>) =>
+    Exit.isFailure(exit) ? ((exit.cause as any).error.problems as ReadonlyArray<string>) : []
+
+  it("a lock file is read at start, relative to the config file, and what it holds is the config's", async () => {
+    fs.writeFileSync(path.join(dir, "tools.lock.json"), toolLockText(toolLockOf([["everything", [echo, add]]])))
+    const exit = await load({ tools_lock_file: "tools.lock.json" }, { locked: true })
+    expect(problems(exit as any)).toEqual([])
+    const settings = Exit.isSuccess(exit) ? exit.value.gateway.toolsLock : undefined
+    expect(settings?.file).toBe(path.join(dir, "tools.lock.json"))
+    expect(settings?.locked).toBe(true)
+    expect(settings?.lock?.templates.get("everything")?.map((d) => d.name).sort()).toEqual(["add", "echo"])
+  })
+
+  it("a lock file not written yet: fine, unless --locked asks to serve from it", async () => {
+    const notYet = await load({ tools_lock_file: "later.lock.json" })
+    expect(Exit.isSuccess(notYet) && notYet.value.gateway.toolsLock).toMatchObject({ lock: undefined, locked: false })
+    expect(problems(await load({ tools_lock_file: "later.lock.json" }, { locked: true }) as any)[0]).toMatch(
+      /^gateway\.tools_lock_file: .*later\.lock\.json does not exist, and --locked serves only what it holds/
+    )
+    expect(problems(await load({}, { locked: true }) as any)).toEqual([
+      "--locked: needs gateway.tools_lock_file, the lock file to serve from (write it with `mcp-gateway tools lock`)"
+    ])
+  })
+
+  it("a half-written lock file stops start-up with the file named, whatever the policy", async () => {
+    fs.writeFileSync(path.join(dir, "half.lock.json"), toolLockText(toolLockOf([["everything", [echo]]])).slice(0, 40))
+    const found = problems(await load({ tools_lock_file: "half.lock.json" }) as any)
+    expect(found).toHaveLength(1)
+    expect(found[0]).toContain(`gateway.tools_lock_file: ${path.join(dir, "half.lock.json")}: not valid JSON`)
   })
 })
