@@ -70,7 +70,7 @@ const approveCommand = Command.make(
     ...targetOptions,
     template,
     tools: Args.text({ name: "TOOL" }).pipe(
-      Args.withDescription("A tool, prompt or resource template to approve (default: every pending change)"),
+      Args.withDescription("A tool, prompt or resource template to approve, by name or kind:name (default: every pending change)"),
       Args.repeated
     )
   },
@@ -86,7 +86,8 @@ const approveCommand = Command.make(
           ? `${flags.template}: nothing to approve`
           : `${flags.template}: approved ${approved.map((p) => `${p.kind.replace("_", " ")} ${p.name}`).join(", ")}`
       )
-      const missed = flags.tools.filter((name) => !approved.some((p) => p.name === name))
+      // (A name, or kind:name to tell a tool from a prompt of the same name.)
+      const missed = flags.tools.filter((name) => !approved.some((p) => p.name === name || `${p.kind}:${p.name}` === name))
       if (missed.length > 0) {
         return yield* new CommandFailed({
           message: `tools approve ${flags.template}: nothing pending for ${missed.map((n) => JSON.stringify(n)).join(", ")} (see \`mcp-gateway tools diff ${flags.template}\`)`,
