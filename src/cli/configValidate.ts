@@ -9,6 +9,7 @@ import { HealthProbes } from "../health/HealthProbes.js"
 import { FleetRedis } from "../fleet/FleetRedis.js"
 import { GatewayMetrics } from "../observability/GatewayMetrics.js"
 import { Exposure } from "../exposure/Exposure.js"
+import { ToolPinsLive } from "../integrity/ToolPinsLive.js"
 import { PluginLoader } from "../loader/PluginLoader.js"
 import { Registry } from "../registry/Registry.js"
 import { loggerLayer } from "../observability/logging.js"
@@ -34,6 +35,7 @@ const validate = Command.make(
       const checked = { ...config, discovery: config.discovery === undefined ? undefined : { ...config.discovery, sync: false } }
       const plugins = Discovery.layer.pipe(
         Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer, Exposure.layer)),
+        Layer.provideMerge(ToolPinsLive),
         Layer.provideMerge(Layer.mergeAll(Registry.layer, PluginLoader.layer, GatewayMetrics.layer)),
         // (Validating a config never connects to its Redis: the registry file's view of it is enough.)
         Layer.provide(FleetRedis.off),

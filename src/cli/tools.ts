@@ -32,9 +32,9 @@ interface ChangeView {
 }
 
 /** A template's pending changes as a reader takes them in: what the policy did, then the diff. */
-export const formatPending = (view: { readonly template_name: string; readonly policy: Record<string, string>; readonly pins: ReadonlyArray<unknown>; readonly changes: ReadonlyArray<ChangeView> }): string => {
+export const formatPending = (view: { readonly template_name: string; readonly policy: Record<string, string>; readonly pins: number; readonly changes: ReadonlyArray<ChangeView> }): string => {
   const { changes } = view
-  if (changes.length === 0) return `${view.template_name}: no pending changes (${view.pins.length} definitions pinned)`
+  if (changes.length === 0) return `${view.template_name}: no pending changes (${view.pins} definition${view.pins === 1 ? "" : "s"} pinned)`
   const head = `${view.template_name}: ${changes.length} pending change${changes.length === 1 ? "" : "s"} ` +
     `(policy: pin ${view.policy.pin}, on change ${view.policy.on_change})`
   const blocks = changes.map((c) =>

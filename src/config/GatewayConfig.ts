@@ -14,6 +14,7 @@ import {
 } from "../domain/LoadBalancer.js"
 import { type SandboxLimits, SandboxInput } from "../domain/Sandbox.js"
 import { parseToolLock, type ToolLock } from "../domain/ToolLock.js"
+import { DEFAULT_INTEGRITY_POLICY, type IntegrityPolicy, IntegrityPolicyInput, resolveIntegrityPolicy } from "../domain/IntegrityPolicy.js"
 import { resolveSecret, SecretInput, secretProblems } from "../domain/Secret.js"
 import { CacheInput, type ExposureInput, ExposureFields } from "../domain/Exposure.js"
 import { AuthInput, type AuthSettings, resolveAuth } from "./AuthConfig.js"
@@ -168,6 +169,8 @@ const TemplateInput = Schema.Struct({
   inherit_env: Schema.optional(InheritEnv),
   /** Where its stdio servers run (overrides gateway.sandbox; an instance's own overrides this). */
   sandbox: Schema.optional(SandboxInput),
+  /** Pinned tool definitions: what is pinned, what a change does (overrides gateway.tool_integrity field by field; docs/security.md). */
+  tool_integrity: Schema.optional(IntegrityPolicyInput),
   /** What the template shows: allow/deny lists, transforms (see domain/Exposure.ts). */
   ...ExposureFields,
   cache: Schema.optional(CacheInput),
@@ -238,6 +241,8 @@ export const ConfigFile = Schema.Struct({
     inherit_env: Schema.optional(InheritEnv),
     /** Where every stdio server runs unless its template or itself says otherwise: "strict", "network", "off" (default) or an object (docs/configuration.md). */
     sandbox: Schema.optional(SandboxInput),
+    /** Every template's tool integrity unless its own `tool_integrity` says otherwise (default: trust_on_first_use, block, route_to_pinned). */
+    tool_integrity: Schema.optional(IntegrityPolicyInput),
     max_header_bytes: Schema.optional(PositiveInt(1024)),
     max_json_depth: Schema.optional(PositiveInt(2)),
     max_sessions: Schema.optional(PositiveInt(1)),
@@ -324,6 +329,8 @@ export interface TemplateConfig {
   readonly sandbox?: SandboxInput | undefined
   /** Filters, transforms, cache and prefix, as given (undefined: none of them). */
   readonly exposure: ExposureInput | undefined
+  /** Its tool integrity, resolved over the gateway's (undefined: the gateway's). */
+  readonly toolIntegrity?: IntegrityPolicy | undefined
 }
 
 /** What registrations through the API may do (gateway.registration_*, max_registrations*, max_metadata_bytes). */
@@ -349,6 +356,8 @@ export interface GatewaySettings {
   readonly inheritEnv?: ReadonlyArray<string> | undefined
   /** Where every stdio server runs unless its template or itself says otherwise (undefined: DEFAULT_SANDBOX). */
   readonly sandbox?: SandboxInput | undefined
+  /** Every template's tool integrity unless its own says otherwise (undefined: DEFAULT_INTEGRITY_POLICY). */
+  readonly toolIntegrity?: IntegrityPolicy | undefined
   /** Bounds of registrations through the API (undefined: DEFAULT_REGISTRATION). */
   readonly registration?: RegistrationSettings | undefined
   readonly maxBodyBytes: number
@@ -601,6 +610,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
       max_retries: envRetries ?? fileDefaults.max_retries
     }
 
+    const gatewayIntegrity = resolveIntegrityPolicy(DEFAULT_INTEGRITY_POLICY, file.gateway?.tool_integrity)
     const templates: Array<TemplateConfig> = []
     for (const [name, template] of Object.entries(file.templates ?? {})) {
       const seen = new Set<string>()
@@ -633,7 +643,8 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         rateLimit: rateLimitOf(template.rate_limit),
         inheritEnv: template.inherit_env,
         sandbox: template.sandbox,
-        exposure: exposureOf(template)
+        exposure: exposureOf(template),
+        toolIntegrity: template.tool_integrity === undefined ? undefined : resolveIntegrityPolicy(gatewayIntegrity, template.tool_integrity)
       })
     }
     for (const name of Object.keys(file.virtual_servers ?? {})) {
@@ -693,6 +704,7 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         registrationEnv: file.gateway?.registration_env ?? [],
         inheritEnv: file.gateway?.inherit_env ?? [],
         sandbox: file.gateway?.sandbox ?? DEFAULT_SANDBOX.setting,
+        toolIntegrity: gatewayIntegrity,
         registration: {
           allow: file.gateway?.registration_allow ?? DEFAULT_REGISTRATION.allow,
           deny: file.gateway?.registration_deny ?? DEFAULT_REGISTRATION.deny,

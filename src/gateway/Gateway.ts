@@ -14,6 +14,7 @@ import { AggregateSessions } from "../aggregation/AggregateSessions.js"
 import { ClientSessions } from "../sessions/ClientSessions.js"
 import { Dispatcher } from "../dispatch/Dispatcher.js"
 import { Exposure } from "../exposure/Exposure.js"
+import { ToolPinsLive } from "../integrity/ToolPinsLive.js"
 import { InstanceLifecycle } from "../lifecycle/InstanceLifecycle.js"
 import { InstanceSupervision } from "../lifecycle/InstanceSupervision.js"
 import { RateLimiter } from "../limits/RateLimiter.js"
@@ -39,7 +40,8 @@ export const GatewayServices = Layer.mergeAll(Discovery.layer, ConfigReload.laye
   Layer.provideMerge(AggregateSessions.layer),
   Layer.provideMerge(ClientSessions.layer),
   Layer.provideMerge(Layer.mergeAll(Dispatcher.layer, HealthChecker.layer, RateLimiter.layer)),
-  Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer, Exposure.layer))
+  Layer.provideMerge(Layer.mergeAll(Strategies.layer, HealthProbes.layer, Exposure.layer)),
+  Layer.provideMerge(ToolPinsLive)
 )
 
 /**

@@ -137,10 +137,13 @@ const PinView = Schema.Struct({
   source: Schema.String
 })
 
+/** A template's tool integrity as /gateway/registry shows it (http/integrityView.ts), with the template's name. */
 export const TemplateToolsView = Schema.Struct({
   template_name: Schema.String,
   policy: Schema.Struct({ pin: Schema.String, on_change: Schema.String, drift: Schema.String }),
-  pins: Schema.Array(PinView),
+  /** How many definitions are pinned. */
+  pins: Schema.Number,
+  pinned: Schema.Array(PinView),
   changes: Schema.Array(Schema.Struct({
     kind: Schema.String,
     name: Schema.String,
@@ -169,8 +172,8 @@ export class ToolsGroup extends HttpApiGroup.make("tools")
   )
   .add(
     HttpApiEndpoint.post("approveTools", "/gateway/templates/:template/tools/approve").setPath(TemplatePath).setPayload(ApproveBody).addSuccess(
-      Schema.Struct({ template_name: Schema.String, approved: Schema.Array(PinView) }).annotations({
-        description: "The definitions re-pinned (none: nothing was pending)"
+      Schema.Struct({ template_name: Schema.String, approved: Schema.Array(PinView), tool_integrity: Json }).annotations({
+        description: "The definitions re-pinned (none: nothing was pending), and the template's tool integrity after it"
       })
     )
   )

@@ -26,7 +26,8 @@ import { ConfigReload } from "../discovery/ConfigReload.js"
 import { Discovery } from "../discovery/Discovery.js"
 import { ToolPins } from "../integrity/ToolPins.js"
 import { ApproveBody, GatewayApi, RegisterBody } from "./Api.js"
-import { pinOfJson, templateToolsJson, toolsLockJson } from "./toolIntegrityViews.js"
+import { integrityView } from "./integrityView.js"
+import { pinOfJson, toolsLockJson } from "./toolIntegrityViews.js"
 import { gatewayHealth, gatewayStats, templateHealth } from "./gatewayViews.js"
 import { dispatchErrorAnswer, errorAnswer, toApiError } from "./ApiError.js"
 import { parseJsonBody } from "./raw.js"
@@ -99,6 +100,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
     const exposure = yield* Exposure
     const fleet = yield* FleetRedis
     const timer = yield* Timer
+    const pins = yield* ToolPins
     const startedAt = timer.now()
     const registration = config.gateway.registration ?? DEFAULT_REGISTRATION
     const endpointPolicy = makeEndpointPolicy(registration)
@@ -107,7 +109,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
       .handle("health", () => Effect.sync(() => gatewayHealth(registry, fleet.status(), startedAt, timer.now())))
       .handle("stats", () => Effect.sync(() => gatewayStats({ stats, registry, sessions, exposure }, timer.now())))
       .handle("registry", () =>
-        Effect.sync(() => ({
+        Effect.map(pins.report(), (reports) => ({
           registry_file: config.gateway.registryFile ?? null,
           config_file: reload.file ?? null,
           discovery: discovery.status(),
@@ -117,7 +119,8 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
             instances: Array.from(t.instances.values(), (i) =>
               i.definition.transport === "stdio"
                 ? { ...i.toJSON(timer.now()), sandbox: sandboxView(sandboxOf(i.definition, t.sandbox, config.gateway.sandbox)) }
-                : i.toJSON(timer.now()))
+                : i.toJSON(timer.now())),
+            tool_integrity: integrityView(reports.find((r) => r.template === t.name))
           }]))
         })))
       .handleRaw("register", ({ request }) =>
@@ -270,19 +273,16 @@ const ToolsHandlers = HttpApiBuilder.group(GatewayApi, "tools", (handlers) =>
   Effect.gen(function*() {
     const registry = yield* Registry
     const config = yield* GatewayConfig
-    const found = yield* Effect.serviceOption(ToolPins)
-    const pinsOf = found._tag === "Some"
-      ? Effect.succeed(found.value)
-      : fail(503, "unavailable", "tool integrity is not running in this gateway")
+    const pins = yield* ToolPins
     const unknownTemplate = (template: string) => fail(404, "template_not_found", `unknown template "${template}"`)
     return handlers
       .handle("templateTools", ({ path }) =>
         Effect.gen(function*() {
           if (registry.template(path.template) === undefined) return yield* unknownTemplate(path.template)
-          const pins = yield* pinsOf
           const [integrity] = yield* pins.report(path.template)
           if (integrity === undefined) return yield* unknownTemplate(path.template)
-          return templateToolsJson(integrity)
+          // (The view /gateway/registry shows of each template, with its name.)
+          return { template_name: path.template, ...integrityView(integrity)! }
         }))
       .handleRaw("approveTools", ({ path, request }) =>
         Effect.gen(function*() {
@@ -301,19 +301,18 @@ const ToolsHandlers = HttpApiBuilder.group(GatewayApi, "tools", (handlers) =>
             names = decoded.right.tools
           }
           if (registry.template(path.template) === undefined) return yield* unknownTemplate(path.template)
-          const pins = yield* pinsOf
           const approved = yield* pins.approve(path.template, names, context?.identity.id ?? "(unknown)").pipe(
             Effect.catchTag("TemplateNotFound", () => unknownTemplate(path.template))
           )
-          yield* audit(
-            "tools_approved",
-            context,
-            `${path.template}: ${approved.length === 0 ? "nothing pending" : approved.map((p) => `${p.definition.kind} ${p.definition.name}`).join(", ")}`
-          )
-          return yield* HttpServerResponse.json({ template_name: path.template, approved: approved.map(pinOfJson) }).pipe(Effect.orDie)
+          // (Audited by ToolPins.approve itself, `audit: tools_approved` with who and what: one line per approval.)
+          const [report] = yield* pins.report(path.template)
+          return yield* HttpServerResponse.json({
+            template_name: path.template,
+            approved: approved.map(pinOfJson),
+            tool_integrity: integrityView(report)
+          }).pipe(Effect.orDie)
         }))
-      .handle("toolsLock", () =>
-        Effect.map(pinsOf, (pins) => toolsLockJson(pins, registry.templates().map((t) => t.name))))
+      .handle("toolsLock", () => Effect.sync(() => toolsLockJson(pins, registry.templates().map((t) => t.name))))
   }))
 
 export const ApiHandlers = HttpApiBuilder.api(GatewayApi).pipe(

@@ -1,4 +1,5 @@
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import type { ToolPins } from "../integrity/ToolPins.js"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
@@ -78,6 +79,7 @@ export const HttpServerLive: Layer.Layer<
   | AggregateSessions
   | FleetRedis
   | Timer
+  | ToolPins
 > = Layer.scoped(
   ListeningAddress,
   Effect.gen(function*() {

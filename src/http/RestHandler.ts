@@ -74,7 +74,7 @@ export const makeRestHandler = (deps: {
     const dispatch = (params: Record<string, unknown> | undefined) => {
       // One request that the template's exposure has nothing to do with, traced or not: the
       // request path without a fiber (Dispatcher.callNow). Lists (every page) and the rest: in a fiber.
-      if (operation.listKey === undefined && !exposure.involved(template, operation.mcpMethod)) {
+      if (operation.listKey === undefined && !exposure.involved(template, operation.mcpMethod, params)) {
         let over = false
         const traced = telemetry.spanNow(req, requestId, () => ({ "url.path": `/mcp/${template}/${operationName}`, "mcp.template": template, "mcp.method": operation.mcpMethod }))
         const onClose = () => {

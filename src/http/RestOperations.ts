@@ -125,7 +125,7 @@ export const runRestOperation = (
         relay: onCacheHints === undefined ? undefined : { onCacheHints },
         caller: options.processPerCaller === true ? options.caller : undefined
       })
-    if (exposure === undefined || !exposure.involved(template, operation.mcpMethod)) {
+    if (exposure === undefined || !exposure.involved(template, operation.mcpMethod, p)) {
       return Effect.map(direct(p), (r) => ({ result: r.result, instance: r.instance as InstanceState | undefined }))
     }
     let served: InstanceState | undefined

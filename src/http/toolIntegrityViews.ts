@@ -15,24 +15,6 @@ export const pinJson = (pin: TemplateIntegrity["pins"][number]) => ({
 export const pinOfJson = (pin: Pin) =>
   pinJson({ kind: pin.definition.kind, name: pin.definition.name, digest: pin.definition.digest, pinnedAt: pin.pinnedAt, source: pin.source })
 
-/** GET /gateway/templates/{t}/tools */
-export const templateToolsJson = (integrity: TemplateIntegrity) => ({
-  template_name: integrity.template,
-  policy: { ...integrity.policy },
-  pins: integrity.pins.map(pinJson),
-  changes: integrity.changes.map((c) => ({
-    kind: c.kind,
-    name: c.name,
-    change: c.change,
-    action: c.action,
-    pinned_digest: c.pinned?.digest ?? null,
-    offered_digest: c.offered?.digest ?? null,
-    diff: c.diff,
-    first_seen_at: c.firstSeenAt,
-    instances: [...c.instances]
-  }))
-})
-
 /** GET /gateway/tools/lock: the pins of these templates as the lock file (templates with nothing pinned are left out). */
 export const toolsLockJson = (pins: Pick<ToolPinsShape, "pinned">, templates: ReadonlyArray<string>): ToolLockFile =>
   toolLockOf(

@@ -1,5 +1,6 @@
-import { Context, type Effect } from "effect"
+import { Context, type Effect, type Stream } from "effect"
 import type { TemplateNotFound } from "../domain/GatewayError.js"
+import type { IntegrityPolicy } from "../domain/IntegrityPolicy.js"
 import type { Definition, DefinitionKind } from "../domain/ToolDefinitions.js"
 
 /**
@@ -13,17 +14,8 @@ import type { Definition, DefinitionKind } from "../domain/ToolDefinitions.js"
  * beside it (ToolPinsLive.ts).
  */
 
-/** A template's policies (the `tool_integrity` setting of a template, or the gateway's default). */
-export interface IntegrityPolicy {
-  /** What is pinned when nothing is yet: what the first healthy instance offers; only the lock file's; nothing (integrity off). */
-  readonly pin: "trust_on_first_use" | "locked" | "off"
-  /** An offered definition that differs from its pin (or is new): left out and refused; served with an alert; re-pinned. */
-  readonly on_change: "block" | "warn" | "allow"
-  /** Instances whose offer differs from the pins: take no requests; or are used anyway (shown as drift either way). */
-  readonly drift: "route_to_pinned" | "off"
-}
-
-export const DEFAULT_INTEGRITY_POLICY: IntegrityPolicy = { pin: "trust_on_first_use", on_change: "block", drift: "route_to_pinned" }
+/** A template's policies (the `tool_integrity` setting of a template, or the gateway's default); defined in domain/ because the config reads them. */
+export { DEFAULT_INTEGRITY_POLICY, type IntegrityPolicy } from "../domain/IntegrityPolicy.js"
 
 /** One definition as pinned. */
 export interface Pin {
@@ -70,12 +62,25 @@ export interface ToolPinsShape {
   /** The template's integrity (every template when undefined), for views and `tools diff`. */
   readonly report: (template?: string) => Effect.Effect<ReadonlyArray<TemplateIntegrity>>
   /**
-   * Re-pins what the template's instances offer now, for the pending changes of `names` (every
-   * pending change when undefined; a removed definition's pin is dropped): `mcp-gateway tools
-   * approve`, `POST /gateway/templates/{t}/tools/approve`. `by` is who approved (the credential's
-   * id), kept as the pins' source. Answers the pins made.
+   * `observe` of one page of a list (`complete`: the whole offer, so pinned items missing from it
+   * are `removed`; a page of a paginated list is not). What the faces call (exposure/Exposure.ts).
+   */
+  readonly observeOffer: (template: string, kind: DefinitionKind, offered: ReadonlyMap<string, Definition>, instanceId: string | undefined, complete: boolean) => ReadonlySet<string>
+  /**
+   * The blocked change of one item, if clients may not call it now (`tools/call`, `prompts/get`).
+   * Synchronous and allocation-free when nothing is blocked: the request path asks it.
+   */
+  readonly blocked: (template: string, kind: DefinitionKind, name: string) => Change | undefined
+  /**
+   * Re-pins the currently offered definitions of `names` (a name, or `kind:name`), or of every
+   * pending change (undefined); `by` says who (for the pins' source and the audit line). Stored
+   * before it returns (on every replica with Redis). Returns what was re-pinned.
    */
   readonly approve: (template: string, names: ReadonlyArray<string> | undefined, by: string) => Effect.Effect<ReadonlyArray<Pin>, TemplateNotFound>
+  /** What clients of a template may use changed (a block began or ended, an approval): their sessions get list_changed. */
+  readonly listChanges: Stream.Stream<{ readonly template: string; readonly kind: DefinitionKind }>
+  /** The error text of a refused call: what changed, and the command that approves it. */
+  readonly describeRefusal: (template: string, change: Change) => string
 }
 
 export class ToolPins extends Context.Tag("mcp-gateway/ToolPins")<ToolPins, ToolPinsShape>() {}

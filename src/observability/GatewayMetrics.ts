@@ -96,6 +96,7 @@ export const makeGatewayMetrics = (options: { readonly maxSeriesPerMetric?: numb
     sessionsRefused: counter("mcp_gateway_sessions_refused_total", "New MCP sessions refused with a 503, by template and reason (slots_busy: every process slot held by a session in use)"),
     sessionsEnded: counter("mcp_gateway_session_processes_ended_total", "Sessions with a process of their own the gateway ended, by template and reason (idle, room: for a new session)"),
     cacheRequests: counter("mcp_gateway_cache_requests_total", "Cacheable requests (lists, resources/read) of templates that cache, by result: hit or miss"),
+    toolChanges: counter("mcp_gateway_tool_changes_total", "Tool integrity: offered definitions that differ from their pins (or are new, or gone), by template, kind and what the policy made of them (blocked, warned, allowed)"),
 
     /** Set when scraped, from the registry's live state (nothing to do on the hot path). */
     inflight: gauge("mcp_gateway_instance_inflight_requests", "Requests sent to the instance and not answered yet"),

@@ -4,6 +4,7 @@ import { formatParseError } from "../domain/formatParseError.js"
 import { RegistrationConflict, RegistryStorageError, RegistryUnavailable } from "../domain/GatewayError.js"
 import { emptyRegistry, PersistedRegistry } from "./RegistryFile.js"
 import type { RegistryStoreShape } from "./RegistryStore.js"
+import { redisPinStore } from "./PinStore.js"
 import { type FleetRedisShape, isRedisTimeout } from "../fleet/FleetRedis.js"
 
 /**
@@ -327,5 +328,5 @@ export const redisRegistryStore = (fleet: FleetRedisShape): RegistryStoreShape =
     })
   )
 
-  return { name: `Redis ${fleet.describe}`, load, save, external }
+  return { name: `Redis ${fleet.describe}`, load, save, external, pins: redisPinStore(fleet) }
 }

@@ -29,6 +29,8 @@ import { emptyRegistry, type PersistedRegistry } from "./RegistryFile.js"
 import { fileStore, memoryStore, type RegistryStoreShape, type StoredChange } from "./RegistryStore.js"
 import { FleetRedis } from "../fleet/FleetRedis.js"
 import { redisRegistryStore } from "./RedisRegistryStore.js"
+import type { IntegrityPolicy } from "../domain/IntegrityPolicy.js"
+import type { PinStoreShape } from "./PinStore.js"
 import type { ExposureInput } from "../domain/Exposure.js"
 import type { SandboxInput } from "../domain/Sandbox.js"
 
@@ -54,6 +56,8 @@ export interface TemplateState {
   readonly inheritEnv?: ReadonlyArray<string> | undefined
   /** Where its stdio servers run (config templates only; undefined: the gateway's sandbox). */
   readonly sandbox?: SandboxInput | undefined
+  /** Its tool integrity (config templates only; undefined: the gateway's tool_integrity). */
+  readonly toolIntegrity?: IntegrityPolicy | undefined
   readonly instances: Map<string, InstanceState>
 }
 
@@ -105,6 +109,8 @@ export interface RegistryShape {
   readonly applyDiscovered: (provider: string, templates: ReadonlyArray<DiscoveredTemplate>) => Effect.Effect<RegistryDiff>
   /** A stream of changes from the moment of the call (the subscription lives in the caller's scope). */
   readonly changes: Effect.Effect<Stream.Stream<RegistryChange>, never, Scope.Scope>
+  /** Where pinned tool definitions live beside the registrations (the same file or Redis; none: memory only). */
+  readonly pinStore?: PinStoreShape | undefined
 }
 
 export class Registry extends Context.Tag("mcp-gateway/Registry")<Registry, RegistryShape>() {
@@ -190,6 +196,7 @@ export const makeRegistry = (options: {
         exposure: t.exposure,
         inheritEnv: t.inheritEnv,
         sandbox: t.sandbox,
+        toolIntegrity: t.toolIntegrity,
         instances: new Map(t.instances.map((i) => [i.id, newInstance(i)]))
       })
     }
@@ -374,7 +381,7 @@ export const makeRegistry = (options: {
     /** New settings for a template; the old object is kept when nothing changed, so its strategy keeps its state. */
     const updateTemplate = (
       template: MutableTemplate,
-      next: Pick<TemplateState, "settings" | "loadBalancerInput" | "forwardHeaders" | "rateLimit" | "exposure" | "inheritEnv" | "sandbox">
+      next: Pick<TemplateState, "settings" | "loadBalancerInput" | "forwardHeaders" | "rateLimit" | "exposure" | "inheritEnv" | "sandbox" | "toolIntegrity">
     ): boolean => {
       const settingsChanged = JSON.stringify(loadBalancerJson(template.settings)) !== JSON.stringify(loadBalancerJson(next.settings))
       // (Kept as the same object when equal: its compiled filters and transforms are reused.)
@@ -384,7 +391,9 @@ export const makeRegistry = (options: {
         JSON.stringify(template.rateLimit ?? null) !== JSON.stringify(next.rateLimit ?? null) ||
         template.forwardHeaders.join(",") !== next.forwardHeaders.join(",") ||
         (template.inheritEnv ?? []).join(",") !== (next.inheritEnv ?? []).join(",") ||
-        JSON.stringify(template.sandbox ?? null) !== JSON.stringify(next.sandbox ?? null)
+        JSON.stringify(template.sandbox ?? null) !== JSON.stringify(next.sandbox ?? null) ||
+        JSON.stringify(template.toolIntegrity ?? null) !== JSON.stringify(next.toolIntegrity ?? null)
+      template.toolIntegrity = next.toolIntegrity
       // (Read when a process starts: one running now keeps the environment and sandbox it started with.)
       template.inheritEnv = next.inheritEnv
       template.sandbox = next.sandbox
@@ -453,7 +462,7 @@ export const makeRegistry = (options: {
         const diff = new DiffBuilder()
         const events: Array<RegistryChange> = []
         for (const t of desired) {
-          const next = { settings: t.loadBalancer, loadBalancerInput: t.loadBalancerInput, forwardHeaders: t.forwardHeaders, rateLimit: t.rateLimit, exposure: t.exposure, inheritEnv: t.inheritEnv, sandbox: t.sandbox }
+          const next = { settings: t.loadBalancer, loadBalancerInput: t.loadBalancerInput, forwardHeaders: t.forwardHeaders, rateLimit: t.rateLimit, exposure: t.exposure, inheritEnv: t.inheritEnv, sandbox: t.sandbox, toolIntegrity: t.toolIntegrity }
           let template = templates.get(t.name)
           if (template === undefined) {
             template = { name: t.name, ...next, source: "config", instances: new Map() }
@@ -593,7 +602,8 @@ export const makeRegistry = (options: {
       deregister,
       applyConfig,
       applyDiscovered,
-      changes: Stream.fromPubSub(pubsub, { scoped: true })
+      changes: Stream.fromPubSub(pubsub, { scoped: true }),
+      pinStore: store.pins
     }
     return registry
   })

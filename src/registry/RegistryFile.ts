@@ -6,6 +6,7 @@ import { RegistryStorageError } from "../domain/GatewayError.js"
 import { InstanceSpec, TemplateName } from "../domain/Instance.js"
 import { LoadBalancerInput } from "../domain/LoadBalancer.js"
 import { type AtomicWriteOptions, writeFileAtomic } from "./atomicWrite.js"
+import { PersistedPins } from "./PinStore.js"
 
 /**
  * The registry file holds what was registered at run time (through the API), so that it
@@ -20,7 +21,9 @@ export const PersistedRegistry = Schema.Struct({
       load_balancer: Schema.optional(LoadBalancerInput),
       instances: Schema.Array(InstanceSpec)
     })
-  })
+  }),
+  /** Pinned tool definitions by template (tool integrity; absent in files written before it). */
+  pins: Schema.optional(PersistedPins)
 })
 export type PersistedRegistry = typeof PersistedRegistry.Type
 

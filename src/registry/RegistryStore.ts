@@ -2,6 +2,7 @@ import { Effect, Stream } from "effect"
 import type { RegistrationConflict, RegistryStorageError, RegistryUnavailable } from "../domain/GatewayError.js"
 import type { InstanceSpec } from "../domain/Instance.js"
 import type { LoadBalancerInput } from "../domain/LoadBalancer.js"
+import { mergePins, type PersistedPins, type PinStoreShape } from "./PinStore.js"
 import { emptyRegistry, type PersistedRegistry, readRegistryFile, writeRegistryFile } from "./RegistryFile.js"
 
 /** What one change of the run-time registrations was (a store that keeps entries apart writes just that). */
@@ -33,6 +34,8 @@ export interface RegistryStoreShape {
   readonly save: (next: PersistedRegistry, change: StoredChange) => Effect.Effect<void, RegistryStorageError | RegistryUnavailable | RegistrationConflict>
   /** The registrations as they are after changes elsewhere (another replica), whole each time. */
   readonly external: Stream.Stream<PersistedRegistry>
+  /** Where pinned tool definitions live beside the registrations (none: kept in memory only). */
+  readonly pins?: PinStoreShape | undefined
 }
 
 /** Nothing is kept: a gateway without a registry file forgets registrations when it stops. */
@@ -43,10 +46,40 @@ export const memoryStore: RegistryStoreShape = {
   external: Stream.never
 }
 
-/** The registry file, rewritten whole (atomically) at every change. */
-export const fileStore = (file: string): RegistryStoreShape => ({
-  name: `registry file ${file}`,
-  load: readRegistryFile(file),
-  save: (next) => writeRegistryFile(file, next),
-  external: Stream.never
-})
+/**
+ * The registry file, rewritten whole (atomically) at every change: the registrations the
+ * Registry gives, and the pins (tool integrity) as last loaded or saved, one write at a time.
+ */
+export const fileStore = (file: string): RegistryStoreShape => {
+  let registrations: PersistedRegistry = emptyRegistry
+  let pins: PersistedPins = {}
+  const writes = Effect.unsafeMakeSemaphore(1)
+  const write = () => writeRegistryFile(file, Object.keys(pins).length === 0 ? registrations : { ...registrations, pins })
+  const read = Effect.tap(readRegistryFile(file), (loaded) =>
+    Effect.sync(() => {
+      const { pins: kept, ...rest } = loaded
+      registrations = rest
+      pins = kept ?? {}
+    }))
+  const pinStore: PinStoreShape = {
+    load: Effect.map(read, (loaded) => loaded.pins ?? {}),
+    save: (template, added, mode) =>
+      writes.withPermits(1)(Effect.suspend(() => {
+        const { all, holding } = mergePins(pins[template] ?? [], added, mode)
+        pins = { ...pins, [template]: all }
+        return Effect.as(write(), holding)
+      })),
+    external: Stream.never
+  }
+  return {
+    name: `registry file ${file}`,
+    load: read,
+    save: (next) =>
+      writes.withPermits(1)(Effect.suspend(() => {
+        registrations = next
+        return write()
+      })),
+    external: Stream.never,
+    pins: pinStore
+  }
+}

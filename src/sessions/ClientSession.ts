@@ -132,7 +132,7 @@ export class ClientSession extends EndpointSession {
         }),
         (r) => r.result
       )
-    const answered = this.exposure.involved(this.template, method)
+    const answered = this.exposure.involved(this.template, method, params)
       ? this.exposure.run(this.template, method, params, { id: this.owner, declaration: this.declaration, session: this.id }, call)
       : call(params)
     return this.asking(relay, answered).pipe(
@@ -160,7 +160,7 @@ export class ClientSession extends EndpointSession {
     done: (exit: Exit.Exit<SessionAnswer>) => void,
     spanNow?: () => Tracer.AnySpan | undefined
   ): (() => void) | undefined {
-    if (this.exposure.involved(this.template, method)) return undefined
+    if (this.exposure.involved(this.template, method, params)) return undefined
     const release = this.askingNow(relay)
     const cancel = this.dispatcher.callNow(
       this.template,

@@ -1,4 +1,6 @@
 import { Context, Deferred, Duration, Effect, ExecutionStrategy, Exit, Fiber, FiberId, FiberSet, Layer, Schedule, Scope, Stream } from "effect"
+import { ToolPins } from "../integrity/ToolPins.js"
+import type { DefinitionKind } from "../domain/ToolDefinitions.js"
 import { declarationOf } from "../domain/canonicalJson.js"
 import { type DispatchError, SessionLimitReached } from "../domain/GatewayError.js"
 import { GatewayConfig, sessionLifetimeOf } from "../config/GatewayConfig.js"
@@ -72,6 +74,13 @@ export interface ClientSessionsShape {
 /** What a client is told when what its template shows may have changed. */
 const LIST_CHANGES = ["notifications/tools/list_changed", "notifications/prompts/list_changed", "notifications/resources/list_changed"]
 
+/** What a client is told when tool integrity changes what it may use of a kind. */
+const INTEGRITY_LIST_CHANGES: Readonly<Record<DefinitionKind, string>> = {
+  tool: "notifications/tools/list_changed",
+  prompt: "notifications/prompts/list_changed",
+  resource_template: "notifications/resources/list_changed"
+}
+
 /**
  * How long a session with a process of its own must have been idle before a newcomer may end it
  * for room (one whose client dropped its standing stream may be ended at once): a client that is
@@ -90,7 +99,7 @@ const versionFor = (initializeParams: Record<string, unknown>) => {
 }
 
 export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<ClientSessions, ClientSessionsShape>() {
-  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer | Exposure | EndedSessions | Stats> = Layer.scoped(
+  static readonly layer: Layer.Layer<ClientSessions, never, GatewayConfig | Registry | Dispatcher | Transport | Timer | Exposure | EndedSessions | Stats | ToolPins> = Layer.scoped(
     ClientSessions,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
@@ -99,6 +108,7 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
       const transport = yield* Transport
       const timer = yield* Timer
       const exposure = yield* Exposure
+      const pins = yield* ToolPins
       const ended = yield* EndedSessions
       const stats = yield* Stats
       // Short background work (closing a session, starting to listen, a log line) runs in the
@@ -663,6 +673,22 @@ export class ClientSessions extends Context.Tag("mcp-gateway/ClientSessions")<Cl
                 if (session.servesModernClient) session.tellListeners({ method })
                 else session.outbox.push({ jsonrpc: "2.0", method })
               }
+            }
+          })
+        ),
+        Effect.forkScoped
+      )
+
+      // What a template's clients may use changed by tool integrity (a block, an approval): they list again.
+      yield* pins.listChanges.pipe(
+        Stream.runForEach(({ template, kind }) =>
+          Effect.sync(() => {
+            const method = INTEGRITY_LIST_CHANGES[kind]
+            // (Sessions an aggregate holds too: it hears them through their outbox and tells its client once.)
+            for (const session of sessions.values()) {
+              if (session.template !== template) continue
+              if ((session.holder ?? session).servesModernClient) session.tellListeners({ method })
+              else session.outbox.push({ jsonrpc: "2.0", method })
             }
           })
         ),

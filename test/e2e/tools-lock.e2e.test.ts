@@ -72,7 +72,7 @@ describe("the tools lock file", () => {
     gateway = await startGateway({ configFile, args: ["--locked"] })
     const view = (await api(`${gateway.url}/gateway/templates/pinned/tools`)).body
     expect(view.policy.pin).toBe("locked")
-    expect(view.pins.map((p: { name: string; source: string }) => `${p.name} ${p.source}`).sort()).toEqual(["add lock file", "echo lock file", "greet lock file"])
+    expect(view.pinned.map((p: { name: string; source: string }) => `${p.name} ${p.source}`).sort()).toEqual(["add lock file", "echo lock file", "greet lock file"])
 
     // Only what the lock holds, as it holds it, on every face; the rest refused by name.
     expect(await restNames()).toEqual(["add"])

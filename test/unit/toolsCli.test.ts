@@ -21,7 +21,8 @@ const added = definitionOf("tool", { name: "added", inputSchema: { type: "object
 const view = (changes: boolean) => ({
   template_name: "everything",
   policy: { pin: "trust_on_first_use", on_change: "block", drift: "route_to_pinned" },
-  pins: [{ kind: "tool", name: "echo", digest: echo.digest, pinned_at: "2026-01-01T00:00:00.000Z", source: "first sight" }],
+  pins: 1,
+  pinned: [{ kind: "tool", name: "echo", digest: echo.digest, pinned_at: "2026-01-01T00:00:00.000Z", source: "first sight" }],
   changes: changes
     ? [
       { kind: "tool", name: "echo", change: "changed", action: "blocked", pinned_digest: echo.digest, offered_digest: echoChanged.digest, diff: describeChange(echo, echoChanged), first_seen_at: "2026-01-01T00:00:01.000Z", instances: ["everything-2"] },
@@ -83,7 +84,7 @@ describe("mcp-gateway tools", () => {
     answers["GET /gateway/templates/everything/tools"] = { status: 200, body: view(false) }
     const none = await cli("tools", "diff", "everything")
     expect(none.code, none.stderr).toBe(0)
-    expect(none.stdout.trim()).toBe("everything: no pending changes (1 definitions pinned)")
+    expect(none.stdout.trim()).toBe("everything: no pending changes (1 definition pinned)")
     expect(seen[0]).toMatchObject({ method: "GET", authorization: "Bearer k1" })
 
     answers["GET /gateway/templates/everything/tools"] = { status: 200, body: view(true) }
