@@ -3,6 +3,9 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
+import { hashApiKey, newApiKey } from "../../src/domain/apiKey.js"
+import { definitionOf } from "../../src/domain/ToolDefinitions.js"
+import { toolLockOf, toolLockText } from "../../src/domain/ToolLock.js"
 import { api, repoRoot, type RunningGateway, runGateway, startGateway, tempDir, writeJson } from "../support/processes.js"
 
 const fixture = path.join(repoRoot, "test/fixtures/pinned-server.mjs")
@@ -115,4 +118,67 @@ describe("the tools lock file", () => {
     expect(validate.code).toBe(2)
     expect(validate.stderr).toContain("half-written")
   }, 180_000)
+
+  it("a lock file without --locked pins what it holds, and first sight pins nothing more; the routes want gateway:admin, and the CLI says so", async () => {
+    const keys = { admin: newApiKey(), reader: newApiKey(), pinnedAdmin: newApiKey() }
+    writeJson(definitionsFile, { tools: [echo, add], prompts: [] })
+    fs.writeFileSync(lockFile, toolLockText(toolLockOf([["pinned", [definitionOf("tool", echo)!]]])))
+    writeJson(configFile, {
+      gateway: { tools_lock_file: "tools.lock.json" },
+      auth: {
+        api_keys: [
+          { id: "admin", hash: hashApiKey(keys.admin), scopes: ["gateway:read", "gateway:admin", "mcp:call"] },
+          { id: "reader", hash: hashApiKey(keys.reader), scopes: ["gateway:read"] },
+          { id: "pinned-admin", hash: hashApiKey(keys.pinnedAdmin), scopes: ["gateway:admin"], templates: ["pinned"] }
+        ]
+      },
+      templates: { pinned: { instances: [{ id: "p1", transport: "stdio", command: ["node", fixture], env: { DEFINITIONS_FILE: definitionsFile } }] } }
+    })
+    gateway = await startGateway({ configFile })
+    const as = (key: string) => ({ headers: { authorization: `Bearer ${key}` } })
+    const run = (key: string | undefined, ...args: Array<string>) =>
+      runGateway(args, { MCP_GATEWAY_URL: gateway!.url, MCP_GATEWAY_API_KEY: key ?? "", XDG_STATE_HOME: path.join(dir, "state") })
+
+    // The lock holds echo only: add is new (blocked by the default policy), not pinned on first sight.
+    const listed = await api(`${gateway.url}/mcp/pinned/tools/list`, as(keys.admin))
+    expect((listed.body.tools as Array<Tool>).map((t) => t.name)).toEqual(["echo"])
+    const view = (await api(`${gateway.url}/gateway/templates/pinned/tools`, as(keys.admin))).body
+    expect(view.policy.pin).toBe("trust_on_first_use")
+    expect(view.pinned.map((p: { name: string; source: string }) => `${p.name} ${p.source}`)).toEqual(["echo lock file"])
+    expect(view.changes.map((c: { name: string; change: string; action: string }) => `${c.name} ${c.change} ${c.action}`)).toEqual(["add new blocked"])
+
+    const anonymous = await run(undefined, "tools", "diff", "pinned")
+    expect(anonymous.code).toBe(1)
+    expect(anonymous.stderr).toContain("set MCP_GATEWAY_API_KEY")
+    const reader = await run(keys.reader, "tools", "diff", "pinned")
+    expect(reader.code).toBe(1)
+    expect(reader.stderr).toMatch(/gateway:admin.*\(the credential in MCP_GATEWAY_API_KEY lacks it\)/)
+    const readerApprove = await run(keys.reader, "tools", "approve", "pinned")
+    expect(readerApprove.code).toBe(1)
+    expect(readerApprove.stderr).toContain("gateway:admin")
+    // A template's admin manages its template; the lock shows every template, so it needs the unrestricted scope.
+    const narrowDiff = await run(keys.pinnedAdmin, "tools", "diff", "pinned")
+    expect(narrowDiff.code, narrowDiff.stderr).toBe(3)
+    const narrowLock = await run(keys.pinnedAdmin, "tools", "lock")
+    expect(narrowLock.code).toBe(1)
+    expect(narrowLock.stderr).toContain("gateway:admin")
+    const unknown = await run(keys.admin, "tools", "approve", "nope")
+    expect(unknown.code).toBe(1)
+    expect(unknown.stderr).toContain(`unknown template "nope"`)
+    for (const json of [{ tools: "add" }, { tools: ["add"], also: 1 }, { tools: [] }]) {
+      const bad = await api(`${gateway.url}/gateway/templates/pinned/tools/approve`, { json, ...as(keys.admin) })
+      expect(bad.status, JSON.stringify(json)).toBe(400)
+    }
+    const wrongType = await api(`${gateway.url}/gateway/templates/pinned/tools/approve`, { method: "POST", body: "{}", ...as(keys.admin) })
+    expect(wrongType.status).toBe(415)
+
+    const approved = await run(keys.pinnedAdmin, "tools", "approve", "pinned", "tool:add")
+    expect(approved.code, approved.stderr).toBe(0)
+    expect(approved.stdout.trim()).toBe("pinned: approved tool add")
+    const after = await api(`${gateway.url}/mcp/pinned/tools/list`, as(keys.admin))
+    expect((after.body.tools as Array<Tool>).map((t) => t.name).sort()).toEqual(["add", "echo"])
+    const pins = (await api(`${gateway.url}/gateway/templates/pinned/tools`, as(keys.admin))).body.pinned
+    expect(pins.map((p: { name: string; source: string }) => `${p.name} ${p.source}`).sort()).toEqual(["add approved by pinned-admin", "echo lock file"])
+    expect(gateway.stderr()).toMatch(/audit: tools_approved/)
+  }, 120_000)
 })
