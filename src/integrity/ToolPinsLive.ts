@@ -80,9 +80,14 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
 
     // `start --locked`: every template serves only what the lock file holds, the rest refused as `block` does.
     const lockedEverywhere = config.gateway.toolsLock?.locked === true
+    const lockedPolicies = new WeakMap<IntegrityPolicy, IntegrityPolicy>()
     const policyOf = (template: string): IntegrityPolicy => {
       const policy = registry.template(template)?.toolIntegrity ?? config.gateway.toolIntegrity ?? DEFAULT_INTEGRITY_POLICY
-      return lockedEverywhere ? { ...policy, pin: "locked", on_change: "block" } : policy
+      if (!lockedEverywhere) return policy
+      // (One object per configured policy, not one per list seen.)
+      let locked = lockedPolicies.get(policy)
+      if (locked === undefined) lockedPolicies.set(policy, locked = { ...policy, pin: "locked", on_change: "block" })
+      return locked
     }
     /** The lock file's definitions by template, then by definitionKey (gateway.tools_lock_file, read at start). */
     const lockFile = new Map(

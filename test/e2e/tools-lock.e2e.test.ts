@@ -108,6 +108,10 @@ describe("the tools lock file", () => {
     await gateway.stop()
     gateway = undefined
 
+    const valid = await runGateway(["config", "validate", configFile])
+    expect(valid.code, valid.stderr).toBe(0)
+    expect(valid.stdout).toContain("valid (1 templates, 1 instances, 4 pinned definitions in the tools lock file)")
+
     // A half-written lock file: start-up refused (exit 2, the file named), and config validate says so too.
     const text = fs.readFileSync(lockFile, "utf8")
     fs.writeFileSync(lockFile, text.slice(0, Math.floor(text.length / 2)))
