@@ -89,9 +89,9 @@ describe("the tools lock file", () => {
 
 describe("gateway.tools_lock_file and --locked", () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "gw-lock-config-"))
-  const load = (gateway: Record<string, unknown>, flags: { locked?: boolean } = {}) => {
+  const load = (gateway: Record<string, unknown>, flags: { locked?: boolean } = {}, templates: Record<string, unknown> = {}) => {
     const configFile = path.join(dir, "gateway.json")
-    fs.writeFileSync(configFile, JSON.stringify({ gateway }))
+    fs.writeFileSync(configFile, JSON.stringify({ gateway, templates }))
     return Effect.runPromise(Effect.exit(loadGatewayConfig({ configFile, ...flags }).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map())))))
   }
   const problems = (exit: Exit.Exit<unknown, { problems: ReadonlyArray<string> }>) =>
@@ -115,6 +115,13 @@ describe("gateway.tools_lock_file and --locked", () => {
     )
     expect(problems(await load({}, { locked: true }) as any)).toEqual([
       "--locked: needs gateway.tools_lock_file, the lock file to serve from (write it with `mcp-gateway tools lock`)"
+    ])
+    // The same for a `locked` policy in the config, gateway-wide or a template's.
+    expect(problems(await load({ tool_integrity: { pin: "locked" } }) as any)).toEqual([
+      "gateway.tool_integrity.pin: \"locked\" serves only what the tools lock file holds: set gateway.tools_lock_file (write it with `mcp-gateway tools lock`)"
+    ])
+    expect(problems(await load({}, {}, { a: { tool_integrity: { pin: "locked" } }, b: {} }) as any)).toEqual([
+      "templates.a.tool_integrity.pin: \"locked\" serves only what the tools lock file holds: set gateway.tools_lock_file (write it with `mcp-gateway tools lock`)"
     ])
   })
 
