@@ -691,8 +691,10 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
     const auth = file.auth === undefined ? undefined : yield* resolveAuth(file.auth, baseDir, problems)
     const toolsLock = yield* readToolsLock(file.gateway?.tools_lock_file, flags, baseDir, problems)
     // A `locked` template serves only what the lock file holds: without one it would serve nothing.
-    if (toolsLock === undefined && (file.gateway?.tools_lock_file ?? "") === "") {
-      const lockFileNeeded = "\"locked\" serves only what the tools lock file holds: set gateway.tools_lock_file (write it with `mcp-gateway tools lock`)"
+    const lockUnset = toolsLock === undefined && (file.gateway?.tools_lock_file ?? "") === ""
+    if (flags.skipToolsLock !== true && (lockUnset || (toolsLock !== undefined && toolsLock.lock === undefined))) {
+      const lockFileNeeded = "\"locked\" serves only what the tools lock file holds: " +
+        (lockUnset ? "set gateway.tools_lock_file" : `${toolsLock!.file} does not exist`) + " (write it with `mcp-gateway tools lock`)"
       if (gatewayIntegrity.pin === "locked") problems.push(`gateway.tool_integrity.pin: ${lockFileNeeded}`)
       for (const t of templates) {
         if (file.templates?.[t.name]?.tool_integrity?.pin === "locked") problems.push(`templates.${t.name}.tool_integrity.pin: ${lockFileNeeded}`)

@@ -120,6 +120,9 @@ describe("gateway.tools_lock_file and --locked", () => {
     expect(problems(await load({ tool_integrity: { pin: "locked" } }) as any)).toEqual([
       "gateway.tool_integrity.pin: \"locked\" serves only what the tools lock file holds: set gateway.tools_lock_file (write it with `mcp-gateway tools lock`)"
     ])
+    expect(problems(await load({ tools_lock_file: "later.lock.json" }, {}, { a: { tool_integrity: { pin: "locked" } } }) as any)[0]).toMatch(
+      /^templates\.a\.tool_integrity\.pin: "locked" serves only what the tools lock file holds: .*later\.lock\.json does not exist/
+    )
     expect(problems(await load({}, {}, { a: { tool_integrity: { pin: "locked" } }, b: {} }) as any)).toEqual([
       "templates.a.tool_integrity.pin: \"locked\" serves only what the tools lock file holds: set gateway.tools_lock_file (write it with `mcp-gateway tools lock`)"
     ])
