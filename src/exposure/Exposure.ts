@@ -12,8 +12,8 @@ import { Registry } from "../registry/Registry.js"
 import { type Transform, type TransformContext, TransformPlugin, type TransformRequest } from "../transform/TransformPlugin.js"
 import type { ServerNotice } from "../domain/JsonRpc.js"
 import { Timer } from "../clock/Timer.js"
-import { ToolPins, type ToolPinsShape } from "../integrity/ToolPins.js"
-import { definitionsOfList, type Definition, type DefinitionKind, kindOfList, LIST_OF } from "../domain/ToolDefinitions.js"
+import { ToolPins } from "../integrity/ToolPins.js"
+import { blockedCall, makeIntegrityGuard } from "./integrityGuard.js"
 
 /** Results a cache may keep: lists and reads. Never `tools/call`. */
 const CACHEABLE: ReadonlySet<string> = new Set(["tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"])
@@ -174,56 +174,6 @@ const filterResult = (view: View, method: string, result: unknown): unknown => {
   return { ...result, [list.key]: kept, ...(typeof result.count === "number" ? { count: kept.length } : {}) }
 }
 
-/** The kind of item a call names (`tools/call`, `prompts/get`), for tool integrity. */
-const calledKind = (method: string): DefinitionKind | undefined =>
-  method === "tools/call" ? "tool" : method === "prompts/get" ? "prompt" : undefined
-
-/** The change that blocks this call, if tool integrity blocks it. */
-const blockedCall = (pins: ToolPinsShape, template: string, method: string, params: Record<string, unknown> | undefined) => {
-  const kind = calledKind(method)
-  return kind === undefined || typeof params?.name !== "string" ? undefined : pins.blocked(template, kind, params.name)
-}
-
-/** A list's items as definitions, once per result object (a cached list is the same object at every hit). */
-const definitionsSeen = new WeakMap<object, Map<string, Definition>>()
-
-/**
- * Tool integrity around a dispatch: a blocked item's call refused (naming the change), a list's
- * items observed against the template's pins and the blocked ones left out. Behind the cache,
- * so an approval shows at once in a cached list.
- */
-const guarded = (pins: ToolPinsShape, template: string, method: string, dispatch: Dispatch): Dispatch => (params, onHints) => {
-  const change = blockedCall(pins, template, method, params)
-  if (change !== undefined) {
-    return Effect.fail(
-      new BackendError({
-        template,
-        instanceId: "",
-        error: {
-          code: ErrorCode.InvalidParams,
-          message: pins.describeRefusal(template, change),
-          data: { reason: "tool_integrity", template, kind: change.kind, name: change.name, change: change.change, pinned: change.pinned?.digest ?? null, offered: change.offered?.digest ?? null }
-        }
-      })
-    )
-  }
-  const kind = kindOfList(method)
-  if (kind === undefined) return dispatch(params, onHints)
-  return Effect.map(dispatch(params, onHints), (result) => {
-    if (!isObject(result) || result.resultType === "input_required") return result
-    let offered = definitionsSeen.get(result)
-    if (offered === undefined) definitionsSeen.set(result, offered = definitionsOfList(kind, result))
-    const complete = params?.cursor === undefined && (result.nextCursor === undefined || result.nextCursor === "")
-    const hidden = pins.observeOffer(template, kind, offered, undefined, complete)
-    if (hidden.size === 0) return result
-    const field = LIST_OF[kind].field
-    const items = result[field]
-    if (!Array.isArray(items)) return result
-    const nameField = kind === "resource_template" ? "uriTemplate" : "name"
-    return { ...result, [field]: items.filter((item) => !(isObject(item) && typeof item[nameField] === "string" && hidden.has(item[nameField] as string))) }
-  })
-}
-
 /**
  * A hook that fails, throws, or does not finish within `limit` (the template's request timeout)
  * fails the request with a 502; one that refuses with a JSON-RPC code is the client's answer.
@@ -260,6 +210,7 @@ export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, Expo
       const metrics = yield* GatewayMetrics
       const timer = yield* Timer
       const pins = yield* ToolPins
+      const guarded = makeIntegrityGuard(pins)
       const layerScope = yield* Effect.scope
 
       const loadTransform = (location: string, spec: TransformSpec, index: number, scope: Scope.Scope) =>
@@ -472,7 +423,7 @@ export class Exposure extends Context.Tag("mcp-gateway/Exposure")<Exposure, Expo
 
       const run: ExposureShape["run"] = (template, method, params, caller, dispatch) =>
         Effect.flatMap(viewOf(template), (view) => {
-          const behind = guarded(pins, template, method, cached(template, view, method, caller, dispatch))
+          const behind = guarded(template, method, caller.declaration, cached(template, view, method, caller, dispatch))
           return view === undefined ? behind(params, () => undefined) : through(view, method, params, caller, behind)
         })
 

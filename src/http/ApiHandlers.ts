@@ -107,7 +107,7 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
 
     return handlers
       .handle("health", () => Effect.sync(() => gatewayHealth(registry, fleet.status(), startedAt, timer.now())))
-      .handle("stats", () => Effect.sync(() => gatewayStats({ stats, registry, sessions, exposure }, timer.now())))
+      .handle("stats", () => Effect.map(pins.report(), (integrity) => gatewayStats({ stats, registry, sessions, exposure, integrity }, timer.now())))
       .handle("registry", () =>
         Effect.map(pins.report(), (reports) => ({
           registry_file: config.gateway.registryFile ?? null,

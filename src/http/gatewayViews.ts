@@ -1,4 +1,5 @@
 import type { FleetStatus } from "../fleet/FleetRedis.js"
+import type { TemplateIntegrity } from "../integrity/ToolPins.js"
 import { GATEWAY_VERSION } from "../domain/Protocol.js"
 import type { ClientSessionsShape } from "../sessions/ClientSessions.js"
 import type { ExposureShape } from "../exposure/Exposure.js"
@@ -52,11 +53,27 @@ export const gatewayHealth = (registry: RegistryShape, fleet: FleetStatus, start
 }
 
 /** `/gateway/stats`: the recorded traffic (Stats) with each instance's live state at `now`. */
+/** What the status page shows of a template's tool integrity: its policy, pins, and open changes with their diffs. */
+const integritySummary = (r: TemplateIntegrity) => ({
+  pin: r.policy.pin,
+  on_change: r.policy.on_change,
+  pins: r.pins.length,
+  changes: r.changes.map((c) => ({ kind: c.kind, name: c.name, change: c.change, action: c.action, diff: c.diff }))
+})
+
 export const gatewayStats = (
-  services: { readonly stats: StatsShape; readonly registry: RegistryShape; readonly sessions: ClientSessionsShape; readonly exposure: ExposureShape },
+  services: {
+    readonly stats: StatsShape
+    readonly registry: RegistryShape
+    readonly sessions: ClientSessionsShape
+    readonly exposure: ExposureShape
+    /** Each template's tool integrity (ToolPins.report), for the status page. */
+    readonly integrity?: ReadonlyArray<TemplateIntegrity> | undefined
+  },
   now: number
 ) => {
   const { exposure, registry, sessions, stats } = services
+  const integrity = new Map(services.integrity?.map((r) => [r.template, r]))
   const snapshot = stats.snapshot()
   const sessionCounts = sessions.counts()
   const templates: Record<string, unknown> = { ...snapshot.templates }
@@ -92,7 +109,8 @@ export const gatewayStats = (
           circuit_breaker: i.breaker.toJSON(now).state,
           ...(i.channel === undefined ? {} : { process: i.channel.state, restarts: stats.restarts(t.name, i.id) })
         }]
-      }))
+      })),
+      ...(integrity.has(t.name) ? { tool_integrity: integritySummary(integrity.get(t.name)!) } : {})
     }
   }
   return { ...snapshot, templates, sessions: sessionCounts.reduce((n, c) => n + c.count, 0), cache: exposure.stats() }

@@ -3,7 +3,8 @@ import type * as http from "node:http"
 /**
  * `GET /gateway/ui`: a read-only status page. One static document (HTML, CSS and script inline,
  * nothing from a CDN) that polls `/gateway/stats` every second and redraws: templates and their
- * instances, health, breaker, ejection, process, sessions, request rate, error rate, latency.
+ * instances, health, breaker, ejection, process, sessions, request rate, error rate, latency,
+ * and each template's tool integrity (pins, changes with their diffs).
  * The document holds no data, so it is served without a credential; the stats it polls need
  * `gateway:read`, and with auth on the page asks for a key or token (kept in sessionStorage).
  */
@@ -36,7 +37,10 @@ const page = `<!DOCTYPE html>
   .badge { display: inline-block; padding: .05rem .5rem; border-radius: 1rem; font-size: .8rem; font-weight: 600; color: #fff; background: var(--dim); }
   .healthy, .closed, .running { background: var(--ok); }
   .unhealthy, .half_open, .restarting, .starting, .ejected { background: var(--warn); }
-  .failed, .open, .stopped { background: var(--bad); }
+  .failed, .open, .stopped, .blocked { background: var(--bad); }
+  .warned { background: var(--warn); }
+  .integrity { padding: .5rem .8rem; border-top: 1px solid var(--line); }
+  .integrity pre { margin: .3rem 0 0; padding: .5rem; background: var(--bg); border-radius: 6px; overflow-x: auto; font-size: .8rem; }
   #state { color: var(--dim); }
   #state.error { color: var(--bad); font-weight: 600; }
   form { display: none; gap: .5rem; align-items: center; padding: 1rem; background: #fff; border: 1px solid var(--line); border-radius: 8px; }
@@ -92,6 +96,16 @@ async function poll() {
   }
 }
 
+/** A template's tool integrity: its pins, and each change with what the policy made of it and its diff. */
+function integrity(ti) {
+  if (!ti || ti.pin === "off") return "";
+  const changes = ti.changes.map((c) =>
+    "<details><summary>" + badge(c.action, c.action) + " " + text(c.kind.replace("_", " ") + " " + c.name + " " + c.change) + "</summary><pre>" + text(c.diff) + "</pre></details>"
+  ).join("");
+  return '<div class="integrity" data-integrity="' + text(ti.changes.length) + '"><small>tool integrity: ' + count(ti.pins, "pinned definition") + " · on change: " + text(ti.on_change) +
+    (ti.changes.length === 0 ? " · no changes" : "") + "</small>" + changes + "</div>";
+}
+
 function render(stats) {
   const now = Date.now();
   const seconds = lastAt === 0 ? 0 : (now - lastAt) / 1000;
@@ -122,7 +136,7 @@ function render(stats) {
       " <small>" + text(t.strategy) + " · " + count(t.sessions, "session") + " · " + count(t.requests, "request") + " · " + pct(t.error_rate) + " errors</small></h2>" +
       '<div class="table"><table><thead><tr><th>instance</th><th>health</th><th>breaker</th><th>process</th><th>in flight</th>' +
       "<th>req/s</th><th>requests</th><th>errors</th><th>p50 / p95 ms</th><th>share / weight</th></tr></thead><tbody>" +
-      rows + "</tbody></table></div></section>";
+      rows + "</tbody></table></div>" + integrity(t.tool_integrity) + "</section>";
   });
   $("templates").innerHTML = sections.join("") || "<p>No templates.</p>";
 }

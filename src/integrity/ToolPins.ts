@@ -62,10 +62,19 @@ export interface ToolPinsShape {
   /** The template's integrity (every template when undefined), for views and `tools diff`. */
   readonly report: (template?: string) => Effect.Effect<ReadonlyArray<TemplateIntegrity>>
   /**
-   * `observe` of one page of a list (`complete`: the whole offer, so pinned items missing from it
-   * are `removed`; a page of a paginated list is not). What the faces call (exposure/Exposure.ts).
+   * `observe` of one page of a list: `complete` when it is the whole offer (pinned items missing
+   * from it are `removed`), `lastPage` when no page follows (trust on first use pins every page
+   * of the first listing, up to its last); `audience`: the capabilities the client declared
+   * (sorted names, "" for none: a server may offer more to clients that declare more, and the
+   * first offer to each audience is a first sight). What the faces call (exposure/Exposure.ts).
    */
-  readonly observeOffer: (template: string, kind: DefinitionKind, offered: ReadonlyMap<string, Definition>, instanceId: string | undefined, complete: boolean) => ReadonlySet<string>
+  readonly observeOffer: (
+    template: string,
+    kind: DefinitionKind,
+    offered: ReadonlyMap<string, Definition>,
+    instanceId: string | undefined,
+    page: { readonly complete: boolean; readonly lastPage: boolean; readonly audience?: string | undefined }
+  ) => ReadonlySet<string>
   /**
    * The blocked change of one item, if clients may not call it now (`tools/call`, `prompts/get`).
    * Synchronous and allocation-free when nothing is blocked: the request path asks it.

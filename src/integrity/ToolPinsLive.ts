@@ -10,6 +10,15 @@ import { Registry } from "../registry/Registry.js"
 import { type Change, type Pin, type TemplateIntegrity, ToolPins, type ToolPinsShape } from "./ToolPins.js"
 
 const NOTHING: ReadonlySet<string> = new Set()
+const WHOLE = { complete: true, lastPage: true, audience: "" }
+/** Audiences (capability sets) a template's first sights are remembered for; past this, nothing more is pinned on first sight. */
+const MAX_AUDIENCES = 64
+
+/** A first sight's source names its audience, so that a restart or another replica knows it was seen. */
+const firstSightSource = (audience: string) => audience === "" ? "first sight" : `first sight (${audience})`
+const audienceOfSource = (source: string): string | undefined =>
+  source === "first sight" ? "" : source.startsWith("first sight (") && source.endsWith(")") ? source.slice(13, -1) : undefined
+const seenKey = (kind: DefinitionKind, audience: string) => `${kind}\u0000${audience}`
 /** Work (stores, logs) waiting for the service's fiber; past this, the oldest new pins are only kept in memory. */
 const MAX_PENDING = 10_000
 
@@ -23,8 +32,12 @@ interface TemplatePins {
   readonly changes: Map<string, Change>
   /** What clients may not see or call, per kind, by name (the blocked changes): read on the request path. */
   readonly blocked: Record<DefinitionKind, Map<string, Change>>
-  /** The kinds whose first offer was seen (trust on first use pins that one whole). */
-  readonly seen: Set<DefinitionKind>
+  /**
+   * `{kind}\u0000{audience}` of the offers seen to their last page: trust on first use pins the
+   * first offer of a kind to each audience whole (a server may offer more to clients that
+   * declare more, as server-everything offers its sampling tool to clients that sample).
+   */
+  readonly seen: Set<string>
 }
 
 const newTemplatePins = (): TemplatePins => ({
@@ -190,7 +203,10 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
         // A `locked` template holds only the lock file's pins, and what is approved while it runs.
         if (policy.pin === "locked" && !lockFile.get(template)?.has(key) && !(started && stored.source.startsWith("approved by"))) continue
         state.pins.set(key, pin)
-        state.seen.add(stored.kind)
+        // (Pins of a kind mean its first offer to plain clients was seen, here or elsewhere.)
+        state.seen.add(seenKey(stored.kind, ""))
+        const audience = audienceOfSource(stored.source)
+        if (audience !== undefined) state.seen.add(seenKey(stored.kind, audience))
         if (evaluate(template, state, policy, key, stored.kind, stored.name, undefined)) kinds.add(stored.kind)
       }
       for (const kind of kinds) listChanged(template, kind)
@@ -200,14 +216,17 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
     }
 
     const observe: ToolPinsShape["observe"] = (template, kind, offered, instanceId) =>
-      observeOffer(template, kind, offered, instanceId, true)
+      observeOffer(template, kind, offered, instanceId, WHOLE)
 
-    const observeOffer = (template: string, kind: DefinitionKind, offered: ReadonlyMap<string, Definition>, instanceId: string | undefined, complete: boolean): ReadonlySet<string> => {
+    const observeOffer: ToolPinsShape["observeOffer"] = (template, kind, offered, instanceId, { audience = "", complete, lastPage }) => {
       const policy = policyOf(template)
       if (policy.pin === "off") return NOTHING
       const state = stateOf(template)
-      const firstSight = policy.pin === "trust_on_first_use" && !state.seen.has(kind)
-      state.seen.add(kind)
+      const seen = seenKey(kind, audience)
+      // (A template the lock file holds is pinned: whatever the audience, nothing more on first sight.)
+      const firstSight = policy.pin === "trust_on_first_use" && !state.seen.has(seen) && state.seen.size < MAX_AUDIENCES && !lockFile.has(template)
+      // (The first listing is pinned up to its last page.)
+      if (lastPage && state.seen.size < MAX_AUDIENCES) state.seen.add(seen)
       const fresh: Array<Pin> = []
       let changed = false
       for (const definition of offered.values()) {
@@ -217,7 +236,7 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
           state.offered.set(key, { definition, instances: new Set(instanceId === undefined ? [] : [instanceId]) })
         } else if (instanceId !== undefined) known.instances.add(instanceId)
         if (firstSight && !state.pins.has(key)) {
-          const pin: Pin = { definition, pinnedAt: nowIso(), source: "first sight" }
+          const pin: Pin = { definition, pinnedAt: nowIso(), source: firstSightSource(audience) }
           state.pins.set(key, pin)
           fresh.push(pin)
           continue
@@ -357,10 +376,7 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
       const state = stateOf(template)
       const pinnedAt = nowIso()
       const pins = Array.from(definitions.values(), (definition): Pin => ({ definition, pinnedAt, source: "lock file" }))
-      for (const pin of pins) {
-        state.pins.set(definitionKey(pin.definition.kind, pin.definition.name), pin)
-        state.seen.add(pin.definition.kind)
-      }
+      for (const pin of pins) state.pins.set(definitionKey(pin.definition.kind, pin.definition.name), pin)
       later(persist(template, pins, "replace"))
     }
     started = true

@@ -71,7 +71,8 @@ describe("aggregation: /mcp and virtual servers", () => {
           instances: [{ id: "f1", transport: "stdio", command: ["node", filesystemServer, files] }],
           transforms: [{ transform: "rename_tool", options: { from: "list_allowed_directories", to: "roots" } }]
         },
-        listing: { instances: [{ id: "l1", transport: "http", endpoint: listing.url }], cache: { ttl_seconds: 60 } },
+        // (It adds a tool at run time, which tool integrity's default would leave out until approved.)
+        listing: { instances: [{ id: "l1", transport: "http", endpoint: listing.url }], cache: { ttl_seconds: 60 }, tool_integrity: { on_change: "allow" } },
         dead: {
           instances: [{ id: "d1", transport: "http", endpoint: `http://127.0.0.1:${await freePort()}/mcp` }],
           load_balancer: { health_check_interval: 60 }

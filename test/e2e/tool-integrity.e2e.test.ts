@@ -4,6 +4,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { ToolListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { chromium } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { api, repoRoot, type RunningGateway, startGateway, tempDir, waitUntil, writeJson } from "../support/processes.js"
 import { startRedis } from "../support/redisServer.js"
@@ -21,6 +22,13 @@ const definitions = (echoDescription: string) => ({
 })
 
 const instanceOf = (id: string, file: string) => ({ id, transport: "stdio", command: ["node", fixture], env: { DEFINITIONS_FILE: file } })
+
+/** Headless Debian chromium, or the one `CHROMIUM_PATH` names (as observability.e2e's status page tests). */
+const launchBrowser = () => {
+  const executablePath = [process.env.CHROMIUM_PATH, "/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => p !== undefined && fs.existsSync(p))
+  if (executablePath === undefined) throw new Error("the status page check needs a Chromium: apt-get install chromium, or set CHROMIUM_PATH")
+  return chromium.launch({ executablePath, args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"] })
+}
 
 const text = (result: unknown) => JSON.stringify((result as { content?: unknown }).content)
 
@@ -111,6 +119,16 @@ describe("tool integrity: pins, a changed description, approval", () => {
     expect(view.changes[0].diff).toContain("id_rsa")
     const metrics = await (await fetch(`${gateway.url}/metrics`)).text()
     expect(metrics).toMatch(/mcp_gateway_tool_changes_total\{template="block",kind="tool",action="blocked"\} 1\b/)
+    const stats = (await api(`${gateway.url}/gateway/stats`)).body.templates.block.tool_integrity
+    expect(stats).toMatchObject({ on_change: "block", pins: 3, changes: [{ name: "echo", action: "blocked" }] })
+    const browser = await launchBrowser()
+    closers.push(() => browser.close())
+    const page = await browser.newPage()
+    await page.goto(`${gateway.url}/gateway/ui`)
+    const shown = page.locator(`section[data-template="block"] .integrity[data-integrity="1"]`)
+    await shown.waitFor({ timeout: 10_000 })
+    expect(await shown.innerText()).toMatch(/blocked\s+tool echo changed/)
+    expect(await shown.locator("pre").textContent()).toContain("id_rsa")
     // Logged once (with its diff), however many lists saw it.
     await waitUntil(() => gateway.stderr().includes("id_rsa"), 5_000, "the change logged")
     expect(gateway.stderr().match(/tool integrity: template block: tool \\?"echo\\?" changed:/g)).toHaveLength(1)

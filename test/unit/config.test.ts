@@ -149,6 +149,26 @@ describe("config", () => {
       ])
     }))
 
+  it.effect("tool_integrity: the default, the gateway's over it, a template's field by field; a bad value named", () =>
+    Effect.gen(function*() {
+      const plain = yield* load({ configFile: file(seed) })
+      expect(plain.gateway.toolIntegrity).toEqual({ pin: "trust_on_first_use", on_change: "block", drift: "route_to_pinned" })
+      expect(plain.templates[0]!.toolIntegrity).toBeUndefined()
+      const config = yield* load({
+        configFile: file({
+          gateway: { tool_integrity: { on_change: "warn" } },
+          templates: { a: { instances: [], tool_integrity: { pin: "off" } }, b: { instances: [] } }
+        })
+      })
+      expect(config.gateway.toolIntegrity).toEqual({ pin: "trust_on_first_use", on_change: "warn", drift: "route_to_pinned" })
+      expect(config.templates.find((t) => t.name === "a")!.toolIntegrity).toEqual({ pin: "off", on_change: "warn", drift: "route_to_pinned" })
+      expect(config.templates.find((t) => t.name === "b")!.toolIntegrity).toBeUndefined()
+      const bad = yield* problems({ configFile: file({ templates: { a: { instances: [], tool_integrity: { on_change: "deny", pinned: true } } } }) })
+      expect(bad).toContain(`templates.a.tool_integrity.on_change: expected "block", got "deny"`)
+      expect(bad).toContain(`templates.a.tool_integrity.on_change: expected "allow", got "deny"`)
+      expect(bad).toContain("templates.a.tool_integrity.pinned: is not a known field (known: pin, on_change, drift)")
+    }))
+
   it.effect("templates take unset load_balancer fields from the gateway-wide defaults", () =>
     Effect.gen(function*() {
       const f = file({
