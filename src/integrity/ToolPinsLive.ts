@@ -13,6 +13,8 @@ const NOTHING: ReadonlySet<string> = new Set()
 const WHOLE = { complete: true, lastPage: true, audience: "" }
 /** Audiences (capability sets) a template's first sights are remembered for; past this, nothing more is pinned on first sight. */
 const MAX_AUDIENCES = 64
+/** Changes remembered as announced per template; past this, the memory starts again (a change may then be logged once more). */
+const MAX_ANNOUNCED = 10_000
 
 /** A first sight's source names its audience, so that a restart or another replica knows it was seen. */
 const firstSightSource = (audience: string) => audience === "" ? "first sight" : `first sight (${audience})`
@@ -33,6 +35,11 @@ interface TemplatePins {
   /** What clients may not see or call, per kind, by name (the blocked changes): read on the request path. */
   readonly blocked: Record<DefinitionKind, Map<string, Change>>
   /**
+   * The changes logged and counted (kind:name, what, both digests, action): a change is
+   * announced once, even when instances that differ make it come and go (drift).
+   */
+  readonly announced: Set<string>
+  /**
    * `{kind}\u0000{audience}` of the offers seen to their last page: trust on first use pins the
    * first offer of a kind to each audience whole (a server may offer more to clients that
    * declare more, as server-everything offers its sampling tool to clients that sample).
@@ -45,7 +52,8 @@ const newTemplatePins = (): TemplatePins => ({
   offered: new Map(),
   changes: new Map(),
   blocked: { tool: new Map(), prompt: new Map(), resource_template: new Map() },
-  seen: new Set()
+  seen: new Set(),
+  announced: new Set()
 })
 
 const pinOf = (stored: StoredPin): Pin => ({
@@ -53,6 +61,7 @@ const pinOf = (stored: StoredPin): Pin => ({
   pinnedAt: stored.pinned_at,
   source: stored.source
 })
+const digestOfStored = (stored: StoredPin) => definitionFromText(stored.kind, stored.name, stored.definition).digest
 const storedOf = (pin: Pin): StoredPin => ({
   kind: pin.definition.kind,
   name: pin.definition.name,
@@ -129,7 +138,11 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
     }
 
     /** A change found: logged once with its diff, audited, counted. */
-    const announce = (template: string, change: Change) => {
+    const announce = (template: string, state: TemplatePins, change: Change) => {
+      const said = `${definitionKey(change.kind, change.name)}\u0000${change.change}\u0000${change.pinned?.digest}\u0000${change.offered?.digest}\u0000${change.action}`
+      if (state.announced.has(said)) return
+      if (state.announced.size >= MAX_ANNOUNCED) state.announced.clear()
+      state.announced.add(said)
       metrics.toolChanges({ template, kind: change.kind, action: change.action }).update(1)
       const advice = change.action === "blocked" ? `; left out and refused until approved: mcp-gateway tools approve ${template} ${change.name}` : ""
       later(
@@ -174,7 +187,7 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
         instances: Array.from(state.offered.get(key)?.instances ?? [])
       }
       state.changes.set(key, change)
-      announce(template, change)
+      announce(template, state, change)
       if (policy.on_change === "allow") {
         const repinned: Pin = { definition: offered, pinnedAt: change.firstSeenAt, source: "allow" }
         state.pins.set(key, repinned)
@@ -197,16 +210,20 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
       const kinds = new Set<DefinitionKind>()
       for (const stored of holding) {
         const key = definitionKey(stored.kind, stored.name)
-        const known = state.pins.get(key)
-        const pin = pinOf(stored)
-        if (known !== undefined && known.definition.digest === pin.definition.digest) continue
         // A `locked` template holds only the lock file's pins, and what is approved while it runs.
         if (policy.pin === "locked" && !lockFile.get(template)?.has(key) && !(started && stored.source.startsWith("approved by"))) continue
-        state.pins.set(key, pin)
         // (Pins of a kind mean its first offer to plain clients was seen, here or elsewhere.)
         state.seen.add(seenKey(stored.kind, ""))
         const audience = audienceOfSource(stored.source)
         if (audience !== undefined) state.seen.add(seenKey(stored.kind, audience))
+        const known = state.pins.get(key)
+        if (known !== undefined && known.definition.digest === digestOfStored(stored)) continue
+        // A stored first sight wins over this replica's (the first writer's); otherwise the later
+        // pin wins (a read of the store that started before this replica's approval reached it
+        // must not undo the approval).
+        if (known !== undefined && !(audienceOfSource(known.source) !== undefined && audience !== undefined) && known.pinnedAt > stored.pinned_at) continue
+        const pin = pinOf(stored)
+        state.pins.set(key, pin)
         if (evaluate(template, state, policy, key, stored.kind, stored.name, undefined)) kinds.add(stored.kind)
       }
       for (const kind of kinds) listChanged(template, kind)
@@ -263,7 +280,7 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
             instances: instanceId === undefined ? [] : [instanceId]
           }
           state.changes.set(key, change)
-          announce(template, change)
+          announce(template, state, change)
         }
       }
       if (fresh.length > 0) later(persist(template, fresh, "first"))
