@@ -8,6 +8,7 @@ import { deregisterCommand, registerCommand } from "./register.js"
 import { startCommand } from "./start.js"
 import { registryCommand, statusCommand } from "./status.js"
 import { syncCommand } from "./sync.js"
+import { toolsCommand } from "./tools.js"
 import { versionCommand } from "./version.js"
 
 export const rootCommand = Command.make("mcp-gateway").pipe(
@@ -20,6 +21,7 @@ export const rootCommand = Command.make("mcp-gateway").pipe(
     deregisterCommand,
     registryCommand,
     syncCommand,
+    toolsCommand,
     configCommand,
     openapiCommand,
     hashKeyCommand,
@@ -27,7 +29,7 @@ export const rootCommand = Command.make("mcp-gateway").pipe(
   ])
 )
 
-const subcommands = new Set(["start", "stop", "status", "register", "deregister", "registry", "sync", "config", "openapi", "hash-key", "version"])
+const subcommands = new Set(["start", "stop", "status", "register", "deregister", "registry", "sync", "tools", "config", "openapi", "hash-key", "version"])
 
 /**
  * `start` is the default command: `mcp-gateway --config gateway.json` means

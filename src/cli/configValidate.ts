@@ -82,9 +82,12 @@ const validate = Command.make(
       if (unsandboxable.length > 0) return yield* new CommandFailed({ message: unsandboxable.join("\n"), exitCode: 2 })
       const instances = config.templates.reduce((n, t) => n + t.instances.length, 0)
       const providers = config.discovery?.providers.length ?? 0
+      const lock = config.gateway.toolsLock?.lock
+      const locked = lock === undefined ? 0 : Array.from(lock.templates.values()).reduce((n, d) => n + d.length, 0)
       yield* Console.log(
         `${file}: valid (${config.templates.length} templates, ${instances} instances` +
-          `${providers === 0 ? "" : `, ${providers} discovery provider${providers === 1 ? "" : "s"}`})`
+          `${providers === 0 ? "" : `, ${providers} discovery provider${providers === 1 ? "" : "s"}`}` +
+          `${lock === undefined ? "" : `, ${locked} pinned definition${locked === 1 ? "" : "s"} in the tools lock file`})`
       )
     })
 ).pipe(Command.withDescription("Check a config file as start would (shape, plugins and their options) without starting anything; exit 2 with one line per problem"))

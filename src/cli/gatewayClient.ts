@@ -47,7 +47,8 @@ export const resolveGatewayUrl = (target: Target): Effect.Effect<string, Command
       })
     }
     if (Option.isSome(target.config)) {
-      const config = yield* loadGatewayConfig({ configFile: target.config.value }).pipe(
+      // (Its host and port only: a broken tools lock file must not stop `tools lock` from writing it again.)
+      const config = yield* loadGatewayConfig({ configFile: target.config.value, skipToolsLock: true }).pipe(
         Effect.mapError((e) => new CommandFailed({ message: e.message, exitCode: 2 }))
       )
       const host = config.gateway.host === "0.0.0.0" ? "127.0.0.1" : config.gateway.host === "::" ? "[::1]" : config.gateway.host

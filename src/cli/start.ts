@@ -35,6 +35,11 @@ export const startOptions = {
   noSync: Options.boolean("no-sync").pipe(
     Options.withDescription("Do not run discovery providers by themselves: only `mcp-gateway sync` runs them")
   ),
+  locked: Options.boolean("locked").pipe(
+    Options.withDescription(
+      "Serve only the tool definitions the tools lock file (gateway.tools_lock_file) holds: every template's pin policy is `locked`, anything else is refused"
+    )
+  ),
   background: Options.boolean("background").pipe(
     Options.withDescription("Run detached: returns once /gateway/health answers, printing the pid, URL, log file and pid file; `stop` ends it")
   ),
@@ -58,6 +63,7 @@ type StartFlags = {
   readonly insecure: boolean
   readonly sync: boolean
   readonly noSync: boolean
+  readonly locked: boolean
   readonly background: boolean
   readonly pidFile: Option.Option<string>
   readonly logFile: Option.Option<string>
@@ -78,7 +84,8 @@ export const runGateway = (flags: StartFlags) =>
       host: Option.getOrUndefined(flags.host),
       port: Option.getOrUndefined(flags.port),
       registryFile: Option.getOrUndefined(flags.registryFile),
-      logLevel: Option.getOrUndefined(flags.logLevel)
+      logLevel: Option.getOrUndefined(flags.logLevel),
+      locked: flags.locked || undefined
     }).pipe(Effect.mapError((e) => new CommandFailed({ message: e.message, exitCode: 2 })))
     if (!LOOPBACK.test(config.gateway.host) && config.gateway.auth === undefined && !flags.insecure) {
       return yield* new CommandFailed({

@@ -13,6 +13,7 @@ import {
   seconds
 } from "../domain/LoadBalancer.js"
 import { type SandboxLimits, SandboxInput } from "../domain/Sandbox.js"
+import { parseToolLock, type ToolLock } from "../domain/ToolLock.js"
 import { DEFAULT_INTEGRITY_POLICY, type IntegrityPolicy, IntegrityPolicyInput, resolveIntegrityPolicy } from "../domain/IntegrityPolicy.js"
 import { resolveSecret, SecretInput, secretProblems } from "../domain/Secret.js"
 import { CacheInput, type ExposureInput, ExposureFields } from "../domain/Exposure.js"
@@ -220,6 +221,8 @@ export const ConfigFile = Schema.Struct({
     host: Schema.optional(Schema.String),
     port: Schema.optional(Port),
     registry_file: Schema.optional(Schema.String),
+    /** The tools lock file (tool integrity): pinned at start; `start --locked` serves only what it holds. */
+    tools_lock_file: Schema.optional(Schema.String),
     allow_stdio_registration: Schema.optional(Schema.Boolean),
     /** Browser origins allowed besides the loopback ones (CORS on the MCP endpoint; every other origin gets 403). */
     allowed_origins: Schema.optional(Schema.Array(Schema.String)),
@@ -391,6 +394,17 @@ export interface GatewaySettings {
   readonly sessionKeys?: ReadonlyArray<string> | undefined
   /** Registrations in Redis, shared by replicas (undefined: the registry file, if any). */
   readonly registryStore?: RedisStoreSettings | undefined
+  /** The tools lock file (`gateway.tools_lock_file`) and what it holds, read at start; undefined: none (or not written yet). */
+  readonly toolsLock?: ToolsLockSettings | undefined
+}
+
+/** The tools lock file: where it is, what it pins (source "lock file"), and whether only that is served. */
+export interface ToolsLockSettings {
+  readonly file: string
+  /** undefined: the file does not exist yet (`mcp-gateway tools lock` writes it); refused with `locked`. */
+  readonly lock: ToolLock | undefined
+  /** `start --locked`: every template's pin policy is `locked` (anything not in the lock is refused, as `block` does). */
+  readonly locked: boolean
 }
 
 /** `registry.store: "redis"`: the Redis replicas share, and how long the gateway waits for it. */
@@ -511,6 +525,10 @@ export interface ConfigFlags {
   readonly logLevel?: LogLevelName | undefined
   /** `--sync` / `--no-sync`: overrides `discovery.sync`. */
   readonly sync?: boolean | undefined
+  /** `--locked`: every template serves only what the tools lock file holds. */
+  readonly locked?: boolean | undefined
+  /** Resolve `gateway.tools_lock_file`'s path without reading it (the CLI's client commands: `tools lock` rewrites a broken one). */
+  readonly skipToolsLock?: boolean | undefined
 }
 
 const decodeFile = Schema.decodeUnknownEither(ConfigFile, { onExcessProperty: "error", errors: "all" })
@@ -677,6 +695,17 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
       })
     }
     const auth = file.auth === undefined ? undefined : yield* resolveAuth(file.auth, baseDir, problems)
+    const toolsLock = yield* readToolsLock(file.gateway?.tools_lock_file, flags, baseDir, problems)
+    // A `locked` template serves only what the lock file holds: without one it would serve nothing.
+    const lockUnset = toolsLock === undefined && (file.gateway?.tools_lock_file ?? "") === ""
+    if (flags.skipToolsLock !== true && (lockUnset || (toolsLock !== undefined && toolsLock.lock === undefined))) {
+      const lockFileNeeded = "\"locked\" serves only what the tools lock file holds: " +
+        (lockUnset ? "set gateway.tools_lock_file" : `${toolsLock!.file} does not exist`) + " (write it with `mcp-gateway tools lock`)"
+      if (gatewayIntegrity.pin === "locked") problems.push(`gateway.tool_integrity.pin: ${lockFileNeeded}`)
+      for (const t of templates) {
+        if (file.templates?.[t.name]?.tool_integrity?.pin === "locked") problems.push(`templates.${t.name}.tool_integrity.pin: ${lockFileNeeded}`)
+      }
+    }
     if (problems.length > 0) return yield* new ConfigInvalid({ problems })
 
     const registryFile = flags.registryFile ?? Option.getOrUndefined(env.registryFile) ?? file.gateway?.registry_file
@@ -729,7 +758,8 @@ export const loadGatewayConfig = (flags: ConfigFlags): Effect.Effect<GatewayConf
         baseDir,
         watchConfig: flags.configFile !== undefined && (file.gateway?.watch_config ?? true),
         sessionKeys,
-        registryStore
+        registryStore,
+        toolsLock
       },
       templates,
       tracing: file.tracing === undefined ? undefined : {
@@ -778,6 +808,39 @@ const exposureOf = (t: Partial<typeof TemplateInput.Type>): ExposureInput | unde
   }
   return Object.keys(exposure).length === 0 ? undefined : exposure
 }
+
+/**
+ * The tools lock file, read and checked whole: a file that is there but half-written or malformed
+ * stops start-up (and `config validate`) with its problems, never pins less than it says. A file
+ * not written yet is no problem unless `--locked` asks to serve from it.
+ */
+const readToolsLock = (name: string | undefined, flags: ConfigFlags, baseDir: string, problems: Array<string>) =>
+  Effect.gen(function*() {
+    const locked = flags.locked === true
+    if (name === undefined || name === "") {
+      if (locked) problems.push("--locked: needs gateway.tools_lock_file, the lock file to serve from (write it with `mcp-gateway tools lock`)")
+      return undefined
+    }
+    const file = path.resolve(baseDir, name)
+    if (flags.skipToolsLock === true) return { file, lock: undefined, locked } satisfies ToolsLockSettings
+    const read = yield* Effect.promise(() => fs.readFile(file, "utf8").then((text) => ({ text }), (error: NodeJS.ErrnoException) => ({ error })))
+    if ("error" in read) {
+      if (read.error.code === "ENOENT" && !locked) return { file, lock: undefined, locked } satisfies ToolsLockSettings
+      problems.push(
+        read.error.code === "ENOENT"
+          ? `gateway.tools_lock_file: ${file} does not exist, and --locked serves only what it holds (write it with \`mcp-gateway tools lock\`)`
+          : `gateway.tools_lock_file: cannot read ${file}: ${read.error.message}`
+      )
+      return undefined
+    }
+    const text = read.text
+    const parsed = parseToolLock(text, file)
+    if (Either.isLeft(parsed)) {
+      problems.push(...parsed.left.map((p) => `gateway.tools_lock_file: ${p}`))
+      return undefined
+    }
+    return { file, lock: parsed.right, locked } satisfies ToolsLockSettings
+  })
 
 /** A stdio instance runs in its working_dir, relative to the config's directory, or in that directory. */
 export const resolvePaths = <S extends InstanceSpec>(spec: S, baseDir: string): S =>

@@ -6,6 +6,7 @@ import { Schema } from "effect"
 import { InstanceSpec, TemplateName } from "../domain/Instance.js"
 import { LoadBalancerInput } from "../domain/LoadBalancer.js"
 import { GATEWAY_VERSION } from "../domain/Protocol.js"
+import { ToolLockFile } from "../domain/ToolLock.js"
 import {
   BadGateway,
   BadRequest,
@@ -123,23 +124,72 @@ export class GatewayGroup extends HttpApiGroup.make("gateway")
       .setPath(Schema.Struct({ template: Schema.String, instanceId: Schema.String }))
       .addSuccess(Schema.Struct({ template_name: Schema.String, instance_id: Schema.String, deregistered: Schema.Boolean }))
   )
-  .add(
-    HttpApiEndpoint.post("approveTools", "/gateway/templates/:template/tools/approve")
-      .setPath(Schema.Struct({ template: Schema.String }))
-      .addSuccess(
-        Json.annotations({
-          description: "Tool integrity: the template's changed (or new) definitions re-pinned as offered now; body {\"tools\": [names]} for some, none or {} for every pending change. " +
-            "{template_name, approved: [{kind, name, digest}], tool_integrity}"
-        })
-      )
-  )
   .annotate(OpenApi.Title, "Gateway")
   .annotate(OpenApi.Description, "Gateway status, statistics and instance registration")
+{}
+
+const PinView = Schema.Struct({
+  kind: Schema.Literal("tool", "prompt", "resource_template"),
+  name: Schema.String,
+  digest: Schema.String,
+  pinned_at: Schema.String,
+  /** How it was pinned: `first sight`, `approved by {who}`, `lock file`, `allow`. */
+  source: Schema.String
+})
+
+/** A template's tool integrity as /gateway/registry shows it (http/integrityView.ts), with the template's name. */
+export const TemplateToolsView = Schema.Struct({
+  template_name: Schema.String,
+  policy: Schema.Struct({ pin: Schema.String, on_change: Schema.String, drift: Schema.String }),
+  /** How many definitions are pinned. */
+  pins: Schema.Number,
+  pinned: Schema.Array(PinView),
+  changes: Schema.Array(Schema.Struct({
+    kind: Schema.String,
+    name: Schema.String,
+    change: Schema.Literal("changed", "new", "removed"),
+    /** What the policy made of it: left out and refused, served with an alert, re-pinned. */
+    action: Schema.Literal("blocked", "warned", "allowed"),
+    pinned_digest: Schema.NullOr(Schema.String),
+    offered_digest: Schema.NullOr(Schema.String),
+    /** A readable line diff: `-` pinned, `+` offered. */
+    diff: Schema.String,
+    first_seen_at: Schema.String,
+    instances: Schema.Array(Schema.String)
+  }))
+})
+
+/** `{}` (or no body) approves every pending change; `tools` only those names. */
+export const ApproveBody = Schema.Struct({
+  tools: Schema.optional(Schema.Array(Schema.String.pipe(Schema.minLength(1))).pipe(Schema.minItems(1)))
+})
+
+export class ToolsGroup extends HttpApiGroup.make("tools")
+  .add(
+    HttpApiEndpoint.get("templateTools", "/gateway/templates/:template/tools").setPath(TemplatePath).addSuccess(
+      TemplateToolsView.annotations({ description: "The template's pinned definitions and the pending changes of what its instances offer, with diffs" })
+    )
+  )
+  .add(
+    HttpApiEndpoint.post("approveTools", "/gateway/templates/:template/tools/approve").setPath(TemplatePath).setPayload(ApproveBody).addSuccess(
+      Schema.Struct({ template_name: Schema.String, approved: Schema.Array(PinView), tool_integrity: Json }).annotations({
+        description: "The definitions re-pinned (none: nothing was pending), and the template's tool integrity after it"
+      })
+    )
+  )
+  .add(
+    HttpApiEndpoint.get("toolsLock", "/gateway/tools/lock").addSuccess(
+      ToolLockFile.annotations({ description: "Every template's pinned definitions, as the tools lock file (`mcp-gateway tools lock` writes it)" })
+    )
+  )
+  .annotate(OpenApi.Title, "Tool integrity")
+  .annotate(OpenApi.Description, "Pinned tool, prompt and resource template definitions: pending changes, approval, the lock file (gateway:admin)")
 {}
 
 export class GatewayApi extends HttpApi.make("mcp-gateway")
   .add(McpGroup)
   .add(GatewayGroup)
+  .add(ToolsGroup)
   // Every endpoint may answer any of these: one error shape, told apart by status.
   .addError(BadRequest)
   .addError(Forbidden)

@@ -25,9 +25,10 @@ import { isModulePath } from "../loader/PluginLoader.js"
 import { ConfigReload } from "../discovery/ConfigReload.js"
 import { InstanceOffers } from "../integrity/InstanceOffers.js"
 import { Discovery } from "../discovery/Discovery.js"
-import { GatewayApi, RegisterBody } from "./Api.js"
 import { ToolPins } from "../integrity/ToolPins.js"
+import { ApproveBody, GatewayApi, RegisterBody } from "./Api.js"
 import { integrityView } from "./integrityView.js"
+import { pinOfJson, toolsLockJson } from "./toolIntegrityViews.js"
 import { gatewayHealth, gatewayStats, templateHealth } from "./gatewayViews.js"
 import { dispatchErrorAnswer, errorAnswer, toApiError } from "./ApiError.js"
 import { parseJsonBody } from "./raw.js"
@@ -270,10 +271,31 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
           yield* audit("deregistered", context, `${template}/${instanceId}`)
           return yield* HttpServerResponse.json({ template_name: template, instance_id: instanceId, deregistered: true }).pipe(Effect.orDie)
         }).pipe(answerUnavailable))
+  }))
+
+const decodeApproveBody = Schema.decodeUnknownEither(ApproveBody, { errors: "all", onExcessProperty: "error" })
+
+/** Tool integrity's management routes (docs/api.md): pins and pending changes, approval, the lock file; all gateway:admin. */
+const ToolsHandlers = HttpApiBuilder.group(GatewayApi, "tools", (handlers) =>
+  Effect.gen(function*() {
+    const registry = yield* Registry
+    const config = yield* GatewayConfig
+    const pins = yield* ToolPins
+    const unknownTemplate = (template: string) => fail(404, "template_not_found", `unknown template "${template}"`)
+    return handlers
+      .handle("templateTools", ({ path }) =>
+        Effect.gen(function*() {
+          if (registry.template(path.template) === undefined) return yield* unknownTemplate(path.template)
+          const [integrity] = yield* pins.report(path.template)
+          if (integrity === undefined) return yield* unknownTemplate(path.template)
+          // (The view /gateway/registry shows of each template, with its name.)
+          return { template_name: path.template, ...integrityView(integrity)! }
+        }))
       .handleRaw("approveTools", ({ path, request }) =>
         Effect.gen(function*() {
           const context = requestContextOf(NodeHttpServerRequest.toIncomingMessage(request))
           const id = yield* requestId
+          // No body, or `{}`: every pending change; `{"tools": [...]}`: those names only.
           let names: ReadonlyArray<string> | undefined
           if (context?.body !== undefined && context.body.length > 0) {
             const body = parseJsonBody(context.body, id, config.gateway.maxJsonDepth)
@@ -285,23 +307,23 @@ const GatewayHandlers = HttpApiBuilder.group(GatewayApi, "gateway", (handlers) =
             }
             names = decoded.right.tools
           }
+          if (registry.template(path.template) === undefined) return yield* unknownTemplate(path.template)
           const approved = yield* pins.approve(path.template, names, context?.identity.id ?? "(unknown)").pipe(
-            Effect.catchTag("TemplateNotFound", (e) => fail(404, "template_not_found", e.message))
+            Effect.catchTag("TemplateNotFound", () => unknownTemplate(path.template))
           )
-          yield* audit("tools_approved", context, `${path.template}: ${approved.map((p) => `${p.definition.kind}:${p.definition.name}`).join(", ") || "(nothing pending)"}`)
+          // (Audited by ToolPins.approve itself, `audit: tools_approved` with who and what: one line per approval.)
           const [report] = yield* pins.report(path.template)
           return yield* HttpServerResponse.json({
             template_name: path.template,
-            approved: approved.map((p) => ({ kind: p.definition.kind, name: p.definition.name, digest: p.definition.digest })),
+            approved: approved.map(pinOfJson),
             tool_integrity: integrityView(report)
           }).pipe(Effect.orDie)
         }))
+      .handle("toolsLock", () => Effect.sync(() => toolsLockJson(pins, registry.templates().map((t) => t.name))))
   }))
-
-/** POST /gateway/templates/{t}/tools/approve: which names (a name, or kind:name); none: every pending change. */
-const decodeApproveBody = Schema.decodeUnknownEither(Schema.Struct({ tools: Schema.optional(Schema.Array(Schema.String)) }), { errors: "all", onExcessProperty: "error" })
 
 export const ApiHandlers = HttpApiBuilder.api(GatewayApi).pipe(
   Layer.provide(McpHandlers),
-  Layer.provide(GatewayHandlers)
+  Layer.provide(GatewayHandlers),
+  Layer.provide(ToolsHandlers)
 )

@@ -32,8 +32,12 @@ export type Route =
   | { readonly kind: "sync" }
   /** DELETE /gateway/deregister/{t}/{id} */
   | { readonly kind: "deregister"; readonly template: string }
-  /** POST /gateway/templates/{t}/tools/approve: re-pins a template's changed tool definitions (tool integrity) */
+  /** GET /gateway/templates/{t}/tools: the template's pins and pending changes (tool integrity) */
+  | { readonly kind: "template_tools"; readonly template: string }
+  /** POST /gateway/templates/{t}/tools/approve: re-pins what its instances offer now */
   | { readonly kind: "tools_approve"; readonly template: string }
+  /** GET /gateway/tools/lock: every template's pins as the tools lock file */
+  | { readonly kind: "tools_lock" }
   /** /docs, /openapi.json, /redoc: any authenticated caller */
   | { readonly kind: "docs" }
   /** Anything else: 404 (for an authenticated caller; 401 otherwise, so routes cannot be probed without a key) */
@@ -84,8 +88,11 @@ export const requirementOf = (route: Route): RouteRequirement => {
     case "sync":
       return { ...base, scope: "gateway:admin" }
     case "deregister":
+    case "template_tools":
     case "tools_approve":
       return { ...base, scope: "gateway:admin", template: route.template }
+    case "tools_lock":
+      return { ...base, scope: "gateway:admin" }
     case "docs":
     case "other":
     case "malformed":
@@ -106,6 +113,8 @@ export const methodsOf = (route: Route): string | undefined => {
     case "gateway_read":
     case "ui":
     case "docs":
+    case "template_tools":
+    case "tools_lock":
       return "GET"
     case "register":
     case "sync":
@@ -151,11 +160,17 @@ export const classifyRoute = (method: string | undefined, path: string): Route =
     const template = decode(segments[0]!)
     return template === undefined ? { kind: "malformed", message: "the template name in the path is not valid URL encoding" } : { kind: "deregister", template }
   }
-  if (path.startsWith("/gateway/templates/") && path.endsWith("/tools/approve")) {
+  if (path === "/gateway/tools/lock") return { kind: "tools_lock" }
+  if (path.startsWith("/gateway/templates/")) {
     const segments = path.slice("/gateway/templates/".length).split("/")
-    if (segments.length !== 3) return { kind: "other" }
+    const kind = segments.length === 2 && segments[1] === "tools"
+      ? "template_tools" as const
+      : segments.length === 3 && segments[1] === "tools" && segments[2] === "approve"
+      ? "tools_approve" as const
+      : undefined
+    if (kind === undefined) return { kind: "other" }
     const template = decode(segments[0]!)
-    return template === undefined ? { kind: "malformed", message: "the template name in the path is not valid URL encoding" } : { kind: "tools_approve", template }
+    return template === undefined ? { kind: "malformed", message: "the template name in the path is not valid URL encoding" } : { kind, template }
   }
   if (path === "/.well-known/oauth-protected-resource") return { kind: "resource_metadata", endpoint: undefined }
   if (path.startsWith("/.well-known/oauth-protected-resource/mcp")) {

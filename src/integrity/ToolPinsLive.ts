@@ -100,8 +100,24 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
     const listChanges = yield* PubSub.unbounded<{ readonly template: string; readonly kind: DefinitionKind }>()
     const work = yield* Queue.dropping<Effect.Effect<void>>(MAX_PENDING)
 
-    const policyOf = (template: string): IntegrityPolicy =>
-      registry.template(template)?.toolIntegrity ?? config.gateway.toolIntegrity ?? DEFAULT_INTEGRITY_POLICY
+    // `start --locked`: every template serves only what the lock file holds, the rest refused as `block` does.
+    const lockedEverywhere = config.gateway.toolsLock?.locked === true
+    const lockedPolicies = new WeakMap<IntegrityPolicy, IntegrityPolicy>()
+    const policyOf = (template: string): IntegrityPolicy => {
+      const policy = registry.template(template)?.toolIntegrity ?? config.gateway.toolIntegrity ?? DEFAULT_INTEGRITY_POLICY
+      if (!lockedEverywhere) return policy
+      // (One object per configured policy, not one per list seen.)
+      let locked = lockedPolicies.get(policy)
+      if (locked === undefined) lockedPolicies.set(policy, locked = { ...policy, pin: "locked", on_change: "block" })
+      return locked
+    }
+    /** The lock file's definitions by template, then by definitionKey (gateway.tools_lock_file, read at start). */
+    const lockFile = new Map(
+      Array.from(config.gateway.toolsLock?.lock?.templates ?? [], ([template, definitions]) =>
+        [template, new Map(definitions.map((d) => [definitionKey(d.kind, d.name), d]))] as const)
+    )
+    /** Start-up is over: from now on a `locked` template takes approvals made on other replicas. */
+    let started = false
     const stateOf = (template: string) => {
       let state = templates.get(template)
       if (state === undefined) templates.set(template, state = newTemplatePins())
@@ -194,6 +210,8 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
       const kinds = new Set<DefinitionKind>()
       for (const stored of holding) {
         const key = definitionKey(stored.kind, stored.name)
+        // A `locked` template holds only the lock file's pins, and what is approved while it runs.
+        if (policy.pin === "locked" && !lockFile.get(template)?.has(key) && !(started && stored.source.startsWith("approved by"))) continue
         // (Pins of a kind mean its first offer to plain clients was seen, here or elsewhere.)
         state.seen.add(seenKey(stored.kind, ""))
         const audience = audienceOfSource(stored.source)
@@ -222,7 +240,8 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
       if (policy.pin === "off") return NOTHING
       const state = stateOf(template)
       const seen = seenKey(kind, audience)
-      const firstSight = policy.pin === "trust_on_first_use" && !state.seen.has(seen) && state.seen.size < MAX_AUDIENCES
+      // (A template the lock file holds is pinned: whatever the audience, nothing more on first sight.)
+      const firstSight = policy.pin === "trust_on_first_use" && !state.seen.has(seen) && state.seen.size < MAX_AUDIENCES && !lockFile.has(template)
       // (The first listing is pinned up to its last page.)
       if (lastPage && state.seen.size < MAX_AUDIENCES) state.seen.add(seen)
       const fresh: Array<Pin> = []
@@ -367,8 +386,18 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
         Effect.catchAll((e) => Effect.as(Effect.logError(`tool integrity: ${e.message}; starting without the stored pins`), {} as PersistedPins))
       )
       adoptAll(loaded)
-      yield* store.external.pipe(Stream.runForEach((pins) => Effect.sync(() => adoptAll(pins))), Effect.forkScoped)
     }
+    // The lock file's pins, over the store's for the same items (stored too: the committed file
+    // is what a start pins); a template it holds is pinned, so nothing more is pinned on first sight.
+    for (const [template, definitions] of lockFile) {
+      const state = stateOf(template)
+      const pinnedAt = nowIso()
+      const pins = Array.from(definitions.values(), (definition): Pin => ({ definition, pinnedAt, source: "lock file" }))
+      for (const pin of pins) state.pins.set(definitionKey(pin.definition.kind, pin.definition.name), pin)
+      later(persist(template, pins, "replace"))
+    }
+    started = true
+    if (store !== undefined) yield* store.external.pipe(Stream.runForEach((pins) => Effect.sync(() => adoptAll(pins))), Effect.forkScoped)
     const changes = yield* registry.changes
     yield* changes.pipe(
       Stream.runForEach((change) => Effect.sync(() => change._tag === "TemplateChanged" ? reevaluate(change.template.name) : undefined)),
@@ -376,8 +405,6 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
     )
     yield* Queue.take(work).pipe(Effect.flatten, Effect.forever, Effect.forkScoped)
 
-    // (The lock file: `tools lock` and the `locked` policy load their pins through the same
-    // `adopt`/`persist` pair; tools-cli's setLocked belongs here.)
     return ToolPins.of({
       pinned,
       observe,

@@ -15,6 +15,10 @@ import { mergePins } from "../../src/registry/PinStore.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { readRegistryFile, writeRegistryFile } from "../../src/registry/RegistryFile.js"
 import { testConfig } from "../support/testConfig.js"
+import { testGateway } from "../support/testGateway.js"
+import { Exposure } from "../../src/exposure/Exposure.js"
+import { ClientSessions } from "../../src/sessions/ClientSessions.js"
+import type { SessionAnswer } from "../../src/sessions/EndpointSession.js"
 
 const tool = (name: string, description: string): Definition => definitionOf("tool", { name, description, inputSchema: { type: "object" } })!
 const offer = (...tools: ReadonlyArray<Definition>) => new Map(tools.map((t) => [t.name, t]))
@@ -163,5 +167,53 @@ describe("ToolPins", () => {
     const mine = { ...stored, definition: `{"description":"other"}`, pinned_at: "t1" }
     expect(mergePins([stored], [mine], "first")).toEqual({ all: [stored], holding: [stored] })
     expect(mergePins([stored], [mine], "replace")).toEqual({ all: [mine], holding: [mine] })
+  })
+})
+
+describe("tool integrity through a template's exposure", () => {
+  const cases = [
+    { title: "a call of a pinned, unchanged tool stays on the callback path; a blocked one leaves it, is refused by name and never reaches the server", cached: false },
+    { title: "a cached list follows a block and an approval at once (integrity runs behind the cache)", cached: true }
+  ]
+  for (const { cached, title } of cases) it.scoped(title, () => {
+    const config = testConfig({ t: { instances: ["a"], exposure: cached ? { cache: { ttl_seconds: 60 } } : undefined } })
+    const { fake, layer } = testGateway(config)
+    let description = "Echo"
+    fake.set("a", (method, params) =>
+      Effect.succeed(
+        method === "tools/list"
+          ? { tools: [{ name: "echo", description, inputSchema: { type: "object" } }, { name: "add", inputSchema: { type: "object" } }] }
+          : method === "tools/call"
+          ? { content: [{ type: "text", text: String(params?.name) }] }
+          : {}
+      ))
+    return Effect.gen(function*() {
+      const exposure = yield* Exposure
+      const pins = yield* ToolPins
+      const sessions = yield* ClientSessions
+      const { session } = yield* sessions.open("t", { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "c", version: "1" } }, "alice")
+      const names = (answer: SessionAnswer) => (answer as any).message.result.tools.map((t: any) => t.name)
+      expect(names(yield* session.request("tools/list", undefined, {}))).toEqual(["echo", "add"])
+      expect(exposure.involved("t", "tools/call", { name: "echo" })).toBe(cached)
+
+      // The server changes echo (a cached list is dropped first, as its list_changed would).
+      description = "Echo, and more"
+      exposure.noticed("t", { method: "notifications/tools/list_changed" } as any)
+      expect(names(yield* session.request("tools/list", undefined, {}))).toEqual(["add"])
+      expect(exposure.involved("t", "tools/call", { name: "echo" })).toBe(true)
+      expect(exposure.involved("t", "tools/call", { name: "add" })).toBe(cached)
+      const before = fake.calls.filter((c) => c.method === "tools/call").length
+      const refused = (yield* session.request("tools/call", { name: "echo", arguments: {} }, {})) as any
+      expect(refused.message.error).toMatchObject({ code: -32602, data: { reason: "tool_integrity", name: "echo", change: "changed" } })
+      expect(refused.message.error.message).toContain("mcp-gateway tools approve t echo")
+      expect(fake.calls.filter((c) => c.method === "tools/call")).toHaveLength(before)
+
+      const lists = fake.calls.filter((c) => c.method === "tools/list").length
+      yield* pins.approve("t", ["echo"], "alice")
+      expect(names(yield* session.request("tools/list", undefined, {}))).toEqual(["echo", "add"])
+      // (Cached: the same answer as before the approval, not a new list.)
+      expect(fake.calls.filter((c) => c.method === "tools/list")).toHaveLength(cached ? lists : lists + 1)
+      expect(exposure.involved("t", "tools/call", { name: "echo" })).toBe(cached)
+    }).pipe(Effect.provide(layer))
   })
 })
