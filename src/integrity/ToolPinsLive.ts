@@ -367,7 +367,24 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
         Effect.catchAll((e) => Effect.as(Effect.logError(`tool integrity: ${e.message}; starting without the stored pins`), {} as PersistedPins))
       )
       adoptAll(loaded)
-      yield* store.external.pipe(Stream.runForEach((pins) => Effect.sync(() => adoptAll(pins))), Effect.forkScoped)
+      // The shared store as it is now: taken; and what this replica holds that it lacks (a Redis
+      // that lost its data, emptied or failed over) written back, first writer wins as ever.
+      const writeBack = (stored: PersistedPins) => {
+        for (const [template, state] of templates) {
+          const there = new Set((stored[template] ?? []).map((p) => definitionKey(p.kind, p.name)))
+          const missing = Array.from(state.pins).filter(([key]) => !there.has(key)).map(([, pin]) => pin)
+          if (missing.length > 0) later(persist(template, missing, "first"))
+        }
+      }
+      yield* store.external.pipe(
+        Stream.runForEach((stored) =>
+          Effect.sync(() => {
+            adoptAll(stored)
+            writeBack(stored)
+          })
+        ),
+        Effect.forkScoped
+      )
     }
     const changes = yield* registry.changes
     yield* changes.pipe(
