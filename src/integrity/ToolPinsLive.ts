@@ -397,7 +397,26 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
       later(persist(template, pins, "replace"))
     }
     started = true
-    if (store !== undefined) yield* store.external.pipe(Stream.runForEach((pins) => Effect.sync(() => adoptAll(pins))), Effect.forkScoped)
+    if (store !== undefined) {
+      // The shared store as it is now: taken; and what this replica holds that it lacks (a Redis
+      // that lost its data, emptied or failed over) written back, first writer wins as ever.
+      const writeBack = (stored: PersistedPins) => {
+        for (const [template, state] of templates) {
+          const there = new Set((stored[template] ?? []).map((p) => definitionKey(p.kind, p.name)))
+          const missing = Array.from(state.pins).filter(([key]) => !there.has(key)).map(([, pin]) => pin)
+          if (missing.length > 0) later(persist(template, missing, "first"))
+        }
+      }
+      yield* store.external.pipe(
+        Stream.runForEach((stored) =>
+          Effect.sync(() => {
+            adoptAll(stored)
+            writeBack(stored)
+          })
+        ),
+        Effect.forkScoped
+      )
+    }
     const changes = yield* registry.changes
     yield* changes.pipe(
       Stream.runForEach((change) => Effect.sync(() => change._tag === "TemplateChanged" ? reevaluate(change.template.name) : undefined)),

@@ -2,6 +2,7 @@ import { Client as ModernClient, StreamableHTTPClientTransport as ModernTranspor
 import { Client } from "@modelcontextprotocol/sdk/client/index.js"
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js"
 import { ToolListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js"
+import { execFile } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { chromium } from "playwright-core"
@@ -278,5 +279,16 @@ describe("tool integrity: two replicas on Redis", () => {
     const after = await Promise.all([a, b].map(async (g) => ((await api(`${g.url}/mcp/race/tools/list`)).body.tools as Array<Tool>).map((t) => t.name).sort()))
     expect(after.filter((names) => names.includes("echo"))).toHaveLength(1)
     expect(listed.every((names) => names.includes("add"))).toBe(true)
+  })
+
+  it("a Redis that comes back empty gets the pins back from the replicas", async () => {
+    const hlen = () =>
+      new Promise<number>((resolve) =>
+        execFile("redis-cli", ["-p", String(redis.port), "hlen", "integrity:registry:pins"], (error, stdout) => resolve(error ? -1 : Number(stdout.trim()))))
+    const before = await hlen()
+    expect(before).toBeGreaterThanOrEqual(4)
+    await redis.stop()
+    await redis.start({ fresh: true })
+    await waitUntil(async () => (await hlen()) === before, 15_000, "the pins written back")
   })
 })
