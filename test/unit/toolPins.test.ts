@@ -79,6 +79,11 @@ describe("ToolPins", () => {
       pins.observe("t", "tool", offer(tool("echo", "Echo")), undefined)
       expect((yield* pins.report("t"))[0]!.changes).toMatchObject([{ name: "add", change: "removed", action: "warned" }])
       expect(pins.blocked("t", "tool", "add")).toBeUndefined()
+      // An approved removal is not shown again while the item stays away; back changed, it is a change again.
+      expect(yield* pins.approve("t", ["add"], "alice")).toEqual([])
+      pins.observe("t", "tool", offer(tool("echo", "Echo")), undefined)
+      expect((yield* pins.report("t"))[0]!.changes).toEqual([])
+      expect(pins.observe("t", "tool", offer(tool("echo", "Echo"), tool("add", "Add, changed")), undefined)).toEqual(new Set(["add"]))
     }).pipe(Effect.provide(pinsLayer(configWith()))))
 
   it.scoped("a change that comes and goes (instances that differ) is counted once", () =>
