@@ -397,9 +397,26 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
     )
     yield* Queue.take(work).pipe(Effect.flatten, Effect.forever, Effect.forkScoped)
 
-    // (The lock file: `tools lock` and the `locked` policy load their pins through the same
-    // `adopt`/`persist` pair; tools-cli's setLocked belongs here.)
+    const replacePins: ToolPinsShape["replacePins"] = (template, definitions, source) =>
+      Effect.gen(function*() {
+        const state = stateOf(template)
+        const now = nowIso()
+        const pins = definitions.map((definition): Pin => ({ definition, pinnedAt: now, source }))
+        for (const pin of pins) state.pins.set(definitionKey(pin.definition.kind, pin.definition.name), pin)
+        if (store !== undefined && pins.length > 0) {
+          yield* store.save(template, pins.map(storedOf), "replace").pipe(
+            Effect.catchAll((e) => Effect.logError(`tool integrity: template ${template}: the pins could not be stored (${e.message}); they hold here until the next restart`))
+          )
+        }
+        // What is offered now stands again against the new pins.
+        reevaluate(template)
+        return pins
+      })
+
+    // (The lock file: `tools lock` reads `pinned`/`report`; loading one, and the `locked` policy's
+    // setLocked, go through `replacePins` and belong beside it.)
     return ToolPins.of({
+      replacePins,
       pinned,
       observe,
       observeOffer,

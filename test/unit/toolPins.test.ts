@@ -239,6 +239,17 @@ describe("tool integrity: policy reloads and the approve route", () => {
       expect(pins.blocked("t", "tool", "echo")).toBeUndefined()
     }).pipe(Effect.provide(pinsLayer(configWith())), Effect.scoped))
 
+  it.scoped("replacePins (a lock file loaded) pins the definitions given; what is offered stands against them at once", () =>
+    Effect.gen(function*() {
+      const pins = yield* ToolPins
+      pins.observe("t", "tool", offer(tool("echo", "Echo")), undefined)
+      const locked = yield* pins.replacePins("t", [tool("echo", "Echo, locked")], "lock file")
+      expect(locked.map((p) => p.source)).toEqual(["lock file"])
+      expect(pins.blocked("t", "tool", "echo")).toMatchObject({ change: "changed" })
+      expect(pins.observe("t", "tool", offer(tool("echo", "Echo, locked")), undefined).size).toBe(0)
+      expect(pins.blocked("t", "tool", "echo")).toBeUndefined()
+    }).pipe(Effect.provide(pinsLayer(configWith()))))
+
   it("POST /gateway/templates/{t}/tools/approve needs gateway:admin for the template", () => {
     const route = classifyRoute("POST", "/gateway/templates/gh/tools/approve")
     expect(route).toEqual({ kind: "tools_approve", template: "gh" })
