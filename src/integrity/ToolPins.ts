@@ -86,6 +86,12 @@ export interface ToolPinsShape {
    * before it returns (on every replica with Redis). Returns what was re-pinned.
    */
   readonly approve: (template: string, names: ReadonlyArray<string> | undefined, by: string) => Effect.Effect<ReadonlyArray<Pin>, TemplateNotFound>
+  /**
+   * Pins these definitions of a template as given, over what is pinned (a lock file loaded, or
+   * definitions an operator supplies), stored on every replica; what is offered now is evaluated
+   * again against them. Returns the pins.
+   */
+  readonly replacePins: (template: string, definitions: ReadonlyArray<Definition>, source: string) => Effect.Effect<ReadonlyArray<Pin>>
   /** What clients of a template may use changed (a block began or ended, an approval): their sessions get list_changed. */
   readonly listChanges: Stream.Stream<{ readonly template: string; readonly kind: DefinitionKind }>
   /** The error text of a refused call: what changed, and the command that approves it. */

@@ -39,6 +39,8 @@ interface TemplatePins {
    * announced once, even when instances that differ make it come and go (drift).
    */
   readonly announced: Set<string>
+  /** Pinned items whose removal an operator approved: not shown as removed again while they stay away (their pin stays, for if they come back). */
+  readonly gone: Set<string>
   /**
    * `{kind}\u0000{audience}` of the offers seen to their last page: trust on first use pins the
    * first offer of a kind to each audience whole (a server may offer more to clients that
@@ -53,7 +55,8 @@ const newTemplatePins = (): TemplatePins => ({
   changes: new Map(),
   blocked: { tool: new Map(), prompt: new Map(), resource_template: new Map() },
   seen: new Set(),
-  announced: new Set()
+  announced: new Set(),
+  gone: new Set()
 })
 
 const pinOf = (stored: StoredPin): Pin => ({
@@ -248,6 +251,7 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
       let changed = false
       for (const definition of offered.values()) {
         const key = definitionKey(kind, definition.name)
+        if (state.gone.size > 0) state.gone.delete(key)
         const known = state.offered.get(key)
         if (known === undefined || known.definition.digest !== definition.digest) {
           state.offered.set(key, { definition, instances: new Set(instanceId === undefined ? [] : [instanceId]) })
@@ -267,7 +271,7 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
         for (const [key, pin] of state.pins) {
           if (pin.definition.kind !== kind || offered.has(pin.definition.name)) continue
           const open = state.changes.get(key)
-          if (open?.change === "removed") continue
+          if (open?.change === "removed" || state.gone.has(key)) continue
           const change: Change = {
             kind,
             name: pin.definition.name,
@@ -321,8 +325,8 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
         for (const [key, change] of Array.from(state.changes)) {
           if (!matches(change, names)) continue
           if (change.change === "removed") {
-            state.pins.delete(key)
             state.changes.delete(key)
+            state.gone.add(key)
             continue
           }
           const offered = state.offered.get(key)?.definition ?? change.offered
@@ -424,7 +428,24 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
     )
     yield* Queue.take(work).pipe(Effect.flatten, Effect.forever, Effect.forkScoped)
 
+    const replacePins: ToolPinsShape["replacePins"] = (template, definitions, source) =>
+      Effect.gen(function*() {
+        const state = stateOf(template)
+        const now = nowIso()
+        const pins = definitions.map((definition): Pin => ({ definition, pinnedAt: now, source }))
+        for (const pin of pins) state.pins.set(definitionKey(pin.definition.kind, pin.definition.name), pin)
+        if (store !== undefined && pins.length > 0) {
+          yield* store.save(template, pins.map(storedOf), "replace").pipe(
+            Effect.catchAll((e) => Effect.logError(`tool integrity: template ${template}: the pins could not be stored (${e.message}); they hold here until the next restart`))
+          )
+        }
+        // What is offered now stands again against the new pins.
+        reevaluate(template)
+        return pins
+      })
+
     return ToolPins.of({
+      replacePins,
       pinned,
       observe,
       observeOffer,

@@ -16,6 +16,7 @@ import { Registry } from "../../src/registry/Registry.js"
 import { readRegistryFile, writeRegistryFile } from "../../src/registry/RegistryFile.js"
 import { testConfig } from "../support/testConfig.js"
 import { testGateway } from "../support/testGateway.js"
+import { classifyRoute, methodsOf, requirementOf } from "../../src/http/routes.js"
 import { Exposure } from "../../src/exposure/Exposure.js"
 import { ClientSessions } from "../../src/sessions/ClientSessions.js"
 import type { SessionAnswer } from "../../src/sessions/EndpointSession.js"
@@ -79,6 +80,11 @@ describe("ToolPins", () => {
       pins.observe("t", "tool", offer(tool("echo", "Echo")), undefined)
       expect((yield* pins.report("t"))[0]!.changes).toMatchObject([{ name: "add", change: "removed", action: "warned" }])
       expect(pins.blocked("t", "tool", "add")).toBeUndefined()
+      // An approved removal is not shown again while the item stays away; back changed, it is a change again.
+      expect(yield* pins.approve("t", ["add"], "alice")).toEqual([])
+      pins.observe("t", "tool", offer(tool("echo", "Echo")), undefined)
+      expect((yield* pins.report("t"))[0]!.changes).toEqual([])
+      expect(pins.observe("t", "tool", offer(tool("echo", "Echo"), tool("add", "Add, changed")), undefined)).toEqual(new Set(["add"]))
     }).pipe(Effect.provide(pinsLayer(configWith()))))
 
   it.scoped("a change that comes and goes (instances that differ) is counted once", () =>
@@ -215,5 +221,41 @@ describe("tool integrity through a template's exposure", () => {
       expect(fake.calls.filter((c) => c.method === "tools/list")).toHaveLength(cached ? lists : lists + 1)
       expect(exposure.involved("t", "tools/call", { name: "echo" })).toBe(cached)
     }).pipe(Effect.provide(layer))
+  })
+})
+
+describe("tool integrity: policy reloads and the approve route", () => {
+  it.live("a reload that turns block into allow re-pins what it blocked", () =>
+    Effect.gen(function*() {
+      const pins = yield* ToolPins
+      const registry = yield* Registry
+      pins.observe("t", "tool", offer(tool("echo", "Echo")), undefined)
+      pins.observe("t", "tool", offer(tool("echo", "Echo 2")), undefined)
+      expect(pins.blocked("t", "tool", "echo")).toBeDefined()
+      const config = configWith({ pin: "trust_on_first_use", on_change: "allow", drift: "route_to_pinned" })
+      yield* registry.applyConfig(config.templates)
+      for (let i = 0; i < 100 && pins.pinned("t")!.get("tool:echo")?.source !== "allow"; i++) yield* Effect.sleep(10)
+      expect(pins.pinned("t")!.get("tool:echo")).toMatchObject({ source: "allow", definition: { digest: tool("echo", "Echo 2").digest } })
+      expect(pins.blocked("t", "tool", "echo")).toBeUndefined()
+    }).pipe(Effect.provide(pinsLayer(configWith())), Effect.scoped))
+
+  it.scoped("replacePins (a lock file loaded) pins the definitions given; what is offered stands against them at once", () =>
+    Effect.gen(function*() {
+      const pins = yield* ToolPins
+      pins.observe("t", "tool", offer(tool("echo", "Echo")), undefined)
+      const locked = yield* pins.replacePins("t", [tool("echo", "Echo, locked")], "lock file")
+      expect(locked.map((p) => p.source)).toEqual(["lock file"])
+      expect(pins.blocked("t", "tool", "echo")).toMatchObject({ change: "changed" })
+      expect(pins.observe("t", "tool", offer(tool("echo", "Echo, locked")), undefined).size).toBe(0)
+      expect(pins.blocked("t", "tool", "echo")).toBeUndefined()
+    }).pipe(Effect.provide(pinsLayer(configWith()))))
+
+  it("POST /gateway/templates/{t}/tools/approve needs gateway:admin for the template", () => {
+    const route = classifyRoute("POST", "/gateway/templates/gh/tools/approve")
+    expect(route).toEqual({ kind: "tools_approve", template: "gh" })
+    expect(requirementOf(route)).toMatchObject({ scope: "gateway:admin", template: "gh" })
+    expect(methodsOf(route)).toBe("POST")
+    expect(classifyRoute("POST", "/gateway/templates/gh/x/tools/approve")).toEqual({ kind: "other" })
+    expect(classifyRoute("POST", "/gateway/templates/%zz/tools/approve").kind).toBe("malformed")
   })
 })
