@@ -2,11 +2,12 @@ import { Effect, Layer, PubSub, Queue, Stream } from "effect"
 import { Timer } from "../clock/Timer.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { TemplateNotFound } from "../domain/GatewayError.js"
-import { DEFAULT_INTEGRITY_POLICY, type IntegrityPolicy } from "../domain/IntegrityPolicy.js"
+import type { IntegrityPolicy } from "../domain/IntegrityPolicy.js"
 import { type Definition, definitionFromText, definitionKey, type DefinitionKind, describeChange } from "../domain/ToolDefinitions.js"
 import { GatewayMetrics } from "../observability/GatewayMetrics.js"
 import { type PersistedPins, type PinStoreShape, type StoredPin } from "../registry/PinStore.js"
 import { Registry } from "../registry/Registry.js"
+import { integrityPolicyOf } from "./integrityPolicy.js"
 import { type Change, type Pin, type TemplateIntegrity, ToolPins, type ToolPinsShape } from "./ToolPins.js"
 
 const NOTHING: ReadonlySet<string> = new Set()
@@ -107,7 +108,7 @@ export const ToolPinsLive: Layer.Layer<ToolPins, never, Registry | GatewayConfig
     const lockedEverywhere = config.gateway.toolsLock?.locked === true
     const lockedPolicies = new WeakMap<IntegrityPolicy, IntegrityPolicy>()
     const policyOf = (template: string): IntegrityPolicy => {
-      const policy = registry.template(template)?.toolIntegrity ?? config.gateway.toolIntegrity ?? DEFAULT_INTEGRITY_POLICY
+      const policy = integrityPolicyOf(registry.template(template), config.gateway.toolIntegrity)
       if (!lockedEverywhere) return policy
       // (One object per configured policy, not one per list seen.)
       let locked = lockedPolicies.get(policy)
