@@ -102,4 +102,16 @@ export const resolveSandbox = (
 export const sandboxView = (sandbox: SandboxSettings | undefined) =>
   sandbox === undefined
     ? { preset: "off" as const }
-    : { preset: sandbox.preset, network: sandbox.network, write: sandbox.write, read: sandbox.read, limits: sandbox.limits }
+    : {
+      preset: sandbox.preset,
+      network: sandbox.network,
+      write: sandbox.write,
+      read: sandbox.read,
+      // As the config spells them (snake_case, as the rest of the API).
+      limits: {
+        memory_mb: sandbox.limits.memoryMb,
+        cpu_seconds: sandbox.limits.cpuSeconds,
+        open_files: sandbox.limits.openFiles,
+        processes: sandbox.limits.processes
+      }
+    }
