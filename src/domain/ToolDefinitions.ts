@@ -109,10 +109,11 @@ export const describeChange = (pinned: Definition | undefined, offered: Definiti
       ops.push({ op: " ", line: a[i]! })
       i++
       j++
-    } else if (j < b.length && (i === a.length || lcs[i]![j + 1]! >= lcs[i + 1]![j]!)) {
-      ops.push({ op: "+", line: b[j++]! })
-    } else {
+    } else if (i < a.length && (j === b.length || lcs[i + 1]![j]! >= lcs[i]![j + 1]!)) {
+      // (What was pinned first, then what is offered instead, as diff(1) reads.)
       ops.push({ op: "-", line: a[i++]! })
+    } else {
+      ops.push({ op: "+", line: b[j++]! })
     }
   }
   // Only the changed lines and two lines of context around each.
