@@ -234,10 +234,16 @@ describe("drift between instances: when offers are read", () => {
     fake.set("a", serving({ description: ORIGINAL }))
     fake.set("b", serving(b))
     const reads = (id: string) => fake.calls.filter((c) => c.instanceId === id && c.method === "tools/list").length
+    // A probe's read runs in a fiber of its own after the probe: let it run before looking (on a
+    // loaded machine one yield is not always enough).
+    const settled = (done: () => boolean) => Effect.gen(function*() {
+      for (let i = 0; i < 200 && !done(); i++) yield* Effect.yieldNow()
+    })
     return Effect.gen(function*() {
       yield* HealthChecker
       const offers = yield* InstanceOffers
       yield* TestClock.adjust(Duration.seconds(13))
+      yield* settled(() => offers.drift("t")!.instances.every((i) => i.digest !== null))
       expect(offers.drift("t")!.instances.map((i) => i.digest !== null)).toEqual([true, true])
       expect(reads("b")).toBe(1)
       // b is upgraded in place, without telling anyone: probes pass, the offer is not due yet.
@@ -247,13 +253,16 @@ describe("drift between instances: when offers are read", () => {
       expect((yield* instance("b")).offerDrifted).toBe(false)
       // Past the interval, the next passed probe reads it.
       yield* TestClock.adjust(Duration.seconds(25))
+      const upgraded = yield* instance("b")
+      yield* settled(() => reads("b") === 2 && upgraded.offerDrifted)
       expect(reads("b")).toBe(2)
-      expect((yield* instance("b")).offerDrifted).toBe(true)
+      expect(upgraded.offerDrifted).toBe(true)
       // Its process restarts (a new pid): the next passed probe reads it again, well within the interval.
       b.description = ORIGINAL
       const state = yield* instance("b")
       state.channelChanged({ state: "running", pid: 4242, restarts: 1, lastExit: undefined, nextRestartAt: undefined, stderrTail: [] }, 0)
       yield* TestClock.adjust(Duration.seconds(13))
+      yield* settled(() => reads("b") === 3 && !state.offerDrifted)
       expect(reads("b")).toBe(3)
       expect(state.offerDrifted).toBe(false)
     }).pipe(Effect.provide(layer))
